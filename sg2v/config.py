@@ -1,0 +1,205 @@
+"""Typed model configuration, saved inside every checkpoint and bundle (torch-free).
+
+The config is the one source of truth for shapes: training builds the networks from it, the exporter fixes the
+ONNX shapes from it, and the runtime reads it back from the manifest. Sizes are a table of named constructors
+(`MODEL_SIZES`), offered as choices by the CLIs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = 1  # checkpoint / config format; bump on incompatible change
+
+
+class ConfigError(ValueError):
+    """A config dict that does not describe a model this version can build."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Video and graph shapes the model is trained and exported at."""
+
+    frames: int = 16
+    height: int = 64
+    width: int = 64
+    channels: int = 3
+    max_objects: int = 4  # user objects per graph; `__image__` is added inside
+    max_relationships: int = 4  # user relationships; one `__in_image__` per object is added inside
+
+    @property
+    def padded_objects(self) -> int:
+        """O: object slots after appending `__image__`."""
+        return self.max_objects + 1
+
+    @property
+    def padded_triples(self) -> int:
+        """T: triple slots after appending one `__in_image__` triple per object."""
+        return self.max_relationships + self.max_objects
+
+    @property
+    def context_tokens(self) -> int:
+        """L = 1 + T: one global token, then one local token per triple slot."""
+        return 1 + self.padded_triples
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Scene-graph encoder (sg2im GraphTripleConv stack, as SGDiff uses it)."""
+
+    num_objs: int = 22  # vocabulary size, `__image__` included
+    num_preds: int = 7  # vocabulary size, `__in_image__` included
+    embed_dim: int = 128
+    hidden_dim: int = 256
+    num_layers: int = 5
+    context_dim: int = 256  # width of the context tokens the UNet attends to
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Temporal UNet in pixel space; frames folded into the batch."""
+
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attention_levels: tuple[int, ...] = (1, 2)  # levels (0 = full res) with spatial transformers
+    num_heads: int = 4
+    norm_groups: int = 8  # GroupNorm groups, per frame; never 1
+    temporal_attention: bool = True
+    temporal_conv: bool = True
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """v-prediction on a cosine schedule rescaled to zero terminal SNR (Lin et al. 2023)."""
+
+    num_train_timesteps: int = 1000
+    prediction: str = "v"
+    schedule: str = "cosine_zsnr"
+    cond_drop_prob: float = 0.15  # classifier-free guidance: graph replaced by the null context
+    default_steps: int = 8
+    default_guidance: float = 3.0
+    default_guidance_rescale: float = 0.7
+    default_sampler: str = "dpmpp2m"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the networks exactly as trained."""
+
+    name: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of str/int/float/bool/list, safe for `torch.load(weights_only=True)` and JSON."""
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of `to_dict`; rejects unknown keys and newer format versions with a clear message."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"model config must be a dict, got {type(d).__name__}")
+        version = d.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ConfigError(
+                f"model config has format_version {version!r}, this sg2v reads <= {FORMAT_VERSION}; "
+                "upgrade sg2v to load it"
+            )
+        return _from_plain(cls, d, "config")
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _from_plain(cls: type, d: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; the file was written by another sg2v version")
+    hints = _resolved_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in d.items():
+        hint = hints[name]
+        sub = _SUBCONFIGS.get(hint)
+        if sub is not None:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{name}: expected a dict, got {type(value).__name__}")
+            kwargs[name] = _from_plain(sub, value, f"{where}.{name}")
+        elif hint.startswith("tuple"):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{where}.{name}: expected a list, got {type(value).__name__}")
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _resolved_hints(cls: type) -> dict[str, str]:
+    # `from __future__ import annotations` keeps hints as strings; compare them by name.
+    return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+
+
+_SUBCONFIGS = {
+    "DataConfig": DataConfig,
+    "EncoderConfig": EncoderConfig,
+    "UNetConfig": UNetConfig,
+    "DiffusionConfig": DiffusionConfig,
+}
+
+
+def _tiny() -> ModelConfig:
+    """For tests and CPU smoke runs: seconds per step on 2 cores."""
+    return ModelConfig(
+        name="tiny",
+        data=DataConfig(frames=4, height=16, width=16),
+        encoder=EncoderConfig(embed_dim=32, hidden_dim=64, num_layers=2, context_dim=64),
+        unet=UNetConfig(base_channels=16, channel_mult=(1, 2), attention_levels=(1,), num_heads=2, norm_groups=4),
+    )
+
+
+def _small() -> ModelConfig:
+    """The demo model: 16 x 32 x 32, sized for the 2-core CPU runtime target."""
+    return ModelConfig(
+        name="small",
+        data=DataConfig(frames=16, height=32, width=32),
+        encoder=EncoderConfig(embed_dim=64, hidden_dim=128, num_layers=3, context_dim=128),
+        unet=UNetConfig(base_channels=32, channel_mult=(1, 2, 4), attention_levels=(1, 2), num_heads=4,
+                        norm_groups=8),
+    )
+
+
+def _base() -> ModelConfig:
+    """For GPUs: 16 x 64 x 64."""
+    return ModelConfig(
+        name="base",
+        data=DataConfig(frames=16, height=64, width=64),
+        encoder=EncoderConfig(embed_dim=128, hidden_dim=256, num_layers=5, context_dim=256),
+        unet=UNetConfig(base_channels=64, channel_mult=(1, 2, 2, 4), attention_levels=(2, 3), num_heads=4,
+                        norm_groups=16),
+    )
+
+
+MODEL_SIZES = {"tiny": _tiny, "small": _small, "base": _base}
+
+
+def model_config(size: str) -> ModelConfig:
+    """The named configuration `size` (one of `MODEL_SIZES`)."""
+    try:
+        return MODEL_SIZES[size]()
+    except KeyError:
+        raise ConfigError(f"unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}") from None

@@ -1,0 +1,42 @@
+"""The project's error types: one line that names the problem and the fix (torch-free)."""
+
+
+class Sg2vError(Exception):
+    """Base of every error sg2v raises for bad input; CLIs print it as one line and exit non-zero."""
+
+    exit_code = 1
+
+
+class GraphError(Sg2vError, ValueError):
+    """A scene graph that is malformed or does not fit the vocabulary / model (CLI exit status 2)."""
+
+    exit_code = 2
+
+
+class VocabError(Sg2vError, ValueError):
+    """A vocabulary file that is malformed."""
+
+
+class CheckpointError(Sg2vError):
+    """A checkpoint that is missing, corrupt, or of another format version."""
+
+
+class BundleError(Sg2vError):
+    """A bundle that is missing, corrupt, tampered with, or of another format version."""
+
+
+class MissingDependencyError(Sg2vError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra."""
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency or raise `MissingDependencyError` naming the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"{module} is required for this feature but is not installed ({e}); "
+            f"install it with: pip install 'sg2v[{extra}]'"
+        ) from None
