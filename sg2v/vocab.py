@@ -1,11 +1,11 @@
 """Scene-graph vocabularies in sg2im's JSON layout (torch-free).
 
 A vocabulary maps object and predicate names to the integer ids the encoder embeds. The layout is sg2im's
-(`object_name_to_idx`, `object_idx_to_name`, `pred_name_to_idx`, `pred_idx_to_name`), so the Visual Genome and
-COCO-Stuff vocabularies written by sg2im load unchanged. As in sg2im, `__image__` is object 0 and `__in_image__`
-is predicate 0; the graph parser appends them, users never write them. COCO's `object_idx_to_name` has filler
-names at unused ids (its category ids have gaps): names that `*_name_to_idx` does not map back are placeholders
-that count towards the vocabulary size but cannot be written in a graph.
+(`object_name_to_idx`, `object_idx_to_name`, `pred_name_to_idx`, `pred_idx_to_name`), so the Visual Genome
+and COCO-Stuff vocabularies written by sg2im load unchanged. As in sg2im, `__image__` is object 0 and
+`__in_image__` is predicate 0; the graph parser appends them, users never write them. COCO's
+`object_idx_to_name` has filler names at unused ids (its category ids have gaps): names that `*_name_to_idx`
+does not map back are placeholders that count towards the vocabulary size but cannot be written in a graph.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ VOCAB_KEYS = ("object_name_to_idx", "object_idx_to_name", "pred_name_to_idx", "p
 
 @dataclass(frozen=True, eq=True)
 class Vocab:
-    """Object and predicate names <-> ids, sg2im layout; build with `from_dict`, `load_vocab` or `shapes_vocab`."""
+    """Object and predicate names <-> ids (sg2im layout); from `from_dict`, `load_vocab` or `shapes_vocab`."""
 
     object_idx_to_name: tuple[str, ...]
     pred_idx_to_name: tuple[str, ...]
@@ -71,7 +71,8 @@ class Vocab:
             if n2i.get(special) != 0:
                 now = "missing" if special not in n2i else f"at index {n2i[special]}"
                 raise VocabError(
-                    f"{where}.{kind}_name_to_idx: {special!r} must be index 0 (sg2im convention), it is {now}; "
+                    f"{where}.{kind}_name_to_idx: {special!r} must be index 0 (sg2im convention), "
+                    f"it is {now}; "
                     f"put {special!r} first in {kind}_idx_to_name and map it to 0, shifting the other ids"
                 )
         return cls(obj_i2n, pred_i2n, obj_n2i, pred_n2i)
