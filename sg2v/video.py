@@ -1,0 +1,290 @@
+"""Frames <-> files (torch-free): mp4, gif, webp, a folder of PNG frames, npy; contact sheets; pixel scaling.
+
+Frames are uint8 (F, H, W, 3) RGB. `write_video` / `read_video` pick the format by extension (no extension: a
+folder of PNG frames). Every write is atomic (`sg2v.io.atomic_path`): a failed write leaves nothing behind.
+GIF and WebP encoders merge identical consecutive frames into one longer frame; the writer records the
+frame count in the file's metadata and the reader expands merged frames by duration, so round trips keep every
+frame.
+mp4 (H.264 through imageio-ffmpeg, the `video` extra) is lossy by default (4:2:0 chroma plays everywhere but
+smears small colored shapes: score lossless files); `lossless=True` writes RGB H.264 at qp 0 (libx264rgb),
+exact but playable only by ffmpeg-based players. PNG, npy, WebP (lossless) and GIF (up to 256 colors per
+frame) are exact.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sg2v.errors import Sg2vError, require
+from sg2v.io import atomic_path
+
+VIDEO_FORMATS = (".mp4", ".gif", ".webp", ".npy", "<folder of PNG frames>")
+MP4_CRF = 12  # H.264 constant rate factor: visually lossless for flat-colored frames, still small
+_META = re.compile(rb"sg2v-frames=(\d+)")
+
+
+class VideoError(Sg2vError, ValueError):
+    """Frames of the wrong shape or dtype, or a video file that cannot be read or written."""
+
+
+def check_frames(frames: Any) -> np.ndarray:
+    """Frames as a C-contiguous uint8 (F, H, W, 3) array, or a VideoError saying what is wrong."""
+    a = np.asarray(frames)
+    if a.ndim != 4 or a.shape[-1] != 3 or 0 in a.shape:
+        raise VideoError(f"frames have shape {a.shape}; expected (frames, height, width, 3) RGB, none empty")
+    if a.dtype != np.uint8:
+        raise VideoError(f"frames have dtype {a.dtype}; expected uint8 (convert model output in [-1, 1] with "
+                         "sg2v.video.unit_to_frames)")
+    return np.ascontiguousarray(a)
+
+
+def _kind(path: Path) -> str:
+    ext = path.suffix.lower()
+    if ext in (".mp4", ".gif", ".webp", ".npy"):
+        return ext[1:]
+    if ext == "":
+        return "png"
+    raise VideoError(f"{path}: unknown video format {ext!r}; use one of {', '.join(VIDEO_FORMATS)} "
+                     "(write_contact_sheet writes a single image)")
+
+
+# ---------------------------------------------------------------------------------------------------- write
+def write_video(path: str | os.PathLike, frames: Any, fps: float = 8, lossless: bool = False) -> Path:
+    """Write frames (F, H, W, 3) uint8 to `path`, the format picked by its extension; returns the path.
+
+    `lossless` only changes mp4 (see the module note); the other formats are exact already.
+    """
+    path = Path(path)
+    a = check_frames(frames)
+    if not fps > 0:
+        raise VideoError(f"fps={fps}: must be > 0")
+    kind = _kind(path)
+    if kind == "mp4":
+        ffmpeg = require("imageio_ffmpeg", "video")  # fail before creating anything
+    with atomic_path(path) as tmp:
+        if kind == "npy":
+            with open(tmp, "wb") as f:
+                np.save(f, a)
+        elif kind == "png":
+            _write_png_folder(tmp, a)
+        elif kind == "mp4":
+            _write_mp4(ffmpeg, tmp, a, fps, lossless)
+        else:
+            _write_animation(tmp, a, fps, kind)
+    return path
+
+
+def _write_png_folder(folder: Path, a: np.ndarray) -> None:
+    from PIL import Image
+
+    folder.mkdir()
+    digits = max(4, len(str(len(a) - 1)))
+    for i, frame in enumerate(a):
+        Image.fromarray(frame).save(folder / f"frame_{i:0{digits}d}.png", format="PNG")
+
+
+def _write_animation(tmp: Path, a: np.ndarray, fps: float, kind: str) -> None:
+    from PIL import Image
+
+    ims = [Image.fromarray(f) for f in a]
+    duration = 1000.0 / fps  # ms per frame
+    meta = f"sg2v-frames={len(a)}".encode()
+    if kind == "gif":
+        ims[0].save(tmp, format="GIF", save_all=True, append_images=ims[1:], duration=duration, loop=0,
+                    comment=meta, optimize=False, disposal=1)
+    else:
+        ims[0].save(tmp, format="WEBP", save_all=True, append_images=ims[1:], duration=round(duration),
+                    loop=0, lossless=True, quality=100, method=4, xmp=meta)
+
+
+def _write_mp4(ffmpeg: Any, tmp: Path, a: np.ndarray, fps: float, lossless: bool) -> None:
+    _, h, w, _ = a.shape
+    if lossless:
+        codec, pix_fmt, rate = "libx264rgb", "rgb24", ["-qp", "0"]
+    else:
+        # 4:2:0 chroma needs even sides; odd ones fall back to 4:4:4 rather than resizing the frames
+        codec, pix_fmt = "libx264", "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
+        rate = ["-crf", str(MP4_CRF)]
+    gen = ffmpeg.write_frames(str(tmp), (w, h), fps=float(fps), codec=codec, pix_fmt_out=pix_fmt,
+                              quality=None, macro_block_size=1, ffmpeg_log_level="error",
+                              output_params=rate + ["-f", "mp4"])
+    try:
+        gen.send(None)
+        for frame in a:
+            gen.send(frame)
+    finally:
+        gen.close()
+
+
+# ---------------------------------------------------------------------------------------------------- read
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Read frames (F, H, W, 3) uint8 back from any format `write_video` writes."""
+    path = Path(path)
+    kind = _kind(path)
+    if not path.exists():
+        raise VideoError(f"{path}: no such video; check the path")
+    try:
+        if kind == "npy":
+            a = np.load(path, allow_pickle=False)
+        elif kind == "png":
+            a = _read_png_folder(path)
+        elif kind == "mp4":
+            a = _read_mp4(path)
+        else:
+            a = _read_animation(path)
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        if isinstance(e, VideoError):
+            raise
+        raise VideoError(f"{path}: cannot read as {kind} ({e}); is it a complete {kind} file?") from None
+    try:
+        return check_frames(a)
+    except VideoError as e:
+        raise VideoError(f"{path}: {e}") from None
+
+
+def _read_png_folder(folder: Path) -> np.ndarray:
+    from PIL import Image
+
+    if not folder.is_dir():
+        raise VideoError(f"{folder}: a path without extension is read as a folder of PNG frames, and this is "
+                         "not a folder; give the video's extension")
+    files = sorted(folder.glob("*.png"))
+    if not files:
+        raise VideoError(f"{folder}: no .png frames in this folder")
+    frames = []
+    for f in files:
+        with Image.open(f) as im:
+            frames.append(np.asarray(im.convert("RGB")))
+    if len({fr.shape for fr in frames}) != 1:
+        raise VideoError(f"{folder}: the PNG frames differ in size; all frames must be the same size")
+    return np.stack(frames)
+
+
+def _read_animation(path: Path) -> np.ndarray:
+    """All frames of a GIF / animated WebP, merged frames expanded using the sg2v frame count if present."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        meta = im.info.get("comment", b"") or im.info.get("xmp", b"")
+        frames, durations = [], []
+        for i in range(getattr(im, "n_frames", 1)):
+            im.seek(i)
+            im.load()  # WebP sets the frame's duration on load
+            frames.append(np.asarray(im.convert("RGB")))
+            durations.append(float(im.info.get("duration") or 0.0))
+    m = _META.search(meta if isinstance(meta, bytes) else str(meta).encode())
+    if m is None or len(frames) == int(m.group(1)):
+        return np.stack(frames)
+    return np.repeat(np.stack(frames), _expand_counts(durations, int(m.group(1))), axis=0)
+
+
+def _expand_counts(durations: list[float], total: int) -> np.ndarray:
+    """How many original frames each stored frame stands for, given their durations and the original count.
+
+    The writer gave every frame the same duration, so stored durations are near multiples of their mean;
+    rounding error (GIF keeps centiseconds) is settled by largest remainder so the counts sum to `total`.
+    """
+    d = np.asarray(durations, dtype=np.float64)
+    if (d <= 0).any() or len(d) > total:
+        raise VideoError(f"cannot recover {total} frames from {len(d)} stored frames with durations "
+                         f"{d.tolist()}; the file was not written by sg2v.video or was edited")
+    exact = d / d.sum() * total  # (n,)
+    counts = np.maximum(np.floor(exact).astype(np.int64), 1)
+    for i in np.argsort(-(exact - counts))[: max(total - counts.sum(), 0)]:
+        counts[i] += 1
+    if counts.sum() != total:
+        raise VideoError(f"cannot recover {total} frames from durations {d.tolist()}; the file was not "
+                         "written by sg2v.video or was edited")
+    return counts
+
+
+def _read_mp4(path: Path) -> np.ndarray:
+    ffmpeg = require("imageio_ffmpeg", "video")
+    gen = ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    try:
+        meta = next(gen)
+        w, h = meta["size"]
+        frames = [np.frombuffer(b, dtype=np.uint8).reshape(h, w, 3) for b in gen]
+    except (RuntimeError, StopIteration) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise VideoError(f"{path}: ffmpeg cannot decode it ({why})") from None
+    finally:
+        gen.close()
+    if not frames:
+        raise VideoError(f"{path}: the mp4 holds no frames")
+    return np.stack(frames)
+
+
+# ---------------------------------------------------------------------------------------------------- sheets
+def contact_sheet(frames: Any, cols: int | None = None, pad: int = 2, scale: int = 1,
+                  pad_value: int = 48) -> np.ndarray:
+    """Frames row-major in a grid: (rows*(H*s+pad)+pad, cols*(W*s+pad)+pad, 3) uint8.
+
+    `cols` defaults to ceil(sqrt(F)); `pad` px of `pad_value` lie between and around the cells; each frame is
+    upscaled `scale` x by pixel repetition; cells past the last frame are `pad_value`.
+    """
+    a = check_frames(frames)
+    f, h, w, _ = a.shape
+    if cols is None:
+        cols = math.ceil(math.sqrt(f))
+    if cols < 1 or scale < 1 or pad < 0:
+        raise VideoError(f"contact sheet needs cols >= 1, scale >= 1, pad >= 0; got cols={cols}, "
+                         f"scale={scale}, pad={pad}")
+    rows = math.ceil(f / cols)
+    if scale > 1:
+        a = a.repeat(scale, 1).repeat(scale, 2)  # (F, H*s, W*s, 3)
+    hs, ws = h * scale, w * scale
+    cells = np.full((rows * cols, hs + pad, ws + pad, 3), pad_value, dtype=np.uint8)  # each cell: frame + gap
+    cells[:f, pad:, pad:] = a
+    grid = cells.reshape(rows, cols, hs + pad, ws + pad, 3).transpose(0, 2, 1, 3, 4)
+    grid = grid.reshape(rows * (hs + pad), cols * (ws + pad), 3)
+    return np.pad(grid, ((0, pad), (0, pad), (0, 0)), constant_values=pad_value)
+
+
+def write_image(path: str | os.PathLike, image: Any) -> Path:
+    """Write one uint8 (H, W, 3) image, format from the extension (PNG recommended), atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
+        raise VideoError(f"image has shape {img.shape} dtype {img.dtype}; expected uint8 (H, W, 3)")
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise VideoError(f"{path}: unknown image extension {path.suffix!r}; use .png")
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format=fmt)
+    return path
+
+
+def write_contact_sheet(path: str | os.PathLike, frames: Any, cols: int | None = None, pad: int = 2,
+                        scale: int = 1) -> Path:
+    """`contact_sheet` written as an image (PNG by extension), atomically."""
+    return write_image(path, contact_sheet(frames, cols, pad, scale))
+
+
+# ---------------------------------------------------------------------------------------------------- scaling
+def _astype(x: Any, name: str) -> Any:
+    if hasattr(x, "astype"):  # numpy, CuPy
+        return x.astype(name)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.to(getattr(torch, name))
+    return np.asarray(x).astype(name)
+
+
+def frames_to_unit(u8: Any) -> Any:
+    """uint8 frames -> float32 in [-1, 1]: x = u8 / 127.5 - 1 (numpy, CuPy or torch in, same kind out)."""
+    return _astype(u8, "float32") / 127.5 - 1.0
+
+
+def unit_to_frames(x: Any) -> Any:
+    """[-1, 1] floats -> uint8 frames: clip(round((x + 1) * 127.5), 0, 255) (numpy, CuPy or torch)."""
+    return _astype(((x + 1.0) * 127.5).round().clip(0, 255), "uint8")
