@@ -115,6 +115,18 @@ def no_jit() -> bool:
     return os.environ.get(NO_JIT_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def fatbin_path() -> Path:
+    """The prebuilt fatbin shipped next to the kernel source; a clear error when it is missing."""
+    path = kernel_dir() / FATBIN
+    if not path.is_file():
+        raise KernelError(
+            f"{NO_JIT_ENV}=1 forbids run-time compilation, but no prebuilt {path} is shipped; build it "
+            "with `bash .ci/build_cuda.sh && cmake --build build/cuda --target stage_fatbin` "
+            f"(or unset {NO_JIT_ENV})"
+        )
+    return path
+
+
 def _cupy():
     return require("cupy", "gpu")
 
@@ -133,14 +145,7 @@ def _module(cp, device_id: int):
             return mod
         with cp.cuda.Device(device_id):
             if prebuilt:
-                path = kernel_dir() / FATBIN
-                if not path.is_file():
-                    raise KernelError(
-                        f"{NO_JIT_ENV}=1 forbids run-time compilation, but no prebuilt {path} is shipped; "
-                        "build it with `bash .ci/build_cuda.sh && "
-                        f"cmake --build build/cuda --target stage_fatbin` (or unset {NO_JIT_ENV})"
-                    )
-                mod = cp.RawModule(path=str(path))
+                mod = cp.RawModule(path=str(fatbin_path()))
             else:
                 mod = cp.RawModule(code=kernel_source(), options=NVRTC_OPTIONS,
                                    name_expressions=name_expressions())
@@ -196,7 +201,8 @@ def _check_int32(dims: tuple[int, ...]):
                           "split the batch")
 
 
-def _threads(width: int) -> int:
+def threads_for(width: int) -> int:
+    """Threads per block for rows of `width`: whole warps (the pool kernel ballots over warp 0), <= 256."""
     return max(32, min(MAX_THREADS, (width + 31) // 32 * 32))
 
 
@@ -237,7 +243,7 @@ def scatter_mean_pool(values, index, mask, num_segments: int, out=None, stream=N
     i32 = np.int32
     with cp.cuda.Device(dev), _stream(cp, stream):
         kernel = _function(cp, dev, "scatter_mean_pool", dtypes)
-        kernel((_grid(b * num_segments),), (_threads(d),),
+        kernel((_grid(b * num_segments),), (threads_for(d),),
                (values, index, mask, i32(b), i32(n), i32(num_segments), i32(d), out))
     return out
 
@@ -272,7 +278,7 @@ def gather_concat(obj_vecs, pred_vecs, triples, out=None, stream=None):
     i32 = np.int32
     with cp.cuda.Device(dev), _stream(cp, stream):
         kernel = _function(cp, dev, "gather_concat", (obj_vecs.dtype.name, triples.dtype.name))
-        kernel((_grid(b * t),), (_threads(width),),
+        kernel((_grid(b * t),), (threads_for(width),),
                (obj_vecs, pred_vecs, triples, i32(b), i32(o), i32(t), i32(d_obj), i32(d_pred), out))
     return out
 
