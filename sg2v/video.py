@@ -192,6 +192,8 @@ def _expand_counts(durations: list[float], total: int) -> np.ndarray:
     rounding error (GIF keeps centiseconds) is settled by largest remainder so the counts sum to `total`.
     """
     d = np.asarray(durations, dtype=np.float64)
+    if len(d) == 1:  # every frame was the same; the encoder may have written a still image without a duration
+        return np.array([total])
     if (d <= 0).any() or len(d) > total:
         raise VideoError(f"cannot recover {total} frames from {len(d)} stored frames with durations "
                          f"{d.tolist()}; the file was not written by sg2v.video or was edited")

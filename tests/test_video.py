@@ -1,0 +1,168 @@
+"""Video IO: round trips, atomic writes, contact-sheet layout, pixel scaling."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from sg2v.errors import MissingDependencyError
+from sg2v.shapes import ShapesWorld
+from sg2v.video import (
+    VideoError,
+    contact_sheet,
+    frames_to_unit,
+    read_video,
+    unit_to_frames,
+    write_contact_sheet,
+    write_video,
+)
+
+HAS_FFMPEG = importlib.util.find_spec("imageio_ffmpeg") is not None
+needs_ffmpeg = pytest.mark.skipif(not HAS_FFMPEG,
+                                  reason="imageio-ffmpeg not installed (pip install 'sg2v[video]')")
+
+
+def _frames(f=6, h=13, w=17, colors=None) -> np.ndarray:
+    """Random frames; with `colors`, drawn from that many random colors (GIF's palette limit), and with a
+    repeated frame run, which GIF/WebP encoders merge."""
+    rng = np.random.default_rng()
+    if colors is None:
+        a = rng.integers(0, 256, size=(f, h, w, 3), dtype=np.uint8)
+    else:
+        pal = rng.integers(0, 256, size=(colors, 3), dtype=np.uint8)
+        a = pal[rng.integers(0, colors, size=(f, h, w))]
+    if f >= 4:
+        a[2] = a[1]
+        a[3] = a[1]
+    return a
+
+
+@pytest.mark.parametrize("name,colors", [("v.npy", None), ("frames", None), ("v.webp", None), ("v.gif", 200)])
+def test_lossless_round_trips_are_exact(tmp_path, name, colors):
+    a = _frames(colors=colors)
+    write_video(tmp_path / name, a, fps=10)
+    b = read_video(tmp_path / name)
+    assert b.dtype == np.uint8 and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["s.gif", "s.webp"])
+def test_static_video_keeps_its_frame_count(tmp_path, name):
+    a = np.repeat(_frames(1, 8, 8, colors=5), 9, axis=0)  # encoders collapse it into one stored frame
+    write_video(tmp_path / name, a, fps=8)
+    assert np.array_equal(read_video(tmp_path / name), a)
+
+
+@needs_ffmpeg
+def test_mp4_round_trip_within_tolerance_and_lossless_mode_exact(tmp_path):
+    v = ShapesWorld(8, 32, 32).sample(int(np.random.default_rng().integers(1 << 30))).video
+    write_video(tmp_path / "v.mp4", v)
+    b = read_video(tmp_path / "v.mp4")
+    assert b.shape == v.shape and np.abs(b.astype(int) - v).mean() < 4.0
+    odd = _frames(5, 15, 21)
+    write_video(tmp_path / "o.mp4", odd)  # odd sides: 4:4:4, no resize
+    assert read_video(tmp_path / "o.mp4").shape == odd.shape
+    write_video(tmp_path / "l.mp4", odd, lossless=True)
+    assert np.array_equal(read_video(tmp_path / "l.mp4"), odd)
+
+
+def test_mp4_without_imageio_ffmpeg_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import now fails
+    with pytest.raises(MissingDependencyError, match=r"pip install 'sg2v\[video\]'"):
+        write_video(tmp_path / "v.mp4", _frames())
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["v.gif", "v.webp", "frames", "v.npy"])
+def test_failing_write_leaves_nothing(tmp_path, monkeypatch, name):
+    import numpy
+    from PIL import Image
+
+    fail_at = 3 if name == "frames" else 1  # a frame folder fails part-way, after two frames were written
+    calls = {"n": 0}
+    real_save, real_np_save = Image.Image.save, numpy.save
+
+    def save(self, fp, *args, **kwargs):
+        calls["n"] += 1
+        real_save(self, fp, *args, **kwargs)
+        if calls["n"] == fail_at:
+            raise OSError("disk full")
+
+    def np_save(f, arr, *args, **kwargs):
+        real_np_save(f, arr[:1], *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(numpy, "save", np_save)
+    monkeypatch.setattr(Image.Image, "save", save)
+    with pytest.raises(OSError, match="disk full"):
+        write_video(tmp_path / name, _frames(colors=9))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_frames_and_paths_raise_video_error(tmp_path):
+    with pytest.raises(VideoError, match="uint8"):
+        write_video(tmp_path / "v.npy", _frames().astype(np.float32))
+    with pytest.raises(VideoError, match="shape"):
+        write_video(tmp_path / "v.npy", _frames()[0])
+    with pytest.raises(VideoError, match="unknown video format"):
+        write_video(tmp_path / "v.avi", _frames())
+    with pytest.raises(VideoError, match="no such video"):
+        read_video(tmp_path / "missing.gif")
+    (tmp_path / "broken.gif").write_bytes(b"GIF89a not really")
+    with pytest.raises(VideoError, match="cannot read"):
+        read_video(tmp_path / "broken.gif")
+    assert not (tmp_path / "v.npy").exists()
+
+
+def _slow_sheet(frames, cols, pad, scale, pad_value):
+    f, h, w, _ = frames.shape
+    rows = math.ceil(f / cols)
+    out = np.full((rows * (h * scale + pad) + pad, cols * (w * scale + pad) + pad, 3), pad_value, np.uint8)
+    for k in range(f):
+        r, c = divmod(k, cols)
+        for y in range(h * scale):
+            for x in range(w * scale):
+                out[pad + r * (h * scale + pad) + y, pad + c * (w * scale + pad) + x] = frames[k, y // scale,
+                                                                                            x // scale]
+    return out
+
+
+@pytest.mark.parametrize("f,cols,pad,scale", [(7, None, 2, 1), (5, 2, 0, 2), (4, 4, 3, 1), (1, None, 1, 3)])
+def test_contact_sheet_matches_slow_reference(f, cols, pad, scale):
+    a = _frames(f, 5, 6)
+    got = contact_sheet(a, cols=cols, pad=pad, scale=scale)
+    want = _slow_sheet(a, cols or math.ceil(math.sqrt(f)), pad, scale, 48)
+    assert np.array_equal(got, want)
+
+
+def test_write_contact_sheet_png(tmp_path):
+    from PIL import Image
+
+    a = _frames(4, 6, 6)
+    write_contact_sheet(tmp_path / "s.png", a, cols=2, scale=2)
+    with Image.open(tmp_path / "s.png") as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), contact_sheet(a, cols=2, scale=2))
+
+
+def test_unit_scaling_matches_formula_and_round_trips():
+    a = _frames()
+    x = frames_to_unit(a)
+    assert x.dtype == np.float32 and x.min() >= -1.0 and x.max() <= 1.0
+    np.testing.assert_allclose(x, a.astype(np.float64) / 127.5 - 1.0, atol=1e-6)
+    assert np.array_equal(unit_to_frames(x), a)
+    y = np.random.default_rng().uniform(-1.5, 1.5, size=(3, 4, 5, 3)).astype(np.float32)
+    want = np.clip(np.round((y.astype(np.float64) + 1) * 127.5), 0, 255).astype(np.uint8)
+    assert np.abs(unit_to_frames(y).astype(int) - want).max() <= 1  # float32 vs float64 at .5 ties
+
+
+def test_unit_scaling_accepts_torch_tensors():
+    torch = pytest.importorskip("torch", reason="torch not installed")
+    a = _frames()
+    x = frames_to_unit(torch.from_numpy(a))
+    assert isinstance(x, torch.Tensor) and x.dtype == torch.float32
+    np.testing.assert_allclose(x.numpy(), frames_to_unit(a), atol=1e-6)
+    back = unit_to_frames(x)
+    assert back.dtype == torch.uint8 and np.array_equal(back.numpy(), a)
