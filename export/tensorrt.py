@@ -1,0 +1,204 @@
+"""TensorRT engines from a bundle's ONNX graphs (torch-free, so it runs on the Jetson itself).
+
+Written against the documented TensorRT 10.x / 11 Python API (Builder, strongly typed network, OnnxParser,
+optimization profiles, timing cache, build_serialized_network) and UNVERIFIED: TensorRT cannot be installed on
+this project's build, CI or GPU test machines, so no engine has been built by this code there. Precision lives
+in the ONNX graph (strong typing; TensorRT 11 builds nothing else), so no precision flags are set.
+
+Plans are cached per machine under `engines/<fingerprint>/` (fingerprint = GPU name, compute capability,
+TensorRT version, precision; `sg2v.bundle_spec.engine_fingerprint`) with `engine.json` recording what they
+were built from, and one timing cache per fingerprint. `python -m sg2v.export.tensorrt BUNDLE` builds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from sg2v import bundle_spec as spec
+from sg2v.errors import BundleError, Sg2vError, require
+from sg2v.io import atomic_write_bytes, atomic_write_text, sha256_file
+
+PLAN_SUFFIX = ".plan"
+TIMING_CACHE = "timing.cache"
+ENGINE_INFO = "engine.json"
+_BUILD_HINT = "build engines for this machine with: python -m sg2v.export.tensorrt <bundle>"
+
+
+def _trt() -> Any:
+    return require("tensorrt", "trt")
+
+
+def device_info(device_id: int = 0) -> tuple[str, tuple[int, int]]:
+    """(GPU name, compute capability) of CUDA device `device_id`, read through CuPy."""
+    cp = require("cupy", "gpu")
+    props = cp.cuda.runtime.getDeviceProperties(device_id)
+    name = props["name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return name, (int(props["major"]), int(props["minor"]))
+
+
+def current_fingerprint(precision: str, device_id: int = 0) -> str:
+    """The engines/ folder name for this GPU, this TensorRT and `precision`."""
+    name, cc = device_info(device_id)
+    return spec.engine_fingerprint(name, cc, _trt().__version__, precision)
+
+
+def engine_dir(bundle: Any, fingerprint: str) -> Path:
+    return Path(bundle.engines_dir) / fingerprint
+
+
+def profile_shapes(bundle: Any, stage: str) -> dict[str, tuple[int, ...]]:
+    """Each input's shape from the manifest; used as min = opt = max (the bundle's shapes are fixed)."""
+    return {d["name"]: tuple(int(n) for n in d["shape"]) for d in bundle.stages[stage]["inputs"]}
+
+
+def check_engine_dir(path: str | os.PathLike, expected: str,
+                     onnx_sha256: dict[str, str] | None = None) -> dict[str, Any]:
+    """Read `engine.json` in `path`; BundleError unless it names `expected` (and these ONNX hashes)."""
+    info_path = Path(path) / ENGINE_INFO
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"engines {path}: no {ENGINE_INFO}, so their build target is unknown; "
+                          f"{_BUILD_HINT}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"engines {path}: {ENGINE_INFO} is corrupt ({e}); {_BUILD_HINT}") from None
+    got = info.get("fingerprint") if isinstance(info, dict) else None
+    if got != expected:
+        raise BundleError(f"engines {path} were built for {got!r}, this machine needs {expected!r} (TensorRT "
+                          "plans only run on the GPU, compute capability and TensorRT version they were "
+                          f"built with); {_BUILD_HINT}")
+    if onnx_sha256 is not None and info.get("onnx_sha256") != onnx_sha256:
+        raise BundleError(f"engines {path} were built from other ONNX graphs than this bundle's (re-exported "
+                          f"since?); rebuild with: python -m sg2v.export.tensorrt <bundle> --force")
+    return info
+
+
+def _logger(trt: Any) -> Any:
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def register_plugins() -> None:
+    """Register the `sg2v::ScatterMeanPool` plugin (plugin pooling) before parsing or deserializing."""
+    from sg2v.runtime.trt_plugin import register
+
+    register()
+
+
+def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
+                 shapes: dict[str, tuple[int, ...]], timing_cache: str | os.PathLike | None = None,
+                 workspace_bytes: int | None = None, plugin: bool = False) -> Path:
+    """Parse `onnx_path` into a strongly typed network, build a serialized plan, write it atomically."""
+    trt = _trt()
+    if plugin:
+        register_plugins()
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    # Required on 10.x for precision-in-the-graph; accepted and ignored on 11.x, where it is always on.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "no detail"
+        raise BundleError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {errors}; check the "
+                          "export's trt_op_check in manifest.json (plugin bundles need sg2v's TensorRT "
+                          "plugin)")
+    config = builder.create_builder_config()
+    if workspace_bytes:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    profile = None
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        want = shapes.get(tensor.name)
+        if want is None:
+            raise BundleError(f"{onnx_path}: input {tensor.name!r} is not in the manifest; "
+                              "re-export the bundle")
+        have = tuple(tensor.shape)
+        if any(d < 0 for d in have):
+            profile = profile or builder.create_optimization_profile()
+            profile.set_shape(tensor.name, want, want, want)  # min = opt = max: a bundle's shapes are fixed
+        elif have != want:
+            raise BundleError(f"{onnx_path}: input {tensor.name!r} is {have}, the manifest says {want}; "
+                              "re-export the bundle")
+    if profile is not None:
+        config.add_optimization_profile(profile)
+    cache_path = Path(timing_cache) if timing_cache is not None else None
+    cache_bytes = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, False)  # ignore_mismatch=False: a cache from another device is not reused
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BundleError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path}; see the "
+                          "TensorRT log above")
+    plan_path = Path(plan_path)
+    atomic_write_bytes(plan_path, memoryview(plan).tobytes())
+    if cache_path is not None:
+        atomic_write_bytes(cache_path, memoryview(config.get_timing_cache().serialize()).tobytes())
+    return plan_path
+
+
+def build_engines(bundle: Any, device_id: int = 0, force: bool = False, workspace_bytes: int | None = None,
+                  log: Any = None) -> dict[str, Path]:
+    """Plans for every stage under engines/<fingerprint>/, reusing ones built from the same ONNX files."""
+    from sg2v.runtime.bundle import Bundle
+
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle.open(bundle)
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    fingerprint = current_fingerprint(bundle.precision, device_id)
+    out_dir = engine_dir(bundle, fingerprint)
+    files = bundle.manifest["files"]
+    onnx_sha = {stage: files[bundle.stages[stage]["file"]]["sha256"] for stage in spec.STAGE_FILES}
+    plans = {stage: out_dir / f"{stage}{PLAN_SUFFIX}" for stage in spec.STAGE_FILES}
+    if not force and all(p.is_file() for p in plans.values()):
+        try:
+            check_engine_dir(out_dir, fingerprint, onnx_sha)
+            log(f"sg2v: reusing TensorRT engines in {out_dir}")
+            return plans
+        except BundleError as e:
+            log(f"sg2v: rebuilding TensorRT engines: {e}")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise Sg2vError(f"cannot create {out_dir} for TensorRT engines ({e.strerror}); make the bundle "
+                        "writable or copy it somewhere writable") from None
+    plugin = bundle.pooling == "plugin"
+    for stage, plan in plans.items():
+        log(f"sg2v: building TensorRT engine {plan} (this takes a while once per machine)")
+        build_engine(bundle.stage_file(stage), plan, profile_shapes(bundle, stage), out_dir / TIMING_CACHE,
+                     workspace_bytes, plugin)
+    name, cc = device_info(device_id)
+    info = {"fingerprint": fingerprint, "gpu": name, "compute_capability": f"{cc[0]}.{cc[1]}",
+            "tensorrt": _trt().__version__, "precision": bundle.precision, "pooling": bundle.pooling,
+            "onnx_sha256": onnx_sha,
+            "plan_sha256": {stage: sha256_file(p) for stage, p in plans.items()}}
+    atomic_write_text(out_dir / ENGINE_INFO, json.dumps(info, indent=1) + "\n")
+    return plans
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sg2v.export.tensorrt BUNDLE`: build (or reuse) this machine's engines for a bundle."""
+    ap = argparse.ArgumentParser(prog="python -m sg2v.export.tensorrt", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("bundle", help="bundle folder written by sg2v-export")
+    ap.add_argument("--device", type=int, default=0, help="CUDA device index")
+    ap.add_argument("--force", action="store_true", help="rebuild even when matching plans exist")
+    ap.add_argument("--workspace-mb", type=int, default=0,
+                    help="builder workspace limit in MiB (0: TensorRT's default)")
+    args = ap.parse_args(argv)
+    try:
+        plans = build_engines(args.bundle, args.device, args.force, args.workspace_mb * (1 << 20) or None)
+    except Sg2vError as e:
+        print(f"sg2v: error: {e}", file=sys.stderr)
+        return e.exit_code
+    for stage, plan in plans.items():
+        print(f"{stage}: {plan}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Read and verify an exported bundle (torch-free): manifest, format version, file hashes, safe paths.
+
+A bundle is untrusted data: every path it names must stay inside its folder (no absolute paths, no `..`, no
+symlink that resolves outside), every file must match the size and sha256 the manifest records, and arrays are
+loaded with `np.load(allow_pickle=False)`. Layout and keys: docs/ARCHITECTURE.md ("Bundle"), names from
+`sg2v.bundle_spec`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from sg2v import bundle_spec as spec
+from sg2v.config import ConfigError, ModelConfig
+from sg2v.errors import BundleError, Sg2vError
+from sg2v.io import sha256_file
+from sg2v.vocab import Vocab
+
+_REEXPORT = "re-export it with: sg2v-export --ckpt model.pt --out <bundle>"
+
+
+@dataclass(frozen=True, eq=False)
+class Bundle:
+    """A verified bundle: typed config, vocabulary, shapes, stage specs and the learned null context."""
+
+    path: Path
+    manifest: dict[str, Any]
+    config: ModelConfig
+    vocab: Vocab
+    shapes: dict[str, int]
+    stages: dict[str, dict[str, Any]]
+    null_context: np.ndarray = field(repr=False)  # (1, L, D) float32
+    null_context_mask: np.ndarray = field(repr=False)  # (1, L) float32
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, verify: bool = True) -> Bundle:
+        """Open the bundle folder `path`; `verify` checks every file's sha256 (sizes and paths always)."""
+        root = Path(path)
+        if not root.exists():
+            raise BundleError(f"bundle {root} does not exist; pass the folder written by sg2v-export --out")
+        if not root.is_dir():
+            raise BundleError(f"bundle {root} is not a folder; pass the folder written by sg2v-export --out")
+        manifest = _read_manifest(root)
+        _check_format(manifest, root)
+        files = _check_files(root, manifest, verify)
+        config = _config(manifest, root)
+        vocab = _vocab(manifest, root)
+        shapes = _shapes(manifest, config, root)
+        stages = _stages(manifest, files, shapes, root)
+        null_context = _load_array(root, files, spec.NULL_CONTEXT, (1, shapes["context_tokens"],
+                                                                      shapes["context_dim"]))
+        null_mask = _load_array(root, files, spec.NULL_CONTEXT_MASK, (1, shapes["context_tokens"]))
+        return cls(root, manifest, config, vocab, shapes, stages, null_context, null_mask)
+
+    @property
+    def precision(self) -> str:
+        return str(self.manifest["precision"])
+
+    @property
+    def pooling(self) -> str:
+        return str(self.manifest["pooling"])
+
+    @property
+    def sampler_defaults(self) -> dict[str, Any]:
+        return dict(self.manifest["sampler_defaults"])
+
+    @property
+    def schedule(self) -> dict[str, Any]:
+        return dict(self.manifest["schedule"])
+
+    @property
+    def engines_dir(self) -> Path:
+        """`engines/`: TensorRT plans by fingerprint (outside `files`: built on the target after export)."""
+        return self.path / spec.ENGINES_DIR
+
+    def file(self, rel: str) -> Path:
+        """The path of `rel` inside the bundle, refused if it would leave the folder."""
+        return _safe_path(self.path, rel, "file")
+
+    def has_file(self, rel: str) -> bool:
+        """Whether the manifest lists `rel` (e.g. the optional `model.safetensors`)."""
+        return rel in self.manifest["files"]
+
+    def stage_file(self, stage: str) -> Path:
+        """The ONNX file of `stage` ("encoder" or "unet")."""
+        return self.file(self.stages[stage]["file"])
+
+    def alphas_cumprod(self) -> np.ndarray:
+        """The training schedule's cumulative alphas (float64), recomputed as `sg2v.schedule` defines them."""
+        from sg2v.schedule import make_alphas_cumprod
+
+        sched = self.schedule
+        try:
+            return make_alphas_cumprod(int(sched["num_train_timesteps"]), str(sched["kind"]))
+        except (ConfigError, KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"bundle {self.path}: manifest schedule {sched!r} is unusable ({e}); "
+                              f"{_REEXPORT}") from None
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    mpath = root / spec.MANIFEST
+    if mpath.is_symlink() or not mpath.is_file():
+        raise BundleError(f"bundle {root} has no {spec.MANIFEST}: not a bundle, or an interrupted export; "
+                          f"{_REEXPORT}")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise BundleError(f"bundle {root}: {spec.MANIFEST} is corrupt ({_first_line(e)}); "
+                          f"{_REEXPORT}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"bundle {root}: {spec.MANIFEST} is not a JSON object; {_REEXPORT}")
+    return manifest
+
+
+def _check_format(manifest: dict[str, Any], root: Path) -> None:
+    if manifest.get("format") != spec.FORMAT:
+        raise BundleError(f"bundle {root}: {spec.MANIFEST} format is {manifest.get('format')!r}, expected "
+                          f"{spec.FORMAT!r}; pass a folder written by sg2v-export")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleError(f"bundle {root}: format_version {version!r} is not a positive integer; {_REEXPORT}")
+    if version > spec.FORMAT_VERSION:
+        raise BundleError(
+            f"bundle {root} has format_version {version}, this sg2v reads <= {spec.FORMAT_VERSION}: it was "
+            "written by a newer sg2v; upgrade the runtime (pip install -U sg2v) or export with this version"
+        )
+    required = ("model_config", "vocab", "schedule", "sampler_defaults", "shapes", "precision", "pooling",
+                "stages", "files")
+    missing = [k for k in required if k not in manifest]
+    if missing:
+        raise BundleError(f"bundle {root}: {spec.MANIFEST} lacks {', '.join(missing)}; {_REEXPORT}")
+    if manifest["precision"] not in spec.PRECISIONS:
+        raise BundleError(f"bundle {root}: precision {manifest['precision']!r} is not one of "
+                          f"{list(spec.PRECISIONS)}; {_REEXPORT}")
+    if manifest["pooling"] not in spec.POOLINGS:
+        raise BundleError(f"bundle {root}: pooling {manifest['pooling']!r} is not one of "
+                          f"{list(spec.POOLINGS)}; {_REEXPORT}")
+
+
+def _safe_path(root: Path, rel: Any, where: str) -> Path:
+    """`root / rel` if `rel` is a plain relative path that resolves inside `root` (symlinks followed)."""
+    if not isinstance(rel, str) or not rel:
+        raise BundleError(f"bundle {root}: {where} path {rel!r} is not a non-empty string; {_REEXPORT}")
+    pure = PurePosixPath(rel)
+    if "\\" in rel or pure.is_absolute() or os.path.isabs(rel) or (len(rel) > 1 and rel[1] == ":"):
+        raise BundleError(f"bundle {root}: {where} path {rel!r} is absolute; a bundle may only name files "
+                          f"inside itself (tampered manifest?); {_REEXPORT}")
+    if any(part in ("..", "") for part in rel.split("/")) or "." in rel.split("/"):
+        raise BundleError(f"bundle {root}: {where} path {rel!r} contains '..' or empty/'.' parts; a bundle "
+                          f"may only name files inside itself (tampered manifest?); {_REEXPORT}")
+    full = root / pure
+    base = root.resolve()
+    try:
+        full.resolve().relative_to(base)
+    except ValueError:
+        raise BundleError(f"bundle {root}: {where} path {rel!r} resolves outside the bundle (a symlink?); "
+                          f"a bundle may only name files inside itself; {_REEXPORT}") from None
+    return full
+
+
+def _check_files(root: Path, manifest: dict[str, Any], verify: bool) -> dict[str, dict[str, Any]]:
+    """Every listed file: safe path, regular file, recorded size, and (with `verify`) recorded sha256."""
+    files = manifest["files"]
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"bundle {root}: manifest 'files' is not a non-empty object; {_REEXPORT}")
+    for rel, info in files.items():
+        path = _safe_path(root, rel, f"files[{rel!r}]")
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str) \
+                or not isinstance(info.get("bytes"), int):
+            raise BundleError(f"bundle {root}: files[{rel!r}] needs 'sha256' (hex) and 'bytes' (int); "
+                              f"{_REEXPORT}")
+        if not path.is_file():
+            raise BundleError(f"bundle {root}: {rel} is missing (incomplete copy or interrupted export); "
+                              "copy the whole bundle folder again or re-export it")
+        size = path.stat().st_size
+        if size != info["bytes"]:
+            raise BundleError(f"bundle {root}: {rel} has {size} bytes, the manifest records {info['bytes']} "
+                              "(truncated or modified); copy the bundle again or re-export it")
+        if verify and sha256_file(path) != info["sha256"].lower():
+            raise BundleError(f"bundle {root}: {rel} does not match its sha256 in the manifest (corrupt or "
+                              "modified); copy the bundle again or re-export it")
+    return files
+
+
+def _config(manifest: dict[str, Any], root: Path) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(manifest["model_config"])
+    except (ConfigError, TypeError) as e:
+        raise BundleError(f"bundle {root}: model_config is unusable ({_first_line(e)}); {_REEXPORT} "
+                          "or upgrade sg2v") from None
+
+
+def _vocab(manifest: dict[str, Any], root: Path) -> Vocab:
+    try:
+        return Vocab.from_dict(manifest["vocab"], where=f"{root}/{spec.MANIFEST}: vocab")
+    except Sg2vError as e:
+        raise BundleError(f"bundle {root}: vocabulary is unusable ({e}); {_REEXPORT}") from None
+
+
+def _shapes(manifest: dict[str, Any], config: ModelConfig, root: Path) -> dict[str, int]:
+    expected = spec.shapes(config.data, config.encoder)
+    got = manifest["shapes"]
+    if not isinstance(got, dict):
+        raise BundleError(f"bundle {root}: manifest 'shapes' is not an object; {_REEXPORT}")
+    wrong = [f"{k}={got.get(k)!r} (config says {v})" for k, v in expected.items() if got.get(k) != v]
+    if wrong:
+        raise BundleError(f"bundle {root}: manifest shapes disagree with model_config: {', '.join(wrong)}; "
+                          f"{_REEXPORT}")
+    return dict(expected)
+
+
+def _stages(manifest: dict[str, Any], files: dict[str, Any], shapes: dict[str, int],
+            root: Path) -> dict[str, dict[str, Any]]:
+    """Stage entries for `encoder` and `unet`: files listed, I/O exactly as `bundle_spec` defines it."""
+    stages = manifest["stages"]
+    if not isinstance(stages, dict):
+        raise BundleError(f"bundle {root}: manifest 'stages' is not an object; {_REEXPORT}")
+    expected_io = spec.stage_io(shapes)
+    out = {}
+    for name in spec.STAGE_FILES:
+        entry = stages.get(name)
+        if not isinstance(entry, dict) or "file" not in entry:
+            raise BundleError(f"bundle {root}: stage {name!r} is missing from the manifest; {_REEXPORT}")
+        _safe_path(root, entry["file"], f"stages[{name!r}].file")
+        if entry["file"] not in files:
+            raise BundleError(f"bundle {root}: stage {name!r} file {entry['file']!r} is not listed (with its "
+                              f"sha256) in 'files'; {_REEXPORT}")
+        for kind in ("inputs", "outputs"):
+            if _io_key(entry.get(kind)) != _io_key(expected_io[name][kind]):
+                raise BundleError(f"bundle {root}: stage {name!r} {kind} {entry.get(kind)!r} differ from "
+                                  f"{expected_io[name][kind]!r} (docs/ARCHITECTURE.md); {_REEXPORT}")
+        out[name] = {"file": entry["file"], **expected_io[name]}
+    return out
+
+
+def _io_key(ios: Any) -> Any:
+    try:
+        return sorted((d["name"], d["dtype"], tuple(d["shape"])) for d in ios)
+    except (TypeError, KeyError):
+        return None
+
+
+def _load_array(root: Path, files: dict[str, Any], rel: str, shape: tuple[int, ...]) -> np.ndarray:
+    if rel not in files:
+        raise BundleError(f"bundle {root}: {rel} is not listed in the manifest's 'files'; {_REEXPORT}")
+    path = _safe_path(root, rel, rel)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise BundleError(f"bundle {root}: {rel} is not a plain .npy array ({_first_line(e)}); {_REEXPORT}") \
+            from None
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or tuple(arr.shape) != shape:
+        got = f"{getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}"
+        raise BundleError(f"bundle {root}: {rel} is {got}, expected float32 {shape}; {_REEXPORT}")
+    if not np.isfinite(arr).all():
+        raise BundleError(f"bundle {root}: {rel} holds NaN or inf; {_REEXPORT}")
+    arr.setflags(write=False)
+    return arr
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
