@@ -299,7 +299,7 @@ class ShapesWorld:
         palette = np.zeros((n + 1, 3), dtype=np.uint8)  # (n + 1, 3)
         for i, nm in enumerate(names):
             palette[i + 1] = COLORS[split_name(nm)[0]]
-        video = palette[ids]  # (F, H, W, 3)
+        video = np.take(palette, ids.astype(np.intp), axis=0)  # (F, H, W, 3); take beats int8 fancy indexing
         masks = ids[None] == np.arange(1, n + 1, dtype=np.int8)[:, None, None, None]  # (n, F, H, W)
         centroids = self._centroids(tl, shapes, sizes).astype(np.float32)  # (n, F, 2)
         boxes = np.concatenate([tl, far], -1).astype(np.float32)  # (n, F, 4)
