@@ -1,0 +1,274 @@
+"""Checkpoints: `model.pt` (a plain dict of tensors and containers) and `.safetensors`, written atomically.
+
+The format is the one in docs/ARCHITECTURE.md: `{"sg2v_format": 1, "config": ModelConfig.to_dict(),
+"vocab": Vocab.to_dict(), "model": state_dict, "ema": state_dict | None, "step": int, ...training state}`.
+Everything loads with `torch.load(weights_only=True)`; nothing is ever unpickled beyond tensors and builtins.
+A `.safetensors` file holds the weights (`model.*`, `ema.*`) with config, vocab and step as JSON metadata; it
+carries no optimizer or RNG state, so it serves export and inference, not resume.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sg2v.config import ConfigError, ModelConfig
+from sg2v.errors import CheckpointError, Sg2vError
+from sg2v.io import atomic_write_bytes
+
+SG2V_FORMAT = 1  # bump on an incompatible change of the dict layout below
+
+_SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def _state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    """A module's or a mapping's weights as detached CPU tensors (so the file never pins a device)."""
+    if obj is None:
+        return None
+    sd = obj.state_dict() if hasattr(obj, "state_dict") else obj
+    return {k: v.detach().to("cpu").clone() for k, v in sd.items()}
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    # DistributedDataParallel keeps the real model under `.module`; its state_dict keys carry a prefix.
+    return getattr(model, "module", model)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global torch RNG states (CPU and every CUDA device), as tensors."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured (CUDA states only where the same devices exist)."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_checkpoint(
+    model: torch.nn.Module,
+    cfg: ModelConfig,
+    vocab: Any,
+    *,
+    ema: Any = None,
+    step: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint dict (tensors and plain containers only) for `model` and its training state."""
+    ckpt: dict[str, Any] = {
+        "sg2v_format": SG2V_FORMAT,
+        "config": cfg.to_dict(),
+        "vocab": vocab.to_dict(),
+        "model": _state_dict(_unwrap(model)),
+        "ema": _state_dict(_unwrap(ema) if isinstance(ema, torch.nn.Module) else ema),
+        "step": int(step),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "rng": rng_state(),
+    }
+    for key, value in (extra or {}).items():
+        if key in ckpt:
+            raise ValueError(f"extra key {key!r} would overwrite a checkpoint field; rename it")
+        ckpt[key] = value
+    return ckpt
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    cfg: ModelConfig,
+    vocab: Any,
+    *,
+    ema: Any = None,
+    step: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically: `.safetensors` by suffix (weights + JSON metadata), else torch.save."""
+    path = Path(path)
+    ckpt = build_checkpoint(model, cfg, vocab, ema=ema, step=step, optimizer=optimizer, extra=extra)
+    if path.suffix == _SAFETENSORS_SUFFIX:
+        data = _to_safetensors_bytes(ckpt)
+    else:
+        buf = io.BytesIO()
+        torch.save(ckpt, buf)
+        data = buf.getvalue()
+    try:
+        atomic_write_bytes(path, data)
+    except (FileNotFoundError, PermissionError) as e:
+        raise CheckpointError(f"cannot write checkpoint {path}: {e}") from None
+    return path
+
+
+def _to_safetensors_bytes(ckpt: dict[str, Any]) -> bytes:
+    from safetensors.torch import save as st_save
+
+    tensors = {f"model.{k}": v.contiguous() for k, v in ckpt["model"].items()}
+    if ckpt["ema"] is not None:
+        tensors.update({f"ema.{k}": v.contiguous() for k, v in ckpt["ema"].items()})
+    metadata = {
+        "sg2v_format": str(ckpt["sg2v_format"]),
+        "config": json.dumps(ckpt["config"]),
+        "vocab": json.dumps(ckpt["vocab"]),
+        "step": str(ckpt["step"]),
+    }
+    return st_save(tensors, metadata=metadata)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a checkpoint (torch.load(weights_only=True) or safetensors); CheckpointError if bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a last.pt written by sg2v-train")
+    if path.suffix == _SAFETENSORS_SUFFIX:
+        ckpt = _load_safetensors(path)
+    else:
+        ckpt = _load_torch(path)
+    _check_format(ckpt, path)
+    return ckpt
+
+
+def _load_torch(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects other than tensors and containers; sg2v refuses to "
+                "unpickle them: re-save it with sg2v.checkpoint.save_checkpoint"
+            ) from None
+        raise _corrupt(path, e) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError) as e:
+        raise _corrupt(path, e) from None
+
+
+def _load_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+        metadata = _safetensors_metadata(data)
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _corrupt(path, e) from None
+    if "sg2v_format" not in metadata:
+        raise CheckpointError(f"{path} is a safetensors file but not an sg2v checkpoint (no sg2v_format key)")
+    try:
+        ckpt: dict[str, Any] = {
+            "sg2v_format": int(metadata["sg2v_format"]),
+            "config": json.loads(metadata["config"]),
+            "vocab": json.loads(metadata["vocab"]),
+            "step": int(metadata.get("step", "0")),
+        }
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has broken sg2v metadata ({_first_line(e)}); re-save it") \
+            from None
+    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+    ckpt.update(model=model, ema=ema or None, optimizer=None)
+    return ckpt
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    # The format: 8-byte little-endian header length, then a JSON header whose "__metadata__" is str -> str.
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n].decode("utf-8"))
+    return header.get("__metadata__") or {}
+
+
+def _check_format(ckpt: Any, path: Path) -> None:
+    if not isinstance(ckpt, dict) or "sg2v_format" not in ckpt:
+        raise CheckpointError(
+            f"{path} is not an sg2v checkpoint (no 'sg2v_format' key); pass a model.pt written by sg2v-train"
+        )
+    version = ckpt["sg2v_format"]
+    if not isinstance(version, int):
+        raise CheckpointError(f"checkpoint {path} has sg2v_format {version!r}, not an integer; re-save it")
+    if version > SG2V_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} was written by a newer sg2v (format {version}, this one reads "
+            f"<= {SG2V_FORMAT}); upgrade sg2v"
+        )
+    for key in ("config", "vocab", "model"):
+        if not isinstance(ckpt.get(key), dict):
+            raise CheckpointError(f"checkpoint {path} lacks its '{key}' entry; it is not a complete sg2v "
+                                  "checkpoint")
+
+
+def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> ModelConfig:
+    """The typed `ModelConfig` stored in a loaded checkpoint."""
+    try:
+        return ModelConfig.from_dict(ckpt["config"])
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path}: config mismatch: {e}") from None
+
+
+def checkpoint_vocab(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> Any:
+    """The `Vocab` stored in a loaded checkpoint."""
+    from sg2v.vocab import Vocab
+
+    try:
+        return Vocab.from_dict(ckpt["vocab"])
+    except Sg2vError as e:
+        raise CheckpointError(f"checkpoint {path}: bad vocabulary: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: bad vocabulary ({_first_line(e)}); re-save it") from None
+
+
+def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Any, what: str) -> None:
+    """`load_state_dict(strict=True)` with a one-line `CheckpointError` naming the mismatch."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"shape mismatch {len(wrong)} (e.g. {k}: file {tuple(state[k].shape)}, "
+                         f"model {tuple(expected[k].shape)})")
+        raise CheckpointError(
+            f"checkpoint {path}: config mismatch: {what} weights do not fit the stored config "
+            f"({'; '.join(parts)}); the file was edited or written by another sg2v version"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def load_model(path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"):
+    """Rebuild `(SG2V, ModelConfig, Vocab)` from a checkpoint; EMA weights when stored and `ema` is set."""
+    from sg2v.models.sg2v import build_model
+
+    ckpt = load_checkpoint(path)
+    cfg = checkpoint_config(ckpt, path)
+    vocab = checkpoint_vocab(ckpt, path)
+    model = build_model(cfg)
+    use_ema = ema and ckpt.get("ema") is not None
+    load_state_checked(model, ckpt["ema"] if use_ema else ckpt["model"], path, "ema" if use_ema else "model")
+    model.to(device).eval()
+    return model, cfg, vocab
+
+
+def _corrupt(path: Path, e: BaseException) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)}); re-save it")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
