@@ -1,0 +1,363 @@
+"""Temporal UNet in pixel space, export-friendly by construction (DESIGN.md "Model defaults").
+
+Frames are folded into the batch (B*F, C, H, W), so every spatial op is a plain Conv2d / GroupNorm / MatMul;
+frames meet only in the temporal layers, which reshape so that frames are the sequence axis (attention) or the
+height axis of a (B*H*W, C, F, 1) image (a Conv2d with kernel (3, 1)). Both temporal layers have
+zero-initialised output projections, so an untrained temporal layer is the identity and the network starts as
+a per-frame image model. Nothing here branches on data: no Conv3d, no einsum, no `.item()`, static shapes
+from the config. Attention is matmul-softmax-matmul with an additive mask bias (finite, so fp16 exports stay
+finite); token LayerNorms are written out as reductions so the graph needs no LayerNormalization node.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sg2v.config import ConfigError, DataConfig, ModelConfig, UNetConfig
+
+MASK_BIAS = -1.0e4  # added to the logits of padded context tokens: exp underflows to 0, fp16 stays finite
+
+
+class TokenNorm(nn.Module):
+    """LayerNorm over the last axis (Ba et al. 2016) as ReduceMean/Sqrt ops, computed in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        mean = h.mean(dim=-1, keepdim=True)
+        d = h - mean
+        var = (d * d).mean(dim=-1, keepdim=True)
+        h = d * torch.rsqrt(var + self.eps) * self.weight.float() + self.bias.float()
+        return h.to(x.dtype)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+              scale: float) -> torch.Tensor:
+    """Scaled dot-product attention (Vaswani et al. 2017) as MatMul-Softmax-MatMul; softmax in float32."""
+    q = q * scale  # before the matmul, so fp16 logits stay small
+    logits = torch.matmul(q, k.transpose(-1, -2))  # (N, heads, Sq, Sk)
+    if bias is not None:
+        logits = logits + bias
+    w = torch.softmax(logits.float(), dim=-1).to(v.dtype)
+    return torch.matmul(w, v)  # (N, heads, Sq, d)
+
+
+class Attention(nn.Module):
+    """Multi-head attention of tokens (N, S, C) to themselves or to a context (N, L, D)."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, zero_out: bool = False):
+        super().__init__()
+        self.heads = heads
+        self.scale = 1.0 / math.sqrt(dim // heads)
+        kv_dim = dim if context_dim is None else context_dim
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(kv_dim, dim, bias=False)
+        self.to_v = nn.Linear(kv_dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+        if zero_out:
+            nn.init.zeros_(self.to_out.weight)
+            nn.init.zeros_(self.to_out.bias)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        n, s, c = x.shape
+        return x.reshape(n, s, self.heads, c // self.heads).transpose(1, 2)  # (N, heads, S, d)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        n, s, c = x.shape
+        kv = x if context is None else context
+        q, k, v = self._split(self.to_q(x)), self._split(self.to_k(kv)), self._split(self.to_v(kv))
+        out = attention(q, k, v, bias, self.scale)  # (N, heads, S, d)
+        return self.to_out(out.transpose(1, 2).reshape(n, s, c))  # (N, S, C)
+
+
+class ResBlock(nn.Module):
+    """Conv residual block, per-frame GroupNorm, AdaGN scale/shift from the embedding (Dhariwal & Nichol)."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x, emb, context=None, bias=None):  # x (BF, Cin, H, W), emb (BF, E)
+        h = self.conv1(F.silu(self.norm1(x)))  # (BF, Cout, H, W)
+        scale, shift = self.emb(F.silu(emb)).chunk(2, dim=1)  # (BF, Cout) each
+        h = self.norm2(h) * (1.0 + scale[:, :, None, None]) + shift[:, :, None, None]
+        h = self.conv2(self.drop(F.silu(h)))
+        return self.skip(x) + h
+
+
+class SpatialTransformer(nn.Module):
+    """Per-frame self-attention, masked cross-attention to the graph tokens, MLP (Rombach et al. 2022)."""
+
+    def __init__(self, ch: int, heads: int, context_dim: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, ch)
+        self.proj_in = nn.Conv2d(ch, ch, 1)
+        self.ln1, self.ln2, self.ln3 = TokenNorm(ch), TokenNorm(ch), TokenNorm(ch)
+        self.attn1 = Attention(ch, heads)
+        self.attn2 = Attention(ch, heads, context_dim=context_dim)
+        self.ff = nn.Sequential(nn.Linear(ch, 4 * ch), nn.GELU(), nn.Linear(4 * ch, ch))
+        self.proj_out = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x, emb, context, bias):  # x (BF, C, H, W), context (B, L, D), bias (B, 1, 1, L)
+        bf, c, h, w = x.shape
+        b = context.shape[0]
+        t = self.proj_in(self.norm(x)).reshape(bf, c, h * w).transpose(1, 2)  # (BF, HW, C)
+        t = t + self.attn1(self.ln1(t))
+        # Cross-attention is per query token, so all frames of a clip share one pass over the context.
+        t = t.reshape(b, (bf // b) * h * w, c)  # (B, F*HW, C)
+        t = t + self.attn2(self.ln2(t), context, bias)
+        t = t + self.ff(self.ln3(t))
+        t = t.reshape(bf, h * w, c).transpose(1, 2).reshape(bf, c, h, w)
+        return x + self.proj_out(t)
+
+
+class TemporalAttention(nn.Module):
+    """Attention over the frames of each pixel with learned frame positions; zero-initialised output."""
+
+    def __init__(self, ch: int, heads: int, frames: int):
+        super().__init__()
+        self.frames = frames
+        self.norm = TokenNorm(ch)
+        self.pos = nn.Parameter(torch.randn(1, frames, ch) * 0.02)  # (1, F, C)
+        self.attn = Attention(ch, heads, zero_out=True)
+
+    def forward(self, x, emb=None, context=None, bias=None):  # x (BF, C, H, W)
+        bf, c, h, w = x.shape
+        f = self.frames
+        b = bf // f
+        t = x.reshape(b, f, c, h * w).permute(0, 3, 1, 2).reshape(b * h * w, f, c)  # (B*HW, F, C)
+        t = t + self.attn(self.norm(t) + self.pos)
+        return t.reshape(b, h * w, f, c).permute(0, 2, 3, 1).reshape(bf, c, h, w)
+
+
+class TemporalConv(nn.Module):
+    """Convolution over frames: Conv2d kernel (3, 1) on a (B*H*W, C, F, 1) layout; zero-initialised output."""
+
+    def __init__(self, ch: int, frames: int, groups: int):
+        super().__init__()
+        self.frames = frames
+        self.norm = nn.GroupNorm(groups, ch)
+        self.conv1 = nn.Conv2d(ch, ch, (3, 1), padding=(1, 0))
+        self.conv2 = nn.Conv2d(ch, ch, (3, 1), padding=(1, 0))
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x, emb=None, context=None, bias=None):  # x (BF, C, H, W)
+        bf, c, h, w = x.shape
+        f = self.frames
+        b = bf // f
+        y = F.silu(self.norm(x)).reshape(b, f, c, h * w).permute(0, 3, 2, 1).reshape(b * h * w, c, f, 1)
+        y = self.conv2(F.silu(self.conv1(y)))  # (B*HW, C, F, 1)
+        return x + y.reshape(b, h * w, c, f).permute(0, 3, 2, 1).reshape(bf, c, h, w)
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x, emb=None, context=None, bias=None):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest 2x upsampling as Expand + Reshape (no Resize node), then a 3x3 conv."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x, emb=None, context=None, bias=None):
+        n, c, h, w = x.shape
+        x = x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+        return self.conv(x)
+
+
+class UNetBlock(nn.Module):
+    """res -> spatial transformer -> temporal layers -> post (down/upsample or a second res block).
+
+    Named slots keep state-dict keys independent of which optional layers exist, so a model without temporal
+    layers loads the same weights with only the temporal keys left over.
+    """
+
+    def __init__(self, res=None, attn=None, temporal=(), post=None):
+        super().__init__()
+        self.res = res
+        self.attn = attn
+        self.temporal = nn.ModuleList(temporal)
+        self.post = post
+
+    def forward(self, h, emb, context, bias):
+        if self.res is not None:
+            h = self.res(h, emb)
+        if self.attn is not None:
+            h = self.attn(h, emb, context, bias)
+        for layer in self.temporal:
+            h = layer(h)
+        if self.post is not None:
+            h = self.post(h, emb, context, bias)
+        return h
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Sinusoidal embedding of a float timestep (Vaswani et al. 2017, as in Ho et al. 2020)."""
+
+    def __init__(self, dim: int, max_period: float = 10000.0):
+        super().__init__()
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)  # (dim/2,)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:  # t (B,) float
+        arg = t.float()[:, None] * self.freqs[None, :]  # (B, dim/2)
+        return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)  # (B, dim)
+
+
+class TemporalUNet(nn.Module):
+    """v-prediction UNet over (B, F, C, H, W) clips conditioned on graph tokens (ARCHITECTURE.md "UNet")."""
+
+    def __init__(self, ucfg: UNetConfig, data: DataConfig, context_dim: int):
+        super().__init__()
+        _check_config(ucfg, data)
+        self.ucfg, self.data = ucfg, data
+        self.frames, self.channels = data.frames, data.channels
+        self.height, self.width = data.height, data.width
+        base, groups, heads = ucfg.base_channels, ucfg.norm_groups, ucfg.num_heads
+        emb_dim = 4 * base
+        self.emb_dim = emb_dim
+        self.time_embed = nn.Sequential(
+            SinusoidalEmbedding(base), nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        # The global graph token conditions every block through the same scale/shift as the timestep.
+        self.graph_embed = nn.Sequential(
+            nn.Linear(context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        self.conv_in = nn.Conv2d(data.channels, base, 3, padding=1)
+
+        def temporal(ch: int) -> list[nn.Module]:
+            layers: list[nn.Module] = []
+            if ucfg.temporal_attention:
+                layers.append(TemporalAttention(ch, heads, data.frames))
+            if ucfg.temporal_conv:
+                layers.append(TemporalConv(ch, data.frames, groups))
+            return layers
+
+        def block(cin: int, cout: int, level: int, post: nn.Module | None = None) -> UNetBlock:
+            has_attn = level in ucfg.attention_levels
+            attn = SpatialTransformer(cout, heads, context_dim, groups) if has_attn else None
+            res = ResBlock(cin, cout, emb_dim, groups, ucfg.dropout)
+            return UNetBlock(res, attn, temporal(cout), post)
+
+        levels = len(ucfg.channel_mult)
+        ch = base
+        skips = [ch]
+        self.down = nn.ModuleList()
+        for level, mult in enumerate(ucfg.channel_mult):
+            for _ in range(ucfg.num_res_blocks):
+                self.down.append(block(ch, base * mult, level))
+                ch = base * mult
+                skips.append(ch)
+            if level != levels - 1:
+                self.down.append(UNetBlock(post=Downsample(ch)))
+                skips.append(ch)
+        self.middle = UNetBlock(
+            ResBlock(ch, ch, emb_dim, groups, ucfg.dropout),
+            SpatialTransformer(ch, heads, context_dim, groups),
+            temporal(ch),
+            ResBlock(ch, ch, emb_dim, groups, ucfg.dropout),
+        )
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(ucfg.channel_mult))):
+            for i in range(ucfg.num_res_blocks + 1):
+                last = i == ucfg.num_res_blocks
+                post = Upsample(base * mult) if last and level != 0 else None
+                self.up.append(block(ch + skips.pop(), base * mult, level, post))
+                ch = base * mult
+        self.norm_out = nn.GroupNorm(groups, ch)
+        self.conv_out = nn.Conv2d(ch, data.channels, 3, padding=1)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """x (B, F, C, H, W), t (B,) float timestep, context (B, L, D), context_mask (B, L) -> v like x."""
+        f, c, hh, ww = self.frames, self.channels, self.height, self.width
+        if not torch.jit.is_tracing() and tuple(x.shape[1:]) != (f, c, hh, ww):  # static in a trace
+            raise ValueError(
+                f"UNet input has shape {tuple(x.shape)}; this model takes (B, {f}, {c}, {hh}, {ww})"
+            )
+        b = x.shape[0]
+        h = x.reshape(b * f, c, hh, ww)  # (BF, C, H, W)
+        emb = self.time_embed(t) + self.graph_embed(context[:, 0])  # (B, E)
+        emb = emb[:, None, :].expand(b, f, self.emb_dim).reshape(b * f, self.emb_dim)  # (BF, E)
+        bias = ((1.0 - context_mask.to(context.dtype)) * MASK_BIAS)[:, None, None, :]  # (B, 1, 1, L)
+        h = self.conv_in(h)
+        hs = [h]
+        for blk in self.down:
+            h = blk(h, emb, context, bias)
+            hs.append(h)
+        h = self.middle(h, emb, context, bias)
+        for blk in self.up:
+            h = blk(torch.cat([h, hs.pop()], dim=1), emb, context, bias)
+        h = self.conv_out(F.silu(self.norm_out(h)))  # (BF, C, H, W)
+        return h.reshape(b, f, c, hh, ww)
+
+
+def _check_config(u: UNetConfig, d: DataConfig) -> None:
+    levels = len(u.channel_mult)
+    if levels < 1 or u.num_res_blocks < 1:
+        raise ConfigError("unet.channel_mult needs >= 1 level and unet.num_res_blocks >= 1")
+    if u.norm_groups < 2:
+        raise ConfigError(f"unet.norm_groups = {u.norm_groups}; use >= 2 (per-frame GroupNorm, not 1 group)")
+    for m in u.channel_mult:
+        ch = u.base_channels * m
+        if ch % u.norm_groups or ch % u.num_heads:
+            raise ConfigError(
+                f"unet channels {ch} (base_channels x {m}) must be divisible by norm_groups={u.norm_groups} "
+                f"and num_heads={u.num_heads}; change base_channels"
+            )
+    scale = 2 ** (levels - 1)
+    if d.height % scale or d.width % scale:
+        raise ConfigError(
+            f"data.height x width = {d.height} x {d.width} must be divisible by {scale} "
+            f"(2 ** (levels - 1) for {levels} UNet levels); change the size or unet.channel_mult"
+        )
+    bad = [lv for lv in u.attention_levels if not 0 <= lv < levels]
+    if bad:
+        raise ConfigError(f"unet.attention_levels {bad} outside the {levels} levels 0..{levels - 1}")
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def unet_flops(cfg: ModelConfig, batch: int = 2) -> int:
+    """FLOPs (2 x multiply-adds of convs and matmuls) of one UNet call on `batch` clips, on meta tensors."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    d = cfg.data
+    with torch.device("meta"):
+        net = TemporalUNet(cfg.unet, d, cfg.encoder.context_dim)
+        x = torch.empty(batch, d.frames, d.channels, d.height, d.width)
+        t = torch.empty(batch)
+        ctx = torch.empty(batch, d.context_tokens, cfg.encoder.context_dim)
+        mask = torch.empty(batch, d.context_tokens)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x, t, ctx, mask)
+    return int(counter.get_total_flops())

@@ -1,0 +1,212 @@
+"""TemporalUNet: shapes, zero-init temporal layers, masking, temporal mixing, FLOP count, ONNX parity."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sg2v.config import ConfigError, model_config
+from sg2v.models.unet import Attention, TemporalAttention, TemporalConv, TemporalUNet, TokenNorm, unet_flops
+
+CFG = model_config("tiny")
+D = CFG.data
+CTX = CFG.encoder.context_dim
+L = D.context_tokens
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The CI box is shared: one intra-op thread is much faster than two contended ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_unet(seed=0, **unet_changes) -> TemporalUNet:
+    torch.manual_seed(seed)
+    ucfg = dataclasses.replace(CFG.unet, **unet_changes)
+    return TemporalUNet(ucfg, D, CTX).eval()
+
+
+def randomize_zero_params(net: nn.Module, seed=1) -> None:
+    """Give the zero-initialised (temporal) output projections non-zero weights."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def inputs(b=2, seed=0, real_tokens=5):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, D.frames, D.channels, D.height, D.width, generator=g)
+    t = torch.rand(b, generator=g) * 999
+    ctx = torch.randn(b, L, CTX, generator=g)
+    mask = torch.zeros(b, L)
+    mask[:, :real_tokens] = 1.0
+    return x, t, ctx, mask
+
+
+def test_output_shape_and_bad_shapes():
+    net = make_unet()
+    x, t, ctx, mask = inputs(3)
+    with torch.no_grad():
+        v = net(x, t, ctx, mask)
+    assert v.shape == x.shape and v.dtype == torch.float32 and torch.isfinite(v).all()
+    assert v.std() > 1e-3
+    with pytest.raises(ValueError, match="this model takes"):
+        net(x[:, :, :, :8], t, ctx, mask)
+    for bad in [dict(norm_groups=1), dict(base_channels=18), dict(attention_levels=(3,))]:
+        with pytest.raises(ConfigError):
+            make_unet(**bad)
+    with pytest.raises(ConfigError, match="divisible"):
+        TemporalUNet(CFG.unet, dataclasses.replace(D, height=17), CTX)
+
+
+def test_temporal_layers_are_identity_at_init():
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(2 * D.frames, 16, 4, 4, generator=g)
+    for layer in (TemporalAttention(16, 2, D.frames), TemporalConv(16, D.frames, 4)):
+        assert torch.equal(layer(h), h)
+    # whole network: identical to the same weights without temporal layers
+    full = make_unet()
+    plain = make_unet(temporal_attention=False, temporal_conv=False)
+    res = plain.load_state_dict(full.state_dict(), strict=False)
+    assert not res.missing_keys
+    assert res.unexpected_keys and all(".temporal." in k for k in res.unexpected_keys)
+    x, t, ctx, mask = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(full(x, t, ctx, mask), plain(x, t, ctx, mask), rtol=0, atol=1e-6)
+        randomize_zero_params(full)
+        assert (full(x, t, ctx, mask) - plain(x, t, ctx, mask)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", [dict(), dict(temporal_conv=False), dict(temporal_attention=False)])
+def test_frames_mix_only_through_temporal_layers(kind):
+    net = make_unet(**kind)
+    x, t, ctx, mask = inputs()
+    x2 = x.clone()
+    x2[:, 0] += torch.randn(x2[:, 0].shape, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        # at init every frame is its own image: frame 0 cannot reach frame 1
+        v, v2 = net(x, t, ctx, mask), net(x2, t, ctx, mask)
+        assert (v[:, 0] - v2[:, 0]).abs().max() > 1e-3
+        torch.testing.assert_close(v[:, 1:], v2[:, 1:], rtol=0, atol=1e-6)
+        randomize_zero_params(net)
+        v, v2 = net(x, t, ctx, mask), net(x2, t, ctx, mask)
+        assert (v[:, 1] - v2[:, 1]).abs().max() > 1e-3
+
+
+def test_padded_context_tokens_do_not_matter():
+    net = make_unet()
+    randomize_zero_params(net)
+    x, t, ctx, mask = inputs(real_tokens=4)
+    ctx2 = ctx.clone()
+    ctx2[:, 4:] = torch.randn(ctx2[:, 4:].shape, generator=torch.Generator().manual_seed(5)) * 10
+    with torch.no_grad():
+        v = net(x, t, ctx, mask)
+        torch.testing.assert_close(net(x, t, ctx2, mask), v, rtol=0, atol=1e-6)
+        # a real local token and the global token both condition the output
+        ctx3 = ctx.clone()
+        ctx3[:, 2] += 1.0
+        assert (net(x, t, ctx3, mask) - v).abs().max() > 1e-4
+        ctx4 = ctx.clone()
+        ctx4[:, 0] += 1.0
+        assert (net(x, t, ctx4, mask) - v).abs().max() > 1e-4
+        # and the batch rows stay independent
+        torch.testing.assert_close(net(x[:1], t[:1], ctx[:1], mask[:1]), v[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_attention_and_norm_match_torch_reference():
+    g = torch.Generator().manual_seed(2)
+    att = Attention(16, 4, context_dim=8)
+    x, c = torch.randn(3, 10, 16, generator=g), torch.randn(3, 5, 8, generator=g)
+    keep = torch.tensor([[1, 1, 0, 1, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    bias = (~keep).float()[:, None, None, :] * -1e4
+    ref = nn.MultiheadAttention(16, 4, kdim=8, vdim=8, batch_first=True, bias=False)
+    with torch.no_grad():
+        ref.q_proj_weight.copy_(att.to_q.weight)
+        ref.k_proj_weight.copy_(att.to_k.weight)
+        ref.v_proj_weight.copy_(att.to_v.weight)
+        ref.out_proj.weight.copy_(att.to_out.weight)
+        ref.out_proj.bias = nn.Parameter(att.to_out.bias.clone())
+        want, _ = ref(x, c, c, key_padding_mask=~keep, need_weights=False)
+        torch.testing.assert_close(att(x, c, bias), want, rtol=1e-5, atol=1e-5)
+        norm = TokenNorm(16)
+        norm.weight.normal_(generator=g)
+        norm.bias.normal_(generator=g)
+        torch.testing.assert_close(norm(x), nn.functional.layer_norm(x, (16,), norm.weight, norm.bias))
+
+
+def test_unet_flops_match_hand_count():
+    """unet_flops against a per-layer count taken with forward hooks on a real model."""
+    net = make_unet()
+    count = [0]
+
+    def conv_hook(m, inp, out):
+        kh, kw = m.kernel_size
+        count[0] += 2 * out.numel() * (m.in_channels // m.groups) * kh * kw
+
+    def linear_hook(m, inp, out):
+        count[0] += 2 * out.numel() * m.in_features
+
+    def attn_hook(m, args, out):
+        x = args[0]
+        kv = args[1] if len(args) > 1 and args[1] is not None else x
+        count[0] += 2 * 2 * x.shape[0] * x.shape[1] * kv.shape[1] * x.shape[2]  # QK^T and AV
+
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(conv_hook)
+        elif isinstance(m, nn.Linear):
+            m.register_forward_hook(linear_hook)
+        elif isinstance(m, Attention):
+            m.register_forward_hook(attn_hook)
+    with torch.no_grad():
+        net(*inputs(2))
+    assert unet_flops(CFG, batch=2) == count[0]
+    assert unet_flops(CFG, batch=4) == 2 * count[0]
+
+
+def _export_and_compare(path, dynamo: bool):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    net = make_unet()
+    randomize_zero_params(net)
+    x, t, ctx, mask = inputs(2, seed=4)
+    with torch.no_grad():
+        want = net(x, t, ctx, mask).numpy()
+    kwargs = {} if dynamo else {"dynamo": False}
+    torch.onnx.export(net, (x, t, ctx, mask), str(path), input_names=["x", "t", "context", "context_mask"],
+                      output_names=["v"], opset_version=17, external_data=False, **kwargs)
+    model = onnx.load(str(path))
+    ops = {n.op_type for n in model.graph.node}
+    assert not ops & {"Einsum", "LayerNormalization", "Loop", "If", "Resize"}, ops
+    weights = {i.name: len(i.dims) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Conv" and n.input[1] in weights:
+            assert weights[n.input[1]] == 4  # Conv2d only, never Conv3d
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x2, t2, ctx2, mask2 = inputs(2, seed=6, real_tokens=3)  # fresh inputs, another mask
+    got, got2 = (
+        sess.run(["v"], {"x": a.numpy(), "t": b.numpy(), "context": c.numpy(), "context_mask": m.numpy()})[0]
+        for a, b, c, m in ((x, t, ctx, mask), (x2, t2, ctx2, mask2))
+    )
+    with torch.no_grad():
+        want2 = net(x2, t2, ctx2, mask2).numpy()
+    for g, w in ((got, want), (got2, want2)):
+        assert np.abs(g - w).max() / np.abs(w).max() <= 1e-4
+
+
+def test_onnx_export_matches_torch(tmp_path):
+    _export_and_compare(tmp_path / "unet.onnx", dynamo=False)
+
+
+@pytest.mark.slow
+def test_onnx_dynamo_export_matches_torch(tmp_path):
+    _export_and_compare(tmp_path / "unet.onnx", dynamo=True)
