@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", formatter_class=fmt,
                        help="score a video file against its graph with the oracle")
-    p.add_argument("video", help="video file (.mp4, .gif, .webp, .npy, or a folder of PNG frames)")
+    p.add_argument("video", help="video file (.mp4, .gif, .webp, .npy, or a folder of PNG frames); lossy mp4 "
+                                 "smears small shapes and lowers the scores, so prefer lossless files")
     p.add_argument("--graph", required=True, help="scene graph JSON file the video should show")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
