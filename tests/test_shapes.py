@@ -242,10 +242,10 @@ def test_examples_cover_the_domain_and_render_to_full_oracle_scores():
 
 
 def test_cli_render_sample_score(tmp_path, capsys):
-    out = tmp_path / "v.npy"
+    out = tmp_path / "new" / "v.npy"  # missing folders are created
     assert main(["render", "--graph", str(EXAMPLES[-1]), "--out", str(out), "--frames", "8", "--size", "32",
-                 "--sheet", str(tmp_path / "v.png")]) == 0
-    assert out.exists() and (tmp_path / "v.png").exists()
+                 "--sheet", str(tmp_path / "sheets" / "v.png")]) == 0
+    assert out.exists() and (tmp_path / "sheets" / "v.png").exists()
     capsys.readouterr()
     assert main(["score", str(out), "--graph", str(EXAMPLES[-1])]) == 0
     assert "relations 100.0%" in capsys.readouterr().out

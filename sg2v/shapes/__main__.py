@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 def _render(a: argparse.Namespace) -> int:
     world = ShapesWorld(frames=a.frames, height=a.size, width=a.size)
     s = world.render_graph(a.graph, seed=a.seed, tries=a.tries)
+    for target in (a.out, a.sheet):
+        if target:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
     write_video(a.out, s.video, fps=a.fps, lossless=a.lossless)
     if a.sheet:
         write_contact_sheet(a.sheet, s.video, scale=a.scale)
