@@ -1,0 +1,93 @@
+"""v-prediction diffusion loss with classifier-free-guidance dropout (the torch side of sg2v.schedule).
+
+x_t = a_t x0 + s_t eps and v = a_t eps - s_t x0 (Salimans & Ho 2022), a_t^2 = alphas_cumprod[t] from
+`sg2v.schedule.make_alphas_cumprod`, the one table the samplers use too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from sg2v.config import ConfigError, DiffusionConfig
+from sg2v.schedule import make_alphas_cumprod
+
+
+def alphas_cumprod_tensor(dcfg: DiffusionConfig, device: torch.device | str | None = None) -> torch.Tensor:
+    """The schedule of `dcfg` as a float64 tensor (T,); callers index it, then cast."""
+    if dcfg.prediction != "v":
+        raise ConfigError(f"diffusion.prediction = {dcfg.prediction!r}; this version trains only 'v'")
+    return torch.from_numpy(make_alphas_cumprod(dcfg.num_train_timesteps, dcfg.schedule)).to(device)
+
+
+Tensor = torch.Tensor
+
+
+def _scales(alphas_cumprod: Tensor, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """a_t, s_t for integer t (B,), shaped (B, 1, ..., 1) in like's dtype."""
+    ac = alphas_cumprod.to(like.device)[t.long()]  # (B,) float64
+    shape = (-1,) + (1,) * (like.dim() - 1)
+    return ac.sqrt().to(like.dtype).reshape(shape), (1.0 - ac).sqrt().to(like.dtype).reshape(shape)
+
+
+def q_sample(x0: Tensor, t: Tensor, noise: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """Forward process x_t = a_t x0 + s_t eps (Ho et al. 2020)."""
+    a, s = _scales(alphas_cumprod, t, x0)
+    return a * x0 + s * noise
+
+
+def v_target(x0: Tensor, t: Tensor, noise: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """v = a_t eps - s_t x0 (Salimans & Ho 2022)."""
+    a, s = _scales(alphas_cumprod, t, x0)
+    return a * noise - s * x0
+
+
+def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weight for v-prediction, min(SNR, gamma) / (SNR + 1) (Hang et al. 2023): (B,)."""
+    ac = alphas_cumprod.to(t.device)[t.long()]
+    snr = ac / (1.0 - ac).clamp_min(1e-20)
+    return (snr.clamp_max(gamma) / (snr + 1.0)).float()
+
+
+def diffusion_loss(
+    model: Any,
+    x0: torch.Tensor,
+    graph: Mapping[str, torch.Tensor] | Any,
+    generator: torch.Generator | None = None,
+    *,
+    cond_drop_prob: float | None = None,
+    min_snr_gamma: float | None = None,
+    alphas_cumprod: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean v-prediction MSE at uniform t, graphs dropped to the null context per sample (Ho & Salimans 2022).
+
+    `model` is an `SG2V` (or a DDP wrapper of one: `.module` is looked through for `encode` and the null
+    context, while the UNet call goes through the wrapper so DDP sees the forward). x0 (B, F, C, H, W) in
+    [-1, 1]; `generator` on x0's device draws t, the noise and the dropout. `cond_drop_prob` defaults to the
+    model config's; `min_snr_gamma` enables Min-SNR weighting.
+    """
+    core = getattr(model, "module", model)
+    dcfg = core.cfg.diffusion
+    p_drop = dcfg.cond_drop_prob if cond_drop_prob is None else float(cond_drop_prob)
+    if not 0.0 <= p_drop <= 1.0:
+        raise ConfigError(f"cond_drop_prob must be in [0, 1], got {p_drop}")
+    ac = alphas_cumprod if alphas_cumprod is not None else alphas_cumprod_tensor(dcfg, x0.device)
+    b, dev = x0.shape[0], x0.device
+    t = torch.randint(0, ac.shape[0], (b,), generator=generator, device=dev)  # (B,)
+    noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
+    drop = torch.rand(b, generator=generator, device=dev) < p_drop  # (B,)
+
+    context, context_mask = core.encode(graph)  # (B, L, D), (B, L)
+    null_ctx, null_mask = core.null_context_batch(b)
+    context = torch.where(drop[:, None, None], null_ctx.to(context.dtype), context)
+    context_mask = torch.where(drop[:, None], null_mask.to(context_mask.dtype), context_mask)
+
+    x_t = q_sample(x0, t, noise, ac)
+    v = model(x_t, t.to(torch.float32), context, context_mask)
+    err = (v.float() - v_target(x0, t, noise, ac).float()) ** 2
+    per_sample = err.reshape(b, -1).mean(dim=1)  # (B,)
+    if min_snr_gamma is not None:
+        per_sample = per_sample * min_snr_weight(ac, t, float(min_snr_gamma))
+    return per_sample.mean()

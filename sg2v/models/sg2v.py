@@ -1,0 +1,80 @@
+"""SG2V: scene-graph encoder + temporal UNet + the learned null context for classifier-free guidance."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from sg2v.config import ModelConfig
+from sg2v.models.encoder import SGEncoder
+from sg2v.models.unet import TemporalUNet, count_parameters
+
+GRAPH_KEYS = ("objs", "obj_mask", "triples", "triple_mask")
+
+
+class SG2V(nn.Module):
+    """Graph -> context tokens (`encode`), then the UNet's v-prediction (`forward`) (docs/ARCHITECTURE.md)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.encoder.context_dim
+        tokens = cfg.data.context_tokens
+        self.encoder = SGEncoder(cfg.encoder, cfg.data)
+        self.unet = TemporalUNet(cfg.unet, cfg.data, d)
+        # Learned global token, zeros elsewhere; the local slots are masked out, so they never get a gradient.
+        null = torch.zeros(1, tokens, d)
+        null[0, 0] = torch.randn(d)  # the encoder's global token is LayerNormed, so unit scale
+        self.null_context = nn.Parameter(null)  # (1, L, D)
+        mask = torch.zeros(1, tokens)
+        mask[0, 0] = 1.0
+        self.register_buffer("null_context_mask", mask, persistent=False)  # (1, L)
+
+    def encode(self, graph: Mapping[str, torch.Tensor] | Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Graph tensors (mapping with GRAPH_KEYS, or a `GraphBatch`) -> context (B, L, D), mask (B, L)."""
+        g = graph_tensors(graph, self.null_context.device)
+        return self.encoder(g["objs"], g["obj_mask"], g["triples"], g["triple_mask"])
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """v-prediction: x (B, F, C, H, W), t (B,) float timestep index -> v (B, F, C, H, W)."""
+        return self.unet(x, t, context, context_mask)
+
+    def null_context_batch(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The null context repeated `batch` times: (B, L, D), (B, L)."""
+        ctx = self.null_context.expand(batch, -1, -1)
+        return ctx, self.null_context_mask.expand(batch, -1).to(ctx.dtype)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per part and in total."""
+        enc, unet = count_parameters(self.encoder), count_parameters(self.unet)
+        null = self.null_context.numel()
+        return {"encoder": enc, "unet": unet, "null_context": null, "total": enc + unet + null}
+
+
+def graph_tensors(graph: Mapping[str, Any] | Any, device: torch.device | str | None = None,
+                  ) -> dict[str, torch.Tensor]:
+    """A `GraphBatch` (numpy) or a mapping of arrays/tensors -> tensors on `device`, contract dtypes."""
+    if not isinstance(graph, Mapping):
+        if not hasattr(graph, "as_feeds"):
+            raise TypeError(
+                f"expected a GraphBatch or a mapping with keys {GRAPH_KEYS}, got {type(graph).__name__}"
+            )
+        graph = graph.as_feeds()
+    missing = [k for k in GRAPH_KEYS if k not in graph]
+    if missing:
+        raise KeyError(f"graph tensors lack {missing}; pass the four arrays of sg2v.graph.GraphBatch")
+    out = {}
+    for key in GRAPH_KEYS:
+        dtype = torch.int64 if key in ("objs", "triples") else torch.float32
+        out[key] = torch.as_tensor(graph[key]).to(device=device, dtype=dtype)
+    return out
+
+
+def build_model(cfg: ModelConfig) -> SG2V:
+    """The SG2V network described by `cfg` (weights freshly initialised)."""
+    return SG2V(cfg)

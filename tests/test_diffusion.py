@@ -1,0 +1,189 @@
+"""v-prediction loss, CFG dropout, Min-SNR weighting (sg2v.diffusion); the SG2V wrapper (sg2v.models.sg2v)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sg2v.config import ConfigError, model_config
+from sg2v.diffusion import alphas_cumprod_tensor, diffusion_loss, min_snr_weight, q_sample, v_target
+from sg2v.graph import GraphBatch
+from sg2v.models.sg2v import SG2V, build_model
+from sg2v.schedule import make_alphas_cumprod
+
+CFG = model_config("tiny")
+D = CFG.data
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The CI box is shared: one intra-op thread is much faster than two contended ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_graphs(b: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Padded graph tensors: a few real objects and triples among them, the rest padding."""
+    g = torch.Generator().manual_seed(seed)
+    o, t = D.padded_objects, D.padded_triples
+    n_obj = torch.randint(1, o, (b,), generator=g)  # real objects incl. __image__
+    n_tri = torch.randint(1, t + 1, (b,), generator=g)
+    obj_mask = (torch.arange(o)[None] < n_obj[:, None]).float()
+    triple_mask = (torch.arange(t)[None] < n_tri[:, None]).float()
+    objs = torch.randint(1, CFG.encoder.num_objs, (b, o), generator=g) * obj_mask.long()
+    s = (torch.rand(b, t, generator=g) * n_obj[:, None]).long()
+    ob = (torch.rand(b, t, generator=g) * n_obj[:, None]).long()
+    p = torch.randint(1, CFG.encoder.num_preds, (b, t), generator=g)
+    triples = torch.stack([s, p, ob], dim=-1) * triple_mask.long()[..., None]
+    return {"objs": objs, "obj_mask": obj_mask, "triples": triples, "triple_mask": triple_mask}
+
+
+def clips(b: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, D.frames, D.channels, D.height, D.width, generator=g) * 2 - 1
+
+
+def make_model(seed: int = 0) -> SG2V:
+    torch.manual_seed(seed)
+    return build_model(CFG)
+
+
+class Recorder:
+    """Captures what the UNet was called with and what it returned."""
+
+    def __init__(self, model: SG2V):
+        self.calls = []
+        model.unet.register_forward_hook(lambda m, args, out: self.calls.append((args, out)))
+
+
+def test_forward_process_matches_float64_reference():
+    ac = alphas_cumprod_tensor(CFG.diffusion)
+    ref = make_alphas_cumprod(CFG.diffusion.num_train_timesteps, CFG.diffusion.schedule)
+    assert ac.dtype == torch.float64
+    np.testing.assert_array_equal(ac.numpy(), ref)
+    rng = np.random.default_rng(0)
+    x0, eps = rng.standard_normal((2, 5, 3, 2, 2, 2))
+    t = np.array([0, 417, 998, 999, 3])
+    a, s = np.sqrt(ref[t])[:, None, None, None, None], np.sqrt(1 - ref[t])[:, None, None, None, None]
+    x0_t, eps_t, t_t = torch.from_numpy(x0), torch.from_numpy(eps), torch.from_numpy(t)
+    xt = q_sample(x0_t, t_t, eps_t, ac)
+    v = v_target(x0_t, t_t, eps_t, ac)
+    np.testing.assert_allclose(xt.numpy(), a * x0 + s * eps, rtol=1e-12)
+    np.testing.assert_allclose(v.numpy(), a * eps - s * x0, rtol=1e-12, atol=1e-15)
+    # the sampler's inversion (sg2v.sampling): x0 = a x_t - s v, eps = s x_t + a v
+    np.testing.assert_allclose(a * xt.numpy() - s * v.numpy(), x0, atol=1e-12)
+    np.testing.assert_allclose(s * xt.numpy() + a * v.numpy(), eps, atol=1e-12)
+    with pytest.raises(ConfigError, match="prediction"):
+        alphas_cumprod_tensor(CFG.diffusion.__class__(prediction="eps"))
+
+
+def test_loss_dropout_and_targets():
+    model = make_model()
+    rec = Recorder(model)
+    b, p = 8, 0.5
+    x0, graph = clips(b), random_graphs(b)
+    loss = diffusion_loss(model, x0, graph, torch.Generator().manual_seed(3), cond_drop_prob=p)
+    # the same draws, in the documented order: t, noise, dropout
+    g = torch.Generator().manual_seed(3)
+    ac = alphas_cumprod_tensor(CFG.diffusion)
+    t = torch.randint(0, ac.shape[0], (b,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    drop = torch.rand(b, generator=g) < p
+    assert 0 < int(drop.sum()) < b
+    (x_t, t_in, ctx, mask), v = rec.calls[-1]
+    torch.testing.assert_close(x_t, q_sample(x0, t, noise, ac))
+    torch.testing.assert_close(t_in, t.float())
+    with torch.no_grad():
+        enc_ctx, enc_mask = model.encode(graph)
+    null = model.null_context[0].detach()
+    null_mask = torch.zeros(D.context_tokens)
+    null_mask[0] = 1
+    for i in range(b):
+        want_ctx, want_mask = (null, null_mask) if drop[i] else (enc_ctx[i], enc_mask[i])
+        torch.testing.assert_close(ctx[i].detach(), want_ctx)
+        torch.testing.assert_close(mask[i], want_mask)
+    want = ((v - v_target(x0, t, noise, ac).float()) ** 2).mean()
+    torch.testing.assert_close(loss, want)
+
+
+def test_min_snr_weighting_and_no_drop():
+    model = make_model()
+    rec = Recorder(model)
+    b = 4
+    x0, graph = clips(b, 1), random_graphs(b, 1)
+    gen = torch.Generator().manual_seed(5)
+    loss = diffusion_loss(model, x0, graph, gen, cond_drop_prob=0.0, min_snr_gamma=5)
+    g = torch.Generator().manual_seed(5)
+    ac = alphas_cumprod_tensor(CFG.diffusion)
+    t = torch.randint(0, ac.shape[0], (b,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    (_, _, ctx, mask), v = rec.calls[-1]
+    enc_ctx, enc_mask = model.encode(graph)
+    torch.testing.assert_close(ctx, enc_ctx)
+    torch.testing.assert_close(mask, enc_mask)
+    snr = ac[t] / (1 - ac[t])
+    w = torch.minimum(snr, torch.full_like(snr, 5.0)) / (snr + 1)
+    per = ((v - v_target(x0, t, noise, ac).float()) ** 2).reshape(b, -1).mean(1)
+    torch.testing.assert_close(loss, (per * w.float()).mean())
+    assert min_snr_weight(ac, torch.tensor([999]), 5.0).item() == 0.0  # zero terminal SNR: no weight
+    assert min_snr_weight(ac, torch.tensor([0]), 5.0).item() == pytest.approx(5 / (1 / (1 - ac[0]).item()))
+    with pytest.raises(ConfigError, match="cond_drop_prob"):
+        diffusion_loss(model, x0, graph, cond_drop_prob=1.5)
+
+
+def test_gradients_reach_the_null_global_token_only():
+    model = make_model()
+    x0, graph = clips(2, 2), random_graphs(2, 2)
+    diffusion_loss(model, x0, graph, torch.Generator().manual_seed(0), cond_drop_prob=1.0).backward()
+    grad = model.null_context.grad
+    assert grad[0, 0].abs().sum() > 0
+    assert torch.count_nonzero(grad[0, 1:]) == 0  # masked slots stay zero: they never reach the output
+    model.zero_grad(set_to_none=True)
+    diffusion_loss(model, x0, graph, torch.Generator().manual_seed(0), cond_drop_prob=0.0).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+def test_a_few_steps_reduce_the_loss():
+    model = make_model(1)
+    x0, graph = clips(2, 3), random_graphs(2, 3)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+
+    def loss_at_fixed_draws():
+        return diffusion_loss(model, x0, graph, torch.Generator().manual_seed(11), cond_drop_prob=0.0)
+
+    first = loss_at_fixed_draws().item()
+    for _ in range(8):
+        opt.zero_grad()
+        loss = loss_at_fixed_draws()
+        loss.backward()
+        opt.step()
+    assert loss_at_fixed_draws().item() < 0.75 * first
+
+
+def test_sg2v_wrapper():
+    model = make_model()
+    L, C = D.context_tokens, CFG.encoder.context_dim
+    assert model.null_context.shape == (1, L, C)
+    assert torch.count_nonzero(model.null_context[0, 1:]) == 0 and model.null_context[0, 0].abs().sum() > 0
+    ctx, mask = model.null_context_batch(3)
+    assert ctx.shape == (3, L, C) and mask.shape == (3, L)
+    assert mask[:, 0].eq(1).all() and mask[:, 1:].eq(0).all()
+    assert "null_context" in model.state_dict() and "null_context_mask" not in model.state_dict()
+    graph = random_graphs(3, 4)
+    batch = GraphBatch(**{k: v.numpy() for k, v in graph.items()})
+    c1, m1 = model.encode(graph)
+    c2, m2 = model.encode(batch)
+    torch.testing.assert_close(c1, c2)
+    torch.testing.assert_close(m1, graph_mask := torch.cat([torch.ones(3, 1), graph["triple_mask"]], 1))
+    torch.testing.assert_close(m2, graph_mask)
+    x = clips(3, 4)
+    v = model(x, torch.tensor([0.0, 500.0, 999.0]), c1, m1)
+    assert v.shape == x.shape
+    counts = model.parameter_counts()
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    assert counts["unet"] > counts["encoder"] > 0
+    with pytest.raises(KeyError, match="triple_mask"):
+        model.encode({k: v for k, v in graph.items() if k != "triple_mask"})
