@@ -48,7 +48,8 @@ constexpr int kWarp = 32;
 // [0, O) match no segment and are dropped (the one-hot form's behaviour); every output row is written.
 //
 // Per tile of 32 n, warp 0 compacts the matching n into shared memory in order (ballot + popc), then every
-// thread sums only those rows for its feature columns, instead of each thread testing all N.
+// thread sums only those rows for its feature columns, instead of each thread testing all N. Launch with
+// blockDim.x a multiple of 32 (warp 0 must be whole for the full-mask ballot) and any grid size.
 template <typename T, typename I, typename M>
 __device__ __forceinline__ void scatter_mean_pool_body(const T* __restrict__ values,
                                                        const I* __restrict__ index,

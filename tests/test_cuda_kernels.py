@@ -314,7 +314,7 @@ def test_gpu_pool_matches_scatter_reduce_mean_and_runs_on_given_streams():
     out_ptr = ck.scatter_mean_pool(cv2, ci, cm, 12, stream=stream.ptr)
     stream.synchronize()
     got = torch.as_tensor(cp.asnumpy(out_obj), device="cuda")
-    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)  # another summation order: rounding only
     assert cp.array_equal(out_obj, out_ptr)
 
 
