@@ -23,6 +23,7 @@ import numpy as np
 from sg2v.runtime.backends import Backend, make_backend
 from sg2v.runtime.bundle import Bundle
 
+from sg2v.config import ConfigError
 from sg2v.errors import Sg2vError
 
 OUTPUTS = ("numpy", "cupy")
@@ -90,23 +91,27 @@ class Pipeline:
         if output == "cupy" and self.xp is np:
             raise Sg2vError(f"output='cupy' needs a GPU backend; this pipeline runs on {self.backend.name}: "
                             "use output='numpy'")
-        d = self.bundle.sampler_defaults
-        steps = int(d["steps"] if steps is None else steps)
-        guidance = float(d["guidance"] if guidance is None else guidance)
-        rescale = float(d["guidance_rescale"] if guidance_rescale is None else guidance_rescale)
-        sample = get_sampler(d["sampler"] if sampler is None else sampler)
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
             raise Sg2vError(f"seed must be a non-negative integer, got {seed!r}")
-        num_train = int(self.bundle.schedule["num_train_timesteps"])
-        ts = timesteps(num_train, steps, "trailing")  # (steps,) int64, descending
+        d = self.bundle.sampler_defaults
+        try:
+            steps = d["steps"] if steps is None else steps
+            guidance = float(d["guidance"] if guidance is None else guidance)
+            rescale = float(d["guidance_rescale"] if guidance_rescale is None else guidance_rescale)
+            sample = get_sampler(d["sampler"] if sampler is None else sampler)
+            num_train = int(self.bundle.schedule["num_train_timesteps"])
+            ts = timesteps(num_train, steps, "trailing")  # (steps,) int64, descending
+            denoise = cfg_denoiser(self._denoise_pair, guidance, rescale)
+        except (ConfigError, TypeError, ValueError) as e:
+            # Sampler settings are user input here: report them as sg2v errors (one line, CLI exit 1).
+            raise Sg2vError(str(e)) from None
         sg = self.parse(graph)
         feeds = pad_graphs([sg], self.bundle.config.data.max_objects,
                            self.bundle.config.data.max_relationships).as_feeds()
         x_host = np.random.default_rng(int(seed)).standard_normal(self._x_shape, dtype=np.float32)
 
         with self._lock, self.backend.stream_context():
-            return self._generate(feeds, x_host, ts, cfg_denoiser(self._denoise_pair, guidance, rescale),
-                                  sample, callback, output)
+            return self._generate(feeds, x_host, ts, denoise, sample, callback, output)
 
     def _denoise_pair(self, x2: Any, t: float) -> Any:
         """The UNet stage on the CFG batch (cond, uncond): x2 (2, F, C, H, W) at timestep t -> v2."""

@@ -1,0 +1,351 @@
+"""Runtime: Pipeline and sg2v-run on ONNX Runtime, against float64 references and the PyTorch backend.
+
+Fast tests run a small real bundle (toy ONNX graphs, test_bundle.py) and compare the whole pipeline (graph
+padding, encoder, CFG pairing with the null context, x_T from the seed, sampler, decode) with a float64 numpy
+re-implementation. The slow tests export a tiny random checkpoint with the real exporter (once per session,
+`exported_bundle`, shared with test_runtime_lean.py) and check ONNX Runtime against the PyTorch reference
+backend: tolerance 1e-3 max abs on v and on the sampled x, and at most 1 level (of 255) on frames.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sg2v.runtime import Pipeline
+from sg2v.runtime.cli import main
+from test_bundle import make_fake_bundle, ref_encoder, ref_unet
+
+from sg2v.errors import GraphError, Sg2vError
+from sg2v.graph import pad_graphs, parse_graph
+from sg2v.sampling import SAMPLERS, cfg_denoiser
+from sg2v.schedule import make_alphas_cumprod, timesteps
+from sg2v.video import read_video, unit_to_frames
+from sg2v.vocab import shapes_vocab
+
+PARITY_ATOL = 1e-3  # ORT vs torch, float32 both: max abs error on v and on the sampled x
+
+
+def random_graph(rng: np.random.Generator, max_objects: int = 3, max_relationships: int = 2) -> dict:
+    vocab = shapes_vocab()
+    n = int(rng.integers(1, max_objects + 1))
+    objects = [str(o) for o in rng.choice(vocab.object_names, n)]
+    rels = []
+    for _ in range(int(rng.integers(0, max_relationships + 1)) if n > 1 else 0):
+        s, o = rng.choice(n, 2, replace=False)
+        rels.append([int(s), str(rng.choice(vocab.pred_names)), int(o)])
+    return {"objects": objects, "relationships": rels}
+
+
+def reference_x0(bundle_dir: Path, w: dict, graph: dict, seed: int, steps: int, guidance: float,
+                 rescale: float, sampler: str) -> np.ndarray:
+    """The pipeline's flow in float64 numpy with the toy graphs' references: final x, (F, C, H, W)."""
+    from sg2v.runtime.bundle import Bundle
+
+    b = Bundle.open(bundle_dir)
+    d = b.config.data
+    feeds = pad_graphs([parse_graph(graph, b.vocab, d.max_objects, d.max_relationships)], d.max_objects,
+                       d.max_relationships).as_feeds()
+    ctx, cm = ref_encoder(w, **feeds)
+    ctx2 = np.concatenate([ctx, b.null_context.astype(np.float64)])  # (2, L, D): cond, uncond
+    cm2 = np.concatenate([cm, b.null_context_mask.astype(np.float64)])  # (2, L)
+
+    def pair(x2, t):
+        return ref_unet(w, x2, np.full(2, t), ctx2, cm2)
+
+    x = np.random.default_rng(seed).standard_normal((1, d.frames, d.channels, d.height, d.width),
+                                                    dtype=np.float32).astype(np.float64)
+    num_train = b.config.diffusion.num_train_timesteps
+    x = SAMPLERS[sampler](cfg_denoiser(pair, guidance, rescale), x, timesteps(num_train, steps, "trailing"),
+                          make_alphas_cumprod(num_train, b.config.diffusion.schedule))
+    return x[0]
+
+
+@pytest.fixture
+def fake(tmp_path):
+    seed = int(np.random.SeedSequence().entropy % 10_000)
+    return make_fake_bundle(tmp_path / "bundle", seed=seed)
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp2m", "ddim"])
+def test_pipeline_matches_float64_reference(fake, sampler):
+    root, w = fake
+    rng = np.random.default_rng()
+    graph = random_graph(rng)
+    seed, steps, guidance, rescale = int(rng.integers(1 << 30)), 4, float(rng.uniform(1, 5)), 0.7
+    pipe = Pipeline.from_bundle(root, backend="ort", threads=1)
+    xs = []
+    frames = pipe(graph, seed=seed, steps=steps, guidance=guidance, guidance_rescale=rescale, sampler=sampler,
+                  callback=lambda i, t, x, x0: xs.append(np.array(x)))
+    want = reference_x0(root, w, graph, seed, steps, guidance, rescale, sampler)  # (F, C, H, W)
+    assert len(xs) == steps
+    np.testing.assert_allclose(xs[-1][0], want, atol=1e-4)
+    ref_frames = np.asarray(unit_to_frames(want)).transpose(0, 2, 3, 1)  # (F, H, W, 3)
+    assert frames.shape == ref_frames.shape and frames.dtype == np.uint8
+    assert np.abs(frames.astype(int) - ref_frames).max() <= 1  # rounding at .5 may differ float32 vs float64
+    assert frames.std() > 0  # the toy model does not collapse to a constant image
+
+
+def test_same_seed_same_frames_other_seed_other_frames(fake):
+    root, _ = fake
+    pipe = Pipeline.from_bundle(root, backend="ort")
+    graph = random_graph(np.random.default_rng())
+    a, b = pipe(graph, seed=11), pipe(graph, seed=11)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, pipe(graph, seed=12))
+
+
+def test_repeated_calls_reuse_the_bound_buffers(fake):
+    root, w = fake
+    pipe = Pipeline.from_bundle(root, backend="ort")
+    stages = (pipe.backend.encoder, pipe.backend.unet)
+
+    def addresses():
+        return [(name, id(buf), buf.ctypes.data) for st in stages for bufs in (st.inputs, st.outputs)
+                for name, buf in bufs.items()] + [("context", id(pipe._context), pipe._context.ctypes.data)]
+
+    rng = np.random.default_rng()
+    pipe(random_graph(rng), seed=1, steps=2)
+    before = addresses()
+    seen = []
+
+    def remember(i, t, x, x0):
+        seen.append(pipe.backend.unet.outputs["v"].copy())
+
+    for seed in (2, 3):
+        pipe(random_graph(rng), seed=seed, steps=3, callback=remember)
+    assert addresses() == before
+    # The bound output really is where ONNX Runtime writes: it holds the last step's v.
+    last_v = ref_unet(w, pipe.backend.unet.inputs["x"], pipe.backend.unet.inputs["t"], pipe._context,
+                      pipe._context_mask)
+    np.testing.assert_allclose(seen[-1], last_v, atol=1e-5)
+    assert not np.array_equal(seen[0], seen[-1])
+
+
+def test_concurrent_calls_equal_serial_calls(fake):
+    root, _ = fake
+    pipe = Pipeline.from_bundle(root, backend="ort", threads=1)
+    rng = np.random.default_rng()
+    jobs = [(random_graph(rng), int(rng.integers(1000))) for _ in range(4)]
+    serial = [pipe(g, seed=s, steps=3) for g, s in jobs]
+    results: dict[int, np.ndarray] = {}
+
+    def work(i):
+        g, s = jobs[i]
+        results[i] = pipe(g, seed=s, steps=3)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, want in enumerate(serial):
+        np.testing.assert_array_equal(results[i], want)
+
+
+def test_timings_cover_every_stage(fake):
+    root, _ = fake
+    pipe = Pipeline.from_bundle(root, backend="ort")
+    pipe(random_graph(np.random.default_rng()), steps=5)
+    t = pipe.last_timings
+    assert t["backend"] == "ort-cpu" and t["unet_calls"] == 5 and len(t["denoiser_steps_s"]) == 5
+    for key in ("encoder_s", "denoiser_s", "denoiser_per_step_s", "decode_s", "total_s"):
+        assert t[key] >= 0
+    assert abs(t["denoiser_s"] - sum(t["denoiser_steps_s"])) < 1e-9
+    assert t["total_s"] >= t["encoder_s"] + t["denoiser_s"]
+
+
+def test_auto_falls_back_to_ort_cpu_and_says_why(fake):
+    root, _ = fake
+    pipe = Pipeline.from_bundle(root)  # backend="auto"
+    assert pipe.backend_name == "ort-cpu"
+    if pipe.backend.notes:
+        assert pipe.backend.notes[0].startswith("TensorRT skipped: ")
+
+
+def test_bad_arguments_are_one_line_errors(fake):
+    root, _ = fake
+    pipe = Pipeline.from_bundle(root, backend="ort")
+    graph = {"objects": ["red circle"], "relationships": []}
+    with pytest.raises(Sg2vError, match="output='cupy' needs a GPU backend"):
+        pipe(graph, output="cupy")
+    with pytest.raises(Sg2vError, match="seed must be a non-negative integer"):
+        pipe(graph, seed=-1)
+    with pytest.raises(GraphError, match="red circel"):
+        pipe({"objects": ["red circel"], "relationships": []})
+    with pytest.raises(Sg2vError, match="unknown backend 'onnx'"):
+        Pipeline.from_bundle(root, backend="onnx")
+    with pytest.raises(Sg2vError, match="unknown sampler 'euler'"):
+        pipe(graph, sampler="euler")
+    with pytest.raises(Sg2vError, match="sampler steps must be an integer"):
+        pipe(graph, steps=0)
+    with pytest.raises(Sg2vError, match="guidance rescale must be in"):
+        pipe(graph, guidance_rescale=2.0)
+    with pytest.raises(Sg2vError, match="feed has shape"):
+        pipe.backend.unet.run({"x": np.zeros((1, 2)), "t": pipe._t, "context": pipe._context,
+                               "context_mask": pipe._context_mask})
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _write(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_cli_writes_the_pipeline_frames_and_reports_stages(fake, tmp_path, capsys):
+    root, _ = fake
+    graph = random_graph(np.random.default_rng())
+    g = _write(tmp_path / "g.json", graph)
+    out = tmp_path / "video.npy"
+    code = main([str(g), "--bundle", str(root), "--out", str(out), "--steps", "3", "--seed", "5",
+                 "--backend", "ort", "--contact-sheet", str(tmp_path / "sheet.png")])
+    text = capsys.readouterr().out
+    assert code == 0
+    want = Pipeline.from_bundle(root, backend="ort")(graph, seed=5, steps=3)
+    np.testing.assert_array_equal(np.load(out), want)
+    assert (tmp_path / "sheet.png").is_file()
+    assert "backend ort-cpu" in text and f"wrote {out}" in text
+    for stage in ("encoder", "denoiser", "/step", "sampler", "decode"):
+        assert stage in text
+
+
+def test_cli_numbers_outputs_for_several_graphs(fake, tmp_path, capsys):
+    root, _ = fake
+    rng = np.random.default_rng()
+    graphs = [random_graph(rng) for _ in range(3)]
+    a = _write(tmp_path / "a.json", graphs[:2])  # a JSON list of graphs
+    b = _write(tmp_path / "b.json", graphs[2])
+    out = tmp_path / "clip.gif"
+    code = main([str(a), str(b), "--bundle", str(root), "--out", str(out), "--steps", "2", "--seed", "4"])
+    assert code == 0
+    pipe = Pipeline.from_bundle(root, backend="ort")
+    for i, graph in enumerate(graphs):
+        np.testing.assert_array_equal(read_video(tmp_path / f"clip_{i}.gif"), pipe(graph, seed=4, steps=2))
+    assert not out.exists()
+
+
+def test_cli_invalid_graph_exits_2_with_one_line(fake, tmp_path, capsys):
+    root, _ = fake
+    g = _write(tmp_path / "g.json", {"objects": ["red circel"], "relationships": []})
+    assert main([str(g), "--bundle", str(root), "--out", str(tmp_path / "v.npy")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "red circel" in err and err.startswith("sg2v-run: invalid graph:")
+    assert not (tmp_path / "v.npy").exists()
+    assert main([str(tmp_path / "missing.json"), "--bundle", str(root)]) == 2
+
+
+def test_cli_bundle_errors_exit_1_with_one_line(fake, tmp_path, capsys):
+    root, _ = fake
+    g = _write(tmp_path / "g.json", {"objects": ["red circle"], "relationships": []})
+    assert main([str(g), "--bundle", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "does not exist" in err
+    path = root / "unet.onnx"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert main([str(g), "--bundle", str(root)]) == 1
+    assert "sha256" in capsys.readouterr().err
+    assert main([str(g), "--bundle", str(root), "--ckpt", "model.pt"]) == 1
+    assert "--ckpt is for --backend torch" in capsys.readouterr().err
+
+
+def test_cli_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("(default: video.mp4)", "(default: auto)", "(default: 0)", "(default: the bundle's)",
+                  "dpmpp2m", "ddim", "--threads", "--contact-sheet"):
+        assert shown in text
+
+
+# --------------------------------------------------------------------------- real exporter (slow)
+_EXPORTED: dict[str, Path] = {}
+
+
+def exported_bundle(tmp_root: Path) -> Path:
+    """A tiny random SG2V checkpoint exported by `sg2v.export` (with weights), once per test session."""
+    if "bundle" not in _EXPORTED:
+        torch = pytest.importorskip("torch")
+        pytest.importorskip("onnxscript")
+        from sg2v.export.onnx_export import export_bundle
+
+        from sg2v.checkpoint import save_checkpoint
+        from sg2v.config import DataConfig, EncoderConfig, ModelConfig, UNetConfig
+        from sg2v.models.sg2v import build_model
+
+        torch.manual_seed(1234)
+        vocab = shapes_vocab()
+        cfg = ModelConfig(
+            name="test-tiny",
+            data=DataConfig(frames=2, height=8, width=8, max_objects=3, max_relationships=2),
+            encoder=EncoderConfig(num_objs=vocab.num_objs, num_preds=vocab.num_preds, embed_dim=16,
+                                  hidden_dim=16, num_layers=1, context_dim=16),
+            unet=UNetConfig(base_channels=8, channel_mult=(1, 2), attention_levels=(1,), num_heads=2,
+                            norm_groups=4),
+        )
+        model = build_model(cfg)
+        with torch.no_grad():  # a random model whose zero-initialised temporal outputs are not zero
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        ckpt = save_checkpoint(tmp_root / "tiny.pt", model, cfg, vocab)
+        export_bundle(ckpt, tmp_root / "bundle", include_weights=True)
+        _EXPORTED["bundle"], _EXPORTED["ckpt"] = tmp_root / "bundle", ckpt
+    return _EXPORTED["bundle"]
+
+
+@pytest.fixture(scope="session")
+def real_bundle(tmp_path_factory) -> Path:
+    return exported_bundle(tmp_path_factory.mktemp("exported"))
+
+
+@pytest.mark.slow
+def test_ort_and_torch_backends_agree(real_bundle):
+    rng = np.random.default_rng()
+    ort_pipe = Pipeline.from_bundle(real_bundle, backend="ort")
+    torch_pipe = Pipeline.from_bundle(real_bundle, backend="torch")
+    # v: the UNet stage of each backend on the same fresh inputs.
+    s = ort_pipe.bundle.shapes
+    x = rng.standard_normal((2, s["frames"], s["channels"], s["height"], s["width"])).astype(np.float32)
+    ctx = rng.standard_normal((2, s["context_tokens"], s["context_dim"])).astype(np.float32)
+    cm = (rng.random((2, s["context_tokens"])) > 0.5).astype(np.float32)
+    cm[:, 0] = 1.0
+    feeds = {"x": x, "t": rng.uniform(0, 999, 2).astype(np.float32), "context": ctx, "context_mask": cm}
+    v_ort = ort_pipe.backend.unet.run(feeds)["v"].copy()
+    v_torch = torch_pipe.backend.unet.run(feeds)["v"].copy()
+    assert np.abs(v_torch).max() > 1e-3
+    assert np.abs(v_ort - v_torch).max() <= PARITY_ATOL
+    # x and frames: the whole pipeline, same seed.
+    graph = random_graph(rng)
+    seed = int(rng.integers(1 << 30))
+    xo, xt = [], []
+    f_ort = ort_pipe(graph, seed=seed, steps=3, callback=lambda i, t, x, x0: xo.append(x.copy()))
+    f_torch = torch_pipe(graph, seed=seed, steps=3, callback=lambda i, t, x, x0: xt.append(x.copy()))
+    assert np.abs(xo[-1] - xt[-1]).max() <= PARITY_ATOL
+    assert np.abs(f_ort.astype(int) - f_torch).max() <= 1
+
+
+@pytest.mark.slow
+def test_torch_backend_from_explicit_checkpoint(real_bundle):
+    ckpt = _EXPORTED["ckpt"]
+    graph = random_graph(np.random.default_rng())
+    from_ckpt = Pipeline.from_bundle(real_bundle, backend="torch", ckpt=ckpt)(graph, seed=3, steps=2)
+    from_bundle = Pipeline.from_bundle(real_bundle, backend="torch")(graph, seed=3, steps=2)
+    np.testing.assert_array_equal(from_ckpt, from_bundle)  # the same weights, EMA-less checkpoint
+
+
+@pytest.mark.slow
+def test_real_bundle_same_seed_identical_and_cli(real_bundle, tmp_path, capsys):
+    graph = random_graph(np.random.default_rng())
+    pipe = Pipeline.from_bundle(real_bundle, backend="ort")
+    a = pipe(graph, seed=9, steps=2)
+    np.testing.assert_array_equal(a, pipe(graph, seed=9, steps=2))
+    g = _write(tmp_path / "g.json", graph)
+    out = tmp_path / "v.npy"
+    assert main([str(g), "--bundle", str(real_bundle), "--out", str(out), "--steps", "2", "--seed", "9",
+                 "--backend", "ort"]) == 0
+    np.testing.assert_array_equal(np.load(out), a)

@@ -1,0 +1,114 @@
+"""The runtime is torch-free: in a subprocess where importing torch (and onnx, cupy, tensorrt) raises, the
+runtime imports and `sg2v-run` generates a video end to end on ONNX Runtime, the same frames as in-process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sg2v.runtime import Pipeline
+from test_bundle import make_fake_bundle
+from test_runtime import exported_bundle, random_graph
+
+BLOCKED = ("torch", "onnx", "onnxscript", "cupy", "tensorrt", "safetensors")
+
+# A sys.meta_path finder that refuses the blocked top-level packages, as if they were not installed.
+BLOCKER = f"""
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {BLOCKED!r}:
+            raise ImportError("blocked for the lean-import test: " + name)
+        return None
+sys.meta_path.insert(0, _Block())
+"""
+
+LEAN_MODULES = ("sg2v.runtime", "sg2v.runtime.bundle", "sg2v.runtime.pipeline", "sg2v.runtime.backends",
+                "sg2v.runtime.backends.ort", "sg2v.runtime.backends.trt", "sg2v.runtime.backends.torch_ref",
+                "sg2v.runtime.cli", "sg2v.export.tensorrt")
+
+
+def _run(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKER + code], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+
+
+def test_blocker_really_blocks():
+    r = _run("import torch")
+    assert r.returncode != 0 and "blocked for the lean-import test: torch" in r.stderr
+
+
+def test_runtime_imports_without_heavy_packages():
+    code = f"""
+import importlib
+for name in {LEAN_MODULES!r}:
+    importlib.import_module(name)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r})
+assert not heavy, heavy
+import sg2v.runtime
+print("ok", "onnxruntime" in sys.modules)
+"""
+    r = _run(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["ok", "False"]  # onnxruntime itself loads only when a backend is built
+
+
+def _sg2v_run_lean(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`sg2v-run ARGS` (the installed console script when there is one) in a torch-blocked interpreter."""
+    script = shutil.which("sg2v-run", path=str(Path(sys.executable).parent))
+    if script:
+        argv = ["sg2v-run", *args]
+        launch = f"import runpy; sys.argv = {argv!r}; runpy.run_path({script!r}, run_name='__main__')"
+    else:
+        launch = f"from sg2v.runtime.cli import main; sys.exit(main({args!r}))"
+    guard = f"""
+import atexit
+@atexit.register
+def _check():
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r})
+    if heavy:
+        print("HEAVY MODULES LOADED", heavy)
+"""
+    return _run(guard + launch, cwd=cwd)
+
+
+def _check_lean_cli(bundle: Path, tmp_path: Path, steps: int) -> None:
+    graph = random_graph(np.random.default_rng())
+    (tmp_path / "g.json").write_text(json.dumps(graph))
+    args = ["g.json", "--bundle", str(bundle), "--out", "v.npy", "--steps", str(steps), "--seed", "7",
+            "--backend", "ort"]
+    r = _sg2v_run_lean(args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY MODULES LOADED" not in r.stdout
+    assert "backend ort-cpu" in r.stdout and "denoiser" in r.stdout
+    want = Pipeline.from_bundle(bundle, backend="ort")(graph, seed=7, steps=steps)
+    np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), want)
+
+
+def test_sg2v_run_without_torch_on_a_small_bundle(tmp_path):
+    root, _ = make_fake_bundle(tmp_path / "bundle", seed=int(np.random.SeedSequence().entropy % 1000))
+    _check_lean_cli(root, tmp_path, steps=3)
+
+
+def test_sg2v_run_without_torch_invalid_graph_exit_2(tmp_path):
+    root, _ = make_fake_bundle(tmp_path / "bundle")
+    bad = {"objects": ["red circle", "blue squar"], "relationships": []}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    r = _sg2v_run_lean(["bad.json", "--bundle", str(root)], cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "blue squar" in r.stderr
+
+
+@pytest.fixture(scope="session")
+def real_bundle(tmp_path_factory) -> Path:
+    return exported_bundle(tmp_path_factory.mktemp("exported"))
+
+
+@pytest.mark.slow
+def test_sg2v_run_without_torch_on_an_exported_checkpoint(real_bundle, tmp_path):
+    _check_lean_cli(real_bundle, tmp_path, steps=2)
