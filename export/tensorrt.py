@@ -44,8 +44,9 @@ def device_info(device_id: int = 0) -> tuple[str, tuple[int, int]]:
 
 def current_fingerprint(precision: str, device_id: int = 0) -> str:
     """The engines/ folder name for this GPU, this TensorRT and `precision`."""
+    version = _trt().__version__  # first: without TensorRT, say so rather than that CuPy is missing
     name, cc = device_info(device_id)
-    return spec.engine_fingerprint(name, cc, _trt().__version__, precision)
+    return spec.engine_fingerprint(name, cc, version, precision)
 
 
 def engine_dir(bundle: Any, fingerprint: str) -> Path:

@@ -1,0 +1,165 @@
+"""TensorRT engine building and the TensorRT backend.
+
+The engine-cache bookkeeping (fingerprint check, ONNX hash check, profiles from the manifest) and the errors
+without TensorRT run everywhere. Building and running engines needs `tensorrt` and a GPU: those tests are
+marked `trt` and skipped where `import tensorrt` fails; this project's machines cannot install it, so they
+have not run here (the TensorRT code is unverified).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from sg2v.export import tensorrt as trt_build
+from sg2v.runtime import Pipeline
+from sg2v.runtime.backends import make_backend, trt_unavailable_reason
+from sg2v.runtime.bundle import Bundle
+from test_bundle import make_fake_bundle
+from test_runtime import random_graph
+
+from sg2v import bundle_spec as spec
+from sg2v.errors import BundleError, MissingDependencyError, Sg2vError
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture
+def fake(tmp_path):
+    return make_fake_bundle(tmp_path / "bundle", seed=int(np.random.SeedSequence().entropy % 1000))
+
+
+def _write_info(folder, **info):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / trt_build.ENGINE_INFO).write_text(json.dumps(info))
+
+
+def test_engine_of_another_fingerprint_is_refused(tmp_path):
+    mine = spec.engine_fingerprint("NVIDIA Jetson AGX Orin", (8, 7), "10.3.0", "fp16")
+    other = spec.engine_fingerprint("NVIDIA H100 80GB HBM3", (9, 0), "10.8.0", "fp16")
+    folder = tmp_path / "engines" / other
+    _write_info(folder, fingerprint=other, onnx_sha256={"encoder": "a", "unet": "b"})
+    with pytest.raises(BundleError, match=rf"built for '{other}', this machine needs '{mine}'.*"
+                                          r"python -m sg2v.export.tensorrt"):
+        trt_build.check_engine_dir(folder, mine)
+    info = trt_build.check_engine_dir(folder, other, {"encoder": "a", "unet": "b"})
+    assert info["fingerprint"] == other
+    with pytest.raises(BundleError, match="built from other ONNX graphs"):
+        trt_build.check_engine_dir(folder, other, {"encoder": "a", "unet": "c"})
+
+
+def test_engine_dir_without_or_with_corrupt_info(tmp_path):
+    with pytest.raises(BundleError, match="no engine.json, so their build target is unknown"):
+        trt_build.check_engine_dir(tmp_path, "x")
+    (tmp_path / trt_build.ENGINE_INFO).write_text("{not json")
+    with pytest.raises(BundleError, match="engine.json is corrupt"):
+        trt_build.check_engine_dir(tmp_path, "x")
+
+
+def test_fingerprint_is_filesystem_safe():
+    fp = spec.engine_fingerprint("NVIDIA GeForce RTX 4090 (16GB)", (8, 9), "10.7.0", "fp32")
+    assert fp == "nvidia-geforce-rtx-4090-16gb_sm89_trt10.7.0_fp32"
+
+
+def test_profiles_are_the_manifest_shapes(fake):
+    root, _ = fake
+    b = Bundle.open(root)
+    for stage in spec.STAGE_FILES:
+        want = {d["name"]: tuple(d["shape"]) for d in b.manifest["stages"][stage]["inputs"]}
+        assert trt_build.profile_shapes(b, stage) == want
+    s = b.shapes
+    x_shape = (2, s["frames"], s["channels"], s["height"], s["width"])
+    assert trt_build.profile_shapes(b, "unet")["x"] == x_shape
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed: the missing-TensorRT errors cannot be shown")
+def test_without_tensorrt_errors_name_the_extra(fake, capsys):
+    root, _ = fake
+    assert trt_unavailable_reason() is not None
+    with pytest.raises(MissingDependencyError, match=r"pip install 'sg2v\[trt\]'"):
+        trt_build.build_engine(root / spec.ENCODER_ONNX, root / "x.plan", {})
+    with pytest.raises(MissingDependencyError, match=r"sg2v\[trt\]"):
+        make_backend(Bundle.open(root), "trt")
+    assert trt_build.main([str(root)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "tensorrt" in err
+
+
+# ------------------------------------------------------------------------ needs TensorRT and a GPU
+def _needs_trt_gpu():
+    if not HAVE_TRT:
+        pytest.skip("TensorRT cannot be installed here")
+    reason = trt_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"TensorRT backend unavailable: {reason}")
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_build_engines_caches_by_fingerprint(fake):
+    _needs_trt_gpu()
+    root, _ = fake
+    b = Bundle.open(root)
+    plans = trt_build.build_engines(b)
+    fingerprint = trt_build.current_fingerprint(b.precision)
+    folder = root / spec.ENGINES_DIR / fingerprint
+    assert set(plans) == set(spec.STAGE_FILES)
+    assert all(p.parent == folder and p.is_file() for p in plans.values())
+    assert (folder / trt_build.TIMING_CACHE).is_file()
+    info = trt_build.check_engine_dir(folder, fingerprint)
+    assert info["precision"] == b.precision
+    stamps = {s: p.stat().st_mtime_ns for s, p in plans.items()}
+    again = trt_build.build_engines(b)
+    assert {s: p.stat().st_mtime_ns for s, p in again.items()} == stamps  # reused, not rebuilt
+    Bundle.open(root)  # engines/ lives outside the manifest's files: the bundle still verifies
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_trt_pipeline_matches_onnx_runtime(fake):
+    _needs_trt_gpu()
+    import cupy as cp
+
+    root, _ = fake
+    trt_pipe = Pipeline.from_bundle(root, backend="trt")
+    ort_pipe = Pipeline.from_bundle(root, backend="ort")
+    assert trt_pipe.backend_name == "trt"
+    graph = random_graph(np.random.default_rng())
+    xt, xo = [], []
+    f_trt = trt_pipe(graph, seed=5, steps=4, callback=lambda i, t, x, x0: xt.append(cp.asnumpy(x)))
+    f_ort = ort_pipe(graph, seed=5, steps=4, callback=lambda i, t, x, x0: xo.append(np.array(x)))
+    assert np.abs(xt[-1] - xo[-1]).max() <= 1e-3
+    assert np.abs(f_trt.astype(int) - f_ort).max() <= 1
+    on_gpu = trt_pipe(graph, seed=5, steps=4, output="cupy")
+    assert isinstance(on_gpu, cp.ndarray)
+    np.testing.assert_array_equal(cp.asnumpy(on_gpu), f_trt)
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_trt_buffers_stay_at_fixed_addresses(fake):
+    _needs_trt_gpu()
+    root, _ = fake
+    pipe = Pipeline.from_bundle(root, backend="trt")
+    unet = pipe.backend.unet
+    assert unet.graph is not None, unet.graph_note
+
+    def addresses():
+        stages = (pipe.backend.encoder, unet)
+        return {n: b.data.ptr for st in stages for n, b in {**st.inputs, **st.outputs}.items()}
+
+    rng = np.random.default_rng()
+    pipe(random_graph(rng), seed=1, steps=2)
+    before = addresses()
+    pipe(random_graph(rng), seed=2, steps=3)
+    assert addresses() == before
+
+
+def test_trt_backend_refuses_bad_device_strings(fake):
+    from sg2v.runtime.backends.trt import _device_id
+
+    assert _device_id("cuda:1") == 1
+    with pytest.raises(Sg2vError, match="use cuda or cuda:N"):
+        _device_id("gpu0")
