@@ -187,3 +187,18 @@ def test_sg2v_wrapper():
     assert counts["unet"] > counts["encoder"] > 0
     with pytest.raises(KeyError, match="triple_mask"):
         model.encode({k: v for k, v in graph.items() if k != "triple_mask"})
+
+
+@pytest.mark.gpu
+def test_loss_on_cuda_with_bf16_autocast():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    model = make_model().cuda()
+    x0 = clips(2, 5).cuda()
+    graph = {k: v.cuda() for k, v in random_graphs(2, 5).items()}
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = diffusion_loss(model, x0, graph, gen)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -210,3 +210,22 @@ def test_onnx_export_matches_torch(tmp_path):
 @pytest.mark.slow
 def test_onnx_dynamo_export_matches_torch(tmp_path):
     _export_and_compare(tmp_path / "unet.onnx", dynamo=True)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_and_bf16_autocast_stays_close():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    net = make_unet()
+    randomize_zero_params(net)
+    x, t, ctx, mask = inputs(2, seed=8)
+    with torch.no_grad():
+        want = net(x, t, ctx, mask)
+        net = net.cuda()
+        args = [a.cuda() for a in (x, t, ctx, mask)]
+        got = net(*args).cpu()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got_bf16 = net(*args).float().cpu()
+    scale = want.abs().max()
+    assert (got - want).abs().max() / scale < 1e-2  # TF32 convolutions are allowed by default on CUDA
+    assert torch.isfinite(got_bf16).all() and (got_bf16 - want).abs().max() / scale < 0.1
