@@ -1,0 +1,101 @@
+"""Torch datasets over the shapes world: index-addressed samples, step-addressed batches, a collate function.
+
+Every training sample is a pure function of (seed, split, index) (`sg2v.shapes.ShapesDataset`), and every
+batch of step s is a fixed range of indices, so data is generated on the fly in DataLoader workers yet a
+resumed or distributed run sees exactly the batches an uninterrupted single process would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from sg2v.config import ModelConfig
+from sg2v.graph import pad_graphs, parse_graph
+from sg2v.shapes import ShapesDataset
+from sg2v.video import frames_to_unit
+
+GRAPH_KEYS = ("objs", "obj_mask", "triples", "triple_mask")
+
+
+def video_to_model(video: np.ndarray) -> np.ndarray:
+    """(F, H, W, C) uint8 -> (F, C, H, W) float32 in [-1, 1], the UNet's layout (ARCHITECTURE.md)."""
+    return np.ascontiguousarray(frames_to_unit(video).transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+class ShapesVideoDataset(Dataset):
+    """Shapes-world (video, padded graph) pairs at a model config's frames, size and graph limits."""
+
+    def __init__(self, cfg: ModelConfig, vocab: Any, seed: int = 0, split: str = "train",
+                 length: int = 2**62):
+        d = cfg.data
+        self.cfg, self.vocab = cfg, vocab
+        self.shapes = ShapesDataset(seed=seed, length=length, split=split, frames=d.frames, height=d.height,
+                                    width=d.width, max_objects=d.max_objects,
+                                    max_relationships=d.max_relationships)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def graph(self, index: int) -> dict[str, Any]:
+        """Sample `index`'s scene graph (sg2im JSON form)."""
+        return self.shapes[index].graph
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        sample = self.shapes[index]
+        d = self.cfg.data
+        g = pad_graphs([parse_graph(sample.graph, self.vocab)], d.max_objects, d.max_relationships)
+        return {
+            "video": video_to_model(sample.video),  # (F, C, H, W)
+            "objs": g.objs[0],  # (O,)
+            "obj_mask": g.obj_mask[0],  # (O,)
+            "triples": g.triples[0],  # (T, 3)
+            "triple_mask": g.triple_mask[0],  # (T,)
+        }
+
+
+def collate(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Stack per-sample arrays along a new batch axis: video (B, F, C, H, W), graph tensors (B, ...)."""
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
+
+
+def micro_batch_indices(step: int, micro: int, global_batch: int, micro_batch: int) -> list[int]:
+    """Dataset indices of micro-batch `micro` (0 .. world*accum-1) of optimizer step `step`."""
+    start = step * global_batch + micro * micro_batch
+    return list(range(start, start + micro_batch))
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Yields this process's micro-batches for steps [start_step, steps): rank r owns micro-batches
+    r*accum .. r*accum + accum - 1 of each step, so data depends on the step, not on who computes it."""
+
+    def __init__(self, start_step: int, steps: int, global_batch: int, world: int, rank: int, accum: int = 1):
+        if global_batch % (world * accum):
+            raise ValueError(f"batch {global_batch} is not divisible by world size x grad accumulation "
+                             f"({world} x {accum}); choose a multiple")
+        self.start_step, self.steps = start_step, steps
+        self.global_batch, self.world, self.rank, self.accum = global_batch, world, rank, accum
+        self.micro_batch = global_batch // (world * accum)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start_step) * self.accum
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.steps):
+            for a in range(self.accum):
+                micro = self.rank * self.accum + a
+                yield micro_batch_indices(step, micro, self.global_batch, self.micro_batch)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and Python's RNG in each DataLoader worker from torch's per-worker seed (itself derived from
+    the loader's generator), so nothing a worker draws outside the index-seeded generator is left unseeded."""
+    import random
+
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)

@@ -1,0 +1,459 @@
+"""Diffusion training loop for SG2V on the shapes world: AdamW, EMA, bf16 autocast, DDP, exact resume.
+
+Reproducibility is by construction, not by saved generator state: micro-batch m of step s holds dataset
+indices that depend only on (s, m) (`sg2v.datasets.StepBatchSampler`), and the step's noise, timesteps and
+condition dropout come from the global torch RNG reseeded with (seed, s, m) before its loss. So a run resumed
+from `last.pt` replays exactly the steps an uninterrupted run takes, and `world` processes with `accum`
+micro-batches each compute the same mean gradient as one process accumulating `world * accum` micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sg2v.checkpoint import (
+    checkpoint_config,
+    load_checkpoint,
+    load_state_checked,
+    save_checkpoint,
+    set_rng_state,
+)
+from sg2v.config import ModelConfig, model_config
+from sg2v.datasets import GRAPH_KEYS, ShapesVideoDataset, StepBatchSampler, collate, seed_worker
+from sg2v.diffusion import diffusion_loss
+from sg2v.errors import CheckpointError, Sg2vError
+from sg2v.io import atomic_write_text
+from sg2v.models.sg2v import build_model
+from sg2v.vocab import shapes_vocab
+
+LAST = "last.pt"
+METRICS = "metrics.jsonl"
+
+
+class TrainError(Sg2vError, ValueError):
+    """Training settings that cannot work (names the option and the fix)."""
+
+    exit_code = 2
+
+
+@dataclass
+class TrainConfig:
+    """Everything a diffusion training run depends on; saved in the checkpoint as `train_config`."""
+
+    size: str = "tiny"  # a key of sg2v.config.MODEL_SIZES
+    steps: int = 2000  # optimizer steps in total (a resumed run continues up to this)
+    batch: int = 16  # global batch: samples per optimizer step over all processes
+    grad_accum: int = 1  # micro-batches per process per step
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 100  # linear learning-rate warmup steps, then cosine decay to lr_min_ratio * lr
+    lr_min_ratio: float = 0.1
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    seed: int = 0
+    eval_every: int = 500  # steps between evaluations (and one at the end); 0 disables
+    eval_samples: int = 16  # held-out graphs sampled per evaluation
+    eval_steps: int = 8  # sampler steps at evaluation
+    eval_sampler: str = "dpmpp2m"
+    eval_guidance: float = 3.0
+    ckpt_every: int = 500  # steps between checkpoints (and one at the end)
+    log_every: int = 10
+    out: str = "runs/sg2v"
+    workers: int = 2  # DataLoader worker processes generating shapes-world samples
+    init_encoder: str | None = None  # a pretrain checkpoint whose "encoder" initialises SG2V.encoder
+    resume: str = "auto"  # "auto": out/last.pt when it exists; "never"; or a checkpoint path
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    threads: int = 0  # torch CPU threads in the training process; 0 keeps torch's default
+    frames: int | None = None  # None: the size's default
+    height: int | None = None
+    width: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def model_config(self) -> ModelConfig:
+        """The size's `ModelConfig` with this run's frame/size overrides."""
+        cfg = model_config(self.size)
+        changes = {k: v for k, v in (("frames", self.frames), ("height", self.height), ("width", self.width))
+                   if v is not None}
+        if changes:
+            cfg = cfg.replace(data=dataclasses.replace(cfg.data, **changes))
+        return cfg
+
+    def check(self) -> None:
+        """Reject settings that cannot work, naming the option."""
+        positive = {"steps": self.steps, "batch": self.batch, "grad_accum": self.grad_accum,
+                    "ckpt_every": self.ckpt_every, "log_every": self.log_every, "eval_steps": self.eval_steps}
+        for name, v in positive.items():
+            if not isinstance(v, int) or v < 1:
+                raise TrainError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        for name, v in {"eval_every": self.eval_every, "workers": self.workers, "warmup": self.warmup,
+                        "eval_samples": self.eval_samples, "threads": self.threads}.items():
+            if not isinstance(v, int) or v < 0:
+                raise TrainError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}")
+        if not self.lr > 0:
+            raise TrainError(f"--lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise TrainError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.grad_clip < 0:
+            raise TrainError(f"--grad-clip must be >= 0 (0 disables), got {self.grad_clip}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise TrainError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.eval_every and self.eval_samples < 1:
+            raise TrainError("--eval-samples must be >= 1 when --eval-every is set; or pass --eval-every 0")
+
+
+def lr_at(tc: TrainConfig, step: int) -> float:
+    """Linear warmup then cosine decay (Loshchilov & Hutter 2017) to lr_min_ratio * lr at the last step."""
+    if tc.warmup and step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    span = max(1, tc.steps - tc.warmup)
+    progress = min(1.0, (step - tc.warmup) / span)
+    return tc.lr * (tc.lr_min_ratio + (1.0 - tc.lr_min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def ema_decay_at(tc: TrainConfig, step: int) -> float:
+    """EMA decay with the usual early ramp min(decay, (1 + n) / (10 + n)): the average forgets init fast."""
+    return min(tc.ema_decay, (1.0 + step) / (10.0 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers copied."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm.detach(), 1.0 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
+def step_seed(seed: int, step: int, micro: int) -> int:
+    """The torch seed for micro-batch `micro` of step `step` (independent streams via SeedSequence)."""
+    return int(np.random.SeedSequence([seed, step, micro]).generate_state(1, np.uint64)[0] % (2**63 - 1))
+
+
+@dataclass
+class Dist:
+    """This process's place in a (possibly single-process) distributed run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU); else one process."""
+    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda but no CUDA GPU is visible; pass --device cpu or auto")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device("cuda", local_rank) if want_cuda else torch.device("cpu")
+    if want_cuda:
+        torch.cuda.set_device(dev)
+    if world == 1:
+        return Dist(0, 1, 0, dev)
+    import torch.distributed as td
+
+    here = False
+    if not td.is_initialized():
+        td.init_process_group(backend="nccl" if want_cuda else "gloo")
+        here = True
+    return Dist(td.get_rank(), td.get_world_size(), local_rank, dev, here)
+
+
+@dataclass
+class TrainResult:
+    """What `train` leaves behind (every rank gets one; only rank 0 wrote files)."""
+
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int
+    losses: list[float]
+    metrics: list[dict[str, Any]]
+    out: Path
+
+
+class _Progress:
+    """tqdm bar when installed and enabled, else a plain line every `log_every` steps."""
+
+    def __init__(self, start: int, total: int, enabled: bool, log_every: int):
+        self.enabled, self.log_every = enabled, log_every
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                                file=sys.stderr)
+            except ImportError:
+                self.bar = None
+
+    def update(self, step: int, fields: dict[str, str]) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix(fields, refresh=False)
+            self.bar.update(1)
+        elif step % self.log_every == 0:
+            text = " ".join(f"{k}={v}" for k, v in fields.items())
+            print(f"step {step} {text}", file=sys.stderr, flush=True)
+
+    def write(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _resolve_resume(tc: TrainConfig, out: Path) -> Path | None:
+    if tc.resume == "never":
+        return None
+    if tc.resume == "auto":
+        last = out / LAST
+        return last if last.is_file() else None
+    path = Path(tc.resume)
+    if not path.is_file():
+        raise CheckpointError(f"--resume {tc.resume}: no such checkpoint; pass a last.pt, 'auto' or 'never'")
+    return path
+
+
+def load_init_encoder(model: torch.nn.Module, path: str) -> None:
+    """Initialise `model.encoder` from a pretrain checkpoint's "encoder" state dict."""
+    from sg2v.pretrain import load_pretrain_checkpoint
+
+    ckpt = load_pretrain_checkpoint(path)
+    cfg = checkpoint_config(ckpt, path)
+    if cfg.encoder != model.cfg.encoder or cfg.data != model.cfg.data:
+        raise CheckpointError(f"--init-encoder {path}: config mismatch: it was pretrained for size "
+                              f"{cfg.name!r} ({cfg.data}), this run trains {model.cfg.name!r}; pretrain with "
+                              "the same --size and data shape")
+    load_state_checked(model.encoder, ckpt["encoder"], path, "encoder")
+
+
+def train(tc: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train (or resume) SG2V diffusion on shapes-world data generated on the fly; rank 0 writes out/."""
+    tc.check()
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    dist = init_distributed(tc.device)
+    try:
+        return _train(tc, dist, progress)
+    finally:
+        if dist.initialized_here:
+            import torch.distributed as td
+
+            td.destroy_process_group()
+
+
+def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
+    out = Path(tc.out)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    cfg = tc.model_config()
+    vocab = shapes_vocab()
+    if (cfg.encoder.num_objs, cfg.encoder.num_preds) != (vocab.num_objs, vocab.num_preds):
+        raise TrainError(f"--size {tc.size}: encoder vocabulary sizes ({cfg.encoder.num_objs}, "
+                         f"{cfg.encoder.num_preds}) differ from the shapes vocabulary ({vocab.num_objs}, "
+                         f"{vocab.num_preds})")
+    if tc.batch % (dist.world * tc.grad_accum):
+        raise TrainError(f"--batch {tc.batch} must be a multiple of world size x --grad-accum "
+                         f"({dist.world} x {tc.grad_accum})")
+
+    torch.manual_seed(tc.seed)  # identical initial weights on every rank
+    model = build_model(cfg).to(dist.device)
+    if tc.init_encoder:
+        load_init_encoder(model, tc.init_encoder)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
+
+    start = 0
+    resume = _resolve_resume(tc, out)
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        saved = checkpoint_config(ckpt, resume)
+        if saved != cfg:
+            raise CheckpointError(f"{resume}: config mismatch: it holds a {saved.name!r} model "
+                                  f"({saved.data}), this run asks for {cfg.name!r} ({cfg.data}); pass the "
+                                  "same --size, or --out to another folder, or --resume never")
+        load_state_checked(model, ckpt["model"], resume, "model")
+        if ckpt.get("ema") is not None:
+            load_state_checked(ema, ckpt["ema"], resume, "ema")
+        if ckpt.get("optimizer") is None:
+            raise CheckpointError(f"{resume}: no optimizer state (a weights-only file); resume from last.pt")
+        opt.load_state_dict(ckpt["optimizer"])
+        if isinstance(ckpt.get("rng"), dict):
+            set_rng_state(ckpt["rng"])
+        start = int(ckpt["step"])
+        del ckpt
+        if dist.is_main:
+            _truncate_metrics(out, start)
+
+    ddp = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        ddp = DistributedDataParallel(model, device_ids=ids)
+
+    losses: list[float] = []
+    metrics: list[dict[str, Any]] = []
+    if start >= tc.steps:
+        return TrainResult(model, ema, opt, start, losses, metrics, out)
+
+    ds = ShapesVideoDataset(cfg, vocab, seed=tc.seed, split="train")
+    sampler = StepBatchSampler(start, tc.steps, tc.batch, dist.world, dist.rank, tc.grad_accum)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_sampler=sampler, num_workers=tc.workers, collate_fn=collate, worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(tc.seed), pin_memory=dist.device.type == "cuda",
+        persistent_workers=False, prefetch_factor=4 if tc.workers else None,
+    )
+    batches = iter(loader)
+    use_bf16 = dist.device.type == "cuda"
+    bar = _Progress(start, tc.steps, progress and dist.is_main, tc.log_every)
+    t_last, n_last = time.perf_counter(), 0
+    loss_acc = torch.zeros((), device=dist.device)
+    try:
+        for step in range(start, tc.steps):
+            lr = lr_at(tc, step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            step_loss = torch.zeros((), device=dist.device)
+            for a in range(tc.grad_accum):
+                batch = {k: v.to(dist.device, non_blocking=True) for k, v in next(batches).items()}
+                seed = step_seed(tc.seed, step, dist.rank * tc.grad_accum + a)
+                torch.manual_seed(seed)  # dropout layers, if a config enables them
+                gen = torch.Generator(device=dist.device).manual_seed(seed)  # t, noise, condition dropout
+                sync = contextlib.nullcontext()
+                if ddp is not model and a < tc.grad_accum - 1:
+                    sync = ddp.no_sync()
+                with sync:
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                        loss = compute_loss(ddp, batch, gen)
+                    (loss / tc.grad_accum).backward()
+                step_loss += loss.detach().float() / tc.grad_accum
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip
+                         else None)
+            opt.step()
+            update_ema(ema, model, ema_decay_at(tc, step))
+            done = step + 1
+            loss_acc += step_loss
+            n_last += 1
+            if done % tc.log_every == 0 or done == tc.steps:
+                if dist.world > 1:
+                    import torch.distributed as td
+
+                    td.all_reduce(loss_acc)
+                    loss_acc /= dist.world
+                mean_loss = float(loss_acc) / n_last
+                now = time.perf_counter()
+                rate = n_last * tc.batch / max(now - t_last, 1e-9)
+                losses.append(mean_loss)
+                if dist.is_main:
+                    _log(out, {"step": done, "loss": mean_loss, "lr": lr, "samples_per_s": rate,
+                               "grad_norm": float(grad_norm) if grad_norm is not None else None})
+                bar.update(done, {"loss": f"{mean_loss:.4f}", "samples/s": f"{rate:.1f}"})
+                t_last, n_last = now, 0
+                loss_acc.zero_()
+            else:
+                bar.update(done, {})
+            if dist.is_main and (done % tc.ckpt_every == 0 or done == tc.steps):
+                save_checkpoint(out / LAST, model, cfg, vocab, ema=ema, step=done, optimizer=opt,
+                                extra={"train_config": tc.to_dict()})
+            if dist.is_main and tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
+                m = _periodic_eval(tc, ema, cfg, vocab, out, done)
+                metrics.append(m)
+                bar.write(f"eval step {done}: presence {m['presence']:.3f} relation_accuracy "
+                          f"{_fmt(m['relation_accuracy'])} shape_accuracy {_fmt(m['shape_accuracy'])}")
+    finally:
+        bar.close()
+        del batches
+    return TrainResult(model, ema, opt, tc.steps, losses, metrics, out)
+
+
+def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """The v-prediction diffusion loss (with CFG condition dropout) of one micro-batch."""
+    return diffusion_loss(model, batch["video"], {k: batch[k] for k in GRAPH_KEYS}, generator)
+
+
+def _periodic_eval(tc: TrainConfig, ema: torch.nn.Module, cfg: ModelConfig, vocab: Any, out: Path,
+                   step: int) -> dict[str, Any]:
+    from sg2v.evaluate import evaluate
+
+    (out / "samples").mkdir(exist_ok=True)
+    rng_state = torch.get_rng_state()  # evaluation must not perturb the training stream
+    sheet = out / "samples" / f"step{step:07d}.png"
+    report = evaluate(ema, cfg, vocab, n=tc.eval_samples, steps=tc.eval_steps, guidance=tc.eval_guidance,
+                      sampler=tc.eval_sampler, seed=tc.seed, contact_sheet=sheet)
+    torch.set_rng_state(rng_state)
+    m = {"step": step, "eval": True, **report}
+    _log(out, m)
+    return m
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _log(out: Path, record: dict[str, Any]) -> None:
+    # Appending one short line per record; a crash can at worst cut the last line, which readers skip.
+    with open(out / METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(out: Path, step: int) -> None:
+    # Steps after the checkpoint are replayed on resume; drop their first-run records so each step logs once.
+    path = out / METRICS
+    if path.is_file():
+        keep = [json.dumps(r) + "\n" for r in read_metrics(out) if int(r.get("step", 0)) <= step]
+        atomic_write_text(path, "".join(keep))
+
+
+def read_metrics(out: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of out/metrics.jsonl (a truncated last line is skipped)."""
+    path = Path(out) / METRICS
+    records = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def write_config(out: Path, tc: TrainConfig) -> None:
+    """Write the run's settings as JSON beside the checkpoint, for people (the checkpoint holds them too)."""
+    atomic_write_text(out / "train_config.json", json.dumps(tc.to_dict(), indent=1) + "\n")

@@ -1,0 +1,192 @@
+"""Training loop: learning on a fixed batch, data addressing, resume-after-SIGKILL determinism, evaluation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sg2v.checkpoint import load_checkpoint
+from sg2v.config import model_config
+from sg2v.datasets import ShapesVideoDataset, StepBatchSampler, collate, micro_batch_indices
+from sg2v.models.sg2v import build_model
+from sg2v.train import TrainConfig, TrainError, compute_loss, lr_at, read_metrics, step_seed, update_ema
+from sg2v.vocab import shapes_vocab
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The CI machine's cores are shared; one intra-op thread avoids oversubscription (10x slower otherwise).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    """A few dozen AdamW steps on one batch with fixed noise/timesteps must fit it (loss halves)."""
+    torch.manual_seed(0)
+    cfg = model_config("tiny")
+    ds = ShapesVideoDataset(cfg, shapes_vocab(), seed=3)
+    batch = collate([ds[i] for i in range(2)])
+    model = build_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+
+    def loss_now():
+        return compute_loss(model, batch, torch.Generator().manual_seed(11))  # same t, noise, dropout
+
+    with torch.no_grad():
+        first = float(loss_now())
+    for _ in range(30):
+        opt.zero_grad(set_to_none=True)
+        loss_now().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    with torch.no_grad():
+        last = float(loss_now())
+    assert np.isfinite(first) and last < 0.5 * first, (first, last)
+
+
+def test_batches_partition_each_step_over_ranks_and_micro_batches():
+    steps, batch = 3, 8
+    for world, accum in ((1, 1), (2, 1), (2, 2), (1, 4)):
+        per_rank = [list(StepBatchSampler(0, steps, batch, world, r, accum)) for r in range(world)]
+        for s in range(steps):
+            got = sorted(i for r in range(world) for mb in per_rank[r][s * accum:(s + 1) * accum] for i in mb)
+            assert got == list(range(s * batch, (s + 1) * batch))
+    # Resuming at step 2 yields exactly the tail of the full run.
+    assert list(StepBatchSampler(2, 5, 4, 2, 1, 1)) == list(StepBatchSampler(0, 5, 4, 2, 1, 1))[2:]
+    assert micro_batch_indices(3, 1, 8, 4) == [28, 29, 30, 31]
+    with pytest.raises(ValueError, match="not divisible"):
+        StepBatchSampler(0, 1, 6, 4, 0, 1)
+
+
+def test_worker_generated_batches_equal_inline_ones():
+    """Data made in DataLoader worker processes is the same as made inline: it depends on indices only."""
+    cfg = model_config("tiny")
+    ds = ShapesVideoDataset(cfg, shapes_vocab(), seed=5)
+
+    def batches(workers):
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=StepBatchSampler(1, 3, 4, 1, 0, 1),
+                                             num_workers=workers, collate_fn=collate)
+        return list(loader)
+
+    inline, worker = batches(0), batches(1)
+    assert len(inline) == len(worker) == 2
+    for a, b in zip(inline, worker):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    v = inline[0]["video"]
+    assert v.shape == (4, cfg.data.frames, 3, cfg.data.height, cfg.data.width) and v.dtype == torch.float32
+    assert float(v.min()) == -1.0 and 0 < float(v.max()) <= 1.0  # black background, bright objects
+    assert not torch.equal(inline[0]["video"], inline[1]["video"])
+
+
+def test_schedules_and_seeds():
+    tc = TrainConfig(steps=100, warmup=10, lr=1e-3, lr_min_ratio=0.1)
+    assert lr_at(tc, 0) == pytest.approx(1e-4)
+    assert lr_at(tc, 9) == pytest.approx(1e-3)
+    assert lr_at(tc, 10) == pytest.approx(1e-3)
+    assert lr_at(tc, 100) == pytest.approx(1e-4)
+    lrs = [lr_at(tc, s) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    seeds = {step_seed(0, s, m) for s in range(50) for m in range(4)}
+    assert len(seeds) == 200
+
+
+def test_ema_update_matches_formula():
+    torch.manual_seed(1)
+    a, b = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    before = [p.detach().clone() for p in a.parameters()]
+    update_ema(a, b, 0.9)
+    for pa, p0, pb in zip(a.parameters(), before, b.parameters()):
+        torch.testing.assert_close(pa, 0.9 * p0 + 0.1 * pb)
+
+
+def test_bad_settings_name_the_option():
+    with pytest.raises(TrainError, match="--batch"):
+        TrainConfig(batch=0).check()
+    with pytest.raises(TrainError, match="--ema-decay"):
+        TrainConfig(ema_decay=1.0).check()
+
+
+_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import sg2v.train as T
+
+    out, kill_at = sys.argv[1], int(sys.argv[2])
+    if kill_at:
+        real = T.update_ema
+        calls = [0]
+
+        def update_ema(*a, **k):
+            calls[0] += 1
+            if calls[0] == kill_at:  # mid-step, after the last checkpoint: work since then is lost
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(*a, **k)
+
+        T.update_ema = update_ema
+    T.train(T.TrainConfig(steps=7, batch=2, lr=3e-3, warmup=2, ckpt_every=2, eval_every=0, log_every=1,
+                          workers=0, threads=1, seed=4, out=out), progress=False)
+""")
+
+
+def _run_child(out: Path, kill_at: int) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-c", _CHILD, str(out), str(kill_at)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_resume_after_sigkill_is_bit_exact(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    p_straight, p_killed = _run_child(straight, 0), _run_child(killed, 6)
+    out_k, err_k = p_killed.communicate(timeout=300)
+    assert p_killed.returncode == -signal.SIGKILL, err_k
+    interrupted = load_checkpoint(killed / "last.pt")
+    assert interrupted["step"] == 4  # steps 5 and (part of) 6 were lost with the kill
+    p_resume = _run_child(killed, 0)
+    out_r, err_r = p_resume.communicate(timeout=300)
+    assert p_resume.returncode == 0, err_r
+    out_s, err_s = p_straight.communicate(timeout=300)
+    assert p_straight.returncode == 0, err_s
+
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(killed / "last.pt")
+    assert a["step"] == b["step"] == 7
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        for k in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(sa[i][k], sb[i][k]), (i, k)
+    # The run really moved: weights differ from the interrupted checkpoint's.
+    assert any(not torch.equal(interrupted["model"][k], a["model"][k]) for k in a["model"])
+    assert a["train_config"]["seed"] == 4
+    # The log has one record per step despite the replay, with the same losses as the straight run.
+    la = [r["loss"] for r in read_metrics(straight) if "loss" in r]
+    lb = [r["loss"] for r in read_metrics(killed) if "loss" in r]
+    assert [r["step"] for r in read_metrics(killed)] == list(range(1, 8))
+    assert la == lb
+
+
+def test_resume_refuses_another_size(tmp_path):
+    cfg = model_config("tiny")
+    from sg2v.checkpoint import save_checkpoint
+    from sg2v.errors import CheckpointError
+    from sg2v.train import train
+
+    save_checkpoint(tmp_path / "last.pt", build_model(cfg), cfg.replace(name="other"), shapes_vocab(), step=1)
+    with pytest.raises(CheckpointError, match="config mismatch"):
+        train(TrainConfig(steps=2, batch=2, out=str(tmp_path), workers=0, eval_every=0), progress=False)
