@@ -33,10 +33,12 @@ def random_graph(rng: np.random.Generator, max_objects: int = 3, max_relationshi
     vocab = shapes_vocab()
     n = int(rng.integers(1, max_objects + 1))
     objects = [str(o) for o in rng.choice(vocab.object_names, n)]
-    rels = []
+    rels: list[list] = []
     for _ in range(int(rng.integers(0, max_relationships + 1)) if n > 1 else 0):
         s, o = rng.choice(n, 2, replace=False)
-        rels.append([int(s), str(rng.choice(vocab.pred_names)), int(o)])
+        rel = [int(s), str(rng.choice(vocab.pred_names)), int(o)]
+        if rel not in rels:  # the graph format rejects duplicate relationships
+            rels.append(rel)
     return {"objects": objects, "relationships": rels}
 
 
