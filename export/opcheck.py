@@ -243,7 +243,7 @@ def check_model(model, target: str = "10.3", plugins: dict[str, Any] | None = No
             if "until" in rule and _version(target) >= _version(rule["until"]):
                 continue
             if rule["rule"] == "warn":
-                warnings.append(f"{op} ({node.name}): {rule['message']}")
+                warnings.append(f"{op}: {rule['message']}")
                 continue
             reason = _rule_issue(rule, node, g)
             if reason:

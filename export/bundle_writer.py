@@ -1,0 +1,159 @@
+"""Write a bundle folder atomically: staging folder beside `--out`, manifest last, one rename (torch-free).
+
+Layout and manifest keys: docs/ARCHITECTURE.md ("Bundle"), names from `sg2v.bundle_spec`. An existing folder
+at `--out` is replaced only if it is a bundle (a re-export) or `force` is set; a half-written bundle never
+appears at `--out`: everything is written under a temporary name, renamed at the end (`sg2v.io.atomic_path`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sg2v import bundle_spec as spec
+from sg2v.errors import BundleError
+from sg2v.io import atomic_path, sha256_file
+
+
+def read_bundle_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of the sg2v bundle at `path`, or None if `path` holds no readable bundle manifest."""
+    mpath = Path(path) / spec.MANIFEST
+    if not mpath.is_file():
+        return None
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != spec.FORMAT:
+        return None
+    return manifest
+
+
+def check_output(out: str | os.PathLike, force: bool = False) -> dict[str, Any] | None:
+    """Refuse an `--out` that cannot take a bundle; return the manifest of a bundle already there, or None."""
+    out = Path(out)
+    parent = out.parent if str(out.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise BundleError(f"output folder {out}: {parent} is a file, not a folder; choose another --out")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BundleError(f"cannot create output folder {parent} ({e.strerror or e}); choose another --out") \
+            from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BundleError(f"output folder {parent} is not writable; choose another --out or fix permissions")
+    if not out.exists() and not out.is_symlink():
+        return None
+    manifest = read_bundle_manifest(out) if out.is_dir() and not out.is_symlink() else None
+    if manifest is None and not force:
+        what = "folder that is not an sg2v bundle" if out.is_dir() else "file"
+        raise BundleError(f"--out {out} is an existing {what}; pass --force to replace it or choose another")
+    return manifest
+
+
+@contextlib.contextmanager
+def staging(out: str | os.PathLike) -> Iterator[Path]:
+    """A fresh folder beside `out` for the bundle; renamed onto `out` on success, removed on error."""
+    out = Path(out)
+    try:
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            yield tmp
+    except (FileNotFoundError, PermissionError) as e:
+        if isinstance(e, PermissionError) or not Path(out).parent.exists():
+            raise BundleError(f"cannot write bundle {out} ({e}); choose another --out") from None
+        raise
+
+
+def file_entries(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """`files`: sha256 and size of every regular file under `root` but the manifest, relative POSIX paths."""
+    root = Path(root)
+    entries: dict[str, dict[str, Any]] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink():
+            raise BundleError(f"bundle staging folder holds a symlink {path}; bundles hold plain files only")
+        if not path.is_file():
+            continue
+        rel = path.relative_to(root).as_posix()
+        if rel == spec.MANIFEST:
+            continue
+        entries[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return entries
+
+
+def exporting_versions() -> dict[str, str]:
+    """`exported_by`: versions of the packages that shaped the graphs."""
+    import sg2v
+
+    versions = {"sg2v": sg2v.__version__, "python": platform.python_version()}
+    for name in ("torch", "onnx", "onnxruntime", "onnxscript"):
+        try:
+            module = __import__(name)
+            versions[name] = str(getattr(module, "__version__", "unknown"))
+        except ImportError:
+            versions[name] = "not installed"
+    return versions
+
+
+def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset: int, root: Path,
+                   parity: dict[str, Any], trt_op_check: dict[str, Any], source_checkpoint: dict[str, Any],
+                   stage_extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The manifest dict (every key of ARCHITECTURE.md "Bundle"), hashing the files already under `root`."""
+    shapes = spec.shapes(cfg.data, cfg.encoder)
+    io = spec.stage_io(shapes)
+    stages = {name: {"file": spec.STAGE_FILES[name], **io[name], **(stage_extra or {}).get(name, {})}
+              for name in spec.STAGE_FILES}
+    d = cfg.diffusion
+    manifest = {
+        "format": spec.FORMAT,
+        "format_version": spec.FORMAT_VERSION,
+        "model_config": cfg.to_dict(),
+        "vocab": vocab.to_dict(),
+        "schedule": {"kind": d.schedule, "num_train_timesteps": d.num_train_timesteps},
+        "sampler_defaults": {"sampler": d.default_sampler, "steps": d.default_steps,
+                             "guidance": d.default_guidance, "guidance_rescale": d.default_guidance_rescale},
+        "shapes": shapes,
+        "precision": precision,
+        "pooling": pooling,
+        "opset": opset,
+        "stages": stages,
+        "files": file_entries(root),
+        "exported_by": exporting_versions(),
+        "parity": parity,
+        "trt_op_check": trt_op_check,
+        "source_checkpoint": source_checkpoint,
+    }
+    missing = [k for k in spec.MANIFEST_KEYS if k not in manifest]
+    assert not missing, missing
+    return manifest
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
+    """Write `manifest.json` into the staging folder (last, so a bundle with a manifest is complete)."""
+    path = root / spec.MANIFEST
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+def reuse_file(old_root: Path, old_manifest: dict[str, Any], rel: str, new_root: Path) -> bool:
+    """Copy `rel` from the previous bundle if it still matches its recorded sha256 and size; else False."""
+    info = old_manifest.get("files", {}).get(rel)
+    src = old_root / rel
+    if not isinstance(info, dict) or src.is_symlink() or not src.is_file():
+        return False
+    if src.stat().st_size != info.get("bytes") or sha256_file(src) != info.get("sha256"):
+        return False
+    dst = new_root / rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return True

@@ -1,0 +1,94 @@
+"""`sg2v-export`: checkpoint -> bundle folder (ONNX graphs, manifest, parity, TensorRT op check)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sg2v import bundle_spec as spec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sg2v-export",
+        description="Export a trained sg2v checkpoint to a bundle: encoder.onnx, unet.onnx, manifest.json, "
+                    "null context, encoder weights. Every graph is checked against PyTorch through ONNX "
+                    "Runtime and against the operators TensorRT's ONNX parser supports.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint from sg2v-train (model.pt or .safetensors)")
+    p.add_argument("--out", default="bundle", help="bundle folder to write (replaced atomically)")
+    p.add_argument("--precision", choices=spec.PRECISIONS, default="fp32",
+                   help="compute precision set in the graphs (I/O stays float32; norms, softmax stay fp32)")
+    p.add_argument("--pooling", choices=spec.POOLINGS, default="portable",
+                   help="encoder pooling: standard ops (one-hot MatMul) or the sg2v::ScatterMeanPool plugin")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..20")
+    p.add_argument("--include-weights", action="store_true",
+                   help="also write model.safetensors for the runtime's PyTorch reference backend")
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights")
+    p.add_argument("--strict-trt", action="store_true",
+                   help="fail if a node is outside the TensorRT ONNX parser's supported operators")
+    p.add_argument("--trt-target", default="10.3", help="TensorRT version to check operators against")
+    p.add_argument("--allow-parity-failure", action="store_true",
+                   help="write the bundle even if ONNX Runtime disagrees with PyTorch (noted in manifest)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out that is not a bundle")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random parity inputs")
+    return p
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def summary(result) -> str:
+    """Files and sizes, parity per stage, op check verdict: what the CLI prints after an export."""
+    m = result.manifest
+    lines = [f"wrote bundle {result.path} ({m['precision']}, pooling {m['pooling']}, opset {m['opset']}) "
+             f"in {result.seconds:.1f}s"]
+    if result.reused:
+        lines.append(f"reused stages: {', '.join(result.reused)}")
+    for rel, info in m["files"].items():
+        lines.append(f"  {rel:24s} {_size(info['bytes']):>10s}  sha256 {info['sha256'][:12]}")
+    for stage, p in m["parity"].items():
+        verdict = "ok" if p["ok"] else "FAILED"
+        lines.append(f"parity {stage}: max rel err {p['max_rel_err']:.2e} (abs {p['max_abs_err']:.2e}, "
+                     f"tol {p['tolerance']:g}) {verdict}")
+    trt = m["trt_op_check"]
+    plugins = sum(p["count"] for p in trt["plugins"])
+    verdict = "all nodes supported" if trt["ok"] else f"{len(trt['unsupported'])} unsupported node(s)"
+    lines.append(f"TensorRT {trt['target']} op check: {verdict}"
+                 + (f", {plugins} plugin node(s) need the sg2v plugin" if plugins else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sg2v.errors import Sg2vError
+
+    out = Path(args.out)
+    try:
+        from sg2v.export.onnx_export import export_bundle
+
+        result = export_bundle(
+            args.ckpt, out, precision=args.precision, pooling=args.pooling, opset=args.opset,
+            include_weights=args.include_weights, ema=not args.no_ema, strict_trt=args.strict_trt,
+            allow_parity_failure=args.allow_parity_failure, force=args.force, trt_target=args.trt_target,
+            seed=args.seed, log=print,
+        )
+    except Sg2vError as e:
+        print(f"sg2v-export: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"sg2v-export: interrupted; nothing was written to {out}", file=sys.stderr)
+        return 130
+    print(summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

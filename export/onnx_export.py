@@ -1,0 +1,543 @@
+"""Checkpoint -> bundle: the encoder and the UNet to ONNX, each graph checked against PyTorch.
+
+Two static-shape graphs per bundle (docs/ARCHITECTURE.md "ONNX stages"): the encoder at batch 1 and the UNet
+at batch 2 (CFG's cond and uncond halves). Pooling `portable` is the one-hot MatMul form of
+`scatter_mean_pool`; `plugin` puts one `sg2v::ScatterMeanPool` node per graph convolution (a custom op with an
+ONNX symbolic). fp16 exports convert weights and compute to float16 inside the graph, with float32 graph I/O
+(Casts at the boundary) and float32 islands where fp16 would overflow or lose the signal: GroupNorm,
+LayerNorm, the UNet's token norms and its sinusoidal timestep embedding; the UNet's softmax is float32 by
+construction.
+Every export checks itself: ONNX checker and shape inference, ONNX Runtime CPU vs PyTorch float32 on fresh
+random inputs, and the TensorRT operator check (`sg2v.export.opcheck`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sg2v.export import bundle_writer
+from sg2v.export.opcheck import check_model, format_report
+from torch import nn
+
+from sg2v import bundle_spec as spec
+from sg2v.errors import Sg2vError
+from sg2v.io import sha256_file
+
+OPSET_RANGE = (17, 20)  # 17: native LayerNormalization; 20: the newest opset TensorRT 10.3 parses
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # max error relative to the reference's largest magnitude
+PARITY_TRIALS = 3
+REL_ERR = "max |onnx - torch| / max |torch| per output, worst over outputs and trials"
+
+
+class ExportError(Sg2vError):
+    """An export that cannot be made or fails its own checks (parity, strict TensorRT op check)."""
+
+
+@dataclass
+class ExportResult:
+    """What `export_bundle` wrote: the bundle folder, its manifest, and which stages came from the cache."""
+
+    path: Path
+    manifest: dict[str, Any]
+    reused: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------- fp16 islands
+
+class _Float32Island(nn.Module):
+    """Run `module` in float32 inside a float16 graph (upcast in, downcast out)."""
+
+    def __init__(self, module: nn.Module, out_dtype: torch.dtype):
+        super().__init__()
+        self.inner = module.float()
+        self.out_dtype = out_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.float()).to(self.out_dtype)
+
+
+def _island_types() -> tuple[type, ...]:
+    from sg2v.models import unet
+
+    types: list[type] = [nn.GroupNorm, nn.LayerNorm]
+    # The UNet's own float32 pieces: LayerNorm written as reductions, and the sin/cos of a timestep up to
+    # ~1000 (fp16 has 0.5 resolution there, so the embedding would be wrong at every timestep).
+    types += [getattr(unet, name) for name in ("TokenNorm", "SinusoidalEmbedding") if hasattr(unet, name)]
+    return tuple(types)
+
+
+def to_half(module: nn.Module) -> nn.Module:
+    """A float16 copy of `module` whose normalisations and timestep embedding run in float32."""
+    islands = _island_types()
+    half = copy.deepcopy(module)
+
+    def swap(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, islands):
+                setattr(parent, name, _Float32Island(child, torch.float16))
+            else:
+                swap(child)
+
+    swap(half)
+    islands_ = [m for m in half.modules() if isinstance(m, _Float32Island)]
+    kept = {id(m) for island in islands_ for m in island.modules()}
+    for m in half.modules():
+        if id(m) in kept:
+            continue
+        for p in m.parameters(recurse=False):
+            p.data = p.data.half()
+        for name, b in list(m.named_buffers(recurse=False)):
+            if b is not None and b.is_floating_point():
+                setattr(m, name, b.half())
+    return half
+
+
+# ------------------------------------------------------------------------------------------- stage modules
+
+class EncoderGraph(nn.Module):
+    """The encoder stage: float32 masks in, float32 context out, compute in the export precision."""
+
+    def __init__(self, encoder: nn.Module, precision: str):
+        super().__init__()
+        self.encoder = to_half(encoder) if precision == "fp16" else encoder
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+
+    def forward(self, objs, obj_mask, triples, triple_mask):
+        obj_mask, triple_mask = obj_mask.to(self.dtype), triple_mask.to(self.dtype)
+        context, context_mask = self.encoder(objs, obj_mask, triples, triple_mask)
+        return context.float(), context_mask.float()  # (1, L, D), (1, L)
+
+
+class UNetGraph(nn.Module):
+    """The UNet stage: float32 x/t/context in, float32 v out; the timestep stays float32 throughout."""
+
+    def __init__(self, unet: nn.Module, precision: str):
+        super().__init__()
+        self.unet = to_half(unet) if precision == "fp16" else unet
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+
+    def forward(self, x, t, context, context_mask):
+        v = self.unet(x.to(self.dtype), t, context.to(self.dtype), context_mask.to(self.dtype))
+        return v.float()  # (2, F, C, H, W)
+
+
+# The plugin form: a custom op that computes the real pooling in eager mode (so tracing sees true values) and
+# exports as one `sg2v::ScatterMeanPool` node. Registered once, under a namespace only the exporter uses.
+@torch.library.custom_op("sg2v_export::scatter_mean_pool", mutates_args=())
+def _scatter_mean_pool_op(values: torch.Tensor, index: torch.Tensor, mask: torch.Tensor,
+                          num_segments: int) -> torch.Tensor:
+    from sg2v.models.pooling import scatter_mean_pool
+
+    return scatter_mean_pool(values, index, mask, num_segments, form="scatter")
+
+
+@_scatter_mean_pool_op.register_fake
+def _(values, index, mask, num_segments):
+    return values.new_empty(values.shape[0], num_segments, values.shape[2])
+
+
+@torch.onnx.symbolic_helper.parse_args("v", "v", "v", "i")
+def _scatter_mean_pool_symbolic(g, values, index, mask, num_segments):
+    out = g.op(f"{spec.PLUGIN_DOMAIN}::{spec.PLUGIN_OP}", values, index, mask, num_segments_i=num_segments)
+    sizes = values.type().sizes()  # (B, N, D), static
+    out.setType(values.type().with_sizes([sizes[0], num_segments, sizes[2]]))  # (B, O, D)
+    return out
+
+
+torch.onnx.register_custom_op_symbolic("sg2v_export::scatter_mean_pool", _scatter_mean_pool_symbolic,
+                                       OPSET_RANGE[0])
+
+
+def _plugin_pool(values: torch.Tensor, index: torch.Tensor, mask: torch.Tensor, num_segments: int,
+                 form: str = "plugin") -> torch.Tensor:
+    """`sg2v::ScatterMeanPool` as one ONNX node (contract: ARCHITECTURE.md "ScatterMeanPool")."""
+    return torch.ops.sg2v_export.scatter_mean_pool(values, index, mask, int(num_segments))
+
+
+@contextlib.contextmanager
+def _pooling(encoder: nn.Module, pooling: str) -> Any:
+    """Switch the encoder's pooling for export: the one-hot MatMul form, or the plugin node."""
+    import sg2v.models.encoder as encoder_module
+
+    previous_form = encoder.pooling_form
+    encoder.set_pooling_form("onehot")
+    original = encoder_module.scatter_mean_pool
+    if pooling == "plugin":
+        encoder_module.scatter_mean_pool = _plugin_pool
+    try:
+        yield
+    finally:
+        encoder_module.scatter_mean_pool = original
+        encoder.pooling_form = previous_form
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+
+def random_graph_feeds(vocab: Any, data: Any, rng: np.random.Generator,
+                       trials: int) -> list[dict[str, np.ndarray]]:
+    """Encoder feeds (batch 1) of real graphs: full, one object, random sizes; random names from `vocab`."""
+    from sg2v.graph import pad_graphs, parse_graph
+
+    names, preds = list(vocab.object_names), list(vocab.pred_names)
+    feeds = []
+    for i in range(trials):
+        if i == 0:
+            n, r = data.max_objects, data.max_relationships
+        elif i == 1:
+            n, r = 1, 0
+        else:
+            n = int(rng.integers(1, data.max_objects + 1))
+            r = int(rng.integers(0, data.max_relationships + 1)) if n > 1 else 0
+        rels = []
+        for _ in range(r if n > 1 else 0):
+            s, o = rng.choice(n, size=2, replace=False)
+            rels.append([int(s), str(rng.choice(preds)), int(o)])
+        graph = {"objects": [str(x) for x in rng.choice(names, size=n)], "relationships": rels}
+        g = parse_graph(graph, vocab, data.max_objects, data.max_relationships)
+        feeds.append(pad_graphs([g], data.max_objects, data.max_relationships).as_feeds())
+    return feeds
+
+
+def _unet_feeds(model: nn.Module, enc_feeds: list[dict[str, np.ndarray]], cfg: Any,
+                rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+    """UNet feeds: random x and t, context = (encoder on a real graph, learned null context)."""
+    d = cfg.data
+    null_ctx, null_mask = null_context_arrays(model)
+    out = []
+    with torch.no_grad():
+        for feeds in enc_feeds:
+            ctx, mask = model.encoder(*(torch.from_numpy(feeds[k]) for k in spec.ENCODER_INPUTS))
+            shape = (spec.UNET_BATCH, d.frames, d.channels, d.height, d.width)
+            x = rng.standard_normal(shape).astype(np.float32)
+            t = rng.integers(0, cfg.diffusion.num_train_timesteps, size=spec.UNET_BATCH).astype(np.float32)
+            out.append({"x": x, "t": t,
+                        "context": np.concatenate([ctx.numpy(), null_ctx]).astype(np.float32),
+                        "context_mask": np.concatenate([mask.numpy(), null_mask]).astype(np.float32)})
+    return out
+
+
+def null_context_arrays(model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """The learned null context (1, L, D) and its mask (1, L): global token valid, the rest padding."""
+    ctx = model.null_context.detach().float().cpu().numpy().astype(np.float32)  # (1, L, D)
+    mask = np.zeros(ctx.shape[:2], dtype=np.float32)  # (1, L)
+    mask[:, 0] = 1.0
+    return ctx, mask
+
+
+# ------------------------------------------------------------------------------------------------- export
+
+def export_onnx(module: nn.Module, args: tuple, input_names: tuple[str, ...], output_names: tuple[str, ...],
+                opset: int, plugin: bool = False) -> Any:
+    """One static-shape graph as a self-contained `onnx.ModelProto` (weights inside, no external data).
+
+    TorchScript-based exporter (`dynamo=False`), present in torch 2.11 - 2.13: it emits the requested opset
+    natively, while the torch.export-based exporter builds opset 18 and cannot convert the UNet's ReduceMean
+    down to 17, and takes about three times as long on these models.
+    """
+    import onnx
+
+    buf, log = io.BytesIO(), io.StringIO()
+    with torch.no_grad(), contextlib.redirect_stdout(log), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(), args, buf, dynamo=False, opset_version=opset, input_names=list(input_names),
+            output_names=list(output_names), do_constant_folding=True,
+            custom_opsets={spec.PLUGIN_DOMAIN: 1} if plugin else None,
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    _check_graph(model, input_names, output_names, opset)
+    return model
+
+
+def _check_graph(model: Any, input_names: tuple[str, ...], output_names: tuple[str, ...], opset: int) -> None:
+    import onnx
+
+    got_opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if got_opset != opset:
+        raise ExportError(f"exported graph has opset {got_opset}, asked for {opset}")
+    got_in = tuple(i.name for i in model.graph.input)
+    got_out = tuple(o.name for o in model.graph.output)
+    if got_in != input_names or got_out != output_names:
+        raise ExportError(f"exported graph has I/O {got_in} -> {got_out}, expected {input_names} -> "
+                          f"{output_names}; the exporter dropped or renamed a tensor")
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            raise ExportError(f"initializer {init.name} was written as external data; a bundle holds one "
+                              "file per stage")
+    onnx.checker.check_model(model)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+
+
+def io_signature(model: Any) -> dict[str, list[dict[str, Any]]]:
+    """Graph inputs and outputs as the manifest writes them (`name`, `dtype`, `shape`)."""
+    import onnx
+
+    def entry(v: Any) -> dict[str, Any]:
+        tt = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tt.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+        return {"name": v.name, "dtype": dtype, "shape": dims}
+
+    g = model.graph
+    return {"inputs": [entry(v) for v in g.input], "outputs": [entry(v) for v in g.output]}
+
+
+def fp32_islands(model: Any) -> list[str]:
+    """Softmax and normalisation nodes whose input is not float32 (the fp16 contract says there are none)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    types.update({i.name: i.data_type for i in inferred.graph.initializer})
+    watched = {"Softmax", "LayerNormalization", "GroupNormalization", "InstanceNormalization"}
+    return [f"{n.op_type} {n.name}" for n in inferred.graph.node
+            if n.op_type in watched and types.get(n.input[0]) != onnx.TensorProto.FLOAT]
+
+
+# ------------------------------------------------------------------------------------------------- parity
+
+def run_ort(model_bytes: bytes, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Run an ONNX graph on ONNX Runtime's CPU provider for each feed dict."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return [dict(zip(names, session.run(names, f))) for f in feeds]
+
+
+def parity(got: list[dict[str, np.ndarray]], want: list[dict[str, np.ndarray]], tolerance: float,
+           note: str) -> dict[str, Any]:
+    """Worst absolute and relative error over trials and outputs; `ok`: finite and within `tolerance`."""
+    max_abs, max_rel, finite = 0.0, 0.0, True
+    for g, w in zip(got, want):
+        for name, ref in w.items():
+            out = np.asarray(g[name], dtype=np.float64)
+            ref = np.asarray(ref, dtype=np.float64)
+            if out.shape != ref.shape:
+                raise ExportError(f"output {name} has shape {out.shape}, PyTorch gives {ref.shape}")
+            finite = finite and bool(np.isfinite(out).all())
+            err = float(np.max(np.abs(out - ref))) if out.size else 0.0
+            scale = max(float(np.max(np.abs(ref))) if ref.size else 0.0, 1e-12)
+            max_abs, max_rel = max(max_abs, err), max(max_rel, err / scale)
+    ok = finite and max_rel <= tolerance
+    return {"max_abs_err": max_abs, "max_rel_err": max_rel, "tolerance": tolerance, "ok": ok,
+            "finite": finite, "trials": len(want), "definition": REL_ERR, "checked": note}
+
+
+def _torch_outputs(fn: Callable, feeds: list[dict[str, np.ndarray]], names: tuple[str, ...],
+                   outputs: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
+    res = []
+    with torch.no_grad():
+        for f in feeds:
+            out = fn(*(torch.from_numpy(f[n]) for n in names))
+            out = out if isinstance(out, tuple) else (out,)
+            res.append({k: v.float().numpy() for k, v in zip(outputs, out)})
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+def load_for_export(ckpt: str | Path, ema: bool) -> tuple[nn.Module, Any, Any, dict[str, Any]]:
+    """(SG2V, ModelConfig, Vocab, source_checkpoint entry) from a checkpoint, float32 on CPU, eval mode."""
+    from sg2v.checkpoint import checkpoint_config, checkpoint_vocab, load_checkpoint, load_state_checked
+    from sg2v.models.sg2v import build_model
+
+    path = Path(ckpt)
+    loaded = load_checkpoint(path)  # CheckpointError: missing, corrupt, not sg2v, newer format
+    cfg = checkpoint_config(loaded, path)
+    vocab = checkpoint_vocab(loaded, path)
+    model = build_model(cfg)
+    use_ema = bool(ema and loaded.get("ema") is not None)
+    which = "ema" if use_ema else "model"
+    load_state_checked(model, loaded[which], path, which)
+    model.float().eval()
+    source = {"sha256": sha256_file(path), "step": int(loaded.get("step", 0)), "ema": use_ema,
+              "file": path.name}
+    return model, cfg, vocab, source
+
+
+# ----------------------------------------------------------------------------------------------- the bundle
+
+def _cache_key(stage: str, source: dict[str, Any], precision: str, pooling: str,
+               opset: int) -> dict[str, Any]:
+    versions = bundle_writer.exporting_versions()
+    key = {"checkpoint_sha256": source["sha256"], "ema": source["ema"], "precision": precision,
+           "opset": opset, "sg2v": versions["sg2v"], "torch": versions["torch"], "onnx": versions["onnx"]}
+    if stage == spec.ENCODER_STAGE:
+        key["pooling"] = pooling
+    return key
+
+
+def _reusable(old: dict[str, Any] | None, out: Path, stage: str, key: dict[str, Any], tmp: Path) -> bool:
+    if old is None:
+        return False
+    entry = old.get("stages", {}).get(stage, {})
+    if entry.get("cache_key") != key or stage not in old.get("parity", {}):
+        return False
+    if stage not in old.get("trt_op_check", {}).get("stages", {}):
+        return False
+    return bundle_writer.reuse_file(out, old, spec.STAGE_FILES[stage], tmp)
+
+
+def export_bundle(
+    ckpt: str | Path,
+    out: str | Path,
+    precision: str = "fp32",
+    pooling: str = "portable",
+    opset: int = 17,
+    include_weights: bool = False,
+    ema: bool = True,
+    strict_trt: bool = False,
+    allow_parity_failure: bool = False,
+    force: bool = False,
+    trt_target: str = "10.3",
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export checkpoint `ckpt` to the bundle folder `out` (ARCHITECTURE.md "Bundle"), checking each graph."""
+    say = log or (lambda s: None)
+    t0 = time.perf_counter()
+    if precision not in spec.PRECISIONS:
+        raise ExportError(f"--precision {precision!r}: choose one of {list(spec.PRECISIONS)}")
+    if pooling not in spec.POOLINGS:
+        raise ExportError(f"--pooling {pooling!r}: choose one of {list(spec.POOLINGS)}")
+    if not OPSET_RANGE[0] <= int(opset) <= OPSET_RANGE[1]:
+        raise ExportError(f"--opset {opset}: choose {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (17 has "
+                          "LayerNormalization; TensorRT 10.3 parses up to 20)")
+    opset = int(opset)
+    out = Path(out)
+    old = bundle_writer.check_output(out, force=force)
+    model, cfg, vocab, source = load_for_export(ckpt, ema)
+    rng = np.random.default_rng(seed)
+    enc_feeds = random_graph_feeds(vocab, cfg.data, rng, PARITY_TRIALS)
+    unet_feeds = _unet_feeds(model, enc_feeds, cfg, rng)
+    tol = TOLERANCE[precision]
+    parity_report: dict[str, Any] = {}
+    op_reports: dict[str, Any] = {}
+    stage_extra: dict[str, dict[str, Any]] = {}
+    reused: list[str] = []
+
+    with bundle_writer.staging(out) as tmp:
+        for stage in spec.STAGE_FILES:
+            key = _cache_key(stage, source, precision, pooling, opset)
+            stage_extra[stage] = {"cache_key": key}
+            if _reusable(old, out, stage, key, tmp):
+                parity_report[stage] = old["parity"][stage]
+                op_reports[stage] = old["trt_op_check"]["stages"][stage]
+                reused.append(stage)
+                say(f"{stage}: reused {spec.STAGE_FILES[stage]} from {out} (same checkpoint and options)")
+                continue
+            ts = time.perf_counter()
+            if stage == spec.ENCODER_STAGE:
+                graph, par = _export_encoder(model, cfg, precision, pooling, opset, enc_feeds, tol)
+            else:
+                graph, par = _export_unet(model, precision, opset, unet_feeds, tol)
+            parity_report[stage] = par
+            if not par["ok"] and not allow_parity_failure:
+                raise ExportError(
+                    f"{stage} parity failed: max relative error {par['max_rel_err']:.3g} (tolerance "
+                    f"{tol:g}), finite={par['finite']}; nothing was written. Pass --allow-parity-failure to "
+                    "keep it anyway"
+                )
+            report = check_model(graph, target=trt_target)
+            op_reports[stage] = report
+            if strict_trt and not report["ok"]:
+                first = report["unsupported"][0]
+                raise ExportError(
+                    f"--strict-trt: {stage} has {len(report['unsupported'])} node(s) TensorRT {trt_target} "
+                    f"cannot parse, e.g. {first['op']} ({first['reason']}); nothing was written"
+                )
+            path = tmp / spec.STAGE_FILES[stage]
+            path.write_bytes(graph.SerializeToString())
+            say(f"{stage}: exported {path.name} in {time.perf_counter() - ts:.1f}s")
+        for stage, report in op_reports.items():
+            say(f"[{stage}] " + format_report(report))
+        unsupported = [dict(u, stage=s) for s, r in op_reports.items() for u in r["unsupported"]]
+        trt = {"target": trt_target, "ok": not unsupported, "unsupported": unsupported,
+               "plugins": [dict(p, stage=s) for s, r in op_reports.items() for p in r["plugins"]],
+               "stages": op_reports}
+        if strict_trt and unsupported:  # a stage reused from a bundle exported without --strict-trt
+            first = unsupported[0]
+            raise ExportError(f"--strict-trt: {len(unsupported)} node(s) TensorRT {trt_target} cannot parse, "
+                              f"e.g. {first['stage']}: {first['op']} ({first['reason']}); nothing written")
+        _write_arrays(tmp, model, include_weights)
+        manifest = bundle_writer.build_manifest(
+            cfg=cfg, vocab=vocab, precision=precision, pooling=pooling, opset=opset, root=tmp,
+            parity=parity_report, trt_op_check=trt, source_checkpoint=source, stage_extra=stage_extra,
+        )
+        bundle_writer.write_manifest(tmp, manifest)
+    return ExportResult(out, manifest, reused, time.perf_counter() - t0)
+
+
+def _export_encoder(model, cfg, precision, pooling, opset, feeds, tol):
+    reference = _torch_outputs(model.encoder, feeds, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS)
+    args = tuple(torch.from_numpy(feeds[0][n]) for n in spec.ENCODER_INPUTS)
+    encoder = copy.deepcopy(model.encoder)
+    with _pooling(encoder, "portable"):
+        portable = export_onnx(EncoderGraph(encoder, precision), args, spec.ENCODER_INPUTS,
+                               spec.ENCODER_OUTPUTS, opset)
+    _check_precision(portable, precision, "encoder")
+    got = run_ort(portable.SerializeToString(), feeds)
+    if pooling == "portable":
+        return portable, parity(got, reference, tol, "encoder.onnx on ONNX Runtime CPU vs PyTorch float32")
+    with _pooling(encoder, "plugin"):
+        graph = export_onnx(EncoderGraph(encoder, precision), args, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS,
+                            opset, plugin=True)
+    nodes = [n for n in graph.graph.node if n.domain == spec.PLUGIN_DOMAIN and n.op_type == spec.PLUGIN_OP]
+    expected = cfg.encoder.num_layers
+    if len(nodes) != expected:
+        raise ExportError(f"plugin export has {len(nodes)} {spec.PLUGIN_OP} nodes, expected {expected} (one "
+                          "per graph convolution); the encoder's pooling call changed")
+    _check_precision(graph, precision, "encoder")
+    note = ("portable twin (one-hot MatMul pooling, same weights and precision) on ONNX Runtime CPU vs "
+            f"PyTorch float32: ONNX Runtime has no {spec.PLUGIN_DOMAIN}::{spec.PLUGIN_OP} kernel")
+    par = parity(got, reference, tol, note)
+    par["plugin_nodes"] = len(nodes)
+    return graph, par
+
+
+def _export_unet(model, precision, opset, feeds, tol):
+    reference = _torch_outputs(model.unet, feeds, spec.UNET_INPUTS, spec.UNET_OUTPUTS)
+    args = tuple(torch.from_numpy(feeds[0][n]) for n in spec.UNET_INPUTS)
+    graph = export_onnx(UNetGraph(copy.deepcopy(model.unet), precision), args, spec.UNET_INPUTS,
+                        spec.UNET_OUTPUTS, opset)
+    _check_precision(graph, precision, "unet")
+    got = run_ort(graph.SerializeToString(), feeds)
+    return graph, parity(got, reference, tol, "unet.onnx on ONNX Runtime CPU vs PyTorch float32")
+
+
+def _check_precision(graph: Any, precision: str, stage: str) -> None:
+    bad = fp32_islands(graph)
+    if bad:
+        raise ExportError(f"{stage} {precision} graph runs {bad[0]} (and {len(bad) - 1} more) below float32; "
+                          "the fp16 contract keeps normalisations and softmax in float32")
+    sig = io_signature(graph)
+    if any(e["dtype"] not in ("float32", "int64") for e in sig["inputs"] + sig["outputs"]):
+        raise ExportError(f"{stage} graph I/O is {sig}; graph I/O stays float32/int64 in every precision")
+
+
+def _write_arrays(root: Path, model: nn.Module, include_weights: bool) -> None:
+    ctx, mask = null_context_arrays(model)
+    np.save(root / spec.NULL_CONTEXT, ctx)
+    np.save(root / spec.NULL_CONTEXT_MASK, mask)
+    weights = {k: v.detach().float().cpu().numpy() for k, v in model.encoder.state_dict().items()}
+    np.savez(root / spec.ENCODER_WEIGHTS, **weights)
+    if include_weights:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(root / spec.MODEL_WEIGHTS), metadata={"format": "sg2v SG2V state dict"})

@@ -1,0 +1,364 @@
+"""sg2v-export: checkpoint -> bundle, checked against PyTorch on fresh inputs; bad input; atomicity; cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from sg2v.export import cli  # noqa: E402
+from sg2v.export import onnx_export as ox  # noqa: E402
+
+from sg2v import bundle_spec as spec  # noqa: E402
+from sg2v.checkpoint import save_checkpoint  # noqa: E402
+from sg2v.config import model_config  # noqa: E402
+from sg2v.errors import CheckpointError  # noqa: E402
+from sg2v.io import sha256_file  # noqa: E402
+from sg2v.models.sg2v import build_model  # noqa: E402
+from sg2v.vocab import shapes_vocab  # noqa: E402
+
+STEP = 7
+
+
+def _small_tiny():
+    """The `tiny` model with one UNet level and 2 frames of 8 x 8: every block type, few nodes to export."""
+    cfg = model_config("tiny")
+    data = dataclasses.replace(cfg.data, frames=2, height=8, width=8, max_objects=3, max_relationships=2)
+    unet = dataclasses.replace(cfg.unet, channel_mult=(1,), attention_levels=(0,))
+    return cfg.replace(data=data, unet=unet)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A checkpoint with random weights and a distinct EMA (so tests can tell which one was exported)."""
+    torch.manual_seed(1234)
+    cfg = _small_tiny()
+    model = build_model(cfg)
+    ema = build_model(cfg)
+    with torch.no_grad():
+        for p in list(model.parameters()) + list(ema.parameters()):
+            p.add_(0.05 * torch.randn_like(p))  # the zero-initialised temporal outputs become non-trivial
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, model, cfg, shapes_vocab(), ema=ema, step=STEP)
+    return {"path": path, "cfg": cfg, "model": model.eval(), "ema": ema.eval()}
+
+
+@pytest.fixture(scope="module")
+def bundle(ckpt, tmp_path_factory):
+    """fp32 portable bundle with weights, exported over a stray non-bundle folder with force=True."""
+    out = tmp_path_factory.mktemp("out") / "bundle"
+    out.mkdir()
+    (out / "stray.txt").write_text("not a bundle")
+    lines: list[str] = []
+    result = ox.export_bundle(ckpt["path"], out, include_weights=True, force=True, log=lines.append)
+    return {"out": out, "result": result, "log": lines}
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _fresh_graph(cfg, seed):
+    rng = np.random.default_rng(seed)
+    return ox.random_graph_feeds(shapes_vocab(), cfg.data, rng, 3)[2]
+
+
+# ------------------------------------------------------------------------------------------------ bundle
+
+@pytest.mark.slow
+def test_manifest_has_every_contract_key(bundle, ckpt):
+    m = bundle["result"].manifest
+    out = bundle["out"]
+    assert json.loads((out / spec.MANIFEST).read_text()) == m
+    assert set(spec.MANIFEST_KEYS) <= set(m)
+    assert m["format"] == spec.FORMAT and m["format_version"] == spec.FORMAT_VERSION
+    cfg = ckpt["cfg"]
+    assert m["model_config"] == cfg.to_dict() and m["vocab"] == shapes_vocab().to_dict()
+    assert m["shapes"] == spec.shapes(cfg.data, cfg.encoder)
+    assert m["schedule"] == {"kind": cfg.diffusion.schedule,
+                             "num_train_timesteps": cfg.diffusion.num_train_timesteps}
+    assert m["sampler_defaults"]["steps"] == cfg.diffusion.default_steps
+    assert (m["precision"], m["pooling"], m["opset"]) == ("fp32", "portable", 17)
+    io = spec.stage_io(m["shapes"])
+    for stage, entry in m["stages"].items():
+        assert entry["inputs"] == io[stage]["inputs"] and entry["outputs"] == io[stage]["outputs"]
+        graph = onnx.load(str(out / entry["file"]))
+        assert ox.io_signature(graph) == io[stage]  # the graph itself, not only the manifest
+        assert graph.opset_import[0].version == 17
+    assert m["source_checkpoint"] == {"sha256": sha256_file(ckpt["path"]), "step": STEP, "ema": True,
+                                      "file": "model.pt"}
+    assert set(m["exported_by"]) >= {"sg2v", "torch", "onnx", "onnxruntime", "python"}
+
+
+@pytest.mark.slow
+def test_files_hashed_and_nothing_else_left(bundle):
+    out = bundle["out"]
+    files = bundle["result"].manifest["files"]
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert on_disk == sorted([*files, spec.MANIFEST])  # the stray file of the forced folder is gone
+    for rel, info in files.items():
+        assert info == {"sha256": sha256_file(out / rel), "bytes": (out / rel).stat().st_size}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bundle"]  # no staging folder left
+
+
+@pytest.mark.slow
+def test_arrays_hold_the_ema_weights(bundle, ckpt):
+    out, ema = bundle["out"], ckpt["ema"]
+    ctx = np.load(out / spec.NULL_CONTEXT, allow_pickle=False)
+    mask = np.load(out / spec.NULL_CONTEXT_MASK, allow_pickle=False)
+    np.testing.assert_array_equal(ctx, ema.null_context.detach().numpy())
+    assert mask.dtype == np.float32 and mask[0, 0] == 1 and not mask[0, 1:].any()
+    with np.load(out / spec.ENCODER_WEIGHTS, allow_pickle=False) as weights:
+        state = ema.encoder.state_dict()
+        assert sorted(weights.files) == sorted(state)
+        for k, v in state.items():
+            assert weights[k].dtype == np.float32
+            np.testing.assert_array_equal(weights[k], v.numpy())
+    from safetensors.torch import load_file
+
+    loaded = load_file(str(out / spec.MODEL_WEIGHTS))
+    assert sorted(loaded) == sorted(ema.state_dict())
+    assert all(torch.equal(loaded[k], v) for k, v in ema.state_dict().items())
+
+
+@pytest.mark.slow
+def test_encoder_graph_matches_pytorch_on_a_fresh_graph(bundle, ckpt):
+    """Independent of the exporter's own parity: new graphs, the training (scatter) pooling as reference."""
+    sess = _session(bundle["out"] / spec.ENCODER_ONNX)
+    enc = ckpt["ema"].encoder
+    for seed in (101, 202):
+        feeds = _fresh_graph(ckpt["cfg"], seed)
+        got = dict(zip(spec.ENCODER_OUTPUTS, sess.run(None, feeds)))
+        with torch.no_grad():
+            ctx, mask = enc(*(torch.from_numpy(feeds[k]) for k in spec.ENCODER_INPUTS))
+        scale = float(ctx.abs().max())
+        assert np.abs(got["context"] - ctx.numpy()).max() <= 1e-4 * scale
+        np.testing.assert_array_equal(got["context_mask"], mask.numpy())
+
+
+@pytest.mark.slow
+def test_unet_graph_matches_pytorch_on_fresh_inputs(bundle, ckpt):
+    sess = _session(bundle["out"] / spec.UNET_ONNX)
+    cfg, d = ckpt["cfg"], ckpt["cfg"].data
+    rng = np.random.default_rng(303)
+    ctx = rng.standard_normal((2, d.context_tokens, cfg.encoder.context_dim)).astype(np.float32)
+    feeds = {"x": rng.standard_normal((2, d.frames, d.channels, d.height, d.width)).astype(np.float32),
+             "t": np.array([17.0, 911.0], np.float32), "context": ctx,
+             "context_mask": (rng.random((2, d.context_tokens)) < 0.6).astype(np.float32)}
+    (v,) = sess.run(None, feeds)
+    with torch.no_grad():
+        ref = ckpt["ema"].unet(*(torch.from_numpy(feeds[k]) for k in spec.UNET_INPUTS)).numpy()
+    assert np.isfinite(v).all() and np.abs(v - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.slow
+def test_self_checks_recorded(bundle):
+    m = bundle["result"].manifest
+    for stage in spec.STAGE_FILES:
+        p = m["parity"][stage]
+        assert p["ok"] and p["finite"] and p["max_rel_err"] <= p["tolerance"] == 1e-4 and p["trials"] == 3
+    trt = m["trt_op_check"]
+    assert trt["target"] == "10.3" and trt["ok"] and trt["unsupported"] == [] and trt["plugins"] == []
+    assert set(trt["stages"]) == set(spec.STAGE_FILES)
+    assert any("op check: OK" in line for line in bundle["log"])
+
+
+@pytest.mark.slow
+def test_runtime_reader_accepts_the_bundle(bundle):
+    reader = pytest.importorskip("sg2v.runtime.bundle")
+    opened = reader.Bundle.open(bundle["out"])
+    assert opened.shapes == bundle["result"].manifest["shapes"]
+    assert opened.null_context.shape == (1, opened.shapes["context_tokens"], opened.shapes["context_dim"])
+
+
+# ------------------------------------------------------------------------------------ cache and variants
+
+@pytest.mark.slow
+def test_plugin_export_reuses_the_unet_and_emits_the_plugin(bundle, ckpt, tmp_path):
+    out = tmp_path / "bundle"
+    shutil.copytree(bundle["out"], out)
+    lines: list[str] = []
+    result = ox.export_bundle(ckpt["path"], out, pooling="plugin", log=lines.append)
+    assert result.reused == ["unet"] and any("reused unet.onnx" in s for s in lines)
+    m = result.manifest
+    assert m["files"][spec.UNET_ONNX] == bundle["result"].manifest["files"][spec.UNET_ONNX]
+    assert spec.MODEL_WEIGHTS not in m["files"] and not (out / spec.MODEL_WEIGHTS).exists()
+    graph = onnx.load(str(out / spec.ENCODER_ONNX))
+    pools = [n for n in graph.graph.node if (n.domain, n.op_type) == ("sg2v", "ScatterMeanPool")]
+    assert len(pools) == ckpt["cfg"].encoder.num_layers
+    o = ckpt["cfg"].data.padded_objects
+    assert all(onnx.helper.get_attribute_value(n.attribute[0]) == o for n in pools)
+    assert "portable twin" in m["parity"]["encoder"]["checked"] and m["parity"]["encoder"]["ok"]
+    assert m["trt_op_check"]["ok"] and m["trt_op_check"]["plugins"][0]["count"] == len(pools)
+    assert m["stages"]["encoder"]["cache_key"]["pooling"] == "plugin"
+
+
+@pytest.mark.slow
+def test_fp16_export_keeps_io_float32_and_norms_float32(ckpt, tmp_path):
+    result = ox.export_bundle(ckpt["path"], tmp_path / "b16", precision="fp16", ema=False)
+    m = result.manifest
+    assert m["precision"] == "fp16" and m["source_checkpoint"]["ema"] is False
+    for stage in spec.STAGE_FILES:
+        graph = onnx.load(str(tmp_path / "b16" / spec.STAGE_FILES[stage]))
+        assert ox.io_signature(graph) == spec.stage_io(m["shapes"])[stage]
+        assert ox.fp32_islands(graph) == []
+        dtypes = {i.data_type for i in graph.graph.initializer if len(i.dims) >= 2}
+        assert onnx.TensorProto.FLOAT16 in dtypes  # weight matrices and kernels are float16
+        p = m["parity"][stage]
+        assert p["tolerance"] == 1e-2 and p["ok"] and p["max_rel_err"] > 1e-6  # really computed in fp16
+    # A fresh check against the raw (non-EMA) weights that this export used.
+    sess = _session(tmp_path / "b16" / spec.ENCODER_ONNX)
+    feeds = _fresh_graph(ckpt["cfg"], 404)
+    got = sess.run(None, feeds)[0]
+    with torch.no_grad():
+        ref = ckpt["model"].encoder(*(torch.from_numpy(feeds[k]) for k in spec.ENCODER_INPUTS))[0].numpy()
+    assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max()
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+def test_missing_checkpoint(tmp_path, capsys):
+    rc = cli.main(["--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "does not exist" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"PK\x03\x04 definitely not a zip archive")
+    rc = cli.main(["--ckpt", str(bad), "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "corrupt" in err
+    with pytest.raises(CheckpointError):
+        ox.export_bundle(bad, tmp_path / "b")
+
+
+def test_newer_format_checkpoint(tmp_path, ckpt, capsys):
+    data = torch.load(ckpt["path"], weights_only=True)
+    data["sg2v_format"] = 99
+    newer = tmp_path / "newer.pt"
+    torch.save(data, newer)
+    rc = cli.main(["--ckpt", str(newer), "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "newer" in err and "upgrade" in err
+
+
+def test_unwritable_output_folder(tmp_path, ckpt, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    rc = cli.main(["--ckpt", str(ckpt["path"]), "--out", str(blocker / "bundle")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "choose another --out" in err
+
+
+def test_existing_non_bundle_folder_needs_force(tmp_path, ckpt, capsys):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("keep me")
+    rc = cli.main(["--ckpt", str(ckpt["path"]), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "--force" in err and (out / "thesis.tex").read_text() == "keep me"
+
+
+def test_bad_options(tmp_path, ckpt):
+    with pytest.raises(ox.ExportError, match="--opset 21"):
+        ox.export_bundle(ckpt["path"], tmp_path / "b", opset=21)
+    with pytest.raises(ox.ExportError, match="--precision"):
+        ox.export_bundle(ckpt["path"], tmp_path / "b", precision="int8")
+    with pytest.raises(SystemExit):
+        cli.main(["--ckpt", "x", "--pooling", "magic"])
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for default in ("default: fp32", "default: portable", "default: 17", "default: 10.3", "default: bundle"):
+        assert default in text
+
+
+def test_no_ema_loads_the_raw_weights(ckpt):
+    model, _, _, source = ox.load_for_export(ckpt["path"], ema=False)
+    assert source["ema"] is False
+    assert torch.equal(model.null_context, ckpt["model"].null_context)
+    model, _, _, source = ox.load_for_export(ckpt["path"], ema=True)
+    assert source["ema"] is True and torch.equal(model.null_context, ckpt["ema"].null_context)
+
+
+@pytest.mark.slow
+def test_interrupted_export_leaves_the_old_bundle(bundle, ckpt, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bundle"
+    shutil.copytree(bundle["out"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ox, "_write_arrays", interrupt)  # after the stages, before the manifest
+    rc = cli.main(["--ckpt", str(ckpt["path"]), "--out", str(out), "--include-weights"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 130 and err == f"sg2v-export: interrupted; nothing was written to {out}"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # staging folder removed
+    fresh = tmp_path / "fresh"
+    monkeypatch.setattr(ox, "check_model", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash")))
+    with pytest.raises(RuntimeError, match="crash"):
+        ox.export_bundle(ckpt["path"], fresh)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+@pytest.mark.slow
+def test_cli_reexport_reuses_both_stages_and_prints_a_summary(bundle, ckpt, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    shutil.copytree(bundle["out"], out)
+    rc = cli.main(["--ckpt", str(ckpt["path"]), "--out", str(out), "--include-weights"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "reused stages: encoder, unet" in text and "parity encoder: max rel err" in text
+    assert "TensorRT 10.3 op check: all nodes supported" in text and "model.safetensors" in text
+    manifest = json.loads((out / spec.MANIFEST).read_text())
+    assert manifest["files"] == bundle["result"].manifest["files"]
+
+
+@pytest.mark.slow
+def test_parity_failure_is_an_error_and_writes_nothing(ckpt, tmp_path, monkeypatch):
+    monkeypatch.setitem(ox.TOLERANCE, "fp32", 1e-12)  # below float32 round-off: parity must fail
+    with pytest.raises(ox.ExportError, match="encoder parity failed.*--allow-parity-failure"):
+        ox.export_bundle(ckpt["path"], tmp_path / "b")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_strict_trt_fails_on_an_unsupported_op(ckpt, tmp_path, monkeypatch):
+    from sg2v.export import opcheck
+
+    table = opcheck.load_table()
+    table["ops"]["GatherElements"] = dict(table["ops"]["GatherElements"], supported=False)
+    monkeypatch.setattr(opcheck, "load_table", lambda: table)
+    with pytest.raises(ox.ExportError, match="--strict-trt: encoder .*GatherElements"):
+        ox.export_bundle(ckpt["path"], tmp_path / "b", strict_trt=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_package_import_is_lean():
+    code = ("import sys, sg2v.export, sg2v.bundle_spec; "
+            "bad = [m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_entry_point_is_declared():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert 'sg2v-export = "sg2v.export.cli:main"' in text
+    assert '"sg2v.export" = ["*.json"]' in text
