@@ -167,7 +167,11 @@ def _plugin_pool(values: torch.Tensor, index: torch.Tensor, mask: torch.Tensor, 
 
 @contextlib.contextmanager
 def _pooling(encoder: nn.Module, pooling: str) -> Any:
-    """Switch the encoder's pooling for export: the one-hot MatMul form, or the plugin node."""
+    """Switch the encoder's pooling for export: the one-hot MatMul form, or the plugin node.
+
+    The plugin form swaps `sg2v.models.encoder.scatter_mean_pool` process-wide while the graph is traced (the
+    encoder has no hook for a third form); the original is restored on exit, even on error.
+    """
     import sg2v.models.encoder as encoder_module
 
     previous_form = encoder.pooling_form
@@ -199,10 +203,10 @@ def random_graph_feeds(vocab: Any, data: Any, rng: np.random.Generator,
         else:
             n = int(rng.integers(1, data.max_objects + 1))
             r = int(rng.integers(0, data.max_relationships + 1)) if n > 1 else 0
-        rels = []
-        for _ in range(r if n > 1 else 0):
-            s, o = rng.choice(n, size=2, replace=False)
-            rels.append([int(s), str(rng.choice(preds)), int(o)])
+        # Distinct (subject, predicate, object) triples between two different objects, as the format demands.
+        candidates = [(s, p, o) for s in range(n) for o in range(n) if s != o for p in preds]
+        picks = rng.choice(len(candidates), size=min(r, len(candidates)), replace=False)
+        rels = [[int(candidates[k][0]), str(candidates[k][1]), int(candidates[k][2])] for k in picks]
         graph = {"objects": [str(x) for x in rng.choice(names, size=n)], "relationships": rels}
         g = parse_graph(graph, vocab, data.max_objects, data.max_relationships)
         feeds.append(pad_graphs([g], data.max_objects, data.max_relationships).as_feeds())
