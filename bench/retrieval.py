@@ -33,11 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="held-out streams to average over (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads, 0: torch's default (default: %(default)s)")
     p.add_argument("--out-dir", default="runs/pretrain-bench",
                    help="checkpoint folder (default: %(default)s)")
     p.add_argument("--ckpt", default=None,
                    help="evaluate this pretrain.pt instead of training (default: none)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     if args.ckpt:
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = PretrainConfig(size=args.size, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                              masked_weight=args.masked_weight, eval_samples=args.n, log_every=100,
-                             ckpt_every=100, device="cpu")
+                             ckpt_every=100, device="cpu", threads=args.threads)
         out = pretrain(cfg, args.out_dir, log=lambda line: print(line, file=sys.stderr, flush=True))
         encoder, video, _, model, cfg = load_pretrained(out["checkpoint"])
         steps = out["step"]

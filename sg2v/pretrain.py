@@ -37,6 +37,7 @@ from sg2v.graph import pad_graphs, parse_graph
 from sg2v.io import atomic_write_bytes
 from sg2v.models.encoder import SGEncoder
 from sg2v.models.video_encoder import ConvVideoEncoder, FrozenVideoEncoder, VideoEncoder
+from sg2v.video import frames_to_unit
 from sg2v.vocab import Vocab, shapes_vocab
 
 PRETRAIN_KIND = "pretrain"
@@ -71,6 +72,7 @@ class PretrainConfig:
     eval_every: int = 0  # 0: evaluate retrieval only at the end
     eval_samples: int = 100
     device: str = "auto"
+    threads: int = 0  # torch CPU threads (0: torch's default); 1 is fastest on a busy shared machine
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,6 +91,8 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "video_channels", "feature_dim", "attn_heads", "eval_samples"):
             if getattr(self, name) < 1:
                 raise PretrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise PretrainError(f"--threads must be >= 0, got {self.threads}")
         if self.batch_size < 2:
             raise PretrainError("--batch-size must be >= 2: InfoNCE needs negatives in the batch")
         if self.contrastive_weight < 0 or self.masked_weight < 0:
@@ -119,8 +123,8 @@ class PretrainBatch:
 
 def video_to_unit(frames: np.ndarray) -> torch.Tensor:
     """uint8 (B, F, H, W, C) -> float32 (B, F, C, H, W), `x = u8 / 127.5 - 1` (docs/ARCHITECTURE.md)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 1, 4, 2, 3)
-    return x.to(torch.float32) / 127.5 - 1.0
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 1, 4, 2, 3)  # (B, F, C, H, W) uint8
+    return frames_to_unit(x).contiguous()
 
 
 def collate(samples: list[Any], data: DataConfig, vocab: Vocab, rng: np.random.Generator) -> PretrainBatch:
@@ -390,6 +394,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, *, model: ModelCon
     """
     cfg.validate()
     log = log or _print_flush
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     model = model or model_config(cfg.size)
     device = _device(cfg.device)
     out = Path(out_dir)
@@ -473,6 +479,7 @@ def add_pretrain_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "eval_every": "steps between held-out retrieval evaluations (0: only at the end)",
         "eval_samples": "held-out pairs in the retrieval evaluation",
         "device": "auto, cpu or cuda[:N]",
+        "threads": "torch CPU threads (0: torch's default)",
     }
     for f in dataclasses.fields(PretrainConfig):
         if f.name == "size":

@@ -155,6 +155,7 @@ def test_state_dict_round_trip():
     torch.testing.assert_close(a(*inputs)[0], b(*inputs)[0])
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter: fast, enough here
 def test_onnx_export_onehot_matches_torch(tmp_path):
     """The one-hot form exports to plain ONNX ops; ONNX Runtime reproduces PyTorch on fresh graphs."""
     ort = pytest.importorskip("onnxruntime")

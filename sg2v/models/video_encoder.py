@@ -79,7 +79,8 @@ class FrozenVideoEncoder(nn.Module):
     """An external pretrained `VideoEncoder`, frozen, with trainable projections to the pretraining widths.
 
     The external model is held outside the module tree, so its weights never enter this state dict (only the
-    projections do): checkpoints stay small, and the caller supplies the external model again on load.
+    projections do): checkpoints stay small, and the caller supplies the external model again on load, and
+    places it on the training device itself (`.to()` on this wrapper moves only the projections).
     """
 
     def __init__(self, external: VideoEncoder, global_dim: int, feature_dim: int):
