@@ -151,8 +151,9 @@ class TorchPipeline:
         self.step = GuidedStep(unet, (s["frames"], s["channels"], s["height"], s["width"]),
                                (s["context_tokens"], s["context_dim"]), self.device, mode, precision,
                                compile_mode)
-        self.null_context = torch.as_tensor(null_context[0], device=self.device)  # (1, L, D)
-        self.null_context_mask = torch.as_tensor(null_context[1], device=self.device)  # (1, L)
+        # Copies: the bundle's arrays are read-only, and torch must not share memory it may not write.
+        self.null_context = torch.tensor(np.array(null_context[0]), device=self.device)  # (1, L, D)
+        self.null_context_mask = torch.tensor(np.array(null_context[1]), device=self.device)  # (1, L)
         sched = bundle.schedule
         self.alphas_cumprod = make_alphas_cumprod(int(sched["num_train_timesteps"]), sched["kind"])
         self._x_shape = (1, s["frames"], s["channels"], s["height"], s["width"])

@@ -1,0 +1,702 @@
+"""`sg2v-bench`: every backend this machine offers, measured side by side in one run on one bundle.
+
+Each backend runs in its own fresh Python process (`python -m sg2v.bench --child NAME ...`), so cold start is
+process start to first frame, peak host memory is that process's `ru_maxrss`, and backends cannot disturb each
+other's threads, caches or device memory. The parent counts the UNet's FLOPs (`torch.utils.flop_counter` on
+meta tensors, batch 2), measures the machine's matmul peak in the same run (the physical floor), takes medians
+over the timed repeats, forms ratios against the baseline measured in the same run, checks the targets of
+issue 6, and writes JSON and a markdown table. Torch is imported only for FLOPs, the matmul peak and the
+torch-based backends; `--backends ort-cpu` runs without it (FLOPs then absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sg2v.errors import Sg2vError
+from sg2v.io import atomic_write_text
+
+BENCH_FORMAT = 1
+CHILD_MARK = "SG2V_BENCH_CHILD "
+BASELINE = "torch-cpu"  # PyTorch reference, eager fp32: every ratio is against this row
+GPU_REFERENCE = "torch-cuda"  # eager fp32 on the GPU: the GPU targets are against this row
+WRITE_FORMATS = ("gif", "mp4", "webp", "npy", "none")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to run the bundle: a runtime backend, or a `sg2v.torch_fast` mode on a device."""
+
+    name: str
+    help: str
+    runtime: str | None = None  # sg2v.runtime backend name
+    device: str = "cpu"
+    mode: str | None = None  # sg2v.torch_fast mode
+    precision: str = "fp32"
+
+    @property
+    def gpu(self) -> bool:
+        return self.device != "cpu"
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("torch-cpu", "PyTorch reference backend of sg2v.runtime, eager fp32 on the CPU (the baseline)",
+            runtime="torch", device="cpu"),
+    Variant("ort-cpu", "ONNX Runtime, CPU execution provider, IO-bound buffers (sg2v.runtime)",
+            runtime="ort", device="cpu"),
+    Variant("torch-cuda", "PyTorch eager fp32 on CUDA, sampler on the device (sg2v.torch_fast, mode eager)",
+            device="cuda", mode="eager", precision="fp32"),
+    Variant("torch-cuda-compile-fp16", "torch.compile of the fp16 UNet (sg2v.torch_fast, mode compile)",
+            device="cuda", mode="compile", precision="fp16"),
+    Variant("torch-cuda-fast", "the project's fastest torch path: fp16, static buffers, one CUDA graph "
+            "per guided step (sg2v.torch_fast, mode graphs)", device="cuda", mode="graphs", precision="fp16"),
+    Variant("trt", "TensorRT engines through sg2v.runtime (needs tensorrt + cupy)", runtime="trt",
+            device="cuda"),
+    Variant("ort-gpu", "ONNX Runtime's TensorRT/CUDA execution providers (needs onnxruntime-gpu)",
+            runtime="ort", device="cuda"),
+)}
+
+EPILOG = """figures (medians over --repeats timed runs after --warmup untimed ones; a process per backend):
+  end-to-end      graph -> frames (F, H, W, 3) uint8 in memory: encoder + sampler loop + decode.
+  encoder         the scene-graph encoder stage, once per video.
+  denoiser step   one guided denoiser call: the UNet on the CFG batch of 2. Runtime backends time the UNet
+                  stage (host clock after a device sync); torch-cuda* rows time the whole captured step
+                  (UNet + the guidance combination) with CUDA events. Median over all steps of all timed runs.
+  sampler overh.  end-to-end minus encoder, minus the denoiser calls, minus decode: the sampler's own array
+                  work and the glue around the model (the CFG combination, for runtime backends).
+  decode / write  decode: [-1, 1] floats -> uint8 frames; write: those frames to a --write file (not part of
+                  end-to-end).
+  cold start      a fresh process: interpreter start, imports, bundle open (sha256 checks unless --no-verify),
+                  backend build (engine load, torch.compile, CUDA graph capture), first video in memory.
+  peak RSS        the host-memory high-water mark (VmHWM) of the backend's process after all its runs.
+  CUDA peak       torch.cuda.max_memory_allocated in that process (CuPy backends: bytes held by CuPy's pool).
+  x vs baseline   the baseline's time / this backend's time (>1 = faster), baseline = torch-cpu measured in
+                  this run; GPU rows also against torch-cuda (eager fp32 on the GPU).
+  FLOPs, TFLOP/s  the UNet's FLOPs at batch 2 (2 x multiply-adds of convs and matmuls, counted by
+                  torch.utils.flop_counter) over the denoiser step time; peak = the machine's matmul rate
+                  measured in this run (CPU: fp32 numpy/torch matmul; GPU: fp16 torch.matmul); the physical
+                  floor of a step is FLOPs / peak.
+targets (issue 6): CPU: ort-cpu >= 1.5x torch-cpu end-to-end, < 5 s end-to-end, cold start < 2 s;
+  GPU: torch-cuda-fast step >= 3x torch-cuda, faster than torch-cuda-compile-fp16, sampler overhead < 3%."""
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sg2v-bench",
+        description="Measure every backend available here on one bundle, side by side: end-to-end latency, "
+                    "per-stage time, peak memory, cold start, FLOPs and achieved TFLOP/s against the "
+                    "machine's matmul peak; ratios against the PyTorch eager baseline of the same run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=EPILOG)
+    p.add_argument("--bundle", required=True, help="bundle folder written by sg2v-export")
+    p.add_argument("--random-size", default=None, choices=("tiny", "small", "base"),
+                   help="first export a bundle of this model size with random weights to --bundle (timing "
+                        "only: the videos are noise); an existing bundle of that size is reused")
+    p.add_argument("--ckpt", default=None,
+                   help="checkpoint for the torch backends (None: the bundle's model.safetensors)")
+    p.add_argument("--graph", default=None,
+                   help="scene-graph JSON (None: two objects, one relationship from the bundle's vocabulary)")
+    p.add_argument("--steps", type=int, default=8, help="sampler steps per video")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per backend; medians are reported")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs after the first (cold) one")
+    p.add_argument("--seed", type=int, default=0, help="seed of x_T (the same on every backend)")
+    p.add_argument("--backends", nargs="+", default=["all"], choices=["all", *VARIANTS],
+                   help="backends to measure; 'all' = every one available here")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for ONNX Runtime and torch (None: their defaults, one per core)")
+    p.add_argument("--write", choices=WRITE_FORMATS, default="gif",
+                   help="video format timed as the write stage (none: skip)")
+    p.add_argument("--compile-mode", default="default",
+                   choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode of torch-cuda-compile-fp16")
+    p.add_argument("--peak-size", type=int, default=0,
+                   help="n of the n x n x n matmul that measures the peak (0: 2048 on CPU, 8192 on GPU)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per backend process")
+    p.add_argument("--no-verify", action="store_true", help="skip the bundle's sha256 checks in each process")
+    p.add_argument("--json", default=None, help="write every figure and raw timing here")
+    p.add_argument("--table", default=None, help="write the markdown table here (also printed)")
+    # Internal: how the parent starts one backend's process.
+    p.add_argument("--child", default=None, choices=list(VARIANTS), help=argparse.SUPPRESS)
+    p.add_argument("--spawn-time", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--frames-out", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.child:
+        return _child_main(args)
+    try:
+        if args.random_size:
+            make_random_bundle(args.random_size, args.bundle, seed=args.seed)
+        report = run_bench(args)
+    except Sg2vError as e:
+        print(f"sg2v-bench: error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(report["table"])
+    return 0 if any(b.get("results") for b in report["backends"].values()) else 1
+
+
+# ----------------------------------------------------------------------------------------------------- parent
+
+def _check_args(args: argparse.Namespace) -> None:
+    for flag, value, low in (("--steps", args.steps, 1), ("--repeats", args.repeats, 1),
+                             ("--warmup", args.warmup, 0), ("--seed", args.seed, 0),
+                             ("--peak-size", args.peak_size, 0)):
+        if value < low:
+            raise Sg2vError(f"{flag} {value}: must be >= {low}")
+    if args.threads is not None and args.threads < 1:
+        raise Sg2vError(f"--threads {args.threads}: must be >= 1, or leave it unset for one per core")
+
+
+def make_random_bundle(size: str, out: str | os.PathLike, seed: int = 0) -> Path:
+    """Export a random-weight SG2V of the named size (shapes vocabulary) to the bundle folder `out`."""
+    from sg2v.export.bundle_writer import read_bundle_manifest
+
+    out = Path(out)
+    old = read_bundle_manifest(out) if out.is_dir() else None
+    if old is not None and old.get("model_config", {}).get("name") == size and \
+            (out / "model.safetensors").is_file():
+        print(f"sg2v-bench: reusing the {size} bundle at {out}", file=sys.stderr)
+        return out
+    import torch
+
+    from sg2v.checkpoint import save_checkpoint
+    from sg2v.config import model_config
+    from sg2v.export import export_bundle
+    from sg2v.models.sg2v import build_model
+    from sg2v.vocab import shapes_vocab
+
+    torch.manual_seed(seed)
+    model = build_model(model_config(size))
+    with torch.no_grad():  # the zero-initialised temporal outputs get weights too: never time on zeros
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    print(f"sg2v-bench: exporting a random-weight {size} bundle to {out} ...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="sg2v-bench-ckpt-") as tmp:
+        ckpt = save_checkpoint(Path(tmp) / f"random_{size}.pt", model, model.cfg, shapes_vocab())
+        export_bundle(ckpt, out, include_weights=True, seed=seed)
+    return out
+
+
+def default_graph(vocab: Any, max_objects: int, max_relationships: int) -> dict[str, Any]:
+    """Two objects and one relationship from the vocabulary (fewer where the bundle allows fewer)."""
+    objects = list(vocab.object_names[:min(2, max_objects)])
+    rels = []
+    if len(objects) == 2 and max_relationships >= 1 and vocab.pred_names:
+        rels = [[0, vocab.pred_names[0], 1]]
+    return {"objects": objects, "relationships": rels}
+
+
+def unavailable_reason(v: Variant, bundle: Any, ckpt: str | None) -> str | None:
+    """None when `v` can run here, else why not (one line)."""
+    have = importlib.util.find_spec
+    if v.runtime in ("ort",) and have("onnxruntime") is None:
+        return "onnxruntime is not installed"
+    if v.runtime == "torch" or v.mode:
+        if have("torch") is None:
+            return "torch is not installed"
+        from sg2v import bundle_spec as spec
+
+        if ckpt is None and not bundle.has_file(spec.MODEL_WEIGHTS):
+            return (f"bundle has no {spec.MODEL_WEIGHTS} (export with --include-weights) "
+                    "and no --ckpt was given")
+    if v.gpu and v.runtime is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "PyTorch sees no CUDA device"
+        if v.mode == "compile" and have("triton") is None:
+            return "torch.compile on CUDA needs triton, which is not installed"
+    if v.runtime == "trt":
+        from sg2v.runtime.backends import trt_unavailable_reason
+
+        return trt_unavailable_reason()
+    if v.runtime == "ort" and v.gpu:
+        from sg2v.runtime.backends.ort import available_gpu_providers
+
+        if not available_gpu_providers():
+            return "this onnxruntime build has no GPU execution providers (install onnxruntime-gpu)"
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, load, memory and library versions (versions read without importing torch)."""
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) * 1024
+    versions = {}
+    for pkg in ("numpy", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "cupy-cuda12x",
+                "cupy-cuda13x"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[pkg] = metadata.version(pkg)
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": affinity, "memory_bytes": mem,
+            "platform": platform.platform(), "python": platform.python_version(), "versions": versions,
+            "loadavg_start": _loadavg()}
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def measure_cpu_peak(n: int, reps: int = 5) -> dict[str, Any]:
+    """fp32 n x n x n matmul rate (TFLOP/s, median of `reps` after a warm-up): numpy, and torch if present."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out: dict[str, Any] = {"n": n, "numpy_fp32_tflops": _rate(lambda: a @ b, n, reps)}
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        out["torch_fp32_tflops"] = _rate(lambda: ta @ tb, n, reps)
+    out["tflops"] = max(v for k, v in out.items() if k.endswith("_tflops"))
+    return out
+
+
+def _rate(fn: Any, n: int, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / statistics.median(times) / 1e12
+
+
+def measure_gpu_peak(n: int, reps: int = 10) -> dict[str, Any]:
+    """fp16 (and fp32) torch.matmul rate on random data, timed with CUDA events, median after warm-up."""
+    import torch
+
+    out: dict[str, Any] = {"n": n, "device": torch.cuda.get_device_name(0)}
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for dtype, key in ((torch.float16, "fp16_tflops"), (torch.float32, "fp32_tflops")):
+        a = torch.randn(n, n, device="cuda", dtype=dtype, generator=gen)
+        b = torch.randn(n, n, device="cuda", dtype=dtype, generator=gen)
+        for _ in range(3):
+            a @ b
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            a @ b
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        out[key] = 2.0 * n ** 3 / statistics.median(times) / 1e12
+        del a, b
+    torch.cuda.empty_cache()
+    out["tflops"] = out["fp16_tflops"]
+    out["fp32_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    return out
+
+
+def unet_step_flops(config: Any) -> dict[str, Any]:
+    """FLOPs of one UNet call on the CFG batch of 2, or why they are unknown."""
+    if importlib.util.find_spec("torch") is None:
+        return {"flops": None, "method": "unknown: torch is not installed (the FLOP counter needs it)"}
+    from sg2v.models.unet import unet_flops
+
+    return {"flops": unet_flops(config, batch=2),
+            "method": "torch.utils.flop_counter on meta tensors, UNet at batch 2 "
+                      "(sg2v.models.unet.unet_flops)"}
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure every requested backend (each in a fresh process); JSON-ready report with a markdown table."""
+    from sg2v.graph import parse_graph
+    from sg2v.runtime.bundle import Bundle
+
+    _check_args(args)
+    bundle = Bundle.open(args.bundle, verify=not args.no_verify)
+    data = bundle.config.data
+    names = list(VARIANTS) if "all" in args.backends else list(dict.fromkeys(args.backends))
+    machine = machine_info()
+    with tempfile.TemporaryDirectory(prefix="sg2v-bench-") as tmp:
+        tmp = Path(tmp)
+        if args.graph is None:
+            graph = default_graph(bundle.vocab, data.max_objects, data.max_relationships)
+        else:
+            graph = json.loads(json.dumps(parse_graph(args.graph, bundle.vocab, data.max_objects,
+                                                      data.max_relationships).to_dict()))
+        graph_path = tmp / "graph.json"
+        graph_path.write_text(json.dumps(graph))
+        parse_graph(graph, bundle.vocab, data.max_objects, data.max_relationships)  # fail here, not per child
+
+        backends: dict[str, dict[str, Any]] = {}
+        runnable = []
+        for name in names:
+            reason = unavailable_reason(VARIANTS[name], bundle, args.ckpt)
+            backends[name] = {"description": VARIANTS[name].help, "available": reason is None}
+            if reason is None:
+                runnable.append(name)
+            else:
+                backends[name]["reason"] = reason
+        flops = unet_step_flops(bundle.config)
+        cpu_n = args.peak_size or 2048
+        peak = {"cpu": measure_cpu_peak(cpu_n)}
+        if any(VARIANTS[n].gpu for n in runnable) and importlib.util.find_spec("torch") is not None:
+            import torch
+
+            if torch.cuda.is_available():
+                peak["gpu"] = measure_gpu_peak(args.peak_size or 8192)
+                machine["gpu"] = peak["gpu"]["device"]
+        for name in runnable:
+            print(f"sg2v-bench: {name} ...", file=sys.stderr, flush=True)
+            backends[name].update(_run_child(name, args, graph_path, tmp))
+        frames = {n: tmp / f"{n}.npy" for n in runnable if (tmp / f"{n}.npy").is_file()}
+        ref = frames.get(BASELINE)
+        for name, path in frames.items():
+            if ref is not None and name != BASELINE:
+                a = np.load(path, allow_pickle=False).astype(np.int16)
+                b = np.load(ref, allow_pickle=False).astype(np.int16)
+                backends[name]["frames_vs_baseline"] = {"max_abs": int(np.abs(a - b).max()),
+                                                         "mean_abs": float(np.abs(a - b).mean())}
+    machine["loadavg_end"] = _loadavg()
+    summarise(backends, flops["flops"], peak)
+    report = {
+        "sg2v_bench": BENCH_FORMAT,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": ["sg2v-bench", *(sys.argv[1:] if sys.argv else [])],
+        "machine": machine,
+        "bundle": {"path": str(bundle.path), "name": bundle.config.name, "precision": bundle.precision,
+                   "shapes": {k: bundle.shapes[k] for k in ("frames", "channels", "height", "width")},
+                   "sampler": bundle.sampler_defaults},
+        "settings": {"steps": args.steps, "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed,
+                     "threads": args.threads, "write": args.write, "graph": graph,
+                     "compile_mode": args.compile_mode, "verify": not args.no_verify},
+        "flops": flops,
+        "peak": peak,
+        "baseline": BASELINE,
+        "backends": backends,
+    }
+    report["targets"] = check_targets(report)
+    report["table"] = format_table(report)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
+    if args.table:
+        atomic_write_text(args.table, report["table"] + "\n")
+    return report
+
+
+def _run_child(name: str, args: argparse.Namespace, graph_path: Path, tmp: Path) -> dict[str, Any]:
+    """Start one backend's process, wait, and return its figures (or the error it reported)."""
+    cmd = [sys.executable]
+    if getattr(sys.flags, "safe_path", False):
+        cmd.append("-P")  # keep the parent's import layout (e.g. a linked tree on PYTHONPATH)
+    cmd += ["-m", "sg2v.bench", "--child", name, "--bundle", str(args.bundle), "--graph", str(graph_path),
+            "--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+            "--seed", str(args.seed), "--write", args.write, "--compile-mode", args.compile_mode,
+            "--frames-out", str(tmp / f"{name}.npy")]
+    if args.ckpt:
+        cmd += ["--ckpt", str(args.ckpt)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.no_verify:
+        cmd.append("--no-verify")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    spawn = time.time()
+    cmd += ["--spawn-time", repr(spawn)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.timeout:g} s (raise --timeout)"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(CHILD_MARK):
+            out = json.loads(line[len(CHILD_MARK):])
+            if proc.returncode != 0 and "error" not in out:
+                out["error"] = f"exit status {proc.returncode}"
+            return out
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+    return {"error": f"exit status {proc.returncode}: " + " | ".join(tail)}
+
+
+# ------------------------------------------------------------------------------------------------ child side
+
+def _child_main(args: argparse.Namespace) -> int:
+    """Run one backend: cold first video, warm-up, timed repeats; print one JSON line with the figures."""
+    try:
+        out = _child_run(args)
+        code = 0
+    except Exception as e:  # reported to the parent as data; the other backends still run
+        out = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+        code = 1
+    print(CHILD_MARK + json.dumps(out), flush=True)
+    return code
+
+
+def peak_rss_bytes() -> int:
+    """This process's host-memory high-water mark: VmHWM, else ru_maxrss.
+
+    VmHWM belongs to the address space exec made; Linux's ru_maxrss also keeps the high-water mark of the one
+    exec replaced (with vfork/posix_spawn, the parent's), so it would charge the parent's memory.
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _child_run(args: argparse.Namespace) -> dict[str, Any]:
+    v = VARIANTS[args.child]
+    spawn = args.spawn_time if args.spawn_time is not None else time.time()
+    t_main = time.time()
+    graph = Path(args.graph).read_text() if args.graph else None
+    pipe = _open(v, args)
+    t_loaded = time.time()
+    if graph is None:
+        d = pipe.bundle.config.data
+        graph = default_graph(pipe.bundle.vocab, d.max_objects, d.max_relationships)
+    frames = pipe(graph, seed=args.seed, steps=args.steps)
+    t_first = time.time()
+    if args.frames_out:
+        np.save(args.frames_out, np.ascontiguousarray(frames), allow_pickle=False)
+    for _ in range(args.warmup):
+        pipe(graph, seed=args.seed, steps=args.steps)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="sg2v-bench-write-") as wdir:
+        for i in range(args.repeats):
+            frames = pipe(graph, seed=args.seed, steps=args.steps)
+            timings = {k: v for k, v in pipe.last_timings.items() if k != "backend"}
+            if args.write != "none":
+                from sg2v.video import write_video
+
+                t0 = time.perf_counter()
+                write_video(Path(wdir) / f"bench_{i}.{args.write}", frames)
+                timings["write_s"] = time.perf_counter() - t0
+            runs.append(timings)
+    out: dict[str, Any] = {
+        "backend_name": getattr(pipe, "backend_name", v.name),
+        "cold_start_s": t_first - spawn,
+        "cold": {"start_to_main_s": t_main - spawn, "load_s": t_loaded - t_main,
+                 "first_video_s": t_first - t_loaded},
+        "peak_rss_bytes": peak_rss_bytes(),
+        "runs": runs,
+    }
+    out.update(_device_memory())
+    notes = getattr(getattr(pipe, "backend", None), "notes", None)
+    if notes:
+        out["notes"] = list(notes)
+    return out
+
+
+def _open(v: Variant, args: argparse.Namespace) -> Any:
+    if v.runtime is not None:
+        from sg2v.runtime import Pipeline
+
+        return Pipeline.from_bundle(args.bundle, backend=v.runtime, device=v.device, threads=args.threads,
+                                    verify=not args.no_verify, ckpt=args.ckpt)
+    from sg2v.torch_fast import TorchPipeline
+
+    return TorchPipeline.from_bundle(args.bundle, device=v.device, mode=v.mode, precision=v.precision,
+                                     ckpt=args.ckpt, verify=not args.no_verify,
+                                     compile_mode=args.compile_mode, threads=args.threads)
+
+
+def _device_memory() -> dict[str, Any]:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        return {"cuda_peak_bytes": int(torch.cuda.max_memory_allocated()),
+                "cuda_peak_source": "torch.cuda.max_memory_allocated"}
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        with contextlib.suppress(Exception):
+            return {"cuda_peak_bytes": int(cupy.get_default_memory_pool().total_bytes()),
+                    "cuda_peak_source": "bytes held by CuPy's default pool at the end"}
+    return {}
+
+
+# ----------------------------------------------------------------------------------------------- summarising
+
+STAGES = ("total_s", "encoder_s", "denoiser_s", "sampler_overhead_s", "decode_s", "write_s")
+
+
+def summarise(backends: dict[str, dict[str, Any]], flops: int | None, peak: dict[str, Any]) -> None:
+    """Add `results` (medians), `ratios` (against the baseline and the GPU reference) to each measured row."""
+    for b in backends.values():
+        runs = b.get("runs")
+        if not runs:
+            continue
+        r: dict[str, Any] = {}
+        for key in STAGES:
+            values = [run[key] for run in runs if key in run]
+            r[key] = statistics.median(values) if values else None
+        r["denoiser_step_s"] = statistics.median([s for run in runs for s in run["denoiser_steps_s"]])
+        r["sampler_overhead_pct"] = statistics.median(
+            [100.0 * run["sampler_overhead_s"] / run["total_s"] for run in runs])
+        r["unet_calls"] = runs[0]["unet_calls"]
+        r["cold_start_s"] = b["cold_start_s"]
+        r["peak_rss_mib"] = b["peak_rss_bytes"] / 2 ** 20
+        r["cuda_peak_mib"] = b["cuda_peak_bytes"] / 2 ** 20 if "cuda_peak_bytes" in b else None
+        if flops:
+            r["achieved_tflops"] = flops / r["denoiser_step_s"] / 1e12
+        b["results"] = r
+    for name, b in backends.items():
+        if "results" not in b:
+            continue
+        side = "gpu" if VARIANTS[name].gpu else "cpu"
+        p = peak.get(side, {}).get("tflops")
+        res = b["results"]
+        if res.get("achieved_tflops") is not None and p:
+            res["peak_tflops"] = p
+            res["peak_fraction"] = res["achieved_tflops"] / p
+        refs = [BASELINE] + ([GPU_REFERENCE] if VARIANTS[name].gpu else [])
+        b["ratios"] = {ref: ratios(res, backends[ref]["results"]) for ref in refs
+                       if "results" in backends.get(ref, {})}
+
+
+def ratios(row: dict[str, Any], ref: dict[str, Any]) -> dict[str, float]:
+    """Reference time / this row's time (> 1 = faster), and this row's memory / the reference's."""
+    out = {}
+    for key, name in (("total_s", "total_speedup"), ("denoiser_step_s", "step_speedup"),
+                      ("cold_start_s", "cold_start_speedup")):
+        if row.get(key) and ref.get(key):
+            out[name] = ref[key] / row[key]
+    if row.get("peak_rss_mib") and ref.get("peak_rss_mib"):
+        out["rss_ratio"] = row["peak_rss_mib"] / ref["peak_rss_mib"]
+    return out
+
+
+def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 6's targets, each with its value, the threshold, pass/miss and the margin in percent."""
+    b = report["backends"]
+    shape = report["bundle"]["shapes"]
+    what = f"{shape['frames']} x {shape['height']} x {shape['width']}, {report['settings']['steps']} steps"
+    out = []
+
+    def add(target: str, backend: str, value: float | None, threshold: float, higher_is_better: bool,
+            unit: str) -> None:
+        if value is None:
+            return
+        ok = value >= threshold if higher_is_better else value < threshold
+        margin = (value / threshold - 1.0) * 100.0 if higher_is_better else (1.0 - value / threshold) * 100.0
+        out.append({"target": target, "backend": backend, "value": value, "threshold": threshold,
+                    "unit": unit, "pass": bool(ok), "margin_pct": margin})
+
+    def get(name: str, *keys: str) -> Any:
+        node: Any = b.get(name, {})
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        return node
+
+    add("CPU: ONNX Runtime >= 1.5x faster than PyTorch eager (end-to-end)", "ort-cpu",
+        get("ort-cpu", "ratios", BASELINE, "total_speedup"), 1.5, True, "x")
+    add(f"CPU: end-to-end under 5 s ({what})", "ort-cpu", get("ort-cpu", "results", "total_s"), 5.0, False,
+        "s")
+    add("CPU: cold start under 2 s", "ort-cpu", get("ort-cpu", "results", "cold_start_s"), 2.0, False, "s")
+    add("GPU: denoiser step >= 3x faster than eager fp32", "torch-cuda-fast",
+        get("torch-cuda-fast", "ratios", GPU_REFERENCE, "step_speedup"), 3.0, True, "x")
+    fast = get("torch-cuda-fast", "results", "denoiser_step_s")
+    comp = get("torch-cuda-compile-fp16", "results", "denoiser_step_s")
+    add("GPU: denoiser step faster than torch.compile fp16", "torch-cuda-fast",
+        comp / fast if fast and comp else None, 1.0, True, "x")
+    add("GPU: sampler overhead under 3% of end-to-end", "torch-cuda-fast",
+        get("torch-cuda-fast", "results", "sampler_overhead_pct"), 3.0, False, "%")
+    return out
+
+
+def _fmt(x: Any, scale: float = 1.0, digits: int = 1) -> str:
+    return "-" if x is None else f"{x * scale:.{digits}f}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The markdown table of the report: one row per measured backend, then targets and skipped backends."""
+    m, s, sh = report["machine"], report["settings"], report["bundle"]["shapes"]
+    flops = report["flops"]["flops"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs"
+        + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+        + f"; load average {m.get('loadavg_start')} at start, {m.get('loadavg_end')} at end.",
+        f"Bundle: {report['bundle']['name']} ({report['bundle']['precision']}), "
+        f"{sh['frames']} x {sh['channels']} x {sh['height']} x {sh['width']}; {s['steps']} steps, "
+        f"{s['repeats']} timed runs after {s['warmup']} "
+        f"warm-up (+1 cold); medians.",
+    ]
+    peak = report["peak"]
+    floor = []
+    if flops:
+        floor.append(f"UNet step (batch 2): {flops / 1e9:.2f} GFLOP")
+    for side in ("cpu", "gpu"):
+        if side in peak:
+            t = peak[side]["tflops"]
+            dtype = "fp32" if side == "cpu" else "fp16"
+            line = f"{side.upper()} matmul peak {t:.3g} TFLOP/s ({dtype}, n={peak[side]['n']})"
+            if flops:
+                line += f", step floor {flops / (t * 1e12) * 1e3:.2f} ms"
+            floor.append(line)
+    lines.append("; ".join(floor) + ".")
+    lines += ["", "| backend | end-to-end s | x base | encoder ms | denoiser step ms | step x base | "
+              "sampler overhead ms (%) | decode / write ms | cold start s | peak RSS MiB | CUDA peak MiB | "
+              "TFLOP/s (% peak) |", "|" + "---|" * 12]
+    for name, b in report["backends"].items():
+        r = b.get("results")
+        if not r:
+            continue
+        ra = b.get("ratios", {})
+        base = ra.get(BASELINE, {})
+        gref = ra.get(GPU_REFERENCE, {})
+        step_x = _fmt(base.get("step_speedup"), digits=2)
+        if gref:
+            step_x += f" ({_fmt(gref.get('step_speedup'), digits=2)} vs {GPU_REFERENCE})"
+        tf = "-"
+        if r.get("achieved_tflops") is not None:
+            tf = f"{r['achieved_tflops']:.3g}"
+            if r.get("peak_fraction") is not None:
+                tf += f" ({100 * r['peak_fraction']:.1f}%)"
+        lines.append(
+            f"| {name} | {_fmt(r['total_s'], digits=3)} | {_fmt(base.get('total_speedup'), digits=2)} | "
+            f"{_fmt(r['encoder_s'], 1e3)} | {_fmt(r['denoiser_step_s'], 1e3, 2)} | {step_x} | "
+            f"{_fmt(r['sampler_overhead_s'], 1e3)} ({_fmt(r['sampler_overhead_pct'])}%) | "
+            f"{_fmt(r['decode_s'], 1e3, 2)} / {_fmt(r.get('write_s'), 1e3)} | "
+            f"{_fmt(r['cold_start_s'], digits=2)} | "
+            f"{_fmt(r['peak_rss_mib'], digits=0)} | {_fmt(r.get('cuda_peak_mib'), digits=0)} | {tf} |")
+    if report["targets"]:
+        lines += ["", "| target | backend | measured | needed | verdict |", "|---|---|---|---|---|"]
+        for t in report["targets"]:
+            verdict = ("pass" if t["pass"] else "MISS") + f" ({t['margin_pct']:+.0f}%)"
+            lines.append(f"| {t['target']} | {t['backend']} | {t['value']:.3g} {t['unit']} | "
+                         f"{'>=' if t['unit'] == 'x' else '<'} {t['threshold']:g} {t['unit']} | {verdict} |")
+    other = [f"- {n}: {b.get('reason') or b.get('error')}" for n, b in report["backends"].items()
+             if not b.get("results")]
+    if other:
+        lines += ["", "Not measured:", *other]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""sg2v-bench on a tiny random checkpoint exported by the real exporter: every figure for the CPU backends,
+medians and ratios consistent with the raw runs, the same frames on every backend; the device-resident
+TorchPipeline against the runtime's torch backend. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sg2v import bench
+
+CPU_BACKENDS = ("torch-cpu", "ort-cpu")
+FIGURES = ("total_s", "encoder_s", "denoiser_s", "denoiser_step_s", "sampler_overhead_s",
+           "sampler_overhead_pct", "decode_s", "write_s", "cold_start_s", "peak_rss_mib", "achieved_tflops",
+           "peak_tflops", "peak_fraction")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """A tiny random SG2V (non-zero temporal layers) saved and exported with weights, once per module."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    from sg2v.export import export_bundle
+
+    from sg2v.checkpoint import save_checkpoint
+    from sg2v.config import DataConfig, EncoderConfig, ModelConfig, UNetConfig
+    from sg2v.models.sg2v import build_model
+    from sg2v.vocab import shapes_vocab
+
+    root = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    vocab = shapes_vocab()
+    cfg = ModelConfig(
+        name="test-bench",
+        data=DataConfig(frames=2, height=8, width=8, max_objects=3, max_relationships=2),
+        encoder=EncoderConfig(num_objs=vocab.num_objs, num_preds=vocab.num_preds, embed_dim=16, hidden_dim=16,
+                              num_layers=1, context_dim=16),
+        unet=UNetConfig(base_channels=8, channel_mult=(1, 2), attention_levels=(1,), num_heads=2,
+                        norm_groups=4),
+    )
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ckpt = save_checkpoint(root / "tiny.pt", model, cfg, vocab)
+    export_bundle(ckpt, root / "bundle", include_weights=True)
+    return root / "bundle"
+
+
+@pytest.fixture(scope="module")
+def report(bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-out")
+    argv = ["--bundle", str(bundle), "--repeats", "2", "--warmup", "0", "--steps", "3", "--threads", "1",
+            "--peak-size", "128", "--write", "npy", "--backends", *CPU_BACKENDS, "torch-cuda",
+            "--json", str(out / "bench.json"), "--table", str(out / "bench.md")]
+    assert bench.main(argv) == 0
+    return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
+
+
+@pytest.mark.slow
+def test_every_figure_for_the_cpu_backends(report):
+    rep, _ = report
+    assert rep["baseline"] == "torch-cpu"
+    assert rep["flops"]["flops"] > 0 and rep["peak"]["cpu"]["tflops"] > 0
+    for name in CPU_BACKENDS:
+        b = rep["backends"][name]
+        assert "error" not in b, b.get("error")
+        r = b["results"]
+        for key in FIGURES:
+            assert isinstance(r[key], float) and math.isfinite(r[key]), (name, key, r[key])
+            assert r[key] >= 0.0, (name, key)
+        assert r["total_s"] > 0 and r["denoiser_step_s"] > 0 and r["peak_rss_mib"] > 10
+        assert r["unet_calls"] == 3 and len(b["runs"]) == 2
+        assert all(len(run["denoiser_steps_s"]) == 3 for run in b["runs"])
+        # The stages add up: encoder + steps + overhead + decode = end-to-end, per run.
+        for run in b["runs"]:
+            parts = run["encoder_s"] + run["denoiser_s"] + run["sampler_overhead_s"] + run["decode_s"]
+            assert parts == pytest.approx(run["total_s"], rel=1e-9, abs=1e-9)
+        cold = b["cold"]
+        parts = cold["start_to_main_s"] + cold["load_s"] + cold["first_video_s"]
+        assert b["cold_start_s"] == pytest.approx(parts)
+    # Without CUDA the GPU row says why it was not measured; with CUDA it was measured.
+    cuda = rep["backends"]["torch-cuda"]
+    assert cuda.get("reason") or cuda.get("results")
+
+
+@pytest.mark.slow
+def test_medians_and_ratios_follow_the_raw_runs(report):
+    rep, _ = report
+    base = rep["backends"]["torch-cpu"]["results"]
+    for name in CPU_BACKENDS:
+        b = rep["backends"][name]
+        r, runs = b["results"], b["runs"]
+        assert r["total_s"] == statistics.median(run["total_s"] for run in runs)
+        assert r["denoiser_step_s"] == statistics.median(s for run in runs for s in run["denoiser_steps_s"])
+        assert r["sampler_overhead_pct"] == pytest.approx(
+            statistics.median(100 * run["sampler_overhead_s"] / run["total_s"] for run in runs))
+        assert r["achieved_tflops"] == pytest.approx(rep["flops"]["flops"] / r["denoiser_step_s"] / 1e12)
+        assert r["peak_fraction"] == pytest.approx(r["achieved_tflops"] / rep["peak"]["cpu"]["tflops"])
+        ra = b["ratios"]["torch-cpu"]
+        assert ra["total_speedup"] == pytest.approx(base["total_s"] / r["total_s"])
+        assert ra["step_speedup"] == pytest.approx(base["denoiser_step_s"] / r["denoiser_step_s"])
+        assert ra["cold_start_speedup"] == pytest.approx(base["cold_start_s"] / r["cold_start_s"])
+    assert rep["backends"]["torch-cpu"]["ratios"]["torch-cpu"]["total_speedup"] == 1.0
+
+
+@pytest.mark.slow
+def test_targets_table_and_frames(report):
+    rep, table = report
+    targets = {t["target"]: t for t in rep["targets"]}
+    speed = next(t for name, t in targets.items() if "1.5x" in name)
+    assert speed["value"] == pytest.approx(rep["backends"]["ort-cpu"]["ratios"]["torch-cpu"]["total_speedup"])
+    assert speed["pass"] == (speed["value"] >= 1.5)
+    cold = next(t for name, t in targets.items() if "cold start" in name)
+    assert cold["pass"] == (rep["backends"]["ort-cpu"]["results"]["cold_start_s"] < 2.0)
+    assert not any(name.startswith("GPU") for name in targets) or rep["backends"]["torch-cuda"].get("results")
+    for name in CPU_BACKENDS:
+        assert f"| {name} |" in table
+    assert "torch-cuda:" in table or "| torch-cuda |" in table
+    # ONNX Runtime and PyTorch start from the same x_T: the same video up to uint8 rounding.
+    diff = rep["backends"]["ort-cpu"]["frames_vs_baseline"]
+    assert diff["max_abs"] <= 1 and diff["mean_abs"] < 0.05
+
+
+@pytest.mark.slow
+def test_torch_pipeline_on_cpu_matches_the_runtime_torch_backend(bundle):
+    torch = pytest.importorskip("torch")
+    from sg2v.runtime import Pipeline
+
+    from sg2v.torch_fast import TorchPipeline
+
+    before = torch.get_num_threads()
+    try:
+        graph = {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}
+        seed = int(np.random.default_rng().integers(1 << 20))
+        ref = Pipeline.from_bundle(bundle, backend="torch", threads=1)(graph, seed=seed, steps=3)
+        fast = TorchPipeline.from_bundle(bundle, device="cpu", mode="eager", precision="fp32", threads=1)
+        got = fast(graph, seed=seed, steps=3)
+        assert got.shape == ref.shape and got.dtype == np.uint8
+        diff = np.abs(got.astype(np.int16) - ref.astype(np.int16))
+        assert diff.max() <= 1 and diff.mean() < 0.05
+        assert fast.last_timings["unet_calls"] == 3
+        half = TorchPipeline.from_bundle(bundle, device="cpu", mode="eager", precision="fp16", threads=1)
+        diff16 = np.abs(half(graph, seed=seed, steps=3).astype(np.int16) - ref.astype(np.int16))
+        assert diff16.mean() < 2.0  # fp16 weights: a few levels at most on average
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_help_explains_every_figure():
+    text = bench.build_parser().format_help()
+    for word in ("end-to-end", "encoder", "denoiser step", "sampler overh", "decode / write", "cold start",
+                 "peak RSS", "CUDA peak", "x vs baseline", "TFLOP/s", "targets", "(default: 8)"):
+        assert word in text, word
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    assert bench.main(["--bundle", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sg2v-bench: error:") and "does not exist" in err and "\n" not in err
+
+
+def test_peak_rss_sees_memory_this_process_touched():
+    before = bench.peak_rss_bytes()
+    block = np.ones(64 * 2 ** 20 // 8)  # 64 MiB, written
+    assert bench.peak_rss_bytes() >= max(before, block.nbytes)
+
+
+def test_summarise_against_a_direct_computation():
+    rng = np.random.default_rng()
+
+    def runs(n):
+        out = []
+        for _ in range(n):
+            steps = list(rng.uniform(0.01, 0.1, 4))
+            enc, ovh, dec = rng.uniform(0.001, 0.01, 3)
+            out.append({"encoder_s": enc, "denoiser_s": sum(steps), "denoiser_steps_s": steps,
+                        "unet_calls": 4,
+                        "sampler_overhead_s": ovh, "decode_s": dec, "total_s": enc + sum(steps) + ovh + dec,
+                        "write_s": rng.uniform(0.01, 0.02)})
+        return out
+
+    rows = {name: {"runs": runs(3), "cold_start_s": rng.uniform(1, 5), "peak_rss_bytes": 2 ** 28}
+            for name in ("torch-cpu", "ort-cpu")}
+    flops = int(rng.integers(10 ** 9, 10 ** 10))
+    bench.summarise(rows, flops, {"cpu": {"tflops": 0.5}})
+    for b in rows.values():
+        totals = sorted(run["total_s"] for run in b["runs"])
+        assert b["results"]["total_s"] == totals[1]
+        steps = sorted(s for run in b["runs"] for s in run["denoiser_steps_s"])
+        assert b["results"]["denoiser_step_s"] == pytest.approx((steps[5] + steps[6]) / 2)
+        achieved = flops / b["results"]["denoiser_step_s"]
+        assert b["results"]["peak_fraction"] == pytest.approx(achieved / 0.5e12)
+    assert rows["ort-cpu"]["ratios"]["torch-cpu"]["total_speedup"] == pytest.approx(
+        rows["torch-cpu"]["results"]["total_s"] / rows["ort-cpu"]["results"]["total_s"])
