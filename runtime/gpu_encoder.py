@@ -17,7 +17,7 @@ import numpy as np
 
 from sg2v.errors import BundleError, require
 
-LAYERNORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which SGEncoder uses
+LAYERNORM_EPS = 1e-5  # sg2v.models.layers.TokenNorm default (= torch.nn.LayerNorm), which SGEncoder uses
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
 
 

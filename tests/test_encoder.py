@@ -169,7 +169,7 @@ def test_onnx_export_onehot_matches_torch(tmp_path):
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert not ops & {"ScatterElements", "ScatterND", "NonZero", "Loop", "If"}, ops
+    assert not ops & {"ScatterElements", "ScatterND", "NonZero", "Loop", "If", "LayerNormalization"}, ops
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     fresh = pad_graphs(random_graphs(rng, 2), CFG.data.max_objects, CFG.data.max_relationships)
     got = sess.run(None, fresh.as_feeds())

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from sg2v.config import DataConfig, EncoderConfig
+from sg2v.models.layers import TokenNorm
 from sg2v.models.pooling import POOLING_FORMS, scatter_mean_pool
 
 
@@ -47,8 +48,8 @@ class GraphTripleConv(nn.Module):
         self.net1 = _mlp([3 * dim, hidden_dim, 2 * hidden_dim + dim])
         # net2: an object's pooled messages -> its update
         self.net2 = _mlp([hidden_dim, hidden_dim, dim])
-        self.norm_obj = nn.LayerNorm(dim)
-        self.norm_pred = nn.LayerNorm(dim)
+        self.norm_obj = TokenNorm(dim)
+        self.norm_pred = TokenNorm(dim)
 
     def forward(
         self,
@@ -94,8 +95,8 @@ class SGEncoder(nn.Module):
         self.layers = nn.ModuleList(GraphTripleConv(d, enc.hidden_dim) for _ in range(enc.num_layers))
         self.global_head = _mlp([2 * d, enc.hidden_dim, enc.context_dim])
         self.local_head = _mlp([3 * d, enc.hidden_dim, enc.context_dim])
-        self.global_norm = nn.LayerNorm(enc.context_dim)
-        self.local_norm = nn.LayerNorm(enc.context_dim)
+        self.global_norm = TokenNorm(enc.context_dim)
+        self.local_norm = TokenNorm(enc.context_dim)
 
     def set_pooling_form(self, form: str) -> SGEncoder:
         if form not in POOLING_FORMS:

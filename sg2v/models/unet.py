@@ -18,26 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sg2v.config import ConfigError, DataConfig, ModelConfig, UNetConfig
+from sg2v.models.layers import TokenNorm
 
 MASK_BIAS = -1.0e4  # added to the logits of padded context tokens: exp underflows to 0, fp16 stays finite
-
-
-class TokenNorm(nn.Module):
-    """LayerNorm over the last axis (Ba et al. 2016) as ReduceMean/Sqrt ops, computed in float32."""
-
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        mean = h.mean(dim=-1, keepdim=True)
-        d = h - mean
-        var = (d * d).mean(dim=-1, keepdim=True)
-        h = d * torch.rsqrt(var + self.eps) * self.weight.float() + self.bias.float()
-        return h.to(x.dtype)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
