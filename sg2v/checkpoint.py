@@ -144,14 +144,26 @@ def _load_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        unsafe = _unsafe_globals(path)
+        if unsafe:
             raise CheckpointError(
-                f"checkpoint {path} holds Python objects other than tensors and containers; sg2v refuses to "
-                "unpickle them: re-save it with sg2v.checkpoint.save_checkpoint"
+                f"checkpoint {path} holds Python objects ({', '.join(unsafe[:3])}) besides tensors and "
+                "containers; sg2v refuses to unpickle them: re-save it with sg2v.checkpoint.save_checkpoint"
             ) from None
         raise _corrupt(path, e) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError) as e:
         raise _corrupt(path, e) from None
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """Classes a torch zip checkpoint would unpickle (empty for garbage, which weights_only also rejects)."""
+    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if finder is None or not zipfile.is_zipfile(path):
+        return []
+    try:
+        return list(finder(str(path)))
+    except Exception:  # a damaged archive: report it as corrupt, not as unsafe
+        return []
 
 
 def _load_safetensors(path: Path) -> dict[str, Any]:

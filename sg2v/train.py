@@ -453,7 +453,3 @@ def read_metrics(out: str | os.PathLike) -> list[dict[str, Any]]:
                 continue
     return records
 
-
-def write_config(out: Path, tc: TrainConfig) -> None:
-    """Write the run's settings as JSON beside the checkpoint, for people (the checkpoint holds them too)."""
-    atomic_write_text(out / "train_config.json", json.dumps(tc.to_dict(), indent=1) + "\n")

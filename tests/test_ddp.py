@@ -58,12 +58,20 @@ def test_two_gloo_ranks_stay_in_sync_and_match_accumulation(tmp_path):
         for k in r0[part]:
             assert torch.equal(r0[part][k], r1[part][k]), (part, k)  # bit-identical replicas
 
-    ref_state = ref.model.state_dict()
-    half_state = half.model.state_dict()
-    max_ref = max(float((r0["model"][k] - ref_state[k]).abs().max()) for k in ref_state)
-    max_half = max(float((r0["model"][k] - half_state[k]).abs().max()) for k in ref_state)
-    assert max_ref < 1e-5, max_ref  # same mean gradient up to summation order
-    assert max_half > 100 * max(max_ref, 1e-7), (max_half, max_ref)
+    from sg2v.models.sg2v import build_model
+
+    torch.manual_seed(_settings(tmp_path).seed)  # train() builds its initial weights right after this seeding
+    init = build_model(_settings(tmp_path).model_config()).state_dict()
+
+    def dist(a: dict, b: dict) -> float:
+        return float(torch.sqrt(sum(((a[k].double() - b[k].double()) ** 2).sum() for k in init)))
+
+    moved = dist(r0["model"], init)
+    off_ref = dist(r0["model"], ref.model.state_dict()) / moved
+    off_half = dist(r0["model"], half.model.state_dict()) / moved
+    # Same mean gradient up to summation order (Adam can amplify rounding only on near-zero gradients).
+    assert moved > 1e-3 and off_ref < 1e-3, (moved, off_ref)
+    assert off_half > 0.05, off_half  # a different mean gradient is visibly different
     assert r0["losses"] == r1["losses"]  # logged loss is all-reduced over ranks
     assert r0["losses"] == pytest.approx(ref.losses, rel=1e-5)
 
