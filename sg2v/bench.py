@@ -82,8 +82,9 @@ EPILOG = """figures (medians over --repeats timed runs after --warmup untimed on
                   work and the glue around the model (the CFG combination, for runtime backends).
   decode / write  decode: [-1, 1] floats -> uint8 frames; write: those frames to a --write file (not part of
                   end-to-end).
-  cold start      a fresh process: interpreter start, imports, bundle open (sha256 checks unless --no-verify),
-                  backend build (engine load, torch.compile, CUDA graph capture), first video in memory.
+  startup         a fresh process: interpreter start, imports, bundle open (sha256 checks unless --no-verify),
+                  backend build (sessions, engine load, weights to the device): ready to generate.
+  cold start      startup + the first video in memory (torch.compile and CUDA graph capture happen here).
   peak RSS        the host-memory high-water mark (VmHWM) of the backend's process after all its runs.
   CUDA peak       torch.cuda.max_memory_allocated in that process (CuPy backends: bytes held by CuPy's pool).
   x vs baseline   the baseline's time / this backend's time (>1 = faster), baseline = torch-cpu measured in
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.random_size:
             make_random_bundle(args.random_size, args.bundle, seed=args.seed)
-        report = run_bench(args)
+        report = run_bench(args, argv=sys.argv[1:] if argv is None else argv)
     except Sg2vError as e:
         print(f"sg2v-bench: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -333,7 +334,7 @@ def unet_step_flops(config: Any) -> dict[str, Any]:
                       "(sg2v.models.unet.unet_flops)"}
 
 
-def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, Any]:
     """Measure every requested backend (each in a fresh process); JSON-ready report with a markdown table."""
     from sg2v.graph import parse_graph
     from sg2v.runtime.bundle import Bundle
@@ -388,7 +389,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     report = {
         "sg2v_bench": BENCH_FORMAT,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": ["sg2v-bench", *(sys.argv[1:] if sys.argv else [])],
+        "command": ["sg2v-bench", *(argv or [])],
         "machine": machine,
         "bundle": {"path": str(bundle.path), "name": bundle.config.name, "precision": bundle.precision,
                    "shapes": {k: bundle.shapes[k] for k in ("frames", "channels", "height", "width")},
@@ -509,6 +510,12 @@ def _child_run(args: argparse.Namespace) -> dict[str, Any]:
         "runs": runs,
     }
     out.update(_device_memory())
+    torch = sys.modules.get("torch")
+    if torch is not None and v.device != "cpu":
+        # What "eager fp32" means on this card: cuDNN convolutions use TF32 by default, matmuls do not.
+        out["torch_flags"] = {"cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+                              "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+                              "torch": torch.__version__}
     notes = getattr(getattr(pipe, "backend", None), "notes", None)
     if notes:
         out["notes"] = list(notes)
@@ -561,6 +568,7 @@ def summarise(backends: dict[str, dict[str, Any]], flops: int | None, peak: dict
             [100.0 * run["sampler_overhead_s"] / run["total_s"] for run in runs])
         r["unet_calls"] = runs[0]["unet_calls"]
         r["cold_start_s"] = b["cold_start_s"]
+        r["startup_s"] = b["cold"]["start_to_main_s"] + b["cold"]["load_s"]
         r["peak_rss_mib"] = b["peak_rss_bytes"] / 2 ** 20
         r["cuda_peak_mib"] = b["cuda_peak_bytes"] / 2 ** 20 if "cuda_peak_bytes" in b else None
         if flops:
@@ -618,7 +626,10 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         get("ort-cpu", "ratios", BASELINE, "total_speedup"), 1.5, True, "x")
     add(f"CPU: end-to-end under 5 s ({what})", "ort-cpu", get("ort-cpu", "results", "total_s"), 5.0, False,
         "s")
-    add("CPU: cold start under 2 s", "ort-cpu", get("ort-cpu", "results", "cold_start_s"), 2.0, False, "s")
+    add("CPU: cold start under 2 s (process start to first video)", "ort-cpu",
+        get("ort-cpu", "results", "cold_start_s"), 2.0, False, "s")
+    add("CPU: cold start under 2 s, read as startup (process start to a ready pipeline)", "ort-cpu",
+        get("ort-cpu", "results", "startup_s"), 2.0, False, "s")
     add("GPU: denoiser step >= 3x faster than eager fp32", "torch-cuda-fast",
         get("torch-cuda-fast", "ratios", GPU_REFERENCE, "step_speedup"), 3.0, True, "x")
     fast = get("torch-cuda-fast", "results", "denoiser_step_s")
@@ -661,7 +672,8 @@ def format_table(report: dict[str, Any]) -> str:
             floor.append(line)
     lines.append("; ".join(floor) + ".")
     lines += ["", "| backend | end-to-end s | x base | encoder ms | denoiser step ms | step x base | "
-              "sampler overhead ms (%) | decode / write ms | cold start s | peak RSS MiB | CUDA peak MiB | "
+              "sampler overhead ms (%) | decode / write ms | startup / cold start s | peak RSS MiB | "
+              "CUDA peak MiB | "
               "TFLOP/s (% peak) |", "|" + "---|" * 12]
     for name, b in report["backends"].items():
         r = b.get("results")
@@ -683,7 +695,7 @@ def format_table(report: dict[str, Any]) -> str:
             f"{_fmt(r['encoder_s'], 1e3)} | {_fmt(r['denoiser_step_s'], 1e3, 2)} | {step_x} | "
             f"{_fmt(r['sampler_overhead_s'], 1e3)} ({_fmt(r['sampler_overhead_pct'])}%) | "
             f"{_fmt(r['decode_s'], 1e3, 2)} / {_fmt(r.get('write_s'), 1e3)} | "
-            f"{_fmt(r['cold_start_s'], digits=2)} | "
+            f"{_fmt(r.get('startup_s'), digits=2)} / {_fmt(r['cold_start_s'], digits=2)} | "
             f"{_fmt(r['peak_rss_mib'], digits=0)} | {_fmt(r.get('cuda_peak_mib'), digits=0)} | {tf} |")
     if report["targets"]:
         lines += ["", "| target | backend | measured | needed | verdict |", "|---|---|---|---|---|"]
