@@ -11,6 +11,9 @@ from sg2v.shapes.oracle import classify_shape, color_labels
 from sg2v.video import VideoError
 
 
+COLOR_TABLE_FOR_TEST = np.array(list(COLORS.values()), dtype=np.uint8)  # (7, 3)
+
+
 def _rng() -> np.random.Generator:
     return np.random.default_rng()
 
@@ -45,6 +48,32 @@ def test_noise_within_color_tolerance_is_tolerated():
     noisy = np.clip(s.video.astype(int) + _rng().integers(-12, 13, s.video.shape), 0, 255).astype(np.uint8)
     r = score_video(noisy, s.graph)
     assert r.presence == 1.0 and r.shape_accuracy == 1.0 and r.relation_accuracy in (None, 1.0)
+
+
+@pytest.mark.parametrize("size,limit", [(16, 0.05), (32, 0.0), (64, 0.0)])
+def test_scattered_noise_is_no_object(size, limit):
+    """An untrained model's output is noise: pixels of every color, nowhere an object-sized blob.
+
+    At 16 x 16 an object is 2-3 px wide, so a chance clump of noise passes for one about 0.5% of the time.
+    """
+    rng = _rng()
+    samples = [ShapesWorld(8, size, size).sample(int(rng.integers(1 << 30))) for _ in range(40)]
+    uniform = [rng.integers(0, 256, s.video.shape, dtype=np.uint8) for s in samples]
+    saturated = [(rng.random(s.video.shape) < 0.5).astype(np.uint8) * 255 for s in samples]
+    graphs = [s.graph for s in samples]
+    assert score_batch(uniform, graphs).presence <= limit
+    assert score_batch(saturated, graphs).presence <= limit
+
+
+def test_object_survives_scattered_pixels_of_other_colors():
+    """Stray pixels elsewhere do not hide a drawn object nor move its centroid out of its box."""
+    rng = _rng()
+    s = ShapesWorld(8, 64, 64).sample(int(rng.integers(1 << 30)))
+    video = s.video.copy()
+    stray = (rng.random(video.shape[:3]) < 0.01) & (video.sum(-1) == 0)  # (F, H, W): 1% of background pixels
+    video[stray] = COLOR_TABLE_FOR_TEST[rng.integers(0, len(COLOR_TABLE_FOR_TEST), int(stray.sum()))]
+    r = score_video(video, s.graph)
+    assert r.presence == 1.0 and r.relation_accuracy in (None, 1.0)
 
 
 def _samples_with(world: ShapesWorld, want, count: int) -> list:

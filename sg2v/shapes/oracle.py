@@ -2,9 +2,13 @@
 
 Each pixel is given to the nearest palette color within `color_tol` (RGB Euclidean distance; the palette's
 closest pair, blue/cyan, is 130 apart). An object is seen in a frame where its color covers at least
-`20 * H * W / 64^2` pixels, and present where it is seen in at least 80% of frames. Centroids are taken over
-seen frames; relations are judged by `sg2v.shapes.world.relation_score`, the rules the generator uses, and a
-relation with an absent object fails. Shape is classified per seen frame by the best IoU between the mask
+`20 * H * W / 64^2` pixels inside one object-sized window, and present where it is seen in at least 80% of
+frames. The window (side 0.4 x the canvas side, twice the largest object, centred on the per-axis median
+of the color's pixels) must also hold at least half of that color's pixels: scattered pixels of the right
+color, as an untrained model's noise has, are no object (the spec finds objects by color; this makes
+"finds" mean one blob). Centroids are taken over the windowed pixels of seen frames; relations are judged
+by `sg2v.shapes.world.relation_score`, the rules the generator uses, and a relation with an absent object
+fails. Shape is classified per seen frame by the best IoU between the mask
 cropped to its bounding box and each shape's template rasterised at that box size (exact for the generator's
 drawings at any canvas, and graceful for noisy ones), then by majority over frames.
 """
@@ -33,7 +37,10 @@ from sg2v.video import VideoError, check_frames
 
 COLOR_TOL = 60.0  # RGB distance to the palette color
 PRESENT_PIXELS_64 = 20  # pixels an object must cover in a frame at 64 x 64 (scaled with canvas area)
+MIN_PIXELS = 4  # floor on small canvases: the smallest drawn object (3 px box) covers at least this many
 PRESENT_FRAMES = 0.8  # fraction of frames an object must be seen in to be present
+WINDOW_FRAC = 0.4  # object window side / canvas side: twice the largest object (20% of the side)
+CONCENTRATION = 0.5  # fraction of a color's pixels the window must hold for that color to be one object
 AREA_CHANGE = 0.3  # stability: largest relative area change between consecutive frames
 ACCEL_TOL = 1.5  # smoothness: largest centroid second difference (px) for constant velocity on a pixel grid
 
@@ -160,22 +167,43 @@ def classify_shape(mask: np.ndarray) -> str | None:
     return best
 
 
+def _median_index(counts: np.ndarray) -> np.ndarray:
+    """Per row, the index where the cumulative count first reaches half the row's total: (F, N) -> (F,)."""
+    c = np.cumsum(counts, axis=1)  # (F, N)
+    half = c[:, -1:] / 2.0
+    return np.argmax(c >= half, axis=1)  # (F,)
+
+
+def _object_window(m: np.ndarray, frac: float) -> np.ndarray:
+    """The pixels of mask m (F, H, W) inside a square window of side frac x canvas around their median."""
+    f, h, w = m.shape
+    half = max(1, int(math.ceil(frac * max(h, w) / 2)))
+    my = _median_index(m.sum(2))  # (F,)
+    mx = _median_index(m.sum(1))  # (F,)
+    ys = np.arange(h)[None, :, None]
+    xs = np.arange(w)[None, None, :]
+    inside = (np.abs(ys - my[:, None, None]) <= half) & (np.abs(xs - mx[:, None, None]) <= half)
+    return m & inside
+
+
 def score_video(video: Any, graph: Any, color_tol: float = COLOR_TOL) -> OracleReport:
     """Score one uint8 video (F, H, W, 3) against its shapes-world graph."""
     v = check_frames(video)
     names, rels = graph_parts(graph)
     f, h, w, _ = v.shape
     lab = color_labels(v, color_tol)
-    min_px = PRESENT_PIXELS_64 * h * w / (64 * 64)
+    min_px = max(PRESENT_PIXELS_64 * h * w / (64 * 64), MIN_PIXELS)
     ys = np.arange(h) + 0.5
     xs = np.arange(w) + 0.5
     objects: list[ObjectReport] = []
     seen_all = np.zeros((len(names), f), dtype=bool)
     for k, name in enumerate(names):
         color, shape = split_name(name)
-        m = lab == COLOR_NAMES.index(color)  # (F, H, W)
+        raw = lab == COLOR_NAMES.index(color)  # (F, H, W)
+        m = _object_window(raw, WINDOW_FRAC)  # (F, H, W): the color's pixels near their median
         area = m.sum((1, 2))  # (F,)
-        seen = area >= min_px
+        total = raw.sum((1, 2))  # (F,)
+        seen = (area >= min_px) & (area >= CONCENTRATION * total)
         seen_all[k] = seen
         with np.errstate(invalid="ignore", divide="ignore"):
             cx = (m.sum(1) * xs).sum(-1) / area  # (F,)
