@@ -254,10 +254,16 @@ def load_init_encoder(model: torch.nn.Module, path: str) -> None:
 
     ckpt = load_pretrain_checkpoint(path)
     cfg = checkpoint_config(ckpt, path)
-    if cfg.encoder != model.cfg.encoder or cfg.data != model.cfg.data:
-        raise CheckpointError(f"--init-encoder {path}: config mismatch: it was pretrained for size "
-                              f"{cfg.name!r} ({cfg.data}), this run trains {model.cfg.name!r}; pretrain with "
-                              "the same --size and data shape")
+    # The encoder's shapes depend only on the vocabulary, its own config and the graph slots, not on the video
+    # shape: a run at another frames/height/width may reuse it.
+    mine, theirs = model.cfg, cfg
+    slots = (mine.data.max_objects, mine.data.max_relationships)
+    if theirs.encoder != mine.encoder or (theirs.data.max_objects, theirs.data.max_relationships) != slots:
+        theirs_slots = (theirs.data.max_objects, theirs.data.max_relationships)
+        raise CheckpointError(
+            f"--init-encoder {path}: config mismatch: its encoder ({theirs.encoder}, graph slots "
+            f"{theirs_slots}) differs from this run's {mine.name!r} ({mine.encoder}, {slots}); "
+            "pretrain with the same --size")
     load_state_checked(model.encoder, ckpt["encoder"], path, "encoder")
 
 

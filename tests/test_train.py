@@ -190,3 +190,30 @@ def test_resume_refuses_another_size(tmp_path):
     save_checkpoint(tmp_path / "last.pt", build_model(cfg), cfg.replace(name="other"), shapes_vocab(), step=1)
     with pytest.raises(CheckpointError, match="config mismatch"):
         train(TrainConfig(steps=2, batch=2, out=str(tmp_path), workers=0, eval_every=0), progress=False)
+
+
+def test_init_encoder_loads_pretrained_weights_across_video_shapes(tmp_path):
+    """A pretrained encoder initialises training at another frames/size; another encoder is refused."""
+    import dataclasses
+
+    from sg2v.config import DataConfig
+    from sg2v.errors import CheckpointError
+    from sg2v.pretrain import PretrainConfig, build_pretrain_models, save_pretrain_checkpoint
+    from sg2v.train import load_init_encoder
+
+    torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    tiny = model_config("tiny")
+    pc = PretrainConfig(size="tiny")
+    enc, video, heads = build_pretrain_models(tiny, pc)
+    ckpt = save_pretrain_checkpoint(tmp_path / "pretrain.pt", tiny, pc, enc, video, heads, step=3,
+                                    optimizer=None)
+
+    other_video = tiny.replace(data=dataclasses.replace(tiny.data, frames=8, height=32, width=32))
+    model = build_model(other_video)
+    load_init_encoder(model, str(ckpt))
+    for k, v in enc.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[k], v), k
+
+    other_slots = tiny.replace(data=DataConfig(frames=4, height=16, width=16, max_objects=5))
+    with pytest.raises(CheckpointError, match="config mismatch"):
+        load_init_encoder(build_model(other_slots), str(ckpt))
