@@ -168,7 +168,8 @@ def _tiny() -> ModelConfig:
         name="tiny",
         data=DataConfig(frames=4, height=16, width=16),
         encoder=EncoderConfig(embed_dim=32, hidden_dim=64, num_layers=2, context_dim=64),
-        unet=UNetConfig(base_channels=16, channel_mult=(1, 2), attention_levels=(1,), num_heads=2, norm_groups=4),
+        unet=UNetConfig(base_channels=16, channel_mult=(1, 2), attention_levels=(1,), num_heads=2,
+                        norm_groups=4),
     )
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success rename it onto `target`, on error remove it.
 
-    Works for files and folders: the caller creates whatever it likes at the yielded path. The rename is atomic on
-    POSIX for files; an existing folder target is replaced by rename-aside, rename-in, remove-aside.
+    Works for files and folders: the caller creates whatever it likes at the yielded path. The rename is
+    atomic on POSIX for files; an existing folder target is replaced by rename-aside, rename-in, remove-aside.
     """
     target = Path(target)
     parent = target.parent if str(target.parent) else Path(".")

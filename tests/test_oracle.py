@@ -10,7 +10,6 @@ from sg2v.shapes import COLORS, SHAPES, ShapesDataset, ShapesWorld, score_batch,
 from sg2v.shapes.oracle import classify_shape, color_labels
 from sg2v.video import VideoError
 
-
 COLOR_TABLE_FOR_TEST = np.array(list(COLORS.values()), dtype=np.uint8)  # (7, 3)
 
 

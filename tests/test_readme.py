@@ -18,7 +18,7 @@ def _bash_blocks() -> list[str]:
 
 
 def _as_local(cmd: str) -> list[str]:
-    """The README command after `bash scripts/setup.sh &&`, with `.venv/bin/` mapped to this interpreter's venv."""
+    """The README command after `bash scripts/setup.sh &&`, `.venv/bin/` mapped to this interpreter's venv."""
     setup, _, job = cmd.partition("&&")
     assert "scripts/setup.sh" in setup, "README commands must start with the set-up script"
     bindir = Path(sys.executable).parent
