@@ -90,9 +90,9 @@ def heldout_graphs(cfg: ModelConfig, n: int, seed: int = 0) -> list[dict[str, An
 def false_presence(videos: Sequence[np.ndarray], graphs: Sequence[Any]) -> float:
     """Fraction of palette colors absent from a video's graph that the oracle nevertheless finds present.
 
-    Presence alone rewards noise: on a small canvas a few stray pixels of a color pass the oracle's threshold,
-    so an untrained model scores near 100%. Asking the same oracle about the colors the graph does not have
-    measures how much of that is chance (a noisy video sees all of them; a clean one none).
+    Presence counts a color only where it forms one object-sized blob, so noise mostly scores none; asking the
+    same oracle about the colors the graph does not have catches the rest: objects drawn that were not asked
+    for (a clean, faithful video shows none).
     """
     hits = total = 0
     for video, graph in zip(videos, graphs):

@@ -19,6 +19,7 @@ from sg2v.cli.train import build_parser, main
 from sg2v.config import MODEL_SIZES
 from sg2v.evaluate import evaluate, false_presence, heldout_graphs, sample_videos
 from sg2v.shapes import ShapesDataset, score_batch
+from sg2v.shapes.world import COLOR_NAMES
 from sg2v.train import TrainConfig, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,16 +134,26 @@ def test_sampling_is_seeded_and_evaluate_is_reproducible():
     assert r1 == r2
 
 
-def test_false_presence_on_ground_truth_and_noise():
-    """The generator's own videos show no absent color; uniform noise shows nearly all of them."""
+def test_false_presence_on_ground_truth_crossed_graphs_and_noise():
+    """No absent color in the generator's own videos, exactly the other graph's colors when graphs are
+    crossed, and scattered noise forms no object."""
     ds = ShapesDataset(seed=0, length=6, split="heldout", frames=4, height=16, width=16)
     samples = [ds[i] for i in range(6)]
     videos = [s.video for s in samples]
     graphs = [s.graph for s in samples]
     assert false_presence(videos, graphs) == 0.0
     assert score_batch(videos, graphs).presence == 1.0
+
+    def colors(g):
+        return {name.split()[0] for name in g["objects"]}
+
+    crossed = graphs[1:] + graphs[:1]
+    hits = sum(len(colors(g) - colors(c)) for g, c in zip(graphs, crossed))
+    total = sum(len(COLOR_NAMES) - len(colors(c)) for c in crossed)
+    assert hits > 0
+    assert false_presence(videos, crossed) == hits / total
     noise = np.random.default_rng(3).integers(0, 256, (6, 4, 16, 16, 3), dtype=np.uint8)
-    assert false_presence(list(noise), graphs) > 0.5
+    assert false_presence(list(noise), graphs) <= 0.05
 
 
 def test_errors_are_one_line_with_exit_code(tmp_path):
