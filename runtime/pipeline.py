@@ -29,6 +29,26 @@ from sg2v.errors import Sg2vError
 OUTPUTS = ("numpy", "cupy")
 
 
+def stage_timings(backend: str, t_start: float, t_enc: float, t_sample: float, t_end: float,
+                  steps: list[float]) -> dict[str, Any]:
+    """Per-stage seconds of one call from its clock marks and per-step UNet times (every pipeline).
+
+    Sampler overhead is the sampling phase minus the time inside the UNet: the sampler's own array math.
+    """
+    denoiser = float(sum(steps))
+    return {
+        "backend": backend,
+        "encoder_s": t_enc - t_start,
+        "denoiser_s": denoiser,
+        "denoiser_steps_s": steps,
+        "denoiser_per_step_s": denoiser / max(len(steps), 1),
+        "unet_calls": len(steps),
+        "sampler_overhead_s": (t_sample - t_enc) - denoiser,
+        "decode_s": t_end - t_sample,
+        "total_s": t_end - t_start,
+    }
+
+
 class Pipeline:
     """A loaded bundle on one backend; `pipe(graph, seed=...)` returns frames (F, H, W, 3) uint8."""
 
@@ -139,19 +159,7 @@ class Pipeline:
         t_sample = time.perf_counter()
         frames = self._decode(x[0], output)  # (F, H, W, 3) uint8
         t_end = time.perf_counter()
-        steps = list(self._step_times)
-        denoiser_total = float(sum(steps))
-        self.last_timings = {
-            "backend": be.name,
-            "encoder_s": t_enc - t_start,
-            "denoiser_s": denoiser_total,
-            "denoiser_steps_s": steps,
-            "denoiser_per_step_s": denoiser_total / max(len(steps), 1),
-            "unet_calls": len(steps),
-            "sampler_overhead_s": (t_sample - t_enc) - denoiser_total,
-            "decode_s": t_end - t_sample,
-            "total_s": t_end - t_start,
-        }
+        self.last_timings = stage_timings(be.name, t_start, t_enc, t_sample, t_end, list(self._step_times))
         return frames
 
     def _decode(self, x: Any, output: str) -> Any:

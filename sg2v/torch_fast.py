@@ -188,6 +188,7 @@ class TorchPipeline:
         """Frames (F, H, W, 3) uint8 for `graph`; unset options take the bundle's sampler defaults."""
         from sg2v.graph import pad_graphs, parse_graph
         from sg2v.models.sg2v import graph_tensors
+        from sg2v.runtime.pipeline import stage_timings
         from sg2v.sampling import get_sampler
         from sg2v.schedule import timesteps
         from sg2v.video import unit_to_frames
@@ -234,18 +235,7 @@ class TorchPipeline:
         frames = unit_to_frames(x[0]).permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (F, H, W, C)
         t_end = time.perf_counter()
         step_s = [a.elapsed_time(b) / 1e3 for a, b in marks] if cuda else list(marks)
-        denoiser = float(sum(step_s))
-        self.last_timings = {
-            "backend": self.backend_name,
-            "encoder_s": t_enc - t_start,
-            "denoiser_s": denoiser,
-            "denoiser_steps_s": step_s,
-            "denoiser_per_step_s": denoiser / max(len(step_s), 1),
-            "unet_calls": len(step_s),
-            "sampler_overhead_s": (t_sample - t_enc) - denoiser,
-            "decode_s": t_end - t_sample,
-            "total_s": t_end - t_start,
-        }
+        self.last_timings = stage_timings(self.backend_name, t_start, t_enc, t_sample, t_end, step_s)
         return frames
 
     def close(self) -> None:
