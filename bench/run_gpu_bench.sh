@@ -11,56 +11,13 @@
 # Exit status: the number of failed steps. bench/gpu_check.sh may call this script; it leaves the tree as it was.
 set -u
 cd "$(dirname "$0")/.."
-repo=$PWD
-out=${OUT:-$repo/gpu_bench_out}
-mkdir -p "$out"
-py=${PYTHON:-python3}
+default_out=gpu_bench_out
 sizes=${SIZES:-small}
-summary=$out/summary.txt
-: >"$summary"
-failed=0
+# shellcheck source=bench/gpu_common.sh
+. bench/gpu_common.sh
+device_info
 
-# The tree maps runtime/ -> sg2v.runtime, export/ -> sg2v.export, cuda/ -> sg2v.kernels (pyproject). Without
-# installing, a linked tree gives those names; python -P keeps the repo root's plain sg2v/ off sys.path, and
-# sg2v-bench starts each backend's process with -P too.
-shim=$(mktemp -d)
-mkdir -p "$shim/sg2v"
-for f in "$repo"/sg2v/*; do ln -s "$f" "$shim/sg2v/"; done
-ln -s "$repo/runtime" "$shim/sg2v/runtime"
-ln -s "$repo/export" "$shim/sg2v/export"
-ln -s "$repo/cuda" "$shim/sg2v/kernels"
-export PYTHONPATH=$shim${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1
-
-step() {  # step NAME LOGFILE TIMEOUT_S COMMAND...: run with a time limit, log, record the status, go on
-  local name=$1 log=$2 limit=$3
-  shift 3
-  local start=$(date +%s)
-  echo "=== $name" | tee -a "$summary"
-  timeout "$limit" "$@" >"$out/$log" 2>&1
-  local rc=$?
-  local secs=$(( $(date +%s) - start ))
-  if [ $rc -eq 0 ]; then
-    echo "    ok ($secs s, log $log)" | tee -a "$summary"
-  else
-    failed=$((failed + 1))
-    echo "    FAILED rc=$rc ($secs s, log $log); last lines:" | tee -a "$summary"
-    tail -n 15 "$out/$log" | sed 's/^/    | /' | tee -a "$summary"
-  fi
-  return $rc
-}
-
-{
-  echo "date: $(date -u +%FT%TZ)"
-  nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.sm,clocks.max.sm \
-    --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
-  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-  "$py" -c 'import sys, numpy, torch, onnxruntime; print("python", sys.version.split()[0], "numpy", numpy.__version__,
-"torch", torch.__version__, "onnxruntime", onnxruntime.__version__, "cuda", torch.cuda.is_available())' 2>&1
-  echo "git: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-} | tee -a "$summary"
-
-step "pytest -m gpu tests/test_torch_fast.py" pytest_torch_fast.log 300 \
+[ "${SKIP_GPU_TESTS:-0}" = 1 ] || step "pytest -m gpu tests/test_torch_fast.py" pytest_torch_fast.log 300 \
   env SG2V_REQUIRE_GPU=1 "$py" -P -m pytest -c "$repo/pyproject.toml" --rootdir "$repo" -m gpu -q -rs \
   -p no:cacheprovider "$repo/tests/test_torch_fast.py"
 
