@@ -146,8 +146,9 @@ def _load_torch(path: Path) -> Any:
     except pickle.UnpicklingError as e:
         unsafe = _unsafe_globals(path)
         if unsafe:
+            names = ", ".join(unsafe[:6]) + (", ..." if len(unsafe) > 6 else "")
             raise CheckpointError(
-                f"checkpoint {path} holds Python objects ({', '.join(unsafe[:3])}) besides tensors and "
+                f"checkpoint {path} holds Python objects ({names}) besides tensors and "
                 "containers; sg2v refuses to unpickle them: re-save it with sg2v.checkpoint.save_checkpoint"
             ) from None
         raise _corrupt(path, e) from None
@@ -161,7 +162,7 @@ def _unsafe_globals(path: Path) -> list[str]:
     if finder is None or not zipfile.is_zipfile(path):
         return []
     try:
-        return list(finder(str(path)))
+        return sorted(finder(str(path)))  # sorted: the message must not depend on set order
     except Exception:  # a damaged archive: report it as corrupt, not as unsafe
         return []
 
