@@ -230,13 +230,7 @@ def scatter_mean_pool(values, index, mask, num_segments: int, out=None, stream=N
     if not isinstance(num_segments, int) or num_segments < 1:
         raise KernelError(f"num_segments must be a positive int, got {num_segments!r}")
     _check_int32(values.shape + (num_segments,))
-    if out is None:
-        with cp.cuda.Device(dev):
-            out = cp.empty((b, num_segments, d), dtype=values.dtype)
-    else:
-        _check_array(cp, "out", out, 3, (values.dtype.name,), dev)
-        if tuple(out.shape) != (b, num_segments, d):
-            raise KernelError(f"out has shape {tuple(out.shape)}, expected {(b, num_segments, d)}")
+    out = _output(cp, out, (b, num_segments, d), values.dtype, dev)
     if b * num_segments * d == 0:
         return out
     dtypes = (values.dtype.name, index.dtype.name, mask.dtype.name)
@@ -245,6 +239,17 @@ def scatter_mean_pool(values, index, mask, num_segments: int, out=None, stream=N
         kernel = _function(cp, dev, "scatter_mean_pool", dtypes)
         kernel((_grid(b * num_segments),), (threads_for(d),),
                (values, index, mask, i32(b), i32(n), i32(num_segments), i32(d), out))
+    return out
+
+
+def _output(cp, out, shape: tuple[int, ...], dtype, dev: int):
+    """`out` checked against (shape, dtype, device), or a new array of that kind when `out` is None."""
+    if out is None:
+        with cp.cuda.Device(dev):
+            return cp.empty(shape, dtype=dtype)
+    _check_array(cp, "out", out, len(shape), (np.dtype(dtype).name,), dev)
+    if tuple(out.shape) != shape:
+        raise KernelError(f"out has shape {tuple(out.shape)}, expected {shape}")
     return out
 
 
@@ -266,13 +271,7 @@ def gather_concat(obj_vecs, pred_vecs, triples, out=None, stream=None):
                           f"{tuple(triples.shape)} must be (B, T, 3) with B = {b} from obj_vecs")
     width = 2 * d_obj + d_pred
     _check_int32((b, o, t, width))
-    if out is None:
-        with cp.cuda.Device(dev):
-            out = cp.empty((b, t, width), dtype=obj_vecs.dtype)
-    else:
-        _check_array(cp, "out", out, 3, (obj_vecs.dtype.name,), dev)
-        if tuple(out.shape) != (b, t, width):
-            raise KernelError(f"out has shape {tuple(out.shape)}, expected {(b, t, width)}")
+    out = _output(cp, out, (b, t, width), obj_vecs.dtype, dev)
     if b * t * width == 0:
         return out
     i32 = np.int32

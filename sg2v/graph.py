@@ -162,6 +162,16 @@ def _read_source(source: Any) -> tuple[Any, str]:
     raise GraphError(f"graph source must be a dict, JSON text, bytes or a path, got {type(source).__name__}")
 
 
+def _lookup(where: str, kind: str, name: str, reserved: str, table: dict[str, int], names, fix: str) -> int:
+    """Vocabulary id of `name`, or a GraphError naming the place and the fix (closest names)."""
+    if name == reserved:
+        raise GraphError(f"{where}: {reserved!r} is added by sg2v itself; {fix}")
+    idx = table.get(name)
+    if idx is None:
+        raise GraphError(f"{where}: {kind} {_show(name)} not in vocabulary{_suggest(name, names)}")
+    return idx
+
+
 def _suggest(name: str, known: Sequence[str]) -> str:
     """Closest known names (difflib ratio, case-insensitive) as a "did you mean" clause."""
     lowered: dict[str, str] = {}
@@ -223,13 +233,8 @@ def _validate(data: Any, vocab: Vocab, where: str, max_objects: int | None,
         w = f"{w_objs}[{i}]"
         if not isinstance(name, str):
             raise GraphError(f"{w}: expected an object name (string), got {_show(name)}")
-        if name == IMAGE_OBJECT:
-            raise GraphError(f"{w}: {IMAGE_OBJECT!r} is added by sg2v itself; remove it from the graph")
-        idx = vocab.object_name_to_idx.get(name)
-        if idx is None:
-            hint = _suggest(name, vocab.object_names)
-            raise GraphError(f"{w}: object {_show(name)} not in vocabulary{hint}")
-        objs[i] = idx
+        objs[i] = _lookup(w, "object", name, IMAGE_OBJECT, vocab.object_name_to_idx, vocab.object_names,
+                          "remove it from the graph")
     objs[n] = vocab.object_name_to_idx[IMAGE_OBJECT]
 
     w_rels = _join(where, "relationships")
@@ -256,12 +261,8 @@ def _validate(data: Any, vocab: Vocab, where: str, max_objects: int | None,
         s, o = int(s), int(o)
         if not isinstance(pred, str):
             raise GraphError(f"{w}: predicate must be a string, got {_show(pred)}")
-        if pred == IN_IMAGE_PRED:
-            raise GraphError(f"{w}: {IN_IMAGE_PRED!r} is added by sg2v itself; remove this relationship")
-        p = vocab.pred_name_to_idx.get(pred)
-        if p is None:
-            hint = _suggest(pred, vocab.pred_names)
-            raise GraphError(f"{w}: predicate {_show(pred)} not in vocabulary{hint}")
+        p = _lookup(w, "predicate", pred, IN_IMAGE_PRED, vocab.pred_name_to_idx, vocab.pred_names,
+                    "remove this relationship")
         if s == o:
             raise GraphError(f"{w}: object {s} is related to itself; a relationship joins two different "
                              "objects")
