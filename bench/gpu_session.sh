@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Everything a GPU session checks, in one device call (about 8-10 minutes on an H100): bench/gpu_check.sh (CMake
 # build + ctest, every GPU test with skips as failures, the scatter-pool benchmark), then bench/run_gpu_bench.sh
-# (sg2v-bench over every backend on a random-weight `small` bundle; its GPU tests already ran). Run from the
+# (sg2v-bench over every backend on the shipped demo bundle models/demo; its GPU tests already ran). Run from the
 # repository root; nothing is installed. The device tool returns at most 8 files from $OUT, so this leaves
-# exactly: summary.txt, scatter_pool.md, scatter_pool.json, bench_small.md, bench_small.json, logs.tar.gz.
+# exactly: summary.txt, scatter_pool.md, scatter_pool.json, bench_demo.md, bench_demo.json, logs.tar.gz.
 #   OUT=$OUT bash bench/gpu_session.sh        # then paste the two .md tables into bench/RESULTS.md
 set -u
 cd "$(dirname "$0")/.."

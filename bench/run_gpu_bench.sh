@@ -2,8 +2,8 @@
 # sg2v-bench on a CUDA GPU machine (issue 6), run from anywhere; needs python3 with torch (+ triton for the
 # torch.compile row), onnx, onnxscript, onnxruntime and safetensors; no network, nothing installed.
 #   1. the GPU tests of sg2v.torch_fast (graph replay and torch.compile against eager fp32) must pass first
-#   2. for each size in $SIZES (default "small"): export a random-weight bundle of that size (or use $BUNDLE),
-#      then sg2v-bench over every backend available there (torch-cpu baseline, ort-cpu, torch-cuda eager fp32,
+#   2. on $BUNDLE (default: the shipped demo bundle models/demo, reported as "demo"; with BUNDLE=random, a
+#      random-weight bundle of each size in $SIZES, default "small", exported first), sg2v-bench over every backend available there (torch-cpu baseline, ort-cpu, torch-cuda eager fp32,
 #      torch-cuda-compile-fp16, torch-cuda-fast; trt / ort-gpu when importable)
 # Writes under $OUT (default ./gpu_bench_out): summary.txt, one log per step, bench_<size>.json and
 # bench_<size>.md (the table for bench/RESULTS.md). Extra sg2v-bench options: $BENCH_ARGS (e.g. "--repeats 10");
@@ -21,6 +21,12 @@ device_info
   env SG2V_REQUIRE_GPU=1 "$py" -P -m pytest -c "$repo/pyproject.toml" --rootdir "$repo" -m gpu -q -rs \
   -p no:cacheprovider "$repo/tests/test_torch_fast.py"
 
+if [ -z "${BUNDLE:-}" ] && [ -f models/demo/manifest.json ]; then
+  BUNDLE=$(pwd)/models/demo
+  sizes=demo
+elif [ "${BUNDLE:-}" = random ]; then
+  BUNDLE=
+fi
 work=$(mktemp -d)
 for size in $sizes; do
   bundle=${BUNDLE:-$work/bundle_$size}

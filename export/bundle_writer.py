@@ -103,7 +103,8 @@ def exporting_versions() -> dict[str, str]:
 
 def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset: int, root: Path,
                    parity: dict[str, Any], trt_op_check: dict[str, Any], source_checkpoint: dict[str, Any],
-                   stage_extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                   stage_extra: dict[str, dict[str, Any]] | None = None,
+                   weight_storage: str = "fp32") -> dict[str, Any]:
     """The manifest dict (every key of ARCHITECTURE.md "Bundle"), hashing the files already under `root`."""
     shapes = spec.shapes(cfg.data, cfg.encoder)
     io = spec.stage_io(shapes)
@@ -120,6 +121,7 @@ def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset:
                              "guidance": d.default_guidance, "guidance_rescale": d.default_guidance_rescale},
         "shapes": shapes,
         "precision": precision,
+        "weight_storage": weight_storage,  # fp16: initializers stored as float16 behind a Cast to float32
         "pooling": pooling,
         "opset": opset,
         "stages": stages,

@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bundle", help="bundle folder to write (replaced atomically)")
     p.add_argument("--precision", choices=spec.PRECISIONS, default="fp32",
                    help="compute precision set in the graphs (I/O stays float32; norms, softmax stay fp32)")
+    p.add_argument("--weights", choices=["fp32", "fp16"], default="fp32",
+                   help="storage of the weights in the bundle: fp16 halves its size (the model is rounded to "
+                        "float16 weights before export, so parity and quality describe what ships); compute "
+                        "stays as --precision says")
     p.add_argument("--pooling", choices=spec.POOLINGS, default="portable",
                    help="encoder pooling: standard ops (one-hot MatMul) or the sg2v::ScatterMeanPool plugin")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..20")
@@ -48,8 +52,8 @@ def _size(n: int) -> str:
 def summary(result) -> str:
     """Files and sizes, parity per stage, op check verdict: what the CLI prints after an export."""
     m = result.manifest
-    lines = [f"wrote bundle {result.path} ({m['precision']}, pooling {m['pooling']}, opset {m['opset']}) "
-             f"in {result.seconds:.1f}s"]
+    lines = [f"wrote bundle {result.path} ({m['precision']}, {m.get('weight_storage', 'fp32')} weights, "
+             f"pooling {m['pooling']}, opset {m['opset']}) in {result.seconds:.1f}s"]
     if result.reused:
         lines.append(f"reused stages: {', '.join(result.reused)}")
     for rel, info in m["files"].items():
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
         result = export_bundle(
             args.ckpt, out, precision=args.precision, pooling=args.pooling, opset=args.opset,
-            include_weights=args.include_weights, ema=not args.no_ema, strict_trt=args.strict_trt,
+            include_weights=args.include_weights, weights=args.weights, ema=not args.no_ema,
+            strict_trt=args.strict_trt,
             allow_parity_failure=args.allow_parity_failure, force=args.force, trt_target=args.trt_target,
             seed=args.seed, log=print,
         )

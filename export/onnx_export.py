@@ -310,6 +310,57 @@ def fp32_islands(model: Any) -> list[str]:
             if n.op_type in watched and types.get(n.input[0]) != onnx.TensorProto.FLOAT]
 
 
+WEIGHT_STORAGES = ("fp32", "fp16")
+FP16_STORE_MIN_ELEMENTS = 64  # smaller float constants (epsilons, scales, mask bias) stay float32
+
+
+def round_weights_fp16(model: nn.Module) -> None:
+    """Round every floating parameter and buffer of `model` to the nearest float16, in place (kept float32).
+
+    Done before tracing when the bundle stores fp16 weights, so the graph's float32 values are exactly the
+    stored float16 ones and parity, quality and the torch reference all describe the weights that ship.
+    """
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+
+
+def store_weights_fp16(model: Any, min_elements: int = FP16_STORE_MIN_ELEMENTS) -> int:
+    """Store float32 initializers of >= `min_elements` as float16, each behind a Cast back to float32.
+
+    Halves the file; the compute precision is unchanged (ONNX Runtime and TensorRT fold the Cast of a constant
+    at load). Values must already be float16-representable (`round_weights_fp16`): a value that is not is
+    refused rather than silently rounded. Returns the number of initializers converted.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    g = model.graph
+    casts, kept, converted = [], [], 0
+    for init in g.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+            kept.append(init)
+            continue
+        arr = numpy_helper.to_array(init)
+        half = arr.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), arr):
+            raise ExportError(f"initializer {init.name} is not float16-representable; round the model's "
+                              "weights first (round_weights_fp16)")
+        stored = f"{init.name}__fp16"
+        kept.append(numpy_helper.from_array(half, stored))
+        casts.append(onnx.helper.make_node("Cast", [stored], [init.name], name=f"{init.name}__to_fp32",
+                                           to=onnx.TensorProto.FLOAT))
+        converted += 1
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(casts + nodes)  # Casts first: the graph stays topologically sorted
+    onnx.checker.check_model(model)
+    return converted
+
+
 # ------------------------------------------------------------------------------------------------- parity
 
 def run_ort(model_bytes: bytes, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -411,6 +462,7 @@ def export_bundle(
     trt_target: str = "10.3",
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    weights: str = "fp32",
 ) -> ExportResult:
     """Export checkpoint `ckpt` to the bundle folder `out` (ARCHITECTURE.md "Bundle"), checking each graph."""
     say = log or (lambda s: None)
@@ -422,10 +474,14 @@ def export_bundle(
     if not OPSET_RANGE[0] <= int(opset) <= OPSET_RANGE[1]:
         raise ExportError(f"--opset {opset}: choose {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (17 has "
                           "LayerNormalization; TensorRT 10.3 parses up to 20)")
+    if weights not in WEIGHT_STORAGES:
+        raise ExportError(f"--weights {weights!r}: choose one of {list(WEIGHT_STORAGES)}")
     opset = int(opset)
     out = Path(out)
     old = bundle_writer.check_output(out, force=force)
     model, cfg, vocab, source = load_for_export(ckpt, ema)
+    if weights == "fp16":
+        round_weights_fp16(model)
     rng = np.random.default_rng(seed)
     enc_feeds = random_graph_feeds(vocab, cfg.data, rng, PARITY_TRIALS)
     unet_feeds = _unet_feeds(model, enc_feeds, cfg, rng)
@@ -438,6 +494,7 @@ def export_bundle(
     with bundle_writer.staging(out) as tmp:
         for stage in spec.STAGE_FILES:
             key = _cache_key(stage, source, precision, pooling, opset)
+            key["weights"] = weights
             stage_extra[stage] = {"cache_key": key}
             if _reusable(old, out, stage, key, tmp):
                 parity_report[stage] = old["parity"][stage]
@@ -457,6 +514,9 @@ def export_bundle(
                     f"{tol:g}), finite={par['finite']}; nothing was written. Pass --allow-parity-failure to "
                     "keep it anyway"
                 )
+            if weights == "fp16":
+                _store_fp16_checked(graph, stage, enc_feeds if stage == spec.ENCODER_STAGE else unet_feeds,
+                                    runnable=stage != spec.ENCODER_STAGE or pooling == "portable")
             report = check_model(graph, target=trt_target)
             op_reports[stage] = report
             if strict_trt and not report["ok"]:
@@ -478,10 +538,11 @@ def export_bundle(
             first = unsupported[0]
             raise ExportError(f"--strict-trt: {len(unsupported)} node(s) TensorRT {trt_target} cannot parse, "
                               f"e.g. {first['stage']}: {first['op']} ({first['reason']}); nothing written")
-        _write_arrays(tmp, model, include_weights)
+        _write_arrays(tmp, model, include_weights, weights)
         manifest = bundle_writer.build_manifest(
             cfg=cfg, vocab=vocab, precision=precision, pooling=pooling, opset=opset, root=tmp,
             parity=parity_report, trt_op_check=trt, source_checkpoint=source, stage_extra=stage_extra,
+            weight_storage=weights,
         )
         bundle_writer.write_manifest(tmp, manifest)
     return ExportResult(out, manifest, reused, time.perf_counter() - t0)
@@ -524,6 +585,20 @@ def _export_unet(model, precision, opset, feeds, tol):
     return graph, parity(got, reference, tol, "unet.onnx on ONNX Runtime CPU vs PyTorch float32")
 
 
+def _store_fp16_checked(graph: Any, stage: str, feeds: list[dict[str, np.ndarray]], runnable: bool) -> None:
+    """`store_weights_fp16` on a stage's graph, checking on ONNX Runtime that its outputs did not move."""
+    before = run_ort(graph.SerializeToString(), feeds) if runnable else None
+    n = store_weights_fp16(graph)
+    if before is None:  # the plugin encoder: its portable twin's weights were checked the same way
+        return
+    after = run_ort(graph.SerializeToString(), feeds)
+    for b, a in zip(before, after):
+        for name in b:
+            if not np.allclose(a[name], b[name], rtol=1e-5, atol=1e-6):
+                raise ExportError(f"{stage}: storing {n} weights as float16 changed ONNX Runtime's output "
+                                  f"{name!r}; nothing was written")
+
+
 def _check_precision(graph: Any, precision: str, stage: str) -> None:
     bad = fp32_islands(graph)
     if bad:
@@ -534,14 +609,16 @@ def _check_precision(graph: Any, precision: str, stage: str) -> None:
         raise ExportError(f"{stage} graph I/O is {sig}; graph I/O stays float32/int64 in every precision")
 
 
-def _write_arrays(root: Path, model: nn.Module, include_weights: bool) -> None:
+def _write_arrays(root: Path, model: nn.Module, include_weights: bool, weights: str = "fp32") -> None:
     ctx, mask = null_context_arrays(model)
     np.save(root / spec.NULL_CONTEXT, ctx)
     np.save(root / spec.NULL_CONTEXT_MASK, mask)
-    weights = {k: v.detach().float().cpu().numpy() for k, v in model.encoder.state_dict().items()}
-    np.savez(root / spec.ENCODER_WEIGHTS, **weights)
+    arrays = {k: v.detach().float().cpu().numpy() for k, v in model.encoder.state_dict().items()}
+    np.savez(root / spec.ENCODER_WEIGHTS, **arrays)
     if include_weights:
         from safetensors.torch import save_file
 
-        state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+        dtype = torch.float16 if weights == "fp16" else torch.float32  # exact: the model was rounded
+        state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
+                 for k, v in model.state_dict().items()}
         save_file(state, str(root / spec.MODEL_WEIGHTS), metadata={"format": "sg2v SG2V state dict"})

@@ -62,6 +62,7 @@ class UNetConfig:
     """Temporal UNet in pixel space; frames folded into the batch."""
 
     base_channels: int = 64
+    patch_size: int = 1  # pixels per side folded into channels before conv_in (and unfolded after conv_out)
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
     attention_levels: tuple[int, ...] = (1, 2)  # levels (0 = full res) with spatial transformers
@@ -74,10 +75,16 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """v-prediction on a cosine schedule rescaled to zero terminal SNR (Lin et al. 2023)."""
+    """v-prediction on a cosine schedule rescaled to zero terminal SNR (Lin et al. 2023).
+
+    `prediction` is what the network's last layer predicts; the UNet's output is always v. "x0": the layers
+    predict the clean video and the UNet converts it to v with the schedule (x-prediction, which large-patch
+    pixel models need, Li & He 2025: a patch's noise cannot pass through fewer channels than it has values,
+    the clean video can), trained with the v-loss capped at X0_LOSS_WEIGHT_CAP times the x0 error.
+    """
 
     num_train_timesteps: int = 1000
-    prediction: str = "v"
+    prediction: str = "v"  # "v" or "x0"
     schedule: str = "cosine_zsnr"
     cond_drop_prob: float = 0.15  # classifier-free guidance: graph replaced by the null context
     default_steps: int = 8
@@ -174,13 +181,15 @@ def _tiny() -> ModelConfig:
 
 
 def _small() -> ModelConfig:
-    """The demo model: 16 x 32 x 32, sized for the 2-core CPU runtime target."""
+    """The demo model: 16 x 64 x 64 video, UNet on an 8 x 8 grid of 8 x 8-pixel patches, sized for the 2-core
+    CPU runtime target (about 4 GFLOP per guided step) and for training on that CPU in under two hours."""
     return ModelConfig(
         name="small",
-        data=DataConfig(frames=16, height=32, width=32),
+        data=DataConfig(frames=16, height=64, width=64),
         encoder=EncoderConfig(embed_dim=64, hidden_dim=128, num_layers=3, context_dim=128),
-        unet=UNetConfig(base_channels=32, channel_mult=(1, 2, 4), attention_levels=(1, 2), num_heads=4,
-                        norm_groups=8),
+        unet=UNetConfig(base_channels=48, patch_size=8, channel_mult=(1, 2, 2), attention_levels=(0, 1, 2),
+                        num_heads=4, norm_groups=8),
+        diffusion=DiffusionConfig(prediction="x0"),
     )
 
 

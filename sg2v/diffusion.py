@@ -17,12 +17,25 @@ from sg2v.schedule import make_alphas_cumprod
 
 def alphas_cumprod_tensor(dcfg: DiffusionConfig, device: torch.device | str | None = None) -> torch.Tensor:
     """The schedule of `dcfg` as a float64 tensor (T,); callers index it, then cast."""
-    if dcfg.prediction != "v":
-        raise ConfigError(f"diffusion.prediction = {dcfg.prediction!r}; this version trains only 'v'")
+    if dcfg.prediction not in PREDICTIONS:
+        raise ConfigError(f"diffusion.prediction = {dcfg.prediction!r}; choose one of {list(PREDICTIONS)}")
     return torch.from_numpy(make_alphas_cumprod(dcfg.num_train_timesteps, dcfg.schedule)).to(device)
 
 
 Tensor = torch.Tensor
+PREDICTIONS = ("v", "x0")
+X0_LOSS_WEIGHT_CAP = 10.0  # x0-parameterised models: loss weight min(SNR + 1, cap) on the x0 error
+
+
+def x0_loss_weight(alphas_cumprod: Tensor, t: Tensor, cap: float = X0_LOSS_WEIGHT_CAP) -> Tensor:
+    """Factor on the v-MSE of an x0-parameterised model: min(SNR + 1, cap) / (SNR + 1), (B,).
+
+    The v-MSE of a model whose layers predict x0 is (SNR + 1) x the x0-MSE: unbounded as t -> 0, where the
+    few lowest-noise samples would dominate every batch. This caps the x0 weight at `cap` (1 at high noise).
+    """
+    ac = alphas_cumprod.to(t.device)[t.long()]  # (B,)
+    snr_p1 = 1.0 / (1.0 - ac).clamp_min(1e-20)  # SNR + 1 = 1 / (1 - a)
+    return (snr_p1.clamp_max(cap) / snr_p1).float()
 
 
 def _scales(alphas_cumprod: Tensor, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,6 +101,8 @@ def diffusion_loss(
     v = model(x_t, t.to(torch.float32), context, context_mask)
     err = (v.float() - v_target(x0, t, noise, ac).float()) ** 2
     per_sample = err.reshape(b, -1).mean(dim=1)  # (B,)
+    if dcfg.prediction == "x0":
+        per_sample = per_sample * x0_loss_weight(ac, t)
     if min_snr_gamma is not None:
         per_sample = per_sample * min_snr_weight(ac, t, float(min_snr_gamma))
     return per_sample.mean()

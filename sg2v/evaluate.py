@@ -18,14 +18,13 @@ import torch
 
 from sg2v.config import ModelConfig
 from sg2v.graph import SceneGraph, pad_graphs, parse_graph
+from sg2v.quality import METRIC_KEYS, false_presence, format_table, heldout_graphs, score_videos
 from sg2v.sampling import cfg_denoiser, get_sampler
 from sg2v.schedule import make_alphas_cumprod, timesteps
-from sg2v.shapes import COLOR_NAMES, SHAPES, ShapesDataset, score_batch, score_video
-from sg2v.shapes.world import graph_parts, split_name
 from sg2v.video import unit_to_frames
 
-METRIC_KEYS = ("presence", "false_presence", "relation_accuracy", "shape_accuracy", "stability")
-
+__all__ = ["METRIC_KEYS", "evaluate", "false_presence", "format_table", "heldout_graphs", "initial_noise",
+           "sample_videos"]
 
 def initial_noise(cfg: ModelConfig, seeds: Sequence[int]) -> np.ndarray:
     """x_T for each seed, stacked: (B, F, C, H, W) float32 (the runtime draws the same per seed)."""
@@ -79,33 +78,6 @@ def sample_videos(model: torch.nn.Module, graphs: Sequence[Any], steps: int = 8,
         model.train(was_training)
 
 
-def heldout_graphs(cfg: ModelConfig, n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """The first `n` graphs of the shapes world's held-out split (disjoint from the training stream)."""
-    d = cfg.data
-    ds = ShapesDataset(seed=seed, length=n, split="heldout", frames=d.frames, height=d.height, width=d.width,
-                       max_objects=d.max_objects, max_relationships=d.max_relationships)
-    return [ds[i].graph for i in range(n)]
-
-
-def false_presence(videos: Sequence[np.ndarray], graphs: Sequence[Any]) -> float:
-    """Fraction of palette colors absent from a video's graph that the oracle nevertheless finds present.
-
-    Presence counts a color only where it forms one object-sized blob, so noise mostly scores none; asking the
-    same oracle about the colors the graph does not have catches the rest: objects drawn that were not asked
-    for (a clean, faithful video shows none).
-    """
-    hits = total = 0
-    for video, graph in zip(videos, graphs):
-        used = {split_name(name)[0] for name in graph_parts(graph)[0]}
-        absent = [c for c in COLOR_NAMES if c not in used]
-        if not absent:
-            continue
-        report = score_video(video, {"objects": [f"{c} {SHAPES[0]}" for c in absent], "relationships": []})
-        hits += sum(o.present for o in report.objects)
-        total += len(absent)
-    return hits / total if total else 0.0
-
-
 def evaluate(model: torch.nn.Module, cfg: ModelConfig, vocab: Any, n: int = 16, steps: int = 8,
              guidance: float = 3.0, sampler: str = "dpmpp2m", seed: int = 0,
              contact_sheet: str | os.PathLike | None = None, batch: int = 16) -> dict[str, Any]:
@@ -115,9 +87,7 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, vocab: Any, n: int = 16, 
         sample_videos(model, graphs[i:i + batch], steps, guidance, sampler, seed + i, cfg=cfg, vocab=vocab)
         for i in range(0, n, batch)
     ])  # (n, F, H, W, C)
-    report = score_batch(list(videos), graphs)
-    out = {k: getattr(report, k) for k in METRIC_KEYS if k != "false_presence"}
-    out["false_presence"] = false_presence(videos, graphs)
+    out = score_videos(videos, graphs)
     out.update(n=n, steps=int(steps), guidance=float(guidance), sampler=sampler, seed=int(seed))
     if contact_sheet is not None:
         from sg2v.video import write_contact_sheet
@@ -127,16 +97,3 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, vocab: Any, n: int = 16, 
         write_contact_sheet(Path(contact_sheet), shown.reshape(k * f, h, w, c), cols=f,
                             scale=max(1, 64 // max(h, w)))
     return out
-
-
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A plain-text table of evaluation rows (one per sampler step count)."""
-    cols = ("steps", *METRIC_KEYS)
-    lines = ["  ".join(f"{c:>17}" for c in cols)]
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c)
-            cells.append(f"{v:>17}" if isinstance(v, int) else f"{'n/a' if v is None else f'{v:.3f}':>17}")
-        lines.append("  ".join(cells))
-    return "\n".join(lines)

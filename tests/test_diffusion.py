@@ -202,3 +202,16 @@ def test_loss_on_cuda_with_bf16_autocast():
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_x0_loss_weight_caps_the_x0_error_weight():
+    """v-MSE of an x0-model is (SNR + 1) x0-MSE; the factor turns that into min(SNR + 1, cap) x0-MSE."""
+    from sg2v.config import DiffusionConfig
+    from sg2v.diffusion import X0_LOSS_WEIGHT_CAP, x0_loss_weight
+
+    ac = alphas_cumprod_tensor(DiffusionConfig(prediction="x0"))
+    t = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(5))
+    w = x0_loss_weight(ac, t).double()
+    snr_p1 = 1.0 / (1.0 - ac[t])
+    assert torch.allclose(w * snr_p1, snr_p1.clamp_max(X0_LOSS_WEIGHT_CAP), rtol=1e-6)
+    assert x0_loss_weight(ac, torch.tensor([999])).item() == 1.0  # pure noise: plain x0 error

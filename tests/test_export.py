@@ -31,11 +31,13 @@ STEP = 7
 
 
 def _small_tiny():
-    """The `tiny` model with one UNet level and 2 frames of 8 x 8: every block type, few nodes to export."""
+    """The `tiny` model with one UNet level on 2 x 2 patches of 2 frames of 8 x 8, x0-parameterised: every block
+    type, the patch (un)shuffle and the x0 -> v conversion, few nodes to export."""
     cfg = model_config("tiny")
     data = dataclasses.replace(cfg.data, frames=2, height=8, width=8, max_objects=3, max_relationships=2)
-    unet = dataclasses.replace(cfg.unet, channel_mult=(1,), attention_levels=(0,))
-    return cfg.replace(data=data, unet=unet)
+    unet = dataclasses.replace(cfg.unet, channel_mult=(1,), attention_levels=(0,), patch_size=2)
+    diffusion = dataclasses.replace(cfg.diffusion, prediction="x0")  # the x0 -> v conversion is in the graph
+    return cfg.replace(data=data, unet=unet, diffusion=diffusion)
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +225,59 @@ def test_fp16_export_keeps_io_float32_and_norms_float32(ckpt, tmp_path):
     with torch.no_grad():
         ref = ckpt["model"].encoder(*(torch.from_numpy(feeds[k]) for k in spec.ENCODER_INPUTS))[0].numpy()
     assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max()
+
+
+def test_fp16_weight_storage_halves_the_bundle_and_keeps_fp32_parity(ckpt, bundle, tmp_path):
+    """--weights fp16: initializers float16 behind Casts, half the bytes, and the graphs compute exactly what
+    the fp16-rounded model computes in float32 (the torch reference backend gets the same weights)."""
+    out = tmp_path / "w16"
+    result = ox.export_bundle(ckpt["path"], out, weights="fp16", include_weights=True)
+    m = result.manifest
+    assert m["weight_storage"] == "fp16" and m["precision"] == "fp32"
+    assert all(p["ok"] for p in m["parity"].values())
+    old = bundle["result"].manifest["files"]
+    # This toy model has many small float32 constants and graph overhead; the demo's unet.onnx is 0.5x.
+    for rel, ratio in ((spec.UNET_ONNX, 0.75), (spec.MODEL_WEIGHTS, 0.6)):
+        assert m["files"][rel]["bytes"] < ratio * old[rel]["bytes"], rel
+    graph = onnx.load(str(out / spec.UNET_ONNX))
+    big = [i for i in graph.graph.initializer if int(np.prod(i.dims)) >= ox.FP16_STORE_MIN_ELEMENTS]
+    assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big)
+    assert sum(n.op_type == "Cast" and n.name.endswith("__to_fp32") for n in graph.graph.node) == len(big)
+    rounded = build_model(ckpt["cfg"])
+    rounded.load_state_dict(ckpt["ema"].state_dict())
+    ox.round_weights_fp16(rounded)
+    rng = np.random.default_rng(77)
+    feeds = ox._unet_feeds(rounded, ox.random_graph_feeds(shapes_vocab(), ckpt["cfg"].data, rng, 1),
+                           ckpt["cfg"], rng)[0]
+    got = _session(out / spec.UNET_ONNX).run(None, feeds)[0]
+    with torch.no_grad():
+        want = rounded.eval().unet(*(torch.from_numpy(feeds[k]) for k in spec.UNET_INPUTS)).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    from safetensors.torch import load_file
+
+    state = load_file(str(out / spec.MODEL_WEIGHTS))
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    from sg2v.runtime import Pipeline
+
+    frames_ort = Pipeline.from_bundle(out, backend="ort")(_demo_graph(), seed=5, steps=2)
+    frames_torch = Pipeline.from_bundle(out, backend="torch")(_demo_graph(), seed=5, steps=2)
+    assert np.abs(frames_ort.astype(int) - frames_torch.astype(int)).max() <= 2
+
+
+def _demo_graph():
+    return {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}
+
+
+def test_store_weights_fp16_refuses_unrounded_values():
+    from onnx import helper, numpy_helper
+
+    w = np.full((8, 8), 0.1, np.float32)  # 0.1 is not a float16 value
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8])],
+                          [numpy_helper.from_array(w, "w")])
+    with pytest.raises(ox.ExportError, match="float16-representable"):
+        ox.store_weights_fp16(helper.make_model(g))
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -10,7 +10,16 @@ import torch
 from torch import nn
 
 from sg2v.config import ConfigError, model_config
-from sg2v.models.unet import Attention, TemporalAttention, TemporalConv, TemporalUNet, TokenNorm, unet_flops
+from sg2v.models.unet import (
+    Attention,
+    TemporalAttention,
+    TemporalConv,
+    TemporalUNet,
+    TokenNorm,
+    pixel_shuffle,
+    pixel_unshuffle,
+    unet_flops,
+)
 
 CFG = model_config("tiny")
 D = CFG.data
@@ -141,6 +150,56 @@ def test_attention_and_norm_match_torch_reference():
         norm.weight.normal_(generator=g)
         norm.bias.normal_(generator=g)
         torch.testing.assert_close(norm(x), nn.functional.layer_norm(x, (16,), norm.weight, norm.bias))
+
+
+@pytest.mark.parametrize("p", [2, 4])
+def test_pixel_unshuffle_matches_torch_and_inverts(p):
+    x = torch.randn(3, 3, 4 * p, 2 * p, generator=torch.Generator().manual_seed(p))
+    y = pixel_unshuffle(x, p)
+    assert torch.equal(y, nn.functional.pixel_unshuffle(x, p))
+    assert torch.equal(pixel_shuffle(y, p), x)
+    assert torch.equal(pixel_shuffle(y, p), nn.functional.pixel_shuffle(y, p))
+
+
+def test_patched_unet_sees_every_pixel_and_checks_its_size():
+    """patch_size 2: the UNet runs on an 8 x 8 grid, output is full size, and each output pixel depends on
+    the input pixels of its own patch (a gradient through one output pixel reaches its patch's 4 pixels)."""
+    net = make_unet(patch_size=2)
+    randomize_zero_params(net)
+    assert net.conv_in.in_channels == 3 * 4 and net.conv_out.out_channels == 3 * 4
+    x, t, ctx, mask = inputs(2, seed=3)
+    x.requires_grad_(True)
+    v = net(x, t, ctx, mask)
+    assert v.shape == x.shape and torch.isfinite(v).all()
+    v[0, 1, 2, 5, 6].backward()
+    g = x.grad[0, 1].abs().sum(0)  # (H, W)
+    assert (g[4:6, 6:8] > 0).all()  # the 2 x 2 patch holding pixel (5, 6)
+    assert unet_flops(CFG.replace(unet=dataclasses.replace(CFG.unet, patch_size=2))) < unet_flops(CFG) / 2
+    with pytest.raises(ConfigError, match="patch_size"):
+        TemporalUNet(dataclasses.replace(CFG.unet, patch_size=3), D, CTX)  # 16 is not divisible by 2 * 3
+    with pytest.raises(ConfigError, match="patch_size"):
+        TemporalUNet(dataclasses.replace(CFG.unet, patch_size=0), D, CTX)
+
+
+def test_x0_parameterised_unet_outputs_v_of_its_x0():
+    """prediction "x0": the layers' output is x0 and the UNet returns v = (sqrt(a_t) x_t - x0) / sqrt(1 - a_t)
+    with a_t from the schedule at the integer timestep; the weights are the same as a v-model's."""
+    from sg2v.diffusion import alphas_cumprod_tensor
+
+    ac = alphas_cumprod_tensor(CFG.diffusion)
+    plain = make_unet(seed=3)
+    randomize_zero_params(plain)
+    torch.manual_seed(3)
+    x0net = TemporalUNet(CFG.unet, D, CTX, x0_alphas_cumprod=ac).eval()
+    x0net.load_state_dict(plain.state_dict())  # strict: the schedule buffers are not in the state dict
+    x, t, ctx, mask = inputs(2, seed=8)
+    t = torch.tensor([7.0, 991.0])
+    with torch.no_grad():
+        inner = plain(x, t, ctx, mask).double()  # what the layers predict: x0
+        got = x0net(x, t, ctx, mask).double()
+    a = ac[t.long()].reshape(2, 1, 1, 1, 1)
+    want = (a.sqrt() * x.double() - inner) / (1 - a).sqrt()
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
 def test_unet_flops_match_hand_count():

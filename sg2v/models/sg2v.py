@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sg2v.config import ModelConfig
+from sg2v.config import ConfigError, ModelConfig
 from sg2v.models.encoder import SGEncoder
 from sg2v.models.unet import TemporalUNet, count_parameters
 
@@ -24,7 +24,14 @@ class SG2V(nn.Module):
         d = cfg.encoder.context_dim
         tokens = cfg.data.context_tokens
         self.encoder = SGEncoder(cfg.encoder, cfg.data)
-        self.unet = TemporalUNet(cfg.unet, cfg.data, d)
+        x0_ac = None
+        if cfg.diffusion.prediction == "x0":
+            from sg2v.diffusion import alphas_cumprod_tensor
+
+            x0_ac = alphas_cumprod_tensor(cfg.diffusion)
+        elif cfg.diffusion.prediction != "v":
+            raise ConfigError(f"diffusion.prediction = {cfg.diffusion.prediction!r}; choose 'v' or 'x0'")
+        self.unet = TemporalUNet(cfg.unet, cfg.data, d, x0_alphas_cumprod=x0_ac)
         # Learned global token, zeros elsewhere; the local slots are masked out, so they never get a gradient.
         null = torch.zeros(1, tokens, d)
         null[0, 0] = torch.randn(d)  # the encoder's global token is LayerNormed, so unit scale

@@ -215,9 +215,19 @@ class SinusoidalEmbedding(nn.Module):
 class TemporalUNet(nn.Module):
     """v-prediction UNet over (B, F, C, H, W) clips conditioned on graph tokens (ARCHITECTURE.md "UNet")."""
 
-    def __init__(self, ucfg: UNetConfig, data: DataConfig, context_dim: int):
+    def __init__(self, ucfg: UNetConfig, data: DataConfig, context_dim: int,
+                 x0_alphas_cumprod: torch.Tensor | None = None):
         super().__init__()
         _check_config(ucfg, data)
+        # x0-parameterised (DiffusionConfig.prediction == "x0"): the layers predict the clean clip and the
+        # output is converted to v = (sqrt(a_t) x_t - x0) / sqrt(1 - a_t) with the schedule's a_t, gathered
+        # by timestep. Non-persistent: rebuilt from the config, never stored in checkpoints.
+        self.x0_param = x0_alphas_cumprod is not None
+        if self.x0_param:
+            ac = torch.as_tensor(x0_alphas_cumprod, dtype=torch.float64)
+            self.register_buffer("sqrt_ac", ac.sqrt().float(), persistent=False)  # (T,)
+            self.register_buffer("inv_sqrt_1m_ac", (1.0 - ac).clamp_min(1e-12).rsqrt().float(),
+                                 persistent=False)  # (T,)
         self.ucfg, self.data = ucfg, data
         self.frames, self.channels = data.frames, data.channels
         self.height, self.width = data.height, data.width
@@ -231,7 +241,9 @@ class TemporalUNet(nn.Module):
         self.graph_embed = nn.Sequential(
             nn.Linear(context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
-        self.conv_in = nn.Conv2d(data.channels, base, 3, padding=1)
+        self.patch = ucfg.patch_size
+        patch_ch = data.channels * self.patch * self.patch
+        self.conv_in = nn.Conv2d(patch_ch, base, 3, padding=1)
 
         def temporal(ch: int) -> list[nn.Module]:
             layers: list[nn.Module] = []
@@ -273,7 +285,7 @@ class TemporalUNet(nn.Module):
                 self.up.append(block(ch + skips.pop(), base * mult, level, post))
                 ch = base * mult
         self.norm_out = nn.GroupNorm(groups, ch)
-        self.conv_out = nn.Conv2d(ch, data.channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, patch_ch, 3, padding=1)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor
@@ -289,7 +301,7 @@ class TemporalUNet(nn.Module):
         emb = self.time_embed(t) + self.graph_embed(context[:, 0])  # (B, E)
         emb = emb[:, None, :].expand(b, f, self.emb_dim).reshape(b * f, self.emb_dim)  # (BF, E)
         bias = ((1.0 - context_mask.to(context.dtype)) * MASK_BIAS)[:, None, None, :]  # (B, 1, 1, L)
-        h = self.conv_in(h)
+        h = self.conv_in(pixel_unshuffle(h, self.patch))  # (BF, base, H/p, W/p)
         hs = [h]
         for blk in self.down:
             h = blk(h, emb, context, bias)
@@ -297,8 +309,33 @@ class TemporalUNet(nn.Module):
         h = self.middle(h, emb, context, bias)
         for blk in self.up:
             h = blk(torch.cat([h, hs.pop()], dim=1), emb, context, bias)
-        h = self.conv_out(F.silu(self.norm_out(h)))  # (BF, C, H, W)
-        return h.reshape(b, f, c, hh, ww)
+        h = pixel_shuffle(self.conv_out(F.silu(self.norm_out(h))), self.patch)  # (BF, C, H, W)
+        out = h.reshape(b, f, c, hh, ww)
+        if self.x0_param:  # out is x0: v = (sqrt(a_t) x_t - x0) / sqrt(1 - a_t)
+            ti = t.long()  # the integer timestep (truncation, as the ONNX Cast)
+            sa = self.sqrt_ac[ti].to(x.dtype).reshape(b, 1, 1, 1, 1)
+            inv = self.inv_sqrt_1m_ac[ti].to(x.dtype).reshape(b, 1, 1, 1, 1)
+            out = (sa * x - out) * inv
+        return out
+
+
+def pixel_unshuffle(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C*p*p, H/p, W/p), channel index c*p*p + dy*p + dx, as Reshape + Transpose."""
+    if p == 1:
+        return x
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4)  # (N, C, p, p, H/p, W/p)
+    return x.reshape(n, c * p * p, h // p, w // p)
+
+
+def pixel_shuffle(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Inverse of `pixel_unshuffle`: (N, C*p*p, h, w) -> (N, C, h*p, w*p)."""
+    if p == 1:
+        return x
+    n, cpp, h, w = x.shape
+    c = cpp // (p * p)
+    x = x.reshape(n, c, p, p, h, w).permute(0, 1, 4, 2, 5, 3)  # (N, C, h, p, w, p)
+    return x.reshape(n, c, h * p, w * p)
 
 
 def _check_config(u: UNetConfig, d: DataConfig) -> None:
@@ -314,11 +351,14 @@ def _check_config(u: UNetConfig, d: DataConfig) -> None:
                 f"unet channels {ch} (base_channels x {m}) must be divisible by norm_groups={u.norm_groups} "
                 f"and num_heads={u.num_heads}; change base_channels"
             )
-    scale = 2 ** (levels - 1)
+    if u.patch_size < 1:
+        raise ConfigError(f"unet.patch_size = {u.patch_size}; use >= 1 (1: no patching)")
+    scale = 2 ** (levels - 1) * u.patch_size
     if d.height % scale or d.width % scale:
         raise ConfigError(
             f"data.height x width = {d.height} x {d.width} must be divisible by {scale} "
-            f"(2 ** (levels - 1) for {levels} UNet levels); change the size or unet.channel_mult"
+            f"(2 ** (levels - 1) for {levels} UNet levels, times patch_size {u.patch_size}); change the "
+            "size, unet.channel_mult or unet.patch_size"
         )
     bad = [lv for lv in u.attention_levels if not 0 <= lv < levels]
     if bad:
