@@ -25,19 +25,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 25], help="sampler step counts")
     p.add_argument("--seed", type=int, default=0, help="held-out stream seed; graph i uses noise seed + i")
     p.add_argument("--guidance", type=float, default=None, help="guidance weight (None: the bundle's)")
-    p.add_argument("--backend", default="ort", choices=["auto", "ort", "trt", "torch"], help="runtime backend")
+    p.add_argument("--backend", default="ort", choices=["auto", "ort", "trt", "torch"],
+                   help="runtime backend")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (None: one per core)")
     p.add_argument("--json", default=None, help="write the rows as JSON here")
     p.add_argument("--table", default=None, help="write the markdown table here")
-    p.add_argument("--sheet", default=None, help="contact sheet PNG of the first 8 videos at the middle step count")
+    p.add_argument("--sheet", default=None,
+                   help="contact sheet PNG of the first 8 videos at the middle step count")
     args = p.parse_args(argv)
     if args.n < 1 or any(s < 1 for s in args.steps):
         p.error("--n and --steps must be positive")
 
+    from sg2v.runtime import Pipeline
+
     from sg2v.errors import Sg2vError
     from sg2v.io import atomic_write_text
     from sg2v.quality import evaluate_pipeline, format_markdown, format_table
-    from sg2v.runtime import Pipeline
 
     try:
         pipe = Pipeline.from_bundle(args.bundle, backend=args.backend, threads=args.threads)

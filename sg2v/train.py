@@ -74,6 +74,7 @@ class TrainConfig:
     out: str = "runs/sg2v"
     workers: int = 2  # DataLoader worker processes generating shapes-world samples
     init_encoder: str | None = None  # a pretrain checkpoint whose "encoder" initialises SG2V.encoder
+    init: str | None = None  # weights to fine-tune from: a checkpoint (its EMA) or a bundle with weights
     resume: str = "auto"  # "auto": out/last.pt when it exists; "never"; or a checkpoint path
     device: str = "auto"  # "auto", "cpu", "cuda"
     threads: int = 0  # torch CPU threads in the training process; 0 keeps torch's default
@@ -267,6 +268,34 @@ def load_init_encoder(model: torch.nn.Module, path: str) -> None:
     load_state_checked(model.encoder, ckpt["encoder"], path, "encoder")
 
 
+def load_init_weights(model: torch.nn.Module, path: str) -> None:
+    """Initialise the whole SG2V from `path` to fine-tune it (fresh optimizer, schedule and step count).
+
+    `path` is a checkpoint (`last.pt`, `model.pt`, an sg2v `.safetensors`: its EMA weights when stored, else
+    its raw ones) or a bundle folder exported with `--include-weights` (its `model.safetensors`, fp16 or fp32,
+    cast up to the model's fp32 parameters; every bundle file's sha256 is checked first). The stored config
+    must equal this run's, video shape included.
+    """
+    where = Path(path)
+    if where.is_dir():
+        from sg2v.runtime.backends.torch_ref import load_bundle_model
+        from sg2v.runtime.bundle import Bundle
+
+        bundle = Bundle.open(where, verify=True)
+        cfg, source = bundle.config, load_bundle_model(bundle, torch.device("cpu"))
+        state, what = source.state_dict(), "model"
+    else:
+        ckpt = load_checkpoint(where)
+        cfg = checkpoint_config(ckpt, where)
+        what = "ema" if ckpt.get("ema") is not None else "model"
+        state = ckpt[what]
+    if cfg != model.cfg:
+        raise CheckpointError(f"--init {path}: config mismatch: it holds a {cfg.name!r} model ({cfg.data}), "
+                              f"this run asks for {model.cfg.name!r} ({model.cfg.data}); pass the same "
+                              "--size and video shape")
+    load_state_checked(model, state, where, what)
+
+
 def train(tc: TrainConfig, progress: bool = True) -> TrainResult:
     """Train (or resume) SG2V diffusion on shapes-world data generated on the fly; rank 0 writes out/."""
     tc.check()
@@ -300,6 +329,8 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
     model = build_model(cfg).to(dist.device)
     if tc.init_encoder:
         load_init_encoder(model, tc.init_encoder)
+    if tc.init:
+        load_init_weights(model, tc.init)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
 

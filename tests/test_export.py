@@ -31,8 +31,8 @@ STEP = 7
 
 
 def _small_tiny():
-    """The `tiny` model with one UNet level on 2 x 2 patches of 2 frames of 8 x 8, x0-parameterised: every block
-    type, the patch (un)shuffle and the x0 -> v conversion, few nodes to export."""
+    """The `tiny` model with one UNet level on 2 x 2 patches of 2 frames of 8 x 8, x0-parameterised: every
+    block type, the patch (un)shuffle and the x0 -> v conversion, few nodes to export."""
     cfg = model_config("tiny")
     data = dataclasses.replace(cfg.data, frames=2, height=8, width=8, max_objects=3, max_relationships=2)
     unet = dataclasses.replace(cfg.unet, channel_mult=(1,), attention_levels=(0,), patch_size=2)

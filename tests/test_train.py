@@ -217,3 +217,45 @@ def test_init_encoder_loads_pretrained_weights_across_video_shapes(tmp_path):
     other_slots = tiny.replace(data=DataConfig(frames=4, height=16, width=16, max_objects=5))
     with pytest.raises(CheckpointError, match="config mismatch"):
         load_init_encoder(build_model(other_slots), str(ckpt))
+
+
+def test_init_fine_tunes_from_a_checkpoint_or_a_bundle(tmp_path):
+    """--init loads a checkpoint's EMA weights, or a bundle's fp16 model.safetensors cast up; a model of
+    another shape or a bundle without weights is refused with a one-line fix."""
+    from export.onnx_export import export_bundle
+    from sg2v.checkpoint import save_checkpoint
+    from sg2v.config import DataConfig
+    from sg2v.errors import CheckpointError, Sg2vError
+    from sg2v.train import load_init_weights
+
+    torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    cfg = model_config("tiny")
+    cfg = cfg.replace(data=DataConfig(frames=4, height=16, width=16, max_objects=cfg.data.max_objects,
+                                      max_relationships=cfg.data.max_relationships))
+    raw, ema = build_model(cfg), build_model(cfg)  # two different random initialisations
+    ckpt = save_checkpoint(tmp_path / "last.pt", raw, cfg, shapes_vocab(), ema=ema, step=5)
+
+    fresh = build_model(cfg)
+    load_init_weights(fresh, str(ckpt))
+    for k, v in ema.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k  # the EMA, not the raw weights
+
+    bundle = tmp_path / "bundle"
+    export_bundle(ckpt, bundle, weights="fp16", include_weights=True)
+    fresh = build_model(cfg)
+    load_init_weights(fresh, str(bundle))
+    for k, v in ema.state_dict().items():
+        got = fresh.state_dict()[k]
+        assert got.dtype == v.dtype, k
+        if v.is_floating_point():  # the bundle stores fp16: the fine-tune starts from the rounded weights
+            torch.testing.assert_close(got, v.half().float(), rtol=0, atol=0)
+
+    other = cfg.replace(data=DataConfig(frames=2, height=16, width=16, max_objects=cfg.data.max_objects,
+                                        max_relationships=cfg.data.max_relationships))
+    for src in (ckpt, bundle):
+        with pytest.raises(CheckpointError, match="config mismatch.*--size"):
+            load_init_weights(build_model(other), str(src))
+    bare = tmp_path / "bare"
+    export_bundle(ckpt, bare)
+    with pytest.raises(Sg2vError, match="--include-weights"):
+        load_init_weights(build_model(cfg), str(bare))

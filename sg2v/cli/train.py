@@ -38,6 +38,8 @@ _HELP = {
     "out": "output folder: last.pt, metrics.jsonl, samples/",
     "workers": "DataLoader worker processes generating shapes-world samples",
     "init_encoder": "pretrain.pt from `sg2v-train pretrain` to initialise the graph encoder",
+    "init": ("weights to fine-tune from, with a fresh optimizer and schedule: a checkpoint (its EMA weights) "
+             "or a bundle folder exported with --include-weights"),
     "resume": "'auto' (OUT/last.pt when present), 'never', or a checkpoint path",
     "device": "auto, cpu or cuda",
     "threads": "torch CPU threads of the training process (0: torch's default)",
@@ -63,7 +65,7 @@ def _add_diffusion_args(p: argparse.ArgumentParser) -> None:
         elif f.name == "device":
             kw["choices"] = ["auto", "cpu", "cuda"]
         elif default is None:
-            kw["type"] = str if f.name == "init_encoder" else int
+            kw["type"] = str if f.name in ("init_encoder", "init") else int
         else:
             kw["type"] = type(default)
         p.add_argument(flag, **kw)
