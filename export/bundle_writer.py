@@ -104,8 +104,12 @@ def exporting_versions() -> dict[str, str]:
 def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset: int, root: Path,
                    parity: dict[str, Any], trt_op_check: dict[str, Any], source_checkpoint: dict[str, Any],
                    stage_extra: dict[str, dict[str, Any]] | None = None,
-                   weight_storage: str = "fp32") -> dict[str, Any]:
-    """The manifest dict (every key of ARCHITECTURE.md "Bundle"), hashing the files already under `root`."""
+                   weight_storage: str = "fp32", guidance: float | None = None) -> dict[str, Any]:
+    """The manifest dict (every key of ARCHITECTURE.md "Bundle"), hashing the files already under `root`.
+
+    `guidance` overrides the config's default guidance in `sampler_defaults` (chosen at export, e.g. tuned on
+    validation graphs); the runtime samples with `sampler_defaults` unless a caller passes its own.
+    """
     shapes = spec.shapes(cfg.data, cfg.encoder)
     io = spec.stage_io(shapes)
     stages = {name: {"file": spec.STAGE_FILES[name], **io[name], **(stage_extra or {}).get(name, {})}
@@ -118,7 +122,8 @@ def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset:
         "vocab": vocab.to_dict(),
         "schedule": {"kind": d.schedule, "num_train_timesteps": d.num_train_timesteps},
         "sampler_defaults": {"sampler": d.default_sampler, "steps": d.default_steps,
-                             "guidance": d.default_guidance, "guidance_rescale": d.default_guidance_rescale},
+                             "guidance": float(d.default_guidance if guidance is None else guidance),
+                             "guidance_rescale": d.default_guidance_rescale},
         "shapes": shapes,
         "precision": precision,
         "weight_storage": weight_storage,  # fp16: initializers stored as float16 behind a Cast to float32

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the bundle even if ONNX Runtime disagrees with PyTorch (noted in manifest)")
     p.add_argument("--force", action="store_true", help="replace an existing --out that is not a bundle")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parity inputs")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="default classifier-free guidance stored in the bundle's sampler_defaults "
+                        "(default: the model config's default_guidance)")
     return p
 
 
@@ -54,6 +57,9 @@ def summary(result) -> str:
     m = result.manifest
     lines = [f"wrote bundle {result.path} ({m['precision']}, {m.get('weight_storage', 'fp32')} weights, "
              f"pooling {m['pooling']}, opset {m['opset']}) in {result.seconds:.1f}s"]
+    d = m["sampler_defaults"]
+    lines.append(f"sampler defaults: {d['sampler']}, {d['steps']} steps, guidance {d['guidance']:g} "
+                 f"(rescale {d['guidance_rescale']:g})")
     if result.reused:
         lines.append(f"reused stages: {', '.join(result.reused)}")
     for rel, info in m["files"].items():
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             include_weights=args.include_weights, weights=args.weights, ema=not args.no_ema,
             strict_trt=args.strict_trt,
             allow_parity_failure=args.allow_parity_failure, force=args.force, trt_target=args.trt_target,
-            seed=args.seed, log=print,
+            seed=args.seed, log=print, guidance=args.guidance,
         )
     except Sg2vError as e:
         print(f"sg2v-export: error: {e}", file=sys.stderr)

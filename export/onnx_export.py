@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -463,6 +464,7 @@ def export_bundle(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     weights: str = "fp32",
+    guidance: float | None = None,
 ) -> ExportResult:
     """Export checkpoint `ckpt` to the bundle folder `out` (ARCHITECTURE.md "Bundle"), checking each graph."""
     say = log or (lambda s: None)
@@ -476,6 +478,9 @@ def export_bundle(
                           "LayerNormalization; TensorRT 10.3 parses up to 20)")
     if weights not in WEIGHT_STORAGES:
         raise ExportError(f"--weights {weights!r}: choose one of {list(WEIGHT_STORAGES)}")
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise ExportError(f"--guidance {guidance}: the bundle's default guidance must be a finite number "
+                          ">= 0 (1 = no guidance, 0 = unconditional)")
     opset = int(opset)
     out = Path(out)
     old = bundle_writer.check_output(out, force=force)
@@ -542,7 +547,7 @@ def export_bundle(
         manifest = bundle_writer.build_manifest(
             cfg=cfg, vocab=vocab, precision=precision, pooling=pooling, opset=opset, root=tmp,
             parity=parity_report, trt_op_check=trt, source_checkpoint=source, stage_extra=stage_extra,
-            weight_storage=weights,
+            weight_storage=weights, guidance=guidance,
         )
         bundle_writer.write_manifest(tmp, manifest)
     return ExportResult(out, manifest, reused, time.perf_counter() - t0)

@@ -231,8 +231,10 @@ def test_fp16_weight_storage_halves_the_bundle_and_keeps_fp32_parity(ckpt, bundl
     """--weights fp16: initializers float16 behind Casts, half the bytes, and the graphs compute exactly what
     the fp16-rounded model computes in float32 (the torch reference backend gets the same weights)."""
     out = tmp_path / "w16"
-    result = ox.export_bundle(ckpt["path"], out, weights="fp16", include_weights=True)
+    result = ox.export_bundle(ckpt["path"], out, weights="fp16", include_weights=True, guidance=4.5)
     m = result.manifest
+    assert m["sampler_defaults"]["guidance"] == 4.5  # --guidance: the bundle's default, not the config's
+    assert bundle["result"].manifest["sampler_defaults"]["guidance"] == ckpt["cfg"].diffusion.default_guidance
     assert m["weight_storage"] == "fp16" and m["precision"] == "fp32"
     assert all(p["ok"] for p in m["parity"].values())
     old = bundle["result"].manifest["files"]
@@ -259,7 +261,10 @@ def test_fp16_weight_storage_halves_the_bundle_and_keeps_fp32_parity(ckpt, bundl
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     from sg2v.runtime import Pipeline
 
-    frames_ort = Pipeline.from_bundle(out, backend="ort")(_demo_graph(), seed=5, steps=2)
+    pipe = Pipeline.from_bundle(out, backend="ort")
+    frames_ort = pipe(_demo_graph(), seed=5, steps=2)
+    assert np.array_equal(frames_ort, pipe(_demo_graph(), seed=5, steps=2, guidance=4.5))  # bundle default
+    assert not np.array_equal(frames_ort, pipe(_demo_graph(), seed=5, steps=2, guidance=3.0))
     frames_torch = Pipeline.from_bundle(out, backend="torch")(_demo_graph(), seed=5, steps=2)
     assert np.abs(frames_ort.astype(int) - frames_torch.astype(int)).max() <= 2
 
@@ -331,6 +336,10 @@ def test_bad_options(tmp_path, ckpt):
         ox.export_bundle(ckpt["path"], tmp_path / "b", opset=21)
     with pytest.raises(ox.ExportError, match="--precision"):
         ox.export_bundle(ckpt["path"], tmp_path / "b", precision="int8")
+    for g in (-1.0, float("nan")):
+        with pytest.raises(ox.ExportError, match="--guidance"):
+            ox.export_bundle(ckpt["path"], tmp_path / "b", guidance=g)
+    assert not (tmp_path / "b").exists()
     with pytest.raises(SystemExit):
         cli.main(["--ckpt", "x", "--pooling", "magic"])
 
