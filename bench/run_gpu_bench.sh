@@ -3,7 +3,8 @@
 # torch.compile row), onnx, onnxscript, onnxruntime and safetensors; no network, nothing installed.
 #   1. the GPU tests of sg2v.torch_fast (graph replay and torch.compile against eager fp32) must pass first
 #   2. on $BUNDLE (default: the shipped demo bundle models/demo, reported as "demo"; with BUNDLE=random, a
-#      random-weight bundle of each size in $SIZES, default "small", exported first), sg2v-bench over every backend available there (torch-cpu baseline, ort-cpu, torch-cuda eager fp32,
+#      random-weight bundle of each size in $SIZES, default "small", exported first), sg2v-bench over every
+#      backend available there (torch-cpu baseline, ort-cpu, torch-cuda eager fp32,
 #      torch-cuda-compile-fp16, torch-cuda-fast; trt / ort-gpu when importable)
 # Writes under $OUT (default ./gpu_bench_out): summary.txt, one log per step, bench_<size>.json and
 # bench_<size>.md (the table for bench/RESULTS.md). Extra sg2v-bench options: $BENCH_ARGS (e.g. "--repeats 10");

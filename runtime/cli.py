@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     except Sg2vError as e:
         print(f"sg2v-run: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # an unwritable output, a full disk: one line, not a traceback
+        print(f"sg2v-run: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("sg2v-run: interrupted", file=sys.stderr)
         return 130
@@ -123,6 +126,12 @@ def _run(args: Any) -> int:
             raise GraphError(f"{path}: no such file; pass a scene-graph JSON file")
         graphs.extend(load_graphs(Path(path), bundle.vocab, data.max_objects, data.max_relationships))
     out = Path(args.out)
+    for target in (out, *([Path(args.contact_sheet)] if args.contact_sheet else [])):
+        try:  # `--out out/video.mp4` on a fresh checkout: make the folder, as users expect
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise Sg2vError(f"cannot create output folder {target.parent} ({e.strerror or e}); "
+                            "choose another output path") from None
     pipe = Pipeline(bundle, _backend(bundle, args))
     print(f"sg2v-run: bundle {bundle.path}, backend {pipe.backend_name}"
           + "".join(f" ({note})" for note in pipe.backend.notes))

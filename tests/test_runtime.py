@@ -201,14 +201,14 @@ def test_cli_writes_the_pipeline_frames_and_reports_stages(fake, tmp_path, capsy
     root, _ = fake
     graph = random_graph(np.random.default_rng())
     g = _write(tmp_path / "g.json", graph)
-    out = tmp_path / "video.npy"
+    out = tmp_path / "new" / "video.npy"  # output folders that do not exist yet are made
     code = main([str(g), "--bundle", str(root), "--out", str(out), "--steps", "3", "--seed", "5",
-                 "--backend", "ort", "--contact-sheet", str(tmp_path / "sheet.png")])
+                 "--backend", "ort", "--contact-sheet", str(tmp_path / "sheets" / "sheet.png")])
     text = capsys.readouterr().out
     assert code == 0
     want = Pipeline.from_bundle(root, backend="ort")(graph, seed=5, steps=3)
     np.testing.assert_array_equal(np.load(out), want)
-    assert (tmp_path / "sheet.png").is_file()
+    assert (tmp_path / "sheets" / "sheet.png").is_file()
     assert "backend ort-cpu" in text and f"wrote {out}" in text
     for stage in ("encoder", "denoiser", "/step", "sampler", "decode"):
         assert stage in text
@@ -253,6 +253,11 @@ def test_cli_bundle_errors_exit_1_with_one_line(fake, tmp_path, capsys):
     assert "sha256" in capsys.readouterr().err
     assert main([str(g), "--bundle", str(root), "--ckpt", "model.pt"]) == 1
     assert "--ckpt is for --backend torch" in capsys.readouterr().err
+    (tmp_path / "file").write_text("not a folder")
+    blocked = tmp_path / "file" / "v.npy"  # its folder would have to be a file's child
+    assert main([str(g), "--bundle", str(root), "--no-verify", "--out", str(blocked)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot create output folder" in err
 
 
 def test_cli_help_shows_defaults(capsys):
