@@ -79,17 +79,14 @@ def _load(bundle: Any, ckpt: str | None, dev: Any) -> Any:
             raise Sg2vError(f"--ckpt {ckpt} was trained with other shapes or another vocabulary than bundle "
                             f"{bundle.path}; pass the checkpoint the bundle was exported from")
         return model
-    if not bundle.has_file(spec.MODEL_WEIGHTS):
-        raise BundleError(f"bundle {bundle.path} has no {spec.MODEL_WEIGHTS} for the torch backend; "
-                          "re-export with --include-weights or pass --ckpt model.pt")
     return load_bundle_model(bundle, dev)
 
 
 def load_bundle_model(bundle: Any, dev: Any) -> Any:
     """SG2V (eval mode, on `dev`) from the bundle's `model.safetensors`; BundleError when it has none."""
     if not bundle.has_file(spec.MODEL_WEIGHTS):
-        raise BundleError(f"bundle {bundle.path} has no {spec.MODEL_WEIGHTS}; re-export it with "
-                          "--include-weights or pass a checkpoint")
+        raise BundleError(f"bundle {bundle.path} has no {spec.MODEL_WEIGHTS} (the PyTorch weights); "
+                          "re-export it with --include-weights or pass a checkpoint (--ckpt model.pt)")
     return _load_bundle_weights(bundle, Path(bundle.file(spec.MODEL_WEIGHTS)), dev)
 
 
