@@ -62,6 +62,8 @@ class _Float32Island(nn.Module):
     def __init__(self, module: nn.Module, out_dtype: torch.dtype):
         super().__init__()
         self.inner = module.float()
+        if hasattr(module, "ort_fusable"):  # TokenNorm: keep ONNX Runtime's LayerNorm fusion off the Cast
+            module.ort_fusable = False
         self.out_dtype = out_dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -149,7 +149,38 @@ def test_attention_and_norm_match_torch_reference():
         norm = TokenNorm(16)
         norm.weight.normal_(generator=g)
         norm.bias.normal_(generator=g)
-        torch.testing.assert_close(norm(x), nn.functional.layer_norm(x, (16,), norm.weight, norm.bias))
+        want = nn.functional.layer_norm(x, (16,), norm.weight, norm.bias)
+        torch.testing.assert_close(norm(x), want)
+        norm.ort_fusable = False  # the form float16 exports use
+        torch.testing.assert_close(norm(x), want)
+
+
+def test_temporal_conv_matches_a_float64_frame_loop():
+    """Each pixel's frames convolved with the (3, 1) kernel, zero-padded at both ends, pixels never mixed."""
+    g = torch.Generator().manual_seed(11)
+    layer = TemporalConv(16, D.frames, 4)
+    with torch.no_grad():
+        for prm in layer.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=g) * 0.3)
+    x = torch.randn(2 * D.frames, 16, 3, 5, generator=g)
+    with torch.no_grad():
+        got = layer(x)
+        y = nn.functional.silu(layer.norm(x)).double().reshape(2, D.frames, 16, 15)  # (B, F, C, HW)
+
+        def conv(z, c):  # z (B, F, C, HW) float64, c a Conv2d with kernel (3, 1)
+            w, bias = c.weight.double()[:, :, :, 0], c.bias.double()  # (Co, Ci, 3), (Co,)
+            out = torch.zeros_like(z)
+            for f in range(D.frames):
+                acc = bias[None, :, None].expand(2, -1, 15).clone()
+                for k in range(3):
+                    src = f + k - 1
+                    if 0 <= src < D.frames:
+                        acc += torch.einsum("oi,bip->bop", w[:, :, k], z[:, src])
+                out[:, f] = acc
+            return out
+
+        want = x.double() + conv(nn.functional.silu(conv(y, layer.conv1)), layer.conv2).reshape(x.shape)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("p", [2, 4])
@@ -260,10 +291,23 @@ def _export_and_compare(path, dynamo: bool):
         want2 = net(x2, t2, ctx2, mask2).numpy()
     for g, w in ((got, want), (got2, want2)):
         assert np.abs(g - w).max() / np.abs(w).max() <= 1e-4
+    return net
 
 
 def test_onnx_export_matches_torch(tmp_path):
-    _export_and_compare(tmp_path / "unet.onnx", dynamo=False)
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    net = _export_and_compare(tmp_path / "unet.onnx", dynamo=False)
+    # The exported graph spells every TokenNorm as reductions (no LayerNormalization node, for TensorRT), in
+    # the one form ONNX Runtime's optimizer fuses back into its LayerNormalization kernel: all of them fuse.
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "unet.opt.onnx")
+    ort.InferenceSession(str(tmp_path / "unet.onnx"), opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(opts.optimized_model_filepath)
+    fused = [n for n in optimized.graph.node if n.op_type == "LayerNormalization"]
+    norms = sum(isinstance(m, TokenNorm) for m in net.modules())
+    assert norms > 0 and len(fused) == norms
 
 
 @pytest.mark.slow
