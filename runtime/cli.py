@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sg2v-run: error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # an unwritable output, a full disk: one line, not a traceback
-        print(f"sg2v-run: error: {e}", file=sys.stderr)
+        print(f"sg2v-run: error: {e}; check the output path's permissions and free space", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("sg2v-run: interrupted", file=sys.stderr)
