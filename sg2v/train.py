@@ -78,6 +78,7 @@ class TrainConfig:
     resume: str = "auto"  # "auto": out/last.pt when it exists; "never"; or a checkpoint path
     device: str = "auto"  # "auto", "cpu", "cuda"
     threads: int = 0  # torch CPU threads in the training process; 0 keeps torch's default
+    time_limit: float = 0.0  # seconds of training loop after which to checkpoint and stop (resumable); 0: none
     frames: int | None = None  # None: the size's default
     height: int | None = None
     width: int | None = None
@@ -114,6 +115,8 @@ class TrainConfig:
             raise TrainError(f"--lr must be > 0, got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise TrainError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if not (isinstance(self.time_limit, (int, float)) and self.time_limit >= 0):
+            raise TrainError(f"--time-limit must be seconds >= 0 (0: no limit), got {self.time_limit!r}")
         if self.grad_clip < 0:
             raise TrainError(f"--grad-clip must be >= 0 (0 disables), got {self.grad_clip}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -379,6 +382,8 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
     use_bf16 = dist.device.type == "cuda"
     bar = _Progress(start, tc.steps, progress and dist.is_main, tc.log_every)
     t_last, n_last = time.perf_counter(), 0
+    t_start = t_last
+    stopped = tc.steps
     loss_acc = torch.zeros((), device=dist.device)
     try:
         for step in range(start, tc.steps):
@@ -425,7 +430,8 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
                 loss_acc.zero_()
             else:
                 bar.update(done, {})
-            if dist.is_main and (done % tc.ckpt_every == 0 or done == tc.steps):
+            out_of_time = done < tc.steps and _out_of_time(tc, dist, t_start)
+            if dist.is_main and (done % tc.ckpt_every == 0 or done == tc.steps or out_of_time):
                 save_checkpoint(out / LAST, model, cfg, vocab, ema=ema, step=done, optimizer=opt,
                                 extra={"train_config": tc.to_dict()})
             if dist.is_main and tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
@@ -433,10 +439,32 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
                 metrics.append(m)
                 bar.write(f"eval step {done}: presence {m['presence']:.3f} relation_accuracy "
                           f"{_fmt(m['relation_accuracy'])} shape_accuracy {_fmt(m['shape_accuracy'])}")
+            if out_of_time:
+                stopped = done
+                if dist.is_main:
+                    _log(out, {"step": done, "stopped": "time_limit", "time_limit_s": tc.time_limit,
+                               "elapsed_s": round(time.perf_counter() - t_start, 1)})
+                    bar.write(f"--time-limit {tc.time_limit:g} s reached at step {done}; saved {out / LAST}; "
+                              "run the same command again to resume")
+                break
     finally:
         bar.close()
         del batches
-    return TrainResult(model, ema, opt, tc.steps, losses, metrics, out)
+    return TrainResult(model, ema, opt, stopped, losses, metrics, out)
+
+
+def _out_of_time(tc: TrainConfig, dist: Dist, t_start: float) -> bool:
+    """Whether --time-limit has passed; under DDP rank 0's clock decides for all ranks (they stop together)."""
+    if not tc.time_limit:
+        return False
+    over = time.perf_counter() - t_start >= tc.time_limit
+    if dist.world > 1:
+        import torch.distributed as td
+
+        flag = torch.tensor([1.0 if over else 0.0], device=dist.device)
+        td.broadcast(flag, src=0)
+        over = bool(flag.item())
+    return over
 
 
 def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],

@@ -259,3 +259,30 @@ def test_init_fine_tunes_from_a_checkpoint_or_a_bundle(tmp_path):
     export_bundle(ckpt, bare)
     with pytest.raises(Sg2vError, match="--include-weights"):
         load_init_weights(build_model(cfg), str(bare))
+
+
+def test_time_limit_saves_and_the_same_command_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import sg2v.train as T
+
+    kw = dict(steps=4, batch=2, lr=3e-3, warmup=1, ckpt_every=100, eval_every=0, log_every=1, workers=0,
+              seed=5)
+    straight = T.train(TrainConfig(out=str(tmp_path / "straight"), **kw), progress=False)
+    # A clock that jumps 10 s per reading: the 15 s limit passes after the second step.
+    clock = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(T.time, "perf_counter", lambda: float(next(clock)))
+    limited = TrainConfig(out=str(tmp_path / "limited"), time_limit=15.0, **kw)
+    first = T.train(limited, progress=False)
+    assert 1 <= first.step < 4
+    saved = load_checkpoint(tmp_path / "limited" / "last.pt")
+    assert saved["step"] == first.step  # saved at the stop although ckpt_every is 100
+    stop = [r for r in read_metrics(tmp_path / "limited") if r.get("stopped")]
+    assert stop == [{"step": first.step, "stopped": "time_limit", "time_limit_s": 15.0,
+                     "elapsed_s": stop[0]["elapsed_s"]}]
+    monkeypatch.undo()
+    resumed = T.train(TrainConfig(out=str(tmp_path / "limited"), **kw), progress=False)
+    assert resumed.step == 4
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    with pytest.raises(TrainError, match="--time-limit"):
+        TrainConfig(time_limit=-1.0).check()
