@@ -4,10 +4,11 @@
     python bench/lease_weights.py join parts/ema_part*.safetensors runs/gpu/ema.safetensors   # here
 
 `split` writes the EMA weights (float32, exactly as trained) of an sg2v checkpoint as numbered sg2v
-`.safetensors` parts, each under --max-mib, with the config, vocabulary, step, part index and the sha256 of the
-whole set in their metadata. `join` checks that the parts are one complete set and writes one sg2v
-`.safetensors` checkpoint (the weights as "model"; no optimizer state) that `sg2v-export --ckpt`,
-`sg2v-train eval --ckpt` and `sg2v-train diffusion --init` read.
+`.safetensors` parts, each under --max-mib, with the config, vocabulary, step, part index and the sha256 of
+the whole set in their metadata. `join` checks that the parts are one complete set and writes one sg2v
+`.safetensors` checkpoint holding them as its EMA weights (no raw weights, no optimizer state) that
+`sg2v-export --ckpt`, `sg2v-train eval --ckpt` and `sg2v-train diffusion --init` read.
+
 """
 
 from __future__ import annotations
@@ -82,13 +83,15 @@ def join(part_paths: list[str], out_path: str) -> Path:
         state.update({k[len("model."):]: v for k, v in st_load(data).items()})
     first = metas[0]
     if sorted(int(m["part"]) for m in metas) != list(range(int(first["parts"]))):
-        raise SystemExit(f"join: parts {[m['part'] for m in metas]} are not a complete set of {first['parts']}")
+        got = [m["part"] for m in metas]
+        raise SystemExit(f"join: parts {got} are not a complete set of {first['parts']}")
     if any(m["set_sha256"] != first["set_sha256"] for m in metas):
         raise SystemExit("join: the parts come from different checkpoints (set_sha256 differs)")
     if _digest(state) != first["set_sha256"]:
         raise SystemExit("join: the joined weights do not match the recorded sha256; the parts are damaged")
     meta = {k: first[k] for k in ("sg2v_format", "config", "vocab", "step")}
-    atomic_write_bytes(Path(out_path), st_save({f"model.{k}": v for k, v in state.items()}, metadata=meta))
+    # Stored as "ema" (what they are), so exports record ema=True and --no-ema fails loudly.
+    atomic_write_bytes(Path(out_path), st_save({f"ema.{k}": v for k, v in state.items()}, metadata=meta))
     print(f"join: {len(state)} tensors (step {first['step']}) -> {out_path}")
     return Path(out_path)
 

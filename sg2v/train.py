@@ -78,7 +78,7 @@ class TrainConfig:
     resume: str = "auto"  # "auto": out/last.pt when it exists; "never"; or a checkpoint path
     device: str = "auto"  # "auto", "cpu", "cuda"
     threads: int = 0  # torch CPU threads in the training process; 0 keeps torch's default
-    time_limit: float = 0.0  # seconds of training loop after which to checkpoint and stop (resumable); 0: none
+    time_limit: float = 0.0  # seconds of training after which to checkpoint and stop (resumable); 0: none
     frames: int | None = None  # None: the size's default
     height: int | None = None
     width: int | None = None
@@ -454,7 +454,7 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
 
 
 def _out_of_time(tc: TrainConfig, dist: Dist, t_start: float) -> bool:
-    """Whether --time-limit has passed; under DDP rank 0's clock decides for all ranks (they stop together)."""
+    """Whether --time-limit has passed; under DDP rank 0's clock decides, so all ranks stop together."""
     if not tc.time_limit:
         return False
     over = time.perf_counter() - t_start >= tc.time_limit

@@ -43,8 +43,8 @@ _HELP = {
     "resume": "'auto' (OUT/last.pt when present), 'never', or a checkpoint path",
     "device": "auto, cpu or cuda",
     "threads": "torch CPU threads of the training process (0: torch's default)",
-    "time_limit": ("seconds of training after which to save OUT/last.pt and stop with exit 0; the same command "
-                   "resumes (0: no limit)"),
+    "time_limit": ("seconds of training after which to save OUT/last.pt and stop with exit 0; the same "
+                   "command resumes (0: no limit)"),
     "frames": "frames per video (default: the size's)",
     "height": "frame height (default: the size's)",
     "width": "frame width (default: the size's)",
