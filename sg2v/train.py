@@ -79,6 +79,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda"
     threads: int = 0  # torch CPU threads in the training process; 0 keeps torch's default
     time_limit: float = 0.0  # seconds of training after which to checkpoint and stop (resumable); 0: none
+    stop_at: int = 0  # checkpoint and stop after this step, the schedule still spanning --steps; 0: at --steps
     frames: int | None = None  # None: the size's default
     height: int | None = None
     width: int | None = None
@@ -108,7 +109,8 @@ class TrainConfig:
             if not isinstance(v, int) or v < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
         for name, v in {"eval_every": self.eval_every, "workers": self.workers, "warmup": self.warmup,
-                        "eval_samples": self.eval_samples, "threads": self.threads}.items():
+                        "eval_samples": self.eval_samples, "threads": self.threads,
+                        "stop_at": self.stop_at}.items():
             if not isinstance(v, int) or v < 0:
                 raise TrainError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}")
         if not self.lr > 0:
@@ -368,7 +370,7 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
 
     losses: list[float] = []
     metrics: list[dict[str, Any]] = []
-    if start >= tc.steps:
+    if start >= tc.steps or (tc.stop_at and start >= tc.stop_at):
         return TrainResult(model, ema, opt, start, losses, metrics, out)
 
     ds = ShapesVideoDataset(cfg, vocab, seed=tc.seed, split="train")
@@ -430,8 +432,9 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
                 loss_acc.zero_()
             else:
                 bar.update(done, {})
-            out_of_time = done < tc.steps and _out_of_time(tc, dist, t_start)
-            if dist.is_main and (done % tc.ckpt_every == 0 or done == tc.steps or out_of_time):
+            stop_here = done < tc.steps and done == tc.stop_at
+            out_of_time = done < tc.steps and not stop_here and _out_of_time(tc, dist, t_start)
+            if dist.is_main and (done % tc.ckpt_every == 0 or done == tc.steps or out_of_time or stop_here):
                 save_checkpoint(out / LAST, model, cfg, vocab, ema=ema, step=done, optimizer=opt,
                                 extra={"train_config": tc.to_dict()})
             if dist.is_main and tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
@@ -439,6 +442,13 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
                 metrics.append(m)
                 bar.write(f"eval step {done}: presence {m['presence']:.3f} relation_accuracy "
                           f"{_fmt(m['relation_accuracy'])} shape_accuracy {_fmt(m['shape_accuracy'])}")
+            if stop_here:
+                stopped = done
+                if dist.is_main:
+                    _log(out, {"step": done, "stopped": "stop_at"})
+                    bar.write(f"--stop-at {done} reached; saved {out / LAST}; run again without --stop-at (or "
+                              "with a later one) to go on")
+                break
             if out_of_time:
                 stopped = done
                 if dist.is_main:

@@ -286,3 +286,22 @@ def test_time_limit_saves_and_the_same_command_resumes_to_the_same_weights(tmp_p
         assert torch.equal(a[k], b[k]), k
     with pytest.raises(TrainError, match="--time-limit"):
         TrainConfig(time_limit=-1.0).check()
+
+
+def test_stop_at_keeps_the_long_schedule_and_resumes_to_the_same_weights(tmp_path):
+    import sg2v.train as T
+
+    kw = dict(steps=4, batch=2, lr=3e-3, warmup=1, ckpt_every=100, eval_every=0, log_every=1, workers=0,
+              seed=6)
+    straight = T.train(TrainConfig(out=str(tmp_path / "straight"), **kw), progress=False)
+    first = T.train(TrainConfig(out=str(tmp_path / "split"), stop_at=2, **kw), progress=False)
+    assert first.step == 2 and load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 2
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "split") if "lr" in r]
+    assert lrs == [lr_at(TrainConfig(**kw), s) for s in range(2)]  # the 4-step schedule, not a 2-step one
+    again = T.train(TrainConfig(out=str(tmp_path / "split"), stop_at=2, **kw), progress=False)
+    assert again.step == 2  # already there: nothing runs
+    resumed = T.train(TrainConfig(out=str(tmp_path / "split"), **kw), progress=False)
+    assert resumed.step == 4
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
