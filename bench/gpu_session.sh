@@ -6,8 +6,9 @@
 #      as ema_part*.safetensors (join them here with bench/lease_weights.py join) with its train_metrics.jsonl
 #   2. meanwhile bench/gpu_check.sh: CMake build + ctest, every GPU test with skips as failures (correctness
 #      only, so sharing the GPU with the training does not matter)
-#   3. once the GPU is quiet: bench/scatter_pool.py (kernels vs PyTorch) and bench/run_gpu_bench.sh (sg2v-bench
-#      over every backend on the shipped demo bundle models/demo)
+#   3. once the GPU is quiet: bench/scatter_pool.py (kernels vs PyTorch), bench/run_gpu_bench.sh (sg2v-bench
+#      over every backend on the shipped demo bundle models/demo) and, unless THROUGHPUT=0,
+#      bench/train_throughput.py (does the data loader or the model step limit GPU training?)
 # The device tool returns at most 8 files from $OUT; this leaves: summary.txt, scatter_pool.md, bench_demo.md,
 # bench_demo.json, logs.tar.gz (every log and JSON), and with training ema_part0/1.safetensors and
 # train_metrics.jsonl.
@@ -57,6 +58,20 @@ fi
 rc_kbench=$?
 OUT=$work/bench SKIP_GPU_TESTS=1 BENCH_TIMEOUT=${BENCH_TIMEOUT:-300} bash bench/run_gpu_bench.sh
 rc_bench=$?
+rc_tput=0
+if [ "${THROUGHPUT:-1}" = 1 ]; then
+  (
+    default_out=unused OUT=$work/tput
+    # shellcheck source=bench/gpu_common.sh
+    . bench/gpu_common.sh
+    step "training throughput bench/train_throughput.py (loader / step / loop)" train_throughput.log 180 \
+      "$py" -P bench/train_throughput.py --size small --batch "${TRAIN_BATCH:-256}" \
+      --workers "${TRAIN_WORKERS:-13}" --json "$out/train_throughput.json"
+    tail -n 7 "$out/train_throughput.log" >>"$summary"
+    exit "$failed"
+  )
+  rc_tput=$?
+fi
 {
   echo "# bench/gpu_check.sh: $rc_check failed step(s)"
   cat "$work/check/summary.txt"
@@ -67,9 +82,12 @@ rc_bench=$?
   echo
   echo "# bench/run_gpu_bench.sh: $rc_bench failed step(s)"
   cat "$work/bench/summary.txt"
+  [ -f "$work/tput/summary.txt" ] && { echo; echo "# training throughput: $rc_tput failed step(s)"; \
+    cat "$work/tput/summary.txt"; }
 } >"$final/summary.txt"
 cp "$work/kbench/bench.md" "$final/scatter_pool.md" 2>/dev/null
 cp "$work"/bench/bench_*.md "$work"/bench/bench_*.json "$final/" 2>/dev/null
-tar -czf "$final/logs.tar.gz" -C "$work" check kbench bench $( [ -n "$train_pid" ] && echo train/train.log )
+tar -czf "$final/logs.tar.gz" -C "$work" check kbench bench $( [ -d "$work/tput" ] && echo tput ) \
+  $( [ -n "$train_pid" ] && echo train/train.log )
 cat "$final/summary.txt"
-exit $(( rc_check + rc_kbench + rc_bench ))
+exit $(( rc_check + rc_kbench + rc_bench + rc_tput ))

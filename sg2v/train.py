@@ -79,7 +79,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda"
     threads: int = 0  # torch CPU threads in the training process; 0 keeps torch's default
     time_limit: float = 0.0  # seconds of training after which to checkpoint and stop (resumable); 0: none
-    stop_at: int = 0  # checkpoint and stop after this step, the schedule still spanning --steps; 0: at --steps
+    stop_at: int = 0  # checkpoint and stop after this step, the schedule still spanning --steps; 0: off
     frames: int | None = None  # None: the size's default
     height: int | None = None
     width: int | None = None
@@ -143,9 +143,13 @@ def ema_decay_at(tc: TrainConfig, step: int) -> float:
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers copied."""
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm.detach(), 1.0 - decay)
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers copied.
+
+    One multi-tensor lerp (a few fused kernels on CUDA instead of one launch per parameter tensor, 597 for
+    `small`); on the CPU it is the same per-tensor `lerp_` as before, bit for bit.
+    """
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
     for be, bm in zip(ema.buffers(), model.buffers()):
         be.copy_(bm)
 
@@ -446,8 +450,8 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
                 stopped = done
                 if dist.is_main:
                     _log(out, {"step": done, "stopped": "stop_at"})
-                    bar.write(f"--stop-at {done} reached; saved {out / LAST}; run again without --stop-at (or "
-                              "with a later one) to go on")
+                    bar.write(f"--stop-at {done} reached; saved {out / LAST}; run again without --stop-at "
+                              "(or with a later one) to go on")
                 break
             if out_of_time:
                 stopped = done

@@ -1,4 +1,4 @@
-"""bench/lease_weights.py: EMA weights split into capped parts on a GPU lease and joined back here, exactly."""
+"""bench/lease_weights.py: EMA weights split into capped parts on a GPU lease, joined back here exactly."""
 
 from __future__ import annotations
 

@@ -111,6 +111,7 @@ def test_ema_update_matches_formula():
     update_ema(a, b, 0.9)
     for pa, p0, pb in zip(a.parameters(), before, b.parameters()):
         torch.testing.assert_close(pa, 0.9 * p0 + 0.1 * pb)
+        assert torch.equal(pa, p0.lerp(pb, 1.0 - 0.9))  # the multi-tensor lerp is the per-tensor one exactly
 
 
 def test_bad_settings_name_the_option():

@@ -45,8 +45,8 @@ _HELP = {
     "threads": "torch CPU threads of the training process (0: torch's default)",
     "time_limit": ("seconds of training after which to save OUT/last.pt and stop with exit 0; the same "
                    "command resumes (0: no limit)"),
-    "stop_at": ("save OUT/last.pt and stop after this step while the learning-rate schedule still spans --steps "
-                "(0: run to --steps); the same command without it goes on"),
+    "stop_at": ("save OUT/last.pt and stop after this step while the learning-rate schedule still spans "
+                "--steps (0: run to --steps); the same command without it goes on"),
     "frames": "frames per video (default: the size's)",
     "height": "frame height (default: the size's)",
     "width": "frame width (default: the size's)",

@@ -1,0 +1,165 @@
+"""Where diffusion training time goes: the data loader alone, the optimizer step alone, and both together.
+
+    python -P bench/train_throughput.py --size small --batch 256 --workers 13 --device cuda --json t.json
+    python -P bench/train_throughput.py --size tiny --batch 4 --workers 1 --device cpu --steps 3  # smoke
+
+Three figures, each in samples/s, medians after warm-up:
+  loader  the DataLoader of `sg2v-train diffusion` (same dataset, collate, pinning, prefetch) iterated with
+          nothing else running: what the shapes-world generation and the worker IPC can feed;
+  step    one training step (forward + backward under bf16 autocast on CUDA, gradient clipping, AdamW, EMA)
+          on a batch already on the device, timed with CUDA events on a GPU: what the model can eat;
+  loop    both together, as `sg2v-train` runs them.
+`loop` close to `loader` and under `step` says the data is the limit; close to `step`, the model. Prints a
+table and writes every number to --json. Measures, never trains anything kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from sg2v.config import MODEL_SIZES
+from sg2v.datasets import ShapesVideoDataset, StepBatchSampler, collate, seed_worker
+from sg2v.train import TrainConfig, compute_loss, update_ema
+from sg2v.vocab import shapes_vocab
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--size", default="small", choices=sorted(MODEL_SIZES))
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--workers", type=int, default=13)
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--steps", type=int, default=20, help="timed steps per figure")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before each figure")
+    p.add_argument("--json", default=None)
+    return p.parse_args(argv)
+
+
+def _loader(tc: TrainConfig, cfg, vocab, device: torch.device, n_steps: int):
+    ds = ShapesVideoDataset(cfg, vocab, seed=tc.seed, split="train")
+    sampler = StepBatchSampler(0, n_steps, tc.batch, 1, 0, 1)
+    return torch.utils.data.DataLoader(
+        ds, batch_sampler=sampler, num_workers=tc.workers, collate_fn=collate, worker_init_fn=seed_worker,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if tc.workers else None)
+
+
+class _Clock:
+    """Seconds of a region: CUDA events on a GPU (after the region's work is queued), else the host clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def start(self):
+        if self.cuda:
+            self.a, self.b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.a.record()
+        else:
+            self.t = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.cuda:
+            self.b.record()
+            self.b.synchronize()
+            return self.a.elapsed_time(self.b) / 1e3
+        return time.perf_counter() - self.t
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("train_throughput: --device cuda but PyTorch sees no CUDA device; pass --device cpu",
+              file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    tc = TrainConfig(size=args.size, batch=args.batch, workers=args.workers, seed=0)
+    cfg, vocab = tc.model_config(), shapes_vocab()
+    total = args.warmup + args.steps
+    res: dict = {"size": args.size, "batch": args.batch, "workers": args.workers, "device": str(device),
+                 "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+                 "torch": torch.__version__, "steps": args.steps, "warmup": args.warmup}
+
+    # 1. the loader alone (host clock: it is host work)
+    times, it = [], iter(_loader(tc, cfg, vocab, device, total))
+    for i in range(total):
+        t = time.perf_counter()
+        batch = next(it)
+        if device.type == "cuda":
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t)
+    del it
+    res["loader_s_per_batch"] = statistics.median(times)
+
+    # 2. the step alone, on one resident batch
+    from sg2v.models.sg2v import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    ema = build_model(cfg).to(device).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.01)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    clock, times = _Clock(device), []
+    for i in range(total):
+        gen = torch.Generator(device=device).manual_seed(i)
+        clock.start()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = compute_loss(model, batch, gen)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        update_ema(ema, model, 0.999)
+        dt = clock.stop()
+        if i >= args.warmup:
+            times.append(dt)
+    res["step_s"] = statistics.median(times)
+    if device.type == "cuda":
+        res["step_cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
+
+    # 3. both, as sg2v-train runs them (host clock over whole steps, after a device sync)
+    times, it = [], iter(_loader(tc, cfg, vocab, device, total))
+    for i in range(total):
+        t = time.perf_counter()
+        b = {k: v.to(device, non_blocking=True) for k, v in next(it).items()}
+        gen = torch.Generator(device=device).manual_seed(i)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = compute_loss(model, b, gen)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        update_ema(ema, model, 0.999)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t)
+    del it
+    res["loop_s_per_step"] = statistics.median(times)
+    for k in ("loader_s_per_batch", "step_s", "loop_s_per_step"):
+        res[k.split("_s")[0] + "_samples_per_s"] = args.batch / res[k]
+    limit = "data" if res["loader_samples_per_s"] < res["step_samples_per_s"] else "model step"
+    res["limit"] = limit
+
+    where = res["gpu"] or "CPU"
+    print(f"{args.size}, batch {args.batch}, {args.workers} workers, {where}, torch {torch.__version__}")
+    print("| figure | s per batch | samples/s |\n|---|---|---|")
+    for name, key in (("loader alone", "loader_s_per_batch"), ("step alone", "step_s"),
+                      ("loop (both)", "loop_s_per_step")):
+        print(f"| {name} | {res[key]:.4f} | {args.batch / res[key]:.0f} |")
+    print(f"slower of the two alone: {limit}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
