@@ -71,6 +71,17 @@ class _Clock:
         return time.perf_counter() - self.t
 
 
+def _train_step(model, ema, opt, batch, gen, device: torch.device) -> None:
+    """What one step of `sg2v-train diffusion` does on the device (no gradient accumulation, no DDP)."""
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        loss = compute_loss(model, batch, gen)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    update_ema(ema, model, 0.999)
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -110,13 +121,7 @@ def main(argv=None) -> int:
     for i in range(total):
         gen = torch.Generator(device=device).manual_seed(i)
         clock.start()
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = compute_loss(model, batch, gen)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        update_ema(ema, model, 0.999)
+        _train_step(model, ema, opt, batch, gen, device)
         dt = clock.stop()
         if i >= args.warmup:
             times.append(dt)
@@ -130,13 +135,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         b = {k: v.to(device, non_blocking=True) for k, v in next(it).items()}
         gen = torch.Generator(device=device).manual_seed(i)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = compute_loss(model, b, gen)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        update_ema(ema, model, 0.999)
+        _train_step(model, ema, opt, b, gen, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= args.warmup:
