@@ -117,6 +117,9 @@ class TrainConfig:
             raise TrainError(f"--lr must be > 0, got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise TrainError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.stop_at > self.steps:
+            raise TrainError(f"--stop-at {self.stop_at} is past --steps {self.steps}; pass a step <= --steps "
+                             "(or 0 for none)")
         if not (isinstance(self.time_limit, (int, float)) and self.time_limit >= 0):
             raise TrainError(f"--time-limit must be seconds >= 0 (0: no limit), got {self.time_limit!r}")
         if self.grad_clip < 0:
@@ -148,8 +151,7 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     One multi-tensor lerp (a few fused kernels on CUDA instead of one launch per parameter tensor, 597 for
     `small`); on the CPU it is the same per-tensor `lerp_` as before, bit for bit.
     """
-    with torch.no_grad():
-        torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
     for be, bm in zip(ema.buffers(), model.buffers()):
         be.copy_(bm)
 

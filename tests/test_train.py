@@ -287,6 +287,8 @@ def test_time_limit_saves_and_the_same_command_resumes_to_the_same_weights(tmp_p
         assert torch.equal(a[k], b[k]), k
     with pytest.raises(TrainError, match="--time-limit"):
         TrainConfig(time_limit=-1.0).check()
+    with pytest.raises(TrainError, match="--stop-at 9 is past --steps 4"):
+        TrainConfig(steps=4, stop_at=9).check()
 
 
 def test_stop_at_keeps_the_long_schedule_and_resumes_to_the_same_weights(tmp_path):
