@@ -14,7 +14,8 @@
 # train_metrics.jsonl.
 #   OUT=$OUT TRAIN_SECONDS=230 bash bench/gpu_session.sh     # then paste the two .md tables into RESULTS.md
 # Training settings: TRAIN_STEPS (cosine horizon, default 4000), TRAIN_BATCH (256), TRAIN_LR (1e-3),
-# TRAIN_WORKERS (13 data workers), TRAIN_SEED (3), TRAIN_DEVICE (cuda; cpu for a smoke test of this script).
+# TRAIN_WORKERS (13 data workers), TRAIN_SEED (5; give each fine-tune a seed of its own, or it sees the data
+# stream of an earlier one again: models/demo stage 4 used 3), TRAIN_DEVICE (cuda; cpu to smoke-test this).
 set -u
 cd "$(dirname "$0")/.."
 final=${OUT:-$PWD/gpu_session_out}
@@ -32,7 +33,7 @@ if [ "$train_secs" != 0 ]; then
     timeout $(( ${train_secs%.*} + 120 )) "$py" -P -m sg2v.cli.train diffusion --size small --init models/demo \
       --device "${TRAIN_DEVICE:-cuda}" --steps "${TRAIN_STEPS:-4000}" --batch "${TRAIN_BATCH:-256}" --lr "${TRAIN_LR:-1e-3}" \
       --warmup 200 --ema-decay 0.999 --eval-every 0 --ckpt-every 1000 --log-every 50 \
-      --workers "${TRAIN_WORKERS:-13}" --seed "${TRAIN_SEED:-3}" --time-limit "$train_secs" --no-progress \
+      --workers "${TRAIN_WORKERS:-13}" --seed "${TRAIN_SEED:-5}" --time-limit "$train_secs" --no-progress \
       --out "$work/train/run"
     echo "train rc=$? in $(( $(date +%s) - start )) s"
     "$py" -P bench/lease_weights.py split "$work/train/run/last.pt" "$final" --max-mib 15
