@@ -27,8 +27,21 @@ def video_to_model(video: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frames_to_unit(video).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
+def video_to_layout(video: np.ndarray) -> np.ndarray:
+    """(F, H, W, C) uint8 -> (F, C, H, W) uint8: the UNet's layout, still bytes.
+
+    Training batches carry video as uint8, a quarter of float32's bytes through the DataLoader's shared
+    memory, pinning and the host-to-device copy; `sg2v.train.compute_loss` maps it to [-1, 1] where the model
+    runs (`frames_to_unit`, the same float32 values `video_to_model` gives).
+    """
+    return np.ascontiguousarray(video.transpose(0, 3, 1, 2))
+
+
 class ShapesVideoDataset(Dataset):
-    """Shapes-world (video, padded graph) pairs at a model config's frames, size and graph limits."""
+    """Shapes-world (video, padded graph) pairs at a model config's frames, size and graph limits.
+
+    "video" is (F, C, H, W) uint8 (`video_to_layout`); `video_to_model` gives the float32 the model sees.
+    """
 
     def __init__(self, cfg: ModelConfig, vocab: Any, seed: int = 0, split: str = "train",
                  length: int = 2**62):
@@ -50,7 +63,7 @@ class ShapesVideoDataset(Dataset):
         d = self.cfg.data
         g = pad_graphs([parse_graph(sample.graph, self.vocab)], d.max_objects, d.max_relationships)
         return {
-            "video": video_to_model(sample.video),  # (F, C, H, W)
+            "video": video_to_layout(sample.video),  # (F, C, H, W) uint8
             "objs": g.objs[0],  # (O,)
             "obj_mask": g.obj_mask[0],  # (O,)
             "triples": g.triples[0],  # (T, 3)

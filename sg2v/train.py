@@ -37,6 +37,7 @@ from sg2v.diffusion import diffusion_loss
 from sg2v.errors import CheckpointError, Sg2vError
 from sg2v.io import atomic_write_text
 from sg2v.models.sg2v import build_model
+from sg2v.video import frames_to_unit
 from sg2v.vocab import shapes_vocab
 
 LAST = "last.pt"
@@ -485,8 +486,15 @@ def _out_of_time(tc: TrainConfig, dist: Dist, t_start: float) -> bool:
 
 def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
                  generator: torch.Generator | None) -> torch.Tensor:
-    """The v-prediction diffusion loss (with CFG condition dropout) of one micro-batch."""
-    return diffusion_loss(model, batch["video"], {k: batch[k] for k in GRAPH_KEYS}, generator)
+    """The v-prediction diffusion loss (with CFG condition dropout) of one micro-batch.
+
+    batch["video"] is (B, F, C, H, W): uint8 as the data loader ships it (mapped to [-1, 1] here, on the
+    model's device), or float32 already in [-1, 1].
+    """
+    video = batch["video"]
+    if video.dtype == torch.uint8:
+        video = frames_to_unit(video)
+    return diffusion_loss(model, video, {k: batch[k] for k in GRAPH_KEYS}, generator)
 
 
 def _periodic_eval(tc: TrainConfig, ema: torch.nn.Module, cfg: ModelConfig, vocab: Any, out: Path,

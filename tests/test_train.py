@@ -56,6 +56,23 @@ def test_loss_decreases_on_a_fixed_batch():
     assert np.isfinite(first) and last < 0.5 * first, (first, last)
 
 
+def test_uint8_batches_give_the_same_loss_as_float_ones():
+    """The loader ships video as uint8; the loss maps it to [-1, 1] exactly as the float path does."""
+    from sg2v.datasets import video_to_model
+
+    cfg = model_config("tiny")
+    ds = ShapesVideoDataset(cfg, shapes_vocab(), seed=8)
+    batch = collate([ds[i] for i in range(3)])
+    as_float = dict(batch, video=torch.from_numpy(np.stack([video_to_model(ds.shapes[i].video)
+                                                             for i in range(3)])))
+    assert batch["video"].dtype == torch.uint8 and as_float["video"].dtype == torch.float32
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    a = compute_loss(model, batch, torch.Generator().manual_seed(2))
+    b = compute_loss(model, as_float, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+
+
 def test_batches_partition_each_step_over_ranks_and_micro_batches():
     steps, batch = 3, 8
     for world, accum in ((1, 1), (2, 1), (2, 2), (1, 4)):
@@ -87,8 +104,8 @@ def test_worker_generated_batches_equal_inline_ones():
         for k in a:
             assert torch.equal(a[k], b[k]), k
     v = inline[0]["video"]
-    assert v.shape == (4, cfg.data.frames, 3, cfg.data.height, cfg.data.width) and v.dtype == torch.float32
-    assert float(v.min()) == -1.0 and 0 < float(v.max()) <= 1.0  # black background, bright objects
+    assert v.shape == (4, cfg.data.frames, 3, cfg.data.height, cfg.data.width) and v.dtype == torch.uint8
+    assert int(v.min()) == 0 and int(v.max()) > 127  # black background, bright objects
     assert not torch.equal(inline[0]["video"], inline[1]["video"])
 
 
