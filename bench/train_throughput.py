@@ -9,8 +9,10 @@ Three figures, each in samples/s, medians after warm-up:
   step    one training step (forward + backward under bf16 autocast on CUDA, gradient clipping, AdamW, EMA)
           on a batch already on the device, timed with CUDA events on a GPU: what the model can eat;
   loop    both together, as `sg2v-train` runs them.
-`loop` close to `loader` and under `step` says the data is the limit; close to `step`, the model. Prints a
-table and writes every number to --json. Measures, never trains anything kept.
+`loop` close to `loader` and under `step` says the data is the limit; close to `step`, the model. The loader
+is also timed shipping float32 video (`loader (float32 video)`), the transport `sg2v-train` used before it
+switched to uint8, for the ratio in the same run. Prints a table and writes every number to --json. Measures,
+never trains anything kept.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 import torch
 
 from sg2v.config import MODEL_SIZES
-from sg2v.datasets import ShapesVideoDataset, StepBatchSampler, collate, seed_worker
+from sg2v.datasets import ShapesVideoDataset, StepBatchSampler, collate, seed_worker, video_to_model
 from sg2v.train import TrainConfig, compute_loss, update_ema
 from sg2v.vocab import shapes_vocab
 
@@ -42,8 +44,17 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
-def _loader(tc: TrainConfig, cfg, vocab, device: torch.device, n_steps: int):
-    ds = ShapesVideoDataset(cfg, vocab, seed=tc.seed, split="train")
+class _FloatVideo(ShapesVideoDataset):
+    """The dataset as it shipped video before: float32 in [-1, 1] (4 bytes a value instead of 1)."""
+
+    def __getitem__(self, index: int):
+        item = super().__getitem__(index)
+        item["video"] = video_to_model(item["video"].transpose(0, 2, 3, 1))
+        return item
+
+
+def _loader(tc: TrainConfig, cfg, vocab, device: torch.device, n_steps: int, float_video: bool = False):
+    ds = (_FloatVideo if float_video else ShapesVideoDataset)(cfg, vocab, seed=tc.seed, split="train")
     sampler = StepBatchSampler(0, n_steps, tc.batch, 1, 0, 1)
     return torch.utils.data.DataLoader(
         ds, batch_sampler=sampler, num_workers=tc.workers, collate_fn=collate, worker_init_fn=seed_worker,
@@ -96,18 +107,19 @@ def main(argv=None) -> int:
                  "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
                  "torch": torch.__version__, "steps": args.steps, "warmup": args.warmup}
 
-    # 1. the loader alone (host clock: it is host work)
-    times, it = [], iter(_loader(tc, cfg, vocab, device, total))
-    for i in range(total):
-        t = time.perf_counter()
-        batch = next(it)
-        if device.type == "cuda":
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t)
-    del it
-    res["loader_s_per_batch"] = statistics.median(times)
+    # 1. the loader alone (host clock: it is host work), as shipped (uint8) and with float32 video
+    for key, float_video in (("loader_f32_s_per_batch", True), ("loader_s_per_batch", False)):
+        times, it = [], iter(_loader(tc, cfg, vocab, device, total, float_video))
+        for i in range(total):
+            t = time.perf_counter()
+            batch = next(it)
+            if device.type == "cuda":
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                torch.cuda.synchronize()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t)
+        del it
+        res[key] = statistics.median(times)
 
     # 2. the step alone, on one resident batch
     from sg2v.models.sg2v import build_model
@@ -142,15 +154,16 @@ def main(argv=None) -> int:
             times.append(time.perf_counter() - t)
     del it
     res["loop_s_per_step"] = statistics.median(times)
-    for k in ("loader_s_per_batch", "step_s", "loop_s_per_step"):
-        res[k.split("_s")[0] + "_samples_per_s"] = args.batch / res[k]
+    for k in ("loader_s_per_batch", "loader_f32_s_per_batch", "step_s", "loop_s_per_step"):
+        res[k.split("_s_")[0].removesuffix("_s") + "_samples_per_s"] = args.batch / res[k]
     limit = "data" if res["loader_samples_per_s"] < res["step_samples_per_s"] else "model step"
     res["limit"] = limit
 
     where = res["gpu"] or "CPU"
     print(f"{args.size}, batch {args.batch}, {args.workers} workers, {where}, torch {torch.__version__}")
     print("| figure | s per batch | samples/s |\n|---|---|---|")
-    for name, key in (("loader alone", "loader_s_per_batch"), ("step alone", "step_s"),
+    for name, key in (("loader alone", "loader_s_per_batch"),
+                      ("loader (float32 video)", "loader_f32_s_per_batch"), ("step alone", "step_s"),
                       ("loop (both)", "loop_s_per_step")):
         print(f"| {name} | {res[key]:.4f} | {args.batch / res[key]:.0f} |")
     print(f"slower of the two alone: {limit}")

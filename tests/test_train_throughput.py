@@ -19,14 +19,15 @@ def test_cpu_smoke_run_reports_consistent_figures(tmp_path):
                         "--json", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     r = json.loads(out.read_text())
-    for name in ("loader", "step", "loop"):
-        key = {"loader": "loader_s_per_batch", "step": "step_s", "loop": "loop_s_per_step"}[name]
+    keys = {"loader": "loader_s_per_batch", "loader_f32": "loader_f32_s_per_batch", "step": "step_s",
+            "loop": "loop_s_per_step"}
+    for name, key in keys.items():
         assert r[key] > 0
         assert abs(r[f"{name}_samples_per_s"] - 2 / r[key]) < 1e-9 * r[f"{name}_samples_per_s"]
     # The loop does both jobs, so it cannot be much faster than the slower of the two alone.
     assert r["loop_s_per_step"] > 0.5 * max(r["loader_s_per_batch"], r["step_s"])
     assert r["limit"] in ("data", "model step")
-    assert "| loop (both) |" in p.stdout
+    assert "| loop (both) |" in p.stdout and "| loader (float32 video) |" in p.stdout
 
 
 def test_cuda_request_without_a_gpu_fails_in_one_line():
