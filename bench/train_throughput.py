@@ -26,8 +26,8 @@ import time
 import torch
 
 from sg2v.config import MODEL_SIZES
-from sg2v.datasets import ShapesVideoDataset, StepBatchSampler, collate, seed_worker, video_to_model
-from sg2v.train import TrainConfig, compute_loss, update_ema
+from sg2v.datasets import ShapesVideoDataset, video_to_model
+from sg2v.train import TrainConfig, compute_loss, make_loader, update_ema
 from sg2v.vocab import shapes_vocab
 
 
@@ -53,12 +53,9 @@ class _FloatVideo(ShapesVideoDataset):
         return item
 
 
-def _loader(tc: TrainConfig, cfg, vocab, device: torch.device, n_steps: int, float_video: bool = False):
+def _loader(tc: TrainConfig, cfg, vocab, device: torch.device, float_video: bool = False):
     ds = (_FloatVideo if float_video else ShapesVideoDataset)(cfg, vocab, seed=tc.seed, split="train")
-    sampler = StepBatchSampler(0, n_steps, tc.batch, 1, 0, 1)
-    return torch.utils.data.DataLoader(
-        ds, batch_sampler=sampler, num_workers=tc.workers, collate_fn=collate, worker_init_fn=seed_worker,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if tc.workers else None)
+    return make_loader(ds, tc, 0, pin=device.type == "cuda")  # exactly sg2v-train's loader
 
 
 class _Clock:
@@ -82,15 +79,15 @@ class _Clock:
         return time.perf_counter() - self.t
 
 
-def _train_step(model, ema, opt, batch, gen, device: torch.device) -> None:
+def _train_step(model, ema, opt, batch, gen, device: torch.device, tc: TrainConfig) -> None:
     """What one step of `sg2v-train diffusion` does on the device (no gradient accumulation, no DDP)."""
     opt.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         loss = compute_loss(model, batch, gen)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
     opt.step()
-    update_ema(ema, model, 0.999)
+    update_ema(ema, model, tc.ema_decay)
 
 
 def main(argv=None) -> int:
@@ -100,16 +97,16 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     device = torch.device(args.device)
-    tc = TrainConfig(size=args.size, batch=args.batch, workers=args.workers, seed=0)
-    cfg, vocab = tc.model_config(), shapes_vocab()
     total = args.warmup + args.steps
+    tc = TrainConfig(size=args.size, steps=total, batch=args.batch, workers=args.workers, seed=0)
+    cfg, vocab = tc.model_config(), shapes_vocab()
     res: dict = {"size": args.size, "batch": args.batch, "workers": args.workers, "device": str(device),
                  "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
                  "torch": torch.__version__, "steps": args.steps, "warmup": args.warmup}
 
     # 1. the loader alone (host clock: it is host work), as shipped (uint8) and with float32 video
     for key, float_video in (("loader_f32_s_per_batch", True), ("loader_s_per_batch", False)):
-        times, it = [], iter(_loader(tc, cfg, vocab, device, total, float_video))
+        times, it = [], iter(_loader(tc, cfg, vocab, device, float_video))
         for i in range(total):
             t = time.perf_counter()
             batch = next(it)
@@ -133,7 +130,7 @@ def main(argv=None) -> int:
     for i in range(total):
         gen = torch.Generator(device=device).manual_seed(i)
         clock.start()
-        _train_step(model, ema, opt, batch, gen, device)
+        _train_step(model, ema, opt, batch, gen, device, tc)
         dt = clock.stop()
         if i >= args.warmup:
             times.append(dt)
@@ -142,12 +139,12 @@ def main(argv=None) -> int:
         res["step_cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
 
     # 3. both, as sg2v-train runs them (host clock over whole steps, after a device sync)
-    times, it = [], iter(_loader(tc, cfg, vocab, device, total))
+    times, it = [], iter(_loader(tc, cfg, vocab, device))
     for i in range(total):
         t = time.perf_counter()
         b = {k: v.to(device, non_blocking=True) for k, v in next(it).items()}
         gen = torch.Generator(device=device).manual_seed(i)
-        _train_step(model, ema, opt, b, gen, device)
+        _train_step(model, ema, opt, b, gen, device, tc)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= args.warmup:

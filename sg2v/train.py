@@ -381,13 +381,7 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
         return TrainResult(model, ema, opt, start, losses, metrics, out)
 
     ds = ShapesVideoDataset(cfg, vocab, seed=tc.seed, split="train")
-    sampler = StepBatchSampler(start, tc.steps, tc.batch, dist.world, dist.rank, tc.grad_accum)
-    loader = torch.utils.data.DataLoader(
-        ds, batch_sampler=sampler, num_workers=tc.workers, collate_fn=collate, worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(tc.seed), pin_memory=dist.device.type == "cuda",
-        persistent_workers=False, prefetch_factor=4 if tc.workers else None,
-    )
-    batches = iter(loader)
+    batches = iter(make_loader(ds, tc, start, dist.world, dist.rank, pin=dist.device.type == "cuda"))
     use_bf16 = dist.device.type == "cuda"
     bar = _Progress(start, tc.steps, progress and dist.is_main, tc.log_every)
     t_last, n_last = time.perf_counter(), 0
@@ -439,9 +433,8 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
                 loss_acc.zero_()
             else:
                 bar.update(done, {})
-            stop_here = done < tc.steps and done == tc.stop_at
-            out_of_time = done < tc.steps and not stop_here and _out_of_time(tc, dist, t_start)
-            if dist.is_main and (done % tc.ckpt_every == 0 or done == tc.steps or out_of_time or stop_here):
+            stop = _stop_reason(tc, dist, done, t_start)
+            if dist.is_main and (done % tc.ckpt_every == 0 or done == tc.steps or stop):
                 save_checkpoint(out / LAST, model, cfg, vocab, ema=ema, step=done, optimizer=opt,
                                 extra={"train_config": tc.to_dict()})
             if dist.is_main and tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
@@ -449,20 +442,19 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
                 metrics.append(m)
                 bar.write(f"eval step {done}: presence {m['presence']:.3f} relation_accuracy "
                           f"{_fmt(m['relation_accuracy'])} shape_accuracy {_fmt(m['shape_accuracy'])}")
-            if stop_here:
+            if stop:
                 stopped = done
                 if dist.is_main:
-                    _log(out, {"step": done, "stopped": "stop_at"})
-                    bar.write(f"--stop-at {done} reached; saved {out / LAST}; run again without --stop-at "
-                              "(or with a later one) to go on")
-                break
-            if out_of_time:
-                stopped = done
-                if dist.is_main:
-                    _log(out, {"step": done, "stopped": "time_limit", "time_limit_s": tc.time_limit,
-                               "elapsed_s": round(time.perf_counter() - t_start, 1)})
-                    bar.write(f"--time-limit {tc.time_limit:g} s reached at step {done}; saved {out / LAST}; "
-                              "run the same command again to resume")
+                    record: dict[str, Any] = {"step": done, "stopped": stop}
+                    if stop == "time_limit":
+                        record.update(time_limit_s=tc.time_limit,
+                                      elapsed_s=round(time.perf_counter() - t_start, 1))
+                        bar.write(f"--time-limit {tc.time_limit:g} s reached at step {done}; saved "
+                                  f"{out / LAST}; run the same command again to resume")
+                    else:
+                        bar.write(f"--stop-at {done} reached; saved {out / LAST}; run again without "
+                                  "--stop-at (or with a later one) to go on")
+                    _log(out, record)
                 break
     finally:
         bar.close()
@@ -470,10 +462,26 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
     return TrainResult(model, ema, opt, stopped, losses, metrics, out)
 
 
-def _out_of_time(tc: TrainConfig, dist: Dist, t_start: float) -> bool:
-    """Whether --time-limit has passed; under DDP rank 0's clock decides, so all ranks stop together."""
+def make_loader(ds: Any, tc: TrainConfig, start: int, world: int = 1, rank: int = 0,
+                pin: bool = False) -> torch.utils.data.DataLoader:
+    """The training DataLoader: this rank's micro-batches of steps start .. tc.steps, made by tc.workers."""
+    sampler = StepBatchSampler(start, tc.steps, tc.batch, world, rank, tc.grad_accum)
+    return torch.utils.data.DataLoader(
+        ds, batch_sampler=sampler, num_workers=tc.workers, collate_fn=collate, worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(tc.seed), pin_memory=pin, persistent_workers=False,
+        prefetch_factor=4 if tc.workers else None,
+    )
+
+
+def _stop_reason(tc: TrainConfig, dist: Dist, done: int, t_start: float) -> str | None:
+    """"stop_at" or "time_limit" when the run should checkpoint and stop after step `done` short of
+    tc.steps, else None. Under DDP rank 0's clock decides the time limit, so all ranks stop together."""
+    if done >= tc.steps:
+        return None
+    if done == tc.stop_at:
+        return "stop_at"
     if not tc.time_limit:
-        return False
+        return None
     over = time.perf_counter() - t_start >= tc.time_limit
     if dist.world > 1:
         import torch.distributed as td
@@ -481,7 +489,7 @@ def _out_of_time(tc: TrainConfig, dist: Dist, t_start: float) -> bool:
         flag = torch.tensor([1.0 if over else 0.0], device=dist.device)
         td.broadcast(flag, src=0)
         over = bool(flag.item())
-    return over
+    return "time_limit" if over else None
 
 
 def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
