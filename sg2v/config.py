@@ -71,6 +71,10 @@ class UNetConfig:
     temporal_attention: bool = True
     temporal_conv: bool = True
     dropout: float = 0.0
+    # Layout grounding (0: none): width of the per-object embedding painted inside each object's box per frame
+    # (object maps, with in-box coordinates), added at the UNet's input and read by a full-resolution head.
+    layout_dim: int = 0
+    layout_head: int = 32  # hidden width of the per-pixel output head over the object maps (with layout_dim)
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,17 @@ class DiffusionConfig:
 
 
 @dataclass(frozen=True)
+class LayoutConfig:
+    """Layout network over object tracks (`sg2v.models.layout`); dim 0: the model has no layout stage."""
+
+    dim: int = 0  # token width of the layout transformer; 0: no layout network
+    layers: int = 4
+    heads: int = 4
+    default_steps: int = 8  # sampler steps of the layout stage
+    default_tries: int = 16  # layouts drawn per graph at most until every relation with a rule holds
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild the networks exactly as trained."""
 
@@ -102,6 +117,7 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,6 +182,7 @@ _SUBCONFIGS = {
     "EncoderConfig": EncoderConfig,
     "UNetConfig": UNetConfig,
     "DiffusionConfig": DiffusionConfig,
+    "LayoutConfig": LayoutConfig,
 }
 
 

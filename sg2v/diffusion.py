@@ -73,6 +73,7 @@ def diffusion_loss(
     cond_drop_prob: float | None = None,
     min_snr_gamma: float | None = None,
     alphas_cumprod: torch.Tensor | None = None,
+    boxes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean v-prediction MSE at uniform t, graphs dropped to the null context per sample (Ho & Salimans 2022).
 
@@ -92,13 +93,19 @@ def diffusion_loss(
     noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
     drop = torch.rand(b, generator=generator, device=dev) < p_drop  # (B,)
 
-    context, context_mask = core.encode(graph)  # (B, L, D), (B, L)
+    context, context_mask, objects = core.encode_all(graph)  # (B, L, D), (B, L), (B, O, d)
     null_ctx, null_mask = core.null_context_batch(b)
     context = torch.where(drop[:, None, None], null_ctx.to(context.dtype), context)
     context_mask = torch.where(drop[:, None], null_mask.to(context_mask.dtype), context_mask)
+    layout: tuple[torch.Tensor, ...] = ()
+    if core.grounded:
+        if boxes is None:
+            raise ConfigError("this model is grounded on a layout: pass the clips' boxes (B, O, F, 4)")
+        keep = (~drop).to(objects.dtype)  # a dropped sample loses its layout too: the unconditional half
+        layout = (objects * keep[:, None, None], boxes.to(objects.dtype) * keep[:, None, None, None])
 
     x_t = q_sample(x0, t, noise, ac)
-    v = model(x_t, t.to(torch.float32), context, context_mask)
+    v = model(x_t, t.to(torch.float32), context, context_mask, *layout)
     err = (v.float() - v_target(x0, t, noise, ac).float()) ** 2
     per_sample = err.reshape(b, -1).mean(dim=1)  # (B,)
     if dcfg.prediction == "x0":

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from sg2v.errors import GraphError
+from sg2v.layout import Track, expand_layout, parse_layout
 from sg2v.vocab import IMAGE_OBJECT, IN_IMAGE_PRED, Vocab
 
-GRAPH_KEYS = ("objects", "relationships", "description")
+GRAPH_KEYS = ("objects", "relationships", "description", "layout")
 _EXAMPLE = '{"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}'
 
 
@@ -37,6 +38,11 @@ class SceneGraph:
     objs: np.ndarray = field(compare=False, repr=False)  # (n + 1,) int64, `__image__` last
     triples: np.ndarray = field(compare=False, repr=False)  # (r + n, 3) int64, `__in_image__` triples last
     description: str | None = None
+    layout: tuple[tuple[int, Track], ...] = ()  # the given tracks, by object index (`sg2v.layout`)
+
+    def tracks(self, frames: int) -> dict[int, np.ndarray]:
+        """The given tracks as (F, 4) float32 boxes by object index (objects left out are sampled)."""
+        return expand_layout(dict(self.layout), frames)
 
     @property
     def num_objects(self) -> int:
@@ -54,6 +60,8 @@ class SceneGraph:
         }
         if self.description is not None:
             d["description"] = self.description
+        if self.layout:
+            d["layout"] = {str(i): t.to_json() for i, t in self.layout}
         return d
 
     def to_json(self) -> str:
@@ -205,15 +213,15 @@ def _join(prefix: str, key: str) -> str:
 
 
 def _validate(data: Any, vocab: Vocab, where: str, max_objects: int | None,
-              max_relationships: int | None) -> SceneGraph:
+              max_relationships: int | None, frames: int | None = None) -> SceneGraph:
     """Check one graph's JSON data against the format and `vocab`; build its internal arrays."""
     top = where or "graph"
     if not isinstance(data, Mapping):
         raise GraphError(f"{top}: a graph must be a JSON object like {_EXAMPLE}, got {_show(data)}")
     for key in data:
         if key not in GRAPH_KEYS:
-            raise GraphError(f"{top}: unknown key {_show(key)}; a graph has \"objects\", \"relationships\" "
-                             "and an optional \"description\"")
+            raise GraphError(f"{top}: unknown key {_show(key)}; a graph has \"objects\", \"relationships\", "
+                             "an optional \"description\" and an optional \"layout\"")
     description = data.get("description")
     if "description" in data and not isinstance(description, str):
         raise GraphError(f"{_join(where, 'description')}: expected a string, got {_show(description)}")
@@ -277,25 +285,30 @@ def _validate(data: Any, vocab: Vocab, where: str, max_objects: int | None,
     triples[r:, 0] = np.arange(n)
     triples[r:, 1] = in_image
     triples[r:, 2] = n
+    layout = ()
+    if "layout" in data:
+        layout = tuple(sorted(parse_layout(data["layout"], n, frames, _join(where, "layout")).items()))
     objs.setflags(write=False)
     triples.setflags(write=False)
-    return SceneGraph(tuple(objects), tuple(out), objs, triples, description)
+    return SceneGraph(tuple(objects), tuple(out), objs, triples, description, layout)
 
 
 def parse_graph(source: Any, vocab: Vocab, max_objects: int | None = None,
-                max_relationships: int | None = None) -> SceneGraph:
-    """Parse one graph from a dict, JSON text, bytes or a path; `GraphError` names the place and the fix."""
+                max_relationships: int | None = None, frames: int | None = None) -> SceneGraph:
+    """Parse one graph from a dict, JSON text, bytes or a path; `GraphError` names the place and the fix.
+
+    `frames` (the model's) also checks that per-frame layout tracks have one box per frame."""
     data, origin = _read_source(source)
     if isinstance(data, (list, tuple)):
         raise GraphError(f"{origin or 'graph'}: top level is a list; parse_graph takes one graph object like "
                          f"{_EXAMPLE} (load_graphs takes a list)")
-    return _validate_at(data, vocab, origin, "", max_objects, max_relationships)
+    return _validate_at(data, vocab, origin, "", max_objects, max_relationships, frames)
 
 
 def _validate_at(data: Any, vocab: Vocab, origin: str, path: str, max_objects: int | None,
-                 max_relationships: int | None) -> SceneGraph:
+                 max_relationships: int | None, frames: int | None = None) -> SceneGraph:
     try:
-        return _validate(data, vocab, path, max_objects, max_relationships)
+        return _validate(data, vocab, path, max_objects, max_relationships, frames)
     except GraphError as e:
         if origin:
             raise GraphError(f"{origin}: {e}") from None
@@ -303,17 +316,17 @@ def _validate_at(data: Any, vocab: Vocab, origin: str, path: str, max_objects: i
 
 
 def load_graphs(source: Any, vocab: Vocab, max_objects: int | None = None,
-                max_relationships: int | None = None) -> list[SceneGraph]:
+                max_relationships: int | None = None, frames: int | None = None) -> list[SceneGraph]:
     """One graph or a JSON list of graphs (errors then name `graphs[i]...`) from any `parse_graph` source."""
     data, origin = _read_source(source)
     if isinstance(data, Mapping):
-        return [_validate_at(data, vocab, origin, "", max_objects, max_relationships)]
+        return [_validate_at(data, vocab, origin, "", max_objects, max_relationships, frames)]
     if not isinstance(data, (list, tuple)):
         raise GraphError(f"{origin or 'graphs'}: expected a graph object or a list of graphs, "
                          f"got {_show(data)}")
     if not data:
         raise GraphError(f"{origin or 'graphs'}: the list of graphs is empty; give at least one graph")
-    return [_validate_at(g, vocab, origin, f"graphs[{i}]", max_objects, max_relationships)
+    return [_validate_at(g, vocab, origin, f"graphs[{i}]", max_objects, max_relationships, frames)
             for i, g in enumerate(data)]
 
 

@@ -143,10 +143,17 @@ class SGEncoder(nn.Module):
         self, objs: torch.Tensor, obj_mask: torch.Tensor, triples: torch.Tensor, triple_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(objs (B, O), obj_mask (B, O), triples (B, T, 3), triple_mask (B, T)) -> context, context_mask."""
+        context, context_mask, _ = self.encode_all(objs, obj_mask, triples, triple_mask)
+        return context, context_mask
+
+    def encode_all(
+        self, objs: torch.Tensor, obj_mask: torch.Tensor, triples: torch.Tensor, triple_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """context (B, L, C), context_mask (B, L) and the object vectors (B, O, d) the layout stages read."""
         obj_vecs, pred_vecs = self.encode_graph(objs, obj_mask, triples, triple_mask)
         glob = self._global(obj_vecs, pred_vecs, obj_mask, triple_mask)  # (B, C)
         local = self._local(obj_vecs, pred_vecs, triples, triple_mask)  # (B, T, C)
         context = torch.cat([glob.unsqueeze(1), local], dim=1)  # (B, 1 + T, C)
         tm = triple_mask.to(context.dtype)
         context_mask = torch.cat([torch.ones_like(tm[:, :1]), tm], dim=1)  # (B, 1 + T)
-        return context, context_mask
+        return context, context_mask, obj_vecs

@@ -31,7 +31,15 @@ class SG2V(nn.Module):
             x0_ac = alphas_cumprod_tensor(cfg.diffusion)
         elif cfg.diffusion.prediction != "v":
             raise ConfigError(f"diffusion.prediction = {cfg.diffusion.prediction!r}; choose 'v' or 'x0'")
-        self.unet = TemporalUNet(cfg.unet, cfg.data, d, x0_alphas_cumprod=x0_ac)
+        self.layout_net = None
+        if cfg.layout.dim > 0:
+            from sg2v.diffusion import alphas_cumprod_tensor
+            from sg2v.models.layout import LayoutNet
+
+            self.layout_net = LayoutNet(cfg.layout, cfg.data, cfg.encoder.embed_dim, d,
+                                        alphas_cumprod_tensor(cfg.diffusion))
+        self.unet = TemporalUNet(cfg.unet, cfg.data, d, x0_alphas_cumprod=x0_ac,
+                                 object_dim=cfg.encoder.embed_dim)
         # Learned global token, zeros elsewhere; the local slots are masked out, so they never get a gradient.
         null = torch.zeros(1, tokens, d)
         null[0, 0] = torch.randn(d)  # the encoder's global token is LayerNormed, so unit scale
@@ -45,11 +53,23 @@ class SG2V(nn.Module):
         g = graph_tensors(graph, self.null_context.device)
         return self.encoder(g["objs"], g["obj_mask"], g["triples"], g["triple_mask"])
 
+    def encode_all(self, graph: Mapping[str, torch.Tensor] | Any
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like `encode`, plus the object vectors (B, O, d) that ground a layout-conditioned UNet."""
+        g = graph_tensors(graph, self.null_context.device)
+        return self.encoder.encode_all(g["objs"], g["obj_mask"], g["triples"], g["triple_mask"])
+
+    @property
+    def grounded(self) -> bool:
+        """Whether the UNet takes a layout (objects and boxes) beside the graph tokens."""
+        return self.unet.layout
+
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+        objects: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """v-prediction: x (B, F, C, H, W), t (B,) float timestep index -> v (B, F, C, H, W)."""
-        return self.unet(x, t, context, context_mask)
+        return self.unet(x, t, context, context_mask, objects, boxes)
 
     def null_context_batch(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The null context repeated `batch` times: (B, L, D), (B, L)."""

@@ -202,6 +202,62 @@ class UNetBlock(nn.Module):
         return h
 
 
+class ObjectMaps(nn.Module):
+    """Per-frame object maps: each object's embedding painted inside its box, with in-box coordinates.
+
+    Boxes are (x0, y0, x1, y1) in [0, 1] of the frame (x right, y down); a pixel belongs to a box when its
+    centre lies in [x0, x1) x [y0, y1), so boxes on the pixel grid rasterise exactly. Per pixel the map holds
+    the sum over the objects covering it of [embedding (E), in-box x and y in [-1, 1], 1]: E + 3 channels. An
+    empty box (x1 <= x0: a padded slot, an unconditional sample) paints nothing. Comparisons, products and one
+    MatMul: plain ONNX ops, no scatter.
+    """
+
+    def __init__(self, object_dim: int, layout_dim: int, height: int, width: int):
+        super().__init__()
+        self.proj = nn.Linear(object_dim, layout_dim)
+        self.channels = layout_dim + 3
+        self.register_buffer("u", (torch.arange(width) + 0.5) / width, persistent=False)  # (W,)
+        self.register_buffer("v", (torch.arange(height) + 0.5) / height, persistent=False)  # (H,)
+
+    def forward(self, objects: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """objects (B, O, D), boxes (B, O, F, 4) -> maps (B*F, E + 3, H, W)."""
+        b, o, f, _ = boxes.shape
+        h, w = self.v.shape[0], self.u.shape[0]
+        boxes = boxes.to(self.u.dtype)
+        x0, y0, x1, y1 = (boxes[..., i:i + 1] for i in range(4))  # (B, O, F, 1) each
+        in_x = ((self.u >= x0) & (self.u < x1)).to(boxes.dtype)  # (B, O, F, W)
+        in_y = ((self.v >= y0) & (self.v < y1)).to(boxes.dtype)  # (B, O, F, H)
+        inside = in_y[..., :, None] * in_x[..., None, :]  # (B, O, F, H, W)
+        rel_x = (self.u - x0) / (x1 - x0).clamp_min(1e-3) * 2.0 - 1.0  # (B, O, F, W)
+        rel_y = (self.v - y0) / (y1 - y0).clamp_min(1e-3) * 2.0 - 1.0  # (B, O, F, H)
+        emb = self.proj(objects).to(boxes.dtype)  # (B, O, E)
+        paint = torch.matmul(inside.reshape(b, o, f * h * w).transpose(1, 2), emb)  # (B, F*H*W, E)
+        paint = paint.reshape(b, f, h, w, -1).permute(0, 1, 4, 2, 3)  # (B, F, E, H, W)
+        coord_x = (inside * rel_x[..., None, :]).sum(1)  # (B, F, H, W)
+        coord_y = (inside * rel_y[..., :, None]).sum(1)
+        cover = inside.sum(1)
+        extra = torch.stack([coord_x, coord_y, cover], dim=2)  # (B, F, 3, H, W)
+        return torch.cat([paint, extra], dim=2).reshape(b * f, self.channels, h, w)
+
+
+class PixelHead(nn.Module):
+    """Per-pixel MLP (1x1 convs) over the UNet's output and the object maps; zero-initialised residual.
+
+    It works at full resolution, below the patch grid, so an object's outline follows its box to the pixel
+    (spatially-adaptive refinement from a semantic layout, as SPADE, Park et al. 2019, does with norms).
+    """
+
+    def __init__(self, channels: int, map_channels: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels + map_channels, hidden, 1), nn.SiLU(),
+                                 nn.Conv2d(hidden, hidden, 1), nn.SiLU(), nn.Conv2d(hidden, channels, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, out: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:  # (BF, C, H, W), (BF, M, H, W)
+        return out + self.net(torch.cat([out, maps.to(out.dtype)], dim=1))
+
+
 class SinusoidalEmbedding(nn.Module):
     """Sinusoidal embedding of a float timestep (Vaswani et al. 2017, as in Ho et al. 2020)."""
 
@@ -220,7 +276,7 @@ class TemporalUNet(nn.Module):
     """v-prediction UNet over (B, F, C, H, W) clips conditioned on graph tokens (ARCHITECTURE.md "UNet")."""
 
     def __init__(self, ucfg: UNetConfig, data: DataConfig, context_dim: int,
-                 x0_alphas_cumprod: torch.Tensor | None = None):
+                 x0_alphas_cumprod: torch.Tensor | None = None, object_dim: int = 0):
         super().__init__()
         _check_config(ucfg, data)
         # x0-parameterised (DiffusionConfig.prediction == "x0"): the layers predict the clean clip and the
@@ -248,6 +304,18 @@ class TemporalUNet(nn.Module):
         self.patch = ucfg.patch_size
         patch_ch = data.channels * self.patch * self.patch
         self.conv_in = nn.Conv2d(patch_ch, base, 3, padding=1)
+        # Layout grounding: object maps enter beside conv_in and feed the full-resolution head; both paths
+        # start at zero, so a grounded model initialised from an ungrounded one computes the same at step 0.
+        self.layout = ucfg.layout_dim > 0
+        if self.layout:
+            if object_dim < 1:
+                raise ConfigError("unet.layout_dim > 0 needs the encoder's object width (object_dim)")
+            self.object_maps = ObjectMaps(object_dim, ucfg.layout_dim, data.height, data.width)
+            map_ch = self.object_maps.channels
+            self.layout_in = nn.Conv2d(map_ch * self.patch * self.patch, base, 1)
+            nn.init.zeros_(self.layout_in.weight)
+            nn.init.zeros_(self.layout_in.bias)
+            self.pixel_head = PixelHead(data.channels, map_ch, ucfg.layout_head)
 
         def temporal(ch: int) -> list[nn.Module]:
             layers: list[nn.Module] = []
@@ -292,9 +360,14 @@ class TemporalUNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, patch_ch, 3, padding=1)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+        objects: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, F, C, H, W), t (B,) float timestep, context (B, L, D), context_mask (B, L) -> v like x."""
+        """x (B, F, C, H, W), t (B,) float timestep, context (B, L, D), context_mask (B, L) -> v like x.
+
+        A grounded UNet (`layout_dim > 0`) also takes the encoder's objects (B, O, D) and their boxes
+        (B, O, F, 4) in [0, 1]; an all-zero box paints nothing (padded slots, the unconditional half).
+        """
         f, c, hh, ww = self.frames, self.channels, self.height, self.width
         if not torch.jit.is_tracing() and tuple(x.shape[1:]) != (f, c, hh, ww):  # static in a trace
             raise ValueError(
@@ -305,7 +378,15 @@ class TemporalUNet(nn.Module):
         emb = self.time_embed(t) + self.graph_embed(context[:, 0])  # (B, E)
         emb = emb[:, None, :].expand(b, f, self.emb_dim).reshape(b * f, self.emb_dim)  # (BF, E)
         bias = ((1.0 - context_mask.to(context.dtype)) * MASK_BIAS)[:, None, None, :]  # (B, 1, 1, L)
+        maps = None
+        if self.layout:
+            if objects is None or boxes is None:
+                raise ValueError("this UNet is grounded on a layout: pass objects (B, O, D) and boxes "
+                                 "(B, O, F, 4)")
+            maps = self.object_maps(objects, boxes).to(h.dtype)  # (BF, E + 3, H, W)
         h = self.conv_in(pixel_unshuffle(h, self.patch))  # (BF, base, H/p, W/p)
+        if maps is not None:
+            h = h + self.layout_in(pixel_unshuffle(maps, self.patch))
         hs = [h]
         for blk in self.down:
             h = blk(h, emb, context, bias)
@@ -314,6 +395,8 @@ class TemporalUNet(nn.Module):
         for blk in self.up:
             h = blk(torch.cat([h, hs.pop()], dim=1), emb, context, bias)
         h = pixel_shuffle(self.conv_out(F.silu(self.norm_out(h))), self.patch)  # (BF, C, H, W)
+        if maps is not None:
+            h = self.pixel_head(h, maps)
         out = h.reshape(b, f, c, hh, ww)
         if self.x0_param:  # out is x0: v = (sqrt(a_t) x_t - x0) / sqrt(1 - a_t)
             ti = t.long()  # the integer timestep (truncation, as the ONNX Cast)

@@ -177,6 +177,11 @@ class Motion:
         p = self.start[:, None, :] + (self.end - self.start)[:, None, :] * t[None, :, None]  # (n, F, 2)
         return np.rint(p).astype(np.int64)
 
+    def boxes(self, frames: int) -> np.ndarray:
+        """Per-frame boxes (n, F, 4) float32, (x0, y0, x1, y1) in pixels, x1/y1 exclusive (as rendered)."""
+        tl = self.top_left(frames)
+        return np.concatenate([tl, tl + np.asarray(self.sizes)[:, None, None]], -1).astype(np.float32)
+
 
 @dataclass(frozen=True)
 class ShapesSample:
@@ -302,7 +307,7 @@ class ShapesWorld:
         video = np.take(palette, ids.astype(np.intp), axis=0)  # (F, H, W, 3); take beats int8 fancy indexing
         masks = ids[None] == np.arange(1, n + 1, dtype=np.int8)[:, None, None, None]  # (n, F, H, W)
         centroids = self._centroids(tl, shapes, sizes).astype(np.float32)  # (n, F, 2)
-        boxes = np.concatenate([tl, far], -1).astype(np.float32)  # (n, F, 4)
+        boxes = motion.boxes(f)  # (n, F, 4)
         g = {"objects": list(names), "relationships": [[s, p, o] for s, p, o in rels]}
         return ShapesSample(g, video, centroids, boxes, masks, motion)
 
@@ -314,6 +319,10 @@ class ShapesWorld:
     # -- the generator
     def sample(self, seed_or_rng: Any = None) -> ShapesSample:
         """One random (graph, video) pair; the same seed gives the same pair."""
+        return self.render(*self.sample_scene(seed_or_rng))
+
+    def sample_scene(self, seed_or_rng: Any = None) -> tuple[dict[str, Any], Motion]:
+        """The graph and motion `sample` renders for the same seed, without the video (for layouts)."""
         rng = _as_rng(seed_or_rng)
         n = int(rng.integers(1, self.max_objects + 1))
         colors = rng.choice(len(COLOR_NAMES), size=n, replace=False)
@@ -327,7 +336,7 @@ class ShapesWorld:
                 break
         motion = Motion(sizes.astype(np.int64), start[i], end[i])
         rels = self._pick_relations(rng, self._centroids(tl[i], shapes, sizes))
-        return self.render({"objects": names, "relationships": rels}, motion)
+        return {"objects": names, "relationships": rels}, motion
 
     def _pick_relations(self, rng: np.random.Generator, c: np.ndarray) -> list[list]:
         """Up to max_relationships distinct facts that hold for centroid tracks c (n, F, 2), random order.
@@ -393,13 +402,20 @@ class ShapesDataset:
         return np.random.SeedSequence(self.seed, spawn_key=(SPLITS[self.split], int(index)))
 
     def __getitem__(self, index: int) -> ShapesSample:
+        return self.world.sample(np.random.default_rng(self.seed_sequence(self._index(index))))
+
+    def scene(self, index: int) -> tuple[dict[str, Any], Motion]:
+        """Sample `index`'s graph and motion without its video (`ShapesWorld.sample_scene`)."""
+        return self.world.sample_scene(np.random.default_rng(self.seed_sequence(self._index(index))))
+
+    def _index(self, index: int) -> int:
         if not isinstance(index, (int, np.integer)):
             raise TypeError(f"ShapesDataset index must be an int, got {type(index).__name__}")
         if index < 0:
             index += self.length
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for ShapesDataset of length {self.length}")
-        return self.world.sample(np.random.default_rng(self.seed_sequence(index)))
+        return int(index)
 
     def __iter__(self):
         for i in range(self.length):
