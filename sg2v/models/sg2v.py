@@ -69,7 +69,8 @@ class SG2V(nn.Module):
         objects: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """v-prediction: x (B, F, C, H, W), t (B,) float timestep index -> v (B, F, C, H, W)."""
-        return self.unet(x, t, context, context_mask, objects, boxes)
+        layout = () if objects is None and boxes is None else (objects, boxes)
+        return self.unet(x, t, context, context_mask, *layout)
 
     def null_context_batch(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The null context repeated `batch` times: (B, L, D), (B, L)."""
