@@ -1,0 +1,199 @@
+"""The layout stage of generation (torch-free): draw object tracks, check relations, redraw, report.
+
+For each graph the layout network (a `Stage`: `run(feeds) -> {"v": ...}`) is sampled with the shared
+samplers of `sg2v.sampling` from noise that depends only on the graph's seed and the draw's round, so a graph
+gets the same layout alone or in a batch. Candidates are drawn in rounds of `per_round`; a graph is done when
+one candidate satisfies every relation that has a geometric rule (`sg2v.relations`), after `tries` draws at
+most. The first satisfying candidate is kept; when none satisfies, the one with the most relations holding
+(ties: the largest smallest slack) is kept and the result says which relations fail. A graph whose relations
+contradict each other (a cycle of "left of") is drawn once and reported as contradictory. Pinned tracks
+(given by the user) enter the network as inputs and are put back exactly in every candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sg2v.relations import RelationCheck, batch_all_hold, check_layout, contradictions, margin_of
+from sg2v.sampling import get_sampler
+from sg2v.schedule import timesteps
+
+LAYOUT_NOISE_STREAM = 1  # SeedSequence([seed, stream, round]): independent of the video's default_rng(seed)
+LAYOUT_INPUTS = ("x", "t", "objects", "track_mask", "context", "context_mask", "triples", "known",
+                 "known_mask")
+
+
+@dataclass
+class LayoutResult:
+    """The tracks one graph is drawn with, and what the relation check found."""
+
+    tracks: np.ndarray  # (n, F, 4) float32, boxes in [0, 1]
+    relations: list[RelationCheck]
+    draws: int  # candidates drawn (0: every track was given)
+    satisfied: bool  # every relation with a rule holds
+    pinned: list[int] = field(default_factory=list)  # object indices whose tracks were given
+    contradictions: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[RelationCheck]:
+        return [c for c in self.relations if c.holds is False]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"draws": self.draws, "satisfied": self.satisfied, "pinned": self.pinned,
+                "contradictions": self.contradictions, "relations": [c.to_dict() for c in self.relations]}
+
+
+def layout_noise(seed: int, round_: int, count: int, shape: Sequence[int]) -> np.ndarray:
+    """x_T of `count` layout candidates of round `round_` for a graph with seed `seed`: (count, *shape)."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), LAYOUT_NOISE_STREAM, int(round_)]))
+    return rng.standard_normal((count, *shape), dtype=np.float32)
+
+
+def tracks_from_unit(x: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Network output in [-1, 1] (..., F, 4) -> boxes in [0, 1] with x0 < x1, y0 < y1, at least 1 px wide."""
+    b = np.clip((np.asarray(x, dtype=np.float64) + 1.0) / 2.0, 0.0, 1.0)
+    out = np.empty_like(b)
+    for lo, hi, side in ((0, 2, 1.0 / width), (1, 3, 1.0 / height)):
+        a, c = np.minimum(b[..., lo], b[..., hi]), np.maximum(b[..., lo], b[..., hi])
+        short = c - a < side
+        mid = np.clip((a + c) / 2.0, side / 2.0, 1.0 - side / 2.0)
+        out[..., lo] = np.where(short, mid - side / 2.0, a)
+        out[..., hi] = np.where(short, mid + side / 2.0, c)
+    return out.astype(np.float32)
+
+
+def _score(checks: Sequence[RelationCheck]) -> tuple[int, float]:
+    """Rank of a candidate that fails: relations holding, then the smallest slack beyond its margin."""
+    held = sum(c.holds is True for c in checks)
+    gaps = [c.slack - margin_of(c.rule) for c in checks if c.rule is not None and c.slack is not None]
+    worst = min(gaps) if gaps else 0.0
+    return held, worst if np.isfinite(worst) else -np.inf
+
+
+class LayoutSampler:
+    """Draws tracks for a batch of graphs with a layout stage (module note)."""
+
+    def __init__(self, run: Callable[[dict[str, Any]], Any], alphas_cumprod: np.ndarray, frames: int,
+                 height: int, width: int, rules: Mapping[str, str], steps: int = 8, tries: int = 16,
+                 per_round: int = 8, sampler: str = "dpmpp2m", xp: Any = np,
+                 max_batch: int | None = None):
+        if not isinstance(tries, (int, np.integer)) or isinstance(tries, bool) or tries < 1:
+            raise ValueError(f"layout tries must be an integer >= 1, got {tries!r}")
+        self.run = run
+        self.alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
+        self.frames, self.height, self.width = int(frames), int(height), int(width)
+        self.rules = dict(rules)
+        self.steps, self.tries = int(steps), int(tries)
+        self.per_round = max(1, min(int(per_round), self.tries))
+        self.sample = get_sampler(sampler)
+        self.xp = xp
+        self.max_batch = max_batch
+
+    def draw(self, cond: Mapping[str, np.ndarray], relationships: Sequence[Sequence[Sequence]],
+             counts: Sequence[int], pinned: Sequence[Mapping[int, np.ndarray]], seeds: Sequence[int]
+             ) -> list[LayoutResult]:
+        """Layouts for B graphs: `cond` holds the stage's per-graph inputs (objects, context, context_mask,
+        triples: (B, ...) host arrays), `counts` each graph's objects, `pinned` its given (F, 4) tracks."""
+        b = len(counts)
+        o = cond["objects"].shape[1]
+        shape = (o, self.frames, 4)
+        results: list[LayoutResult | None] = [None] * b
+        best: list[tuple[Any, np.ndarray, list[RelationCheck]] | None] = [None] * b
+        drawn = [0] * b
+        contra = [contradictions(relationships[i], self.rules) for i in range(b)]
+        need = []
+        for i in range(b):
+            if len(pinned[i]) == counts[i]:  # every track given: nothing to draw, only to check
+                tracks = np.stack([np.asarray(pinned[i][k], np.float32) for k in range(counts[i])])
+                checks = check_layout(tracks, relationships[i], self.rules)
+                results[i] = LayoutResult(tracks, checks, 0, all(c.holds is not False for c in checks),
+                                          sorted(pinned[i]), contra[i])
+            else:
+                need.append(i)
+        round_ = 0
+        while need:
+            # one batched sampling of this round's candidates for every unfinished graph
+            ks = [1 if contra[i] or not self._checked(relationships[i]) else
+                  min(self.per_round, self.tries - drawn[i]) for i in need]
+            cands = self._sample(cond, need, ks, pinned, seeds, round_, shape, counts)
+            pos, still = 0, []
+            for i, k in zip(need, ks):
+                c = cands[pos:pos + k, :counts[i]]  # (k, n, F, 4)
+                pos += k
+                drawn[i] += k
+                ok = batch_all_hold(c, relationships[i], self.rules)  # (k,)
+                if ok.any():
+                    tracks = c[int(np.argmax(ok))]
+                    results[i] = LayoutResult(tracks, check_layout(tracks, relationships[i], self.rules),
+                                              drawn[i], True, sorted(pinned[i]), contra[i])
+                    continue
+                for j in range(k):
+                    checks = check_layout(c[j], relationships[i], self.rules)
+                    score = _score(checks)
+                    if best[i] is None or score > best[i][0]:
+                        best[i] = (score, c[j], checks)
+                if contra[i] or drawn[i] >= self.tries or not self._checked(relationships[i]):
+                    _, tracks, checks = best[i]
+                    results[i] = LayoutResult(tracks, checks, drawn[i], False, sorted(pinned[i]), contra[i])
+                else:
+                    still.append(i)
+            need = still
+            round_ += 1
+        return [r for r in results if r is not None]
+
+    def _checked(self, relationships: Sequence[Sequence]) -> bool:
+        return any(p in self.rules for _, p, _ in relationships)
+
+    def _sample(self, cond: Mapping[str, np.ndarray], rows: list[int], ks: list[int],
+                pinned: Sequence[Mapping[int, np.ndarray]], seeds: Sequence[int], round_: int,
+                shape: tuple[int, int, int], counts: Sequence[int]) -> np.ndarray:
+        """Candidates (sum(ks), O, F, 4) in [0, 1] for graphs `rows`, ks[j] each, pinned tracks restored."""
+        xp = self.xp
+        rep = np.repeat(np.asarray(rows), ks)  # graph of each candidate row
+        n = len(rep)
+        o = shape[0]
+        track_mask = np.zeros((n, o), np.float32)
+        known = np.zeros((n, *shape), np.float32)
+        known_mask = np.zeros((n, o), np.float32)
+        for r, i in enumerate(rep):
+            track_mask[r, :counts[i]] = 1.0
+            for k, tr in pinned[i].items():
+                known[r, k] = 2.0 * np.asarray(tr, np.float32) - 1.0
+                known_mask[r, k] = 1.0
+        x = np.concatenate([layout_noise(seeds[i], round_, k, shape) for i, k in zip(rows, ks)])
+        feeds = {name: cond[name][rep] for name in ("objects", "context", "context_mask", "triples")}
+        feeds.update(track_mask=track_mask, known=known, known_mask=known_mask)
+        out = []
+        limit = self.max_batch or n
+        for lo in range(0, n, limit):
+            part = {k: xp.asarray(v[lo:lo + limit]) for k, v in feeds.items()}
+            t_buf = xp.empty((min(limit, n - lo),), dtype=np.float32)
+
+            def denoise(xt: Any, t: float, part: dict = part, t_buf: Any = t_buf) -> Any:
+                t_buf[...] = t
+                return self.run({**part, "x": xt, "t": t_buf})["v"]
+
+            ts = timesteps(len(self.alphas_cumprod), self.steps, "trailing")
+            xt = self.sample(denoise, xp.asarray(x[lo:lo + limit]), ts, self.alphas_cumprod)
+            out.append(np.asarray(xt if xp is np else xp.asnumpy(xt)))
+        tracks = tracks_from_unit(np.concatenate(out), self.width, self.height)  # (n, O, F, 4)
+        for r, i in enumerate(rep):
+            for k, tr in pinned[i].items():
+                tracks[r, k] = np.asarray(tr, np.float32)  # given tracks stay exactly as given
+        return tracks
+
+
+def relation_summary(result: LayoutResult) -> str:
+    """One line on the relations a layout could not meet (empty when all hold)."""
+    if result.contradictions:
+        return "contradictory relationships: " + "; ".join(result.contradictions)
+    failed = result.failed
+    if not failed:
+        return ""
+    shown = ", ".join(f"[{c.subject}, {c.predicate!r}, {c.object}]" for c in failed)
+    return (f"{len(failed)} relationship(s) not met by the layout after {result.draws} draws: {shown}; "
+            "raise --layout-tries or give their tracks with --layout")
