@@ -113,3 +113,45 @@ def diffusion_loss(
     if min_snr_gamma is not None:
         per_sample = per_sample * min_snr_weight(ac, t, float(min_snr_gamma))
     return per_sample.mean()
+
+
+def layout_loss(
+    model: Any,
+    tracks: torch.Tensor,
+    track_mask: torch.Tensor,
+    graph: Mapping[str, torch.Tensor] | Any,
+    generator: torch.Generator | None = None,
+    *,
+    pin_prob: float = 0.3,
+    alphas_cumprod: torch.Tensor | None = None,
+    train_encoder: bool = False,
+) -> torch.Tensor:
+    """Mean x0-weighted v-MSE of the layout network over the objects it lays out (layout inpainting).
+
+    tracks (B, O, F, 4) in [0, 1] are mapped to [-1, 1]; in a fraction `pin_prob` of the samples each object
+    is pinned with probability 1/2: its clean track is an input and it leaves the loss, so the network learns
+    to draw the others around given ones. Draws from `generator`, in order: t, noise, pinning.
+    """
+    core = getattr(model, "module", model)
+    if core.layout_net is None:
+        raise ConfigError("this model has no layout network (layout.dim = 0); pick a size with one")
+    ac = alphas_cumprod if alphas_cumprod is not None else alphas_cumprod_tensor(core.cfg.diffusion,
+                                                                                  tracks.device)
+    b, o = track_mask.shape
+    dev = tracks.device
+    t = torch.randint(0, ac.shape[0], (b,), generator=generator, device=dev)  # (B,)
+    x0 = tracks.float() * 2.0 - 1.0  # (B, O, F, 4)
+    noise = torch.randn(x0.shape, generator=generator, device=dev)
+    some = torch.rand(b, 1, generator=generator, device=dev) < pin_prob
+    pin = ((torch.rand(b, o, generator=generator, device=dev) < 0.5) & some).float() * track_mask  # (B, O)
+    with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
+        context, context_mask, objects = core.encode_all(graph)
+    g = graph if isinstance(graph, Mapping) else graph.as_feeds()
+    triples = torch.as_tensor(g["triples"], device=dev).long()
+    x_t = q_sample(x0, t, noise, ac)
+    v = core.layout_net(x_t, t.float(), objects, track_mask, context, context_mask, triples,
+                        x0 * pin[..., None, None], pin)
+    err = ((v.float() - v_target(x0, t, noise, ac).float()) ** 2).mean(dim=(2, 3))  # (B, O)
+    weight = track_mask * (1.0 - pin)
+    per_sample = (err * weight).sum(1) / weight.sum(1).clamp_min(1.0)  # (B,)
+    return (per_sample * x0_loss_weight(ac, t)).mean()
