@@ -36,11 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1 or any(s < 1 for s in args.steps):
         p.error("--n and --steps must be positive")
 
-    from sg2v.runtime import Pipeline
-
     from sg2v.errors import Sg2vError
     from sg2v.io import atomic_write_text
     from sg2v.quality import evaluate_pipeline, format_markdown, format_table
+    from sg2v.runtime import Pipeline
 
     try:
         pipe = Pipeline.from_bundle(args.bundle, backend=args.backend, threads=args.threads)

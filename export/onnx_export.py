@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from sg2v.export import bundle_writer
-from sg2v.export.opcheck import check_model, format_report
 from torch import nn
 
 from sg2v import bundle_spec as spec
 from sg2v.errors import Sg2vError
+from sg2v.export import bundle_writer
+from sg2v.export.opcheck import check_model, format_report
 from sg2v.io import sha256_file
 
 OPSET_RANGE = (17, 20)  # 17: native LayerNormalization; 20: the newest opset TensorRT 10.3 parses
@@ -411,8 +411,13 @@ def _torch_outputs(fn: Callable, feeds: list[dict[str, np.ndarray]], names: tupl
 
 def load_for_export(ckpt: str | Path, ema: bool) -> tuple[nn.Module, Any, Any, dict[str, Any]]:
     """(SG2V, ModelConfig, Vocab, source_checkpoint entry) from a checkpoint, float32 on CPU, eval mode."""
-    from sg2v.checkpoint import checkpoint_config, checkpoint_vocab, load_checkpoint, load_state_checked
     from sg2v.models.sg2v import build_model
+    from sg2v.training.checkpoint import (
+        checkpoint_config,
+        checkpoint_vocab,
+        load_checkpoint,
+        load_state_checked,
+    )
 
     path = Path(ckpt)
     loaded = load_checkpoint(path)  # CheckpointError: missing, corrupt, not sg2v, newer format

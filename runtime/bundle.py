@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from sg2v import bundle_spec as spec
-from sg2v.config import ConfigError, ModelConfig
-from sg2v.errors import BundleError, Sg2vError
+from sg2v.config import ModelConfig
+from sg2v.errors import BundleError, ConfigError, Sg2vError, first_line
 from sg2v.io import sha256_file
 from sg2v.vocab import Vocab
 
@@ -111,7 +111,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise BundleError(f"bundle {root}: {spec.MANIFEST} is corrupt ({_first_line(e)}); "
+        raise BundleError(f"bundle {root}: {spec.MANIFEST} is corrupt ({first_line(e)}); "
                           f"{_REEXPORT}") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"bundle {root}: {spec.MANIFEST} is not a JSON object; {_REEXPORT}")
@@ -192,7 +192,7 @@ def _config(manifest: dict[str, Any], root: Path) -> ModelConfig:
     try:
         return ModelConfig.from_dict(manifest["model_config"])
     except (ConfigError, TypeError) as e:
-        raise BundleError(f"bundle {root}: model_config is unusable ({_first_line(e)}); {_REEXPORT} "
+        raise BundleError(f"bundle {root}: model_config is unusable ({first_line(e)}); {_REEXPORT} "
                           "or upgrade sg2v") from None
 
 
@@ -253,7 +253,7 @@ def _load_array(root: Path, files: dict[str, Any], rel: str, shape: tuple[int, .
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise BundleError(f"bundle {root}: {rel} is not a plain .npy array ({_first_line(e)}); {_REEXPORT}") \
+        raise BundleError(f"bundle {root}: {rel} is not a plain .npy array ({first_line(e)}); {_REEXPORT}") \
             from None
     if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or tuple(arr.shape) != shape:
         got = f"{getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}"
@@ -262,8 +262,3 @@ def _load_array(root: Path, files: dict[str, Any], rel: str, shape: tuple[int, .
         raise BundleError(f"bundle {root}: {rel} holds NaN or inf; {_REEXPORT}")
     arr.setflags(write=False)
     return arr
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -105,10 +105,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: Any) -> int:
+    from sg2v.graph import load_graphs
     from sg2v.runtime.bundle import Bundle
     from sg2v.runtime.pipeline import Pipeline
-
-    from sg2v.graph import load_graphs
     from sg2v.video import write_contact_sheet, write_video
 
     for name, value in (("--threads", args.threads), ("--steps", args.steps)):

@@ -20,11 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from sg2v.errors import ConfigError, Sg2vError
 from sg2v.runtime.backends import Backend, make_backend
 from sg2v.runtime.bundle import Bundle
-
-from sg2v.config import ConfigError
-from sg2v.errors import Sg2vError
 
 OUTPUTS = ("numpy", "cupy")
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sg2v.config import DataConfig, EncoderConfig
+from sg2v.graph import GRAPH_TENSORS
+
 FORMAT = "sg2v-bundle"
 FORMAT_VERSION = 1  # bump on an incompatible change of the layout or the manifest keys
 
@@ -24,7 +27,7 @@ ENCODER_STAGE = "encoder"
 UNET_STAGE = "unet"
 STAGE_FILES = {ENCODER_STAGE: ENCODER_ONNX, UNET_STAGE: UNET_ONNX}
 
-ENCODER_INPUTS = ("objs", "obj_mask", "triples", "triple_mask")
+ENCODER_INPUTS = GRAPH_TENSORS
 ENCODER_OUTPUTS = ("context", "context_mask")
 UNET_INPUTS = ("x", "t", "context", "context_mask")
 UNET_OUTPUTS = ("v",)
@@ -44,24 +47,19 @@ MANIFEST_KEYS = (
 )
 
 
-def shapes(data: Any, encoder: Any) -> dict[str, int]:
-    """The manifest's `shapes` entry from a `DataConfig` and an `EncoderConfig` (or their dicts)."""
-    get = (lambda o, k: o[k]) if isinstance(data, dict) else getattr
-    max_objects = int(get(data, "max_objects"))
-    max_relationships = int(get(data, "max_relationships"))
-    padded_objects = max_objects + 1
-    padded_triples = max_relationships + max_objects
+def shapes(data: DataConfig, encoder: EncoderConfig) -> dict[str, int]:
+    """The manifest's `shapes` entry from a model's `DataConfig` and `EncoderConfig`."""
     return {
-        "frames": int(get(data, "frames")),
-        "height": int(get(data, "height")),
-        "width": int(get(data, "width")),
-        "channels": int(get(data, "channels")),
-        "max_objects": max_objects,
-        "max_relationships": max_relationships,
-        "padded_objects": padded_objects,
-        "padded_triples": padded_triples,
-        "context_tokens": 1 + padded_triples,
-        "context_dim": int(get(encoder, "context_dim")),
+        "frames": int(data.frames),
+        "height": int(data.height),
+        "width": int(data.width),
+        "channels": int(data.channels),
+        "max_objects": int(data.max_objects),
+        "max_relationships": int(data.max_relationships),
+        "padded_objects": data.padded_objects,
+        "padded_triples": data.padded_triples,
+        "context_tokens": data.context_tokens,
+        "context_dim": int(encoder.context_dim),
         "unet_batch": UNET_BATCH,
         "encoder_batch": ENCODER_BATCH,
     }

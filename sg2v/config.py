@@ -2,20 +2,23 @@
 
 The config is the one source of truth for shapes: training builds the networks from it, the exporter fixes the
 ONNX shapes from it, and the runtime reads it back from the manifest. Sizes are a table of named constructors
-(`MODEL_SIZES`), offered as choices by the CLIs.
+(`MODEL_SIZES`), offered as choices by the CLIs. Run options (the training configs) are dataclass fields made
+with `option`, which carries the help text; `add_options` builds the command line from those fields, so an
+option is documented once, beside its default.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sg2v.errors import ConfigError
+from sg2v.graph import padded_slots
+
 FORMAT_VERSION = 1  # checkpoint / config format; bump on incompatible change
-
-
-class ConfigError(ValueError):
-    """A config dict that does not describe a model this version can build."""
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,13 @@ class DataConfig:
 
     @property
     def padded_objects(self) -> int:
-        """O: object slots after appending `__image__`."""
-        return self.max_objects + 1
+        """O: object slots after appending `__image__` (`sg2v.graph.padded_slots`)."""
+        return padded_slots(self.max_objects, self.max_relationships)[0]
 
     @property
     def padded_triples(self) -> int:
-        """T: triple slots after appending one `__in_image__` triple per object."""
-        return self.max_relationships + self.max_objects
+        """T: triple slots after one `__in_image__` triple per object (`sg2v.graph.padded_slots`)."""
+        return padded_slots(self.max_objects, self.max_relationships)[1]
 
     @property
     def context_tokens(self) -> int:
@@ -205,6 +208,19 @@ def _base() -> ModelConfig:
 
 
 MODEL_SIZES = {"tiny": _tiny, "small": _small, "base": _base}
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def parse_device(text: str | None, flag: str = "--device") -> tuple[str, int | None]:
+    """("auto" | "cpu" | "cuda", device index or None) from a device string (None means "auto")."""
+    if text is None:
+        return "auto", None
+    name = str(text).strip().lower()
+    if name in ("auto", "cpu", "cuda"):
+        return name, None
+    if name.startswith("cuda:") and name[5:].isdigit():
+        return "cuda", int(name[5:])
+    raise ConfigError(f"{flag} {text!r} is not understood; use {DEVICES}")
 
 
 def model_config(size: str) -> ModelConfig:
@@ -213,3 +229,32 @@ def model_config(size: str) -> ModelConfig:
         return MODEL_SIZES[size]()
     except KeyError:
         raise ConfigError(f"unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}") from None
+
+
+def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, aliases: Sequence[str] = (),
+           type: Any = None) -> Any:
+    """A dataclass field whose flag `--field-name` (and `aliases`) shows `help` with the default beside it."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
+            "aliases": tuple(aliases), "type": type}
+    return field(default=default, metadata=meta)
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
+                ) -> argparse.ArgumentParser:
+    """One flag per `option` field of the dataclass `cls` (dest = the field's name), in field order."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip or "help" not in f.metadata:
+            continue
+        meta = f.metadata
+        kw: dict[str, Any] = {"dest": f.name, "default": f.default, "help": meta["help"]}
+        if meta["choices"] is not None:
+            kw["choices"] = list(meta["choices"])
+        kw["type"] = meta["type"] or (type(f.default) if f.default is not None else str)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", *meta["aliases"], **kw)
+    return parser
+
+
+def from_options(cls: type, args: argparse.Namespace, **changes: Any) -> Any:
+    """The dataclass `cls` from parsed arguments (its `option` fields), with `changes` on top."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **changes})

@@ -2,7 +2,8 @@
 
 `evaluate_pipeline` samples videos for the shapes world's held-out graphs through a runtime `Pipeline` (the
 shipped artifact: ONNX Runtime, TensorRT or the torch reference) and scores them with the oracle; the torch
-training-time evaluation (`sg2v.evaluate`) scores the same graphs with the same per-graph noise seeds.
+training-time evaluation (`sg2v.training.evaluate`) scores the same graphs with the same per-graph noise
+seeds.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def evaluate_pipeline(pipe: Any, n: int = 200, steps: Sequence[int] = (4, 8, 25)
                       ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
     """Rows of oracle metrics, one per step count, for `n` held-out graphs sampled through `pipe`.
 
-    Graph i uses noise seed `seed + i` (as `sg2v.evaluate` does). Returns (rows, videos per step count).
+    Graph i uses noise seed `seed + i` (as `sg2v.training.evaluate` does). Returns (rows, videos per step
+    count).
     """
     cfg = pipe.bundle.config
     graphs = heldout_graphs(cfg, n, seed)

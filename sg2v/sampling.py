@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sg2v.config import ConfigError
+from sg2v.errors import ConfigError
 
 Array = Any  # numpy.ndarray | cupy.ndarray | torch.Tensor
 Denoiser = Callable[[Array, float], Array]

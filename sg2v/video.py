@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sg2v.errors import Sg2vError, require
+from sg2v.errors import Sg2vError, first_line, require
 from sg2v.io import atomic_path
 
 VIDEO_FORMATS = (".mp4", ".gif", ".webp", ".npy", "<folder of PNG frames>")
@@ -215,7 +215,7 @@ def _read_mp4(path: Path) -> np.ndarray:
         w, h = meta["size"]
         frames = [np.frombuffer(b, dtype=np.uint8).reshape(h, w, 3) for b in gen]
     except (RuntimeError, StopIteration) as e:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        why = first_line(e)
         raise VideoError(f"{path}: ffmpeg cannot decode it ({why})") from None
     finally:
         gen.close()

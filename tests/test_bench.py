@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sg2v import bench
+from sg2v.runtime import bench
 
 CPU_BACKENDS = ("torch-cpu", "ort-cpu")
 FIGURES = ("total_s", "encoder_s", "denoiser_s", "denoiser_step_s", "sampler_overhead_s",
@@ -21,35 +21,8 @@ FIGURES = ("total_s", "encoder_s", "denoiser_s", "denoiser_step_s", "sampler_ove
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    """A tiny random SG2V (non-zero temporal layers) saved and exported with weights, once per module."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("onnxscript")
-    from sg2v.export import export_bundle
-
-    from sg2v.checkpoint import save_checkpoint
-    from sg2v.config import DataConfig, EncoderConfig, ModelConfig, UNetConfig
-    from sg2v.models.sg2v import build_model
-    from sg2v.vocab import shapes_vocab
-
-    root = tmp_path_factory.mktemp("bench")
-    torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
-    vocab = shapes_vocab()
-    cfg = ModelConfig(
-        name="test-bench",
-        data=DataConfig(frames=2, height=8, width=8, max_objects=3, max_relationships=2),
-        encoder=EncoderConfig(num_objs=vocab.num_objs, num_preds=vocab.num_preds, embed_dim=16, hidden_dim=16,
-                              num_layers=1, context_dim=16),
-        unet=UNetConfig(base_channels=8, channel_mult=(1, 2), attention_levels=(1,), num_heads=2,
-                        norm_groups=4),
-    )
-    model = build_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    ckpt = save_checkpoint(root / "tiny.pt", model, cfg, vocab)
-    export_bundle(ckpt, root / "bundle", include_weights=True)
-    return root / "bundle"
+def bundle(real_bundle) -> Path:
+    return real_bundle
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +107,7 @@ def test_targets_table_and_frames(report):
 def test_torch_pipeline_on_cpu_matches_the_runtime_torch_backend(bundle):
     torch = pytest.importorskip("torch")
     from sg2v.runtime import Pipeline
-
-    from sg2v.torch_fast import TorchPipeline
+    from sg2v.runtime.backends.torch_cuda import TorchPipeline
 
     before = torch.get_num_threads()
     try:

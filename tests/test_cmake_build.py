@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from sg2v.runtime import cuda_kernels as ck
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sg2v.runtime import cuda_kernels as ck
-from sg2v.runtime import gpu_encoder as ge
 
 from sg2v.errors import BundleError
+from sg2v.runtime import cuda_kernels as ck
+from sg2v.runtime import gpu_encoder as ge
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,5 @@
-"""v-prediction loss, CFG dropout, Min-SNR weighting (sg2v.diffusion); the SG2V wrapper (sg2v.models.sg2v)."""
+"""v-prediction loss, CFG dropout, Min-SNR weighting (sg2v.training.losses); the SG2V wrapper
+(sg2v.models.sg2v)."""
 
 from __future__ import annotations
 
@@ -6,23 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from sg2v.config import ConfigError, model_config
-from sg2v.diffusion import alphas_cumprod_tensor, diffusion_loss, min_snr_weight, q_sample, v_target
+from sg2v.config import model_config
+from sg2v.errors import ConfigError
 from sg2v.graph import GraphBatch
 from sg2v.models.sg2v import SG2V, build_model
 from sg2v.schedule import make_alphas_cumprod
+from sg2v.training.losses import alphas_cumprod_tensor, diffusion_loss, min_snr_weight, q_sample, v_target
 
 CFG = model_config("tiny")
 D = CFG.data
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CI box is shared: one intra-op thread is much faster than two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def random_graphs(b: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -207,7 +200,7 @@ def test_loss_on_cuda_with_bf16_autocast():
 def test_x0_loss_weight_caps_the_x0_error_weight():
     """v-MSE of an x0-model is (SNR + 1) x0-MSE; the factor turns that into min(SNR + 1, cap) x0-MSE."""
     from sg2v.config import DiffusionConfig
-    from sg2v.diffusion import X0_LOSS_WEIGHT_CAP, x0_loss_weight
+    from sg2v.training.losses import X0_LOSS_WEIGHT_CAP, x0_loss_weight
 
     ac = alphas_cumprod_tensor(DiffusionConfig(prediction="x0"))
     t = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(5))

@@ -16,15 +16,14 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from sg2v.export import cli  # noqa: E402
-from sg2v.export import onnx_export as ox  # noqa: E402
-
 from sg2v import bundle_spec as spec  # noqa: E402
-from sg2v.checkpoint import save_checkpoint  # noqa: E402
 from sg2v.config import model_config  # noqa: E402
 from sg2v.errors import CheckpointError  # noqa: E402
+from sg2v.export import cli  # noqa: E402
+from sg2v.export import onnx_export as ox  # noqa: E402
 from sg2v.io import sha256_file  # noqa: E402
 from sg2v.models.sg2v import build_model  # noqa: E402
+from sg2v.training.checkpoint import save_checkpoint  # noqa: E402
 from sg2v.vocab import shapes_vocab  # noqa: E402
 
 STEP = 7

@@ -10,6 +10,7 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
 from sg2v.export.opcheck import check_model, format_report, load_table, table_for  # noqa: E402
 
 F, F16, I64, U8 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64, TensorProto.UINT8

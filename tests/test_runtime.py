@@ -3,8 +3,8 @@
 Fast tests run a small real bundle (toy ONNX graphs, test_bundle.py) and compare the whole pipeline (graph
 padding, encoder, CFG pairing with the null context, x_T from the seed, sampler, decode) with a float64 numpy
 re-implementation. The slow tests export a tiny random checkpoint with the real exporter (once per session,
-`exported_bundle`, shared with test_runtime_lean.py) and check ONNX Runtime against the PyTorch reference
-backend: tolerance 1e-3 max abs on v and on the sampled x, and at most 1 level (of 255) on frames.
+the `real_bundle` fixture of conftest.py) and check ONNX Runtime against the PyTorch reference backend:
+tolerance 1e-3 max abs on v and on the sampled x, and at most 1 level (of 255) on frames.
 """
 
 from __future__ import annotations
@@ -15,31 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sg2v.runtime import Pipeline
-from sg2v.runtime.cli import main
-from test_bundle import make_fake_bundle, ref_encoder, ref_unet
+from helpers import make_fake_bundle, random_graph, ref_encoder, ref_unet
 
 from sg2v.errors import GraphError, Sg2vError
 from sg2v.graph import pad_graphs, parse_graph
+from sg2v.runtime import Pipeline
+from sg2v.runtime.cli import main
 from sg2v.sampling import SAMPLERS, cfg_denoiser
 from sg2v.schedule import make_alphas_cumprod, timesteps
 from sg2v.video import read_video, unit_to_frames
-from sg2v.vocab import shapes_vocab
 
 PARITY_ATOL = 1e-3  # ORT vs torch, float32 both: max abs error on v and on the sampled x
-
-
-def random_graph(rng: np.random.Generator, max_objects: int = 3, max_relationships: int = 2) -> dict:
-    vocab = shapes_vocab()
-    n = int(rng.integers(1, max_objects + 1))
-    objects = [str(o) for o in rng.choice(vocab.object_names, n)]
-    rels: list[list] = []
-    for _ in range(int(rng.integers(0, max_relationships + 1)) if n > 1 else 0):
-        s, o = rng.choice(n, 2, replace=False)
-        rel = [int(s), str(rng.choice(vocab.pred_names)), int(o)]
-        if rel not in rels:  # the graph format rejects duplicate relationships
-            rels.append(rel)
-    return {"objects": objects, "relationships": rels}
 
 
 def reference_x0(bundle_dir: Path, w: dict, graph: dict, seed: int, steps: int, guidance: float,
@@ -271,45 +257,6 @@ def test_cli_help_shows_defaults(capsys):
 
 
 # --------------------------------------------------------------------------- real exporter (slow)
-_EXPORTED: dict[str, Path] = {}
-
-
-def exported_bundle(tmp_root: Path) -> Path:
-    """A tiny random SG2V checkpoint exported by `sg2v.export` (with weights), once per test session."""
-    if "bundle" not in _EXPORTED:
-        torch = pytest.importorskip("torch")
-        pytest.importorskip("onnxscript")
-        from sg2v.export.onnx_export import export_bundle
-
-        from sg2v.checkpoint import save_checkpoint
-        from sg2v.config import DataConfig, EncoderConfig, ModelConfig, UNetConfig
-        from sg2v.models.sg2v import build_model
-
-        torch.manual_seed(1234)
-        vocab = shapes_vocab()
-        cfg = ModelConfig(
-            name="test-tiny",
-            data=DataConfig(frames=2, height=8, width=8, max_objects=3, max_relationships=2),
-            encoder=EncoderConfig(num_objs=vocab.num_objs, num_preds=vocab.num_preds, embed_dim=16,
-                                  hidden_dim=16, num_layers=1, context_dim=16),
-            unet=UNetConfig(base_channels=8, channel_mult=(1, 2), attention_levels=(1,), num_heads=2,
-                            norm_groups=4),
-        )
-        model = build_model(cfg)
-        with torch.no_grad():  # a random model whose zero-initialised temporal outputs are not zero
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        ckpt = save_checkpoint(tmp_root / "tiny.pt", model, cfg, vocab)
-        export_bundle(ckpt, tmp_root / "bundle", include_weights=True)
-        _EXPORTED["bundle"], _EXPORTED["ckpt"] = tmp_root / "bundle", ckpt
-    return _EXPORTED["bundle"]
-
-
-@pytest.fixture(scope="session")
-def real_bundle(tmp_path_factory) -> Path:
-    return exported_bundle(tmp_path_factory.mktemp("exported"))
-
-
 @pytest.mark.slow
 def test_ort_and_torch_backends_agree(real_bundle):
     rng = np.random.default_rng()
@@ -337,8 +284,8 @@ def test_ort_and_torch_backends_agree(real_bundle):
 
 
 @pytest.mark.slow
-def test_torch_backend_from_explicit_checkpoint(real_bundle):
-    ckpt = _EXPORTED["ckpt"]
+def test_torch_backend_from_explicit_checkpoint(real_bundle, real_checkpoint):
+    ckpt = real_checkpoint
     graph = random_graph(np.random.default_rng())
     from_ckpt = Pipeline.from_bundle(real_bundle, backend="torch", ckpt=ckpt)(graph, seed=3, steps=2)
     from_bundle = Pipeline.from_bundle(real_bundle, backend="torch")(graph, seed=3, steps=2)

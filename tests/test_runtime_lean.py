@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_fake_bundle, random_graph
+
 from sg2v.runtime import Pipeline
-from test_bundle import make_fake_bundle
-from test_runtime import exported_bundle, random_graph
 
 BLOCKED = ("torch", "onnx", "onnxscript", "cupy", "tensorrt", "safetensors")
 
@@ -102,11 +102,6 @@ def test_sg2v_run_without_torch_invalid_graph_exit_2(tmp_path):
     r = _sg2v_run_lean(["bad.json", "--bundle", str(root)], cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "blue squar" in r.stderr
-
-
-@pytest.fixture(scope="session")
-def real_bundle(tmp_path_factory) -> Path:
-    return exported_bundle(tmp_path_factory.mktemp("exported"))
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sg2v import schedule as S
-from sg2v.config import ConfigError
+from sg2v.errors import ConfigError
 
 
 @pytest.mark.parametrize("num_train", [10, 1000])

@@ -13,15 +13,14 @@ import json
 
 import numpy as np
 import pytest
+from helpers import make_fake_bundle, random_graph
+
+from sg2v import bundle_spec as spec
+from sg2v.errors import BundleError, MissingDependencyError, Sg2vError
 from sg2v.export import tensorrt as trt_build
 from sg2v.runtime import Pipeline
 from sg2v.runtime.backends import make_backend, trt_unavailable_reason
 from sg2v.runtime.bundle import Bundle
-from test_bundle import make_fake_bundle
-from test_runtime import random_graph
-
-from sg2v import bundle_spec as spec
-from sg2v.errors import BundleError, MissingDependencyError, Sg2vError
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sg2v.runtime.backends import Backend
 
-from sg2v.errors import BundleError, MissingDependencyError, Sg2vError
+from sg2v.errors import BundleError, MissingDependencyError, Sg2vError, first_line
+from sg2v.runtime.backends import Backend
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
@@ -39,7 +39,7 @@ class OrtStage:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-            raise BundleError(f"ONNX Runtime cannot load {path} ({_first_line(e)}); the file is corrupt or "
+            raise BundleError(f"ONNX Runtime cannot load {path} ({first_line(e)}); the file is corrupt or "
                               "needs a newer onnxruntime: pip install -U onnxruntime, or re-export the bundle"
                               ) from None
         self.path = path
@@ -173,8 +173,3 @@ def _ort() -> Any:
         raise MissingDependencyError(f"onnxruntime is not installed ({e}); install it with: pip install "
                                      "onnxruntime (or onnxruntime-gpu on NVIDIA GPUs)") from None
     return onnxruntime
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -2,21 +2,20 @@
 
 The only backend that imports torch, and only when it is built. Weights come from the bundle's optional
 `model.safetensors` (exported with `--include-weights`) or from a checkpoint given explicitly (`ckpt`), loaded
-with `sg2v.checkpoint.load_model` (`torch.load(weights_only=True)`). Stages take and return numpy arrays so
-the pipeline's sampler runs on the same host arrays as the ONNX Runtime backend; on CUDA the tensors cross
-once per call, which is fine for a reference.
+with `sg2v.training.checkpoint` (`torch.load(weights_only=True)`, safetensors). Stages take and return numpy
+arrays so the pipeline's sampler runs on the same host arrays as the ONNX Runtime backend; on CUDA the tensors
+cross once per call, which is fine for a reference.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sg2v.runtime.backends import Backend
 
 from sg2v import bundle_spec as spec
 from sg2v.errors import BundleError, MissingDependencyError, Sg2vError
+from sg2v.runtime.backends import Backend
 
 
 class TorchStage:
@@ -71,7 +70,7 @@ def make_torch_backend(bundle: Any, device: str | None = None, ckpt: str | None 
 
 
 def _load(bundle: Any, ckpt: str | None, dev: Any) -> Any:
-    from sg2v.checkpoint import load_model
+    from sg2v.training.checkpoint import load_model
 
     if ckpt is not None:
         model, cfg, vocab = load_model(ckpt, ema=True, device=dev)
@@ -84,33 +83,12 @@ def _load(bundle: Any, ckpt: str | None, dev: Any) -> Any:
 
 def load_bundle_model(bundle: Any, dev: Any) -> Any:
     """SG2V (eval mode, on `dev`) from the bundle's `model.safetensors`; BundleError when it has none."""
+    from sg2v.training.checkpoint import load_weights_file
+
     if not bundle.has_file(spec.MODEL_WEIGHTS):
         raise BundleError(f"bundle {bundle.path} has no {spec.MODEL_WEIGHTS} (the PyTorch weights); "
                           "re-export it with --include-weights or pass a checkpoint (--ckpt model.pt)")
-    return _load_bundle_weights(bundle, Path(bundle.file(spec.MODEL_WEIGHTS)), dev)
-
-
-def _load_bundle_weights(bundle: Any, path: Path, dev: Any) -> Any:
-    """SG2V from the manifest's config with the bundle's safetensors weights (plain or `model.`/`ema.`)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from sg2v.checkpoint import load_state_checked
-    from sg2v.models.sg2v import build_model
-
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise BundleError(f"bundle {bundle.path}: {spec.MODEL_WEIGHTS} is unreadable ({e}); re-export it") \
-            from None
-    for prefix in ("ema.", "model."):
-        picked = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if picked:
-            tensors = picked
-            break
-    model = build_model(bundle.config)
-    load_state_checked(model, tensors, path, "model")
-    return model.to(dev).eval()
+    return load_weights_file(bundle.config, bundle.file(spec.MODEL_WEIGHTS), bundle.path).to(dev)
 
 
 def _null_context(model: Any, bundle: Any) -> tuple[np.ndarray, np.ndarray]:

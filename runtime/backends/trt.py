@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sg2v.runtime.backends import Backend
 
 from sg2v import bundle_spec as spec
 from sg2v.errors import BundleError, Sg2vError, require
+from sg2v.runtime.backends import Backend
 
 
 class TrtStage:

@@ -8,11 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from sg2v.config import ConfigError, ModelConfig
+from sg2v.config import ModelConfig
+from sg2v.errors import ConfigError
+from sg2v.graph import GRAPH_TENSORS
 from sg2v.models.encoder import SGEncoder
 from sg2v.models.unet import TemporalUNet, count_parameters
-
-GRAPH_KEYS = ("objs", "obj_mask", "triples", "triple_mask")
+from sg2v.schedule import make_alphas_cumprod
 
 
 class SG2V(nn.Module):
@@ -26,9 +27,8 @@ class SG2V(nn.Module):
         self.encoder = SGEncoder(cfg.encoder, cfg.data)
         x0_ac = None
         if cfg.diffusion.prediction == "x0":
-            from sg2v.diffusion import alphas_cumprod_tensor
-
-            x0_ac = alphas_cumprod_tensor(cfg.diffusion)
+            x0_ac = torch.from_numpy(make_alphas_cumprod(cfg.diffusion.num_train_timesteps,
+                                                         cfg.diffusion.schedule))  # (T,) float64
         elif cfg.diffusion.prediction != "v":
             raise ConfigError(f"diffusion.prediction = {cfg.diffusion.prediction!r}; choose 'v' or 'x0'")
         self.unet = TemporalUNet(cfg.unet, cfg.data, d, x0_alphas_cumprod=x0_ac)
@@ -41,7 +41,7 @@ class SG2V(nn.Module):
         self.register_buffer("null_context_mask", mask, persistent=False)  # (1, L)
 
     def encode(self, graph: Mapping[str, torch.Tensor] | Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Graph tensors (mapping with GRAPH_KEYS, or a `GraphBatch`) -> context (B, L, D), mask (B, L)."""
+        """Graph tensors (mapping with GRAPH_TENSORS, or a `GraphBatch`) -> context (B, L, D), mask (B, L)."""
         g = graph_tensors(graph, self.null_context.device)
         return self.encoder(g["objs"], g["obj_mask"], g["triples"], g["triple_mask"])
 
@@ -69,14 +69,14 @@ def graph_tensors(graph: Mapping[str, Any] | Any, device: torch.device | str | N
     if not isinstance(graph, Mapping):
         if not hasattr(graph, "as_feeds"):
             raise TypeError(
-                f"expected a GraphBatch or a mapping with keys {GRAPH_KEYS}, got {type(graph).__name__}"
+                f"expected a GraphBatch or a mapping with keys {GRAPH_TENSORS}, got {type(graph).__name__}"
             )
         graph = graph.as_feeds()
-    missing = [k for k in GRAPH_KEYS if k not in graph]
+    missing = [k for k in GRAPH_TENSORS if k not in graph]
     if missing:
         raise KeyError(f"graph tensors lack {missing}; pass the four arrays of sg2v.graph.GraphBatch")
     out = {}
-    for key in GRAPH_KEYS:
+    for key in GRAPH_TENSORS:
         dtype = torch.int64 if key in ("objs", "triples") else torch.float32
         out[key] = torch.as_tensor(graph[key]).to(device=device, dtype=dtype)
     return out

@@ -1,6 +1,6 @@
-"""sg2v.torch_fast: the guided step in every mode computes what `sg2v.sampling.cfg_denoiser` around the eager
-UNet computes (fp32 exactly, fp16 within fp16 tolerance); static buffers follow new inputs; CUDA graphs and
-torch.compile on a GPU (marked, skipped here with the reason)."""
+"""sg2v.runtime.backends.torch_cuda: the guided step in every mode computes what `sg2v.sampling.cfg_denoiser`
+around the eager UNet computes (fp32 exactly, fp16 within fp16 tolerance); static buffers follow new inputs;
+CUDA graphs and torch.compile on a GPU (marked, skipped here with the reason)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 from sg2v.config import DataConfig, EncoderConfig, ModelConfig, UNetConfig  # noqa: E402
 from sg2v.errors import Sg2vError  # noqa: E402
 from sg2v.models.sg2v import build_model  # noqa: E402
+from sg2v.runtime.backends.torch_cuda import GuidedStep, half_unet  # noqa: E402
 from sg2v.sampling import cfg_denoiser  # noqa: E402
-from sg2v.torch_fast import GuidedStep, half_unet  # noqa: E402
 
 FP16_REL_TOL = 2e-2  # relative L2 error of an fp16 UNet against fp32 (seen: ~4e-3)
 
@@ -28,15 +28,6 @@ def _cfg() -> ModelConfig:
         unet=UNetConfig(base_channels=8, channel_mult=(1, 2), attention_levels=(1,), num_heads=2,
                         norm_groups=4),
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny ops on a shared 2-core machine: OpenMP threads only wait on each other (seconds per UNet call).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

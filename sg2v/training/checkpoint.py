@@ -4,7 +4,9 @@ The format is the one in docs/ARCHITECTURE.md: `{"sg2v_format": 1, "config": Mod
 "vocab": Vocab.to_dict(), "model": state_dict, "ema": state_dict | None, "step": int, ...training state}`.
 Everything loads with `torch.load(weights_only=True)`; nothing is ever unpickled beyond tensors and builtins.
 A `.safetensors` file holds the weights (`model.*`, `ema.*`) with config, vocab and step as JSON metadata; it
-carries no optimizer or RNG state, so it serves export and inference, not resume.
+carries no optimizer or RNG state, so it serves export and inference, not resume. Pretraining checkpoints
+(`pretrain.pt`, `"kind": "pretrain"`) are written and read by the same functions (`write_checkpoint`,
+`load_checkpoint(path, kind="pretrain")`).
 """
 
 from __future__ import annotations
@@ -19,16 +21,23 @@ from typing import Any
 
 import torch
 
-from sg2v.config import ConfigError, ModelConfig
-from sg2v.errors import CheckpointError, Sg2vError
-from sg2v.io import atomic_write_bytes
+from sg2v import bundle_spec as spec
+from sg2v.config import ModelConfig
+from sg2v.errors import BundleError, CheckpointError, ConfigError, Sg2vError, first_line
+from sg2v.io import atomic_write_bytes, sha256_file
 
 SG2V_FORMAT = 1  # bump on an incompatible change of the dict layout below
 
 _SAFETENSORS_SUFFIX = ".safetensors"
+# What each kind of checkpoint must hold, what it is called in messages, and where a user gets one.
+KINDS = {
+    "model": (("config", "vocab", "model"), "checkpoint", "pass a last.pt written by sg2v-train diffusion"),
+    "pretrain": (("config", "pretrain_config", "encoder", "video_encoder", "heads"), "pretraining checkpoint",
+                 "pass the pretrain.pt written by `sg2v-train pretrain`"),
+}
 
 
-def _state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+def state_dict_cpu(obj: Any) -> dict[str, torch.Tensor] | None:
     """A module's or a mapping's weights as detached CPU tensors (so the file never pins a device)."""
     if obj is None:
         return None
@@ -72,8 +81,8 @@ def build_checkpoint(
         "sg2v_format": SG2V_FORMAT,
         "config": cfg.to_dict(),
         "vocab": vocab.to_dict(),
-        "model": _state_dict(_unwrap(model)),
-        "ema": _state_dict(_unwrap(ema) if isinstance(ema, torch.nn.Module) else ema),
+        "model": state_dict_cpu(_unwrap(model)),
+        "ema": state_dict_cpu(_unwrap(ema) if isinstance(ema, torch.nn.Module) else ema),
         "step": int(step),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "rng": rng_state(),
@@ -97,8 +106,13 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically: `.safetensors` by suffix (weights + JSON metadata), else torch.save."""
-    path = Path(path)
     ckpt = build_checkpoint(model, cfg, vocab, ema=ema, step=step, optimizer=optimizer, extra=extra)
+    return write_checkpoint(path, ckpt)
+
+
+def write_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
+    """Write a checkpoint dict atomically: safetensors for a `.safetensors` path, else `torch.save`."""
+    path = Path(path)
     if path.suffix == _SAFETENSORS_SUFFIX:
         data = _to_safetensors_bytes(ckpt)
     else:
@@ -127,16 +141,17 @@ def _to_safetensors_bytes(ckpt: dict[str, Any]) -> bytes:
     return st_save(tensors, metadata=metadata)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a checkpoint (torch.load(weights_only=True) or safetensors); CheckpointError if bad."""
+def load_checkpoint(path: str | os.PathLike, kind: str = "model") -> dict[str, Any]:
+    """Read and check a checkpoint of `kind` (`KINDS`) with torch.load(weights_only=True) or safetensors."""
     path = Path(path)
+    what, hint = KINDS[kind][1:]
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass a last.pt written by sg2v-train")
-    if path.suffix == _SAFETENSORS_SUFFIX:
+        raise CheckpointError(f"{what} {path} does not exist; {hint}")
+    if path.suffix == _SAFETENSORS_SUFFIX and kind == "model":
         ckpt = _load_safetensors(path)
     else:
         ckpt = _load_torch(path)
-    _check_format(ckpt, path)
+    _check_format(ckpt, path, kind)
     return ckpt
 
 
@@ -148,8 +163,8 @@ def _load_torch(path: Path) -> Any:
         if unsafe:
             names = ", ".join(unsafe[:6]) + (", ..." if len(unsafe) > 6 else "")
             raise CheckpointError(
-                f"checkpoint {path} holds Python objects ({names}) besides tensors and "
-                "containers; sg2v refuses to unpickle them: re-save it with sg2v.checkpoint.save_checkpoint"
+                f"checkpoint {path} holds Python objects ({names}) besides tensors and containers; sg2v "
+                "refuses to unpickle them: re-save it with sg2v.training.checkpoint.save_checkpoint"
             ) from None
         raise _corrupt(path, e) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError) as e:
@@ -187,7 +202,7 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
             "step": int(metadata.get("step", "0")),
         }
     except (KeyError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} has broken sg2v metadata ({_first_line(e)}); re-save it") \
+        raise CheckpointError(f"checkpoint {path} has broken sg2v metadata ({first_line(e)}); re-save it") \
             from None
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
@@ -202,11 +217,10 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
     return header.get("__metadata__") or {}
 
 
-def _check_format(ckpt: Any, path: Path) -> None:
+def _check_format(ckpt: Any, path: Path, kind: str) -> None:
+    keys, what, hint = KINDS[kind]
     if not isinstance(ckpt, dict) or "sg2v_format" not in ckpt:
-        raise CheckpointError(
-            f"{path} is not an sg2v checkpoint (no 'sg2v_format' key); pass a model.pt written by sg2v-train"
-        )
+        raise CheckpointError(f"{path} is not an sg2v checkpoint (no 'sg2v_format' key); {hint}")
     version = ckpt["sg2v_format"]
     if not isinstance(version, int):
         raise CheckpointError(f"checkpoint {path} has sg2v_format {version!r}, not an integer; re-save it")
@@ -215,10 +229,12 @@ def _check_format(ckpt: Any, path: Path) -> None:
             f"checkpoint {path} was written by a newer sg2v (format {version}, this one reads "
             f"<= {SG2V_FORMAT}); upgrade sg2v"
         )
-    for key in ("config", "vocab", "model"):
+    found = ckpt.get("kind", "model")
+    if found != kind:
+        raise CheckpointError(f"{path} is not a {what} (kind {found!r}); {hint}")
+    for key in keys:
         if not isinstance(ckpt.get(key), dict):
-            raise CheckpointError(f"checkpoint {path} lacks its '{key}' entry; it is not a complete sg2v "
-                                  "checkpoint")
+            raise CheckpointError(f"{what} {path} lacks its '{key}' entry; it is not a complete sg2v {what}")
 
 
 def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> ModelConfig:
@@ -238,7 +254,7 @@ def checkpoint_vocab(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint
     except Sg2vError as e:
         raise CheckpointError(f"checkpoint {path}: bad vocabulary: {e}") from None
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path}: bad vocabulary ({_first_line(e)}); re-save it") from None
+        raise CheckpointError(f"checkpoint {path}: bad vocabulary ({first_line(e)}); re-save it") from None
 
 
 def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Any, what: str) -> None:
@@ -264,24 +280,80 @@ def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], 
     module.load_state_dict(state, strict=True)
 
 
-def load_model(path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"):
-    """Rebuild `(SG2V, ModelConfig, Vocab)` from a checkpoint; EMA weights when stored and `ema` is set."""
+def model_from_checkpoint(ckpt: dict[str, Any], path: Any, ema: bool = True
+                          ) -> tuple[Any, ModelConfig, Any, str]:
+    """(SG2V in eval mode, ModelConfig, Vocab, "ema" or "model") from a loaded checkpoint dict; the EMA
+    weights when stored and `ema` is set, else the raw ones."""
     from sg2v.models.sg2v import build_model
 
-    ckpt = load_checkpoint(path)
     cfg = checkpoint_config(ckpt, path)
     vocab = checkpoint_vocab(ckpt, path)
     model = build_model(cfg)
-    use_ema = ema and ckpt.get("ema") is not None
-    load_state_checked(model, ckpt["ema"] if use_ema else ckpt["model"], path, "ema" if use_ema else "model")
-    model.to(device).eval()
-    return model, cfg, vocab
+    which = "ema" if ema and ckpt.get("ema") is not None else "model"
+    load_state_checked(model, ckpt[which], path, which)
+    return model.eval(), cfg, vocab, which
+
+
+def load_model(path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"):
+    """Rebuild `(SG2V, ModelConfig, Vocab)` from a checkpoint; EMA weights when stored and `ema` is set."""
+    model, cfg, vocab, _ = model_from_checkpoint(load_checkpoint(path), path, ema)
+    return model.to(device), cfg, vocab
+
+
+def load_weights_file(cfg: ModelConfig, path: str | os.PathLike, where: Any) -> Any:
+    """SG2V of `cfg` (eval mode, CPU) with the weights of an sg2v `.safetensors` state dict: plain, or under
+    `ema.` / `model.` (the EMA when both); fp16 weights are cast to the model's float32."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from sg2v.models.sg2v import build_model
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"bundle {where}: {Path(path).name} is unreadable ({first_line(e)}); "
+                          "re-export it") from None
+    for prefix in ("ema.", "model."):
+        picked = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if picked:
+            tensors = picked
+            break
+    model = build_model(cfg)
+    load_state_checked(model, tensors, path, "model")
+    return model.eval()
+
+
+def load_bundle_model(path: str | os.PathLike) -> tuple[Any, ModelConfig, Any]:
+    """(SG2V on the CPU, ModelConfig, Vocab) from a bundle folder exported with `--include-weights`, its
+    `model.safetensors` checked against the sha256 the manifest records."""
+    from sg2v.vocab import Vocab
+
+    root = Path(path)
+    try:
+        manifest = json.loads((root / spec.MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{root} holds no readable {spec.MANIFEST} ({first_line(e)}); pass a bundle folder "
+                          "written by sg2v-export") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != spec.FORMAT:
+        raise BundleError(f"{root}/{spec.MANIFEST} is not an sg2v bundle manifest; pass a bundle folder "
+                          "written by sg2v-export")
+    files = manifest.get("files")
+    info = files.get(spec.MODEL_WEIGHTS) if isinstance(files, dict) else None
+    if not isinstance(info, dict):
+        raise BundleError(f"bundle {root} has no {spec.MODEL_WEIGHTS} (the PyTorch weights); re-export it "
+                          "with --include-weights or pass a checkpoint")
+    weights = root / spec.MODEL_WEIGHTS
+    if weights.is_symlink() or not weights.is_file() or sha256_file(weights) != str(info.get("sha256")):
+        raise BundleError(f"bundle {root}: {spec.MODEL_WEIGHTS} is missing or does not match its sha256 in "
+                          "the manifest; copy the bundle again or re-export it")
+    try:
+        cfg = ModelConfig.from_dict(manifest["model_config"])
+        vocab = Vocab.from_dict(manifest["vocab"], where=f"{root}/{spec.MANIFEST}: vocab")
+    except (KeyError, TypeError, Sg2vError) as e:
+        raise BundleError(f"bundle {root}: model_config or vocab is unusable ({first_line(e)}); "
+                          "re-export it") from None
+    return load_weights_file(cfg, weights, root), cfg, vocab
 
 
 def _corrupt(path: Path, e: BaseException) -> CheckpointError:
-    return CheckpointError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)}); re-save it")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    return CheckpointError(f"checkpoint {path} is corrupt or truncated ({first_line(e)}); re-save it")

@@ -1,12 +1,12 @@
 """`sg2v-bench`: every backend this machine offers, measured side by side in one run on one bundle.
 
-Each backend runs in its own fresh Python process (`python -m sg2v.bench --child NAME ...`), so cold start is
-process start to first frame, peak host memory is that process's `ru_maxrss`, and backends cannot disturb each
-other's threads, caches or device memory. The parent counts the UNet's FLOPs (`torch.utils.flop_counter` on
-meta tensors, batch 2), measures the machine's matmul peak in the same run (the physical floor), takes medians
-over the timed repeats, forms ratios against the baseline measured in the same run, checks the targets of
-issue 6, and writes JSON and a markdown table. Torch is imported only for FLOPs, the matmul peak and the
-torch-based backends; `--backends ort-cpu` runs without it (FLOPs then absent).
+Each backend runs in its own fresh Python process (`python -m sg2v.runtime.bench --child NAME ...`), so cold
+start is process start to first frame, peak host memory is that process's `ru_maxrss`, and backends cannot
+disturb each other's threads, caches or device memory. The parent counts the UNet's FLOPs
+(`torch.utils.flop_counter` on meta tensors, batch 2), measures the machine's matmul peak in the same run (the
+physical floor), takes medians over the timed repeats, forms ratios against the baseline measured in the same
+run, checks the targets of issue 6, and writes JSON and a markdown table. Torch is imported only for FLOPs,
+the matmul peak and the torch-based backends; `--backends ort-cpu` runs without it (FLOPs then absent).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from sg2v.errors import Sg2vError
+from sg2v.errors import Sg2vError, first_line
 from sg2v.io import atomic_write_text
 
 BENCH_FORMAT = 1
@@ -41,13 +41,13 @@ WRITE_FORMATS = ("gif", "mp4", "webp", "npy", "none")
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to run the bundle: a runtime backend, or a `sg2v.torch_fast` mode on a device."""
+    """One way to run the bundle: a runtime backend, or a torch-cuda backend mode on a device."""
 
     name: str
     help: str
     runtime: str | None = None  # sg2v.runtime backend name
     device: str = "cpu"
-    mode: str | None = None  # sg2v.torch_fast mode
+    mode: str | None = None  # sg2v.runtime.backends.torch_cuda mode
     precision: str = "fp32"
 
     @property
@@ -60,12 +60,13 @@ VARIANTS = {v.name: v for v in (
             runtime="torch", device="cpu"),
     Variant("ort-cpu", "ONNX Runtime, CPU execution provider, IO-bound buffers (sg2v.runtime)",
             runtime="ort", device="cpu"),
-    Variant("torch-cuda", "PyTorch eager fp32 on CUDA, sampler on the device (sg2v.torch_fast, mode eager)",
+    Variant("torch-cuda", "PyTorch eager fp32 on CUDA, sampler on the device (torch-cuda backend, eager)",
             device="cuda", mode="eager", precision="fp32"),
-    Variant("torch-cuda-compile-fp16", "torch.compile of the fp16 UNet (sg2v.torch_fast, mode compile)",
+    Variant("torch-cuda-compile-fp16", "torch.compile of the fp16 UNet (torch-cuda backend, mode compile)",
             device="cuda", mode="compile", precision="fp16"),
     Variant("torch-cuda-fast", "the project's fastest torch path: fp16, static buffers, one CUDA graph "
-            "per guided step (sg2v.torch_fast, mode graphs)", device="cuda", mode="graphs", precision="fp16"),
+            "per guided step (torch-cuda backend, mode graphs)", device="cuda", mode="graphs",
+            precision="fp16"),
     Variant("trt", "TensorRT engines through sg2v.runtime (needs tensorrt + cupy)", runtime="trt",
             device="cuda"),
     Variant("ort-gpu", "ONNX Runtime's TensorRT/CUDA execution providers (needs onnxruntime-gpu)",
@@ -179,10 +180,10 @@ def make_random_bundle(size: str, out: str | os.PathLike, seed: int = 0) -> Path
         return out
     import torch
 
-    from sg2v.checkpoint import save_checkpoint
     from sg2v.config import model_config
     from sg2v.export import export_bundle
     from sg2v.models.sg2v import build_model
+    from sg2v.training.checkpoint import save_checkpoint
     from sg2v.vocab import shapes_vocab
 
     torch.manual_seed(seed)
@@ -416,7 +417,8 @@ def _run_child(name: str, args: argparse.Namespace, graph_path: Path, tmp: Path)
     cmd = [sys.executable]
     if getattr(sys.flags, "safe_path", False):
         cmd.append("-P")  # keep the parent's import layout (e.g. a linked tree on PYTHONPATH)
-    cmd += ["-m", "sg2v.bench", "--child", name, "--bundle", str(args.bundle), "--graph", str(graph_path),
+    cmd += ["-m", "sg2v.runtime.bench", "--child", name, "--bundle", str(args.bundle), "--graph",
+            str(graph_path),
             "--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
             "--seed", str(args.seed), "--write", args.write, "--compile-mode", args.compile_mode,
             "--frames-out", str(tmp / f"{name}.npy")]
@@ -451,7 +453,7 @@ def _child_main(args: argparse.Namespace) -> int:
         out = _child_run(args)
         code = 0
     except Exception as e:  # reported to the parent as data; the other backends still run
-        out = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+        out = {"error": f"{type(e).__name__}: {first_line(e)}"}
         code = 1
     print(CHILD_MARK + json.dumps(out), flush=True)
     return code
@@ -528,7 +530,7 @@ def _open(v: Variant, args: argparse.Namespace) -> Any:
 
         return Pipeline.from_bundle(args.bundle, backend=v.runtime, device=v.device, threads=args.threads,
                                     verify=not args.no_verify, ckpt=args.ckpt)
-    from sg2v.torch_fast import TorchPipeline
+    from sg2v.runtime.backends.torch_cuda import TorchPipeline
 
     return TorchPipeline.from_bundle(args.bundle, device=v.device, mode=v.mode, precision=v.precision,
                                      ckpt=args.ckpt, verify=not args.no_verify,
