@@ -5,6 +5,8 @@ optimization profiles, timing cache, build_serialized_network) and UNVERIFIED: T
 this project's build, CI or GPU test machines, so no engine has been built by this code there. Precision lives
 in the ONNX graph (strong typing; TensorRT 11 builds nothing else), so no precision flags are set.
 
+The engines take the bundle's batch axis: one optimisation profile per stage from 1 to `max_batch` videos
+(the UNet's rows are 2 per video), tuned for `--opt-batch`; the runtime sets the input shapes per call.
 Plans are cached per machine under `engines/<fingerprint>/` (fingerprint = GPU name, compute capability,
 TensorRT version, precision; `sg2v.bundle_spec.engine_fingerprint`) with `engine.json` recording what they
 were built from, and one timing cache per fingerprint. `python -m sg2v.export.tensorrt BUNDLE` builds them.
@@ -53,9 +55,24 @@ def engine_dir(bundle: Any, fingerprint: str) -> Path:
     return Path(bundle.engines_dir) / fingerprint
 
 
-def profile_shapes(bundle: Any, stage: str) -> dict[str, tuple[int, ...]]:
-    """Each input's shape from the manifest; used as min = opt = max (the bundle's shapes are fixed)."""
-    return {d["name"]: tuple(int(n) for n in d["shape"]) for d in bundle.stages[stage]["inputs"]}
+def profile_shapes(bundle: Any, stage: str, opt_batch: int = 1
+                   ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """Each input's optimisation profile (min, opt, max) from the manifest: over the batch axis 1, `opt_batch`
+    and the bundle's max_batch videos (the UNet's rows are 2 per video); a format-1 bundle's fixed shapes
+    as min = opt = max."""
+    max_batch = bundle.max_batch
+    if not 1 <= opt_batch <= max_batch:
+        raise Sg2vError(f"--opt-batch {opt_batch}: choose 1..{max_batch} (the bundle's max_batch)")
+    rows = 2 if stage == spec.UNET_STAGE else 1  # per video
+    out = {}
+    for d in bundle.stages[stage]["inputs"]:
+        rest = tuple(int(n) for n in d["shape"][1:])
+        if isinstance(d["shape"][0], str):
+            out[d["name"]] = tuple((rows * b, *rest) for b in (1, opt_batch, max_batch))
+        else:
+            fixed = (int(d["shape"][0]), *rest)
+            out[d["name"]] = (fixed, fixed, fixed)
+    return out
 
 
 def check_engine_dir(path: str | os.PathLike, expected: str,
@@ -92,9 +109,13 @@ def register_plugins() -> None:
 
 
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
-                 shapes: dict[str, tuple[int, ...]], timing_cache: str | os.PathLike | None = None,
+                 profiles: dict[str, tuple[tuple[int, ...], ...]],
+                 timing_cache: str | os.PathLike | None = None,
                  workspace_bytes: int | None = None, plugin: bool = False) -> Path:
-    """Parse `onnx_path` into a strongly typed network, build a serialized plan, write it atomically."""
+    """Parse `onnx_path` into a strongly typed network, build a serialized plan, write it atomically.
+
+    `profiles` gives each input's (min, opt, max) shape (`profile_shapes`): one optimisation profile for
+    the inputs with dynamic dimensions; fixed inputs must have the one shape min = max."""
     trt = _trt()
     if plugin:
         register_plugins()
@@ -114,16 +135,16 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
     profile = None
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        want = shapes.get(tensor.name)
+        want = profiles.get(tensor.name)
         if want is None:
             raise BundleError(f"{onnx_path}: input {tensor.name!r} is not in the manifest; "
                               "re-export the bundle")
         have = tuple(tensor.shape)
         if any(d < 0 for d in have):
             profile = profile or builder.create_optimization_profile()
-            profile.set_shape(tensor.name, want, want, want)  # min = opt = max: a bundle's shapes are fixed
-        elif have != want:
-            raise BundleError(f"{onnx_path}: input {tensor.name!r} is {have}, the manifest says {want}; "
+            profile.set_shape(tensor.name, *want)  # (min, opt, max)
+        elif not have == want[0] == want[2]:
+            raise BundleError(f"{onnx_path}: input {tensor.name!r} is {have}, the manifest says {want[2]}; "
                               "re-export the bundle")
     if profile is not None:
         config.add_optimization_profile(profile)
@@ -143,8 +164,9 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
 
 
 def build_engines(bundle: Any, device_id: int = 0, force: bool = False, workspace_bytes: int | None = None,
-                  log: Any = None) -> dict[str, Path]:
-    """Plans for every stage under engines/<fingerprint>/, reusing ones built from the same ONNX files."""
+                  log: Any = None, opt_batch: int = 1) -> dict[str, Path]:
+    """Plans for every stage under engines/<fingerprint>/, reusing ones built from the same ONNX files with
+    the same profiles (batch 1 to the bundle's max_batch, tuned for `opt_batch`)."""
     from sg2v.runtime.bundle import Bundle
 
     if not isinstance(bundle, Bundle):
@@ -155,9 +177,14 @@ def build_engines(bundle: Any, device_id: int = 0, force: bool = False, workspac
     files = bundle.manifest["files"]
     onnx_sha = {stage: files[bundle.stages[stage]["file"]]["sha256"] for stage in spec.STAGE_FILES}
     plans = {stage: out_dir / f"{stage}{PLAN_SUFFIX}" for stage in spec.STAGE_FILES}
+    profiles = {stage: profile_shapes(bundle, stage, opt_batch) for stage in spec.STAGE_FILES}
+    batches = {"max_batch": bundle.max_batch, "opt_batch": opt_batch}
     if not force and all(p.is_file() for p in plans.values()):
         try:
-            check_engine_dir(out_dir, fingerprint, onnx_sha)
+            info = check_engine_dir(out_dir, fingerprint, onnx_sha)
+            if {k: info.get(k) for k in batches} != batches:
+                raise BundleError(f"engines {out_dir} were built for batches "
+                                  f"{[info.get(k) for k in batches]}, not {list(batches.values())}")
             log(f"sg2v: reusing TensorRT engines in {out_dir}")
             return plans
         except BundleError as e:
@@ -170,12 +197,12 @@ def build_engines(bundle: Any, device_id: int = 0, force: bool = False, workspac
     plugin = bundle.pooling == "plugin"
     for stage, plan in plans.items():
         log(f"sg2v: building TensorRT engine {plan} (this takes a while once per machine)")
-        build_engine(bundle.stage_file(stage), plan, profile_shapes(bundle, stage), out_dir / TIMING_CACHE,
+        build_engine(bundle.stage_file(stage), plan, profiles[stage], out_dir / TIMING_CACHE,
                      workspace_bytes, plugin)
     name, cc = device_info(device_id)
     info = {"fingerprint": fingerprint, "gpu": name, "compute_capability": f"{cc[0]}.{cc[1]}",
             "tensorrt": _trt().__version__, "precision": bundle.precision, "pooling": bundle.pooling,
-            "onnx_sha256": onnx_sha,
+            "onnx_sha256": onnx_sha, **batches,
             "plan_sha256": {stage: sha256_file(p) for stage, p in plans.items()}}
     atomic_write_text(out_dir / ENGINE_INFO, json.dumps(info, indent=1) + "\n")
     return plans
@@ -190,9 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even when matching plans exist")
     ap.add_argument("--workspace-mb", type=int, default=0,
                     help="builder workspace limit in MiB (0: TensorRT's default)")
+    ap.add_argument("--opt-batch", type=int, default=1,
+                    help="videos per call the engines are tuned for (profiles span 1 to the bundle's "
+                         "max_batch)")
     args = ap.parse_args(argv)
     try:
-        plans = build_engines(args.bundle, args.device, args.force, args.workspace_mb * (1 << 20) or None)
+        plans = build_engines(args.bundle, args.device, args.force, args.workspace_mb * (1 << 20) or None,
+                              opt_batch=args.opt_batch)
     except Sg2vError as e:
         print(f"sg2v: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -67,6 +67,11 @@ class Bundle:
         return str(self.manifest["pooling"])
 
     @property
+    def max_batch(self) -> int:
+        """Videos one stage call takes at most (format 1 bundles: 1, their batches are fixed)."""
+        return spec.max_batch(self.shapes)
+
+    @property
     def sampler_defaults(self) -> dict[str, Any]:
         return dict(self.manifest["sampler_defaults"])
 
@@ -204,10 +209,17 @@ def _vocab(manifest: dict[str, Any], root: Path) -> Vocab:
 
 
 def _shapes(manifest: dict[str, Any], config: ModelConfig, root: Path) -> dict[str, int]:
-    expected = spec.shapes(config.data, config.encoder)
     got = manifest["shapes"]
     if not isinstance(got, dict):
         raise BundleError(f"bundle {root}: manifest 'shapes' is not an object; {_REEXPORT}")
+    max_batch = None  # format 1: fixed batches
+    if manifest["format_version"] >= 2:
+        max_batch = got.get("max_batch")
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) \
+                or not 1 <= max_batch <= spec.MAX_BATCH_LIMIT:
+            raise BundleError(f"bundle {root}: shapes.max_batch {max_batch!r} is not an integer in "
+                              f"[1, {spec.MAX_BATCH_LIMIT}]; {_REEXPORT}")
+    expected = spec.shapes(config.data, config.encoder, max_batch)
     wrong = [f"{k}={got.get(k)!r} (config says {v})" for k, v in expected.items() if got.get(k) != v]
     if wrong:
         raise BundleError(f"bundle {root}: manifest shapes disagree with model_config: {', '.join(wrong)}; "

@@ -69,7 +69,8 @@ def _const(name: str, arr: np.ndarray):
     return numpy_helper.from_array(np.asarray(arr), name)
 
 
-def _encoder_model(cfg: ModelConfig, w: dict[str, np.ndarray]):
+def _encoder_model(cfg: ModelConfig, w: dict[str, np.ndarray], b: int | str):
+    """The toy encoder at batch `b`: an int (format 1) or the batch axis' name (format 2)."""
     s = spec.shapes(cfg.data, cfg.encoder)
     o, t, d = s["padded_objects"], s["padded_triples"], s["context_dim"]
     nodes = [
@@ -91,27 +92,32 @@ def _encoder_model(cfg: ModelConfig, w: dict[str, np.ndarray]):
         helper.make_node("Unsqueeze", ["triple_mask", "ax2"], ["tm"]),
         helper.make_node("Mul", ["act", "tm"], ["local"]),
         helper.make_node("Concat", ["glob", "local"], ["context"], axis=1),  # (1, L, D)
-        helper.make_node("Concat", ["one2", "triple_mask"], ["context_mask"], axis=1),  # (1, L)
+        helper.make_node("Slice", ["triple_mask", "i0s", "i1s", "ax1"], ["tm0"]),  # (B, 1)
+        helper.make_node("Mul", ["tm0", "zero"], ["tm00"]),
+        helper.make_node("Add", ["tm00", "one"], ["ones"]),  # (B, 1): the global token is always valid
+        helper.make_node("Concat", ["ones", "triple_mask"], ["context_mask"], axis=1),  # (B, L)
     ]
     inits = [_const("E", w["E"]), _const("P", w["P"]), _const("ax1", np.array([1], np.int64)),
              _const("ax2", np.array([2], np.int64)), _const("one", np.array(1.0, np.float32)),
-             _const("one2", np.ones((1, 1), np.float32)), _const("i0", np.array(0, np.int64)),
-             _const("i1", np.array(1, np.int64))]
+             _const("zero", np.array(0.0, np.float32)), _const("i0", np.array(0, np.int64)),
+             _const("i1", np.array(1, np.int64)), _const("i0s", np.array([0], np.int64)),
+             _const("i1s", np.array([1], np.int64))]
     graph = helper.make_graph(
         nodes, "fake_encoder",
-        [helper.make_tensor_value_info("objs", TensorProto.INT64, [1, o]),
-         helper.make_tensor_value_info("obj_mask", TensorProto.FLOAT, [1, o]),
-         helper.make_tensor_value_info("triples", TensorProto.INT64, [1, t, 3]),
-         helper.make_tensor_value_info("triple_mask", TensorProto.FLOAT, [1, t])],
-        [helper.make_tensor_value_info("context", TensorProto.FLOAT, [1, 1 + t, d]),
-         helper.make_tensor_value_info("context_mask", TensorProto.FLOAT, [1, 1 + t])],
+        [helper.make_tensor_value_info("objs", TensorProto.INT64, [b, o]),
+         helper.make_tensor_value_info("obj_mask", TensorProto.FLOAT, [b, o]),
+         helper.make_tensor_value_info("triples", TensorProto.INT64, [b, t, 3]),
+         helper.make_tensor_value_info("triple_mask", TensorProto.FLOAT, [b, t])],
+        [helper.make_tensor_value_info("context", TensorProto.FLOAT, [b, 1 + t, d]),
+         helper.make_tensor_value_info("context_mask", TensorProto.FLOAT, [b, 1 + t])],
         inits)
     return _model(graph)
 
 
-def _unet_model(cfg: ModelConfig, w: dict[str, np.ndarray]):
+def _unet_model(cfg: ModelConfig, w: dict[str, np.ndarray], n: int | str):
+    """The toy UNet at `n` rows: an int (format 1) or the batch axis' name (format 2)."""
     s = spec.shapes(cfg.data, cfg.encoder)
-    x_shape = [2, s["frames"], s["channels"], s["height"], s["width"]]
+    x_shape = [n, s["frames"], s["channels"], s["height"], s["width"]]
     length, d = s["context_tokens"], s["context_dim"]
     nodes = [
         helper.make_node("Unsqueeze", ["context_mask", "ax2"], ["cm"]),  # (2, L, 1)
@@ -130,16 +136,16 @@ def _unet_model(cfg: ModelConfig, w: dict[str, np.ndarray]):
     ]
     inits = [_const("Wg", w["Wg"]), _const("ax1", np.array([1], np.int64)),
              _const("ax2", np.array([2], np.int64)),
-             _const("gshape", np.array([2, 1, s["channels"], 1, 1], np.int64)),
-             _const("tshape", np.array([2, 1, 1, 1, 1], np.int64)),
+             _const("gshape", np.array([-1, 1, s["channels"], 1, 1], np.int64)),
+             _const("tshape", np.array([-1, 1, 1, 1, 1], np.int64)),
              _const("tscale", np.array(0.001, np.float32)),
              _const("xscale", np.array(0.8, np.float32))]
     graph = helper.make_graph(
         nodes, "fake_unet",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape),
-         helper.make_tensor_value_info("t", TensorProto.FLOAT, [2]),
-         helper.make_tensor_value_info("context", TensorProto.FLOAT, [2, length, d]),
-         helper.make_tensor_value_info("context_mask", TensorProto.FLOAT, [2, length])],
+         helper.make_tensor_value_info("t", TensorProto.FLOAT, [n]),
+         helper.make_tensor_value_info("context", TensorProto.FLOAT, [n, length, d]),
+         helper.make_tensor_value_info("context_mask", TensorProto.FLOAT, [n, length])],
         [helper.make_tensor_value_info("v", TensorProto.FLOAT, x_shape)],
         inits)
     return _model(graph)
@@ -165,24 +171,28 @@ def write_manifest(root: Path, manifest: dict) -> None:
     (root / spec.MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
-def make_fake_bundle(root: Path, seed: int = 0) -> tuple[Path, dict[str, np.ndarray]]:
-    """A small real bundle at `root` (toy ONNX graphs, real hashes); returns it and its weights."""
+def make_fake_bundle(root: Path, seed: int = 0, version: int = spec.FORMAT_VERSION, max_batch: int = 4
+                     ) -> tuple[Path, dict[str, np.ndarray]]:
+    """A small real bundle at `root` (toy ONNX graphs, real hashes); returns it and its weights. Format 2
+    has a batch axis up to `max_batch` videos; format 1 the fixed batches of 1 graph and 2 UNet rows."""
     cfg = fake_config()
     vocab = shapes_vocab()
     w = fake_weights(cfg, seed)
     root.mkdir(parents=True)
-    (root / spec.ENCODER_ONNX).write_bytes(_encoder_model(cfg, w).SerializeToString())
-    (root / spec.UNET_ONNX).write_bytes(_unet_model(cfg, w).SerializeToString())
+    dynamic = version >= 2
+    b, n = (spec.BATCH_DIM, spec.UNET_BATCH_DIM) if dynamic else (spec.ENCODER_BATCH, spec.UNET_BATCH)
+    (root / spec.ENCODER_ONNX).write_bytes(_encoder_model(cfg, w, b).SerializeToString())
+    (root / spec.UNET_ONNX).write_bytes(_unet_model(cfg, w, n).SerializeToString())
     length = cfg.data.context_tokens
     np.save(root / spec.NULL_CONTEXT, w["null"])
     null_mask = np.zeros((1, length), np.float32)
     null_mask[0, 0] = 1.0
     np.save(root / spec.NULL_CONTEXT_MASK, null_mask)
-    shapes = spec.shapes(cfg.data, cfg.encoder)
+    shapes = spec.shapes(cfg.data, cfg.encoder, max_batch if dynamic else None)
     io = spec.stage_io(shapes)
     d = cfg.diffusion
     manifest = {
-        "format": spec.FORMAT, "format_version": spec.FORMAT_VERSION, "model_config": cfg.to_dict(),
+        "format": spec.FORMAT, "format_version": version, "model_config": cfg.to_dict(),
         "vocab": vocab.to_dict(),
         "schedule": {"kind": d.schedule, "num_train_timesteps": d.num_train_timesteps},
         "sampler_defaults": {"sampler": "dpmpp2m", "steps": 4, "guidance": 3.0, "guidance_rescale": 0.7},

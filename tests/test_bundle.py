@@ -35,12 +35,34 @@ def test_valid_bundle_opens_with_its_contents(tmp_path):
     b = Bundle.open(root)
     assert b.config == fake_config()
     assert b.vocab == shapes_vocab()
-    assert b.shapes == spec.shapes(b.config.data, b.config.encoder)
+    assert b.shapes == spec.shapes(b.config.data, b.config.encoder, 4) and b.max_batch == 4
+    assert b.stages["unet"]["inputs"][0]["shape"][0] == spec.UNET_BATCH_DIM
     np.testing.assert_array_equal(b.null_context, w["null"])
     assert b.null_context_mask[0, 0] == 1 and not b.null_context_mask[0, 1:].any()
     assert not b.null_context.flags.writeable
     assert b.stage_file("unet") == root / "unet.onnx"
     assert b.alphas_cumprod().shape == (b.config.diffusion.num_train_timesteps,)
+
+
+def test_format_1_bundles_still_open_with_their_fixed_batch(tmp_path):
+    root, _ = make_fake_bundle(tmp_path / "v1", version=1)
+    b = Bundle.open(root)
+    assert b.manifest["format_version"] == 1 and b.max_batch == 1
+    assert b.shapes == spec.shapes(b.config.data, b.config.encoder, None)
+    assert b.shapes["encoder_batch"] == 1 and b.shapes["unet_batch"] == 2 and "max_batch" not in b.shapes
+    assert [d["shape"][0] for d in b.stages["unet"]["inputs"]] == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("bad", [0, -3, "32", 1.5, True, spec.MAX_BATCH_LIMIT + 1, None])
+def test_max_batch_must_be_a_sane_integer(bundle_dir, bad):
+    m = _manifest(bundle_dir)
+    if bad is None:
+        del m["shapes"]["max_batch"]
+    else:
+        m["shapes"]["max_batch"] = bad
+    (bundle_dir / spec.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"shapes.max_batch .* is not an integer in \[1, 4096\]"):
+        Bundle.open(bundle_dir)
 
 
 def test_missing_folder_and_missing_manifest(tmp_path, bundle_dir):

@@ -62,15 +62,26 @@ def test_fingerprint_is_filesystem_safe():
     assert fp == "nvidia-geforce-rtx-4090-16gb_sm89_trt10.7.0_fp32"
 
 
-def test_profiles_are_the_manifest_shapes(fake):
+def test_profiles_span_the_batch_axis(fake, tmp_path):
+    """min / opt / max over the batch axis: 1, --opt-batch and the bundle's max_batch videos (the UNet's
+    rows are 2 per video); a format-1 bundle's fixed shapes as min = opt = max."""
     root, _ = fake
     b = Bundle.open(root)
-    for stage in spec.STAGE_FILES:
-        want = {d["name"]: tuple(d["shape"]) for d in b.manifest["stages"][stage]["inputs"]}
-        assert trt_build.profile_shapes(b, stage) == want
     s = b.shapes
-    x_shape = (2, s["frames"], s["channels"], s["height"], s["width"])
-    assert trt_build.profile_shapes(b, "unet")["x"] == x_shape
+    frame = (s["frames"], s["channels"], s["height"], s["width"])
+    profiles = trt_build.profile_shapes(b, "unet", opt_batch=3)
+    assert profiles["x"] == ((2, *frame), (6, *frame), (2 * b.max_batch, *frame))
+    assert profiles["t"] == ((2,), (6,), (2 * b.max_batch,))
+    enc = trt_build.profile_shapes(b, "encoder")
+    o = s["padded_objects"]
+    assert enc["objs"] == ((1, o), (1, o), (b.max_batch, o))
+    for stage in spec.STAGE_FILES:
+        assert set(trt_build.profile_shapes(b, stage)) == {d["name"] for d in b.stages[stage]["inputs"]}
+    with pytest.raises(Sg2vError, match="--opt-batch 9"):
+        trt_build.profile_shapes(b, "unet", opt_batch=b.max_batch + 5)
+    old = Bundle.open(make_fake_bundle(tmp_path / "v1", version=1)[0])
+    fixed = trt_build.profile_shapes(old, "unet")["x"]
+    assert fixed == ((2, *frame),) * 3
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed: the missing-TensorRT errors cannot be shown")
@@ -134,6 +145,25 @@ def test_trt_pipeline_matches_onnx_runtime(fake):
     on_gpu = trt_pipe(graph, seed=5, steps=4, output="cupy")
     assert isinstance(on_gpu, cp.ndarray)
     np.testing.assert_array_equal(cp.asnumpy(on_gpu), f_trt)
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_trt_batches_match_single_calls_and_onnx_runtime(fake):
+    """A batch of 3 through the engines' batch axis (set_input_shape, a CUDA graph for 6 UNet rows) against
+    3 single calls on TensorRT and against ONNX Runtime's batch."""
+    _needs_trt_gpu()
+    root, _ = fake
+    trt_pipe = Pipeline.from_bundle(root, backend="trt")
+    ort_pipe = Pipeline.from_bundle(root, backend="ort")
+    rng = np.random.default_rng()
+    graphs = [random_graph(rng) for _ in range(3)]
+    seeds = [int(s) for s in rng.integers(1 << 20, size=3)]
+    batch = trt_pipe.generate(graphs, seeds, steps=3)
+    singles = np.stack([trt_pipe(g, seed=s, steps=3) for g, s in zip(graphs, seeds)])
+    assert trt_pipe.last_timings["chunks"] == 1 and 6 in trt_pipe.backend.unet.graphs
+    assert np.abs(batch.astype(int) - singles).max() <= 1
+    assert np.abs(batch.astype(int) - ort_pipe.generate(graphs, seeds, steps=3)).max() <= 1
 
 
 @pytest.mark.trt

@@ -1,29 +1,28 @@
-"""The fastest PyTorch path: fp16 weights, static buffers, one CUDA graph per guided denoiser step.
+"""The `torch-cuda` backend: fp16 weights, static buffers, one CUDA graph per guided denoiser step.
 
-`GuidedStep` computes the classifier-free-guided v for one clip (Ho & Salimans 2022, with guidance rescale,
-Lin et al. 2023): the UNet on (cond, uncond) as one batch of 2, then the guided combination, reading x, t, the
-context and the guidance weights from buffers allocated once. Three modes: `eager` (the reference: plain
-module calls), `compile` (the module through `torch.compile`, the peer a user would pick), and `graphs` (the
-whole step captured once as a CUDA graph and replayed: one launch per step instead of hundreds; Nguyen et al.,
-"CUDA Graphs", NVIDIA 2019). `TorchPipeline` runs graph -> frames with the shared samplers of `sg2v.sampling`
-on torch tensors on one device, so the sampler loop never copies to the host, and records the same
-`last_timings` as `sg2v.runtime.Pipeline` (here the denoiser step includes the guidance combination).
+It offers the generation loop a fused guided step (`GuidedStep`, `sg2v.generation.GuidedStep`): the UNet on
+the 2B rows (the B conditional ones, then the B unconditional ones) and the guidance combination of
+`sg2v.sampling.guide` (Ho & Salimans 2022, with guidance rescale, Lin et al. 2023), reading x, t, the
+conditioning and the guidance settings from buffers allocated once per batch size. Three modes: `eager` (the
+reference: plain module calls), `compile` (the module through `torch.compile`, the peer a user would pick),
+and `graphs` (the whole step captured once per batch size as a CUDA graph and replayed: one launch per step
+instead of hundreds; Nguyen et al., "CUDA Graphs", NVIDIA 2019). The sampler then runs on torch tensors on
+the device, so the loop never copies to the host; on CUDA, CUDA events time each step without a host sync.
+Torch is imported only when the backend is built.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import time
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from sg2v import bundle_spec as spec
 from sg2v.errors import Sg2vError
-from sg2v.sampling import batch_std
+from sg2v.generation import Backend
+from sg2v.sampling import guide
 
 MODES = ("eager", "compile", "graphs")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
@@ -54,42 +53,49 @@ def half_unet(unet: nn.Module) -> nn.Module:
     return half.eval()
 
 
-class GuidedStep:
-    """Guided v for x (1, F, C, H, W) at timestep t, with all inputs in static buffers (see module note)."""
+def prepare_unet(unet: nn.Module, device: torch.device, mode: str, precision: str,
+                 compile_mode: str = "default") -> nn.Module:
+    """The UNet as the backend runs it: on `device`, in `precision`, through torch.compile in mode compile."""
+    if mode not in MODES:
+        raise Sg2vError(f"mode {mode!r}: choose one of {list(MODES)}")
+    if precision not in PRECISIONS:
+        raise Sg2vError(f"precision {precision!r}: choose one of {sorted(PRECISIONS)}")
+    if mode == "graphs" and device.type != "cuda":
+        raise Sg2vError(f"mode 'graphs' needs a CUDA device, got {device}; use mode='eager' on the CPU")
+    net = unet.to(device).eval()
+    net = half_unet(net) if precision == "fp16" else net
+    return torch.compile(net, mode=compile_mode) if mode == "compile" else net
 
-    def __init__(self, unet: nn.Module, frames_shape: tuple[int, int, int, int],
+
+class GuidedStep:
+    """Guided v for x (B, F, C, H, W) at timestep t, all inputs in static buffers (see the module note)."""
+
+    def __init__(self, unet: nn.Module, batch: int, frames_shape: tuple[int, int, int, int],
                  context_shape: tuple[int, int], device: str | torch.device = "cuda", mode: str = "graphs",
-                 precision: str = "fp16", compile_mode: str = "default"):
-        if mode not in MODES:
-            raise Sg2vError(f"mode {mode!r}: choose one of {list(MODES)}")
-        if precision not in PRECISIONS:
-            raise Sg2vError(f"precision {precision!r}: choose one of {sorted(PRECISIONS)}")
+                 precision: str = "fp16"):
         self.device = torch.device(device)
-        if mode == "graphs" and self.device.type != "cuda":
-            raise Sg2vError(f"mode 'graphs' needs a CUDA device, got {self.device}; "
-                            "use mode='eager' on the CPU")
         self.mode, self.precision = mode, precision
         self.dtype = PRECISIONS[precision]
-        net = unet.to(self.device).eval()
-        net = half_unet(net) if precision == "fp16" else net
-        self.unet = torch.compile(net, mode=compile_mode) if mode == "compile" else net
+        self.unet = unet  # from prepare_unet: already on the device, in the precision, compiled if asked
+        self.batch = b = int(batch)
         f, c, h, w = frames_shape
         tokens, dim = context_shape
         kw = {"device": self.device}
-        self.x = torch.empty((1, f, c, h, w), dtype=torch.float32, **kw)  # (1, F, C, H, W)
-        self.t = torch.empty((2,), dtype=torch.float32, **kw)  # (2,): the same timestep for both halves
-        self.context = torch.empty((2, tokens, dim), dtype=self.dtype, **kw)  # (2, L, D): cond, uncond
-        self.context_mask = torch.empty((2, tokens), dtype=self.dtype, **kw)  # (2, L)
+        self.x = torch.empty((b, f, c, h, w), dtype=torch.float32, **kw)  # (B, F, C, H, W)
+        self.t = torch.empty((2 * b,), dtype=torch.float32, **kw)  # (2B,): one timestep for every row
+        self.context = torch.empty((2 * b, tokens, dim), dtype=self.dtype, **kw)  # (2B, L, D): cond, uncond
+        self.context_mask = torch.empty((2 * b, tokens), dtype=self.dtype, **kw)  # (2B, L)
         self.guidance = torch.empty((), dtype=torch.float32, **kw)
         self.rescale = torch.empty((), dtype=torch.float32, **kw)
         self.graph: Any = None
-        self.out: torch.Tensor | None = None  # the graph's output buffer (1, F, C, H, W)
+        self.out: torch.Tensor | None = None  # the graph's output buffer (B, F, C, H, W)
 
     @torch.no_grad()
-    def set_context(self, context: torch.Tensor, context_mask: torch.Tensor) -> None:
-        """Copy the batch-2 context (cond, uncond) (2, L, D) and mask (2, L) into the step's buffers."""
-        self.context.copy_(context)
-        self.context_mask.copy_(context_mask)
+    def prepare(self, feeds: dict[str, Any], guidance: float, rescale: float) -> None:
+        """Copy the conditioning (2B rows: cond, then uncond) and the guidance settings into the buffers."""
+        self.context.copy_(feeds["context"])  # (2B, L, D), cast to the step's precision
+        self.context_mask.copy_(feeds["context_mask"])  # (2B, L)
+        self.set_guidance(guidance, rescale)
 
     @torch.no_grad()
     def set_guidance(self, guidance: float, rescale: float) -> None:
@@ -101,13 +107,11 @@ class GuidedStep:
         self.rescale.fill_(float(rescale))
 
     def _body(self) -> torch.Tensor:
-        x2 = self.x.expand(2, *self.x.shape[1:]).to(self.dtype)  # (2, F, C, H, W): cond and uncond halves
-        v2 = self.unet(x2, self.t, self.context, self.context_mask).float()  # (2, F, C, H, W)
-        v_cond, v_uncond = v2[0:1], v2[1:2]
-        v = v_uncond + self.guidance * (v_cond - v_uncond)
+        b = self.batch
+        x2 = self.x.repeat(2, 1, 1, 1, 1).to(self.dtype)  # (2B, F, C, H, W): the cond and uncond halves
+        v2 = self.unet(x2, self.t, self.context, self.context_mask).float()  # (2B, F, C, H, W)
         # Rescale always runs (r = 0 multiplies by exactly 1), so one captured graph serves every setting.
-        ratio = batch_std(v_cond) / (batch_std(v) + 1e-12)  # (1, 1, 1, 1, 1)
-        return (self.rescale * ratio + (1.0 - self.rescale)) * v  # (1, F, C, H, W)
+        return guide(v2[:b], v2[b:], self.guidance, self.rescale)  # (B, F, C, H, W)
 
     @torch.no_grad()
     def capture(self) -> None:
@@ -125,7 +129,7 @@ class GuidedStep:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """v (1, F, C, H, W) float32; in `graphs` mode the step's own buffer, valid until the next call."""
+        """v (B, F, C, H, W) float32; in `graphs` mode the step's own buffer, valid until the next call."""
         self.x.copy_(x)
         self.t.fill_(float(t))
         if self.mode != "graphs":
@@ -136,109 +140,72 @@ class GuidedStep:
         return self.out
 
 
-class TorchPipeline:
-    """Graph -> frames (F, H, W, 3) uint8 with encoder, guided step and sampler all on `device`."""
+class CudaEventClock:
+    """Denoiser step times from CUDA events recorded on the stream: no host sync inside the loop."""
 
-    def __init__(self, bundle: Any, model_encoder: nn.Module, unet: nn.Module,
-                 null_context: tuple[np.ndarray, np.ndarray], device: str | torch.device = "cuda",
-                 mode: str = "graphs", precision: str = "fp16", compile_mode: str = "default"):
-        from sg2v.schedule import make_alphas_cumprod
+    def __init__(self):
+        self.marks: list[tuple[Any, Any]] = []
 
-        self.bundle = bundle
-        self.device = torch.device(device)
-        s = bundle.shapes
-        self.encoder = model_encoder.to(self.device).eval()
-        self.step = GuidedStep(unet, (s["frames"], s["channels"], s["height"], s["width"]),
-                               (s["context_tokens"], s["context_dim"]), self.device, mode, precision,
-                               compile_mode)
-        # Copies: the bundle's arrays are read-only, and torch must not share memory it may not write.
-        self.null_context = torch.tensor(np.array(null_context[0]), device=self.device)  # (1, L, D)
-        self.null_context_mask = torch.tensor(np.array(null_context[1]), device=self.device)  # (1, L)
-        sched = bundle.schedule
-        self.alphas_cumprod = make_alphas_cumprod(int(sched["num_train_timesteps"]), sched["kind"])
-        self._x_shape = (1, s["frames"], s["channels"], s["height"], s["width"])
-        self.backend_name = f"torch-{self.device.type}-{mode}-{precision}"
-        self.last_timings: dict[str, Any] = {}
+    def start(self) -> None:
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._start.record()
 
-    @classmethod
-    def from_bundle(cls, path: str | os.PathLike, device: str = "cuda", mode: str = "graphs",
-                    precision: str = "fp16", ckpt: str | os.PathLike | None = None, verify: bool = True,
-                    compile_mode: str = "default", threads: int | None = None) -> TorchPipeline:
-        """Weights from `ckpt` or the bundle's model.safetensors, loaded by the runtime's torch backend."""
-        from sg2v.runtime.backends.torch_ref import make_torch_backend
-        from sg2v.runtime.bundle import Bundle
+    def stop(self) -> None:
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self.marks.append((self._start, end))
 
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            raise Sg2vError(f"device {device!r}: PyTorch sees no CUDA device; "
-                            "use device='cpu' with mode='eager'")
-        bundle = Bundle.open(path, verify=verify)
-        backend = make_torch_backend(bundle, device=device, ckpt=None if ckpt is None else str(ckpt),
-                                     threads=threads)
-        null = backend.null_context or (bundle.null_context, bundle.null_context_mask)
-        return cls(bundle, backend.encoder.fn, backend.unet.fn, null, device, mode, precision, compile_mode)
+    def seconds(self) -> list[float]:
+        torch.cuda.synchronize()
+        return [a.elapsed_time(b) / 1e3 for a, b in self.marks]
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
-    @torch.no_grad()
-    def __call__(self, graph: Any, seed: int = 0, steps: int | None = None, guidance: float | None = None,
-                 guidance_rescale: float | None = None, sampler: str | None = None,
-                 callback: Callable[[int, float, Any, Any], None] | None = None) -> np.ndarray:
-        """Frames (F, H, W, 3) uint8 for `graph`; unset options take the bundle's sampler defaults."""
-        from sg2v.graph import pad_graphs, parse_graph
-        from sg2v.models.sg2v import graph_tensors
-        from sg2v.runtime.pipeline import stage_timings
-        from sg2v.sampling import get_sampler
-        from sg2v.schedule import timesteps
-        from sg2v.video import unit_to_frames
+class _CastInputs(nn.Module):
+    """The UNet stage for direct calls: float32 inputs cast to the UNet's precision, float32 v out."""
 
-        d = self.bundle.sampler_defaults
-        data = self.bundle.config.data
-        sample = get_sampler(d["sampler"] if sampler is None else sampler)
-        num_train = int(self.bundle.schedule["num_train_timesteps"])
-        ts = timesteps(num_train, d["steps"] if steps is None else steps, "trailing")  # (steps,) descending
-        self.step.set_guidance(float(d["guidance"] if guidance is None else guidance),
-                               float(d["guidance_rescale"] if guidance_rescale is None else guidance_rescale))
-        sg = parse_graph(graph, self.bundle.vocab, data.max_objects, data.max_relationships)
-        feeds = pad_graphs([sg], data.max_objects, data.max_relationships).as_feeds()
-        x_host = np.random.default_rng(int(seed)).standard_normal(self._x_shape, dtype=np.float32)
-        cuda = self.device.type == "cuda"
-        marks: list[Any] = []
+    def __init__(self, unet: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.unet, self.dtype = unet, dtype
 
-        def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
-            # CUDA events time the step on the stream without a host sync per step; the CPU is synchronous.
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                v = self.step(x, t)
-                end.record()
-                marks.append((start, end))
-            else:
-                t0 = time.perf_counter()
-                v = self.step(x, t)
-                marks.append(time.perf_counter() - t0)
-            return v
+    def forward(self, x, t, context, context_mask):
+        return self.unet(x.to(self.dtype), t, context.to(self.dtype), context_mask.to(self.dtype)).float()
 
-        self._sync()
-        t_start = time.perf_counter()
-        g = graph_tensors(feeds, self.device)
-        context, context_mask = self.encoder(g["objs"], g["obj_mask"], g["triples"], g["triple_mask"])
-        self.step.set_context(torch.cat([context, self.null_context]),
-                              torch.cat([context_mask, self.null_context_mask]))
-        self._sync()
-        t_enc = time.perf_counter()
-        x = torch.from_numpy(x_host).to(self.device)  # the same x_T as every other backend
-        x = sample(denoise, x, ts, self.alphas_cumprod, callback=callback)
-        self._sync()
-        t_sample = time.perf_counter()
-        frames = unit_to_frames(x[0]).permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (F, H, W, C)
-        t_end = time.perf_counter()
-        step_s = [a.elapsed_time(b) / 1e3 for a, b in marks] if cuda else list(marks)
-        self.last_timings = stage_timings(self.backend_name, t_start, t_enc, t_sample, t_end, step_s)
-        return frames
 
-    def close(self) -> None:
-        """Drop the step's graph and buffers (the CUDA caching allocator keeps the memory for reuse)."""
-        self.step.graph = None
-        self.step.out = None
+def make_torch_cuda_backend(bundle: Any, device: str = "cuda", mode: str = "graphs", precision: str = "fp16",
+                            ckpt: str | None = None, compile_mode: str = "default",
+                            threads: int | None = None) -> Backend:
+    """The bundle's SG2V (its `model.safetensors`, or `ckpt`) on `device` with a fused guided step in `mode`
+    and `precision`; on the CPU only `eager` runs (a reference for tests)."""
+    from sg2v.runtime.backends.torch_ref import load_torch_model
+    from sg2v.training.backend import TorchArrays, TorchStage
+
+    dev, model = load_torch_model(bundle, device, ckpt, threads)
+    unet = prepare_unet(model.unet, dev, mode, precision, compile_mode)
+    s = bundle.shapes
+    frames = (s["frames"], s["channels"], s["height"], s["width"])
+    tokens = (s["context_tokens"], s["context_dim"])
+    cuda = dev.type == "cuda"
+
+    steps: dict[int, GuidedStep] = {}  # one per batch size, each with its buffers (and CUDA graph)
+
+    def guided_step(batch: int) -> GuidedStep:
+        if batch not in steps:
+            steps[batch] = GuidedStep(unet, batch, frames, tokens, dev, mode, precision)
+        return steps[batch]
+
+    def close() -> None:
+        steps.clear()  # the graphs and buffers go; the CUDA caching allocator keeps the memory for reuse
+
+    return Backend(
+        f"torch-{dev.type}-{mode}-{precision}",
+        TorchStage(model.encoder, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS, dev),
+        TorchStage(_CastInputs(unet, PRECISIONS[precision]), spec.UNET_INPUTS, spec.UNET_OUTPUTS, dev),
+        TorchArrays(dev),
+        null_context=model.null_context_arrays() if ckpt is not None else None,
+        guided_step=guided_step,
+        clock=CudaEventClock if cuda else None,
+        synchronize=(lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None),
+        notes=[f"{mode} {precision}" + (", one CUDA graph per guided step and batch size" if mode == "graphs"
+                                        else "")],
+        close=close,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -50,6 +51,12 @@ class SG2V(nn.Module):
     ) -> torch.Tensor:
         """v-prediction: x (B, F, C, H, W), t (B,) float timestep index -> v (B, F, C, H, W)."""
         return self.unet(x, t, context, context_mask)
+
+    def null_context_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The learned null context (1, L, D) and its mask (1, L), float32 numpy (as a bundle stores them)."""
+        ctx = self.null_context.detach().float().cpu().numpy()  # (1, L, D)
+        mask = self.null_context_mask.detach().float().cpu().numpy()  # (1, L): the global token only
+        return np.ascontiguousarray(ctx, dtype=np.float32), np.ascontiguousarray(mask, dtype=np.float32)
 
     def null_context_batch(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The null context repeated `batch` times: (B, L, D), (B, L)."""
