@@ -225,8 +225,9 @@ class Generator:
             for lo in range(0, b, limit):
                 hi = min(lo + limit, b)
                 t0 = time.perf_counter()
-                cond = be.encoder.run({k: feeds[k][lo:hi] for k in GRAPH_TENSORS})
-                unet_feeds = self._conditioning(cond, hi - lo)
+                enc = be.encoder.run({k: feeds[k][lo:hi] for k in GRAPH_TENSORS})
+                cond = {name: enc[name] for name in CONDITIONING}  # a layout stage would add its outputs
+                unet_feeds = self._conditioning(cond, self._uncond, hi - lo)
                 be.synchronize()
                 t1 = time.perf_counter()
                 x = xp.asarray(initial_noise(seeds[lo:hi], self.frame_shape))  # (b, F, C, H, W)
@@ -243,18 +244,19 @@ class Generator:
                                           len(frames))
         return Generation(out, self.last_timings)
 
-    def _conditioning(self, cond: Mapping[str, Any], b: int) -> dict[str, Any]:
-        """The UNet feeds other than x: t, and each conditioning input as 2b rows (b cond, then b uncond)."""
+    def _conditioning(self, cond: Mapping[str, Any], uncond: Mapping[str, Any], b: int) -> dict[str, Any]:
+        """The UNet feeds other than x: t, and each conditioning input as 2b rows: the b rows of `cond`, then
+        `uncond`'s (one row broadcast, or b rows)."""
         xp = self.xp
-        if b > self._capacity:  # grown once to the largest batch seen; smaller batches use a prefix
+        if b > self._capacity or set(cond) - set(self._bufs):  # grown once; smaller batches use a prefix
             self._bufs = {"t": xp.empty((2 * b,), dtype=np.float32)}  # (2b,)
-            for name in CONDITIONING:
-                self._bufs[name] = xp.empty((2 * b, *cond[name].shape[1:]), dtype=np.float32)
+            for name, value in cond.items():
+                self._bufs[name] = xp.empty((2 * b, *value.shape[1:]), dtype=np.float32)
             self._capacity = b
-        feeds = {name: buf[:2 * b] for name, buf in self._bufs.items()}
-        for name in CONDITIONING:
-            feeds[name][:b] = cond[name]  # the encoder's rows
-            feeds[name][b:] = self._uncond[name]  # the learned null context, broadcast over b rows
+        feeds = {name: self._bufs[name][:2 * b] for name in ("t", *cond)}
+        for name, value in cond.items():
+            feeds[name][:b] = value  # (b, ...): the conditional rows
+            feeds[name][b:] = uncond[name]  # the unconditional rows (the learned null context)
         return feeds
 
     def _denoiser(self, feeds: dict[str, Any], b: int, s: SamplerSettings, clock: Any) -> Callable:

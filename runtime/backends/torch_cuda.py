@@ -177,15 +177,25 @@ def make_torch_cuda_backend(bundle: Any, device: str = "cuda", mode: str = "grap
     """The bundle's SG2V (its `model.safetensors`, or `ckpt`) on `device` with a fused guided step in `mode`
     and `precision`; on the CPU only `eager` runs (a reference for tests)."""
     from sg2v.runtime.backends.torch_ref import load_torch_model
+
+    _, model = load_torch_model(bundle, device, ckpt, threads)
+    backend = model_cuda_backend(model, mode, precision, compile_mode)
+    if ckpt is None:
+        backend.null_context = None  # the bundle's own null context, as the exported graphs use it
+    return backend
+
+
+def model_cuda_backend(model: nn.Module, mode: str = "graphs", precision: str = "fp16",
+                       compile_mode: str = "default") -> Backend:
+    """An SG2V (on its device) as a backend with the fused guided step, its learned null context included."""
     from sg2v.training.backend import TorchArrays, TorchStage
 
-    dev, model = load_torch_model(bundle, device, ckpt, threads)
+    dev = next(model.parameters()).device
     unet = prepare_unet(model.unet, dev, mode, precision, compile_mode)
-    s = bundle.shapes
-    frames = (s["frames"], s["channels"], s["height"], s["width"])
-    tokens = (s["context_tokens"], s["context_dim"])
+    d = model.cfg.data
+    frames = (d.frames, d.channels, d.height, d.width)
+    tokens = (d.context_tokens, model.cfg.encoder.context_dim)
     cuda = dev.type == "cuda"
-
     steps: dict[int, GuidedStep] = {}  # one per batch size, each with its buffers (and CUDA graph)
 
     def guided_step(batch: int) -> GuidedStep:
@@ -201,7 +211,7 @@ def make_torch_cuda_backend(bundle: Any, device: str = "cuda", mode: str = "grap
         TorchStage(model.encoder, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS, dev),
         TorchStage(_CastInputs(unet, PRECISIONS[precision]), spec.UNET_INPUTS, spec.UNET_OUTPUTS, dev),
         TorchArrays(dev),
-        null_context=model.null_context_arrays() if ckpt is not None else None,
+        null_context=model.null_context_arrays(),
         guided_step=guided_step,
         clock=CudaEventClock if cuda else None,
         synchronize=(lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None),
