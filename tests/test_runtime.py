@@ -102,7 +102,7 @@ def test_generate_gives_the_frames_of_single_calls_bit_for_bit(fake):
         assert np.abs(six[i].astype(int) - ref_frames).max() <= 1
 
 
-def test_format_1_bundles_run_batches_one_video_per_call(tmp_path):
+def test_format_1_bundles_run_batches_one_video_per_call(tmp_path, capsys):
     root, _ = make_fake_bundle(tmp_path / "v1", seed=5, version=1)
     pipe = Pipeline.from_bundle(root, backend="ort")
     assert pipe.max_batch == 1 and pipe.backend.unet.inputs["x"].shape[0] == 2
@@ -111,6 +111,12 @@ def test_format_1_bundles_run_batches_one_video_per_call(tmp_path):
     singles = np.stack([pipe(g, seed=7, steps=2) for g in graphs])
     np.testing.assert_array_equal(pipe.generate(graphs, [7, 7, 7], steps=2), singles)
     assert pipe.last_timings["chunks"] == 3 and pipe.last_timings["unet_calls"] == 6
+    g = _write(tmp_path / "g.json", graphs)
+    argv = [str(g), "--bundle", str(root), "--out", str(tmp_path / "v.npy"), "--steps", "2", "--seed", "7"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "takes one video per call (format 1)" in out and "sg2v-export --ckpt" in out
+    np.testing.assert_array_equal(np.load(tmp_path / "v_2.npy"), singles[2])
 
 
 def test_same_seed_same_frames_other_seed_other_frames(fake):

@@ -1,6 +1,6 @@
 """`sg2v-train`: masked contrastive pretraining, diffusion training and evaluation of SG2V models.
 
-  sg2v-train pretrain --size tiny --out-dir runs/pre
+  sg2v-train pretrain --size tiny --out runs/pre
   sg2v-train diffusion --size tiny --steps 2000 --out runs/tiny [--init-encoder runs/pre/pretrain.pt]
   torchrun --nproc-per-node 2 -m sg2v.cli.train diffusion ...   (DDP: gloo on CPU, nccl on CUDA)
   sg2v-train eval --ckpt runs/tiny/last.pt --steps 4 8 25 [--json table.json]
