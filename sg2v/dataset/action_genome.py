@@ -8,9 +8,9 @@ Sources of the facts used here:
 - Pickle structure: the same README (a dict from "VIDEO.mp4/FRAME.png" to a list of objects {class, bbox,
   attention_relationship, spatial_relationship, contacting_relationship, visible, metadata {tag, set}});
   JingweiJ/ActionGenome issues #7 (object bbox is (x, y, w, h) with (x, y) the top-left corner; person_bbox
-  entries are {bbox: float32 array (k, 4) in xyxy, bbox_score, bbox_size (w, h), bbox_mode 'xyxy',
-  keypoints, keypoints_logits}; metadata tags read "VIDEO.mp4/CLASS/FRAME"), #4 and #6 (objects not visible in
-  a frame have bbox None, relationships None and visible False) and #2 (one person, detected, not annotated);
+  entries are {bbox: float32 array (k, 4) in xyxy, bbox_score, bbox_size (w, h), bbox_mode 'xyxy', keypoints,
+  keypoints_logits}; metadata tags read "VIDEO.mp4/CLASS/FRAME"), #4 and #6 (objects not visible in a frame
+  have bbox None, relationships None and visible False) and #2 (one person, detected, not annotated);
   yrcong/STTran issue #40 (person boxes xyxy, object boxes xywh).
 - Class lists and names: yrcong/STTran `dataloader/action_genome.py` - object_classes.txt and
   relationship_classes.txt spell names without separators ("closetcabinet", "lookingat") while the pickles
@@ -22,12 +22,12 @@ Sources of the facts used here:
 Conversion: names are matched across the files by their letters and digits only; the vocabulary lists the
 class files' classes in order, written readably ("closet/cabinet", "looking at"; predicates with spaces like
 the project's other vocabularies). A clip is --frames consecutive usable annotated frames of one video (a
-dropped frame ends a run); its graph is the person (object 0, one box per frame from person_bbox.pkl) and every
-class visible in at least one of its frames, and one relationship [person, predicate, object] per predicate the
-clip annotates between them, with `rel_frames` marking the frames where it is annotated. The data set does
-not say which way a spatial relationship points (JingweiJ/ActionGenome issue #8); every relationship is written
-person -> object, as STTran's evaluation forms its triplets. Splits: the metadata's train / test, with val
-carved from the training videos by --seed.
+dropped frame ends a run); its graph is the person (object 0, one box per frame from person_bbox.pkl) and
+every class visible in at least one of its frames, and one relationship [person, predicate, object] per
+predicate the clip annotates between them, with `rel_frames` marking the frames where it is annotated. The
+data set does not say which way a spatial relationship points (JingweiJ/ActionGenome issue #8); every
+relationship is written person -> object, as STTran's evaluation forms its triplets. Splits: the metadata's
+train / test, with val carved from the training videos by --seed.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ from sg2v.vocab import IMAGE_OBJECT, IN_IMAGE_PRED, Vocab
 FIX = ("download the Action Genome annotations into SOURCE/annotations and dump the frames with its "
        "tools/dump_frames.py into SOURCE/frames (JingweiJ/ActionGenome README)")
 READABLE = {
-    "closetcabinet": "closet/cabinet", "cupglassbottle": "cup/glass/bottle", "papernotebook": "paper/notebook",
-    "phonecamera": "phone/camera", "sofacouch": "sofa/couch",
+    "closetcabinet": "closet/cabinet", "cupglassbottle": "cup/glass/bottle",
+    "papernotebook": "paper/notebook", "phonecamera": "phone/camera", "sofacouch": "sofa/couch",
     "lookingat": "looking at", "notlookingat": "not looking at", "infrontof": "in front of",
     "onthesideof": "on the side of", "coveredby": "covered by", "drinkingfrom": "drinking from",
     "haveitontheback": "have it on the back", "leaningon": "leaning on", "lyingon": "lying on",

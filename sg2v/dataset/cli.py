@@ -21,14 +21,14 @@ from sg2v.dataset.options import FORMAT_OPTIONS, CommonOptions
 from sg2v.errors import GraphError, Sg2vError
 
 _FORMAT_HELP = {
-    "vg": "Visual Genome 1.4: SOURCE holds objects.json, relationships.json, image_data.json, the alias files "
-          "and images/VG_100K*/ (sg2im's preprocessing as defaults)",
-    "coco-stuff": "COCO 2017 + COCO-Stuff: SOURCE holds annotations/{instances,stuff}_{train,val}2017.json and "
-                  "images/{train,val}2017/ (sg2im's scene graphs)",
-    "action-genome": "Action Genome v1.0: SOURCE holds annotations/ (pickles, class lists, frame_list.txt) and "
-                     "frames/VIDEO.mp4/FRAME.png",
-    "folder": "your recordings: NAME.json (scene graph, optional layout) beside NAME.mp4, NAME/ (frames) or an "
-              "image",
+    "vg": ("Visual Genome 1.4: SOURCE holds objects.json, relationships.json, image_data.json, the alias "
+           "files and images/VG_100K*/ (sg2im's preprocessing as defaults)"),
+    "coco-stuff": ("COCO 2017 + COCO-Stuff: SOURCE holds annotations/{instances,stuff}_{train,val}2017.json "
+                   "and images/{train,val}2017/ (sg2im's scene graphs)"),
+    "action-genome": ("Action Genome v1.0: SOURCE holds annotations/ (pickles, class lists, frame_list.txt) "
+                      "and frames/VIDEO.mp4/FRAME.png"),
+    "folder": ("your recordings: NAME.json (scene graph, optional layout) beside NAME.mp4, NAME/ (frames) or "
+               "an image"),
 }
 
 
@@ -62,8 +62,9 @@ def _add_options(p: argparse.ArgumentParser, cls: type, title: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sg2v-data", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
+    head, _, usage = __doc__.partition("\n\n")
+    p = argparse.ArgumentParser(prog="sg2v-data", description=head, epilog=usage,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="convert a data set (see `sg2v-data convert FORMAT --help`)")
     fmts = conv.add_subparsers(dest="format", required=True, metavar="FORMAT")
@@ -73,13 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         fp.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
         _add_options(fp, CommonOptions, "shared options")
         _add_options(fp, cls, f"{name} options")
-    st = sub.add_parser("stats", help="counts per split, vocabulary sizes and the drop table of a converted set")
+    st = sub.add_parser("stats", help="counts per split, vocabulary sizes and drop table of a converted set")
     st.add_argument("dir", help="a folder written by `sg2v-data convert`")
     st.add_argument("--json", action="store_true", help="print dataset.json instead")
     sh = sub.add_parser("show", help="one sample: scene graph, layout, where it came from; optional sheet")
     sh.add_argument("dir", help="a folder written by `sg2v-data convert`")
     sh.add_argument("--index", type=int, required=True, help="sample index within the split")
-    sh.add_argument("--split", default="train", choices=("train", "val", "test"), help="(default: %(default)s)")
+    sh.add_argument("--split", default="train", choices=("train", "val", "test"),
+                    help="(default: %(default)s)")
     sh.add_argument("--json", action="store_true", help="print the sample (graph, boxes, visibility) as JSON")
     sh.add_argument("--sheet", default=None, help="also write the frames as a contact sheet with boxes (PNG)")
     return p

@@ -10,28 +10,28 @@ Sources of the facts used here:
   height}, categories {id, name}, annotations {image_id, category_id, bbox [x, y, w, h], segmentation,
   iscrowd}; segmentation is a list of polygons [x0, y0, x1, y1, ...], an uncompressed RLE {"counts": [ints],
   "size": [h, w]} (crowd annotations) or a compressed RLE {"counts": "string", "size": [h, w]} (stuff).
-- RLE: cocodataset/cocoapi `common/maskApi.c` - counts alternate runs of 0 and 1 starting with 0, over the mask
-  in column-major order; the string form writes each count in 6-bit characters offset by 48: 5 data bits per
-  character, 0x20 marks a following character, 0x10 in the last character sign-extends, and from the fourth
-  count on the value is a difference to the count two places earlier.
+- RLE: cocodataset/cocoapi `common/maskApi.c` - counts alternate runs of 0 and 1 starting with 0, over the
+  mask in column-major order; the string form writes each count in 6-bit characters offset by 48: 5 data bits
+  per character, 0x20 marks a following character, 0x10 in the last character sign-extends, and from the
+  fourth count on the value is a difference to the count two places earlier.
 - sg2im's choices, the defaults here (`sg2im/data/coco.py`, `scripts/train.py`): the vocabulary uses the
   category ids as object ids, `__image__` at 0 and "NONE" at unused ids; predicates `__in_image__`, left of,
   right of, above, below, inside, surrounding; an object is kept when its box covers more than 0.02 of the
   image (w * h / (W * H) from the JSON's image size), its category is whitelisted and it is not "other"; crowd
   annotations are kept; with stuff, only images that have stuff annotations are used; images keep 3..8
   objects; train2017 is the training split, the first 1024 val2017 images (in the JSON's order, after
-  filtering) are the validation split and the rest of val2017 the test split; boxes are [x / W, y / H,
-  (x + w) / W, (y + h) / H] with (W, H) the decoded image's size. Relationships: each object in turn picks
-  another at random and a coin decides which is the subject; with boxes s, o and centers c_s, c_o:
-  "surrounding" if s strictly contains o on all four sides, "inside" if o strictly contains s, else by the
-  angle theta = atan2(dy, dx) of c_s - c_o (y down): "left of" if theta >= 3pi/4 or theta <= -3pi/4, "above"
-  if -3pi/4 <= theta < -pi/4, "right of" if -pi/4 <= theta < pi/4, "below" if pi/4 <= theta < 3pi/4; a center
-  is the mean position of the object's mask inside its box, or the box center when that is empty.
+  filtering) are the validation split and the rest of val2017 the test split; boxes are [x / W, y / H, (x + w)
+  / W, (y + h) / H] with (W, H) the decoded image's size. Relationships: each object in turn picks another at
+  random and a coin decides which is the subject; with boxes s, o and centers c_s, c_o: "surrounding" if s
+  strictly contains o on all four sides, "inside" if o strictly contains s, else by the angle theta =
+  atan2(dy, dx) of c_s - c_o (y down): "left of" if theta >= 3pi/4 or theta <= -3pi/4, "above" if -3pi/4 <=
+  theta < -pi/4, "right of" if -pi/4 <= theta < pi/4, "below" if pi/4 <= theta < 3pi/4; a center is the mean
+  position of the object's mask inside its box, or the box center when that is empty.
 
 Where this converter differs from sg2im: the relationships are drawn once, at conversion, from a generator
 seeded by (--seed, image id), not anew at every epoch; a draw that repeats an earlier (subject, predicate,
-object) of the image is dropped and counted (the graph format refuses repeats); mask centers are taken over the
-mask at full resolution (sg2im resamples the box's crop of the mask to 16 x 16 first), so an object whose
+object) of the image is dropped and counted (the graph format refuses repeats); mask centers are taken over
+the mask at full resolution (sg2im resamples the box's crop of the mask to 16 x 16 first), so an object whose
 center lies within about a sixteenth of the box of a 45-degree boundary may get the neighbouring predicate;
 polygons are filled with PIL's polygon fill, not pycocotools' rasteriser.
 """
@@ -61,8 +61,8 @@ from sg2v.dataset.options import CocoOptions, OptionError
 from sg2v.errors import DatasetError
 from sg2v.vocab import IMAGE_OBJECT, IN_IMAGE_PRED, Vocab
 
-FIX = ("download annotations_trainval2017.zip and stuff_annotations_trainval2017.zip from cocodataset.org and "
-       "unpack them into SOURCE (see google/sg2im scripts/download_coco.sh)")
+FIX = ("download annotations_trainval2017.zip and stuff_annotations_trainval2017.zip from cocodataset.org "
+       "and unpack them into SOURCE (see google/sg2im scripts/download_coco.sh)")
 PREDICATES = [IN_IMAGE_PRED, "left of", "right of", "above", "below", "inside", "surrounding"]
 OTHER = "other"
 
@@ -197,7 +197,7 @@ def coco_job(payload: dict[str, Any]) -> JobResult:
             try:
                 c = mask_center(segmentation_mask(seg, H, W), bbox, W, H)
                 if c is None:
-                    res.notes.add("object", "mask empty inside its box; box center used for its relationships")
+                    res.notes.add("object", "mask empty inside its box; box center used for relationships")
             except MaskError:
                 res.notes.add("object", "segmentation unreadable; box center used for its relationships")
         centers.append(c if c is not None else ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
@@ -297,7 +297,8 @@ def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
         inst = load_source_json(inst_path, "instance annotations", FIX)
         stuff = load_source_json(stuff_path, "stuff annotations", FIX) if o.stuff else None
         for data, path in ((inst, inst_path), (stuff, stuff_path)):
-            if data is not None and not (isinstance(data, dict) and isinstance(data.get("annotations"), list)):
+            if data is not None and not (isinstance(data, dict)
+                                         and isinstance(data.get("annotations"), list)):
                 raise bad_source(path, "top level", "expected a COCO object with \"images\", \"annotations\" "
                                                     "and \"categories\"", FIX)
         things = _categories(inst, inst_path)
@@ -306,11 +307,12 @@ def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
             vocab = _vocab(things, stuffs, inst_path)
             cats_seen = (things, stuffs)
         elif (things, stuffs) != cats_seen:
-            raise DatasetError(f"{inst_path}: its categories differ from train2017's; the annotation files do "
-                               f"not belong together, {FIX}")
+            raise DatasetError(f"{inst_path}: its categories differ from train2017's; the annotation files "
+                               f"do not belong together, {FIX}")
         thing_ok = _whitelist(o.instance_whitelist, set(things.values()), "--instance-whitelist") \
             or set(things.values())
-        stuff_ok = _whitelist(o.stuff_whitelist, set(stuffs.values()), "--stuff-whitelist") or set(stuffs.values())
+        stuff_ok = _whitelist(o.stuff_whitelist, set(stuffs.values()), "--stuff-whitelist") \
+            or set(stuffs.values())
         names = {**things, **stuffs}
         images = _images(inst, inst_path)
         objects: dict[int, list] = {iid: [] for iid in images}
@@ -321,8 +323,8 @@ def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
             for j, ann in enumerate(data["annotations"]):
                 if not (isinstance(ann, dict) and isinstance(ann.get("image_id"), int)
                         and isinstance(ann.get("category_id"), int) and _num4(ann.get("bbox"))):
-                    raise bad_source(path, f"annotations[{j}]", "expected image_id, category_id (integers) and "
-                                                                "bbox [x, y, w, h]", FIX)
+                    raise bad_source(path, f"annotations[{j}]", "expected image_id, category_id (integers) "
+                                                                "and bbox [x, y, w, h]", FIX)
                 iid, cid = ann["image_id"], ann["category_id"]
                 if iid not in images:
                     drops.add("object", "annotation of an image id not in the images list")
@@ -356,13 +358,15 @@ def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
                 continue
             objs = objects[iid]
             if len(objs) < o.min_objects_per_image:
-                drops.add("image", f"fewer than --min-objects-per-image ({o.min_objects_per_image}) objects left")
+                drops.add("image", f"fewer than --min-objects-per-image ({o.min_objects_per_image}) objects "
+                                   "left")
                 continue
             if len(objs) > o.max_objects_per_image:
-                drops.add("image", f"more than --max-objects-per-image ({o.max_objects_per_image}) objects left")
+                drops.add("image", f"more than --max-objects-per-image ({o.max_objects_per_image}) objects "
+                                   "left")
                 continue
-            path = next((p for root in roots for p in (root / src / file_name, root / file_name) if p.is_file()),
-                        None)
+            path = next((p for root in roots for p in (root / src / file_name, root / file_name)
+                         if p.is_file()), None)
             if path is None:
                 drops.add("image", "image file not found")
                 continue
@@ -372,8 +376,8 @@ def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
                              "path": str(path), "size": size, "objects": objs})
     if not payloads and drops.count("image", "image file not found"):
         raise DatasetError(f"no image file found under {' or '.join(map(str, roots))} (looked for "
-                           "train2017/FILE and val2017/FILE); unpack train2017.zip and val2017.zip there or pass "
-                           "--images-dir")
+                           "train2017/FILE and val2017/FILE); unpack train2017.zip and val2017.zip there or "
+                           "pass --images-dir")
     return Plan(vocab=vocab, job=coco_job, payloads=payloads, drops=drops, notes=notes,
                 source={"format": "coco-stuff", "name": "COCO 2017 + COCO-Stuff" if o.stuff else "COCO 2017",
                         "path": str(source)},
@@ -386,11 +390,13 @@ def _images(data: dict, path: Path) -> dict[int, tuple[str, tuple[int, int]]]:
         raise bad_source(path, "images", "expected a list of {id, file_name, width, height}", FIX)
     out: dict[int, tuple[str, tuple[int, int]]] = {}
     for i, im in enumerate(images):
-        if not (isinstance(im, dict) and isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str)
-                and isinstance(im.get("width"), int) and isinstance(im.get("height"), int)
+        if not (isinstance(im, dict) and isinstance(im.get("id"), int)
+                and isinstance(im.get("file_name"), str) and isinstance(im.get("width"), int)
+                and isinstance(im.get("height"), int)
                 and im["width"] > 0 and im["height"] > 0):
             raise bad_source(path, f"images[{i}]", "expected id, file_name, width, height", FIX)
         if "/" in im["file_name"] or "\\" in im["file_name"] or im["file_name"] in ("", ".", ".."):
-            raise bad_source(path, f"images[{i}]", f"file_name {im['file_name']!r} is not a plain file name", FIX)
+            raise bad_source(path, f"images[{i}]", f"file_name {im['file_name']!r} is not a plain file name",
+                             FIX)
         out.setdefault(im["id"], (im["file_name"], (im["width"], im["height"])))
     return out

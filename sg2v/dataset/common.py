@@ -109,7 +109,7 @@ class UnreadableImage(Exception):
 
 
 def load_frame(path: str | os.PathLike, height: int, width: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode an image file to RGB, resize (stretch, bilinear) to (height, width): (frame, (orig_w, orig_h))."""
+    """Decode an image to RGB, stretch it (bilinear) to (height, width): (frame, (orig_w, orig_h))."""
     from PIL import Image
 
     try:
@@ -143,7 +143,7 @@ def unreadable_error(message: str) -> DatasetError:
                         "files in the drop table and go on")
 
 
-# ---------------------------------------------------------------------------------------------------- geometry
+# ------------------------------------------------------------------------------------------------- geometry
 def normalize_boxes(boxes_px: np.ndarray, sizes: Sequence[tuple[int, int]]) -> np.ndarray:
     """Pixel [x0, y0, x1, y1] (n, F, 4) -> fractions of each frame's (w, h), unclipped (float64)."""
     out = np.asarray(boxes_px, dtype=np.float64).copy()

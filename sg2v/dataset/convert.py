@@ -84,20 +84,21 @@ def make_plan(fmt: str, source: Path, opts: Any, seed: int, frames: int) -> Plan
 def _check_out(out: Path, source: Path, force: bool, fmt: str) -> None:
     out_r, src_r = out.resolve(), source.resolve()
     if src_r.is_relative_to(out_r):
-        raise OptionError(f"--out {out}: is the source folder or holds it; choose an output folder outside it")
+        raise OptionError(f"--out {out}: is the source folder or holds it; choose a folder outside it")
     if fmt == "folder" and out_r.is_relative_to(src_r):
-        raise OptionError(f"--out {out}: lies inside the recordings folder (its JSON files would be read as graphs "
-                          "next time); choose an output folder outside it")
+        raise OptionError(f"--out {out}: lies inside the recordings folder (its JSON files would be read as "
+                          "graphs next time); choose a folder outside it")
     if out.exists() and not force:
-        raise OptionError(f"--out {out}: already exists; pass --force to replace it (the old one stays until the "
-                           "new one is complete) or choose another folder")
+        raise OptionError(f"--out {out}: already exists; pass --force to replace it (the old one stays until "
+                          "the new one is complete) or choose another folder")
     if out.exists() and not out.is_dir():
-        raise OptionError(f"--out {out}: is a file, not a data set folder; remove it or choose another folder")
+        raise OptionError(f"--out {out}: is a file, not a data set folder; remove it or choose another "
+                          "folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DatasetError(f"--out {out}: cannot create its parent folder ({e.strerror or e}); choose another "
-                           "folder") from None
+        raise DatasetError(f"--out {out}: cannot create its parent folder ({e.strerror or e}); choose "
+                           "another folder") from None
 
 
 def _results(plan: Plan, ctx: JobContext, workers: int) -> Iterator[Any]:
@@ -115,7 +116,7 @@ def _results(plan: Plan, ctx: JobContext, workers: int) -> Iterator[Any]:
 
 def convert(fmt: str, source: str | os.PathLike, out: str | os.PathLike, common: CommonOptions | None = None,
             options: Any = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Convert `source` (a data set in format `fmt`) into the folder `out`; returns its dataset.json contents."""
+    """Convert `source` (a data set in format `fmt`) into the folder `out`; returns its dataset.json."""
     log = log or (lambda line: print(line, file=sys.stderr))
     common = common or CommonOptions()
     if fmt not in FORMAT_OPTIONS:
@@ -137,8 +138,8 @@ def convert(fmt: str, source: str | os.PathLike, out: str | os.PathLike, common:
     if not plan.payloads:
         for line in ["dropped:", *format_table(plan.drops.rows())]:
             log(line)
-        raise DatasetError(f"{source}: nothing left to convert after filtering (drop table above); loosen the "
-                           "filters or check the source files")
+        raise DatasetError(f"{source}: nothing left to convert after filtering (drop table above); loosen "
+                           "the filters or check the source files")
     if plan.frames_estimate:
         need = frames_bytes(plan.frames_estimate, height, width) + (64 << 20)
         free = shutil.disk_usage(out.parent).free
@@ -181,8 +182,8 @@ def convert(fmt: str, source: str | os.PathLike, out: str | os.PathLike, common:
             for split in SPLITS:  # the result must open cleanly before it replaces anything
                 ConvertedDataset(tmp, split)
     except OSError as e:
-        raise DatasetError(f"--out {out}: cannot write the data set ({e.strerror or e}); check free space and "
-                           "permissions") from None
+        raise DatasetError(f"--out {out}: cannot write the data set ({e.strerror or e}); check free space "
+                           "and permissions") from None
     seconds = time.perf_counter() - t1
     n = _samples(writer)
     log(f"wrote {out}: {n} samples in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} samples/s)")
@@ -231,7 +232,8 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
     lines.append(f"  {'split':<6} {'samples':>8} {'frames':>8} {'objects':>8} {'relationships':>13}")
     for split in SPLITS:
         c = info["splits"][split]
-        lines.append(f"  {split:<6} {c['samples']:>8} {c['frames']:>8} {c['objects']:>8} {c['relationships']:>13}")
+        lines.append(f"  {split:<6} {c['samples']:>8} {c['frames']:>8} {c['objects']:>8} "
+                     f"{c['relationships']:>13}")
     lines.append("dropped (each item counted once, at the first stage that drops it):")
     lines += format_table([(d["kind"], d["reason"], d["count"]) for d in info.get("drops", [])])
     lines.append("notes (kept, but changed or worth knowing):")

@@ -1,11 +1,11 @@
-"""The user's own recordings -> converted data set: NAME.json (a scene graph, optional layout) beside its frames.
+"""The user's own recordings -> converted data set: NAME.json (a scene graph, optional layout) + its frames.
 
 SOURCE holds, at any depth, `NAME.json` files in the project's graph format (docs/ARCHITECTURE.md, DESIGN.md:
 {"objects": [...], "relationships": [[s, "predicate", o], ...], "description": "..."}) with an optional
-"layout": {"<object index>": boxes}, where boxes is a list with one [x0, y0, x1, y1] box in [0, 1] per frame of
-the recording (null: the object is out of view in that frame), one box (static), or {"start": box, "end": box}
-(linear motion over the recording). Beside each graph: `NAME.mp4` (read through imageio-ffmpeg, the `video`
-extra), a folder `NAME/` of frame images (.png, .jpg, .jpeg, in name order) or one image `NAME.png` /
+"layout": {"<object index>": boxes}, where boxes is a list with one [x0, y0, x1, y1] box in [0, 1] per frame
+of the recording (null: the object is out of view in that frame), one box (static), or {"start": box, "end":
+box} (linear motion over the recording). Beside each graph: `NAME.mp4` (read through imageio-ffmpeg, the
+`video` extra), a folder `NAME/` of frame images (.png, .jpg, .jpeg, in name order) or one image `NAME.png` /
 `NAME.jpg` / `NAME.jpeg` (a one-frame sample). Objects without a layout have `has_layout` False (zero boxes,
 visible in every frame: the graph says they are there). A recording gives clips of --frames consecutive taken
 frames (every --frame-step-th frame), --clip-stride apart; frames after the last full clip are counted. The
@@ -74,8 +74,8 @@ def _strict_json(path: Path) -> Any:
         raise _Invalid(f"{path}: not UTF-8 text (byte at offset {e.start}); save it as UTF-8",
                        "graph file invalid") from None
     except json.JSONDecodeError as e:
-        raise _Invalid(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}; a graph looks like "
-                       '{"objects": ["robot arm", "cup"], "relationships": [[0, "holding", 1]]}',
+        raise _Invalid(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}; a graph looks "
+                       'like {"objects": ["robot arm", "cup"], "relationships": [[0, "holding", 1]]}',
                        "graph file invalid") from None
     except (ValueError, RecursionError) as e:
         raise _Invalid(f"{path}: invalid JSON ({e})", "graph file invalid") from None
@@ -109,7 +109,8 @@ def check_layout(layout: Any, n_objects: int, where: str) -> dict[int, Any]:
                 raise _Invalid(f"{w}: a moving box is {{\"start\": box, \"end\": box}}", "layout invalid")
             out[int(key)] = ("move", _box(value["start"], f"{w}.start"), _box(value["end"], f"{w}.end"))
         elif isinstance(value, list) and value and all(v is None or isinstance(v, list) for v in value):
-            out[int(key)] = ("frames", [None if v is None else _box(v, f"{w}[{t}]") for t, v in enumerate(value)])
+            out[int(key)] = ("frames", [None if v is None else _box(v, f"{w}[{t}]")
+                                        for t, v in enumerate(value)])
         else:
             out[int(key)] = ("static", _box(value, w))
     return out
@@ -132,9 +133,9 @@ def resolve_layout(layout: dict[int, Any], n_objects: int, n_frames: int,
         else:
             per = spec[1]
             if len(per) != n_frames:
-                raise _Invalid(f"{where}[\"{k}\"]: {len(per)} boxes, but the recording has {n_frames} frames; "
-                               "give one box per frame (null where the object is out of view), one static box "
-                               "or {\"start\": box, \"end\": box}", "layout invalid")
+                raise _Invalid(f"{where}[\"{k}\"]: {len(per)} boxes, but the recording has {n_frames} "
+                               "frames; give one box per frame (null where the object is out of view), one "
+                               "static box or {\"start\": box, \"end\": box}", "layout invalid")
             for t, b in enumerate(per):
                 if b is None:
                     visible[k, t] = False
@@ -161,7 +162,8 @@ def _frame_files(folder: Path) -> list[Path]:
 def plan(source: Path, o: FolderOptions, seed: int, frames: int) -> Plan:
     source = Path(source)
     if not source.is_dir():
-        raise DatasetError(f"{source}: no such folder; pass the folder of NAME.json graphs and their recordings")
+        raise DatasetError(f"{source}: no such folder; pass the folder of NAME.json graphs and their "
+                           "recordings")
     if o.frame_step < 1:
         raise OptionError(f"--frame-step {o.frame_step}: must be >= 1")
     if o.clip_stride < 0:
@@ -181,15 +183,16 @@ def plan(source: Path, o: FolderOptions, seed: int, frames: int) -> Plan:
     graphs = sorted(p for p in source.rglob("*.json")
                     if not any(part.startswith(".") for part in p.relative_to(source).parts))
     if not graphs:
-        raise DatasetError(f"{source}: no NAME.json graph files; put each recording's scene graph beside it as "
-                           "NAME.json")
+        raise DatasetError(f"{source}: no NAME.json graph files; put each recording's scene graph beside "
+                           "it as NAME.json")
     entries = []
     for js in graphs:
         try:
             media = _media(js)
             if not media:
-                raise _Invalid(f"{js}: no NAME.mp4, NAME/ folder of frames or NAME.png / .jpg beside it; add the "
-                               "recording or move the graph away", "no recording beside the graph", exit2=False)
+                raise _Invalid(f"{js}: no NAME.mp4, NAME/ folder of frames or NAME.png / .jpg beside it; add "
+                               "the recording or move the graph away", "no recording beside the graph",
+                               exit2=False)
             if len(media) > 1:
                 raise _Invalid(f"{js}: {' and '.join(p.name for p in media)} both belong to it; keep one",
                                "more than one recording beside the graph", exit2=False)
@@ -288,12 +291,13 @@ def _payload(split: str, name: str, graph: dict, boxes: np.ndarray, visible: np.
 
 
 def folder_job(payload: dict[str, Any]) -> JobResult:
-    """Frames-folder and image samples via `frames_job`; an mp4 recording is decoded once into all its clips."""
+    """Frame folders and images via `frames_job`; an mp4 recording is decoded once into all its clips."""
     if payload.get("kind") != "video":
         return frames_job(payload)
     ctx = context()
     res = JobResult()
-    media, step, frames, stride = Path(payload["media"]), payload["step"], payload["frames"], payload["stride"]
+    media, step = Path(payload["media"]), payload["step"]
+    frames, stride = payload["frames"], payload["stride"]
     try:
         taken, total = _read_mp4(media, step, ctx.height, ctx.width)
     except UnreadableImage as e:
@@ -315,7 +319,8 @@ def folder_job(payload: dict[str, Any]) -> JobResult:
     if not starts:
         res.drops.add("recording", f"fewer taken frames than --frames ({frames})")
     covered = {i for s in starts for i in range(s, s + frames)}
-    res.drops.add("frame", "after the last full clip of its recording", len(idx) - len(covered) if starts else 0)
+    res.drops.add("frame", "after the last full clip of its recording",
+                  len(idx) - len(covered) if starts else 0)
     for s in starts:
         sel = idx[s:s + frames]
         p = _payload(payload["split"], payload["name"], graph, boxes[:, sel], visible[:, sel], has, [],
@@ -326,7 +331,7 @@ def folder_job(payload: dict[str, Any]) -> JobResult:
 
 
 def _read_mp4(path: Path, step: int, height: int, width: int) -> tuple[list[np.ndarray], int]:
-    """Every step-th frame of an mp4, resized; and the total frame count (streamed: one full frame in memory)."""
+    """Every step-th frame of an mp4, resized, and the frame count (streamed: one full frame in memory)."""
     ffmpeg = require("imageio_ffmpeg", "video")
     gen = ffmpeg.read_frames(str(path), pix_fmt="rgb24")
     taken: list[np.ndarray] = []

@@ -1,15 +1,15 @@
 """The converted data set on disk (docs/ARCHITECTURE.md "Converted data set"): writer and validating reader.
 
 ```
-DIR/dataset.json          format "sg2v-dataset", format_version, source format and options, frames/height/width,
-                          counts per split, the drop table and the notes, versions that wrote it
+DIR/dataset.json          format "sg2v-dataset", format_version, source format and options,
+                          frames/height/width, counts per split, the drop table and the notes, versions
 DIR/vocab.json            sg2im vocabulary (`sg2v.vocab.load_vocab` reads it)
-DIR/<split>.jsonl         one sample per line: graph, per-frame boxes and visibility, source, frame offset/count
+DIR/<split>.jsonl         one sample per line: graph, per-frame boxes and visibility, source, frame range
 DIR/<split>.frames.npy    uint8 (N_frames, H, W, 3), every sample's frames back to back, memory-mappable
 ```
-`ConvertedDataset(dir, split)` opens one split torch-free: the index is parsed and checked once (sizes bounded,
-names in the vocabulary, indices and frame ranges in range), the frames are memory-mapped, and an item costs
-one copy of its own frames.
+`ConvertedDataset(dir, split)` opens one split torch-free: the index is parsed and checked once (sizes
+bounded, names in the vocabulary, indices and frame ranges in range), the frames are memory-mapped, and an
+item costs one copy of its own frames.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def versions() -> dict[str, str]:
 class DatasetWriter:
     """Streams samples into a fresh folder: frames appended to `<split>.frames.npy`, one index line each.
 
-    The folder is a temporary one (`sg2v.dataset.convert` renames it into place when everything is written), so
-    a failure at any point leaves no half-written data set behind.
+    The folder is a temporary one (`sg2v.dataset.convert` renames it into place when everything is written),
+    so a failure at any point leaves no half-written data set behind.
     """
 
     def __init__(self, root: Path, height: int, width: int):
@@ -152,8 +152,8 @@ def read_json(path: Path, what: str, limit: int = MAX_JSON_BYTES) -> Any:
     try:
         return json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise DatasetError(f"{path}: {what} is not valid JSON ({_first_line(e)}); the file is damaged, convert "
-                           "the data set again") from None
+        raise DatasetError(f"{path}: {what} is not valid JSON ({_first_line(e)}); the file is damaged, "
+                           "convert the data set again") from None
 
 
 def _no_constant(name: str) -> Any:
@@ -222,15 +222,16 @@ def open_frames(path: Path, height: int, width: int) -> np.ndarray:
         raise DatasetError(f"{path}: cannot read the frames ({e.strerror or e}); convert the data set again"
                            ) from None
     except ValueError as e:
-        raise DatasetError(f"{path}: not a frames file ({_first_line(e)}); convert the data set again") from None
+        raise DatasetError(f"{path}: not a frames file ({_first_line(e)}); convert the data set again"
+                           ) from None
     if dtype != np.uint8 or fortran or len(shape) != 4 or tuple(shape[1:]) != (height, width, 3):
-        raise DatasetError(f"{path}: frames of {dtype} {tuple(shape)}, expected uint8 (N, {height}, {width}, 3) "
-                           "as dataset.json says; convert the data set again")
+        raise DatasetError(f"{path}: frames of {dtype} {tuple(shape)}, expected uint8 "
+                           f"(N, {height}, {width}, 3) as dataset.json says; convert the data set again")
     n = int(shape[0])
     expected = offset + n * height * width * 3
     if size != expected:
-        raise DatasetError(f"{path}: {size} bytes, but its header promises {n} frames ({expected} bytes); the "
-                           "file is truncated or damaged, convert the data set again")
+        raise DatasetError(f"{path}: {size} bytes, but its header promises {n} frames ({expected} bytes); "
+                           "the file is truncated or damaged, convert the data set again")
     if n == 0:
         return np.zeros((0, height, width, 3), dtype=np.uint8)
     return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(n, height, width, 3))
@@ -242,8 +243,8 @@ class ConvertedDataset:
     An item: `graph` (the project's graph dict: objects, relationships), `frames` uint8 (F, H, W, 3), `boxes`
     float32 (n_objects, F, 4) [x0, y0, x1, y1] in [0, 1] (x right, y down), `visible` bool (n_objects, F),
     `has_layout` bool (n_objects,) (False: the source gave no box, `boxes` are zeros), `rel_frames` bool
-    (n_relationships, F) (the frames in which each relationship holds), `source` (where it came from), `split`,
-    `index`. `vocab` is the data set's vocabulary, `info` its dataset.json.
+    (n_relationships, F) (the frames in which each relationship holds), `source` (where it came from),
+    `split`, `index`. `vocab` is the data set's vocabulary, `info` its dataset.json.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train"):
@@ -298,7 +299,8 @@ class ConvertedDataset:
 
 
 def _copy_graph(g: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"objects": list(g["objects"]), "relationships": [list(r) for r in g["relationships"]]}
+    out: dict[str, Any] = {"objects": list(g["objects"]),
+                           "relationships": [list(r) for r in g["relationships"]]}
     if "description" in g:
         out["description"] = g["description"]
     return out
@@ -325,8 +327,8 @@ def _read_index(path: Path, vocab: Vocab, n_frames: int) -> list[tuple]:
                                    "convert the data set again") from None
             item = _check_record(rec, where, vocab, n_frames)
             if item[6] != covered:
-                raise DatasetError(f"{where}: frame_offset {item[6]}, expected {covered} (samples lie back to "
-                                   "back); the index is damaged, convert the data set again")
+                raise DatasetError(f"{where}: frame_offset {item[6]}, expected {covered} (samples lie back "
+                                   "to back); the index is damaged, convert the data set again")
             covered += item[7]
             items.append(item)
     if covered != n_frames:
@@ -340,10 +342,11 @@ def _bad(where: str, what: str) -> DatasetError:
 
 
 def _check_record(rec: Any, where: str, vocab: Vocab, n_frames: int) -> tuple:
-    """Validate one index line; return (graph, boxes, visible, has_layout, rel_frames, source, offset, count)."""
+    """Check one index line: (graph, boxes, visible, has_layout, rel_frames, source, offset, count)."""
     if not isinstance(rec, dict):
         raise _bad(where, "a sample must be a JSON object")
-    for key in ("graph", "boxes", "visible", "has_layout", "rel_frames", "source", "frame_offset", "frame_count"):
+    for key in ("graph", "boxes", "visible", "has_layout", "rel_frames", "source", "frame_offset",
+                "frame_count"):
         if key not in rec:
             raise _bad(where, f"missing key {key!r}")
     offset, count = rec["frame_offset"], rec["frame_count"]
@@ -382,8 +385,8 @@ def _check_record(rec: Any, where: str, vocab: Vocab, n_frames: int) -> tuple:
     if boxes.shape != (n, count, 4) or visible.shape != (n, count) or has_layout.shape != (n,) \
             or rel_frames.shape != (r, count):
         raise _bad(where, f"boxes {boxes.shape}, visible {visible.shape}, has_layout {has_layout.shape}, "
-                          f"rel_frames {rel_frames.shape}; expected ({n}, {count}, 4), ({n}, {count}), ({n},), "
-                          f"({r}, {count})")
+                          f"rel_frames {rel_frames.shape}; expected ({n}, {count}, 4), ({n}, {count}), "
+                          f"({n},), ({r}, {count})")
     for name, a in (("visible", visible), ("has_layout", has_layout), ("rel_frames", rel_frames)):
         if a.size and (a.dtype.kind not in "iub" or not np.isin(a, (0, 1)).all()):
             raise _bad(where, f"{name} must hold 0 / 1")

@@ -28,14 +28,14 @@ def option(default: Any, help: str, **extra: Any) -> Any:
 class CommonOptions:
     """Options every format takes."""
 
-    size: str = option("small", "model size whose frames/height/width to convert to (sg2v.config.MODEL_SIZES)")
+    size: str = option("small", "model size whose frames / height / width to convert to")
     frames: int = option(0, "frames per clip (0: the size's); images are always one-frame clips")
     height: int = option(0, "frame height in pixels (0: the size's)")
     width: int = option(0, "frame width in pixels (0: the size's)")
     seed: int = option(0, "seed of the seeded splits and of any sampling the format does")
     workers: int = option(1, "processes decoding and resizing frames (1: in this process)")
-    skip_unreadable: bool = option(False, "count frame files that cannot be decoded in the drop table and go on "
-                                          "(default: stop with an error naming the file)")
+    skip_unreadable: bool = option(False, "count frame files that cannot be decoded in the drop table and go "
+                                          "on (default: stop with an error naming the file)")
     force: bool = option(False, "replace an existing --out folder (only once the new one is complete)")
 
 
@@ -43,15 +43,18 @@ class CommonOptions:
 class VGOptions:
     """Visual Genome 1.4; defaults are sg2im's preprocessing (google/sg2im scripts/preprocess_vg.py)."""
 
-    images_dir: str = option("", "folder holding VG_100K/ and VG_100K_2/ (default: SOURCE/images, then SOURCE)")
+    images_dir: str = option("", "folder holding VG_100K/ and VG_100K_2/ (default: SOURCE/images, then "
+                                 "SOURCE)")
     splits_json: str = option("", "sg2im's split file (sg2im/data/vg_splits.json: {\"train\": [image ids], "
                                   "\"val\": [...], \"test\": [...]}); default: a seeded split")
     val_fraction: float = option(0.1, "share of images in val when no --splits-json is given")
     test_fraction: float = option(0.1, "share of images in test when no --splits-json is given")
     aliases: bool = option(True, "merge names with object_alias.txt and relationship_alias.txt (sg2im)",
-                           negative="no_aliases", negative_help="keep names as written (no alias files needed)")
+                           negative="no_aliases",
+                           negative_help="keep names as written (no alias files needed)")
     min_image_size: int = option(200, "drop images whose shorter side is below this many pixels")
-    min_object_instances: int = option(2000, "object vocabulary: names on at least this many training objects")
+    min_object_instances: int = option(2000, "object vocabulary: names of at least this many training "
+                                             "objects")
     min_object_size: int = option(32, "drop objects narrower or shorter than this many pixels")
     min_objects_per_image: int = option(3, "drop images with fewer objects left")
     max_objects_per_image: int = option(30, "drop images with more objects left")
@@ -65,17 +68,20 @@ class VGOptions:
 
 @dataclass
 class CocoOptions:
-    """COCO 2017 instances + COCO-Stuff; defaults are sg2im's (google/sg2im sg2im/data/coco.py, scripts/train.py)."""
+    """COCO 2017 + COCO-Stuff; defaults are sg2im's (google/sg2im sg2im/data/coco.py, scripts/train.py)."""
 
     annotations_dir: str = option("", "folder of instances_*2017.json and stuff_*2017.json "
                                       "(default: SOURCE/annotations)")
-    images_dir: str = option("", "folder holding train2017/ and val2017/ (default: SOURCE/images, then SOURCE)")
+    images_dir: str = option("", "folder holding train2017/ and val2017/ (default: SOURCE/images, then "
+                                 "SOURCE)")
     stuff: bool = option(True, "read stuff_train2017.json / stuff_val2017.json (COCO-Stuff)",
                          negative="no_stuff", negative_help="things only: do not read the stuff annotations")
     stuff_only: bool = option(True, "keep only images that have stuff annotations (sg2im)",
-                              negative="all_images", negative_help="also keep images without stuff annotations "
-                                                                   "(sg2im keeps only images with some)")
-    min_object_size: float = option(0.02, "keep objects whose box covers more than this fraction of the image")
+                              negative="all_images",
+                              negative_help="also keep images without stuff annotations (sg2im keeps only "
+                                            "images with some)")
+    min_object_size: float = option(0.02, "keep objects whose box covers more than this fraction of the "
+                                          "image")
     min_objects_per_image: int = option(3, "drop images with fewer objects left")
     max_objects_per_image: int = option(8, "drop images with more objects left")
     include_other: bool = option(False, "keep the stuff class 'other' (id 183)")
@@ -89,7 +95,7 @@ class CocoOptions:
 
 @dataclass
 class AGOptions:
-    """Action Genome v1.0; frame filters follow STTran's loader (yrcong/STTran dataloader/action_genome.py)."""
+    """Action Genome v1.0; frame filters as STTran's loader (yrcong/STTran dataloader/action_genome.py)."""
 
     annotations_dir: str = option("", "folder of the pickles and class lists (default: SOURCE/annotations)")
     frames_dir: str = option("", "folder of VIDEO.mp4/FRAME.png frames (default: SOURCE/frames)")
@@ -104,7 +110,8 @@ class AGOptions:
 class FolderOptions:
     """The user's own recordings: NAME.json beside NAME.mp4, a NAME/ folder of frames, or a NAME image."""
 
-    vocab: str = option("", "vocabulary JSON (sg2im form) the graphs must use (default: built from the graphs)")
+    vocab: str = option("", "vocabulary JSON (sg2im form) the graphs must use (default: built from the "
+                            "graphs)")
     val_fraction: float = option(0.1, "share of recordings in val")
     test_fraction: float = option(0.1, "share of recordings in test")
     frame_step: int = option(1, "take every n-th frame of a recording")
@@ -113,7 +120,8 @@ class FolderOptions:
                                        "(default: stop with an error naming the file and the fix)")
 
 
-FORMAT_OPTIONS = {"vg": VGOptions, "coco-stuff": CocoOptions, "action-genome": AGOptions, "folder": FolderOptions}
+FORMAT_OPTIONS = {"vg": VGOptions, "coco-stuff": CocoOptions, "action-genome": AGOptions,
+                  "folder": FolderOptions}
 
 
 def to_dict(opts: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`sg2v-data stats` / `show`: what a converted data set holds, one sample as text or JSON, a contact sheet."""
+"""`sg2v-data stats` / `show`: what a converted data set holds; one sample as text, JSON or contact sheet."""
 
 from __future__ import annotations
 
@@ -45,9 +45,10 @@ def _source_text(source: dict[str, Any], count: int) -> str:
 
 
 def sample_lines(ds: ConvertedDataset, index: int) -> list[str]:
-    """One sample as text: where it came from, objects, relationships (with the frames they hold in), layout."""
+    """One sample as text: where it came from, objects, relationships (and frames they hold in), layout."""
     s = ds[index]
-    g, boxes, visible, has, rel_frames = s["graph"], s["boxes"], s["visible"], s["has_layout"], s["rel_frames"]
+    g, boxes, visible = s["graph"], s["boxes"], s["visible"]
+    has, rel_frames = s["has_layout"], s["rel_frames"]
     f = s["frames"].shape[0]
     lines = [f"{ds.split}[{s['index']}] of {ds.root} ({ds.info.get('source_format')}): "
              f"{_source_text(s['source'], f)}"]

@@ -72,8 +72,8 @@ def load_data_pickle(path: str | os.PathLike, what: str = "annotation pickle") -
     except OSError as e:
         raise DatasetError(f"{path}: {what} not found ({e.strerror or e}); check the path") from None
     if size > MAX_PICKLE_BYTES:
-        raise DatasetError(f"{path}: {size} bytes, more than the {MAX_PICKLE_BYTES} an {what} may have; is it "
-                           "the right file?")
+        raise DatasetError(f"{path}: {size} bytes, more than the {MAX_PICKLE_BYTES} an {what} may have; is "
+                           "it the right file?")
     try:
         with open(path, "rb") as f:
             return DataUnpickler(f, encoding="latin1").load()
@@ -84,5 +84,5 @@ def load_data_pickle(path: str | os.PathLike, what: str = "annotation pickle") -
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
             IndexError, KeyError, MemoryError, OverflowError, UnicodeDecodeError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DatasetError(f"{path}: not a readable {what} ({type(e).__name__}: {why}); the file is truncated or "
-                           "damaged, download it again") from None
+        raise DatasetError(f"{path}: not a readable {what} ({type(e).__name__}: {why}); the file is "
+                           "truncated or damaged, download it again") from None

@@ -9,12 +9,12 @@ Sources of the facts used here:
   relationships: relationship_id, predicate, synsets, subject / object; per-image records keyed "image_id" in
   some files and "id" in others; the image path is the url's last two parts, VG_100K(_2)/ID.jpg);
   ranjaykrishna/visual_genome_python_driver `visual_genome/utils.py: parse_image_data` ("id" or "image_id").
-  Relationship endpoints carry "name" in some releases and "names" in others (loaders that read them test
-  for both); this converter identifies endpoints by object_id only, as sg2im does, and reads objects' names
-  from "names" (a list) or "name" (a string).
+  Relationship endpoints carry "name" in some releases and "names" in others (loaders that read them test for
+  both); this converter identifies endpoints by object_id only, as sg2im does, and reads objects' names from
+  "names" (a list) or "name" (a string).
 - Preprocessing and its defaults: google/sg2im `scripts/preprocess_vg.py` - images whose shorter side is under
-  200 px are removed; aliases: each line of an alias file is comma-separated names, stripped, all mapped to the
-  first; the object vocabulary counts, over training images, each object's set of aliased names and keeps
+  200 px are removed; aliases: each line of an alias file is comma-separated names, stripped, all mapped to
+  the first; the object vocabulary counts, over training images, each object's set of aliased names and keeps
   names with >= 2000 instances (most common first, `__image__` at 0); an object keeps the first of its aliased
   names that is in the vocabulary and is dropped if w or h < 32 px; the predicate vocabulary counts, over
   training images, predicates (lower-cased, stripped, aliased) of relationships whose subject and object were
@@ -28,9 +28,9 @@ Sources of the facts used here:
 Where this converter differs from sg2im, on purpose: predicates are normalised and aliased in every split
 (sg2im's script writes the aliased predicate back only for training relationships it counted, so validation
 and test relationships with an aliased or capitalised predicate fail its vocabulary lookup); ties in the
-object vocabulary's counts are ordered deterministically (sg2im adds each object's names as a Python set, whose
-order depends on the string hash seed); relationships joining an object to itself and repeats of the same
-(subject, predicate, object) are dropped and counted (the project's graph format refuses both) before the
+object vocabulary's counts are ordered deterministically (sg2im adds each object's names as a Python set,
+whose order depends on the string hash seed); relationships joining an object to itself and repeats of the
+same (subject, predicate, object) are dropped and counted (the project's graph format refuses both) before the
 per-image relationship limits apply. attributes.json is not read: the graph format has no attributes.
 """
 
@@ -120,8 +120,8 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
     drops, notes = DropTable(), DropTable()
     source = Path(source)
     if not source.is_dir():
-        raise DatasetError(f"{source}: no such folder; pass the folder holding objects.json, relationships.json "
-                           f"and image_data.json ({FIX})")
+        raise DatasetError(f"{source}: no such folder; pass the folder holding objects.json, "
+                           f"relationships.json and image_data.json ({FIX})")
     for name in ("image_data.json", "objects.json", "relationships.json"):
         if not (source / name).is_file():
             raise DatasetError(f"{source / name}: not found; {FIX}")
@@ -199,8 +199,9 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
             if box[2] < o.min_object_size or box[3] < o.min_object_size:
                 drops.add("object", f"narrower or shorter than --min-object-size ({o.min_object_size} px)")
             elif final is None:
-                drops.add("object", "no name in the vocabulary (names with fewer than --min-object-instances "
-                                    f"({o.min_object_instances}) training objects)" if names else "has no name")
+                drops.add("object", "has no name" if not names else "no name in the vocabulary (names with "
+                                    f"fewer than --min-object-instances ({o.min_object_instances}) training "
+                                    "objects)")
             else:
                 kept.append((oid, final, box))
                 kept_ids.add(oid)
@@ -230,8 +231,8 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
                 ends = []
                 for x in (sid, oid):
                     if x in mmap and x not in listed:
-                        notes.add("relationship endpoint", "a merged object id; mapped to the object that lists "
-                                                           "it (--resolve-merged-ids)")
+                        notes.add("relationship endpoint", "a merged object id; mapped to the object that "
+                                                           "lists it (--resolve-merged-ids)")
                         x = mmap[x]
                     ends.append(x)
                 sid, oid = ends
@@ -291,7 +292,8 @@ def _splits(images: dict[int, tuple], o: VGOptions, seed: int, drops: DropTable)
     fix = "give sg2im's sg2im/data/vg_splits.json, or leave --splits-json out for a seeded split"
     raw = load_source_json(path, "split file", fix)
     if not isinstance(raw, dict) or not set(raw) <= set(SPLITS) or not raw:
-        raise DatasetError(f"{path}: a split file maps \"train\", \"val\" and \"test\" to lists of image ids; {fix}")
+        raise DatasetError(f"{path}: a split file maps \"train\", \"val\" and \"test\" to lists of image "
+                           f"ids; {fix}")
     listed: set[int] = set()
     for split in SPLITS:
         ids = raw.get(split, [])
@@ -342,8 +344,8 @@ def _image_payload(iid: int, split: str, meta: tuple[int, int, str], kept_of: di
     seen: set[tuple[int, str, int]] = set()
     for sid, pred, oid, _ in rels_of[iid]:
         if pred not in preds:
-            drops.add("relationship", "predicate not in the vocabulary (fewer than --min-relationship-instances "
-                                      f"({o.min_relationship_instances}) training relationships)")
+            drops.add("relationship", "predicate not in the vocabulary (fewer than --min-relationship-"
+                                      f"instances ({o.min_relationship_instances}) training relationships)")
             continue
         missing = [role for role, x in (("subject", sid), ("object", oid)) if x not in index]
         if missing:
@@ -378,7 +380,7 @@ def _image_payload(iid: int, split: str, meta: tuple[int, int, str], kept_of: di
         drops.add("image", "image file not found")
         return None
     n, r = len(objs), len(rels)
-    boxes = np.array([[[x, y, x + bw, y + bh]] for _, _, (x, y, bw, bh) in objs], dtype=np.float64)  # (n, 1, 4)
+    boxes = np.array([[[x, y, x + bw, y + bh]] for _, _, (x, y, bw, bh) in objs])  # (n, 1, 4) pixels
     return {
         "split": split,
         "unit": "image",
