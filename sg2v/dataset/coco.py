@@ -33,7 +33,7 @@ seeded by (--seed, image id), not anew at every epoch; a draw that repeats an ea
 object) of the image is dropped and counted (the graph format refuses repeats); mask centers are taken over
 the mask at full resolution (sg2im resamples the box's crop of the mask to 16 x 16 first), so an object whose
 center lies within about a sixteenth of the box of a 45-degree boundary may get the neighbouring predicate;
-polygons are filled with PIL's polygon fill, not pycocotools' rasteriser.
+a polygon covers the pixels whose centers lie inside it (even-odd rule), not pycocotools' rasteriser.
 """
 
 from __future__ import annotations
@@ -106,17 +106,24 @@ def rle_decode(counts: list[int], h: int, w: int) -> np.ndarray:
 
 
 def polygons_mask(polys: list, h: int, w: int) -> np.ndarray:
-    """Union of polygons [x0, y0, x1, y1, ...] filled on an (h, w) grid (PIL's polygon fill)."""
-    from PIL import Image, ImageDraw
-
-    im = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(im)
+    """Union of polygons [x0, y0, x1, y1, ...] on an (h, w) grid: pixels whose centers lie inside (even-odd)."""
+    mask = np.zeros((h, w), dtype=bool)
+    yc = np.arange(h, dtype=np.float64)[:, None] + 0.5  # (H, 1) pixel-center rows
     for poly in polys:
         if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2 or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in poly):
             raise MaskError("a polygon must be a list of at least 3 (x, y) number pairs")
-        draw.polygon([(float(poly[i]), float(poly[i + 1])) for i in range(0, len(poly), 2)], fill=1)
-    return np.asarray(im, dtype=bool)
+        pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        (x0, y0), (x1, y1) = pts.T, np.roll(pts, -1, axis=0).T  # edges (E,)
+        crosses = ((y0 <= yc) & (yc < y1)) | ((y1 <= yc) & (yc < y0))  # (H, E)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xc = x0 + (yc - y0) / (y1 - y0) * (x1 - x0)  # (H, E) where an edge crosses a row's centers
+        first = np.clip(np.floor(xc - 0.5) + 1, 0, w)  # first pixel whose center is right of the crossing
+        rows, cols = np.nonzero(crosses)
+        toggles = np.zeros((h, w + 1), dtype=np.int32)
+        np.add.at(toggles, (rows, first[rows, cols].astype(np.int64)), 1)
+        mask |= (np.cumsum(toggles, axis=1)[:, :w] % 2).astype(bool)
+    return mask
 
 
 def segmentation_mask(seg: Any, h: int, w: int) -> np.ndarray:
