@@ -1,12 +1,13 @@
 """A restricted unpickler for data sets that ship Python pickles (Action Genome): data in, never code.
 
 A pickle can name any importable callable and call it while loading (`__reduce__`), so `pickle.load` on a
-downloaded file runs whatever its author chose. This unpickler resolves only the globals that plain data
-needs - NumPy's array and scalar reconstruction (`numpy.core.multiarray._reconstruct` / `scalar` and their
-NumPy 2 names under `numpy._core`, `numpy.ndarray`, `numpy.dtype`, the protocol-5 `_frombuffer`) and the
-builtin `set` / `frozenset` - and refuses every other global in one line. Containers, strings, numbers, None
-and booleans need no global at all. Python 2 pickles' byte strings are read as latin-1 (NumPy's advice for
-arrays pickled by Python 2).
+downloaded file runs whatever its author chose. This unpickler resolves only the globals that plain data needs
+- NumPy's array and scalar reconstruction (`numpy.core.multiarray._reconstruct` / `scalar` and their NumPy 2
+names under `numpy._core`, `numpy.ndarray`, `numpy.dtype`, the protocol-5 `_frombuffer`), the builtin `set` /
+`frozenset`, and `_codecs.encode` restricted to latin-1 (protocol 2 writes byte strings, such as an array's
+raw data, as that call) - and refuses every other global in one line. Containers, strings, numbers, None and
+booleans need no global at all. Python 2 pickles' byte strings are read as latin-1 (NumPy's advice for arrays
+pickled by Python 2).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ ALLOWED_GLOBALS = frozenset({
     ("builtins", "frozenset"),
     ("__builtin__", "set"),
     ("__builtin__", "frozenset"),
+    ("_codecs", "encode"),
 })
+_LATIN1 = ("latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1")
 MAX_PICKLE_BYTES = 8 << 30
 
 
@@ -46,6 +49,8 @@ class DataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in ALLOWED_GLOBALS:
             raise RefusedGlobal(f"{module}.{name}")
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
         import importlib
 
         if module.startswith("numpy.core."):  # NumPy 2 keeps these under numpy._core; the old name warns
@@ -53,10 +58,17 @@ class DataUnpickler(pickle.Unpickler):
                 return getattr(importlib.import_module("numpy._core." + module[len("numpy.core."):]), name)
             except ImportError:
                 pass
-        return getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module("builtins" if module == "__builtin__" else module), name)
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("persistent ids are not data")
+
+
+def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """`_codecs.encode` as protocol-2 pickles use it for byte strings, and for nothing else."""
+    if not isinstance(text, str) or not isinstance(encoding, str) or encoding.lower() not in _LATIN1:
+        raise pickle.UnpicklingError("_codecs.encode is admitted only to rebuild byte strings (latin-1)")
+    return text.encode("latin1")
 
 
 def loads_data(data: bytes) -> Any:
