@@ -79,15 +79,16 @@ def write_vg(root: Path) -> dict[str, Any]:
             solid(root / "images" / folder / f"{iid}.jpg", w, h, iid, "JPEG")
 
     # image 1 (train, 320 x 240): alias variants, "name" vs "names", a tiny object, a rare name, a box past
-    # the right edge; relationships: kept, an aliased repeat, a dangling subject id, a subject that is dropped,
-    # a rare predicate, a self-relation, kept.
+    # the right edge; relationships: kept, an aliased repeat, a dangling subject id, a subject that is
+    # dropped, a rare predicate, a self-relation, kept.
     image(1, 320, 240)
     man, shirt = _vg_obj(101, ["men"], 10, 20, 100, 150), _vg_obj(102, ["shirt"], 40, 50, 60, 60)
     tree, cup = _vg_obj(103, "tree", 200, 10, 150, 200), _vg_obj(104, ["cup"], 5, 5, 20, 40)
     blob = _vg_obj(105, ["blob"], 100, 100, 50, 50)
     objects.append({"image_id": 1, "objects": [man, shirt, tree, cup, blob]})
     rels.append({"image_id": 1, "relationships": [
-        _vg_rel(1, man, "Wearing ", shirt), _vg_rel(2, man, "wears", shirt, "names"), _vg_rel(3, 999, "near", tree),
+        _vg_rel(1, man, "Wearing ", shirt), _vg_rel(2, man, "wears", shirt, "names"),
+        _vg_rel(3, 999, "near", tree),
         _vg_rel(4, cup, "near", man), _vg_rel(5, tree, "behind", man), _vg_rel(6, man, "near", man),
         _vg_rel(7, tree, "near", man)]})
     # image 2 (train, "id" instead of "image_id" in image_data.json): three objects, three relationships
@@ -124,7 +125,8 @@ def write_vg(root: Path) -> dict[str, Any]:
     objects.append({"image_id": 7, "objects": [_vg_obj(701, ["man"], 0, 0, 100, 100),
                                                _vg_obj(702, ["shirt"], 10, 10, 50, 50),
                                                _vg_obj(703, ["tree"], 150, 0, 100, 200, merged=[799])]})
-    rels.append({"image_id": 7, "relationships": [_vg_rel(15, 701, "wearing", 702), _vg_rel(16, 799, "near", 701)]})
+    rels.append({"image_id": 7, "relationships": [_vg_rel(15, 701, "wearing", 702),
+                                                  _vg_rel(16, 799, "near", 701)]})
     # image 8: not in the split file
     image(8, 320, 240)
     objects.append({"image_id": 8, "objects": []})
@@ -151,7 +153,8 @@ def write_vg(root: Path) -> dict[str, Any]:
         "vocab_preds": ["__in_image__", "wearing", "near"],
         "samples": {"train": [1, 2], "val": [10], "test": [7]},
         "image1": {"objects": ["man", "shirt", "tree"], "relationships": [[0, "wearing", 1], [2, "near", 0]],
-                   "boxes": [[10 / 320, 20 / 240, 110 / 320, 170 / 240], [40 / 320, 50 / 240, 100 / 320, 110 / 240],
+                   "boxes": [[10 / 320, 20 / 240, 110 / 320, 170 / 240],
+                             [40 / 320, 50 / 240, 100 / 320, 110 / 240],
                              [200 / 320, 10 / 240, 1.0, 210 / 240]]},
         "drops": {
             ("image", "in image_data.json but not in --splits-json"): 1,
@@ -171,7 +174,7 @@ def write_vg(root: Path) -> dict[str, Any]:
 
 
 def write_vg_scaled(root: Path, n_images: int, seed: int = 0, size: tuple[int, int] = (500, 375)) -> None:
-    """A larger Visual Genome 1.4 fixture for timing: noisy JPEG images, 8 objects and 6 relationships each."""
+    """A larger Visual Genome 1.4 fixture for timing: noisy JPEGs, 8 objects and 6 relationships each."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     names = ["man", "shirt", "tree", "car", "window", "sign", "building", "sky", "grass", "dog"]
@@ -192,7 +195,8 @@ def write_vg_scaled(root: Path, n_images: int, seed: int = 0, size: tuple[int, i
                                 int(rng.integers(40, 100)), int(rng.integers(40, 100))))
         objects.append({"image_id": i, "objects": objs})
         rels.append({"image_id": i, "relationships": [
-            _vg_rel(i * 100 + k, objs[k], preds[int(rng.integers(len(preds)))], objs[k + 1]) for k in range(6)]})
+            _vg_rel(i * 100 + k, objs[k], preds[int(rng.integers(len(preds)))], objs[k + 1])
+            for k in range(6)]})
     _dump(root / "image_data.json", images)
     _dump(root / "objects.json", objects)
     _dump(root / "relationships.json", rels)
@@ -267,19 +271,20 @@ def write_coco(root: Path) -> dict[str, Any]:
             solid(root / "images" / split / name, w, h, iid, "JPEG")
         return {"id": iid, "file_name": name, "width": w, "height": h, "license": 1}
 
-    train_images = [img(1, 200, 100, "train2017"), img(2, 100, 100, "train2017"), img(3, 100, 100, "train2017"),
-                    img(4, 100, 100, "train2017")]
-    inst = [poly(1, 1, 10, 10, 50, 80), poly(1, 3, 120, 40, 70, 50), poly(1, 1, 70, 5, 40, 90, crowd=1, W=200, H=100),
+    train_images = [img(1, 200, 100, "train2017"), img(2, 100, 100, "train2017"),
+                    img(3, 100, 100, "train2017"), img(4, 100, 100, "train2017")]
+    inst = [poly(1, 1, 10, 10, 50, 80), poly(1, 3, 120, 40, 70, 50),
+            poly(1, 1, 70, 5, 40, 90, crowd=1, W=200, H=100),
             poly(1, 3, 0, 0, 5, 5),  # 25 / 20000 of the image: too small
-            poly(2, 1, 0, 0, 50, 50), poly(2, 3, 50, 50, 50, 50), poly(2, 5, 10, 60, 30, 30),  # image 2: no stuff
+            poly(2, 1, 0, 0, 50, 50), poly(2, 3, 50, 50, 50, 50), poly(2, 5, 10, 60, 30, 30),  # no stuff
             *[poly(3, 1, 10 * k, 10 * k, 20, 20) for k in range(9)],  # image 3: 9 objects
             poly(4, 1, 0, 0, 50, 50),
             poly(999, 1, 0, 0, 50, 50)]  # an image id not in the images list
     stuff_train = [stuff(1, 157, 0, 0, 200, 50, 200, 100), stuff(1, 124, 0, 50, 200, 50, 200, 100),
                    stuff(1, 183, 0, 0, 200, 100, 200, 100),  # 'other': dropped by default
                    stuff(3, 124, 0, 50, 100, 50, 100, 100), stuff(4, 124, 0, 50, 100, 50, 100, 100)]
-    val_images = [img(11, 120, 90, "val2017"), img(12, 120, 90, "val2017", write=False), img(13, 120, 90, "val2017"),
-                  img(14, 120, 90, "val2017")]
+    val_images = [img(11, 120, 90, "val2017"), img(12, 120, 90, "val2017", write=False),
+                  img(13, 120, 90, "val2017"), img(14, 120, 90, "val2017")]
     inst_val, stuff_val = [], []
     for iid in (11, 12, 13, 14):
         inst_val += [poly(iid, 1, 5, 5, 40, 60), poly(iid, 3, 60, 30, 50, 40)]
@@ -315,12 +320,13 @@ def write_coco(root: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- AG
 AG_OBJECTS = ["person", "bag", "bed", "blanket", "book", "box", "broom", "chair", "closetcabinet", "clothes",
               "cupglassbottle", "dish", "door", "doorknob", "doorway", "floor", "food", "groceries", "laptop",
-              "light", "medicine", "mirror", "papernotebook", "phonecamera", "picture", "pillow", "refrigerator",
-              "sandwich", "shelf", "shoe", "sofacouch", "table", "television", "towel", "vacuum", "window"]
-AG_RELATIONS = ["lookingat", "notlookingat", "unsure", "above", "beneath", "infrontof", "behind", "onthesideof",
-                "in", "carrying", "coveredby", "drinkingfrom", "eating", "haveitontheback", "holding", "leaningon",
-                "lyingon", "notcontacting", "otherrelationship", "sittingon", "standingon", "touching",
-                "twisting", "wearing", "wiping", "writingon"]
+              "light", "medicine", "mirror", "papernotebook", "phonecamera", "picture", "pillow",
+              "refrigerator", "sandwich", "shelf", "shoe", "sofacouch", "table", "television", "towel",
+              "vacuum", "window"]
+AG_RELATIONS = ["lookingat", "notlookingat", "unsure", "above", "beneath", "infrontof", "behind",
+                "onthesideof", "in", "carrying", "coveredby", "drinkingfrom", "eating", "haveitontheback",
+                "holding", "leaningon", "lyingon", "notcontacting", "otherrelationship", "sittingon",
+                "standingon", "touching", "twisting", "wearing", "wiping", "writingon"]
 AG_SIZE = (96, 54)  # (w, h) of the fixture's frames; Charades 480p frames are e.g. 480 x 270
 
 
@@ -329,7 +335,8 @@ def _person(boxes: list[list[float]], scores: list[float] | None = None) -> dict
     return {"bbox": np.array(boxes, dtype=np.float32).reshape(k, 4),
             "bbox_score": np.array(scores if scores is not None else [0.9] * k, dtype=np.float32),
             "bbox_size": AG_SIZE, "bbox_mode": "xyxy",
-            "keypoints": np.zeros((k, 17, 3), dtype=np.float32), "keypoints_logits": np.zeros((k, 17), np.float32)}
+            "keypoints": np.zeros((k, 17, 3), dtype=np.float32),
+            "keypoints_logits": np.zeros((k, 17), dtype=np.float32)}
 
 
 def _ag_obj(video: str, frame: str, cls: str, bbox: tuple | None, att=None, spa=None, con=None,
@@ -338,7 +345,8 @@ def _ag_obj(video: str, frame: str, cls: str, bbox: tuple | None, att=None, spa=
     return {"class": cls, "bbox": bbox, "attention_relationship": att if visible else None,
             "spatial_relationship": spa if visible else None,
             "contacting_relationship": con if visible else None,
-            "metadata": {"tag": f"{video}/{cls.replace('/', '_')}/{frame[:-4]}", "set": split}, "visible": visible}
+            "metadata": {"tag": f"{video}/{cls.replace('/', '_')}/{frame[:-4]}", "set": split},
+            "visible": visible}
 
 
 def write_ag(root: Path) -> dict[str, Any]:
@@ -372,12 +380,14 @@ def write_ag(root: Path) -> dict[str, Any]:
     v = "BBBB2.mp4"  # train: 000002 missing on disk, 000005 without a person box
     for name in ("000001.png", "000002.png", "000003.png", "000004.png", "000005.png"):
         frame(v, name, [] if name == "000005.png" else [[1.0, 1.0, 30.0, 50.0]],
-              [_ag_obj(v, name, "book", (5.0, 5.0, 20.0, 10.0), ["looking_at"], ["in_front_of"], ["holding"])],
+              [_ag_obj(v, name, "book", (5.0, 5.0, 20.0, 10.0), ["looking_at"], ["in_front_of"],
+                       ["holding"])],
               write=name != "000002.png")
     v = "CCCC3.mp4"  # test: the only object of 000007 is not visible; 000008 alone is too short for a clip
     frame(v, "000007.png", [[1.0, 1.0, 30.0, 50.0]], [_ag_obj(v, "000007.png", "laptop", None, split="test")])
     frame(v, "000008.png", [[1.0, 1.0, 30.0, 50.0]],
-          [_ag_obj(v, "000008.png", "laptop", (30.0, 30.0, 30.0, 20.0), ["unsure"], [], ["touching"], "test")])
+          [_ag_obj(v, "000008.png", "laptop", (30.0, 30.0, 30.0, 20.0), ["unsure"], [], ["touching"],
+                   "test")])
     v = "DDDD4.mp4"  # test: an unknown class, an unknown predicate, two person detections
     for name in ("000100.png", "000101.png"):
         frame(v, name, [[0.0, 0.0, 10.0, 10.0], [20.0, 2.0, 60.0, 52.0]], [
@@ -409,11 +419,13 @@ def write_ag(root: Path) -> dict[str, Any]:
                       [[0, 0, 0, 0], [0, 30 / H, 1.0, 54 / H]]],
             "visible": [[1, 1], [1, 1], [0, 1]],
             "relationships": {("looking at", 1): [1, 0], ("in front of", 1): [1, 1], ("holding", 1): [1, 1],
-                              ("not looking at", 1): [0, 1], ("beneath", 2): [0, 1], ("sitting on", 2): [0, 1]},
+                              ("not looking at", 1): [0, 1], ("beneath", 2): [0, 1],
+                              ("sitting on", 2): [0, 1]},
         },
         "drops": {
             ("frame", "in the pickles but not in frame_list.txt"): 1,
-            ("frame", "in frame_list.txt but missing from person_bbox.pkl or object_bbox_and_relationship.pkl"): 1,
+            ("frame", "in frame_list.txt but missing from person_bbox.pkl or "
+                      "object_bbox_and_relationship.pkl"): 1,
             ("frame", "frame file missing on disk"): 1,
             ("frame", "no person box (STTran drops these; --keep-frames-without-person keeps them)"): 1,
             ("frame", "no visible object (STTran drops these; --keep-frames-without-objects keeps them)"): 1,
@@ -431,14 +443,16 @@ def write_folder(root: Path, mp4: bool = True) -> dict[str, Any]:
     """Recordings: walk.mp4 (10 frames), seq/ (6 PNG frames), still.png; convert with --frames 4."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    walk = {"objects": ["robot arm", "cup", "table", "lamp"], "relationships": [[0, "holding", 1], [1, "on", 2]],
+    walk = {"objects": ["robot arm", "cup", "table", "lamp"],
+            "relationships": [[0, "holding", 1], [1, "on", 2]],
             "description": "the arm lifts the cup",
             "layout": {"0": [[0.1, 0.1, 0.3, 0.5]] * 3 + [None] + [[0.2, 0.1, 0.4, 0.5]] * 6,
                        "1": [0.4, 0.5, 0.5, 0.6],
                        "3": {"start": [0.0, 0.0, 0.1, 0.1], "end": [0.9, 0.0, 1.0, 0.1]}}}
     seq = {"objects": ["cup", "table"], "relationships": [[0, "on", 1]],
            "layout": {"0": {"start": [0.0, 0.5, 0.2, 0.7], "end": [0.5, 0.5, 0.7, 0.7]}}}
-    still = {"objects": ["lamp", "table"], "relationships": [[0, "on", 1]], "layout": {"1": [0.0, 0.6, 1.0, 1.0]}}
+    still = {"objects": ["lamp", "table"], "relationships": [[0, "on", 1]],
+             "layout": {"1": [0.0, 0.6, 1.0, 1.0]}}
     if mp4:
         from sg2v.video import write_video
 

@@ -1,4 +1,4 @@
-"""Action Genome -> converted data set (clips with per-frame boxes), and the restricted unpickler it reads with."""
+"""Action Genome -> converted data set (clips with per-frame boxes), and the restricted unpickler it uses."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _all(root):
             for i in range(len(ConvertedDataset(root, s)))]
 
 
-# ---------------------------------------------------------------------------------------------------- unpickler
+# ------------------------------------------------------------------------------------------------ unpickler
 class _RunsCode:
     def __init__(self, path):
         self.path = path
@@ -83,7 +83,7 @@ def test_truncated_pickle_is_a_one_line_error(tmp_path):
         load_data_pickle(p)
 
 
-# ---------------------------------------------------------------------------------------------------- convert
+# -------------------------------------------------------------------------------------------------- convert
 def test_names_match_across_class_files_and_pickles(ag):
     root, _, _ = ag
     assert name_key("closet/cabinet") == name_key("closetcabinet") == "closetcabinet"

@@ -1,4 +1,4 @@
-"""COCO 2017 + COCO-Stuff -> converted data set: masks, sg2im's geometric relationships, filters and splits."""
+"""COCO 2017 + COCO-Stuff -> converted data set: masks, sg2im's geometric relationships, filters, splits."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from sg2v.vocab import load_vocab
 
 
 def _convert(src, out, seed=0, **kw) -> dict:
-    return convert("coco-stuff", src, out, CommonOptions(size="tiny", seed=seed), CocoOptions(val_images=1, **kw),
-                   log=lambda line: None)
+    return convert("coco-stuff", src, out, CommonOptions(size="tiny", seed=seed),
+                   CocoOptions(val_images=1, **kw), log=lambda line: None)
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +119,11 @@ def test_predicate_rule_matches_the_oracle_on_random_boxes():
         s, o = np.array([s[0], s[2], s[1], s[3]]), np.array([o[0], o[2], o[1], o[3]])
         cs, co = tuple(rng.random(2)), tuple(rng.random(2))
         assert predicate(s, o, cs, co) == _oracle(s, o, cs, co)
-    assert predicate(np.array([0, 0, 1, 1]), np.array([0.2, 0.2, 0.4, 0.4]), (0.5, 0.5), (0.3, 0.3)) == "surrounding"
-    assert predicate(np.array([0, 0, 0.2, 0.2]), np.array([0.5, 0, 0.7, 0.2]), (0.1, 0.1), (0.6, 0.1)) == "left of"
-    assert predicate(np.array([0, 0, 0.2, 0.2]), np.array([0, 0.5, 0.2, 0.7]), (0.1, 0.1), (0.1, 0.6)) == "above"
+    a, b = np.array([0, 0, 0.2, 0.2]), (0.1, 0.1)
+    assert predicate(np.array([0, 0, 1, 1]), np.array([0.2, 0.2, 0.4, 0.4]), (0.5, 0.5), (0.3, 0.3)) \
+        == "surrounding"
+    assert predicate(a, np.array([0.5, 0, 0.7, 0.2]), b, (0.6, 0.1)) == "left of"
+    assert predicate(a, np.array([0, 0.5, 0.2, 0.7]), b, (0.1, 0.6)) == "above"
 
 
 # ---------------------------------------------------------------------------------------------------- convert
@@ -129,8 +131,8 @@ def test_vocabulary_is_sg2ims_category_id_table(coco):
     root, _, _ = coco
     vocab = load_vocab(root / "out" / "vocab.json")
     assert vocab.num_objs == 184  # ids up to 183 ('other'), __image__ at 0, "NONE" at unused ids
-    assert vocab.object_name_to_idx == {"__image__": 0, "person": 1, "car": 3, "airplane": 5, "sky-other": 157,
-                                        "grass": 124, "other": 183}
+    assert vocab.object_name_to_idx == {"__image__": 0, "person": 1, "car": 3, "airplane": 5,
+                                        "sky-other": 157, "grass": 124, "other": 183}
     assert vocab.object_idx_to_name[2] == "NONE"
     assert list(vocab.pred_idx_to_name) == ["__in_image__", "left of", "right of", "above", "below", "inside",
                                             "surrounding"]
@@ -145,7 +147,8 @@ def test_splits_filters_and_drop_table(coco):
     for key, n in facts["drops"].items():
         assert drops.get(key) == n, key
     notes = {(d["kind"], d["reason"]): d["count"] for d in info["notes"]}
-    assert notes[("object", "crowd annotation (iscrowd 1) kept as one object, as sg2im does")] == facts["crowd"]
+    crowd = ("object", "crowd annotation (iscrowd 1) kept as one object, as sg2im does")
+    assert notes[crowd] == facts["crowd"]
 
 
 def test_image_one_objects_boxes_and_relationships(coco):
@@ -192,8 +195,8 @@ def test_flags_change_what_is_kept(coco, tmp_path):
 def test_box_centers_option(coco, tmp_path):
     root, _, _ = coco
     _convert(root / "src", tmp_path / "box", centers="box")
-    assert ConvertedDataset(tmp_path / "box", "train")[0]["graph"] == ConvertedDataset(root / "out", "train")[0][
-        "graph"]  # rectangles: the same centers either way
+    box = ConvertedDataset(tmp_path / "box", "train")[0]["graph"]
+    assert box == ConvertedDataset(root / "out", "train")[0]["graph"]  # rectangles: the same centers
 
 
 def test_missing_stuff_file_names_the_fix(coco, tmp_path):

@@ -1,4 +1,4 @@
-"""The user's recordings (NAME.json + NAME.mp4 / NAME/ / NAME.png) -> converted data set, with their layouts."""
+"""The user's recordings (NAME.json + NAME.mp4 / NAME/ / NAME.png) -> converted data set, with layouts."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def test_recordings_become_clips_and_images_one_frame_samples(rec):
     drops = {(d["kind"], d["reason"]): d["count"] for d in info["drops"]}
     assert drops == {("frame", "after the last full clip of its recording"): 4}  # walk 8, 9 and seq 4, 5
     vocab = load_vocab(root / "out" / "vocab.json")
-    assert vocab.object_names == ("cup", "lamp", "robot arm", "table") and vocab.pred_names == ("holding", "on")
+    assert vocab.object_names == ("cup", "lamp", "robot arm", "table")
+    assert vocab.pred_names == ("holding", "on")
 
 
 def test_layout_forms_per_frame_static_moving_and_missing(rec):
@@ -58,8 +59,8 @@ def test_layout_forms_per_frame_static_moving_and_missing(rec):
     assert not a["boxes"][2].any()
     for clip, start in ((a, 0), (b, 4)):
         k = np.arange(start, start + 4)
-        np.testing.assert_allclose(clip["boxes"][3], np.stack([0.1 * k, 0 * k, 0.1 + 0.1 * k, 0.1 + 0 * k], 1),
-                                   atol=1e-6)
+        expect = np.stack([0.1 * k, 0 * k, 0.1 + 0.1 * k, 0.1 + 0 * k], 1)
+        np.testing.assert_allclose(clip["boxes"][3], expect, atol=1e-6)
     seq = _samples(root / "out")[0]
     np.testing.assert_allclose(seq["boxes"][0, :, 0], [0.0, 0.1, 0.2, 0.3], atol=1e-6)
 
@@ -93,9 +94,11 @@ def test_vocab_option_checks_names_with_did_you_mean(rec, tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda g: g["layout"].update({"9": [0, 0, 1, 1]}), 'layout["9"]: not an object index of the graph (0..3)'),
+    (lambda g: g["layout"].update({"9": [0, 0, 1, 1]}),
+     'layout["9"]: not an object index of the graph (0..3)'),
     (lambda g: g["layout"].update({"1": [0.5, 0, 0.4, 1]}), "is not inside [0, 1] with x0 < x1"),
-    (lambda g: g["layout"].update({"0": [[0.1, 0.1, 0.3, 0.5]] * 7}), '7 boxes, but the recording has 10 frames'),
+    (lambda g: g["layout"].update({"0": [[0.1, 0.1, 0.3, 0.5]] * 7}),
+     "7 boxes, but the recording has 10 frames"),
     (lambda g: g["relationships"].append([0, "on", 7]), "relationships[2]: object index 7 out of range"),
 ])
 def test_invalid_graphs_and_layouts_name_the_file_and_place(rec, tmp_path, edit, message):

@@ -1,4 +1,4 @@
-"""Visual Genome 1.4 -> converted data set, checked against the facts of the fixture (tests/dataset_fixtures.py)."""
+"""Visual Genome 1.4 -> converted data set, checked against the fixture's facts (dataset_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def test_every_drop_is_counted_by_reason(vg):
     for key, n in facts["drops"].items():
         assert drops.get(key) == n, (key, drops.get(key))
     # image 1's "behind" and image 5's "flying" have fewer than 2 training relationships
-    pred_key = [k for k in drops if k[0] == "relationship" and k[1].startswith("predicate not in the vocabulary")]
+    pred_key = [k for k in drops if k[0] == "relationship"
+                and k[1].startswith("predicate not in the vocabulary")]
     assert len(pred_key) == 1 and drops[pred_key[0]] == 2
     name_key = [k for k in drops if k[0] == "object" and k[1].startswith("no name in the vocabulary")]
     assert drops[name_key[0]] == 1  # the "blob"
@@ -92,7 +93,8 @@ def test_defaults_are_sg2ims_preprocess_vg_flags():
 def test_alias_file_maps_every_name_to_the_lines_first(tmp_path):
     p = tmp_path / "a.txt"
     p.write_text("man,men , guy\n\nwearing,wears\n", encoding="utf-8")
-    assert load_aliases(p) == {"man": "man", "men": "man", "guy": "man", "wearing": "wearing", "wears": "wearing"}
+    assert load_aliases(p) == {"man": "man", "men": "man", "guy": "man", "wearing": "wearing",
+                               "wears": "wearing"}
 
 
 def test_merged_ids_resolved_on_request(vg, tmp_path):
@@ -152,7 +154,8 @@ def test_corrupt_image_is_one_line_error_or_counted_when_skipping(vg, tmp_path):
      "objects.json: objects file is not valid JSON (line 1"),
     (lambda s: (s / "relationships.json").unlink(), "relationships.json: not found"),
     (lambda s: (s / "object_alias.txt").unlink(), "object_alias.txt: alias file not found"),
-    (lambda s: (s / "image_data.json").write_text('{"a": 1}', encoding="utf-8"), "expected a JSON list of images"),
+    (lambda s: (s / "image_data.json").write_text('{"a": 1}', encoding="utf-8"),
+     "expected a JSON list of images"),
 ])
 def test_malformed_or_missing_source_files_name_the_file(vg, tmp_path, damage, expect):
     root, _, _ = vg

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except Sg2vError as e:
         print(f"sg2v-data: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `sg2v-data stats DIR | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as e:
         print(f"sg2v-data: error: {e}; check the paths, their permissions and free space", file=sys.stderr)
         return 1

@@ -106,7 +106,7 @@ def rle_decode(counts: list[int], h: int, w: int) -> np.ndarray:
 
 
 def polygons_mask(polys: list, h: int, w: int) -> np.ndarray:
-    """Union of polygons [x0, y0, x1, y1, ...] on an (h, w) grid: pixels whose centers lie inside (even-odd)."""
+    """Union of polygons [x0, y0, x1, y1, ...] on an (h, w) grid: the pixels whose centers lie inside."""
     mask = np.zeros((h, w), dtype=bool)
     yc = np.arange(h, dtype=np.float64)[:, None] + 0.5  # (H, 1) pixel-center rows
     for poly in polys:
@@ -270,8 +270,8 @@ def _whitelist(text: str, known: set[str], flag: str) -> set[str]:
     names = {s.strip() for s in text.split(",") if s.strip()}
     unknown = sorted(names - known)
     if unknown:
-        raise DatasetError(f"{flag}: {', '.join(map(repr, unknown))} not among the categories; use the "
-                           "category names of the annotation files")
+        raise OptionError(f"{flag}: {', '.join(map(repr, unknown))} not among the categories; use the "
+                          "category names of the annotation files")
     return names
 
 

@@ -52,7 +52,7 @@ def resolve_shape(common: CommonOptions) -> tuple[int, int, int]:
         raise OptionError(f"--frames {common.frames}: must be in 1..{MAX_CLIP_FRAMES} (0: the size's)")
     for flag, v in (("--height", height), ("--width", width)):
         if not 8 <= v <= MAX_SIDE:
-            raise DatasetError(f"{flag} {v}: must be in 8..{MAX_SIDE} pixels (0: the size's)")
+            raise OptionError(f"{flag} {v}: must be in 8..{MAX_SIDE} pixels (0: the size's)")
     if not 1 <= common.workers <= MAX_WORKERS:
         raise OptionError(f"--workers {common.workers}: must be in 1..{MAX_WORKERS}")
     if common.seed < 0:

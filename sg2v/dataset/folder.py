@@ -170,7 +170,7 @@ def plan(source: Path, o: FolderOptions, seed: int, frames: int) -> Plan:
         raise OptionError(f"--clip-stride {o.clip_stride}: must be >= 0 (0: --frames)")
     if not (0 <= o.val_fraction < 1 and 0 <= o.test_fraction < 1 and o.val_fraction + o.test_fraction < 1):
         raise OptionError(f"--val-fraction {o.val_fraction} and --test-fraction {o.test_fraction}: each in "
-                           "[0, 1) and together below 1")
+                          "[0, 1) and together below 1")
     drops, notes = DropTable(), DropTable()
     warnings: list[str] = []
 

@@ -278,7 +278,7 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
 def _check_fractions(val: float, test: float) -> None:
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise OptionError(f"--val-fraction {val} and --test-fraction {test}: each in [0, 1) and together "
-                           "below 1, so training keeps some data")
+                          "below 1, so training keeps some data")
 
 
 def _splits(images: dict[int, tuple], o: VGOptions, seed: int, drops: DropTable) -> dict[str, list[int]]:
