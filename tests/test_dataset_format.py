@@ -65,6 +65,17 @@ def test_dataset_items_are_copies_with_documented_dtypes(vg):
         ds[2]
 
 
+def test_pickled_dataset_carries_the_index_not_the_frames(vg):
+    import pickle
+
+    ds = ConvertedDataset(vg / "out", "train")
+    raw = pickle.dumps(ds)
+    assert ds[0]["frames"].tobytes() not in raw  # the frames stay in the file
+    back = pickle.loads(raw)
+    np.testing.assert_array_equal(back[1]["frames"], ds[1]["frames"])
+    assert back[0]["graph"] == ds[0]["graph"] and back.vocab == ds.vocab
+
+
 def _edit_line(path: Path, i: int, fn) -> None:
     lines = path.read_text().splitlines()
     rec = json.loads(lines[i])

@@ -264,6 +264,17 @@ class ConvertedDataset:
                                f"samples / {_get(expected, 'frames')!r} frames, the files hold "
                                f"{len(self._items)} / {len(self._frames)}; convert the data set again")
 
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers started by spawn receive the dataset pickled: send the checked index and reopen
+        # the frames file there (a pickled memmap would carry every frame)
+        state = dict(self.__dict__)
+        state["_frames"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._frames = open_frames(self.root / frames_file(self.split), self.height, self.width)
+
     def __len__(self) -> int:
         return len(self._items)
 
