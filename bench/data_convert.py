@@ -2,10 +2,10 @@
 
   python bench/data_convert.py --images 2000 --workers 1 2 [--json out.json]
 
-The fixture (tests/dataset_fixtures.py `write_vg_scaled`) has VG's file layout and typical image size (500 x 375
-JPEG, noisy so decoding costs what a photo costs), 8 objects and 6 relationships per image. Reported per worker
-count: the planning time (reading and filtering the JSON files), the decode/resize/write time, and samples/s over
-the whole conversion. Generating the fixture is not timed.
+The fixture (tests/dataset_fixtures.py `write_vg_scaled`) has VG's file layout and typical image size (500 x
+375 JPEG, noisy so decoding costs what a photo costs), 8 objects and 6 relationships per image. Reported per
+worker count: the planning time (reading and filtering the JSON files), the decode/resize/write time, and
+samples/s over the whole conversion. Generating the fixture is not timed.
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ from sg2v.dataset.convert import make_plan, resolve_shape  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=2000, help="images in the fixture (default: %(default)s)")
-    p.add_argument("--source-size", default="500x375", help="W x H of the fixture's JPEGs (default: %(default)s)")
+    p.add_argument("--source-size", default="500x375",
+                   help="W x H of the fixture's JPEGs (default: %(default)s)")
     p.add_argument("--size", default="small", help="model size to convert to (default: %(default)s)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (default: 1 2)")
     p.add_argument("--json", default=None, help="also write the results as JSON")
     args = p.parse_args(argv)
     w, h = (int(v) for v in args.source_size.lower().split("x"))
-    opts = VGOptions(min_object_instances=1, min_relationship_instances=1, min_image_size=1, min_object_size=1,
-                     aliases=True)
+    opts = VGOptions(min_object_instances=1, min_relationship_instances=1, min_image_size=1,
+                     min_object_size=1)
     rows = []
     with tempfile.TemporaryDirectory(prefix="sg2v-bench-data-") as tmp:
         src = Path(tmp) / "vg"

@@ -190,9 +190,9 @@ def write_vg_scaled(root: Path, n_images: int, seed: int = 0, size: tuple[int, i
         Image.fromarray(np.roll(base, i * 7, axis=1)).save(p, quality=90)
         objs = []
         for k in range(8):
-            x, y = int(rng.integers(0, w - 100)), int(rng.integers(0, h - 100))
-            objs.append(_vg_obj(i * 100 + k, [names[int(rng.integers(len(names)))]], x, y,
-                                int(rng.integers(40, 100)), int(rng.integers(40, 100))))
+            bw, bh = int(rng.integers(w // 10, w // 4)) + 1, int(rng.integers(h // 10, h // 4)) + 1
+            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            objs.append(_vg_obj(i * 100 + k, [names[int(rng.integers(len(names)))]], x, y, bw, bh))
         objects.append({"image_id": i, "objects": objs})
         rels.append({"image_id": i, "relationships": [
             _vg_rel(i * 100 + k, objs[k], preds[int(rng.integers(len(preds)))], objs[k + 1])

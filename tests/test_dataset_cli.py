@@ -92,3 +92,16 @@ def test_help_shows_every_option_with_its_default():
                  "--workers", "--skip-unreadable", "--resolve-merged-ids"):
         assert flag in text, flag
     assert "training objects (default: 2000)" in text and "(default: 200)" in text
+
+
+def test_conversion_benchmark_runs(tmp_path):
+    out = tmp_path / "bench.json"
+    script = Path(__file__).resolve().parents[1] / "bench" / "data_convert.py"
+    args = ["--images", "12", "--source-size", "120x90", "--size", "tiny", "--workers", "1",
+            "--json", str(out)]
+    r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["samples"] == 12 and row["samples_per_s"] > 0 and "samples/s" in r.stdout
+

@@ -48,7 +48,7 @@ class DropTable:
         return bool(self._counts)
 
 
-def format_table(rows: Sequence[tuple[str, str, int]], indent: str = "  ") -> list[str]:
+def format_table(rows: Sequence[tuple[str, str, Any]], indent: str = "  ") -> list[str]:
     """Rows (kind, reason, count) as aligned text lines."""
     if not rows:
         return [f"{indent}(none)"]

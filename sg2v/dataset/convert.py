@@ -122,6 +122,9 @@ def convert(fmt: str, source: str | os.PathLike, out: str | os.PathLike, common:
     if fmt not in FORMAT_OPTIONS:
         raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     options = options if options is not None else FORMAT_OPTIONS[fmt]()
+    if not isinstance(options, FORMAT_OPTIONS[fmt]):
+        raise TypeError(f"options for {fmt!r} must be {FORMAT_OPTIONS[fmt].__name__}, "
+                        f"got {type(options).__name__}")
     frames, height, width = resolve_shape(common)
     source, out = Path(source), Path(out)
     if not source.exists():
@@ -231,11 +234,16 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
                  f"({v.get('object_ids')} / {v.get('predicate_ids')} ids with __image__ / __in_image__)")
     lines.append(f"  {'split':<6} {'samples':>8} {'frames':>8} {'objects':>8} {'relationships':>13}")
     for split in SPLITS:
-        c = info["splits"][split]
-        lines.append(f"  {split:<6} {c['samples']:>8} {c['frames']:>8} {c['objects']:>8} "
-                     f"{c['relationships']:>13}")
+        c = info["splits"][split] if isinstance(info["splits"][split], dict) else {}
+        lines.append(f"  {split:<6} {c.get('samples', '?'):>8} {c.get('frames', '?'):>8} "
+                     f"{c.get('objects', '?'):>8} {c.get('relationships', '?'):>13}")
     lines.append("dropped (each item counted once, at the first stage that drops it):")
-    lines += format_table([(d["kind"], d["reason"], d["count"]) for d in info.get("drops", [])])
+    lines += format_table(_rows(info.get("drops")))
     lines.append("notes (kept, but changed or worth knowing):")
-    lines += format_table([(d["kind"], d["reason"], d["count"]) for d in info.get("notes", [])])
+    lines += format_table(_rows(info.get("notes")))
     return lines
+
+
+def _rows(table: Any) -> list[tuple[str, str, Any]]:
+    rows = table if isinstance(table, list) else []
+    return [(str(d.get("kind")), str(d.get("reason")), d.get("count")) for d in rows if isinstance(d, dict)]
