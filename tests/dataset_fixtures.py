@@ -340,8 +340,10 @@ def _person(boxes: list[list[float]], scores: list[float] | None = None) -> dict
 
 
 def _ag_obj(video: str, frame: str, cls: str, bbox: tuple | None, att=None, spa=None, con=None,
-            split: str = "train") -> dict:
-    visible = bbox is not None
+            split: str = "train", numpy_values: bool = False) -> dict:
+    visible: Any = bbox is not None
+    if numpy_values and bbox is not None:  # some entries hold NumPy values: an array box, a NumPy bool
+        bbox, visible = np.array(bbox, dtype=np.float32), np.bool_(True)
     return {"class": cls, "bbox": bbox, "attention_relationship": att if visible else None,
             "spatial_relationship": spa if visible else None,
             "contacting_relationship": con if visible else None,
@@ -392,7 +394,7 @@ def write_ag(root: Path) -> dict[str, Any]:
     for name in ("000100.png", "000101.png"):
         frame(v, name, [[0.0, 0.0, 10.0, 10.0], [20.0, 2.0, 60.0, 52.0]], [
             _ag_obj(v, name, "phone/camera", (60.0, 10.0, 8.0, 8.0), ["looking_at"], ["on_the_side_of"],
-                    ["holding", "dancing_with"], "test"),
+                    ["holding", "dancing_with"], "test", numpy_values=True),
             _ag_obj(v, name, "unicorn", (1.0, 1.0, 5.0, 5.0), [], [], [], "test")], scores=[0.3, 0.8])
     frame("EEEE5.mp4", "000001.png", [[1.0, 1.0, 30.0, 50.0]],
           [_ag_obj("EEEE5.mp4", "000001.png", "book", (5.0, 5.0, 20.0, 10.0), [], [], [])], listed=False)

@@ -127,6 +127,7 @@ def test_highest_scoring_person_detection_is_kept(ag):
     root, facts, info = ag
     (s,) = [s for s in _all(root / "out") if s["source"]["video"] == "DDDD4.mp4"]
     np.testing.assert_allclose(s["boxes"][0], facts["person_d"], atol=1e-6)
+    assert s["graph"]["objects"] == ["person", "phone/camera"] and s["visible"].all()  # NumPy-typed entry
     notes = {(d["kind"], d["reason"]): d["count"] for d in info["notes"]}
     assert notes[("person", "more than one detected box in a frame; the highest-scoring one kept")] == 2
 

@@ -67,6 +67,8 @@ def test_bad_segmentations_raise_mask_error():
     with pytest.raises(MaskError):
         segmentation_mask([[1, 2, 3]], 4, 4)
     with pytest.raises(MaskError):
+        segmentation_mask([[1, 2, "3", 4, 5, 6]], 4, 4)
+    with pytest.raises(MaskError):
         segmentation_mask({"counts": "12", "size": [2]}, 2, 2)
 
 
@@ -84,6 +86,8 @@ def test_polygon_mask_matches_ray_casting_on_pixel_centers():
     m = polygons_mask([[2, 1, 6, 1, 6, 5, 2, 5]], 8, 10)  # rectangle x 2..6, y 1..5: pixels 2..5 x 1..4
     ys, xs = np.nonzero(m)
     assert (xs.min(), xs.max(), ys.min(), ys.max(), m.sum()) == (2, 5, 1, 4, 16)
+    # a polygon of fewer than 3 points (COCO has a few) covers nothing; the others still count
+    np.testing.assert_array_equal(polygons_mask([[2, 1, 6, 1, 6, 5, 2, 5], [0, 0, 9, 7]], 8, 10), m)
     rng = np.random.default_rng(11)
     for _ in range(10):
         polys = [rng.uniform(-2, 14, size=2 * int(rng.integers(3, 8))).tolist() for _ in range(2)]

@@ -275,7 +275,7 @@ def _frame(video: str, frame: str, key: str, frames_root: Path, person_entry: An
             box = _xyxy_from_xywh(obj.get("bbox"))
         except (ValueError, TypeError):
             raise bad_source(object_pkl, where, "'bbox' must be None or (x, y, w, h)", FIX) from None
-        if obj.get("visible") is not True:
+        if not (isinstance(obj.get("visible"), (bool, np.bool_)) and obj["visible"]):
             notes.add("object in a frame", "not visible (visible False); marked not visible in that frame")
             invisible.add(name)
             continue

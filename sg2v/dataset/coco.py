@@ -110,9 +110,11 @@ def polygons_mask(polys: list, h: int, w: int) -> np.ndarray:
     mask = np.zeros((h, w), dtype=bool)
     yc = np.arange(h, dtype=np.float64)[:, None] + 0.5  # (H, 1) pixel-center rows
     for poly in polys:
-        if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2 or not all(
+        if not isinstance(poly, list) or len(poly) % 2 or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in poly):
-            raise MaskError("a polygon must be a list of at least 3 (x, y) number pairs")
+            raise MaskError("a polygon must be a list of (x, y) number pairs")
+        if len(poly) < 6:  # fewer than 3 points (COCO has a few): no area
+            continue
         pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
         (x0, y0), (x1, y1) = pts.T, np.roll(pts, -1, axis=0).T  # edges (E,)
         crosses = ((y0 <= yc) & (yc < y1)) | ((y1 <= yc) & (yc < y0))  # (H, E)
