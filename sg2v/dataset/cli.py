@@ -51,8 +51,9 @@ def _add_options(p: argparse.ArgumentParser, cls: type, title: str) -> None:
             else:
                 group.add_argument(flag, dest=f.name, action="store_true", help=meta["help"])
         else:
+            shown = "" if "default:" in meta["help"] else " (default: %(default)s)"
             kw: dict[str, Any] = {"dest": f.name, "type": type(f.default), "default": f.default,
-                                  "help": meta["help"] + " (default: %(default)s)"}
+                                  "help": meta["help"] + shown}
             if "choices" in meta:
                 kw["choices"] = meta["choices"]
             if f.name == "size":
