@@ -67,6 +67,11 @@ class Bundle:
         return str(self.manifest["pooling"])
 
     @property
+    def plugin_impl(self) -> str:
+        """Plugin bundles: "aot" or "jit", the form their `sg2v::ScatterMeanPool` nodes ask TensorRT for."""
+        return str(self.manifest.get("plugin_impl", "aot"))
+
+    @property
     def sampler_defaults(self) -> dict[str, Any]:
         return dict(self.manifest["sampler_defaults"])
 
@@ -141,6 +146,9 @@ def _check_format(manifest: dict[str, Any], root: Path) -> None:
     if manifest["pooling"] not in spec.POOLINGS:
         raise BundleError(f"bundle {root}: pooling {manifest['pooling']!r} is not one of "
                           f"{list(spec.POOLINGS)}; {_REEXPORT}")
+    if manifest.get("plugin_impl", "aot") not in ("aot", "jit"):
+        raise BundleError(f"bundle {root}: plugin_impl {manifest['plugin_impl']!r} is not 'aot' or 'jit'; "
+                          f"{_REEXPORT}")
 
 
 def _safe_path(root: Path, rel: Any, where: str) -> Path:
