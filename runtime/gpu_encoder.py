@@ -189,6 +189,37 @@ def encoder_forward(weights: dict[str, Any], objs, obj_mask, triples, triple_mas
     return context, context_mask
 
 
+def check_against_config(weights: dict[str, Any], num_layers_: int, context_dim: int, source: str) -> None:
+    """BundleError unless the weights are of the bundle's encoder: its layer count and context width."""
+    got = (num_layers(weights), int(weights["local_norm.weight"].shape[0]))
+    if got != (num_layers_, context_dim):
+        raise BundleError(f"{source}: {got[0]} layers of width {got[1]}, the bundle's config says "
+                          f"{num_layers_} of {context_dim}; the bundle was assembled from different exports: "
+                          "re-export it")
+
+
+class NumpyEncoder:
+    """Encoder stage on the CPU (stage protocol): `encoder_forward` with `NumpyOps`, numpy in and out."""
+
+    inputs = ("objs", "obj_mask", "triples", "triple_mask")
+    outputs = ("context", "context_mask")
+
+    def __init__(self, weights: dict[str, np.ndarray]):
+        weights = check_weights(weights)
+        self.weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        missing = [k for k in self.inputs if k not in feeds]
+        if missing:
+            raise BundleError(f"encoder stage: missing inputs {missing}; pass {list(self.inputs)}")
+        objs = np.asarray(feeds["objs"], dtype=np.int64)
+        triples = np.asarray(feeds["triples"], dtype=np.int64)
+        context, context_mask = encoder_forward(self.weights, objs, np.asarray(feeds["obj_mask"], np.float32),
+                                                triples, np.asarray(feeds["triple_mask"], np.float32),
+                                                NumpyOps)
+        return {"context": context, "context_mask": context_mask.astype(np.float32)}
+
+
 class GpuEncoder:
     """Encoder stage on the GPU (stage protocol `run(feeds) -> outputs`): CuPy matmuls + the CUDA kernels.
 
