@@ -384,7 +384,11 @@ def store_weights_fp16(model: Any, min_elements: int = FP16_STORE_MIN_ELEMENTS) 
 
 def run_ort(model_bytes: bytes, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """Run an ONNX graph on ONNX Runtime's CPU provider for each feed dict."""
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError("the export checks each graph on ONNX Runtime, and none is installed: pip install "
+                          "'sg2v[cpu]' (or 'sg2v[gpu]' on NVIDIA GPUs)") from None
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3

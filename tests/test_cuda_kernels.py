@@ -68,6 +68,7 @@ def _have_nvrtc() -> bool:
         return False
 
 
+@pytest.mark.cuda_build
 @pytest.mark.skipif(not _have_nvrtc(), reason="libnvrtc not found (CUDA toolkit or pip nvidia-cuda-nvrtc)")
 def test_nvrtc_compiles_every_template_and_plain_kernel():
     ptx, lowered = ck.compile_ptx("compute_87", ck.name_expressions())

@@ -298,6 +298,7 @@ def _desc(dtype, shape):
     return d
 
 
+@pytest.mark.cuda_build
 @pytest.mark.skipif(not _have_nvrtc(), reason="libnvrtc not found (CUDA toolkit or pip nvidia-cuda-nvrtc)")
 @pytest.mark.parametrize("d_const", [True, False])
 def test_aot_kernel_names_a_ptx_entry_with_the_launch_contract(monkeypatch, d_const):

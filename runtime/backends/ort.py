@@ -201,12 +201,16 @@ def _device_id(device: str | None) -> int:
     raise Sg2vError(f"--device {device!r} is not understood; use cpu, cuda or cuda:N")
 
 
+ORT_MISSING = ("no ONNX Runtime is installed; install one: pip install 'sg2v[cpu]' (CPU) or 'sg2v[gpu]' "
+               "(onnxruntime-gpu + CuPy, NVIDIA GPUs), or on a Jetson NVIDIA's onnxruntime-gpu wheel for its "
+               "JetPack")
+
+
 def _ort() -> Any:
     try:
         import onnxruntime
     except ImportError as e:
-        raise MissingDependencyError(f"onnxruntime is not installed ({e}); install it with: pip install "
-                                     "onnxruntime (or onnxruntime-gpu on NVIDIA GPUs)") from None
+        raise MissingDependencyError(f"{ORT_MISSING} ({e})") from None
     return onnxruntime
 
 
