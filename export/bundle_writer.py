@@ -28,7 +28,7 @@ def read_bundle_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
         return None
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     if not isinstance(manifest, dict) or manifest.get("format") != spec.FORMAT:
         return None

@@ -185,7 +185,10 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
     `plugin_impl` ("aot"/"jit") registers sg2v's plugin first and sets the matching PREFER_*_PYTHON_PLUGINS
     network flag (a node's own `aot` attribute takes precedence in the parser).
     """
+    from sg2v.runtime.onnx_guard import check_onnx_file
+
     trt = _trt()
+    check_onnx_file(onnx_path)  # bounds on what the parser and builder would allocate for it
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     if plugin_impl is not None:
         from sg2v.runtime.trt_plugin import effective_impl, network_flags

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from typing import Any
 
 import numpy as np
 
 from sg2v.errors import BundleError, require
+from sg2v.io import load_npz_checked
 
 LAYERNORM_EPS = 1e-5  # sg2v.models.layers.TokenNorm default (= torch.nn.LayerNorm), which SGEncoder uses
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
@@ -71,11 +73,10 @@ def check_weights(weights: dict[str, Any], source: str = "encoder weights") -> d
 def load_encoder_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read `encoder_weights.npz` (SGEncoder state dict as float32 arrays) without unpickling anything."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            weights = {k: np.asarray(z[k], dtype=np.float32) for k in z.files}
+        weights = {k: np.asarray(v, dtype=np.float32) for k, v in load_npz_checked(path).items()}
     except FileNotFoundError:
         raise BundleError(f"{path}: encoder weights not found; export the bundle again") from None
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise BundleError(f"{path}: not a readable .npz of arrays ({e}); export the bundle again") from None
     return check_weights(weights, str(path))
 

@@ -30,7 +30,10 @@ class OrtStage:
 
     def __init__(self, path: Path, io: dict[str, Any], providers: list[Any], threads: int | None = None,
                  xp: Any = np, device_type: str = "cpu", device_id: int = 0):
+        from sg2v.runtime.onnx_guard import check_onnx_file
+
         ort = _ort()
+        check_onnx_file(path)  # bound what the file makes ONNX Runtime allocate, before it folds constants
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
