@@ -1,9 +1,11 @@
 """Read and verify an exported bundle (torch-free): manifest, format version, file hashes, safe paths.
 
 A bundle is untrusted data: every path it names must stay inside its folder (no absolute paths, no `..`, no
-symlink that resolves outside), every file must match the size and sha256 the manifest records, and arrays are
-loaded with `np.load(allow_pickle=False)`. Layout and keys: docs/ARCHITECTURE.md ("Bundle"), names from
-`sg2v.bundle_spec`.
+symlink that resolves outside, no symlink loop), every file must match the size and sha256 the manifest
+records, and what it declares is bounded before anything of that size is allocated: the manifest's size and
+entries, the model config (`ModelConfig.check_bounds`), the sampler defaults and schedule, and .npy headers
+(read without pickles, checked before their data). The ONNX files are checked by `sg2v.runtime.onnx_guard`
+when a backend loads them. Layout and keys: docs/ARCHITECTURE.md ("Bundle"), names from `sg2v.bundle_spec`.
 """
 
 from __future__ import annotations
