@@ -268,17 +268,20 @@ def build_engines(bundle: Any, device_id: int = 0, force: bool = False, workspac
                         "writable or copy it somewhere writable") from None
     version = _trt().__version__
     record = None
-    if plugin:
-        from sg2v.runtime.cuda_kernels import check_nvrtc_against_driver
-        from sg2v.runtime.trt_plugin import effective_impl, plugin_record
+    impl = bundle.plugin_impl if plugin else None
+    cp = require("cupy", "gpu")
+    with cp.cuda.Device(device_id):  # TensorRT builds for the current device, and the AOT PTX targets it
+        if plugin:
+            from sg2v.runtime.cuda_kernels import check_nvrtc_against_driver
+            from sg2v.runtime.trt_plugin import effective_impl, plugin_record
 
-        if effective_impl(bundle.plugin_impl, version) == "aot":
-            check_nvrtc_against_driver()  # here: inside TensorRT's build callback it would be a log line
-        record = plugin_record(bundle.plugin_impl, version)
-    for stage, plan in plans.items():
-        log(f"sg2v: building TensorRT engine {plan} (this takes a while once per machine)")
-        build_engine(bundle.stage_file(stage), plan, profile_shapes(bundle, stage), out_dir / TIMING_CACHE,
-                     workspace_bytes, bundle.plugin_impl if plugin else None)
+            if effective_impl(impl, version) == "aot":
+                check_nvrtc_against_driver()  # here: inside TensorRT's build callback it would be a log line
+            record = plugin_record(impl, version)
+        for stage, plan in plans.items():
+            log(f"sg2v: building TensorRT engine {plan} (this takes a while once per machine)")
+            build_engine(bundle.stage_file(stage), plan, profile_shapes(bundle, stage),
+                         out_dir / TIMING_CACHE, workspace_bytes, impl)
     name, cc = device_info(device_id)
     info = {"fingerprint": fingerprint, "route": ROUTE_ONNX, "gpu": name,
             "compute_capability": f"{cc[0]}.{cc[1]}", "tensorrt": version, "precision": bundle.precision,
