@@ -35,6 +35,8 @@ class OnnxGuardError(BundleError):
 
 
 def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    if pos < len(buf) and buf[pos] < 0x80:  # most keys and lengths fit one byte
+        return buf[pos], pos + 1
     value, shift = 0, 0
     while True:
         if pos >= len(buf) or shift > 63:
