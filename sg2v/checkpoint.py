@@ -222,7 +222,13 @@ def _check_format(ckpt: Any, path: Path) -> None:
         if not isinstance(ckpt.get(key), dict):
             raise CheckpointError(f"checkpoint {path} lacks its '{key}' entry; it is not a complete sg2v "
                                   "checkpoint")
-    problem = _training_state_problem(ckpt)
+    check_training_state(ckpt, path)
+
+
+def check_training_state(ckpt: dict[str, Any], path: Any,
+                         weights: tuple[str, ...] = ("model", "ema")) -> None:
+    """CheckpointError (one line) unless step, state dicts `weights`, optimizer and RNG are well-formed."""
+    problem = _training_state_problem(ckpt, weights)
     if problem:
         raise CheckpointError(f"checkpoint {path}: {problem} (crafted or corrupt); re-save it, or start a "
                               "fresh run with --resume never")
@@ -235,12 +241,12 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _training_state_problem(ckpt: dict[str, Any]) -> str | None:
+def _training_state_problem(ckpt: dict[str, Any], weights: tuple[str, ...]) -> str | None:
     """What is wrong with a checkpoint's step, weights, EMA, optimizer or RNG entries; None if nothing."""
     step = ckpt.get("step", 0)
     if not _is_int(step) or not 0 <= step <= MAX_STEP:
         return f"step {step!r:.60} is not an integer in [0, {MAX_STEP}]"
-    for key in ("model", "ema"):
+    for key in weights:
         sd = ckpt.get(key)
         if sd is None and key == "ema":
             continue

@@ -421,3 +421,28 @@ def test_mutated_manifests_give_bundle_errors_only(fuzz_bundle, data):
         _one_line(e)
     finally:
         (root / spec.MANIFEST).write_text(text)
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda c: c.update(step=-1), r"step -1 is not an integer"),
+    (lambda c: c.update(optimizer={"state": {}, "param_groups": "x"}), "'optimizer' is not an optimizer"),
+    (lambda c: c.update(rng={"torch": torch.zeros(3, dtype=torch.uint8)}), "'rng' torch state"),
+])
+def test_crafted_pretraining_checkpoint_is_one_line(tmp_path, change, why):
+    from sg2v.config import model_config
+    from sg2v.pretrain import (
+        PretrainConfig,
+        build_pretrain_models,
+        load_pretrain_checkpoint,
+        save_pretrain_checkpoint,
+    )
+
+    model, cfg = model_config("tiny"), PretrainConfig()
+    encoder, video, heads = build_pretrain_models(model, cfg)
+    path = save_pretrain_checkpoint(tmp_path / "pretrain.pt", model, cfg, encoder, video, heads, 2, None)
+    ckpt = torch.load(path, weights_only=True)
+    change(ckpt)
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=why) as e:
+        load_pretrain_checkpoint(path)
+    _one_line(e.value)
