@@ -30,7 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sg2v.checkpoint import load_state_checked, rng_state, set_rng_state
+from sg2v.checkpoint import (
+    check_training_state,
+    load_optimizer_state,
+    load_state_checked,
+    rng_state,
+    set_rng_state,
+)
 from sg2v.config import MODEL_SIZES, DataConfig, ModelConfig, model_config
 from sg2v.errors import CheckpointError, Sg2vError
 from sg2v.graph import pad_graphs, parse_graph
@@ -360,6 +366,7 @@ def load_pretrain_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("config", "pretrain_config", "encoder", "video_encoder", "heads"):
         if not isinstance(ckpt.get(key), dict):
             raise CheckpointError(f"checkpoint {path} lacks its '{key}' entry; it is incomplete")
+    check_training_state(ckpt, path, ("encoder", "video_encoder", "heads"))
     return ckpt
 
 
@@ -415,7 +422,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, *, model: ModelCon
         for m, key in zip(modules, ("encoder", "video_encoder", "heads")):
             load_state_checked(m, ckpt[key], ckpt_path, key)
         if ckpt.get("optimizer") is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(optimizer, ckpt["optimizer"], ckpt_path)
         if isinstance(ckpt.get("rng"), dict):
             set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])

@@ -24,7 +24,10 @@ from sg2v.errors import BundleError, Sg2vError, require
 class TrtStage:
     """One engine with an execution context bound once to CuPy buffers; optional CUDA-graph replay."""
 
-    def __init__(self, plan_path: Path, io: dict[str, Any], runtime: Any, stream: Any):
+    def __init__(self, plan_path: Path, io: dict[str, Any], runtime: Any, stream: Any,
+                 bindings: dict[str, str] | None = None):
+        from sg2v.export.tensorrt import engine_io_mismatches
+
         self.trt = require("tensorrt", "trt")
         self.cp = require("cupy", "gpu")
         self.path = Path(plan_path)
@@ -36,22 +39,32 @@ class TrtStage:
                               "version or a corrupt plan); rebuild with: python -m sg2v.export.tensorrt "
                               "<bundle> --force")
         self.context = self.engine.create_execution_context()
+        # Engine tensor name -> manifest name (Torch-TensorRT plans may name outputs output0, output1, ...).
+        rename = dict(bindings or {})
         want = {d["name"]: d for d in io["inputs"] + io["outputs"]}
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        if sorted(names) != sorted(want):
+        if sorted(rename.get(n, n) for n in names) != sorted(want):
             raise BundleError(f"{self.path}: engine tensors {sorted(names)} differ from the manifest's "
                               f"{sorted(want)}; rebuild with --force")
+        is_input = {n: self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT for n in names}
+        for name in names:
+            if is_input[name] and any(d < 0 for d in self.engine.get_tensor_shape(name)):
+                shape = tuple(int(n) for n in want[rename.get(name, name)]["shape"])
+                self.context.set_input_shape(name, shape)
+        have = {rename.get(n, n): (tuple(int(d) for d in self.context.get_tensor_shape(n)),
+                                   np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(n))).name)
+                for n in names}
+        wrong = engine_io_mismatches(have, io)
+        if wrong:
+            raise BundleError(f"{self.path}: engine I/O differs from the manifest ({'; '.join(wrong)}); "
+                              "rebuild with: python -m sg2v.export.tensorrt <bundle> --force")
         self.inputs: dict[str, Any] = {}
         self.outputs: dict[str, Any] = {}
         for name in names:
-            shape = tuple(int(n) for n in want[name]["shape"])
-            is_input = self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT
-            if is_input and any(d < 0 for d in self.engine.get_tensor_shape(name)):
-                self.context.set_input_shape(name, shape)
-            dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
+            shape, dtype = have[rename.get(name, name)]
             buf = self.cp.empty(shape, dtype=dtype)
             self.context.set_tensor_address(name, buf.data.ptr)
-            (self.inputs if is_input else self.outputs)[name] = buf
+            (self.inputs if is_input[name] else self.outputs)[rename.get(name, name)] = buf
         self.graph = None
         self.graph_note = "not captured"
 
@@ -109,21 +122,27 @@ def make_trt_backend(bundle: Any, device: str | None = None, engine_dir: str | N
     device_id = 0 if device in (None, "cuda") else _device_id(device)
     with cp.cuda.Device(device_id):
         fingerprint = trt_build.current_fingerprint(bundle.precision, device_id)
-        if engine_dir is not None:
-            trt_build.check_engine_dir(engine_dir, fingerprint)
-            plans = {s: Path(engine_dir) / f"{s}{trt_build.PLAN_SUFFIX}" for s in spec.STAGE_FILES}
-        elif build:
+        sources = trt_build.engine_sources(bundle)
+        plugin = bundle.pooling == "plugin"
+        kernel_sha, driver_cuda = trt_build._plugin_checks(bundle) if plugin else (None, None)
+        if engine_dir is None and build:
             plans = trt_build.build_engines(bundle, device_id)
+            folder = next(iter(plans.values())).parent
         else:
-            found = trt_build.engine_dir(bundle, fingerprint)
-            trt_build.check_engine_dir(found, fingerprint)
-            plans = {s: found / f"{s}{trt_build.PLAN_SUFFIX}" for s in spec.STAGE_FILES}
-        if bundle.pooling == "plugin":
+            folder = Path(engine_dir) if engine_dir is not None else trt_build.engine_dir(bundle, fingerprint)
+            plans = {s: folder / f"{s}{trt_build.PLAN_SUFFIX}" for s in spec.STAGE_FILES}
+        # Every path: the plans must fit this machine, this bundle's graphs, and (AOT) kernel and driver.
+        info = trt_build.check_engine_dir(folder, fingerprint, sources=sources, kernel_sha256=kernel_sha,
+                                          driver_cuda=driver_cuda)
+        if plugin and info.get("route", trt_build.ROUTE_ONNX) == trt_build.ROUTE_ONNX:
             trt_build.register_plugins()  # the plan names the plugin; it must be registered before loading
+        bindings = info.get("bindings") if isinstance(info.get("bindings"), dict) else {}
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept alive by the stages' engines
         stream = cp.cuda.Stream(non_blocking=True)  # capture needs a stream other than the legacy default
-        encoder = TrtStage(plans[spec.ENCODER_STAGE], bundle.stages[spec.ENCODER_STAGE], runtime, stream)
-        unet = TrtStage(plans[spec.UNET_STAGE], bundle.stages[spec.UNET_STAGE], runtime, stream)
+        encoder = TrtStage(plans[spec.ENCODER_STAGE], bundle.stages[spec.ENCODER_STAGE], runtime, stream,
+                           bindings.get(spec.ENCODER_STAGE))
+        unet = TrtStage(plans[spec.UNET_STAGE], bundle.stages[spec.UNET_STAGE], runtime, stream,
+                        bindings.get(spec.UNET_STAGE))
         unet.capture()
 
     @contextlib.contextmanager
