@@ -29,7 +29,7 @@ def read_bundle_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
         return None
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     if not isinstance(manifest, dict) or manifest.get("format") != spec.FORMAT:
         return None
@@ -106,7 +106,7 @@ def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset:
                    parity: dict[str, Any], trt_op_check: dict[str, Any], source_checkpoint: dict[str, Any],
                    stage_extra: dict[str, dict[str, Any]] | None = None,
                    weight_storage: str = "fp32", guidance: float | None = None,
-                   max_batch: int = spec.MAX_BATCH) -> dict[str, Any]:
+                   plugin_impl: str | None = None, max_batch: int = spec.MAX_BATCH) -> dict[str, Any]:
     """The manifest dict (every key of ARCHITECTURE.md "Bundle"), hashing the files already under `root`.
 
     `guidance` overrides the config's default guidance in `sampler_defaults` (chosen at export, e.g. tuned on
@@ -137,6 +137,8 @@ def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset:
         "trt_op_check": trt_op_check,
         "source_checkpoint": source_checkpoint,
     }
+    if pooling == "plugin":
+        manifest["plugin_impl"] = plugin_impl or "aot"  # the nodes' `aot` attribute, for the engine builder
     missing = [k for k in spec.MANIFEST_KEYS if k not in manifest]
     assert not missing, missing
     return manifest

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import math
 import time
@@ -39,6 +40,10 @@ OPSET_RANGE = (17, 20)  # 17: native LayerNormalization; 20: the newest opset Te
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # max error relative to the reference's largest magnitude
 PARITY_TRIALS = 3
 REL_ERR = "max |onnx - torch| / max |torch| per output, worst over outputs and trials"
+PLUGIN_IMPLS = ("aot", "jit")  # sg2v::ScatterMeanPool: ahead-of-time PTX in the engine, or Python per enqueue
+# The first TensorRT each plugin form builds on (tensorrt.plugin in 10.6, aot_impl in 10.9): the op check's
+# default target for plugin bundles.
+PLUGIN_TRT_TARGET = {"aot": "10.9", "jit": "10.6"}
 
 
 class ExportError(Sg2vError):
@@ -140,20 +145,31 @@ class UNetGraph(nn.Module):
 # exports as one `sg2v::ScatterMeanPool` node. Registered once, under a namespace only the exporter uses.
 @torch.library.custom_op("sg2v_export::scatter_mean_pool", mutates_args=())
 def _scatter_mean_pool_op(values: torch.Tensor, index: torch.Tensor, mask: torch.Tensor,
-                          num_segments: int) -> torch.Tensor:
+                          num_segments: int, aot: int) -> torch.Tensor:
     from sg2v.models.pooling import scatter_mean_pool
 
     return scatter_mean_pool(values, index, mask, num_segments, form="scatter")
 
 
 @_scatter_mean_pool_op.register_fake
-def _(values, index, mask, num_segments):
+def _(values, index, mask, num_segments, aot):
     return values.new_empty(values.shape[0], num_segments, values.shape[2])
 
 
-@torch.onnx.symbolic_helper.parse_args("v", "v", "v", "i")
-def _scatter_mean_pool_symbolic(g, values, index, mask, num_segments):
-    out = g.op(f"{spec.PLUGIN_DOMAIN}::{spec.PLUGIN_OP}", values, index, mask, num_segments_i=num_segments)
+def plugin_node_attributes(num_segments: int, impl: str) -> dict[str, Any]:
+    """The `sg2v::ScatterMeanPool` node's attributes (runtime/trt_plugin.py says why each is there)."""
+    if impl not in PLUGIN_IMPLS:
+        raise ExportError(f"--plugin-impl {impl!r}: choose one of {list(PLUGIN_IMPLS)}")
+    return {"num_segments": int(num_segments), "plugin_namespace": spec.PLUGIN_DOMAIN,
+            "plugin_version": spec.PLUGIN_VERSION, "aot": int(impl == "aot")}
+
+
+@torch.onnx.symbolic_helper.parse_args("v", "v", "v", "i", "i")
+def _scatter_mean_pool_symbolic(g, values, index, mask, num_segments, aot):
+    attrs = plugin_node_attributes(num_segments, "aot" if aot else "jit")
+    out = g.op(f"{spec.PLUGIN_DOMAIN}::{spec.PLUGIN_OP}", values, index, mask,
+               num_segments_i=attrs["num_segments"], plugin_namespace_s=attrs["plugin_namespace"],
+               plugin_version_s=attrs["plugin_version"], aot_i=attrs["aot"])
     sizes = values.type().varyingSizes()  # (B, N, D), B None on the batch axis
     out.setType(values.type().with_sizes([sizes[0], num_segments, sizes[2]]))  # (B, O, D)
     return out
@@ -164,13 +180,13 @@ torch.onnx.register_custom_op_symbolic("sg2v_export::scatter_mean_pool", _scatte
 
 
 def _plugin_pool(values: torch.Tensor, index: torch.Tensor, mask: torch.Tensor, num_segments: int,
-                 form: str = "plugin") -> torch.Tensor:
+                 form: str = "plugin", aot: bool = True) -> torch.Tensor:
     """`sg2v::ScatterMeanPool` as one ONNX node (contract: ARCHITECTURE.md "ScatterMeanPool")."""
-    return torch.ops.sg2v_export.scatter_mean_pool(values, index, mask, int(num_segments))
+    return torch.ops.sg2v_export.scatter_mean_pool(values, index, mask, int(num_segments), int(aot))
 
 
 @contextlib.contextmanager
-def _pooling(encoder: nn.Module, pooling: str) -> Any:
+def _pooling(encoder: nn.Module, pooling: str, plugin_impl: str = "aot") -> Any:
     """Switch the encoder's pooling for export: the one-hot MatMul form, or the plugin node.
 
     The plugin form swaps `sg2v.models.encoder.scatter_mean_pool` process-wide while the graph is traced (the
@@ -182,7 +198,7 @@ def _pooling(encoder: nn.Module, pooling: str) -> Any:
     encoder.set_pooling_form("onehot")
     original = encoder_module.scatter_mean_pool
     if pooling == "plugin":
-        encoder_module.scatter_mean_pool = _plugin_pool
+        encoder_module.scatter_mean_pool = functools.partial(_plugin_pool, aot=plugin_impl == "aot")
     try:
         yield
     finally:
@@ -369,7 +385,11 @@ def store_weights_fp16(model: Any, min_elements: int = FP16_STORE_MIN_ELEMENTS) 
 
 def run_ort(model_bytes: bytes, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """Run an ONNX graph on ONNX Runtime's CPU provider for each feed dict."""
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError("the export checks each graph on ONNX Runtime, and none is installed: pip install "
+                          "'sg2v[cpu]' (or 'sg2v[gpu]' on NVIDIA GPUs)") from None
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -465,22 +485,30 @@ def export_bundle(
     strict_trt: bool = False,
     allow_parity_failure: bool = False,
     force: bool = False,
-    trt_target: str = "10.3",
+    trt_target: str | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     weights: str = "fp32",
     guidance: float | None = None,
+    plugin_impl: str = "aot",
     max_batch: int = spec.MAX_BATCH,
 ) -> ExportResult:
     """Export checkpoint `ckpt` to the bundle folder `out` (ARCHITECTURE.md "Bundle"), checking each graph.
 
-    The graphs take 1 to `max_batch` videos per call; parity is checked at one video and at several."""
+    `trt_target` is the TensorRT version the operator check reads the graphs against: 10.3 (JetPack 6) for
+    portable pooling, and for plugin pooling the first version with that plugin form (`PLUGIN_TRT_TARGET`).
+    The graphs take 1 to `max_batch` videos per call; parity is checked at one video and at several.
+    """
     say = log or (lambda s: None)
     t0 = time.perf_counter()
     if precision not in spec.PRECISIONS:
         raise ExportError(f"--precision {precision!r}: choose one of {list(spec.PRECISIONS)}")
     if pooling not in spec.POOLINGS:
         raise ExportError(f"--pooling {pooling!r}: choose one of {list(spec.POOLINGS)}")
+    if plugin_impl not in PLUGIN_IMPLS:
+        raise ExportError(f"--plugin-impl {plugin_impl!r}: choose one of {list(PLUGIN_IMPLS)}")
+    if trt_target is None:
+        trt_target = PLUGIN_TRT_TARGET[plugin_impl] if pooling == "plugin" else "10.3"
     if not OPSET_RANGE[0] <= int(opset) <= OPSET_RANGE[1]:
         raise ExportError(f"--opset {opset}: choose {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (17 has "
                           "LayerNormalization; TensorRT 10.3 parses up to 20)")
@@ -512,16 +540,21 @@ def export_bundle(
         for stage in spec.STAGE_FILES:
             key = _cache_key(stage, source, precision, pooling, opset)
             key.update(weights=weights, max_batch=max_batch)
+            if stage == spec.ENCODER_STAGE and pooling == "plugin":
+                key["plugin_impl"] = plugin_impl
             stage_extra[stage] = {"cache_key": key}
             if _reusable(old, out, stage, key, tmp):
                 parity_report[stage] = old["parity"][stage]
                 op_reports[stage] = old["trt_op_check"]["stages"][stage]
+                if op_reports[stage].get("target") != trt_target:  # same graph, read for another TensorRT
+                    op_reports[stage] = check_model(tmp / spec.STAGE_FILES[stage], target=trt_target)
                 reused.append(stage)
                 say(f"{stage}: reused {spec.STAGE_FILES[stage]} from {out} (same checkpoint and options)")
                 continue
             ts = time.perf_counter()
             if stage == spec.ENCODER_STAGE:
-                graph, par = _export_encoder(model, cfg, precision, pooling, opset, enc_feeds, tol)
+                graph, par = _export_encoder(model, cfg, precision, pooling, opset, enc_feeds, tol,
+                                             plugin_impl)
             else:
                 graph, par = _export_unet(model, precision, opset, unet_feeds, tol)
             parity_report[stage] = par
@@ -559,13 +592,13 @@ def export_bundle(
         manifest = bundle_writer.build_manifest(
             cfg=cfg, vocab=vocab, precision=precision, pooling=pooling, opset=opset, root=tmp,
             parity=parity_report, trt_op_check=trt, source_checkpoint=source, stage_extra=stage_extra,
-            weight_storage=weights, guidance=guidance, max_batch=max_batch,
+            weight_storage=weights, guidance=guidance, plugin_impl=plugin_impl, max_batch=max_batch,
         )
         bundle_writer.write_manifest(tmp, manifest)
     return ExportResult(out, manifest, reused, time.perf_counter() - t0)
 
 
-def _export_encoder(model, cfg, precision, pooling, opset, feeds, tol):
+def _export_encoder(model, cfg, precision, pooling, opset, feeds, tol, plugin_impl="aot"):
     reference = _torch_outputs(model.encoder, feeds, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS)
     args = tuple(torch.from_numpy(feeds[0][n]) for n in spec.ENCODER_INPUTS)
     encoder = copy.deepcopy(model.encoder)
@@ -576,7 +609,7 @@ def _export_encoder(model, cfg, precision, pooling, opset, feeds, tol):
     got = run_ort(portable.SerializeToString(), feeds)
     if pooling == "portable":
         return portable, parity(got, reference, tol, "encoder.onnx on ONNX Runtime CPU vs PyTorch float32")
-    with _pooling(encoder, "plugin"):
+    with _pooling(encoder, "plugin", plugin_impl):
         graph = export_onnx(EncoderGraph(encoder, precision), args, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS,
                             opset, plugin=True, batch_dim=spec.BATCH_DIM)
     nodes = [n for n in graph.graph.node if n.domain == spec.PLUGIN_DOMAIN and n.op_type == spec.PLUGIN_OP]

@@ -47,6 +47,7 @@ PRECISIONS = ("fp32", "fp16")
 POOLINGS = ("portable", "plugin")
 PLUGIN_DOMAIN = "sg2v"
 PLUGIN_OP = "ScatterMeanPool"  # attribute num_segments; contract in docs/ARCHITECTURE.md ("ScatterMeanPool")
+PLUGIN_VERSION = "1"  # the version TensorRT's Python plugin API registers every plugin under
 
 MANIFEST_KEYS = (
     "format", "format_version", "model_config", "vocab", "schedule", "sampler_defaults", "shapes",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,7 +123,23 @@ class ModelConfig:
                 f"model config has format_version {version!r}, this sg2v reads <= {FORMAT_VERSION}; "
                 "upgrade sg2v to load it"
             )
-        return _from_plain(cls, d, "config")
+        cfg = _from_plain(cls, d, "config")
+        cfg.check_bounds()
+        return cfg
+
+    def check_bounds(self) -> None:
+        """ConfigError unless every field has its type and lies within `BOUNDS` (what a file may declare)."""
+        for part in (self, self.data, self.encoder, self.unet, self.diffusion):
+            _check_fields(part, type(part).__name__)
+        d = self.data
+        elements = d.frames * d.height * d.width * d.channels
+        if elements > MAX_VIDEO_ELEMENTS:
+            raise ConfigError(f"config: a {d.frames} x {d.channels} x {d.height} x {d.width} video has "
+                              f"{elements} values, more than the {MAX_VIDEO_ELEMENTS} this sg2v allocates")
+        bad = [lvl for lvl in self.unet.attention_levels if lvl >= len(self.unet.channel_mult)]
+        if bad:
+            raise ConfigError(f"config.unet.attention_levels {list(self.unet.attention_levels)}: levels "
+                              f"{bad} do not exist (channel_mult has {len(self.unet.channel_mult)})")
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -157,6 +174,64 @@ def _from_plain(cls: type, d: dict[str, Any], where: str) -> Any:
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+# What a config read from a file (checkpoint, bundle manifest) may declare, inclusive: generous for real
+# models, finite so that a crafted file cannot make the loader allocate without bound.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "ModelConfig.format_version": (1, 1_000_000),
+    "DataConfig.frames": (1, 1024), "DataConfig.height": (1, 8192), "DataConfig.width": (1, 8192),
+    "DataConfig.channels": (1, 16), "DataConfig.max_objects": (1, 1024),
+    "DataConfig.max_relationships": (0, 4096),
+    "EncoderConfig.num_objs": (1, 1_000_000), "EncoderConfig.num_preds": (1, 100_000),
+    "EncoderConfig.embed_dim": (1, 65536), "EncoderConfig.hidden_dim": (1, 65536),
+    "EncoderConfig.num_layers": (1, 256), "EncoderConfig.context_dim": (1, 65536),
+    "UNetConfig.base_channels": (1, 65536), "UNetConfig.patch_size": (1, 64),
+    "UNetConfig.channel_mult": (1, 64), "UNetConfig.num_res_blocks": (0, 64),
+    "UNetConfig.attention_levels": (0, 63), "UNetConfig.num_heads": (1, 1024),
+    "UNetConfig.norm_groups": (1, 65536), "UNetConfig.dropout": (0.0, 1.0),
+    "DiffusionConfig.num_train_timesteps": (2, 100_000), "DiffusionConfig.cond_drop_prob": (0.0, 1.0),
+    "DiffusionConfig.default_steps": (1, 10_000), "DiffusionConfig.default_guidance": (0.0, 1e6),
+    "DiffusionConfig.default_guidance_rescale": (0.0, 1.0),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "DiffusionConfig.prediction": ("v", "x0"),
+    "DiffusionConfig.schedule": ("cosine", "cosine_zsnr"),  # sg2v.schedule.SCHEDULES
+    "DiffusionConfig.default_sampler": ("ddim", "dpmpp2m"),  # sg2v.sampling.SAMPLERS
+}
+MAX_LIST = 64  # entries of a tuple field (channel_mult, attention_levels)
+MAX_VIDEO_ELEMENTS = 1 << 28  # frames x channels x height x width: 1 GiB of float32 per video
+MAX_STR = 256
+
+
+def _check_fields(obj: Any, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        name, hint, value = f"{where}.{f.name}", str(f.type), getattr(obj, f.name)
+        lo, hi = BOUNDS.get(name, (None, None))
+        if hint == "bool":
+            ok = isinstance(value, bool)
+        elif hint == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif hint == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif hint == "str":
+            ok = isinstance(value, str) and len(value) <= MAX_STR
+        elif hint.startswith("tuple"):
+            ok = len(value) <= MAX_LIST and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            if ok and lo is not None:
+                ok = all(lo <= v <= hi for v in value)
+            if not ok:
+                raise ConfigError(f"{name} = {list(value)[:8]!r}: expected at most {MAX_LIST} integers"
+                                  + (f" in [{lo}, {hi}]" if lo is not None else ""))
+            continue
+        else:
+            ok = True
+        if not ok:
+            raise ConfigError(f"{name} = {value!r:.80}: expected {hint}")
+        if name in CHOICES and value not in CHOICES[name]:
+            raise ConfigError(f"{name} = {value!r:.80}: choose one of {list(CHOICES[name])}")
+        if lo is not None and not lo <= value <= hi:
+            raise ConfigError(f"{name} = {value!r}: outside [{lo}, {hi}], what this sg2v accepts from a file")
 
 
 def _resolved_hints(cls: type) -> dict[str, str]:

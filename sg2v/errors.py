@@ -29,6 +29,10 @@ class BundleError(Sg2vError):
     """A bundle that is missing, corrupt, tampered with, or of another format version."""
 
 
+class DatasetError(Sg2vError):
+    """A data set to convert, or a converted one, that is missing, malformed or of another format version."""
+
+
 class MissingDependencyError(Sg2vError, ImportError):
     """An optional dependency is not installed; the message names the pip extra."""
 

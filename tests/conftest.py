@@ -1,9 +1,17 @@
 """Suite-wide switches and fixtures (shared helper functions are in helpers.py).
 
 Every test runs with one torch intra-op thread: the CI cores are shared, and contended threads make tiny ops
-many times slower. SG2V_REQUIRE_GPU=1 (set by the GPU session scripts under bench/) turns every skipped
-`gpu`-marked test into a failure, so a GPU machine whose CUDA stack is broken cannot pass by skipping. Tests
-also marked `trt` keep their skip: TensorRT is absent from the project's GPU machines.
+many times slower.
+
+SG2V_REQUIRE_GPU=1 (set by the GPU session scripts under bench/) turns every skipped `gpu`-marked test into a
+failure, so a GPU machine whose CUDA stack is broken cannot pass by skipping. Tests also marked `trt` keep
+their skip: TensorRT is absent from the project's GPU machines.
+
+SG2V_REQUIRE_CUDA_BUILD=1 (set by CI: the project's machines have nvcc 13, CMake and NVRTC) does the same for
+`cuda_build`-marked tests: the CMake build of cuda/ and the NVRTC compiles.
+
+Under SG2V_REQUIRE_GPU=1 a test module skipped whole at collection (a module-level `pytest.importorskip`)
+fails too: its `gpu` tests never reach the per-test check, so a missing package would otherwise hide them.
 """
 
 from __future__ import annotations
@@ -14,16 +22,38 @@ from pathlib import Path
 
 import pytest
 
+SWITCHES = {"gpu": "SG2V_REQUIRE_GPU", "cuda_build": "SG2V_REQUIRE_CUDA_BUILD"}
+
+
+def _required(marker: str) -> bool:
+    return os.environ.get(SWITCHES[marker]) == "1"
+
+
+def _reason(report) -> str:
+    return report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if (report.skipped and os.environ.get("SG2V_REQUIRE_GPU") == "1"
-            and item.get_closest_marker("gpu") is not None and item.get_closest_marker("trt") is None):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if not report.skipped or item.get_closest_marker("trt") is not None:
+        return
+    for marker, switch in SWITCHES.items():
+        if _required(marker) and item.get_closest_marker(marker) is not None:
+            report.outcome = "failed"
+            report.longrepr = f"{switch}=1 but this {marker} test was skipped: {_reason(report)}"
+            return
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if _required("gpu") and report.skipped and isinstance(collector, pytest.Module):
         report.outcome = "failed"
-        report.longrepr = f"SG2V_REQUIRE_GPU=1 but this GPU test was skipped: {reason}"
+        report.longrepr = (f"{SWITCHES['gpu']}=1 but {collector.nodeid} was skipped whole at collection, "
+                           f"so its gpu tests cannot run: {_reason(report)}")
 
 
 @pytest.fixture(autouse=True)

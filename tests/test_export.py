@@ -243,10 +243,48 @@ def test_plugin_export_reuses_the_unet_and_emits_the_plugin(bundle, ckpt, tmp_pa
     pools = [n for n in graph.graph.node if (n.domain, n.op_type) == ("sg2v", "ScatterMeanPool")]
     assert len(pools) == ckpt["cfg"].encoder.num_layers
     o = ckpt["cfg"].data.padded_objects
-    assert all(onnx.helper.get_attribute_value(n.attribute[0]) == o for n in pools)
+    assert all(_attrs(n) == {"num_segments": o, "plugin_namespace": "sg2v", "plugin_version": "1", "aot": 1}
+               for n in pools)
     assert "portable twin" in m["parity"]["encoder"]["checked"] and m["parity"]["encoder"]["ok"]
+    assert m["trt_op_check"]["target"] == "10.9" and m["plugin_impl"] == "aot"  # the first TensorRT with AOT
     assert m["trt_op_check"]["ok"] and m["trt_op_check"]["plugins"][0]["count"] == len(pools)
+    assert m["trt_op_check"]["stages"]["unet"]["target"] == "10.9"  # reused graph, read again for 10.9
     assert m["stages"]["encoder"]["cache_key"]["pooling"] == "plugin"
+    at_103 = ox.check_model(graph, target="10.3")  # JetPack 6's TensorRT has no Python plugins
+    assert not at_103["ok"] and {u["fixed_in"] for u in at_103["unsupported"]} == {"10.6"}
+
+    # ONNX Runtime cannot run the plugin node; the ort backend runs sg2v's own encoder on the bundle's
+    # weights, so the plugin bundle gives the portable bundle's frames.
+    from sg2v.errors import BundleError
+    from sg2v.runtime import Pipeline
+    from sg2v.runtime.backends.ort import OrtStage
+    from sg2v.runtime.bundle import Bundle
+
+    opened = Bundle.open(out)
+    with pytest.raises(BundleError, match=r"no kernel for the sg2v::ScatterMeanPool.*--pooling portable"):
+        OrtStage(opened.stage_file("encoder"), opened.stages["encoder"], ["CPUExecutionProvider"])
+    plugin_pipe = Pipeline.from_bundle(out, backend="ort")
+    assert any("numpy encoder" in note for note in plugin_pipe.backend.notes)
+    graph_in = _fresh_graph_dict(np.random.default_rng(31))
+    got = plugin_pipe(graph_in, seed=3, steps=2)
+    want = Pipeline.from_bundle(bundle["out"], backend="ort")(graph_in, seed=3, steps=2)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    jit = ox.export_bundle(ckpt["path"], tmp_path / "jit", pooling="plugin", plugin_impl="jit")
+    assert jit.manifest["trt_op_check"]["target"] == "10.6" and jit.manifest["plugin_impl"] == "jit"
+    jit_pools = [n for n in onnx.load(str(tmp_path / "jit" / spec.ENCODER_ONNX)).graph.node
+                 if n.op_type == "ScatterMeanPool"]
+    assert jit_pools and all(_attrs(n)["aot"] == 0 for n in jit_pools)
+
+
+def _attrs(node):
+    return {a.name: (lambda v: v.decode() if isinstance(v, bytes) else v)(onnx.helper.get_attribute_value(a))
+            for a in node.attribute}
+
+
+def _fresh_graph_dict(rng):
+    names = shapes_vocab().object_names
+    objs = [str(x) for x in rng.choice(names, size=3)]
+    return {"objects": objs, "relationships": [[0, "left of", 1], [2, "above", 0]]}
 
 
 @pytest.mark.slow

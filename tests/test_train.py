@@ -324,3 +324,30 @@ def test_stop_at_keeps_the_long_schedule_and_resumes_to_the_same_weights(tmp_pat
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.gpu
+def test_train_on_cuda_writes_a_checkpoint_it_resumes_from(tmp_path):
+    """A few `train(device="cuda")` steps (bf16 autocast) to last.pt, then a resume to more steps."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from sg2v.training.train import train
+
+    tc = dict(steps=4, batch=4, lr=3e-3, warmup=1, ckpt_every=2, eval_every=0, log_every=1, workers=0,
+              seed=6, device="cuda", out=str(tmp_path))
+    result = train(TrainConfig(**tc), progress=False)
+    assert next(result.model.parameters()).is_cuda and result.step == 4
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["step"] == 4 and ckpt["train_config"]["device"] == "cuda"
+    for part in ("model", "ema"):
+        assert all(v.device.type == "cpu" and (not v.is_floating_point() or torch.isfinite(v).all())
+                   for v in ckpt[part].values()), part
+    torch.manual_seed(tc["seed"])
+    initial = build_model(model_config("tiny")).state_dict()  # train() builds the model after this seed
+    moved = [k for k in initial if not torch.equal(initial[k], ckpt["model"][k])]
+    assert len(moved) > len(initial) // 2, "the optimizer did not move the weights"
+    losses = [r["loss"] for r in read_metrics(tmp_path) if "loss" in r]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    again = train(TrainConfig(**{**tc, "steps": 6}), progress=False)
+    assert again.step == 6
+    assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == list(range(1, 7))

@@ -70,7 +70,11 @@ def _auto(bundle: Any, device: str | None, threads: int | None) -> Backend:
 def trt_unavailable_reason() -> str | None:
     """None when `tensorrt` and `cupy` import and a CUDA device is visible, else why not (one line)."""
     for mod in ("tensorrt", "cupy"):
-        if importlib.util.find_spec(mod) is None:
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):  # a broken install or an import hook that refuses it
+            found = False
+        if not found:
             return f"{mod} is not installed"
     try:
         import cupy

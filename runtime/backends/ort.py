@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from sg2v import bundle_spec as spec
 from sg2v.config import parse_device
 from sg2v.errors import BundleError, MissingDependencyError, Sg2vError, first_line
 from sg2v.generation import Backend
@@ -33,7 +34,10 @@ class OrtStage:
 
     def __init__(self, path: Path, io: dict[str, Any], providers: list[Any], threads: int | None = None,
                  xp: Any = np, device_type: str = "cpu", device_id: int = 0):
+        from sg2v.runtime.onnx_guard import check_onnx_file
+
         ort = _ort()
+        check_onnx_file(path)  # bound what the file makes ONNX Runtime allocate, before it folds constants
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -43,6 +47,11 @@ class OrtStage:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
+            if f"{spec.PLUGIN_DOMAIN}:{spec.PLUGIN_OP}" in str(e) or spec.PLUGIN_OP in str(e):
+                raise BundleError(f"ONNX Runtime has no kernel for the {spec.PLUGIN_DOMAIN}::"
+                                  f"{spec.PLUGIN_OP} plugin node in {path}; run the bundle with sg2v's ort "
+                                  "backend (its encoder runs the pooling itself) or --backend trt, or export "
+                                  "with --pooling portable") from None
             raise BundleError(f"ONNX Runtime cannot load {path} ({first_line(e)}); the file is corrupt or "
                               "needs a newer onnxruntime: pip install -U onnxruntime, or re-export the bundle"
                               ) from None
@@ -149,9 +158,37 @@ def make_ort_backend(bundle: Any, device: str | None = None, threads: int | None
                         "or use --device cpu")
     if gpu:
         return _gpu_backend(bundle, gpu, device_id, threads)
-    stages = {name: OrtStage(bundle.stage_file(name), bundle.stages[name], ["CPUExecutionProvider"], threads)
-              for name in ("encoder", "unet")}
-    return Backend("ort-cpu", stages["encoder"], stages["unet"], np, max_batch=bundle.max_batch)
+    providers = ["CPUExecutionProvider"]
+    encoder, notes = _encoder_stage(bundle, providers, threads, np, "cpu", device_id)
+    unet = OrtStage(bundle.stage_file("unet"), bundle.stages["unet"], providers, threads)
+    return Backend("ort-cpu", encoder, unet, np, max_batch=bundle.max_batch, notes=notes)
+
+
+def _encoder_stage(bundle: Any, providers: list[Any], threads: int | None, xp: Any, device_type: str,
+                   device_id: int) -> tuple[Any, list[str]]:
+    """The encoder stage: its ONNX graph, or for plugin bundles sg2v's own encoder on the bundle's weights.
+
+    ONNX Runtime has no kernel for `sg2v::ScatterMeanPool`, so a plugin bundle's encoder runs as
+    `sg2v.runtime.gpu_encoder` (the SGEncoder forward on `encoder_weights.npz`): with CuPy on the GPU through
+    the CUDA kernels in `cuda/`, else the numpy mirror on the CPU. It computes in float32 whatever the
+    bundle's precision.
+    """
+    if bundle.pooling != "plugin":
+        return OrtStage(bundle.stage_file("encoder"), bundle.stages["encoder"], providers, threads, xp,
+                        device_type, device_id), []
+    from sg2v.runtime import gpu_encoder as ge
+
+    path = bundle.file(spec.ENCODER_WEIGHTS)
+    if not bundle.has_file(spec.ENCODER_WEIGHTS):
+        raise BundleError(f"bundle {bundle.path} has plugin pooling but no {spec.ENCODER_WEIGHTS}, which "
+                          "ONNX Runtime needs for its encoder; re-export it, or run it with --backend trt")
+    weights = ge.load_encoder_weights(path)
+    ge.check_against_config(weights, bundle.config.encoder.num_layers, bundle.shapes["context_dim"],
+                            str(path))
+    why = "ONNX Runtime cannot run the ScatterMeanPool plugin node"
+    if xp is np:
+        return ge.NumpyEncoder(weights), [f"encoder: sg2v's numpy encoder ({why})"]
+    return ge.GpuEncoder(weights, device=device_id), [f"encoder: sg2v's CUDA kernels through CuPy ({why})"]
 
 
 def _gpu_backend(bundle: Any, gpu: list[str], device_id: int, threads: int | None) -> Backend:
@@ -175,21 +212,26 @@ def _gpu_backend(bundle: Any, gpu: list[str], device_id: int, threads: int | Non
         xp, device_type = np, "cpu"  # host buffers; ONNX Runtime copies them to and from the device
     ctx = xp.cuda.Device(device_id) if xp is not np else contextlib.nullcontext()
     with ctx:
-        stages = {name: OrtStage(bundle.stage_file(name), bundle.stages[name], providers, threads, xp,
-                                 device_type, device_id) for name in ("encoder", "unet")}
-    used = stages["unet"].providers[0]
+        encoder, notes = _encoder_stage(bundle, providers, threads, xp, device_type, device_id)
+        unet = OrtStage(bundle.stage_file("unet"), bundle.stages["unet"], providers, threads, xp,
+                        device_type, device_id)
+    used = unet.providers[0]
     names = {"TensorrtExecutionProvider": "ort-tensorrt", "CUDAExecutionProvider": "ort-cuda"}
     name = names.get(used, "ort-cpu")
     sync = (lambda: xp.cuda.get_current_stream().synchronize()) if xp is not np else (lambda: None)
     stream_ctx = (lambda: xp.cuda.Device(device_id)) if xp is not np else contextlib.nullcontext
-    return Backend(name, stages["encoder"], stages["unet"], xp, max_batch=bundle.max_batch, synchronize=sync,
-                   stream_context=stream_ctx)
+    return Backend(name, encoder, unet, xp, max_batch=bundle.max_batch, synchronize=sync,
+                   stream_context=stream_ctx, notes=notes)
+
+
+ORT_MISSING = ("no ONNX Runtime is installed; install one: pip install 'sg2v[cpu]' (CPU) or 'sg2v[gpu]' "
+               "(onnxruntime-gpu + CuPy, NVIDIA GPUs), or on a Jetson NVIDIA's onnxruntime-gpu wheel for its "
+               "JetPack")
 
 
 def _ort() -> Any:
     try:
         import onnxruntime
     except ImportError as e:
-        raise MissingDependencyError(f"onnxruntime is not installed ({e}); install it with: pip install "
-                                     "onnxruntime (or onnxruntime-gpu on NVIDIA GPUs)") from None
+        raise MissingDependencyError(f"{ORT_MISSING} ({e})") from None
     return onnxruntime

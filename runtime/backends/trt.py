@@ -29,8 +29,10 @@ class TrtStage:
     a call of fewer rows sets the inputs' shapes (`set_input_shape`) and uses a prefix of each buffer, and
     each row count gets its own CUDA graph, captured on first use."""
 
-    def __init__(self, plan_path: Path, io: dict[str, Any], runtime: Any, stream: Any, max_rows: int = 0,
-                 graphs: bool = False):
+    def __init__(self, plan_path: Path, io: dict[str, Any], runtime: Any, stream: Any,
+                 bindings: dict[str, str] | None = None, max_rows: int = 0, graphs: bool = False):
+        from sg2v.export.tensorrt import engine_io_mismatches
+
         self.trt = require("tensorrt", "trt")
         self.cp = require("cupy", "gpu")
         self.path = Path(plan_path)
@@ -42,33 +44,52 @@ class TrtStage:
                               "version or a corrupt plan); rebuild with: python -m sg2v.export.tensorrt "
                               "<bundle> --force")
         self.context = self.engine.create_execution_context()
+        # Engine tensor name -> manifest name (Torch-TensorRT plans may name outputs output0, output1, ...).
+        rename = dict(bindings or {})
         want = {d["name"]: d for d in io["inputs"] + io["outputs"]}
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        if sorted(names) != sorted(want):
+        if sorted(rename.get(n, n) for n in names) != sorted(want):
             raise BundleError(f"{self.path}: engine tensors {sorted(names)} differ from the manifest's "
                               f"{sorted(want)}; rebuild with --force")
-        self.dynamic = isinstance(io["inputs"][0]["shape"][0], str)  # a named batch axis (format 2)
-        self.capacity = int(max_rows) if self.dynamic else int(io["inputs"][0]["shape"][0])
+        is_input = {n: self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT for n in names}
+        first = next(n for n in names if is_input[n])
+        engine_rows = int(self.engine.get_tensor_shape(first)[0])  # -1 on a dynamic batch axis
+        # A batch axis needs both: a named one in the manifest (format 2) and a dynamic one in the engine
+        # (plans built with fixed shapes, e.g. by the Torch-TensorRT route, take their one batch).
+        self.dynamic = isinstance(io["inputs"][0]["shape"][0], str) and engine_rows < 0
+        fixed_rows = engine_rows if engine_rows > 0 else io["inputs"][0]["shape"][0]
+        self.capacity = int(max_rows) if self.dynamic else int(fixed_rows)
+        self._engine_names = {rename.get(n, n): n for n in names if is_input[n]}  # manifest -> engine name
+        self._shapes = {m: (self.capacity, *(int(d) for d in want[m]["shape"][1:]))
+                        for m in (rename.get(n, n) for n in names)}  # manifest name -> shape at capacity
+        self.rows = 0
+        self._set_rows(self.capacity)
+        have = {rename.get(n, n): (tuple(int(d) for d in self.context.get_tensor_shape(n)),
+                                   np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(n))).name)
+                for n in names}
+        at_capacity = {kind: [dict(d, shape=list(self._shapes[d["name"]])) for d in io[kind]]
+                       for kind in ("inputs", "outputs")}
+        wrong = engine_io_mismatches(have, at_capacity)
+        if wrong:
+            raise BundleError(f"{self.path}: engine I/O differs from the manifest ({'; '.join(wrong)}); "
+                              "rebuild with: python -m sg2v.export.tensorrt <bundle> --force")
         self.inputs: dict[str, Any] = {}
         self.outputs: dict[str, Any] = {}
         for name in names:
-            shape = (self.capacity, *(int(n) for n in want[name]["shape"][1:]))
-            is_input = self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT
-            dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
+            shape, dtype = have[rename.get(name, name)]
             buf = self.cp.empty(shape, dtype=dtype)
             self.context.set_tensor_address(name, buf.data.ptr)
-            (self.inputs if is_input else self.outputs)[name] = buf
-        self.rows = 0
-        self._set_rows(self.capacity)
+            (self.inputs if is_input[name] else self.outputs)[rename.get(name, name)] = buf
         self.use_graphs = graphs
         self.graphs: dict[int, Any] = {}
         self.graph_note = "not captured"
 
     def _set_rows(self, rows: int) -> None:
         """Set every input's shape to `rows` rows (dim 0) where the engine's shapes are dynamic."""
-        for name, buf in self.inputs.items():
-            if any(d < 0 for d in self.engine.get_tensor_shape(name)) and \
-                    not self.context.set_input_shape(name, (rows, *buf.shape[1:])):
+        for name, engine_name in self._engine_names.items():
+            shape = (rows, *self._shapes[name][1:])
+            if any(d < 0 for d in self.engine.get_tensor_shape(engine_name)) and \
+                    not self.context.set_input_shape(engine_name, shape):
                 raise Sg2vError(f"{self.path.name}: TensorRT refused input {name!r} at {rows} rows (outside "
                                 "the engine's optimisation profile); rebuild with: python -m "
                                 "sg2v.export.tensorrt <bundle> --force")
@@ -142,24 +163,28 @@ def make_trt_backend(bundle: Any, device: str | None = None, engine_dir: str | N
     device_id = 0 if device in (None, "cuda") else _device_id(device)
     with cp.cuda.Device(device_id):
         fingerprint = trt_build.current_fingerprint(bundle.precision, device_id)
-        if engine_dir is not None:
-            trt_build.check_engine_dir(engine_dir, fingerprint)
-            plans = {s: Path(engine_dir) / f"{s}{trt_build.PLAN_SUFFIX}" for s in spec.STAGE_FILES}
-        elif build:
+        sources = trt_build.engine_sources(bundle)
+        plugin = bundle.pooling == "plugin"
+        kernel_sha, driver_cuda = trt_build._plugin_checks(bundle) if plugin else (None, None)
+        if engine_dir is None and build:
             plans = trt_build.build_engines(bundle, device_id)
+            folder = next(iter(plans.values())).parent
         else:
-            found = trt_build.engine_dir(bundle, fingerprint)
-            trt_build.check_engine_dir(found, fingerprint)
-            plans = {s: found / f"{s}{trt_build.PLAN_SUFFIX}" for s in spec.STAGE_FILES}
-        if bundle.pooling == "plugin":
+            folder = Path(engine_dir) if engine_dir is not None else trt_build.engine_dir(bundle, fingerprint)
+            plans = {s: folder / f"{s}{trt_build.PLAN_SUFFIX}" for s in spec.STAGE_FILES}
+        # Every path: the plans must fit this machine, this bundle's graphs, and (AOT) kernel and driver.
+        info = trt_build.check_engine_dir(folder, fingerprint, sources=sources, kernel_sha256=kernel_sha,
+                                          driver_cuda=driver_cuda)
+        if plugin and info.get("route", trt_build.ROUTE_ONNX) == trt_build.ROUTE_ONNX:
             trt_build.register_plugins()  # the plan names the plugin; it must be registered before loading
+        bindings = info.get("bindings") if isinstance(info.get("bindings"), dict) else {}
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept alive by the stages' engines
         stream = cp.cuda.Stream(non_blocking=True)  # capture needs a stream other than the legacy default
-        videos = bundle.max_batch
         encoder = TrtStage(plans[spec.ENCODER_STAGE], bundle.stages[spec.ENCODER_STAGE], runtime, stream,
-                           videos)
-        unet = TrtStage(plans[spec.UNET_STAGE], bundle.stages[spec.UNET_STAGE], runtime, stream, 2 * videos,
-                        graphs=True)
+                           bindings.get(spec.ENCODER_STAGE), bundle.max_batch)
+        unet = TrtStage(plans[spec.UNET_STAGE], bundle.stages[spec.UNET_STAGE], runtime, stream,
+                        bindings.get(spec.UNET_STAGE), 2 * bundle.max_batch, graphs=True)
+        videos = min(encoder.capacity, unet.capacity // 2)  # what both stages take per call
         unet._set_rows(2)
         unet.capture()  # one video's step now; other batch sizes are captured on first use
 

@@ -35,6 +35,7 @@ KINDS = {
     "pretrain": (("config", "pretrain_config", "encoder", "video_encoder", "heads"), "pretraining checkpoint",
                  "pass the pretrain.pt written by `sg2v-train pretrain`"),
 }
+KIND_WEIGHTS = {"model": ("model", "ema"), "pretrain": ("encoder", "video_encoder", "heads")}  # state dicts
 
 
 def state_dict_cpu(obj: Any) -> dict[str, torch.Tensor] | None:
@@ -167,6 +168,9 @@ def _load_torch(path: Path) -> Any:
                 "refuses to unpickle them: re-save it with sg2v.training.checkpoint.save_checkpoint"
             ) from None
         raise _corrupt(path, e) from None
+    except RecursionError:
+        raise CheckpointError(f"checkpoint {path} nests its containers too deeply to be an sg2v checkpoint "
+                              "(crafted or corrupt); re-save it") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError) as e:
         raise _corrupt(path, e) from None
 
@@ -190,7 +194,7 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
     try:
         tensors = st_load(data)
         metadata = _safetensors_metadata(data)
-    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise _corrupt(path, e) from None
     if "sg2v_format" not in metadata:
         raise CheckpointError(f"{path} is a safetensors file but not an sg2v checkpoint (no sg2v_format key)")
@@ -201,7 +205,7 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
             "vocab": json.loads(metadata["vocab"]),
             "step": int(metadata.get("step", "0")),
         }
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
         raise CheckpointError(f"checkpoint {path} has broken sg2v metadata ({first_line(e)}); re-save it") \
             from None
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -235,6 +239,74 @@ def _check_format(ckpt: Any, path: Path, kind: str) -> None:
     for key in keys:
         if not isinstance(ckpt.get(key), dict):
             raise CheckpointError(f"{what} {path} lacks its '{key}' entry; it is not a complete sg2v {what}")
+    check_training_state(ckpt, path, KIND_WEIGHTS[kind])
+
+
+def check_training_state(ckpt: dict[str, Any], path: Any,
+                         weights: tuple[str, ...] = ("model", "ema")) -> None:
+    """CheckpointError (one line) unless step, state dicts `weights`, optimizer and RNG are well-formed."""
+    problem = _training_state_problem(ckpt, weights)
+    if problem:
+        raise CheckpointError(f"checkpoint {path}: {problem} (crafted or corrupt); re-save it, or start a "
+                              "fresh run with --resume never")
+
+
+MAX_STEP = 10**12
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _training_state_problem(ckpt: dict[str, Any], weights: tuple[str, ...]) -> str | None:
+    """What is wrong with a checkpoint's step, weights, EMA, optimizer or RNG entries; None if nothing."""
+    step = ckpt.get("step", 0)
+    if not _is_int(step) or not 0 <= step <= MAX_STEP:
+        return f"step {step!r:.60} is not an integer in [0, {MAX_STEP}]"
+    for key in weights:
+        sd = ckpt.get(key)
+        if sd is None and key == "ema":
+            continue
+        if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in sd.items()):
+            return f"'{key}' is not a state dict (names -> tensors)"
+    opt = ckpt.get("optimizer")
+    if opt is not None:
+        groups = opt.get("param_groups") if isinstance(opt, dict) else None
+        state = opt.get("state") if isinstance(opt, dict) else None
+        ids_ok = isinstance(groups, list) and all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) and all(_is_int(i) for i in g["params"])
+            for g in groups)
+        if not ids_ok or not isinstance(state, dict):
+            return "'optimizer' is not an optimizer state dict (state, param_groups of parameter ids)"
+        if not all(_is_int(k) and isinstance(v, dict) for k, v in state.items()):
+            return "'optimizer' state is not keyed by parameter id"
+    rng = ckpt.get("rng")
+    if rng is not None:
+        if not isinstance(rng, dict):
+            return "'rng' is not a dict of generator states"
+        want = torch.get_rng_state().numel()
+        cpu = rng.get("torch")
+        if cpu is not None and not _byte_state(cpu, want):
+            return f"'rng' torch state is not a uint8 tensor of {want} bytes"
+        cuda = rng.get("cuda")
+        if cuda is not None and not (isinstance(cuda, (list, tuple)) and all(_byte_state(c) for c in cuda)):
+            return "'rng' cuda states are not uint8 tensors"
+    return None
+
+
+def _byte_state(t: Any, numel: int | None = None) -> bool:
+    ok = isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1 and t.numel() <= 1 << 20
+    return ok and (numel is None or t.numel() == numel)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any], path: Any) -> None:
+    """`optimizer.load_state_dict(state)` with a one-line `CheckpointError` when the state does not fit."""
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"checkpoint {path}: its optimizer state does not fit this model's optimizer "
+                              f"({first_line(e)}); resume with the same --size, or --resume never") from None
 
 
 def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> ModelConfig:

@@ -36,6 +36,7 @@ from sg2v.training.backend import torch_device
 from sg2v.training.checkpoint import (
     SG2V_FORMAT,
     load_checkpoint,
+    load_optimizer_state,
     load_state_checked,
     rng_state,
     set_rng_state,
@@ -337,7 +338,7 @@ def pretrain(cfg: PretrainConfig, *, model: ModelConfig | None = None, external:
         for m, key in zip(modules, ("encoder", "video_encoder", "heads")):
             load_state_checked(m, ckpt[key], ckpt_path, key)
         if ckpt.get("optimizer") is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(optimizer, ckpt["optimizer"], ckpt_path)
         if isinstance(ckpt.get("rng"), dict):
             set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])

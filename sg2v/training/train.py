@@ -36,6 +36,7 @@ from sg2v.training.checkpoint import (
     checkpoint_config,
     load_bundle_model,
     load_checkpoint,
+    load_optimizer_state,
     load_state_checked,
     save_checkpoint,
     set_rng_state,
@@ -370,7 +371,7 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
             load_state_checked(ema, ckpt["ema"], resume, "ema")
         if ckpt.get("optimizer") is None:
             raise CheckpointError(f"{resume}: no optimizer state (a weights-only file); resume from last.pt")
-        opt.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(opt, ckpt["optimizer"], resume)
         if isinstance(ckpt.get("rng"), dict):
             set_rng_state(ckpt["rng"])
         start = int(ckpt["step"])
