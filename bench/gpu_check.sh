@@ -3,7 +3,9 @@
 # python3 with torch + cupy, nvcc and cmake, and no network:
 #   1. CMake build of cuda/ (fatbin + ctest executable), fatbin staged into cuda/, ctest (parity vs a CPU loop)
 #   2. every GPU test of the suite (pytest -m gpu, SG2V_REQUIRE_GPU=1: a skip fails): the kernels incl.
-#      the prebuilt-fatbin (SG2V_NO_JIT) path, the GPU encoder, the UNet on CUDA + bf16 autocast, torch_fast
+#      the prebuilt-fatbin (SG2V_NO_JIT) path, the GPU encoder, the UNet on CUDA + bf16 autocast, the
+#      torch-cuda backend (CUDA graphs per batch size), bf16 against fp32 loss and gradients, and a few
+#      training steps on CUDA to a resumable checkpoint
 #   3. bench/scatter_pool.py (kernels vs PyTorch, 1 to 256 graphs, bandwidth vs the card's copy bandwidth)
 # SKIP_CPU_SIDE=1 skips the CPU-side kernel tests (CI runs them), SKIP_KERNEL_BENCH=1 skips step 3.
 # Each step logs to its own file under $OUT (default ./gpu_check_out); a failing step does not stop the
@@ -11,7 +13,7 @@
 set -u
 cd "$(dirname "$0")/.."
 default_out=gpu_check_out
-archs=${SG2V_CUDA_ARCHS:-87;90;110}
+archs=${SG2V_CUDA_ARCHS:-}  # empty: CMakeLists.txt's default for the installed nvcc
 # shellcheck source=bench/gpu_common.sh
 . bench/gpu_common.sh
 device_info
@@ -19,12 +21,12 @@ device_info
 build=$(mktemp -d)/build
 had_fatbin=0
 [ -e "$repo/cuda/scatter_pool.fatbin" ] && had_fatbin=1
-step "cmake configure + build (archs $archs) + stage fatbin" cmake_build.log 240 \
-  bash -c "cmake -S '$repo' -B '$build' -DSG2V_CUDA_ARCHS='$archs' -DCMAKE_BUILD_TYPE=Release &&
+step "cmake configure + build (archs ${archs:-by the nvcc version}) + stage fatbin" cmake_build.log 240 \
+  bash -c "cmake -S '$repo' -B '$build' ${archs:+-DSG2V_CUDA_ARCHS='$archs'} -DCMAKE_BUILD_TYPE=Release &&
            cmake --build '$build' -j 8 && cmake --build '$build' --target stage_fatbin"
 step "ctest (kernel parity vs CPU loop)" ctest.log 120 ctest --test-dir "$build" --output-on-failure -V
 # The files holding GPU tests (the whole folder would need the CPU-only dev packages to collect).
-gpu_tests="test_cuda_kernels.py test_unet.py test_diffusion.py test_torch_fast.py"
+gpu_tests="test_cuda_kernels.py test_unet.py test_diffusion.py test_torch_cuda.py test_train.py"
 step "pytest -m gpu ($gpu_tests; a skip fails)" pytest_gpu.log 300 \
   env SG2V_REQUIRE_GPU=1 "$py" -P -m pytest -c "$repo/pyproject.toml" --rootdir "$repo" -m gpu -q -rs \
   -p no:cacheprovider $(for f in $gpu_tests; do printf '%s ' "$repo/tests/$f"; done)

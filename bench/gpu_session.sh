@@ -35,17 +35,23 @@ if [ "$train_secs" != 0 ]; then
       --warmup 200 --ema-decay 0.999 --eval-every 0 --ckpt-every 1000 --log-every 50 \
       --workers "${TRAIN_WORKERS:-13}" --seed "${TRAIN_SEED:-5}" --time-limit "$train_secs" --no-progress \
       --out "$work/train/run"
-    echo "train rc=$? in $(( $(date +%s) - start )) s"
-    "$py" -P bench/lease_weights.py split "$work/train/run/last.pt" "$final" --max-mib 15
-    cp "$work/train/run/metrics.jsonl" "$final/train_metrics.jsonl"
+    rc=$?
+    echo "train rc=$rc in $(( $(date +%s) - start )) s"
+    # The weights come back even from a failed run (a checkpoint may exist); the status still counts.
+    "$py" -P bench/lease_weights.py split "$work/train/run/last.pt" "$final" --max-mib 15 \
+      || { [ "$rc" = 0 ] && rc=1; }
+    cp "$work/train/run/metrics.jsonl" "$final/train_metrics.jsonl" || { [ "$rc" = 0 ] && rc=1; }
+    exit "$rc"
   ) >"$work/train/train.log" 2>&1 &
   train_pid=$!
 fi
 OUT=$work/check SKIP_CPU_SIDE=1 SKIP_KERNEL_BENCH=1 bash bench/gpu_check.sh
 rc_check=$?
+rc_train=0
 if [ -n "$train_pid" ]; then
   wait "$train_pid"
-  echo "=== GPU fine-tune (log train/train.log)"
+  rc_train=$?
+  echo "=== GPU fine-tune (log train/train.log): rc=$rc_train"
   tail -n 6 "$work/train/train.log"
 fi
 (
@@ -76,7 +82,7 @@ fi
 {
   echo "# bench/gpu_check.sh: $rc_check failed step(s)"
   cat "$work/check/summary.txt"
-  [ -n "$train_pid" ] && { echo; echo "# GPU fine-tune"; tail -n 6 "$work/train/train.log"; }
+  [ -n "$train_pid" ] && { echo; echo "# GPU fine-tune: rc=$rc_train"; tail -n 6 "$work/train/train.log"; }
   echo
   echo "# bench/scatter_pool.py: $rc_kbench failed step(s)"
   cat "$work/kbench/summary.txt"
@@ -91,4 +97,4 @@ cp "$work"/bench/bench_*.md "$work"/bench/bench_*.json "$final/" 2>/dev/null
 tar -czf "$final/logs.tar.gz" -C "$work" check kbench bench $( [ -d "$work/tput" ] && echo tput ) \
   $( [ -n "$train_pid" ] && echo train/train.log )
 cat "$final/summary.txt"
-exit $(( rc_check + rc_kbench + rc_bench + rc_tput ))
+exit $(( rc_check + rc_kbench + rc_bench + rc_tput + (rc_train != 0) ))

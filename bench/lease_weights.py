@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from sg2v.checkpoint import SG2V_FORMAT, load_checkpoint
 from sg2v.io import atomic_write_bytes
+from sg2v.training.checkpoint import SG2V_FORMAT, load_checkpoint
 
 
 def _digest(state: dict[str, torch.Tensor]) -> str:
@@ -74,7 +74,7 @@ def join(part_paths: list[str], out_path: str) -> Path:
     from safetensors.torch import load as st_load
     from safetensors.torch import save as st_save
 
-    from sg2v.checkpoint import _safetensors_metadata
+    from sg2v.training.checkpoint import _safetensors_metadata
 
     metas, state = [], {}
     for p in part_paths:

@@ -3,9 +3,10 @@
     python bench/quality.py --bundle models/demo --n 200 --steps 4 8 25 \
         --json bench/quality_demo.json --table bench/quality_demo.md --sheet out/quality_sheet.png
 
-Samples every graph through the runtime (`sg2v.runtime.Pipeline`, ONNX Runtime CPU by default): the shipped
-artifact, not the training checkpoint. Graph i of the held-out stream (disjoint from training) uses noise seed
-`--seed + i`. Torch-free. Prints one row per step count as it finishes, then the markdown table.
+Samples every graph through the runtime (`sg2v.runtime.Pipeline`, ONNX Runtime CPU by default, in batches of
+the bundle's max_batch): the shipped artifact, not the training checkpoint. Graph i of the held-out stream
+(disjoint from training) uses noise seed `--seed + i`. Torch-free. Prints one row per step count as it
+finishes, then the markdown table.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from sg2v.runtime.backends import BACKENDS
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -25,22 +28,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 25], help="sampler step counts")
     p.add_argument("--seed", type=int, default=0, help="held-out stream seed; graph i uses noise seed + i")
     p.add_argument("--guidance", type=float, default=None, help="guidance weight (None: the bundle's)")
-    p.add_argument("--backend", default="ort", choices=["auto", "ort", "trt", "torch"],
+    p.add_argument("--backend", default="ort", choices=list(BACKENDS),
                    help="runtime backend")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (None: one per core)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="most videos per generate call (None: the bundle's max_batch)")
     p.add_argument("--json", default=None, help="write the rows as JSON here")
     p.add_argument("--table", default=None, help="write the markdown table here")
     p.add_argument("--sheet", default=None,
                    help="contact sheet PNG of the first 8 videos at the middle step count")
     args = p.parse_args(argv)
-    if args.n < 1 or any(s < 1 for s in args.steps):
-        p.error("--n and --steps must be positive")
-
-    from sg2v.runtime import Pipeline
+    if args.n < 1 or any(s < 1 for s in args.steps) or (args.batch is not None and args.batch < 1):
+        p.error("--n, --steps and --batch must be positive")
 
     from sg2v.errors import Sg2vError
     from sg2v.io import atomic_write_text
     from sg2v.quality import evaluate_pipeline, format_markdown, format_table
+    from sg2v.runtime import Pipeline
 
     try:
         pipe = Pipeline.from_bundle(args.bundle, backend=args.backend, threads=args.threads)
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bundle {args.bundle} on {pipe.backend_name}: {args.n} held-out graphs, steps {args.steps}")
     print(format_table([]))
     rows, videos = evaluate_pipeline(pipe, n=args.n, steps=args.steps, seed=args.seed, guidance=args.guidance,
-                                     log=print)
+                                     log=print, max_batch=args.batch)
     table = format_markdown(rows)
     print(table)
     if args.json:

@@ -18,7 +18,13 @@ import time
 import torch
 
 from sg2v.config import MODEL_SIZES
-from sg2v.pretrain import PretrainConfig, build_pretrain_models, evaluate_retrieval, load_pretrained, pretrain
+from sg2v.training.pretrain import (
+    PretrainConfig,
+    build_pretrain_models,
+    evaluate_retrieval,
+    load_pretrained,
+    pretrain,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=sorted(MODEL_SIZES), default="tiny",
                    help="model size (default: %(default)s)")
     p.add_argument("--steps", type=int, default=600, help="pretraining steps (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="pairs per step (default: %(default)s)")
+    p.add_argument("--batch", "--batch-size", type=int, default=32,
+                   help="pairs per step (default: %(default)s)")
     p.add_argument("--masked-weight", type=float, default=PretrainConfig.masked_weight,
                    help="masked-loss weight (default: %(default)s)")
     p.add_argument("--n", type=int, default=100, help="held-out candidates (default: %(default)s)")
@@ -35,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads, 0: torch's default (default: %(default)s)")
-    p.add_argument("--out-dir", default="runs/pretrain-bench",
+    p.add_argument("--out", "--out-dir", dest="out_dir", default="runs/pretrain-bench",
                    help="checkpoint folder (default: %(default)s)")
     p.add_argument("--ckpt", default=None,
                    help="evaluate this pretrain.pt instead of training (default: none)")
@@ -48,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         encoder, video, _, model, cfg = load_pretrained(args.ckpt)
         steps = None
     else:
-        cfg = PretrainConfig(size=args.size, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+        cfg = PretrainConfig(size=args.size, steps=args.steps, batch=args.batch, seed=args.seed,
                              masked_weight=args.masked_weight, eval_samples=args.n, log_every=100,
-                             ckpt_every=100, device="cpu", threads=args.threads)
-        out = pretrain(cfg, args.out_dir, log=lambda line: print(line, file=sys.stderr, flush=True))
+                             ckpt_every=100, device="cpu", threads=args.threads, out=args.out_dir)
+        out = pretrain(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
         encoder, video, _, model, cfg = load_pretrained(out["checkpoint"])
         steps = out["step"]
     train_s = time.perf_counter() - t0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # sg2v-bench on a CUDA GPU machine (issue 6), run from anywhere; needs python3 with torch (+ triton for the
 # torch.compile row), onnx, onnxscript, onnxruntime and safetensors; no network, nothing installed.
-#   1. the GPU tests of sg2v.torch_fast (graph replay and torch.compile against eager fp32) must pass first
+#   1. the GPU tests of sg2v.runtime.backends.torch_cuda (graph replay and torch.compile against eager fp32) must pass first
 #   2. on $BUNDLE (default: the shipped demo bundle models/demo, reported as "demo"; with BUNDLE=random, a
 #      random-weight bundle of each size in $SIZES, default "small", exported first), sg2v-bench over every
 #      backend available there (torch-cpu baseline, ort-cpu, torch-cuda eager fp32,
@@ -18,9 +18,9 @@ sizes=${SIZES:-small}
 . bench/gpu_common.sh
 device_info
 
-[ "${SKIP_GPU_TESTS:-0}" = 1 ] || step "pytest -m gpu tests/test_torch_fast.py" pytest_torch_fast.log 300 \
+[ "${SKIP_GPU_TESTS:-0}" = 1 ] || step "pytest -m gpu tests/test_torch_cuda.py" pytest_torch_cuda.log 300 \
   env SG2V_REQUIRE_GPU=1 "$py" -P -m pytest -c "$repo/pyproject.toml" --rootdir "$repo" -m gpu -q -rs \
-  -p no:cacheprovider "$repo/tests/test_torch_fast.py"
+  -p no:cacheprovider "$repo/tests/test_torch_cuda.py"
 
 if [ -z "${BUNDLE:-}" ] && [ -f models/demo/manifest.json ]; then
   BUNDLE=$(pwd)/models/demo
@@ -33,12 +33,12 @@ for size in $sizes; do
   bundle=${BUNDLE:-$work/bundle_$size}
   if [ -z "${BUNDLE:-}" ]; then
     step "export a random-weight $size bundle" "export_$size.log" 300 \
-      "$py" -P -c "import sys; from sg2v.bench import make_random_bundle; make_random_bundle(*sys.argv[1:])" \
+      "$py" -P -c "import sys; from sg2v.runtime.bench import make_random_bundle; make_random_bundle(*sys.argv[1:])" \
       "$size" "$bundle" || continue
   fi
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
   step "sg2v-bench $size" "bench_$size.log" "${BENCH_TIMEOUT:-480}" \
-    "$py" -P -m sg2v.bench --bundle "$bundle" --json "$out/bench_$size.json" --table "$out/bench_$size.md" \
+    "$py" -P -m sg2v.runtime.bench --bundle "$bundle" --json "$out/bench_$size.json" --table "$out/bench_$size.md" \
     ${BENCH_ARGS:-}
   [ -n "${BUNDLE:-}" ] && break
 done

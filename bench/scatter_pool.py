@@ -37,9 +37,9 @@ class _Bench:
     def __init__(self, args):
         import cupy as cp
         import torch
-        from sg2v.runtime import cuda_kernels as ck
 
         from sg2v.models.pooling import scatter_mean_pool as torch_pool
+        from sg2v.runtime import cuda_kernels as ck
 
         self.args, self.cp, self.torch, self.torch_pool, self.ck = args, cp, torch, torch_pool, ck
         self.dev = torch.device("cuda")

@@ -26,8 +26,8 @@ import time
 import torch
 
 from sg2v.config import MODEL_SIZES
-from sg2v.datasets import ShapesVideoDataset, video_to_model
-from sg2v.train import TrainConfig, compute_loss, make_loader, update_ema
+from sg2v.training.data import ShapesVideoDataset, video_to_model
+from sg2v.training.train import TrainConfig, compute_loss, make_loader, update_ema
 from sg2v.vocab import shapes_vocab
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from sg2v import bundle_spec as spec
 from sg2v.errors import BundleError
+from sg2v.generation import sampler_defaults
 from sg2v.io import atomic_path, sha256_file
 
 
@@ -28,7 +29,7 @@ def read_bundle_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
         return None
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     if not isinstance(manifest, dict) or manifest.get("format") != spec.FORMAT:
         return None
@@ -104,26 +105,26 @@ def exporting_versions() -> dict[str, str]:
 def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset: int, root: Path,
                    parity: dict[str, Any], trt_op_check: dict[str, Any], source_checkpoint: dict[str, Any],
                    stage_extra: dict[str, dict[str, Any]] | None = None,
-                   weight_storage: str = "fp32", guidance: float | None = None) -> dict[str, Any]:
+                   weight_storage: str = "fp32", guidance: float | None = None,
+                   plugin_impl: str | None = None, max_batch: int = spec.MAX_BATCH) -> dict[str, Any]:
     """The manifest dict (every key of ARCHITECTURE.md "Bundle"), hashing the files already under `root`.
 
     `guidance` overrides the config's default guidance in `sampler_defaults` (chosen at export, e.g. tuned on
-    validation graphs); the runtime samples with `sampler_defaults` unless a caller passes its own.
+    validation graphs); the runtime samples with `sampler_defaults` unless a caller passes its own. The stages
+    take 1 to `max_batch` videos per call (`shapes.max_batch`, the batch axis of every stage's I/O).
     """
-    shapes = spec.shapes(cfg.data, cfg.encoder)
+    shapes = spec.shapes(cfg.data, cfg.encoder, max_batch)
     io = spec.stage_io(shapes)
     stages = {name: {"file": spec.STAGE_FILES[name], **io[name], **(stage_extra or {}).get(name, {})}
               for name in spec.STAGE_FILES}
-    d = cfg.diffusion
     manifest = {
         "format": spec.FORMAT,
         "format_version": spec.FORMAT_VERSION,
         "model_config": cfg.to_dict(),
         "vocab": vocab.to_dict(),
-        "schedule": {"kind": d.schedule, "num_train_timesteps": d.num_train_timesteps},
-        "sampler_defaults": {"sampler": d.default_sampler, "steps": d.default_steps,
-                             "guidance": float(d.default_guidance if guidance is None else guidance),
-                             "guidance_rescale": d.default_guidance_rescale},
+        "schedule": {"kind": cfg.diffusion.schedule,
+                     "num_train_timesteps": cfg.diffusion.num_train_timesteps},
+        "sampler_defaults": sampler_defaults(cfg.diffusion, guidance),
         "shapes": shapes,
         "precision": precision,
         "weight_storage": weight_storage,  # fp16: initializers stored as float16 behind a Cast to float32
@@ -136,6 +137,8 @@ def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset:
         "trt_op_check": trt_op_check,
         "source_checkpoint": source_checkpoint,
     }
+    if pooling == "plugin":
+        manifest["plugin_impl"] = plugin_impl or "aot"  # the nodes' `aot` attribute, for the engine builder
     missing = [k for k in spec.MANIFEST_KEYS if k not in manifest]
     assert not missing, missing
     return manifest

@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "Runtime and against the operators TensorRT's ONNX parser supports.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--ckpt", required=True, help="checkpoint from sg2v-train (model.pt or .safetensors)")
+    p.add_argument("--ckpt", required=True,
+                   help="checkpoint from sg2v-train (model.pt or .safetensors), or a bundle folder exported "
+                        "with --include-weights (re-exported in this sg2v's bundle format)")
     p.add_argument("--out", default="bundle", help="bundle folder to write (replaced atomically)")
     p.add_argument("--precision", choices=spec.PRECISIONS, default="fp32",
                    help="compute precision set in the graphs (I/O stays float32; norms, softmax stay fp32)")
@@ -27,17 +29,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "stays as --precision says")
     p.add_argument("--pooling", choices=spec.POOLINGS, default="portable",
                    help="encoder pooling: standard ops (one-hot MatMul) or the sg2v::ScatterMeanPool plugin")
+    p.add_argument("--plugin-impl", choices=["aot", "jit"], default="aot",
+                   help="with --pooling plugin: aot bakes the kernel's PTX into the TensorRT engine "
+                        "(TensorRT >= 10.9, no Python at inference); jit calls the CuPy kernel from Python "
+                        "per run (TensorRT >= 10.6)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..20")
     p.add_argument("--include-weights", action="store_true",
                    help="also write model.safetensors for the runtime's PyTorch reference backend")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights")
     p.add_argument("--strict-trt", action="store_true",
                    help="fail if a node is outside the TensorRT ONNX parser's supported operators")
-    p.add_argument("--trt-target", default="10.3", help="TensorRT version to check operators against")
+    p.add_argument("--trt-target", default=None,
+                   help="TensorRT version to check operators against (default: 10.3, JetPack 6; with "
+                        "--pooling plugin the first TensorRT with that plugin form: 10.9 aot, 10.6 jit)")
     p.add_argument("--allow-parity-failure", action="store_true",
                    help="write the bundle even if ONNX Runtime disagrees with PyTorch (noted in manifest)")
     p.add_argument("--force", action="store_true", help="replace an existing --out that is not a bundle")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parity inputs")
+    p.add_argument("--max-batch", type=int, default=spec.MAX_BATCH,
+                   help="most videos one call of the exported graphs takes (their batch axis; TensorRT "
+                        "optimisation profiles span 1 to this)")
     p.add_argument("--guidance", type=float, default=None,
                    help="default classifier-free guidance stored in the bundle's sampler_defaults "
                         "(default: the model config's default_guidance)")
@@ -56,7 +67,8 @@ def summary(result) -> str:
     """Files and sizes, parity per stage, op check verdict: what the CLI prints after an export."""
     m = result.manifest
     lines = [f"wrote bundle {result.path} ({m['precision']}, {m.get('weight_storage', 'fp32')} weights, "
-             f"pooling {m['pooling']}, opset {m['opset']}) in {result.seconds:.1f}s"]
+             f"pooling {m['pooling']}, opset {m['opset']}, 1 to {m['shapes']['max_batch']} videos per call) "
+             f"in {result.seconds:.1f}s"]
     d = m["sampler_defaults"]
     lines.append(f"sampler defaults: {d['sampler']}, {d['steps']} steps, guidance {d['guidance']:g} "
                  f"(rescale {d['guidance_rescale']:g})")
@@ -89,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             include_weights=args.include_weights, weights=args.weights, ema=not args.no_ema,
             strict_trt=args.strict_trt,
             allow_parity_failure=args.allow_parity_failure, force=args.force, trt_target=args.trt_target,
-            seed=args.seed, log=print, guidance=args.guidance,
+            seed=args.seed, log=print, guidance=args.guidance, plugin_impl=args.plugin_impl,
+            max_batch=args.max_batch,
         )
     except Sg2vError as e:
         print(f"sg2v-export: error: {e}", file=sys.stderr)

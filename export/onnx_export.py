@@ -1,7 +1,8 @@
 """Checkpoint -> bundle: the encoder and the UNet to ONNX, each graph checked against PyTorch.
 
-Two static-shape graphs per bundle (docs/ARCHITECTURE.md "ONNX stages"): the encoder at batch 1 and the UNet
-at batch 2 (CFG's cond and uncond halves). Pooling `portable` is the one-hot MatMul form of
+Two graphs per bundle (docs/ARCHITECTURE.md "ONNX stages"), static but for a batch axis: the encoder on B
+graphs and the UNet on 2B rows (CFG's B conditional rows, then the B unconditional ones), B from 1 to the
+manifest's `max_batch`. Pooling `portable` is the one-hot MatMul form of
 `scatter_mean_pool`; `plugin` puts one `sg2v::ScatterMeanPool` node per graph convolution (a custom op with an
 ONNX symbolic). fp16 exports convert weights and compute to float16 inside the graph, with float32 graph I/O
 (Casts at the boundary) and float32 islands where fp16 would overflow or lose the signal: GroupNorm,
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import math
 import time
@@ -26,18 +28,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from sg2v.export import bundle_writer
-from sg2v.export.opcheck import check_model, format_report
 from torch import nn
 
 from sg2v import bundle_spec as spec
 from sg2v.errors import Sg2vError
+from sg2v.export import bundle_writer
+from sg2v.export.opcheck import check_model, format_report
 from sg2v.io import sha256_file
 
 OPSET_RANGE = (17, 20)  # 17: native LayerNormalization; 20: the newest opset TensorRT 10.3 parses
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # max error relative to the reference's largest magnitude
 PARITY_TRIALS = 3
 REL_ERR = "max |onnx - torch| / max |torch| per output, worst over outputs and trials"
+PLUGIN_IMPLS = ("aot", "jit")  # sg2v::ScatterMeanPool: ahead-of-time PTX in the engine, or Python per enqueue
+# The first TensorRT each plugin form builds on (tensorrt.plugin in 10.6, aot_impl in 10.9): the op check's
+# default target for plugin bundles.
+PLUGIN_TRT_TARGET = {"aot": "10.9", "jit": "10.6"}
 
 
 class ExportError(Sg2vError):
@@ -119,7 +125,7 @@ class EncoderGraph(nn.Module):
     def forward(self, objs, obj_mask, triples, triple_mask):
         obj_mask, triple_mask = obj_mask.to(self.dtype), triple_mask.to(self.dtype)
         context, context_mask = self.encoder(objs, obj_mask, triples, triple_mask)
-        return context.float(), context_mask.float()  # (1, L, D), (1, L)
+        return context.float(), context_mask.float()  # (B, L, D), (B, L)
 
 
 class UNetGraph(nn.Module):
@@ -132,28 +138,39 @@ class UNetGraph(nn.Module):
 
     def forward(self, x, t, context, context_mask):
         v = self.unet(x.to(self.dtype), t, context.to(self.dtype), context_mask.to(self.dtype))
-        return v.float()  # (2, F, C, H, W)
+        return v.float()  # (2B, F, C, H, W)
 
 
 # The plugin form: a custom op that computes the real pooling in eager mode (so tracing sees true values) and
 # exports as one `sg2v::ScatterMeanPool` node. Registered once, under a namespace only the exporter uses.
 @torch.library.custom_op("sg2v_export::scatter_mean_pool", mutates_args=())
 def _scatter_mean_pool_op(values: torch.Tensor, index: torch.Tensor, mask: torch.Tensor,
-                          num_segments: int) -> torch.Tensor:
+                          num_segments: int, aot: int) -> torch.Tensor:
     from sg2v.models.pooling import scatter_mean_pool
 
     return scatter_mean_pool(values, index, mask, num_segments, form="scatter")
 
 
 @_scatter_mean_pool_op.register_fake
-def _(values, index, mask, num_segments):
+def _(values, index, mask, num_segments, aot):
     return values.new_empty(values.shape[0], num_segments, values.shape[2])
 
 
-@torch.onnx.symbolic_helper.parse_args("v", "v", "v", "i")
-def _scatter_mean_pool_symbolic(g, values, index, mask, num_segments):
-    out = g.op(f"{spec.PLUGIN_DOMAIN}::{spec.PLUGIN_OP}", values, index, mask, num_segments_i=num_segments)
-    sizes = values.type().sizes()  # (B, N, D), static
+def plugin_node_attributes(num_segments: int, impl: str) -> dict[str, Any]:
+    """The `sg2v::ScatterMeanPool` node's attributes (runtime/trt_plugin.py says why each is there)."""
+    if impl not in PLUGIN_IMPLS:
+        raise ExportError(f"--plugin-impl {impl!r}: choose one of {list(PLUGIN_IMPLS)}")
+    return {"num_segments": int(num_segments), "plugin_namespace": spec.PLUGIN_DOMAIN,
+            "plugin_version": spec.PLUGIN_VERSION, "aot": int(impl == "aot")}
+
+
+@torch.onnx.symbolic_helper.parse_args("v", "v", "v", "i", "i")
+def _scatter_mean_pool_symbolic(g, values, index, mask, num_segments, aot):
+    attrs = plugin_node_attributes(num_segments, "aot" if aot else "jit")
+    out = g.op(f"{spec.PLUGIN_DOMAIN}::{spec.PLUGIN_OP}", values, index, mask,
+               num_segments_i=attrs["num_segments"], plugin_namespace_s=attrs["plugin_namespace"],
+               plugin_version_s=attrs["plugin_version"], aot_i=attrs["aot"])
+    sizes = values.type().varyingSizes()  # (B, N, D), B None on the batch axis
     out.setType(values.type().with_sizes([sizes[0], num_segments, sizes[2]]))  # (B, O, D)
     return out
 
@@ -163,13 +180,13 @@ torch.onnx.register_custom_op_symbolic("sg2v_export::scatter_mean_pool", _scatte
 
 
 def _plugin_pool(values: torch.Tensor, index: torch.Tensor, mask: torch.Tensor, num_segments: int,
-                 form: str = "plugin") -> torch.Tensor:
+                 form: str = "plugin", aot: bool = True) -> torch.Tensor:
     """`sg2v::ScatterMeanPool` as one ONNX node (contract: ARCHITECTURE.md "ScatterMeanPool")."""
-    return torch.ops.sg2v_export.scatter_mean_pool(values, index, mask, int(num_segments))
+    return torch.ops.sg2v_export.scatter_mean_pool(values, index, mask, int(num_segments), int(aot))
 
 
 @contextlib.contextmanager
-def _pooling(encoder: nn.Module, pooling: str) -> Any:
+def _pooling(encoder: nn.Module, pooling: str, plugin_impl: str = "aot") -> Any:
     """Switch the encoder's pooling for export: the one-hot MatMul form, or the plugin node.
 
     The plugin form swaps `sg2v.models.encoder.scatter_mean_pool` process-wide while the graph is traced (the
@@ -181,7 +198,7 @@ def _pooling(encoder: nn.Module, pooling: str) -> Any:
     encoder.set_pooling_form("onehot")
     original = encoder_module.scatter_mean_pool
     if pooling == "plugin":
-        encoder_module.scatter_mean_pool = _plugin_pool
+        encoder_module.scatter_mean_pool = functools.partial(_plugin_pool, aot=plugin_impl == "aot")
     try:
         yield
     finally:
@@ -216,37 +233,36 @@ def random_graph_feeds(vocab: Any, data: Any, rng: np.random.Generator,
     return feeds
 
 
+def batched_feeds(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One feed dict of several, stacked along the batch axis (dim 0)."""
+    return {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+
+
 def _unet_feeds(model: nn.Module, enc_feeds: list[dict[str, np.ndarray]], cfg: Any,
                 rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
-    """UNet feeds: random x and t, context = (encoder on a real graph, learned null context)."""
+    """UNet feeds per encoder feed of B graphs: random x and t on 2B rows, context = (the encoder on the
+    graphs, then B learned null contexts)."""
     d = cfg.data
-    null_ctx, null_mask = null_context_arrays(model)
+    null_ctx, null_mask = model.null_context_arrays()
     out = []
     with torch.no_grad():
         for feeds in enc_feeds:
             ctx, mask = model.encoder(*(torch.from_numpy(feeds[k]) for k in spec.ENCODER_INPUTS))
-            shape = (spec.UNET_BATCH, d.frames, d.channels, d.height, d.width)
-            x = rng.standard_normal(shape).astype(np.float32)
-            t = rng.integers(0, cfg.diffusion.num_train_timesteps, size=spec.UNET_BATCH).astype(np.float32)
+            b = ctx.shape[0]
+            x = rng.standard_normal((2 * b, d.frames, d.channels, d.height, d.width)).astype(np.float32)
+            t = rng.integers(0, cfg.diffusion.num_train_timesteps, size=2 * b).astype(np.float32)
             out.append({"x": x, "t": t,
-                        "context": np.concatenate([ctx.numpy(), null_ctx]).astype(np.float32),
-                        "context_mask": np.concatenate([mask.numpy(), null_mask]).astype(np.float32)})
+                        "context": np.concatenate([ctx.numpy(), *[null_ctx] * b]).astype(np.float32),
+                        "context_mask": np.concatenate([mask.numpy(), *[null_mask] * b]).astype(np.float32)})
     return out
-
-
-def null_context_arrays(model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
-    """The learned null context (1, L, D) and its mask (1, L): global token valid, the rest padding."""
-    ctx = model.null_context.detach().float().cpu().numpy().astype(np.float32)  # (1, L, D)
-    mask = np.zeros(ctx.shape[:2], dtype=np.float32)  # (1, L)
-    mask[:, 0] = 1.0
-    return ctx, mask
 
 
 # ------------------------------------------------------------------------------------------------- export
 
 def export_onnx(module: nn.Module, args: tuple, input_names: tuple[str, ...], output_names: tuple[str, ...],
-                opset: int, plugin: bool = False) -> Any:
-    """One static-shape graph as a self-contained `onnx.ModelProto` (weights inside, no external data).
+                opset: int, plugin: bool = False, batch_dim: str | None = None) -> Any:
+    """One graph as a self-contained `onnx.ModelProto` (weights inside, no external data), static but for
+    dim 0 of every input and output, named `batch_dim` when given.
 
     TorchScript-based exporter (`dynamo=False`), present in torch 2.11 - 2.13: it emits the requested opset
     natively, while the torch.export-based exporter builds opset 18 and cannot convert the UNet's ReduceMean
@@ -261,6 +277,7 @@ def export_onnx(module: nn.Module, args: tuple, input_names: tuple[str, ...], ou
             module.eval(), args, buf, dynamo=False, opset_version=opset, input_names=list(input_names),
             output_names=list(output_names), do_constant_folding=True,
             custom_opsets={spec.PLUGIN_DOMAIN: 1} if plugin else None,
+            dynamic_axes={n: {0: batch_dim} for n in (*input_names, *output_names)} if batch_dim else None,
         )
     model = onnx.load_from_string(buf.getvalue())
     _check_graph(model, input_names, output_names, opset)
@@ -368,7 +385,11 @@ def store_weights_fp16(model: Any, min_elements: int = FP16_STORE_MIN_ELEMENTS) 
 
 def run_ort(model_bytes: bytes, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """Run an ONNX graph on ONNX Runtime's CPU provider for each feed dict."""
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError("the export checks each graph on ONNX Runtime, and none is installed: pip install "
+                          "'sg2v[cpu]' (or 'sg2v[gpu]' on NVIDIA GPUs)") from None
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -410,22 +431,24 @@ def _torch_outputs(fn: Callable, feeds: list[dict[str, np.ndarray]], names: tupl
 # ------------------------------------------------------------------------------------------------ loading
 
 def load_for_export(ckpt: str | Path, ema: bool) -> tuple[nn.Module, Any, Any, dict[str, Any]]:
-    """(SG2V, ModelConfig, Vocab, source_checkpoint entry) from a checkpoint, float32 on CPU, eval mode."""
-    from sg2v.checkpoint import checkpoint_config, checkpoint_vocab, load_checkpoint, load_state_checked
-    from sg2v.models.sg2v import build_model
+    """(SG2V, ModelConfig, Vocab, source_checkpoint entry), float32 on CPU, eval mode, from a checkpoint or
+    from a bundle folder exported with --include-weights (its model.safetensors: re-export in this format)."""
+    from sg2v.training.checkpoint import load_bundle_model, load_checkpoint, model_from_checkpoint
 
     path = Path(ckpt)
+    if path.is_dir():
+        model, cfg, vocab = load_bundle_model(path)
+        old = bundle_writer.read_bundle_manifest(path) or {}
+        before = old.get("source_checkpoint", {})
+        weights = path / spec.MODEL_WEIGHTS
+        source = {"sha256": sha256_file(weights), "step": int(before.get("step", 0)),
+                  "ema": bool(before.get("ema", False)), "file": f"{path.name}/{spec.MODEL_WEIGHTS}"}
+        return model.float().eval(), cfg, vocab, source
     loaded = load_checkpoint(path)  # CheckpointError: missing, corrupt, not sg2v, newer format
-    cfg = checkpoint_config(loaded, path)
-    vocab = checkpoint_vocab(loaded, path)
-    model = build_model(cfg)
-    use_ema = bool(ema and loaded.get("ema") is not None)
-    which = "ema" if use_ema else "model"
-    load_state_checked(model, loaded[which], path, which)
-    model.float().eval()
-    source = {"sha256": sha256_file(path), "step": int(loaded.get("step", 0)), "ema": use_ema,
+    model, cfg, vocab, which = model_from_checkpoint(loaded, path, ema)
+    source = {"sha256": sha256_file(path), "step": int(loaded.get("step", 0)), "ema": which == "ema",
               "file": path.name}
-    return model, cfg, vocab, source
+    return model.float().eval(), cfg, vocab, source
 
 
 # ----------------------------------------------------------------------------------------------- the bundle
@@ -462,19 +485,30 @@ def export_bundle(
     strict_trt: bool = False,
     allow_parity_failure: bool = False,
     force: bool = False,
-    trt_target: str = "10.3",
+    trt_target: str | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     weights: str = "fp32",
     guidance: float | None = None,
+    plugin_impl: str = "aot",
+    max_batch: int = spec.MAX_BATCH,
 ) -> ExportResult:
-    """Export checkpoint `ckpt` to the bundle folder `out` (ARCHITECTURE.md "Bundle"), checking each graph."""
+    """Export checkpoint `ckpt` to the bundle folder `out` (ARCHITECTURE.md "Bundle"), checking each graph.
+
+    `trt_target` is the TensorRT version the operator check reads the graphs against: 10.3 (JetPack 6) for
+    portable pooling, and for plugin pooling the first version with that plugin form (`PLUGIN_TRT_TARGET`).
+    The graphs take 1 to `max_batch` videos per call; parity is checked at one video and at several.
+    """
     say = log or (lambda s: None)
     t0 = time.perf_counter()
     if precision not in spec.PRECISIONS:
         raise ExportError(f"--precision {precision!r}: choose one of {list(spec.PRECISIONS)}")
     if pooling not in spec.POOLINGS:
         raise ExportError(f"--pooling {pooling!r}: choose one of {list(spec.POOLINGS)}")
+    if plugin_impl not in PLUGIN_IMPLS:
+        raise ExportError(f"--plugin-impl {plugin_impl!r}: choose one of {list(PLUGIN_IMPLS)}")
+    if trt_target is None:
+        trt_target = PLUGIN_TRT_TARGET[plugin_impl] if pooling == "plugin" else "10.3"
     if not OPSET_RANGE[0] <= int(opset) <= OPSET_RANGE[1]:
         raise ExportError(f"--opset {opset}: choose {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (17 has "
                           "LayerNormalization; TensorRT 10.3 parses up to 20)")
@@ -483,6 +517,8 @@ def export_bundle(
     if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
         raise ExportError(f"--guidance {guidance}: the bundle's default guidance must be a finite number "
                           ">= 0 (1 = no guidance, 0 = unconditional)")
+    if not isinstance(max_batch, int) or not 1 <= max_batch <= spec.MAX_BATCH_LIMIT:
+        raise ExportError(f"--max-batch {max_batch}: choose 1..{spec.MAX_BATCH_LIMIT} videos per call")
     opset = int(opset)
     out = Path(out)
     old = bundle_writer.check_output(out, force=force)
@@ -491,6 +527,8 @@ def export_bundle(
         round_weights_fp16(model)
     rng = np.random.default_rng(seed)
     enc_feeds = random_graph_feeds(vocab, cfg.data, rng, PARITY_TRIALS)
+    if max_batch > 1:  # and the same graphs as one batch: the batch axis must give what single calls give
+        enc_feeds.append(batched_feeds(enc_feeds[:max_batch]))
     unet_feeds = _unet_feeds(model, enc_feeds, cfg, rng)
     tol = TOLERANCE[precision]
     parity_report: dict[str, Any] = {}
@@ -501,17 +539,22 @@ def export_bundle(
     with bundle_writer.staging(out) as tmp:
         for stage in spec.STAGE_FILES:
             key = _cache_key(stage, source, precision, pooling, opset)
-            key["weights"] = weights
+            key.update(weights=weights, max_batch=max_batch)
+            if stage == spec.ENCODER_STAGE and pooling == "plugin":
+                key["plugin_impl"] = plugin_impl
             stage_extra[stage] = {"cache_key": key}
             if _reusable(old, out, stage, key, tmp):
                 parity_report[stage] = old["parity"][stage]
                 op_reports[stage] = old["trt_op_check"]["stages"][stage]
+                if op_reports[stage].get("target") != trt_target:  # same graph, read for another TensorRT
+                    op_reports[stage] = check_model(tmp / spec.STAGE_FILES[stage], target=trt_target)
                 reused.append(stage)
                 say(f"{stage}: reused {spec.STAGE_FILES[stage]} from {out} (same checkpoint and options)")
                 continue
             ts = time.perf_counter()
             if stage == spec.ENCODER_STAGE:
-                graph, par = _export_encoder(model, cfg, precision, pooling, opset, enc_feeds, tol)
+                graph, par = _export_encoder(model, cfg, precision, pooling, opset, enc_feeds, tol,
+                                             plugin_impl)
             else:
                 graph, par = _export_unet(model, precision, opset, unet_feeds, tol)
             parity_report[stage] = par
@@ -549,26 +592,26 @@ def export_bundle(
         manifest = bundle_writer.build_manifest(
             cfg=cfg, vocab=vocab, precision=precision, pooling=pooling, opset=opset, root=tmp,
             parity=parity_report, trt_op_check=trt, source_checkpoint=source, stage_extra=stage_extra,
-            weight_storage=weights, guidance=guidance,
+            weight_storage=weights, guidance=guidance, plugin_impl=plugin_impl, max_batch=max_batch,
         )
         bundle_writer.write_manifest(tmp, manifest)
     return ExportResult(out, manifest, reused, time.perf_counter() - t0)
 
 
-def _export_encoder(model, cfg, precision, pooling, opset, feeds, tol):
+def _export_encoder(model, cfg, precision, pooling, opset, feeds, tol, plugin_impl="aot"):
     reference = _torch_outputs(model.encoder, feeds, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS)
     args = tuple(torch.from_numpy(feeds[0][n]) for n in spec.ENCODER_INPUTS)
     encoder = copy.deepcopy(model.encoder)
     with _pooling(encoder, "portable"):
         portable = export_onnx(EncoderGraph(encoder, precision), args, spec.ENCODER_INPUTS,
-                               spec.ENCODER_OUTPUTS, opset)
+                               spec.ENCODER_OUTPUTS, opset, batch_dim=spec.BATCH_DIM)
     _check_precision(portable, precision, "encoder")
     got = run_ort(portable.SerializeToString(), feeds)
     if pooling == "portable":
         return portable, parity(got, reference, tol, "encoder.onnx on ONNX Runtime CPU vs PyTorch float32")
-    with _pooling(encoder, "plugin"):
+    with _pooling(encoder, "plugin", plugin_impl):
         graph = export_onnx(EncoderGraph(encoder, precision), args, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS,
-                            opset, plugin=True)
+                            opset, plugin=True, batch_dim=spec.BATCH_DIM)
     nodes = [n for n in graph.graph.node if n.domain == spec.PLUGIN_DOMAIN and n.op_type == spec.PLUGIN_OP]
     expected = cfg.encoder.num_layers
     if len(nodes) != expected:
@@ -586,7 +629,7 @@ def _export_unet(model, precision, opset, feeds, tol):
     reference = _torch_outputs(model.unet, feeds, spec.UNET_INPUTS, spec.UNET_OUTPUTS)
     args = tuple(torch.from_numpy(feeds[0][n]) for n in spec.UNET_INPUTS)
     graph = export_onnx(UNetGraph(copy.deepcopy(model.unet), precision), args, spec.UNET_INPUTS,
-                        spec.UNET_OUTPUTS, opset)
+                        spec.UNET_OUTPUTS, opset, batch_dim=spec.UNET_BATCH_DIM)
     _check_precision(graph, precision, "unet")
     got = run_ort(graph.SerializeToString(), feeds)
     return graph, parity(got, reference, tol, "unet.onnx on ONNX Runtime CPU vs PyTorch float32")
@@ -617,7 +660,7 @@ def _check_precision(graph: Any, precision: str, stage: str) -> None:
 
 
 def _write_arrays(root: Path, model: nn.Module, include_weights: bool, weights: str = "fp32") -> None:
-    ctx, mask = null_context_arrays(model)
+    ctx, mask = model.null_context_arrays()
     np.save(root / spec.NULL_CONTEXT, ctx)
     np.save(root / spec.NULL_CONTEXT_MASK, mask)
     arrays = {k: v.detach().float().cpu().numpy() for k, v in model.encoder.state_dict().items()}

@@ -229,7 +229,19 @@ def check_model(model, target: str = "10.3", plugins: dict[str, Any] | None = No
                 issue(node, op, "custom-domain op with no registered plugin creator of that name")
                 continue
             plugin_counts[op] = plugin_counts.get(op, 0) + 1
+            since = plugin.get("since")
+            if since and _version(target) < _version(since):
+                issue(node, op, f"TensorRT {target} has no Python plugin API (tensorrt.plugin arrives in "
+                      f"{since}); export with --pooling portable for this TensorRT", since)
+                continue
             _check_types(node, op, plugin.get("types", []), plugin, g, table, issue, warnings)
+            for reason in _plugin_attr_issues(node, plugin, target):
+                issue(node, op, reason)
+            if plugin.get("aot_since") and _attr(node, "aot") == 1 \
+                    and _version(target) < _version(plugin["aot_since"]):
+                warnings.append(f"{op}: aot=1 is ignored before TensorRT {plugin['aot_since']} (no "
+                                "ahead-of-time plugins): the JIT implementation runs, with Python and CuPy "
+                                "at inference")
             continue
         row = table["ops"].get(op)
         if row is None or not row["supported"]:
@@ -260,6 +272,33 @@ def check_model(model, target: str = "10.3", plugins: dict[str, Any] | None = No
                     for k, v in sorted(plugin_counts.items())],
         "warnings": sorted(set(warnings)),
     }
+
+
+def _plugin_attr_issues(node, plugin: dict[str, Any], target: str) -> list[str]:
+    """What a plugin node's attributes lack for the parser to find and create the plugin at `target`."""
+    out = []
+    for name in plugin.get("attributes", []):
+        if _attr(node, name) is None:
+            out.append(f"attribute `{name}` is missing (a field of the plugin)")
+    namespace = plugin.get("namespace")
+    if namespace is not None and _attr(node, "plugin_namespace") != namespace:
+        out.append(f"attribute `plugin_namespace` = {_attr(node, 'plugin_namespace')!r}, needs "
+                   f"{namespace!r}: the 10.6 parser's fallback importer finds plugins by it, not by the "
+                   "node's domain")
+    version = plugin.get("version")
+    if version is not None and _attr(node, "plugin_version") not in (None, version):
+        out.append(f"attribute `plugin_version` = {_attr(node, 'plugin_version')!r}, the plugin registers "
+                   f"version {version!r}")
+    aot_since = plugin.get("aot_since")
+    if aot_since is not None:
+        aot = _attr(node, "aot")
+        if aot is not None and aot not in (0, 1):
+            out.append(f"attribute `aot` = {aot!r}, needs 0 (JIT) or 1 (AOT)")
+        elif aot is None and _version(target) >= _version(aot_since):
+            out.append(f"no attribute `aot` (0 or 1): from TensorRT {aot_since} the plugin has JIT and AOT "
+                       "implementations and creating it fails unless the node (or a PREFER_*_PYTHON_PLUGINS "
+                       "network flag) says which to use")
+    return out
 
 
 def _check_types(node, op, types, row, g: _Graph, table, issue, warnings) -> None:

@@ -1,14 +1,17 @@
 """Read and verify an exported bundle (torch-free): manifest, format version, file hashes, safe paths.
 
 A bundle is untrusted data: every path it names must stay inside its folder (no absolute paths, no `..`, no
-symlink that resolves outside), every file must match the size and sha256 the manifest records, and arrays are
-loaded with `np.load(allow_pickle=False)`. Layout and keys: docs/ARCHITECTURE.md ("Bundle"), names from
-`sg2v.bundle_spec`.
+symlink that resolves outside, no symlink loop), every file must match the size and sha256 the manifest
+records, and what it declares is bounded before anything of that size is allocated: the manifest's size and
+entries, the model config (`ModelConfig.check_bounds`), the sampler defaults and schedule, and .npy headers
+(read without pickles, checked before their data). The ONNX files are checked by `sg2v.runtime.onnx_guard`
+when a backend loads them. Layout and keys: docs/ARCHITECTURE.md ("Bundle"), names from `sg2v.bundle_spec`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -17,12 +20,15 @@ from typing import Any
 import numpy as np
 
 from sg2v import bundle_spec as spec
-from sg2v.config import ConfigError, ModelConfig
-from sg2v.errors import BundleError, Sg2vError
-from sg2v.io import sha256_file
+from sg2v.config import ModelConfig
+from sg2v.errors import BundleError, ConfigError, Sg2vError, first_line
+from sg2v.io import load_npy_checked, npy_header, sha256_file
 from sg2v.vocab import Vocab
 
 _REEXPORT = "re-export it with: sg2v-export --ckpt model.pt --out <bundle>"
+MAX_MANIFEST_BYTES = 64 << 20  # a real one is a few hundred KiB (the vocabulary is the largest part)
+MAX_FILES = 1000  # entries of the manifest's `files`
+MAX_SAMPLER_STEPS = 10_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +59,7 @@ class Bundle:
         vocab = _vocab(manifest, root)
         shapes = _shapes(manifest, config, root)
         stages = _stages(manifest, files, shapes, root)
+        _check_sampling(manifest, config, root)
         null_context = _load_array(root, files, spec.NULL_CONTEXT, (1, shapes["context_tokens"],
                                                                       shapes["context_dim"]))
         null_mask = _load_array(root, files, spec.NULL_CONTEXT_MASK, (1, shapes["context_tokens"]))
@@ -65,6 +72,16 @@ class Bundle:
     @property
     def pooling(self) -> str:
         return str(self.manifest["pooling"])
+
+    @property
+    def max_batch(self) -> int:
+        """Videos one stage call takes at most (format 1 bundles: 1, their batches are fixed)."""
+        return spec.max_batch(self.shapes)
+
+    @property
+    def plugin_impl(self) -> str:
+        """Plugin bundles: "aot" or "jit", the form their `sg2v::ScatterMeanPool` nodes ask TensorRT for."""
+        return str(self.manifest.get("plugin_impl", "aot"))
 
     @property
     def sampler_defaults(self) -> dict[str, Any]:
@@ -108,10 +125,13 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     if mpath.is_symlink() or not mpath.is_file():
         raise BundleError(f"bundle {root} has no {spec.MANIFEST}: not a bundle, or an interrupted export; "
                           f"{_REEXPORT}")
+    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"bundle {root}: {spec.MANIFEST} has {mpath.stat().st_size} bytes, more than the "
+                          f"{MAX_MANIFEST_BYTES} a manifest may have (not an sg2v manifest); {_REEXPORT}")
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise BundleError(f"bundle {root}: {spec.MANIFEST} is corrupt ({_first_line(e)}); "
+        raise BundleError(f"bundle {root}: {spec.MANIFEST} is corrupt ({first_line(e)}); "
                           f"{_REEXPORT}") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"bundle {root}: {spec.MANIFEST} is not a JSON object; {_REEXPORT}")
@@ -141,6 +161,9 @@ def _check_format(manifest: dict[str, Any], root: Path) -> None:
     if manifest["pooling"] not in spec.POOLINGS:
         raise BundleError(f"bundle {root}: pooling {manifest['pooling']!r} is not one of "
                           f"{list(spec.POOLINGS)}; {_REEXPORT}")
+    if manifest.get("plugin_impl", "aot") not in ("aot", "jit"):
+        raise BundleError(f"bundle {root}: plugin_impl {manifest['plugin_impl']!r} is not 'aot' or 'jit'; "
+                          f"{_REEXPORT}")
 
 
 def _safe_path(root: Path, rel: Any, where: str) -> Path:
@@ -155,9 +178,14 @@ def _safe_path(root: Path, rel: Any, where: str) -> Path:
         raise BundleError(f"bundle {root}: {where} path {rel!r} contains '..' or empty/'.' parts; a bundle "
                           f"may only name files inside itself (tampered manifest?); {_REEXPORT}")
     full = root / pure
-    base = root.resolve()
     try:
-        full.resolve().relative_to(base)
+        base = root.resolve()
+        resolved = full.resolve()
+    except (RuntimeError, OSError) as e:  # Python raises RuntimeError for a symlink loop before 3.13
+        raise BundleError(f"bundle {root}: {where} path {rel!r} cannot be resolved ({first_line(e)}: a "
+                          f"symlink loop?); {_REEXPORT}") from None
+    try:
+        resolved.relative_to(base)
     except ValueError:
         raise BundleError(f"bundle {root}: {where} path {rel!r} resolves outside the bundle (a symlink?); "
                           f"a bundle may only name files inside itself; {_REEXPORT}") from None
@@ -167,13 +195,15 @@ def _safe_path(root: Path, rel: Any, where: str) -> Path:
 def _check_files(root: Path, manifest: dict[str, Any], verify: bool) -> dict[str, dict[str, Any]]:
     """Every listed file: safe path, regular file, recorded size, and (with `verify`) recorded sha256."""
     files = manifest["files"]
-    if not isinstance(files, dict) or not files:
-        raise BundleError(f"bundle {root}: manifest 'files' is not a non-empty object; {_REEXPORT}")
+    if not isinstance(files, dict) or not files or len(files) > MAX_FILES:
+        raise BundleError(f"bundle {root}: manifest 'files' is not an object of 1 to {MAX_FILES} entries; "
+                          f"{_REEXPORT}")
     for rel, info in files.items():
         path = _safe_path(root, rel, f"files[{rel!r}]")
+        size = info.get("bytes") if isinstance(info, dict) else None
         if not isinstance(info, dict) or not isinstance(info.get("sha256"), str) \
-                or not isinstance(info.get("bytes"), int):
-            raise BundleError(f"bundle {root}: files[{rel!r}] needs 'sha256' (hex) and 'bytes' (int); "
+                or not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BundleError(f"bundle {root}: files[{rel!r}] needs 'sha256' (hex) and 'bytes' (int >= 0); "
                               f"{_REEXPORT}")
         if not path.is_file():
             raise BundleError(f"bundle {root}: {rel} is missing (incomplete copy or interrupted export); "
@@ -192,7 +222,7 @@ def _config(manifest: dict[str, Any], root: Path) -> ModelConfig:
     try:
         return ModelConfig.from_dict(manifest["model_config"])
     except (ConfigError, TypeError) as e:
-        raise BundleError(f"bundle {root}: model_config is unusable ({_first_line(e)}); {_REEXPORT} "
+        raise BundleError(f"bundle {root}: model_config is unusable ({first_line(e)}); {_REEXPORT} "
                           "or upgrade sg2v") from None
 
 
@@ -204,10 +234,17 @@ def _vocab(manifest: dict[str, Any], root: Path) -> Vocab:
 
 
 def _shapes(manifest: dict[str, Any], config: ModelConfig, root: Path) -> dict[str, int]:
-    expected = spec.shapes(config.data, config.encoder)
     got = manifest["shapes"]
     if not isinstance(got, dict):
         raise BundleError(f"bundle {root}: manifest 'shapes' is not an object; {_REEXPORT}")
+    max_batch = None  # format 1: fixed batches
+    if manifest["format_version"] >= 2:
+        max_batch = got.get("max_batch")
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) \
+                or not 1 <= max_batch <= spec.MAX_BATCH_LIMIT:
+            raise BundleError(f"bundle {root}: shapes.max_batch {max_batch!r} is not an integer in "
+                              f"[1, {spec.MAX_BATCH_LIMIT}]; {_REEXPORT}")
+    expected = spec.shapes(config.data, config.encoder, max_batch)
     wrong = [f"{k}={got.get(k)!r} (config says {v})" for k, v in expected.items() if got.get(k) != v]
     if wrong:
         raise BundleError(f"bundle {root}: manifest shapes disagree with model_config: {', '.join(wrong)}; "
@@ -239,6 +276,32 @@ def _stages(manifest: dict[str, Any], files: dict[str, Any], shapes: dict[str, i
     return out
 
 
+def _check_sampling(manifest: dict[str, Any], config: ModelConfig, root: Path) -> None:
+    """`schedule` is the config's; `sampler_defaults` are a known sampler, steps and finite guidance."""
+    from sg2v.sampling import SAMPLERS
+
+    sched = manifest["schedule"]
+    want = {"kind": config.diffusion.schedule, "num_train_timesteps": config.diffusion.num_train_timesteps}
+    if not isinstance(sched, dict) or {k: sched.get(k) for k in want} != want:
+        raise BundleError(f"bundle {root}: manifest schedule {sched!r:.120} is not the model config's "
+                          f"{want}; {_REEXPORT}")
+    d = manifest["sampler_defaults"]
+    if not isinstance(d, dict):
+        raise BundleError(f"bundle {root}: sampler_defaults {d!r:.80} is not an object; {_REEXPORT}")
+    problems = []
+    if d.get("sampler") not in SAMPLERS:
+        problems.append(f"sampler {d.get('sampler')!r:.40} is not one of {sorted(SAMPLERS)}")
+    steps = d.get("steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_SAMPLER_STEPS:
+        problems.append(f"steps {steps!r:.40} is not an integer in [1, {MAX_SAMPLER_STEPS}]")
+    for key, lo, hi in (("guidance", 0.0, 1e6), ("guidance_rescale", 0.0, 1.0)):
+        v = d.get(key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not (math.isfinite(v) and lo <= v <= hi):
+            problems.append(f"{key} {v!r:.40} is not a finite number in [{lo:g}, {hi:g}]")
+    if problems:
+        raise BundleError(f"bundle {root}: sampler_defaults: {'; '.join(problems)}; {_REEXPORT}")
+
+
 def _io_key(ios: Any) -> Any:
     try:
         return sorted((d["name"], d["dtype"], tuple(d["shape"])) for d in ios)
@@ -251,19 +314,15 @@ def _load_array(root: Path, files: dict[str, Any], rel: str, shape: tuple[int, .
         raise BundleError(f"bundle {root}: {rel} is not listed in the manifest's 'files'; {_REEXPORT}")
     path = _safe_path(root, rel, rel)
     try:
-        arr = np.load(path, allow_pickle=False)
+        got_shape, got_dtype = npy_header(path)  # before loading: the header may declare anything
+        if got_dtype != np.float32 or got_shape != shape:
+            raise BundleError(f"bundle {root}: {rel} is {got_dtype} {got_shape}, expected float32 {shape}; "
+                              f"{_REEXPORT}")
+        arr = load_npy_checked(path, np.float32, shape)
     except (ValueError, OSError, EOFError) as e:
-        raise BundleError(f"bundle {root}: {rel} is not a plain .npy array ({_first_line(e)}); {_REEXPORT}") \
+        raise BundleError(f"bundle {root}: {rel} is not a plain .npy array ({first_line(e)}); {_REEXPORT}") \
             from None
-    if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or tuple(arr.shape) != shape:
-        got = f"{getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}"
-        raise BundleError(f"bundle {root}: {rel} is {got}, expected float32 {shape}; {_REEXPORT}")
     if not np.isfinite(arr).all():
         raise BundleError(f"bundle {root}: {rel} holds NaN or inf; {_REEXPORT}")
     arr.setflags(write=False)
     return arr
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sg2v.errors import GraphError, Sg2vError
+from sg2v.runtime.backends import BACKENDS
 
 DEMO_BUNDLE = Path("models") / "demo"
 OUTPUT_KINDS = ".mp4, .gif, .webp, .npy, or no extension for a folder of PNG frames"
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Help,
         epilog=('Graph JSON: {"objects": ["red circle", "blue square"], '
                 '"relationships": [[0, "left of", 1]]}. Several graphs (several files, or one file holding'
-                " a JSON list) give numbered outputs (video_0.mp4, video_1.mp4, ...)."),
+                " a JSON list) are generated as one batch (--batch videos per call, each from --seed) and "
+                "give numbered outputs (video_0.mp4, video_1.mp4, ...)."),
     )
     ap.add_argument("graphs", nargs="+", metavar="graph.json",
                     help="scene-graph JSON file(s); a file may hold one graph or a list of graphs")
@@ -61,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--guidance-rescale", type=float, default=None,
                     help="guidance rescale in [0, 1] (default: the bundle's)")
     ap.add_argument("--seed", type=int, default=0, help="random seed of the initial noise")
-    ap.add_argument("--backend", choices=("auto", "ort", "trt", "torch"), default="auto",
-                    help="auto tries TensorRT, then ONNX Runtime GPU, then ONNX Runtime CPU")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="most videos per batched call (default: the bundle's max_batch; format-1 bundles "
+                         "take 1)")
+    ap.add_argument("--backend", choices=BACKENDS, default="auto",
+                    help="auto tries TensorRT, then ONNX Runtime GPU, then ONNX Runtime CPU; torch is the "
+                         "PyTorch reference, torch-cuda the CUDA-graph fp16 path")
     ap.add_argument("--sampler", choices=("dpmpp2m", "ddim"), default=None,
                     help="sampler (default: the bundle's)")
     ap.add_argument("--threads", type=int, default=None,
@@ -70,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default=None,
                     help="cpu, cuda or cuda:N (default: the backend's choice, GPU 0 when it uses one)")
     ap.add_argument("--ckpt", default=None,
-                    help="checkpoint for --backend torch (default: the bundle's model.safetensors)")
+                    help="checkpoint for --backend torch or torch-cuda (default: the bundle's "
+                         "model.safetensors)")
     ap.add_argument("--fps", type=float, default=8.0, help="frames per second of the written video")
     ap.add_argument("--no-verify", action="store_true",
                     help="skip the bundle's sha256 checks (sizes still checked)")
@@ -105,19 +112,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: Any) -> int:
+    from sg2v.graph import load_graphs
     from sg2v.runtime.bundle import Bundle
     from sg2v.runtime.pipeline import Pipeline
-
-    from sg2v.graph import load_graphs
     from sg2v.video import write_contact_sheet, write_video
 
-    for name, value in (("--threads", args.threads), ("--steps", args.steps)):
+    for name, value in (("--threads", args.threads), ("--steps", args.steps), ("--batch", args.batch)):
         if value is not None and value < 1:
             raise Sg2vError(f"{name} {value}: must be >= 1")
     if args.seed < 0:
         raise Sg2vError(f"--seed {args.seed}: must be >= 0")
-    if args.ckpt is not None and args.backend != "torch":
-        raise Sg2vError(f"--ckpt is for --backend torch; the {args.backend} backend runs the bundle's graphs")
+    if args.ckpt is not None and args.backend not in ("torch", "torch-cuda"):
+        raise Sg2vError(f"--ckpt is for --backend torch or torch-cuda; the {args.backend} backend runs the "
+                        "bundle's graphs")
     bundle = Bundle.open(args.bundle, verify=not args.no_verify)
     data = bundle.config.data
     graphs = []
@@ -135,19 +142,25 @@ def _run(args: Any) -> int:
     pipe = Pipeline(bundle, _backend(bundle, args))
     print(f"sg2v-run: bundle {bundle.path}, backend {pipe.backend_name}"
           + "".join(f" ({note})" for note in pipe.backend.notes))
-    for i, graph in enumerate(graphs):
-        frames = pipe(graph, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                      guidance_rescale=args.guidance_rescale, sampler=args.sampler)
+    if len(graphs) > 1 and bundle.max_batch == 1:
+        print(f"sg2v-run: this bundle takes one video per call (format {bundle.manifest['format_version']}): "
+              f"the {len(graphs)} graphs run one after another; for batched calls re-export it: sg2v-export "
+              f"--ckpt {bundle.path} --out NEW_BUNDLE")
+    videos = pipe.generate(graphs, [args.seed] * len(graphs), steps=args.steps, guidance=args.guidance,
+                           guidance_rescale=args.guidance_rescale, sampler=args.sampler, max_batch=args.batch)
+    t = pipe.last_timings
+    for i, frames in enumerate(videos):
         target = write_video(numbered(out, i, len(graphs)), frames, fps=args.fps)
         sheet = None
         if args.contact_sheet:
             sheet = write_contact_sheet(numbered(Path(args.contact_sheet), i, len(graphs)), frames)
-        t = pipe.last_timings
         f, h, w, _ = frames.shape
         print(f"wrote {target} ({f} frames {h}x{w})" + (f" and {sheet}" if sheet else ""))
-        print(f"  encoder {_ms(t['encoder_s'])}, denoiser {_ms(t['denoiser_s'])} for {t['unet_calls']} steps "
-              f"({_ms(t['denoiser_per_step_s'])}/step), sampler {_ms(t['sampler_overhead_s'])}, "
-              f"decode {_ms(t['decode_s'])}, total {_ms(t['total_s'])}")
+    calls = t["unet_calls"] // max(t["chunks"], 1)
+    batch = f"{t['videos']} videos in {t['chunks']} call(s): " if t["videos"] > 1 else ""
+    print(f"  {batch}encoder {_ms(t['encoder_s'])}, denoiser {_ms(t['denoiser_s'])} for {calls} steps "
+          f"({_ms(t['denoiser_per_step_s'])}/step), sampler {_ms(t['sampler_overhead_s'])}, "
+          f"decode {_ms(t['decode_s'])}, total {_ms(t['total_s'])}")
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import hashlib
 import importlib.util
 import os
 import threading
@@ -108,6 +109,11 @@ def kernel_source() -> str:
         else:
             lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def kernel_sha256() -> str:
+    """sha256 of `kernel_source()`: what NVRTC compiles, and what an AOT TensorRT plan has baked in."""
+    return hashlib.sha256(kernel_source().encode()).hexdigest()
 
 
 def no_jit() -> bool:
@@ -313,6 +319,37 @@ def _nvrtc_library():
         "libnvrtc (NVIDIA's run-time compiler) was not found; install the CUDA toolkit or "
         "`pip install nvidia-cuda-nvrtc`, or set CUDA_PATH"
     )
+
+
+def nvrtc_version() -> tuple[int, int]:
+    """(major, minor) of the libnvrtc `compile_ptx` uses."""
+    lib = _nvrtc_library()
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    if lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)) != 0:
+        raise KernelError("nvrtcVersion failed; reinstall the CUDA toolkit or nvidia-cuda-nvrtc")
+    return major.value, minor.value
+
+
+def driver_cuda_version() -> tuple[int, int]:
+    """(major, minor) CUDA version the installed driver supports (cudaDriverGetVersion, through CuPy)."""
+    v = int(_cupy().cuda.runtime.driverGetVersion())  # e.g. 12040 for CUDA 12.4
+    return v // 1000, (v % 1000) // 10
+
+
+def ptx_loadable(nvrtc: tuple[int, int], driver: tuple[int, int]) -> bool:
+    """Whether a driver for CUDA `driver` can load PTX from NVRTC `nvrtc` (its PTX ISA needs that CUDA)."""
+    return tuple(nvrtc) <= tuple(driver)
+
+
+def check_nvrtc_against_driver() -> None:
+    """KernelError when this NVRTC writes PTX the installed driver cannot load (NVRTC newer than it)."""
+    nvrtc, driver = nvrtc_version(), driver_cuda_version()
+    if not ptx_loadable(nvrtc, driver):
+        raise KernelError(
+            f"NVRTC {nvrtc[0]}.{nvrtc[1]} writes PTX that the installed driver (CUDA "
+            f"{driver[0]}.{driver[1]}) cannot load; update the NVIDIA driver, or install the NVRTC of the "
+            "driver's CUDA (CUDA 12: pip install nvidia-cuda-nvrtc-cu12) ahead of this one"
+        )
 
 
 def compile_ptx(arch: str, name_exprs: list[str] | None = None) -> tuple[bytes, dict[str, str]]:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from typing import Any
 
 import numpy as np
 
+from sg2v import bundle_spec as spec
 from sg2v.errors import BundleError, require
+from sg2v.io import load_npz_checked
 
 LAYERNORM_EPS = 1e-5  # sg2v.models.layers.TokenNorm default (= torch.nn.LayerNorm), which SGEncoder uses
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
@@ -71,11 +74,10 @@ def check_weights(weights: dict[str, Any], source: str = "encoder weights") -> d
 def load_encoder_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read `encoder_weights.npz` (SGEncoder state dict as float32 arrays) without unpickling anything."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            weights = {k: np.asarray(z[k], dtype=np.float32) for k in z.files}
+        weights = {k: np.asarray(v, dtype=np.float32) for k, v in load_npz_checked(path).items()}
     except FileNotFoundError:
         raise BundleError(f"{path}: encoder weights not found; export the bundle again") from None
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise BundleError(f"{path}: not a readable .npz of arrays ({e}); export the bundle again") from None
     return check_weights(weights, str(path))
 
@@ -189,14 +191,45 @@ def encoder_forward(weights: dict[str, Any], objs, obj_mask, triples, triple_mas
     return context, context_mask
 
 
+def check_against_config(weights: dict[str, Any], num_layers_: int, context_dim: int, source: str) -> None:
+    """BundleError unless the weights are of the bundle's encoder: its layer count and context width."""
+    got = (num_layers(weights), int(weights["local_norm.weight"].shape[0]))
+    if got != (num_layers_, context_dim):
+        raise BundleError(f"{source}: {got[0]} layers of width {got[1]}, the bundle's config says "
+                          f"{num_layers_} of {context_dim}; the bundle was assembled from different exports: "
+                          "re-export it")
+
+
+class NumpyEncoder:
+    """Encoder stage on the CPU (stage protocol): `encoder_forward` with `NumpyOps`, numpy in and out."""
+
+    inputs = spec.ENCODER_INPUTS
+    outputs = spec.ENCODER_OUTPUTS
+
+    def __init__(self, weights: dict[str, np.ndarray]):
+        weights = check_weights(weights)
+        self.weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        missing = [k for k in self.inputs if k not in feeds]
+        if missing:
+            raise BundleError(f"encoder stage: missing inputs {missing}; pass {list(self.inputs)}")
+        objs = np.asarray(feeds["objs"], dtype=np.int64)
+        triples = np.asarray(feeds["triples"], dtype=np.int64)
+        context, context_mask = encoder_forward(self.weights, objs, np.asarray(feeds["obj_mask"], np.float32),
+                                                triples, np.asarray(feeds["triple_mask"], np.float32),
+                                                NumpyOps)
+        return {"context": context, "context_mask": context_mask.astype(np.float32)}
+
+
 class GpuEncoder:
     """Encoder stage on the GPU (stage protocol `run(feeds) -> outputs`): CuPy matmuls + the CUDA kernels.
 
     Weights are uploaded once; inputs may be numpy or CuPy; outputs are CuPy arrays on the stage's device.
     """
 
-    inputs = ("objs", "obj_mask", "triples", "triple_mask")
-    outputs = ("context", "context_mask")
+    inputs = spec.ENCODER_INPUTS
+    outputs = spec.ENCODER_OUTPUTS
 
     def __init__(self, weights: dict[str, np.ndarray], device: int = 0, stream=None):
         cp = require("cupy", "gpu")

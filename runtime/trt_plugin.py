@@ -1,35 +1,80 @@
 """TensorRT plugin for the ONNX node `ScatterMeanPool` (namespace `sg2v`): the `plugin` pooling form.
 
-UNVERIFIED: written by the documentation of TensorRT's Python plugin API (`tensorrt.plugin`, "quickly
-deployable plugins") and NVIDIA's quickly_deployable_plugins sample; TensorRT is not installable on the
-machines this project is built and tested on, so this module has never run against TensorRT.
+UNVERIFIED: written to TensorRT's Python plugin API (`tensorrt.plugin`, "quickly deployable plugins"), its
+validators (tensorrt/plugin/_validate.py, TensorRT 10.9 to 11.1) and NVIDIA's quickly_deployable_plugins
+sample; TensorRT is not installable on the machines this project is built and tested on, so this module has
+never run against TensorRT. tests/test_trt_plugin.py checks every definition against the validator's rules.
 
-- TensorRT >= 10.6: `register()` registers the shape/type descriptor and a JIT implementation that launches
-  the CuPy kernel (`sg2v.runtime.cuda_kernels`) on the stream TensorRT hands it (Python runs per enqueue).
+- TensorRT 10.6 - 10.8: `register()` registers the shape/type descriptor and a JIT implementation that
+  launches the CuPy kernel (`sg2v.runtime.cuda_kernels`) on the stream TensorRT hands it (Python runs per
+  enqueue, so the engine needs sg2v, CuPy and this registration at inference).
 - TensorRT >= 10.9: it also registers the ahead-of-time implementation: the kernel compiled to PTX by NVRTC
   plus its launch parameters, which TensorRT bakes into the engine so inference needs no Python.
+- TensorRT < 10.6 has no `tensorrt.plugin`: plugin bundles cannot be built there (export with --pooling
+  portable).
 
-The ONNX node TensorRT's parser maps onto it: op_type `ScatterMeanPool`, inputs (values (B, N, D) float32 or
-float16, index (B, N) int32/int64, mask (B, N) float32, or float16 with float16 values), one output (B, O, D)
-of values' dtype, attributes `num_segments` (int, O), `plugin_namespace` = "sg2v" (how the parser finds the
-namespace) and optionally `aot` (int 1: use the AOT implementation). Call `register()` before parsing the ONNX
-file or deserializing an engine that holds the node.
+With both implementations registered TensorRT must be told which to use, or plugin creation fails ("has both
+AOT and JIT implementations"): the exported node carries `aot` (int, 1 or 0; a node-level choice, read by the
+ONNX parser from 10.9 on), and `network_flags()` gives the matching PREFER_*_PYTHON_PLUGINS network flag.
+
+The ONNX node the parser maps onto it: op_type `ScatterMeanPool`, domain `sg2v`, inputs (values (B, N, D)
+float32 or float16, index (B, N) int32/int64, mask (B, N) float32, or float16 with float16 values), one output
+(B, O, D) of values' dtype, attributes `num_segments` (int, O), `plugin_namespace` = "sg2v" (the only place
+the 10.6 parser's fallback importer looks for the namespace), `plugin_version` = "1" (what tensorrt.plugin
+registers) and `aot`. Call `register()` before parsing the ONNX file or deserializing an engine with the node.
 """
 
-# No `from __future__ import annotations`: tensorrt.plugin reads the descriptor's annotations as objects
-# (trtp.TensorDesc, int), which must be evaluated when the function is defined inside register().
+# No `from __future__ import annotations`: tensorrt.plugin's validators read the annotations as objects
+# (trtp.TensorDesc, int, tuple[...]), which must be evaluated when the functions are defined in _define().
 
 import threading
 
-from sg2v.errors import MissingDependencyError, require
+from sg2v.errors import MissingDependencyError, Sg2vError, require
 
 PLUGIN_ID = "sg2v::ScatterMeanPool"
 PLUGIN_NAMESPACE = "sg2v"
 PLUGIN_NAME = "ScatterMeanPool"
+PLUGIN_VERSION = "1"  # tensorrt.plugin's creators all report version "1"
+IMPLS = ("aot", "jit")
+MIN_TRT = {"jit": (10, 6), "aot": (10, 9)}  # tensorrt.plugin arrives in 10.6, aot_impl in 10.9
 FALLBACK_PTX_ARCH = "compute_75"  # PTX for the oldest arch nvcc 13 targets; the driver JITs it for newer GPUs
 
 _lock = threading.Lock()
 _registered = False
+
+
+class PluginError(Sg2vError):
+    """The sg2v TensorRT plugin cannot be defined or used with this TensorRT / CUDA installation."""
+
+
+def trt_version(version: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string such as "10.9.0.34"."""
+    try:
+        major, minor = (int(p) for p in str(version).split(".")[:2])
+    except ValueError:
+        raise PluginError(f"cannot read TensorRT version {version!r}") from None
+    return major, minor
+
+
+def effective_impl(requested: str, version: str) -> str:
+    """The implementation TensorRT `version` will use when `requested` ("aot"/"jit") is asked for."""
+    if requested not in IMPLS:
+        raise PluginError(f"plugin implementation {requested!r}: choose one of {list(IMPLS)}")
+    have = trt_version(version)
+    if have < MIN_TRT["jit"]:
+        raise PluginError(f"TensorRT {version} has no Python plugin API (tensorrt.plugin arrives in 10.6), "
+                          "so it cannot build plugin bundles; export with --pooling portable or upgrade "
+                          "TensorRT")
+    if requested == "aot" and have < MIN_TRT["aot"]:
+        return "jit"  # before 10.9 the parser ignores the node's `aot` and only the JIT form exists
+    return requested
+
+
+def network_flags(trt, impl: str) -> int:
+    """The PREFER_AOT/JIT_PYTHON_PLUGINS creation flag bit for `impl` (0 where TensorRT has no such flag)."""
+    name = {"aot": "PREFER_AOT_PYTHON_PLUGINS", "jit": "PREFER_JIT_PYTHON_PLUGINS"}[impl]
+    flag = getattr(trt.NetworkDefinitionCreationFlag, name, None)
+    return 0 if flag is None else 1 << int(flag)
 
 
 def _tensorrt():
@@ -39,7 +84,8 @@ def _tensorrt():
     except ImportError as e:
         raise MissingDependencyError(
             f"tensorrt {getattr(trt, '__version__', '?')} has no tensorrt.plugin module ({e}); the sg2v "
-            "ScatterMeanPool plugin needs TensorRT >= 10.6: pip install 'sg2v[trt]' with a newer TensorRT"
+            "ScatterMeanPool plugin needs TensorRT >= 10.6: upgrade TensorRT, or export with --pooling "
+            "portable"
         ) from None
     return trt, trtp
 
@@ -47,8 +93,8 @@ def _tensorrt():
 def _dtype_name(trt, dtype) -> str:
     names = {trt.float32: "float32", trt.float16: "float16", trt.int32: "int32", trt.int64: "int64"}
     if dtype not in names:
-        raise ValueError(f"ScatterMeanPool: tensor type {dtype} is not supported; use float32/float16 values "
-                         "and int32/int64 indices")
+        raise PluginError(f"ScatterMeanPool: tensor type {dtype} is not supported; use float32/float16 "
+                          "values and int32/int64 indices")
     return names[dtype]
 
 
@@ -69,7 +115,14 @@ def register() -> None:
         if _registered:
             return
         trt, trtp = _tensorrt()
-        _define(trt, trtp)
+        try:
+            _define(trt, trtp)
+        except Sg2vError:
+            raise
+        except Exception as e:  # tensorrt.plugin's validators raise ValueError; keep the backend ladder going
+            raise PluginError(f"TensorRT {getattr(trt, '__version__', '?')} rejected the sg2v plugin "
+                              f"definition ({type(e).__name__}: {e}); export with --pooling portable"
+                              ) from None
         _registered = True
 
 
@@ -84,7 +137,10 @@ def _define(trt, trtp) -> None:
         return trtp.from_shape_expr((shape[0], num_segments, shape[2]), dtype=values.dtype)  # (B, O, D)
 
     @trtp.autotune(PLUGIN_ID)
-    def scatter_mean_pool_autotune(values, index, mask, outputs):
+    def scatter_mean_pool_autotune(
+        values: trtp.TensorDesc, index: trtp.TensorDesc, mask: trtp.TensorDesc,
+        outputs: tuple[trtp.TensorDesc],
+    ) -> list[trtp.AutoTuneCombination]:
         # One explicit (values, index, mask, out) type combination per variant in cuda_kernels.POOL_VARIANTS.
         short = {"float32": "FP32", "float16": "FP16", "int32": "INT32", "int64": "INT64"}
         return [
@@ -93,8 +149,10 @@ def _define(trt, trtp) -> None:
         ]
 
     @trtp.impl(PLUGIN_ID)
-    def scatter_mean_pool_impl(values, index, mask, num_segments, outputs, stream):
-        # Annotations are optional on impl/aot_impl (TensorRT checks any given against register's).
+    def scatter_mean_pool_impl(
+        values: trtp.Tensor, index: trtp.Tensor, mask: trtp.Tensor, num_segments: int,
+        outputs: tuple[trtp.Tensor], stream: int,
+    ) -> None:
         import cupy
 
         # trtp.Tensor exposes __cuda_array_interface__: these are views of TensorRT's buffers, no copies.
@@ -106,17 +164,47 @@ def _define(trt, trtp) -> None:
         return
 
     @trtp.aot_impl(PLUGIN_ID)
-    def scatter_mean_pool_aot(values, index, mask, num_segments, outputs):
-        # Returns (kernel name, PTX, launch parameters, extra int32 kernel arguments), as aot_impl documents.
-        dtypes = (_dtype_name(trt, values.dtype), _dtype_name(trt, index.dtype), _dtype_name(trt, mask.dtype))
-        name = cuda_kernels.symbol("scatter_mean_pool", dtypes)
-        ptx, _ = cuda_kernels.compile_ptx(ptx_arch())
-        b, n, d = values.shape_expr  # (B, N, D)
-        launch = trtp.KernelLaunchParams()
-        launch.grid_x = b * num_segments  # one block per (graph, segment), as the JIT launch
-        width = d.constant_value if d.is_constant else cuda_kernels.MAX_THREADS
-        launch.block_x = cuda_kernels.threads_for(width)
-        launch.shared_mem = 0  # the kernel's shared memory is static
-        # The kernel's int32 arguments between its input and output pointers: B, N, O, D.
-        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (b, n, num_segments, d)])
-        return name.encode(), ptx, launch, extra
+    def scatter_mean_pool_aot(
+        values: trtp.TensorDesc, index: trtp.TensorDesc, mask: trtp.TensorDesc, num_segments: int,
+        outputs: tuple[trtp.TensorDesc], tactic: int,
+    ) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
+        return aot_kernel(trt, trtp, values, num_segments, index.dtype, mask.dtype)
+
+
+def aot_kernel(trt, trtp, values, num_segments: int, index_dtype, mask_dtype):
+    """(kernel name, PTX, launch parameters, extra int32 arguments) for one plugin node, as aot_impl returns.
+
+    The plain `extern "C"` kernel of `scatter_pool.cu` for the dtypes, compiled by NVRTC for `ptx_arch()`
+    (refused when NVRTC is newer than the driver, which could not load its PTX); one block per (graph,
+    segment) as in the JIT launch; the kernel's int32 arguments between its input and output pointers are
+    B, N, O, D.
+    """
+    from sg2v.runtime import cuda_kernels
+
+    dtypes = (_dtype_name(trt, values.dtype), _dtype_name(trt, index_dtype), _dtype_name(trt, mask_dtype))
+    if dtypes not in cuda_kernels.POOL_VARIANTS:
+        raise PluginError(f"ScatterMeanPool: no kernel for (values, index, mask) = {dtypes}; the variants "
+                          f"are {list(cuda_kernels.POOL_VARIANTS)}")
+    cuda_kernels.check_nvrtc_against_driver()
+    name = cuda_kernels.symbol("scatter_mean_pool", dtypes)
+    ptx, _ = cuda_kernels.compile_ptx(ptx_arch())
+    b, n, d = values.shape_expr  # (B, N, D)
+    launch = trtp.KernelLaunchParams()
+    launch.grid_x = b * num_segments
+    width = d.constant_value() if d.is_constant else cuda_kernels.MAX_THREADS
+    launch.block_x = cuda_kernels.threads_for(width)
+    launch.shared_mem = 0  # the kernel's shared memory is static
+    extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (b, n, num_segments, d)])
+    return name.encode(), ptx, launch, extra
+
+
+def plugin_record(impl: str, version: str) -> dict:
+    """What an engine with this plugin depends on beyond its ONNX file, for its engine.json."""
+    from sg2v.runtime import cuda_kernels
+
+    used = effective_impl(impl, version)
+    record = {"impl": used, "kernel_sha256": cuda_kernels.kernel_sha256()}
+    if used == "aot":
+        major, minor = cuda_kernels.nvrtc_version()
+        record.update(nvrtc=f"{major}.{minor}", ptx_arch=ptx_arch())
+    return record

@@ -11,5 +11,5 @@ fi
 python -m pip install --quiet --upgrade pip
 # The CPU build of torch 2.13.0 is on local disk on the project's machines; other versions download GBs.
 python -m pip install --quiet "torch==2.13.0"
-python -m pip install --quiet -e ".[train,export,video,dev]"
+python -m pip install --quiet -e ".[cpu,train,export,video,dev]"
 echo "sg2v set up in .venv ($(python -c 'import sg2v; print(sg2v.__version__)'))"

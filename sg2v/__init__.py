@@ -1,7 +1,8 @@
 """sg2v: scene graph in, short video out.
 
-The top-level package is torch-free; PyTorch parts live in `sg2v.models`, `sg2v.diffusion`, `sg2v.pretrain`,
-`sg2v.train` and `sg2v.checkpoint`, and are imported only where used.
+The top-level modules are torch-free foundations (graph, vocab, config, schedule, sampling, generation, video,
+io, errors, bundle_spec, shapes, quality); the PyTorch parts live in `sg2v.models` and `sg2v.training` and
+are imported only where used. `sg2v.export` and `sg2v.runtime` build on this package; it never imports them.
 """
 
 __version__ = "0.1.0"

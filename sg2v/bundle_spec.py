@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from sg2v.config import DataConfig, EncoderConfig
+from sg2v.graph import GRAPH_TENSORS
+
 FORMAT = "sg2v-bundle"
-FORMAT_VERSION = 1  # bump on an incompatible change of the layout or the manifest keys
+FORMAT_VERSION = 2  # bump on an incompatible change of the layout or the manifest keys
+# Format 1: fixed batch, the encoder at 1 graph and the UNet at 2 rows (one video per call). Format 2: a
+# batch axis (dim 0 of every stage input and output, named BATCH_DIM / UNET_BATCH_DIM in the graphs and the
+# manifest) from 1 to `shapes.max_batch` videos; the UNet takes 2 rows per video: the B conditional rows,
+# then the B unconditional ones.
 
 MANIFEST = "manifest.json"
 ENCODER_ONNX = "encoder.onnx"
@@ -24,18 +31,23 @@ ENCODER_STAGE = "encoder"
 UNET_STAGE = "unet"
 STAGE_FILES = {ENCODER_STAGE: ENCODER_ONNX, UNET_STAGE: UNET_ONNX}
 
-ENCODER_INPUTS = ("objs", "obj_mask", "triples", "triple_mask")
+ENCODER_INPUTS = GRAPH_TENSORS
 ENCODER_OUTPUTS = ("context", "context_mask")
 UNET_INPUTS = ("x", "t", "context", "context_mask")
 UNET_OUTPUTS = ("v",)
 
-ENCODER_BATCH = 1
+ENCODER_BATCH = 1  # format 1's fixed batches
 UNET_BATCH = 2  # classifier-free guidance: (cond, uncond) as one batch
+BATCH_DIM = "batch"  # format 2: videos per call, 1 .. max_batch
+UNET_BATCH_DIM = "unet_batch"  # format 2: 2 x batch rows (cond rows, then uncond rows)
+MAX_BATCH = 32  # the exporter's default max_batch
+MAX_BATCH_LIMIT = 4096  # a manifest asking for more is refused before anything is allocated
 
 PRECISIONS = ("fp32", "fp16")
 POOLINGS = ("portable", "plugin")
 PLUGIN_DOMAIN = "sg2v"
 PLUGIN_OP = "ScatterMeanPool"  # attribute num_segments; contract in docs/ARCHITECTURE.md ("ScatterMeanPool")
+PLUGIN_VERSION = "1"  # the version TensorRT's Python plugin API registers every plugin under
 
 MANIFEST_KEYS = (
     "format", "format_version", "model_config", "vocab", "schedule", "sampler_defaults", "shapes",
@@ -44,36 +56,42 @@ MANIFEST_KEYS = (
 )
 
 
-def shapes(data: Any, encoder: Any) -> dict[str, int]:
-    """The manifest's `shapes` entry from a `DataConfig` and an `EncoderConfig` (or their dicts)."""
-    get = (lambda o, k: o[k]) if isinstance(data, dict) else getattr
-    max_objects = int(get(data, "max_objects"))
-    max_relationships = int(get(data, "max_relationships"))
-    padded_objects = max_objects + 1
-    padded_triples = max_relationships + max_objects
-    return {
-        "frames": int(get(data, "frames")),
-        "height": int(get(data, "height")),
-        "width": int(get(data, "width")),
-        "channels": int(get(data, "channels")),
-        "max_objects": max_objects,
-        "max_relationships": max_relationships,
-        "padded_objects": padded_objects,
-        "padded_triples": padded_triples,
-        "context_tokens": 1 + padded_triples,
-        "context_dim": int(get(encoder, "context_dim")),
-        "unet_batch": UNET_BATCH,
-        "encoder_batch": ENCODER_BATCH,
+def shapes(data: DataConfig, encoder: EncoderConfig, max_batch: int | None = MAX_BATCH) -> dict[str, int]:
+    """The manifest's `shapes` entry from a model's `DataConfig` and `EncoderConfig`: format 2 with a batch
+    axis up to `max_batch` videos, or format 1's fixed batches with `max_batch=None`."""
+    out = {
+        "frames": int(data.frames),
+        "height": int(data.height),
+        "width": int(data.width),
+        "channels": int(data.channels),
+        "max_objects": int(data.max_objects),
+        "max_relationships": int(data.max_relationships),
+        "padded_objects": data.padded_objects,
+        "padded_triples": data.padded_triples,
+        "context_tokens": data.context_tokens,
+        "context_dim": int(encoder.context_dim),
     }
+    if max_batch is None:
+        return {**out, "unet_batch": UNET_BATCH, "encoder_batch": ENCODER_BATCH}
+    return {**out, "max_batch": int(max_batch)}
 
 
-def stage_io(s: dict[str, int]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Each stage's inputs and outputs (`name`, `dtype`, `shape`) for the `shapes` entry `s`."""
-    b, o, t = s["encoder_batch"], s["padded_objects"], s["padded_triples"]
-    n, f, c, h, w = s["unet_batch"], s["frames"], s["channels"], s["height"], s["width"]
+def max_batch(s: dict[str, Any]) -> int:
+    """Videos one stage call takes at most: `max_batch` (format 2), or 1 (format 1's fixed batch)."""
+    return int(s.get("max_batch", ENCODER_BATCH))
+
+
+def stage_io(s: dict[str, Any]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Each stage's inputs and outputs (`name`, `dtype`, `shape`) for the `shapes` entry `s`; dim 0 is the
+    batch: a name (format 2) or a fixed size (format 1)."""
+    dynamic = "max_batch" in s
+    b = BATCH_DIM if dynamic else s["encoder_batch"]
+    n = UNET_BATCH_DIM if dynamic else s["unet_batch"]
+    o, t = s["padded_objects"], s["padded_triples"]
+    f, c, h, w = s["frames"], s["channels"], s["height"], s["width"]
     length, d = s["context_tokens"], s["context_dim"]
 
-    def io(name: str, dtype: str, shape: list[int]) -> dict[str, Any]:
+    def io(name: str, dtype: str, shape: list[Any]) -> dict[str, Any]:
         return {"name": name, "dtype": dtype, "shape": shape}
 
     return {

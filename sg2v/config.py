@@ -2,20 +2,24 @@
 
 The config is the one source of truth for shapes: training builds the networks from it, the exporter fixes the
 ONNX shapes from it, and the runtime reads it back from the manifest. Sizes are a table of named constructors
-(`MODEL_SIZES`), offered as choices by the CLIs.
+(`MODEL_SIZES`), offered as choices by the CLIs. Run options (the training configs) are dataclass fields made
+with `option`, which carries the help text; `add_options` builds the command line from those fields, so an
+option is documented once, beside its default.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sg2v.errors import ConfigError
+from sg2v.graph import padded_slots
+
 FORMAT_VERSION = 1  # checkpoint / config format; bump on incompatible change
-
-
-class ConfigError(ValueError):
-    """A config dict that does not describe a model this version can build."""
 
 
 @dataclass(frozen=True)
@@ -31,13 +35,13 @@ class DataConfig:
 
     @property
     def padded_objects(self) -> int:
-        """O: object slots after appending `__image__`."""
-        return self.max_objects + 1
+        """O: object slots after appending `__image__` (`sg2v.graph.padded_slots`)."""
+        return padded_slots(self.max_objects, self.max_relationships)[0]
 
     @property
     def padded_triples(self) -> int:
-        """T: triple slots after appending one `__in_image__` triple per object."""
-        return self.max_relationships + self.max_objects
+        """T: triple slots after one `__in_image__` triple per object (`sg2v.graph.padded_slots`)."""
+        return padded_slots(self.max_objects, self.max_relationships)[1]
 
     @property
     def context_tokens(self) -> int:
@@ -135,7 +139,23 @@ class ModelConfig:
                 f"model config has format_version {version!r}, this sg2v reads <= {FORMAT_VERSION}; "
                 "upgrade sg2v to load it"
             )
-        return _from_plain(cls, d, "config")
+        cfg = _from_plain(cls, d, "config")
+        cfg.check_bounds()
+        return cfg
+
+    def check_bounds(self) -> None:
+        """ConfigError unless every field has its type and lies within `BOUNDS` (what a file may declare)."""
+        for part in (self, self.data, self.encoder, self.unet, self.diffusion):
+            _check_fields(part, type(part).__name__)
+        d = self.data
+        elements = d.frames * d.height * d.width * d.channels
+        if elements > MAX_VIDEO_ELEMENTS:
+            raise ConfigError(f"config: a {d.frames} x {d.channels} x {d.height} x {d.width} video has "
+                              f"{elements} values, more than the {MAX_VIDEO_ELEMENTS} this sg2v allocates")
+        bad = [lvl for lvl in self.unet.attention_levels if lvl >= len(self.unet.channel_mult)]
+        if bad:
+            raise ConfigError(f"config.unet.attention_levels {list(self.unet.attention_levels)}: levels "
+                              f"{bad} do not exist (channel_mult has {len(self.unet.channel_mult)})")
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -170,6 +190,64 @@ def _from_plain(cls: type, d: dict[str, Any], where: str) -> Any:
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+# What a config read from a file (checkpoint, bundle manifest) may declare, inclusive: generous for real
+# models, finite so that a crafted file cannot make the loader allocate without bound.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "ModelConfig.format_version": (1, 1_000_000),
+    "DataConfig.frames": (1, 1024), "DataConfig.height": (1, 8192), "DataConfig.width": (1, 8192),
+    "DataConfig.channels": (1, 16), "DataConfig.max_objects": (1, 1024),
+    "DataConfig.max_relationships": (0, 4096),
+    "EncoderConfig.num_objs": (1, 1_000_000), "EncoderConfig.num_preds": (1, 100_000),
+    "EncoderConfig.embed_dim": (1, 65536), "EncoderConfig.hidden_dim": (1, 65536),
+    "EncoderConfig.num_layers": (1, 256), "EncoderConfig.context_dim": (1, 65536),
+    "UNetConfig.base_channels": (1, 65536), "UNetConfig.patch_size": (1, 64),
+    "UNetConfig.channel_mult": (1, 64), "UNetConfig.num_res_blocks": (0, 64),
+    "UNetConfig.attention_levels": (0, 63), "UNetConfig.num_heads": (1, 1024),
+    "UNetConfig.norm_groups": (1, 65536), "UNetConfig.dropout": (0.0, 1.0),
+    "DiffusionConfig.num_train_timesteps": (2, 100_000), "DiffusionConfig.cond_drop_prob": (0.0, 1.0),
+    "DiffusionConfig.default_steps": (1, 10_000), "DiffusionConfig.default_guidance": (0.0, 1e6),
+    "DiffusionConfig.default_guidance_rescale": (0.0, 1.0),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "DiffusionConfig.prediction": ("v", "x0"),
+    "DiffusionConfig.schedule": ("cosine", "cosine_zsnr"),  # sg2v.schedule.SCHEDULES
+    "DiffusionConfig.default_sampler": ("ddim", "dpmpp2m"),  # sg2v.sampling.SAMPLERS
+}
+MAX_LIST = 64  # entries of a tuple field (channel_mult, attention_levels)
+MAX_VIDEO_ELEMENTS = 1 << 28  # frames x channels x height x width: 1 GiB of float32 per video
+MAX_STR = 256
+
+
+def _check_fields(obj: Any, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        name, hint, value = f"{where}.{f.name}", str(f.type), getattr(obj, f.name)
+        lo, hi = BOUNDS.get(name, (None, None))
+        if hint == "bool":
+            ok = isinstance(value, bool)
+        elif hint == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif hint == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif hint == "str":
+            ok = isinstance(value, str) and len(value) <= MAX_STR
+        elif hint.startswith("tuple"):
+            ok = len(value) <= MAX_LIST and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            if ok and lo is not None:
+                ok = all(lo <= v <= hi for v in value)
+            if not ok:
+                raise ConfigError(f"{name} = {list(value)[:8]!r}: expected at most {MAX_LIST} integers"
+                                  + (f" in [{lo}, {hi}]" if lo is not None else ""))
+            continue
+        else:
+            ok = True
+        if not ok:
+            raise ConfigError(f"{name} = {value!r:.80}: expected {hint}")
+        if name in CHOICES and value not in CHOICES[name]:
+            raise ConfigError(f"{name} = {value!r:.80}: choose one of {list(CHOICES[name])}")
+        if lo is not None and not lo <= value <= hi:
+            raise ConfigError(f"{name} = {value!r}: outside [{lo}, {hi}], what this sg2v accepts from a file")
 
 
 def _resolved_hints(cls: type) -> dict[str, str]:
@@ -222,6 +300,19 @@ def _base() -> ModelConfig:
 
 
 MODEL_SIZES = {"tiny": _tiny, "small": _small, "base": _base}
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def parse_device(text: str | None, flag: str = "--device") -> tuple[str, int | None]:
+    """("auto" | "cpu" | "cuda", device index or None) from a device string (None means "auto")."""
+    if text is None:
+        return "auto", None
+    name = str(text).strip().lower()
+    if name in ("auto", "cpu", "cuda"):
+        return name, None
+    if name.startswith("cuda:") and name[5:].isdigit():
+        return "cuda", int(name[5:])
+    raise ConfigError(f"{flag} {text!r} is not understood; use {DEVICES}")
 
 
 def model_config(size: str) -> ModelConfig:
@@ -230,3 +321,32 @@ def model_config(size: str) -> ModelConfig:
         return MODEL_SIZES[size]()
     except KeyError:
         raise ConfigError(f"unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}") from None
+
+
+def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, aliases: Sequence[str] = (),
+           type: Any = None) -> Any:
+    """A dataclass field whose flag `--field-name` (and `aliases`) shows `help` with the default beside it."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
+            "aliases": tuple(aliases), "type": type}
+    return field(default=default, metadata=meta)
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
+                ) -> argparse.ArgumentParser:
+    """One flag per `option` field of the dataclass `cls` (dest = the field's name), in field order."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip or "help" not in f.metadata:
+            continue
+        meta = f.metadata
+        kw: dict[str, Any] = {"dest": f.name, "default": f.default, "help": meta["help"]}
+        if meta["choices"] is not None:
+            kw["choices"] = list(meta["choices"])
+        kw["type"] = meta["type"] or (type(f.default) if f.default is not None else str)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", *meta["aliases"], **kw)
+    return parser
+
+
+def from_options(cls: type, args: argparse.Namespace, **changes: Any) -> Any:
+    """The dataclass `cls` from parsed arguments (its `option` fields), with `changes` on top."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **changes})

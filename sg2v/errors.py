@@ -17,6 +17,10 @@ class VocabError(Sg2vError, ValueError):
     """A vocabulary file that is malformed."""
 
 
+class ConfigError(Sg2vError, ValueError):
+    """A setting or config dict that does not describe something this version can build or run."""
+
+
 class CheckpointError(Sg2vError):
     """A checkpoint that is missing, corrupt, or of another format version."""
 
@@ -25,8 +29,18 @@ class BundleError(Sg2vError):
     """A bundle that is missing, corrupt, tampered with, or of another format version."""
 
 
+class DatasetError(Sg2vError):
+    """A data set to convert, or a converted one, that is missing, malformed or of another format version."""
+
+
 class MissingDependencyError(Sg2vError, ImportError):
     """An optional dependency is not installed; the message names the pip extra."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none (for one-line errors)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def require(module: str, extra: str):

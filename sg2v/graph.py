@@ -26,6 +26,7 @@ from sg2v.layout import Track, expand_layout, parse_layout
 from sg2v.vocab import IMAGE_OBJECT, IN_IMAGE_PRED, Vocab
 
 GRAPH_KEYS = ("objects", "relationships", "description", "layout")
+GRAPH_TENSORS = ("objs", "obj_mask", "triples", "triple_mask")  # GraphBatch's arrays: the encoder's inputs
 _EXAMPLE = '{"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}'
 
 
@@ -82,9 +83,13 @@ class GraphBatch:
         return int(self.objs.shape[0])
 
     def as_feeds(self) -> dict[str, np.ndarray]:
-        """The encoder's ONNX inputs by name."""
-        return {"objs": self.objs, "obj_mask": self.obj_mask, "triples": self.triples,
-                "triple_mask": self.triple_mask}
+        """The encoder's inputs by name (`GRAPH_TENSORS`)."""
+        return {name: getattr(self, name) for name in GRAPH_TENSORS}
+
+
+def padded_slots(max_objects: int, max_relationships: int) -> tuple[int, int]:
+    """(O, T): object slots with `__image__` appended, triple slots with one `__in_image__` per object."""
+    return max_objects + 1, max_relationships + max_objects
 
 
 def _show(value: Any, limit: int = 60) -> str:
@@ -335,7 +340,7 @@ def pad_graphs(graphs: Sequence[SceneGraph], max_objects: int, max_relationships
     if not graphs:
         raise GraphError("graphs: nothing to pad; give at least one graph")
     b = len(graphs)
-    o_slots, t_slots = max_objects + 1, max_relationships + max_objects
+    o_slots, t_slots = padded_slots(max_objects, max_relationships)
     objs = np.zeros((b, o_slots), dtype=np.int64)  # (B, O)
     obj_mask = np.zeros((b, o_slots), dtype=np.float32)  # (B, O)
     triples = np.zeros((b, t_slots, 3), dtype=np.int64)  # (B, T, 3)

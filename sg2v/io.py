@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+MAX_ARRAY_BYTES = 1 << 30  # an array read from an untrusted .npy / .npz member: 1 GiB at most
 
 
 @contextlib.contextmanager
@@ -71,3 +78,73 @@ def _remove(p: Path) -> None:
     elif p.exists() or p.is_symlink():
         with contextlib.suppress(OSError):
             p.unlink()
+
+
+def _npy_header(f: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) from a .npy header; ValueError unless it is a plain numeric array."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise ValueError(f"{where}: .npy format version {version} is not 1.0 - 3.0")
+    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    try:
+        got_shape, fortran, got_dtype = read_header(f, max_header_size=10_000)
+    except TypeError:  # numpy < 1.24 has no max_header_size (and reads any header length)
+        got_shape, fortran, got_dtype = read_header(f)
+    if got_dtype.hasobject or got_dtype.fields is not None or got_dtype.subdtype is not None:
+        raise ValueError(f"{where}: dtype {got_dtype} is not a plain numeric type")
+    return tuple(got_shape), bool(fortran), got_dtype
+
+
+def npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) a .npy file declares, read without loading its data."""
+    with open(path, "rb") as f:
+        shape, _, dtype = _npy_header(f, str(path))
+    return shape, dtype
+
+
+def _read_npy(f: IO[bytes], where: str, dtype: Any = None, shape: tuple[int, ...] | None = None,
+              max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+    """One .npy array from `f`, its header checked (no pickles, the dtype, the shape or a size bound) before
+    anything of its size is allocated; ValueError naming the problem."""
+    got_shape, fortran, got_dtype = _npy_header(f, where)
+    if dtype is not None and got_dtype != np.dtype(dtype):
+        raise ValueError(f"{where}: dtype {got_dtype}, expected {np.dtype(dtype)}")
+    if shape is not None and tuple(got_shape) != tuple(shape):
+        raise ValueError(f"{where}: shape {tuple(got_shape)}, expected {tuple(shape)}")
+    nbytes = math.prod(got_shape) * got_dtype.itemsize
+    if nbytes > max_bytes:
+        raise ValueError(f"{where}: its header declares {tuple(got_shape)} {got_dtype} ({nbytes} bytes), "
+                         f"more than the {max_bytes} allowed")
+    data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise ValueError(f"{where}: {len(data)} data bytes, its header declares {nbytes} (truncated)")
+    arr = np.frombuffer(data, dtype=got_dtype).reshape(got_shape, order="F" if fortran else "C")
+    return np.ascontiguousarray(arr)
+
+
+def load_npy_checked(path: str | os.PathLike, dtype: Any = None, shape: tuple[int, ...] | None = None,
+                     max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+    """`np.load(path, allow_pickle=False)` for untrusted files: header checked before allocating."""
+    with open(path, "rb") as f:
+        return _read_npy(f, str(path), dtype, shape, max_bytes)
+
+
+def load_npz_checked(path: str | os.PathLike, max_bytes: int = MAX_ARRAY_BYTES,
+                     max_members: int = 10_000) -> dict[str, np.ndarray]:
+    """Every array of an untrusted .npz: member count, each header and the total size bounded first."""
+    out: dict[str, np.ndarray] = {}
+    total = 0
+    with zipfile.ZipFile(path) as z:
+        members = z.infolist()
+        if len(members) > max_members:
+            raise ValueError(f"{path}: {len(members)} members, more than {max_members}")
+        for info in members:
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"{path}: member {info.filename!r} is not a .npy array")
+            total += info.file_size  # the uncompressed size the archive declares
+            if total > max_bytes:
+                raise ValueError(f"{path}: its arrays declare more than {max_bytes} bytes")
+            with z.open(info) as f:
+                out[info.filename[:-4]] = _read_npy(f, f"{path}:{info.filename}", max_bytes=info.file_size)
+    return out

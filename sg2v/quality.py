@@ -2,7 +2,8 @@
 
 `evaluate_pipeline` samples videos for the shapes world's held-out graphs through a runtime `Pipeline` (the
 shipped artifact: ONNX Runtime, TensorRT or the torch reference) and scores them with the oracle; the torch
-training-time evaluation (`sg2v.evaluate`) scores the same graphs with the same per-graph noise seeds.
+training-time evaluation (`sg2v.training.evaluate`) scores the same graphs with the same per-graph noise
+seeds.
 """
 
 from __future__ import annotations
@@ -56,24 +57,26 @@ def score_videos(videos: Sequence[np.ndarray], graphs: Sequence[Any]) -> dict[st
 
 
 def evaluate_pipeline(pipe: Any, n: int = 200, steps: Sequence[int] = (4, 8, 25), seed: int = 0,
-                      guidance: float | None = None, log: Callable[[str], None] | None = None
-                      ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
+                      guidance: float | None = None, log: Callable[[str], None] | None = None,
+                      max_batch: int | None = None) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
     """Rows of oracle metrics, one per step count, for `n` held-out graphs sampled through `pipe`.
 
-    Graph i uses noise seed `seed + i` (as `sg2v.evaluate` does). Returns (rows, videos per step count).
+    Graph i uses noise seed `seed + i` (as `sg2v.training.evaluate` does); the graphs go through
+    `pipe.generate` in batches of at most `max_batch` (and the bundle's limit). Returns (rows, videos per
+    step count).
     """
     cfg = pipe.bundle.config
     graphs = heldout_graphs(cfg, n, seed)
+    seeds = [seed + i for i in range(n)]
     rows, videos = [], {}
     for s in steps:
+        settings = pipe.generator.settings(steps=int(s), guidance=guidance)
         t0 = time.perf_counter()
-        vids = np.stack([pipe(g, seed=seed + i, steps=int(s), guidance=guidance)
-                         for i, g in enumerate(graphs)])  # (n, F, H, W, 3) uint8
+        vids = pipe.generate(graphs, seeds, steps=int(s), guidance=guidance,
+                             max_batch=max_batch)  # (n, F, H, W, 3) uint8
         row = score_videos(vids, graphs)
-        row.update(n=n, steps=int(s), seed=int(seed), backend=pipe.backend_name,
-                   guidance=float(pipe.bundle.sampler_defaults["guidance"] if guidance is None else guidance),
-                   sampler=str(pipe.bundle.sampler_defaults["sampler"]),
-                   seconds_per_video=(time.perf_counter() - t0) / n)
+        row.update(n=n, steps=int(s), seed=int(seed), backend=pipe.backend_name, guidance=settings.guidance,
+                   sampler=settings.sampler, seconds_per_video=(time.perf_counter() - t0) / n)
         rows.append(row)
         videos[int(s)] = vids
         if log is not None:

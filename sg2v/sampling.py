@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sg2v.config import ConfigError
+from sg2v.errors import ConfigError
 
 Array = Any  # numpy.ndarray | cupy.ndarray | torch.Tensor
 Denoiser = Callable[[Array, float], Array]
@@ -99,13 +99,26 @@ def batch_std(x: Array) -> Array:
     return (d * d).mean(axis=axes, keepdims=True) ** 0.5
 
 
+def guide(v_cond: Array, v_uncond: Array, guidance: Any, rescale: Any) -> Array:
+    """Classifier-free guidance (Ho & Salimans 2022) with guidance rescale (Lin et al. 2023, eq. 15-16).
+
+    v = v_uncond + w (v_cond - v_uncond), then scaled by r std(v_cond) / std(v) + (1 - r) per sample.
+    `guidance` and `rescale` are Python floats, or device scalars (a captured CUDA graph reads its settings
+    from those): r = 0 multiplies by exactly 1 for finite v, so the rescale runs unless r is a Python 0.
+    """
+    v = v_uncond + guidance * (v_cond + (-1.0) * v_uncond)
+    if isinstance(rescale, (int, float)) and rescale == 0.0:
+        return v
+    ratio = batch_std(v_cond) / (batch_std(v) + 1e-12)  # (B, 1, ..., 1)
+    return (rescale * ratio + (1.0 - rescale)) * v
+
+
 def cfg_denoiser(
     denoise_pair: Callable[[Array, float], Array], guidance: float, rescale: float = 0.0
 ) -> Denoiser:
-    """Classifier-free guidance (Ho & Salimans 2022) with guidance rescale (Lin et al. 2023, eq. 15-16).
-
-    `denoise_pair(x2, t) -> v2` runs the conditional and unconditional halves as one batch: x2 is x repeated
-    along the batch axis (cond first, then uncond), v2 is (cond, uncond) stacked the same way.
+    """A denoiser guided by `guide` around `denoise_pair(x2, t) -> v2`, which runs the conditional and the
+    unconditional halves as one batch: x2 is x repeated along the batch axis (the B cond rows first, then the
+    B uncond rows), v2 is stacked the same way.
     """
     guidance = float(guidance)
     rescale = float(rescale)
@@ -116,12 +129,7 @@ def cfg_denoiser(
         b = x.shape[0]
         x2 = x[list(range(b)) * 2]  # (2B, ...) integer-list indexing works on numpy, CuPy and torch alike
         v2 = denoise_pair(x2, t)
-        v_cond, v_uncond = v2[:b], v2[b:]
-        v = v_uncond + guidance * (v_cond + (-1.0) * v_uncond)
-        if rescale > 0.0:
-            ratio = batch_std(v_cond) / (batch_std(v) + 1e-12)  # (B, 1, ..., 1)
-            v = (rescale * ratio + (1.0 - rescale)) * v
-        return v
+        return guide(v2[:b], v2[b:], guidance, rescale)
 
     return denoise
 

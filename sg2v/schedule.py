@@ -1,8 +1,8 @@
 """Noise schedules and timestep spacing as tiny pure functions (numpy float64, torch-free).
 
 Conventions (docs/ARCHITECTURE.md): training timestep index t in [0, num_train); `alphas_cumprod[t]` is
-a_t^2 where x_t = a_t x0 + s_t eps, a_t^2 + s_t^2 = 1. The training side (`sg2v.diffusion`) and the runtime
-build their tables from these functions, so there is one source of truth.
+a_t^2 where x_t = a_t x0 + s_t eps, a_t^2 + s_t^2 = 1. The training side (`sg2v.training.losses`) and the
+runtime build their tables from these functions, so there is one source of truth.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from sg2v.config import ConfigError
+from sg2v.errors import ConfigError
 
 SCHEDULES = ("cosine", "cosine_zsnr")
 SPACINGS = ("trailing", "leading", "linspace")

@@ -16,13 +16,15 @@ from __future__ import annotations
 import math
 import os
 import re
+import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sg2v.errors import Sg2vError, require
+from sg2v.errors import Sg2vError, first_line, require
 from sg2v.io import atomic_path
 
 VIDEO_FORMATS = (".mp4", ".gif", ".webp", ".npy", "<folder of PNG frames>")
@@ -68,16 +70,24 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float = 8, lossless: 
     kind = _kind(path)
     if kind == "mp4":
         ffmpeg = require("imageio_ffmpeg", "video")  # fail before creating anything
-    with atomic_path(path) as tmp:
-        if kind == "npy":
-            with open(tmp, "wb") as f:
-                np.save(f, a)
-        elif kind == "png":
-            _write_png_folder(tmp, a)
-        elif kind == "mp4":
-            _write_mp4(ffmpeg, tmp, a, fps, lossless)
-        else:
-            _write_animation(tmp, a, fps, kind)
+    existed = path.exists()
+    try:
+        with atomic_path(path) as tmp:
+            if kind == "npy":
+                with open(tmp, "wb") as f:
+                    np.save(f, a)
+            elif kind == "png":
+                _write_png_folder(tmp, a)
+            elif kind == "mp4":
+                _write_mp4(ffmpeg, tmp, a, fps, lossless)
+            else:
+                _write_animation(tmp, a, fps, kind)
+    except VideoError as e:
+        raise VideoError(f"{path}: {e}" + ("; the existing file was kept" if existed else "")) from None
+    except OSError as e:  # a full disk or a vanished folder while writing: nothing was renamed onto `path`
+        raise VideoError(f"cannot write {path} ({e.strerror or e})"
+                         + ("; the existing file was kept" if existed else "")
+                         + "; check free space and permissions") from None
     return path
 
 
@@ -105,6 +115,8 @@ def _write_animation(tmp: Path, a: np.ndarray, fps: float, kind: str) -> None:
 
 
 def _write_mp4(ffmpeg: Any, tmp: Path, a: np.ndarray, fps: float, lossless: bool) -> None:
+    """H.264 by imageio-ffmpeg's ffmpeg, raw RGB frames on stdin; VideoError unless ffmpeg exits 0 with a
+    non-empty file (on a full disk ffmpeg fails mid-file, and its output must not replace anything)."""
     _, h, w, _ = a.shape
     if lossless:
         codec, pix_fmt, rate = "libx264rgb", "rgb24", ["-qp", "0"]
@@ -112,15 +124,23 @@ def _write_mp4(ffmpeg: Any, tmp: Path, a: np.ndarray, fps: float, lossless: bool
         # 4:2:0 chroma needs even sides; odd ones fall back to 4:4:4 rather than resizing the frames
         codec, pix_fmt = "libx264", "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
         rate = ["-crf", str(MP4_CRF)]
-    gen = ffmpeg.write_frames(str(tmp), (w, h), fps=float(fps), codec=codec, pix_fmt_out=pix_fmt,
-                              quality=None, macro_block_size=1, ffmpeg_log_level="error",
-                              output_params=rate + ["-f", "mp4"])
+    cmd = [ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-vcodec", "rawvideo",
+           "-s", f"{w}x{h}", "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-",
+           "-an", "-vcodec", codec, "-pix_fmt", pix_fmt, *rate, "-f", "mp4", str(tmp)]
     try:
-        gen.send(None)
-        for frame in a:
-            gen.send(frame)
-    finally:
-        gen.close()
+        proc = subprocess.run(cmd, input=a.tobytes(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              check=False)
+    except OSError as e:
+        raise VideoError(f"cannot start ffmpeg ({e.strerror or e}); reinstall imageio-ffmpeg") from None
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        why = lines[-1].strip() if lines else "no message"
+        raise VideoError(f"ffmpeg failed writing the mp4 (exit status {proc.returncode}: {why}); check free "
+                         "space and permissions where the video goes")
+    if not tmp.is_file() or tmp.stat().st_size == 0:
+        raise VideoError("ffmpeg exited 0 but wrote no mp4 data; check free space where the video goes")
+    with open(tmp, "rb+") as f:  # a delayed write error (a full disk) surfaces here, before the rename
+        os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------------------------------------------- read
@@ -215,7 +235,7 @@ def _read_mp4(path: Path) -> np.ndarray:
         w, h = meta["size"]
         frames = [np.frombuffer(b, dtype=np.uint8).reshape(h, w, 3) for b in gen]
     except (RuntimeError, StopIteration) as e:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        why = first_line(e)
         raise VideoError(f"{path}: ffmpeg cannot decode it ({why})") from None
     finally:
         gen.close()

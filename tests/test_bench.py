@@ -1,6 +1,6 @@
 """sg2v-bench on a tiny random checkpoint exported by the real exporter: every figure for the CPU backends,
-medians and ratios consistent with the raw runs, the same frames on every backend; the device-resident
-TorchPipeline against the runtime's torch backend. No timing assertions."""
+medians and ratios consistent with the raw runs, videos/s per batch size against the same run's B=1, the
+same frames on every backend. No timing assertions."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sg2v import bench
+from sg2v.runtime import bench
 
 CPU_BACKENDS = ("torch-cpu", "ort-cpu")
 FIGURES = ("total_s", "encoder_s", "denoiser_s", "denoiser_step_s", "sampler_overhead_s",
@@ -21,42 +21,15 @@ FIGURES = ("total_s", "encoder_s", "denoiser_s", "denoiser_step_s", "sampler_ove
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    """A tiny random SG2V (non-zero temporal layers) saved and exported with weights, once per module."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("onnxscript")
-    from sg2v.export import export_bundle
-
-    from sg2v.checkpoint import save_checkpoint
-    from sg2v.config import DataConfig, EncoderConfig, ModelConfig, UNetConfig
-    from sg2v.models.sg2v import build_model
-    from sg2v.vocab import shapes_vocab
-
-    root = tmp_path_factory.mktemp("bench")
-    torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
-    vocab = shapes_vocab()
-    cfg = ModelConfig(
-        name="test-bench",
-        data=DataConfig(frames=2, height=8, width=8, max_objects=3, max_relationships=2),
-        encoder=EncoderConfig(num_objs=vocab.num_objs, num_preds=vocab.num_preds, embed_dim=16, hidden_dim=16,
-                              num_layers=1, context_dim=16),
-        unet=UNetConfig(base_channels=8, channel_mult=(1, 2), attention_levels=(1,), num_heads=2,
-                        norm_groups=4),
-    )
-    model = build_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    ckpt = save_checkpoint(root / "tiny.pt", model, cfg, vocab)
-    export_bundle(ckpt, root / "bundle", include_weights=True)
-    return root / "bundle"
+def bundle(real_bundle) -> Path:
+    return real_bundle
 
 
 @pytest.fixture(scope="module")
 def report(bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-out")
     argv = ["--bundle", str(bundle), "--repeats", "2", "--warmup", "0", "--steps", "3", "--threads", "1",
-            "--peak-size", "128", "--write", "npy", "--backends", *CPU_BACKENDS, "torch-cuda",
+            "--peak-size", "128", "--write", "npy", "--batch", "3", "--backends", *CPU_BACKENDS, "torch-cuda",
             "--json", str(out / "bench.json"), "--table", str(out / "bench.md")]
     assert bench.main(argv) == 0
     return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
@@ -131,28 +104,23 @@ def test_targets_table_and_frames(report):
 
 
 @pytest.mark.slow
-def test_torch_pipeline_on_cpu_matches_the_runtime_torch_backend(bundle):
-    torch = pytest.importorskip("torch")
-    from sg2v.runtime import Pipeline
-
-    from sg2v.torch_fast import TorchPipeline
-
-    before = torch.get_num_threads()
-    try:
-        graph = {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}
-        seed = int(np.random.default_rng().integers(1 << 20))
-        ref = Pipeline.from_bundle(bundle, backend="torch", threads=1)(graph, seed=seed, steps=3)
-        fast = TorchPipeline.from_bundle(bundle, device="cpu", mode="eager", precision="fp32", threads=1)
-        got = fast(graph, seed=seed, steps=3)
-        assert got.shape == ref.shape and got.dtype == np.uint8
-        diff = np.abs(got.astype(np.int16) - ref.astype(np.int16))
-        assert diff.max() <= 1 and diff.mean() < 0.05
-        assert fast.last_timings["unet_calls"] == 3
-        half = TorchPipeline.from_bundle(bundle, device="cpu", mode="eager", precision="fp16", threads=1)
-        diff16 = np.abs(half(graph, seed=seed, steps=3).astype(np.int16) - ref.astype(np.int16))
-        assert diff16.mean() < 2.0  # fp16 weights: a few levels at most on average
-    finally:
-        torch.set_num_threads(before)
+def test_videos_per_second_by_batch_size(report):
+    """B=3 is one generate call of 3 videos: 3 UNet calls of 6 rows (one per step), videos/s = 3 / median
+    end-to-end, and its ratio against the same row's B=1 figure; the table shows both sizes."""
+    rep, table = report
+    assert rep["settings"]["batch"] == [1, 3]
+    for name in CPU_BACKENDS:
+        b = rep["backends"][name]
+        runs = b["batches"]["3"]
+        assert len(runs) == 2 and all(run["videos"] == 3 and run["chunks"] == 1 for run in runs)
+        assert all(run["unet_calls"] == 3 for run in runs)  # one batched call per step, not 3 per step
+        r = b["results"]["batches"]
+        total = statistics.median(run["total_s"] for run in runs)
+        assert r["3"]["videos_per_s"] == pytest.approx(3 / total)
+        assert r["3"]["speedup_vs_b1"] == pytest.approx(r["3"]["videos_per_s"] / r["1"]["videos_per_s"])
+        assert r["1"]["videos_per_s"] == pytest.approx(1 / b["results"]["total_s"])
+    assert "| backend | B=1 | B=3 |" in table
+    assert sum(line.startswith(f"| {n} | ") for n in CPU_BACKENDS for line in table.splitlines()) == 4
 
 
 def test_help_explains_every_figure():

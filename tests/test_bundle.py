@@ -2,202 +2,23 @@
 
 The bundles here are small but real: ONNX graphs written with `onnx.helper` that run on ONNX Runtime (a toy
 encoder and UNet with the contract's I/O), the manifest keys of docs/ARCHITECTURE.md, real sha256 hashes.
-`make_fake_bundle` and the float64 references `ref_encoder` / `ref_unet` are shared with test_runtime.py.
+The bundle builder `make_fake_bundle` and the float64 references `ref_encoder` / `ref_unet` are in helpers.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sg2v.runtime.bundle import Bundle
+from helpers import fake_config, make_fake_bundle, ref_encoder, ref_unet, write_manifest
 
 from sg2v import bundle_spec as spec
-from sg2v.config import DataConfig, EncoderConfig, ModelConfig
 from sg2v.errors import BundleError
+from sg2v.runtime.bundle import Bundle
 from sg2v.vocab import shapes_vocab
-
-onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-
-def fake_config() -> ModelConfig:
-    vocab = shapes_vocab()
-    return ModelConfig(
-        name="fake",
-        data=DataConfig(frames=2, height=8, width=8, max_objects=3, max_relationships=2),
-        encoder=EncoderConfig(num_objs=vocab.num_objs, num_preds=vocab.num_preds, embed_dim=8, hidden_dim=8,
-                              num_layers=1, context_dim=8),
-    )
-
-
-def fake_weights(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    d, c = cfg.encoder.context_dim, cfg.data.channels
-    return {
-        "E": rng.standard_normal((cfg.encoder.num_objs, d)).astype(np.float32),
-        "P": rng.standard_normal((cfg.encoder.num_preds, d)).astype(np.float32),
-        "Wg": (0.5 * rng.standard_normal((d, c))).astype(np.float32),
-        "null": np.concatenate([rng.standard_normal((1, 1, d)),
-                                np.zeros((1, cfg.data.context_tokens - 1, d))], axis=1).astype(np.float32),
-    }
-
-
-def ref_encoder(w: dict[str, np.ndarray], objs, obj_mask, triples, triple_mask):
-    """float64 reference of the toy encoder graph: global = tanh(masked mean of object embeddings),
-    local_i = tanh(P[pred_i] + E[objs[subj_i]]) * mask_i."""
-    e, p = w["E"].astype(np.float64), w["P"].astype(np.float64)
-    m = obj_mask[..., None].astype(np.float64)  # (B, O, 1)
-    count = np.maximum(m.sum(1, keepdims=True), 1.0)  # (B, 1, 1)
-    glob = np.tanh((e[objs] * m).sum(1, keepdims=True) / count)  # (B, 1, D)
-    subj_cls = np.take_along_axis(objs, triples[..., 0], axis=1)  # (B, T)
-    local = np.tanh(p[triples[..., 1]] + e[subj_cls]) * triple_mask[..., None]  # (B, T, D)
-    ctx = np.concatenate([glob, local], axis=1)  # (B, L, D)
-    mask = np.concatenate([np.ones_like(triple_mask[:, :1]), triple_mask], axis=1)  # (B, L)
-    return ctx, mask
-
-
-def ref_unet(w: dict[str, np.ndarray], x, t, context, context_mask):
-    """float64 reference of the toy UNet: v = tanh(0.8 x + (masked mean context) Wg + 0.001 t)."""
-    cm = context_mask[..., None].astype(np.float64)
-    c = (context * cm).sum(1) / cm.sum(1)  # (B, D)
-    g = (c @ w["Wg"].astype(np.float64))[:, None, :, None, None]  # (B, 1, C, 1, 1)
-    return np.tanh(0.8 * x + g + 0.001 * np.asarray(t, np.float64)[:, None, None, None, None])
-
-
-def _const(name: str, arr: np.ndarray):
-    return numpy_helper.from_array(np.asarray(arr), name)
-
-
-def _encoder_model(cfg: ModelConfig, w: dict[str, np.ndarray]):
-    s = spec.shapes(cfg.data, cfg.encoder)
-    o, t, d = s["padded_objects"], s["padded_triples"], s["context_dim"]
-    nodes = [
-        helper.make_node("Gather", ["E", "objs"], ["obj_emb"]),  # (1, O, D)
-        helper.make_node("Unsqueeze", ["obj_mask", "ax2"], ["m"]),  # (1, O, 1)
-        helper.make_node("Mul", ["obj_emb", "m"], ["obj_w"]),
-        helper.make_node("ReduceSum", ["obj_w", "ax1"], ["pooled"], keepdims=1),  # (1, 1, D)
-        helper.make_node("ReduceSum", ["m", "ax1"], ["cnt"], keepdims=1),  # (1, 1, 1)
-        helper.make_node("Max", ["cnt", "one"], ["cnt1"]),
-        helper.make_node("Div", ["pooled", "cnt1"], ["mean"]),
-        helper.make_node("Tanh", ["mean"], ["glob"]),
-        helper.make_node("Gather", ["triples", "i0"], ["subj"], axis=2),  # (1, T)
-        helper.make_node("Gather", ["triples", "i1"], ["pred"], axis=2),  # (1, T)
-        helper.make_node("GatherElements", ["objs", "subj"], ["subj_cls"], axis=1),  # (1, T)
-        helper.make_node("Gather", ["E", "subj_cls"], ["subj_emb"]),  # (1, T, D)
-        helper.make_node("Gather", ["P", "pred"], ["pred_emb"]),  # (1, T, D)
-        helper.make_node("Add", ["subj_emb", "pred_emb"], ["pre"]),
-        helper.make_node("Tanh", ["pre"], ["act"]),
-        helper.make_node("Unsqueeze", ["triple_mask", "ax2"], ["tm"]),
-        helper.make_node("Mul", ["act", "tm"], ["local"]),
-        helper.make_node("Concat", ["glob", "local"], ["context"], axis=1),  # (1, L, D)
-        helper.make_node("Concat", ["one2", "triple_mask"], ["context_mask"], axis=1),  # (1, L)
-    ]
-    inits = [_const("E", w["E"]), _const("P", w["P"]), _const("ax1", np.array([1], np.int64)),
-             _const("ax2", np.array([2], np.int64)), _const("one", np.array(1.0, np.float32)),
-             _const("one2", np.ones((1, 1), np.float32)), _const("i0", np.array(0, np.int64)),
-             _const("i1", np.array(1, np.int64))]
-    graph = helper.make_graph(
-        nodes, "fake_encoder",
-        [helper.make_tensor_value_info("objs", TensorProto.INT64, [1, o]),
-         helper.make_tensor_value_info("obj_mask", TensorProto.FLOAT, [1, o]),
-         helper.make_tensor_value_info("triples", TensorProto.INT64, [1, t, 3]),
-         helper.make_tensor_value_info("triple_mask", TensorProto.FLOAT, [1, t])],
-        [helper.make_tensor_value_info("context", TensorProto.FLOAT, [1, 1 + t, d]),
-         helper.make_tensor_value_info("context_mask", TensorProto.FLOAT, [1, 1 + t])],
-        inits)
-    return _model(graph)
-
-
-def _unet_model(cfg: ModelConfig, w: dict[str, np.ndarray]):
-    s = spec.shapes(cfg.data, cfg.encoder)
-    x_shape = [2, s["frames"], s["channels"], s["height"], s["width"]]
-    length, d = s["context_tokens"], s["context_dim"]
-    nodes = [
-        helper.make_node("Unsqueeze", ["context_mask", "ax2"], ["cm"]),  # (2, L, 1)
-        helper.make_node("Mul", ["context", "cm"], ["cw"]),
-        helper.make_node("ReduceSum", ["cw", "ax1"], ["csum"], keepdims=0),  # (2, D)
-        helper.make_node("ReduceSum", ["cm", "ax1"], ["ccnt"], keepdims=0),  # (2, 1)
-        helper.make_node("Div", ["csum", "ccnt"], ["c"]),
-        helper.make_node("MatMul", ["c", "Wg"], ["g"]),  # (2, C)
-        helper.make_node("Reshape", ["g", "gshape"], ["g5"]),  # (2, 1, C, 1, 1)
-        helper.make_node("Mul", ["t", "tscale"], ["ts"]),
-        helper.make_node("Reshape", ["ts", "tshape"], ["t5"]),  # (2, 1, 1, 1, 1)
-        helper.make_node("Mul", ["x", "xscale"], ["xs"]),
-        helper.make_node("Add", ["xs", "g5"], ["a"]),
-        helper.make_node("Add", ["a", "t5"], ["b"]),
-        helper.make_node("Tanh", ["b"], ["v"]),
-    ]
-    inits = [_const("Wg", w["Wg"]), _const("ax1", np.array([1], np.int64)),
-             _const("ax2", np.array([2], np.int64)),
-             _const("gshape", np.array([2, 1, s["channels"], 1, 1], np.int64)),
-             _const("tshape", np.array([2, 1, 1, 1, 1], np.int64)),
-             _const("tscale", np.array(0.001, np.float32)),
-             _const("xscale", np.array(0.8, np.float32))]
-    graph = helper.make_graph(
-        nodes, "fake_unet",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape),
-         helper.make_tensor_value_info("t", TensorProto.FLOAT, [2]),
-         helper.make_tensor_value_info("context", TensorProto.FLOAT, [2, length, d]),
-         helper.make_tensor_value_info("context_mask", TensorProto.FLOAT, [2, length])],
-        [helper.make_tensor_value_info("v", TensorProto.FLOAT, x_shape)],
-        inits)
-    return _model(graph)
-
-
-def _model(graph):
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # readable by every onnxruntime this project supports
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def write_manifest(root: Path, manifest: dict) -> None:
-    """Rehash every file but the manifest, then write the manifest."""
-    manifest["files"] = {
-        p.relative_to(root).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
-        for p in sorted(root.rglob("*")) if p.is_file() and p.name != spec.MANIFEST
-    }
-    (root / spec.MANIFEST).write_text(json.dumps(manifest, indent=1))
-
-
-def make_fake_bundle(root: Path, seed: int = 0) -> tuple[Path, dict[str, np.ndarray]]:
-    """A small real bundle at `root` (toy ONNX graphs, real hashes); returns it and its weights."""
-    cfg = fake_config()
-    vocab = shapes_vocab()
-    w = fake_weights(cfg, seed)
-    root.mkdir(parents=True)
-    (root / spec.ENCODER_ONNX).write_bytes(_encoder_model(cfg, w).SerializeToString())
-    (root / spec.UNET_ONNX).write_bytes(_unet_model(cfg, w).SerializeToString())
-    length = cfg.data.context_tokens
-    np.save(root / spec.NULL_CONTEXT, w["null"])
-    null_mask = np.zeros((1, length), np.float32)
-    null_mask[0, 0] = 1.0
-    np.save(root / spec.NULL_CONTEXT_MASK, null_mask)
-    shapes = spec.shapes(cfg.data, cfg.encoder)
-    io = spec.stage_io(shapes)
-    d = cfg.diffusion
-    manifest = {
-        "format": spec.FORMAT, "format_version": spec.FORMAT_VERSION, "model_config": cfg.to_dict(),
-        "vocab": vocab.to_dict(),
-        "schedule": {"kind": d.schedule, "num_train_timesteps": d.num_train_timesteps},
-        "sampler_defaults": {"sampler": "dpmpp2m", "steps": 4, "guidance": 3.0, "guidance_rescale": 0.7},
-        "shapes": shapes, "precision": "fp32", "pooling": "portable", "opset": 17,
-        "stages": {name: {"file": spec.STAGE_FILES[name], **io[name]} for name in spec.STAGE_FILES},
-        "exported_by": {"sg2v": "test"}, "parity": {}, "trt_op_check": {"target": "10.3", "ok": True,
-                                                                          "unsupported": []},
-        "source_checkpoint": {"sha256": "0" * 64, "step": 0, "ema": False},
-    }
-    write_manifest(root, manifest)
-    return root, w
 
 
 def _manifest(root: Path) -> dict:
@@ -214,12 +35,34 @@ def test_valid_bundle_opens_with_its_contents(tmp_path):
     b = Bundle.open(root)
     assert b.config == fake_config()
     assert b.vocab == shapes_vocab()
-    assert b.shapes == spec.shapes(b.config.data, b.config.encoder)
+    assert b.shapes == spec.shapes(b.config.data, b.config.encoder, 4) and b.max_batch == 4
+    assert b.stages["unet"]["inputs"][0]["shape"][0] == spec.UNET_BATCH_DIM
     np.testing.assert_array_equal(b.null_context, w["null"])
     assert b.null_context_mask[0, 0] == 1 and not b.null_context_mask[0, 1:].any()
     assert not b.null_context.flags.writeable
     assert b.stage_file("unet") == root / "unet.onnx"
     assert b.alphas_cumprod().shape == (b.config.diffusion.num_train_timesteps,)
+
+
+def test_format_1_bundles_still_open_with_their_fixed_batch(tmp_path):
+    root, _ = make_fake_bundle(tmp_path / "v1", version=1)
+    b = Bundle.open(root)
+    assert b.manifest["format_version"] == 1 and b.max_batch == 1
+    assert b.shapes == spec.shapes(b.config.data, b.config.encoder, None)
+    assert b.shapes["encoder_batch"] == 1 and b.shapes["unet_batch"] == 2 and "max_batch" not in b.shapes
+    assert [d["shape"][0] for d in b.stages["unet"]["inputs"]] == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("bad", [0, -3, "32", 1.5, True, spec.MAX_BATCH_LIMIT + 1, None])
+def test_max_batch_must_be_a_sane_integer(bundle_dir, bad):
+    m = _manifest(bundle_dir)
+    if bad is None:
+        del m["shapes"]["max_batch"]
+    else:
+        m["shapes"]["max_batch"] = bad
+    (bundle_dir / spec.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"shapes.max_batch .* is not an integer in \[1, 4096\]"):
+        Bundle.open(bundle_dir)
 
 
 def test_missing_folder_and_missing_manifest(tmp_path, bundle_dir):

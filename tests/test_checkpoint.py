@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from sg2v.checkpoint import (
+from sg2v.config import ModelConfig, model_config
+from sg2v.errors import CheckpointError
+from sg2v.models.sg2v import build_model
+from sg2v.training.checkpoint import (
     SG2V_FORMAT,
     build_checkpoint,
     load_checkpoint,
     load_model,
     save_checkpoint,
 )
-from sg2v.config import ModelConfig, model_config
-from sg2v.errors import CheckpointError
-from sg2v.models.sg2v import build_model
 from sg2v.vocab import shapes_vocab
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sg2v.runtime import cuda_kernels as ck
-from sg2v.runtime import gpu_encoder as ge
 
 from sg2v.errors import BundleError
+from sg2v.runtime import cuda_kernels as ck
+from sg2v.runtime import gpu_encoder as ge
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,6 +68,7 @@ def _have_nvrtc() -> bool:
         return False
 
 
+@pytest.mark.cuda_build
 @pytest.mark.skipif(not _have_nvrtc(), reason="libnvrtc not found (CUDA toolkit or pip nvidia-cuda-nvrtc)")
 def test_nvrtc_compiles_every_template_and_plain_kernel():
     ptx, lowered = ck.compile_ptx("compute_87", ck.name_expressions())
@@ -389,6 +390,52 @@ def test_gpu_encoder_matches_pytorch_sgencoder():
     ref = ref_ctx.numpy()
     assert np.linalg.norm(ctx - ref) / np.linalg.norm(ref) < 1e-4
     np.testing.assert_array_equal(cp.asnumpy(out["context_mask"]), ref_mask.numpy())
+
+
+def _plugin_bundle_stub(tmp_path, enc, cfg):
+    """What `make_ort_backend` reads of a plugin bundle to pick its encoder stage, with real weights."""
+    import types
+
+    from sg2v import bundle_spec as spec
+
+    path = tmp_path / spec.ENCODER_WEIGHTS
+    np.savez(path, **{k: v.detach().float().numpy() for k, v in enc.state_dict().items()})
+    return types.SimpleNamespace(pooling="plugin", file=lambda rel: tmp_path / rel, has_file=lambda rel: True,
+                                 config=cfg, shapes={"context_dim": cfg.encoder.context_dim})
+
+
+def test_plugin_bundle_encoder_on_the_cpu_is_the_numpy_mirror(tmp_path):
+    from sg2v.runtime.backends.ort import _encoder_stage
+
+    enc, cfg = _random_encoder(12)
+    stage, notes = _encoder_stage(_plugin_bundle_stub(tmp_path, enc, cfg), [], None, np, "cpu", 0)
+    assert isinstance(stage, ge.NumpyEncoder) and "numpy encoder" in notes[0]
+    feeds = _random_graphs(cfg, 13)
+    out = stage.run(dict(zip(ge.NumpyEncoder.inputs, feeds)))
+    torch = pytest.importorskip("torch")
+    with torch.no_grad():
+        ref_ctx, ref_mask = enc.double()(*(torch.from_numpy(a) for a in feeds))
+    ref = ref_ctx.numpy()
+    assert np.linalg.norm(out["context"] - ref) / np.linalg.norm(ref) < 1e-5
+    np.testing.assert_array_equal(out["context_mask"], ref_mask.numpy())
+
+
+@pytest.mark.gpu
+def test_plugin_bundle_encoder_on_the_gpu_runs_the_kernels(tmp_path):
+    cp, _ = _cuda()
+    from sg2v.runtime.backends.ort import _encoder_stage
+
+    enc, cfg = _random_encoder(14)
+    bundle = _plugin_bundle_stub(tmp_path, enc, cfg)
+    gpu, notes = _encoder_stage(bundle, [], None, cp, "cuda", 0)
+    assert isinstance(gpu, ge.GpuEncoder) and "CUDA kernels" in notes[0]
+    cpu, _ = _encoder_stage(bundle, [], None, np, "cpu", 0)
+    feeds = dict(zip(ge.GpuEncoder.inputs, _random_graphs(cfg, 15)))
+    got, want = gpu.run(feeds), cpu.run(feeds)
+    assert isinstance(got["context"], cp.ndarray)
+    ctx = cp.asnumpy(got["context"])
+    assert np.linalg.norm(ctx - want["context"]) / np.linalg.norm(want["context"]) < 1e-5
+    np.testing.assert_array_equal(cp.asnumpy(got["context_mask"]), want["context_mask"])
 
 
 # --- TensorRT -----------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import torch
 import torch.distributed as td
 import torch.multiprocessing as mp
 
-from sg2v.checkpoint import load_checkpoint
-from sg2v.train import TrainConfig, read_metrics, train
+from sg2v.training.checkpoint import load_checkpoint
+from sg2v.training.train import TrainConfig, read_metrics, train
 
 STEPS, BATCH = 3, 4
 

@@ -12,9 +12,8 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from sg2v.runtime import Pipeline  # noqa: E402
-
 from sg2v.quality import evaluate_pipeline  # noqa: E402
+from sg2v.runtime import Pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "models" / "demo"

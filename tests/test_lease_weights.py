@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sg2v.checkpoint import load_checkpoint, save_checkpoint
 from sg2v.config import model_config
 from sg2v.models.sg2v import build_model
+from sg2v.training.checkpoint import load_checkpoint, save_checkpoint
 from sg2v.vocab import shapes_vocab
 
 REPO = Path(__file__).resolve().parents[1]

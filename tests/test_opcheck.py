@@ -10,6 +10,7 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
 from sg2v.export.opcheck import check_model, format_report, load_table, table_for  # noqa: E402
 
 F, F16, I64, U8 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64, TensorProto.UINT8
@@ -170,21 +171,51 @@ def test_topk_sorted_and_k_limits():
     assert "< 3840" in check_model(topk(4000, 1))["unsupported"][0]["reason"]
 
 
+def _pool_model(dtype=F, **attrs):
+    attrs = {"num_segments": 3, "plugin_namespace": "sg2v", "plugin_version": "1", "aot": 1, **attrs}
+    pool = helper.make_node("ScatterMeanPool", ["v", "i", "m"], ["y"], domain="sg2v",
+                            **{k: v for k, v in attrs.items() if v is not None})
+    inputs = [_vi("v", dtype, [1, 6, 4]), _vi("i", I64, [1, 6]), _vi("m", F, [1, 6])]
+    return _model([pool], inputs, [_vi("y", dtype, [1, 3, 4])], extra_opsets=[("sg2v", 1)])
+
+
 def test_plugin_counted_and_unknown_custom_op_rejected():
-    pool = helper.make_node("ScatterMeanPool", ["v", "i", "m"], ["y"], domain="sg2v", num_segments=3)
-    inputs = [_vi("v", F, [1, 6, 4]), _vi("i", I64, [1, 6]), _vi("m", F, [1, 6])]
-    m = _model([pool], inputs, [_vi("y", F, [1, 3, 4])], extra_opsets=[("sg2v", 1)])
-    r = check_model(m)
+    r = check_model(_pool_model(), target="10.9")
     assert r["ok"] and r["plugins"][0]["op"] == "sg2v::ScatterMeanPool" and r["plugins"][0]["count"] == 1
-    bad_type = _model([pool], [_vi("v", I64, [1, 6, 4])] + inputs[1:], [_vi("y", I64, [1, 3, 4])],
-                      extra_opsets=[("sg2v", 1)])
-    assert not check_model(bad_type)["ok"]
+    assert not check_model(_pool_model(I64), target="10.9")["ok"]
+    inputs = [_vi("v", F, [1, 6, 4])]
     other = helper.make_node("Bar", ["v"], ["y"], domain="com.foo")
-    r = check_model(_model([other], inputs[:1], [_vi("y", F, None)], extra_opsets=[("com.foo", 1)]))
+    r = check_model(_model([other], inputs, [_vi("y", F, None)], extra_opsets=[("com.foo", 1)]))
     assert not r["ok"] and "no registered plugin" in r["unsupported"][0]["reason"]
-    r = check_model(_model([other], inputs[:1], [_vi("y", F, None)], extra_opsets=[("com.foo", 1)]),
+    r = check_model(_model([other], inputs, [_vi("y", F, None)], extra_opsets=[("com.foo", 1)]),
                     plugins={"com.foo::Bar": {"types": ["FP32"]}})
     assert r["ok"]
+
+
+def test_plugin_needs_tensorrt_10_6_and_aot_10_9():
+    r = check_model(_pool_model(), target="10.3")  # JetPack 6: no tensorrt.plugin at all
+    assert not r["ok"] and r["unsupported"][0]["fixed_in"] == "10.6"
+    assert "no Python plugin API" in r["unsupported"][0]["reason"]
+    r = check_model(_pool_model(aot=1), target="10.6")  # the parser ignores aot and runs the JIT form
+    assert r["ok"] and any("aot=1 is ignored before TensorRT 10.9" in w for w in r["warnings"])
+    assert check_model(_pool_model(aot=0), target="10.6")["warnings"] == []
+    assert check_model(_pool_model(aot=None), target="10.6")["ok"]  # one implementation: nothing to choose
+    for target in ("10.9", "11.1"):
+        r = check_model(_pool_model(aot=None), target=target)
+        assert not r["ok"] and "no attribute `aot`" in r["unsupported"][0]["reason"]
+        assert check_model(_pool_model(aot=0), target=target)["ok"]
+
+
+@pytest.mark.parametrize("attrs, why", [
+    ({"plugin_namespace": None}, "`plugin_namespace` = None, needs 'sg2v'"),
+    ({"plugin_namespace": "other"}, "`plugin_namespace` = 'other'"),
+    ({"plugin_version": "2"}, "`plugin_version` = '2'"),
+    ({"aot": 2}, "`aot` = 2, needs 0 (JIT) or 1 (AOT)"),
+    ({"num_segments": None}, "`num_segments` is missing"),
+])
+def test_plugin_node_attributes_are_checked(attrs, why):
+    r = check_model(_pool_model(**attrs), target="10.9")
+    assert not r["ok"] and any(why in u["reason"] for u in r["unsupported"]), r["unsupported"]
 
 
 def test_nodes_inside_if_branches_are_checked():

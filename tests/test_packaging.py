@@ -71,3 +71,33 @@ def test_installed_wheel_imports_outside_the_source_tree(wheel, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.startswith("ok")
+
+
+def _requirements(wheel: Path) -> dict[str | None, set[str]]:
+    """The wheel's Requires-Dist by extra (None: the base install), as distribution names."""
+    import re
+
+    meta = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA"))
+    out: dict[str | None, set[str]] = {}
+    for line in zipfile.ZipFile(wheel).read(meta).decode().splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        req = line.split(":", 1)[1].strip()
+        name = re.match(r"[A-Za-z0-9_.-]+", req).group(0).lower()
+        extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", req)
+        out.setdefault(extra.group(1) if extra else None, set()).add(name)
+    return out
+
+
+def test_onnx_runtime_is_an_extra_and_never_two_of_them(wheel):
+    reqs = _requirements(wheel)
+    ort = {"onnxruntime", "onnxruntime-gpu"}
+    assert not reqs[None] & ort, "ONNX Runtime must not be a base dependency (one ORT per environment)"
+    assert reqs["cpu"] >= {"onnxruntime"}
+    assert reqs["gpu"] >= {"onnxruntime-gpu", "cupy-cuda12x"}
+    assert reqs["gpu-cuda13"] >= {"onnxruntime-gpu", "cupy-cuda13x"}
+    for extra, names in reqs.items():
+        assert len(names & ort) <= 1, f"extra {extra} pulls both ONNX Runtime packages"
+        assert not ({"cupy-cuda12x", "cupy-cuda13x"} <= names), f"extra {extra} pulls two CuPy builds"
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert '".[cpu,' in setup, "scripts/setup.sh must install the cpu extra (the README's commands need ORT)"

@@ -14,27 +14,22 @@ from torch import nn
 from sg2v.config import DataConfig, model_config
 from sg2v.errors import CheckpointError
 from sg2v.models.video_encoder import ConvVideoEncoder, FrozenVideoEncoder
-from sg2v.pretrain import (
+from sg2v.training.losses import info_nce, mask_video, pretrain_losses, region_pool
+from sg2v.training.pretrain import (
     PretrainConfig,
     PretrainError,
     ShapesBatches,
-    add_pretrain_args,
     build_pretrain_models,
     evaluate_retrieval,
-    info_nce,
     load_pretrain_checkpoint,
     load_pretrained,
-    mask_video,
     pretrain,
-    pretrain_losses,
     recall_at_k,
-    region_pool,
-    run_from_args,
 )
 
 MODEL = model_config("tiny")
 # Narrow widths keep every test to a second or two on two shared cores.
-CFG = PretrainConfig(size="tiny", batch_size=6, video_channels=8, feature_dim=16, attn_heads=2, lr=2e-3,
+CFG = PretrainConfig(size="tiny", batch=6, video_channels=8, feature_dim=16, attn_heads=2, lr=2e-3,
                      log_every=1000, ckpt_every=1000, eval_samples=6)
 
 
@@ -170,21 +165,23 @@ def _params(path):
 
 def test_checkpoint_round_trip_and_resume(tmp_path):
     cfg4 = dataclasses.replace(CFG, steps=4)
-    whole = pretrain(cfg4, tmp_path / "whole", log=_quiet)
+    whole = pretrain(dataclasses.replace(cfg4, out=str(tmp_path / "whole")), log=_quiet)
     assert whole["step"] == 4
     ckpt = torch.load(tmp_path / "whole" / "pretrain.pt", weights_only=True)
     assert ckpt["sg2v_format"] == 1 and ckpt["kind"] == "pretrain" and ckpt["step"] == 4
-    assert ckpt["config"] == MODEL.to_dict() and ckpt["pretrain_config"] == cfg4.to_dict()
+    assert ckpt["config"] == MODEL.to_dict()
+    assert ckpt["pretrain_config"] == dataclasses.replace(cfg4, out=str(tmp_path / "whole")).to_dict()
     assert ckpt["optimizer"]["state"]
     encoder, _, _, model, cfg = load_pretrained(tmp_path / "whole" / "pretrain.pt")
-    assert model == MODEL and cfg == cfg4
+    assert model == MODEL and cfg == dataclasses.replace(cfg4, out=str(tmp_path / "whole"))
     fresh = build_pretrain_models(MODEL, CFG)[0]
     assert set(fresh.state_dict()) == set(ckpt["encoder"])  # diffusion loads this into SG2V.encoder
 
     # interrupted after 2 steps, resumed to 4: the same weights as the uninterrupted run
     lines: list[str] = []
-    pretrain(dataclasses.replace(CFG, steps=2), tmp_path / "split", log=_quiet)
-    pretrain(cfg4, tmp_path / "split", log=lines.append)
+    split = str(tmp_path / "split")
+    pretrain(dataclasses.replace(CFG, steps=2, out=split), log=_quiet)
+    pretrain(dataclasses.replace(cfg4, out=split), log=lines.append)
     assert any("resumed" in line and "step 2" in line for line in lines)
     a, b = _params(tmp_path / "whole" / "pretrain.pt"), _params(tmp_path / "split" / "pretrain.pt")
     assert a.keys() == b.keys()
@@ -193,10 +190,10 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
 
 
 def test_resume_rejects_other_model_and_bad_files(tmp_path):
-    pretrain(dataclasses.replace(CFG, steps=1), tmp_path, log=_quiet)
+    pretrain(dataclasses.replace(CFG, steps=1, out=str(tmp_path)), log=_quiet)
     other = MODEL.replace(encoder=dataclasses.replace(MODEL.encoder, num_layers=1))
     with pytest.raises(CheckpointError, match="another model config"):
-        pretrain(dataclasses.replace(CFG, steps=2), tmp_path, model=other, log=_quiet)
+        pretrain(dataclasses.replace(CFG, steps=2, out=str(tmp_path)), model=other, log=_quiet)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt"):
@@ -244,16 +241,29 @@ def test_frozen_external_encoder():
 
 
 def test_cli_args_and_run(tmp_path):
-    parser = add_pretrain_args(argparse.ArgumentParser())
-    args = parser.parse_args([])
+    """`sg2v-train pretrain`: one flag per PretrainConfig field with its default, the older flag names as
+    aliases, and a run that writes the checkpoint with the options given."""
+    from sg2v.cli.train import build_parser, main
+
+    parser = build_parser()
+    args = parser.parse_args(["pretrain"])
     for f in dataclasses.fields(PretrainConfig):
         assert getattr(args, f.name) == getattr(PretrainConfig(), f.name)
-    args = parser.parse_args(["--out-dir", str(tmp_path), "--steps", "1", "--batch-size", "4",
-                              "--video-channels", "8", "--feature-dim", "16", "--attn-heads", "2",
-                              "--eval-samples", "5", "--masked-weight", "0.5"])
-    assert args.masked_weight == 0.5
-    assert run_from_args(args) == 0
+    argv = ["pretrain", "--out-dir", str(tmp_path), "--steps", "1", "--batch-size", "4", "--video-channels",
+            "8", "--feature-dim", "16", "--attn-heads", "2", "--eval-samples", "5", "--masked-weight", "0.5"]
+    args = parser.parse_args(argv)
+    assert args.masked_weight == 0.5 and args.batch == 4 and args.out == str(tmp_path)
+    assert parser.parse_args(["pretrain", "--no-resume"]).resume == "never"
+    assert main(argv) == 0
     ckpt = load_pretrain_checkpoint(tmp_path / "pretrain.pt")
     assert ckpt["pretrain_config"]["masked_weight"] == 0.5 and ckpt["step"] == 1
-    with pytest.raises(PretrainError, match="batch-size"):
-        run_from_args(parser.parse_args(["--out-dir", str(tmp_path / "x"), "--batch-size", "1"]))
+    assert ckpt["pretrain_config"]["batch"] == 4
+    assert main(["pretrain", "--out", str(tmp_path / "x"), "--batch", "1"]) == 2
+
+
+def test_older_pretrain_configs_load_with_today_s_names():
+    old = {**PretrainConfig().to_dict(), "batch_size": 8}
+    del old["batch"], old["out"], old["resume"]
+    assert PretrainConfig.from_dict(old).batch == 8
+    with pytest.raises(PretrainError, match="unknown key"):
+        PretrainConfig.from_dict({"batch_sise": 8})

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_fake_bundle, random_graph
+
 from sg2v.runtime import Pipeline
-from test_bundle import make_fake_bundle
-from test_runtime import exported_bundle, random_graph
 
 BLOCKED = ("torch", "onnx", "onnxscript", "cupy", "tensorrt", "safetensors")
 
@@ -30,7 +30,8 @@ sys.meta_path.insert(0, _Block())
 
 LEAN_MODULES = ("sg2v.runtime", "sg2v.runtime.bundle", "sg2v.runtime.pipeline", "sg2v.runtime.backends",
                 "sg2v.runtime.backends.ort", "sg2v.runtime.backends.trt", "sg2v.runtime.backends.torch_ref",
-                "sg2v.runtime.cli", "sg2v.export.tensorrt")
+                "sg2v.runtime.cli", "sg2v.runtime.bench", "sg2v.runtime.onnx_guard", "sg2v.export.tensorrt",
+                "sg2v.generation", "sg2v.quality")
 
 
 def _run(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -104,9 +105,15 @@ def test_sg2v_run_without_torch_invalid_graph_exit_2(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "blue squar" in r.stderr
 
 
-@pytest.fixture(scope="session")
-def real_bundle(tmp_path_factory) -> Path:
-    return exported_bundle(tmp_path_factory.mktemp("exported"))
+def test_without_onnx_runtime_sg2v_run_names_the_extras(tmp_path):
+    root, _ = make_fake_bundle(tmp_path / "bundle", seed=3)
+    (tmp_path / "g.json").write_text(json.dumps(random_graph(np.random.default_rng(3))))
+    block_ort = BLOCKER.replace(repr(BLOCKED), repr((*BLOCKED, "onnxruntime")))
+    launch = f"from sg2v.runtime.cli import main; sys.exit(main({['g.json', '--bundle', str(root)]!r}))"
+    r = subprocess.run([sys.executable, "-c", block_ort + launch], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "no ONNX Runtime is installed" in r.stderr and "sg2v[cpu]" in r.stderr and "sg2v[gpu]" in r.stderr
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import torch
 
 from sg2v import sampling as P
 from sg2v import schedule as S
-from sg2v.config import ConfigError
+from sg2v.errors import ConfigError
 
 AC = S.make_alphas_cumprod(1000, "cosine_zsnr")
 MU, S0 = 0.7, 0.5

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sg2v import schedule as S
-from sg2v.config import ConfigError
+from sg2v.errors import ConfigError
 
 
 @pytest.mark.parametrize("num_train", [10, 1000])
@@ -70,3 +70,12 @@ def test_alpha_sigma_snr_lambda():
     np.testing.assert_allclose(S.snr(ac, t), a * a / (s * s), rtol=1e-12)
     np.testing.assert_allclose(S.log_snr_half(ac, t), 0.5 * np.log(S.snr(ac, t)), rtol=1e-10, atol=1e-12)
     assert S.log_snr_half(ac, 999) == -np.inf and S.snr(ac, 999) == 0.0
+
+
+def test_config_choices_name_every_schedule_and_sampler():
+    from sg2v.config import CHOICES
+    from sg2v.sampling import SAMPLERS
+    from sg2v.schedule import SCHEDULES
+
+    assert CHOICES["DiffusionConfig.schedule"] == tuple(SCHEDULES)
+    assert set(CHOICES["DiffusionConfig.default_sampler"]) == set(SAMPLERS)

@@ -13,15 +13,14 @@ import json
 
 import numpy as np
 import pytest
+from helpers import make_fake_bundle, random_graph
+
+from sg2v import bundle_spec as spec
+from sg2v.errors import BundleError, MissingDependencyError, Sg2vError
 from sg2v.export import tensorrt as trt_build
 from sg2v.runtime import Pipeline
 from sg2v.runtime.backends import make_backend, trt_unavailable_reason
 from sg2v.runtime.bundle import Bundle
-from test_bundle import make_fake_bundle
-from test_runtime import random_graph
-
-from sg2v import bundle_spec as spec
-from sg2v.errors import BundleError, MissingDependencyError, Sg2vError
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -63,15 +62,26 @@ def test_fingerprint_is_filesystem_safe():
     assert fp == "nvidia-geforce-rtx-4090-16gb_sm89_trt10.7.0_fp32"
 
 
-def test_profiles_are_the_manifest_shapes(fake):
+def test_profiles_span_the_batch_axis(fake, tmp_path):
+    """min / opt / max over the batch axis: 1, --opt-batch and the bundle's max_batch videos (the UNet's
+    rows are 2 per video); a format-1 bundle's fixed shapes as min = opt = max."""
     root, _ = fake
     b = Bundle.open(root)
-    for stage in spec.STAGE_FILES:
-        want = {d["name"]: tuple(d["shape"]) for d in b.manifest["stages"][stage]["inputs"]}
-        assert trt_build.profile_shapes(b, stage) == want
     s = b.shapes
-    x_shape = (2, s["frames"], s["channels"], s["height"], s["width"])
-    assert trt_build.profile_shapes(b, "unet")["x"] == x_shape
+    frame = (s["frames"], s["channels"], s["height"], s["width"])
+    profiles = trt_build.profile_shapes(b, "unet", opt_batch=3)
+    assert profiles["x"] == ((2, *frame), (6, *frame), (2 * b.max_batch, *frame))
+    assert profiles["t"] == ((2,), (6,), (2 * b.max_batch,))
+    enc = trt_build.profile_shapes(b, "encoder")
+    o = s["padded_objects"]
+    assert enc["objs"] == ((1, o), (1, o), (b.max_batch, o))
+    for stage in spec.STAGE_FILES:
+        assert set(trt_build.profile_shapes(b, stage)) == {d["name"] for d in b.stages[stage]["inputs"]}
+    with pytest.raises(Sg2vError, match="--opt-batch 9"):
+        trt_build.profile_shapes(b, "unet", opt_batch=b.max_batch + 5)
+    old = Bundle.open(make_fake_bundle(tmp_path / "v1", version=1)[0])
+    fixed = trt_build.profile_shapes(old, "unet")["x"]
+    assert fixed == ((2, *frame),) * 3
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed: the missing-TensorRT errors cannot be shown")
@@ -139,6 +149,25 @@ def test_trt_pipeline_matches_onnx_runtime(fake):
 
 @pytest.mark.trt
 @pytest.mark.gpu
+def test_trt_batches_match_single_calls_and_onnx_runtime(fake):
+    """A batch of 3 through the engines' batch axis (set_input_shape, a CUDA graph for 6 UNet rows) against
+    3 single calls on TensorRT and against ONNX Runtime's batch."""
+    _needs_trt_gpu()
+    root, _ = fake
+    trt_pipe = Pipeline.from_bundle(root, backend="trt")
+    ort_pipe = Pipeline.from_bundle(root, backend="ort")
+    rng = np.random.default_rng()
+    graphs = [random_graph(rng) for _ in range(3)]
+    seeds = [int(s) for s in rng.integers(1 << 20, size=3)]
+    batch = trt_pipe.generate(graphs, seeds, steps=3)
+    singles = np.stack([trt_pipe(g, seed=s, steps=3) for g, s in zip(graphs, seeds)])
+    assert trt_pipe.last_timings["chunks"] == 1 and 6 in trt_pipe.backend.unet.graphs
+    assert np.abs(batch.astype(int) - singles).max() <= 1
+    assert np.abs(batch.astype(int) - ort_pipe.generate(graphs, seeds, steps=3)).max() <= 1
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
 def test_trt_buffers_stay_at_fixed_addresses(fake):
     _needs_trt_gpu()
     root, _ = fake
@@ -163,3 +192,90 @@ def test_trt_backend_refuses_bad_device_strings(fake):
     assert _device_id("cuda:1") == 1
     with pytest.raises(Sg2vError, match="use cuda or cuda:N"):
         _device_id("gpu0")
+
+
+# ------------------------------------------------------------------ what a plan depends on beyond its GPU
+def _plugin_info(folder, fingerprint, **plugin):
+    _write_info(folder, fingerprint=fingerprint, route="onnx", onnx_sha256={"encoder": "a", "unet": "b"},
+                plugin={"impl": "aot", "kernel_sha256": "k1", "nvrtc": "12.6", **plugin})
+
+
+def test_aot_plan_must_hold_this_kernel_and_a_ptx_the_driver_loads(tmp_path):
+    fp = spec.engine_fingerprint("NVIDIA Jetson AGX Orin", (8, 7), "10.9.0", "fp16")
+    onnx = {"encoder": "a", "unet": "b"}
+    _plugin_info(tmp_path, fp)
+    assert trt_build.check_engine_dir(tmp_path, fp, onnx, kernel_sha256="k1", driver_cuda=(12, 6))["plugin"]
+    with pytest.raises(BundleError, match="another version of sg2v's CUDA kernel baked in.*--force"):
+        trt_build.check_engine_dir(tmp_path, fp, onnx, kernel_sha256="k2", driver_cuda=(12, 6))
+    with pytest.raises(BundleError, match=r"PTX from NVRTC 12.6, which the driver \(CUDA 12.4\) cannot load"):
+        trt_build.check_engine_dir(tmp_path, fp, onnx, kernel_sha256="k1", driver_cuda=(12, 4))
+    _plugin_info(tmp_path, fp, impl="jit", kernel_sha256="old", nvrtc=None)  # JIT compiles at run time
+    trt_build.check_engine_dir(tmp_path, fp, onnx, kernel_sha256="k2", driver_cuda=(12, 4))
+    _write_info(tmp_path, fingerprint=fp, onnx_sha256=onnx)  # a plugin bundle's plans without the record
+    with pytest.raises(BundleError, match="record no sg2v plugin"):
+        trt_build.check_engine_dir(tmp_path, fp, onnx, kernel_sha256="k1", driver_cuda=(12, 6))
+
+
+def test_torch_tensorrt_plans_must_come_from_the_bundles_checkpoint(tmp_path):
+    fp = spec.engine_fingerprint("NVIDIA H100 80GB HBM3", (9, 0), "10.13.0", "fp32")
+    ckpt = {"sha256": "c" * 64, "ema": True}
+    _write_info(tmp_path, fingerprint=fp, route="torch_tensorrt", checkpoint=ckpt, weight_storage="fp32")
+    sources = {"onnx_sha256": {"encoder": "x", "unet": "y"}, "checkpoint": ckpt, "weight_storage": "fp32"}
+    assert trt_build.check_engine_dir(tmp_path, fp, sources=sources)["route"] == "torch_tensorrt"
+    for other in ({"checkpoint": {**ckpt, "ema": False}}, {"checkpoint": {**ckpt, "sha256": "d" * 64}},
+                  {"weight_storage": "fp16"}):
+        with pytest.raises(BundleError, match="by Torch-TensorRT from checkpoint.*sg2v.export.torch_trt"):
+            trt_build.check_engine_dir(tmp_path, fp, sources={**sources, **other})
+
+
+def test_engine_sources_are_the_bundles_onnx_and_checkpoint_hashes(fake):
+    root, _ = fake
+    b = Bundle.open(root)
+    src = trt_build.engine_sources(b)
+    assert src["onnx_sha256"] == {s: b.manifest["files"][f]["sha256"] for s, f in spec.STAGE_FILES.items()}
+    assert src["weight_storage"] == b.manifest.get("weight_storage", "fp32")
+
+
+def test_engine_io_must_equal_the_manifest(fake):
+    """Shapes and dtypes as the manifest says; its named batch axis matches any row count (-1: dynamic)."""
+    root, _ = fake
+    io = Bundle.open(root).stages["unet"]
+    manifest = {d["name"]: tuple(d["shape"]) for d in io["inputs"] + io["outputs"]}
+    for rows in (-1, 2, 6):
+        have = {d["name"]: ((rows, *d["shape"][1:]), d["dtype"]) for d in io["inputs"] + io["outputs"]}
+        assert trt_build.engine_io_mismatches(have, io) == []
+    v_shape = have["v"][0]
+    wrong_out = {**have, "v": ((v_shape[0], v_shape[1] + 1, *v_shape[2:]), "float32")}
+    assert trt_build.engine_io_mismatches(wrong_out, io) == [
+        f"'v' is float32 {(v_shape[0], v_shape[1] + 1, *v_shape[2:])}, the manifest says float32 "
+        f"{manifest['v']}"]
+    old = Bundle.open(make_fake_bundle(root.parent / "v1", version=1)[0]).stages["unet"]
+    fixed = {d["name"]: ((3, *d["shape"][1:]), d["dtype"]) for d in old["inputs"] + old["outputs"]}
+    assert len(trt_build.engine_io_mismatches(fixed, old)) == 5  # format 1: exactly 2 rows
+    half = {**have, "v": (v_shape, "float16")}
+    assert "'v' is float16" in trt_build.engine_io_mismatches(half, io)[0]
+    renamed = {("output0" if k == "v" else k): v for k, v in have.items()}
+    assert sorted(trt_build.engine_io_mismatches(renamed, io)) == ["'output0' only in the engine",
+                                                                   "'v' only in the manifest"]
+
+
+def test_trt_backend_checks_a_given_engine_dir_against_the_bundle(fake, tmp_path, monkeypatch):
+    """engine_dir= and build=False load no plan before engine.json names this bundle's ONNX graphs."""
+    import contextlib
+    import types
+
+    from sg2v.runtime.backends import trt as trt_backend
+
+    root, _ = fake
+    b = Bundle.open(root)
+    fp = spec.engine_fingerprint("Some GPU", (8, 9), "10.9.0", b.precision)
+    stub_cp = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda i: contextlib.nullcontext()))
+    monkeypatch.setattr(trt_backend, "require", lambda mod, extra: stub_cp if mod == "cupy" else object())
+    monkeypatch.setattr(trt_build, "current_fingerprint", lambda precision, device_id=0: fp)
+    folder = tmp_path / "plans"
+    _write_info(folder, fingerprint=fp, onnx_sha256={"encoder": "old", "unet": "old"})
+    with pytest.raises(BundleError, match="built from other ONNX graphs"):
+        trt_backend.make_trt_backend(b, engine_dir=str(folder))
+    _write_info(root / spec.ENGINES_DIR / fp, fingerprint=fp, onnx_sha256={"encoder": "old", "unet": "old"})
+    with pytest.raises(BundleError, match="built from other ONNX graphs"):
+        trt_backend.make_trt_backend(b, build=False)

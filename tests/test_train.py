@@ -13,23 +13,22 @@ import numpy as np
 import pytest
 import torch
 
-from sg2v.checkpoint import load_checkpoint
 from sg2v.config import model_config
-from sg2v.datasets import ShapesVideoDataset, StepBatchSampler, collate, micro_batch_indices
 from sg2v.models.sg2v import build_model
-from sg2v.train import TrainConfig, TrainError, compute_loss, lr_at, read_metrics, step_seed, update_ema
+from sg2v.training.checkpoint import load_checkpoint
+from sg2v.training.data import ShapesVideoDataset, StepBatchSampler, collate, micro_batch_indices
+from sg2v.training.train import (
+    TrainConfig,
+    TrainError,
+    compute_loss,
+    lr_at,
+    read_metrics,
+    step_seed,
+    update_ema,
+)
 from sg2v.vocab import shapes_vocab
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The CI machine's cores are shared; one intra-op thread avoids oversubscription (10x slower otherwise).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_loss_decreases_on_a_fixed_batch():
@@ -58,7 +57,7 @@ def test_loss_decreases_on_a_fixed_batch():
 
 def test_uint8_batches_give_the_same_loss_as_float_ones():
     """The loader ships video as uint8; the loss maps it to [-1, 1] exactly as the float path does."""
-    from sg2v.datasets import video_to_model
+    from sg2v.training.data import video_to_model
 
     cfg = model_config("tiny")
     ds = ShapesVideoDataset(cfg, shapes_vocab(), seed=8)
@@ -140,7 +139,7 @@ def test_bad_settings_name_the_option():
 
 _CHILD = textwrap.dedent("""
     import os, signal, sys
-    import sg2v.train as T
+    import sg2v.training.train as T
 
     out, kill_at = sys.argv[1], int(sys.argv[2])
     if kill_at:
@@ -201,9 +200,9 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path):
 
 def test_resume_refuses_another_size(tmp_path):
     cfg = model_config("tiny")
-    from sg2v.checkpoint import save_checkpoint
     from sg2v.errors import CheckpointError
-    from sg2v.train import train
+    from sg2v.training.checkpoint import save_checkpoint
+    from sg2v.training.train import train
 
     save_checkpoint(tmp_path / "last.pt", build_model(cfg), cfg.replace(name="other"), shapes_vocab(), step=1)
     with pytest.raises(CheckpointError, match="config mismatch"):
@@ -216,8 +215,8 @@ def test_init_encoder_loads_pretrained_weights_across_video_shapes(tmp_path):
 
     from sg2v.config import DataConfig
     from sg2v.errors import CheckpointError
-    from sg2v.pretrain import PretrainConfig, build_pretrain_models, save_pretrain_checkpoint
-    from sg2v.train import load_init_encoder
+    from sg2v.training.pretrain import PretrainConfig, build_pretrain_models, save_pretrain_checkpoint
+    from sg2v.training.train import load_init_encoder
 
     torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
     tiny = model_config("tiny")
@@ -240,11 +239,11 @@ def test_init_encoder_loads_pretrained_weights_across_video_shapes(tmp_path):
 def test_init_fine_tunes_from_a_checkpoint_or_a_bundle(tmp_path):
     """--init loads a checkpoint's EMA weights, or a bundle's fp16 model.safetensors cast up; a model of
     another shape or a bundle without weights is refused with a one-line fix."""
-    from export.onnx_export import export_bundle
-    from sg2v.checkpoint import save_checkpoint
     from sg2v.config import DataConfig
     from sg2v.errors import CheckpointError, Sg2vError
-    from sg2v.train import load_init_weights
+    from sg2v.export.onnx_export import export_bundle
+    from sg2v.training.checkpoint import save_checkpoint
+    from sg2v.training.train import load_init_weights
 
     torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
     cfg = model_config("tiny")
@@ -280,7 +279,7 @@ def test_init_fine_tunes_from_a_checkpoint_or_a_bundle(tmp_path):
 
 
 def test_time_limit_saves_and_the_same_command_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    import sg2v.train as T
+    import sg2v.training.train as T
 
     kw = dict(steps=4, batch=2, lr=3e-3, warmup=1, ckpt_every=100, eval_every=0, log_every=1, workers=0,
               seed=5)
@@ -309,7 +308,7 @@ def test_time_limit_saves_and_the_same_command_resumes_to_the_same_weights(tmp_p
 
 
 def test_stop_at_keeps_the_long_schedule_and_resumes_to_the_same_weights(tmp_path):
-    import sg2v.train as T
+    import sg2v.training.train as T
 
     kw = dict(steps=4, batch=2, lr=3e-3, warmup=1, ckpt_every=100, eval_every=0, log_every=1, workers=0,
               seed=6)
@@ -325,3 +324,30 @@ def test_stop_at_keeps_the_long_schedule_and_resumes_to_the_same_weights(tmp_pat
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.gpu
+def test_train_on_cuda_writes_a_checkpoint_it_resumes_from(tmp_path):
+    """A few `train(device="cuda")` steps (bf16 autocast) to last.pt, then a resume to more steps."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from sg2v.training.train import train
+
+    tc = dict(steps=4, batch=4, lr=3e-3, warmup=1, ckpt_every=2, eval_every=0, log_every=1, workers=0,
+              seed=6, device="cuda", out=str(tmp_path))
+    result = train(TrainConfig(**tc), progress=False)
+    assert next(result.model.parameters()).is_cuda and result.step == 4
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["step"] == 4 and ckpt["train_config"]["device"] == "cuda"
+    for part in ("model", "ema"):
+        assert all(v.device.type == "cpu" and (not v.is_floating_point() or torch.isfinite(v).all())
+                   for v in ckpt[part].values()), part
+    torch.manual_seed(tc["seed"])
+    initial = build_model(model_config("tiny")).state_dict()  # train() builds the model after this seed
+    moved = [k for k in initial if not torch.equal(initial[k], ckpt["model"][k])]
+    assert len(moved) > len(initial) // 2, "the optimizer did not move the weights"
+    losses = [r["loss"] for r in read_metrics(tmp_path) if "loss" in r]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    again = train(TrainConfig(**{**tc, "steps": 6}), progress=False)
+    assert again.step == 6
+    assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == list(range(1, 7))

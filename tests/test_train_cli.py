@@ -14,24 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from sg2v.checkpoint import load_checkpoint, load_model
 from sg2v.cli.train import build_parser, main
 from sg2v.config import MODEL_SIZES
-from sg2v.evaluate import evaluate, false_presence, heldout_graphs, sample_videos
 from sg2v.shapes import ShapesDataset, score_batch
 from sg2v.shapes.world import COLOR_NAMES
-from sg2v.train import TrainConfig, read_metrics
+from sg2v.training.checkpoint import load_checkpoint, load_model
+from sg2v.training.evaluate import evaluate, false_presence, heldout_graphs, sample_videos
+from sg2v.training.train import TrainConfig, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Shared CI cores: one intra-op thread avoids oversubscription.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from sg2v.config import ConfigError, model_config
+from sg2v.config import model_config
+from sg2v.errors import ConfigError
 from sg2v.models.unet import (
     Attention,
     TemporalAttention,
@@ -25,15 +26,6 @@ CFG = model_config("tiny")
 D = CFG.data
 CTX = CFG.encoder.context_dim
 L = D.context_tokens
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CI box is shared: one intra-op thread is much faster than two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_unet(seed=0, **unet_changes) -> TemporalUNet:
@@ -215,7 +207,7 @@ def test_patched_unet_sees_every_pixel_and_checks_its_size():
 def test_x0_parameterised_unet_outputs_v_of_its_x0():
     """prediction "x0": the layers' output is x0 and the UNet returns v = (sqrt(a_t) x_t - x0) / sqrt(1 - a_t)
     with a_t from the schedule at the integer timestep; the weights are the same as a v-model's."""
-    from sg2v.diffusion import alphas_cumprod_tensor
+    from sg2v.training.losses import alphas_cumprod_tensor
 
     ac = alphas_cumprod_tensor(CFG.diffusion)
     plain = make_unet(seed=3)

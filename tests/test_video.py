@@ -97,9 +97,64 @@ def test_failing_write_leaves_nothing(tmp_path, monkeypatch, name):
 
     monkeypatch.setattr(numpy, "save", np_save)
     monkeypatch.setattr(Image.Image, "save", save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(VideoError, match=r"cannot write .* \(disk full\); check free space"):
         write_video(tmp_path / name, _frames(colors=9))
     assert list(tmp_path.iterdir()) == []
+
+
+def _fake_ffmpeg(folder, monkeypatch, body):
+    """imageio-ffmpeg's binary replaced by a script: `body` gets the output path as $last."""
+    import imageio_ffmpeg
+
+    script = folder / "fake-ffmpeg"
+    script.write_text("#!/bin/sh\nfor last; do :; done\ncat > /dev/null\n" + body)
+    script.chmod(0o755)
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: str(script))
+
+
+@pytest.mark.parametrize("body, why", [
+    # ffmpeg on a full disk: a truncated file and a failing exit status
+    ('printf "trunc" > "$last"\necho "Error writing trailer: No space left on device" >&2\nexit 1\n',
+     r"exit status 1: Error writing trailer: No space left on device"),
+    ('exit 0\n', "wrote no mp4 data"),  # an encoder that claims success and writes nothing
+    (': > "$last"\nexit 0\n', "wrote no mp4 data"),
+])
+def test_mp4_failure_keeps_the_existing_video(tmp_path, monkeypatch, body, why):
+    pytest.importorskip("imageio_ffmpeg", reason="mp4 needs the video extra")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    good = out_dir / "v.mp4"
+    write_video(good, _frames())
+    before = good.read_bytes()
+    _fake_ffmpeg(tmp_path, monkeypatch, body)
+    with pytest.raises(VideoError, match=why + r".*the existing file was kept"):
+        write_video(good, _frames(colors=5))
+    assert good.read_bytes() == before
+    assert sorted(p.name for p in out_dir.iterdir()) == ["v.mp4"]  # no temporary file left
+    np.testing.assert_array_equal(read_video(good).shape, _frames().shape)
+
+
+def test_sg2v_run_on_a_full_disk_exits_1_with_one_line(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("imageio_ffmpeg", reason="mp4 needs the video extra")
+    import json
+
+    from helpers import make_fake_bundle
+
+    from sg2v.runtime import cli
+
+    root, _ = make_fake_bundle(tmp_path / "bundle", seed=2)
+    (tmp_path / "g.json").write_text(json.dumps({"objects": ["red circle"], "relationships": []}))
+    good = tmp_path / "v.mp4"
+    write_video(good, _frames())
+    before = good.read_bytes()
+    _fake_ffmpeg(tmp_path, monkeypatch, 'echo "av_interleaved_write_frame(): No space left on device" >&2\n'
+                                        "exit 1\n")
+    rc = cli.main([str(tmp_path / "g.json"), "--bundle", str(root), "--out", str(good), "--steps", "1",
+                   "--backend", "ort"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1, err
+    assert "No space left on device" in err and "existing file was kept" in err
+    assert good.read_bytes() == before
 
 
 def test_bad_frames_and_paths_raise_video_error(tmp_path):

@@ -1,46 +1,23 @@
 """Backends behind one stage protocol, and the `auto` ladder (TensorRT, ONNX Runtime GPU, ONNX Runtime CPU).
 
 A stage is `run(feeds: dict[str, array]) -> dict[str, array]` (docs/ARCHITECTURE.md "Runtime"). Its buffers
-are allocated once when the stage is built; `run` copies the feeds into them and returns the stage's own
-output buffers, which stay valid until the next `run` (callers copy what they keep). Heavy modules
-(onnxruntime, cupy, tensorrt, torch) are imported only when a backend is built.
+are allocated once when the stage is built (or grown once to the largest batch asked for); `run` copies the
+feeds into them and returns the stage's own output buffers, which stay valid until the next `run` (callers
+copy what they keep). A `Backend` (`sg2v.generation.Backend`) is what the one generation loop drives. Heavy
+modules (onnxruntime, cupy, tensorrt, torch) are imported only when a backend is built.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from sg2v.errors import Sg2vError
+from sg2v.generation import Backend
 
-BACKENDS = ("auto", "trt", "ort", "torch")
-
-
-class Stage(Protocol):
-    """One exported graph (encoder or UNet) with its buffers allocated once."""
-
-    def run(self, feeds: dict[str, Any]) -> dict[str, Any]: ...
-
-
-@dataclass
-class Backend:
-    """The two stages of a bundle on one device, with the array module their outputs live in."""
-
-    name: str  # e.g. "ort-cpu", "ort-cuda", "trt", "torch-cpu"
-    encoder: Stage
-    unet: Stage
-    xp: Any = np  # numpy, or cupy when the stages hand back device arrays
-    null_context: tuple[np.ndarray, np.ndarray] | None = None  # overrides the bundle's (torch with --ckpt)
-    stream_context: Callable[[], Any] = contextlib.nullcontext  # the CUDA stream the pipeline's array ops use
-    synchronize: Callable[[], None] = lambda: None  # wait for queued device work (for honest timings)
-    notes: list[str] = field(default_factory=list)  # how the ladder got here (fallbacks, capture status)
-    close: Callable[[], None] = lambda: None
+# torch: the PyTorch reference (host arrays); torch-cuda: fp16 weights and one CUDA graph per guided step.
+BACKENDS = ("auto", "trt", "ort", "torch", "torch-cuda")
 
 
 def make_backend(bundle: Any, backend: str = "auto", device: str | None = None, threads: int | None = None,
@@ -60,6 +37,10 @@ def make_backend(bundle: Any, backend: str = "auto", device: str | None = None, 
         from sg2v.runtime.backends.torch_ref import make_torch_backend
 
         return make_torch_backend(bundle, device=device, ckpt=ckpt, threads=threads)
+    if backend == "torch-cuda":
+        from sg2v.runtime.backends.torch_cuda import make_torch_cuda_backend
+
+        return make_torch_cuda_backend(bundle, device=device or "cuda", ckpt=ckpt, threads=threads)
     return _auto(bundle, device, threads)
 
 
@@ -89,7 +70,11 @@ def _auto(bundle: Any, device: str | None, threads: int | None) -> Backend:
 def trt_unavailable_reason() -> str | None:
     """None when `tensorrt` and `cupy` import and a CUDA device is visible, else why not (one line)."""
     for mod in ("tensorrt", "cupy"):
-        if importlib.util.find_spec(mod) is None:
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):  # a broken install or an import hook that refuses it
+            found = False
+        if not found:
             return f"{mod} is not installed"
     try:
         import cupy

@@ -1,7 +1,9 @@
 """ONNX Runtime backend: one InferenceSession per stage, IO binding to buffers allocated once.
 
-On CPU the inputs and outputs are bound to numpy arrays made at load time, so `run` copies the feeds into the
-input buffers, runs, and hands back the same output arrays every call (no per-call allocation of I/O). When
+On CPU the inputs and outputs are bound to numpy arrays made once, so `run` copies the feeds into the input
+buffers, runs, and hands back the same output arrays every call (no per-call allocation of I/O). A stage with
+a batch axis (bundle format 2) allocates its buffers for the largest batch asked for so far (grown, never
+shrunk) and binds a contiguous prefix of them for a smaller batch; a format-1 stage has one fixed batch. When
 onnxruntime-gpu exposes the TensorRT or CUDA execution provider, that provider runs the graph; with CuPy
 present the buffers are CuPy device arrays bound by pointer (the sampler then runs on the GPU), without CuPy
 they are the same host arrays and ONNX Runtime copies across. The GPU paths follow the documented IO-binding
@@ -16,20 +18,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sg2v.runtime.backends import Backend
 
-from sg2v.errors import BundleError, MissingDependencyError, Sg2vError
+from sg2v import bundle_spec as spec
+from sg2v.config import parse_device
+from sg2v.errors import BundleError, MissingDependencyError, Sg2vError, first_line
+from sg2v.generation import Backend
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
 
 
 class OrtStage:
-    """A stage on ONNX Runtime with inputs and outputs bound once to preallocated buffers."""
+    """A stage on ONNX Runtime with inputs and outputs bound to buffers allocated once (grown for a larger
+    batch on a stage with a batch axis)."""
 
     def __init__(self, path: Path, io: dict[str, Any], providers: list[Any], threads: int | None = None,
                  xp: Any = np, device_type: str = "cpu", device_id: int = 0):
+        from sg2v.runtime.onnx_guard import check_onnx_file
+
         ort = _ort()
+        check_onnx_file(path)  # bound what the file makes ONNX Runtime allocate, before it folds constants
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -39,21 +47,42 @@ class OrtStage:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-            raise BundleError(f"ONNX Runtime cannot load {path} ({_first_line(e)}); the file is corrupt or "
+            if f"{spec.PLUGIN_DOMAIN}:{spec.PLUGIN_OP}" in str(e) or spec.PLUGIN_OP in str(e):
+                raise BundleError(f"ONNX Runtime has no kernel for the {spec.PLUGIN_DOMAIN}::"
+                                  f"{spec.PLUGIN_OP} plugin node in {path}; run the bundle with sg2v's ort "
+                                  "backend (its encoder runs the pooling itself) or --backend trt, or export "
+                                  "with --pooling portable") from None
+            raise BundleError(f"ONNX Runtime cannot load {path} ({first_line(e)}); the file is corrupt or "
                               "needs a newer onnxruntime: pip install -U onnxruntime, or re-export the bundle"
                               ) from None
         self.path = path
         self.xp = xp
         self.providers = self.session.get_providers()
         self._check_io(io)
-        self.inputs = {d["name"]: _empty(xp, d) for d in io["inputs"]}
-        self.outputs = {d["name"]: _empty(xp, d) for d in io["outputs"]}
+        self.io = io
         self.binding = self.session.io_binding()
-        for name, buf in self.inputs.items():
-            self.binding.bind_input(name, device_type, device_id, buf.dtype.type, list(buf.shape), _ptr(buf))
-        for name, buf in self.outputs.items():
-            self.binding.bind_output(name, device_type, device_id, buf.dtype.type, list(buf.shape), _ptr(buf))
-        self._device = device_type != "cpu"
+        self._device = (device_type, device_id)
+        self.dynamic = isinstance(io["inputs"][0]["shape"][0], str)  # a named batch axis (format 2)
+        self.inputs: dict[str, Any] = {}
+        self.outputs: dict[str, Any] = {}
+        self.capacity = self.rows = 0
+        if not self.dynamic:
+            self._allocate(int(io["inputs"][0]["shape"][0]))
+            self._bind(self.capacity)
+
+    def _allocate(self, rows: int) -> None:
+        """Buffers for `rows` batch rows, every input and output (dim 0 is the batch)."""
+        self.inputs = {d["name"]: _empty(self.xp, d, rows) for d in self.io["inputs"]}
+        self.outputs = {d["name"]: _empty(self.xp, d, rows) for d in self.io["outputs"]}
+        self.capacity, self.rows = rows, 0
+
+    def _bind(self, rows: int) -> None:
+        """Bind the first `rows` rows of every buffer (a contiguous prefix: same address, shorter dim 0)."""
+        device_type, device_id = self._device
+        for bind, bufs in ((self.binding.bind_input, self.inputs), (self.binding.bind_output, self.outputs)):
+            for name, buf in bufs.items():
+                bind(name, device_type, device_id, buf.dtype.type, [rows, *buf.shape[1:]], _ptr(buf))
+        self.rows = rows
 
     def _check_io(self, io: dict[str, Any]) -> None:
         got = {i.name: i.shape for i in self.session.get_inputs()}, {o.name: o.shape for o in
@@ -72,22 +101,28 @@ class OrtStage:
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Copy `feeds` into the bound inputs, run, return the bound outputs (valid until the next run)."""
+        missing = [name for name in (d["name"] for d in self.io["inputs"]) if name not in feeds]
+        if missing:
+            raise Sg2vError(f"{self.path.name}: feed {missing[0]!r} is missing; the stage takes "
+                            f"{sorted(d['name'] for d in self.io['inputs'])}")
+        rows = self.capacity
+        if self.dynamic:
+            rows = int(getattr(feeds[self.io["inputs"][0]["name"]], "shape", (0,))[0])
+            if rows > self.capacity:
+                self._allocate(rows)
+            if rows != self.rows:
+                self._bind(rows)
         for name, buf in self.inputs.items():
-            try:
-                value = feeds[name]
-            except KeyError:
-                raise Sg2vError(f"{self.path.name}: feed {name!r} is missing; the stage takes "
-                                f"{sorted(self.inputs)}") from None
-            _copy_into(buf, value, self.xp)
-        if self._device:
+            _copy_into(buf[:rows], feeds[name], self.xp)
+        if self._device[0] != "cpu":
             # CuPy wrote the inputs on its stream; ONNX Runtime reads them on its own.
             self.xp.cuda.get_current_stream().synchronize()
         self.session.run_with_iobinding(self.binding)
-        return self.outputs
+        return {name: buf[:rows] for name, buf in self.outputs.items()} if self.dynamic else self.outputs
 
 
-def _empty(xp: Any, d: dict[str, Any]) -> Any:
-    return xp.empty(tuple(d["shape"]), dtype=_DTYPES[d["dtype"]])
+def _empty(xp: Any, d: dict[str, Any], rows: int) -> Any:
+    return xp.empty((rows, *d["shape"][1:]), dtype=_DTYPES[d["dtype"]])
 
 
 def _copy_into(buf: Any, value: Any, xp: Any) -> None:
@@ -114,17 +149,46 @@ def available_gpu_providers() -> list[str]:
 
 def make_ort_backend(bundle: Any, device: str | None = None, threads: int | None = None) -> Backend:
     """ONNX Runtime on the GPU providers when `device` allows and the build has them, else on the CPU."""
-    device_id = _device_id(device)
-    gpu = [] if device == "cpu" else available_gpu_providers()
-    if device is not None and device != "cpu" and not gpu:
+    kind, index = parse_device(device)
+    device_id = index or 0
+    gpu = [] if kind == "cpu" else available_gpu_providers()
+    if kind == "cuda" and not gpu:
         raise Sg2vError(f"--device {device}: this onnxruntime has no GPU providers (it has "
                         f"{_ort().get_available_providers()}); install onnxruntime-gpu "
                         "or use --device cpu")
     if gpu:
         return _gpu_backend(bundle, gpu, device_id, threads)
-    stages = {name: OrtStage(bundle.stage_file(name), bundle.stages[name], ["CPUExecutionProvider"], threads)
-              for name in ("encoder", "unet")}
-    return Backend("ort-cpu", stages["encoder"], stages["unet"], np)
+    providers = ["CPUExecutionProvider"]
+    encoder, notes = _encoder_stage(bundle, providers, threads, np, "cpu", device_id)
+    unet = OrtStage(bundle.stage_file("unet"), bundle.stages["unet"], providers, threads)
+    return Backend("ort-cpu", encoder, unet, np, max_batch=bundle.max_batch, notes=notes)
+
+
+def _encoder_stage(bundle: Any, providers: list[Any], threads: int | None, xp: Any, device_type: str,
+                   device_id: int) -> tuple[Any, list[str]]:
+    """The encoder stage: its ONNX graph, or for plugin bundles sg2v's own encoder on the bundle's weights.
+
+    ONNX Runtime has no kernel for `sg2v::ScatterMeanPool`, so a plugin bundle's encoder runs as
+    `sg2v.runtime.gpu_encoder` (the SGEncoder forward on `encoder_weights.npz`): with CuPy on the GPU through
+    the CUDA kernels in `cuda/`, else the numpy mirror on the CPU. It computes in float32 whatever the
+    bundle's precision.
+    """
+    if bundle.pooling != "plugin":
+        return OrtStage(bundle.stage_file("encoder"), bundle.stages["encoder"], providers, threads, xp,
+                        device_type, device_id), []
+    from sg2v.runtime import gpu_encoder as ge
+
+    path = bundle.file(spec.ENCODER_WEIGHTS)
+    if not bundle.has_file(spec.ENCODER_WEIGHTS):
+        raise BundleError(f"bundle {bundle.path} has plugin pooling but no {spec.ENCODER_WEIGHTS}, which "
+                          "ONNX Runtime needs for its encoder; re-export it, or run it with --backend trt")
+    weights = ge.load_encoder_weights(path)
+    ge.check_against_config(weights, bundle.config.encoder.num_layers, bundle.shapes["context_dim"],
+                            str(path))
+    why = "ONNX Runtime cannot run the ScatterMeanPool plugin node"
+    if xp is np:
+        return ge.NumpyEncoder(weights), [f"encoder: sg2v's numpy encoder ({why})"]
+    return ge.GpuEncoder(weights, device=device_id), [f"encoder: sg2v's CUDA kernels through CuPy ({why})"]
 
 
 def _gpu_backend(bundle: Any, gpu: list[str], device_id: int, threads: int | None) -> Backend:
@@ -148,33 +212,26 @@ def _gpu_backend(bundle: Any, gpu: list[str], device_id: int, threads: int | Non
         xp, device_type = np, "cpu"  # host buffers; ONNX Runtime copies them to and from the device
     ctx = xp.cuda.Device(device_id) if xp is not np else contextlib.nullcontext()
     with ctx:
-        stages = {name: OrtStage(bundle.stage_file(name), bundle.stages[name], providers, threads, xp,
-                                 device_type, device_id) for name in ("encoder", "unet")}
-    used = stages["unet"].providers[0]
+        encoder, notes = _encoder_stage(bundle, providers, threads, xp, device_type, device_id)
+        unet = OrtStage(bundle.stage_file("unet"), bundle.stages["unet"], providers, threads, xp,
+                        device_type, device_id)
+    used = unet.providers[0]
     names = {"TensorrtExecutionProvider": "ort-tensorrt", "CUDAExecutionProvider": "ort-cuda"}
     name = names.get(used, "ort-cpu")
     sync = (lambda: xp.cuda.get_current_stream().synchronize()) if xp is not np else (lambda: None)
     stream_ctx = (lambda: xp.cuda.Device(device_id)) if xp is not np else contextlib.nullcontext
-    return Backend(name, stages["encoder"], stages["unet"], xp, synchronize=sync, stream_context=stream_ctx)
+    return Backend(name, encoder, unet, xp, max_batch=bundle.max_batch, synchronize=sync,
+                   stream_context=stream_ctx, notes=notes)
 
 
-def _device_id(device: str | None) -> int:
-    if device is None or device in ("cpu", "cuda"):
-        return 0
-    if device.startswith("cuda:") and device[5:].isdigit():
-        return int(device[5:])
-    raise Sg2vError(f"--device {device!r} is not understood; use cpu, cuda or cuda:N")
+ORT_MISSING = ("no ONNX Runtime is installed; install one: pip install 'sg2v[cpu]' (CPU) or 'sg2v[gpu]' "
+               "(onnxruntime-gpu + CuPy, NVIDIA GPUs), or on a Jetson NVIDIA's onnxruntime-gpu wheel for its "
+               "JetPack")
 
 
 def _ort() -> Any:
     try:
         import onnxruntime
     except ImportError as e:
-        raise MissingDependencyError(f"onnxruntime is not installed ({e}); install it with: pip install "
-                                     "onnxruntime (or onnxruntime-gpu on NVIDIA GPUs)") from None
+        raise MissingDependencyError(f"{ORT_MISSING} ({e})") from None
     return onnxruntime
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -1,11 +1,12 @@
 """TensorRT backend: engines, CuPy buffers at fixed addresses, CUDA-graph replay of the UNet step.
 
 Written against the documented TensorRT 10.x / 11 Python API (Runtime.deserialize_cuda_engine, name-based
-tensor I/O, set_tensor_address, execute_async_v3) and CuPy's stream capture, and UNVERIFIED: TensorRT cannot
-be installed on this project's machines. Every tensor gets one CuPy buffer when the stage is built and the
-engine is bound to those addresses once, so the UNet's `execute_async_v3` is captured into a CUDA graph and
-each denoiser step is a copy of x into the fixed input buffer plus one graph launch on the pipeline's stream;
-the sampler's arithmetic runs on CuPy on the same stream, so nothing crosses to the host inside the loop.
+tensor I/O, set_input_shape, set_tensor_address, execute_async_v3) and CuPy's stream capture, and
+UNVERIFIED: TensorRT cannot be installed on this project's machines. Every tensor gets one CuPy buffer, for
+the bundle's largest batch, when the stage is built and the engine is bound to those addresses once, so the
+UNet's `execute_async_v3` is captured into a CUDA graph (one per batch size) and each denoiser step is a copy
+of x into the fixed input buffer plus one graph launch on the pipeline's stream; the sampler's arithmetic
+runs on CuPy on the same stream, so nothing crosses to the host inside the loop.
 """
 
 from __future__ import annotations
@@ -15,16 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sg2v.runtime.backends import Backend
 
 from sg2v import bundle_spec as spec
 from sg2v.errors import BundleError, Sg2vError, require
+from sg2v.generation import Backend
 
 
 class TrtStage:
-    """One engine with an execution context bound once to CuPy buffers; optional CUDA-graph replay."""
+    """One engine with an execution context bound once to CuPy buffers; optional CUDA-graph replay.
 
-    def __init__(self, plan_path: Path, io: dict[str, Any], runtime: Any, stream: Any):
+    With a batch axis (bundle format 2) the buffers hold `max_rows` rows and stay bound at their addresses;
+    a call of fewer rows sets the inputs' shapes (`set_input_shape`) and uses a prefix of each buffer, and
+    each row count gets its own CUDA graph, captured on first use."""
+
+    def __init__(self, plan_path: Path, io: dict[str, Any], runtime: Any, stream: Any,
+                 bindings: dict[str, str] | None = None, max_rows: int = 0, graphs: bool = False):
+        from sg2v.export.tensorrt import engine_io_mismatches
+
         self.trt = require("tensorrt", "trt")
         self.cp = require("cupy", "gpu")
         self.path = Path(plan_path)
@@ -36,31 +44,69 @@ class TrtStage:
                               "version or a corrupt plan); rebuild with: python -m sg2v.export.tensorrt "
                               "<bundle> --force")
         self.context = self.engine.create_execution_context()
+        # Engine tensor name -> manifest name (Torch-TensorRT plans may name outputs output0, output1, ...).
+        rename = dict(bindings or {})
         want = {d["name"]: d for d in io["inputs"] + io["outputs"]}
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        if sorted(names) != sorted(want):
+        if sorted(rename.get(n, n) for n in names) != sorted(want):
             raise BundleError(f"{self.path}: engine tensors {sorted(names)} differ from the manifest's "
                               f"{sorted(want)}; rebuild with --force")
+        is_input = {n: self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT for n in names}
+        first = next(n for n in names if is_input[n])
+        engine_rows = int(self.engine.get_tensor_shape(first)[0])  # -1 on a dynamic batch axis
+        # A batch axis needs both: a named one in the manifest (format 2) and a dynamic one in the engine
+        # (plans built with fixed shapes, e.g. by the Torch-TensorRT route, take their one batch).
+        self.dynamic = isinstance(io["inputs"][0]["shape"][0], str) and engine_rows < 0
+        fixed_rows = engine_rows if engine_rows > 0 else io["inputs"][0]["shape"][0]
+        self.capacity = int(max_rows) if self.dynamic else int(fixed_rows)
+        self._engine_names = {rename.get(n, n): n for n in names if is_input[n]}  # manifest -> engine name
+        self._shapes = {m: (self.capacity, *(int(d) for d in want[m]["shape"][1:]))
+                        for m in (rename.get(n, n) for n in names)}  # manifest name -> shape at capacity
+        self.rows = 0
+        self._set_rows(self.capacity)
+        have = {rename.get(n, n): (tuple(int(d) for d in self.context.get_tensor_shape(n)),
+                                   np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(n))).name)
+                for n in names}
+        at_capacity = {kind: [dict(d, shape=list(self._shapes[d["name"]])) for d in io[kind]]
+                       for kind in ("inputs", "outputs")}
+        wrong = engine_io_mismatches(have, at_capacity)
+        if wrong:
+            raise BundleError(f"{self.path}: engine I/O differs from the manifest ({'; '.join(wrong)}); "
+                              "rebuild with: python -m sg2v.export.tensorrt <bundle> --force")
         self.inputs: dict[str, Any] = {}
         self.outputs: dict[str, Any] = {}
         for name in names:
-            shape = tuple(int(n) for n in want[name]["shape"])
-            is_input = self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT
-            if is_input and any(d < 0 for d in self.engine.get_tensor_shape(name)):
-                self.context.set_input_shape(name, shape)
-            dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
+            shape, dtype = have[rename.get(name, name)]
             buf = self.cp.empty(shape, dtype=dtype)
             self.context.set_tensor_address(name, buf.data.ptr)
-            (self.inputs if is_input else self.outputs)[name] = buf
-        self.graph = None
+            (self.inputs if is_input[name] else self.outputs)[rename.get(name, name)] = buf
+        self.use_graphs = graphs
+        self.graphs: dict[int, Any] = {}
         self.graph_note = "not captured"
+
+    def _set_rows(self, rows: int) -> None:
+        """Set every input's shape to `rows` rows (dim 0) where the engine's shapes are dynamic."""
+        for name, engine_name in self._engine_names.items():
+            shape = (rows, *self._shapes[name][1:])
+            if any(d < 0 for d in self.engine.get_tensor_shape(engine_name)) and \
+                    not self.context.set_input_shape(engine_name, shape):
+                raise Sg2vError(f"{self.path.name}: TensorRT refused input {name!r} at {rows} rows (outside "
+                                "the engine's optimisation profile); rebuild with: python -m "
+                                "sg2v.export.tensorrt <bundle> --force")
+        self.rows = rows
+
+    @property
+    def graph(self) -> Any:
+        """The CUDA graph of the current row count, if captured."""
+        return self.graphs.get(self.rows)
 
     def _execute(self) -> None:
         if not self.context.execute_async_v3(self.stream.ptr):
             raise Sg2vError(f"TensorRT execution of {self.path.name} failed; see the TensorRT log")
 
     def capture(self) -> None:
-        """Capture one execution into a CUDA graph; later runs replay it (the addresses never change)."""
+        """Capture one execution at the current row count into a CUDA graph; later runs of that many rows
+        replay it (the addresses never change)."""
         with self.stream:
             self._execute()  # the first enqueue does lazy setup that must not land inside the capture
             self.stream.synchronize()
@@ -70,33 +116,41 @@ class TrtStage:
                     self._execute()
                 finally:
                     graph = self.stream.end_capture()
-                self.graph = graph
+                self.graphs[self.rows] = graph
                 self.graph_note = "CUDA graph captured"
             except Exception as e:  # some plugins or TensorRT versions cannot be captured: run uncaptured
-                self.graph = None
+                self.use_graphs = False
                 self.graph_note = f"CUDA graph capture failed ({type(e).__name__}: {e}); running uncaptured"
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Copy feeds into the bound inputs on the stream, launch, return the bound (device) outputs."""
         cp = self.cp
+        missing = [name for name in self.inputs if name not in feeds]
+        if missing:
+            raise Sg2vError(f"{self.path.name}: feed {missing[0]!r} is missing; the stage takes "
+                            f"{sorted(self.inputs)}")
+        rows = int(feeds[next(iter(self.inputs))].shape[0]) if self.dynamic else self.capacity
+        if not 1 <= rows <= self.capacity:
+            raise Sg2vError(f"{self.path.name}: a batch of {rows} rows; the engine takes 1 to "
+                            f"{self.capacity} (the bundle's max_batch)")
+        if rows != self.rows:
+            self._set_rows(rows)
         for name, buf in self.inputs.items():
-            try:
-                value = feeds[name]
-            except KeyError:
-                raise Sg2vError(f"{self.path.name}: feed {name!r} is missing; the stage takes "
-                                f"{sorted(self.inputs)}") from None
-            if value is buf:
+            value, dst = feeds[name], buf[:rows]
+            if value is buf or value is dst:
                 continue
             if isinstance(value, np.ndarray):
-                buf.set(np.ascontiguousarray(value, dtype=buf.dtype), stream=self.stream)
+                dst.set(np.ascontiguousarray(value, dtype=buf.dtype), stream=self.stream)
             else:
                 with self.stream:
-                    cp.copyto(buf, value, casting="same_kind")
-        if self.graph is not None:
-            self.graph.launch(self.stream)
+                    cp.copyto(dst, value, casting="same_kind")
+        if self.use_graphs and rows not in self.graphs:
+            self.capture()
+        if self.use_graphs:
+            self.graphs[rows].launch(self.stream)
         else:
             self._execute()
-        return self.outputs
+        return {name: buf[:rows] for name, buf in self.outputs.items()} if self.dynamic else self.outputs
 
 
 def make_trt_backend(bundle: Any, device: str | None = None, engine_dir: str | None = None,
@@ -109,22 +163,30 @@ def make_trt_backend(bundle: Any, device: str | None = None, engine_dir: str | N
     device_id = 0 if device in (None, "cuda") else _device_id(device)
     with cp.cuda.Device(device_id):
         fingerprint = trt_build.current_fingerprint(bundle.precision, device_id)
-        if engine_dir is not None:
-            trt_build.check_engine_dir(engine_dir, fingerprint)
-            plans = {s: Path(engine_dir) / f"{s}{trt_build.PLAN_SUFFIX}" for s in spec.STAGE_FILES}
-        elif build:
+        sources = trt_build.engine_sources(bundle)
+        plugin = bundle.pooling == "plugin"
+        kernel_sha, driver_cuda = trt_build._plugin_checks(bundle) if plugin else (None, None)
+        if engine_dir is None and build:
             plans = trt_build.build_engines(bundle, device_id)
+            folder = next(iter(plans.values())).parent
         else:
-            found = trt_build.engine_dir(bundle, fingerprint)
-            trt_build.check_engine_dir(found, fingerprint)
-            plans = {s: found / f"{s}{trt_build.PLAN_SUFFIX}" for s in spec.STAGE_FILES}
-        if bundle.pooling == "plugin":
+            folder = Path(engine_dir) if engine_dir is not None else trt_build.engine_dir(bundle, fingerprint)
+            plans = {s: folder / f"{s}{trt_build.PLAN_SUFFIX}" for s in spec.STAGE_FILES}
+        # Every path: the plans must fit this machine, this bundle's graphs, and (AOT) kernel and driver.
+        info = trt_build.check_engine_dir(folder, fingerprint, sources=sources, kernel_sha256=kernel_sha,
+                                          driver_cuda=driver_cuda)
+        if plugin and info.get("route", trt_build.ROUTE_ONNX) == trt_build.ROUTE_ONNX:
             trt_build.register_plugins()  # the plan names the plugin; it must be registered before loading
+        bindings = info.get("bindings") if isinstance(info.get("bindings"), dict) else {}
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept alive by the stages' engines
         stream = cp.cuda.Stream(non_blocking=True)  # capture needs a stream other than the legacy default
-        encoder = TrtStage(plans[spec.ENCODER_STAGE], bundle.stages[spec.ENCODER_STAGE], runtime, stream)
-        unet = TrtStage(plans[spec.UNET_STAGE], bundle.stages[spec.UNET_STAGE], runtime, stream)
-        unet.capture()
+        encoder = TrtStage(plans[spec.ENCODER_STAGE], bundle.stages[spec.ENCODER_STAGE], runtime, stream,
+                           bindings.get(spec.ENCODER_STAGE), bundle.max_batch)
+        unet = TrtStage(plans[spec.UNET_STAGE], bundle.stages[spec.UNET_STAGE], runtime, stream,
+                        bindings.get(spec.UNET_STAGE), 2 * bundle.max_batch, graphs=True)
+        videos = min(encoder.capacity, unet.capacity // 2)  # what both stages take per call
+        unet._set_rows(2)
+        unet.capture()  # one video's step now; other batch sizes are captured on first use
 
     @contextlib.contextmanager
     def on_stream():
@@ -132,12 +194,13 @@ def make_trt_backend(bundle: Any, device: str | None = None, engine_dir: str | N
             yield
 
     def close() -> None:
-        unet.graph = None  # the graph holds the context's kernels; release it before the engines go
+        unet.graphs.clear()  # the graphs hold the context's kernels; release them before the engines go
         encoder.context = unet.context = None
         encoder.engine = unet.engine = None
 
-    return Backend("trt", encoder, unet, cp, stream_context=on_stream, synchronize=stream.synchronize,
-                   notes=[f"engines {plans[spec.UNET_STAGE].parent}", unet.graph_note], close=close)
+    return Backend("trt", encoder, unet, cp, max_batch=videos, stream_context=on_stream,
+                   synchronize=stream.synchronize, notes=[f"engines {plans[spec.UNET_STAGE].parent}",
+                                                         unet.graph_note], close=close)
 
 
 def _device_id(device: str) -> int:

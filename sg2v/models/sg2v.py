@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from sg2v.config import ConfigError, ModelConfig
+from sg2v.config import ModelConfig
+from sg2v.errors import ConfigError
+from sg2v.graph import GRAPH_TENSORS
 from sg2v.models.encoder import SGEncoder
 from sg2v.models.unet import TemporalUNet, count_parameters
-
-GRAPH_KEYS = ("objs", "obj_mask", "triples", "triple_mask")
+from sg2v.schedule import make_alphas_cumprod
 
 
 class SG2V(nn.Module):
@@ -24,20 +26,16 @@ class SG2V(nn.Module):
         d = cfg.encoder.context_dim
         tokens = cfg.data.context_tokens
         self.encoder = SGEncoder(cfg.encoder, cfg.data)
-        x0_ac = None
-        if cfg.diffusion.prediction == "x0":
-            from sg2v.diffusion import alphas_cumprod_tensor
-
-            x0_ac = alphas_cumprod_tensor(cfg.diffusion)
-        elif cfg.diffusion.prediction != "v":
+        ac = torch.from_numpy(make_alphas_cumprod(cfg.diffusion.num_train_timesteps,
+                                                  cfg.diffusion.schedule))  # (T,) float64
+        if cfg.diffusion.prediction not in ("v", "x0"):
             raise ConfigError(f"diffusion.prediction = {cfg.diffusion.prediction!r}; choose 'v' or 'x0'")
+        x0_ac = ac if cfg.diffusion.prediction == "x0" else None
         self.layout_net = None
         if cfg.layout.dim > 0:
-            from sg2v.diffusion import alphas_cumprod_tensor
             from sg2v.models.layout import LayoutNet
 
-            self.layout_net = LayoutNet(cfg.layout, cfg.data, cfg.encoder.embed_dim, d,
-                                        alphas_cumprod_tensor(cfg.diffusion))
+            self.layout_net = LayoutNet(cfg.layout, cfg.data, cfg.encoder.embed_dim, d, ac)
         self.unet = TemporalUNet(cfg.unet, cfg.data, d, x0_alphas_cumprod=x0_ac,
                                  object_dim=cfg.encoder.embed_dim)
         # Learned global token, zeros elsewhere; the local slots are masked out, so they never get a gradient.
@@ -49,7 +47,7 @@ class SG2V(nn.Module):
         self.register_buffer("null_context_mask", mask, persistent=False)  # (1, L)
 
     def encode(self, graph: Mapping[str, torch.Tensor] | Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Graph tensors (mapping with GRAPH_KEYS, or a `GraphBatch`) -> context (B, L, D), mask (B, L)."""
+        """Graph tensors (mapping with GRAPH_TENSORS, or a `GraphBatch`) -> context (B, L, D), mask (B, L)."""
         g = graph_tensors(graph, self.null_context.device)
         return self.encoder(g["objs"], g["obj_mask"], g["triples"], g["triple_mask"])
 
@@ -72,6 +70,12 @@ class SG2V(nn.Module):
         layout = () if objects is None and boxes is None else (objects, boxes)
         return self.unet(x, t, context, context_mask, *layout)
 
+    def null_context_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The learned null context (1, L, D) and its mask (1, L), float32 numpy (as a bundle stores them)."""
+        ctx = self.null_context.detach().float().cpu().numpy()  # (1, L, D)
+        mask = self.null_context_mask.detach().float().cpu().numpy()  # (1, L): the global token only
+        return np.ascontiguousarray(ctx, dtype=np.float32), np.ascontiguousarray(mask, dtype=np.float32)
+
     def null_context_batch(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The null context repeated `batch` times: (B, L, D), (B, L)."""
         ctx = self.null_context.expand(batch, -1, -1)
@@ -90,14 +94,14 @@ def graph_tensors(graph: Mapping[str, Any] | Any, device: torch.device | str | N
     if not isinstance(graph, Mapping):
         if not hasattr(graph, "as_feeds"):
             raise TypeError(
-                f"expected a GraphBatch or a mapping with keys {GRAPH_KEYS}, got {type(graph).__name__}"
+                f"expected a GraphBatch or a mapping with keys {GRAPH_TENSORS}, got {type(graph).__name__}"
             )
         graph = graph.as_feeds()
-    missing = [k for k in GRAPH_KEYS if k not in graph]
+    missing = [k for k in GRAPH_TENSORS if k not in graph]
     if missing:
         raise KeyError(f"graph tensors lack {missing}; pass the four arrays of sg2v.graph.GraphBatch")
     out = {}
-    for key in GRAPH_KEYS:
+    for key in GRAPH_TENSORS:
         dtype = torch.int64 if key in ("objs", "triples") else torch.float32
         out[key] = torch.as_tensor(graph[key]).to(device=device, dtype=dtype)
     return out

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sg2v.config import ConfigError, DataConfig, ModelConfig, UNetConfig
+from sg2v.config import DataConfig, ModelConfig, UNetConfig
+from sg2v.errors import ConfigError
 from sg2v.models.layers import TokenNorm
 
 MASK_BIAS = -1.0e4  # added to the logits of padded context tokens: exp underflows to 0, fp16 stays finite

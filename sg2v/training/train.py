@@ -1,10 +1,11 @@
 """Diffusion training loop for SG2V on the shapes world: AdamW, EMA, bf16 autocast, DDP, exact resume.
 
 Reproducibility is by construction, not by saved generator state: micro-batch m of step s holds dataset
-indices that depend only on (s, m) (`sg2v.datasets.StepBatchSampler`), and the step's noise, timesteps and
-condition dropout come from the global torch RNG reseeded with (seed, s, m) before its loss. So a run resumed
-from `last.pt` replays exactly the steps an uninterrupted run takes, and `world` processes with `accum`
-micro-batches each compute the same mean gradient as one process accumulating `world * accum` micro-batches.
+indices that depend only on (s, m) (`sg2v.training.data.StepBatchSampler`), and the step's noise, timesteps
+and condition dropout come from the global torch RNG reseeded with (seed, s, m) before its loss. So a run
+resumed from `last.pt` replays exactly the steps an uninterrupted run takes, and `world` processes with
+`accum` micro-batches each compute the same mean gradient as one process accumulating `world * accum`
+micro-batches.
 """
 
 from __future__ import annotations
@@ -24,19 +25,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from sg2v.checkpoint import (
+from sg2v.config import DEVICES, MODEL_SIZES, ModelConfig, model_config, option, parse_device
+from sg2v.errors import CheckpointError, ConfigError, Sg2vError
+from sg2v.graph import GRAPH_TENSORS
+from sg2v.io import atomic_write_text
+from sg2v.models.sg2v import build_model
+from sg2v.sampling import SAMPLERS
+from sg2v.training.backend import torch_device
+from sg2v.training.checkpoint import (
     checkpoint_config,
+    load_bundle_model,
     load_checkpoint,
+    load_optimizer_state,
     load_state_checked,
     save_checkpoint,
     set_rng_state,
 )
-from sg2v.config import ModelConfig, model_config
-from sg2v.datasets import GRAPH_KEYS, ShapesVideoDataset, StepBatchSampler, collate, seed_worker
-from sg2v.diffusion import diffusion_loss
-from sg2v.errors import CheckpointError, Sg2vError
-from sg2v.io import atomic_write_text
-from sg2v.models.sg2v import build_model
+from sg2v.training.data import ShapesVideoDataset, StepBatchSampler, collate, seed_worker
+from sg2v.training.losses import diffusion_loss
 from sg2v.video import frames_to_unit
 from sg2v.vocab import shapes_vocab
 
@@ -54,36 +60,42 @@ class TrainError(Sg2vError, ValueError):
 class TrainConfig:
     """Everything a diffusion training run depends on; saved in the checkpoint as `train_config`."""
 
-    size: str = "tiny"  # a key of sg2v.config.MODEL_SIZES
-    steps: int = 2000  # optimizer steps in total (a resumed run continues up to this)
-    batch: int = 16  # global batch: samples per optimizer step over all processes
-    grad_accum: int = 1  # micro-batches per process per step
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup: int = 100  # linear learning-rate warmup steps, then cosine decay to lr_min_ratio * lr
-    lr_min_ratio: float = 0.1
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    seed: int = 0
-    eval_every: int = 500  # steps between evaluations (and one at the end); 0 disables
-    eval_samples: int = 16  # held-out graphs sampled per evaluation
-    eval_steps: int = 8  # sampler steps at evaluation
-    eval_sampler: str = "dpmpp2m"
-    eval_guidance: float = 3.0
-    ckpt_every: int = 500  # steps between checkpoints (and one at the end)
-    log_every: int = 10
-    out: str = "runs/sg2v"
-    workers: int = 2  # DataLoader worker processes generating shapes-world samples
-    init_encoder: str | None = None  # a pretrain checkpoint whose "encoder" initialises SG2V.encoder
-    init: str | None = None  # weights to fine-tune from: a checkpoint (its EMA) or a bundle with weights
-    resume: str = "auto"  # "auto": out/last.pt when it exists; "never"; or a checkpoint path
-    device: str = "auto"  # "auto", "cpu", "cuda"
-    threads: int = 0  # torch CPU threads in the training process; 0 keeps torch's default
-    time_limit: float = 0.0  # seconds of training after which to checkpoint and stop (resumable); 0: none
-    stop_at: int = 0  # checkpoint and stop after this step, the schedule still spanning --steps; 0: off
-    frames: int | None = None  # None: the size's default
-    height: int | None = None
-    width: int | None = None
+    size: str = option("tiny", "model size (a key of sg2v.config.MODEL_SIZES)", choices=sorted(MODEL_SIZES))
+    steps: int = option(2000, "optimizer steps in total; a resumed run continues up to this")
+    batch: int = option(16, "global batch: samples per optimizer step over all processes")
+    grad_accum: int = option(1, "micro-batches accumulated per process per step")
+    lr: float = option(1e-3, "AdamW peak learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    warmup: int = option(100, "linear learning-rate warmup steps (then cosine decay)")
+    lr_min_ratio: float = option(0.1, "final learning rate as a fraction of --lr")
+    ema_decay: float = option(0.999, "EMA decay of the weights used for evaluation and export")
+    grad_clip: float = option(1.0, "max global gradient norm (0: off)")
+    seed: int = option(0, "seed of the initial weights, the data stream and the diffusion noise")
+    eval_every: int = option(500, "steps between oracle evaluations, plus one at the end (0: off)")
+    eval_samples: int = option(16, "held-out graphs sampled per evaluation")
+    eval_steps: int = option(8, "sampler steps at evaluation")
+    eval_sampler: str = option("dpmpp2m", "sampler at evaluation", choices=sorted(SAMPLERS))
+    eval_guidance: float = option(3.0, "classifier-free guidance scale at evaluation")
+    ckpt_every: int = option(500, "steps between checkpoints OUT/last.pt, plus one at the end")
+    log_every: int = option(10, "steps between loss lines in OUT/metrics.jsonl")
+    out: str = option("runs/sg2v", "output folder: last.pt, metrics.jsonl, samples/")
+    workers: int = option(2, "DataLoader worker processes generating shapes-world samples")
+    init_encoder: str | None = option(None, "pretrain.pt from `sg2v-train pretrain` to initialise the graph "
+                                      "encoder", type=str)
+    init: str | None = option(None, "weights to fine-tune from, with a fresh optimizer and schedule: a "
+                              "checkpoint (its EMA weights) or a bundle folder exported with "
+                              "--include-weights", type=str)
+    resume: str = option("auto", "'auto' (OUT/last.pt when present), 'never', or a checkpoint path")
+    device: str = option("auto", f"where to train: {DEVICES} (under torchrun, each process takes its "
+                         "LOCAL_RANK's GPU)")
+    threads: int = option(0, "torch CPU threads of the training process (0: torch's default)")
+    time_limit: float = option(0.0, "seconds of training after which to save OUT/last.pt and stop with exit "
+                               "0; the same command resumes (0: no limit)")
+    stop_at: int = option(0, "save OUT/last.pt and stop after this step while the learning-rate schedule "
+                          "still spans --steps (0: run to --steps); the same command without it goes on")
+    frames: int | None = option(None, "frames per video (default: the size's)", type=int)
+    height: int | None = option(None, "frame height (default: the size's)", type=int)
+    width: int | None = option(None, "frame width (default: the size's)", type=int)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,8 +137,10 @@ class TrainConfig:
             raise TrainError(f"--time-limit must be seconds >= 0 (0: no limit), got {self.time_limit!r}")
         if self.grad_clip < 0:
             raise TrainError(f"--grad-clip must be >= 0 (0 disables), got {self.grad_clip}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise TrainError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        try:
+            parse_device(self.device)
+        except ConfigError as e:
+            raise TrainError(str(e)) from None
         if self.eval_every and self.eval_samples < 1:
             raise TrainError("--eval-samples must be >= 1 when --eval-every is set; or pass --eval-every 0")
 
@@ -179,13 +193,16 @@ class Dist:
 
 def init_distributed(device: str = "auto") -> Dist:
     """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU); else one process."""
-    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda but no CUDA GPU is visible; pass --device cpu or auto")
+    try:
+        dev = torch_device(device)
+    except ConfigError as e:
+        raise TrainError(str(e)) from None
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device("cuda", local_rank) if want_cuda else torch.device("cpu")
+    want_cuda = dev.type == "cuda"
     if want_cuda:
+        if world > 1:
+            dev = torch.device("cuda", local_rank)  # one GPU per process under torchrun
         torch.cuda.set_device(dev)
     if world == 1:
         return Dist(0, 1, 0, dev)
@@ -263,9 +280,7 @@ def _resolve_resume(tc: TrainConfig, out: Path) -> Path | None:
 
 def load_init_encoder(model: torch.nn.Module, path: str) -> None:
     """Initialise `model.encoder` from a pretrain checkpoint's "encoder" state dict."""
-    from sg2v.pretrain import load_pretrain_checkpoint
-
-    ckpt = load_pretrain_checkpoint(path)
+    ckpt = load_checkpoint(path, kind="pretrain")
     cfg = checkpoint_config(ckpt, path)
     # The encoder's shapes depend only on the vocabulary, its own config and the graph slots, not on the video
     # shape: a run at another frames/height/width may reuse it.
@@ -285,16 +300,12 @@ def load_init_weights(model: torch.nn.Module, path: str) -> None:
 
     `path` is a checkpoint (`last.pt`, `model.pt`, an sg2v `.safetensors`: its EMA weights when stored, else
     its raw ones) or a bundle folder exported with `--include-weights` (its `model.safetensors`, fp16 or fp32,
-    cast up to the model's fp32 parameters; every bundle file's sha256 is checked first). The stored config
-    must equal this run's, video shape included.
+    cast up to the model's fp32 parameters; its sha256 is checked against the manifest first). The stored
+    config must equal this run's, video shape included.
     """
     where = Path(path)
     if where.is_dir():
-        from sg2v.runtime.backends.torch_ref import load_bundle_model
-        from sg2v.runtime.bundle import Bundle
-
-        bundle = Bundle.open(where, verify=True)
-        cfg, source = bundle.config, load_bundle_model(bundle, torch.device("cpu"))
+        source, cfg, _ = load_bundle_model(where)
         state, what = source.state_dict(), "model"
     else:
         ckpt = load_checkpoint(where)
@@ -360,7 +371,7 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
             load_state_checked(ema, ckpt["ema"], resume, "ema")
         if ckpt.get("optimizer") is None:
             raise CheckpointError(f"{resume}: no optimizer state (a weights-only file); resume from last.pt")
-        opt.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(opt, ckpt["optimizer"], resume)
         if isinstance(ckpt.get("rng"), dict):
             set_rng_state(ckpt["rng"])
         start = int(ckpt["step"])
@@ -502,12 +513,12 @@ def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     video = batch["video"]
     if video.dtype == torch.uint8:
         video = frames_to_unit(video)
-    return diffusion_loss(model, video, {k: batch[k] for k in GRAPH_KEYS}, generator)
+    return diffusion_loss(model, video, {k: batch[k] for k in GRAPH_TENSORS}, generator)
 
 
 def _periodic_eval(tc: TrainConfig, ema: torch.nn.Module, cfg: ModelConfig, vocab: Any, out: Path,
                    step: int) -> dict[str, Any]:
-    from sg2v.evaluate import evaluate
+    from sg2v.training.evaluate import evaluate
 
     (out / "samples").mkdir(exist_ok=True)
     rng_state = torch.get_rng_state()  # evaluation must not perturb the training stream

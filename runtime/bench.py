@@ -1,12 +1,12 @@
 """`sg2v-bench`: every backend this machine offers, measured side by side in one run on one bundle.
 
-Each backend runs in its own fresh Python process (`python -m sg2v.bench --child NAME ...`), so cold start is
-process start to first frame, peak host memory is that process's `ru_maxrss`, and backends cannot disturb each
-other's threads, caches or device memory. The parent counts the UNet's FLOPs (`torch.utils.flop_counter` on
-meta tensors, batch 2), measures the machine's matmul peak in the same run (the physical floor), takes medians
-over the timed repeats, forms ratios against the baseline measured in the same run, checks the targets of
-issue 6, and writes JSON and a markdown table. Torch is imported only for FLOPs, the matmul peak and the
-torch-based backends; `--backends ort-cpu` runs without it (FLOPs then absent).
+Each backend runs in its own fresh Python process (`python -m sg2v.runtime.bench --child NAME ...`), so cold
+start is process start to first frame, peak host memory is that process's `ru_maxrss`, and backends cannot
+disturb each other's threads, caches or device memory. The parent counts the UNet's FLOPs
+(`torch.utils.flop_counter` on meta tensors, batch 2), measures the machine's matmul peak in the same run (the
+physical floor), takes medians over the timed repeats, forms ratios against the baseline measured in the same
+run, checks the project's targets, and writes JSON and a markdown table. Torch is imported only for FLOPs,
+the matmul peak and the torch-based backends; `--backends ort-cpu` runs without it (FLOPs then absent).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from sg2v.errors import Sg2vError
+from sg2v.errors import Sg2vError, first_line
 from sg2v.io import atomic_write_text
 
 BENCH_FORMAT = 1
@@ -41,13 +41,13 @@ WRITE_FORMATS = ("gif", "mp4", "webp", "npy", "none")
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to run the bundle: a runtime backend, or a `sg2v.torch_fast` mode on a device."""
+    """One row: a runtime backend (`sg2v.runtime.backends.BACKENDS`) on a device (torch-cuda: a mode)."""
 
     name: str
     help: str
-    runtime: str | None = None  # sg2v.runtime backend name
+    runtime: str
     device: str = "cpu"
-    mode: str | None = None  # sg2v.torch_fast mode
+    mode: str | None = None  # torch-cuda's mode (sg2v.runtime.backends.torch_cuda.MODES)
     precision: str = "fp32"
 
     @property
@@ -60,12 +60,13 @@ VARIANTS = {v.name: v for v in (
             runtime="torch", device="cpu"),
     Variant("ort-cpu", "ONNX Runtime, CPU execution provider, IO-bound buffers (sg2v.runtime)",
             runtime="ort", device="cpu"),
-    Variant("torch-cuda", "PyTorch eager fp32 on CUDA, sampler on the device (sg2v.torch_fast, mode eager)",
-            device="cuda", mode="eager", precision="fp32"),
-    Variant("torch-cuda-compile-fp16", "torch.compile of the fp16 UNet (sg2v.torch_fast, mode compile)",
-            device="cuda", mode="compile", precision="fp16"),
+    Variant("torch-cuda", "PyTorch eager fp32 on CUDA, sampler on the device (torch-cuda backend, eager)",
+            runtime="torch-cuda", device="cuda", mode="eager", precision="fp32"),
+    Variant("torch-cuda-compile-fp16", "torch.compile of the fp16 UNet (torch-cuda backend, mode compile)",
+            runtime="torch-cuda", device="cuda", mode="compile", precision="fp16"),
     Variant("torch-cuda-fast", "the project's fastest torch path: fp16, static buffers, one CUDA graph "
-            "per guided step (sg2v.torch_fast, mode graphs)", device="cuda", mode="graphs", precision="fp16"),
+            "per guided step and batch size (torch-cuda backend, mode graphs)", runtime="torch-cuda",
+            device="cuda", mode="graphs", precision="fp16"),
     Variant("trt", "TensorRT engines through sg2v.runtime (needs tensorrt + cupy)", runtime="trt",
             device="cuda"),
     Variant("ort-gpu", "ONNX Runtime's TensorRT/CUDA execution providers (needs onnxruntime-gpu)",
@@ -93,7 +94,7 @@ EPILOG = """figures (medians over --repeats timed runs after --warmup untimed on
                   torch.utils.flop_counter) over the denoiser step time; peak = the machine's matmul rate
                   measured in this run (CPU: fp32 numpy/torch matmul; GPU: fp16 torch.matmul); the physical
                   floor of a step is FLOPs / peak.
-targets (issue 6): CPU: ort-cpu >= 1.5x torch-cpu end-to-end, < 5 s end-to-end, cold start < 2 s;
+targets: CPU: ort-cpu >= 1.5x torch-cpu end-to-end, < 5 s end-to-end, cold start < 2 s;
   GPU: torch-cuda-fast step >= 3x torch-cuda, faster than torch-cuda-compile-fp16, sampler overhead < 3%."""
 
 
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per backend; medians are reported")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs after the first (cold) one")
     p.add_argument("--seed", type=int, default=0, help="seed of x_T (the same on every backend)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1],
+                   help="batch sizes to time: one generate call of B videos (seeds seed .. seed + B - 1); "
+                        "videos/s per size beside the same run's B=1 figure (B=1 is always timed)")
     p.add_argument("--backends", nargs="+", default=["all"], choices=["all", *VARIANTS],
                    help="backends to measure; 'all' = every one available here")
     p.add_argument("--threads", type=int, default=None,
@@ -159,12 +163,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_args(args: argparse.Namespace) -> None:
     for flag, value, low in (("--steps", args.steps, 1), ("--repeats", args.repeats, 1),
+                             ("--batch", min(args.batch), 1),
                              ("--warmup", args.warmup, 0), ("--seed", args.seed, 0),
                              ("--peak-size", args.peak_size, 0)):
         if value < low:
             raise Sg2vError(f"{flag} {value}: must be >= {low}")
     if args.threads is not None and args.threads < 1:
         raise Sg2vError(f"--threads {args.threads}: must be >= 1, or leave it unset for one per core")
+
+
+def batch_sizes(args: argparse.Namespace) -> list[int]:
+    """The batch sizes to time, B=1 first (every other size is reported against it), each once."""
+    return list(dict.fromkeys([1, *sorted(args.batch)]))
 
 
 def make_random_bundle(size: str, out: str | os.PathLike, seed: int = 0) -> Path:
@@ -179,10 +189,10 @@ def make_random_bundle(size: str, out: str | os.PathLike, seed: int = 0) -> Path
         return out
     import torch
 
-    from sg2v.checkpoint import save_checkpoint
     from sg2v.config import model_config
     from sg2v.export import export_bundle
     from sg2v.models.sg2v import build_model
+    from sg2v.training.checkpoint import save_checkpoint
     from sg2v.vocab import shapes_vocab
 
     torch.manual_seed(seed)
@@ -211,7 +221,7 @@ def unavailable_reason(v: Variant, bundle: Any, ckpt: str | None) -> str | None:
     have = importlib.util.find_spec
     if v.runtime in ("ort",) and have("onnxruntime") is None:
         return "onnxruntime is not installed"
-    if v.runtime == "torch" or v.mode:
+    if v.runtime in ("torch", "torch-cuda"):
         if have("torch") is None:
             return "torch is not installed"
         from sg2v import bundle_spec as spec
@@ -219,7 +229,7 @@ def unavailable_reason(v: Variant, bundle: Any, ckpt: str | None) -> str | None:
         if ckpt is None and not bundle.has_file(spec.MODEL_WEIGHTS):
             return (f"bundle has no {spec.MODEL_WEIGHTS} (export with --include-weights) "
                     "and no --ckpt was given")
-    if v.gpu and v.runtime is None:
+    if v.runtime == "torch-cuda":
         import torch
 
         if not torch.cuda.is_available():
@@ -395,6 +405,7 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> dict[s
                    "shapes": {k: bundle.shapes[k] for k in ("frames", "channels", "height", "width")},
                    "sampler": bundle.sampler_defaults},
         "settings": {"steps": args.steps, "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed,
+                     "batch": batch_sizes(args),
                      "threads": args.threads, "write": args.write, "graph": graph,
                      "compile_mode": args.compile_mode, "verify": not args.no_verify},
         "flops": flops,
@@ -416,9 +427,11 @@ def _run_child(name: str, args: argparse.Namespace, graph_path: Path, tmp: Path)
     cmd = [sys.executable]
     if getattr(sys.flags, "safe_path", False):
         cmd.append("-P")  # keep the parent's import layout (e.g. a linked tree on PYTHONPATH)
-    cmd += ["-m", "sg2v.bench", "--child", name, "--bundle", str(args.bundle), "--graph", str(graph_path),
+    cmd += ["-m", "sg2v.runtime.bench", "--child", name, "--bundle", str(args.bundle), "--graph",
+            str(graph_path),
             "--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
             "--seed", str(args.seed), "--write", args.write, "--compile-mode", args.compile_mode,
+            "--batch", *[str(b) for b in batch_sizes(args)],
             "--frames-out", str(tmp / f"{name}.npy")]
     if args.ckpt:
         cmd += ["--ckpt", str(args.ckpt)]
@@ -451,7 +464,7 @@ def _child_main(args: argparse.Namespace) -> int:
         out = _child_run(args)
         code = 0
     except Exception as e:  # reported to the parent as data; the other backends still run
-        out = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+        out = {"error": f"{type(e).__name__}: {first_line(e)}"}
         code = 1
     print(CHILD_MARK + json.dumps(out), flush=True)
     return code
@@ -501,6 +514,15 @@ def _child_run(args: argparse.Namespace) -> dict[str, Any]:
                 write_video(Path(wdir) / f"bench_{i}.{args.write}", frames)
                 timings["write_s"] = time.perf_counter() - t0
             runs.append(timings)
+    batches = {}
+    for b in batch_sizes(args)[1:]:
+        graphs, seeds = [graph] * b, [args.seed + i for i in range(b)]
+        for _ in range(args.warmup):
+            pipe.generate(graphs, seeds, steps=args.steps)
+        batches[str(b)] = []
+        for _ in range(args.repeats):
+            pipe.generate(graphs, seeds, steps=args.steps)
+            batches[str(b)].append({k: v for k, v in pipe.last_timings.items() if k != "backend"})
     out: dict[str, Any] = {
         "backend_name": getattr(pipe, "backend_name", v.name),
         "cold_start_s": t_first - spawn,
@@ -508,6 +530,8 @@ def _child_run(args: argparse.Namespace) -> dict[str, Any]:
                  "first_video_s": t_first - t_loaded},
         "peak_rss_bytes": peak_rss_bytes(),
         "runs": runs,
+        "batches": batches,
+        "max_batch": pipe.max_batch,
     }
     out.update(_device_memory())
     torch = sys.modules.get("torch")
@@ -523,16 +547,21 @@ def _child_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _open(v: Variant, args: argparse.Namespace) -> Any:
-    if v.runtime is not None:
-        from sg2v.runtime import Pipeline
+    """The row's `sg2v.runtime.Pipeline`: the bundle on the row's runtime backend."""
+    from sg2v.runtime import Pipeline
+    from sg2v.runtime.backends import make_backend
+    from sg2v.runtime.bundle import Bundle
 
-        return Pipeline.from_bundle(args.bundle, backend=v.runtime, device=v.device, threads=args.threads,
-                                    verify=not args.no_verify, ckpt=args.ckpt)
-    from sg2v.torch_fast import TorchPipeline
+    bundle = Bundle.open(args.bundle, verify=not args.no_verify)
+    if v.runtime == "torch-cuda":
+        from sg2v.runtime.backends.torch_cuda import make_torch_cuda_backend
 
-    return TorchPipeline.from_bundle(args.bundle, device=v.device, mode=v.mode, precision=v.precision,
-                                     ckpt=args.ckpt, verify=not args.no_verify,
-                                     compile_mode=args.compile_mode, threads=args.threads)
+        backend = make_torch_cuda_backend(bundle, device=v.device, mode=v.mode or "graphs",
+                                          precision=v.precision, ckpt=args.ckpt,
+                                          compile_mode=args.compile_mode, threads=args.threads)
+    else:
+        backend = make_backend(bundle, v.runtime, device=v.device, threads=args.threads, ckpt=args.ckpt)
+    return Pipeline(bundle, backend)
 
 
 def _device_memory() -> dict[str, Any]:
@@ -573,6 +602,13 @@ def summarise(backends: dict[str, dict[str, Any]], flops: int | None, peak: dict
         r["cuda_peak_mib"] = b["cuda_peak_bytes"] / 2 ** 20 if "cuda_peak_bytes" in b else None
         if flops:
             r["achieved_tflops"] = flops / r["denoiser_step_s"] / 1e12
+        r["batches"] = {"1": {"total_s": r["total_s"], "videos_per_s": 1.0 / r["total_s"],
+                              "speedup_vs_b1": 1.0, "chunks": runs[0].get("chunks", 1)}}
+        for size, bruns in b.get("batches", {}).items():
+            total = statistics.median(run["total_s"] for run in bruns)
+            vps = int(size) / total
+            r["batches"][size] = {"total_s": total, "videos_per_s": vps, "speedup_vs_b1": vps * r["total_s"],
+                                  "chunks": bruns[0].get("chunks", 1)}
         b["results"] = r
     for name, b in backends.items():
         if "results" not in b:
@@ -697,6 +733,7 @@ def format_table(report: dict[str, Any]) -> str:
             f"{_fmt(r['decode_s'], 1e3, 2)} / {_fmt(r.get('write_s'), 1e3)} | "
             f"{_fmt(r.get('startup_s'), digits=2)} / {_fmt(r['cold_start_s'], digits=2)} | "
             f"{_fmt(r['peak_rss_mib'], digits=0)} | {_fmt(r.get('cuda_peak_mib'), digits=0)} | {tf} |")
+    lines += _batch_table(report)
     if report["targets"]:
         lines += ["", "| target | backend | measured | needed | verdict |", "|---|---|---|---|---|"]
         for t in report["targets"]:
@@ -708,6 +745,33 @@ def format_table(report: dict[str, Any]) -> str:
     if other:
         lines += ["", "Not measured:", *other]
     return "\n".join(lines)
+
+
+def _batch_table(report: dict[str, Any]) -> list[str]:
+    """Videos/s per batch size, each against the same row's B=1 figure (none when only B=1 was timed)."""
+    sizes = [str(b) for b in report["settings"]["batch"]]
+    if len(sizes) < 2:
+        return []
+    lines = ["", "Videos per second by batch size (one generate call of B videos; x: against the same row's "
+             "B=1; 'n calls' where the backend runs the batch in chunks):", "",
+             "| backend | " + " | ".join(f"B={b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for name, b in report["backends"].items():
+        r = b.get("results")
+        if not r:
+            continue
+        cells = []
+        for size in sizes:
+            e = r["batches"].get(size)
+            if e is None:
+                cells.append("-")
+                continue
+            cell = f"{e['videos_per_s']:.3g}"
+            if size != "1":
+                cell += f" ({e['speedup_vs_b1']:.2f}x"
+                cell += f", {e['chunks']} calls)" if e["chunks"] > 1 else ")"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -14,12 +14,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from sg2v.config import ModelConfig
+from sg2v.config import DataConfig, ModelConfig
 from sg2v.graph import pad_graphs, parse_graph
-from sg2v.shapes import ShapesDataset
+from sg2v.shapes import ShapesDataset, ShapesSample
 from sg2v.video import frames_to_unit
-
-GRAPH_KEYS = ("objs", "obj_mask", "triples", "triple_mask")
 
 
 def video_to_model(video: np.ndarray) -> np.ndarray:
@@ -31,8 +29,8 @@ def video_to_layout(video: np.ndarray) -> np.ndarray:
     """(F, H, W, C) uint8 -> (F, C, H, W) uint8: the UNet's layout, still bytes.
 
     Training batches carry video as uint8, a quarter of float32's bytes through the DataLoader's shared
-    memory, pinning and the host-to-device copy; `sg2v.train.compute_loss` maps it to [-1, 1] where the model
-    runs (`frames_to_unit`, the same float32 values `video_to_model` gives).
+    memory, pinning and the host-to-device copy; `sg2v.training.train.compute_loss` maps it to [-1, 1] where
+    the model runs (`frames_to_unit`, the same float32 values `video_to_model` gives).
     """
     return np.ascontiguousarray(video.transpose(0, 3, 1, 2))
 
@@ -41,12 +39,13 @@ class ShapesVideoDataset(Dataset):
     """Shapes-world (video, padded graph) pairs at a model config's frames, size and graph limits.
 
     "video" is (F, C, H, W) uint8 (`video_to_layout`); `video_to_model` gives the float32 the model sees.
+    Diffusion training and pretraining both read their data here (`sample_arrays`).
     """
 
-    def __init__(self, cfg: ModelConfig, vocab: Any, seed: int = 0, split: str = "train",
+    def __init__(self, cfg: ModelConfig | DataConfig, vocab: Any, seed: int = 0, split: str = "train",
                  length: int = 2**62):
-        d = cfg.data
-        self.cfg, self.vocab = cfg, vocab
+        d = getattr(cfg, "data", cfg)
+        self.data, self.vocab = d, vocab
         self.shapes = ShapesDataset(seed=seed, length=length, split=split, frames=d.frames, height=d.height,
                                     width=d.width, max_objects=d.max_objects,
                                     max_relationships=d.max_relationships)
@@ -54,21 +53,22 @@ class ShapesVideoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.shapes)
 
+    def sample(self, index: int) -> ShapesSample:
+        """Sample `index` as the shapes world makes it: graph, video (F, H, W, 3) uint8, object masks."""
+        return self.shapes[index]
+
     def graph(self, index: int) -> dict[str, Any]:
         """Sample `index`'s scene graph (sg2im JSON form)."""
         return self.shapes[index].graph
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        sample = self.shapes[index]
-        d = self.cfg.data
+    def sample_arrays(self, sample: ShapesSample) -> dict[str, np.ndarray]:
+        """A sample's training arrays: "video" (F, C, H, W) uint8 and the padded graph tensors."""
+        d = self.data
         g = pad_graphs([parse_graph(sample.graph, self.vocab)], d.max_objects, d.max_relationships)
-        return {
-            "video": video_to_layout(sample.video),  # (F, C, H, W) uint8
-            "objs": g.objs[0],  # (O,)
-            "obj_mask": g.obj_mask[0],  # (O,)
-            "triples": g.triples[0],  # (T, 3)
-            "triple_mask": g.triple_mask[0],  # (T,)
-        }
+        return {"video": video_to_layout(sample.video), **{k: v[0] for k, v in g.as_feeds().items()}}
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return self.sample_arrays(self.shapes[index])
 
 
 def collate(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:

@@ -1,18 +1,27 @@
-"""v-prediction diffusion loss with classifier-free-guidance dropout (the torch side of sg2v.schedule).
+"""The training losses: v-prediction diffusion with classifier-free-guidance dropout (the torch side of
+sg2v.schedule), and SGDiff's masked contrastive pretraining losses.
 
 x_t = a_t x0 + s_t eps and v = a_t eps - s_t x0 (Salimans & Ho 2022), a_t^2 = alphas_cumprod[t] from
 `sg2v.schedule.make_alphas_cumprod`, the one table the samplers use too.
+Pretraining (SGDiff, Yang et al. 2022): symmetric InfoNCE (CLIP) between the graph's and the video's global
+embeddings, and the recovery of a masked object's video features from the graph's local tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from sg2v.config import ConfigError, DiffusionConfig
+from sg2v.config import DiffusionConfig
+from sg2v.errors import ConfigError
 from sg2v.schedule import make_alphas_cumprod
+
+if TYPE_CHECKING:
+    from sg2v.training.pretrain import PretrainBatch, PretrainHeads
 
 
 def alphas_cumprod_tensor(dcfg: DiffusionConfig, device: torch.device | str | None = None) -> torch.Tensor:
@@ -155,3 +164,55 @@ def layout_loss(
     weight = track_mask * (1.0 - pin)
     per_sample = (err * weight).sum(1) / weight.sum(1).clamp_min(1.0)  # (B,)
     return (per_sample * x0_loss_weight(ac, t)).mean()
+
+
+# ---------------------------------------------------------------------------- masked contrastive pretraining
+def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP): rows of a and b are positives pairwise, every other row a negative."""
+    a = F.normalize(a, dim=-1)  # (B, D)
+    b = F.normalize(b, dim=-1)  # (B, D)
+    logits = logit_scale * (a @ b.t())  # (B, B)
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def mask_video(video: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Zero (black: -1) the pixels of `region`: (B, F, C, H, W), (B, F, H, W) -> (B, F, C, H, W)."""
+    keep = (region == 0).unsqueeze(2)  # (B, F, 1, H, W)
+    return torch.where(keep, video, torch.full_like(video, -1.0))
+
+
+def region_pool(fmap: torch.Tensor, region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of a feature map over a pixel region, weighted by the region's coverage of each cell.
+
+    (B, F, C, h, w), (B, F, H, W) -> features (B, C), total weight (B,) (0 where the region is empty).
+    """
+    b, f, c, h, w = fmap.shape
+    cover = F.adaptive_avg_pool2d(region.flatten(0, 1).unsqueeze(1).to(fmap.dtype), (h, w))  # (B*F, 1, h, w)
+    cover = cover.view(b, f, 1, h, w)
+    total = cover.sum(dim=(1, 2, 3, 4))  # (B,)
+    feats = (fmap * cover).sum(dim=(1, 3, 4)) / total.clamp(min=1e-6).unsqueeze(-1)  # (B, C)
+    return feats, total
+
+
+def pretrain_losses(encoder: nn.Module, video_encoder: nn.Module, heads: PretrainHeads, batch: PretrainBatch,
+                    contrastive_weight: float = 1.0, masked_weight: float = 0.1) -> dict[str, torch.Tensor]:
+    """Weighted SGDiff losses on one batch: {"loss", "contrastive", "masked", "temperature"}."""
+    context, _ = encoder(*batch.graph())  # (B, 1 + T, C)
+    graph_global, local = context[:, 0], context[:, 1:]
+    b = batch.video.shape[0]
+    masked = mask_video(batch.video, batch.region)  # (B, F, C, H, W)
+    # One pass over clean and masked videos together; per-frame normalisation keeps the halves independent.
+    glob, fmap = video_encoder.encode(torch.cat([batch.video, masked], dim=0))
+    video_global, masked_global = glob[:b], glob[b:]
+    fmap_clean, fmap_masked = fmap[:b], fmap[b:]  # (B, F, Cf, h, w)
+    scale = heads.scale()
+    contrastive = info_nce(graph_global, video_global, scale)
+    target, weight = region_pool(fmap_clean.detach(), batch.region)  # (B, Cf), (B,)
+    hole, _ = region_pool(fmap_masked, batch.region)  # (B, Cf)
+    pred = heads.recover(local, batch.triple_mask, hole, masked_global)  # (B, Cf)
+    valid = (weight > 0).to(pred.dtype)  # an object fully outside the frame has nothing to recover
+    per_sample = 1.0 - F.cosine_similarity(pred, target, dim=-1)  # (B,)
+    masked_loss = (per_sample * valid).sum() / valid.sum().clamp(min=1.0)
+    loss = contrastive_weight * contrastive + masked_weight * masked_loss
+    return {"loss": loss, "contrastive": contrastive, "masked": masked_loss, "temperature": 1.0 / scale}

@@ -1,0 +1,205 @@
+"""A second TensorRT engine route: Torch-TensorRT from the trained PyTorch modules to raw plans that the
+torch-free runtime loads like the ONNX route's (`python -m sg2v.export.torch_trt --ckpt model.pt --bundle B`).
+
+For a graph TensorRT's ONNX parser rejects, or to compare the two compilers: the bundle's stages (the same
+`EncoderGraph` / `UNetGraph` wrappers, precision and weight rounding as the ONNX export, portable pooling) are
+captured with `torch.export.export` at the bundle's static shapes and compiled by
+`torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine` into serialized engines, written to
+the bundle's `engines/<fingerprint>/` with an `engine.json` (route "torch_tensorrt") that names the source
+checkpoint: the TensorRT backend accepts them only for a bundle exported from that checkpoint.
+
+UNVERIFIED: written to Torch-TensorRT's documented API ("Extracting a Raw TensorRT Engine", engine binding
+names); Torch-TensorRT and TensorRT cannot be installed on this project's machines, so no engine has been
+built by this module. Inputs are named after the wrappers' forward arguments (the manifest's names); outputs
+get the manifest's names where the installed Torch-TensorRT takes `output_binding_names`, else its defaults
+(output0, ...), which `engine.json`'s `bindings` maps back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from sg2v import bundle_spec as spec
+from sg2v.errors import BundleError, Sg2vError, require
+from sg2v.io import atomic_write_bytes, atomic_write_text, sha256_file
+
+ROUTE = "torch_tensorrt"
+_STAGE_OUTPUTS = {spec.ENCODER_STAGE: spec.ENCODER_OUTPUTS, spec.UNET_STAGE: spec.UNET_OUTPUTS}
+_STAGE_INPUTS = {spec.ENCODER_STAGE: spec.ENCODER_INPUTS, spec.UNET_STAGE: spec.UNET_INPUTS}
+
+
+def stage_modules(model: Any, precision: str) -> dict[str, Any]:
+    """The bundle's two stages as PyTorch modules: the ONNX export's wrappers, encoder pooling portable."""
+    from sg2v.export.onnx_export import EncoderGraph, UNetGraph
+
+    encoder = copy.deepcopy(model.encoder)
+    encoder.set_pooling_form("onehot")  # the one-hot MatMul form: standard ops for every compiler
+    return {spec.ENCODER_STAGE: EncoderGraph(encoder, precision).eval(),
+            spec.UNET_STAGE: UNetGraph(copy.deepcopy(model.unet), precision).eval()}
+
+
+def example_inputs(bundle: Any, device: str = "cpu", seed: int = 0) -> dict[str, tuple[Any, ...]]:
+    """Inputs of the bundle's shapes and dtypes per stage at one video (a real padded graph, random x and t):
+    the plans of this route take one video per call, whatever the bundle's batch axis allows."""
+    import numpy as np
+    import torch
+
+    from sg2v.graph import pad_graphs, parse_graph
+
+    data = bundle.config.data
+    names = bundle.vocab.object_names
+    g = parse_graph({"objects": [names[0], names[-1]], "relationships": []}, bundle.vocab, data.max_objects,
+                    data.max_relationships)
+    feeds = pad_graphs([g], data.max_objects, data.max_relationships).as_feeds()
+    rng = np.random.default_rng(seed)
+    io = bundle.stages[spec.UNET_STAGE]["inputs"]
+    rows = [spec.UNET_BATCH if isinstance(d["shape"][0], str) else d["shape"][0] for d in io]  # one video
+    unet = {d["name"]: rng.standard_normal((n, *d["shape"][1:])).astype(d["dtype"]) for d, n in zip(io, rows)}
+    num_train = bundle.config.diffusion.num_train_timesteps
+    unet["t"] = rng.integers(0, num_train, size=unet["t"].shape).astype(np.float32)
+    unet["context_mask"] = np.ones_like(unet["context_mask"])
+    return {spec.ENCODER_STAGE: tuple(torch.from_numpy(feeds[n]).to(device) for n in spec.ENCODER_INPUTS),
+            spec.UNET_STAGE: tuple(torch.from_numpy(unet[n]).to(device) for n in spec.UNET_INPUTS)}
+
+
+def exported_programs(model: Any, bundle: Any, device: str = "cpu") -> dict[str, Any]:
+    """`torch.export.export` of each stage at the bundle's shapes: what Torch-TensorRT converts."""
+    import torch
+
+    modules = stage_modules(model, bundle.precision)
+    inputs = example_inputs(bundle, device)
+    out = {}
+    for stage, module in modules.items():
+        with torch.no_grad():
+            out[stage] = torch.export.export(module.to(device), inputs[stage])
+        got = tuple(out[stage].graph_signature.user_inputs)
+        if got != _STAGE_INPUTS[stage]:
+            raise Sg2vError(f"{stage}: the exported program's inputs are {got}, the manifest's "
+                            f"{_STAGE_INPUTS[stage]}; the engine's bindings would not match")
+    return out
+
+
+def binding_options(converter: Any, stage: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(keyword arguments naming the outputs, engine name -> manifest name map) for `converter`."""
+    outputs = _STAGE_OUTPUTS[stage]
+    if "output_binding_names" in inspect.signature(converter).parameters:
+        names = outputs if len(outputs) > 1 else outputs[0]  # a pytree shaped like the stage's return value
+        return {"output_binding_names": names}, {}
+    return {}, {f"output{i}": name for i, name in enumerate(outputs)}
+
+
+def precision_options(converter: Any, precision: str) -> dict[str, Any]:
+    """Keep the graph's own dtypes (the fp32 islands of fp16 bundles): explicit typing where offered."""
+    import torch
+
+    params = inspect.signature(converter).parameters
+    if "use_explicit_typing" in params:
+        return {"use_explicit_typing": True}
+    return {"enabled_precisions": {torch.float32, torch.float16} if precision == "fp16" else {torch.float32}}
+
+
+def engine_info(bundle: Any, fingerprint: str, gpu: str, cc: tuple[int, int], versions: dict[str, str],
+                plans: dict[str, Path], bindings: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """`engine.json` for plans of this route: what `sg2v.export.tensorrt.check_engine_dir` checks."""
+    from sg2v.export.tensorrt import engine_sources
+
+    sources = engine_sources(bundle)
+    return {"fingerprint": fingerprint, "route": ROUTE, "gpu": gpu, "compute_capability": f"{cc[0]}.{cc[1]}",
+            **versions, "precision": bundle.precision, "pooling": "portable",
+            "checkpoint": sources["checkpoint"], "weight_storage": sources["weight_storage"],
+            "plan_sha256": {stage: sha256_file(p) for stage, p in plans.items()},
+            "bindings": {stage: b for stage, b in bindings.items() if b}}
+
+
+def load_bundle_model(ckpt: str | Path, bundle: Any) -> Any:
+    """The bundle's model from `ckpt`, refused unless it is the checkpoint the bundle was exported from."""
+    from sg2v.export.onnx_export import load_for_export, round_weights_fp16
+
+    source = bundle.manifest.get("source_checkpoint") or {}
+    model, _, _, got = load_for_export(ckpt, ema=bool(source.get("ema", True)))
+    if got["sha256"] != source.get("sha256") or got["ema"] != bool(source.get("ema", True)):
+        want = f"{str(source.get('sha256'))[:12]}, ema {source.get('ema')}"
+        raise BundleError(f"--ckpt {ckpt} is not the checkpoint bundle {bundle.path} was exported from "
+                          f"(sha256 {got['sha256'][:12]}, ema {got['ema']}; the bundle says {want}); pass "
+                          "that checkpoint, or re-export the bundle from this one")
+    if bundle.manifest.get("weight_storage", "fp32") == "fp16":
+        round_weights_fp16(model)  # the bundle ships float16-rounded weights: build the engines from those
+    return model
+
+
+def build_torch_trt_engines(ckpt: str | Path, bundle: Any, device_id: int = 0, force: bool = False,
+                            log: Any = None) -> dict[str, Path]:
+    """Plans for both stages of `bundle` from checkpoint `ckpt` through Torch-TensorRT. UNVERIFIED."""
+    from sg2v.export.tensorrt import ENGINE_INFO, PLAN_SUFFIX, ROUTE_ONNX, engine_dir
+    from sg2v.runtime.bundle import Bundle
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle.open(bundle)
+    model = load_bundle_model(ckpt, bundle)
+    torch_tensorrt = require("torch_tensorrt", "torch-trt")
+    import tensorrt
+    import torch
+
+    if not torch.cuda.is_available():
+        raise Sg2vError("Torch-TensorRT builds engines on a CUDA GPU and PyTorch sees none here; run this on "
+                        "the machine the engines are for")
+
+    device = f"cuda:{device_id}"
+    gpu = torch.cuda.get_device_name(device_id)
+    cc = torch.cuda.get_device_capability(device_id)
+    fingerprint = spec.engine_fingerprint(gpu, cc, tensorrt.__version__, bundle.precision)
+    out_dir = engine_dir(bundle, fingerprint)
+    info_path = out_dir / ENGINE_INFO
+    if info_path.is_file() and not force:
+        try:
+            route = json.loads(info_path.read_text(encoding="utf-8")).get("route", ROUTE_ONNX)
+        except (OSError, ValueError, AttributeError, RecursionError):
+            route = "unreadable"
+        raise BundleError(f"{out_dir} already holds engines (route {route}); pass --force to replace them")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    converter = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine
+    programs = exported_programs(model.to(device), bundle, device)
+    inputs = example_inputs(bundle, device)
+    plans, bindings = {}, {}
+    for stage, program in programs.items():
+        names, bindings[stage] = binding_options(converter, stage)
+        log(f"sg2v: Torch-TensorRT {torch_tensorrt.__version__}: converting {stage} (this takes a while)")
+        engine = converter(program, arg_inputs=list(inputs[stage]), **names,
+                           **precision_options(converter, bundle.precision))
+        plans[stage] = out_dir / f"{stage}{PLAN_SUFFIX}"
+        atomic_write_bytes(plans[stage], bytes(engine))
+    versions = {"tensorrt": tensorrt.__version__, "torch_tensorrt": torch_tensorrt.__version__,
+                "torch": torch.__version__}
+    info = engine_info(bundle, fingerprint, gpu, cc, versions, plans, bindings)
+    atomic_write_text(info_path, json.dumps(info, indent=1) + "\n")
+    return plans
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sg2v.export.torch_trt`: TensorRT engines for a bundle through Torch-TensorRT."""
+    ap = argparse.ArgumentParser(prog="python -m sg2v.export.torch_trt", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--ckpt", required=True, help="the checkpoint the bundle was exported from")
+    ap.add_argument("--bundle", required=True, help="bundle folder written by sg2v-export")
+    ap.add_argument("--device", type=int, default=0, help="CUDA device index")
+    ap.add_argument("--force", action="store_true", help="replace engines already built for this machine")
+    args = ap.parse_args(argv)
+    try:
+        plans = build_torch_trt_engines(args.ckpt, args.bundle, args.device, args.force)
+    except Sg2vError as e:
+        print(f"sg2v: error: {e}", file=sys.stderr)
+        return e.exit_code
+    for stage, plan in plans.items():
+        print(f"{stage}: {plan}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""The `torch-cuda` backend: fp16 weights, static buffers, one CUDA graph per guided denoiser step.
+
+It offers the generation loop a fused guided step (`GuidedStep`, `sg2v.generation.GuidedStep`): the UNet on
+the 2B rows (the B conditional ones, then the B unconditional ones) and the guidance combination of
+`sg2v.sampling.guide` (Ho & Salimans 2022, with guidance rescale, Lin et al. 2023), reading x, t, the
+conditioning and the guidance settings from buffers allocated once per batch size. Three modes: `eager` (the
+reference: plain module calls), `compile` (the module through `torch.compile`, the peer a user would pick),
+and `graphs` (the whole step captured once per batch size as a CUDA graph and replayed: one launch per step
+instead of hundreds; Nguyen et al., "CUDA Graphs", NVIDIA 2019). The sampler then runs on torch tensors on
+the device, so the loop never copies to the host; on CUDA, CUDA events time each step without a host sync.
+Torch is imported only when the backend is built.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from sg2v import bundle_spec as spec
+from sg2v.errors import Sg2vError
+from sg2v.generation import Backend
+from sg2v.sampling import guide
+
+MODES = ("eager", "compile", "graphs")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+CAPTURE_WARMUP = 3  # eager calls on a side stream before capture: cuDNN/cuBLAS pick algorithms, pools fill
+
+
+def _fp32_types() -> tuple[type, ...]:
+    from sg2v.models.unet import SinusoidalEmbedding
+
+    # sin/cos of a timestep up to ~1000 need float32: fp16 resolves only 0.5 there. GroupNorm and the UNet's
+    # TokenNorm already accumulate in float32 on half inputs, so they stay in fp16 (no extra casts).
+    return (SinusoidalEmbedding,)
+
+
+def half_unet(unet: nn.Module) -> nn.Module:
+    """A float16 copy of `unet` whose timestep embedding computes in float32 and hands fp16 on."""
+    keep = _fp32_types()
+    half = copy.deepcopy(unet)
+    for m in half.modules():
+        if isinstance(m, keep):
+            m.register_forward_hook(lambda mod, args, out: out.to(torch.float16))
+            continue
+        for p in m.parameters(recurse=False):
+            p.data = p.data.half()
+        for name, b in list(m.named_buffers(recurse=False)):
+            if b is not None and b.is_floating_point():
+                m._buffers[name] = b.half()
+    return half.eval()
+
+
+def prepare_unet(unet: nn.Module, device: torch.device, mode: str, precision: str,
+                 compile_mode: str = "default") -> nn.Module:
+    """The UNet as the backend runs it: on `device`, in `precision`, through torch.compile in mode compile."""
+    if mode not in MODES:
+        raise Sg2vError(f"mode {mode!r}: choose one of {list(MODES)}")
+    if precision not in PRECISIONS:
+        raise Sg2vError(f"precision {precision!r}: choose one of {sorted(PRECISIONS)}")
+    if mode == "graphs" and device.type != "cuda":
+        raise Sg2vError(f"mode 'graphs' needs a CUDA device, got {device}; use mode='eager' on the CPU")
+    net = unet.to(device).eval()
+    net = half_unet(net) if precision == "fp16" else net
+    return torch.compile(net, mode=compile_mode) if mode == "compile" else net
+
+
+class GuidedStep:
+    """Guided v for x (B, F, C, H, W) at timestep t, all inputs in static buffers (see the module note)."""
+
+    def __init__(self, unet: nn.Module, batch: int, frames_shape: tuple[int, int, int, int],
+                 context_shape: tuple[int, int], device: str | torch.device = "cuda", mode: str = "graphs",
+                 precision: str = "fp16"):
+        self.device = torch.device(device)
+        self.mode, self.precision = mode, precision
+        self.dtype = PRECISIONS[precision]
+        self.unet = unet  # from prepare_unet: already on the device, in the precision, compiled if asked
+        self.batch = b = int(batch)
+        f, c, h, w = frames_shape
+        tokens, dim = context_shape
+        kw = {"device": self.device}
+        self.x = torch.empty((b, f, c, h, w), dtype=torch.float32, **kw)  # (B, F, C, H, W)
+        self.t = torch.empty((2 * b,), dtype=torch.float32, **kw)  # (2B,): one timestep for every row
+        self.context = torch.empty((2 * b, tokens, dim), dtype=self.dtype, **kw)  # (2B, L, D): cond, uncond
+        self.context_mask = torch.empty((2 * b, tokens), dtype=self.dtype, **kw)  # (2B, L)
+        self.guidance = torch.empty((), dtype=torch.float32, **kw)
+        self.rescale = torch.empty((), dtype=torch.float32, **kw)
+        self.graph: Any = None
+        self.out: torch.Tensor | None = None  # the graph's output buffer (B, F, C, H, W)
+
+    @torch.no_grad()
+    def prepare(self, feeds: dict[str, Any], guidance: float, rescale: float) -> None:
+        """Copy the conditioning (2B rows: cond, then uncond) and the guidance settings into the buffers."""
+        self.context.copy_(feeds["context"])  # (2B, L, D), cast to the step's precision
+        self.context_mask.copy_(feeds["context_mask"])  # (2B, L)
+        self.set_guidance(guidance, rescale)
+
+    @torch.no_grad()
+    def set_guidance(self, guidance: float, rescale: float) -> None:
+        """Guidance weight and rescale in [0, 1] (0 disables it), as device scalars the graph reads."""
+        if not 0.0 <= float(rescale) <= 1.0:
+            raise Sg2vError(f"guidance rescale must be in [0, 1], got {rescale}; "
+                            "0 disables it, 0.7 is typical")
+        self.guidance.fill_(float(guidance))
+        self.rescale.fill_(float(rescale))
+
+    def _body(self) -> torch.Tensor:
+        b = self.batch
+        x2 = self.x.repeat(2, 1, 1, 1, 1).to(self.dtype)  # (2B, F, C, H, W): the cond and uncond halves
+        v2 = self.unet(x2, self.t, self.context, self.context_mask).float()  # (2B, F, C, H, W)
+        # Rescale always runs (r = 0 multiplies by exactly 1), so one captured graph serves every setting.
+        return guide(v2[:b], v2[b:], self.guidance, self.rescale)  # (B, F, C, H, W)
+
+    @torch.no_grad()
+    def capture(self) -> None:
+        """Record the step as one CUDA graph (warm-up on a side stream first, as capture requires)."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(CAPTURE_WARMUP):
+                self._body()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.out = self._body()
+        self.graph = graph
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """v (B, F, C, H, W) float32; in `graphs` mode the step's own buffer, valid until the next call."""
+        self.x.copy_(x)
+        self.t.fill_(float(t))
+        if self.mode != "graphs":
+            return self._body()
+        if self.graph is None:
+            self.capture()
+        self.graph.replay()
+        return self.out
+
+
+class CudaEventClock:
+    """Denoiser step times from CUDA events recorded on the stream: no host sync inside the loop."""
+
+    def __init__(self):
+        self.marks: list[tuple[Any, Any]] = []
+
+    def start(self) -> None:
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._start.record()
+
+    def stop(self) -> None:
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self.marks.append((self._start, end))
+
+    def seconds(self) -> list[float]:
+        torch.cuda.synchronize()
+        return [a.elapsed_time(b) / 1e3 for a, b in self.marks]
+
+
+class _CastInputs(nn.Module):
+    """The UNet stage for direct calls: float32 inputs cast to the UNet's precision, float32 v out."""
+
+    def __init__(self, unet: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.unet, self.dtype = unet, dtype
+
+    def forward(self, x, t, context, context_mask):
+        return self.unet(x.to(self.dtype), t, context.to(self.dtype), context_mask.to(self.dtype)).float()
+
+
+def make_torch_cuda_backend(bundle: Any, device: str = "cuda", mode: str = "graphs", precision: str = "fp16",
+                            ckpt: str | None = None, compile_mode: str = "default",
+                            threads: int | None = None) -> Backend:
+    """The bundle's SG2V (its `model.safetensors`, or `ckpt`) on `device` with a fused guided step in `mode`
+    and `precision`; on the CPU only `eager` runs (a reference for tests)."""
+    from sg2v.runtime.backends.torch_ref import load_torch_model
+
+    _, model = load_torch_model(bundle, device, ckpt, threads)
+    backend = model_cuda_backend(model, mode, precision, compile_mode)
+    if ckpt is None:
+        backend.null_context = None  # the bundle's own null context, as the exported graphs use it
+    return backend
+
+
+def model_cuda_backend(model: nn.Module, mode: str = "graphs", precision: str = "fp16",
+                       compile_mode: str = "default") -> Backend:
+    """An SG2V (on its device) as a backend with the fused guided step, its learned null context included."""
+    from sg2v.training.backend import TorchArrays, TorchStage
+
+    dev = next(model.parameters()).device
+    unet = prepare_unet(model.unet, dev, mode, precision, compile_mode)
+    d = model.cfg.data
+    frames = (d.frames, d.channels, d.height, d.width)
+    tokens = (d.context_tokens, model.cfg.encoder.context_dim)
+    cuda = dev.type == "cuda"
+    steps: dict[int, GuidedStep] = {}  # one per batch size, each with its buffers (and CUDA graph)
+
+    def guided_step(batch: int) -> GuidedStep:
+        if batch not in steps:
+            steps[batch] = GuidedStep(unet, batch, frames, tokens, dev, mode, precision)
+        return steps[batch]
+
+    def close() -> None:
+        steps.clear()  # the graphs and buffers go; the CUDA caching allocator keeps the memory for reuse
+
+    return Backend(
+        f"torch-{dev.type}-{mode}-{precision}",
+        TorchStage(model.encoder, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS, dev),
+        TorchStage(_CastInputs(unet, PRECISIONS[precision]), spec.UNET_INPUTS, spec.UNET_OUTPUTS, dev),
+        TorchArrays(dev),
+        null_context=model.null_context_arrays(),
+        guided_step=guided_step,
+        clock=CudaEventClock if cuda else None,
+        synchronize=(lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None),
+        notes=[f"{mode} {precision}" + (", one CUDA graph per guided step and batch size" if mode == "graphs"
+                                        else "")],
+        close=close,
+    )

@@ -1,0 +1,301 @@
+"""Bounds on what an untrusted ONNX file makes its runtime allocate, checked before ONNX Runtime or TensorRT
+loads it (torch-free and onnx-free: a reader of the protobuf wire format for the few ONNX fields it needs).
+
+ONNX Runtime folds constants while it creates a session, so a `ConstantOfShape` whose constant shape asks for
+terabytes is allocated before any inference; TensorRT's builder folds it too. `check_onnx_file` refuses:
+- tensors declared larger than `MAX_ELEMENTS` (graph inputs, outputs, value_info; initializers and Constant
+  values), and initializers whose data does not match their dims or lives in external files (not covered by
+  the bundle's hashes);
+- `ConstantOfShape` whose shape is computed rather than a constant, unless it is the shape of a tensor that
+  exists (a `Shape` node's output: no more values than that tensor; sg2v's exports with a batch axis make
+  these), or whose constant shape exceeds `MAX_ELEMENTS`; `Expand`, `Tile` and `Range` with constant
+  arguments beyond it;
+- subgraphs (If/Loop/Scan bodies) and model-local functions are checked the same way.
+The field numbers are those of onnx.proto (ModelProto.graph = 7, GraphProto.node = 1, ...).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sg2v.errors import BundleError
+
+MAX_ELEMENTS = 1 << 28  # values in one tensor: 1 GiB of float32
+MAX_FILE_BYTES = 2 << 30  # protobuf's own limit for one message
+
+_ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}  # TensorProto
+_INT_TYPES = {6: "<i4", 7: "<i8"}
+
+
+class OnnxGuardError(BundleError):
+    """An ONNX file that declares more than the runtime allocates, or cannot be read as ONNX."""
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    if pos < len(buf) and buf[pos] < 0x80:  # most keys and lengths fit one byte
+        return buf[pos], pos + 1
+    value, shift = 0, 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of one message: ints for varint/fixed, memoryviews for bytes."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            if pos + n > len(buf):
+                raise ValueError("a length-delimited field runs past its message")
+            value, pos = buf[pos:pos + n], pos + n
+        elif wire == 5:
+            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
+        else:
+            raise ValueError(f"wire type {wire} is not used by ONNX")
+        yield field, wire, value
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _ints(wire: int, value: Any) -> list[int]:
+    """A repeated int64 field's entries, packed (wire 2) or not."""
+    if wire == 0:
+        return [_signed(value)]
+    out, pos = [], 0
+    while pos < len(value):
+        v, pos = _varint(value, pos)
+        out.append(_signed(v))
+    return out
+
+
+def _string(value: Any) -> str:
+    return bytes(value).decode("utf-8", errors="replace")
+
+
+class _Tensor:
+    """The parts of a TensorProto the checks need: name, dims, type, where its data is, int values."""
+
+    def __init__(self, buf: memoryview):
+        self.name, self.dims, self.data_type, self.external = "", [], 0, False
+        self.raw: memoryview | None = None
+        self.packed_ints: list[int] = []
+        self.count = 0  # values in the typed (non-raw) data fields
+        for field, wire, value in _fields(buf):
+            if field == 1:
+                self.dims += _ints(wire, value)
+            elif field == 2:
+                self.data_type = value
+            elif field == 8:
+                self.name = _string(value)
+            elif field == 9:
+                self.raw = value
+            elif field == 14:
+                self.external = value == 1
+            elif field == 13:
+                self.external = True
+            elif field in (5, 7, 11):  # int32_data, int64_data, uint64_data
+                vals = _ints(wire, value)
+                self.packed_ints += vals
+                self.count += len(vals)
+            elif field in (4, 10):  # float_data, double_data: packed fixed-width
+                self.count += len(value) // (4 if field == 4 else 8) if wire == 2 else 1
+            elif field == 6:  # string_data
+                self.count += 1
+
+    @classmethod
+    def of_ints(cls, values: list[int], scalar: bool) -> _Tensor:
+        t = cls(memoryview(b""))
+        t.dims = [] if scalar else [len(values)]
+        t.data_type, t.packed_ints, t.count = 7, values, len(values)
+        return t
+
+    def elements(self) -> int:
+        return math.prod(self.dims) if self.dims else 1
+
+    def int_values(self) -> list[int] | None:
+        if self.data_type not in _INT_TYPES:
+            return None
+        if self.raw is not None:
+            size = int(_INT_TYPES[self.data_type][2])
+            n = len(self.raw) // size
+            return list(struct.unpack(f"<{n}{'iq'[size == 8]}", bytes(self.raw[:n * size])))
+        return list(self.packed_ints)
+
+
+class _Checker:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, what: str) -> None:
+        raise OnnxGuardError(f"{self.path}: {what}; the file is not an sg2v export (crafted or corrupt): "
+                             "re-export the bundle")
+
+    def tensor(self, t: _Tensor, where: str) -> None:
+        if any(d < 0 for d in t.dims):
+            self.fail(f"{where} {t.name!r} has negative dims {t.dims}")
+        n = t.elements()
+        if n > MAX_ELEMENTS:
+            self.fail(f"{where} {t.name!r} declares {t.dims} = {n} values, more than {MAX_ELEMENTS}")
+        if t.external:
+            self.fail(f"{where} {t.name!r} keeps its data in an external file, which the bundle's hashes do "
+                      "not cover")
+        if t.raw is not None:
+            size = _ITEMSIZE.get(t.data_type)
+            if size is not None and len(t.raw) != n * size:
+                self.fail(f"{where} {t.name!r} holds {len(t.raw)} bytes for dims {t.dims}")
+        elif t.count and t.count != n:
+            self.fail(f"{where} {t.name!r} holds {t.count} values for dims {t.dims}")
+
+    def value_info(self, buf: memoryview, where: str) -> None:
+        name, dims = "", []
+        for field, _, value in _fields(buf):
+            if field == 1:
+                name = _string(value)
+            elif field == 2:  # TypeProto
+                for f2, _, v2 in _fields(value):
+                    if f2 != 1:  # tensor_type
+                        continue
+                    for f3, _, v3 in _fields(v2):
+                        if f3 != 2:  # shape
+                            continue
+                        for f4, _, v4 in _fields(v3):
+                            if f4 != 1:  # dim
+                                continue
+                            for f5, w5, v5 in _fields(v4):
+                                if f5 == 1 and w5 == 0:  # dim_value
+                                    dims.append(_signed(v5))
+        if any(d < 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
+            self.fail(f"{where} {name!r} declares shape {dims}, more than {MAX_ELEMENTS} values")
+
+    def graph(self, buf: memoryview, depth: int = 0) -> None:
+        if depth > 16:
+            self.fail("subgraphs nest more than 16 deep")
+        consts: dict[str, _Tensor] = {}
+        nodes = []
+        for field, _, value in _fields(buf):
+            if field == 5:  # initializer
+                t = _Tensor(value)
+                self.tensor(t, "initializer")
+                consts[t.name] = t
+            elif field in (11, 12, 13):  # input, output, value_info
+                self.value_info(value, {11: "input", 12: "output", 13: "value_info"}[field])
+            elif field == 1:
+                nodes.append(value)
+        parsed = [self.node(n, depth) for n in nodes]
+        for op, _, outputs, attrs in parsed:  # Constant outputs are constants of the whole graph
+            value = attrs.get("value", attrs.get("value_ints", attrs.get("value_int")))
+            if op == "Constant" and value is not None and outputs:
+                consts[outputs[0]] = value
+        shapes = {outputs[0] for op, _, outputs, _ in parsed if op == "Shape" and outputs}
+        for op, inputs, _, _ in parsed:
+            self.allocation(op, inputs, consts, shapes)
+
+    def node(self, buf: memoryview, depth: int) -> tuple[str, list[str], list[str], dict[str, _Tensor]]:
+        op, domain, inputs, outputs, attrs = "", "", [], [], {}
+        for field, _, value in _fields(buf):
+            if field == 1:
+                inputs.append(_string(value))
+            elif field == 2:
+                outputs.append(_string(value))
+            elif field == 4:
+                op = _string(value)
+            elif field == 7:
+                domain = _string(value)
+            elif field == 5:  # AttributeProto
+                name = ""
+                ints: list[int] = []
+                for f2, w2, v2 in _fields(value):
+                    if f2 == 1:
+                        name = _string(v2)
+                    elif f2 in (3, 8):  # i, ints (Constant's value_int / value_ints)
+                        ints += _ints(w2, v2)
+                    elif f2 in (5, 10):  # t, tensors
+                        t = _Tensor(v2)
+                        self.tensor(t, f"attribute {name!r} of {op or 'a node'}")
+                        attrs[name] = t
+                    elif f2 in (6, 11):  # g, graphs
+                        self.graph(v2, depth + 1)
+                if name in ("value_int", "value_ints"):
+                    attrs[name] = _Tensor.of_ints(ints, scalar=name == "value_int")
+        return (op if domain in ("", "ai.onnx") else f"{domain}::{op}"), inputs, outputs, attrs
+
+    def allocation(self, op: str, inputs: list[str], consts: dict[str, _Tensor],
+                   shapes: set[str] = frozenset()) -> None:
+        """Fail for a node that would allocate beyond the bounds; `shapes` are `Shape` nodes' outputs."""
+        def const_ints(i: int) -> list[int] | None:
+            t = consts.get(inputs[i]) if i < len(inputs) and inputs[i] else None
+            return None if t is None else t.int_values()
+
+        if op == "ConstantOfShape":
+            if inputs and inputs[0] in shapes:
+                return  # another tensor's shape: as many values as that tensor, which exists already
+            shape = const_ints(0)
+            if shape is None:
+                self.fail("a ConstantOfShape node takes a computed shape (unbounded before it runs)")
+            self._bounded(op, shape)
+        elif op in ("Expand", "Tile"):
+            values = const_ints(1)
+            if values is not None:
+                self._bounded(op, values)
+        elif op == "Range":
+            args = [consts.get(inputs[i]) if i < len(inputs) else None for i in range(3)]
+            if all(a is not None for a in args):
+                vals = [a.int_values() for a in args]
+                if all(v is not None and len(v) == 1 for v in vals):
+                    start, limit, delta = (v[0] for v in vals)
+                    if delta == 0 or max(math.ceil((limit - start) / delta), 0) > MAX_ELEMENTS:
+                        self.fail(f"a Range node spans {start}..{limit} by {delta}, more than {MAX_ELEMENTS} "
+                                  "values")
+
+    def _bounded(self, op: str, values: list[int]) -> None:
+        if any(v < 0 for v in values) or math.prod(values) > MAX_ELEMENTS:
+            self.fail(f"a {op} node asks for shape {values[:8]}, more than {MAX_ELEMENTS} values")
+
+
+def check_onnx_file(path: str | os.PathLike) -> None:
+    """OnnxGuardError (one line) unless the ONNX file at `path` stays within the bounds in the module note."""
+    path = Path(path)
+    checker = _Checker(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            checker.fail(f"{size} bytes, more than protobuf's {MAX_FILE_BYTES}")
+        with open(path, "rb") as f:
+            buf = memoryview(f.read())
+        graphs = 0
+        for field, _, value in _fields(buf):
+            if field == 7:  # graph
+                checker.graph(value)
+                graphs += 1
+            elif field == 25:  # functions: FunctionProto.node = 7
+                for f2, _, v2 in _fields(value):
+                    if f2 == 7:
+                        op, inputs, _, _ = checker.node(v2, 1)
+                        checker.allocation(op, inputs, {})
+        if graphs != 1:
+            checker.fail(f"{graphs} graphs, an ONNX model has one")
+    except OnnxGuardError:
+        raise
+    except (ValueError, IndexError, struct.error, OSError) as e:
+        raise OnnxGuardError(f"{path}: not a readable ONNX file ({e}); copy the bundle again or re-export "
+                             "it") from None

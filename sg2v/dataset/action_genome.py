@@ -1,0 +1,336 @@
+"""Action Genome v1.0 -> converted data set: clips of consecutive annotated frames with per-frame boxes.
+
+Sources of the facts used here:
+- Files and layout: JingweiJ/ActionGenome `README.md` and `tools/dump_frames.py` (annotations/
+  object_bbox_and_relationship.pkl, person_bbox.pkl, frame_list.txt, object_classes.txt,
+  relationship_classes.txt; frames dumped by ffmpeg to `frames/VIDEO.mp4/%06d.png`, only the frames listed in
+  frame_list.txt kept; keys and frame_list entries are "VIDEO.mp4/FRAME.png").
+- Pickle structure: the same README (a dict from "VIDEO.mp4/FRAME.png" to a list of objects {class, bbox,
+  attention_relationship, spatial_relationship, contacting_relationship, visible, metadata {tag, set}});
+  JingweiJ/ActionGenome issues #7 (object bbox is (x, y, w, h) with (x, y) the top-left corner; person_bbox
+  entries are {bbox: float32 array (k, 4) in xyxy, bbox_score, bbox_size (w, h), bbox_mode 'xyxy', keypoints,
+  keypoints_logits}; metadata tags read "VIDEO.mp4/CLASS/FRAME"), #4 and #6 (objects not visible in a frame
+  have bbox None, relationships None and visible False) and #2 (one person, detected, not annotated);
+  yrcong/STTran issue #40 (person boxes xyxy, object boxes xywh).
+- Class lists and names: yrcong/STTran `dataloader/action_genome.py` - object_classes.txt and
+  relationship_classes.txt spell names without separators ("closetcabinet", "lookingat") while the pickles
+  write "closet/cabinet" and "looking_at"; relationship classes 0-2 are attention, 3-8 spatial, 9- contacting;
+  the set of a frame is its first object's metadata 'set' ("train" or "test"); its defaults drop frames with
+  no visible object and frames with no person box (`filter_nonperson_box_frame=True`), and it converts object
+  boxes from xywh to xyxy.
+
+Conversion: names are matched across the files by their letters and digits only; the vocabulary lists the
+class files' classes in order, written readably ("closet/cabinet", "looking at"; predicates with spaces like
+the project's other vocabularies). A clip is --frames consecutive usable annotated frames of one video (a
+dropped frame ends a run); its graph is the person (object 0, one box per frame from person_bbox.pkl) and
+every class visible in at least one of its frames, and one relationship [person, predicate, object] per
+predicate the clip annotates between them, with `rel_frames` marking the frames where it is annotated. The
+data set does not say which way a spatial relationship points (JingweiJ/ActionGenome issue #8); every
+relationship is written person -> object, as STTran's evaluation forms its triplets. Splits: the metadata's
+train / test, with val carved from the training videos by --seed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sg2v.dataset.common import (
+    DropTable,
+    Plan,
+    bad_source,
+    clip_starts,
+    frames_job,
+    read_lines,
+    seeded_split,
+)
+from sg2v.dataset.options import AGOptions, OptionError
+from sg2v.dataset.unpickle import load_data_pickle
+from sg2v.errors import DatasetError
+from sg2v.vocab import IMAGE_OBJECT, IN_IMAGE_PRED, Vocab
+
+FIX = ("download the Action Genome annotations into SOURCE/annotations and dump the frames with its "
+       "tools/dump_frames.py into SOURCE/frames (JingweiJ/ActionGenome README)")
+READABLE = {
+    "closetcabinet": "closet/cabinet", "cupglassbottle": "cup/glass/bottle",
+    "papernotebook": "paper/notebook", "phonecamera": "phone/camera", "sofacouch": "sofa/couch",
+    "lookingat": "looking at", "notlookingat": "not looking at", "infrontof": "in front of",
+    "onthesideof": "on the side of", "coveredby": "covered by", "drinkingfrom": "drinking from",
+    "haveitontheback": "have it on the back", "leaningon": "leaning on", "lyingon": "lying on",
+    "notcontacting": "not contacting", "otherrelationship": "other relationship", "sittingon": "sitting on",
+    "standingon": "standing on", "writingon": "writing on",
+}
+REL_FIELDS = ("attention_relationship", "spatial_relationship", "contacting_relationship")
+PERSON = "person"
+
+
+def name_key(name: str) -> str:
+    """The letters and digits of a class name, lower-cased: 'closet/cabinet' and 'closetcabinet' match."""
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def _classes(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in read_lines(path, "class list", FIX):
+        k = name_key(line)
+        if not k or k in out:
+            raise DatasetError(f"{path}: class {line!r} is empty or repeats an earlier one; {FIX}")
+        out[k] = READABLE.get(k, line)
+    if not out:
+        raise DatasetError(f"{path}: no classes; {FIX}")
+    return out
+
+
+def _frame_number(frame: str) -> tuple:
+    stem = frame.rsplit(".", 1)[0]
+    return (int(stem), frame) if stem.isdigit() else (float("inf"), frame)
+
+
+def _xyxy_from_xywh(b: Any) -> np.ndarray | None:
+    if b is None:
+        return None
+    a = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != (4,) or not np.isfinite(a).all():
+        raise ValueError("bbox must be 4 finite numbers (x, y, w, h)")
+    return np.array([a[0], a[1], a[0] + a[2], a[1] + a[3]])
+
+
+class _Frame:
+    """One usable annotated frame: where it is and what is visible in it."""
+
+    def __init__(self, name: str, path: Path, person: np.ndarray | None, size: tuple[int, int] | None,
+                 objects: dict[str, tuple[np.ndarray, list[str]]], invisible: set[str]):
+        self.name, self.path, self.person, self.size = name, path, person, size
+        self.objects, self.invisible = objects, invisible
+
+
+def _person(entry: Any, pkl: Path, key: str, notes: DropTable) -> tuple[np.ndarray | None, tuple | None]:
+    if not isinstance(entry, dict) or "bbox" not in entry:
+        raise bad_source(pkl, repr(key), "a person entry must be a dict with 'bbox'", FIX)
+    try:
+        boxes = np.asarray(entry["bbox"], dtype=np.float64).reshape(-1, 4)  # (k, 4) xyxy
+    except (ValueError, TypeError):
+        raise bad_source(pkl, repr(key), "'bbox' must be a (k, 4) array of numbers", FIX) from None
+    size = entry.get("bbox_size")
+    size = tuple(int(v) for v in size) if isinstance(size, (tuple, list)) and len(size) == 2 else None
+    if len(boxes) == 0:
+        return None, size
+    k = 0
+    if len(boxes) > 1:
+        scores = np.asarray(entry.get("bbox_score", np.zeros(len(boxes))), dtype=np.float64).reshape(-1)
+        k = int(np.argmax(scores)) if len(scores) == len(boxes) else 0
+        notes.add("person", "more than one detected box in a frame; the highest-scoring one kept")
+    if not np.isfinite(boxes[k]).all():
+        raise bad_source(pkl, repr(key), "person box is not finite", FIX)
+    return boxes[k], size
+
+
+def plan(source: Path, o: AGOptions, seed: int, frames: int) -> Plan:
+    source = Path(source)
+    ann = Path(o.annotations_dir) if o.annotations_dir else source / "annotations"
+    frames_root = Path(o.frames_dir) if o.frames_dir else source / "frames"
+    if not ann.is_dir():
+        raise DatasetError(f"{ann}: no such folder; {FIX}")
+    if not frames_root.is_dir():
+        raise DatasetError(f"{frames_root}: no such folder; {FIX}")
+    if not 0 <= o.val_fraction < 1:
+        raise OptionError(f"--val-fraction {o.val_fraction}: must be in [0, 1)")
+    if o.clip_stride < 0:
+        raise OptionError(f"--clip-stride {o.clip_stride}: must be >= 0 (0: --frames)")
+    stride = o.clip_stride or frames
+    drops, notes = DropTable(), DropTable()
+    obj_names = _classes(ann / "object_classes.txt")
+    rel_names = _classes(ann / "relationship_classes.txt")
+    if PERSON not in obj_names:
+        raise DatasetError(f"{ann / 'object_classes.txt'}: no class 'person'; {FIX}")
+    objects_list = [IMAGE_OBJECT, *obj_names.values()]
+    preds_list = [IN_IMAGE_PRED, *rel_names.values()]
+    vocab = Vocab.from_dict({"object_name_to_idx": {n: i for i, n in enumerate(objects_list)},
+                             "object_idx_to_name": objects_list,
+                             "pred_name_to_idx": {n: i for i, n in enumerate(preds_list)},
+                             "pred_idx_to_name": preds_list}, where="Action Genome vocabulary")
+    person_pkl, object_pkl = ann / "person_bbox.pkl", ann / "object_bbox_and_relationship.pkl"
+    for p in (person_pkl, object_pkl):
+        if not p.is_file():
+            raise DatasetError(f"{p}: not found; {FIX}")
+    person_anno = load_data_pickle(person_pkl)
+    object_anno = load_data_pickle(object_pkl)
+    for data, p in ((person_anno, person_pkl), (object_anno, object_pkl)):
+        if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+            raise bad_source(p, "top level", "expected a dict keyed by 'VIDEO.mp4/FRAME.png'", FIX)
+    frame_list = read_lines(ann / "frame_list.txt", "frame list", FIX)
+    listed = set(frame_list)
+    drops.add("frame", "in the pickles but not in frame_list.txt", len((set(person_anno) | set(object_anno))
+                                                                       - listed))
+    videos: dict[str, list[tuple[str, str]]] = {}
+    seen: set[str] = set()
+    for key in frame_list:
+        if key in seen:
+            drops.add("frame", "listed twice in frame_list.txt")
+            continue
+        seen.add(key)
+        parts = key.split("/")
+        if len(parts) != 2 or not all(parts) or parts[0] in (".", "..") or parts[1] in (".", ".."):
+            drops.add("frame", "frame_list.txt entry is not VIDEO/FRAME")
+            continue
+        if key not in person_anno or key not in object_anno:
+            drops.add("frame", "in frame_list.txt but missing from person_bbox.pkl or "
+                               "object_bbox_and_relationship.pkl")
+            continue
+        videos.setdefault(parts[0], []).append((parts[1], key))
+
+    video_set: dict[str, str] = {}
+    usable: dict[str, list[_Frame | None]] = {}
+    for video in sorted(videos):
+        entries = sorted(videos[video], key=lambda e: _frame_number(e[0]))
+        sets = []
+        frames_out: list[_Frame | None] = []
+        for frame, key in entries:
+            objs = object_anno[key]
+            if not isinstance(objs, list):
+                raise bad_source(object_pkl, repr(key), "expected a list of objects", FIX)
+            for obj in objs:
+                meta = obj.get("metadata") if isinstance(obj, dict) else None
+                if isinstance(meta, dict) and isinstance(meta.get("set"), str):
+                    sets.append(meta["set"])
+                    break
+            frames_out.append(_frame(video, frame, key, frames_root, person_anno[key], objs, obj_names,
+                                     rel_names, o, person_pkl, object_pkl, drops, notes))
+        if not sets:
+            drops.add("video", "no frame's metadata gives its set (train / test)")
+            continue
+        if len(set(sets)) > 1:
+            notes.add("video", "frames disagree on the set; the first frame's set used")
+        if sets[0] not in ("train", "test"):
+            drops.add("video", f"metadata set {sets[0]!r} is neither 'train' nor 'test'")
+            continue
+        video_set[video] = sets[0]
+        usable[video] = frames_out
+
+    train_videos = [v for v, s in video_set.items() if s == "train"]
+    carve = seeded_split(train_videos, seed, o.val_fraction, 0.0)
+    payloads: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
+    for video, frames_out in usable.items():
+        split = "test" if video_set[video] == "test" else carve[video]
+        runs: list[list[_Frame]] = [[]]
+        for fr in frames_out:
+            if fr is None:
+                runs.append([])
+            else:
+                runs[-1].append(fr)
+        for run in runs:
+            if not run:
+                continue
+            starts = clip_starts(len(run), frames, stride)
+            if not starts:
+                drops.add("frame", f"in a run of consecutive usable annotated frames shorter than --frames "
+                                   f"({frames})", len(run))
+                continue
+            covered = set()
+            for s in starts:
+                covered.update(range(s, s + frames))
+                payloads[split].append(_clip_payload(split, video, run[s:s + frames], drops))
+            drops.add("frame", "after the last full clip of its run", len(run) - len(covered))
+    ordered = payloads["train"] + payloads["val"] + payloads["test"]
+    return Plan(vocab=vocab, job=frames_job, payloads=ordered, drops=drops, notes=notes,
+                source={"format": "action-genome", "name": "Action Genome v1.0", "path": str(source)},
+                frames_estimate=len(ordered) * frames)
+
+
+def _frame(video: str, frame: str, key: str, frames_root: Path, person_entry: Any, objs: list,
+           obj_names: dict[str, str], rel_names: dict[str, str], o: AGOptions, person_pkl: Path,
+           object_pkl: Path, drops: DropTable, notes: DropTable) -> _Frame | None:
+    """Check one annotated frame; None (counted in `drops`) if it is not usable."""
+    path = frames_root / video / frame
+    if not path.is_file():
+        drops.add("frame", "frame file missing on disk")
+        return None
+    person, size = _person(person_entry, person_pkl, key, notes)
+    if person is not None and not (person[2] > person[0] and person[3] > person[1]):
+        notes.add("person", "box of zero area; the person is not visible in that frame")
+        person = None
+    if person is None:
+        if not o.keep_frames_without_person:
+            drops.add("frame", "no person box (STTran drops these; --keep-frames-without-person keeps them)")
+            return None
+        notes.add("person", "no box in a kept frame; the person is not visible in it")
+    visible: dict[str, tuple[np.ndarray, list[str]]] = {}
+    invisible: set[str] = set()
+    for j, obj in enumerate(objs):
+        where = f"{key!r}[{j}]"
+        if not isinstance(obj, dict):
+            raise bad_source(object_pkl, where, "an object must be a dict", FIX)
+        cls = obj.get("class")
+        if not isinstance(cls, str) or name_key(cls) not in obj_names:
+            drops.add("object annotation", "class not in object_classes.txt")
+            continue
+        name = obj_names[name_key(cls)]
+        if name in visible or name in invisible:
+            drops.add("object annotation", "a second annotation of the same class in one frame")
+            continue
+        try:
+            box = _xyxy_from_xywh(obj.get("bbox"))
+        except (ValueError, TypeError):
+            raise bad_source(object_pkl, where, "'bbox' must be None or (x, y, w, h)", FIX) from None
+        if not (isinstance(obj.get("visible"), (bool, np.bool_)) and obj["visible"]):
+            notes.add("object in a frame", "not visible (visible False); marked not visible in that frame")
+            invisible.add(name)
+            continue
+        if box is None or not (box[2] > box[0] and box[3] > box[1]):
+            notes.add("object in a frame", "visible but without a box of positive area; marked not visible")
+            invisible.add(name)
+            continue
+        preds: list[str] = []
+        for field in REL_FIELDS:
+            rels = obj.get(field) or []
+            if not isinstance(rels, (list, tuple)):
+                raise bad_source(object_pkl, where, f"'{field}' must be a list of names or None", FIX)
+            for r in rels:
+                k = name_key(r) if isinstance(r, str) else ""
+                if k not in rel_names:
+                    drops.add("relationship", "predicate not in relationship_classes.txt")
+                elif rel_names[k] not in preds:
+                    preds.append(rel_names[k])
+        visible[name] = (box, preds)
+    if not visible and not o.keep_frames_without_objects:
+        drops.add("frame", "no visible object (STTran drops these; --keep-frames-without-objects keeps them)")
+        return None
+    return _Frame(frame, path, person, size, visible, invisible)
+
+
+def _clip_payload(split: str, video: str, clip: list[_Frame], drops: DropTable) -> dict[str, Any]:
+    f = len(clip)
+    names = [PERSON]
+    for fr in clip:
+        names.extend(n for n in fr.objects if n not in names)
+    never = {n for fr in clip for n in fr.invisible} - set(names)
+    drops.add("object", "not visible in any frame of its clip", len(never))
+    n = len(names)
+    boxes = np.zeros((n, f, 4))  # (n, F, 4) pixels xyxy
+    visible = np.zeros((n, f), dtype=bool)
+    rel_frames: dict[tuple[str, int], np.ndarray] = {}
+    for t, fr in enumerate(clip):
+        if fr.person is not None:
+            boxes[0, t], visible[0, t] = fr.person, True
+        for name, (box, preds) in fr.objects.items():
+            k = names.index(name)
+            boxes[k, t], visible[k, t] = box, True
+            for p in preds:
+                rel_frames.setdefault((p, k), np.zeros(f, dtype=bool))[t] = True
+    rels = [[0, p, k] for p, k in rel_frames]
+    return {
+        "split": split,
+        "unit": "clip",
+        "graph": {"objects": names, "relationships": rels},
+        "boxes": boxes,
+        "boxes_unit": "px",
+        "visible": visible,
+        "has_layout": np.ones(n, dtype=bool),
+        "rel_frames": np.array([rel_frames[(p, k)] for _, p, k in rels], dtype=bool).reshape(len(rels), f),
+        "source": {"video": video, "frames": [fr.name for fr in clip]},
+        "files": [str(fr.path) for fr in clip],
+        "sizes": [fr.size for fr in clip],
+    }

@@ -1,0 +1,155 @@
+"""`sg2v-data`: convert data sets to sg2v's training format, and look inside converted ones (torch-free).
+
+  sg2v-data convert vg datasets/vg --out data/vg [--splits-json vg_splits.json]
+  sg2v-data convert coco-stuff datasets/coco --out data/coco
+  sg2v-data convert action-genome datasets/ag --out data/ag --frames 8
+  sg2v-data convert folder my_recordings --out data/mine
+  sg2v-data stats data/vg
+  sg2v-data show data/vg --index 3 --split val [--json] [--sheet sample.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from sg2v.dataset.options import FORMAT_OPTIONS, CommonOptions
+from sg2v.errors import GraphError, Sg2vError
+
+_FORMAT_HELP = {
+    "vg": ("Visual Genome 1.4: SOURCE holds objects.json, relationships.json, image_data.json, the alias "
+           "files and images/VG_100K*/ (sg2im's preprocessing as defaults)"),
+    "coco-stuff": ("COCO 2017 + COCO-Stuff: SOURCE holds annotations/{instances,stuff}_{train,val}2017.json "
+                   "and images/{train,val}2017/ (sg2im's scene graphs)"),
+    "action-genome": ("Action Genome v1.0: SOURCE holds annotations/ (pickles, class lists, frame_list.txt) "
+                      "and frames/VIDEO.mp4/FRAME.png"),
+    "folder": ("your recordings: NAME.json (scene graph, optional layout) beside NAME.mp4, NAME/ (frames) or "
+               "an image"),
+}
+
+
+class UsageError(Sg2vError):
+    """A command-line value that does not fit (exit status 2)."""
+
+    exit_code = 2
+
+
+def _add_options(p: argparse.ArgumentParser, cls: type, title: str) -> None:
+    group = p.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            if f.default:
+                neg = "--" + meta["negative"].replace("_", "-")
+                group.add_argument(neg, dest=f.name, action="store_false", help=meta["negative_help"])
+            else:
+                group.add_argument(flag, dest=f.name, action="store_true", help=meta["help"])
+        else:
+            shown = "" if "default:" in meta["help"] else " (default: %(default)s)"
+            kw: dict[str, Any] = {"dest": f.name, "type": type(f.default), "default": f.default,
+                                  "help": meta["help"] + shown}
+            if "choices" in meta:
+                kw["choices"] = meta["choices"]
+            if f.name == "size":
+                from sg2v.config import MODEL_SIZES
+
+                kw["choices"] = sorted(MODEL_SIZES)
+            group.add_argument(flag, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    head, _, usage = __doc__.partition("\n\n")
+    p = argparse.ArgumentParser(prog="sg2v-data", description=head, epilog=usage,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    conv = sub.add_parser("convert", help="convert a data set (see `sg2v-data convert FORMAT --help`)")
+    fmts = conv.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    for name, cls in FORMAT_OPTIONS.items():
+        fp = fmts.add_parser(name, help=_FORMAT_HELP[name], description=_FORMAT_HELP[name])
+        fp.add_argument("source", metavar="SOURCE", help="the data set's folder, as downloaded")
+        fp.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
+        _add_options(fp, CommonOptions, "shared options")
+        _add_options(fp, cls, f"{name} options")
+    st = sub.add_parser("stats", help="counts per split, vocabulary sizes and drop table of a converted set")
+    st.add_argument("dir", help="a folder written by `sg2v-data convert`")
+    st.add_argument("--json", action="store_true", help="print dataset.json instead")
+    sh = sub.add_parser("show", help="one sample: scene graph, layout, where it came from; optional sheet")
+    sh.add_argument("dir", help="a folder written by `sg2v-data convert`")
+    sh.add_argument("--index", type=int, required=True, help="sample index within the split")
+    sh.add_argument("--split", default="train", choices=("train", "val", "test"),
+                    help="(default: %(default)s)")
+    sh.add_argument("--json", action="store_true", help="print the sample (graph, boxes, visibility) as JSON")
+    sh.add_argument("--sheet", default=None, help="also write the frames as a contact sheet with boxes (PNG)")
+    return p
+
+
+def _options(cls: type, args: argparse.Namespace) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "convert":
+        from sg2v.dataset.convert import convert
+
+        convert(args.format, args.source, args.out, _options(CommonOptions, args),
+                _options(FORMAT_OPTIONS[args.format], args))
+        return 0
+    if args.command == "stats":
+        from sg2v.dataset.format import read_info
+        from sg2v.dataset.show import stats_lines
+
+        if args.json:
+            print(json.dumps(read_info(args.dir), indent=1, ensure_ascii=False))
+        else:
+            print("\n".join(stats_lines(args.dir)))
+        return 0
+    from sg2v.dataset.format import ConvertedDataset
+    from sg2v.dataset.show import sample_json, sample_lines, write_sheet
+
+    ds = ConvertedDataset(args.dir, args.split)
+    if not -len(ds) <= args.index < len(ds):
+        raise UsageError(f"--index {args.index}: the {args.split} split has {len(ds)} samples"
+                         + (f" (0..{len(ds) - 1})" if len(ds) else "; choose another --split"))
+    if args.json:
+        print(json.dumps(sample_json(ds, args.index), ensure_ascii=False))
+    else:
+        print("\n".join(sample_lines(ds, args.index)))
+    if args.sheet:
+        out = Path(args.sheet)
+        if out.suffix.lower() != ".png":
+            raise UsageError(f"--sheet {out}: give a .png path")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_sheet(ds, args.index, out)
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except GraphError as e:
+        print(f"sg2v-data: invalid graph: {e}", file=sys.stderr)
+        return 2
+    except Sg2vError as e:
+        print(f"sg2v-data: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:  # `sg2v-data stats DIR | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as e:
+        print(f"sg2v-data: error: {e}; check the paths, their permissions and free space", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sg2v-data: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

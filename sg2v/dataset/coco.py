@@ -1,0 +1,411 @@
+"""COCO 2017 instances + COCO-Stuff -> converted data set (images as one-frame clips), sg2im's scene graphs.
+
+Sources of the facts used here:
+- Files and layout: google/sg2im `scripts/download_coco.sh` and `scripts/train.py` (annotations unpacked to
+  `annotations/instances_{train,val}2017.json` and `annotations/stuff_{train,val}2017.json`, images to
+  `images/train2017/` and `images/val2017/`); nightrome/cocostuff `README.md` (stuff-only COCO-style
+  annotations; COCO-Stuff ids: things 1-91 with gaps - 80 of the 91 thing ids are used -, stuff 92-182, and in
+  the stuff files a class "other" with id 183 covering all thing pixels).
+- Record keys: the COCO format as sg2im reads it (`sg2im/data/coco.py`): images {id, file_name, width,
+  height}, categories {id, name}, annotations {image_id, category_id, bbox [x, y, w, h], segmentation,
+  iscrowd}; segmentation is a list of polygons [x0, y0, x1, y1, ...], an uncompressed RLE {"counts": [ints],
+  "size": [h, w]} (crowd annotations) or a compressed RLE {"counts": "string", "size": [h, w]} (stuff).
+- RLE: cocodataset/cocoapi `common/maskApi.c` - counts alternate runs of 0 and 1 starting with 0, over the
+  mask in column-major order; the string form writes each count in 6-bit characters offset by 48: 5 data bits
+  per character, 0x20 marks a following character, 0x10 in the last character sign-extends, and from the
+  fourth count on the value is a difference to the count two places earlier.
+- sg2im's choices, the defaults here (`sg2im/data/coco.py`, `scripts/train.py`): the vocabulary uses the
+  category ids as object ids, `__image__` at 0 and "NONE" at unused ids; predicates `__in_image__`, left of,
+  right of, above, below, inside, surrounding; an object is kept when its box covers more than 0.02 of the
+  image (w * h / (W * H) from the JSON's image size), its category is whitelisted and it is not "other"; crowd
+  annotations are kept; with stuff, only images that have stuff annotations are used; images keep 3..8
+  objects; train2017 is the training split, the first 1024 val2017 images (in the JSON's order, after
+  filtering) are the validation split and the rest of val2017 the test split; boxes are [x / W, y / H, (x + w)
+  / W, (y + h) / H] with (W, H) the decoded image's size. Relationships: each object in turn picks another at
+  random and a coin decides which is the subject; with boxes s, o and centers c_s, c_o: "surrounding" if s
+  strictly contains o on all four sides, "inside" if o strictly contains s, else by the angle theta =
+  atan2(dy, dx) of c_s - c_o (y down): "left of" if theta >= 3pi/4 or theta <= -3pi/4, "above" if -3pi/4 <=
+  theta < -pi/4, "right of" if -pi/4 <= theta < pi/4, "below" if pi/4 <= theta < 3pi/4; a center is the mean
+  position of the object's mask inside its box, or the box center when that is empty.
+
+Where this converter differs from sg2im: the relationships are drawn once, at conversion, from a generator
+seeded by (--seed, image id), not anew at every epoch; a draw that repeats an earlier (subject, predicate,
+object) of the image is dropped and counted (the graph format refuses repeats); mask centers are taken over
+the mask at full resolution (sg2im resamples the box's crop of the mask to 16 x 16 first), so an object whose
+center lies within about a sixteenth of the box of a 45-degree boundary may get the neighbouring predicate;
+a polygon covers the pixels whose centers lie inside it (even-odd rule), not pycocotools' rasteriser.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sg2v.dataset.common import (
+    DropTable,
+    JobResult,
+    Plan,
+    UnreadableImage,
+    bad_source,
+    clip_boxes,
+    context,
+    finish_record,
+    load_frame,
+    load_source_json,
+    unreadable_error,
+)
+from sg2v.dataset.options import CocoOptions, OptionError
+from sg2v.errors import DatasetError
+from sg2v.vocab import IMAGE_OBJECT, IN_IMAGE_PRED, Vocab
+
+FIX = ("download annotations_trainval2017.zip and stuff_annotations_trainval2017.zip from cocodataset.org "
+       "and unpack them into SOURCE (see google/sg2im scripts/download_coco.sh)")
+PREDICATES = [IN_IMAGE_PRED, "left of", "right of", "above", "below", "inside", "surrounding"]
+OTHER = "other"
+
+
+# ---------------------------------------------------------------------------------------------------- masks
+class MaskError(ValueError):
+    """A segmentation that cannot be decoded."""
+
+
+def rle_string_counts(s: str) -> list[int]:
+    """Counts of a compressed COCO RLE string (cocoapi maskApi.c rleFrString, see the module note)."""
+    counts: list[int] = []
+    p = 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(s):
+                raise MaskError("RLE string ends inside a count")
+            c = ord(s[p]) - 48
+            if not 0 <= c < 64:
+                raise MaskError(f"RLE string has a character {s[p]!r} outside '0'..'o'")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def rle_decode(counts: list[int], h: int, w: int) -> np.ndarray:
+    """Uncompressed RLE counts -> bool mask (h, w); runs of 0 and 1 alternate over column-major pixels."""
+    c = np.asarray(counts, dtype=np.int64)
+    if (c < 0).any() or int(c.sum()) != h * w:
+        raise MaskError(f"RLE counts sum to {int(c.sum())}, the mask has {h} x {w} = {h * w} pixels")
+    values = (np.arange(len(c)) % 2).astype(bool)
+    return np.repeat(values, c).reshape(w, h).T
+
+
+def polygons_mask(polys: list, h: int, w: int) -> np.ndarray:
+    """Union of polygons [x0, y0, x1, y1, ...] on an (h, w) grid: the pixels whose centers lie inside."""
+    mask = np.zeros((h, w), dtype=bool)
+    yc = np.arange(h, dtype=np.float64)[:, None] + 0.5  # (H, 1) pixel-center rows
+    for poly in polys:
+        if not isinstance(poly, list) or len(poly) % 2 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in poly):
+            raise MaskError("a polygon must be a list of (x, y) number pairs")
+        if len(poly) < 6:  # fewer than 3 points (COCO has a few): no area
+            continue
+        pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        (x0, y0), (x1, y1) = pts.T, np.roll(pts, -1, axis=0).T  # edges (E,)
+        crosses = ((y0 <= yc) & (yc < y1)) | ((y1 <= yc) & (yc < y0))  # (H, E)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xc = x0 + (yc - y0) / (y1 - y0) * (x1 - x0)  # (H, E) where an edge crosses a row's centers
+        first = np.clip(np.floor(xc - 0.5) + 1, 0, w)  # first pixel whose center is right of the crossing
+        rows, cols = np.nonzero(crosses)
+        toggles = np.zeros((h, w + 1), dtype=np.int32)
+        np.add.at(toggles, (rows, first[rows, cols].astype(np.int64)), 1)
+        mask |= (np.cumsum(toggles, axis=1)[:, :w] % 2).astype(bool)
+    return mask
+
+
+def segmentation_mask(seg: Any, h: int, w: int) -> np.ndarray:
+    """Any COCO segmentation (polygons, uncompressed or compressed RLE) -> bool mask (h, w)."""
+    if isinstance(seg, list):
+        return polygons_mask(seg, h, w)
+    if isinstance(seg, dict) and "counts" in seg:
+        size = seg.get("size")
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+            raise MaskError("an RLE needs \"size\": [height, width]")
+        rh, rw = size
+        counts = seg["counts"]
+        if isinstance(counts, str):
+            counts = rle_string_counts(counts)
+        elif not (isinstance(counts, list) and all(isinstance(v, int) for v in counts)):
+            raise MaskError("RLE counts must be a string or a list of integers")
+        mask = rle_decode(counts, rh, rw)
+        if (rh, rw) != (h, w):
+            raise MaskError(f"RLE size {rh} x {rw} differs from the image's {h} x {w}")
+        return mask
+    raise MaskError("segmentation must be a list of polygons or an RLE object")
+
+
+def mask_center(mask: np.ndarray, bbox: list[float], w: int, h: int) -> tuple[float, float] | None:
+    """Mean pixel-center position of the mask inside the box's pixel crop, as fractions of (w, h)."""
+    x, y, bw, bh = bbox
+    x0, x1 = int(round(x)), int(round(x + bw))
+    y0, y1 = int(round(y)), int(round(y + bh))
+    x1, y1 = max(x0 + 1, x1), max(y0 + 1, y1)
+    crop = mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
+    ys, xs = np.nonzero(crop)
+    if len(xs) == 0:
+        return None
+    return (float(xs.mean()) + max(x0, 0) + 0.5) / w, (float(ys.mean()) + max(y0, 0) + 0.5) / h
+
+
+def predicate(sbox: np.ndarray, obox: np.ndarray, sc: tuple[float, float], oc: tuple[float, float]) -> str:
+    """sg2im's geometric predicate of subject box/center vs object box/center (see the module note)."""
+    sx0, sy0, sx1, sy1 = sbox
+    ox0, oy0, ox1, oy1 = obox
+    if sx0 < ox0 and sx1 > ox1 and sy0 < oy0 and sy1 > oy1:
+        return "surrounding"
+    if sx0 > ox0 and sx1 < ox1 and sy0 > oy0 and sy1 < oy1:
+        return "inside"
+    theta = math.atan2(sc[1] - oc[1], sc[0] - oc[0])
+    if theta >= 3 * math.pi / 4 or theta <= -3 * math.pi / 4:
+        return "left of"
+    if -3 * math.pi / 4 <= theta < -math.pi / 4:
+        return "above"
+    if -math.pi / 4 <= theta < math.pi / 4:
+        return "right of"
+    return "below"
+
+
+# ---------------------------------------------------------------------------------------------------- job
+def coco_job(payload: dict[str, Any]) -> JobResult:
+    """Decode one image, normalise its boxes, draw its relationships (seeded by --seed and the image id)."""
+    ctx = context()
+    res = JobResult()
+    try:
+        frame, (W, H) = load_frame(payload["path"], ctx.height, ctx.width)
+    except UnreadableImage as e:
+        if not ctx.skip_unreadable:
+            raise unreadable_error(str(e)) from None
+        res.drops.add("image", "image file cannot be decoded (--skip-unreadable)")
+        return res
+    if tuple(payload["size"]) != (W, H):
+        res.notes.add("image", "decoded size differs from the JSON's; boxes scaled by the decoded size (as "
+                               "sg2im's loader does)")
+    objs = payload["objects"]
+    n = len(objs)
+    boxes = np.array([[x / W, y / H, (x + bw) / W, (y + bh) / H] for _, (x, y, bw, bh), _ in objs],
+                     dtype=np.float64)  # (n, 4)
+    centers = []
+    for (_, bbox, seg), box in zip(objs, boxes):
+        c = None
+        if ctx.extra.get("centers", "mask") == "mask":
+            try:
+                c = mask_center(segmentation_mask(seg, H, W), bbox, W, H)
+                if c is None:
+                    res.notes.add("object", "mask empty inside its box; box center used for relationships")
+            except MaskError:
+                res.notes.add("object", "segmentation unreadable; box center used for its relationships")
+        centers.append(c if c is not None else ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
+    rng = np.random.default_rng([ctx.seed, int(payload["image_id"])])
+    rels: list[list] = []
+    seen: set[tuple[int, str, int]] = set()
+    for cur in range(n):
+        choices = [k for k in range(n) if k != cur]
+        if not choices:
+            break
+        other = choices[int(rng.integers(len(choices)))]
+        s, o = (cur, other) if rng.random() > 0.5 else (other, cur)
+        p = predicate(boxes[s], boxes[o], centers[s], centers[o])
+        if (s, p, o) in seen:
+            res.drops.add("relationship", "drawn twice for the image (same subject, predicate, object)")
+            continue
+        seen.add((s, p, o))
+        rels.append([s, p, o])
+    visible = np.ones((n, 1), dtype=bool)
+    clipped, visible = clip_boxes(boxes[:, None, :], visible, res.notes)
+    record = finish_record({
+        "graph": {"objects": [name for name, _, _ in objs], "relationships": rels},
+        "has_layout": np.ones(n, dtype=bool),
+        "rel_frames": np.ones((len(rels), 1), dtype=bool),
+        "source": {"image_id": payload["image_id"], "file": payload["file"]},
+    }, clipped, visible)
+    res.samples.append((payload["split"], record, frame[None]))
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------- plan
+def _categories(data: dict, path: Path) -> dict[int, str]:
+    cats = data.get("categories")
+    if not isinstance(cats, list):
+        raise bad_source(path, "categories", "expected a list of {id, name}", FIX)
+    out: dict[int, str] = {}
+    for i, c in enumerate(cats):
+        if not (isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)):
+            raise bad_source(path, f"categories[{i}]", "expected {\"id\": integer, \"name\": string}", FIX)
+        if c["id"] <= 0 or c["id"] in out:
+            raise bad_source(path, f"categories[{i}]", f"id {c['id']} is not a new positive id", FIX)
+        out[c["id"]] = c["name"]
+    return out
+
+
+def _vocab(things: dict[int, str], stuff: dict[int, str], path: Path) -> Vocab:
+    name_to_idx: dict[str, int] = {}
+    for cid, name in [*things.items(), *stuff.items()]:
+        if name in name_to_idx or name == IMAGE_OBJECT:
+            raise DatasetError(f"{path}: category name {name!r} is used twice across the instance and stuff "
+                               f"categories; the files do not belong together, {FIX}")
+        name_to_idx[name] = cid
+    name_to_idx[IMAGE_OBJECT] = 0
+    idx_to_name = ["NONE"] * (1 + max(name_to_idx.values()))
+    for name, idx in name_to_idx.items():
+        idx_to_name[idx] = name
+    return Vocab.from_dict({"object_name_to_idx": name_to_idx, "object_idx_to_name": idx_to_name,
+                            "pred_name_to_idx": {p: i for i, p in enumerate(PREDICATES)},
+                            "pred_idx_to_name": list(PREDICATES)}, where="COCO-Stuff vocabulary")
+
+
+def _whitelist(text: str, known: set[str], flag: str) -> set[str]:
+    names = {s.strip() for s in text.split(",") if s.strip()}
+    unknown = sorted(names - known)
+    if unknown:
+        raise OptionError(f"{flag}: {', '.join(map(repr, unknown))} not among the categories; use the "
+                          "category names of the annotation files")
+    return names
+
+
+def _num4(b: Any) -> bool:
+    return isinstance(b, list) and len(b) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b)
+
+
+def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
+    source = Path(source)
+    if not source.is_dir():
+        raise DatasetError(f"{source}: no such folder; pass the COCO folder holding annotations/ and images/")
+    ann_dir = Path(o.annotations_dir) if o.annotations_dir else source / "annotations"
+    roots = [Path(o.images_dir)] if o.images_dir else [source / "images", source]
+    if not 0 <= o.min_object_size < 1:
+        raise OptionError(f"--min-object-size {o.min_object_size}: a fraction of the image in [0, 1)")
+    if o.val_images < 0:
+        raise OptionError(f"--val-images {o.val_images}: must be >= 0")
+    drops, notes = DropTable(), DropTable()
+    payloads: list[dict[str, Any]] = []
+    vocab = None
+    cats_seen: tuple | None = None
+    for src in ("train2017", "val2017"):
+        inst_path = ann_dir / f"instances_{src}.json"
+        stuff_path = ann_dir / f"stuff_{src}.json"
+        if not inst_path.is_file():
+            raise DatasetError(f"{inst_path}: not found; {FIX}")
+        if o.stuff and not stuff_path.is_file():
+            raise DatasetError(f"{stuff_path}: not found; {FIX}, or pass --no-stuff for things only")
+        inst = load_source_json(inst_path, "instance annotations", FIX)
+        stuff = load_source_json(stuff_path, "stuff annotations", FIX) if o.stuff else None
+        for data, path in ((inst, inst_path), (stuff, stuff_path)):
+            if data is not None and not (isinstance(data, dict)
+                                         and isinstance(data.get("annotations"), list)):
+                raise bad_source(path, "top level", "expected a COCO object with \"images\", \"annotations\" "
+                                                    "and \"categories\"", FIX)
+        things = _categories(inst, inst_path)
+        stuffs = _categories(stuff, stuff_path) if stuff is not None else {}
+        if vocab is None:
+            vocab = _vocab(things, stuffs, inst_path)
+            cats_seen = (things, stuffs)
+        elif (things, stuffs) != cats_seen:
+            raise DatasetError(f"{inst_path}: its categories differ from train2017's; the annotation files "
+                               f"do not belong together, {FIX}")
+        thing_ok = _whitelist(o.instance_whitelist, set(things.values()), "--instance-whitelist") \
+            or set(things.values())
+        stuff_ok = _whitelist(o.stuff_whitelist, set(stuffs.values()), "--stuff-whitelist") \
+            or set(stuffs.values())
+        names = {**things, **stuffs}
+        images = _images(inst, inst_path)
+        objects: dict[int, list] = {iid: [] for iid in images}
+        with_stuff: set[int] = set()
+        for data, path, is_stuff in ((inst, inst_path, False), (stuff, stuff_path, True)):
+            if data is None:
+                continue
+            for j, ann in enumerate(data["annotations"]):
+                if not (isinstance(ann, dict) and isinstance(ann.get("image_id"), int)
+                        and isinstance(ann.get("category_id"), int) and _num4(ann.get("bbox"))):
+                    raise bad_source(path, f"annotations[{j}]", "expected image_id, category_id (integers) "
+                                                                "and bbox [x, y, w, h]", FIX)
+                iid, cid = ann["image_id"], ann["category_id"]
+                if iid not in images:
+                    drops.add("object", "annotation of an image id not in the images list")
+                    continue
+                if is_stuff:
+                    with_stuff.add(iid)
+                name = names.get(cid)
+                _, _, bw, bh = ann["bbox"]
+                W, H = images[iid][1]
+                if name is None:
+                    drops.add("object", "category id not in the categories")
+                elif not bw * bh / (W * H) > o.min_object_size:
+                    drops.add("object", f"box covers no more than --min-object-size ({o.min_object_size}) of "
+                                        "the image")
+                elif name not in (stuff_ok if is_stuff else thing_ok):
+                    drops.add("object", "category not in --instance-whitelist / --stuff-whitelist")
+                elif name == OTHER and is_stuff and not o.include_other:
+                    drops.add("object", "stuff class 'other' (--include-other keeps it)")
+                elif ann.get("iscrowd") and o.skip_crowd:
+                    drops.add("object", "crowd annotation (--skip-crowd)")
+                else:
+                    if ann.get("iscrowd"):
+                        notes.add("object", "crowd annotation (iscrowd 1) kept as one object, as sg2im does")
+                    seg = ann.get("segmentation") if o.centers == "mask" else None
+                    objects[iid].append((name, [float(v) for v in ann["bbox"]], seg))
+        del inst, stuff
+        n_val = 0
+        for iid, (file_name, size) in images.items():
+            if o.stuff and o.stuff_only and iid not in with_stuff:
+                drops.add("image", "no stuff annotation (--all-images keeps such images)")
+                continue
+            objs = objects[iid]
+            if len(objs) < o.min_objects_per_image:
+                drops.add("image", f"fewer than --min-objects-per-image ({o.min_objects_per_image}) objects "
+                                   "left")
+                continue
+            if len(objs) > o.max_objects_per_image:
+                drops.add("image", f"more than --max-objects-per-image ({o.max_objects_per_image}) objects "
+                                   "left")
+                continue
+            path = next((p for root in roots for p in (root / src / file_name, root / file_name)
+                         if p.is_file()), None)
+            if path is None:
+                drops.add("image", "image file not found")
+                continue
+            split = "train" if src == "train2017" else "val" if n_val < o.val_images else "test"
+            n_val += split != "train"
+            payloads.append({"split": split, "unit": "image", "image_id": iid, "file": f"{src}/{file_name}",
+                             "path": str(path), "size": size, "objects": objs})
+    if not payloads and drops.count("image", "image file not found"):
+        raise DatasetError(f"no image file found under {' or '.join(map(str, roots))} (looked for "
+                           "train2017/FILE and val2017/FILE); unpack train2017.zip and val2017.zip there or "
+                           "pass --images-dir")
+    return Plan(vocab=vocab, job=coco_job, payloads=payloads, drops=drops, notes=notes,
+                source={"format": "coco-stuff", "name": "COCO 2017 + COCO-Stuff" if o.stuff else "COCO 2017",
+                        "path": str(source)},
+                frames_estimate=len(payloads))
+
+
+def _images(data: dict, path: Path) -> dict[int, tuple[str, tuple[int, int]]]:
+    images = data.get("images")
+    if not isinstance(images, list):
+        raise bad_source(path, "images", "expected a list of {id, file_name, width, height}", FIX)
+    out: dict[int, tuple[str, tuple[int, int]]] = {}
+    for i, im in enumerate(images):
+        if not (isinstance(im, dict) and isinstance(im.get("id"), int)
+                and isinstance(im.get("file_name"), str) and isinstance(im.get("width"), int)
+                and isinstance(im.get("height"), int)
+                and im["width"] > 0 and im["height"] > 0):
+            raise bad_source(path, f"images[{i}]", "expected id, file_name, width, height", FIX)
+        if "/" in im["file_name"] or "\\" in im["file_name"] or im["file_name"] in ("", ".", ".."):
+            raise bad_source(path, f"images[{i}]", f"file_name {im['file_name']!r} is not a plain file name",
+                             FIX)
+        out.setdefault(im["id"], (im["file_name"], (im["width"], im["height"])))
+    return out

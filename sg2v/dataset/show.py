@@ -1,0 +1,129 @@
+"""`sg2v-data stats` / `show`: what a converted data set holds; one sample as text, JSON or contact sheet."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sg2v.dataset.format import ConvertedDataset, read_info
+
+# Distinct, readable on photos: one color per object index (cycled).
+PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255))
+SHEET_CELL = 256  # frames are upscaled (pixel repetition) until their longer side is at least this
+
+
+def stats_lines(root: str | os.PathLike) -> list[str]:
+    from sg2v.dataset.convert import summary_lines
+
+    info = read_info(root)
+    return [f"converted data set {Path(root)} (format {info['format']} v{info['format_version']})",
+            *summary_lines(info)]
+
+
+def _box_text(box: Any) -> str:
+    return "[" + " ".join(f"{v:.3f}" for v in box) + "]"
+
+
+def _source_text(source: dict[str, Any], count: int) -> str:
+    frames = f"{count} frame{'s' if count != 1 else ''}"
+    if "image_id" in source:
+        return f"image {source['image_id']} ({source.get('file', '?')}); {frames}"
+    if "video" in source:
+        names = source.get("frames", [])
+        span = f"{names[0]} .. {names[-1]}" if len(names) > 1 else "".join(names)
+        return f"video {source['video']}, annotated frames {span}; {frames}"
+    if "recording" in source:
+        idx = source.get("frames", [])
+        span = f"{idx[0]} .. {idx[-1]}" if len(idx) > 1 else "".join(map(str, idx))
+        return f"recording {source['recording']} ({source.get('file', '?')}), frames {span}; {frames}"
+    return f"{source}; {frames}"
+
+
+def sample_lines(ds: ConvertedDataset, index: int) -> list[str]:
+    """One sample as text: where it came from, objects, relationships (and frames they hold in), layout."""
+    s = ds[index]
+    g, boxes, visible = s["graph"], s["boxes"], s["visible"]
+    has, rel_frames = s["has_layout"], s["rel_frames"]
+    f = s["frames"].shape[0]
+    lines = [f"{ds.split}[{s['index']}] of {ds.root} ({ds.info.get('source_format')}): "
+             f"{_source_text(s['source'], f)}"]
+    if "description" in g:
+        lines.append(f"description: {g['description']}")
+    width = max(len(n) for n in g["objects"])
+    lines.append(f"objects ({len(g['objects'])}):")
+    for k, name in enumerate(g["objects"]):
+        seen = "no layout" if not has[k] else f"visible in {int(visible[k].sum())}/{f} frames"
+        lines.append(f"  {k:>3} {name:<{width}}  {seen}")
+    lines.append(f"relationships ({len(g['relationships'])}):")
+    for j, (a, p, b) in enumerate(g["relationships"]):
+        holds = "" if rel_frames[j].all() else f"  (frames {_frame_set(rel_frames[j])})"
+        lines.append(f"  {a} {g['objects'][a]} --{p}--> {b} {g['objects'][b]}{holds}")
+    names = s["source"].get("frames") if isinstance(s["source"].get("frames"), list) else None
+    lines.append("layout ([x0 y0 x1 y1] in [0, 1], x right, y down; - not visible, ? no layout):")
+    for t in range(f):
+        label = f"frame {t}" + (f" ({names[t]})" if names and len(names) == f else "")
+        cells = [f"{k} " + ("?" if not has[k] else _box_text(boxes[k, t]) if visible[k, t] else "-")
+                 for k in range(len(g["objects"]))]
+        lines.append(f"  {label}: " + "  ".join(cells))
+    return lines
+
+
+def _frame_set(mask: np.ndarray) -> str:
+    idx = np.flatnonzero(mask).tolist()
+    if not idx:
+        return "none"
+    runs, start = [], idx[0]
+    for a, b in zip(idx, idx[1:] + [None]):
+        if b != a + 1:
+            runs.append(f"{start}" if start == a else f"{start}-{a}")
+            start = b
+    return ", ".join(runs)
+
+
+def sample_json(ds: ConvertedDataset, index: int) -> dict[str, Any]:
+    s = ds[index]
+    return {"split": ds.split, "index": s["index"], "graph": s["graph"], "source": s["source"],
+            "frames": int(s["frames"].shape[0]), "height": ds.height, "width": ds.width,
+            "boxes": np.round(s["boxes"].astype(np.float64), 6).tolist(),
+            "visible": s["visible"].astype(int).tolist(), "has_layout": s["has_layout"].astype(int).tolist(),
+            "rel_frames": s["rel_frames"].astype(int).tolist()}
+
+
+def sheet(sample: dict[str, Any], min_cell: int = SHEET_CELL) -> np.ndarray:
+    """The sample's frames in a grid, upscaled for reading, each visible box drawn and labelled 'k name'."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from sg2v.video import contact_sheet
+
+    frames = sample["frames"]
+    f, h, w, _ = frames.shape
+    scale = max(1, math.ceil(min_cell / max(h, w)))
+    font = ImageFont.load_default()
+    drawn = []
+    for t in range(f):
+        im = Image.fromarray(frames[t]).resize((w * scale, h * scale), Image.Resampling.NEAREST)
+        draw = ImageDraw.Draw(im)
+        for k, name in enumerate(sample["graph"]["objects"]):
+            if not (sample["has_layout"][k] and sample["visible"][k, t]):
+                continue
+            x0, y0, x1, y1 = (sample["boxes"][k, t] * [w * scale, h * scale, w * scale, h * scale]).tolist()
+            color = PALETTE[k % len(PALETTE)]
+            draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=color, width=2)
+            label = f"{k} {name}"
+            tx, ty = x0 + 2, y0 + 1
+            l, tp, r, b = draw.textbbox((tx, ty), label, font=font)
+            draw.rectangle([l - 1, tp - 1, r + 1, b + 1], fill=(0, 0, 0))
+            draw.text((tx, ty), label, fill=color, font=font)
+        drawn.append(np.asarray(im))
+    return contact_sheet(np.stack(drawn), pad=4)
+
+
+def write_sheet(ds: ConvertedDataset, index: int, path: str | os.PathLike) -> Path:
+    from sg2v.video import write_image
+
+    return write_image(path, sheet(ds[index]))

@@ -1,0 +1,396 @@
+"""Visual Genome 1.4 as distributed -> converted data set (images as one-frame clips), sg2im's preprocessing.
+
+Sources of the facts used here:
+- Files and layout: google/sg2im `scripts/download_vg.sh` (objects.json, relationships.json, attributes.json,
+  image_data.json, object_alias.txt, relationship_alias.txt from visualgenome.org; images.zip and images2.zip
+  unpacked into `images/`, giving `images/VG_100K/ID.jpg` and `images/VG_100K_2/ID.jpg`).
+- Record keys: huggingface/datasets `datasets/visual_genome/visual_genome.py` (image_data: image_id, url,
+  width, height, coco_id, flickr_id; objects 1.4: object_id, x, y, w, h, names, synsets, merged_object_ids;
+  relationships: relationship_id, predicate, synsets, subject / object; per-image records keyed "image_id" in
+  some files and "id" in others; the image path is the url's last two parts, VG_100K(_2)/ID.jpg);
+  ranjaykrishna/visual_genome_python_driver `visual_genome/utils.py: parse_image_data` ("id" or "image_id").
+  Relationship endpoints carry "name" in some releases and "names" in others (loaders that read them test for
+  both); this converter identifies endpoints by object_id only, as sg2im does, and reads objects' names from
+  "names" (a list) or "name" (a string).
+- Preprocessing and its defaults: google/sg2im `scripts/preprocess_vg.py` - images whose shorter side is under
+  200 px are removed; aliases: each line of an alias file is comma-separated names, stripped, all mapped to
+  the first; the object vocabulary counts, over training images, each object's set of aliased names and keeps
+  names with >= 2000 instances (most common first, `__image__` at 0); an object keeps the first of its aliased
+  names that is in the vocabulary and is dropped if w or h < 32 px; the predicate vocabulary counts, over
+  training images, predicates (lower-cased, stripped, aliased) of relationships whose subject and object were
+  both kept, keeps those with >= 500 (in order of first appearance, `__in_image__` at 0); an image is dropped
+  with < 3 or > 30 kept objects, or < 1 or > 30 kept relationships; a relationship is dropped when its
+  predicate is not in the vocabulary or its subject or object is not a kept object of the image. sg2im's split
+  file is `sg2im/data/vg_splits.json` ({"train", "val", "test"}: lists of image ids).
+- Boxes: google/sg2im `sg2im/data/vg.py` - [x / W, y / H, (x + w) / W, (y + h) / H] with (W, H) the size of
+  the decoded image.
+
+Where this converter differs from sg2im, on purpose: predicates are normalised and aliased in every split
+(sg2im's script writes the aliased predicate back only for training relationships it counted, so validation
+and test relationships with an aliased or capitalised predicate fail its vocabulary lookup); ties in the
+object vocabulary's counts are ordered deterministically (sg2im adds each object's names as a Python set,
+whose order depends on the string hash seed); relationships joining an object to itself and repeats of the
+same (subject, predicate, object) are dropped and counted (the project's graph format refuses both) before the
+per-image relationship limits apply. attributes.json is not read: the graph format has no attributes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sg2v.dataset.common import (
+    DropTable,
+    Plan,
+    bad_source,
+    frames_job,
+    load_source_json,
+    read_lines,
+    seeded_split,
+)
+from sg2v.dataset.format import SPLITS
+from sg2v.dataset.options import OptionError, VGOptions
+from sg2v.errors import DatasetError
+from sg2v.vocab import IMAGE_OBJECT, IN_IMAGE_PRED, Vocab
+
+FIX = "download Visual Genome 1.4 from visualgenome.org into SOURCE (see google/sg2im scripts/download_vg.sh)"
+
+
+def load_aliases(path: Path) -> dict[str, str]:
+    """sg2im's alias files: comma-separated names per line, each stripped and mapped to the line's first."""
+    aliases: dict[str, str] = {}
+    for line in read_lines(path, "alias file", f"{FIX}, or pass --no-aliases"):
+        names = [s.strip() for s in line.split(",")]
+        for s in names:
+            aliases[s] = names[0]
+    return aliases
+
+
+def _image_id(entry: Any, path: Path, i: int) -> int:
+    if not isinstance(entry, dict):
+        raise bad_source(path, f"[{i}]", f"expected a JSON object per image, got {type(entry).__name__}", FIX)
+    iid = entry.get("image_id", entry.get("id"))
+    if not isinstance(iid, int) or isinstance(iid, bool):
+        raise bad_source(path, f"[{i}]", "no integer \"image_id\" (or \"id\")", FIX)
+    return iid
+
+
+def _list_of(data: Any, path: Path, what: str) -> list:
+    if not isinstance(data, list):
+        raise bad_source(path, "top level", f"expected a JSON list of {what}, got {type(data).__name__}", FIX)
+    return data
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _object(obj: Any, path: Path, where: str, notes: DropTable) -> tuple[int, list[str], tuple]:
+    """(object_id, names, (x, y, w, h)) of one objects.json object."""
+    if not isinstance(obj, dict):
+        raise bad_source(path, where, "an object must be a JSON object", FIX)
+    oid = obj.get("object_id", obj.get("id"))
+    box = tuple(obj.get(k) for k in ("x", "y", "w", "h"))
+    if not isinstance(oid, int) or not all(_num(v) for v in box):
+        raise bad_source(path, where, "an object needs an integer object_id and numbers x, y, w, h", FIX)
+    if "names" in obj:
+        names = obj["names"]
+    elif "name" in obj:
+        names = [obj["name"]]
+        notes.add("object", "named by \"name\" (not \"names\"); read as a one-name list")
+    else:
+        names = []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise bad_source(path, where, "\"names\" must be a list of strings", FIX)
+    return oid, names, box
+
+
+def _endpoint(rel: dict, role: str, path: Path, where: str) -> int:
+    end = rel.get(role)
+    oid = end.get("object_id", end.get("id")) if isinstance(end, dict) else None
+    if not isinstance(oid, int) or isinstance(oid, bool):
+        raise bad_source(path, where, f"relationship {role} has no integer object_id", FIX)
+    return oid
+
+
+def plan(source: Path, o: VGOptions, seed: int) -> Plan:
+    drops, notes = DropTable(), DropTable()
+    source = Path(source)
+    if not source.is_dir():
+        raise DatasetError(f"{source}: no such folder; pass the folder holding objects.json, "
+                           f"relationships.json and image_data.json ({FIX})")
+    for name in ("image_data.json", "objects.json", "relationships.json"):
+        if not (source / name).is_file():
+            raise DatasetError(f"{source / name}: not found; {FIX}")
+    _check_fractions(o.val_fraction, o.test_fraction)
+
+    # -- images and splits
+    path = source / "image_data.json"
+    image_data = _list_of(load_source_json(path, "image list", FIX), path, "images")
+    images: dict[int, tuple[int, int, str]] = {}
+    for i, entry in enumerate(image_data):
+        iid = _image_id(entry, path, i)
+        w, h, url = entry.get("width"), entry.get("height"), entry.get("url")
+        if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
+            raise bad_source(path, f"[{i}]", "width and height must be positive integers", FIX)
+        if iid in images:
+            drops.add("image", "image_id repeated in image_data.json")
+            continue
+        images[iid] = (w, h, url if isinstance(url, str) else "")
+    del image_data
+    split_ids = _splits(images, o, seed, drops)
+    for split in SPLITS:
+        kept = [i for i in split_ids[split] if min(images[i][:2]) >= o.min_image_size]
+        drops.add("image", f"shorter side under --min-image-size ({o.min_image_size} px)",
+                  len(split_ids[split]) - len(kept))
+        split_ids[split] = kept
+    split_of = {iid: s for s in SPLITS for iid in split_ids[s]}
+    train = set(split_ids["train"])
+
+    obj_alias: dict[str, str] = {}
+    rel_alias: dict[str, str] = {}
+    if o.aliases:
+        obj_alias = load_aliases(source / "object_alias.txt")
+        rel_alias = load_aliases(source / "relationship_alias.txt")
+
+    # -- objects: vocabulary from training images, then the per-object filters
+    path = source / "objects.json"
+    objects_json = _list_of(load_source_json(path, "objects file", FIX), path, "images")
+    objects_of: dict[int, list[tuple[int, list[str], tuple]]] = {}
+    merged: dict[int, dict[int, int]] = {}
+    counter: Counter = Counter()
+    for i, entry in enumerate(objects_json):
+        iid = _image_id(entry, path, i)
+        if iid not in split_of or iid in objects_of:
+            continue
+        objs = entry.get("objects")
+        if not isinstance(objs, list):
+            raise bad_source(path, f"[{i}]", "\"objects\" must be a list", FIX)
+        parsed = [_object(obj, path, f"[{i}].objects[{j}]", notes) for j, obj in enumerate(objs)]
+        objects_of[iid] = parsed
+        if o.resolve_merged_ids:
+            merged[iid] = _merged_ids(objs)
+        if iid in train:
+            for _, names, _ in parsed:
+                counter.update(sorted({obj_alias.get(n, n) for n in names}))
+    del objects_json
+    object_names = [IMAGE_OBJECT] + [n for n, c in counter.most_common() if c >= o.min_object_instances
+                                     and n != IMAGE_OBJECT]
+    if len(object_names) == 1:
+        raise DatasetError(f"{path}: no object name has --min-object-instances ({o.min_object_instances}) "
+                           f"instances in the {len(train)} training images; lower it (e.g. for a sample of "
+                           "Visual Genome) or check that objects.json matches image_data.json")
+    in_vocab = set(object_names[1:])
+    kept_of: dict[int, list[tuple[int, str, tuple]]] = {}
+    kept_ids: set[int] = set()
+    for iid in split_of:
+        if iid not in objects_of:
+            continue
+        kept, seen = [], set()
+        for oid, names, box in objects_of[iid]:
+            if oid in seen:
+                drops.add("object", "object_id repeated within the image")
+                continue
+            seen.add(oid)
+            final = next((a for a in (obj_alias.get(n, n) for n in names) if a in in_vocab), None)
+            if box[2] < o.min_object_size or box[3] < o.min_object_size:
+                drops.add("object", f"narrower or shorter than --min-object-size ({o.min_object_size} px)")
+            elif final is None:
+                drops.add("object", "has no name" if not names else "no name in the vocabulary (names with "
+                                    f"fewer than --min-object-instances ({o.min_object_instances}) training "
+                                    "objects)")
+            else:
+                kept.append((oid, final, box))
+                kept_ids.add(oid)
+        kept_of[iid] = kept
+
+    # -- relationships: predicate vocabulary from training images, then per image
+    path = source / "relationships.json"
+    rels_json = _list_of(load_source_json(path, "relationships file", FIX), path, "images")
+    rels_of: dict[int, list[tuple[int, str, int, str]]] = {}
+    pred_counter: dict[str, int] = {}
+    for i, entry in enumerate(rels_json):
+        iid = _image_id(entry, path, i)
+        if iid not in split_of or iid in rels_of:
+            continue
+        rels = entry.get("relationships")
+        if not isinstance(rels, list):
+            raise bad_source(path, f"[{i}]", "\"relationships\" must be a list", FIX)
+        parsed = []
+        mmap = merged.get(iid, {})
+        listed = {x for x, _, _ in objects_of.get(iid, ())}
+        for j, rel in enumerate(rels):
+            where = f"[{i}].relationships[{j}]"
+            if not isinstance(rel, dict) or not isinstance(rel.get("predicate"), str):
+                raise bad_source(path, where, "a relationship needs a string \"predicate\"", FIX)
+            sid, oid = _endpoint(rel, "subject", path, where), _endpoint(rel, "object", path, where)
+            if mmap:
+                ends = []
+                for x in (sid, oid):
+                    if x in mmap and x not in listed:
+                        notes.add("relationship endpoint", "a merged object id; mapped to the object that "
+                                                           "lists it (--resolve-merged-ids)")
+                        x = mmap[x]
+                    ends.append(x)
+                sid, oid = ends
+            pred = rel["predicate"].lower().strip()
+            pred = rel_alias.get(pred, pred)
+            parsed.append((sid, pred, oid, rel["predicate"]))
+            if iid in train and sid in kept_ids and oid in kept_ids:
+                pred_counter[pred] = pred_counter.get(pred, 0) + 1
+        rels_of[iid] = parsed
+    del rels_json
+    pred_names = [IN_IMAGE_PRED] + [p for p, c in pred_counter.items() if c >= o.min_relationship_instances
+                                    and p != IN_IMAGE_PRED]
+    if len(pred_names) == 1:
+        raise DatasetError(f"{path}: no predicate has --min-relationship-instances "
+                           f"({o.min_relationship_instances}) training relationships between kept objects; "
+                           "lower it (e.g. for a sample of Visual Genome)")
+    preds = set(pred_names[1:])
+    vocab = Vocab.from_dict({
+        "object_name_to_idx": {n: i for i, n in enumerate(object_names)},
+        "object_idx_to_name": object_names,
+        "pred_name_to_idx": {n: i for i, n in enumerate(pred_names)},
+        "pred_idx_to_name": pred_names,
+    }, where="Visual Genome vocabulary")
+
+    # -- per image, in split order
+    roots = [Path(o.images_dir)] if o.images_dir else [source / "images", source]
+    payloads = []
+    for split in SPLITS:
+        for iid in split_ids[split]:
+            payload = _image_payload(iid, split, images[iid], kept_of, objects_of, rels_of, preds, roots, o,
+                                     drops)
+            if payload is not None:
+                payloads.append(payload)
+    if not payloads and drops.count("image", "image file not found"):
+        raise DatasetError(f"no image file found under {' or '.join(map(str, roots))} (looked for the "
+                           "url's VG_100K/ID.jpg or VG_100K_2/ID.jpg, and ID.jpg); unpack images.zip and "
+                           "images2.zip there or pass --images-dir")
+    return Plan(vocab=vocab, job=frames_job, payloads=payloads, drops=drops, notes=notes,
+                source={"format": "vg", "name": "Visual Genome 1.4", "path": str(source)},
+                frames_estimate=len(payloads))
+
+
+def _check_fractions(val: float, test: float) -> None:
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise OptionError(f"--val-fraction {val} and --test-fraction {test}: each in [0, 1) and together "
+                          "below 1, so training keeps some data")
+
+
+def _splits(images: dict[int, tuple], o: VGOptions, seed: int, drops: DropTable) -> dict[str, list[int]]:
+    split_ids: dict[str, list[int]] = {s: [] for s in SPLITS}
+    if not o.splits_json:
+        split_of = seeded_split(list(images), seed, o.val_fraction, o.test_fraction)
+        for iid in images:  # image_data.json order
+            split_ids[split_of[iid]].append(iid)
+        return split_ids
+    path = Path(o.splits_json)
+    fix = "give sg2im's sg2im/data/vg_splits.json, or leave --splits-json out for a seeded split"
+    raw = load_source_json(path, "split file", fix)
+    if not isinstance(raw, dict) or not set(raw) <= set(SPLITS) or not raw:
+        raise DatasetError(f"{path}: a split file maps \"train\", \"val\" and \"test\" to lists of image "
+                           f"ids; {fix}")
+    listed: set[int] = set()
+    for split in SPLITS:
+        ids = raw.get(split, [])
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise DatasetError(f"{path}: \"{split}\" must be a list of integer image ids; {fix}")
+        for iid in ids:
+            if iid in listed:
+                drops.add("image", "listed twice in --splits-json (first listing kept)")
+            elif iid not in images:
+                drops.add("image", "listed in --splits-json but not in image_data.json")
+            else:
+                listed.add(iid)
+                split_ids[split].append(iid)
+    drops.add("image", "in image_data.json but not in --splits-json", len(images) - len(listed))
+    return split_ids
+
+
+def _merged_ids(objs: list) -> dict[int, int]:
+    """One image's merged object ids -> the object that lists them in its merged_object_ids."""
+    out: dict[int, int] = {}
+    for obj in objs:
+        if isinstance(obj, dict) and isinstance(obj.get("merged_object_ids"), list):
+            for mid in obj["merged_object_ids"]:
+                if isinstance(mid, int) and isinstance(obj.get("object_id"), int):
+                    out.setdefault(mid, obj["object_id"])
+    return out
+
+
+def _image_payload(iid: int, split: str, meta: tuple[int, int, str], kept_of: dict, objects_of: dict,
+                   rels_of: dict, preds: set[str], roots: list[Path], o: VGOptions,
+                   drops: DropTable) -> dict[str, Any] | None:
+    if iid not in objects_of:
+        drops.add("image", "no entry in objects.json")
+        return None
+    if iid not in rels_of:
+        drops.add("image", "no entry in relationships.json")
+        return None
+    objs = kept_of[iid]
+    if len(objs) < o.min_objects_per_image:
+        drops.add("image", f"fewer than --min-objects-per-image ({o.min_objects_per_image}) objects left")
+        return None
+    if len(objs) > o.max_objects_per_image:
+        drops.add("image", f"more than --max-objects-per-image ({o.max_objects_per_image}) objects left")
+        return None
+    index = {oid: k for k, (oid, _, _) in enumerate(objs)}
+    listed = {oid for oid, _, _ in objects_of[iid]}
+    rels: list[list] = []
+    seen: set[tuple[int, str, int]] = set()
+    for sid, pred, oid, _ in rels_of[iid]:
+        if pred not in preds:
+            drops.add("relationship", "predicate not in the vocabulary (fewer than --min-relationship-"
+                                      f"instances ({o.min_relationship_instances}) training relationships)")
+            continue
+        missing = [role for role, x in (("subject", sid), ("object", oid)) if x not in index]
+        if missing:
+            role, x = missing[0], sid if missing[0] == "subject" else oid
+            if x in listed:
+                drops.add("relationship", f"{role} is an object that was dropped")
+            else:
+                drops.add("relationship", f"{role} id is not among the image's objects in objects.json")
+            continue
+        s, t = index[sid], index[oid]
+        if s == t:
+            drops.add("relationship", "subject and object are the same object")
+            continue
+        if (s, pred, t) in seen:
+            drops.add("relationship", "repeats a (subject, predicate, object) of the image")
+            continue
+        seen.add((s, pred, t))
+        rels.append([s, pred, t])
+    if len(rels) < o.min_relationships_per_image:
+        drops.add("image", f"fewer than --min-relationships-per-image ({o.min_relationships_per_image}) "
+                           "relationships left")
+        return None
+    if len(rels) > o.max_relationships_per_image:
+        drops.add("image", f"more than --max-relationships-per-image ({o.max_relationships_per_image}) "
+                           "relationships left")
+        return None
+    w, h, url = meta
+    parts = [p for p in url.replace("\\", "/").split("/") if p]
+    rel = "/".join(parts[-2:]) if len(parts) >= 2 else f"VG_100K/{iid}.jpg"
+    path = next((p for root in roots for p in (root / rel, root / Path(rel).name) if p.is_file()), None)
+    if path is None:
+        drops.add("image", "image file not found")
+        return None
+    n, r = len(objs), len(rels)
+    boxes = np.array([[[x, y, x + bw, y + bh]] for _, _, (x, y, bw, bh) in objs])  # (n, 1, 4) pixels
+    return {
+        "split": split,
+        "unit": "image",
+        "graph": {"objects": [name for _, name, _ in objs], "relationships": rels},
+        "boxes": boxes,
+        "boxes_unit": "px",
+        "visible": np.ones((n, 1), dtype=bool),
+        "has_layout": np.ones(n, dtype=bool),
+        "rel_frames": np.ones((r, 1), dtype=bool),
+        "source": {"image_id": iid, "file": rel},
+        "files": [str(path)],
+        "sizes": [(w, h)],
+    }

@@ -1,0 +1,295 @@
+"""The one graph -> frames loop (torch-free), for every runtime backend and for training-time evaluation.
+
+`Generator.run` takes B padded graphs and B seeds and returns B videos. It owns, each in one place:
+- x_T: `initial_noise`, `np.random.default_rng(seed).standard_normal((1, F, C, H, W))` per video on the host,
+  so every backend starts from the same noise for a seed;
+- the sampler settings: `resolve_settings` (defaults, then validation: one-line `ConfigError`s);
+- classifier-free guidance with rescale: `sg2v.sampling.guide`, through `cfg_denoiser` around the UNet stage,
+  or a backend's fused guided step (`Backend.guided_step`, e.g. one CUDA graph per step), which uses the same
+  function;
+- the conditioning of the UNet: the encoder's outputs are the conditional half, the learned null context the
+  unconditional half, laid out as one batch of 2B rows (the B conditional rows, then the B unconditional
+  ones) in buffers allocated once and grown when a larger batch comes;
+- batching: one encoder call and one UNet call per step for the whole batch, in chunks of at most the
+  backend's `max_batch` videos (bundles of format 1 take one video per call);
+- decoding with `sg2v.video.unit_to_frames`, and `last_timings`.
+Backends hand the loop stages (`Stage.run(feeds) -> outputs`, docs/ARCHITECTURE.md "Runtime") and an array
+module (`xp`: numpy, CuPy, or an object with the same few calls for torch tensors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from sg2v.errors import ConfigError, Sg2vError
+from sg2v.graph import GRAPH_TENSORS
+from sg2v.sampling import cfg_denoiser, get_sampler
+from sg2v.schedule import timesteps
+from sg2v.video import unit_to_frames
+
+OUTPUTS = ("numpy", "cupy")
+CONDITIONING = ("context", "context_mask")  # encoder outputs the UNet takes, in cond and uncond halves
+
+
+class Stage(Protocol):
+    """One network (encoder or UNet) with its buffers allocated once."""
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class GuidedStep(Protocol):
+    """A backend's fused guided denoiser step for one batch size B (the UNet on 2B rows, then `guide`)."""
+
+    def prepare(self, feeds: dict[str, Any], guidance: float, rescale: float) -> None:
+        """Take the UNet's conditioning (2B rows: cond, then uncond) and the guidance settings."""
+
+    def __call__(self, x: Any, t: float) -> Any:
+        """Guided v (B, F, C, H, W) for x (B, F, C, H, W) at timestep t; valid until the next call."""
+
+
+class HostClock:
+    """Denoiser step times by the host clock, each read after the backend's device sync."""
+
+    def __init__(self, synchronize: Callable[[], None]):
+        self.synchronize = synchronize
+        self.times: list[float] = []
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        self.synchronize()
+        self.times.append(time.perf_counter() - self._t0)
+
+    def seconds(self) -> list[float]:
+        return list(self.times)
+
+
+@dataclass
+class Backend:
+    """A bundle's stages on one device, with the array module their outputs live in."""
+
+    name: str  # e.g. "ort-cpu", "ort-cuda", "trt", "torch-cpu", "torch-cuda-graphs-fp16"
+    encoder: Stage
+    unet: Stage
+    xp: Any = np  # numpy, cupy, or sg2v.training.backend.TorchArrays
+    null_context: tuple[np.ndarray, np.ndarray] | None = None  # overrides the bundle's (torch with --ckpt)
+    max_batch: int | None = None  # videos per stage call (None: any; the UNet then takes 2 x max_batch rows)
+    guided_step: Callable[[int], GuidedStep] | None = None  # the fused guided step for batch size B, if any
+    clock: Callable[[], Any] | None = None  # step timer (start/stop/seconds); None: HostClock(synchronize)
+    stream_context: Callable[[], Any] = contextlib.nullcontext  # the CUDA stream the loop's array ops use
+    synchronize: Callable[[], None] = lambda: None  # wait for queued device work (for honest timings)
+    notes: list[str] = field(default_factory=list)  # how the ladder got here (fallbacks, capture status)
+    close: Callable[[], None] = lambda: None
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What one generation call samples with: sampler name, steps, guidance weight and rescale."""
+
+    sampler: str
+    steps: int
+    guidance: float
+    guidance_rescale: float
+
+
+def sampler_defaults(diffusion: Any, guidance: float | None = None) -> dict[str, Any]:
+    """The `sampler_defaults` of a `DiffusionConfig` (a bundle manifest's entry), `guidance` overriding."""
+    return {"sampler": diffusion.default_sampler, "steps": diffusion.default_steps,
+            "guidance": float(diffusion.default_guidance if guidance is None else guidance),
+            "guidance_rescale": diffusion.default_guidance_rescale}
+
+
+def resolve_settings(defaults: Mapping[str, Any], num_train: int, steps: int | None = None,
+                     guidance: float | None = None, guidance_rescale: float | None = None,
+                     sampler: str | None = None) -> SamplerSettings:
+    """The settings of one call: each unset option takes `defaults`, then each is checked (ConfigError)."""
+    steps = defaults["steps"] if steps is None else steps
+    timesteps(num_train, steps, "trailing")  # "sampler steps must be an integer in [1, num_train]"
+    name = defaults["sampler"] if sampler is None else sampler
+    get_sampler(name)
+    try:
+        g = float(defaults["guidance"] if guidance is None else guidance)
+        r = float(defaults["guidance_rescale"] if guidance_rescale is None else guidance_rescale)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"guidance and guidance rescale must be numbers ({e})") from None
+    if not (math.isfinite(g) and g >= 0.0):
+        raise ConfigError(f"guidance must be a finite number >= 0, got {g}; 1 is no guidance, 0 "
+                          "unconditional")
+    if not 0.0 <= r <= 1.0:
+        raise ConfigError(f"guidance rescale must be in [0, 1], got {r}; 0 disables it, 0.7 is typical")
+    return SamplerSettings(str(name), int(steps), g, r)
+
+
+def check_seeds(seeds: Sequence[int], count: int) -> list[int]:
+    """`count` non-negative integer seeds, or an Sg2vError naming the bad one."""
+    seeds = list(seeds)
+    if len(seeds) != count:
+        raise Sg2vError(f"{len(seeds)} seeds for {count} graphs; pass one seed per graph")
+    for s in seeds:
+        if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 0:
+            raise Sg2vError(f"seed must be a non-negative integer, got {s!r}")
+    return [int(s) for s in seeds]
+
+
+def initial_noise(seeds: Sequence[int], frame_shape: Sequence[int]) -> np.ndarray:
+    """x_T of each seed, stacked: (B, F, C, H, W) float32, `default_rng(seed).standard_normal` per video."""
+    return np.concatenate([np.random.default_rng(int(s)).standard_normal((1, *frame_shape), dtype=np.float32)
+                           for s in seeds])
+
+
+def stage_timings(backend: str, encoder_s: float, sample_s: float, total_s: float, steps: list[float],
+                  videos: int = 1, chunks: int = 1) -> dict[str, Any]:
+    """Per-stage seconds of one call (`last_timings`). Sampler overhead is the sampling phase minus the
+    time inside the denoiser calls: the sampler's own array math; decode is the rest of the call."""
+    denoiser = float(sum(steps))
+    return {
+        "backend": backend,
+        "encoder_s": encoder_s,
+        "denoiser_s": denoiser,
+        "denoiser_steps_s": steps,
+        "denoiser_per_step_s": denoiser / max(len(steps), 1),
+        "unet_calls": len(steps),
+        "sampler_overhead_s": sample_s - denoiser,
+        "decode_s": total_s - encoder_s - sample_s,
+        "total_s": total_s,
+        "videos": videos,
+        "chunks": chunks,
+    }
+
+
+@dataclass
+class Generation:
+    """What one `Generator.run` made: frames (B, F, H, W, 3) uint8 (numpy, or device arrays), timings."""
+
+    frames: Any
+    timings: dict[str, Any]
+
+
+class Generator:
+    """Graph tensors + seeds -> frames on one backend (see the module note); not thread-safe by itself."""
+
+    def __init__(self, backend: Backend, frame_shape: Sequence[int], alphas_cumprod: np.ndarray,
+                 defaults: Mapping[str, Any], null_context: tuple[np.ndarray, np.ndarray]):
+        self.backend = backend
+        self.xp = backend.xp
+        self.frame_shape = tuple(int(n) for n in frame_shape)  # (F, C, H, W)
+        self.alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)  # (num_train,)
+        self.num_train = len(self.alphas_cumprod)
+        self.defaults = dict(defaults)
+        with backend.stream_context():
+            self._uncond = {name: self.xp.asarray(np.ascontiguousarray(value, np.float32))
+                            for name, value in zip(CONDITIONING, null_context)}  # (1, L, D), (1, L)
+        self._bufs: dict[str, Any] = {}  # UNet feeds other than x: (2 x capacity, ...) each
+        self._capacity = 0
+        self.last_timings: dict[str, Any] = {}
+
+    def settings(self, **options: Any) -> SamplerSettings:
+        """`resolve_settings` with this generator's defaults (steps, guidance, guidance_rescale, sampler)."""
+        return resolve_settings(self.defaults, self.num_train, **options)
+
+    def run(self, feeds: Mapping[str, np.ndarray], seeds: Sequence[int], settings: SamplerSettings,
+            callback: Callable[[int, float, Any, Any], None] | None = None, output: str = "numpy",
+            max_batch: int | None = None) -> Generation:
+        """Videos for the B graphs in `feeds` (`GRAPH_TENSORS`, (B, ...)) with seed i for graph i.
+
+        Chunks of at most `max_batch` videos (and the backend's limit) run one after another; `callback`
+        (step, t, x, x0) sees each chunk's x (b, F, C, H, W).
+        """
+        xp, be = self.xp, self.backend
+        if output not in OUTPUTS:
+            raise Sg2vError(f"output={output!r}: choose one of {list(OUTPUTS)}")
+        if output == "cupy" and getattr(xp, "__name__", "") != "cupy":
+            raise Sg2vError(f"output='cupy' needs a GPU backend; this pipeline runs on {be.name}: "
+                            "use output='numpy'")
+        b = len(feeds[GRAPH_TENSORS[0]])
+        seeds = check_seeds(seeds, b)
+        limit = min(n for n in (max_batch, be.max_batch, b) if n is not None)
+        if limit < 1:
+            raise Sg2vError(f"batch {max_batch}: must be >= 1 videos per call")
+        sample = get_sampler(settings.sampler)
+        ts = timesteps(self.num_train, settings.steps, "trailing")  # (steps,) int64, descending
+        clock = be.clock() if be.clock is not None else HostClock(be.synchronize)
+        t_start = time.perf_counter()
+        encoder_s = sample_s = 0.0
+        frames = []
+        with be.stream_context():
+            for lo in range(0, b, limit):
+                hi = min(lo + limit, b)
+                t0 = time.perf_counter()
+                enc = be.encoder.run({k: feeds[k][lo:hi] for k in GRAPH_TENSORS})
+                cond = {name: enc[name] for name in CONDITIONING}  # a layout stage would add its outputs
+                unet_feeds = self._conditioning(cond, self._uncond, hi - lo)
+                be.synchronize()
+                t1 = time.perf_counter()
+                x = xp.asarray(initial_noise(seeds[lo:hi], self.frame_shape))  # (b, F, C, H, W)
+                x = sample(self._denoiser(unet_feeds, hi - lo, settings, clock), x, ts, self.alphas_cumprod,
+                           callback=callback)
+                be.synchronize()
+                t2 = time.perf_counter()
+                frames.append(self._decode(x, output))  # (b, F, H, W, 3) uint8
+                encoder_s += t1 - t0
+                sample_s += t2 - t1
+            out = frames[0] if len(frames) == 1 else _concatenate(frames, output, xp)
+        total = time.perf_counter() - t_start
+        self.last_timings = stage_timings(be.name, encoder_s, sample_s, total, clock.seconds(), b,
+                                          len(frames))
+        return Generation(out, self.last_timings)
+
+    def _conditioning(self, cond: Mapping[str, Any], uncond: Mapping[str, Any], b: int) -> dict[str, Any]:
+        """The UNet feeds other than x: t, and each conditioning input as 2b rows: the b rows of `cond`, then
+        `uncond`'s (one row broadcast, or b rows)."""
+        xp = self.xp
+        if b > self._capacity or set(cond) - set(self._bufs):  # grown once; smaller batches use a prefix
+            self._bufs = {"t": xp.empty((2 * b,), dtype=np.float32)}  # (2b,)
+            for name, value in cond.items():
+                self._bufs[name] = xp.empty((2 * b, *value.shape[1:]), dtype=np.float32)
+            self._capacity = b
+        feeds = {name: self._bufs[name][:2 * b] for name in ("t", *cond)}
+        for name, value in cond.items():
+            feeds[name][:b] = value  # (b, ...): the conditional rows
+            feeds[name][b:] = uncond[name]  # the unconditional rows (the learned null context)
+        return feeds
+
+    def _denoiser(self, feeds: dict[str, Any], b: int, s: SamplerSettings, clock: Any) -> Callable:
+        """denoise(x, t) -> guided v: the backend's fused step when it has one, else CFG around the UNet."""
+        be = self.backend
+        if be.guided_step is not None:
+            step = be.guided_step(b)
+            step.prepare(feeds, s.guidance, s.guidance_rescale)
+
+            def fused(x: Any, t: float) -> Any:
+                clock.start()
+                v = step(x, t)
+                clock.stop()
+                return v
+
+            return fused
+
+        def pair(x2: Any, t: float) -> Any:  # the UNet on (cond, uncond): x2 (2b, F, C, H, W) -> v2
+            clock.start()
+            feeds["t"][...] = t
+            feeds["x"] = x2
+            v2 = be.unet.run(feeds)["v"]  # the stage's buffer, used before the next step
+            clock.stop()
+            return v2
+
+        return cfg_denoiser(pair, s.guidance, s.guidance_rescale)
+
+    def _decode(self, x: Any, output: str) -> Any:
+        """(b, F, C, H, W) in [-1, 1] -> (b, F, H, W, 3) uint8 on x's device; to the host for "numpy"."""
+        xp = self.xp
+        frames = xp.ascontiguousarray(xp.moveaxis(unit_to_frames(x), 2, -1))  # (b, F, H, W, C)
+        return frames if output != "numpy" or xp is np else xp.asnumpy(frames)
+
+
+def _concatenate(parts: list[Any], output: str, xp: Any) -> Any:
+    return np.concatenate(parts) if output == "numpy" or xp is np else xp.concatenate(parts)

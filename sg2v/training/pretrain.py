@@ -1,0 +1,376 @@
+"""Masked contrastive pretraining of the scene-graph encoder (SGDiff, Yang et al. 2022), carried to video.
+
+Two losses, weighted (`PretrainConfig.contrastive_weight`, `masked_weight`):
+- contrastive: symmetric InfoNCE (CLIP, Radford et al. 2021) with a learnable temperature between the graph's
+  global token and the video's global embedding;
+- masked: one object per sample has its pixels zeroed (black, the shapes-world background); from the graph's
+  local tokens, through a cross-attention head queried by the masked video's features, the model recovers that
+  object's features in the unmasked video (feature map pooled over the object's mask, stop-gradient).
+The losses are in `sg2v.training.losses`, the data is `sg2v.training.data`'s, the checkpoint is written and
+read by `sg2v.training.checkpoint`. The shapes-world video encoder is trained jointly; an external one plugs
+in frozen (`FrozenVideoEncoder`). The checkpoint's `encoder` entry is an `SGEncoder` state dict that
+diffusion training loads as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sg2v.config import DEVICES, MODEL_SIZES, DataConfig, ModelConfig, model_config, option, parse_device
+from sg2v.errors import CheckpointError, ConfigError, Sg2vError
+from sg2v.models.encoder import SGEncoder
+from sg2v.models.video_encoder import ConvVideoEncoder, FrozenVideoEncoder, VideoEncoder
+from sg2v.shapes import ShapesSample
+from sg2v.training.backend import torch_device
+from sg2v.training.checkpoint import (
+    SG2V_FORMAT,
+    load_checkpoint,
+    load_optimizer_state,
+    load_state_checked,
+    rng_state,
+    set_rng_state,
+    state_dict_cpu,
+    write_checkpoint,
+)
+from sg2v.training.data import ShapesVideoDataset
+from sg2v.training.data import collate as collate_arrays
+from sg2v.training.losses import pretrain_losses
+from sg2v.video import frames_to_unit
+from sg2v.vocab import Vocab, shapes_vocab
+
+PRETRAIN_KIND = "pretrain"
+CHECKPOINT_NAME = "pretrain.pt"
+RENAMED = {"batch_size": "batch"}  # pretrain_config keys of older checkpoints -> today's names
+
+
+class PretrainError(Sg2vError, ValueError):
+    """A pretraining setting that cannot work (names the option and the fix)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything about a pretraining run except the model shapes (those are the `ModelConfig`).
+
+    Options shared with diffusion training (`sg2v.training.train.TrainConfig`) have the same names.
+    """
+
+    size: str = option("tiny", "model size: encoder and data shapes (a key of sg2v.config.MODEL_SIZES)",
+                       choices=sorted(MODEL_SIZES))
+    steps: int = option(2000, "optimizer steps in total; a resumed run continues up to this")
+    batch: int = option(32, "pairs per step (InfoNCE negatives come from the batch)",
+                        aliases=("--batch-size",))
+    lr: float = option(1e-3, "AdamW learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    contrastive_weight: float = option(1.0, "weight of the global InfoNCE loss")
+    masked_weight: float = option(0.1, "weight of the masked-object recovery loss (an order of magnitude "
+                                  "below the contrastive loss, as SGDiff notes)")
+    init_temperature: float = option(0.07, "initial InfoNCE temperature, learned (CLIP's)")
+    max_logit_scale: float = option(100.0, "clamp on 1 / temperature (CLIP's)")
+    video_channels: int = option(32, "base width of the jointly trained video encoder")
+    feature_dim: int = option(64, "width of the video feature map the masked loss recovers")
+    attn_heads: int = option(4, "heads of the masked-recovery cross-attention")
+    grad_clip: float = option(1.0, "max global gradient norm (0: off)")
+    seed: int = option(0, "seed of the initial weights and of the data stream")
+    log_every: int = option(50, "steps between log lines")
+    ckpt_every: int = option(200, "steps between checkpoints OUT/pretrain.pt, plus one at the end")
+    eval_every: int = option(0, "steps between held-out retrieval evaluations (0: only at the end)")
+    eval_samples: int = option(100, "held-out pairs in the retrieval evaluation")
+    out: str = option("runs/pretrain", "output folder: pretrain.pt", aliases=("--out-dir",))
+    resume: str = option("auto", "'auto' (continue from OUT/pretrain.pt when present) or 'never'",
+                         choices=("auto", "never"))
+    device: str = option("auto", f"where to train: {DEVICES}")
+    threads: int = option(0, "torch CPU threads (0: torch's default); 1 is fastest on a busy shared machine")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
+        d = {RENAMED.get(k, k): v for k, v in d.items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise PretrainError(f"pretrain config: unknown key(s) {unknown}; written by another sg2v version")
+        return cls(**d)
+
+    def validate(self) -> None:
+        if self.size not in MODEL_SIZES:
+            raise PretrainError(f"--size {self.size!r}: choose one of {sorted(MODEL_SIZES)}")
+        for name in ("steps", "batch", "video_channels", "feature_dim", "attn_heads", "eval_samples"):
+            if getattr(self, name) < 1:
+                raise PretrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise PretrainError(f"--threads must be >= 0, got {self.threads}")
+        if self.batch < 2:
+            raise PretrainError("--batch must be >= 2: InfoNCE needs negatives in the batch")
+        if self.contrastive_weight < 0 or self.masked_weight < 0:
+            raise PretrainError("--contrastive-weight and --masked-weight must be >= 0")
+        if not 0 < self.init_temperature < 1:
+            raise PretrainError(f"--init-temperature must be in (0, 1), got {self.init_temperature}")
+        if self.resume not in ("auto", "never"):
+            raise PretrainError(f"--resume {self.resume!r}: choose auto or never")
+        try:
+            parse_device(self.device)
+        except ConfigError as e:
+            raise PretrainError(str(e)) from None
+
+
+# ------------------------------------------------------------------------------------------------------ data
+@dataclass
+class PretrainBatch:
+    """Graph tensors (docs/ARCHITECTURE.md), video in [-1, 1], and the region of the object to mask."""
+
+    objs: torch.Tensor  # (B, O) int64
+    obj_mask: torch.Tensor  # (B, O) float32
+    triples: torch.Tensor  # (B, T, 3) int64
+    triple_mask: torch.Tensor  # (B, T) float32
+    video: torch.Tensor  # (B, F, C, H, W) float32 in [-1, 1]
+    region: torch.Tensor  # (B, F, H, W) float32, 1 on the pixels of the object to mask
+    masked_slot: torch.Tensor  # (B,) int64, that object's index in the padded object axis
+
+    def to(self, device: torch.device | str) -> PretrainBatch:
+        return PretrainBatch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+
+    def graph(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.objs, self.obj_mask, self.triples, self.triple_mask
+
+
+def collate(samples: list[ShapesSample], dataset: ShapesVideoDataset, rng: np.random.Generator
+            ) -> PretrainBatch:
+    """Shapes-world samples -> a PretrainBatch: the dataset's arrays, and one object to mask per sample.
+
+    The object to mask is drawn uniformly among the sample's user objects (never `__image__`).
+    """
+    arrays = collate_arrays([dataset.sample_arrays(s) for s in samples])  # video (B, F, C, H, W) uint8
+    slots = np.array([int(rng.integers(0, len(s.graph["objects"]))) for s in samples], dtype=np.int64)
+    region = np.stack([np.asarray(s.masks[k]) for s, k in zip(samples, slots)]).astype(np.float32)
+    return PretrainBatch(
+        objs=arrays["objs"], obj_mask=arrays["obj_mask"], triples=arrays["triples"],
+        triple_mask=arrays["triple_mask"], video=frames_to_unit(arrays["video"]).contiguous(),
+        region=torch.from_numpy(region), masked_slot=torch.from_numpy(slots),
+    )
+
+
+class ShapesBatches:
+    """Pretraining batches of `ShapesVideoDataset` samples; batch `step` depends on (seed, split, step)."""
+
+    def __init__(self, data: DataConfig, seed: int = 0, split: str = "train", vocab: Vocab | None = None):
+        self.data = data
+        self.seed = int(seed)
+        self.vocab = vocab or shapes_vocab()
+        self.dataset = ShapesVideoDataset(data, self.vocab, seed=seed, split=split)
+
+    def samples(self, start: int, count: int) -> list[ShapesSample]:
+        return [self.dataset.sample(start + i) for i in range(count)]
+
+    def batch(self, step: int, batch: int) -> PretrainBatch:
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(7, int(step))))
+        return collate(self.samples(step * batch, batch), self.dataset, rng)
+
+
+# ---------------------------------------------------------------------------------------------------- heads
+class PretrainHeads(nn.Module):
+    """The learnable InfoNCE temperature and the masked-object cross-attention head."""
+
+    def __init__(self, context_dim: int, video_global_dim: int, feature_dim: int, heads: int,
+                 init_temperature: float, max_logit_scale: float):
+        super().__init__()
+        if context_dim % heads:
+            raise PretrainError(f"--attn-heads {heads} must divide the context width {context_dim}")
+        self.max_logit_scale = max_logit_scale
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        # The query sees the hole (features where the object was) and the masked video's summary (which
+        # objects are still there), so it can ask the graph for the one that is missing.
+        self.query = nn.Sequential(nn.Linear(feature_dim + video_global_dim, context_dim), nn.SiLU(),
+                                   nn.Linear(context_dim, context_dim))
+        self.attn = nn.MultiheadAttention(context_dim, heads, batch_first=True)
+        self.predict = nn.Sequential(nn.LayerNorm(context_dim), nn.Linear(context_dim, context_dim),
+                                     nn.SiLU(), nn.Linear(context_dim, feature_dim))
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.exp().clamp(max=self.max_logit_scale)
+
+    def recover(self, local: torch.Tensor, triple_mask: torch.Tensor, hole: torch.Tensor,
+                masked_global: torch.Tensor) -> torch.Tensor:
+        """The masked object's features from local (B, T, C), hole (B, Cf), masked_global (B, G): (B, Cf)."""
+        q = self.query(torch.cat([hole, masked_global], dim=-1)).unsqueeze(1)  # (B, 1, C)
+        out, _ = self.attn(q, local, local, key_padding_mask=triple_mask == 0,
+                           need_weights=False)  # (B, 1, C)
+        return self.predict(out.squeeze(1))  # (B, Cf)
+
+
+# --------------------------------------------------------------------------------------------------- models
+def build_pretrain_models(model: ModelConfig, cfg: PretrainConfig, external: VideoEncoder | None = None
+                          ) -> tuple[SGEncoder, nn.Module, PretrainHeads]:
+    """The graph encoder, the video encoder (joint, or `external` frozen behind projections) and the heads."""
+    encoder = SGEncoder(model.encoder, model.data)
+    c = model.encoder.context_dim
+    if external is None:
+        video: nn.Module = ConvVideoEncoder(model.data, c, channels=cfg.video_channels,
+                                            feature_dim=cfg.feature_dim)
+    else:
+        video = FrozenVideoEncoder(external, c, cfg.feature_dim)
+    heads = PretrainHeads(c, c, cfg.feature_dim, cfg.attn_heads, cfg.init_temperature, cfg.max_logit_scale)
+    return encoder, video, heads
+
+
+# ------------------------------------------------------------------------------------------------ retrieval
+@torch.no_grad()
+def evaluate_retrieval(encoder: SGEncoder, video_encoder: VideoEncoder, data: DataConfig, n: int = 100,
+                       seed: int = 0, split: str = "heldout", batch_size: int = 50) -> dict[str, float]:
+    """Graph -> video retrieval among n held-out pairs by cosine of global embeddings: R@1, R@5."""
+    if n < 5:
+        raise PretrainError(f"retrieval needs at least 5 candidates for R@5, got n={n}")
+    modules = [m for m in (encoder, video_encoder) if isinstance(m, nn.Module)]
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    device = next(encoder.parameters()).device
+    source = ShapesBatches(data, seed=seed, split=split)
+    rng = np.random.default_rng(0)  # the masked slot is unused here
+    g_all, v_all = [], []
+    for start in range(0, n, batch_size):
+        batch = collate(source.samples(start, min(batch_size, n - start)), source.dataset, rng).to(device)
+        context, _ = encoder(*batch.graph())
+        g_all.append(F.normalize(context[:, 0].float(), dim=-1))
+        v_all.append(F.normalize(video_encoder.encode(batch.video)[0].float(), dim=-1))
+    for m, t in zip(modules, was_training):
+        m.train(t)
+    sim = torch.cat(g_all) @ torch.cat(v_all).t()  # (n, n): graph queries x video candidates
+    return {**recall_at_k(sim, (1, 5)), "n": n}
+
+
+def recall_at_k(sim: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Fraction of queries (rows) whose true candidate (diagonal) ranks in the top k; ties count against."""
+    rank = (sim >= sim.diagonal().unsqueeze(1)).sum(dim=1) - 1  # others scored at or above the truth
+    return {f"R@{k}": float((rank < k).float().mean()) for k in ks}
+
+
+# ------------------------------------------------------------------------------------------------- checkpoint
+def save_pretrain_checkpoint(path: str | Path, model: ModelConfig, cfg: PretrainConfig, encoder: nn.Module,
+                             video_encoder: nn.Module, heads: nn.Module, step: int,
+                             optimizer: torch.optim.Optimizer | None) -> Path:
+    """Write the pretraining checkpoint atomically (tensors and plain containers only)."""
+    return write_checkpoint(path, {
+        "sg2v_format": SG2V_FORMAT,
+        "kind": PRETRAIN_KIND,
+        "config": model.to_dict(),
+        "pretrain_config": cfg.to_dict(),
+        "vocab": shapes_vocab().to_dict(),
+        "encoder": state_dict_cpu(encoder),
+        "video_encoder": state_dict_cpu(video_encoder),
+        "heads": state_dict_cpu(heads),
+        "step": int(step),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "rng": rng_state(),
+    })
+
+
+def load_pretrain_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a pretraining checkpoint (`sg2v.training.checkpoint.load_checkpoint`, kind "pretrain")."""
+    return load_checkpoint(path, kind=PRETRAIN_KIND)
+
+
+def load_pretrained(path: str | Path, external: VideoEncoder | None = None
+                    ) -> tuple[SGEncoder, nn.Module, PretrainHeads, ModelConfig, PretrainConfig]:
+    """Rebuild the pretrained graph encoder, video encoder and heads from a pretraining checkpoint."""
+    ckpt = load_pretrain_checkpoint(path)
+    try:
+        model = ModelConfig.from_dict(ckpt["config"])
+        cfg = PretrainConfig.from_dict(ckpt["pretrain_config"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path}: config mismatch: {e}") from None
+    encoder, video, heads = build_pretrain_models(model, cfg, external)
+    load_state_checked(encoder, ckpt["encoder"], path, "encoder")
+    load_state_checked(video, ckpt["video_encoder"], path, "video_encoder")
+    load_state_checked(heads, ckpt["heads"], path, "heads")
+    return encoder, video, heads, model, cfg
+
+
+# ------------------------------------------------------------------------------------------------------ loop
+def _print_flush(line: str) -> None:
+    print(line, flush=True)  # progress shows up at once when stdout is a file or a pipe
+
+
+def pretrain(cfg: PretrainConfig, *, model: ModelConfig | None = None, external: VideoEncoder | None = None,
+             batches: Any = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Masked contrastive pretraining (SGDiff): AdamW on shapes-world batches, atomic checkpoints, resume.
+
+    Writes `cfg.out/pretrain.pt` every `ckpt_every` steps and at the end; with `resume` "auto", continues from
+    it. Returns the last losses and the final held-out retrieval scores.
+    """
+    cfg.validate()
+    log = log or _print_flush
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = model or model_config(cfg.size)
+    try:
+        device = torch_device(cfg.device)
+    except ConfigError as e:
+        raise PretrainError(str(e)) from None
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_NAME
+    torch.manual_seed(cfg.seed)
+    encoder, video, heads = build_pretrain_models(model, cfg, external)
+    modules = [encoder.to(device), video.to(device), heads.to(device)]
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    if cfg.resume == "auto" and ckpt_path.exists():
+        ckpt = load_pretrain_checkpoint(ckpt_path)
+        if ckpt["config"] != model.to_dict():
+            raise CheckpointError(f"{ckpt_path} was trained with another model config; pass a fresh "
+                                  "--out, the same --size, or --resume never")
+        for m, key in zip(modules, ("encoder", "video_encoder", "heads")):
+            load_state_checked(m, ckpt[key], ckpt_path, key)
+        if ckpt.get("optimizer") is not None:
+            load_optimizer_state(optimizer, ckpt["optimizer"], ckpt_path)
+        if isinstance(ckpt.get("rng"), dict):
+            set_rng_state(ckpt["rng"])
+        step = int(ckpt["step"])
+        log(f"resumed from {ckpt_path} at step {step}")
+    source = batches if batches is not None else ShapesBatches(model.data, seed=cfg.seed)
+    for m in modules:
+        m.train()
+    last: dict[str, float] = {}
+    t0, seen = time.perf_counter(), 0
+    while step < cfg.steps:
+        batch = source.batch(step, cfg.batch).to(device)
+        losses = pretrain_losses(encoder, video, heads, batch, cfg.contrastive_weight, cfg.masked_weight)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        seen += cfg.batch
+        last = {k: float(v.detach()) for k, v in losses.items()}
+        if not math.isfinite(last["loss"]):
+            raise PretrainError(f"step {step}: loss is {last['loss']}; lower --lr or check the data")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            log(f"step {step}/{cfg.steps} loss {last['loss']:.4f} contrastive {last['contrastive']:.4f} "
+                f"masked {last['masked']:.4f} temp {last['temperature']:.4f} {rate:.1f} samples/s")
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            save_pretrain_checkpoint(ckpt_path, model, cfg, encoder, video, heads, step, optimizer)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+            r = evaluate_retrieval(encoder, video, model.data, n=cfg.eval_samples, seed=cfg.seed)
+            log(f"step {step}: retrieval R@1 {r['R@1']:.3f} R@5 {r['R@5']:.3f} (n={r['n']}, held-out)")
+    retrieval = evaluate_retrieval(encoder, video, model.data, n=cfg.eval_samples, seed=cfg.seed)
+    log(f"final retrieval R@1 {retrieval['R@1']:.3f} R@5 {retrieval['R@5']:.3f} "
+        f"(n={retrieval['n']}, held-out)")
+    return {"step": step, "losses": last, "retrieval": retrieval, "checkpoint": str(ckpt_path)}

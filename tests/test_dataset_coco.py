@@ -1,0 +1,215 @@
+"""COCO 2017 + COCO-Stuff -> converted data set: masks, sg2im's geometric relationships, filters, splits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from dataset_fixtures import rle_counts, rle_string, write_coco
+
+from sg2v.dataset import CocoOptions, CommonOptions, ConvertedDataset, convert
+from sg2v.dataset.coco import (
+    MaskError,
+    mask_center,
+    polygons_mask,
+    predicate,
+    rle_decode,
+    rle_string_counts,
+    segmentation_mask,
+)
+from sg2v.errors import DatasetError
+from sg2v.vocab import load_vocab
+
+
+def _convert(src, out, seed=0, **kw) -> dict:
+    return convert("coco-stuff", src, out, CommonOptions(size="tiny", seed=seed),
+                   CocoOptions(val_images=1, **kw), log=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coco")
+    facts = write_coco(root / "src")
+    return root, facts, _convert(root / "src", root / "out")
+
+
+def _drops(info):
+    return {(d["kind"], d["reason"]): d["count"] for d in info["drops"]}
+
+
+# ---------------------------------------------------------------------------------------------------- masks
+def test_rle_string_hand_worked_examples():
+    # 2 x 2 mask, column-major [0, 1, 1, 0]: counts [1, 2, 1], each one character (value + 48)
+    assert rle_string_counts("121") == [1, 2, 1]
+    np.testing.assert_array_equal(rle_decode([1, 2, 1], 2, 2), [[False, True], [True, False]])
+    # the fourth count is stored as a difference to the second: 4 - 5 = -1, one sign-extended character 'O'
+    assert rle_string_counts("352O") == [3, 5, 2, 4]
+
+
+def test_rle_round_trip_on_random_masks():
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        h, w = int(rng.integers(1, 40)), int(rng.integers(1, 40))
+        mask = rng.random((h, w)) < rng.random()
+        counts = rle_counts(mask)
+        assert rle_string_counts(rle_string(counts)) == counts
+        np.testing.assert_array_equal(segmentation_mask({"counts": rle_string(counts), "size": [h, w]}, h, w),
+                                      mask)
+        np.testing.assert_array_equal(segmentation_mask({"counts": counts, "size": [h, w]}, h, w), mask)
+
+
+def test_bad_segmentations_raise_mask_error():
+    with pytest.raises(MaskError):
+        rle_decode([1, 2], 2, 2)  # sums to 3, not 4
+    with pytest.raises(MaskError):
+        rle_string_counts("1\x7f")
+    with pytest.raises(MaskError):
+        segmentation_mask([[1, 2, 3]], 4, 4)
+    with pytest.raises(MaskError):
+        segmentation_mask([[1, 2, "3", 4, 5, 6]], 4, 4)
+    with pytest.raises(MaskError):
+        segmentation_mask({"counts": "12", "size": [2]}, 2, 2)
+
+
+def _inside(px: float, py: float, pts: np.ndarray) -> bool:
+    """Even-odd ray casting for one point (the slow, obvious reference)."""
+    inside = False
+    for (x0, y0), (x1, y1) in zip(pts, np.roll(pts, -1, axis=0)):
+        if (y0 <= py < y1) or (y1 <= py < y0):
+            if px > x0 + (py - y0) / (y1 - y0) * (x1 - x0):
+                inside = not inside
+    return inside
+
+
+def test_polygon_mask_matches_ray_casting_on_pixel_centers():
+    m = polygons_mask([[2, 1, 6, 1, 6, 5, 2, 5]], 8, 10)  # rectangle x 2..6, y 1..5: pixels 2..5 x 1..4
+    ys, xs = np.nonzero(m)
+    assert (xs.min(), xs.max(), ys.min(), ys.max(), m.sum()) == (2, 5, 1, 4, 16)
+    # a polygon of fewer than 3 points (COCO has a few) covers nothing; the others still count
+    np.testing.assert_array_equal(polygons_mask([[2, 1, 6, 1, 6, 5, 2, 5], [0, 0, 9, 7]], 8, 10), m)
+    rng = np.random.default_rng(11)
+    for _ in range(10):
+        polys = [rng.uniform(-2, 14, size=2 * int(rng.integers(3, 8))).tolist() for _ in range(2)]
+        m = polygons_mask(polys, 10, 12)
+        ref = np.zeros((10, 12), bool)
+        for poly in polys:
+            pts = np.asarray(poly).reshape(-1, 2)
+            ref |= np.array([[_inside(x + 0.5, y + 0.5, pts) for x in range(12)] for y in range(10)])
+        np.testing.assert_array_equal(m, ref)
+
+
+def test_mask_center_is_the_mean_pixel_center_inside_the_box():
+    m = polygons_mask([[2, 1, 6, 1, 6, 5, 2, 5], [7, 6, 9, 6, 9, 8, 7, 8]], 8, 10)
+    cx, cy = mask_center(m, [2, 1, 4, 4], 10, 8)  # the second square lies outside the box's crop
+    assert (cx, cy) == pytest.approx((4.0 / 10, 3.0 / 8))
+    assert mask_center(np.zeros((8, 10), bool), [2, 1, 4, 4], 10, 8) is None
+
+
+def _oracle(s, o, cs, co):
+    """sg2im's rule (google/sg2im sg2im/data/coco.py), written out in float64 with explicit angles."""
+    if s[0] < o[0] and s[2] > o[2] and s[1] < o[1] and s[3] > o[3]:
+        return "surrounding"
+    if s[0] > o[0] and s[2] < o[2] and s[1] > o[1] and s[3] < o[3]:
+        return "inside"
+    deg = math.degrees(math.atan2(cs[1] - co[1], cs[0] - co[0]))
+    return "left of" if abs(deg) >= 135 else "above" if deg < -45 else "right of" if deg < 45 else "below"
+
+
+def test_predicate_rule_matches_the_oracle_on_random_boxes():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        s, o = np.sort(rng.random((2, 2, 2)), axis=1).transpose(0, 2, 1).reshape(2, 4)[:, [0, 1, 2, 3]]
+        s, o = np.array([s[0], s[2], s[1], s[3]]), np.array([o[0], o[2], o[1], o[3]])
+        cs, co = tuple(rng.random(2)), tuple(rng.random(2))
+        assert predicate(s, o, cs, co) == _oracle(s, o, cs, co)
+    a, b = np.array([0, 0, 0.2, 0.2]), (0.1, 0.1)
+    assert predicate(np.array([0, 0, 1, 1]), np.array([0.2, 0.2, 0.4, 0.4]), (0.5, 0.5), (0.3, 0.3)) \
+        == "surrounding"
+    assert predicate(a, np.array([0.5, 0, 0.7, 0.2]), b, (0.6, 0.1)) == "left of"
+    assert predicate(a, np.array([0, 0.5, 0.2, 0.7]), b, (0.1, 0.6)) == "above"
+
+
+# ---------------------------------------------------------------------------------------------------- convert
+def test_vocabulary_is_sg2ims_category_id_table(coco):
+    root, _, _ = coco
+    vocab = load_vocab(root / "out" / "vocab.json")
+    assert vocab.num_objs == 184  # ids up to 183 ('other'), __image__ at 0, "NONE" at unused ids
+    assert vocab.object_name_to_idx == {"__image__": 0, "person": 1, "car": 3, "airplane": 5,
+                                        "sky-other": 157, "grass": 124, "other": 183}
+    assert vocab.object_idx_to_name[2] == "NONE"
+    assert list(vocab.pred_idx_to_name) == ["__in_image__", "left of", "right of", "above", "below", "inside",
+                                            "surrounding"]
+
+
+def test_splits_filters_and_drop_table(coco):
+    root, facts, info = coco
+    for split, ids in facts["samples"].items():
+        ds = ConvertedDataset(root / "out", split)
+        assert [ds[i]["source"]["image_id"] for i in range(len(ds))] == ids
+    drops = _drops(info)
+    for key, n in facts["drops"].items():
+        assert drops.get(key) == n, key
+    notes = {(d["kind"], d["reason"]): d["count"] for d in info["notes"]}
+    crowd = ("object", "crowd annotation (iscrowd 1) kept as one object, as sg2im does")
+    assert notes[crowd] == facts["crowd"]
+
+
+def test_image_one_objects_boxes_and_relationships(coco):
+    root, facts, _ = coco
+    s = ConvertedDataset(root / "out", "train")[0]
+    fact = facts["image1"]
+    assert s["graph"]["objects"] == fact["objects"]
+    w, h = fact["size"]
+    np.testing.assert_allclose(s["boxes"][:, 0], np.array(fact["boxes_px"]) / [w, h, w, h], atol=1e-6)
+    rels = s["graph"]["relationships"]
+    assert 1 <= len(rels) <= len(fact["objects"])
+    assert len({(a, b) for a, _, b in rels}) == len(rels)
+    boxes = np.array(fact["boxes_px"], dtype=np.float64) / [w, h, w, h]
+    for a, p, b in rels:  # rectangles: the mask centroid is the box center (to half a pixel)
+        ca, cb = (boxes[a, :2] + boxes[a, 2:]) / 2, (boxes[b, :2] + boxes[b, 2:]) / 2
+        assert p == _oracle(boxes[a], boxes[b], ca, cb), (a, p, b)
+
+
+def test_relationships_are_seeded(coco, tmp_path):
+    root, _, _ = coco
+    draws = set()
+    for seed in (0, 0, 1, 2, 3):
+        out = tmp_path / f"s{seed}_{len(draws)}"
+        _convert(root / "src", out, seed=seed)
+        draws.add((seed, str(ConvertedDataset(out, "train")[0]["graph"]["relationships"])))
+    by_seed = {}
+    for seed, rels in draws:
+        by_seed.setdefault(seed, set()).add(rels)
+    assert len(by_seed[0]) == 1  # the same seed draws the same relationships
+    assert len({next(iter(v)) for v in by_seed.values()}) > 1  # other seeds draw others
+
+
+def test_flags_change_what_is_kept(coco, tmp_path):
+    root, _, _ = coco
+    info = _convert(root / "src", tmp_path / "a", skip_crowd=True, include_other=True)
+    assert _drops(info)[("object", "crowd annotation (--skip-crowd)")] == 1
+    objs = ConvertedDataset(tmp_path / "a", "train")[0]["graph"]["objects"]
+    assert objs == ["person", "car", "sky-other", "grass", "other"]
+    info = _convert(root / "src", tmp_path / "b", stuff=False, min_objects_per_image=1)
+    assert info["source"]["name"] == "COCO 2017"
+    assert info["splits"]["train"]["samples"] == 3  # images 1, 2, 4 (3 has 9 objects)
+
+
+def test_box_centers_option(coco, tmp_path):
+    root, _, _ = coco
+    _convert(root / "src", tmp_path / "box", centers="box")
+    box = ConvertedDataset(tmp_path / "box", "train")[0]["graph"]
+    assert box == ConvertedDataset(root / "out", "train")[0]["graph"]  # rectangles: the same centers
+
+
+def test_missing_stuff_file_names_the_fix(coco, tmp_path):
+    import shutil
+
+    root, _, _ = coco
+    shutil.copytree(root / "src", tmp_path / "src")
+    (tmp_path / "src" / "annotations" / "stuff_val2017.json").unlink()
+    with pytest.raises(DatasetError, match="stuff_val2017.json: not found; .*--no-stuff"):
+        _convert(tmp_path / "src", tmp_path / "out")
+    with pytest.raises(DatasetError, match="--instance-whitelist: 'unicorn' not among the categories"):
+        _convert(root / "src", tmp_path / "out", instance_whitelist="person, unicorn")

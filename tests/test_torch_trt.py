@@ -1,0 +1,161 @@
+"""The Torch-TensorRT engine route (sg2v.export.torch_trt), without Torch-TensorRT where it is not
+installed: the exported programs it would convert compute what the bundle's ONNX graphs compute, the
+engine.json it writes is what the TensorRT backend checks, its options follow the converter's signature, and a
+wrong checkpoint or a missing Torch-TensorRT is one line. Building and running engines needs Torch-TensorRT
+and a GPU (marked `trt` and `gpu`; skipped with the reason elsewhere, not run on this project's machines)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+from sg2v import bundle_spec as spec  # noqa: E402
+from sg2v.config import model_config  # noqa: E402
+from sg2v.errors import BundleError, MissingDependencyError  # noqa: E402
+from sg2v.export import onnx_export as ox  # noqa: E402
+from sg2v.export import tensorrt as trt_build  # noqa: E402
+from sg2v.export import torch_trt  # noqa: E402
+from sg2v.io import sha256_file  # noqa: E402
+from sg2v.models.sg2v import build_model  # noqa: E402
+from sg2v.runtime.bundle import Bundle  # noqa: E402
+from sg2v.training.checkpoint import save_checkpoint  # noqa: E402
+from sg2v.vocab import shapes_vocab  # noqa: E402
+
+HAVE_TORCH_TRT = importlib.util.find_spec("torch_tensorrt") is not None
+
+
+def _config():
+    cfg = model_config("tiny")
+    data = dataclasses.replace(cfg.data, frames=2, height=8, width=8, max_objects=3, max_relationships=2)
+    unet = dataclasses.replace(cfg.unet, channel_mult=(1,), attention_levels=(0,), patch_size=2)
+    return cfg.replace(data=data, unet=unet)
+
+
+def _checkpoint(path, seed):
+    torch.manual_seed(seed)
+    cfg = _config()
+    model, ema = build_model(cfg), build_model(cfg)
+    with torch.no_grad():
+        for p in list(model.parameters()) + list(ema.parameters()):
+            p.add_(0.05 * torch.randn_like(p))
+    save_checkpoint(path, model, cfg, shapes_vocab(), ema=ema, step=3)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("torch_trt")
+    torch.set_num_threads(1)
+    ckpt = _checkpoint(root / "model.pt", seed=21)
+    ox.export_bundle(ckpt, root / "bundle")
+    return ckpt, Bundle.open(root / "bundle"), root
+
+
+def _ort_outputs(bundle, stage, args):
+    session = ort.InferenceSession(str(bundle.stage_file(stage)), providers=["CPUExecutionProvider"])
+    names = spec.ENCODER_INPUTS if stage == spec.ENCODER_STAGE else spec.UNET_INPUTS
+    return session.run(None, {n: a.numpy() for n, a in zip(names, args)})
+
+
+@pytest.mark.slow
+def test_exported_programs_compute_what_the_bundle_graphs_compute(exported):
+    ckpt, bundle, _ = exported
+    programs = torch_trt.exported_programs(torch_trt.load_bundle_model(ckpt, bundle), bundle)
+    for seed in (1, 2):
+        inputs = torch_trt.example_inputs(bundle, seed=seed)
+        for stage, program in programs.items():
+            assert tuple(program.graph_signature.user_inputs) == (
+                spec.ENCODER_INPUTS if stage == spec.ENCODER_STAGE else spec.UNET_INPUTS)
+            with torch.no_grad():
+                got = program.module()(*inputs[stage])
+            got = got if isinstance(got, tuple) else (got,)
+            want = _ort_outputs(bundle, stage, inputs[stage])
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                scale = max(float(np.abs(w).max()), 1e-6)
+                assert float(np.abs(g.numpy() - w).max()) <= 1e-4 * scale, stage
+
+
+def test_the_checkpoint_must_be_the_bundles(exported, tmp_path, capsys):
+    _, bundle, root = exported
+    other = _checkpoint(tmp_path / "other.pt", seed=22)
+    with pytest.raises(BundleError, match="is not the checkpoint bundle .* was exported from"):
+        torch_trt.load_bundle_model(other, bundle)
+    rc = torch_trt.main(["--ckpt", str(other), "--bundle", str(bundle.path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "is not the checkpoint" in err
+
+
+def test_engine_json_is_what_the_trt_backend_checks(exported, tmp_path):
+    ckpt, bundle, root = exported
+    fp = spec.engine_fingerprint("NVIDIA H100 80GB HBM3", (9, 0), "10.13.0", bundle.precision)
+    plans = {}
+    for stage in spec.STAGE_FILES:  # hashed into engine.json only; nothing here loads them
+        plans[stage] = tmp_path / f"{stage}.plan"
+        plans[stage].write_bytes(np.random.default_rng(len(stage)).bytes(64))
+    _, bindings = torch_trt.binding_options(lambda program, arg_inputs: None, spec.ENCODER_STAGE)
+    info = torch_trt.engine_info(bundle, fp, "NVIDIA H100 80GB HBM3", (9, 0), {"tensorrt": "10.13.0"}, plans,
+                                 {spec.ENCODER_STAGE: bindings, spec.UNET_STAGE: {"output0": "v"}})
+    (tmp_path / trt_build.ENGINE_INFO).write_text(json.dumps(info))
+    got = trt_build.check_engine_dir(tmp_path, fp, sources=trt_build.engine_sources(bundle))
+    assert got["route"] == "torch_tensorrt" and got["bindings"]["unet"] == {"output0": "v"}
+    assert got["bindings"]["encoder"] == {"output0": "context", "output1": "context_mask"}
+    assert got["plan_sha256"]["unet"] == sha256_file(plans["unet"])
+    reexported = ox.export_bundle(_checkpoint(tmp_path / "b.pt", seed=23), tmp_path / "b2")
+    with pytest.raises(BundleError, match="built by Torch-TensorRT from checkpoint"):
+        other = trt_build.engine_sources(Bundle.open(reexported.path))
+        trt_build.check_engine_dir(tmp_path, fp, sources=other)
+
+
+def test_options_follow_the_converter_signature():
+    def old(program, arg_inputs, enabled_precisions=None):
+        pass
+
+    def new(program, arg_inputs, output_binding_names=None, use_explicit_typing=False):
+        pass
+
+    names = ("context", "context_mask")
+    assert torch_trt.binding_options(new, "encoder") == ({"output_binding_names": names}, {})
+    assert torch_trt.binding_options(new, "unet") == ({"output_binding_names": "v"}, {})
+    assert torch_trt.binding_options(old, "unet") == ({}, {"output0": "v"})
+    assert torch_trt.precision_options(new, "fp16") == {"use_explicit_typing": True}
+    assert torch_trt.precision_options(old, "fp16") == {"enabled_precisions": {torch.float32, torch.float16}}
+    assert torch_trt.precision_options(old, "fp32") == {"enabled_precisions": {torch.float32}}
+
+
+@pytest.mark.skipif(HAVE_TORCH_TRT, reason="Torch-TensorRT is installed: its absence cannot be shown")
+def test_without_torch_tensorrt_the_cli_names_the_extra(exported, capsys):
+    ckpt, bundle, _ = exported
+    with pytest.raises(MissingDependencyError, match=r"pip install 'sg2v\[torch-trt\]'"):
+        torch_trt.build_torch_trt_engines(ckpt, bundle)
+    assert torch_trt.main(["--ckpt", str(ckpt), "--bundle", str(bundle.path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "torch_tensorrt" in err
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_torch_tensorrt_engines_run_in_the_torch_free_runtime(exported, tmp_path):
+    if not HAVE_TORCH_TRT:
+        pytest.skip("Torch-TensorRT is not installed (it cannot be on this project's machines)")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import shutil
+
+    from sg2v.runtime import Pipeline
+
+    ckpt, bundle, _ = exported
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    plans = torch_trt.build_torch_trt_engines(ckpt, copy)
+    assert all(p.is_file() and p.stat().st_size > 0 for p in plans.values())
+    graph = {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}
+    got = Pipeline.from_bundle(copy, backend="trt")(graph, seed=4, steps=3)
+    want = Pipeline.from_bundle(copy, backend="ort")(graph, seed=4, steps=3)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
