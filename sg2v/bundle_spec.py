@@ -12,15 +12,19 @@ from sg2v.config import DataConfig, EncoderConfig
 from sg2v.graph import GRAPH_TENSORS
 
 FORMAT = "sg2v-bundle"
-FORMAT_VERSION = 2  # bump on an incompatible change of the layout or the manifest keys
+FORMAT_VERSION = 3  # bump on an incompatible change of the layout or the manifest keys
 # Format 1: fixed batch, the encoder at 1 graph and the UNet at 2 rows (one video per call). Format 2: a
 # batch axis (dim 0 of every stage input and output, named BATCH_DIM / UNET_BATCH_DIM in the graphs and the
 # manifest) from 1 to `shapes.max_batch` videos; the UNet takes 2 rows per video: the B conditional rows,
-# then the B unconditional ones.
+# then the B unconditional ones. Format 3: a layout-grounded model: a third stage (the layout network), the
+# encoder also outputs the object vectors and the UNet also takes objects and boxes (`grounded` below); the
+# exporter writes format 3 only for grounded models, so ungrounded bundles stay readable by format-2 readers.
+READABLE_VERSIONS = (1, 2, 3)
 
 MANIFEST = "manifest.json"
 ENCODER_ONNX = "encoder.onnx"
 UNET_ONNX = "unet.onnx"
+LAYOUT_ONNX = "layout.onnx"
 NULL_CONTEXT = "null_context.npy"  # float32 (1, L, D)
 NULL_CONTEXT_MASK = "null_context_mask.npy"  # float32 (1, L)
 ENCODER_WEIGHTS = "encoder_weights.npz"  # SGEncoder state dict, float32
@@ -29,12 +33,23 @@ ENGINES_DIR = "engines"  # engines/<fingerprint>/: TensorRT plans + timing cache
 
 ENCODER_STAGE = "encoder"
 UNET_STAGE = "unet"
-STAGE_FILES = {ENCODER_STAGE: ENCODER_ONNX, UNET_STAGE: UNET_ONNX}
+LAYOUT_STAGE = "layout"
+STAGE_FILES = {ENCODER_STAGE: ENCODER_ONNX, UNET_STAGE: UNET_ONNX}  # an ungrounded bundle's stages
+GROUNDED_STAGE_FILES = {ENCODER_STAGE: ENCODER_ONNX, LAYOUT_STAGE: LAYOUT_ONNX, UNET_STAGE: UNET_ONNX}
 
 ENCODER_INPUTS = GRAPH_TENSORS
 ENCODER_OUTPUTS = ("context", "context_mask")
 UNET_INPUTS = ("x", "t", "context", "context_mask")
 UNET_OUTPUTS = ("v",)
+# Layout-grounded models (format 3): the encoder's object vectors (B, O, object_dim) feed the layout stage and
+# the UNet; boxes (B, O, F, 4) are [x0, y0, x1, y1] in [0, 1], all zero for padded slots, `__image__` and the
+# unconditional rows.
+GROUNDED_ENCODER_OUTPUTS = ("context", "context_mask", "objects")
+GROUNDED_UNET_INPUTS = ("x", "t", "context", "context_mask", "objects", "boxes")
+LAYOUT_INPUTS = ("x", "t", "objects", "track_mask", "context", "context_mask", "triples", "known",
+                 "known_mask")
+LAYOUT_OUTPUTS = ("v",)
+LAYOUT_BATCH_DIM = "layout_batch"  # candidate layouts per call, 1 .. shapes.max_layout_batch
 
 ENCODER_BATCH = 1  # format 1's fixed batches
 UNET_BATCH = 2  # classifier-free guidance: (cond, uncond) as one batch
@@ -54,11 +69,43 @@ MANIFEST_KEYS = (
     "precision", "pooling", "opset", "stages", "files", "exported_by", "parity", "trt_op_check",
     "source_checkpoint",
 )
+GROUNDED_MANIFEST_KEYS = ("layout",)  # format 3 adds: {steps, tries, per_round, sampler, relation_rules}
 
 
-def shapes(data: DataConfig, encoder: EncoderConfig, max_batch: int | None = MAX_BATCH) -> dict[str, int]:
+def grounded(s: dict[str, Any]) -> bool:
+    """Whether a `shapes` entry describes a layout-grounded model (a layout stage, objects and boxes)."""
+    return "object_dim" in s
+
+
+def stage_files(s: dict[str, Any]) -> dict[str, str]:
+    """Stage name -> ONNX file of a bundle with `shapes` entry `s`, in the order the loop runs them."""
+    return dict(GROUNDED_STAGE_FILES) if grounded(s) else dict(STAGE_FILES)
+
+
+def encoder_outputs(s: dict[str, Any]) -> tuple[str, ...]:
+    return GROUNDED_ENCODER_OUTPUTS if grounded(s) else ENCODER_OUTPUTS
+
+
+def unet_inputs(s: dict[str, Any]) -> tuple[str, ...]:
+    return GROUNDED_UNET_INPUTS if grounded(s) else UNET_INPUTS
+
+
+def layout_defaults(layout: Any, relation_rules: dict[str, str]) -> dict[str, Any]:
+    """The manifest's `layout` entry from a `LayoutConfig` and the vocabulary's rule table."""
+    return {"steps": int(layout.default_steps), "tries": int(layout.default_tries),
+            "per_round": int(min(layout.default_tries, LAYOUT_PER_ROUND)), "sampler": LAYOUT_SAMPLER,
+            "relation_rules": dict(sorted(relation_rules.items()))}
+
+
+LAYOUT_PER_ROUND = 8  # candidate layouts drawn per graph per round of the relation check
+LAYOUT_SAMPLER = "dpmpp2m"
+
+
+def shapes(data: DataConfig, encoder: EncoderConfig, max_batch: int | None = MAX_BATCH,
+           grounded: bool = False) -> dict[str, int]:
     """The manifest's `shapes` entry from a model's `DataConfig` and `EncoderConfig`: format 2 with a batch
-    axis up to `max_batch` videos, or format 1's fixed batches with `max_batch=None`."""
+    axis up to `max_batch` videos, or format 1's fixed batches with `max_batch=None`; a `grounded` model
+    (format 3) adds the object width and the layout stage's largest batch."""
     out = {
         "frames": int(data.frames),
         "height": int(data.height),
@@ -73,7 +120,10 @@ def shapes(data: DataConfig, encoder: EncoderConfig, max_batch: int | None = MAX
     }
     if max_batch is None:
         return {**out, "unet_batch": UNET_BATCH, "encoder_batch": ENCODER_BATCH}
-    return {**out, "max_batch": int(max_batch)}
+    out["max_batch"] = int(max_batch)
+    if grounded:
+        out.update(object_dim=int(encoder.embed_dim), max_layout_batch=int(max_batch) * LAYOUT_PER_ROUND)
+    return out
 
 
 def max_batch(s: dict[str, Any]) -> int:
@@ -94,7 +144,7 @@ def stage_io(s: dict[str, Any]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     def io(name: str, dtype: str, shape: list[Any]) -> dict[str, Any]:
         return {"name": name, "dtype": dtype, "shape": shape}
 
-    return {
+    out = {
         ENCODER_STAGE: {
             "inputs": [io("objs", "int64", [b, o]), io("obj_mask", "float32", [b, o]),
                        io("triples", "int64", [b, t, 3]), io("triple_mask", "float32", [b, t])],
@@ -106,6 +156,20 @@ def stage_io(s: dict[str, Any]) -> dict[str, dict[str, list[dict[str, Any]]]]:
             "outputs": [io("v", "float32", [n, f, c, h, w])],
         },
     }
+    if not grounded(s):
+        return out
+    od, k = s["object_dim"], LAYOUT_BATCH_DIM
+    out[ENCODER_STAGE]["outputs"].append(io("objects", "float32", [b, o, od]))
+    out[UNET_STAGE]["inputs"] += [io("objects", "float32", [n, o, od]), io("boxes", "float32", [n, o, f, 4])]
+    out[LAYOUT_STAGE] = {
+        "inputs": [io("x", "float32", [k, o, f, 4]), io("t", "float32", [k]),
+                   io("objects", "float32", [k, o, od]), io("track_mask", "float32", [k, o]),
+                   io("context", "float32", [k, length, d]), io("context_mask", "float32", [k, length]),
+                   io("triples", "int64", [k, t, 3]), io("known", "float32", [k, o, f, 4]),
+                   io("known_mask", "float32", [k, o])],
+        "outputs": [io("v", "float32", [k, o, f, 4])],
+    }
+    return {name: out[name] for name in stage_files(s)}
 
 
 def engine_fingerprint(gpu_name: str, compute_capability: tuple[int, int] | str, trt_version: str,

@@ -110,6 +110,7 @@ class LayoutConfig:
     heads: int = 4
     default_steps: int = 8  # sampler steps of the layout stage
     default_tries: int = 16  # layouts drawn per graph at most until every relation with a rule holds
+    rules: str = "shapes"  # relation-rule family checked on layouts (sg2v.relations): shapes, coco or none
 
 
 @dataclass(frozen=True)
@@ -271,20 +272,22 @@ def _tiny() -> ModelConfig:
         data=DataConfig(frames=4, height=16, width=16),
         encoder=EncoderConfig(embed_dim=32, hidden_dim=64, num_layers=2, context_dim=64),
         unet=UNetConfig(base_channels=16, channel_mult=(1, 2), attention_levels=(1,), num_heads=2,
-                        norm_groups=4),
+                        norm_groups=4, layout_dim=4, layout_head=16),
+        layout=LayoutConfig(dim=32, layers=2, heads=2),
     )
 
 
 def _small() -> ModelConfig:
-    """The demo model: 16 x 64 x 64 video, UNet on an 8 x 8 grid of 8 x 8-pixel patches, sized for the 2-core
-    CPU runtime target (about 4 GFLOP per guided step) and for training on that CPU in under two hours."""
+    """The demo model: 16 x 64 x 64 video, UNet on an 8 x 8 grid of 8 x 8-pixel patches grounded on object
+    maps, sized for the 2-core CPU runtime (about 5 GFLOP per guided step); a 128-wide layout network."""
     return ModelConfig(
         name="small",
         data=DataConfig(frames=16, height=64, width=64),
         encoder=EncoderConfig(embed_dim=64, hidden_dim=128, num_layers=3, context_dim=128),
         unet=UNetConfig(base_channels=48, patch_size=8, channel_mult=(1, 2, 2), attention_levels=(0, 1, 2),
-                        num_heads=4, norm_groups=8),
+                        num_heads=4, norm_groups=8, layout_dim=8, layout_head=32),
         diffusion=DiffusionConfig(prediction="x0"),
+        layout=LayoutConfig(dim=128, layers=4, heads=4),
     )
 
 
@@ -295,7 +298,8 @@ def _base() -> ModelConfig:
         data=DataConfig(frames=16, height=64, width=64),
         encoder=EncoderConfig(embed_dim=128, hidden_dim=256, num_layers=5, context_dim=256),
         unet=UNetConfig(base_channels=64, channel_mult=(1, 2, 2, 4), attention_levels=(2, 3), num_heads=4,
-                        norm_groups=16),
+                        norm_groups=16, layout_dim=16, layout_head=64),
+        layout=LayoutConfig(dim=256, layers=6, heads=8),
     )
 
 

@@ -36,6 +36,7 @@ from sg2v.video import unit_to_frames
 
 OUTPUTS = ("numpy", "cupy")
 CONDITIONING = ("context", "context_mask")  # encoder outputs the UNet takes, in cond and uncond halves
+GROUNDING = ("objects", "boxes")  # a grounded UNet's further inputs (unconditional rows: zeros)
 
 
 class Stage(Protocol):
@@ -80,6 +81,7 @@ class Backend:
     name: str  # e.g. "ort-cpu", "ort-cuda", "trt", "torch-cpu", "torch-cuda-graphs-fp16"
     encoder: Stage
     unet: Stage
+    layout: Stage | None = None  # the layout network of a grounded bundle (format 3)
     xp: Any = np  # numpy, cupy, or sg2v.training.backend.TorchArrays
     null_context: tuple[np.ndarray, np.ndarray] | None = None  # overrides the bundle's (torch with --ckpt)
     max_batch: int | None = None  # videos per stage call (None: any; the UNet then takes 2 x max_batch rows)
@@ -168,18 +170,25 @@ def stage_timings(backend: str, encoder_s: float, sample_s: float, total_s: floa
 
 @dataclass
 class Generation:
-    """What one `Generator.run` made: frames (B, F, H, W, 3) uint8 (numpy, or device arrays), timings."""
+    """What one `Generator.run` made: frames (B, F, H, W, 3) uint8 (numpy, or device arrays), timings, and
+    for a grounded model each video's layout (`sg2v.layout_sampler.LayoutResult`: tracks, relation checks)."""
 
     frames: Any
     timings: dict[str, Any]
+    layouts: list[Any] | None = None
 
 
 class Generator:
     """Graph tensors + seeds -> frames on one backend (see the module note); not thread-safe by itself."""
 
     def __init__(self, backend: Backend, frame_shape: Sequence[int], alphas_cumprod: np.ndarray,
-                 defaults: Mapping[str, Any], null_context: tuple[np.ndarray, np.ndarray]):
+                 defaults: Mapping[str, Any], null_context: tuple[np.ndarray, np.ndarray],
+                 layout: Mapping[str, Any] | None = None):
         self.backend = backend
+        if (backend.layout is None) != (layout is None):
+            raise Sg2vError("a grounded model needs both its layout stage and its layout settings (the "
+                            "manifest's \"layout\" entry); re-export the bundle")
+        self.layout = dict(layout) if layout is not None else None
         self.xp = backend.xp
         self.frame_shape = tuple(int(n) for n in frame_shape)  # (F, C, H, W)
         self.alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)  # (num_train,)
@@ -196,13 +205,23 @@ class Generator:
         """`resolve_settings` with this generator's defaults (steps, guidance, guidance_rescale, sampler)."""
         return resolve_settings(self.defaults, self.num_train, **options)
 
+    @property
+    def grounded(self) -> bool:
+        """Whether the model draws a layout first and grounds the UNet on it."""
+        return self.layout is not None
+
     def run(self, feeds: Mapping[str, np.ndarray], seeds: Sequence[int], settings: SamplerSettings,
             callback: Callable[[int, float, Any, Any], None] | None = None, output: str = "numpy",
-            max_batch: int | None = None) -> Generation:
+            max_batch: int | None = None, graphs: Sequence[Any] | None = None,
+            layouts: Sequence[Mapping[int, np.ndarray]] | None = None,
+            layout_tries: int | None = None) -> Generation:
         """Videos for the B graphs in `feeds` (`GRAPH_TENSORS`, (B, ...)) with seed i for graph i.
 
         Chunks of at most `max_batch` videos (and the backend's limit) run one after another; `callback`
-        (step, t, x, x0) sees each chunk's x (b, F, C, H, W).
+        (step, t, x, x0) sees each chunk's x (b, F, C, H, W). A grounded model also needs the parsed `graphs`
+        (their relationships are checked on the layout); `layouts[i]` maps object indices to given (F, 4)
+        tracks, kept exactly (on top of the graph's own "layout" key); `layout_tries` caps the layouts drawn
+        per graph until every relation with a rule holds (default: the bundle's).
         """
         xp, be = self.xp, self.backend
         if output not in OUTPUTS:
@@ -217,16 +236,23 @@ class Generator:
             raise Sg2vError(f"batch {max_batch}: must be >= 1 videos per call")
         sample = get_sampler(settings.sampler)
         ts = timesteps(self.num_train, settings.steps, "trailing")  # (steps,) int64, descending
+        plan = self._layout_plan(b, graphs, layouts, layout_tries)
         clock = be.clock() if be.clock is not None else HostClock(be.synchronize)
         t_start = time.perf_counter()
-        encoder_s = sample_s = 0.0
-        frames = []
+        encoder_s = sample_s = layout_s = 0.0
+        frames, drawn = [], []
         with be.stream_context():
             for lo in range(0, b, limit):
                 hi = min(lo + limit, b)
                 t0 = time.perf_counter()
                 enc = be.encoder.run({k: feeds[k][lo:hi] for k in GRAPH_TENSORS})
-                cond = {name: enc[name] for name in CONDITIONING}  # a layout stage would add its outputs
+                cond = {name: enc[name] for name in CONDITIONING}
+                t_layout = time.perf_counter()
+                if plan is not None:
+                    results, boxes = self._draw_layouts(enc, feeds["triples"][lo:hi], plan, seeds, lo, hi)
+                    drawn += results
+                    cond.update(objects=enc["objects"], boxes=xp.asarray(boxes))
+                layout_s += time.perf_counter() - t_layout
                 unet_feeds = self._conditioning(cond, self._uncond, hi - lo)
                 be.synchronize()
                 t1 = time.perf_counter()
@@ -240,9 +266,67 @@ class Generator:
                 sample_s += t2 - t1
             out = frames[0] if len(frames) == 1 else _concatenate(frames, output, xp)
         total = time.perf_counter() - t_start
-        self.last_timings = stage_timings(be.name, encoder_s, sample_s, total, clock.seconds(), b,
+        self.last_timings = stage_timings(be.name, encoder_s - layout_s, sample_s, total, clock.seconds(), b,
                                           len(frames))
-        return Generation(out, self.last_timings)
+        if plan is None:
+            return Generation(out, self.last_timings)
+        self.last_timings.update(layout_s=layout_s, layout_draws=[r.draws for r in drawn],
+                                 layout_satisfied=[r.satisfied for r in drawn])
+        return Generation(out, self.last_timings, drawn)
+
+    def _layout_plan(self, b: int, graphs: Sequence[Any] | None,
+                     layouts: Sequence[Mapping[int, np.ndarray]] | None, tries: int | None) -> Any:
+        """What the layout stage needs per graph (counts, relationships, pinned tracks), or None when the
+        model is not grounded."""
+        if not self.grounded:
+            if layouts is not None and any(layouts):
+                raise Sg2vError("this model has no layout stage, so it cannot take given tracks; use a "
+                                "layout-grounded bundle")
+            return None
+        if graphs is None or len(graphs) != b:
+            raise Sg2vError("a layout-grounded model needs the parsed graphs (for their relationships)")
+        if layouts is not None and len(layouts) != b:
+            raise Sg2vError(f"{len(layouts)} layouts for {b} graphs; pass one mapping (maybe empty) per "
+                            "graph")
+        frames = self.frame_shape[0]
+        pinned = []
+        for i, g in enumerate(graphs):
+            given = dict(g.tracks(frames)) if getattr(g, "layout", ()) else {}
+            for k, track in (layouts[i] if layouts is not None else {}).items():
+                track = np.asarray(track, dtype=np.float32)
+                if not 0 <= int(k) < g.num_objects or track.shape != (frames, 4):
+                    raise Sg2vError(f"layout for graph {i}: object {k} with a track of shape {track.shape}; "
+                                    f"give (F={frames}, 4) boxes for objects 0..{g.num_objects - 1}")
+                given[int(k)] = track
+            pinned.append(given)
+        settings = dict(self.layout)
+        if tries is not None:
+            if not isinstance(tries, (int, np.integer)) or isinstance(tries, bool) or not 1 <= tries <= 4096:
+                raise Sg2vError(f"layout tries must be an integer in [1, 4096], got {tries!r}")
+            settings["tries"] = int(tries)
+        return {"counts": [g.num_objects for g in graphs],
+                "relationships": [[list(r) for r in g.relationships] for g in graphs],
+                "pinned": pinned, "settings": settings}
+
+    def _draw_layouts(self, enc: Mapping[str, Any], triples: np.ndarray, plan: Mapping[str, Any],
+                      seeds: Sequence[int], lo: int, hi: int) -> tuple[list[Any], np.ndarray]:
+        """Draw and check the layouts of graphs lo..hi; boxes (b, O, F, 4) for the UNet (padded slots 0)."""
+        from sg2v.layout_sampler import LayoutSampler
+
+        be, xp = self.backend, self.xp
+        s = plan["settings"]
+        f, _, h, w = self.frame_shape
+        host = {name: _host(enc[name], xp) for name in ("objects", "context", "context_mask")}
+        host["triples"] = np.asarray(triples)
+        sampler = LayoutSampler(be.layout.run, self.alphas_cumprod, f, h, w, s["relation_rules"],
+                                steps=s["steps"], tries=s["tries"], per_round=s["per_round"],
+                                sampler=s["sampler"], xp=xp, max_batch=s.get("max_batch"))
+        results = sampler.draw(host, plan["relationships"][lo:hi], plan["counts"][lo:hi],
+                               plan["pinned"][lo:hi], seeds[lo:hi])
+        boxes = np.zeros((hi - lo, host["objects"].shape[1], f, 4), np.float32)  # (b, O, F, 4)
+        for i, r in enumerate(results):
+            boxes[i, :len(r.tracks)] = r.tracks
+        return results, boxes
 
     def _conditioning(self, cond: Mapping[str, Any], uncond: Mapping[str, Any], b: int) -> dict[str, Any]:
         """The UNet feeds other than x: t, and each conditioning input as 2b rows: the b rows of `cond`, then
@@ -256,7 +340,8 @@ class Generator:
         feeds = {name: self._bufs[name][:2 * b] for name in ("t", *cond)}
         for name, value in cond.items():
             feeds[name][:b] = value  # (b, ...): the conditional rows
-            feeds[name][b:] = uncond[name]  # the unconditional rows (the learned null context)
+            # the unconditional rows: the learned null context; no objects and no boxes (GROUNDING)
+            feeds[name][b:] = uncond[name] if name in uncond else 0.0
         return feeds
 
     def _denoiser(self, feeds: dict[str, Any], b: int, s: SamplerSettings, clock: Any) -> Callable:
@@ -289,6 +374,11 @@ class Generator:
         xp = self.xp
         frames = xp.ascontiguousarray(xp.moveaxis(unit_to_frames(x), 2, -1))  # (b, F, H, W, C)
         return frames if output != "numpy" or xp is np else xp.asnumpy(frames)
+
+
+def _host(a: Any, xp: Any) -> np.ndarray:
+    """A stage output as a host numpy array (a copy where it lives on a device)."""
+    return np.asarray(a) if isinstance(a, np.ndarray) or xp is np else xp.asnumpy(a)
 
 
 def _concatenate(parts: list[Any], output: str, xp: Any) -> Any:

@@ -33,7 +33,7 @@ class LayoutResult:
 
     tracks: np.ndarray  # (n, F, 4) float32, boxes in [0, 1]
     relations: list[RelationCheck]
-    draws: int  # candidates drawn (0: every track was given)
+    draws: int  # candidates judged in draw order up to the kept one (1: the first held; 0: all tracks given)
     satisfied: bool  # every relation with a rule holds
     pinned: list[int] = field(default_factory=list)  # object indices whose tracks were given
     contradictions: list[str] = field(default_factory=list)
@@ -124,13 +124,13 @@ class LayoutSampler:
             for i, k in zip(need, ks):
                 c = cands[pos:pos + k, :counts[i]]  # (k, n, F, 4)
                 pos += k
-                drawn[i] += k
                 ok = batch_all_hold(c, relationships[i], self.rules)  # (k,)
                 if ok.any():
-                    tracks = c[int(np.argmax(ok))]
-                    results[i] = LayoutResult(tracks, check_layout(tracks, relationships[i], self.rules),
-                                              drawn[i], True, sorted(pinned[i]), contra[i])
+                    j = int(np.argmax(ok))
+                    results[i] = LayoutResult(c[j], check_layout(c[j], relationships[i], self.rules),
+                                              drawn[i] + j + 1, True, sorted(pinned[i]), contra[i])
                     continue
+                drawn[i] += k
                 for j in range(k):
                     checks = check_layout(c[j], relationships[i], self.rules)
                     score = _score(checks)

@@ -46,9 +46,12 @@ class RelationCheck:
 
 
 def rules_for(predicates: Iterable[str], family: str = "shapes") -> dict[str, str]:
-    """A vocabulary's rule table: each predicate that `family` has a rule for maps to that rule's id."""
+    """A vocabulary's rule table: each predicate that `family` has a rule for maps to that rule's id
+    ("none": no predicate is checked)."""
+    if family == "none":
+        return {}
     if family not in FAMILIES:
-        raise ValueError(f"unknown relation-rule family {family!r}; choose one of {list(FAMILIES)}")
+        raise ValueError(f"unknown relation-rule family {family!r}; choose one of {[*FAMILIES, 'none']}")
     return {p: f"{family}/{p}" for p in predicates if f"{family}/{p}" in RULES}
 
 

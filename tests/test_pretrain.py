@@ -150,7 +150,8 @@ def test_evaluate_retrieval_restores_modes():
     encoder.train()
     video.train()
     r = evaluate_retrieval(encoder, video, MODEL.data, n=8, batch_size=3)
-    assert set(r) == {"R@1", "R@5", "n"} and r["n"] == 8 and 0 <= r["R@1"] <= r["R@5"] <= 1
+    assert set(r) == {"R@1", "R@5", "R@1_same_graph", "n"} and r["n"] == 8 and 0 <= r["R@1"] <= r["R@5"] <= 1
+    assert r["R@1"] <= r["R@1_same_graph"] <= 1
     assert encoder.training and video.training
     with pytest.raises(PretrainError, match="at least 5"):
         evaluate_retrieval(encoder, video, MODEL.data, n=4)

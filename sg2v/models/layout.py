@@ -30,17 +30,17 @@ class LayoutBlock(nn.Module):
     GraphTripleConv, here over the layout's tokens); messages are mean-pooled back onto their objects.
     """
 
-    def __init__(self, dim: int, heads: int, context_dim: int):
+    def __init__(self, dim: int, heads: int, rel_dim: int):
         super().__init__()
         self.ln1, self.ln2, self.ln3 = TokenNorm(dim), TokenNorm(dim), TokenNorm(dim)
         self.attn = Attention(dim, heads)
-        self.message = nn.Sequential(nn.Linear(2 * dim + context_dim, 2 * dim), nn.SiLU(),
+        self.message = nn.Sequential(nn.Linear(2 * dim + rel_dim, 2 * dim), nn.SiLU(),
                                      nn.Linear(2 * dim, 2 * dim))
         self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
     def forward(self, h: torch.Tensor, bias: torch.Tensor, s_idx: torch.Tensor, o_idx: torch.Tensor,
                 rel: torch.Tensor, rel_mask: torch.Tensor) -> torch.Tensor:
-        """h (B, O, D), bias (B, 1, 1, O), s_idx / o_idx (B, T), rel (B, T, C), rel_mask (B, T)."""
+        """h (B, O, D), bias (B, 1, 1, O), s_idx / o_idx (B, T), rel (B, T, R), rel_mask (B, T)."""
         h = h + self.attn(self.ln1(h), bias=bias)
         n = self.ln2(h)
         pair = torch.cat([_gather_rows(n, s_idx), _gather_rows(n, o_idx), rel], dim=-1)  # (B, T, 2D + C)
@@ -57,7 +57,7 @@ class LayoutNet(nn.Module):
     """v-prediction over tracks x (B, O, F, 4) given the graph and pinned tracks (see module note)."""
 
     def __init__(self, lcfg: LayoutConfig, data: DataConfig, object_dim: int, context_dim: int,
-                 alphas_cumprod: torch.Tensor):
+                 num_preds: int, alphas_cumprod: torch.Tensor):
         super().__init__()
         self.frames = data.frames
         self.track_dim = 4 * data.frames
@@ -66,9 +66,13 @@ class LayoutNet(nn.Module):
         self.known_in = nn.Linear(self.track_dim + 1, dim)
         self.object_in = nn.Linear(object_dim, dim)
         self.global_in = nn.Linear(context_dim, dim)
+        # Its own predicate embedding beside the encoder's triple token: the encoder is trained for other
+        # objectives (masked contrastive pretraining), and geometry needs the predicate itself at hand.
+        self.pred_embed = nn.Embedding(num_preds, dim)
         self.time_embed = nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, dim), nn.SiLU(),
                                         nn.Linear(dim, dim))
-        self.blocks = nn.ModuleList(LayoutBlock(dim, lcfg.heads, context_dim) for _ in range(lcfg.layers))
+        self.blocks = nn.ModuleList(LayoutBlock(dim, lcfg.heads, context_dim + dim)
+                                    for _ in range(lcfg.layers))
         self.norm_out = TokenNorm(dim)
         self.out = nn.Linear(dim, self.track_dim)
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
@@ -91,7 +95,8 @@ class LayoutNet(nn.Module):
              + emb[:, None, :])  # (B, O, D)
         bias = ((1.0 - track_mask.to(h.dtype)) * MASK_BIAS)[:, None, None, :]  # (B, 1, 1, O)
         s_idx, o_idx = triples[..., 0], triples[..., 2]  # (B, T)
-        rel, rel_mask = context[:, 1:].to(x.dtype), context_mask[:, 1:].to(x.dtype)  # (B, T, C), (B, T)
+        rel = torch.cat([context[:, 1:].to(x.dtype), self.pred_embed(triples[..., 1])], -1)  # (B, T, C + D)
+        rel_mask = context_mask[:, 1:].to(x.dtype)  # (B, T)
         for block in self.blocks:
             h = block(h, bias, s_idx, o_idx, rel, rel_mask)
         x0 = self.out(self.norm_out(h)).reshape(x.shape)  # (B, O, F, 4)

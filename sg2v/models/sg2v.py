@@ -31,11 +31,15 @@ class SG2V(nn.Module):
         if cfg.diffusion.prediction not in ("v", "x0"):
             raise ConfigError(f"diffusion.prediction = {cfg.diffusion.prediction!r}; choose 'v' or 'x0'")
         x0_ac = ac if cfg.diffusion.prediction == "x0" else None
+        if (cfg.layout.dim > 0) != (cfg.unet.layout_dim > 0):
+            raise ConfigError(f"layout.dim = {cfg.layout.dim} and unet.layout_dim = {cfg.unet.layout_dim}: a "
+                              "model has both a layout network and a grounded UNet, or neither")
         self.layout_net = None
         if cfg.layout.dim > 0:
             from sg2v.models.layout import LayoutNet
 
-            self.layout_net = LayoutNet(cfg.layout, cfg.data, cfg.encoder.embed_dim, d, ac)
+            self.layout_net = LayoutNet(cfg.layout, cfg.data, cfg.encoder.embed_dim, d,
+                                        cfg.encoder.num_preds, ac)
         self.unet = TemporalUNet(cfg.unet, cfg.data, d, x0_alphas_cumprod=x0_ac,
                                  object_dim=cfg.encoder.embed_dim)
         # Learned global token, zeros elsewhere; the local slots are masked out, so they never get a gradient.

@@ -44,8 +44,9 @@ class ConvVideoEncoder(nn.Module):
     """
 
     def __init__(self, data: DataConfig, global_dim: int, channels: int = 32, feature_dim: int = 64,
-                 grid: int = 4):
+                 grid: int = 4, pool: int = 1):
         super().__init__()
+        self.pool = pool  # frames are average-pooled by this factor first (cheaper; objects stay visible)
         self.global_dim = global_dim
         self.feature_dim = feature_dim
         self.grid = grid
@@ -61,9 +62,13 @@ class ConvVideoEncoder(nn.Module):
                                          nn.Linear(2 * global_dim, global_dim))
 
     def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, F, C, H, W) in [-1, 1] -> global (B, global_dim), feature_map (B, F, feature_dim, H/4, W/4)."""
+        """(B, F, C, H, W) in [-1, 1] -> global (B, global_dim), feature_map (B, F, feature_dim, h, w) with
+        h = H / (4 pool)."""
         b, f = video.shape[:2]
-        fmap = self.stem(video.flatten(0, 1))  # (B*F, Cf, h, w)
+        frames = video.flatten(0, 1)  # (B*F, C, H, W)
+        if self.pool > 1:
+            frames = F.avg_pool2d(frames, self.pool)  # (B*F, C, H/pool, W/pool)
+        fmap = self.stem(frames)  # (B*F, Cf, h, w)
         grid = F.adaptive_avg_pool2d(fmap, self.grid).flatten(1)  # (B*F, Cf*g*g)
         per_frame = self.frame_head(grid).view(b, f, -1)  # (B, F, 2G)
         half = max(f // 2, 1)

@@ -108,24 +108,48 @@ class TorchStage:
 
 
 def model_backend(model: torch.nn.Module, host: bool = False, name: str | None = None) -> Backend:
-    """An SG2V's encoder and UNet as a backend on the model's device, with its learned null context."""
+    """An SG2V's stages (encoder, layout network when grounded, UNet) as a backend on the model's device,
+    with its learned null context."""
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
+    grounded = model.layout_net is not None
+    if grounded:
+        encoder = TorchStage(model.encoder.encode_all, spec.ENCODER_INPUTS, spec.GROUNDED_ENCODER_OUTPUTS,
+                             device, host)
+        layout = TorchStage(model.layout_net, spec.LAYOUT_INPUTS, spec.LAYOUT_OUTPUTS, device, host)
+    else:
+        encoder = TorchStage(model.encoder, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS, device, host)
+        layout = None
+    unet_inputs = spec.GROUNDED_UNET_INPUTS if model.grounded else spec.UNET_INPUTS
     return Backend(
         name or f"torch-{device.type}",
-        TorchStage(model.encoder, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS, device, host),
-        TorchStage(model.unet, spec.UNET_INPUTS, spec.UNET_OUTPUTS, device, host),
-        np if host else TorchArrays(device),
+        encoder,
+        TorchStage(model.unet, unet_inputs, spec.UNET_OUTPUTS, device, host),
+        layout=layout,
+        xp=np if host else TorchArrays(device),
         null_context=model.null_context_arrays(),
         synchronize=(lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None),
     )
 
 
-def model_generator(model: torch.nn.Module, cfg: ModelConfig | None = None) -> Generator:
-    """The generation loop on `model_backend(model)`, with the model config's sampler defaults."""
+def layout_settings(cfg: ModelConfig, vocab: Any) -> dict[str, Any] | None:
+    """The layout stage's settings of a model (the manifest's `layout` entry), None without a layout net."""
+    if cfg.layout.dim <= 0:
+        return None
+    from sg2v.relations import rules_for
+
+    return spec.layout_defaults(cfg.layout, rules_for(vocab.pred_names, cfg.layout.rules))
+
+
+def model_generator(model: torch.nn.Module, cfg: ModelConfig | None = None, vocab: Any = None) -> Generator:
+    """The generation loop on `model_backend(model)`, with the model config's sampler and layout defaults."""
     cfg = cfg if cfg is not None else model.cfg
+    if vocab is None:
+        from sg2v.vocab import shapes_vocab
+
+        vocab = shapes_vocab()
     d, diffusion = cfg.data, cfg.diffusion
     backend = model_backend(model)
     return Generator(backend, (d.frames, d.channels, d.height, d.width),
                      make_alphas_cumprod(diffusion.num_train_timesteps, diffusion.schedule),
-                     sampler_defaults(diffusion), backend.null_context)
+                     sampler_defaults(diffusion), backend.null_context, layout_settings(cfg, vocab))
