@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from sg2v import bundle_spec as spec
 from sg2v.errors import Sg2vError
-from sg2v.generation import Backend, Generator, check_seeds
+from sg2v.generation import Backend, Generation, Generator, check_seeds
 from sg2v.runtime.backends import make_backend
 from sg2v.runtime.bundle import Bundle
 
@@ -32,8 +33,10 @@ class Pipeline:
         self.xp = backend.xp
         s = bundle.shapes
         null = backend.null_context or (bundle.null_context, bundle.null_context_mask)
+        layout = bundle.manifest.get("layout") if spec.grounded(s) else None
         self.generator = Generator(backend, (s["frames"], s["channels"], s["height"], s["width"]),
-                                   bundle.alphas_cumprod(), bundle.sampler_defaults, null)
+                                   bundle.alphas_cumprod(), bundle.sampler_defaults, null, layout)
+        self.last_generation: Generation | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -67,7 +70,7 @@ class Pipeline:
             # Re-validate: a SceneGraph built against another vocabulary would silently mean other objects.
             graph = graph.to_dict()
         data = self.bundle.config.data
-        return parse_graph(graph, self.bundle.vocab, data.max_objects, data.max_relationships)
+        return parse_graph(graph, self.bundle.vocab, data.max_objects, data.max_relationships, data.frames)
 
     def __call__(self, graph: Any, seed: int = 0, steps: int | None = None, guidance: float | None = None,
                  guidance_rescale: float | None = None, sampler: str | None = None,
@@ -81,12 +84,29 @@ class Pipeline:
     def generate(self, graphs: Sequence[Any], seeds: Sequence[int], steps: int | None = None,
                  guidance: float | None = None, guidance_rescale: float | None = None,
                  sampler: str | None = None, callback: Callable[[int, float, Any, Any], None] | None = None,
-                 output: str = "numpy", max_batch: int | None = None) -> Any:
+                 output: str = "numpy", max_batch: int | None = None,
+                 layouts: Sequence[Mapping[int, Any] | None] | None = None,
+                 layout_tries: int | None = None) -> Any:
         """Frames (B, F, H, W, 3) uint8 for B graphs, graph i from seed i: the frames of B single calls.
 
         One encoder call and one UNet call per step for at most `max_batch` (and the backend's limit) videos
-        at a time; unset options take the bundle's sampler defaults.
+        at a time; unset options take the bundle's sampler defaults. For a layout-grounded bundle,
+        `layouts[i]` maps object indices of graph i to given tracks ((F, 4) boxes in [0, 1], kept exactly,
+        beside the graph's own "layout" key) and `layout_tries` caps the draws of the relation check;
+        `self.last_generation.layouts` holds each video's `LayoutResult` (the tracks used, which relations
+        hold) after the call (`run` returns it directly).
         """
+        return self.run(graphs, seeds, steps=steps, guidance=guidance, guidance_rescale=guidance_rescale,
+                        sampler=sampler, callback=callback, output=output, max_batch=max_batch,
+                        layouts=layouts, layout_tries=layout_tries).frames
+
+    def run(self, graphs: Sequence[Any], seeds: Sequence[int], steps: int | None = None,
+            guidance: float | None = None, guidance_rescale: float | None = None,
+            sampler: str | None = None, callback: Callable[[int, float, Any, Any], None] | None = None,
+            output: str = "numpy", max_batch: int | None = None,
+            layouts: Sequence[Mapping[int, Any] | None] | None = None,
+            layout_tries: int | None = None) -> Generation:
+        """`generate`, returning the whole `Generation`: frames, timings and (grounded bundles) layouts."""
         from sg2v.graph import pad_graphs
 
         graphs = list(graphs)
@@ -98,9 +118,13 @@ class Pipeline:
         data = self.bundle.config.data
         parsed = [self.parse(g) for g in graphs]
         feeds = pad_graphs(parsed, data.max_objects, data.max_relationships).as_feeds()
+        given = None if layouts is None else [dict(m or {}) for m in layouts]
         with self._lock:
-            return self.generator.run(feeds, seeds, settings, callback=callback, output=output,
-                                      max_batch=max_batch).frames
+            result = self.generator.run(feeds, seeds, settings, callback=callback, output=output,
+                                        max_batch=max_batch, graphs=parsed, layouts=given,
+                                        layout_tries=layout_tries)
+            self.last_generation = result
+            return result
 
     def close(self) -> None:
         """Release the backend's sessions, engines and device buffers."""

@@ -343,6 +343,10 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] 
             continue
         meta = f.metadata
         kw: dict[str, Any] = {"dest": f.name, "default": f.default, "help": meta["help"]}
+        if isinstance(f.default, bool):  # --flag / --no-flag
+            kw["action"] = argparse.BooleanOptionalAction
+            parser.add_argument(f"--{f.name.replace('_', '-')}", *meta["aliases"], **kw)
+            continue
         if meta["choices"] is not None:
             kw["choices"] = list(meta["choices"])
         kw["type"] = meta["type"] or (type(f.default) if f.default is not None else str)

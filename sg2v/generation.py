@@ -274,6 +274,25 @@ class Generator:
                                  layout_satisfied=[r.satisfied for r in drawn])
         return Generation(out, self.last_timings, drawn)
 
+    def draw_layouts(self, feeds: Mapping[str, np.ndarray], seeds: Sequence[int], graphs: Sequence[Any],
+                     layouts: Sequence[Mapping[int, np.ndarray]] | None = None,
+                     layout_tries: int | None = None, max_batch: int | None = None) -> list[Any]:
+        """The layout stage alone: the `LayoutResult` each graph would be drawn with (no video)."""
+        if not self.grounded:
+            raise Sg2vError("this model has no layout stage")
+        be = self.backend
+        b = len(feeds[GRAPH_TENSORS[0]])
+        seeds = check_seeds(seeds, b)
+        plan = self._layout_plan(b, graphs, layouts, layout_tries)
+        limit = min(n for n in (max_batch, be.max_batch, b) if n is not None)
+        out: list[Any] = []
+        with be.stream_context():
+            for lo in range(0, b, limit):
+                hi = min(lo + limit, b)
+                enc = be.encoder.run({k: feeds[k][lo:hi] for k in GRAPH_TENSORS})
+                out += self._draw_layouts(enc, feeds["triples"][lo:hi], plan, seeds, lo, hi)[0]
+        return out
+
     def _layout_plan(self, b: int, graphs: Sequence[Any] | None,
                      layouts: Sequence[Mapping[int, np.ndarray]] | None, tries: int | None) -> Any:
         """What the layout stage needs per graph (counts, relationships, pinned tracks), or None when the

@@ -26,7 +26,64 @@ def heldout_graphs(cfg: ModelConfig, n: int, seed: int = 0) -> list[dict[str, An
     d = cfg.data
     ds = ShapesDataset(seed=seed, length=n, split="heldout", frames=d.frames, height=d.height, width=d.width,
                        max_objects=d.max_objects, max_relationships=d.max_relationships)
-    return [ds[i].graph for i in range(n)]
+    return [ds.scene(i)[0] for i in range(n)]
+
+
+def heldout_tracks(cfg: ModelConfig, n: int, seed: int = 0) -> list[dict[int, np.ndarray]]:
+    """The true tracks of the first `n` held-out graphs: object index -> (F, 4) boxes in [0, 1]."""
+    d = cfg.data
+    ds = ShapesDataset(seed=seed, length=n, split="heldout", frames=d.frames, height=d.height, width=d.width,
+                       max_objects=d.max_objects, max_relationships=d.max_relationships)
+    scale = np.array([d.width, d.height, d.width, d.height], dtype=np.float32)
+    return [dict(enumerate(ds.scene(i)[1].boxes(d.frames) / scale)) for i in range(n)]
+
+
+LAYOUT_KEYS = ("layout_relation_accuracy", "layout_relation_accuracy_first_draw", "layout_satisfied",
+               "layout_satisfied_first_draw", "layout_redrawn", "layout_mean_draws", "layout_diversity")
+
+
+def layout_quality(generator: Any, graphs: Sequence[Any], feeds: dict[str, np.ndarray], seeds: Sequence[int],
+                   tries: int | None = None, diversity_graphs: int = 16, diversity_seeds: int = 8,
+                   max_batch: int | None = None) -> dict[str, Any]:
+    """The layout stage alone on parsed `graphs`: relation accuracy of its tracks by the relation rules with
+    the check (up to `tries` draws) and without it (the first draw), how often the check redrew (the first
+    draw failed a rule), mean draws to the kept layout, and diversity: the mean standard deviation, in frame
+    widths, of each object's mean box centre across `diversity_seeds` seeds, over the first
+    `diversity_graphs` graphs without relationships (where nothing pins the objects down)."""
+    runs = {}
+    for name, t in (("first_draw", 1), ("check", tries)):
+        runs[name] = generator.draw_layouts(feeds, seeds, graphs, layout_tries=t, max_batch=max_batch)
+
+    def rel_acc(results: Sequence[Any]) -> float | None:
+        checks = [c for r in results for c in r.relations if c.holds is not None]
+        return sum(c.holds for c in checks) / len(checks) if checks else None
+
+    checked = [i for i, r in enumerate(runs["check"]) if any(c.holds is not None for c in r.relations)]
+    free = [i for i, g in enumerate(graphs) if not g.relationships][:diversity_graphs]
+    spread = []
+    if free:
+        rep = np.repeat(np.asarray(free), diversity_seeds)
+        sub = {k: v[rep] for k, v in feeds.items()}
+        dseeds = [int(seeds[i]) * diversity_seeds + k for i in free for k in range(diversity_seeds)]
+        drawn = generator.draw_layouts(sub, dseeds, [graphs[i] for i in rep], max_batch=max_batch)
+        for j in range(len(free)):
+            tracks = np.stack([r.tracks for r in drawn[j * diversity_seeds:(j + 1) * diversity_seeds]])
+            centres = np.stack([(tracks[..., 0] + tracks[..., 2]) / 2, (tracks[..., 1] + tracks[..., 3]) / 2],
+                               -1).mean(2)  # (seeds, n, 2): each object's mean centre
+            spread.append(float(centres.std(axis=0).mean()))
+    kept = runs["check"]
+    return {
+        "layout_relation_accuracy": rel_acc(kept),
+        "layout_relation_accuracy_first_draw": rel_acc(runs["first_draw"]),
+        "layout_satisfied": float(np.mean([kept[i].satisfied for i in checked])) if checked else None,
+        "layout_satisfied_first_draw": (float(np.mean([runs["first_draw"][i].satisfied for i in checked]))
+                                        if checked else None),
+        "layout_redrawn": float(np.mean([kept[i].draws > 1 for i in checked])) if checked else None,
+        "layout_mean_draws": float(np.mean([kept[i].draws for i in checked])) if checked else None,
+        "layout_diversity": float(np.mean(spread)) if spread else None,
+        "layout_contradictory": sum(bool(r.contradictions) for r in kept),
+        "n": len(graphs),
+    }
 
 
 def false_presence(videos: Sequence[np.ndarray], graphs: Sequence[Any]) -> float:
@@ -58,25 +115,29 @@ def score_videos(videos: Sequence[np.ndarray], graphs: Sequence[Any]) -> dict[st
 
 def evaluate_pipeline(pipe: Any, n: int = 200, steps: Sequence[int] = (4, 8, 25), seed: int = 0,
                       guidance: float | None = None, log: Callable[[str], None] | None = None,
-                      max_batch: int | None = None) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
+                      max_batch: int | None = None, true_layouts: bool = False
+                      ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
     """Rows of oracle metrics, one per step count, for `n` held-out graphs sampled through `pipe`.
 
     Graph i uses noise seed `seed + i` (as `sg2v.training.evaluate` does); the graphs go through
-    `pipe.generate` in batches of at most `max_batch` (and the bundle's limit). Returns (rows, videos per
-    step count).
+    `pipe.generate` in batches of at most `max_batch` (and the bundle's limit). `true_layouts` gives a
+    grounded model every object's true track (the UNet's ceiling) instead of drawing them. Returns (rows,
+    videos per step count).
     """
     cfg = pipe.bundle.config
     graphs = heldout_graphs(cfg, n, seed)
     seeds = [seed + i for i in range(n)]
+    layouts = heldout_tracks(cfg, n, seed) if true_layouts else None
     rows, videos = [], {}
     for s in steps:
         settings = pipe.generator.settings(steps=int(s), guidance=guidance)
         t0 = time.perf_counter()
-        vids = pipe.generate(graphs, seeds, steps=int(s), guidance=guidance,
-                             max_batch=max_batch)  # (n, F, H, W, 3) uint8
+        vids = pipe.generate(graphs, seeds, steps=int(s), guidance=guidance, max_batch=max_batch,
+                             layouts=layouts)  # (n, F, H, W, 3) uint8
         row = score_videos(vids, graphs)
         row.update(n=n, steps=int(s), seed=int(seed), backend=pipe.backend_name, guidance=settings.guidance,
-                   sampler=settings.sampler, seconds_per_video=(time.perf_counter() - t0) / n)
+                   sampler=settings.sampler, seconds_per_video=(time.perf_counter() - t0) / n,
+                   layout="true" if true_layouts else "sampled")
         rows.append(row)
         videos[int(s)] = vids
         if log is not None:

@@ -2,6 +2,7 @@
 
   sg2v-train pretrain --size tiny --out runs/pre
   sg2v-train diffusion --size tiny --steps 2000 --out runs/tiny [--init-encoder runs/pre/pretrain.pt]
+  sg2v-train layout --size tiny --steps 2000 --init runs/tiny/last.pt --freeze-encoder --out runs/tiny-layout
   torchrun --nproc-per-node 2 -m sg2v.cli.train diffusion ...   (DDP: gloo on CPU, nccl on CUDA)
   sg2v-train eval --ckpt runs/tiny/last.pt --steps 4 8 25 [--json table.json]
 """
@@ -27,7 +28,7 @@ def _add_pretrain_args(p: argparse.ArgumentParser) -> None:
 def _add_diffusion_args(p: argparse.ArgumentParser) -> None:
     from sg2v.training.train import TrainConfig
 
-    add_options(p, TrainConfig)
+    add_options(p, TrainConfig, skip=("objective",))
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
 
@@ -52,12 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="sg2v-train", description=__doc__.splitlines()[0],
                                      formatter_class=fmt)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{pretrain,diffusion,eval}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{pretrain,diffusion,layout,eval}")
     what = "masked contrastive pretraining of the graph encoder (SGDiff)"
     _add_pretrain_args(sub.add_parser("pretrain", formatter_class=fmt, help=what, description=what))
     _add_diffusion_args(sub.add_parser("diffusion", formatter_class=fmt,
                                        help="train the diffusion model (resumes OUT/last.pt)",
                                        description="Train the SG2V diffusion model on the shapes world"))
+    _add_diffusion_args(sub.add_parser("layout", formatter_class=fmt,
+                                       help="train the layout network (resumes OUT/last.pt)",
+                                       description="Train the layout network of a grounded SG2V on the "
+                                       "shapes world's scenes (--init: the model whose other parts to keep)"))
     _add_eval_args(sub.add_parser("eval", formatter_class=fmt, help="oracle scores at several sampler steps",
                                   description="Sample held-out graphs and score the videos with the oracle"))
     return parser
@@ -73,7 +78,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
 def _run_diffusion(args: argparse.Namespace) -> int:
     from sg2v.training.train import TrainConfig, train
 
-    tc = from_options(TrainConfig, args)
+    tc = from_options(TrainConfig, args, objective=args.command)
     res = train(tc, progress=not args.no_progress)
     import torch.distributed as td
 
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             return _run_pretrain(args)
-        if args.command == "diffusion":
+        if args.command in ("diffusion", "layout"):
             return _run_diffusion(args)
         return _run_eval(args)
     except Sg2vError as e:

@@ -62,13 +62,51 @@ class ShapesVideoDataset(Dataset):
         return self.shapes[index].graph
 
     def sample_arrays(self, sample: ShapesSample) -> dict[str, np.ndarray]:
-        """A sample's training arrays: "video" (F, C, H, W) uint8 and the padded graph tensors."""
+        """A sample's training arrays: "video" (F, C, H, W) uint8, the padded graph tensors and "boxes"
+        (O, F, 4), each object's box per frame in [0, 1] (zero for `__image__` and padded slots)."""
         d = self.data
         g = pad_graphs([parse_graph(sample.graph, self.vocab)], d.max_objects, d.max_relationships)
-        return {"video": video_to_layout(sample.video), **{k: v[0] for k, v in g.as_feeds().items()}}
+        return {"video": video_to_layout(sample.video), **{k: v[0] for k, v in g.as_feeds().items()},
+                "boxes": padded_tracks(sample.boxes, d)}
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         return self.sample_arrays(self.shapes[index])
+
+
+def padded_tracks(boxes: np.ndarray, data: DataConfig) -> np.ndarray:
+    """Pixel boxes (n, F, 4) (x1, y1 exclusive) -> (O, F, 4) float32 in [0, 1] of the frame, zero-padded."""
+    out = np.zeros((data.padded_objects, data.frames, 4), dtype=np.float32)
+    scale = np.array([data.width, data.height, data.width, data.height], dtype=np.float32)
+    out[:len(boxes)] = np.asarray(boxes, dtype=np.float32) / scale
+    return out
+
+
+class ShapesLayoutDataset(Dataset):
+    """Shapes-world (graph, tracks) pairs without drawing the video, for training the layout network.
+
+    Sample i has the graph and tracks of `ShapesVideoDataset`'s sample i (the same scene, unrendered):
+    the padded graph tensors, "tracks" (O, F, 4) in [0, 1] and "track_mask" (O,) (1 for the graph's objects).
+    """
+
+    def __init__(self, cfg: ModelConfig | DataConfig, vocab: Any, seed: int = 0, split: str = "train",
+                 length: int = 2**62):
+        d = getattr(cfg, "data", cfg)
+        self.data, self.vocab = d, vocab
+        self.shapes = ShapesDataset(seed=seed, length=length, split=split, frames=d.frames, height=d.height,
+                                    width=d.width, max_objects=d.max_objects,
+                                    max_relationships=d.max_relationships)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        d = self.data
+        graph, motion = self.shapes.scene(index)
+        g = pad_graphs([parse_graph(graph, self.vocab)], d.max_objects, d.max_relationships)
+        mask = np.zeros(d.padded_objects, dtype=np.float32)
+        mask[:len(graph["objects"])] = 1.0
+        tracks = padded_tracks(motion.boxes(d.frames), d)  # (O, F, 4)
+        return {**{k: v[0] for k, v in g.as_feeds().items()}, "tracks": tracks, "track_mask": mask}
 
 
 def collate(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:

@@ -17,25 +17,35 @@ import torch
 
 from sg2v.config import ModelConfig
 from sg2v.graph import SceneGraph, pad_graphs, parse_graph
-from sg2v.quality import METRIC_KEYS, false_presence, format_table, heldout_graphs, score_videos
+from sg2v.quality import (
+    METRIC_KEYS,
+    false_presence,
+    format_table,
+    heldout_graphs,
+    heldout_tracks,
+    score_videos,
+)
 from sg2v.training.backend import model_generator
 
-__all__ = ["METRIC_KEYS", "evaluate", "false_presence", "format_table", "heldout_graphs", "sample_videos"]
+__all__ = ["METRIC_KEYS", "evaluate", "evaluate_layouts", "false_presence", "format_table", "heldout_graphs",
+           "sample_videos"]
 
 
-def _graph_batch(graphs: Sequence[Any], cfg: ModelConfig, vocab: Any):
-    parsed = [g if isinstance(g, SceneGraph) else parse_graph(g, vocab, cfg.data.max_objects,
-                                                              cfg.data.max_relationships) for g in graphs]
-    return pad_graphs(parsed, cfg.data.max_objects, cfg.data.max_relationships)
+def _parsed(graphs: Sequence[Any], cfg: ModelConfig, vocab: Any) -> list[SceneGraph]:
+    d = cfg.data
+    return [g if isinstance(g, SceneGraph) else parse_graph(g, vocab, d.max_objects, d.max_relationships,
+                                                            d.frames) for g in graphs]
 
 
 @torch.no_grad()
 def sample_videos(model: torch.nn.Module, graphs: Sequence[Any], steps: int = 8, guidance: float = 3.0,
                   sampler: str = "dpmpp2m", seed: int = 0, *, cfg: ModelConfig | None = None,
-                  vocab: Any = None, rescale: float | None = None) -> np.ndarray:
+                  vocab: Any = None, rescale: float | None = None,
+                  layouts: Sequence[dict[int, np.ndarray]] | None = None) -> np.ndarray:
     """Videos for `graphs` (dicts or SceneGraphs): (B, F, H, W, C) uint8; graph i uses noise seed seed + i.
 
-    `rescale` None takes the model config's default guidance rescale.
+    `rescale` None takes the model config's default guidance rescale; `layouts[i]` gives a grounded model
+    graph i's tracks (object index -> (F, 4)) instead of drawing them.
     """
     cfg = cfg if cfg is not None else model.cfg
     if vocab is None:
@@ -45,26 +55,55 @@ def sample_videos(model: torch.nn.Module, graphs: Sequence[Any], steps: int = 8,
     was_training = model.training
     model.eval()
     try:
-        gen = model_generator(model, cfg)
+        gen = model_generator(model, cfg, vocab)
         settings = gen.settings(steps=int(steps), guidance=guidance, guidance_rescale=rescale,
                                 sampler=sampler)
-        feeds = _graph_batch(graphs, cfg, vocab).as_feeds()
-        return gen.run(feeds, [seed + i for i in range(len(graphs))], settings).frames
+        parsed = _parsed(graphs, cfg, vocab)
+        feeds = pad_graphs(parsed, cfg.data.max_objects, cfg.data.max_relationships).as_feeds()
+        return gen.run(feeds, [seed + i for i in range(len(graphs))], settings,
+                       graphs=parsed if gen.grounded else None, layouts=layouts).frames
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate_layouts(model: torch.nn.Module, cfg: ModelConfig, vocab: Any, n: int = 64, seed: int = 0,
+                     tries: int | None = None) -> dict[str, Any]:
+    """The layout stage alone on `n` held-out graphs (`sg2v.quality.layout_quality`)."""
+    from sg2v.quality import layout_quality
+
+    was_training = model.training
+    model.eval()
+    try:
+        gen = model_generator(model, cfg, vocab)
+        parsed = _parsed(heldout_graphs(cfg, n, seed), cfg, vocab)
+        feeds = pad_graphs(parsed, cfg.data.max_objects, cfg.data.max_relationships).as_feeds()
+        out = layout_quality(gen, parsed, feeds, [seed + i for i in range(n)], tries=tries)
+        out.update(seed=int(seed))
+        return out
     finally:
         model.train(was_training)
 
 
 def evaluate(model: torch.nn.Module, cfg: ModelConfig, vocab: Any, n: int = 16, steps: int = 8,
              guidance: float = 3.0, sampler: str = "dpmpp2m", seed: int = 0,
-             contact_sheet: str | os.PathLike | None = None, batch: int = 16) -> dict[str, Any]:
-    """Oracle scores of videos sampled for `n` held-out graphs: presence, relation/shape accuracy, ..."""
+             contact_sheet: str | os.PathLike | None = None, batch: int = 16,
+             true_layouts: bool = False) -> dict[str, Any]:
+    """Oracle scores of videos sampled for `n` held-out graphs: presence, relation/shape accuracy, ...
+
+    `true_layouts` gives a grounded model every object's true track (what the UNet alone can do) instead
+    of drawing them with its layout network.
+    """
     graphs = heldout_graphs(cfg, n, seed)
+    tracks = heldout_tracks(cfg, n, seed) if true_layouts else None
     videos = np.concatenate([
-        sample_videos(model, graphs[i:i + batch], steps, guidance, sampler, seed + i, cfg=cfg, vocab=vocab)
+        sample_videos(model, graphs[i:i + batch], steps, guidance, sampler, seed + i, cfg=cfg, vocab=vocab,
+                      layouts=None if tracks is None else tracks[i:i + batch])
         for i in range(0, n, batch)
     ])  # (n, F, H, W, C)
     out = score_videos(videos, graphs)
-    out.update(n=n, steps=int(steps), guidance=float(guidance), sampler=sampler, seed=int(seed))
+    out.update(n=n, steps=int(steps), guidance=float(guidance), sampler=sampler, seed=int(seed),
+               layout="true" if true_layouts else ("sampled" if model.grounded else "none"))
     if contact_sheet is not None:
         from sg2v.video import write_contact_sheet
 

@@ -41,13 +41,23 @@ from sg2v.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from sg2v.training.data import ShapesVideoDataset, StepBatchSampler, collate, seed_worker
-from sg2v.training.losses import diffusion_loss
+from sg2v.training.data import (
+    ShapesLayoutDataset,
+    ShapesVideoDataset,
+    StepBatchSampler,
+    collate,
+    seed_worker,
+)
+from sg2v.training.losses import diffusion_loss, layout_loss
 from sg2v.video import frames_to_unit
 from sg2v.vocab import shapes_vocab
 
 LAST = "last.pt"
 METRICS = "metrics.jsonl"
+
+
+OBJECTIVES = ("diffusion", "layout")
+GROUNDING_PREFIXES = ("unet.object_maps.", "unet.layout_in.", "unet.pixel_head.", "layout_net.")
 
 
 class TrainError(Sg2vError, ValueError):
@@ -60,6 +70,9 @@ class TrainError(Sg2vError, ValueError):
 class TrainConfig:
     """Everything a diffusion training run depends on; saved in the checkpoint as `train_config`."""
 
+    objective: str = option("diffusion", "what the run trains: 'diffusion' (the UNet, on rendered clips and "
+                            "their true boxes) or 'layout' (the layout network, on unrendered scenes)",
+                            choices=OBJECTIVES)
     size: str = option("tiny", "model size (a key of sg2v.config.MODEL_SIZES)", choices=sorted(MODEL_SIZES))
     steps: int = option(2000, "optimizer steps in total; a resumed run continues up to this")
     batch: int = option(16, "global batch: samples per optimizer step over all processes")
@@ -84,7 +97,12 @@ class TrainConfig:
                                       "encoder", type=str)
     init: str | None = option(None, "weights to fine-tune from, with a fresh optimizer and schedule: a "
                               "checkpoint (its EMA weights) or a bundle folder exported with "
-                              "--include-weights", type=str)
+                              "--include-weights; a model without layout grounding fills all but the "
+                              "grounding layers, which start at zero", type=str)
+    freeze_encoder: bool = option(False, "keep the graph encoder's weights as --init / --init-encoder gave "
+                                  "them (the layout network and the UNet then read the same encoder)")
+    pin_prob: float = option(0.3, "layout objective: fraction of samples in which half the objects' tracks "
+                             "are given (layout inpainting)")
     resume: str = option("auto", "'auto' (OUT/last.pt when present), 'never', or a checkpoint path")
     device: str = option("auto", f"where to train: {DEVICES} (under torchrun, each process takes its "
                          "LOCAL_RANK's GPU)")
@@ -143,6 +161,10 @@ class TrainConfig:
             raise TrainError(str(e)) from None
         if self.eval_every and self.eval_samples < 1:
             raise TrainError("--eval-samples must be >= 1 when --eval-every is set; or pass --eval-every 0")
+        if self.objective not in OBJECTIVES:
+            raise TrainError(f"objective {self.objective!r}: choose one of {list(OBJECTIVES)}")
+        if not (isinstance(self.pin_prob, (int, float)) and 0.0 <= self.pin_prob <= 1.0):
+            raise TrainError(f"--pin-prob must be in [0, 1], got {self.pin_prob!r}")
 
 
 def lr_at(tc: TrainConfig, step: int) -> float:
@@ -295,13 +317,14 @@ def load_init_encoder(model: torch.nn.Module, path: str) -> None:
     load_state_checked(model.encoder, ckpt["encoder"], path, "encoder")
 
 
-def load_init_weights(model: torch.nn.Module, path: str) -> None:
+def load_init_weights(model: torch.nn.Module, path: str) -> list[str]:
     """Initialise the whole SG2V from `path` to fine-tune it (fresh optimizer, schedule and step count).
 
     `path` is a checkpoint (`last.pt`, `model.pt`, an sg2v `.safetensors`: its EMA weights when stored, else
     its raw ones) or a bundle folder exported with `--include-weights` (its `model.safetensors`, fp16 or fp32,
     cast up to the model's fp32 parameters; its sha256 is checked against the manifest first). The stored
-    config must equal this run's, video shape included.
+    config must equal this run's, video shape included, or be this run's without layout grounding; returns
+    the names of the tensors that keep their initialisation (the grounding layers in that case).
     """
     where = Path(path)
     if where.is_dir():
@@ -312,11 +335,27 @@ def load_init_weights(model: torch.nn.Module, path: str) -> None:
         cfg = checkpoint_config(ckpt, where)
         what = "ema" if ckpt.get("ema") is not None else "model"
         state = ckpt[what]
-    if cfg != model.cfg:
+    if cfg == model.cfg:
+        load_state_checked(model, state, where, what)
+        return []
+    if cfg.unet.layout_dim or _ungrounded(model.cfg) != cfg:
         raise CheckpointError(f"--init {path}: config mismatch: it holds a {cfg.name!r} model ({cfg.data}), "
                               f"this run asks for {model.cfg.name!r} ({model.cfg.data}); pass the same "
                               "--size and video shape")
-    load_state_checked(model, state, where, what)
+    # An ungrounded model of the same shapes: everything but the grounding layers comes from it; those keep
+    # their initialisation (zero outputs: the UNet computes what the source did until they learn).
+    fresh = [k for k in model.state_dict() if k.startswith(GROUNDING_PREFIXES)]
+    full = {**{k: v for k, v in model.state_dict().items() if k in fresh}, **state}
+    load_state_checked(model, full, where, what)
+    return fresh
+
+
+def _ungrounded(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` without layout grounding (no layout network, no object maps)."""
+    from sg2v.config import LayoutConfig, UNetConfig
+
+    unet = dataclasses.replace(cfg.unet, layout_dim=0, layout_head=UNetConfig().layout_head)
+    return cfg.replace(unet=unet, layout=LayoutConfig())
 
 
 def train(tc: TrainConfig, progress: bool = True) -> TrainResult:
@@ -348,20 +387,34 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
         raise TrainError(f"--batch {tc.batch} must be a multiple of world size x --grad-accum "
                          f"({dist.world} x {tc.grad_accum})")
 
+    if tc.objective == "layout" and cfg.layout.dim <= 0:
+        raise TrainError(f"--size {tc.size} has no layout network (layout.dim = 0); the layout objective "
+                         "needs one")
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(dist.device)
+    if tc.init:
+        fresh = load_init_weights(model, tc.init)
+        if fresh and dist.is_main:
+            print(f"--init {tc.init}: an ungrounded model; {len(fresh)} grounding tensors start from their "
+                  "initialisation", file=sys.stderr)
     if tc.init_encoder:
         load_init_encoder(model, tc.init_encoder)
-    if tc.init:
-        load_init_weights(model, tc.init)
+    learn = {id(p) for p in trainable(model, tc)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in learn)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr, betas=(0.9, 0.99),
+                            weight_decay=tc.weight_decay)
 
     start = 0
     resume = _resolve_resume(tc, out)
     if resume is not None:
         ckpt = load_checkpoint(resume)
         saved = checkpoint_config(ckpt, resume)
+        before = (ckpt.get("train_config") or {}).get("objective", "diffusion")
+        if before != tc.objective:
+            raise CheckpointError(f"{resume}: a {before} run's checkpoint, this run trains {tc.objective}; "
+                                  "pass --init with it and another --out (or --resume never)")
         if saved != cfg:
             raise CheckpointError(f"{resume}: config mismatch: it holds a {saved.name!r} model "
                                   f"({saved.data}), this run asks for {cfg.name!r} ({cfg.data}); pass the "
@@ -391,7 +444,8 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
     if start >= tc.steps or (tc.stop_at and start >= tc.stop_at):
         return TrainResult(model, ema, opt, start, losses, metrics, out)
 
-    ds = ShapesVideoDataset(cfg, vocab, seed=tc.seed, split="train")
+    ds = (ShapesLayoutDataset if tc.objective == "layout" else ShapesVideoDataset)(cfg, vocab, seed=tc.seed,
+                                                                                 split="train")
     batches = iter(make_loader(ds, tc, start, dist.world, dist.rank, pin=dist.device.type == "cuda"))
     use_bf16 = dist.device.type == "cuda"
     bar = _Progress(start, tc.steps, progress and dist.is_main, tc.log_every)
@@ -416,7 +470,7 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
                     sync = ddp.no_sync()
                 with sync:
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                        loss = compute_loss(ddp, batch, gen)
+                        loss = compute_loss(ddp, batch, gen, tc)
                     (loss / tc.grad_accum).backward()
                 step_loss += loss.detach().float() / tc.grad_accum
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip
@@ -451,8 +505,7 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
             if dist.is_main and tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
                 m = _periodic_eval(tc, ema, cfg, vocab, out, done)
                 metrics.append(m)
-                bar.write(f"eval step {done}: presence {m['presence']:.3f} relation_accuracy "
-                          f"{_fmt(m['relation_accuracy'])} shape_accuracy {_fmt(m['shape_accuracy'])}")
+                bar.write(f"eval step {done}: {_eval_line(m)}")
             if stop:
                 stopped = done
                 if dist.is_main:
@@ -503,32 +556,71 @@ def _stop_reason(tc: TrainConfig, dist: Dist, done: int, t_start: float) -> str 
     return "time_limit" if over else None
 
 
+def trainable(model: torch.nn.Module, tc: TrainConfig) -> list[torch.nn.Parameter]:
+    """The parameters `tc` trains: the layout network (layout objective) or everything else (diffusion
+    objective), the graph encoder in either case unless --freeze-encoder."""
+    core = getattr(model, "module", model)
+    out = []
+    for name, p in core.named_parameters():
+        in_layout = name.startswith("layout_net.")
+        if name.startswith("encoder."):
+            keep = not tc.freeze_encoder
+        else:
+            keep = in_layout if tc.objective == "layout" else not in_layout
+        if keep:
+            out.append(p)
+    return out
+
+
 def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
-                 generator: torch.Generator | None) -> torch.Tensor:
-    """The v-prediction diffusion loss (with CFG condition dropout) of one micro-batch.
+                 generator: torch.Generator | None, tc: TrainConfig | None = None) -> torch.Tensor:
+    """The loss of one micro-batch: the v-prediction diffusion loss (with CFG condition dropout, grounded on
+    the clips' true boxes when the model is), or the layout network's loss (`tc.objective` "layout").
 
     batch["video"] is (B, F, C, H, W): uint8 as the data loader ships it (mapped to [-1, 1] here, on the
     model's device), or float32 already in [-1, 1].
     """
+    graph = {k: batch[k] for k in GRAPH_TENSORS}
+    tc = tc or TrainConfig()
+    if tc.objective == "layout":
+        return layout_loss(model, batch["tracks"], batch["track_mask"], graph, generator,
+                           pin_prob=tc.pin_prob, train_encoder=not tc.freeze_encoder)
     video = batch["video"]
     if video.dtype == torch.uint8:
         video = frames_to_unit(video)
-    return diffusion_loss(model, video, {k: batch[k] for k in GRAPH_TENSORS}, generator)
+    core = getattr(model, "module", model)
+    boxes = batch["boxes"] if core.grounded else None
+    return diffusion_loss(model, video, graph, generator, boxes=boxes)
 
 
 def _periodic_eval(tc: TrainConfig, ema: torch.nn.Module, cfg: ModelConfig, vocab: Any, out: Path,
                    step: int) -> dict[str, Any]:
-    from sg2v.training.evaluate import evaluate
+    """Held-out evaluation of the EMA weights: the layout stage's relation accuracy (layout objective), or
+    the oracle's scores of sampled videos, a grounded model's drawn on the true tracks (the UNet's part)."""
+    from sg2v.training.evaluate import evaluate, evaluate_layouts
 
-    (out / "samples").mkdir(exist_ok=True)
     rng_state = torch.get_rng_state()  # evaluation must not perturb the training stream
-    sheet = out / "samples" / f"step{step:07d}.png"
-    report = evaluate(ema, cfg, vocab, n=tc.eval_samples, steps=tc.eval_steps, guidance=tc.eval_guidance,
-                      sampler=tc.eval_sampler, seed=tc.seed, contact_sheet=sheet)
+    if tc.objective == "layout":
+        report = evaluate_layouts(ema, cfg, vocab, n=tc.eval_samples, seed=tc.seed)
+    else:
+        (out / "samples").mkdir(exist_ok=True)
+        sheet = out / "samples" / f"step{step:07d}.png"
+        report = evaluate(ema, cfg, vocab, n=tc.eval_samples, steps=tc.eval_steps, guidance=tc.eval_guidance,
+                          sampler=tc.eval_sampler, seed=tc.seed, contact_sheet=sheet,
+                          true_layouts=ema.grounded)
     torch.set_rng_state(rng_state)
     m = {"step": step, "eval": True, **report}
     _log(out, m)
     return m
+
+
+def _eval_line(m: dict[str, Any]) -> str:
+    if "layout_relation_accuracy" in m:
+        return (f"layout relations {_fmt(m['layout_relation_accuracy_first_draw'])} first draw, "
+                f"{_fmt(m['layout_relation_accuracy'])} with the check; diversity "
+                f"{_fmt(m['layout_diversity'])}")
+    return (f"presence {m['presence']:.3f} relation_accuracy {_fmt(m['relation_accuracy'])} shape_accuracy "
+            f"{_fmt(m['shape_accuracy'])}")
 
 
 def _fmt(x: float | None) -> str:
