@@ -319,6 +319,12 @@ def parse_device(text: str | None, flag: str = "--device") -> tuple[str, int | N
     raise ConfigError(f"{flag} {text!r} is not understood; use {DEVICES}")
 
 
+def without_layout(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` without layout grounding: no layout network, no object maps in the UNet."""
+    unet = dataclasses.replace(cfg.unet, layout_dim=0, layout_head=UNetConfig().layout_head)
+    return cfg.replace(unet=unet, layout=LayoutConfig())
+
+
 def model_config(size: str) -> ModelConfig:
     """The named configuration `size` (one of `MODEL_SIZES`)."""
     try:

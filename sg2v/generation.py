@@ -81,7 +81,6 @@ class Backend:
     name: str  # e.g. "ort-cpu", "ort-cuda", "trt", "torch-cpu", "torch-cuda-graphs-fp16"
     encoder: Stage
     unet: Stage
-    layout: Stage | None = None  # the layout network of a grounded bundle (format 3)
     xp: Any = np  # numpy, cupy, or sg2v.training.backend.TorchArrays
     null_context: tuple[np.ndarray, np.ndarray] | None = None  # overrides the bundle's (torch with --ckpt)
     max_batch: int | None = None  # videos per stage call (None: any; the UNet then takes 2 x max_batch rows)
@@ -91,6 +90,7 @@ class Backend:
     synchronize: Callable[[], None] = lambda: None  # wait for queued device work (for honest timings)
     notes: list[str] = field(default_factory=list)  # how the ladder got here (fallbacks, capture status)
     close: Callable[[], None] = lambda: None
+    layout: Stage | None = None  # the layout network of a grounded bundle (format 3)
 
 
 @dataclass(frozen=True)

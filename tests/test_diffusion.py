@@ -7,14 +7,22 @@ import numpy as np
 import pytest
 import torch
 
-from sg2v.config import model_config
+from sg2v.config import model_config, without_layout
 from sg2v.errors import ConfigError
 from sg2v.graph import GraphBatch
 from sg2v.models.sg2v import SG2V, build_model
 from sg2v.schedule import make_alphas_cumprod
-from sg2v.training.losses import alphas_cumprod_tensor, diffusion_loss, min_snr_weight, q_sample, v_target
+from sg2v.training.losses import (
+    alphas_cumprod_tensor,
+    diffusion_loss,
+    layout_loss,
+    min_snr_weight,
+    q_sample,
+    v_target,
+)
 
-CFG = model_config("tiny")
+GROUNDED = model_config("tiny")
+CFG = without_layout(GROUNDED)  # the loss's graph-only path; the grounded one is tested below
 D = CFG.data
 
 
@@ -230,3 +238,67 @@ def test_x0_loss_weight_caps_the_x0_error_weight():
     snr_p1 = 1.0 / (1.0 - ac[t])
     assert torch.allclose(w * snr_p1, snr_p1.clamp_max(X0_LOSS_WEIGHT_CAP), rtol=1e-6)
     assert x0_loss_weight(ac, torch.tensor([999])).item() == 1.0  # pure noise: plain x0 error
+
+
+def random_boxes(b: int, graph: dict[str, torch.Tensor], seed: int = 0) -> torch.Tensor:
+    """Boxes (B, O, F, 4) in [0, 1] for the real user objects of `graph` (the last real slot is __image__)."""
+    g = torch.Generator().manual_seed(seed)
+    lo = torch.rand(b, D.padded_objects, D.frames, 2, generator=g) * 0.6
+    boxes = torch.cat([lo, lo + 0.2], -1)
+    n = graph["obj_mask"].sum(1).long()  # real slots, __image__ included
+    keep = torch.arange(D.padded_objects)[None] < (n - 1)[:, None]
+    return boxes * keep[:, :, None, None]
+
+
+def test_grounded_loss_feeds_boxes_and_drops_them_with_the_graph():
+    torch.manual_seed(5)
+    model = build_model(GROUNDED)
+    rec = Recorder(model)
+    b, p = 8, 0.5
+    x0, graph = clips(b, 1), random_graphs(b, 1)
+    boxes = random_boxes(b, graph, 2)
+    diffusion_loss(model, x0, graph, torch.Generator().manual_seed(4), cond_drop_prob=p, boxes=boxes)
+    g = torch.Generator().manual_seed(4)
+    torch.randint(0, 1000, (b,), generator=g)
+    torch.randn(x0.shape, generator=g)
+    drop = torch.rand(b, generator=g) < p
+    assert 0 < int(drop.sum()) < b
+    (_, _, _, _, objects, fed), _ = rec.calls[-1]
+    with torch.no_grad():
+        _, _, want_objects = model.encode_all(graph)
+    keep = ~drop
+    torch.testing.assert_close(fed[keep], boxes[keep])
+    assert not fed[drop].any() and not objects[drop].any()  # the unconditional samples lose the layout too
+    torch.testing.assert_close(objects[keep], want_objects[keep])
+    with pytest.raises(ConfigError, match="grounded on a layout"):
+        diffusion_loss(model, x0, graph, torch.Generator().manual_seed(4))
+
+
+def test_layout_loss_counts_only_the_unpinned_objects():
+    """The layout loss against a hand computation on the same draws (t, noise, pinning)."""
+    torch.manual_seed(6)
+    model = build_model(GROUNDED)
+    b = 6
+    graph = random_graphs(b, 3)
+    tracks = random_boxes(b, graph, 4)
+    n = graph["obj_mask"].sum(1).long()
+    track_mask = (torch.arange(D.padded_objects)[None] < (n - 1)[:, None]).float()
+    got = layout_loss(model, tracks, track_mask, graph, torch.Generator().manual_seed(9), pin_prob=1.0)
+    g = torch.Generator().manual_seed(9)
+    ac = alphas_cumprod_tensor(GROUNDED.diffusion)
+    t = torch.randint(0, ac.shape[0], (b,), generator=g)
+    x0 = tracks * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    torch.rand(b, 1, generator=g)
+    pin = (torch.rand(b, D.padded_objects, generator=g) < 0.5).float() * track_mask
+    with torch.no_grad():
+        ctx, cmask, objects = model.encode_all(graph)
+        v = model.layout_net(q_sample(x0, t, noise, ac), t.float(), objects, track_mask, ctx, cmask,
+                             graph["triples"], x0 * pin[..., None, None], pin)
+    err = ((v - v_target(x0, t, noise, ac)) ** 2).mean((2, 3))
+    w = track_mask * (1 - pin)
+    from sg2v.training.losses import x0_loss_weight
+
+    want = ((err * w).sum(1) / w.sum(1).clamp_min(1) * x0_loss_weight(ac, t)).mean()
+    torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-7)
+    assert 0 < pin.sum() < track_mask.sum()  # this draw pins some objects and not others

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from sg2v.config import model_config
+from sg2v.config import model_config, without_layout
 from sg2v.errors import ConfigError
 from sg2v.models.unet import (
     Attention,
+    ObjectMaps,
     TemporalAttention,
     TemporalConv,
     TemporalUNet,
@@ -28,10 +29,25 @@ CTX = CFG.encoder.context_dim
 L = D.context_tokens
 
 
-def make_unet(seed=0, **unet_changes) -> TemporalUNet:
+UNGROUNDED = without_layout(CFG)
+OD = CFG.encoder.embed_dim
+
+
+def make_unet(seed=0, grounded=False, **unet_changes) -> TemporalUNet:
     torch.manual_seed(seed)
-    ucfg = dataclasses.replace(CFG.unet, **unet_changes)
-    return TemporalUNet(ucfg, D, CTX).eval()
+    base = CFG.unet if grounded else UNGROUNDED.unet
+    ucfg = dataclasses.replace(base, **unet_changes)
+    return TemporalUNet(ucfg, D, CTX, object_dim=OD if grounded else 0).eval()
+
+
+def layout_inputs(b=2, seed=0):
+    """Objects (B, O, d) and per-frame boxes (B, O, F, 4): two real objects per clip, the rest empty."""
+    g = torch.Generator().manual_seed(seed)
+    objects = torch.randn(b, D.padded_objects, OD, generator=g)
+    lo = torch.rand(b, D.padded_objects, D.frames, 2, generator=g) * 0.6
+    boxes = torch.cat([lo, lo + 0.1 + torch.rand(b, D.padded_objects, D.frames, 2, generator=g) * 0.3], -1)
+    boxes[:, 2:] = 0.0  # padded slots and `__image__`: no box
+    return objects, boxes
 
 
 def randomize_zero_params(net: nn.Module, seed=1) -> None:
@@ -213,7 +229,7 @@ def test_x0_parameterised_unet_outputs_v_of_its_x0():
     plain = make_unet(seed=3)
     randomize_zero_params(plain)
     torch.manual_seed(3)
-    x0net = TemporalUNet(CFG.unet, D, CTX, x0_alphas_cumprod=ac).eval()
+    x0net = TemporalUNet(UNGROUNDED.unet, D, CTX, x0_alphas_cumprod=ac).eval()
     x0net.load_state_dict(plain.state_dict())  # strict: the schedule buffers are not in the state dict
     x, t, ctx, mask = inputs(2, seed=8)
     t = torch.tensor([7.0, 991.0])
@@ -251,8 +267,22 @@ def test_unet_flops_match_hand_count():
             m.register_forward_hook(attn_hook)
     with torch.no_grad():
         net(*inputs(2))
-    assert unet_flops(CFG, batch=2) == count[0]
-    assert unet_flops(CFG, batch=4) == 2 * count[0]
+    assert unet_flops(UNGROUNDED, batch=2) == count[0]
+    assert unet_flops(UNGROUNDED, batch=4) == 2 * count[0]
+    # grounded: the same plus the grounding layers' convs / linears and the object maps' paint MatMul
+    count[0] = 0
+    net = make_unet(grounded=True)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(conv_hook)
+        elif isinstance(m, nn.Linear):
+            m.register_forward_hook(linear_hook)
+        elif isinstance(m, Attention):
+            m.register_forward_hook(attn_hook)
+    with torch.no_grad():
+        net(*inputs(2), *layout_inputs(2))
+    paint = 2 * 2 * D.frames * D.height * D.width * D.padded_objects * CFG.unet.layout_dim
+    assert unet_flops(CFG, batch=2) == count[0] + paint
 
 
 def _export_and_compare(path, dynamo: bool):
@@ -300,6 +330,73 @@ def test_onnx_export_matches_torch(tmp_path):
     fused = [n for n in optimized.graph.node if n.op_type == "LayerNormalization"]
     norms = sum(isinstance(m, TokenNorm) for m in net.modules())
     assert norms > 0 and len(fused) == norms
+
+
+def test_object_maps_match_a_pixel_loop():
+    """Object maps against a float64 loop over pixels: each box paints its object's projected embedding and
+    its in-box coordinates on the pixels whose centres it holds; empty boxes paint nothing."""
+    torch.manual_seed(3)
+    maps = ObjectMaps(OD, CFG.unet.layout_dim, D.height, D.width).double()
+    objects, boxes = layout_inputs(2, seed=5)
+    boxes[0, 1, 0] = torch.tensor([0.25, 0.125, 0.625, 0.5])  # on the pixel grid of an 8 x 8 frame
+    got = maps(objects.double(), boxes.double()).reshape(2, D.frames, -1, D.height, D.width)
+    emb = maps.proj(objects.double())  # (B, O, E)
+    want = torch.zeros_like(got)
+    for b in range(2):
+        for f in range(D.frames):
+            for i in range(D.height):
+                for j in range(D.width):
+                    u, v = (j + 0.5) / D.width, (i + 0.5) / D.height
+                    for k in range(D.padded_objects):
+                        x0, y0, x1, y1 = boxes[b, k, f].tolist()
+                        if x0 <= u < x1 and y0 <= v < y1:
+                            rel = torch.tensor([(u - x0) / (x1 - x0) * 2 - 1, (v - y0) / (y1 - y0) * 2 - 1,
+                                                1.0], dtype=torch.float64)
+                            want[b, f, :, i, j] += torch.cat([emb[b, k], rel])
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    cover = got[:, :, -1]
+    rows = slice(D.height // 8, D.height // 2)  # the grid-aligned box [0.25, 0.125, 0.625, 0.5]
+    cols = slice(D.width // 4, 5 * D.width // 8)
+    assert (cover[0, 0, rows, cols] >= 1).all() and cover[0, 0, rows, cols].numel() == (3 * D.height // 8)**2
+
+
+def test_grounding_starts_as_the_ungrounded_unet_and_then_reads_the_boxes():
+    """Zero-initialised grounding: with an ungrounded UNet's weights, the grounded one computes the same v
+    whatever the boxes; once its grounding weights move, the boxes change v."""
+    plain = make_unet(seed=2)
+    randomize_zero_params(plain)
+    grounded = make_unet(seed=2, grounded=True)
+    missing, unexpected = grounded.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith(("object_maps.", "layout_in.", "pixel_head."))
+                                              for k in missing)
+    x, t, ctx, mask = inputs(2, seed=7)
+    objects, boxes = layout_inputs(2, seed=8)
+    with torch.no_grad():
+        want = plain(x, t, ctx, mask)
+        torch.testing.assert_close(grounded(x, t, ctx, mask, objects, boxes), want, rtol=0, atol=0)
+        randomize_zero_params(grounded, seed=9)
+        moved = grounded(x, t, ctx, mask, objects, boxes)
+        other = grounded(x, t, ctx, mask, objects, layout_inputs(2, seed=10)[1])
+    assert not torch.allclose(moved, want) and not torch.allclose(moved, other)
+    with pytest.raises(ValueError, match="grounded on a layout"):
+        grounded(x, t, ctx, mask)
+
+
+def test_grounded_onnx_export_matches_torch(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    net = make_unet(grounded=True)
+    randomize_zero_params(net)
+    args = (*inputs(2, seed=4), *layout_inputs(2, seed=4))
+    names = ["x", "t", "context", "context_mask", "objects", "boxes"]
+    torch.onnx.export(net, args, str(tmp_path / "g.onnx"), input_names=names, output_names=["v"],
+                      opset_version=17, external_data=False, dynamo=False)
+    sess = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"])
+    fresh = (*inputs(2, seed=11, real_tokens=3), *layout_inputs(2, seed=12))
+    got = sess.run(["v"], {n: a.numpy() for n, a in zip(names, fresh)})[0]
+    with torch.no_grad():
+        want = net(*fresh).numpy()
+    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-4
 
 
 @pytest.mark.slow

@@ -463,12 +463,16 @@ def unet_flops(cfg: ModelConfig, batch: int = 2) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     d = cfg.data
+    grounded = cfg.unet.layout_dim > 0
     with torch.device("meta"):
-        net = TemporalUNet(cfg.unet, d, cfg.encoder.context_dim)
+        net = TemporalUNet(cfg.unet, d, cfg.encoder.context_dim,
+                           object_dim=cfg.encoder.embed_dim if grounded else 0)
         x = torch.empty(batch, d.frames, d.channels, d.height, d.width)
         t = torch.empty(batch)
         ctx = torch.empty(batch, d.context_tokens, cfg.encoder.context_dim)
         mask = torch.empty(batch, d.context_tokens)
+        layout = ((torch.empty(batch, d.padded_objects, cfg.encoder.embed_dim),
+                   torch.empty(batch, d.padded_objects, d.frames, 4)) if grounded else ())
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(x, t, ctx, mask)
+        net(x, t, ctx, mask, *layout)
     return int(counter.get_total_flops())

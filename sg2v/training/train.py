@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from sg2v.config import DEVICES, MODEL_SIZES, ModelConfig, model_config, option, parse_device
+from sg2v.config import (
+    DEVICES,
+    MODEL_SIZES,
+    ModelConfig,
+    model_config,
+    option,
+    parse_device,
+    without_layout,
+)
 from sg2v.errors import CheckpointError, ConfigError, Sg2vError
 from sg2v.graph import GRAPH_TENSORS
 from sg2v.io import atomic_write_text
@@ -338,7 +346,7 @@ def load_init_weights(model: torch.nn.Module, path: str) -> list[str]:
     if cfg == model.cfg:
         load_state_checked(model, state, where, what)
         return []
-    if cfg.unet.layout_dim or _ungrounded(model.cfg) != cfg:
+    if cfg.unet.layout_dim or without_layout(model.cfg) != cfg:
         raise CheckpointError(f"--init {path}: config mismatch: it holds a {cfg.name!r} model ({cfg.data}), "
                               f"this run asks for {model.cfg.name!r} ({model.cfg.data}); pass the same "
                               "--size and video shape")
@@ -348,14 +356,6 @@ def load_init_weights(model: torch.nn.Module, path: str) -> list[str]:
     full = {**{k: v for k, v in model.state_dict().items() if k in fresh}, **state}
     load_state_checked(model, full, where, what)
     return fresh
-
-
-def _ungrounded(cfg: ModelConfig) -> ModelConfig:
-    """`cfg` without layout grounding (no layout network, no object maps)."""
-    from sg2v.config import LayoutConfig, UNetConfig
-
-    unet = dataclasses.replace(cfg.unet, layout_dim=0, layout_head=UNetConfig().layout_head)
-    return cfg.replace(unet=unet, layout=LayoutConfig())
 
 
 def train(tc: TrainConfig, progress: bool = True) -> TrainResult:
