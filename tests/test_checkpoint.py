@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -168,8 +169,70 @@ def test_pickled_objects_are_refused(tmp_path, tiny):
     ck["config"] = cfg  # a dataclass instance: not loadable with weights_only=True
     p = tmp_path / "pickled.pt"
     torch.save(ck, p)
-    with pytest.raises(CheckpointError, match="ModelConfig.*refuses to unpickle"):
+    with pytest.raises(CheckpointError, match="code-bearing Python objects .*ModelConfig.*will not load"):
         load_checkpoint(p)
+
+
+class _Payload:
+    """Unpickling this calls os.mkdir(marker): a stand-in for code a crafted checkpoint would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.fixture
+def malicious_checkpoints(tmp_path) -> tuple[dict[str, Path], Path]:
+    """The same code-bearing checkpoint dict as raw pickles (protocols 0, 2, 4, 5), torch's legacy format
+    and torch's zip format; and the folder that loading any of them would create."""
+    marker = tmp_path / "payload_ran"
+    ckpt = {"sg2v_format": SG2V_FORMAT, "config": {}, "vocab": {}, "model": {"w": _Payload(marker)}}
+    files = {}
+    for proto in (0, 2, 4, 5):
+        files[f"pickle{proto}"] = tmp_path / f"raw{proto}.pkl"
+        files[f"pickle{proto}"].write_bytes(pickle.dumps(ckpt, protocol=proto))
+    files["legacy"] = tmp_path / "legacy.pt"
+    torch.save(ckpt, files["legacy"], _use_new_zipfile_serialization=False)
+    files["zip"] = tmp_path / "zip.pt"
+    torch.save(ckpt, files["zip"])
+    return files, marker
+
+
+def _never_points_at_the_unsafe_switch(text: str) -> None:
+    assert "weights_only" not in text and "will likely succeed" not in text, text
+    assert "\n" not in text, text
+
+
+def test_code_bearing_pickles_are_named_and_never_loaded(malicious_checkpoints):
+    files, marker = malicious_checkpoints
+    for form, path in files.items():
+        for kind in ("model", "pretrain"):
+            with pytest.raises(CheckpointError) as e:
+                load_checkpoint(path, kind=kind)
+            text = str(e.value)
+            _never_points_at_the_unsafe_switch(text)
+            assert "holds code-bearing Python objects" in text and "mkdir" in text, (form, text)
+            assert "will not load it" in text, (form, text)
+    assert not marker.exists()
+
+
+def test_data_only_pickles_torch_cannot_read_are_not_called_unsafe(tmp_path):
+    """A protocol-4 pickle of plain data, random bytes: corrupt (or unreadable), never "code-bearing", and
+    torch's advice to switch weights_only off is not passed on."""
+    p = tmp_path / "plain4.pkl"
+    p.write_bytes(pickle.dumps({"sg2v_format": SG2V_FORMAT, "a": [1, 2.5, "x"]}, protocol=4))
+    with pytest.raises(CheckpointError, match="corrupt or truncated") as e:
+        load_checkpoint(p)
+    _never_points_at_the_unsafe_switch(str(e.value))
+    assert "code-bearing" not in str(e.value)
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        p.write_bytes(b"\x80\x02" + rng.bytes(512))  # a pickle header, then garbage
+        with pytest.raises(CheckpointError, match="corrupt or truncated") as e:
+            load_checkpoint(p)
+        _never_points_at_the_unsafe_switch(str(e.value))
 
 
 def test_newer_format(tmp_path, tiny):

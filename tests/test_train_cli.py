@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import json
 import os
+import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +165,22 @@ def test_errors_are_one_line_with_exit_code(tmp_path):
 
     r = _cli("diffusion", "--size", "huge", cwd=tmp_path)
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+class _Payload:
+    def __reduce__(self):  # unpickling would create the folder named by SG2V_TEST_PAYLOAD
+        return (os.mkdir, (os.environ["SG2V_TEST_PAYLOAD"],))
+
+
+@pytest.mark.parametrize("flag", ["--init-encoder", "--init", "--resume"])
+def test_code_bearing_checkpoints_are_refused_in_one_line(tmp_path, monkeypatch, capsys, flag):
+    marker = tmp_path / "payload_ran"
+    monkeypatch.setenv("SG2V_TEST_PAYLOAD", str(marker))
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"sg2v_format": 1, "kind": "pretrain", "encoder": _Payload()}, protocol=2))
+    code = main(["diffusion", flag, str(evil), "--out", str(tmp_path / "run"), "--workers", "0",
+                 "--threads", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert re.search(r"code-bearing Python objects \(\w+\.mkdir\)", err) and "will not load" in err, err
+    assert "weights_only" not in err and not marker.exists()

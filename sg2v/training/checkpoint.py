@@ -160,12 +160,13 @@ def _load_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        unsafe = _unsafe_globals(path)
+        unsafe = _code_globals(path)
         if unsafe:
             names = ", ".join(unsafe[:6]) + (", ..." if len(unsafe) > 6 else "")
             raise CheckpointError(
-                f"checkpoint {path} holds Python objects ({names}) besides tensors and containers; sg2v "
-                "refuses to unpickle them: re-save it with sg2v.training.checkpoint.save_checkpoint"
+                f"checkpoint {path} holds code-bearing Python objects ({names}), not only tensors and "
+                "containers; sg2v will not load it (unpickling it could run code): re-save the weights with "
+                "sg2v.training.checkpoint.save_checkpoint from a copy you trust"
             ) from None
         raise _corrupt(path, e) from None
     except RecursionError:
@@ -175,15 +176,95 @@ def _load_torch(path: Path) -> Any:
         raise _corrupt(path, e) from None
 
 
-def _unsafe_globals(path: Path) -> list[str]:
-    """Classes a torch zip checkpoint would unpickle (empty for garbage, which weights_only also rejects)."""
-    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
-    if finder is None or not zipfile.is_zipfile(path):
-        return []
+def _load_reason(e: BaseException) -> str:
+    """What went wrong in torch.load, without the weights-only unpickler's advice to switch the check off."""
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = " ".join(text.split(marker, 1)[1].split("Check the documentation", 1)[0].split())
+        return f"its pickle stream has {detail[:120]}" if detail else "its pickle stream is unreadable"
+    return "its pickle stream is unreadable" if "weights_only" in text else first_line(e)[:160]
+
+
+def _code_globals(path: Path) -> list[str]:
+    """The importable names (classes, functions) a checkpoint's pickle would load beyond what torch's
+    weights-only unpickler admits: torch's own scan for zip checkpoints, `_pickle_globals` for raw pickles
+    and the legacy format; empty for garbage, which the unpickler rejects as well."""
+    if zipfile.is_zipfile(path):
+        finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+        if finder is None:
+            return []
+        try:
+            return sorted(finder(str(path)))  # sorted: the message must not depend on set order
+        except Exception:  # a damaged archive: report it as corrupt, not as unsafe
+            return []
+    allowed = _weights_only_globals()
+    with open(path, "rb") as f:
+        return sorted({n for n in _pickle_globals(f) if n not in allowed})
+
+
+def _weights_only_globals() -> set[str]:
+    """Names torch's weights-only unpickler admits (its allow-list, when this torch exposes it)."""
+    from torch import _weights_only_unpickler as wou
+
+    get = getattr(wou, "_get_allowed_globals", None)
     try:
-        return sorted(finder(str(path)))  # sorted: the message must not depend on set order
-    except Exception:  # a damaged archive: report it as corrupt, not as unsafe
-        return []
+        return set(get()) if get is not None else set()
+    except Exception:
+        return set()
+
+
+_STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+               "BINUNICODE8"}
+_MAX_PICKLES = 8  # the legacy torch format is a few pickles back to back (magic, protocol, info, data)
+_MAX_OPS = 5_000_000
+
+
+def _pickle_globals(f: io.BufferedReader) -> list[str]:
+    """"module.name" of every GLOBAL / STACK_GLOBAL / INST opcode in the pickles at the start of `f`, read
+    with `pickletools.genops` (nothing is executed); a STACK_GLOBAL whose operands the scan cannot follow
+    (built at run time) is listed as such. Stops at the first undecodable byte."""
+    import pickletools
+
+    names: list[str] = []
+    ops = 0
+    for _ in range(_MAX_PICKLES):
+        recent: list[Any] = []  # values the last opcodes pushed, strings where known (for STACK_GLOBAL)
+        memo: dict[Any, Any] = {}
+        try:
+            for op, arg, _pos in pickletools.genops(f):
+                ops += 1
+                if ops > _MAX_OPS:
+                    return names
+                name = op.name
+                if name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", ".", 1))
+                    recent.append(None)
+                elif name == "STACK_GLOBAL":
+                    mod, attr = (recent[-2:] if len(recent) >= 2 else [None, None])
+                    ok = isinstance(mod, str) and isinstance(attr, str)
+                    names.append(f"{mod}.{attr}" if ok else "<a global named at run time>")
+                    recent.append(None)
+                elif name in _STRING_OPS:
+                    recent.append(arg if isinstance(arg, str) else None)
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = recent[-1] if recent else None
+                elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = recent[-1] if recent else None
+                elif name in ("GET", "BINGET", "LONG_BINGET"):
+                    recent.append(memo.get(arg))
+                elif name == "STOP":
+                    break
+                elif name not in ("PROTO", "FRAME"):
+                    recent.append(None)
+                del recent[:-4]
+            else:
+                return names  # the stream ended without STOP
+        except (ValueError, EOFError, UnicodeDecodeError, OverflowError, MemoryError):
+            return names
+        if not f.peek(1):
+            return names
+    return names
 
 
 def _load_safetensors(path: Path) -> dict[str, Any]:
@@ -428,4 +509,4 @@ def load_bundle_model(path: str | os.PathLike) -> tuple[Any, ModelConfig, Any]:
 
 
 def _corrupt(path: Path, e: BaseException) -> CheckpointError:
-    return CheckpointError(f"checkpoint {path} is corrupt or truncated ({first_line(e)}); re-save it")
+    return CheckpointError(f"checkpoint {path} is corrupt or truncated ({_load_reason(e)}); re-save it")
