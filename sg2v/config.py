@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sg2v.errors import ConfigError
+from sg2v.errors import ConfigError, shown
 from sg2v.graph import padded_slots
 
 FORMAT_VERSION = 1  # checkpoint / config format; bump on incompatible change
@@ -244,11 +244,12 @@ def _check_fields(obj: Any, where: str) -> None:
         else:
             ok = True
         if not ok:
-            raise ConfigError(f"{name} = {value!r:.80}: expected {hint}")
+            raise ConfigError(f"{name} = {shown(value, 80)}: expected {hint}")
         if name in CHOICES and value not in CHOICES[name]:
-            raise ConfigError(f"{name} = {value!r:.80}: choose one of {list(CHOICES[name])}")
+            raise ConfigError(f"{name} = {shown(value, 80)}: choose one of {list(CHOICES[name])}")
         if lo is not None and not lo <= value <= hi:
-            raise ConfigError(f"{name} = {value!r}: outside [{lo}, {hi}], what this sg2v accepts from a file")
+            raise ConfigError(f"{name} = {shown(value)}: outside [{lo}, {hi}], what this sg2v accepts from a "
+                              "file")
 
 
 def _resolved_hints(cls: type) -> dict[str, str]:
@@ -358,6 +359,68 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] 
         kw["type"] = meta["type"] or (type(f.default) if f.default is not None else str)
         parser.add_argument(f"--{f.name.replace('_', '-')}", *meta["aliases"], **kw)
     return parser
+
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy's SeedSequence both take [0, 2**63)
+THREADS_PER_CPU = 4  # --threads above this many per usable CPU only oversubscribes (and 1000 threads hang)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def max_threads() -> int:
+    """The most CPU threads a --threads flag may ask for here: THREADS_PER_CPU per usable CPU, 8 at least."""
+    return max(8, THREADS_PER_CPU * usable_cpus())
+
+
+def threads_problem(value: Any, flag: str = "--threads", zero_ok: bool = False) -> str | None:
+    """Why `value` cannot be a thread count (None if it can): an integer in [1 (0 with `zero_ok`), max]."""
+    lo, hi = (0 if zero_ok else 1), max_threads()
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        return (f"{flag} {shown(value)}: must be an integer in [{lo}, {hi}], at most {THREADS_PER_CPU} per "
+                f"usable CPU ({usable_cpus()} here)")
+    return None
+
+
+def option_problem(obj: Any) -> str | None:
+    """The first `option` field of the dataclass `obj` whose value does not have its type, as "--flag ...:
+    why", else None: ints must be integers, floats finite numbers (argparse's float() takes nan and inf)."""
+    for f in dataclasses.fields(obj):
+        if "help" not in f.metadata:
+            continue
+        value, hint = getattr(obj, f.name), str(f.type)
+        flag = "--" + f.name.replace("_", "-")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if hint == "float" and not (number and math.isfinite(value)):
+            return f"{flag} {shown(value)}: must be a finite number"
+        if hint.startswith("int") and not (isinstance(value, int) and not isinstance(value, bool)):
+            if not (value is None and "None" in hint):
+                return f"{flag} {shown(value)}: must be an integer"
+        if hint.startswith("int") and isinstance(value, int) and abs(value) > MAX_SEED:
+            return f"{flag} {shown(value)}: out of range (at most {MAX_SEED.bit_length()} bits)"
+    return None
+
+
+def video_size_problem(frames: int, height: int, width: int, channels: int = 3,
+                       flags: tuple[str, str, str] = ("--frames", "--height", "--width")) -> str | None:
+    """Why a video size asked for on a command line cannot be built (None if it can): each side within
+    `BOUNDS`, the whole video within MAX_VIDEO_ELEMENTS, checked before anything is allocated."""
+    for flag, name, value in zip(flags, ("frames", "height", "width"), (frames, height, width)):
+        lo, hi = BOUNDS[f"DataConfig.{name}"]
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            return f"{flag} {shown(value)}: must be an integer in [{lo}, {hi}]"
+    n = frames * height * width * channels
+    if n > MAX_VIDEO_ELEMENTS:
+        return (f"{flags[0]} {frames} x {flags[1]} {height} x {flags[2]} {width}: {n} values per video, more "
+                f"than the {MAX_VIDEO_ELEMENTS} sg2v allocates; ask for a smaller video")
+    return None
 
 
 def from_options(cls: type, args: argparse.Namespace, **changes: Any) -> Any:

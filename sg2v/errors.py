@@ -54,3 +54,15 @@ def require(module: str, extra: str):
             f"{module} is required for this feature but is not installed ({e}); "
             f"install it with: pip install 'sg2v[{extra}]'"
         ) from None
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A short repr of a user's value for a one-line message: cut at `limit` characters, and an integer too
+    large to print (Python refuses str() past 4300 digits) given by its size instead."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"{'-' if value < 0 else ''}<an integer of {value.bit_length()} bits>"
+    try:
+        text = repr(value)
+    except ValueError:  # a container holding such an integer
+        text = f"<a {type(value).__name__} that cannot be printed>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

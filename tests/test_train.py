@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -14,9 +15,11 @@ import pytest
 import torch
 
 from sg2v.config import model_config
+from sg2v.errors import Sg2vError
 from sg2v.models.sg2v import build_model
 from sg2v.training.checkpoint import load_checkpoint
 from sg2v.training.data import ShapesVideoDataset, StepBatchSampler, collate, micro_batch_indices
+from sg2v.training.pretrain import PretrainConfig, PretrainError
 from sg2v.training.train import (
     TrainConfig,
     TrainError,
@@ -135,6 +138,55 @@ def test_bad_settings_name_the_option():
         TrainConfig(batch=0).check()
     with pytest.raises(TrainError, match="--ema-decay"):
         TrainConfig(ema_decay=1.0).check()
+
+
+def _float_options(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if "help" in f.metadata and str(f.type) == "float"]
+
+
+@pytest.mark.parametrize("cls", [TrainConfig, PretrainConfig], ids=["train", "pretrain"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_option_must_be_finite(cls, value):
+    """NaN passes every `<`/`>` range check, so each float option is checked for finiteness by its type
+    (a NaN --grad-clip used to train on and write an all-NaN checkpoint)."""
+    names = _float_options(cls)
+    assert {"lr", "grad_clip"} <= set(names)
+    check = "check" if cls is TrainConfig else "validate"
+    for name in names:
+        with pytest.raises(Sg2vError, match=f"--{name.replace('_', '-')} {value}: must be a finite number"):
+            getattr(cls(**{name: value}), check)()
+
+
+@pytest.mark.parametrize("changes, why", [
+    ({"seed": -1}, r"--seed must be an integer in \[0, 9223372036854775807\], got -1"),
+    ({"seed": 10**5000}, r"--seed -<an integer|--seed <an integer of 16610 bits>: out of range"),
+    ({"frames": -1}, r"--frames -1: must be an integer in \[1, 1024\]"),
+    ({"frames": 100_000}, r"--frames 100000: must be an integer in \[1, 1024\]"),
+    ({"width": 8192, "height": 8192, "frames": 64}, r"12884901888 values per video, more than the 268435456"),
+    ({"threads": 10**6}, r"--threads 1000000: must be an integer in \[0, \d+\], at most 4 per usable CPU"),
+    ({"threads": -1}, r"--threads must be an integer >= 0, got -1"),
+    ({"lr_min_ratio": 5.0}, r"--lr-min-ratio must be in \[0, 1\]"),
+    ({"weight_decay": -1.0}, r"--weight-decay must be >= 0"),
+    ({"eval_guidance": -2.0}, r"--eval-guidance must be >= 0"),
+    ({"grad_clip": -1.0}, r"--grad-clip must be >= 0"),
+])
+def test_absurd_numbers_are_refused_before_anything_is_built(changes, why):
+    with pytest.raises(TrainError, match=why) as e:
+        TrainConfig(**changes).check()
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("changes, why", [
+    ({"seed": -5}, r"--seed must be an integer in \[0,"),
+    ({"threads": 10**6}, r"--threads 1000000: must be an integer in \[0, \d+\]"),
+    ({"init_temperature": 0.0}, r"--init-temperature must be"),
+    ({"max_logit_scale": -1.0}, r"--max-logit-scale must be > 0"),
+    ({"log_every": 0}, r"--log-every must be >= 1"),
+    ({"grad_clip": -1.0}, r"--grad-clip must be >= 0"),
+])
+def test_absurd_pretraining_numbers_are_refused(changes, why):
+    with pytest.raises(PretrainError, match=why):
+        PretrainConfig(**changes).validate()
 
 
 _CHILD = textwrap.dedent("""

@@ -184,3 +184,25 @@ def test_code_bearing_checkpoints_are_refused_in_one_line(tmp_path, monkeypatch,
     assert code == 1 and len(err.splitlines()) == 1, err
     assert re.search(r"code-bearing Python objects \(\w+\.mkdir\)", err) and "will not load" in err, err
     assert "weights_only" not in err and not marker.exists()
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["diffusion", "--grad-clip", "nan"], "--grad-clip nan"),
+    (["diffusion", "--seed", "-1"], "--seed"),
+    (["diffusion", "--frames", "-1"], "--frames -1"),
+    (["diffusion", "--width", "100000"], "--width 100000"),
+    (["diffusion", "--threads", "1000000"], "--threads 1000000"),
+    (["layout", "--lr", "inf"], "--lr inf"),
+    (["pretrain", "--grad-clip", "nan"], "--grad-clip nan"),
+    (["pretrain", "--seed", "-1"], "--seed"),
+    (["eval", "--ckpt", "x.pt", "--n", "0"], "--n 0"),
+    (["eval", "--ckpt", "x.pt", "--seed", "-1"], "--seed -1"),
+    (["eval", "--ckpt", "x.pt", "--guidance", "nan"], "--guidance nan"),
+])
+def test_absurd_numbers_exit_2_in_one_line_and_start_nothing(tmp_path, capsys, args, flag):
+    out = tmp_path / "run"
+    extra = [] if args[0] == "eval" else ["--out", str(out)]
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag in err, err
+    assert not out.exists()  # refused before the run folder (or anything else) was made

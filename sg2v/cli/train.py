@@ -16,6 +16,8 @@ from pathlib import Path
 
 from sg2v.config import DEVICES, add_options, from_options
 
+MAX_EVAL_SAMPLES = 100_000  # held-out graphs per step count
+
 
 def _add_pretrain_args(p: argparse.ArgumentParser) -> None:
     from sg2v.training.pretrain import PretrainConfig
@@ -87,7 +89,24 @@ def _run_diffusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_eval_args(args: argparse.Namespace) -> None:
+    """TrainError (exit 2) naming the flag unless the eval options can work, before the model is loaded."""
+    import math
+
+    from sg2v.config import MAX_SEED
+    from sg2v.errors import shown
+    from sg2v.training.train import TrainError
+
+    if not 1 <= args.n <= MAX_EVAL_SAMPLES:
+        raise TrainError(f"--n {shown(args.n)}: must be an integer in [1, {MAX_EVAL_SAMPLES}]")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise TrainError(f"--seed {shown(args.seed)}: must be an integer in [0, {MAX_SEED}]")
+    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
+        raise TrainError(f"--guidance {args.guidance}: must be a finite number >= 0 (1: no guidance)")
+
+
 def _run_eval(args: argparse.Namespace) -> int:
+    _check_eval_args(args)
     import torch
 
     from sg2v.io import atomic_write_text

@@ -27,7 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sg2v.config import DEVICES, MODEL_SIZES, DataConfig, ModelConfig, model_config, option, parse_device
+from sg2v.config import (
+    DEVICES,
+    MAX_SEED,
+    MODEL_SIZES,
+    DataConfig,
+    ModelConfig,
+    model_config,
+    option,
+    option_problem,
+    parse_device,
+    threads_problem,
+)
 from sg2v.errors import CheckpointError, ConfigError, Sg2vError
 from sg2v.models.encoder import SGEncoder
 from sg2v.models.video_encoder import ConvVideoEncoder, FrozenVideoEncoder, VideoEncoder
@@ -112,19 +123,32 @@ class PretrainConfig:
         return cls(**d)
 
     def validate(self) -> None:
+        """Reject settings that cannot work, naming the option, before anything is built."""
+        problem = option_problem(self)
+        if problem:
+            raise PretrainError(problem)
         if self.size not in MODEL_SIZES:
             raise PretrainError(f"--size {self.size!r}: choose one of {sorted(MODEL_SIZES)}")
         for name in ("steps", "batch", "video_channels", "feature_dim", "attn_heads", "eval_samples",
-                     "video_pool"):
+                     "video_pool", "log_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise PretrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("video_frames", "warmup"):
+        for name in ("video_frames", "warmup", "eval_every"):
             if getattr(self, name) < 0:
                 raise PretrainError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.lr_min_ratio <= 1.0:
             raise PretrainError(f"--lr-min-ratio must be in [0, 1], got {self.lr_min_ratio}")
-        if self.threads < 0:
-            raise PretrainError(f"--threads must be >= 0, got {self.threads}")
+        problem = threads_problem(self.threads, zero_ok=True)
+        if problem:
+            raise PretrainError(problem + "; 0 takes torch's default")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise PretrainError(f"--seed must be an integer in [0, {MAX_SEED}], got {self.seed}")
+        for name in ("lr", "init_temperature", "max_logit_scale"):
+            if not getattr(self, name) > 0:
+                raise PretrainError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise PretrainError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.batch < 2:
             raise PretrainError("--batch must be >= 2: InfoNCE needs negatives in the batch")
         if self.contrastive_weight < 0 or self.masked_weight < 0:

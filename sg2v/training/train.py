@@ -27,11 +27,15 @@ import torch
 
 from sg2v.config import (
     DEVICES,
+    MAX_SEED,
     MODEL_SIZES,
     ModelConfig,
     model_config,
     option,
+    option_problem,
     parse_device,
+    threads_problem,
+    video_size_problem,
     without_layout,
 )
 from sg2v.errors import CheckpointError, ConfigError, Sg2vError
@@ -141,7 +145,10 @@ class TrainConfig:
         return cfg
 
     def check(self) -> None:
-        """Reject settings that cannot work, naming the option."""
+        """Reject settings that cannot work, naming the option, before anything is built or allocated."""
+        problem = option_problem(self)
+        if problem:
+            raise TrainError(problem)
         positive = {"steps": self.steps, "batch": self.batch, "grad_accum": self.grad_accum,
                     "ckpt_every": self.ckpt_every, "log_every": self.log_every, "eval_steps": self.eval_steps}
         for name, v in positive.items():
@@ -154,6 +161,22 @@ class TrainConfig:
                 raise TrainError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}")
         if not self.lr > 0:
             raise TrainError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise TrainError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.lr_min_ratio <= 1.0:
+            raise TrainError(f"--lr-min-ratio must be in [0, 1], got {self.lr_min_ratio}")
+        if self.eval_guidance < 0:
+            raise TrainError(f"--eval-guidance must be >= 0 (1: no guidance), got {self.eval_guidance}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise TrainError(f"--seed must be an integer in [0, {MAX_SEED}], got {self.seed}")
+        problem = threads_problem(self.threads, zero_ok=True)
+        if problem:
+            raise TrainError(problem + "; 0 takes torch's default")
+        if self.size in MODEL_SIZES:
+            d = self.model_config().data
+            problem = video_size_problem(d.frames, d.height, d.width, d.channels)
+            if problem:
+                raise TrainError(problem)
         if not 0.0 <= self.ema_decay < 1.0:
             raise TrainError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.stop_at > self.steps:
