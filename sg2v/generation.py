@@ -28,7 +28,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sg2v.errors import ConfigError, Sg2vError
+from sg2v.config import MAX_SEED
+from sg2v.errors import ConfigError, Sg2vError, first_line, shown
 from sg2v.graph import GRAPH_TENSORS
 from sg2v.sampling import cfg_denoiser, get_sampler
 from sg2v.schedule import timesteps
@@ -121,8 +122,8 @@ def resolve_settings(defaults: Mapping[str, Any], num_train: int, steps: int | N
     try:
         g = float(defaults["guidance"] if guidance is None else guidance)
         r = float(defaults["guidance_rescale"] if guidance_rescale is None else guidance_rescale)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"guidance and guidance rescale must be numbers ({e})") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ConfigError(f"guidance and guidance rescale must be finite numbers ({first_line(e)})") from None
     if not (math.isfinite(g) and g >= 0.0):
         raise ConfigError(f"guidance must be a finite number >= 0, got {g}; 1 is no guidance, 0 "
                           "unconditional")
@@ -137,8 +138,8 @@ def check_seeds(seeds: Sequence[int], count: int) -> list[int]:
     if len(seeds) != count:
         raise Sg2vError(f"{len(seeds)} seeds for {count} graphs; pass one seed per graph")
     for s in seeds:
-        if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 0:
-            raise Sg2vError(f"seed must be a non-negative integer, got {s!r}")
+        if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or not 0 <= s <= MAX_SEED:
+            raise Sg2vError(f"seed must be an integer in [0, {MAX_SEED}], got {shown(s)}")
     return [int(s) for s in seeds]
 
 
@@ -224,16 +225,17 @@ class Generator:
         per graph until every relation with a rule holds (default: the bundle's).
         """
         xp, be = self.xp, self.backend
-        if output not in OUTPUTS:
-            raise Sg2vError(f"output={output!r}: choose one of {list(OUTPUTS)}")
+        if not isinstance(output, str) or output not in OUTPUTS:
+            raise Sg2vError(f"output={shown(output)}: choose one of {list(OUTPUTS)}")
         if output == "cupy" and getattr(xp, "__name__", "") != "cupy":
             raise Sg2vError(f"output='cupy' needs a GPU backend; this pipeline runs on {be.name}: "
                             "use output='numpy'")
         b = len(feeds[GRAPH_TENSORS[0]])
         seeds = check_seeds(seeds, b)
+        whole = isinstance(max_batch, (int, np.integer)) and not isinstance(max_batch, bool)
+        if max_batch is not None and not (whole and max_batch >= 1):
+            raise Sg2vError(f"batch {shown(max_batch)}: must be an integer >= 1 videos per call")
         limit = min(n for n in (max_batch, be.max_batch, b) if n is not None)
-        if limit < 1:
-            raise Sg2vError(f"batch {max_batch}: must be >= 1 videos per call")
         sample = get_sampler(settings.sampler)
         ts = timesteps(self.num_train, settings.steps, "trailing")  # (steps,) int64, descending
         plan = self._layout_plan(b, graphs, layouts, layout_tries)

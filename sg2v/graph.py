@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sg2v.errors import GraphError
+from sg2v.errors import GraphError, shown
 from sg2v.layout import Track, expand_layout, parse_layout
 from sg2v.vocab import IMAGE_OBJECT, IN_IMAGE_PRED, Vocab
 
@@ -97,9 +97,7 @@ def _show(value: Any, limit: int = 60) -> str:
     if isinstance(value, str):
         text = json.dumps(value if len(value) <= limit else value[:limit] + "...", ensure_ascii=False)
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    text = repr(value)
-    text = text if len(text) <= limit else text[:limit] + "..."
-    return f"{type(value).__name__} {text}"
+    return f"{type(value).__name__} {shown(value, limit + 3)}"
 
 
 class _JsonRuleError(ValueError):
@@ -268,9 +266,8 @@ def _validate(data: Any, vocab: Vocab, where: str, max_objects: int | None,
                 raise GraphError(f"{w}: {role} index must be an integer position in \"objects\", "
                                  f"got {_show(v)}")
             if not 0 <= v < n:
-                shown = str(int(v)) if abs(v) < 10**20 else f"of {len(str(abs(int(v))))} digits"
-                raise GraphError(f"{w}: {role} index {shown} out of range; the graph has {n} object(s), "
-                                 f"indices 0..{n - 1}")
+                raise GraphError(f"{w}: {role} index {shown(int(v))} out of range; the graph has {n} "
+                                 f"object(s), indices 0..{n - 1}")
         s, o = int(s), int(o)
         if not isinstance(pred, str):
             raise GraphError(f"{w}: predicate must be a string, got {_show(pred)}")

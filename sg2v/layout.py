@@ -12,14 +12,13 @@ ones are kept exactly. Every mistake raises `GraphError` naming the place and th
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from sg2v.errors import GraphError
+from sg2v.errors import GraphError, shown
 
 _FORMS = '(F boxes, one box [x0, y0, x1, y1], or {"start": box, "end": box})'
 MAX_LAYOUT_FRAMES = 4096  # bound on the boxes a layout may list before anything is allocated
@@ -56,7 +55,9 @@ class Track:
 
 
 def _show(value: Any, limit: int = 40) -> str:
-    text = json.dumps(value) if isinstance(value, str) else repr(value)
+    if not isinstance(value, str):
+        return shown(value, limit)
+    text = json.dumps(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -71,8 +72,9 @@ def parse_box(value: Any, where: str) -> tuple[float, float, float, float]:
     for k, v in enumerate(value):
         if not _is_number(v):
             raise GraphError(f"{where}[{k}]: expected a number in [0, 1], got {_show(v)}")
-        if not math.isfinite(float(v)) or not 0.0 <= float(v) <= 1.0:
-            raise GraphError(f"{where}[{k}]: {float(v)!r} is outside [0, 1]; box coordinates are fractions "
+        if not 0.0 <= v <= 1.0:  # compared as they are: float() of a huge integer overflows
+            text = _show(v) if isinstance(v, int) and abs(v) > 1e300 else repr(float(v))
+            raise GraphError(f"{where}[{k}]: {text} is outside [0, 1]; box coordinates are fractions "
                              "of the frame (x right, y down)")
     x0, y0, x1, y1 = (float(v) for v in value)
     if x1 <= x0:
@@ -112,7 +114,7 @@ def parse_layout(data: Any, num_objects: int, frames: int | None = None, where: 
                          '{"0": [0.1, 0.1, 0.3, 0.3]}; got ' + _show(data))
     out: dict[int, Track] = {}
     for key, value in data.items():
-        w = f"{where}[{json.dumps(key)}]"
+        w = f"{where}[{_show(key)}]"
         if not isinstance(key, str) or not key.isdigit() or (len(key) > 1 and key[0] == "0") or len(key) > 9:
             raise GraphError(f"{w}: keys are object indices written as strings (\"0\" .. "
                              f"\"{num_objects - 1}\"), got {_show(key)}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sg2v.errors import ConfigError
+from sg2v.errors import ConfigError, shown
 
 Array = Any  # numpy.ndarray | cupy.ndarray | torch.Tensor
 Denoiser = Callable[[Array, float], Array]
@@ -141,5 +141,5 @@ def get_sampler(name: str) -> Callable[..., Array]:
     """The sampler called `name` in `SAMPLERS`."""
     try:
         return SAMPLERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
+    except (KeyError, TypeError):  # TypeError: an unhashable name
+        raise ConfigError(f"unknown sampler {shown(name)}; choose one of {sorted(SAMPLERS)}") from None

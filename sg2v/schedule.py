@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from sg2v.errors import ConfigError
+from sg2v.errors import ConfigError, shown
 
 SCHEDULES = ("cosine", "cosine_zsnr")
 SPACINGS = ("trailing", "leading", "linspace")
@@ -47,7 +47,7 @@ def timesteps(num_train: int, steps: int, spacing: str = "trailing") -> np.ndarr
     """Descending int64 timesteps for `steps` steps; "trailing" starts at num_train - 1 (Lin et al. 2023)."""
     _check_num_train(num_train)
     if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train:
-        raise ConfigError(f"sampler steps must be an integer in [1, {num_train}], got {steps!r}")
+        raise ConfigError(f"sampler steps must be an integer in [1, {num_train}], got {shown(steps)}")
     if spacing == "trailing":
         ts = np.round(np.arange(num_train, 0, -num_train / steps)) - 1
     elif spacing == "leading":

@@ -24,12 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from sg2v.errors import Sg2vError, first_line, require
+from sg2v.errors import Sg2vError, first_line, require, shown
 from sg2v.io import atomic_path
 
 VIDEO_FORMATS = (".mp4", ".gif", ".webp", ".npy", "<folder of PNG frames>")
 MP4_CRF = 12  # H.264 constant rate factor: visually lossless for flat-colored frames, still small
 _META = re.compile(rb"sg2v-frames=(\d+)")
+MIN_FPS, MAX_FPS = 0.01, 1000.0
+MAX_SHEET_BYTES = 1 << 30  # a contact sheet's pixels: 1 GiB at most
 
 
 class VideoError(Sg2vError, ValueError):
@@ -45,6 +47,22 @@ def check_frames(frames: Any) -> np.ndarray:
         raise VideoError(f"frames have dtype {a.dtype}; expected uint8 (convert model output in [-1, 1] with "
                          "sg2v.video.unit_to_frames)")
     return np.ascontiguousarray(a)
+
+
+def check_fps(fps: Any) -> float:
+    """`fps` as a float, or a VideoError unless it is a number in [MIN_FPS, MAX_FPS] (GIF stores a frame's
+    duration in centiseconds of 16 bits, mp4 the rate as a fraction: outside this range they overflow)."""
+    ok = isinstance(fps, (int, float, np.integer, np.floating)) and not isinstance(fps, (bool, np.bool_))
+    if not ok or not MIN_FPS <= fps <= MAX_FPS:
+        raise VideoError(f"fps {shown(fps)}: must be a number of frames per second in [{MIN_FPS:g}, "
+                         f"{MAX_FPS:g}]")
+    return float(fps)
+
+
+def output_kind(path: str | os.PathLike) -> str:
+    """The format `write_video` writes to `path` ("mp4", "gif", "webp", "npy" or "png" for a folder of PNG
+    frames), or a VideoError naming the extensions it knows."""
+    return _kind(Path(path))
 
 
 def _kind(path: Path) -> str:
@@ -65,8 +83,7 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float = 8, lossless: 
     """
     path = Path(path)
     a = check_frames(frames)
-    if not fps > 0:
-        raise VideoError(f"fps={fps}: must be > 0")
+    check_fps(fps)
     kind = _kind(path)
     if kind == "mp4":
         ffmpeg = require("imageio_ffmpeg", "video")  # fail before creating anything
@@ -256,10 +273,16 @@ def contact_sheet(frames: Any, cols: int | None = None, pad: int = 2, scale: int
     f, h, w, _ = a.shape
     if cols is None:
         cols = math.ceil(math.sqrt(f))
-    if cols < 1 or scale < 1 or pad < 0:
-        raise VideoError(f"contact sheet needs cols >= 1, scale >= 1, pad >= 0; got cols={cols}, "
-                         f"scale={scale}, pad={pad}")
-    rows = math.ceil(f / cols)
+    ints = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (cols, scale, pad))
+    if not ints or cols < 1 or scale < 1 or pad < 0:
+        raise VideoError(f"contact sheet needs integers cols >= 1, scale >= 1, pad >= 0; got "
+                         f"cols={shown(cols)}, scale={shown(scale)}, pad={shown(pad)}")
+    rows = -(-f // cols)  # ceil(f / cols) in integers: cols may be huge
+    nbytes = (rows * (h * scale + pad) + pad) * (cols * (w * scale + pad) + pad) * 3
+    if nbytes > MAX_SHEET_BYTES:
+        raise VideoError(f"a contact sheet of {shown(rows)} x {shown(cols)} frames of {shown(h * scale)} x "
+                         f"{shown(w * scale)} pixels would take {shown(nbytes)} bytes, more than "
+                         f"{MAX_SHEET_BYTES}; lower cols or scale")
     if scale > 1:
         a = a.repeat(scale, 1).repeat(scale, 2)  # (F, H*s, W*s, 3)
     hs, ws = h * scale, w * scale

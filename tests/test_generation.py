@@ -89,7 +89,7 @@ def test_settings_take_the_defaults_and_are_checked():
                        (dict(steps=2.5), "sampler steps must be an integer in"),
                        (dict(guidance=-1.0), "guidance must be a finite number >= 0"),
                        (dict(guidance=float("inf")), "guidance must be a finite number >= 0"),
-                       (dict(guidance="x"), "must be numbers"),
+                       (dict(guidance="x"), "must be finite numbers"),
                        (dict(guidance_rescale=1.5), r"guidance rescale must be in \[0, 1\]"),
                        (dict(guidance_rescale=float("nan")), r"guidance rescale must be in \[0, 1\]"),
                        (dict(sampler="euler"), "unknown sampler 'euler'")):
@@ -182,9 +182,9 @@ def test_callbacks_see_each_chunk_and_errors_are_one_line(case):
     assert xs == [n for lo in range(0, len(graphs), 2) for n in [min(2, len(graphs) - lo)] * 2]
     with pytest.raises(Sg2vError, match=r"2 seeds for \d graphs"):
         gen.run(feeds_of(graphs), seeds[:2], gen.settings())
-    with pytest.raises(Sg2vError, match="seed must be a non-negative integer"):
+    with pytest.raises(Sg2vError, match=r"seed must be an integer in \[0, \d+\], got -"):
         gen.run(feeds_of(graphs[:1]), [-4], gen.settings())
     with pytest.raises(Sg2vError, match="output='cupy' needs a GPU backend"):
         gen.run(feeds_of(graphs[:1]), seeds[:1], gen.settings(), output="cupy")
-    with pytest.raises(Sg2vError, match="must be >= 1 videos per call"):
+    with pytest.raises(Sg2vError, match="must be an integer >= 1 videos per call"):
         gen.run(feeds_of(graphs[:1]), seeds[:1], gen.settings(), max_batch=0)

@@ -33,6 +33,15 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=14), inner, max_size=4),
     max_leaves=25,
 )
+# Integers Python will not print (over 4300 digits), that overflow float(), int64 and uint64; a Python
+# caller can pass them where JSON text could not (the JSON reader refuses such numbers itself).
+# (Built by .map: hypothesis cannot print such a number in a strategy's description.)
+HUGE = st.sampled_from([(10, 5000), (-10, 5001), (10, 400), (2, 64), (2, 63)]).map(lambda b: b[0] ** b[1])
+hostile_values = st.recursive(
+    leaves | HUGE,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=14), inner, max_size=4),
+    max_leaves=25,
+)
 
 
 @st.composite
@@ -59,9 +68,21 @@ def _paths(value, prefix=()):
 
 
 @st.composite
-def mutated_graphs(draw):
-    """A valid graph with a few spots replaced by random JSON, deleted, or given an extra key."""
+def graphs_with_layouts(draw):
+    """A valid graph with a "layout" for some of its objects: static boxes, motion or one box per frame."""
     g = draw(valid_graphs())
+    box = st.lists(st.floats(0, 1), min_size=4, max_size=4).map(sorted)
+    track = box | st.fixed_dictionaries({"start": box, "end": box}) | st.lists(box, min_size=4, max_size=4)
+    keys = st.sampled_from([str(i) for i in range(len(g["objects"]))])
+    g["layout"] = draw(st.dictionaries(keys, track, max_size=len(g["objects"])))
+    return g
+
+
+@st.composite
+def mutated_graphs(draw, values=json_values, base=None):
+    """A valid graph with a few spots replaced by random JSON, deleted, or given an extra key."""
+    g = draw(base if base is not None else valid_graphs())
+    json_values = values
     for _ in range(draw(st.integers(1, 3))):
         paths = list(_paths(g))
         path = draw(st.sampled_from(paths))
@@ -154,3 +175,33 @@ def test_valid_graphs_parse_and_round_trip(g):
     got = _check_outcome(lambda: parse_graph(g, VOCAB))
     assert got is not None and got.to_dict() == g
     assert parse_graph(got.to_json(), VOCAB) == got
+
+
+@st.composite
+def huge_at_a_leaf(draw):
+    """A graph with a layout whose leaves (an object name, an index, a coordinate, ...) are huge integers at
+    one to three random spots."""
+    g = draw(graphs_with_layouts())
+    for _ in range(draw(st.integers(1, 3))):
+        leaves = [p for p in _paths(g) if p and not isinstance(_at(g, p), (dict, list))]
+        path = draw(st.sampled_from(leaves))
+        _at(g, path[:-1])[path[-1]] = draw(HUGE)
+    return g
+
+
+def _at(value, path):
+    for step in path:
+        value = value[step]
+    return value
+
+
+@FUZZ
+@given(huge_at_a_leaf() | mutated_graphs(hostile_values, graphs_with_layouts()), st.integers(1, 5),
+       st.integers(0, 5))
+def test_huge_integers_anywhere_in_a_graph_or_its_layout(g, max_o, max_r):
+    """Integers too large to print or to convert to float, at any spot of a graph or its layout: a one-line
+    GraphError (Python's own ValueError for >4300 digits and OverflowError used to escape)."""
+    before = copy.deepcopy(g)
+    _check_outcome(lambda: parse_graph(g, VOCAB, max_objects=max_o, max_relationships=max_r, frames=4))
+    _check_outcome(lambda: load_graphs([g], VOCAB, max_o, max_r))
+    assert g == before

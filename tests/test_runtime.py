@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import make_fake_bundle, random_graph, ref_encoder, ref_unet
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sg2v.errors import GraphError, Sg2vError
 from sg2v.graph import pad_graphs, parse_graph
@@ -203,7 +205,7 @@ def test_bad_arguments_are_one_line_errors(fake):
     graph = {"objects": ["red circle"], "relationships": []}
     with pytest.raises(Sg2vError, match="output='cupy' needs a GPU backend"):
         pipe(graph, output="cupy")
-    with pytest.raises(Sg2vError, match="seed must be a non-negative integer"):
+    with pytest.raises(Sg2vError, match=r"seed must be an integer in \[0, \d+\], got -"):
         pipe(graph, seed=-1)
     with pytest.raises(GraphError, match="red circel"):
         pipe({"objects": ["red circel"], "relationships": []})
@@ -225,6 +227,51 @@ def test_bad_arguments_are_one_line_errors(fake):
         pipe.backend.unet.run({**unet_in, "x": np.zeros((unet_in["x"].shape[0], 2), np.float32)})
     with pytest.raises(Sg2vError, match="feed 't' is missing"):
         pipe.backend.unet.run({k: v for k, v in unet_in.items() if k != "t"})
+
+
+# Values a careless or hostile caller passes for a number: integers Python will not print (over 4300
+# digits) or convert to float, NaN and infinities, wrong types. Built by .map: hypothesis cannot print them.
+HOSTILE_NUMBERS = (
+    st.sampled_from([(10, 5000), (-10, 5001), (2, 64), (2, 63)]).map(lambda b: b[0] ** b[1])
+    | st.sampled_from([float("nan"), float("inf"), -float("inf"), -1, 0, 1.5, True, "8", [2], None])
+    | st.integers(-3, 3) | st.floats(-10, 10)
+)
+
+
+@pytest.fixture(scope="module")
+def hostile_pipe(tmp_path_factory):
+    root, _ = make_fake_bundle(tmp_path_factory.mktemp("hostile") / "bundle", seed=3)
+    return Pipeline.from_bundle(root, backend="ort", threads=1)
+
+
+@settings(derandomize=True, max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.fixed_dictionaries({}, optional={k: HOSTILE_NUMBERS for k in (
+    "seed", "steps", "guidance", "guidance_rescale", "max_batch", "layout_tries")})
+    | st.fixed_dictionaries({"sampler": HOSTILE_NUMBERS | st.text(max_size=8)})
+    | st.fixed_dictionaries({"output": HOSTILE_NUMBERS | st.text(max_size=8)}))
+def test_hostile_numbers_in_the_python_api_are_one_line_sg2v_errors(hostile_pipe, kwargs):
+    """Every keyword of `Pipeline.generate` with a hostile value: frames, or a one-line Sg2vError (never
+    Python's ValueError for >4300-digit integers, an OverflowError or a TypeError)."""
+    graph = {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}
+    seed = kwargs.pop("seed", 0)
+    steps = kwargs.pop("steps", 2)
+    if isinstance(steps, int) and not isinstance(steps, bool) and 3 < steps < 10**6:
+        steps = 3  # valid step counts run; keep them short
+    try:
+        frames = hostile_pipe.generate([graph], [seed], steps=steps, **kwargs)
+    except Sg2vError as e:
+        assert "\n" not in str(e) and len(str(e)) < 400, str(e)[:400]
+        return
+    assert frames.shape == (1, 2, 8, 8, 3) and frames.dtype == np.uint8
+
+
+def test_absurd_thread_counts_are_refused_before_a_session_starts(fake):
+    """1000 ONNX Runtime threads on a 2-core machine ran past two minutes; 10**6 never returns."""
+    root, _ = fake
+    for threads in (10**5000, 10**6, 0, -1, 1.5, "2"):
+        with pytest.raises(Sg2vError, match=r"threads .*: must be an integer in \[1, \d+\], at most 4 per"):
+            Pipeline.from_bundle(root, backend="ort", threads=threads)
 
 
 # ------------------------------------------------------------------------------------------------ CLI

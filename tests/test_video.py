@@ -172,6 +172,29 @@ def test_bad_frames_and_paths_raise_video_error(tmp_path):
     assert not (tmp_path / "v.npy").exists()
 
 
+@pytest.mark.parametrize("name", ["v.gif", "v.webp", "v.mp4", "v.npy"])
+def test_absurd_frame_rates_are_refused_before_writing(tmp_path, name):
+    """GIF keeps a frame's duration in 16-bit centiseconds and mp4 the rate as a fraction: fps inf, 1e-9 or
+    an integer too large for a float used to end in OverflowError."""
+    for fps in (float("inf"), float("nan"), 1e-9, 0, -8, 1e6, 10**5000, "8", True):
+        with pytest.raises(VideoError, match=r"fps .*: must be a number of frames per second in \[0.01, "):
+            write_video(tmp_path / name, _frames(colors=5), fps=fps)
+    assert list(tmp_path.iterdir()) == []
+    write_video(tmp_path / "edge.gif", _frames(colors=5), fps=0.01)  # the ends of the range work
+    write_video(tmp_path / "edge.webp", _frames(colors=5), fps=1000)
+    assert read_video(tmp_path / "edge.gif").shape == _frames().shape
+
+
+def test_contact_sheets_too_large_to_allocate_are_refused():
+    a = _frames(4, 6, 6)
+    for kwargs in ({"scale": 10**6}, {"cols": 10**5000}, {"pad": 10**9}):
+        with pytest.raises(VideoError, match=r"would take .* bytes, more than 1073741824; lower cols"):
+            contact_sheet(a, **kwargs)
+    for kwargs in ({"cols": 1.5}, {"scale": "2"}, {"pad": -1}, {"cols": 0}):
+        with pytest.raises(VideoError, match="contact sheet needs integers cols >= 1"):
+            contact_sheet(a, **kwargs)
+
+
 def _slow_sheet(frames, cols, pad, scale, pad_value):
     f, h, w, _ = frames.shape
     rows = math.ceil(f / cols)

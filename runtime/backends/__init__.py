@@ -13,7 +13,8 @@ import importlib.util
 import warnings
 from typing import Any
 
-from sg2v.errors import Sg2vError
+from sg2v.config import threads_problem
+from sg2v.errors import Sg2vError, shown
 from sg2v.generation import Backend
 
 # torch: the PyTorch reference (host arrays); torch-cuda: fp16 weights and one CUDA graph per guided step.
@@ -23,8 +24,11 @@ BACKENDS = ("auto", "trt", "ort", "torch", "torch-cuda")
 def make_backend(bundle: Any, backend: str = "auto", device: str | None = None, threads: int | None = None,
                  ckpt: str | None = None) -> Backend:
     """Build `backend` for `bundle`; `auto` tries TensorRT, then ONNX Runtime GPU providers, then ORT CPU."""
-    if backend not in BACKENDS:
-        raise Sg2vError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise Sg2vError(f"unknown backend {shown(backend)}; choose one of {list(BACKENDS)}")
+    problem = None if threads is None else threads_problem(threads, flag="threads")
+    if problem:
+        raise Sg2vError(problem)
     if backend == "ort":
         from sg2v.runtime.backends.ort import make_ort_backend
 
