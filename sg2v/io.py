@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import math
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -22,8 +27,12 @@ MAX_ARRAY_BYTES = 1 << 30  # an array read from an untrusted .npy / .npz member:
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success rename it onto `target`, on error remove it.
 
-    Works for files and folders: the caller creates whatever it likes at the yielded path. The rename is
-    atomic on POSIX for files; an existing folder target is replaced by rename-aside, rename-in, remove-aside.
+    Works for files and folders: the caller creates whatever it likes at the yielded path. A file target is
+    replaced by one atomic rename; an existing folder by an atomic exchange of the two names where the
+    kernel offers one (Linux renameat2 RENAME_EXCHANGE), else by rename-aside, rename-in, remove-aside. The
+    temporary and set-aside names carry this host and process id, so a later write to the same target
+    removes what a killed writer left (`clean_stale`) and puts a set-aside folder back if the kill came
+    between the two renames.
     """
     target = Path(target)
     parent = target.parent if str(target.parent) else Path(".")
@@ -31,7 +40,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         raise FileNotFoundError(f"output folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"output folder {parent} is not writable; choose another output path")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+    clean_stale(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=_tag(target, os.getpid()) + "-", suffix=".tmp", dir=parent)
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()  # the caller decides whether it is a file or a folder
@@ -40,15 +50,93 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         if not tmp.exists():
             raise RuntimeError(f"nothing was written to the temporary path for {target}")
         if tmp.is_dir() and target.exists():
-            aside = parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, aside)
-            os.replace(tmp, target)
-            _remove(aside)
+            if exchange_paths(tmp, target):
+                _remove(tmp)  # the old folder, now under the temporary name
+            else:
+                aside = parent / f"{_tag(target, os.getpid())}.old"
+                os.replace(target, aside)
+                os.replace(tmp, target)
+                _remove(aside)
         else:
             os.replace(tmp, target)
     except BaseException:
         _remove(tmp)
         raise
+
+
+_NAME_PREFIX = 100  # characters of the target's name kept in temporary names (NAME_MAX is 255)
+
+
+def _host() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _tag(target: Path, pid: int) -> str:
+    """The start of a temporary name for `target` written by process `pid` of this host."""
+    digest = hashlib.sha256(target.name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f".{target.name[:_NAME_PREFIX]}.sg2v-{_host()}-{digest}-{pid}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's process, or not a pid at all
+        return True
+    return True
+
+
+def clean_stale(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders that killed writers (dead processes of this host) left
+    beside `target`; a folder they had set aside while the target was missing is renamed back onto it.
+    Returns the paths removed or restored."""
+    target = Path(target)
+    parent = target.parent if str(target.parent) else Path(".")
+    head = _tag(target, 0)[:-1]  # up to the pid
+    pattern = re.compile(re.escape(head) + r"(\d{1,10})(?:-[A-Za-z0-9_]+\.tmp|\.old)")
+    done = []
+    try:
+        names = [e.name for e in os.scandir(parent) if e.name.startswith(head)]
+    except OSError:
+        return done
+    for name in sorted(names, key=lambda n: not n.endswith(".old")):  # set-aside folders first
+        m = pattern.fullmatch(name)
+        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        path = parent / name
+        if name.endswith(".old") and not target.exists() and not target.is_symlink():
+            with contextlib.suppress(OSError):
+                os.replace(path, target)
+                done.append(path)
+                continue
+        _remove(path)
+        done.append(path)
+    return done
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange_paths(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap the names `a` and `b` in one atomic step (Linux renameat2 with RENAME_EXCHANGE); False where
+    the C library, kernel or file system cannot, so the caller falls back to two renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, musl without it
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):  # no such call or flag here
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:

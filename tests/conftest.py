@@ -10,6 +10,9 @@ their skip: TensorRT is absent from the project's GPU machines.
 SG2V_REQUIRE_CUDA_BUILD=1 (set by CI: the project's machines have nvcc 13, CMake and NVRTC) does the same for
 `cuda_build`-marked tests: the CMake build of cuda/ and the NVRTC compiles.
 
+Random inputs come from the `test_seed` / `rng` fixtures: a fresh seed per run, printed in a failing
+test's report ("random seed" section) and replayed with SG2V_TEST_SEED=N.
+
 Under SG2V_REQUIRE_GPU=1 a test module skipped whole at collection (a module-level `pytest.importorskip`)
 fails too: its `gpu` tests never reach the per-test check, so a missing package would otherwise hide them.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -33,10 +37,38 @@ def _reason(report) -> str:
     return report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
 
 
+SEED_SWITCH = "SG2V_TEST_SEED"
+
+
+@pytest.fixture
+def test_seed(request) -> int:
+    """This test's seed for its random inputs: fresh each run, or SG2V_TEST_SEED=N to replay a failure; a
+    failing test's report names it."""
+    text = os.environ.get(SEED_SWITCH)
+    seed = int(text) if text else secrets.randbits(32)
+    request.node.stash[_SEED] = seed
+    return seed
+
+
+@pytest.fixture
+def rng(test_seed):
+    """`numpy.random.default_rng(test_seed)`: random inputs that a failure report lets one replay."""
+    import numpy as np
+
+    return np.random.default_rng(test_seed)
+
+
+_SEED = pytest.StashKey[int]()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    seed = item.stash.get(_SEED, None)
+    if report.failed and seed is not None:
+        text = f"inputs drawn from seed {seed}; replay: {SEED_SWITCH}={seed} pytest '{item.nodeid}'"
+        report.sections.append(("random seed", text))
     if not report.skipped or item.get_closest_marker("trt") is not None:
         return
     for marker, switch in SWITCHES.items():
