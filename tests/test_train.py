@@ -250,6 +250,20 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path):
     assert la == lb
 
 
+def test_a_run_killed_before_its_first_checkpoint_logs_each_step_once(tmp_path):
+    """Killed in step 2 with no checkpoint yet, the rerun starts afresh: step 1's record of the killed run
+    must not stay beside the rerun's own."""
+    out = tmp_path / "run"
+    p = _run_child(out, 2)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == -signal.SIGKILL, err
+    assert not (out / "last.pt").exists() and [r["step"] for r in read_metrics(out)] == [1]
+    p = _run_child(out, 0)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 8))
+
+
 def test_resume_refuses_another_size(tmp_path):
     cfg = model_config("tiny")
     from sg2v.errors import CheckpointError

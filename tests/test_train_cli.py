@@ -206,3 +206,19 @@ def test_absurd_numbers_exit_2_in_one_line_and_start_nothing(tmp_path, capsys, a
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and flag in err, err
     assert not out.exists()  # refused before the run folder (or anything else) was made
+
+
+def test_resuming_past_steps_names_the_checkpoint_it_holds(tmp_path, capsys):
+    """--resume of a checkpoint at or past --steps trains nothing: the report names that checkpoint
+    (OUT/last.pt was never written) and says how to go on."""
+    common = ["--batch", "2", "--workers", "0", "--threads", "1", "--eval-every", "0", "--no-progress"]
+    first = tmp_path / "first"
+    assert main(["diffusion", "--steps", "2", "--out", str(first), *common]) == 0
+    capsys.readouterr()
+    later = tmp_path / "later"
+    assert main(["diffusion", "--steps", "1", "--resume", str(first / "last.pt"), "--out", str(later),
+                 *common]) == 0
+    captured = capsys.readouterr()
+    assert f"step 2: checkpoint {first / 'last.pt'}" in captured.out
+    assert "nothing to train" in captured.err and "--steps is 1; pass a larger --steps" in captured.err
+    assert not (later / "last.pt").exists()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from sg2v.config import DEVICES, add_options, from_options
 
@@ -85,7 +84,7 @@ def _run_diffusion(args: argparse.Namespace) -> int:
     import torch.distributed as td
 
     if not (td.is_available() and td.is_initialized()) or td.get_rank() == 0:
-        print(f"step {res.step}: checkpoint {Path(tc.out) / 'last.pt'}")
+        print(f"step {res.step}: checkpoint {res.checkpoint}")
     return 0
 
 

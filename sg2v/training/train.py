@@ -279,6 +279,7 @@ class TrainResult:
     losses: list[float]
     metrics: list[dict[str, Any]]
     out: Path
+    checkpoint: Path | None = None  # the file holding this state: OUT/last.pt, or the one resumed from
 
 
 class _Progress:
@@ -452,8 +453,8 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
             set_rng_state(ckpt["rng"])
         start = int(ckpt["step"])
         del ckpt
-        if dist.is_main:
-            _truncate_metrics(out, start)
+    if dist.is_main:  # a fresh start too: records of a run killed before its first checkpoint go
+        _truncate_metrics(out, start)
 
     ddp = model
     if dist.world > 1:
@@ -465,7 +466,11 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
     losses: list[float] = []
     metrics: list[dict[str, Any]] = []
     if start >= tc.steps or (tc.stop_at and start >= tc.stop_at):
-        return TrainResult(model, ema, opt, start, losses, metrics, out)
+        flag, end = ("--steps", tc.steps) if start >= tc.steps else ("--stop-at", tc.stop_at)
+        if dist.is_main:
+            print(f"nothing to train: {resume} is at step {start}, {flag} is {end}; pass a larger {flag} to "
+                  "train on", file=sys.stderr)
+        return TrainResult(model, ema, opt, start, losses, metrics, out, checkpoint=resume)
 
     ds = (ShapesLayoutDataset if tc.objective == "layout" else ShapesVideoDataset)(cfg, vocab, seed=tc.seed,
                                                                                  split="train")
@@ -546,7 +551,7 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
     finally:
         bar.close()
         del batches
-    return TrainResult(model, ema, opt, stopped, losses, metrics, out)
+    return TrainResult(model, ema, opt, stopped, losses, metrics, out, checkpoint=out / LAST)
 
 
 def make_loader(ds: Any, tc: TrainConfig, start: int, world: int = 1, rank: int = 0,
