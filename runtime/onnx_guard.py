@@ -3,9 +3,11 @@ loads it (torch-free and onnx-free: a reader of the protobuf wire format for the
 
 ONNX Runtime folds constants while it creates a session, so a `ConstantOfShape` whose constant shape asks for
 terabytes is allocated before any inference; TensorRT's builder folds it too. `check_onnx_file` refuses:
-- tensors declared larger than `MAX_ELEMENTS` (graph inputs, outputs, value_info; initializers and Constant
-  values), and initializers whose data does not match their dims or lives in external files (not covered by
-  the bundle's hashes);
+- tensors declared larger than `MAX_ELEMENTS` (graph inputs, outputs, value_info; initializers, sparse
+  initializers and every tensor attribute), and tensors whose data does not match their dims or lives in
+  external files: sg2v exports are self-contained (the exporter stops if torch writes external data), so every
+  byte a backend loads is covered by the manifest's sha256, and a file naming external data is refused rather
+  than read unverified from beside (or, by its `location`, outside) the bundle;
 - `ConstantOfShape` whose shape is computed rather than a constant, unless it is the shape of a tensor that
   exists (a `Shape` node's output: no more values than that tensor; sg2v's exports with a batch axis make
   these), or whose constant shape exceeds `MAX_ELEMENTS`; `Expand`, `Tile` and `Range` with constant
@@ -166,6 +168,17 @@ class _Checker:
         elif t.count and t.count != n:
             self.fail(f"{where} {t.name!r} holds {t.count} values for dims {t.dims}")
 
+    def sparse(self, buf: memoryview, where: str) -> None:
+        """A SparseTensorProto: its values (1) and indices (2) as tensors, its dense dims (3) bounded."""
+        dims: list[int] = []
+        for field, wire, value in _fields(buf):
+            if field in (1, 2):
+                self.tensor(_Tensor(value), f"{where} {'values' if field == 1 else 'indices'}")
+            elif field == 3:
+                dims += _ints(wire, value)
+        if any(d < 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
+            self.fail(f"{where} declares dense shape {dims[:8]}, more than {MAX_ELEMENTS} values")
+
     def value_info(self, buf: memoryview, where: str) -> None:
         name, dims = "", []
         for field, _, value in _fields(buf):
@@ -197,6 +210,8 @@ class _Checker:
                 t = _Tensor(value)
                 self.tensor(t, "initializer")
                 consts[t.name] = t
+            elif field == 15:  # sparse_initializer
+                self.sparse(value, "sparse initializer")
             elif field in (11, 12, 13):  # input, output, value_info
                 self.value_info(value, {11: "input", 12: "output", 13: "value_info"}[field])
             elif field == 1:
@@ -235,6 +250,8 @@ class _Checker:
                         attrs[name] = t
                     elif f2 in (6, 11):  # g, graphs
                         self.graph(v2, depth + 1)
+                    elif f2 in (22, 23):  # sparse_tensor, sparse_tensors
+                        self.sparse(v2, f"attribute {name!r} of {op or 'a node'}")
                 if name in ("value_int", "value_ints"):
                     attrs[name] = _Tensor.of_ints(ints, scalar=name == "value_int")
         return (op if domain in ("", "ai.onnx") else f"{domain}::{op}"), inputs, outputs, attrs

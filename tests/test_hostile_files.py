@@ -183,6 +183,69 @@ def _const(name, values):
     return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
 
 
+def _save(graph, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _external_sparse(tmp_path: Path, dense_dims=(4, 4)):
+    """A sparse tensor whose values live in `weights.bin` beside the model (ONNX external data)."""
+    values = numpy_helper.from_array(np.array([5.0, 7.0], np.float32), "w_values")
+    (tmp_path / "weights.bin").write_bytes(values.raw_data)
+    onnx.external_data_helper.set_external_data(values, location="weights.bin", offset=0, length=8)
+    values.ClearField("raw_data")
+    values.data_location = TensorProto.EXTERNAL
+    indices = numpy_helper.from_array(np.array([1, 6], np.int64), "w_indices")
+    return helper.make_sparse_tensor(values, indices, list(dense_dims))
+
+
+@pytest.mark.parametrize("where", ["sparse_initializer", "sparse_attribute"])
+def test_external_data_in_sparse_tensors_is_refused(tmp_path, where):
+    """External data is never read: the bundle's hashes cover the .onnx files only, and a sparse tensor's
+    values can name a file as well as a dense initializer can (ONNX Runtime 1.2x reads weights.bin into a
+    sparse initializer: checked by hand)."""
+    sparse = _external_sparse(tmp_path)
+    out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if where == "sparse_initializer":
+        graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [], out)
+        sparse.values.name = "w"
+        graph.sparse_initializer.append(sparse)
+    else:
+        graph = helper.make_graph([helper.make_node("Constant", [], ["y"], sparse_value=sparse)], "g", [],
+                                  out)
+    path = _save(graph, tmp_path / "sparse.onnx")
+    with pytest.raises(OnnxGuardError, match="values 'w(_values)?' keeps its data in an external file") as e:
+        check_onnx_file(path)
+    _one_line(e.value)
+
+
+def test_a_bundle_whose_graph_reads_external_data_does_not_load(bundle):
+    """Even with weights.bin listed (and hashed) in the manifest, a graph that would read bytes from another
+    file is not an sg2v export: the ONNX Runtime backend refuses it before creating a session."""
+    from sg2v.runtime import Pipeline
+
+    model = onnx.load(str(bundle / spec.UNET_ONNX))
+    model.graph.sparse_initializer.append(_external_sparse(bundle))
+    (bundle / spec.UNET_ONNX).write_bytes(model.SerializeToString())
+    write_manifest(bundle, _manifest(bundle))
+    assert "weights.bin" in _manifest(bundle)["files"]
+    with pytest.raises(OnnxGuardError, match="unet.onnx: sparse initializer values .* external file") as e:
+        Pipeline.from_bundle(bundle, backend="ort")
+    _one_line(e.value)
+
+
+def test_sparse_tensors_declaring_a_huge_dense_shape_are_refused(tmp_path):
+    values = numpy_helper.from_array(np.array([1.0], np.float32), "v")
+    indices = numpy_helper.from_array(np.array([0], np.int64), "i")
+    sparse = helper.make_sparse_tensor(values, indices, [1 << 20, 1 << 20])
+    out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    graph = helper.make_graph([helper.make_node("Constant", [], ["y"], sparse_value=sparse)], "g", [], out)
+    path = _save(graph, tmp_path / "dense.onnx")
+    with pytest.raises(OnnxGuardError, match=r"declares dense shape \[1048576, 1048576\]"):
+        check_onnx_file(path)
+
+
 @pytest.mark.parametrize("case", ["initializer", "constant_node", "constant_ints"])
 def test_constant_of_shape_bomb(tmp_path, case):
     shape = [1 << 15, 1 << 15]  # 2^30 values: four times the bound
