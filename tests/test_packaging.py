@@ -27,16 +27,69 @@ def _module_names() -> list[str]:
     return names
 
 
+BUILD_LOG = pytest.StashKey[str]()
+
+
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def wheel(tmp_path_factory, request) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "-w", str(out), str(ROOT)],
-        check=True,
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out),
+         str(ROOT)], capture_output=True, text=True,
     )
+    assert r.returncode == 0, r.stderr[-3000:]
+    request.config.stash[BUILD_LOG] = r.stdout + r.stderr
     (whl,) = out.glob("sg2v-*.whl")
     return whl
+
+
+def test_the_build_warns_about_nothing(wheel, request):
+    """setuptools' deprecation warnings (a TOML-table license, a data folder missing from `packages`) were
+    most of a newcomer's first screen; the build must not emit any."""
+    log = request.config.stash[BUILD_LOG]
+    for warning in ("deprecated", "is absent from the `packages`", "SetuptoolsDeprecationWarning"):
+        assert warning not in log, log[-3000:]
+
+
+_FAKE_PYTHON = """#!/usr/bin/env bash
+# stands in for .venv/bin/python: pip prints a screenful of warnings (and fails if asked to)
+if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
+  for i in $(seq 130); do echo "SetuptoolsDeprecationWarning: noise line $i" >&2; done
+  case "$*" in *"$FAIL_ON"*) echo "ERROR: No matching distribution found for torch==2.13.0" >&2; exit 1;; esac
+  exit 0
+fi
+echo 0.1.0
+"""
+
+
+def _fake_checkout(tmp_path: Path) -> Path:
+    """scripts/setup.sh in a folder with a .venv whose python is `_FAKE_PYTHON` (no network, no pip)."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts" / "setup.sh").write_text((ROOT / "scripts" / "setup.sh").read_text())
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv" / "bin" / "python").write_text(_FAKE_PYTHON)
+    (repo / ".venv" / "bin" / "python").chmod(0o755)
+    (repo / ".venv" / "bin" / "activate").write_text('PATH="$(pwd)/.venv/bin:$PATH"\n')
+    return repo
+
+
+def test_setup_prints_its_own_progress_and_pip_only_on_failure(tmp_path):
+    repo = _fake_checkout(tmp_path)
+    env = {**os.environ, "FAIL_ON": "never-matches"}
+    env.pop("SG2V_SETUP_VERBOSE", None)
+    r = subprocess.run(["bash", "scripts/setup.sh"], cwd=repo, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert r.stderr == "" and len(lines) <= 6 and all(line.startswith("sg2v set") for line in lines), r.stdout
+    assert "sg2v set up in .venv (0.1.0)" in lines[-1]
+    assert (repo / ".venv" / "setup.log").read_text().count("noise line") == 3 * 130  # kept, not shown
+
+    env["FAIL_ON"] = "torch==2.13.0"
+    r = subprocess.run(["bash", "scripts/setup.sh"], cwd=repo, env=env, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "failed" in r.stderr and "No matching distribution found for torch==2.13.0" in r.stderr
+    assert len(r.stderr.splitlines()) <= 32  # the log's tail, not all of it
 
 
 def test_wheel_ships_every_module_and_data_file(wheel):
