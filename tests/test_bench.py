@@ -142,8 +142,7 @@ def test_peak_rss_sees_memory_this_process_touched():
     assert bench.peak_rss_bytes() >= max(before, block.nbytes)
 
 
-def test_summarise_against_a_direct_computation():
-    rng = np.random.default_rng()
+def test_summarise_against_a_direct_computation(rng):
 
     def runs(n):
         out = []

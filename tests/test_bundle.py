@@ -26,8 +26,8 @@ def _manifest(root: Path) -> dict:
 
 
 @pytest.fixture
-def bundle_dir(tmp_path: Path) -> Path:
-    return make_fake_bundle(tmp_path / "bundle", seed=int(np.random.SeedSequence().entropy % 1000))[0]
+def bundle_dir(tmp_path: Path, test_seed) -> Path:
+    return make_fake_bundle(tmp_path / "bundle", seed=test_seed % 1000)[0]
 
 
 def test_valid_bundle_opens_with_its_contents(tmp_path):
@@ -159,8 +159,8 @@ def test_pickled_null_context_is_refused(bundle_dir):
         Bundle.open(bundle_dir)
 
 
-def test_wrong_null_context_shape_is_refused(bundle_dir):
-    wrong = np.random.default_rng().standard_normal((1, 3, 8)).astype(np.float32)
+def test_wrong_null_context_shape_is_refused(bundle_dir, rng):
+    wrong = rng.standard_normal((1, 3, 8)).astype(np.float32)
     np.save(bundle_dir / spec.NULL_CONTEXT, wrong)
     write_manifest(bundle_dir, _manifest(bundle_dir))
     with pytest.raises(BundleError, match=r"null_context.npy is float32 \(1, 3, 8\), expected float32"):
@@ -180,12 +180,11 @@ def test_shapes_and_stage_io_must_match_the_config(bundle_dir):
         Bundle.open(bundle_dir)
 
 
-def test_fake_graphs_match_their_float64_references(tmp_path):
+def test_fake_graphs_match_their_float64_references(tmp_path, rng):
     """The toy graphs used by the runtime tests compute what their references say (on fresh inputs)."""
     ort = pytest.importorskip("onnxruntime")
     root, w = make_fake_bundle(tmp_path / "b", seed=3)
     b = Bundle.open(root)
-    rng = np.random.default_rng()
     s = b.shapes
     o, t = s["padded_objects"], s["padded_triples"]
     objs = rng.integers(0, b.config.encoder.num_objs, (1, o)).astype(np.int64)

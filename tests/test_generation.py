@@ -65,15 +65,14 @@ def feeds_of(graphs):
 
 
 @pytest.fixture
-def case():
-    rng = np.random.default_rng()
+def case(rng):
     n = int(rng.integers(3, 6))
     return (fake_weights(CFG, int(rng.integers(1 << 20))), [random_graph(rng) for _ in range(n)],
             [int(s) for s in rng.integers(1 << 30, size=n)])
 
 
-def test_initial_noise_is_each_seeds_own_draw():
-    seeds = [int(s) for s in np.random.default_rng().integers(1 << 30, size=3)]
+def test_initial_noise_is_each_seeds_own_draw(rng):
+    seeds = [int(s) for s in rng.integers(1 << 30, size=3)]
     x = initial_noise(seeds, FRAME)
     assert x.shape == (3, *FRAME) and x.dtype == np.float32
     for i, s in enumerate(seeds):

@@ -13,13 +13,9 @@ from sg2v.video import VideoError
 COLOR_TABLE_FOR_TEST = np.array(list(COLORS.values()), dtype=np.uint8)  # (7, 3)
 
 
-def _rng() -> np.random.Generator:
-    return np.random.default_rng()
-
-
 @pytest.mark.parametrize("frames,size,n", [(4, 16, 150), (16, 32, 60), (16, 64, 25)])
-def test_self_test_scores_generated_videos_perfectly(frames, size, n):
-    ds = ShapesDataset(seed=int(_rng().integers(1 << 30)), length=n, frames=frames, height=size, width=size)
+def test_self_test_scores_generated_videos_perfectly(frames, size, n, rng):
+    ds = ShapesDataset(seed=int(rng.integers(1 << 30)), length=n, frames=frames, height=size, width=size)
     samples = [ds[i] for i in range(n)]
     r = score_batch([s.video for s in samples], [s.graph for s in samples])
     assert r.presence == 1.0 and r.relation_accuracy == 1.0 and r.shape_accuracy == 1.0
@@ -27,9 +23,9 @@ def test_self_test_scores_generated_videos_perfectly(frames, size, n):
     assert r.relations == sum(len(s.graph["relationships"]) for s in samples)
 
 
-def test_batch_report_pools_the_per_video_counts():
+def test_batch_report_pools_the_per_video_counts(rng):
     w = ShapesWorld(6, 24, 24)
-    samples = [w.sample(int(s)) for s in _rng().integers(0, 1 << 30, size=12)]
+    samples = [w.sample(int(s)) for s in rng.integers(0, 1 << 30, size=12)]
     vids = [s.video.copy() for s in samples]
     vids[0][:] = 0  # one blank video, so the pooled numbers are not all 1
     reps = [score_video(v, s.graph) for v, s in zip(vids, samples)]
@@ -42,20 +38,19 @@ def test_batch_report_pools_the_per_video_counts():
     assert b.presence < 1.0
 
 
-def test_noise_within_color_tolerance_is_tolerated():
-    s = ShapesWorld(8, 32, 32).sample(int(_rng().integers(1 << 30)))
-    noisy = np.clip(s.video.astype(int) + _rng().integers(-12, 13, s.video.shape), 0, 255).astype(np.uint8)
+def test_noise_within_color_tolerance_is_tolerated(rng):
+    s = ShapesWorld(8, 32, 32).sample(int(rng.integers(1 << 30)))
+    noisy = np.clip(s.video.astype(int) + rng.integers(-12, 13, s.video.shape), 0, 255).astype(np.uint8)
     r = score_video(noisy, s.graph)
     assert r.presence == 1.0 and r.shape_accuracy == 1.0 and r.relation_accuracy in (None, 1.0)
 
 
 @pytest.mark.parametrize("size,limit", [(16, 0.05), (32, 0.0), (64, 0.0)])
-def test_scattered_noise_is_no_object(size, limit):
+def test_scattered_noise_is_no_object(size, limit, rng):
     """An untrained model's output is noise: pixels of every color, nowhere an object-sized blob.
 
     At 16 x 16 an object is 2-3 px wide, so a chance clump of noise passes for one about 0.5% of the time.
     """
-    rng = _rng()
     samples = [ShapesWorld(8, size, size).sample(int(rng.integers(1 << 30))) for _ in range(40)]
     uniform = [rng.integers(0, 256, s.video.shape, dtype=np.uint8) for s in samples]
     saturated = [(rng.random(s.video.shape) < 0.5).astype(np.uint8) * 255 for s in samples]
@@ -64,9 +59,8 @@ def test_scattered_noise_is_no_object(size, limit):
     assert score_batch(saturated, graphs).presence <= limit
 
 
-def test_object_survives_scattered_pixels_of_other_colors():
+def test_object_survives_scattered_pixels_of_other_colors(rng):
     """Stray pixels elsewhere do not hide a drawn object nor move its centroid out of its box."""
-    rng = _rng()
     s = ShapesWorld(8, 64, 64).sample(int(rng.integers(1 << 30)))
     video = s.video.copy()
     stray = (rng.random(video.shape[:3]) < 0.01) & (video.sum(-1) == 0)  # (F, H, W): 1% of background pixels
@@ -75,8 +69,8 @@ def test_object_survives_scattered_pixels_of_other_colors():
     assert r.presence == 1.0 and r.relation_accuracy in (None, 1.0)
 
 
-def _samples_with(world: ShapesWorld, want, count: int) -> list:
-    out, seed = [], int(_rng().integers(1 << 30))
+def _samples_with(world: ShapesWorld, want, count: int, rng) -> list:
+    out, seed = [], int(rng.integers(1 << 30))
     while len(out) < count:
         s = world.sample(seed)
         seed += 1
@@ -85,9 +79,9 @@ def _samples_with(world: ShapesWorld, want, count: int) -> list:
     return out
 
 
-def test_removed_object_is_absent_and_its_relations_fail():
+def test_removed_object_is_absent_and_its_relations_fail(rng):
     w = ShapesWorld(8, 32, 32)
-    for s in _samples_with(w, lambda s: len(s.graph["relationships"]) > 0, 10):
+    for s in _samples_with(w, lambda s: len(s.graph["relationships"]) > 0, 10, rng):
         k = s.graph["relationships"][0][0]
         v = s.video.copy()
         v[s.masks[k]] = 0
@@ -107,7 +101,7 @@ def _swap_colors(s, a: int, b: int) -> np.ndarray:
     return v
 
 
-def test_color_swap_is_detected_by_shape_or_relation():
+def test_color_swap_is_detected_by_shape_or_relation(rng):
     w = ShapesWorld(8, 32, 32)
     spatial = ("left of", "right of", "above", "below")
 
@@ -118,7 +112,7 @@ def test_color_swap_is_detected_by_shape_or_relation():
         a, _, b = rels[0]
         return s.graph["objects"][a].split()[1] != s.graph["objects"][b].split()[1]
 
-    for s in _samples_with(w, swappable, 10):
+    for s in _samples_with(w, swappable, 10, rng):
         a, _, b = s.graph["relationships"][0]
         r = score_video(_swap_colors(s, a, b), s.graph)
         assert r.presence == 1.0
@@ -126,10 +120,10 @@ def test_color_swap_is_detected_by_shape_or_relation():
         assert not r.relations[0].holds  # a spatial relation reverses when the objects trade places
 
 
-def test_frozen_motion_breaks_motion_relations():
+def test_frozen_motion_breaks_motion_relations(rng):
     w = ShapesWorld(16, 32, 32)
     motion = ("approaching", "moving away from")
-    picked = _samples_with(w, lambda s: any(p in motion for _, p, _ in s.graph["relationships"]), 10)
+    picked = _samples_with(w, lambda s: any(p in motion for _, p, _ in s.graph["relationships"]), 10, rng)
     for s in picked:
         frozen = np.repeat(s.video[:1], len(s.video), axis=0)
         r = score_video(frozen, s.graph)
@@ -139,14 +133,13 @@ def test_frozen_motion_breaks_motion_relations():
         assert r.relation_accuracy < 1.0
 
 
-def test_shuffled_frames_break_smoothness():
+def test_shuffled_frames_break_smoothness(rng):
     w = ShapesWorld(16, 32, 32)
 
     def moving(s):  # some object moves at least 1.5 px per frame
         return (np.linalg.norm(np.diff(s.centroids, axis=1), axis=-1).mean(1) >= 1.5).any()
 
-    rng = _rng()
-    for s in _samples_with(w, moving, 10):
+    for s in _samples_with(w, moving, 10, rng):
         perm = rng.permutation(len(s.video))
         while (perm == np.arange(len(perm))).all() or (perm == np.arange(len(perm))[::-1]).all():
             perm = rng.permutation(len(s.video))
@@ -155,16 +148,15 @@ def test_shuffled_frames_break_smoothness():
         assert score_video(s.video, s.graph).smoothness == 1.0
 
 
-def test_flicker_breaks_stability():
-    s = ShapesWorld(8, 32, 32).sample(int(_rng().integers(1 << 30)))
+def test_flicker_breaks_stability(rng):
+    s = ShapesWorld(8, 32, 32).sample(int(rng.integers(1 << 30)))
     v = s.video.copy()
     v[3][s.masks[0, 3]] = 0  # object 0 vanishes for one frame
     r = score_video(v, s.graph)
     assert r.stability < 1.0 and r.objects[0].present  # 7 of 8 frames still >= 80%
 
 
-def test_classify_shape_recognises_templates_at_any_box():
-    rng = _rng()
+def test_classify_shape_recognises_templates_at_any_box(rng):
     for _ in range(60):
         h, w = (int(x) for x in rng.integers(3, 30, size=2))
         sh = SHAPES[int(rng.integers(3))]
@@ -175,8 +167,7 @@ def test_classify_shape_recognises_templates_at_any_box():
     assert classify_shape(np.zeros((5, 5), dtype=bool)) is None
 
 
-def test_color_labels_match_a_per_pixel_reference():
-    rng = _rng()
+def test_color_labels_match_a_per_pixel_reference(rng):
     table = np.array(list(COLORS.values()), dtype=np.int64)
     v = rng.integers(0, 256, size=(2, 5, 7, 3)).astype(np.uint8)
     v[0, 0, :4] = table[:4] + rng.integers(-20, 21, size=(4, 3))

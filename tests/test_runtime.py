@@ -55,15 +55,14 @@ def reference_x0(bundle_dir: Path, w: dict, graph: dict, seed: int, steps: int, 
 
 
 @pytest.fixture
-def fake(tmp_path):
-    seed = int(np.random.SeedSequence().entropy % 10_000)
+def fake(tmp_path, test_seed):
+    seed = test_seed % 10_000
     return make_fake_bundle(tmp_path / "bundle", seed=seed)
 
 
 @pytest.mark.parametrize("sampler", ["dpmpp2m", "ddim"])
-def test_pipeline_matches_float64_reference(fake, sampler):
+def test_pipeline_matches_float64_reference(fake, sampler, rng):
     root, w = fake
-    rng = np.random.default_rng()
     graph = random_graph(rng)
     seed, steps, guidance, rescale = int(rng.integers(1 << 30)), 4, float(rng.uniform(1, 5)), 0.7
     pipe = Pipeline.from_bundle(root, backend="ort", threads=1)
@@ -79,13 +78,12 @@ def test_pipeline_matches_float64_reference(fake, sampler):
     assert frames.std() > 0  # the toy model does not collapse to a constant image
 
 
-def test_generate_gives_the_frames_of_single_calls_bit_for_bit(fake):
+def test_generate_gives_the_frames_of_single_calls_bit_for_bit(fake, rng):
     """A batch through the bundle's batch axis (one UNet call of 2B rows per step; chunks of the bundle's
     max_batch 4 beyond that) is, video for video, B single calls: ONNX Runtime CPU computes the toy graphs'
     rows alone, bit for bit."""
     root, w = fake
     pipe = Pipeline.from_bundle(root, backend="ort", threads=1)
-    rng = np.random.default_rng()
     graphs = [random_graph(rng) for _ in range(6)]
     seeds = [int(s) for s in rng.integers(1 << 30, size=6)]
     singles = np.stack([pipe(g, seed=s, steps=3) for g, s in zip(graphs, seeds)])
@@ -104,11 +102,10 @@ def test_generate_gives_the_frames_of_single_calls_bit_for_bit(fake):
         assert np.abs(six[i].astype(int) - ref_frames).max() <= 1
 
 
-def test_format_1_bundles_run_batches_one_video_per_call(tmp_path, capsys):
+def test_format_1_bundles_run_batches_one_video_per_call(tmp_path, capsys, rng):
     root, _ = make_fake_bundle(tmp_path / "v1", seed=5, version=1)
     pipe = Pipeline.from_bundle(root, backend="ort")
     assert pipe.max_batch == 1 and pipe.backend.unet.inputs["x"].shape[0] == 2
-    rng = np.random.default_rng()
     graphs = [random_graph(rng) for _ in range(3)]
     singles = np.stack([pipe(g, seed=7, steps=2) for g in graphs])
     np.testing.assert_array_equal(pipe.generate(graphs, [7, 7, 7], steps=2), singles)
@@ -121,16 +118,16 @@ def test_format_1_bundles_run_batches_one_video_per_call(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(tmp_path / "v_2.npy"), singles[2])
 
 
-def test_same_seed_same_frames_other_seed_other_frames(fake):
+def test_same_seed_same_frames_other_seed_other_frames(fake, rng):
     root, _ = fake
     pipe = Pipeline.from_bundle(root, backend="ort")
-    graph = random_graph(np.random.default_rng())
+    graph = random_graph(rng)
     a, b = pipe(graph, seed=11), pipe(graph, seed=11)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, pipe(graph, seed=12))
 
 
-def test_repeated_calls_reuse_the_bound_buffers(fake):
+def test_repeated_calls_reuse_the_bound_buffers(fake, rng):
     root, w = fake
     pipe = Pipeline.from_bundle(root, backend="ort")
     stages = (pipe.backend.encoder, pipe.backend.unet)
@@ -140,7 +137,6 @@ def test_repeated_calls_reuse_the_bound_buffers(fake):
         return [(name, id(buf), buf.ctypes.data) for st in stages for bufs in (st.inputs, st.outputs)
                 for name, buf in bufs.items()] + [(n, id(b), b.ctypes.data) for n, b in loop._bufs.items()]
 
-    rng = np.random.default_rng()
     pipe(random_graph(rng), seed=1, steps=2)
     before = addresses()
     seen = []
@@ -158,10 +154,9 @@ def test_repeated_calls_reuse_the_bound_buffers(fake):
     assert not np.array_equal(seen[0], seen[-1])
 
 
-def test_concurrent_calls_equal_serial_calls(fake):
+def test_concurrent_calls_equal_serial_calls(fake, rng):
     root, _ = fake
     pipe = Pipeline.from_bundle(root, backend="ort", threads=1)
-    rng = np.random.default_rng()
     jobs = [(random_graph(rng), int(rng.integers(1000))) for _ in range(4)]
     serial = [pipe(g, seed=s, steps=3) for g, s in jobs]
     results: dict[int, np.ndarray] = {}
@@ -179,10 +174,10 @@ def test_concurrent_calls_equal_serial_calls(fake):
         np.testing.assert_array_equal(results[i], want)
 
 
-def test_timings_cover_every_stage(fake):
+def test_timings_cover_every_stage(fake, rng):
     root, _ = fake
     pipe = Pipeline.from_bundle(root, backend="ort")
-    pipe(random_graph(np.random.default_rng()), steps=5)
+    pipe(random_graph(rng), steps=5)
     t = pipe.last_timings
     assert t["backend"] == "ort-cpu" and t["unet_calls"] == 5 and len(t["denoiser_steps_s"]) == 5
     for key in ("encoder_s", "denoiser_s", "denoiser_per_step_s", "decode_s", "total_s"):
@@ -280,9 +275,9 @@ def _write(path: Path, obj) -> Path:
     return path
 
 
-def test_cli_writes_the_pipeline_frames_and_reports_stages(fake, tmp_path, capsys):
+def test_cli_writes_the_pipeline_frames_and_reports_stages(fake, tmp_path, capsys, rng):
     root, _ = fake
-    graph = random_graph(np.random.default_rng())
+    graph = random_graph(rng)
     g = _write(tmp_path / "g.json", graph)
     out = tmp_path / "new" / "video.npy"  # output folders that do not exist yet are made
     code = main([str(g), "--bundle", str(root), "--out", str(out), "--steps", "3", "--seed", "5",
@@ -297,11 +292,10 @@ def test_cli_writes_the_pipeline_frames_and_reports_stages(fake, tmp_path, capsy
         assert stage in text
 
 
-def test_cli_numbers_outputs_for_several_graphs(fake, tmp_path, capsys):
+def test_cli_numbers_outputs_for_several_graphs(fake, tmp_path, capsys, rng):
     """Several graphs: one batched call (or --batch videos per call), numbered outputs, each the video a
     single call gives."""
     root, _ = fake
-    rng = np.random.default_rng()
     graphs = [random_graph(rng) for _ in range(3)]
     a = _write(tmp_path / "a.json", graphs[:2])  # a JSON list of graphs
     b = _write(tmp_path / "b.json", graphs[2])
@@ -361,8 +355,7 @@ def test_cli_help_shows_defaults(capsys):
 
 # --------------------------------------------------------------------------- real exporter (slow)
 @pytest.mark.slow
-def test_ort_and_torch_backends_agree(real_bundle):
-    rng = np.random.default_rng()
+def test_ort_and_torch_backends_agree(real_bundle, rng):
     ort_pipe = Pipeline.from_bundle(real_bundle, backend="ort")
     torch_pipe = Pipeline.from_bundle(real_bundle, backend="torch")
     # v: the UNet stage of each backend on the same fresh inputs.
@@ -394,8 +387,7 @@ BATCH_MEAN_LEVELS = 0.01
 
 
 @pytest.mark.slow
-def test_real_bundle_batches_equal_single_calls(real_bundle):
-    rng = np.random.default_rng()
+def test_real_bundle_batches_equal_single_calls(real_bundle, rng):
     graphs = [random_graph(rng) for _ in range(4)]
     seeds = [int(s) for s in rng.integers(1 << 30, size=4)]
     for backend in ("ort", "torch"):
@@ -408,17 +400,17 @@ def test_real_bundle_batches_equal_single_calls(real_bundle):
 
 
 @pytest.mark.slow
-def test_torch_backend_from_explicit_checkpoint(real_bundle, real_checkpoint):
+def test_torch_backend_from_explicit_checkpoint(real_bundle, real_checkpoint, rng):
     ckpt = real_checkpoint
-    graph = random_graph(np.random.default_rng())
+    graph = random_graph(rng)
     from_ckpt = Pipeline.from_bundle(real_bundle, backend="torch", ckpt=ckpt)(graph, seed=3, steps=2)
     from_bundle = Pipeline.from_bundle(real_bundle, backend="torch")(graph, seed=3, steps=2)
     np.testing.assert_array_equal(from_ckpt, from_bundle)  # the same weights, EMA-less checkpoint
 
 
 @pytest.mark.slow
-def test_real_bundle_same_seed_identical_and_cli(real_bundle, tmp_path, capsys):
-    graph = random_graph(np.random.default_rng())
+def test_real_bundle_same_seed_identical_and_cli(real_bundle, tmp_path, capsys, rng):
+    graph = random_graph(rng)
     pipe = Pipeline.from_bundle(real_bundle, backend="ort")
     a = pipe(graph, seed=9, steps=2)
     np.testing.assert_array_equal(a, pipe(graph, seed=9, steps=2))

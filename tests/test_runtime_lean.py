@@ -78,8 +78,8 @@ def _check():
     return _run(guard + launch, cwd=cwd)
 
 
-def _check_lean_cli(bundle: Path, tmp_path: Path, steps: int) -> None:
-    graph = random_graph(np.random.default_rng())
+def _check_lean_cli(bundle: Path, tmp_path: Path, steps: int, rng) -> None:
+    graph = random_graph(rng)
     (tmp_path / "g.json").write_text(json.dumps(graph))
     args = ["g.json", "--bundle", str(bundle), "--out", "v.npy", "--steps", str(steps), "--seed", "7",
             "--backend", "ort"]
@@ -91,9 +91,9 @@ def _check_lean_cli(bundle: Path, tmp_path: Path, steps: int) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), want)
 
 
-def test_sg2v_run_without_torch_on_a_small_bundle(tmp_path):
-    root, _ = make_fake_bundle(tmp_path / "bundle", seed=int(np.random.SeedSequence().entropy % 1000))
-    _check_lean_cli(root, tmp_path, steps=3)
+def test_sg2v_run_without_torch_on_a_small_bundle(tmp_path, test_seed, rng):
+    root, _ = make_fake_bundle(tmp_path / "bundle", seed=test_seed % 1000)
+    _check_lean_cli(root, tmp_path, steps=3, rng=rng)
 
 
 def test_sg2v_run_without_torch_invalid_graph_exit_2(tmp_path):
@@ -117,5 +117,5 @@ def test_without_onnx_runtime_sg2v_run_names_the_extras(tmp_path):
 
 
 @pytest.mark.slow
-def test_sg2v_run_without_torch_on_an_exported_checkpoint(real_bundle, tmp_path):
-    _check_lean_cli(real_bundle, tmp_path, steps=2)
+def test_sg2v_run_without_torch_on_an_exported_checkpoint(real_bundle, tmp_path, rng):
+    _check_lean_cli(real_bundle, tmp_path, steps=2, rng=rng)

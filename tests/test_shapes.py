@@ -56,11 +56,11 @@ def _ref_centroids(mask: np.ndarray) -> list[tuple[float, float]]:
 
 
 @pytest.mark.parametrize("frames,height,width", SIZES)
-def test_samples_follow_the_spec(frames, height, width):
+def test_samples_follow_the_spec(frames, height, width, rng):
     world = ShapesWorld(frames, height, width)
     lo, hi = size_range(height, width)
     palette = {(r << 16) | (g << 8) | b for r, g, b in [*COLORS.values(), (0, 0, 0)]}
-    seeds = np.random.default_rng().integers(0, 2**31, size=25 if height * width <= 1024 else 8)
+    seeds = rng.integers(0, 2**31, size=25 if height * width <= 1024 else 8)
     for seed in seeds:
         s = world.sample(int(seed))
         names = s.graph["objects"]
@@ -157,11 +157,11 @@ def test_size_range_is_12_to_20_percent():
     assert size_range(100, 200) == (12, 20)
 
 
-def test_render_graph_satisfies_relations_and_render_is_usable_alone():
+def test_render_graph_satisfies_relations_and_render_is_usable_alone(rng):
     w = ShapesWorld(12, 48, 48)
     g = {"objects": ["red circle", "blue square", "green triangle"],
          "relationships": [[0, "left of", 1], [2, "approaching", 0], [1, "above", 2]]}
-    s = w.render_graph(g, seed=int(np.random.default_rng().integers(1 << 30)))
+    s = w.render_graph(g, seed=int(rng.integers(1 << 30)))
     r = score_video(s.video, g)
     assert r.relation_accuracy == 1.0 and r.presence == 1.0
     motion = Motion(np.array([6, 7]), np.array([[1.0, 2.0], [30.0, 20.0]]),
@@ -224,7 +224,7 @@ def test_names_agree_with_the_vocabulary_file():
     assert v["pred_idx_to_name"] == ["__in_image__", *PREDICATES]
 
 
-def test_examples_cover_the_domain_and_render_to_full_oracle_scores():
+def test_examples_cover_the_domain_and_render_to_full_oracle_scores(rng):
     assert len(EXAMPLES) >= 12
     counts, preds = set(), set()
     w = ShapesWorld()
@@ -233,7 +233,7 @@ def test_examples_cover_the_domain_and_render_to_full_oracle_scores():
         assert isinstance(g.get("description"), str) and g["description"]
         counts.add(len(g["objects"]))
         preds |= {p for _, p, _ in g["relationships"]}
-        s = w.render_graph(str(path), seed=int(np.random.default_rng().integers(1 << 30)))
+        s = w.render_graph(str(path), seed=int(rng.integers(1 << 30)))
         r = score_video(s.video, g)
         assert r.presence == 1.0 and r.shape_accuracy == 1.0 and r.relation_accuracy in (None, 1.0), path.name
     assert counts == {1, 2, 3, 4} and preds == set(PREDICATES)

@@ -26,8 +26,8 @@ HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
 @pytest.fixture
-def fake(tmp_path):
-    return make_fake_bundle(tmp_path / "bundle", seed=int(np.random.SeedSequence().entropy % 1000))
+def fake(tmp_path, test_seed):
+    return make_fake_bundle(tmp_path / "bundle", seed=test_seed % 1000)
 
 
 def _write_info(folder, **info):
@@ -128,7 +128,7 @@ def test_build_engines_caches_by_fingerprint(fake):
 
 @pytest.mark.trt
 @pytest.mark.gpu
-def test_trt_pipeline_matches_onnx_runtime(fake):
+def test_trt_pipeline_matches_onnx_runtime(fake, rng):
     _needs_trt_gpu()
     import cupy as cp
 
@@ -136,7 +136,7 @@ def test_trt_pipeline_matches_onnx_runtime(fake):
     trt_pipe = Pipeline.from_bundle(root, backend="trt")
     ort_pipe = Pipeline.from_bundle(root, backend="ort")
     assert trt_pipe.backend_name == "trt"
-    graph = random_graph(np.random.default_rng())
+    graph = random_graph(rng)
     xt, xo = [], []
     f_trt = trt_pipe(graph, seed=5, steps=4, callback=lambda i, t, x, x0: xt.append(cp.asnumpy(x)))
     f_ort = ort_pipe(graph, seed=5, steps=4, callback=lambda i, t, x, x0: xo.append(np.array(x)))
@@ -149,14 +149,13 @@ def test_trt_pipeline_matches_onnx_runtime(fake):
 
 @pytest.mark.trt
 @pytest.mark.gpu
-def test_trt_batches_match_single_calls_and_onnx_runtime(fake):
+def test_trt_batches_match_single_calls_and_onnx_runtime(fake, rng):
     """A batch of 3 through the engines' batch axis (set_input_shape, a CUDA graph for 6 UNet rows) against
     3 single calls on TensorRT and against ONNX Runtime's batch."""
     _needs_trt_gpu()
     root, _ = fake
     trt_pipe = Pipeline.from_bundle(root, backend="trt")
     ort_pipe = Pipeline.from_bundle(root, backend="ort")
-    rng = np.random.default_rng()
     graphs = [random_graph(rng) for _ in range(3)]
     seeds = [int(s) for s in rng.integers(1 << 20, size=3)]
     batch = trt_pipe.generate(graphs, seeds, steps=3)
@@ -168,7 +167,7 @@ def test_trt_batches_match_single_calls_and_onnx_runtime(fake):
 
 @pytest.mark.trt
 @pytest.mark.gpu
-def test_trt_buffers_stay_at_fixed_addresses(fake):
+def test_trt_buffers_stay_at_fixed_addresses(fake, rng):
     _needs_trt_gpu()
     root, _ = fake
     pipe = Pipeline.from_bundle(root, backend="trt")
@@ -179,7 +178,6 @@ def test_trt_buffers_stay_at_fixed_addresses(fake):
         stages = (pipe.backend.encoder, unet)
         return {n: b.data.ptr for st in stages for n, b in {**st.inputs, **st.outputs}.items()}
 
-    rng = np.random.default_rng()
     pipe(random_graph(rng), seed=1, steps=2)
     before = addresses()
     pipe(random_graph(rng), seed=2, steps=3)

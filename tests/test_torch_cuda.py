@@ -76,10 +76,10 @@ def test_half_unet_is_fp16_except_the_timestep_embedding(model):
 
 
 @pytest.mark.parametrize("guidance,rescale,batch", [(3.0, 0.7, 1), (1.5, 0.0, 3), (7.5, 1.0, 2)])
-def test_eager_fp32_step_equals_cfg_denoiser(model, guidance, rescale, batch):
+def test_eager_fp32_step_equals_cfg_denoiser(model, guidance, rescale, batch, rng):
     cfg = model.cfg
     step = _step(model.unet, cfg, "cpu", "eager", "fp32", batch)
-    gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
     for _ in range(2):  # new inputs each call: the static buffers must follow them
         x, t, feeds = _inputs(cfg, gen, batch)
         step.prepare(feeds, guidance, rescale)
@@ -89,10 +89,10 @@ def test_eager_fp32_step_equals_cfg_denoiser(model, guidance, rescale, batch):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_eager_fp16_step_within_fp16_tolerance(model):
+def test_eager_fp16_step_within_fp16_tolerance(model, rng):
     cfg = model.cfg
     step = _step(model.unet, cfg, "cpu", "eager", "fp16", batch=2)
-    gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
     for _ in range(2):
         x, t, feeds = _inputs(cfg, gen, 2)
         step.prepare(feeds, 3.0, 0.7)
@@ -116,13 +116,12 @@ def test_bad_settings_raise_one_line_errors(model):
 
 
 @pytest.mark.slow
-def test_backend_on_the_cpu_gives_the_reference_backend_frames(real_bundle):
+def test_backend_on_the_cpu_gives_the_reference_backend_frames(real_bundle, rng):
     """eager fp32: the fused step and the sampler on torch tensors against the reference backend (numpy
     sampler): the same video up to float rounding; a batch of 3 within the same tolerance of 3 single calls;
     fp16 within a few levels."""
     from sg2v.runtime import Pipeline
 
-    rng = np.random.default_rng()
     graphs = [random_graph(rng) for _ in range(3)]
     seeds = [int(s) for s in rng.integers(1 << 20, size=3)]
     ref = Pipeline.from_bundle(real_bundle, backend="torch")
@@ -154,13 +153,13 @@ def _need_cuda() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["graphs", "compile", "eager"])
-def test_gpu_fp16_modes_match_eager_fp32(model, mode):
+def test_gpu_fp16_modes_match_eager_fp32(model, mode, rng):
     _need_cuda()
     if mode == "compile":
         pytest.importorskip("triton", reason="torch.compile on CUDA needs triton")
     cfg = model.cfg
     ref_unet = copy.deepcopy(model.unet).cuda().eval()
-    gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
     for batch in (1, 3):
         step = _step(copy.deepcopy(model.unet), cfg, "cuda", mode, "fp16", batch)
         for _ in range(3):  # the first call captures/compiles; later calls replay with new buffers' contents
@@ -177,12 +176,12 @@ def test_gpu_fp16_modes_match_eager_fp32(model, mode):
 
 
 @pytest.mark.gpu
-def test_gpu_graph_replay_equals_eager_fp16_on_the_same_inputs(model):
+def test_gpu_graph_replay_equals_eager_fp16_on_the_same_inputs(model, rng):
     _need_cuda()
     cfg = model.cfg
     eager = _step(copy.deepcopy(model.unet), cfg, "cuda", "eager", "fp16", batch=2)
     graphed = _step(copy.deepcopy(model.unet), cfg, "cuda", "graphs", "fp16", batch=2)
-    gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
     for _ in range(3):
         x, t, feeds = _inputs(cfg, gen, 2, "cuda")
         for s in (eager, graphed):
@@ -191,7 +190,7 @@ def test_gpu_graph_replay_equals_eager_fp16_on_the_same_inputs(model):
 
 
 @pytest.mark.gpu
-def test_gpu_backend_batch_equals_single_calls(model):
+def test_gpu_backend_batch_equals_single_calls(model, rng):
     """The graphs fp16 backend through the loop: a batch of 4 (one captured graph for B=4) against 4 single
     calls (the B=1 graph), and both against the eager fp32 modules on the GPU."""
     _need_cuda()
@@ -208,7 +207,6 @@ def test_gpu_backend_batch_equals_single_calls(model):
                      make_alphas_cumprod(cfg.diffusion.num_train_timesteps, cfg.diffusion.schedule),
                      sampler_defaults(cfg.diffusion), gpu.null_context_arrays())
     ref = model_generator(gpu)
-    rng = np.random.default_rng()
     graphs = [parse_graph(random_graph(rng), shapes_vocab(), d.max_objects, d.max_relationships)
               for _ in range(4)]
     seeds = [int(s) for s in rng.integers(1 << 20, size=4)]

@@ -275,7 +275,7 @@ def test_resume_refuses_another_size(tmp_path):
         train(TrainConfig(steps=2, batch=2, out=str(tmp_path), workers=0, eval_every=0), progress=False)
 
 
-def test_init_encoder_loads_pretrained_weights_across_video_shapes(tmp_path):
+def test_init_encoder_loads_pretrained_weights_across_video_shapes(tmp_path, rng):
     """A pretrained encoder initialises training at another frames/size; another encoder is refused."""
     import dataclasses
 
@@ -284,7 +284,7 @@ def test_init_encoder_loads_pretrained_weights_across_video_shapes(tmp_path):
     from sg2v.training.pretrain import PretrainConfig, build_pretrain_models, save_pretrain_checkpoint
     from sg2v.training.train import load_init_encoder
 
-    torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    torch.manual_seed(int(rng.integers(1 << 30)))
     tiny = model_config("tiny")
     pc = PretrainConfig(size="tiny")
     enc, video, heads = build_pretrain_models(tiny, pc)
@@ -302,7 +302,7 @@ def test_init_encoder_loads_pretrained_weights_across_video_shapes(tmp_path):
         load_init_encoder(build_model(other_slots), str(ckpt))
 
 
-def test_init_fine_tunes_from_a_checkpoint_or_a_bundle(tmp_path):
+def test_init_fine_tunes_from_a_checkpoint_or_a_bundle(tmp_path, rng):
     """--init loads a checkpoint's EMA weights, or a bundle's fp16 model.safetensors cast up; a model of
     another shape or a bundle without weights is refused with a one-line fix."""
     from sg2v.config import DataConfig
@@ -311,7 +311,7 @@ def test_init_fine_tunes_from_a_checkpoint_or_a_bundle(tmp_path):
     from sg2v.training.checkpoint import save_checkpoint
     from sg2v.training.train import load_init_weights
 
-    torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    torch.manual_seed(int(rng.integers(1 << 30)))
     cfg = model_config("tiny")
     cfg = cfg.replace(data=DataConfig(frames=4, height=16, width=16, max_objects=cfg.data.max_objects,
                                       max_relationships=cfg.data.max_relationships))

@@ -26,10 +26,9 @@ needs_ffmpeg = pytest.mark.skipif(not HAS_FFMPEG,
                                   reason="imageio-ffmpeg not installed (pip install 'sg2v[video]')")
 
 
-def _frames(f=6, h=13, w=17, colors=None) -> np.ndarray:
-    """Random frames; with `colors`, drawn from that many random colors (GIF's palette limit), and with a
-    repeated frame run, which GIF/WebP encoders merge."""
-    rng = np.random.default_rng()
+def _frames(rng, f=6, h=13, w=17, colors=None) -> np.ndarray:
+    """Random frames from `rng`; with `colors`, drawn from that many random colors (GIF's palette limit), and
+    with a repeated frame run, which GIF/WebP encoders merge."""
     if colors is None:
         a = rng.integers(0, 256, size=(f, h, w, 3), dtype=np.uint8)
     else:
@@ -42,42 +41,42 @@ def _frames(f=6, h=13, w=17, colors=None) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name,colors", [("v.npy", None), ("frames", None), ("v.webp", None), ("v.gif", 200)])
-def test_lossless_round_trips_are_exact(tmp_path, name, colors):
-    a = _frames(colors=colors)
+def test_lossless_round_trips_are_exact(tmp_path, name, colors, rng):
+    a = _frames(rng, colors=colors)
     write_video(tmp_path / name, a, fps=10)
     b = read_video(tmp_path / name)
     assert b.dtype == np.uint8 and np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("name", ["s.gif", "s.webp"])
-def test_static_video_keeps_its_frame_count(tmp_path, name):
-    a = np.repeat(_frames(1, 8, 8, colors=5), 9, axis=0)  # encoders collapse it into one stored frame
+def test_static_video_keeps_its_frame_count(tmp_path, name, rng):
+    a = np.repeat(_frames(rng, 1, 8, 8, colors=5), 9, axis=0)  # encoders collapse it into one stored frame
     write_video(tmp_path / name, a, fps=8)
     assert np.array_equal(read_video(tmp_path / name), a)
 
 
 @needs_ffmpeg
-def test_mp4_round_trip_within_tolerance_and_lossless_mode_exact(tmp_path):
-    v = ShapesWorld(8, 32, 32).sample(int(np.random.default_rng().integers(1 << 30))).video
+def test_mp4_round_trip_within_tolerance_and_lossless_mode_exact(tmp_path, rng):
+    v = ShapesWorld(8, 32, 32).sample(int(rng.integers(1 << 30))).video
     write_video(tmp_path / "v.mp4", v)
     b = read_video(tmp_path / "v.mp4")
     assert b.shape == v.shape and np.abs(b.astype(int) - v).mean() < 4.0
-    odd = _frames(5, 15, 21)
+    odd = _frames(rng, 5, 15, 21)
     write_video(tmp_path / "o.mp4", odd)  # odd sides: 4:4:4, no resize
     assert read_video(tmp_path / "o.mp4").shape == odd.shape
     write_video(tmp_path / "l.mp4", odd, lossless=True)
     assert np.array_equal(read_video(tmp_path / "l.mp4"), odd)
 
 
-def test_mp4_without_imageio_ffmpeg_names_the_extra(tmp_path, monkeypatch):
+def test_mp4_without_imageio_ffmpeg_names_the_extra(tmp_path, monkeypatch, rng):
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import now fails
     with pytest.raises(MissingDependencyError, match=r"pip install 'sg2v\[video\]'"):
-        write_video(tmp_path / "v.mp4", _frames())
+        write_video(tmp_path / "v.mp4", _frames(rng))
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["v.gif", "v.webp", "frames", "v.npy"])
-def test_failing_write_leaves_nothing(tmp_path, monkeypatch, name):
+def test_failing_write_leaves_nothing(tmp_path, monkeypatch, name, rng):
     import numpy
     from PIL import Image
 
@@ -98,7 +97,7 @@ def test_failing_write_leaves_nothing(tmp_path, monkeypatch, name):
     monkeypatch.setattr(numpy, "save", np_save)
     monkeypatch.setattr(Image.Image, "save", save)
     with pytest.raises(VideoError, match=r"cannot write .* \(disk full\); check free space"):
-        write_video(tmp_path / name, _frames(colors=9))
+        write_video(tmp_path / name, _frames(rng, colors=9))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -119,22 +118,22 @@ def _fake_ffmpeg(folder, monkeypatch, body):
     ('exit 0\n', "wrote no mp4 data"),  # an encoder that claims success and writes nothing
     (': > "$last"\nexit 0\n', "wrote no mp4 data"),
 ])
-def test_mp4_failure_keeps_the_existing_video(tmp_path, monkeypatch, body, why):
+def test_mp4_failure_keeps_the_existing_video(tmp_path, monkeypatch, body, why, rng):
     pytest.importorskip("imageio_ffmpeg", reason="mp4 needs the video extra")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     good = out_dir / "v.mp4"
-    write_video(good, _frames())
+    write_video(good, _frames(rng))
     before = good.read_bytes()
     _fake_ffmpeg(tmp_path, monkeypatch, body)
     with pytest.raises(VideoError, match=why + r".*the existing file was kept"):
-        write_video(good, _frames(colors=5))
+        write_video(good, _frames(rng, colors=5))
     assert good.read_bytes() == before
     assert sorted(p.name for p in out_dir.iterdir()) == ["v.mp4"]  # no temporary file left
-    np.testing.assert_array_equal(read_video(good).shape, _frames().shape)
+    np.testing.assert_array_equal(read_video(good).shape, _frames(rng).shape)
 
 
-def test_sg2v_run_on_a_full_disk_exits_1_with_one_line(tmp_path, monkeypatch, capsys):
+def test_sg2v_run_on_a_full_disk_exits_1_with_one_line(tmp_path, monkeypatch, capsys, rng):
     pytest.importorskip("imageio_ffmpeg", reason="mp4 needs the video extra")
     import json
 
@@ -145,7 +144,7 @@ def test_sg2v_run_on_a_full_disk_exits_1_with_one_line(tmp_path, monkeypatch, ca
     root, _ = make_fake_bundle(tmp_path / "bundle", seed=2)
     (tmp_path / "g.json").write_text(json.dumps({"objects": ["red circle"], "relationships": []}))
     good = tmp_path / "v.mp4"
-    write_video(good, _frames())
+    write_video(good, _frames(rng))
     before = good.read_bytes()
     _fake_ffmpeg(tmp_path, monkeypatch, 'echo "av_interleaved_write_frame(): No space left on device" >&2\n'
                                         "exit 1\n")
@@ -157,13 +156,13 @@ def test_sg2v_run_on_a_full_disk_exits_1_with_one_line(tmp_path, monkeypatch, ca
     assert good.read_bytes() == before
 
 
-def test_bad_frames_and_paths_raise_video_error(tmp_path):
+def test_bad_frames_and_paths_raise_video_error(tmp_path, rng):
     with pytest.raises(VideoError, match="uint8"):
-        write_video(tmp_path / "v.npy", _frames().astype(np.float32))
+        write_video(tmp_path / "v.npy", _frames(rng).astype(np.float32))
     with pytest.raises(VideoError, match="shape"):
-        write_video(tmp_path / "v.npy", _frames()[0])
+        write_video(tmp_path / "v.npy", _frames(rng)[0])
     with pytest.raises(VideoError, match="unknown video format"):
-        write_video(tmp_path / "v.avi", _frames())
+        write_video(tmp_path / "v.avi", _frames(rng))
     with pytest.raises(VideoError, match="no such video"):
         read_video(tmp_path / "missing.gif")
     (tmp_path / "broken.gif").write_bytes(b"GIF89a not really")
@@ -173,20 +172,20 @@ def test_bad_frames_and_paths_raise_video_error(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["v.gif", "v.webp", "v.mp4", "v.npy"])
-def test_absurd_frame_rates_are_refused_before_writing(tmp_path, name):
+def test_absurd_frame_rates_are_refused_before_writing(tmp_path, name, rng):
     """GIF keeps a frame's duration in 16-bit centiseconds and mp4 the rate as a fraction: fps inf, 1e-9 or
     an integer too large for a float used to end in OverflowError."""
     for fps in (float("inf"), float("nan"), 1e-9, 0, -8, 1e6, 10**5000, "8", True):
         with pytest.raises(VideoError, match=r"fps .*: must be a number of frames per second in \[0.01, "):
-            write_video(tmp_path / name, _frames(colors=5), fps=fps)
+            write_video(tmp_path / name, _frames(rng, colors=5), fps=fps)
     assert list(tmp_path.iterdir()) == []
-    write_video(tmp_path / "edge.gif", _frames(colors=5), fps=0.01)  # the ends of the range work
-    write_video(tmp_path / "edge.webp", _frames(colors=5), fps=1000)
-    assert read_video(tmp_path / "edge.gif").shape == _frames().shape
+    write_video(tmp_path / "edge.gif", _frames(rng, colors=5), fps=0.01)  # the ends of the range work
+    write_video(tmp_path / "edge.webp", _frames(rng, colors=5), fps=1000)
+    assert read_video(tmp_path / "edge.gif").shape == _frames(rng).shape
 
 
-def test_contact_sheets_too_large_to_allocate_are_refused():
-    a = _frames(4, 6, 6)
+def test_contact_sheets_too_large_to_allocate_are_refused(rng):
+    a = _frames(rng, 4, 6, 6)
     for kwargs in ({"scale": 10**6}, {"cols": 10**5000}, {"pad": 10**9}):
         with pytest.raises(VideoError, match=r"would take .* bytes, more than 1073741824; lower cols"):
             contact_sheet(a, **kwargs)
@@ -209,36 +208,36 @@ def _slow_sheet(frames, cols, pad, scale, pad_value):
 
 
 @pytest.mark.parametrize("f,cols,pad,scale", [(7, None, 2, 1), (5, 2, 0, 2), (4, 4, 3, 1), (1, None, 1, 3)])
-def test_contact_sheet_matches_slow_reference(f, cols, pad, scale):
-    a = _frames(f, 5, 6)
+def test_contact_sheet_matches_slow_reference(f, cols, pad, scale, rng):
+    a = _frames(rng, f, 5, 6)
     got = contact_sheet(a, cols=cols, pad=pad, scale=scale)
     want = _slow_sheet(a, cols or math.ceil(math.sqrt(f)), pad, scale, 48)
     assert np.array_equal(got, want)
 
 
-def test_write_contact_sheet_png(tmp_path):
+def test_write_contact_sheet_png(tmp_path, rng):
     from PIL import Image
 
-    a = _frames(4, 6, 6)
+    a = _frames(rng, 4, 6, 6)
     write_contact_sheet(tmp_path / "s.png", a, cols=2, scale=2)
     with Image.open(tmp_path / "s.png") as im:
         assert np.array_equal(np.asarray(im.convert("RGB")), contact_sheet(a, cols=2, scale=2))
 
 
-def test_unit_scaling_matches_formula_and_round_trips():
-    a = _frames()
+def test_unit_scaling_matches_formula_and_round_trips(rng):
+    a = _frames(rng)
     x = frames_to_unit(a)
     assert x.dtype == np.float32 and x.min() >= -1.0 and x.max() <= 1.0
     np.testing.assert_allclose(x, a.astype(np.float64) / 127.5 - 1.0, atol=1e-6)
     assert np.array_equal(unit_to_frames(x), a)
-    y = np.random.default_rng().uniform(-1.5, 1.5, size=(3, 4, 5, 3)).astype(np.float32)
+    y = rng.uniform(-1.5, 1.5, size=(3, 4, 5, 3)).astype(np.float32)
     want = np.clip(np.round((y.astype(np.float64) + 1) * 127.5), 0, 255).astype(np.uint8)
     assert np.abs(unit_to_frames(y).astype(int) - want).max() <= 1  # float32 vs float64 at .5 ties
 
 
-def test_unit_scaling_accepts_torch_tensors():
+def test_unit_scaling_accepts_torch_tensors(rng):
     torch = pytest.importorskip("torch", reason="torch not installed")
-    a = _frames()
+    a = _frames(rng)
     x = frames_to_unit(torch.from_numpy(a))
     assert isinstance(x, torch.Tensor) and x.dtype == torch.float32
     np.testing.assert_allclose(x.numpy(), frames_to_unit(a), atol=1e-6)
