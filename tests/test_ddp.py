@@ -4,7 +4,6 @@ accumulating the same micro-batches, i.e. DDP averages exactly the gradients the
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,18 @@ def _settings(out: Path, grad_accum: int = 1, batch: int = BATCH) -> TrainConfig
                        eval_every=0, log_every=1, workers=0, threads=1, seed=9, out=str(out))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _store() -> td.TCPStore:
+    """The rendezvous store, as torchrun's agent holds it: bound to a port the OS picks and kept open, so no
+    other process can take the port between choosing it and the ranks' rendezvous (a probe-then-release free
+    port can be taken in between)."""
+    return td.TCPStore("127.0.0.1", 0, None, is_master=True, wait_for_workers=False)
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
+    # TORCHELASTIC_USE_AGENT_STORE: env:// rendezvous joins the store at MASTER_PORT as a client (torchrun's
+    # way), so rank 0 does not bind the port itself; train() still creates and destroys the process group.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+                      LOCAL_RANK=str(rank), TORCHELASTIC_USE_AGENT_STORE="True")
     res = train(_settings(Path(out) / "run"), progress=False)
     assert not td.is_initialized()  # train() tears down the group it created
     torch.save({"model": res.model.state_dict(), "ema": res.ema.state_dict(), "losses": res.losses},
@@ -44,7 +46,9 @@ def test_two_gloo_ranks_stay_in_sync_and_match_accumulation(tmp_path):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+        store = _store()
+        mp.spawn(_worker, args=(2, store.port, str(tmp_path)), nprocs=2, join=True)
+        del store
         # Reference: one process, 2 micro-batches per step = the 2 ranks' shares, same seeds.
         ref = train(_settings(tmp_path / "ref", grad_accum=2), progress=False)
         # Control: one process seeing only rank 0's share; DDP must differ from it, else the check is blind.

@@ -24,9 +24,9 @@ def test_cpu_smoke_run_reports_consistent_figures(tmp_path):
     for name, key in keys.items():
         assert r[key] > 0
         assert abs(r[f"{name}_samples_per_s"] - 2 / r[key]) < 1e-9 * r[f"{name}_samples_per_s"]
-    # The loop does both jobs, so it cannot be much faster than the slower of the two alone.
-    assert r["loop_s_per_step"] > 0.5 * max(r["loader_s_per_batch"], r["step_s"])
-    assert r["limit"] in ("data", "model step")
+    # The named limit is the slower of the two measured alone (how the times compare is the machine's affair).
+    slower = "data" if r["loader_samples_per_s"] < r["step_samples_per_s"] else "model step"
+    assert r["limit"] == slower
     assert "| loop (both) |" in p.stdout and "| loader (float32 video) |" in p.stdout
 
 
