@@ -20,6 +20,7 @@ FORMAT_VERSION = 3  # bump on an incompatible change of the layout or the manife
 # encoder also outputs the object vectors and the UNet also takes objects and boxes (`grounded` below); the
 # exporter writes format 3 only for grounded models, so ungrounded bundles stay readable by format-2 readers.
 READABLE_VERSIONS = (1, 2, 3)
+UNGROUNDED_FORMAT_VERSION = 2  # what the exporter writes for a model without a layout stage
 
 MANIFEST = "manifest.json"
 ENCODER_ONNX = "encoder.onnx"
@@ -90,6 +91,29 @@ def unet_inputs(s: dict[str, Any]) -> tuple[str, ...]:
     return GROUNDED_UNET_INPUTS if grounded(s) else UNET_INPUTS
 
 
+def format_version(s: dict[str, Any]) -> int:
+    """The format version the exporter writes for a bundle with `shapes` entry `s` (3 grounded, else 2)."""
+    return FORMAT_VERSION if grounded(s) else UNGROUNDED_FORMAT_VERSION
+
+
+def stage_names(s: dict[str, Any]) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Stage -> (input names, output names) in graph order, for a bundle with `shapes` entry `s`."""
+    out = {ENCODER_STAGE: (ENCODER_INPUTS, encoder_outputs(s)), LAYOUT_STAGE: (LAYOUT_INPUTS, LAYOUT_OUTPUTS),
+           UNET_STAGE: (unet_inputs(s), UNET_OUTPUTS)}
+    return {name: out[name] for name in stage_files(s)}
+
+
+def batch_dim(stage: str) -> str:
+    """The name of a stage's batch axis (dim 0 of each of its inputs and outputs) in format 2 and 3."""
+    return {ENCODER_STAGE: BATCH_DIM, UNET_STAGE: UNET_BATCH_DIM, LAYOUT_STAGE: LAYOUT_BATCH_DIM}[stage]
+
+
+def rows_per_video(stage: str) -> int:
+    """Rows of a stage's batch axis per video: 1 graph, 2 UNet rows (cond, uncond), LAYOUT_PER_ROUND
+    candidate layouts (the layout stage's most for one graph in one call when it draws a full round)."""
+    return {ENCODER_STAGE: 1, UNET_STAGE: UNET_BATCH, LAYOUT_STAGE: LAYOUT_PER_ROUND}[stage]
+
+
 def layout_defaults(layout: Any, relation_rules: dict[str, str]) -> dict[str, Any]:
     """The manifest's `layout` entry from a `LayoutConfig` and the vocabulary's rule table."""
     return {"steps": int(layout.default_steps), "tries": int(layout.default_tries),
@@ -99,6 +123,9 @@ def layout_defaults(layout: Any, relation_rules: dict[str, str]) -> dict[str, An
 
 LAYOUT_PER_ROUND = 8  # candidate layouts drawn per graph per round of the relation check
 LAYOUT_SAMPLER = "dpmpp2m"
+LAYOUT_KEYS = ("steps", "tries", "per_round", "sampler", "relation_rules")  # the manifest's "layout" entry
+MAX_LAYOUT_STEPS = 1000
+MAX_LAYOUT_TRIES = 4096
 
 
 def shapes(data: DataConfig, encoder: EncoderConfig, max_batch: int | None = MAX_BATCH,

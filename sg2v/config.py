@@ -146,7 +146,7 @@ class ModelConfig:
 
     def check_bounds(self) -> None:
         """ConfigError unless every field has its type and lies within `BOUNDS` (what a file may declare)."""
-        for part in (self, self.data, self.encoder, self.unet, self.diffusion):
+        for part in (self, self.data, self.encoder, self.unet, self.diffusion, self.layout):
             _check_fields(part, type(part).__name__)
         d = self.data
         elements = d.frames * d.height * d.width * d.channels
@@ -207,14 +207,18 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "UNetConfig.channel_mult": (1, 64), "UNetConfig.num_res_blocks": (0, 64),
     "UNetConfig.attention_levels": (0, 63), "UNetConfig.num_heads": (1, 1024),
     "UNetConfig.norm_groups": (1, 65536), "UNetConfig.dropout": (0.0, 1.0),
+    "UNetConfig.layout_dim": (0, 65536), "UNetConfig.layout_head": (1, 65536),
     "DiffusionConfig.num_train_timesteps": (2, 100_000), "DiffusionConfig.cond_drop_prob": (0.0, 1.0),
     "DiffusionConfig.default_steps": (1, 10_000), "DiffusionConfig.default_guidance": (0.0, 1e6),
     "DiffusionConfig.default_guidance_rescale": (0.0, 1.0),
+    "LayoutConfig.dim": (0, 65536), "LayoutConfig.layers": (1, 256), "LayoutConfig.heads": (1, 1024),
+    "LayoutConfig.default_steps": (1, 1000), "LayoutConfig.default_tries": (1, 4096),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "DiffusionConfig.prediction": ("v", "x0"),
     "DiffusionConfig.schedule": ("cosine", "cosine_zsnr"),  # sg2v.schedule.SCHEDULES
     "DiffusionConfig.default_sampler": ("ddim", "dpmpp2m"),  # sg2v.sampling.SAMPLERS
+    "LayoutConfig.rules": ("shapes", "coco", "none"),  # sg2v.relations.FAMILIES and "none"
 }
 MAX_LIST = 64  # entries of a tuple field (channel_mult, attention_levels)
 MAX_VIDEO_ELEMENTS = 1 << 28  # frames x channels x height x width: 1 GiB of float32 per video

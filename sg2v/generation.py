@@ -149,9 +149,10 @@ def initial_noise(seeds: Sequence[int], frame_shape: Sequence[int]) -> np.ndarra
 
 
 def stage_timings(backend: str, encoder_s: float, sample_s: float, total_s: float, steps: list[float],
-                  videos: int = 1, chunks: int = 1) -> dict[str, Any]:
+                  videos: int = 1, chunks: int = 1, layout_s: float = 0.0) -> dict[str, Any]:
     """Per-stage seconds of one call (`last_timings`). Sampler overhead is the sampling phase minus the
-    time inside the denoiser calls: the sampler's own array math; decode is the rest of the call."""
+    time inside the denoiser calls: the sampler's own array math; decode is the rest of the call (the
+    layout stage, drawing and checking the layouts of a grounded model, is its own `layout_s`)."""
     denoiser = float(sum(steps))
     return {
         "backend": backend,
@@ -161,7 +162,7 @@ def stage_timings(backend: str, encoder_s: float, sample_s: float, total_s: floa
         "denoiser_per_step_s": denoiser / max(len(steps), 1),
         "unet_calls": len(steps),
         "sampler_overhead_s": sample_s - denoiser,
-        "decode_s": total_s - encoder_s - sample_s,
+        "decode_s": total_s - encoder_s - layout_s - sample_s,
         "total_s": total_s,
         "videos": videos,
         "chunks": chunks,
@@ -267,7 +268,7 @@ class Generator:
             out = frames[0] if len(frames) == 1 else _concatenate(frames, output, xp)
         total = time.perf_counter() - t_start
         self.last_timings = stage_timings(be.name, encoder_s - layout_s, sample_s, total, clock.seconds(), b,
-                                          len(frames))
+                                          len(frames), layout_s)
         if plan is None:
             return Generation(out, self.last_timings)
         self.last_timings.update(layout_s=layout_s, layout_draws=[r.draws for r in drawn],

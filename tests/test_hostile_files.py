@@ -284,8 +284,11 @@ def good_ckpt(tmp_path_factory):
     cfg = model_config("tiny")
     model = build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.zeros(1, cfg.data.frames, 3, cfg.data.height, cfg.data.width), torch.zeros(1),
-          *model.null_context_batch(1)).square().mean().backward()
+    d = cfg.data
+    layout = (torch.zeros(1, d.padded_objects, cfg.encoder.embed_dim),
+              torch.zeros(1, d.padded_objects, d.frames, 4))
+    model(torch.zeros(1, d.frames, 3, d.height, d.width), torch.zeros(1), *model.null_context_batch(1),
+          *layout).square().mean().backward()
     opt.step()
     path = tmp_path_factory.mktemp("ckpt") / "last.pt"
     save_checkpoint(path, model, cfg, shapes_vocab(), ema=model, step=5, optimizer=opt)
