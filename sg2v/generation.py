@@ -248,12 +248,12 @@ class Generator:
                 t0 = time.perf_counter()
                 enc = be.encoder.run({k: feeds[k][lo:hi] for k in GRAPH_TENSORS})
                 cond = {name: enc[name] for name in CONDITIONING}
-                t_layout = time.perf_counter()
                 if plan is not None:
+                    t_layout = time.perf_counter()
                     results, boxes = self._draw_layouts(enc, feeds["triples"][lo:hi], plan, seeds, lo, hi)
                     drawn += results
                     cond.update(objects=enc["objects"], boxes=xp.asarray(boxes))
-                layout_s += time.perf_counter() - t_layout
+                    layout_s += time.perf_counter() - t_layout
                 unet_feeds = self._conditioning(cond, self._uncond, hi - lo)
                 be.synchronize()
                 t1 = time.perf_counter()

@@ -136,6 +136,32 @@ def test_options_follow_the_converter_signature():
     assert torch_trt.precision_options(old, "fp32") == {"enabled_precisions": {torch.float32}}
 
 
+def test_layout_engine_inputs_span_the_layout_batch(exported, monkeypatch):
+    """The converter gets the example tensors for the encoder and UNet (static shapes), and for the layout
+    stage min / opt / max shapes of 1, one round and max_layout_batch candidates (a stand-in for
+    `torch_tensorrt.Input`, which cannot be installed here)."""
+    import sys
+    import types
+
+    _, bundle, _ = exported
+    made = []
+
+    def Input(**kw):  # noqa: N802 (torch_tensorrt's class name)
+        made.append(kw)
+        return kw
+
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", types.SimpleNamespace(Input=Input))
+    inputs = torch_trt.example_inputs(bundle, seed=3)
+    assert torch_trt.converter_inputs(bundle, "unet", inputs["unet"]) == list(inputs["unet"])
+    got = torch_trt.converter_inputs(bundle, "layout", inputs["layout"])
+    top = bundle.shapes["max_layout_batch"]
+    assert len(got) == len(spec.LAYOUT_INPUTS) == len(made)
+    for kw, a in zip(got, inputs["layout"]):
+        rest = tuple(a.shape[1:])
+        assert a.shape[0] == spec.LAYOUT_PER_ROUND and kw["dtype"] == a.dtype
+        assert (kw["min_shape"], kw["opt_shape"], kw["max_shape"]) == ((1, *rest), (8, *rest), (top, *rest))
+
+
 @pytest.mark.skipif(HAVE_TORCH_TRT, reason="Torch-TensorRT is installed: its absence cannot be shown")
 def test_without_torch_tensorrt_the_cli_names_the_extra(exported, capsys):
     ckpt, bundle, _ = exported
