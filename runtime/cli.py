@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"output path; format from the extension: {OUTPUT_KINDS}")
     ap.add_argument("--contact-sheet", default=None, metavar="SHEET.png",
                     help="also write the frames in a grid as one PNG (default: none)")
-    ap.add_argument("--layout", nargs="+", default=None, metavar="LAYOUT.json",
-                    help="given object tracks, one file per graph (in the graphs' order): a layout mapping "
+    ap.add_argument("--layout", nargs="+", action="extend", default=None, metavar="LAYOUT.json",
+                    help="given object tracks, one file per graph (in the graphs' order; --layout a b, or "
+                         "--layout a --layout b): a layout mapping "
                          '({"0": [x0, y0, x1, y1], ...}: F boxes, one box or {"start": box, "end": box} per '
                          'object; objects left out are drawn) or a whole graph with a "layout" key; kept '
                          "exactly (layout-grounded bundles; default: none)")

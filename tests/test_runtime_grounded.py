@@ -199,7 +199,7 @@ def test_cli_save_layout_loads_again_to_the_same_video(grounded_bundle, tmp_path
         np.testing.assert_array_equal(np.asarray(list(saved.values()), np.float32), want.layouts[i].tracks)
         np.testing.assert_array_equal(np.load(tmp_path / f"v_{i}.npy"), want.frames[i])
     assert main([*run, "--out", str(tmp_path / "w.npy"), "--layout", str(tmp_path / "lay" / "l_0.json"),
-                 str(tmp_path / "lay" / "l_1.json")]) == 0
+                 "--layout", str(tmp_path / "lay" / "l_1.json")]) == 0
     for i in range(2):  # the same tracks and seed: the same video, bit for bit
         np.testing.assert_array_equal(np.load(tmp_path / f"w_{i}.npy"), np.load(tmp_path / f"v_{i}.npy"))
     # a whole graph with a "layout" key is a layout file too
