@@ -111,15 +111,18 @@ def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset:
 
     `guidance` overrides the config's default guidance in `sampler_defaults` (chosen at export, e.g. tuned on
     validation graphs); the runtime samples with `sampler_defaults` unless a caller passes its own. The stages
-    take 1 to `max_batch` videos per call (`shapes.max_batch`, the batch axis of every stage's I/O).
+    take 1 to `max_batch` videos per call (`shapes.max_batch`, the batch axis of every stage's I/O). A
+    layout-grounded model (`cfg.layout.dim > 0`) gets format 3: the layout stage and the `layout` entry (its
+    sampler settings and the vocabulary's relation rules); any other model format 2.
     """
-    shapes = spec.shapes(cfg.data, cfg.encoder, max_batch)
+    grounded = cfg.layout.dim > 0
+    shapes = spec.shapes(cfg.data, cfg.encoder, max_batch, grounded=grounded)
     io = spec.stage_io(shapes)
-    stages = {name: {"file": spec.STAGE_FILES[name], **io[name], **(stage_extra or {}).get(name, {})}
-              for name in spec.STAGE_FILES}
+    stages = {name: {"file": file, **io[name], **(stage_extra or {}).get(name, {})}
+              for name, file in spec.stage_files(shapes).items()}
     manifest = {
         "format": spec.FORMAT,
-        "format_version": spec.FORMAT_VERSION,
+        "format_version": spec.format_version(shapes),
         "model_config": cfg.to_dict(),
         "vocab": vocab.to_dict(),
         "schedule": {"kind": cfg.diffusion.schedule,
@@ -139,7 +142,12 @@ def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset:
     }
     if pooling == "plugin":
         manifest["plugin_impl"] = plugin_impl or "aot"  # the nodes' `aot` attribute, for the engine builder
-    missing = [k for k in spec.MANIFEST_KEYS if k not in manifest]
+    if grounded:
+        from sg2v.relations import rules_for
+
+        manifest["layout"] = spec.layout_defaults(cfg.layout, rules_for(vocab.pred_names, cfg.layout.rules))
+    missing = [k for k in (*spec.MANIFEST_KEYS, *(spec.GROUNDED_MANIFEST_KEYS if grounded else ()))
+               if k not in manifest]
     assert not missing, missing
     return manifest
 

@@ -12,9 +12,10 @@ from sg2v import bundle_spec as spec
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sg2v-export",
-        description="Export a trained sg2v checkpoint to a bundle: encoder.onnx, unet.onnx, manifest.json, "
-                    "null context, encoder weights. Every graph is checked against PyTorch through ONNX "
-                    "Runtime and against the operators TensorRT's ONNX parser supports.",
+        description="Export a trained sg2v checkpoint to a bundle: encoder.onnx, layout.onnx "
+                    "(layout-grounded models), unet.onnx, manifest.json, null context, encoder weights. "
+                    "Every graph is checked against PyTorch through ONNX Runtime and against the operators "
+                    "TensorRT's ONNX parser supports.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--ckpt", required=True,
@@ -72,6 +73,11 @@ def summary(result) -> str:
     d = m["sampler_defaults"]
     lines.append(f"sampler defaults: {d['sampler']}, {d['steps']} steps, guidance {d['guidance']:g} "
                  f"(rescale {d['guidance_rescale']:g})")
+    lay = m.get("layout")
+    if lay is not None:
+        lines.append(f"layout stage: {lay['sampler']}, {lay['steps']} steps, up to {lay['tries']} draws per "
+                     f"graph ({lay['per_round']} per round) until the relations of the "
+                     f"{len(lay['relation_rules'])} predicates with a geometric rule hold")
     if result.reused:
         lines.append(f"reused stages: {', '.join(result.reused)}")
     for rel, info in m["files"].items():

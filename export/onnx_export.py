@@ -1,13 +1,16 @@
-"""Checkpoint -> bundle: the encoder and the UNet to ONNX, each graph checked against PyTorch.
+"""Checkpoint -> bundle: the encoder, the layout network (grounded models) and the UNet to ONNX, each graph
+checked against PyTorch.
 
-Two graphs per bundle (docs/ARCHITECTURE.md "ONNX stages"), static but for a batch axis: the encoder on B
-graphs and the UNet on 2B rows (CFG's B conditional rows, then the B unconditional ones), B from 1 to the
-manifest's `max_batch`. Pooling `portable` is the one-hot MatMul form of
-`scatter_mean_pool`; `plugin` puts one `sg2v::ScatterMeanPool` node per graph convolution (a custom op with an
-ONNX symbolic). fp16 exports convert weights and compute to float16 inside the graph, with float32 graph I/O
-(Casts at the boundary) and float32 islands where fp16 would overflow or lose the signal: GroupNorm,
-LayerNorm, the UNet's token norms and its sinusoidal timestep embedding; the UNet's softmax is float32 by
-construction.
+Two graphs per bundle, three for a layout-grounded model (docs/ARCHITECTURE.md "ONNX stages"), static but for
+a batch axis: the encoder on B graphs, the layout network on K candidate layouts, and the UNet on 2B rows
+(CFG's B conditional rows, then the B unconditional ones), B from 1 to the manifest's `max_batch` and K to
+its `max_layout_batch`. A grounded model's encoder also outputs its object vectors, which the layout network
+and the UNet (with the boxes) take. Pooling `portable` is the one-hot MatMul form of `scatter_mean_pool`;
+`plugin` puts one `sg2v::ScatterMeanPool` node per graph convolution of the encoder (a custom op with an ONNX
+symbolic); the layout network always pools in the one-hot form. fp16 exports convert weights and compute to
+float16 inside the graph, with float32 graph I/O (Casts at the boundary) and float32 islands where fp16 would
+overflow or lose the signal: GroupNorm, LayerNorm, the token norms and the sinusoidal timestep embeddings; the
+softmax of attention is float32 by construction.
 Every export checks itself: ONNX checker and shape inference, ONNX Runtime CPU vs PyTorch float32 on fresh
 random inputs, and the TensorRT operator check (`sg2v.export.opcheck`).
 """
@@ -115,29 +118,52 @@ def to_half(module: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------------------------------- stage modules
 
 class EncoderGraph(nn.Module):
-    """The encoder stage: float32 masks in, float32 context out, compute in the export precision."""
+    """The encoder stage: float32 masks in, float32 context (and, `grounded`, object vectors) out, compute in
+    the export precision."""
 
-    def __init__(self, encoder: nn.Module, precision: str):
+    def __init__(self, encoder: nn.Module, precision: str, grounded: bool = False):
         super().__init__()
         self.encoder = to_half(encoder) if precision == "fp16" else encoder
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.grounded = grounded
 
     def forward(self, objs, obj_mask, triples, triple_mask):
         obj_mask, triple_mask = obj_mask.to(self.dtype), triple_mask.to(self.dtype)
+        if self.grounded:
+            context, context_mask, objects = self.encoder.encode_all(objs, obj_mask, triples, triple_mask)
+            return context.float(), context_mask.float(), objects.float()  # (B, L, D), (B, L), (B, O, d)
         context, context_mask = self.encoder(objs, obj_mask, triples, triple_mask)
         return context.float(), context_mask.float()  # (B, L, D), (B, L)
 
 
+class LayoutGraph(nn.Module):
+    """The layout stage: float32 tracks and conditioning in, float32 v out; t stays float32 throughout."""
+
+    def __init__(self, layout_net: nn.Module, precision: str):
+        super().__init__()
+        self.net = to_half(layout_net) if precision == "fp16" else layout_net
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+
+    def forward(self, x, t, objects, track_mask, context, context_mask, triples, known, known_mask):
+        d = self.dtype
+        v = self.net(x.to(d), t, objects.to(d), track_mask.to(d), context.to(d), context_mask.to(d), triples,
+                     known.to(d), known_mask.to(d))
+        return v.float()  # (K, O, F, 4)
+
+
 class UNetGraph(nn.Module):
-    """The UNet stage: float32 x/t/context in, float32 v out; the timestep stays float32 throughout."""
+    """The UNet stage: float32 x/t/context (and a grounded UNet's objects and boxes) in, float32 v out; the
+    timestep stays float32 throughout."""
 
     def __init__(self, unet: nn.Module, precision: str):
         super().__init__()
         self.unet = to_half(unet) if precision == "fp16" else unet
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
 
-    def forward(self, x, t, context, context_mask):
-        v = self.unet(x.to(self.dtype), t, context.to(self.dtype), context_mask.to(self.dtype))
+    def forward(self, x, t, context, context_mask, objects=None, boxes=None):
+        d = self.dtype
+        layout = () if objects is None else (objects.to(d), boxes.to(d))  # (2B, O, d), (2B, O, F, 4)
+        v = self.unet(x.to(d), t, context.to(d), context_mask.to(d), *layout)
         return v.float()  # (2B, F, C, H, W)
 
 
@@ -238,22 +264,81 @@ def batched_feeds(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
 
 
+def _encode(model: nn.Module, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model's encoder (scatter pooling, float32) on encoder feeds: context, context_mask and, for a
+    grounded model, objects."""
+    args = [torch.from_numpy(feeds[k]) for k in spec.ENCODER_INPUTS]
+    with torch.no_grad():
+        if model.layout_net is not None:
+            out = model.encoder.encode_all(*args)
+            names = spec.GROUNDED_ENCODER_OUTPUTS
+        else:
+            out = model.encoder(*args)
+            names = spec.ENCODER_OUTPUTS
+    return {name: v.float().numpy() for name, v in zip(names, out)}
+
+
+def user_objects(obj_mask: np.ndarray) -> np.ndarray:
+    """(B, O) 1 where a slot holds one of the graph's own objects: the real slots but the last, which is
+    `__image__` (`sg2v.graph.pad_graphs`)."""
+    real = (np.asarray(obj_mask) != 0).astype(np.float32)  # (B, O)
+    count = real.sum(1).astype(np.int64)  # (B,): n user objects + __image__
+    return (np.arange(real.shape[1])[None, :] < (count - 1)[:, None]).astype(np.float32)
+
+
+def random_tracks(rng: np.random.Generator, shape: tuple[int, ...], frames: int) -> np.ndarray:
+    """Random valid tracks (*shape, F, 4) in [0, 1]: each box 5-60% of the frame per side, anywhere."""
+    size = rng.uniform(0.05, 0.6, size=(*shape, frames, 2))
+    lo = rng.uniform(0.0, 1.0, size=(*shape, frames, 2)) * (1.0 - size)
+    return np.concatenate([lo, lo + size], axis=-1).astype(np.float32)  # [x0, y0, x1, y1]
+
+
 def _unet_feeds(model: nn.Module, enc_feeds: list[dict[str, np.ndarray]], cfg: Any,
                 rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
     """UNet feeds per encoder feed of B graphs: random x and t on 2B rows, context = (the encoder on the
-    graphs, then B learned null contexts)."""
+    graphs, then B learned null contexts); a grounded model's objects are the encoder's with random tracks
+    for the graphs' own objects in the conditional rows, zeros in the unconditional ones (as the loop feeds
+    them)."""
     d = cfg.data
     null_ctx, null_mask = model.null_context_arrays()
     out = []
-    with torch.no_grad():
-        for feeds in enc_feeds:
-            ctx, mask = model.encoder(*(torch.from_numpy(feeds[k]) for k in spec.ENCODER_INPUTS))
-            b = ctx.shape[0]
-            x = rng.standard_normal((2 * b, d.frames, d.channels, d.height, d.width)).astype(np.float32)
-            t = rng.integers(0, cfg.diffusion.num_train_timesteps, size=2 * b).astype(np.float32)
-            out.append({"x": x, "t": t,
-                        "context": np.concatenate([ctx.numpy(), *[null_ctx] * b]).astype(np.float32),
-                        "context_mask": np.concatenate([mask.numpy(), *[null_mask] * b]).astype(np.float32)})
+    for feeds in enc_feeds:
+        enc = _encode(model, feeds)
+        b = enc["context"].shape[0]
+        x = rng.standard_normal((2 * b, d.frames, d.channels, d.height, d.width)).astype(np.float32)
+        t = rng.integers(0, cfg.diffusion.num_train_timesteps, size=2 * b).astype(np.float32)
+        row = {"x": x, "t": t,
+               "context": np.concatenate([enc["context"], *[null_ctx] * b]).astype(np.float32),
+               "context_mask": np.concatenate([enc["context_mask"], *[null_mask] * b]).astype(np.float32)}
+        if "objects" in enc:
+            o = enc["objects"].shape[1]
+            boxes = random_tracks(rng, (b, o), d.frames) * user_objects(feeds["obj_mask"])[..., None, None]
+            row["objects"] = np.concatenate([enc["objects"], np.zeros_like(enc["objects"])])  # (2B, O, d)
+            row["boxes"] = np.concatenate([boxes, np.zeros_like(boxes)])  # (2B, O, F, 4)
+        out.append(row)
+    return out
+
+
+def _layout_feeds(model: nn.Module, enc_feeds: list[dict[str, np.ndarray]], cfg: Any,
+                  rng: np.random.Generator, per_graph: int = 2) -> list[dict[str, np.ndarray]]:
+    """Layout-stage feeds per encoder feed of B graphs: `per_graph` candidate rows each, random noisy tracks
+    x and timesteps, the encoder's object vectors and context on the graph, random pinned tracks (each of the
+    graph's objects pinned with probability 1/2)."""
+    f = cfg.data.frames
+    out = []
+    for feeds in enc_feeds:
+        enc = _encode(model, feeds)
+        rows = np.repeat(np.arange(enc["context"].shape[0]), per_graph)  # (K,): the graph of each row
+        k, o = len(rows), enc["objects"].shape[1]
+        track_mask = user_objects(feeds["obj_mask"])[rows]  # (K, O)
+        known_mask = track_mask * (rng.random((k, o)) < 0.5)
+        known = (2.0 * random_tracks(rng, (k, o), f) - 1.0) * known_mask[..., None, None]
+        out.append({"x": rng.standard_normal((k, o, f, 4)).astype(np.float32),
+                    "t": rng.integers(0, cfg.diffusion.num_train_timesteps, size=k).astype(np.float32),
+                    "objects": enc["objects"][rows], "track_mask": track_mask.astype(np.float32),
+                    "context": enc["context"][rows], "context_mask": enc["context_mask"][rows],
+                    "triples": feeds["triples"][rows], "known": known.astype(np.float32),
+                    "known_mask": known_mask.astype(np.float32)})
     return out
 
 
@@ -273,15 +358,30 @@ def export_onnx(module: nn.Module, args: tuple, input_names: tuple[str, ...], ou
     buf, log = io.BytesIO(), io.StringIO()
     with torch.no_grad(), contextlib.redirect_stdout(log), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        traced = module.eval()(*args)
         torch.onnx.export(
-            module.eval(), args, buf, dynamo=False, opset_version=opset, input_names=list(input_names),
+            module, args, buf, dynamo=False, opset_version=opset, input_names=list(input_names),
             output_names=list(output_names), do_constant_folding=True,
             custom_opsets={spec.PLUGIN_DOMAIN: 1} if plugin else None,
             dynamic_axes={n: {0: batch_dim} for n in (*input_names, *output_names)} if batch_dim else None,
         )
     model = onnx.load_from_string(buf.getvalue())
+    _pin_output_dims(model, traced if isinstance(traced, tuple) else (traced,), batch_dim)
     _check_graph(model, input_names, output_names, opset)
     return model
+
+
+def _pin_output_dims(model: Any, outputs: tuple[torch.Tensor, ...], batch_dim: str | None) -> None:
+    """Write the traced outputs' sizes into the graph's output shapes where the exporter left a dimension
+    symbolic (it does behind some Casts): every dim but the batch axis is static in a bundle; strict shape
+    inference (`_check_graph`) then checks the graph agrees."""
+    for value, out in zip(model.graph.output, outputs):
+        dims = value.type.tensor_type.shape.dim
+        for i, (dim, size) in enumerate(zip(dims, out.shape)):
+            if i == 0 and batch_dim:
+                continue
+            if not dim.HasField("dim_value"):
+                dim.dim_value = int(size)
 
 
 def _check_graph(model: Any, input_names: tuple[str, ...], output_names: tuple[str, ...], opset: int) -> None:
@@ -467,11 +567,11 @@ def _reusable(old: dict[str, Any] | None, out: Path, stage: str, key: dict[str, 
     if old is None:
         return False
     entry = old.get("stages", {}).get(stage, {})
-    if entry.get("cache_key") != key or stage not in old.get("parity", {}):
+    if not isinstance(entry, dict) or entry.get("cache_key") != key or stage not in old.get("parity", {}):
         return False
     if stage not in old.get("trt_op_check", {}).get("stages", {}):
         return False
-    return bundle_writer.reuse_file(out, old, spec.STAGE_FILES[stage], tmp)
+    return bundle_writer.reuse_file(out, old, spec.GROUNDED_STAGE_FILES[stage], tmp)
 
 
 def export_bundle(
@@ -525,11 +625,15 @@ def export_bundle(
     model, cfg, vocab, source = load_for_export(ckpt, ema)
     if weights == "fp16":
         round_weights_fp16(model)
+    grounded = model.layout_net is not None
+    stage_files = spec.stage_files(spec.shapes(cfg.data, cfg.encoder, max_batch, grounded=grounded))
     rng = np.random.default_rng(seed)
     enc_feeds = random_graph_feeds(vocab, cfg.data, rng, PARITY_TRIALS)
     if max_batch > 1:  # and the same graphs as one batch: the batch axis must give what single calls give
         enc_feeds.append(batched_feeds(enc_feeds[:max_batch]))
-    unet_feeds = _unet_feeds(model, enc_feeds, cfg, rng)
+    feeds = {spec.ENCODER_STAGE: enc_feeds, spec.UNET_STAGE: _unet_feeds(model, enc_feeds, cfg, rng)}
+    if grounded:
+        feeds[spec.LAYOUT_STAGE] = _layout_feeds(model, enc_feeds, cfg, rng)
     tol = TOLERANCE[precision]
     parity_report: dict[str, Any] = {}
     op_reports: dict[str, Any] = {}
@@ -537,7 +641,7 @@ def export_bundle(
     reused: list[str] = []
 
     with bundle_writer.staging(out) as tmp:
-        for stage in spec.STAGE_FILES:
+        for stage, file in stage_files.items():
             key = _cache_key(stage, source, precision, pooling, opset)
             key.update(weights=weights, max_batch=max_batch)
             if stage == spec.ENCODER_STAGE and pooling == "plugin":
@@ -547,16 +651,18 @@ def export_bundle(
                 parity_report[stage] = old["parity"][stage]
                 op_reports[stage] = old["trt_op_check"]["stages"][stage]
                 if op_reports[stage].get("target") != trt_target:  # same graph, read for another TensorRT
-                    op_reports[stage] = check_model(tmp / spec.STAGE_FILES[stage], target=trt_target)
+                    op_reports[stage] = check_model(tmp / file, target=trt_target)
                 reused.append(stage)
-                say(f"{stage}: reused {spec.STAGE_FILES[stage]} from {out} (same checkpoint and options)")
+                say(f"{stage}: reused {file} from {out} (same checkpoint and options)")
                 continue
             ts = time.perf_counter()
             if stage == spec.ENCODER_STAGE:
                 graph, par = _export_encoder(model, cfg, precision, pooling, opset, enc_feeds, tol,
                                              plugin_impl)
+            elif stage == spec.LAYOUT_STAGE:
+                graph, par = _export_layout(model, precision, opset, feeds[stage], tol)
             else:
-                graph, par = _export_unet(model, precision, opset, unet_feeds, tol)
+                graph, par = _export_unet(model, precision, opset, feeds[stage], tol)
             parity_report[stage] = par
             if not par["ok"] and not allow_parity_failure:
                 raise ExportError(
@@ -565,7 +671,7 @@ def export_bundle(
                     "keep it anyway"
                 )
             if weights == "fp16":
-                _store_fp16_checked(graph, stage, enc_feeds if stage == spec.ENCODER_STAGE else unet_feeds,
+                _store_fp16_checked(graph, stage, feeds[stage],
                                     runnable=stage != spec.ENCODER_STAGE or pooling == "portable")
             report = check_model(graph, target=trt_target)
             op_reports[stage] = report
@@ -575,7 +681,7 @@ def export_bundle(
                     f"--strict-trt: {stage} has {len(report['unsupported'])} node(s) TensorRT {trt_target} "
                     f"cannot parse, e.g. {first['op']} ({first['reason']}); nothing was written"
                 )
-            path = tmp / spec.STAGE_FILES[stage]
+            path = tmp / file
             path.write_bytes(graph.SerializeToString())
             say(f"{stage}: exported {path.name} in {time.perf_counter() - ts:.1f}s")
         for stage, report in op_reports.items():
@@ -599,18 +705,21 @@ def export_bundle(
 
 
 def _export_encoder(model, cfg, precision, pooling, opset, feeds, tol, plugin_impl="aot"):
-    reference = _torch_outputs(model.encoder, feeds, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS)
+    grounded = model.layout_net is not None
+    outputs = spec.GROUNDED_ENCODER_OUTPUTS if grounded else spec.ENCODER_OUTPUTS
+    fn = model.encoder.encode_all if grounded else model.encoder
+    reference = _torch_outputs(fn, feeds, spec.ENCODER_INPUTS, outputs)
     args = tuple(torch.from_numpy(feeds[0][n]) for n in spec.ENCODER_INPUTS)
     encoder = copy.deepcopy(model.encoder)
     with _pooling(encoder, "portable"):
-        portable = export_onnx(EncoderGraph(encoder, precision), args, spec.ENCODER_INPUTS,
-                               spec.ENCODER_OUTPUTS, opset, batch_dim=spec.BATCH_DIM)
+        portable = export_onnx(EncoderGraph(encoder, precision, grounded), args, spec.ENCODER_INPUTS,
+                               outputs, opset, batch_dim=spec.BATCH_DIM)
     _check_precision(portable, precision, "encoder")
     got = run_ort(portable.SerializeToString(), feeds)
     if pooling == "portable":
         return portable, parity(got, reference, tol, "encoder.onnx on ONNX Runtime CPU vs PyTorch float32")
     with _pooling(encoder, "plugin", plugin_impl):
-        graph = export_onnx(EncoderGraph(encoder, precision), args, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS,
+        graph = export_onnx(EncoderGraph(encoder, precision, grounded), args, spec.ENCODER_INPUTS, outputs,
                             opset, plugin=True, batch_dim=spec.BATCH_DIM)
     nodes = [n for n in graph.graph.node if n.domain == spec.PLUGIN_DOMAIN and n.op_type == spec.PLUGIN_OP]
     expected = cfg.encoder.num_layers
@@ -626,13 +735,24 @@ def _export_encoder(model, cfg, precision, pooling, opset, feeds, tol, plugin_im
 
 
 def _export_unet(model, precision, opset, feeds, tol):
-    reference = _torch_outputs(model.unet, feeds, spec.UNET_INPUTS, spec.UNET_OUTPUTS)
-    args = tuple(torch.from_numpy(feeds[0][n]) for n in spec.UNET_INPUTS)
-    graph = export_onnx(UNetGraph(copy.deepcopy(model.unet), precision), args, spec.UNET_INPUTS,
+    inputs = spec.GROUNDED_UNET_INPUTS if model.grounded else spec.UNET_INPUTS
+    reference = _torch_outputs(model.unet, feeds, inputs, spec.UNET_OUTPUTS)
+    args = tuple(torch.from_numpy(feeds[0][n]) for n in inputs)
+    graph = export_onnx(UNetGraph(copy.deepcopy(model.unet), precision), args, inputs,
                         spec.UNET_OUTPUTS, opset, batch_dim=spec.UNET_BATCH_DIM)
     _check_precision(graph, precision, "unet")
     got = run_ort(graph.SerializeToString(), feeds)
     return graph, parity(got, reference, tol, "unet.onnx on ONNX Runtime CPU vs PyTorch float32")
+
+
+def _export_layout(model, precision, opset, feeds, tol):
+    reference = _torch_outputs(model.layout_net, feeds, spec.LAYOUT_INPUTS, spec.LAYOUT_OUTPUTS)
+    args = tuple(torch.from_numpy(feeds[0][n]) for n in spec.LAYOUT_INPUTS)
+    graph = export_onnx(LayoutGraph(copy.deepcopy(model.layout_net), precision), args, spec.LAYOUT_INPUTS,
+                        spec.LAYOUT_OUTPUTS, opset, batch_dim=spec.LAYOUT_BATCH_DIM)
+    _check_precision(graph, precision, "layout")
+    got = run_ort(graph.SerializeToString(), feeds)
+    return graph, parity(got, reference, tol, "layout.onnx on ONNX Runtime CPU vs PyTorch float32")
 
 
 def _store_fp16_checked(graph: Any, stage: str, feeds: list[dict[str, np.ndarray]], runnable: bool) -> None:

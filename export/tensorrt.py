@@ -6,7 +6,8 @@ this project's build, CI or GPU test machines, so no engine has been built by th
 in the ONNX graph (strong typing; TensorRT 11 builds nothing else), so no precision flags are set.
 
 The engines take the bundle's batch axis: one optimisation profile per stage from 1 to `max_batch` videos
-(the UNet's rows are 2 per video), tuned for `--opt-batch`; the runtime sets the input shapes per call.
+(the UNet's rows are 2 per video; a layout-grounded bundle's layout engine takes 1 to `max_layout_batch`
+candidate layouts), tuned for `--opt-batch`; the runtime sets the input shapes per call.
 Plans are cached per machine under `engines/<fingerprint>/` (fingerprint = GPU name, compute capability,
 TensorRT version, precision; `sg2v.bundle_spec.engine_fingerprint`) with `engine.json` recording what they
 were built from, and one timing cache per fingerprint. `python -m sg2v.export.tensorrt BUNDLE` builds them.
@@ -60,16 +61,20 @@ def engine_dir(bundle: Any, fingerprint: str) -> Path:
 def profile_shapes(bundle: Any, stage: str, opt_batch: int = 1
                    ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """Each input's optimisation profile (min, opt, max) from the manifest: over the batch axis 1, `opt_batch`
-    and the bundle's max_batch videos (the UNet's rows are 2 per video); a format-1 bundle's fixed shapes
-    as min = opt = max."""
+    and the bundle's max_batch videos (`bundle_spec.rows_per_video`: the UNet's rows are 2 per video, the
+    layout stage's a round of candidate layouts per graph, from 1 row up to `max_layout_batch`); a format-1
+    bundle's fixed shapes as min = opt = max."""
     max_batch = bundle.max_batch
     if not 1 <= opt_batch <= max_batch:
         raise Sg2vError(f"--opt-batch {opt_batch}: choose 1..{max_batch} (the bundle's max_batch)")
-    rows = 2 if stage == spec.UNET_STAGE else 1  # per video
+    rows = spec.rows_per_video(stage)
     out = {}
     for d in bundle.stages[stage]["inputs"]:
         rest = tuple(int(n) for n in d["shape"][1:])
-        if isinstance(d["shape"][0], str):
+        if stage == spec.LAYOUT_STAGE:  # a graph's last round, or a graph without rules, draws fewer
+            top = bundle.shapes["max_layout_batch"]
+            out[d["name"]] = ((1, *rest), (rows * opt_batch, *rest), (top, *rest))
+        elif isinstance(d["shape"][0], str):
             out[d["name"]] = tuple((rows * b, *rest) for b in (1, opt_batch, max_batch))
         else:
             fixed = (int(d["shape"][0]), *rest)
@@ -82,7 +87,7 @@ def engine_sources(bundle: Any) -> dict[str, Any]:
     files = bundle.manifest["files"]
     source = bundle.manifest.get("source_checkpoint")
     return {
-        "onnx_sha256": {stage: files[bundle.stages[stage]["file"]]["sha256"] for stage in spec.STAGE_FILES},
+        "onnx_sha256": {stage: files[entry["file"]]["sha256"] for stage, entry in bundle.stages.items()},
         "checkpoint": {k: source.get(k) for k in ("sha256", "ema")} if isinstance(source, dict) else None,
         "weight_storage": bundle.manifest.get("weight_storage", "fp32"),
     }
@@ -280,8 +285,8 @@ def build_engines(bundle: Any, device_id: int = 0, force: bool = False, workspac
     sources = engine_sources(bundle)
     plugin = bundle.pooling == "plugin"
     kernel_sha, driver_cuda = _plugin_checks(bundle) if plugin else (None, None)
-    plans = {stage: out_dir / f"{stage}{PLAN_SUFFIX}" for stage in spec.STAGE_FILES}
-    profiles = {stage: profile_shapes(bundle, stage, opt_batch) for stage in spec.STAGE_FILES}
+    plans = {stage: out_dir / f"{stage}{PLAN_SUFFIX}" for stage in bundle.stages}
+    profiles = {stage: profile_shapes(bundle, stage, opt_batch) for stage in bundle.stages}
     batches = {"max_batch": bundle.max_batch, "opt_batch": opt_batch}
     if not force and all(p.is_file() for p in plans.values()):
         try:

@@ -2,8 +2,9 @@
 torch-free runtime loads like the ONNX route's (`python -m sg2v.export.torch_trt --ckpt model.pt --bundle B`).
 
 For a graph TensorRT's ONNX parser rejects, or to compare the two compilers: the bundle's stages (the same
-`EncoderGraph` / `UNetGraph` wrappers, precision and weight rounding as the ONNX export, portable pooling) are
-captured with `torch.export.export` at the bundle's static shapes and compiled by
+`EncoderGraph` / `LayoutGraph` / `UNetGraph` wrappers, precision and weight rounding as the ONNX export,
+portable pooling) are captured with `torch.export.export` at the bundle's static shapes (the layout stage with
+a dynamic batch of candidate layouts, `layout_batch_range`) and compiled by
 `torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine` into serialized engines, written to
 the bundle's `engines/<fingerprint>/` with an `engine.json` (route "torch_tensorrt") that names the source
 checkpoint: the TensorRT backend accepts them only for a bundle exported from that checkpoint.
@@ -30,64 +31,118 @@ from sg2v.errors import BundleError, Sg2vError, require
 from sg2v.io import atomic_write_bytes, atomic_write_text, sha256_file
 
 ROUTE = "torch_tensorrt"
-_STAGE_OUTPUTS = {spec.ENCODER_STAGE: spec.ENCODER_OUTPUTS, spec.UNET_STAGE: spec.UNET_OUTPUTS}
-_STAGE_INPUTS = {spec.ENCODER_STAGE: spec.ENCODER_INPUTS, spec.UNET_STAGE: spec.UNET_INPUTS}
 
 
 def stage_modules(model: Any, precision: str) -> dict[str, Any]:
-    """The bundle's two stages as PyTorch modules: the ONNX export's wrappers, encoder pooling portable."""
-    from sg2v.export.onnx_export import EncoderGraph, UNetGraph
+    """The bundle's stages as PyTorch modules: the ONNX export's wrappers, encoder pooling portable (a
+    layout-grounded model: the encoder with object vectors, the layout network, the grounded UNet)."""
+    from sg2v.export.onnx_export import EncoderGraph, LayoutGraph, UNetGraph
 
+    grounded = model.layout_net is not None
     encoder = copy.deepcopy(model.encoder)
     encoder.set_pooling_form("onehot")  # the one-hot MatMul form: standard ops for every compiler
-    return {spec.ENCODER_STAGE: EncoderGraph(encoder, precision).eval(),
-            spec.UNET_STAGE: UNetGraph(copy.deepcopy(model.unet), precision).eval()}
+    out = {spec.ENCODER_STAGE: EncoderGraph(encoder, precision, grounded).eval()}
+    if grounded:
+        out[spec.LAYOUT_STAGE] = LayoutGraph(copy.deepcopy(model.layout_net), precision).eval()
+    out[spec.UNET_STAGE] = UNetGraph(copy.deepcopy(model.unet), precision).eval()
+    return out
 
 
 def example_inputs(bundle: Any, device: str = "cpu", seed: int = 0) -> dict[str, tuple[Any, ...]]:
-    """Inputs of the bundle's shapes and dtypes per stage at one video (a real padded graph, random x and t):
-    the plans of this route take one video per call, whatever the bundle's batch axis allows."""
+    """Inputs of the bundle's shapes and dtypes per stage at one video (a real padded graph, random x, t,
+    tracks): the encoder and UNet plans of this route take one video per call, whatever the bundle's batch
+    axis allows; the layout stage's example is one round of candidate layouts (its batch axis stays
+    dynamic, `layout_batch_range`)."""
     import numpy as np
     import torch
 
+    from sg2v.export.onnx_export import random_tracks, user_objects
     from sg2v.graph import pad_graphs, parse_graph
 
     data = bundle.config.data
-    names = bundle.vocab.object_names
-    g = parse_graph({"objects": [names[0], names[-1]], "relationships": []}, bundle.vocab, data.max_objects,
+    names, preds = bundle.vocab.object_names, bundle.vocab.pred_names
+    objects = [names[0], names[-1]][:data.max_objects]
+    rels = [[0, preds[0], 1]] if len(objects) == 2 and data.max_relationships >= 1 else []
+    g = parse_graph({"objects": objects, "relationships": rels}, bundle.vocab, data.max_objects,
                     data.max_relationships)
     feeds = pad_graphs([g], data.max_objects, data.max_relationships).as_feeds()
     rng = np.random.default_rng(seed)
-    io = bundle.stages[spec.UNET_STAGE]["inputs"]
-    rows = [spec.UNET_BATCH if isinstance(d["shape"][0], str) else d["shape"][0] for d in io]  # one video
-    unet = {d["name"]: rng.standard_normal((n, *d["shape"][1:])).astype(d["dtype"]) for d, n in zip(io, rows)}
     num_train = bundle.config.diffusion.num_train_timesteps
+    stage_names = spec.stage_names(bundle.shapes)
+
+    def random_feeds(stage: str, rows: int) -> dict[str, np.ndarray]:
+        io = bundle.stages[stage]["inputs"]
+        return {d["name"]: rng.standard_normal((rows if isinstance(d["shape"][0], str) else d["shape"][0],
+                                                *d["shape"][1:])).astype(d["dtype"]) for d in io}
+
+    unet = random_feeds(spec.UNET_STAGE, spec.UNET_BATCH)  # one video: its cond and uncond rows
     unet["t"] = rng.integers(0, num_train, size=unet["t"].shape).astype(np.float32)
     unet["context_mask"] = np.ones_like(unet["context_mask"])
-    return {spec.ENCODER_STAGE: tuple(torch.from_numpy(feeds[n]).to(device) for n in spec.ENCODER_INPUTS),
-            spec.UNET_STAGE: tuple(torch.from_numpy(unet[n]).to(device) for n in spec.UNET_INPUTS)}
+    if "boxes" in unet:
+        unet["boxes"] = random_tracks(rng, unet["boxes"].shape[:2], data.frames)
+    out = {spec.ENCODER_STAGE: feeds, spec.UNET_STAGE: unet}
+    if spec.LAYOUT_STAGE in stage_names:
+        k = spec.LAYOUT_PER_ROUND
+        lay = random_feeds(spec.LAYOUT_STAGE, k)
+        lay["t"] = rng.integers(0, num_train, size=k).astype(np.float32)
+        lay["track_mask"] = np.repeat(user_objects(feeds["obj_mask"]), k, axis=0)
+        lay["known_mask"] = lay["track_mask"] * (rng.random(lay["track_mask"].shape) < 0.5)
+        lay["known"] = 2.0 * random_tracks(rng, lay["known_mask"].shape, data.frames) - 1.0
+        mask = np.concatenate([np.ones_like(feeds["triple_mask"][:, :1]), feeds["triple_mask"]], axis=1)
+        lay["context_mask"] = np.repeat(mask, k, axis=0)  # (K, 1 + T): the global token, then the triples
+        lay["triples"] = np.repeat(feeds["triples"], k, axis=0)
+        out[spec.LAYOUT_STAGE] = lay
+    return {stage: tuple(torch.from_numpy(np.ascontiguousarray(out[stage][n], dtype=_dtype(bundle, stage, n)))
+                         .to(device) for n in stage_names[stage][0]) for stage in stage_names}
+
+
+def _dtype(bundle: Any, stage: str, name: str) -> str:
+    return next(d["dtype"] for d in bundle.stages[stage]["inputs"] if d["name"] == name)
+
+
+def layout_batch_range(bundle: Any) -> tuple[int, int, int]:
+    """(min, opt, max) rows of the layout engine's batch axis: 1, one round for one graph, the bundle's
+    `max_layout_batch` (the runtime draws fewer in a graph's last round, one for a graph without rules)."""
+    return 1, spec.LAYOUT_PER_ROUND, int(bundle.shapes["max_layout_batch"])
 
 
 def exported_programs(model: Any, bundle: Any, device: str = "cpu") -> dict[str, Any]:
-    """`torch.export.export` of each stage at the bundle's shapes: what Torch-TensorRT converts."""
+    """`torch.export.export` of each stage at the bundle's shapes: what Torch-TensorRT converts (the layout
+    stage with a dynamic batch axis, `layout_batch_range`)."""
     import torch
 
     modules = stage_modules(model, bundle.precision)
     inputs = example_inputs(bundle, device)
+    names = spec.stage_names(bundle.shapes)
     out = {}
     for stage, module in modules.items():
+        dynamic = None
+        if stage == spec.LAYOUT_STAGE:
+            lo, _, hi = layout_batch_range(bundle)
+            rows = torch.export.Dim(spec.LAYOUT_BATCH_DIM, min=lo, max=hi)
+            dynamic = tuple({0: rows} for _ in names[stage][0])
         with torch.no_grad():
-            out[stage] = torch.export.export(module.to(device), inputs[stage])
+            out[stage] = torch.export.export(module.to(device), inputs[stage], dynamic_shapes=dynamic)
         got = tuple(out[stage].graph_signature.user_inputs)
-        if got != _STAGE_INPUTS[stage]:
+        if got != names[stage][0]:
             raise Sg2vError(f"{stage}: the exported program's inputs are {got}, the manifest's "
-                            f"{_STAGE_INPUTS[stage]}; the engine's bindings would not match")
+                            f"{names[stage][0]}; the engine's bindings would not match")
     return out
 
 
-def binding_options(converter: Any, stage: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """(keyword arguments naming the outputs, engine name -> manifest name map) for `converter`."""
-    outputs = _STAGE_OUTPUTS[stage]
+def converter_inputs(bundle: Any, stage: str, inputs: tuple[Any, ...]) -> list[Any]:
+    """`arg_inputs` for the converter: the example tensors (static shapes), or for the layout stage
+    `torch_tensorrt.Input`s spanning `layout_batch_range` on dim 0."""
+    if stage != spec.LAYOUT_STAGE:
+        return list(inputs)
+    torch_tensorrt = require("torch_tensorrt", "torch-trt")
+    lo, opt, hi = layout_batch_range(bundle)
+    return [torch_tensorrt.Input(min_shape=(lo, *a.shape[1:]), opt_shape=(opt, *a.shape[1:]),
+                                 max_shape=(hi, *a.shape[1:]), dtype=a.dtype) for a in inputs]
+
+
+def binding_options(converter: Any, outputs: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(keyword arguments naming a stage's `outputs`, engine name -> manifest name map) for `converter`."""
     if "output_binding_names" in inspect.signature(converter).parameters:
         names = outputs if len(outputs) > 1 else outputs[0]  # a pytree shaped like the stage's return value
         return {"output_binding_names": names}, {}
@@ -135,7 +190,7 @@ def load_bundle_model(ckpt: str | Path, bundle: Any) -> Any:
 
 def build_torch_trt_engines(ckpt: str | Path, bundle: Any, device_id: int = 0, force: bool = False,
                             log: Any = None) -> dict[str, Path]:
-    """Plans for both stages of `bundle` from checkpoint `ckpt` through Torch-TensorRT. UNVERIFIED."""
+    """Plans for every stage of `bundle` from checkpoint `ckpt` through Torch-TensorRT. UNVERIFIED."""
     from sg2v.export.tensorrt import ENGINE_INFO, PLAN_SUFFIX, ROUTE_ONNX, engine_dir
     from sg2v.runtime.bundle import Bundle
 
@@ -169,9 +224,9 @@ def build_torch_trt_engines(ckpt: str | Path, bundle: Any, device_id: int = 0, f
     inputs = example_inputs(bundle, device)
     plans, bindings = {}, {}
     for stage, program in programs.items():
-        names, bindings[stage] = binding_options(converter, stage)
+        names, bindings[stage] = binding_options(converter, spec.stage_names(bundle.shapes)[stage][1])
         log(f"sg2v: Torch-TensorRT {torch_tensorrt.__version__}: converting {stage} (this takes a while)")
-        engine = converter(program, arg_inputs=list(inputs[stage]), **names,
+        engine = converter(program, arg_inputs=converter_inputs(bundle, stage, inputs[stage]), **names,
                            **precision_options(converter, bundle.precision))
         plans[stage] = out_dir / f"{stage}{PLAN_SUFFIX}"
         atomic_write_bytes(plans[stage], bytes(engine))

@@ -76,10 +76,12 @@ VARIANTS = {v.name: v for v in (
 EPILOG = """figures (medians over --repeats timed runs after --warmup untimed ones; a process per backend):
   end-to-end      graph -> frames (F, H, W, 3) uint8 in memory: encoder + sampler loop + decode.
   encoder         the scene-graph encoder stage, once per video.
+  layout          a layout-grounded bundle's layout stage: the layout network's sampling of candidate tracks
+                  and the relation check with its redraws (draws: candidates judged, median), once per video.
   denoiser step   one guided denoiser call: the UNet on the CFG batch of 2. Runtime backends time the UNet
                   stage (host clock after a device sync); torch-cuda* rows time the whole captured step
                   (UNet + the guidance combination) with CUDA events. Median over all steps of all timed runs.
-  sampler overh.  end-to-end minus encoder, minus the denoiser calls, minus decode: the sampler's own array
+  sampler overh.  end-to-end minus encoder, layout, the denoiser calls and decode: the sampler's own array
                   work and the glue around the model (the CFG combination, for runtime backends).
   decode / write  decode: [-1, 1] floats -> uint8 frames; write: those frames to a --write file (not part of
                   end-to-end).
@@ -579,7 +581,7 @@ def _device_memory() -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- summarising
 
-STAGES = ("total_s", "encoder_s", "denoiser_s", "sampler_overhead_s", "decode_s", "write_s")
+STAGES = ("total_s", "encoder_s", "layout_s", "denoiser_s", "sampler_overhead_s", "decode_s", "write_s")
 
 
 def summarise(backends: dict[str, dict[str, Any]], flops: int | None, peak: dict[str, Any]) -> None:
@@ -596,6 +598,8 @@ def summarise(backends: dict[str, dict[str, Any]], flops: int | None, peak: dict
         r["sampler_overhead_pct"] = statistics.median(
             [100.0 * run["sampler_overhead_s"] / run["total_s"] for run in runs])
         r["unet_calls"] = runs[0]["unet_calls"]
+        draws = [sum(run["layout_draws"]) for run in runs if "layout_draws" in run]
+        r["layout_draws"] = statistics.median(draws) if draws else None
         r["cold_start_s"] = b["cold_start_s"]
         r["startup_s"] = b["cold"]["start_to_main_s"] + b["cold"]["load_s"]
         r["peak_rss_mib"] = b["peak_rss_bytes"] / 2 ** 20
@@ -707,10 +711,9 @@ def format_table(report: dict[str, Any]) -> str:
                 line += f", step floor {flops / (t * 1e12) * 1e3:.2f} ms"
             floor.append(line)
     lines.append("; ".join(floor) + ".")
-    lines += ["", "| backend | end-to-end s | x base | encoder ms | denoiser step ms | step x base | "
-              "sampler overhead ms (%) | decode / write ms | startup / cold start s | peak RSS MiB | "
-              "CUDA peak MiB | "
-              "TFLOP/s (% peak) |", "|" + "---|" * 12]
+    lines += ["", "| backend | end-to-end s | x base | encoder ms | layout ms (draws) | denoiser step ms | "
+              "step x base | sampler overhead ms (%) | decode / write ms | startup / cold start s | "
+              "peak RSS MiB | CUDA peak MiB | TFLOP/s (% peak) |", "|" + "---|" * 13]
     for name, b in report["backends"].items():
         r = b.get("results")
         if not r:
@@ -726,9 +729,12 @@ def format_table(report: dict[str, Any]) -> str:
             tf = f"{r['achieved_tflops']:.3g}"
             if r.get("peak_fraction") is not None:
                 tf += f" ({100 * r['peak_fraction']:.1f}%)"
+        layout = _fmt(r.get("layout_s"), 1e3)
+        if r.get("layout_draws") is not None:
+            layout += f" ({r['layout_draws']:g})"
         lines.append(
             f"| {name} | {_fmt(r['total_s'], digits=3)} | {_fmt(base.get('total_speedup'), digits=2)} | "
-            f"{_fmt(r['encoder_s'], 1e3)} | {_fmt(r['denoiser_step_s'], 1e3, 2)} | {step_x} | "
+            f"{_fmt(r['encoder_s'], 1e3)} | {layout} | {_fmt(r['denoiser_step_s'], 1e3, 2)} | {step_x} | "
             f"{_fmt(r['sampler_overhead_s'], 1e3)} ({_fmt(r['sampler_overhead_pct'])}%) | "
             f"{_fmt(r['decode_s'], 1e3, 2)} / {_fmt(r.get('write_s'), 1e3)} | "
             f"{_fmt(r.get('startup_s'), digits=2)} / {_fmt(r['cold_start_s'], digits=2)} | "

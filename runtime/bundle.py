@@ -60,6 +60,7 @@ class Bundle:
         shapes = _shapes(manifest, config, root)
         stages = _stages(manifest, files, shapes, root)
         _check_sampling(manifest, config, root)
+        _check_layout(manifest, shapes, vocab, root)
         null_context = _load_array(root, files, spec.NULL_CONTEXT, (1, shapes["context_tokens"],
                                                                       shapes["context_dim"]))
         null_mask = _load_array(root, files, spec.NULL_CONTEXT_MASK, (1, shapes["context_tokens"]))
@@ -92,6 +93,20 @@ class Bundle:
         return dict(self.manifest["schedule"])
 
     @property
+    def grounded(self) -> bool:
+        """Whether the model draws a layout first (format 3: a layout stage, objects and boxes)."""
+        return spec.grounded(self.shapes)
+
+    @property
+    def layout(self) -> dict[str, Any] | None:
+        """The layout stage's settings (steps, tries, per_round, sampler, relation_rules), checked when the
+        bundle was opened; None for a model without a layout stage."""
+        if not self.grounded:
+            return None
+        entry = self.manifest["layout"]
+        return {**{k: entry[k] for k in spec.LAYOUT_KEYS}, "relation_rules": dict(entry["relation_rules"])}
+
+    @property
     def engines_dir(self) -> Path:
         """`engines/`: TensorRT plans by fingerprint (outside `files`: built on the target after export)."""
         return self.path / spec.ENGINES_DIR
@@ -105,7 +120,7 @@ class Bundle:
         return rel in self.manifest["files"]
 
     def stage_file(self, stage: str) -> Path:
-        """The ONNX file of `stage` ("encoder" or "unet")."""
+        """The ONNX file of `stage` ("encoder", "layout" or "unet")."""
         return self.file(self.stages[stage]["file"])
 
     def alphas_cumprod(self) -> np.ndarray:
@@ -244,7 +259,19 @@ def _shapes(manifest: dict[str, Any], config: ModelConfig, root: Path) -> dict[s
                 or not 1 <= max_batch <= spec.MAX_BATCH_LIMIT:
             raise BundleError(f"bundle {root}: shapes.max_batch {max_batch!r} is not an integer in "
                               f"[1, {spec.MAX_BATCH_LIMIT}]; {_REEXPORT}")
-    expected = spec.shapes(config.data, config.encoder, max_batch)
+    grounded = config.layout.dim > 0
+    if grounded != (config.unet.layout_dim > 0):
+        raise BundleError(f"bundle {root}: model_config has layout.dim {config.layout.dim} and "
+                          f"unet.layout_dim {config.unet.layout_dim}; a model has both a layout network and "
+                          f"a grounded UNet, or neither; {_REEXPORT}")
+    version = manifest["format_version"]
+    if grounded and version < 3:
+        raise BundleError(f"bundle {root}: a layout-grounded model in a format-{version} bundle (a layout "
+                          f"stage needs format 3); {_REEXPORT}")
+    if not grounded and version >= 3:
+        raise BundleError(f"bundle {root}: format {version} without a layout-grounded model (its "
+                          f"model_config has no layout network); {_REEXPORT}")
+    expected = spec.shapes(config.data, config.encoder, max_batch, grounded=grounded)
     wrong = [f"{k}={got.get(k)!r} (config says {v})" for k, v in expected.items() if got.get(k) != v]
     if wrong:
         raise BundleError(f"bundle {root}: manifest shapes disagree with model_config: {', '.join(wrong)}; "
@@ -254,13 +281,14 @@ def _shapes(manifest: dict[str, Any], config: ModelConfig, root: Path) -> dict[s
 
 def _stages(manifest: dict[str, Any], files: dict[str, Any], shapes: dict[str, int],
             root: Path) -> dict[str, dict[str, Any]]:
-    """Stage entries for `encoder` and `unet`: files listed, I/O exactly as `bundle_spec` defines it."""
+    """Stage entries (`bundle_spec.stage_files`: encoder and unet, and layout for a grounded model): files
+    listed, I/O exactly as `bundle_spec` defines it."""
     stages = manifest["stages"]
     if not isinstance(stages, dict):
         raise BundleError(f"bundle {root}: manifest 'stages' is not an object; {_REEXPORT}")
     expected_io = spec.stage_io(shapes)
     out = {}
-    for name in spec.STAGE_FILES:
+    for name in spec.stage_files(shapes):
         entry = stages.get(name)
         if not isinstance(entry, dict) or "file" not in entry:
             raise BundleError(f"bundle {root}: stage {name!r} is missing from the manifest; {_REEXPORT}")
@@ -300,6 +328,55 @@ def _check_sampling(manifest: dict[str, Any], config: ModelConfig, root: Path) -
             problems.append(f"{key} {v!r:.40} is not a finite number in [{lo:g}, {hi:g}]")
     if problems:
         raise BundleError(f"bundle {root}: sampler_defaults: {'; '.join(problems)}; {_REEXPORT}")
+
+
+def _check_layout(manifest: dict[str, Any], shapes: dict[str, int], vocab: Vocab, root: Path) -> None:
+    """A grounded bundle's `layout` entry: known keys, types and bounds, a known sampler, and rules that are
+    known rule ids for predicates of the vocabulary (`sg2v.relations`)."""
+    if not spec.grounded(shapes):
+        return
+    from sg2v.relations import RULES
+    from sg2v.sampling import SAMPLERS
+
+    entry = manifest.get("layout")
+    if not isinstance(entry, dict):
+        what = "missing" if entry is None else "not an object"
+        raise BundleError(f"bundle {root}: manifest 'layout' is {what} (a layout-grounded bundle records its "
+                          f"layout stage's settings there); {_REEXPORT}")
+    unknown = sorted(str(k)[:40] for k in entry if k not in spec.LAYOUT_KEYS)
+    missing = [k for k in spec.LAYOUT_KEYS if k not in entry]
+    if unknown or missing:
+        raise BundleError(f"bundle {root}: manifest 'layout' has keys {sorted(map(str, entry))[:8]}, "
+                          f"expected {list(spec.LAYOUT_KEYS)}; {_REEXPORT}")
+    problems = []
+
+    def integer(key: str, lo: int, hi: int) -> None:
+        v = entry[key]
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            problems.append(f"{key} {v!r:.40} is not an integer in [{lo}, {hi}]")
+
+    integer("steps", 1, spec.MAX_LAYOUT_STEPS)
+    integer("tries", 1, spec.MAX_LAYOUT_TRIES)
+    tries = entry["tries"]
+    tries_ok = isinstance(tries, int) and not isinstance(tries, bool) and 1 <= tries <= spec.MAX_LAYOUT_TRIES
+    integer("per_round", 1, tries if tries_ok else spec.MAX_LAYOUT_TRIES)
+    if not isinstance(entry["sampler"], str) or entry["sampler"] not in SAMPLERS:
+        problems.append(f"sampler {entry['sampler']!r:.40} is not one of {sorted(SAMPLERS)}")
+    rules = entry["relation_rules"]
+    if not isinstance(rules, dict):
+        problems.append(f"relation_rules {rules!r:.40} is not an object of predicate -> rule")
+    else:
+        preds = set(vocab.pred_names)
+        for pred, rule in rules.items():
+            if pred not in preds:
+                problems.append(f"relation_rules names {pred!r:.40}, not a predicate of the vocabulary")
+            elif not isinstance(rule, str) or rule not in RULES:
+                problems.append(f"relation_rules[{pred!r}] = {rule!r:.40} is not a known rule "
+                                f"({RULES[0]!r}, ...)")
+            if problems:
+                break
+    if problems:
+        raise BundleError(f"bundle {root}: manifest 'layout': {'; '.join(problems)}; {_REEXPORT}")
 
 
 def _io_key(ios: Any) -> Any:

@@ -1,12 +1,16 @@
 """`sg2v-run`: scene graph(s) in, video file(s) out, on the best backend available (no torch needed).
 
-Exit status: 0 done, 2 an invalid graph (the graph module's one-line message), 1 any other error (a missing or
-broken bundle, a backend that cannot start, an unwritable output).
+Exit status: 0 done, 2 an invalid graph or layout file (the graph module's one-line message), 1 any other
+error (a missing or broken bundle, a backend that cannot start, an unwritable output). A layout-grounded
+bundle draws each video's object tracks first; `--layout` gives some or all of them, `--save-layout` writes
+the ones used, `--draw-layout` draws them on the contact sheet, and a warning line names the relations a
+layout could not meet.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,11 @@ from sg2v.errors import GraphError, Sg2vError
 from sg2v.runtime.backends import BACKENDS
 
 DEMO_BUNDLE = Path("models") / "demo"
+
+
+class LayoutFileError(GraphError):
+    """A `--layout` file that does not hold tracks for its graph (exit status 2, as for graphs)."""
+
 OUTPUT_KINDS = ".mp4, .gif, .webp, .npy, or no extension for a folder of PNG frames"
 
 
@@ -57,6 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"output path; format from the extension: {OUTPUT_KINDS}")
     ap.add_argument("--contact-sheet", default=None, metavar="SHEET.png",
                     help="also write the frames in a grid as one PNG (default: none)")
+    ap.add_argument("--layout", nargs="+", action="extend", default=None, metavar="LAYOUT.json",
+                    help="given object tracks, one file per graph (in the graphs' order; --layout a b, or "
+                         "--layout a --layout b): a layout mapping "
+                         '({"0": [x0, y0, x1, y1], ...}: F boxes, one box or {"start": box, "end": box} per '
+                         'object; objects left out are drawn) or a whole graph with a "layout" key; kept '
+                         "exactly (layout-grounded bundles; default: none)")
+    ap.add_argument("--save-layout", default=None, metavar="LAYOUT.json",
+                    help="write the tracks each video was drawn with (F boxes per object, numbered like the "
+                         "outputs), loadable again with --layout (layout-grounded bundles; default: none)")
+    ap.add_argument("--draw-layout", action="store_true",
+                    help="draw each object's box and label on the --contact-sheet, upscaled to a readable "
+                         "size (layout-grounded bundles)")
+    ap.add_argument("--layout-tries", type=int, default=None,
+                    help="layouts drawn per graph at most until every relation with a geometric rule holds "
+                         "(default: the bundle's)")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the bundle's)")
     ap.add_argument("--guidance", type=float, default=None,
                     help="classifier-free guidance weight (default: the bundle's)")
@@ -98,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except GraphError as e:
-        print(f"sg2v-run: invalid graph: {e}", file=sys.stderr)
+        what = "layout" if isinstance(e, LayoutFileError) else "graph"
+        print(f"sg2v-run: invalid {what}: {e}", file=sys.stderr)
         return 2
     except Sg2vError as e:
         print(f"sg2v-run: error: {e}", file=sys.stderr)
@@ -111,13 +136,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+LAYOUT_FLAGS = ("--layout", "--save-layout", "--draw-layout", "--layout-tries")
+
+
+def _layout_flags(args: Any) -> list[str]:
+    """The layout flags given on the command line."""
+    given = (args.layout is not None, args.save_layout is not None, args.draw_layout,
+             args.layout_tries is not None)
+    return [flag for flag, on in zip(LAYOUT_FLAGS, given) if on]
+
+
 def _run(args: Any) -> int:
-    from sg2v.graph import load_graphs
+    from sg2v.graph import load_graphs, load_layout
     from sg2v.runtime.bundle import Bundle
     from sg2v.runtime.pipeline import Pipeline
-    from sg2v.video import write_contact_sheet, write_video
 
-    for name, value in (("--threads", args.threads), ("--steps", args.steps), ("--batch", args.batch)):
+    for name, value in (("--threads", args.threads), ("--steps", args.steps), ("--batch", args.batch),
+                        ("--layout-tries", args.layout_tries)):
         if value is not None and value < 1:
             raise Sg2vError(f"{name} {value}: must be >= 1")
     if args.seed < 0:
@@ -125,15 +160,34 @@ def _run(args: Any) -> int:
     if args.ckpt is not None and args.backend not in ("torch", "torch-cuda"):
         raise Sg2vError(f"--ckpt is for --backend torch or torch-cuda; the {args.backend} backend runs the "
                         "bundle's graphs")
+    if args.draw_layout and not args.contact_sheet:
+        raise Sg2vError("--draw-layout draws the boxes on the contact sheet; add --contact-sheet SHEET.png")
     bundle = Bundle.open(args.bundle, verify=not args.no_verify)
+    flags = _layout_flags(args)
+    if flags and not bundle.grounded:
+        raise Sg2vError(f"{' and '.join(flags)}: bundle {bundle.path} has no layout stage (format "
+                        f"{bundle.manifest['format_version']}, a model that is not layout-grounded); drop "
+                        f"{'the flag' if len(flags) == 1 else 'those flags'} or use a layout-grounded bundle "
+                        "(format 3)")
     data = bundle.config.data
     graphs = []
     for path in args.graphs:
         if not Path(path).is_file():
             raise GraphError(f"{path}: no such file; pass a scene-graph JSON file")
-        graphs.extend(load_graphs(Path(path), bundle.vocab, data.max_objects, data.max_relationships))
+        graphs.extend(load_graphs(Path(path), bundle.vocab, data.max_objects, data.max_relationships,
+                                  data.frames))
+    layouts = None
+    if args.layout is not None:
+        if len(args.layout) != len(graphs):
+            raise LayoutFileError(f"{len(args.layout)} --layout file(s) for {len(graphs)} graph(s); give one "
+                                  "layout file per graph, in the order the graphs are given")
+        try:
+            layouts = [load_layout(path, g, data.frames) for path, g in zip(args.layout, graphs)]
+        except GraphError as e:
+            raise LayoutFileError(str(e)) from None
     out = Path(args.out)
-    for target in (out, *([Path(args.contact_sheet)] if args.contact_sheet else [])):
+    extra = [Path(p) for p in (args.contact_sheet, args.save_layout) if p]
+    for target in (out, *extra):
         try:  # `--out out/video.mp4` on a fresh checkout: make the folder, as users expect
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -146,22 +200,50 @@ def _run(args: Any) -> int:
         print(f"sg2v-run: this bundle takes one video per call (format {bundle.manifest['format_version']}): "
               f"the {len(graphs)} graphs run one after another; for batched calls re-export it: sg2v-export "
               f"--ckpt {bundle.path} --out NEW_BUNDLE")
-    videos = pipe.generate(graphs, [args.seed] * len(graphs), steps=args.steps, guidance=args.guidance,
-                           guidance_rescale=args.guidance_rescale, sampler=args.sampler, max_batch=args.batch)
-    t = pipe.last_timings
-    for i, frames in enumerate(videos):
-        target = write_video(numbered(out, i, len(graphs)), frames, fps=args.fps)
-        sheet = None
-        if args.contact_sheet:
-            sheet = write_contact_sheet(numbered(Path(args.contact_sheet), i, len(graphs)), frames)
-        f, h, w, _ = frames.shape
-        print(f"wrote {target} ({f} frames {h}x{w})" + (f" and {sheet}" if sheet else ""))
+    result = pipe.run(graphs, [args.seed] * len(graphs), steps=args.steps, guidance=args.guidance,
+                      guidance_rescale=args.guidance_rescale, sampler=args.sampler, max_batch=args.batch,
+                      layouts=layouts, layout_tries=args.layout_tries)
+    t = result.timings
+    n = len(graphs)
+    for i, frames in enumerate(result.frames):
+        drawn = result.layouts[i] if result.layouts is not None else None
+        _write_outputs(args, out, i, n, frames, graphs[i], drawn)
     calls = t["unet_calls"] // max(t["chunks"], 1)
     batch = f"{t['videos']} videos in {t['chunks']} call(s): " if t["videos"] > 1 else ""
-    print(f"  {batch}encoder {_ms(t['encoder_s'])}, denoiser {_ms(t['denoiser_s'])} for {calls} steps "
-          f"({_ms(t['denoiser_per_step_s'])}/step), sampler {_ms(t['sampler_overhead_s'])}, "
+    layout = f"layout {_ms(t['layout_s'])}, " if "layout_s" in t else ""
+    print(f"  {batch}encoder {_ms(t['encoder_s'])}, {layout}denoiser {_ms(t['denoiser_s'])} for {calls} "
+          f"steps ({_ms(t['denoiser_per_step_s'])}/step), sampler {_ms(t['sampler_overhead_s'])}, "
           f"decode {_ms(t['decode_s'])}, total {_ms(t['total_s'])}")
     return 0
+
+
+def _write_outputs(args: Any, out: Path, i: int, n: int, frames: Any, graph: Any, drawn: Any) -> None:
+    """Video i's files: the video, its contact sheet (boxes drawn with --draw-layout), its saved layout; and
+    one warning line when its relations could not all be met in its layout."""
+    from sg2v.io import atomic_write_text
+    from sg2v.layout import layout_json
+    from sg2v.layout_sampler import relation_summary
+    from sg2v.video import box_sheet, contact_sheet, write_image, write_video
+
+    target = write_video(numbered(out, i, n), frames, fps=args.fps)
+    wrote = [str(target)]
+    if args.contact_sheet:
+        if args.draw_layout:
+            labels = [f"{k} {name}" for k, name in enumerate(graph.object_names)]
+            image = box_sheet(frames, drawn.tracks, labels)
+        else:
+            image = contact_sheet(frames)
+        wrote.append(str(write_image(numbered(Path(args.contact_sheet), i, n), image)))
+    if args.save_layout:
+        path = numbered(Path(args.save_layout), i, n)
+        atomic_write_text(path, json.dumps(layout_json(drawn.tracks)) + "\n")
+        wrote.append(str(path))
+    f, h, w, _ = frames.shape
+    print(f"wrote {wrote[0]} ({f} frames {h}x{w})" + "".join(f" and {p}" for p in wrote[1:]))
+    summary = relation_summary(drawn) if drawn is not None else ""
+    if summary:
+        which = f"video {i}: " if n > 1 else ""
+        print(f"sg2v-run: warning: {which}{summary}", file=sys.stderr)
 
 
 def _backend(bundle: Any, args: Any) -> Any:

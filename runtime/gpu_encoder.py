@@ -155,12 +155,14 @@ def _masked_mean(xp, x, mask):
     return (x * keep).sum(axis=1) / xp.maximum(keep.sum(axis=1), 1)  # (B, D)
 
 
-def encoder_forward(weights: dict[str, Any], objs, obj_mask, triples, triple_mask, ops) -> tuple[Any, Any]:
-    """SGEncoder.forward (sg2im GraphTripleConv stack, SGDiff tokens) on `ops.xp` arrays.
+def encoder_forward(weights: dict[str, Any], objs, obj_mask, triples, triple_mask, ops
+                    ) -> tuple[Any, Any, Any]:
+    """SGEncoder.encode_all (sg2im GraphTripleConv stack, SGDiff tokens) on `ops.xp` arrays.
 
     objs (B, O) int, obj_mask (B, O), triples (B, T, 3) int, triple_mask (B, T) -> context (B, 1 + T, C)
-    float32 and context_mask (B, 1 + T) float32. `weights` are float32 arrays of `ops.xp`, as `check_weights`
-    names them.
+    float32, context_mask (B, 1 + T) float32 and the object vectors after the conv stack (B, O, d) float32,
+    padded slots zero (what a layout-grounded model's layout stage and UNet read). `weights` are float32
+    arrays of `ops.xp`, as `check_weights` names them.
     """
     xp, w = ops.xp, weights
     om = obj_mask.astype(xp.float32)  # (B, O)
@@ -188,7 +190,7 @@ def encoder_forward(weights: dict[str, Any], objs, obj_mask, triples, triple_mas
     local = _layer_norm(xp, local, w["local_norm.weight"], w["local_norm.bias"]) * tm[..., None]
     context = xp.concatenate([glob[:, None], local], axis=1).astype(xp.float32)  # (B, 1 + T, C)
     context_mask = xp.concatenate([xp.ones_like(tm[:, :1]), tm], axis=1)  # (B, 1 + T)
-    return context, context_mask
+    return context, context_mask, obj.astype(xp.float32)
 
 
 def check_against_config(weights: dict[str, Any], num_layers_: int, context_dim: int, source: str) -> None:
@@ -201,14 +203,15 @@ def check_against_config(weights: dict[str, Any], num_layers_: int, context_dim:
 
 
 class NumpyEncoder:
-    """Encoder stage on the CPU (stage protocol): `encoder_forward` with `NumpyOps`, numpy in and out."""
+    """Encoder stage on the CPU (stage protocol): `encoder_forward` with `NumpyOps`, numpy in and out; with
+    `objects` (a layout-grounded bundle) the object vectors are a third output."""
 
     inputs = spec.ENCODER_INPUTS
-    outputs = spec.ENCODER_OUTPUTS
 
-    def __init__(self, weights: dict[str, np.ndarray]):
+    def __init__(self, weights: dict[str, np.ndarray], objects: bool = False):
         weights = check_weights(weights)
         self.weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+        self.outputs = spec.GROUNDED_ENCODER_OUTPUTS if objects else spec.ENCODER_OUTPUTS
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         missing = [k for k in self.inputs if k not in feeds]
@@ -216,34 +219,35 @@ class NumpyEncoder:
             raise BundleError(f"encoder stage: missing inputs {missing}; pass {list(self.inputs)}")
         objs = np.asarray(feeds["objs"], dtype=np.int64)
         triples = np.asarray(feeds["triples"], dtype=np.int64)
-        context, context_mask = encoder_forward(self.weights, objs, np.asarray(feeds["obj_mask"], np.float32),
-                                                triples, np.asarray(feeds["triple_mask"], np.float32),
-                                                NumpyOps)
-        return {"context": context, "context_mask": context_mask.astype(np.float32)}
+        out = encoder_forward(self.weights, objs, np.asarray(feeds["obj_mask"], np.float32), triples,
+                              np.asarray(feeds["triple_mask"], np.float32), NumpyOps)
+        return {name: value.astype(np.float32, copy=False) for name, value in zip(self.outputs, out)}
 
 
 class GpuEncoder:
     """Encoder stage on the GPU (stage protocol `run(feeds) -> outputs`): CuPy matmuls + the CUDA kernels.
 
-    Weights are uploaded once; inputs may be numpy or CuPy; outputs are CuPy arrays on the stage's device.
+    Weights are uploaded once; inputs may be numpy or CuPy; outputs are CuPy arrays on the stage's device;
+    with `objects` (a layout-grounded bundle) the object vectors are a third output.
     """
 
     inputs = spec.ENCODER_INPUTS
-    outputs = spec.ENCODER_OUTPUTS
 
-    def __init__(self, weights: dict[str, np.ndarray], device: int = 0, stream=None):
+    def __init__(self, weights: dict[str, np.ndarray], device: int = 0, stream=None, objects: bool = False):
         cp = require("cupy", "gpu")
         weights = check_weights(weights)
         self.device = device
+        self.outputs = spec.GROUNDED_ENCODER_OUTPUTS if objects else spec.ENCODER_OUTPUTS
         with cp.cuda.Device(device):
             self.ops = CupyOps(stream)
             self.weights = {k: cp.asarray(np.ascontiguousarray(v, dtype=np.float32))
                             for k, v in weights.items()}
 
     @classmethod
-    def from_npz(cls, path: str | os.PathLike, device: int = 0, stream=None) -> GpuEncoder:
+    def from_npz(cls, path: str | os.PathLike, device: int = 0, stream=None, objects: bool = False
+                 ) -> GpuEncoder:
         """From a bundle's `encoder_weights.npz`."""
-        return cls(load_encoder_weights(path), device=device, stream=stream)
+        return cls(load_encoder_weights(path), device=device, stream=stream, objects=objects)
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         cp = self.ops.xp
@@ -259,6 +263,5 @@ class GpuEncoder:
             if isinstance(stream, int):
                 stream = cp.cuda.ExternalStream(stream)
             with stream if stream is not None else cp.cuda.get_current_stream():
-                context, context_mask = encoder_forward(self.weights, objs, obj_mask, triples, triple_mask,
-                                                        self.ops)
-        return {"context": context, "context_mask": context_mask}
+                out = encoder_forward(self.weights, objs, obj_mask, triples, triple_mask, self.ops)
+        return dict(zip(self.outputs, out))

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sg2v import bundle_spec as spec
 from sg2v.errors import Sg2vError
 from sg2v.generation import Backend, Generation, Generator, check_seeds
 from sg2v.runtime.backends import make_backend
@@ -33,7 +32,9 @@ class Pipeline:
         self.xp = backend.xp
         s = bundle.shapes
         null = backend.null_context or (bundle.null_context, bundle.null_context_mask)
-        layout = bundle.manifest.get("layout") if spec.grounded(s) else None
+        layout = None
+        if bundle.grounded:  # candidate layouts per layout-stage call: at most the graphs' batch axis allows
+            layout = {**bundle.layout, "max_batch": s["max_layout_batch"]}
         self.generator = Generator(backend, (s["frames"], s["channels"], s["height"], s["width"]),
                                    bundle.alphas_cumprod(), bundle.sampler_defaults, null, layout)
         self.last_generation: Generation | None = None

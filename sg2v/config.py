@@ -79,6 +79,9 @@ class UNetConfig:
     # (object maps, with in-box coordinates), added at the UNet's input and read by a full-resolution head.
     layout_dim: int = 0
     layout_head: int = 32  # hidden width of the per-pixel output head over the object maps (with layout_dim)
+    # A guidance-distilled student: the guidance weight is an input, embedded like the timestep (Meng et al.
+    # 2023), and one UNet call of batch 1 per video replaces the (cond, uncond) pair.
+    guidance_embed: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,16 @@ class LayoutConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """What a guidance-distilled student was distilled for (`unet.guidance_embed`); unused otherwise."""
+
+    guidance_min: float = 1.0
+    guidance_max: float = 8.0
+    guidance_rescale: float = 0.7  # the teacher's guidance rescale the student reproduces
+    grid_steps: int = 20  # trailing timesteps of the consistency grid; 1, 2, 4, 5, 10, 20 steps lie on it
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild the networks exactly as trained."""
 
@@ -123,6 +136,7 @@ class ModelConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,7 +160,7 @@ class ModelConfig:
 
     def check_bounds(self) -> None:
         """ConfigError unless every field has its type and lies within `BOUNDS` (what a file may declare)."""
-        for part in (self, self.data, self.encoder, self.unet, self.diffusion):
+        for part in (self, self.data, self.encoder, self.unet, self.diffusion, self.layout):
             _check_fields(part, type(part).__name__)
         d = self.data
         elements = d.frames * d.height * d.width * d.channels
@@ -207,14 +221,18 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "UNetConfig.channel_mult": (1, 64), "UNetConfig.num_res_blocks": (0, 64),
     "UNetConfig.attention_levels": (0, 63), "UNetConfig.num_heads": (1, 1024),
     "UNetConfig.norm_groups": (1, 65536), "UNetConfig.dropout": (0.0, 1.0),
+    "UNetConfig.layout_dim": (0, 65536), "UNetConfig.layout_head": (1, 65536),
     "DiffusionConfig.num_train_timesteps": (2, 100_000), "DiffusionConfig.cond_drop_prob": (0.0, 1.0),
     "DiffusionConfig.default_steps": (1, 10_000), "DiffusionConfig.default_guidance": (0.0, 1e6),
     "DiffusionConfig.default_guidance_rescale": (0.0, 1.0),
+    "LayoutConfig.dim": (0, 65536), "LayoutConfig.layers": (1, 256), "LayoutConfig.heads": (1, 1024),
+    "LayoutConfig.default_steps": (1, 1000), "LayoutConfig.default_tries": (1, 4096),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "DiffusionConfig.prediction": ("v", "x0"),
     "DiffusionConfig.schedule": ("cosine", "cosine_zsnr"),  # sg2v.schedule.SCHEDULES
     "DiffusionConfig.default_sampler": ("ddim", "dpmpp2m"),  # sg2v.sampling.SAMPLERS
+    "LayoutConfig.rules": ("shapes", "coco", "none"),  # sg2v.relations.FAMILIES and "none"
 }
 MAX_LIST = 64  # entries of a tuple field (channel_mult, attention_levels)
 MAX_VIDEO_ELEMENTS = 1 << 28  # frames x channels x height x width: 1 GiB of float32 per video
@@ -263,6 +281,7 @@ _SUBCONFIGS = {
     "UNetConfig": UNetConfig,
     "DiffusionConfig": DiffusionConfig,
     "LayoutConfig": LayoutConfig,
+    "DistillConfig": DistillConfig,
 }
 
 
@@ -324,6 +343,15 @@ def without_layout(cfg: ModelConfig) -> ModelConfig:
     """`cfg` without layout grounding: no layout network, no object maps in the UNet."""
     unet = dataclasses.replace(cfg.unet, layout_dim=0, layout_head=UNetConfig().layout_head)
     return cfg.replace(unet=unet, layout=LayoutConfig())
+
+
+def student_config(teacher: ModelConfig, distill: DistillConfig, steps: int = 4) -> ModelConfig:
+    """A guidance-distilled student of `teacher`: the same networks plus the guidance embedding, sampled
+    with DDIM on `steps` steps of its consistency grid."""
+    diffusion = dataclasses.replace(teacher.diffusion, default_sampler="ddim", default_steps=int(steps),
+                                    default_guidance_rescale=float(distill.guidance_rescale))
+    return teacher.replace(unet=dataclasses.replace(teacher.unet, guidance_embed=True), diffusion=diffusion,
+                           distill=distill, name=f"{teacher.name}-student")
 
 
 def model_config(size: str) -> ModelConfig:

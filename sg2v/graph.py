@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sg2v.errors import GraphError, shown
-from sg2v.layout import Track, expand_layout, parse_layout
+from sg2v.layout import Track, expand_layout, layout_from_file_data, parse_layout
 from sg2v.vocab import IMAGE_OBJECT, IN_IMAGE_PRED, Vocab
 
 GRAPH_KEYS = ("objects", "relationships", "description", "layout")
@@ -117,21 +117,21 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return d
 
 
-def _decode_json(raw: bytes | str, origin: str) -> Any:
+def _decode_json(raw: bytes | str, origin: str, what: str = "graph", example: str = _EXAMPLE) -> Any:
     """Strict JSON: UTF-8 (BOM allowed), no NaN/Infinity, no duplicate keys; errors carry line and column."""
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8-sig")
         except UnicodeDecodeError as e:
             raise GraphError(f"{origin}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
-                             "save the graph as UTF-8") from None
+                             f"save the {what} as UTF-8") from None
     try:
         return json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as e:
         raise GraphError(f"{origin}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}; "
-                         f"a graph looks like {_EXAMPLE}") from None
+                         f"a {what} looks like {example}") from None
     except RecursionError:
-        raise GraphError(f"{origin}: JSON nested too deeply; a graph looks like {_EXAMPLE}") from None
+        raise GraphError(f"{origin}: JSON nested too deeply; a {what} looks like {example}") from None
     except _JsonRuleError as e:
         raise GraphError(f"{origin}: invalid JSON: {e}") from None
     except ValueError:  # Python refuses to convert integers of more than 4300 digits
@@ -330,6 +330,28 @@ def load_graphs(source: Any, vocab: Vocab, max_objects: int | None = None,
         raise GraphError(f"{origin or 'graphs'}: the list of graphs is empty; give at least one graph")
     return [_validate_at(g, vocab, origin, f"graphs[{i}]", max_objects, max_relationships, frames)
             for i, g in enumerate(data)]
+
+
+_LAYOUT_EXAMPLE = '{"0": [0.1, 0.1, 0.3, 0.3], "1": {"start": [0.6, 0.6, 0.9, 0.9], "end": [0, 0, 0.3, 0.3]}}'
+MAX_LAYOUT_FILE_BYTES = 64 << 20  # a layout of 1024 objects x 1024 frames is about 50 MiB of JSON
+
+
+def load_layout(path: str | os.PathLike, graph: SceneGraph, frames: int) -> dict[int, np.ndarray]:
+    """Given tracks for `graph` from a layout file (`sg2v-run --layout`): a layout mapping, or a whole graph
+    with a "layout" key (`sg2v.layout.layout_from_file_data`), as (F, 4) float32 boxes by object index."""
+    origin = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_LAYOUT_FILE_BYTES:
+            raise GraphError(f"{origin}: {size} bytes, more than the {MAX_LAYOUT_FILE_BYTES} a layout file "
+                             "may have; pass the layout saved by sg2v-run --save-layout")
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise GraphError(f"{origin}: cannot read layout file ({e.strerror or e}); check the path") from None
+    data = _decode_json(raw, origin, "layout", _LAYOUT_EXAMPLE)
+    tracks = layout_from_file_data(data, graph.num_objects, frames, origin)
+    return expand_layout(tracks, frames, origin)
 
 
 def pad_graphs(graphs: Sequence[SceneGraph], max_objects: int, max_relationships: int) -> GraphBatch:

@@ -132,8 +132,16 @@ def expand_layout(tracks: Mapping[int, Track], frames: int, where: str = "layout
 
 
 def layout_json(tracks: np.ndarray) -> dict[str, list[list[float]]]:
-    """Tracks (n, F, 4) as a layout mapping with F boxes per object (what `--save-layout` writes)."""
-    return {str(i): [[round(float(v), 6) for v in box] for box in track] for i, track in enumerate(tracks)}
+    """Tracks (n, F, 4) as a layout mapping with F boxes per object (what `--save-layout` writes).
+
+    Each value is written as the shortest decimal that reads back to the same float32, so a saved layout
+    loads again to exactly the tracks that were used (the same video for the same seed).
+    """
+    def exact(v: np.float32) -> float:
+        return float(np.format_float_positional(v, unique=True, trim="0"))
+
+    t = np.asarray(tracks, dtype=np.float32)
+    return {str(i): [[exact(v) for v in box] for box in track] for i, track in enumerate(t)}
 
 
 def layout_from_file_data(data: Any, num_objects: int, frames: int | None, where: str) -> dict[int, Track]:

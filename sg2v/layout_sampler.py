@@ -195,5 +195,7 @@ def relation_summary(result: LayoutResult) -> str:
     if not failed:
         return ""
     shown = ", ".join(f"[{c.subject}, {c.predicate!r}, {c.object}]" for c in failed)
+    if result.draws == 0:  # every track was given: nothing was drawn
+        return f"{len(failed)} relationship(s) not met by the given tracks: {shown}; change those tracks"
     return (f"{len(failed)} relationship(s) not met by the layout after {result.draws} draws: {shown}; "
             "raise --layout-tries or give their tracks with --layout")

@@ -293,6 +293,51 @@ def contact_sheet(frames: Any, cols: int | None = None, pad: int = 2, scale: int
     return np.pad(grid, ((0, pad), (0, pad), (0, 0)), constant_values=pad_value)
 
 
+# Distinct, readable on photos and on the shapes world: one color per object index (cycled).
+PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255))
+BOX_SHEET_CELL = 256  # box sheets upscale frames (pixel repetition) until the longer side is at least this
+
+
+def box_sheet(frames: Any, boxes: Any, labels: list[str], visible: Any = None, min_cell: int = BOX_SHEET_CELL,
+              cols: int | None = None, pad: int = 4) -> np.ndarray:
+    """A contact sheet with each object's box drawn and labelled on every frame where it is visible.
+
+    frames (F, H, W, 3) uint8; boxes (n, F, 4) [x0, y0, x1, y1] in [0, 1] of the frame (x right, y down);
+    labels: n strings (e.g. "0 red circle"); visible (n, F) bool or None (every box drawn). Frames are
+    upscaled by pixel repetition until their longer side is at least `min_cell` px, so labels are readable
+    on 64 x 64 video; object k is drawn in PALETTE[k] (cycled), its label on a black plate at the box's
+    top-left corner.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    a = check_frames(frames)
+    f, h, w, _ = a.shape
+    b = np.asarray(boxes, dtype=np.float64)
+    if b.ndim != 3 or b.shape[1:] != (f, 4) or len(labels) != b.shape[0]:
+        raise VideoError(f"box sheet: boxes of shape {b.shape} and {len(labels)} labels for {f} frames; give "
+                         "(n, F, 4) boxes and n labels")
+    shown = np.ones(b.shape[:2], bool) if visible is None else np.asarray(visible, bool)  # (n, F)
+    scale = max(1, math.ceil(min_cell / max(h, w)))
+    font = ImageFont.load_default()
+    drawn = []
+    for t in range(f):
+        im = Image.fromarray(a[t]).resize((w * scale, h * scale), Image.Resampling.NEAREST)
+        draw = ImageDraw.Draw(im)
+        for k, label in enumerate(labels):
+            if not shown[k, t]:
+                continue
+            x0, y0, x1, y1 = (b[k, t] * [w * scale, h * scale, w * scale, h * scale]).tolist()
+            color = PALETTE[k % len(PALETTE)]
+            draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=color, width=2)
+            tx, ty = x0 + 2, y0 + 1
+            left, top, right, bottom = draw.textbbox((tx, ty), label, font=font)
+            draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=(0, 0, 0))
+            draw.text((tx, ty), label, fill=color, font=font)
+        drawn.append(np.asarray(im))
+    return contact_sheet(np.stack(drawn), cols=cols, pad=pad)
+
+
 def write_image(path: str | os.PathLike, image: Any) -> Path:
     """Write one uint8 (H, W, 3) image, format from the extension (PNG recommended), atomically."""
     from PIL import Image

@@ -114,3 +114,19 @@ def real_bundle(tmp_path_factory) -> Path:
 def real_checkpoint(real_bundle) -> Path:
     """The checkpoint `real_bundle` was exported from."""
     return real_bundle.parent / "tiny.pt"
+
+
+@pytest.fixture(scope="session")
+def grounded_bundle(tmp_path_factory) -> Path:
+    """A tiny random layout-grounded SG2V (format 3: encoder, layout network, grounded UNet) exported by the
+    real exporter with its weights, once per session."""
+    from helpers import export_random_bundle
+
+    bundle, _ = export_random_bundle(tmp_path_factory.mktemp("exported_grounded"), seed=4321, grounded=True)
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def grounded_checkpoint(grounded_bundle) -> Path:
+    """The checkpoint `grounded_bundle` was exported from."""
+    return grounded_bundle.parent / "tiny.pt"

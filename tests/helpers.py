@@ -1,5 +1,6 @@
 """Shared test helpers: small real bundles (toy ONNX graphs) with float64 references, random graphs, and a
-tiny random SG2V exported by the real exporter (cached for the session by the `real_bundle` fixture).
+tiny random SG2V exported by the real exporter, ungrounded (format 2) and layout-grounded (format 3), cached
+for the session by the `real_bundle` and `grounded_bundle` fixtures.
 
 Test modules import these (`from helpers import ...`); fixtures built on them live in conftest.py.
 """
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from sg2v import bundle_spec as spec
-from sg2v.config import DataConfig, EncoderConfig, ModelConfig, UNetConfig
+from sg2v.config import DataConfig, EncoderConfig, LayoutConfig, ModelConfig, UNetConfig
 from sg2v.vocab import shapes_vocab
 
 try:  # the toy bundles are ONNX graphs; the other helpers (graphs, models) need no onnx
@@ -174,7 +175,8 @@ def write_manifest(root: Path, manifest: dict) -> None:
     (root / spec.MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
-def make_fake_bundle(root: Path, seed: int = 0, version: int = spec.FORMAT_VERSION, max_batch: int = 4
+def make_fake_bundle(root: Path, seed: int = 0, version: int = spec.UNGROUNDED_FORMAT_VERSION,
+                     max_batch: int = 4
                      ) -> tuple[Path, dict[str, np.ndarray]]:
     """A small real bundle at `root` (toy ONNX graphs, real hashes); returns it and its weights. Format 2
     has a batch axis up to `max_batch` videos; format 1 the fixed batches of 1 graph and 2 UNet rows."""
@@ -238,6 +240,15 @@ def tiny_config(name: str = "test-tiny", frames: int = 2) -> ModelConfig:
     )
 
 
+def grounded_tiny_config(name: str = "test-tiny-grounded", frames: int = 2) -> ModelConfig:
+    """`tiny_config` grounded on a layout: object maps in the UNet and a one-block layout network."""
+    import dataclasses
+
+    cfg = tiny_config(name, frames)
+    return cfg.replace(unet=dataclasses.replace(cfg.unet, layout_dim=4, layout_head=8),
+                       layout=LayoutConfig(dim=16, layers=1, heads=2, default_steps=4, default_tries=12))
+
+
 def random_model(cfg: ModelConfig, seed: int):
     """SG2V of `cfg` with seeded random weights, the zero-initialised temporal outputs included."""
     import torch
@@ -252,14 +263,15 @@ def random_model(cfg: ModelConfig, seed: int):
     return model.eval()
 
 
-def export_random_bundle(root: Path, seed: int = 1234) -> tuple[Path, Path]:
-    """`random_model(tiny_config())` saved as a checkpoint and exported with weights: (bundle, checkpoint)."""
+def export_random_bundle(root: Path, seed: int = 1234, grounded: bool = False) -> tuple[Path, Path]:
+    """`random_model(tiny_config())` (or `grounded_tiny_config()`) saved as a checkpoint and exported with
+    weights: (bundle, checkpoint)."""
     pytest.importorskip("torch")
     pytest.importorskip("onnxscript")
     from sg2v.export import export_bundle
     from sg2v.training.checkpoint import save_checkpoint
 
-    cfg = tiny_config()
+    cfg = grounded_tiny_config() if grounded else tiny_config()
     ckpt = save_checkpoint(root / "tiny.pt", random_model(cfg, seed), cfg, shapes_vocab())
     export_bundle(ckpt, root / "bundle", include_weights=True)
     return root / "bundle", ckpt

@@ -123,10 +123,38 @@ def test_videos_per_second_by_batch_size(report):
     assert sum(line.startswith(f"| {n} | ") for n in CPU_BACKENDS for line in table.splitlines()) == 4
 
 
+@pytest.mark.slow
+def test_layout_grounded_bundles_time_their_layout_stage(grounded_bundle, tmp_path):
+    """A layout-grounded bundle on both CPU backends: the layout stage as its own figure (and column), the
+    stages adding up with it, batches still timed, the same frames on both backends."""
+    argv = ["--bundle", str(grounded_bundle), "--repeats", "2", "--warmup", "0", "--steps", "2", "--threads",
+            "1", "--peak-size", "64", "--write", "none", "--batch", "2", "--backends", *CPU_BACKENDS,
+            "--json", str(tmp_path / "b.json")]
+    assert bench.main(argv) == 0
+    rep = json.loads((tmp_path / "b.json").read_text())
+    for name in CPU_BACKENDS:
+        b = rep["backends"][name]
+        assert "error" not in b, b.get("error")
+        r = b["results"]
+        assert r["layout_s"] == statistics.median(run["layout_s"] for run in b["runs"]) > 0
+        assert r["layout_draws"] == statistics.median(sum(run["layout_draws"]) for run in b["runs"]) >= 1
+        for run in b["runs"]:
+            parts = (run["encoder_s"] + run["layout_s"] + run["denoiser_s"] + run["sampler_overhead_s"]
+                     + run["decode_s"])
+            assert parts == pytest.approx(run["total_s"], rel=1e-9, abs=1e-9)
+        assert all(len(run["layout_draws"]) == 2 for run in b["batches"]["2"])
+        row = next(line for line in rep["table"].splitlines() if line.startswith(f"| {name} | "))
+        assert f"| {r['layout_s'] * 1e3:.1f} ({r['layout_draws']:g}) |" in row
+    assert "| layout ms (draws) |" in rep["table"]
+    diff = rep["backends"]["ort-cpu"]["frames_vs_baseline"]
+    assert diff["max_abs"] <= 1 and diff["mean_abs"] < 0.05
+
+
 def test_help_explains_every_figure():
     text = bench.build_parser().format_help()
-    for word in ("end-to-end", "encoder", "denoiser step", "sampler overh", "decode / write", "cold start",
-                 "peak RSS", "CUDA peak", "x vs baseline", "TFLOP/s", "targets", "(default: 8)"):
+    for word in ("end-to-end", "encoder", "layout", "denoiser step", "sampler overh", "decode / write",
+                 "cold start", "peak RSS", "CUDA peak", "x vs baseline", "TFLOP/s", "targets",
+                 "(default: 8)"):
         assert word in text, word
 
 

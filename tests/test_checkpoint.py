@@ -96,9 +96,18 @@ def test_load_model_picks_ema_or_raw_and_reproduces_outputs(tmp_path, tiny, suff
     ctx = torch.randn(2, d.context_tokens, cfg.encoder.context_dim, generator=g)
     mask = torch.ones(2, d.context_tokens)
     mask[1, 3:] = 0
+    objects = torch.randn(2, d.padded_objects, cfg.encoder.embed_dim, generator=g)
+    lo = torch.rand(2, d.padded_objects, d.frames, 2, generator=g) * 0.5
+    boxes = torch.cat([lo, lo + 0.1 + 0.4 * torch.rand(lo.shape, generator=g)], dim=-1)  # valid boxes
     ema.eval()
     with torch.no_grad():
-        torch.testing.assert_close(m_ema.unet(x, t, ctx, mask), ema.unet(x, t, ctx, mask), rtol=0, atol=0)
+        torch.testing.assert_close(m_ema.unet(x, t, ctx, mask, objects, boxes),
+                                   ema.unet(x, t, ctx, mask, objects, boxes), rtol=0, atol=0)
+        tracks = torch.randn(2, d.padded_objects, d.frames, 4, generator=g)
+        track_mask = torch.ones(2, d.padded_objects)
+        triples = torch.zeros(2, d.padded_triples, 3, dtype=torch.long)
+        args = (tracks, t, objects, track_mask, ctx, mask, triples, tracks.tanh(), track_mask)
+        torch.testing.assert_close(m_ema.layout_net(*args), ema.layout_net(*args), rtol=0, atol=0)
 
 
 def test_safetensors_without_ema_and_metadata(tmp_path, tiny):

@@ -199,20 +199,25 @@ def _random_graphs(cfg, seed: int, b: int = 3):
 
 
 def test_numpy_encoder_mirror_matches_sgencoder(tmp_path):
+    """Context, mask and the object vectors a layout-grounded bundle's encoder also outputs, against
+    SGEncoder.encode_all in float64."""
     torch = pytest.importorskip("torch")
     enc, cfg = _random_encoder(3)
     feeds = _random_graphs(cfg, 4)
     with torch.no_grad():
-        ref_ctx, ref_mask = enc(*(torch.from_numpy(a) for a in feeds))
+        ref_ctx, ref_mask, ref_obj = enc.double().encode_all(*(torch.from_numpy(a) for a in feeds))
+    enc = enc.float()
     path = tmp_path / "encoder_weights.npz"
     np.savez(path, **{k: v.numpy() for k, v in enc.state_dict().items()})  # the bundle's format
     weights = ge.load_encoder_weights(path)
     assert ge.num_layers(weights) == cfg.encoder.num_layers
-    ctx, mask = ge.encoder_forward(weights, *feeds, ge.NumpyOps)
+    ctx, mask, obj = ge.encoder_forward(weights, *feeds, ge.NumpyOps)
     assert ctx.dtype == np.float32 and ctx.shape == (3, cfg.data.context_tokens, cfg.encoder.context_dim)
-    ref = ref_ctx.numpy()
-    assert np.linalg.norm(ctx - ref) / np.linalg.norm(ref) < 1e-5
+    assert obj.dtype == np.float32 and obj.shape == (3, cfg.data.padded_objects, cfg.encoder.embed_dim)
+    for got, ref in ((ctx, ref_ctx.numpy()), (obj, ref_obj.numpy())):
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5
     np.testing.assert_array_equal(mask, ref_mask.numpy())
+    assert not obj[feeds[1] == 0].any()  # padded slots stay zero
 
 
 def test_encoder_weights_errors_name_the_problem(tmp_path):
@@ -381,18 +386,18 @@ def test_gpu_encoder_matches_pytorch_sgencoder():
     enc, cfg = _random_encoder(9)
     feeds = _random_graphs(cfg, 10, b=5)
     with torch.no_grad():
-        ref_ctx, ref_mask = enc.double()(*(torch.from_numpy(a) for a in feeds))
+        ref_ctx, ref_mask, ref_obj = enc.double().encode_all(*(torch.from_numpy(a) for a in feeds))
     enc = enc.float()
-    stage = ge.GpuEncoder({k: v.numpy() for k, v in enc.state_dict().items()})
+    stage = ge.GpuEncoder({k: v.numpy() for k, v in enc.state_dict().items()}, objects=True)
     out = stage.run(dict(zip(ge.GpuEncoder.inputs, feeds)))
-    assert isinstance(out["context"], cp.ndarray)
-    ctx = cp.asnumpy(out["context"]).astype(np.float64)
-    ref = ref_ctx.numpy()
-    assert np.linalg.norm(ctx - ref) / np.linalg.norm(ref) < 1e-4
+    assert isinstance(out["context"], cp.ndarray) and isinstance(out["objects"], cp.ndarray)
+    for name, ref in (("context", ref_ctx.numpy()), ("objects", ref_obj.numpy())):
+        got = cp.asnumpy(out[name]).astype(np.float64)
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-4, name
     np.testing.assert_array_equal(cp.asnumpy(out["context_mask"]), ref_mask.numpy())
 
 
-def _plugin_bundle_stub(tmp_path, enc, cfg):
+def _plugin_bundle_stub(tmp_path, enc, cfg, grounded=False):
     """What `make_ort_backend` reads of a plugin bundle to pick its encoder stage, with real weights."""
     import types
 
@@ -401,22 +406,28 @@ def _plugin_bundle_stub(tmp_path, enc, cfg):
     path = tmp_path / spec.ENCODER_WEIGHTS
     np.savez(path, **{k: v.detach().float().numpy() for k, v in enc.state_dict().items()})
     return types.SimpleNamespace(pooling="plugin", file=lambda rel: tmp_path / rel, has_file=lambda rel: True,
-                                 config=cfg, shapes={"context_dim": cfg.encoder.context_dim})
+                                 config=cfg, shapes={"context_dim": cfg.encoder.context_dim},
+                                 grounded=grounded)
 
 
-def test_plugin_bundle_encoder_on_the_cpu_is_the_numpy_mirror(tmp_path):
+@pytest.mark.parametrize("grounded", [False, True])
+def test_plugin_bundle_encoder_on_the_cpu_is_the_numpy_mirror(tmp_path, grounded):
+    from sg2v import bundle_spec as spec
     from sg2v.runtime.backends.ort import _encoder_stage
 
     enc, cfg = _random_encoder(12)
-    stage, notes = _encoder_stage(_plugin_bundle_stub(tmp_path, enc, cfg), [], None, np, "cpu", 0)
+    stage, notes = _encoder_stage(_plugin_bundle_stub(tmp_path, enc, cfg, grounded), [], None, np, "cpu", 0)
     assert isinstance(stage, ge.NumpyEncoder) and "numpy encoder" in notes[0]
     feeds = _random_graphs(cfg, 13)
     out = stage.run(dict(zip(ge.NumpyEncoder.inputs, feeds)))
+    assert tuple(out) == (spec.GROUNDED_ENCODER_OUTPUTS if grounded else spec.ENCODER_OUTPUTS)
     torch = pytest.importorskip("torch")
     with torch.no_grad():
-        ref_ctx, ref_mask = enc.double()(*(torch.from_numpy(a) for a in feeds))
-    ref = ref_ctx.numpy()
-    assert np.linalg.norm(out["context"] - ref) / np.linalg.norm(ref) < 1e-5
+        ref_ctx, ref_mask, ref_obj = enc.double().encode_all(*(torch.from_numpy(a) for a in feeds))
+    refs = {"context": ref_ctx.numpy(), "objects": ref_obj.numpy()}
+    for name in out.keys() & refs.keys():
+        assert out[name].dtype == np.float32
+        assert np.linalg.norm(out[name] - refs[name]) / np.linalg.norm(refs[name]) < 1e-5, name
     np.testing.assert_array_equal(out["context_mask"], ref_mask.numpy())
 
 
@@ -426,15 +437,16 @@ def test_plugin_bundle_encoder_on_the_gpu_runs_the_kernels(tmp_path):
     from sg2v.runtime.backends.ort import _encoder_stage
 
     enc, cfg = _random_encoder(14)
-    bundle = _plugin_bundle_stub(tmp_path, enc, cfg)
+    bundle = _plugin_bundle_stub(tmp_path, enc, cfg, grounded=True)
     gpu, notes = _encoder_stage(bundle, [], None, cp, "cuda", 0)
     assert isinstance(gpu, ge.GpuEncoder) and "CUDA kernels" in notes[0]
     cpu, _ = _encoder_stage(bundle, [], None, np, "cpu", 0)
     feeds = dict(zip(ge.GpuEncoder.inputs, _random_graphs(cfg, 15)))
     got, want = gpu.run(feeds), cpu.run(feeds)
-    assert isinstance(got["context"], cp.ndarray)
-    ctx = cp.asnumpy(got["context"])
-    assert np.linalg.norm(ctx - want["context"]) / np.linalg.norm(want["context"]) < 1e-5
+    assert isinstance(got["context"], cp.ndarray) and set(got) == set(want)
+    for name in ("context", "objects"):
+        g = cp.asnumpy(got[name])
+        assert np.linalg.norm(g - want[name]) / np.linalg.norm(want[name]) < 1e-5, name
     np.testing.assert_array_equal(cp.asnumpy(got["context_mask"]), want["context_mask"])
 
 

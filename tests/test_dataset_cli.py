@@ -14,7 +14,8 @@ from PIL import Image
 
 from sg2v.dataset import ConvertedDataset
 from sg2v.dataset.cli import main
-from sg2v.dataset.show import PALETTE, SHEET_CELL
+from sg2v.video import BOX_SHEET_CELL as SHEET_CELL
+from sg2v.video import PALETTE
 
 VG_FLAGS = ["--min-object-instances", "2", "--min-relationship-instances", "2", "--size", "tiny"]
 

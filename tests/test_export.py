@@ -78,14 +78,27 @@ def _fresh_graph(cfg, seed):
 
 @pytest.mark.slow
 def test_manifest_has_every_contract_key(bundle, ckpt):
+    """A layout-grounded model: format 3, three stages (encoder with object vectors, layout network, UNet
+    with objects and boxes), the layout entry with the vocabulary's relation rules."""
     m = bundle["result"].manifest
     out = bundle["out"]
     assert json.loads((out / spec.MANIFEST).read_text()) == m
-    assert set(spec.MANIFEST_KEYS) <= set(m)
-    assert m["format"] == spec.FORMAT and m["format_version"] == spec.FORMAT_VERSION
+    assert set(spec.MANIFEST_KEYS) | set(spec.GROUNDED_MANIFEST_KEYS) <= set(m)
+    assert m["format"] == spec.FORMAT and m["format_version"] == spec.FORMAT_VERSION == 3
     cfg = ckpt["cfg"]
     assert m["model_config"] == cfg.to_dict() and m["vocab"] == shapes_vocab().to_dict()
-    assert m["shapes"] == spec.shapes(cfg.data, cfg.encoder)
+    assert m["shapes"] == spec.shapes(cfg.data, cfg.encoder, grounded=True)
+    assert m["shapes"]["object_dim"] == cfg.encoder.embed_dim
+    assert m["shapes"]["max_layout_batch"] == spec.MAX_BATCH * spec.LAYOUT_PER_ROUND
+    assert list(m["stages"]) == ["encoder", "layout", "unet"]
+    assert {e["file"] for e in m["stages"].values()} == {"encoder.onnx", "layout.onnx", "unet.onnx"}
+    from sg2v.relations import rules_for
+
+    assert m["layout"] == {"steps": cfg.layout.default_steps, "tries": cfg.layout.default_tries,
+                           "per_round": min(cfg.layout.default_tries, spec.LAYOUT_PER_ROUND),
+                           "sampler": "dpmpp2m", "relation_rules": rules_for(shapes_vocab().pred_names)}
+    rules = m["layout"]["relation_rules"]
+    assert len(rules) == 6 and rules["above"] == "shapes/above"
     assert m["schedule"] == {"kind": cfg.diffusion.schedule,
                              "num_train_timesteps": cfg.diffusion.num_train_timesteps}
     assert m["sampler_defaults"]["steps"] == cfg.diffusion.default_steps
@@ -153,25 +166,51 @@ def test_unet_graph_matches_pytorch_on_fresh_inputs(bundle, ckpt):
     cfg, d = ckpt["cfg"], ckpt["cfg"].data
     rng = np.random.default_rng(303)
     ctx = rng.standard_normal((2, d.context_tokens, cfg.encoder.context_dim)).astype(np.float32)
+    boxes = ox.random_tracks(rng, (2, d.padded_objects), d.frames)
+    boxes[:, -1] = 0.0  # a padded slot paints nothing
     feeds = {"x": rng.standard_normal((2, d.frames, d.channels, d.height, d.width)).astype(np.float32),
              "t": np.array([17.0, 911.0], np.float32), "context": ctx,
-             "context_mask": (rng.random((2, d.context_tokens)) < 0.6).astype(np.float32)}
+             "context_mask": (rng.random((2, d.context_tokens)) < 0.6).astype(np.float32),
+             "objects": rng.standard_normal((2, d.padded_objects, cfg.encoder.embed_dim)).astype(np.float32),
+             "boxes": boxes}
     (v,) = sess.run(None, feeds)
     with torch.no_grad():
-        ref = ckpt["ema"].unet(*(torch.from_numpy(feeds[k]) for k in spec.UNET_INPUTS)).numpy()
+        ref = ckpt["ema"].unet(*(torch.from_numpy(feeds[k]) for k in spec.GROUNDED_UNET_INPUTS)).numpy()
+        moved = ckpt["ema"].unet(*(torch.from_numpy(feeds[k]) for k in spec.UNET_INPUTS),
+                                 torch.from_numpy(feeds["objects"]), torch.from_numpy(boxes[:, ::-1].copy()))
     assert np.isfinite(v).all() and np.abs(v - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert np.abs(moved.numpy() - ref).max() > 1e-3  # the boxes matter: the comparison is not vacuous
+
+
+@pytest.mark.slow
+def test_layout_graph_matches_pytorch_on_fresh_inputs(bundle, ckpt):
+    """layout.onnx against the layout network on new inputs: the encoder's object vectors and context on a
+    random graph, random noisy tracks, timesteps and pinned tracks."""
+    sess = _session(bundle["out"] / spec.LAYOUT_ONNX)
+    cfg, model = ckpt["cfg"], ckpt["ema"]
+    rng = np.random.default_rng(404)
+    enc = [_fresh_graph(cfg, seed) for seed in (41, 42)]
+    for feeds in ox._layout_feeds(model, enc, cfg, rng, per_graph=3):
+        assert feeds["known_mask"].any() and feeds["objects"].std() > 0.1
+        (v,) = sess.run(None, feeds)
+        with torch.no_grad():
+            ref = model.layout_net(*(torch.from_numpy(feeds[k]) for k in spec.LAYOUT_INPUTS)).numpy()
+        assert v.shape == feeds["x"].shape and np.isfinite(v).all()
+        assert np.abs(v - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 @pytest.mark.slow
 def test_self_checks_recorded(bundle):
     m = bundle["result"].manifest
-    for stage in spec.STAGE_FILES:
+    assert set(m["parity"]) == set(spec.GROUNDED_STAGE_FILES)
+    for stage in spec.GROUNDED_STAGE_FILES:
         p = m["parity"][stage]
         # 3 single graphs, then the same 3 as one batch (the batch axis)
         assert p["ok"] and p["finite"] and p["max_rel_err"] <= p["tolerance"] == 1e-4 and p["trials"] == 4
+        assert p["max_rel_err"] > 0  # really computed on both sides
     trt = m["trt_op_check"]
     assert trt["target"] == "10.3" and trt["ok"] and trt["unsupported"] == [] and trt["plugins"] == []
-    assert set(trt["stages"]) == set(spec.STAGE_FILES)
+    assert set(trt["stages"]) == set(spec.GROUNDED_STAGE_FILES)
     assert any("op check: OK" in line for line in bundle["log"])
 
 
@@ -196,6 +235,13 @@ def test_batch_axis_rows_equal_single_calls(bundle, ckpt):
     (v,) = unet.run(None, ox.batched_feeds(unet_feeds))
     for i, f in enumerate(unet_feeds):
         np.testing.assert_array_equal(v[2 * i:2 * i + 2], unet.run(None, f)[0])
+    layout_feeds = ox._layout_feeds(ckpt["ema"], singles, ckpt["cfg"], rng)  # 2 candidate rows each
+    layout = _session(bundle["out"] / spec.LAYOUT_ONNX)
+    sig = ox.io_signature(onnx.load(str(bundle["out"] / spec.LAYOUT_ONNX)))
+    assert {e["shape"][0] for e in sig["inputs"] + sig["outputs"]} == {spec.LAYOUT_BATCH_DIM}
+    (v,) = layout.run(None, ox.batched_feeds(layout_feeds))
+    for i, f in enumerate(layout_feeds):
+        np.testing.assert_array_equal(v[2 * i:2 * i + 2], layout.run(None, f)[0])
 
 
 @pytest.mark.slow
@@ -235,9 +281,10 @@ def test_plugin_export_reuses_the_unet_and_emits_the_plugin(bundle, ckpt, tmp_pa
     shutil.copytree(bundle["out"], out)
     lines: list[str] = []
     result = ox.export_bundle(ckpt["path"], out, pooling="plugin", log=lines.append)
-    assert result.reused == ["unet"] and any("reused unet.onnx" in s for s in lines)
+    assert result.reused == ["layout", "unet"] and any("reused unet.onnx" in s for s in lines)
     m = result.manifest
-    assert m["files"][spec.UNET_ONNX] == bundle["result"].manifest["files"][spec.UNET_ONNX]
+    for rel in (spec.UNET_ONNX, spec.LAYOUT_ONNX):
+        assert m["files"][rel] == bundle["result"].manifest["files"][rel]
     assert spec.MODEL_WEIGHTS not in m["files"] and not (out / spec.MODEL_WEIGHTS).exists()
     graph = onnx.load(str(out / spec.ENCODER_ONNX))
     pools = [n for n in graph.graph.node if (n.domain, n.op_type) == ("sg2v", "ScatterMeanPool")]
@@ -249,6 +296,8 @@ def test_plugin_export_reuses_the_unet_and_emits_the_plugin(bundle, ckpt, tmp_pa
     assert m["trt_op_check"]["target"] == "10.9" and m["plugin_impl"] == "aot"  # the first TensorRT with AOT
     assert m["trt_op_check"]["ok"] and m["trt_op_check"]["plugins"][0]["count"] == len(pools)
     assert m["trt_op_check"]["stages"]["unet"]["target"] == "10.9"  # reused graph, read again for 10.9
+    assert m["trt_op_check"]["stages"]["layout"]["target"] == "10.9"
+    assert "objects" in [o.name for o in graph.graph.output]
     assert m["stages"]["encoder"]["cache_key"]["pooling"] == "plugin"
     at_103 = ox.check_model(graph, target="10.3")  # JetPack 6's TensorRT has no Python plugins
     assert not at_103["ok"] and {u["fixed_in"] for u in at_103["unsupported"]} == {"10.6"}
@@ -292,8 +341,8 @@ def test_fp16_export_keeps_io_float32_and_norms_float32(ckpt, tmp_path):
     result = ox.export_bundle(ckpt["path"], tmp_path / "b16", precision="fp16", ema=False)
     m = result.manifest
     assert m["precision"] == "fp16" and m["source_checkpoint"]["ema"] is False
-    for stage in spec.STAGE_FILES:
-        graph = onnx.load(str(tmp_path / "b16" / spec.STAGE_FILES[stage]))
+    for stage in spec.GROUNDED_STAGE_FILES:
+        graph = onnx.load(str(tmp_path / "b16" / spec.GROUNDED_STAGE_FILES[stage]))
         assert ox.io_signature(graph) == spec.stage_io(m["shapes"])[stage]
         assert ox.fp32_islands(graph) == []
         dtypes = {i.data_type for i in graph.graph.initializer if len(i.dims) >= 2}
@@ -318,11 +367,11 @@ def test_fp16_weight_storage_halves_the_bundle_and_keeps_fp32_parity(ckpt, bundl
     assert m["sampler_defaults"]["guidance"] == 4.5  # --guidance: the bundle's default, not the config's
     assert bundle["result"].manifest["sampler_defaults"]["guidance"] == ckpt["cfg"].diffusion.default_guidance
     assert m["weight_storage"] == "fp16" and m["precision"] == "fp32"
-    assert all(p["ok"] for p in m["parity"].values())
+    assert all(p["ok"] for p in m["parity"].values()) and len(m["parity"]) == 3
     old = bundle["result"].manifest["files"]
     # This toy model has many small float32 constants and graph overhead (the batch axis' shape arithmetic
     # among them); the demo's unet.onnx is 0.5x.
-    for rel, ratio in ((spec.UNET_ONNX, 0.8), (spec.MODEL_WEIGHTS, 0.6)):
+    for rel, ratio in ((spec.UNET_ONNX, 0.8), (spec.LAYOUT_ONNX, 0.8), (spec.MODEL_WEIGHTS, 0.6)):
         assert m["files"][rel]["bytes"] < ratio * old[rel]["bytes"], rel
     graph = onnx.load(str(out / spec.UNET_ONNX))
     big = [i for i in graph.graph.initializer if int(np.prod(i.dims)) >= ox.FP16_STORE_MIN_ELEMENTS]
@@ -336,7 +385,7 @@ def test_fp16_weight_storage_halves_the_bundle_and_keeps_fp32_parity(ckpt, bundl
                            ckpt["cfg"], rng)[0]
     got = _session(out / spec.UNET_ONNX).run(None, feeds)[0]
     with torch.no_grad():
-        want = rounded.eval().unet(*(torch.from_numpy(feeds[k]) for k in spec.UNET_INPUTS)).numpy()
+        want = rounded.eval().unet(*(torch.from_numpy(feeds[k]) for k in spec.GROUNDED_UNET_INPUTS)).numpy()
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
     from safetensors.torch import load_file
 
@@ -472,7 +521,8 @@ def test_cli_reexport_reuses_both_stages_and_prints_a_summary(bundle, ckpt, tmp_
     rc = cli.main(["--ckpt", str(ckpt["path"]), "--out", str(out), "--include-weights"])
     text = capsys.readouterr().out
     assert rc == 0
-    assert "reused stages: encoder, unet" in text and "parity encoder: max rel err" in text
+    assert "reused stages: encoder, layout, unet" in text and "parity layout: max rel err" in text
+    assert "layout stage: dpmpp2m, 8 steps, up to 16 draws per graph (8 per round)" in text
     assert "TensorRT 10.3 op check: all nodes supported" in text and "model.safetensors" in text
     manifest = json.loads((out / spec.MANIFEST).read_text())
     assert manifest["files"] == bundle["result"].manifest["files"]

@@ -110,6 +110,78 @@ def test_model_config_bounds_what_a_bundle_may_declare(bundle, path, value, why)
     _one_line(e.value)
 
 
+@pytest.fixture
+def grounded(tmp_path, grounded_bundle) -> Path:
+    """A copy of the session's layout-grounded bundle (format 3) to tamper with."""
+    import shutil
+
+    return Path(shutil.copytree(grounded_bundle, tmp_path / "grounded"))
+
+
+def _layout(**changes):
+    return lambda m: m["layout"].update(changes)
+
+
+def _rule(pred, rule):
+    return lambda m: m["layout"]["relation_rules"].update({pred: rule})
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda m: m.pop("layout"), "manifest 'layout' is missing"),
+    (lambda m: m.update(layout=[8, 16]), "manifest 'layout' is not an object"),
+    (lambda m: m["layout"].pop("sampler"), r"manifest 'layout' has keys .*, expected \['steps'"),
+    (_layout(bomb=1), r"manifest 'layout' has keys \['bomb',"),
+    (_layout(steps=0), r"steps 0 is not an integer in \[1, 1000\]"),
+    (_layout(steps="8"), r"steps '8' is not an integer"),
+    (_layout(steps=10**12), r"steps 1000000000000 is not an integer"),
+    (_layout(tries=10**9), r"tries 1000000000 is not an integer in \[1, 4096\]"),
+    (_layout(tries=True), r"tries True is not an integer"),
+    (_layout(tries=12.0), r"tries 12.0 is not an integer"),
+    (_layout(per_round=13), r"per_round 13 is not an integer in \[1, 12\]"),  # more than its tries
+    (_layout(per_round=-1), r"per_round -1 is not an integer"),
+    (_layout(sampler="euler"), r"sampler 'euler' is not one of \['ddim', 'dpmpp2m'\]"),
+    (_layout(sampler=None), r"sampler None is not one of"),
+    (_layout(relation_rules=["left of"]), r"relation_rules \['left of'\] is not an object"),
+    (_rule("left of", "shapes/inside"), r"relation_rules\['left of'\] = 'shapes/inside' is not a known rule"),
+    (_rule("left of", 3), r"relation_rules\['left of'\] = 3 is not a known rule"),
+    (_rule("near", "shapes/left of"), r"relation_rules names 'near', not a predicate of the vocabulary"),
+    (lambda m: m.update(format_version=2), "a layout-grounded model in a format-2 bundle"),
+    (lambda m: m["shapes"].update(max_layout_batch=10**9), r"max_layout_batch=1000000000 \(config says"),
+    (lambda m: m["shapes"].pop("object_dim"), r"object_dim=None \(config says 16\)"),
+    (lambda m: m["stages"].pop("layout"), "stage 'layout' is missing from the manifest"),
+    (lambda m: m["stages"]["layout"].update(file="x.onnx"), r"stage 'layout' file 'x.onnx' is not listed"),
+    (lambda m: m["stages"]["encoder"]["outputs"].pop(), r"stage 'encoder' outputs .* differ from"),
+    (lambda m: m["model_config"]["layout"].update(dim=0), "layout.dim 0 and unet.layout_dim 4"),
+    (lambda m: m["model_config"]["layout"].update(dim=10**9), r"LayoutConfig.dim = 1000000000: outside"),
+    (lambda m: m["model_config"]["layout"].update(layers="2"), r"LayoutConfig.layers = '2': expected int"),
+    (lambda m: m["model_config"]["layout"].update(rules="magic"), r"LayoutConfig.rules = 'magic': choose"),
+    (lambda m: m["model_config"]["unet"].update(layout_dim=-4), r"UNetConfig.layout_dim = -4: outside"),
+])
+def test_a_bad_layout_entry_or_grounded_shape_is_one_line(grounded, change, why):
+    Bundle.open(grounded)  # untouched, it opens
+    _rewrite(grounded, change)
+    with pytest.raises(BundleError, match=why) as e:
+        Bundle.open(grounded)
+    _one_line(e.value)
+
+
+def test_a_layout_stage_pointing_at_another_graph_stops_at_load(grounded):
+    pytest.importorskip("onnxruntime")
+    from sg2v.runtime import Pipeline
+
+    _rewrite(grounded, lambda m: m["stages"]["layout"].update(file="unet.onnx"))
+    with pytest.raises(BundleError, match=r"unet.onnx: graph inputs .* differ from the manifest's") as e:
+        Pipeline.from_bundle(grounded, backend="ort")
+    _one_line(e.value)
+
+
+def test_a_format_3_manifest_without_a_grounded_model_is_refused(bundle):
+    _rewrite(bundle, lambda m: m.update(format_version=3))
+    with pytest.raises(BundleError, match="format 3 without a layout-grounded model") as e:
+        Bundle.open(bundle)
+    _one_line(e.value)
+
+
 def test_oversized_manifest_and_file_table(bundle):
     original = (bundle / spec.MANIFEST).read_text()
     _rewrite(bundle, lambda m: m["files"].update({f"f{i}": {"sha256": "0", "bytes": 1} for i in range(1001)}))
@@ -309,10 +381,12 @@ def test_bomb_inside_an_if_branch(tmp_path):
         check_onnx_file(_onnx(tmp_path, [node], inputs=[cond]))
 
 
-def test_the_shipped_and_exported_graphs_pass(tmp_path):
+def test_the_shipped_and_exported_graphs_pass(tmp_path, grounded_bundle):
     root = Path(__file__).resolve().parents[1] / "models" / "demo"
     for f in (spec.ENCODER_ONNX, spec.UNET_ONNX):
         check_onnx_file(root / f)
+    for f in spec.GROUNDED_STAGE_FILES.values():  # the layout network's graph among them
+        check_onnx_file(grounded_bundle / f)
 
 
 def test_a_bomb_in_a_bundle_stops_before_onnx_runtime(bundle):
@@ -347,8 +421,11 @@ def good_ckpt(tmp_path_factory):
     cfg = model_config("tiny")
     model = build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.zeros(1, cfg.data.frames, 3, cfg.data.height, cfg.data.width), torch.zeros(1),
-          *model.null_context_batch(1)).square().mean().backward()
+    d = cfg.data
+    layout = (torch.zeros(1, d.padded_objects, cfg.encoder.embed_dim),
+              torch.zeros(1, d.padded_objects, d.frames, 4))
+    model(torch.zeros(1, d.frames, 3, d.height, d.width), torch.zeros(1), *model.null_context_batch(1),
+          *layout).square().mean().backward()
     opt.step()
     path = tmp_path_factory.mktemp("ckpt") / "last.pt"
     save_checkpoint(path, model, cfg, shapes_vocab(), ema=model, step=5, optimizer=opt)
@@ -466,11 +543,30 @@ def fuzz_bundle(tmp_path_factory):
     return root, (root / spec.MANIFEST).read_text()
 
 
+@pytest.fixture(scope="module")
+def grounded_fuzz_bundle(tmp_path_factory, grounded_bundle):
+    import shutil
+
+    root = Path(shutil.copytree(grounded_bundle, tmp_path_factory.mktemp("fuzz_grounded") / "bundle"))
+    return root, (root / spec.MANIFEST).read_text()
+
+
 @settings(derandomize=True, max_examples=120, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutated_manifests_give_bundle_errors_only(fuzz_bundle, data):
-    root, text = fuzz_bundle
+    _open_mutated(*fuzz_bundle, data)
+
+
+@settings(derandomize=True, max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_grounded_manifests_give_bundle_errors_only(grounded_fuzz_bundle, data):
+    """The same on a layout-grounded bundle (format 3), its layout entry and stage among the targets."""
+    _open_mutated(*grounded_fuzz_bundle, data)
+
+
+def _open_mutated(root: Path, text: str, data) -> None:
     manifest = json.loads(text)
     for _ in range(data.draw(st.integers(1, 3))):
         paths = [p for p in _paths(manifest) if p]

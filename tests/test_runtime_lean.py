@@ -1,5 +1,6 @@
 """The runtime is torch-free: in a subprocess where importing torch (and onnx, cupy, tensorrt) raises, the
-runtime imports and `sg2v-run` generates a video end to end on ONNX Runtime, the same frames as in-process."""
+runtime imports and `sg2v-run` generates a video end to end on ONNX Runtime, the same frames as in-process,
+for ungrounded bundles and for the layout-grounded chain."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ sys.meta_path.insert(0, _Block())
 LEAN_MODULES = ("sg2v.runtime", "sg2v.runtime.bundle", "sg2v.runtime.pipeline", "sg2v.runtime.backends",
                 "sg2v.runtime.backends.ort", "sg2v.runtime.backends.trt", "sg2v.runtime.backends.torch_ref",
                 "sg2v.runtime.cli", "sg2v.runtime.bench", "sg2v.runtime.onnx_guard", "sg2v.export.tensorrt",
-                "sg2v.generation", "sg2v.quality")
+                "sg2v.generation", "sg2v.quality", "sg2v.layout_sampler", "sg2v.relations", "sg2v.layout")
 
 
 def _run(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -119,3 +120,24 @@ def test_without_onnx_runtime_sg2v_run_names_the_extras(tmp_path):
 @pytest.mark.slow
 def test_sg2v_run_without_torch_on_an_exported_checkpoint(real_bundle, tmp_path, rng):
     _check_lean_cli(real_bundle, tmp_path, steps=2, rng=rng)
+
+
+@pytest.mark.slow
+def test_sg2v_run_without_torch_on_a_layout_grounded_bundle(grounded_bundle, tmp_path):
+    """The whole chain (encoder, layout stage with the relation check, grounded UNet) with torch blocked: the
+    frames and the saved tracks of an in-process run, and the saved tracks load again to the same video."""
+    graph = {"objects": ["red circle", "blue square", "green triangle"],
+             "relationships": [[0, "left of", 1], [2, "above", 0]]}
+    (tmp_path / "g.json").write_text(json.dumps(graph))
+    args = ["g.json", "--bundle", str(grounded_bundle), "--steps", "2", "--seed", "3", "--backend", "ort"]
+    r = _sg2v_run_lean([*args, "--out", "v.npy", "--save-layout", "l.json"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY MODULES LOADED" not in r.stdout and "layout " in r.stdout
+    want = Pipeline.from_bundle(grounded_bundle, backend="ort").run([graph], [3], steps=2)
+    np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), want.frames[0])
+    saved = json.loads((tmp_path / "l.json").read_text())
+    np.testing.assert_array_equal(np.asarray([saved[k] for k in ("0", "1", "2")], np.float32),
+                                  want.layouts[0].tracks)
+    r = _sg2v_run_lean([*args, "--out", "w.npy", "--layout", "l.json"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "w.npy"), want.frames[0])

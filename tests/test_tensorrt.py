@@ -84,6 +84,25 @@ def test_profiles_span_the_batch_axis(fake, tmp_path):
     assert fixed == ((2, *frame),) * 3
 
 
+def test_layout_grounded_bundles_get_a_third_engine_with_its_own_profile(grounded_bundle):
+    """The layout engine's batch axis spans 1 candidate (a graph's last round) to max_layout_batch, tuned for
+    one round per video; its ONNX file is among the sources the plans are checked against."""
+    b = Bundle.open(grounded_bundle)
+    s = b.shapes
+    layout = trt_build.profile_shapes(b, "layout", opt_batch=3)
+    assert set(layout) == set(spec.LAYOUT_INPUTS)
+    o, f = s["padded_objects"], s["frames"]
+    top = s["max_layout_batch"]
+    assert layout["x"] == ((1, o, f, 4), (3 * spec.LAYOUT_PER_ROUND, o, f, 4), (top, o, f, 4))
+    assert layout["triples"] == tuple((n, s["padded_triples"], 3) for n in (1, 24, top))
+    unet = trt_build.profile_shapes(b, "unet", opt_batch=3)
+    assert unet["boxes"] == tuple((n, o, f, 4) for n in (2, 6, 2 * b.max_batch))
+    assert unet["objects"][2] == (2 * b.max_batch, o, s["object_dim"])
+    src = trt_build.engine_sources(b)
+    assert src["onnx_sha256"] == {stage: b.manifest["files"][file]["sha256"]
+                                  for stage, file in spec.GROUNDED_STAGE_FILES.items()}
+
+
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed: the missing-TensorRT errors cannot be shown")
 def test_without_tensorrt_errors_name_the_extra(fake, capsys):
     root, _ = fake
@@ -145,6 +164,27 @@ def test_trt_pipeline_matches_onnx_runtime(fake, rng):
     on_gpu = trt_pipe(graph, seed=5, steps=4, output="cupy")
     assert isinstance(on_gpu, cp.ndarray)
     np.testing.assert_array_equal(cp.asnumpy(on_gpu), f_trt)
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_trt_runs_the_layout_grounded_chain_as_onnx_runtime_does(grounded_bundle, tmp_path, rng):
+    """Three engines (the layout engine uncaptured, its rows changing per round) against ONNX Runtime: the
+    same number of draws per graph, tracks and frames within float32 rounding (not yet run on a GPU)."""
+    _needs_trt_gpu()
+    import shutil
+
+    root = shutil.copytree(grounded_bundle, tmp_path / "bundle")
+    trt_pipe = Pipeline.from_bundle(root, backend="trt")
+    ort_pipe = Pipeline.from_bundle(root, backend="ort")
+    assert trt_pipe.backend.layout is not None
+    graphs = [random_graph(rng, 3, 2) for _ in range(3)]
+    seeds = [int(s) for s in rng.integers(1 << 20, size=3)]
+    got, want = trt_pipe.run(graphs, seeds, steps=3), ort_pipe.run(graphs, seeds, steps=3)
+    assert [r.draws for r in got.layouts] == [r.draws for r in want.layouts]
+    for a, b in zip(got.layouts, want.layouts):
+        assert np.abs(a.tracks - b.tracks).max() <= 1e-3
+    assert np.abs(got.frames.astype(int) - want.frames).max() <= 2
 
 
 @pytest.mark.trt

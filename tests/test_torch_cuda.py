@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import random_graph, random_model, tiny_config  # noqa: E402
+from helpers import grounded_tiny_config, random_graph, random_model, tiny_config  # noqa: E402
 
 from sg2v.errors import Sg2vError  # noqa: E402
 from sg2v.runtime.backends.torch_cuda import (  # noqa: E402
@@ -43,12 +43,31 @@ def _inputs(cfg, gen: torch.Generator, batch: int, device: str = "cpu"):
     return x.to(device), t, {"context": ctx.to(device), "context_mask": mask.to(device)}
 
 
+@pytest.fixture(scope="module")
+def grounded_model():
+    return random_model(grounded_tiny_config("test-fast-grounded", frames=3), seed=8)
+
+
+def _grounding(cfg, gen: torch.Generator, batch: int, device: str = "cpu"):
+    """A grounded UNet's objects and boxes on 2B rows as the loop lays them out: random objects and valid
+    boxes in the B conditional rows (the last slot padded), zeros in the B unconditional ones."""
+    d = cfg.data
+    objects = torch.randn(batch, d.padded_objects, cfg.encoder.embed_dim, generator=gen)
+    lo = torch.rand(batch, d.padded_objects, d.frames, 2, generator=gen) * 0.6
+    boxes = torch.cat([lo, lo + 0.1 + 0.3 * torch.rand(lo.shape, generator=gen)], dim=-1)
+    boxes[:, -1] = 0.0
+    return {"objects": torch.cat([objects, torch.zeros_like(objects)]).to(device),
+            "boxes": torch.cat([boxes, torch.zeros_like(boxes)]).to(device)}
+
+
 def _reference(unet, x, t, feeds, guidance, rescale):
     """The contract's reference: `sg2v.sampling.cfg_denoiser` around the eager fp32 UNet."""
+    layout = [feeds[k] for k in ("objects", "boxes") if k in feeds]
+
     def pair(x2, tt):
         with torch.no_grad():
             return unet(x2, torch.full((x2.shape[0],), tt, device=x2.device), feeds["context"],
-                        feeds["context_mask"])
+                        feeds["context_mask"], *layout)
 
     return cfg_denoiser(pair, guidance, rescale)(x, t)
 
@@ -56,8 +75,9 @@ def _reference(unet, x, t, feeds, guidance, rescale):
 def _step(unet, cfg, device, mode, precision, batch=1):
     d = cfg.data
     net = prepare_unet(unet, torch.device(device), mode, precision)
+    objects = (d.padded_objects, cfg.encoder.embed_dim) if cfg.unet.layout_dim > 0 else None
     return GuidedStep(net, batch, (d.frames, d.channels, d.height, d.width),
-                      (d.context_tokens, cfg.encoder.context_dim), device, mode, precision)
+                      (d.context_tokens, cfg.encoder.context_dim), device, mode, precision, objects)
 
 
 def _rel(a, b) -> float:
@@ -87,6 +107,26 @@ def test_eager_fp32_step_equals_cfg_denoiser(model, guidance, rescale, batch, rn
         want = _reference(model.unet, x, t, feeds, guidance, rescale)
         assert got.shape == want.shape == x.shape and got.dtype == torch.float32
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-5), ("fp16", FP16_REL_TOL)])
+def test_grounded_step_reads_objects_and_boxes(grounded_model, precision, tol, rng):
+    """A grounded UNet's fused step takes the objects and boxes of the 2B rows into its buffers and gives
+    what cfg_denoiser around the eager UNet gives with them; other boxes give another v."""
+    cfg = grounded_model.cfg
+    step = _step(grounded_model.unet, cfg, "cpu", "eager", precision, batch=2)
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
+    for _ in range(2):
+        x, t, feeds = _inputs(cfg, gen, 2)
+        feeds.update(_grounding(cfg, gen, 2))
+        step.prepare(feeds, 3.0, 0.7)
+        got = step(x, t).clone()
+        want = _reference(grounded_model.unet, x, t, feeds, 3.0, 0.7)
+        assert got.dtype == torch.float32 and _rel(got, want) <= tol
+        feeds["boxes"] = feeds["boxes"].flip(1)  # the same boxes on other objects: the buffers follow
+        step.prepare(feeds, 3.0, 0.7)
+        moved = _reference(grounded_model.unet, x, t, feeds, 3.0, 0.7)
+        assert _rel(step(x, t), moved) <= tol and _rel(moved, want) > 1e-2
 
 
 def test_eager_fp16_step_within_fp16_tolerance(model, rng):
@@ -173,6 +213,24 @@ def test_gpu_fp16_modes_match_eager_fp32(model, mode, rng):
             assert _rel(got, want) < FP16_REL_TOL
         if mode == "graphs":
             assert step.graph is not None
+
+
+@pytest.mark.gpu
+def test_gpu_grounded_graphs_step_matches_eager_fp32(grounded_model, rng):
+    """The captured fp16 step of a grounded UNet: objects and boxes in static buffers, replayed with new
+    contents each call (not yet run on a GPU)."""
+    _need_cuda()
+    cfg = grounded_model.cfg
+    ref_unet = copy.deepcopy(grounded_model.unet).cuda().eval()
+    step = _step(copy.deepcopy(grounded_model.unet), cfg, "cuda", "graphs", "fp16", batch=2)
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
+    for _ in range(3):
+        x, t, feeds = _inputs(cfg, gen, 2, "cuda")
+        feeds.update(_grounding(cfg, gen, 2, "cuda"))
+        step.prepare(feeds, 3.0, 0.7)
+        got = step(x, t).clone()
+        assert _rel(got, _reference(ref_unet, x, t, feeds, 3.0, 0.7)) < FP16_REL_TOL
+    assert step.graph is not None
 
 
 @pytest.mark.gpu

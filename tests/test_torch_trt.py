@@ -59,27 +59,32 @@ def exported(tmp_path_factory):
 
 def _ort_outputs(bundle, stage, args):
     session = ort.InferenceSession(str(bundle.stage_file(stage)), providers=["CPUExecutionProvider"])
-    names = spec.ENCODER_INPUTS if stage == spec.ENCODER_STAGE else spec.UNET_INPUTS
+    names = spec.stage_names(bundle.shapes)[stage][0]
     return session.run(None, {n: a.numpy() for n, a in zip(names, args)})
 
 
 @pytest.mark.slow
 def test_exported_programs_compute_what_the_bundle_graphs_compute(exported):
+    """The three stages of a layout-grounded bundle; the layout program's batch axis stays dynamic (a round
+    of candidates, and 3 rows as a graph's last round draws)."""
     ckpt, bundle, _ = exported
     programs = torch_trt.exported_programs(torch_trt.load_bundle_model(ckpt, bundle), bundle)
+    assert list(programs) == ["encoder", "layout", "unet"]
     for seed in (1, 2):
         inputs = torch_trt.example_inputs(bundle, seed=seed)
-        for stage, program in programs.items():
-            assert tuple(program.graph_signature.user_inputs) == (
-                spec.ENCODER_INPUTS if stage == spec.ENCODER_STAGE else spec.UNET_INPUTS)
+        inputs["layout_rows_3"] = tuple(a[:3] for a in inputs["layout"])
+        for name, args in inputs.items():
+            stage = name.split("_")[0]
+            program = programs[stage]
+            assert tuple(program.graph_signature.user_inputs) == spec.stage_names(bundle.shapes)[stage][0]
             with torch.no_grad():
-                got = program.module()(*inputs[stage])
+                got = program.module()(*args)
             got = got if isinstance(got, tuple) else (got,)
-            want = _ort_outputs(bundle, stage, inputs[stage])
-            assert len(got) == len(want)
+            want = _ort_outputs(bundle, stage, args)
+            assert len(got) == len(want) and got[0].shape[0] == args[0].shape[0]
             for g, w in zip(got, want):
                 scale = max(float(np.abs(w).max()), 1e-6)
-                assert float(np.abs(g.numpy() - w).max()) <= 1e-4 * scale, stage
+                assert float(np.abs(g.numpy() - w).max()) <= 1e-4 * scale, name
 
 
 def test_the_checkpoint_must_be_the_bundles(exported, tmp_path, capsys):
@@ -96,10 +101,10 @@ def test_engine_json_is_what_the_trt_backend_checks(exported, tmp_path):
     ckpt, bundle, root = exported
     fp = spec.engine_fingerprint("NVIDIA H100 80GB HBM3", (9, 0), "10.13.0", bundle.precision)
     plans = {}
-    for stage in spec.STAGE_FILES:  # hashed into engine.json only; nothing here loads them
+    for stage in bundle.stages:  # hashed into engine.json only; nothing here loads them
         plans[stage] = tmp_path / f"{stage}.plan"
         plans[stage].write_bytes(np.random.default_rng(len(stage)).bytes(64))
-    _, bindings = torch_trt.binding_options(lambda program, arg_inputs: None, spec.ENCODER_STAGE)
+    _, bindings = torch_trt.binding_options(lambda program, arg_inputs: None, spec.ENCODER_OUTPUTS)
     info = torch_trt.engine_info(bundle, fp, "NVIDIA H100 80GB HBM3", (9, 0), {"tensorrt": "10.13.0"}, plans,
                                  {spec.ENCODER_STAGE: bindings, spec.UNET_STAGE: {"output0": "v"}})
     (tmp_path / trt_build.ENGINE_INFO).write_text(json.dumps(info))
@@ -120,13 +125,41 @@ def test_options_follow_the_converter_signature():
     def new(program, arg_inputs, output_binding_names=None, use_explicit_typing=False):
         pass
 
-    names = ("context", "context_mask")
-    assert torch_trt.binding_options(new, "encoder") == ({"output_binding_names": names}, {})
-    assert torch_trt.binding_options(new, "unet") == ({"output_binding_names": "v"}, {})
-    assert torch_trt.binding_options(old, "unet") == ({}, {"output0": "v"})
+    names = ("context", "context_mask", "objects")
+    assert torch_trt.binding_options(new, names) == ({"output_binding_names": names}, {})
+    assert torch_trt.binding_options(new, ("v",)) == ({"output_binding_names": "v"}, {})
+    assert torch_trt.binding_options(old, ("v",)) == ({}, {"output0": "v"})
+    assert torch_trt.binding_options(old, names)[1] == {"output0": "context", "output1": "context_mask",
+                                                        "output2": "objects"}
     assert torch_trt.precision_options(new, "fp16") == {"use_explicit_typing": True}
     assert torch_trt.precision_options(old, "fp16") == {"enabled_precisions": {torch.float32, torch.float16}}
     assert torch_trt.precision_options(old, "fp32") == {"enabled_precisions": {torch.float32}}
+
+
+def test_layout_engine_inputs_span_the_layout_batch(exported, monkeypatch):
+    """The converter gets the example tensors for the encoder and UNet (static shapes), and for the layout
+    stage min / opt / max shapes of 1, one round and max_layout_batch candidates (a stand-in for
+    `torch_tensorrt.Input`, which cannot be installed here)."""
+    import sys
+    import types
+
+    _, bundle, _ = exported
+    made = []
+
+    def Input(**kw):  # noqa: N802 (torch_tensorrt's class name)
+        made.append(kw)
+        return kw
+
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", types.SimpleNamespace(Input=Input))
+    inputs = torch_trt.example_inputs(bundle, seed=3)
+    assert torch_trt.converter_inputs(bundle, "unet", inputs["unet"]) == list(inputs["unet"])
+    got = torch_trt.converter_inputs(bundle, "layout", inputs["layout"])
+    top = bundle.shapes["max_layout_batch"]
+    assert len(got) == len(spec.LAYOUT_INPUTS) == len(made)
+    for kw, a in zip(got, inputs["layout"]):
+        rest = tuple(a.shape[1:])
+        assert a.shape[0] == spec.LAYOUT_PER_ROUND and kw["dtype"] == a.dtype
+        assert (kw["min_shape"], kw["opt_shape"], kw["max_shape"]) == ((1, *rest), (8, *rest), (top, *rest))
 
 
 @pytest.mark.skipif(HAVE_TORCH_TRT, reason="Torch-TensorRT is installed: its absence cannot be shown")

@@ -224,6 +224,38 @@ def test_write_contact_sheet_png(tmp_path, rng):
         assert np.array_equal(np.asarray(im.convert("RGB")), contact_sheet(a, cols=2, scale=2))
 
 
+def test_box_sheet_outlines_visible_boxes_on_the_upscaled_frames(rng):
+    """Box sheets: frames upscaled to >= min_cell px, each visible box outlined in its palette color (2 px,
+    inside the box), hidden boxes not drawn, elsewhere the plain upscaled sheet; bad shapes are one line."""
+    from sg2v.video import PALETTE, VideoError, box_sheet
+
+    a = _frames(rng, 3, 8, 16)  # (F, H, W, 3)
+    boxes = np.zeros((2, 3, 4))
+    boxes[0] = [0.25, 0.5, 0.75, 1.0]
+    boxes[1] = [0.0, 0.0, 0.5, 0.5]
+    shown = np.array([[True, True, False], [True, False, True]])
+    got = box_sheet(a, boxes, ["0 a", "1 b"], shown, min_cell=64, cols=3, pad=4)
+    scale = 4  # 64 / max(8, 16)
+    plain = contact_sheet(a, cols=3, pad=4, scale=scale)
+    assert got.shape == plain.shape
+    changed = np.any(got != plain, axis=-1)  # (sheet rows, sheet cols)
+
+    def cell(t, y, x):  # the sheet pixel of frame t's upscaled pixel (y, x)
+        return 4 + y, 4 + t * (16 * scale + 4) + x
+
+    for t in range(3):
+        x0, y0, x1, y1 = (boxes[0, t] * [64, 32, 64, 32]).astype(int)
+        bottom = [cell(t, y1 - 1, x) for x in range(x0 + 20, x1 - 2)]  # right of the label plate
+        assert all((got[p] == PALETTE[0]).all() for p in bottom) == shown[0, t]
+        right = [cell(t, y, 31) for y in range(14, 16)]  # object 1's right edge, below its label
+        assert all((got[p] == PALETTE[1]).all() for p in right) == shown[1, t]
+    assert changed.sum() < 0.25 * changed.size  # outlines and labels only
+    hidden = box_sheet(a, boxes, ["0 a", "1 b"], np.zeros((2, 3), bool), min_cell=64, cols=3, pad=4)
+    assert np.array_equal(hidden, plain)
+    with pytest.raises(VideoError, match=r"boxes of shape \(2, 2, 4\) and 2 labels for 3 frames"):
+        box_sheet(a, boxes[:, :2], ["a", "b"])
+
+
 def test_unit_scaling_matches_formula_and_round_trips(rng):
     a = _frames(rng)
     x = frames_to_unit(a)

@@ -1,5 +1,8 @@
 """ONNX Runtime backend: one InferenceSession per stage, IO binding to buffers allocated once.
 
+The stages are the encoder, the UNet and, for a layout-grounded bundle (format 3), the layout network, whose
+batch axis holds candidate layouts (rows vary from round to round of the relation check).
+
 On CPU the inputs and outputs are bound to numpy arrays made once, so `run` copies the feeds into the input
 buffers, runs, and hands back the same output arrays every call (no per-call allocation of I/O). A stage with
 a batch axis (bundle format 2) allocates its buffers for the largest batch asked for so far (grown, never
@@ -161,7 +164,18 @@ def make_ort_backend(bundle: Any, device: str | None = None, threads: int | None
     providers = ["CPUExecutionProvider"]
     encoder, notes = _encoder_stage(bundle, providers, threads, np, "cpu", device_id)
     unet = OrtStage(bundle.stage_file("unet"), bundle.stages["unet"], providers, threads)
-    return Backend("ort-cpu", encoder, unet, np, max_batch=bundle.max_batch, notes=notes)
+    return Backend("ort-cpu", encoder, unet, np, max_batch=bundle.max_batch, notes=notes,
+                   layout=_layout_stage(bundle, providers, threads, np, "cpu", device_id))
+
+
+def _layout_stage(bundle: Any, providers: list[Any], threads: int | None, xp: Any, device_type: str,
+                  device_id: int) -> OrtStage | None:
+    """The layout network of a grounded bundle (its batch axis: candidate layouts), else None."""
+    if not bundle.grounded:
+        return None
+    stage = spec.LAYOUT_STAGE
+    return OrtStage(bundle.stage_file(stage), bundle.stages[stage], providers, threads, xp, device_type,
+                    device_id)
 
 
 def _encoder_stage(bundle: Any, providers: list[Any], threads: int | None, xp: Any, device_type: str,
@@ -187,8 +201,9 @@ def _encoder_stage(bundle: Any, providers: list[Any], threads: int | None, xp: A
                             str(path))
     why = "ONNX Runtime cannot run the ScatterMeanPool plugin node"
     if xp is np:
-        return ge.NumpyEncoder(weights), [f"encoder: sg2v's numpy encoder ({why})"]
-    return ge.GpuEncoder(weights, device=device_id), [f"encoder: sg2v's CUDA kernels through CuPy ({why})"]
+        return ge.NumpyEncoder(weights, objects=bundle.grounded), [f"encoder: sg2v's numpy encoder ({why})"]
+    return (ge.GpuEncoder(weights, device=device_id, objects=bundle.grounded),
+            [f"encoder: sg2v's CUDA kernels through CuPy ({why})"])
 
 
 def _gpu_backend(bundle: Any, gpu: list[str], device_id: int, threads: int | None) -> Backend:
@@ -213,6 +228,7 @@ def _gpu_backend(bundle: Any, gpu: list[str], device_id: int, threads: int | Non
     ctx = xp.cuda.Device(device_id) if xp is not np else contextlib.nullcontext()
     with ctx:
         encoder, notes = _encoder_stage(bundle, providers, threads, xp, device_type, device_id)
+        layout = _layout_stage(bundle, providers, threads, xp, device_type, device_id)
         unet = OrtStage(bundle.stage_file("unet"), bundle.stages["unet"], providers, threads, xp,
                         device_type, device_id)
     used = unet.providers[0]
@@ -221,7 +237,7 @@ def _gpu_backend(bundle: Any, gpu: list[str], device_id: int, threads: int | Non
     sync = (lambda: xp.cuda.get_current_stream().synchronize()) if xp is not np else (lambda: None)
     stream_ctx = (lambda: xp.cuda.Device(device_id)) if xp is not np else contextlib.nullcontext
     return Backend(name, encoder, unet, xp, max_batch=bundle.max_batch, synchronize=sync,
-                   stream_context=stream_ctx, notes=notes)
+                   stream_context=stream_ctx, notes=notes, layout=layout)
 
 
 ORT_MISSING = ("no ONNX Runtime is installed; install one: pip install 'sg2v[cpu]' (CPU) or 'sg2v[gpu]' "

@@ -1,7 +1,8 @@
 """The `torch-cuda` backend: fp16 weights, static buffers, one CUDA graph per guided denoiser step.
 
 It offers the generation loop a fused guided step (`GuidedStep`, `sg2v.generation.GuidedStep`): the UNet on
-the 2B rows (the B conditional ones, then the B unconditional ones) and the guidance combination of
+the 2B rows (the B conditional ones, then the B unconditional ones; a layout-grounded UNet also reads the
+objects and boxes of those rows, zero in the unconditional ones) and the guidance combination of
 `sg2v.sampling.guide` (Ho & Salimans 2022, with guidance rescale, Lin et al. 2023), reading x, t, the
 conditioning and the guidance settings from buffers allocated once per batch size. Three modes: `eager` (the
 reference: plain module calls), `compile` (the module through `torch.compile`, the peer a user would pick),
@@ -21,7 +22,7 @@ from torch import nn
 
 from sg2v import bundle_spec as spec
 from sg2v.errors import Sg2vError
-from sg2v.generation import Backend
+from sg2v.generation import GROUNDING, Backend
 from sg2v.sampling import guide
 
 MODES = ("eager", "compile", "graphs")
@@ -72,7 +73,7 @@ class GuidedStep:
 
     def __init__(self, unet: nn.Module, batch: int, frames_shape: tuple[int, int, int, int],
                  context_shape: tuple[int, int], device: str | torch.device = "cuda", mode: str = "graphs",
-                 precision: str = "fp16"):
+                 precision: str = "fp16", object_shape: tuple[int, int] | None = None):
         self.device = torch.device(device)
         self.mode, self.precision = mode, precision
         self.dtype = PRECISIONS[precision]
@@ -85,6 +86,11 @@ class GuidedStep:
         self.t = torch.empty((2 * b,), dtype=torch.float32, **kw)  # (2B,): one timestep for every row
         self.context = torch.empty((2 * b, tokens, dim), dtype=self.dtype, **kw)  # (2B, L, D): cond, uncond
         self.context_mask = torch.empty((2 * b, tokens), dtype=self.dtype, **kw)  # (2B, L)
+        self.layout: tuple[torch.Tensor, ...] = ()  # a grounded UNet's objects and boxes (uncond rows: 0)
+        if object_shape is not None:
+            slots, width = object_shape
+            self.layout = (torch.empty((2 * b, slots, width), dtype=self.dtype, **kw),  # (2B, O, d)
+                           torch.empty((2 * b, slots, f, 4), dtype=self.dtype, **kw))  # (2B, O, F, 4)
         self.guidance = torch.empty((), dtype=torch.float32, **kw)
         self.rescale = torch.empty((), dtype=torch.float32, **kw)
         self.graph: Any = None
@@ -95,6 +101,8 @@ class GuidedStep:
         """Copy the conditioning (2B rows: cond, then uncond) and the guidance settings into the buffers."""
         self.context.copy_(feeds["context"])  # (2B, L, D), cast to the step's precision
         self.context_mask.copy_(feeds["context_mask"])  # (2B, L)
+        for buf, name in zip(self.layout, GROUNDING):
+            buf.copy_(feeds[name])  # (2B, O, d), (2B, O, F, 4)
         self.set_guidance(guidance, rescale)
 
     @torch.no_grad()
@@ -109,7 +117,7 @@ class GuidedStep:
     def _body(self) -> torch.Tensor:
         b = self.batch
         x2 = self.x.repeat(2, 1, 1, 1, 1).to(self.dtype)  # (2B, F, C, H, W): the cond and uncond halves
-        v2 = self.unet(x2, self.t, self.context, self.context_mask).float()  # (2B, F, C, H, W)
+        v2 = self.unet(x2, self.t, self.context, self.context_mask, *self.layout).float()  # (2B, F, C, H, W)
         # Rescale always runs (r = 0 multiplies by exactly 1), so one captured graph serves every setting.
         return guide(v2[:b], v2[b:], self.guidance, self.rescale)  # (B, F, C, H, W)
 
@@ -167,8 +175,10 @@ class _CastInputs(nn.Module):
         super().__init__()
         self.unet, self.dtype = unet, dtype
 
-    def forward(self, x, t, context, context_mask):
-        return self.unet(x.to(self.dtype), t, context.to(self.dtype), context_mask.to(self.dtype)).float()
+    def forward(self, x, t, context, context_mask, objects=None, boxes=None):  # objects, boxes: grounded
+        d = self.dtype
+        layout = () if objects is None else (objects.to(d), boxes.to(d))
+        return self.unet(x.to(d), t, context.to(d), context_mask.to(d), *layout).float()
 
 
 def make_torch_cuda_backend(bundle: Any, device: str = "cuda", mode: str = "graphs", precision: str = "fp16",
@@ -192,25 +202,37 @@ def model_cuda_backend(model: nn.Module, mode: str = "graphs", precision: str = 
 
     dev = next(model.parameters()).device
     unet = prepare_unet(model.unet, dev, mode, precision, compile_mode)
-    d = model.cfg.data
+    cfg = model.cfg
+    d = cfg.data
     frames = (d.frames, d.channels, d.height, d.width)
-    tokens = (d.context_tokens, model.cfg.encoder.context_dim)
+    tokens = (d.context_tokens, cfg.encoder.context_dim)
+    grounded = model.layout_net is not None
+    objects = (d.padded_objects, cfg.encoder.embed_dim) if grounded else None
     cuda = dev.type == "cuda"
     steps: dict[int, GuidedStep] = {}  # one per batch size, each with its buffers (and CUDA graph)
 
     def guided_step(batch: int) -> GuidedStep:
         if batch not in steps:
-            steps[batch] = GuidedStep(unet, batch, frames, tokens, dev, mode, precision)
+            steps[batch] = GuidedStep(unet, batch, frames, tokens, dev, mode, precision, objects)
         return steps[batch]
 
     def close() -> None:
         steps.clear()  # the graphs and buffers go; the CUDA caching allocator keeps the memory for reuse
 
+    if grounded:  # the layout network runs eagerly in float32 on the device: small next to the UNet
+        encoder = TorchStage(model.encoder.encode_all, spec.ENCODER_INPUTS, spec.GROUNDED_ENCODER_OUTPUTS,
+                             dev)
+        layout = TorchStage(model.layout_net.eval(), spec.LAYOUT_INPUTS, spec.LAYOUT_OUTPUTS, dev)
+    else:
+        encoder = TorchStage(model.encoder, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS, dev)
+        layout = None
+    unet_inputs = spec.GROUNDED_UNET_INPUTS if grounded else spec.UNET_INPUTS
     return Backend(
         f"torch-{dev.type}-{mode}-{precision}",
-        TorchStage(model.encoder, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS, dev),
-        TorchStage(_CastInputs(unet, PRECISIONS[precision]), spec.UNET_INPUTS, spec.UNET_OUTPUTS, dev),
+        encoder,
+        TorchStage(_CastInputs(unet, PRECISIONS[precision]), unet_inputs, spec.UNET_OUTPUTS, dev),
         TorchArrays(dev),
+        layout=layout,
         null_context=model.null_context_arrays(),
         guided_step=guided_step,
         clock=CudaEventClock if cuda else None,

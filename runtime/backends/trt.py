@@ -6,7 +6,9 @@ UNVERIFIED: TensorRT cannot be installed on this project's machines. Every tenso
 the bundle's largest batch, when the stage is built and the engine is bound to those addresses once, so the
 UNet's `execute_async_v3` is captured into a CUDA graph (one per batch size) and each denoiser step is a copy
 of x into the fixed input buffer plus one graph launch on the pipeline's stream; the sampler's arithmetic
-runs on CuPy on the same stream, so nothing crosses to the host inside the loop.
+runs on CuPy on the same stream, so nothing crosses to the host inside the loop. A layout-grounded bundle's
+layout engine runs uncaptured (its row count changes from round to round); its candidates go to the host once
+per round for the relation check.
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ def make_trt_backend(bundle: Any, device: str | None = None, engine_dir: str | N
             folder = next(iter(plans.values())).parent
         else:
             folder = Path(engine_dir) if engine_dir is not None else trt_build.engine_dir(bundle, fingerprint)
-            plans = {s: folder / f"{s}{trt_build.PLAN_SUFFIX}" for s in spec.STAGE_FILES}
+            plans = {s: folder / f"{s}{trt_build.PLAN_SUFFIX}" for s in bundle.stages}
         # Every path: the plans must fit this machine, this bundle's graphs, and (AOT) kernel and driver.
         info = trt_build.check_engine_dir(folder, fingerprint, sources=sources, kernel_sha256=kernel_sha,
                                           driver_cuda=driver_cuda)
@@ -184,6 +186,10 @@ def make_trt_backend(bundle: Any, device: str | None = None, engine_dir: str | N
                            bindings.get(spec.ENCODER_STAGE), bundle.max_batch)
         unet = TrtStage(plans[spec.UNET_STAGE], bundle.stages[spec.UNET_STAGE], runtime, stream,
                         bindings.get(spec.UNET_STAGE), 2 * bundle.max_batch, graphs=True)
+        layout = None
+        if bundle.grounded:  # rows vary from round to round of the relation check: no CUDA graphs
+            layout = TrtStage(plans[spec.LAYOUT_STAGE], bundle.stages[spec.LAYOUT_STAGE], runtime, stream,
+                              bindings.get(spec.LAYOUT_STAGE), bundle.shapes["max_layout_batch"])
         videos = min(encoder.capacity, unet.capacity // 2)  # what both stages take per call
         unet._set_rows(2)
         unet.capture()  # one video's step now; other batch sizes are captured on first use
@@ -195,12 +201,13 @@ def make_trt_backend(bundle: Any, device: str | None = None, engine_dir: str | N
 
     def close() -> None:
         unet.graphs.clear()  # the graphs hold the context's kernels; release them before the engines go
-        encoder.context = unet.context = None
-        encoder.engine = unet.engine = None
+        for stage in (encoder, unet, layout):
+            if stage is not None:
+                stage.context = stage.engine = None
 
     return Backend("trt", encoder, unet, cp, max_batch=videos, stream_context=on_stream,
                    synchronize=stream.synchronize, notes=[f"engines {plans[spec.UNET_STAGE].parent}",
-                                                         unet.graph_note], close=close)
+                                                         unet.graph_note], close=close, layout=layout)
 
 
 def _device_id(device: str) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -10,11 +9,7 @@ from typing import Any
 import numpy as np
 
 from sg2v.dataset.format import ConvertedDataset, read_info
-
-# Distinct, readable on photos: one color per object index (cycled).
-PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255))
-SHEET_CELL = 256  # frames are upscaled (pixel repetition) until their longer side is at least this
+from sg2v.video import BOX_SHEET_CELL
 
 
 def stats_lines(root: str | os.PathLike) -> list[str]:
@@ -94,33 +89,13 @@ def sample_json(ds: ConvertedDataset, index: int) -> dict[str, Any]:
             "rel_frames": s["rel_frames"].astype(int).tolist()}
 
 
-def sheet(sample: dict[str, Any], min_cell: int = SHEET_CELL) -> np.ndarray:
+def sheet(sample: dict[str, Any], min_cell: int = BOX_SHEET_CELL) -> np.ndarray:
     """The sample's frames in a grid, upscaled for reading, each visible box drawn and labelled 'k name'."""
-    from PIL import Image, ImageDraw, ImageFont
+    from sg2v.video import box_sheet
 
-    from sg2v.video import contact_sheet
-
-    frames = sample["frames"]
-    f, h, w, _ = frames.shape
-    scale = max(1, math.ceil(min_cell / max(h, w)))
-    font = ImageFont.load_default()
-    drawn = []
-    for t in range(f):
-        im = Image.fromarray(frames[t]).resize((w * scale, h * scale), Image.Resampling.NEAREST)
-        draw = ImageDraw.Draw(im)
-        for k, name in enumerate(sample["graph"]["objects"]):
-            if not (sample["has_layout"][k] and sample["visible"][k, t]):
-                continue
-            x0, y0, x1, y1 = (sample["boxes"][k, t] * [w * scale, h * scale, w * scale, h * scale]).tolist()
-            color = PALETTE[k % len(PALETTE)]
-            draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=color, width=2)
-            label = f"{k} {name}"
-            tx, ty = x0 + 2, y0 + 1
-            l, tp, r, b = draw.textbbox((tx, ty), label, font=font)
-            draw.rectangle([l - 1, tp - 1, r + 1, b + 1], fill=(0, 0, 0))
-            draw.text((tx, ty), label, fill=color, font=font)
-        drawn.append(np.asarray(im))
-    return contact_sheet(np.stack(drawn), pad=4)
+    shown = np.asarray(sample["has_layout"], bool)[:, None] & np.asarray(sample["visible"], bool)  # (n, F)
+    labels = [f"{k} {name}" for k, name in enumerate(sample["graph"]["objects"])]
+    return box_sheet(sample["frames"], sample["boxes"], labels, shown, min_cell)
 
 
 def write_sheet(ds: ConvertedDataset, index: int, path: str | os.PathLike) -> Path:
