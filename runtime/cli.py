@@ -1,7 +1,10 @@
 """`sg2v-run`: scene graph(s) in, video file(s) out, on the best backend available (no torch needed).
 
-Exit status: 0 done, 2 an invalid graph or layout file (the graph module's one-line message), 1 any other
-error (a missing or broken bundle, a backend that cannot start, an unwritable output). A layout-grounded
+Exit status: 0 done, 2 an invalid graph or layout file (the graph module's one-line message) or an unusable
+flag value (a number out of range, an output format it cannot write, an output that would replace something
+that is not an earlier sg2v output), 1 any other error (a missing or broken bundle, a backend that cannot
+start, an unwritable output). Every output path is checked before generation starts; an existing output is
+replaced only when sg2v wrote it (or with --force), and never the bundle or an input file. A layout-grounded
 bundle draws each video's object tracks first; `--layout` gives some or all of them, `--save-layout` writes
 the ones used, `--draw-layout` draws them on the contact sheet, and a warning line names the relations a
 layout could not meet.
@@ -23,6 +26,12 @@ DEMO_BUNDLE = Path("models") / "demo"
 
 class LayoutFileError(GraphError):
     """A `--layout` file that does not hold tracks for its graph (exit status 2, as for graphs)."""
+
+
+class FlagError(Sg2vError):
+    """A flag value sg2v-run cannot use, or an output path it must not write (exit status 2)."""
+
+    exit_code = 2
 
 OUTPUT_KINDS = ".mp4, .gif, .webp, .npy, or no extension for a folder of PNG frames"
 
@@ -105,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fps", type=float, default=8.0, help="frames per second of the written video")
     ap.add_argument("--no-verify", action="store_true",
                     help="skip the bundle's sha256 checks (sizes still checked)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace existing output paths even when they are not earlier sg2v outputs (a "
+                         "folder of other files, a file sg2v did not write); never the bundle or an input "
+                         "file")
     return ap
 
 
@@ -151,12 +164,7 @@ def _run(args: Any) -> int:
     from sg2v.runtime.bundle import Bundle
     from sg2v.runtime.pipeline import Pipeline
 
-    for name, value in (("--threads", args.threads), ("--steps", args.steps), ("--batch", args.batch),
-                        ("--layout-tries", args.layout_tries)):
-        if value is not None and value < 1:
-            raise Sg2vError(f"{name} {value}: must be >= 1")
-    if args.seed < 0:
-        raise Sg2vError(f"--seed {args.seed}: must be >= 0")
+    check_numbers(args)
     if args.ckpt is not None and args.backend not in ("torch", "torch-cuda"):
         raise Sg2vError(f"--ckpt is for --backend torch or torch-cuda; the {args.backend} backend runs the "
                         "bundle's graphs")
@@ -186,13 +194,7 @@ def _run(args: Any) -> int:
         except GraphError as e:
             raise LayoutFileError(str(e)) from None
     out = Path(args.out)
-    extra = [Path(p) for p in (args.contact_sheet, args.save_layout) if p]
-    for target in (out, *extra):
-        try:  # `--out out/video.mp4` on a fresh checkout: make the folder, as users expect
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise Sg2vError(f"cannot create output folder {target.parent} ({e.strerror or e}); "
-                            "choose another output path") from None
+    check_outputs(args, len(graphs))
     pipe = Pipeline(bundle, _backend(bundle, args))
     print(f"sg2v-run: bundle {bundle.path}, backend {pipe.backend_name}"
           + "".join(f" ({note})" for note in pipe.backend.notes))
@@ -215,6 +217,130 @@ def _run(args: Any) -> int:
           f"steps ({_ms(t['denoiser_per_step_s'])}/step), sampler {_ms(t['sampler_overhead_s'])}, "
           f"decode {_ms(t['decode_s'])}, total {_ms(t['total_s'])}")
     return 0
+
+
+MAX_STEPS = 100_000  # the most training timesteps a model config may declare (sg2v.config.BOUNDS)
+MAX_LAYOUT_TRIES = 4096
+
+
+def check_numbers(args: Any) -> None:
+    """FlagError (one line) unless every number flag is finite and within what a run can use, checked
+    before the bundle is opened (argparse's float() takes nan and inf)."""
+    import math
+
+    from sg2v.config import MAX_SEED, threads_problem
+    from sg2v.errors import shown
+    from sg2v.video import VideoError, check_fps
+
+    ranges = (("--steps", args.steps, MAX_STEPS), ("--batch", args.batch, 1 << 20),
+              ("--layout-tries", args.layout_tries, MAX_LAYOUT_TRIES))
+    for name, value, hi in ranges:
+        if value is not None and not 1 <= value <= hi:
+            raise FlagError(f"{name} {shown(value)}: must be an integer in [1, {hi}]")
+    if args.threads is not None:
+        problem = threads_problem(args.threads)
+        if problem:
+            raise FlagError(problem)
+    if not 0 <= args.seed <= MAX_SEED:
+        raise FlagError(f"--seed {shown(args.seed)}: must be an integer in [0, {MAX_SEED}]")
+    if args.guidance is not None and not (math.isfinite(args.guidance) and 0 <= args.guidance <= 1e6):
+        raise FlagError(f"--guidance {args.guidance}: must be a finite number in [0, 1e6]; 1 is no guidance")
+    if args.guidance_rescale is not None and not 0.0 <= args.guidance_rescale <= 1.0:  # False for nan
+        raise FlagError(f"--guidance-rescale {args.guidance_rescale}: must be in [0, 1]; 0 disables it")
+    try:
+        check_fps(args.fps)
+    except VideoError as e:
+        raise FlagError(f"--{e}") from None
+
+
+def _inputs(args: Any) -> list[tuple[Path, str]]:
+    """The paths sg2v-run reads, resolved, with what they are: no output may replace or hold them."""
+    named = [(args.bundle, "the bundle"), (args.ckpt, "the --ckpt checkpoint")]
+    named += [(g, "a graph file") for g in args.graphs] + [(f, "a --layout file") for f in args.layout or ()]
+    return [(Path(p).resolve(), what) for p, what in named if p]
+
+
+def _targets(args: Any, n: int) -> list[tuple[str, Path, str]]:
+    """(flag, path, kind) of every file sg2v-run writes for n videos, in writing order."""
+    out = [("--out", numbered(Path(args.out), i, n), "video") for i in range(n)]
+    if args.contact_sheet:
+        out += [("--contact-sheet", numbered(Path(args.contact_sheet), i, n), "image") for i in range(n)]
+    if args.save_layout:
+        out += [("--save-layout", numbered(Path(args.save_layout), i, n), "layout") for i in range(n)]
+    return out
+
+
+def check_outputs(args: Any, n: int) -> None:
+    """Before generating: each output's format is one sg2v writes, its folder exists (made if missing) and
+    takes files, no two outputs share a path, none is, holds or lies inside an input (the bundle, a graph,
+    layout or checkpoint file; --force does not change that), and an existing output is replaced only when
+    it is an earlier sg2v output of its kind (`sg2v.video.is_sg2v_output`; a saved layout) or with --force."""
+    from sg2v.errors import MissingDependencyError, require
+    from sg2v.video import VideoError, image_format, is_sg2v_output, output_kind
+
+    inputs = _inputs(args)
+    bundle = Path(args.bundle).resolve()
+    seen: dict[Path, str] = {}
+    for flag, path, kind in _targets(args, n):
+        try:
+            fmt = output_kind(path) if kind == "video" else kind
+            if kind == "image":
+                image_format(path)
+        except VideoError as e:
+            raise FlagError(f"{flag} {e}") from None
+        if fmt == "mp4":
+            try:
+                require("imageio_ffmpeg", "video")
+            except MissingDependencyError as e:
+                raise FlagError(f"{flag} {path}: {e}") from None
+        where = path.resolve()
+        if where in seen:
+            raise FlagError(f"{flag} {path}: {seen[where]} writes there too; give each output its own path")
+        seen[where] = flag
+        for source, what in inputs:
+            if where == source or where in source.parents:
+                raise FlagError(f"{flag} {path} would replace {what} ({source}); choose another path")
+        if bundle in where.parents:
+            raise FlagError(f"{flag} {path} lies inside the bundle {args.bundle}; write outputs elsewhere")
+        _check_folder(flag, path)
+        exists = path.exists() or path.is_symlink()
+        ours = fmt == "layout" and _is_saved_layout(path) or fmt != "layout" and is_sg2v_output(path, fmt)
+        if exists and not ours and not args.force:
+            what = "a folder" if path.is_dir() else "a file"
+            raise FlagError(f"{flag} {path} exists and is {what} that is not an earlier sg2v output; pass "
+                            "--force to replace it, or choose another path")
+
+
+def _check_folder(flag: str, path: Path) -> None:
+    """Make the output's folder if missing (`--out out/video.mp4` on a fresh checkout) and prove it takes a
+    file, so a read-only or missing folder fails before generation rather than after."""
+    import os
+    import tempfile
+
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".sg2v-run-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        verb = "create" if not parent.is_dir() else "write to"
+        raise Sg2vError(f"{flag} {path}: cannot {verb} output folder {parent} ({e.strerror or e}); choose "
+                        "another output path") from None
+
+
+def _is_saved_layout(path: Path) -> bool:
+    """Whether `path` is a layout file --save-layout wrote: a JSON object of object indices to boxes."""
+    from sg2v.graph import MAX_LAYOUT_FILE_BYTES
+
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_LAYOUT_FILE_BYTES:
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and all(isinstance(k, str) and k.isdigit() and isinstance(v, list)
+                                          for k, v in data.items())
 
 
 def _write_outputs(args: Any, out: Path, i: int, n: int, frames: Any, graph: Any, drawn: Any) -> None:

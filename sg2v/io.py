@@ -49,7 +49,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"nothing was written to the temporary path for {target}")
-        if tmp.is_dir() and target.exists():
+        folder = tmp.is_dir() or (target.is_dir() and not target.is_symlink())
+        if folder and (target.exists() or target.is_symlink()):  # a folder replaced, or replacing one
             if exchange_paths(tmp, target):
                 _remove(tmp)  # the old folder, now under the temporary name
             else:

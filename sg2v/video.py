@@ -30,6 +30,8 @@ from sg2v.io import atomic_path
 VIDEO_FORMATS = (".mp4", ".gif", ".webp", ".npy", "<folder of PNG frames>")
 MP4_CRF = 12  # H.264 constant rate factor: visually lossless for flat-colored frames, still small
 _META = re.compile(rb"sg2v-frames=(\d+)")
+_FRAME_FILE = re.compile(r"frame_\d{4,}\.png")
+SOFTWARE = "sg2v"  # the Software text of the PNG images sg2v writes
 MIN_FPS, MAX_FPS = 0.01, 1000.0
 MAX_SHEET_BYTES = 1 << 30  # a contact sheet's pixels: 1 GiB at most
 
@@ -143,7 +145,8 @@ def _write_mp4(ffmpeg: Any, tmp: Path, a: np.ndarray, fps: float, lossless: bool
         rate = ["-crf", str(MP4_CRF)]
     cmd = [ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-vcodec", "rawvideo",
            "-s", f"{w}x{h}", "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-",
-           "-an", "-vcodec", codec, "-pix_fmt", pix_fmt, *rate, "-f", "mp4", str(tmp)]
+           "-an", "-vcodec", codec, "-pix_fmt", pix_fmt, *rate, "-metadata", f"comment=sg2v-frames={len(a)}",
+           "-f", "mp4", str(tmp)]
     try:
         proc = subprocess.run(cmd, input=a.tobytes(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               check=False)
@@ -346,12 +349,67 @@ def write_image(path: str | os.PathLike, image: Any) -> Path:
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
         raise VideoError(f"image has shape {img.shape} dtype {img.dtype}; expected uint8 (H, W, 3)")
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise VideoError(f"{path}: unknown image extension {path.suffix!r}; use .png")
+    fmt = image_format(path)
+    extra: dict[str, Any] = {}
+    if fmt == "PNG":  # a text chunk that says sg2v wrote it (sg2v-run replaces such files without --force)
+        from PIL.PngImagePlugin import PngInfo
+
+        extra["pnginfo"] = PngInfo()
+        extra["pnginfo"].add_text("Software", SOFTWARE)
     with atomic_path(path) as tmp:
-        Image.fromarray(img).save(tmp, format=fmt)
+        Image.fromarray(img).save(tmp, format=fmt, **extra)
     return path
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """PIL's format name for an image path's extension, or a VideoError naming the extension to use."""
+    from PIL import Image
+
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or path.suffix.lower() in (".mp4", ".npy"):
+        raise VideoError(f"{path}: unknown image extension {path.suffix!r}; use .png")
+    return fmt
+
+
+def is_sg2v_output(path: str | os.PathLike, kind: str) -> bool:
+    """Whether `path` holds what sg2v writes for `kind` ("mp4", "gif", "webp", "npy", "png": a folder of PNG
+    frames, or "image": a contact sheet), so replacing it loses nothing the user made: a frame folder holds
+    only frame_NNNN.png files; an npy is a uint8 (F, H, W, 3) array; gif, webp and mp4 files carry the
+    sg2v frame-count mark and PNG images sg2v's Software text. Symlinks are not outputs."""
+    path = Path(path)
+    try:
+        if path.is_symlink():
+            return False
+        if kind == "png":
+            return path.is_dir() and all(_FRAME_FILE.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+                                         for e in os.scandir(path))
+        if not path.is_file():
+            return False
+        if kind == "npy":
+            from sg2v.io import npy_header
+
+            shape, dtype = npy_header(path)
+            return dtype == np.uint8 and len(shape) == 4 and shape[-1] == 3
+        if kind == "image":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return im.info.get("Software") == SOFTWARE
+        return kind in ("gif", "webp", "mp4") and _has_mark(path)
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def _has_mark(path: Path, limit: int = 64 << 20) -> bool:
+    """Whether the file holds the sg2v frame-count mark (searched in its first and last `limit` bytes)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size <= 2 * limit:
+            return _META.search(f.read()) is not None
+        head = f.read(limit)
+        f.seek(size - limit)
+        return _META.search(head) is not None or _META.search(f.read()) is not None
 
 
 def write_contact_sheet(path: str | os.PathLike, frames: Any, cols: int | None = None, pad: int = 2,

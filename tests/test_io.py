@@ -186,3 +186,18 @@ def test_checkpoint_temporaries_of_a_killed_run_are_removed(tmp_path):
     dead.write_bytes(os.urandom(1024))
     sio.atomic_write_bytes(target, b"checkpoint")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_a_file_and_a_folder_replace_each_other_in_one_step(tmp_path, rng):
+    """What `sg2v-run --force` asks for: a file where a folder of frames goes, a folder where a file goes."""
+    frames = rng.integers(0, 256, size=(3, 4, 5, 3), dtype=np.uint8)
+    target = tmp_path / "frames"
+    target.write_bytes(b"a file in the way")
+    write_video(target, frames)
+    np.testing.assert_array_equal(read_video(target), frames)
+    folder = tmp_path / "v.npy"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "x.txt").write_text("a folder in the way")
+    write_video(folder, frames)
+    np.testing.assert_array_equal(np.load(folder), frames)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "v.npy"]

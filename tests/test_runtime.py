@@ -10,6 +10,7 @@ tolerance 1e-3 max abs on v and on the sampled x, and at most 1 level (of 255) o
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -341,6 +342,145 @@ def test_cli_bundle_errors_exit_1_with_one_line(fake, tmp_path, capsys):
     assert main([str(g), "--bundle", str(root), "--no-verify", "--out", str(blocked)]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "cannot create output folder" in err
+
+
+def _err_line(capsys) -> str:
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "backend" not in captured.out, "the run must stop before it builds a backend"
+    return err
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in files}
+
+
+def test_cli_never_replaces_a_folder_or_file_it_did_not_write_without_force(fake, tmp_path, capsys):
+    """`--out <existing folder>` deleted the folder: now a folder of other files, or a file sg2v did not
+    write, is refused (exit 2, one line, untouched) unless --force; an earlier sg2v output is replaced."""
+    root, _ = fake
+    g = _write(tmp_path / "g.json", {"objects": ["red circle"], "relationships": []})
+    run = [str(g), "--bundle", str(root), "--steps", "1", "--backend", "ort"]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (photos / "frame_0000.png").write_bytes(b"a file named like a frame")
+    before = _tree(photos)
+    assert main([*run, "--out", str(photos)]) == 2
+    err = _err_line(capsys)
+    assert f"--out {photos} exists and is a folder that is not an earlier sg2v output; pass --force" in err
+    assert _tree(photos) == before
+    notes = tmp_path / "notes.npy"
+    np.save(notes, np.arange(5.0))  # an .npy sg2v did not write: not uint8 frames
+    assert main([*run, "--out", str(notes)]) == 2
+    assert "is a file that is not an earlier sg2v output" in _err_line(capsys)
+    np.testing.assert_array_equal(np.load(notes), np.arange(5.0))
+    sheet = tmp_path / "mine.png"
+    from PIL import Image
+
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(sheet)  # a PNG without sg2v's Software text
+    assert main([*run, "--out", str(tmp_path / "v.gif"), "--contact-sheet", str(sheet)]) == 2
+    assert "--contact-sheet" in _err_line(capsys) and not (tmp_path / "v.gif").exists()
+
+    frames_dir = tmp_path / "frames"  # an earlier sg2v output of the same kind is replaced as before
+    for seed in ("1", "2"):
+        assert main([*run, "--out", str(frames_dir), "--seed", seed]) == 0
+    want = Pipeline.from_bundle(root, backend="ort")({"objects": ["red circle"], "relationships": []}, seed=2,
+                                                   steps=1)
+    np.testing.assert_array_equal(read_video(frames_dir), want)
+    capsys.readouterr()
+    assert main([*run, "--out", str(photos), "--force", "--seed", "2"]) == 0  # asked for: replaced
+    np.testing.assert_array_equal(read_video(photos), want)
+    assert sorted(p.name for p in photos.iterdir()) == ["frame_0000.png", "frame_0001.png"]
+
+
+def test_cli_never_writes_over_or_into_the_bundle_or_an_input(fake, tmp_path, capsys):
+    """--out equal to --bundle destroyed the bundle. The bundle, a folder holding it, a path inside it and
+    the input files are refused even with --force; the bundle still opens afterwards."""
+    root, _ = fake
+    g = _write(tmp_path / "graph", {"objects": ["red circle"], "relationships": []})  # no extension
+    before = _tree(root)
+    run = [str(g), "--bundle", str(root), "--steps", "1", "--force"]
+    for out, why in ((root, "would replace the bundle"), (root.parent, "would replace the bundle"),
+                     (root / "v.npy", "lies inside the bundle"), (g, "would replace a graph file")):
+        assert main([*run, "--out", str(out)]) == 2, out
+        assert why in _err_line(capsys), out
+    assert _tree(root) == before
+    Pipeline.from_bundle(root, backend="ort")  # verifies every sha256
+
+
+def test_cli_checks_formats_and_folders_before_generating(fake, tmp_path, capsys, monkeypatch):
+    """A contact sheet of an unknown format, a video format without its encoder, an output folder that
+    takes no files: one line and nothing written, before any generation (the video used to be written
+    first and the run to fail after)."""
+    root, _ = fake
+    g = _write(tmp_path / "g.json", {"objects": ["red circle"], "relationships": []})
+    run = [str(g), "--bundle", str(root), "--steps", "1", "--out", str(tmp_path / "v.gif")]
+    assert main([*run, "--contact-sheet", str(tmp_path / "x.npy")]) == 2
+    err = _err_line(capsys)
+    assert err.startswith("sg2v-run: error: --contact-sheet") and "unknown image extension '.npy'" in err
+    assert main([str(g), "--bundle", str(root), "--out", str(tmp_path / "v.avi")]) == 2
+    assert "unknown video format '.avi'" in _err_line(capsys)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # the video extra missing
+    assert main([str(g), "--bundle", str(root), "--out", str(tmp_path / "v.mp4")]) == 2
+    assert "pip install 'sg2v[video]'" in _err_line(capsys)
+    monkeypatch.undo()
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert main(run) == 1
+    err = _err_line(capsys)
+    assert "cannot write to output folder" in err and "Read-only file system" in err
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "g.json"]
+
+
+def test_cli_saved_layouts_replace_only_saved_layouts_and_never_inputs(grounded_bundle, tmp_path, capsys):
+    g = _write(tmp_path / "g.json", {"objects": ["red circle", "blue square"], "relationships": []})
+    run = [str(g), "--bundle", str(grounded_bundle), "--steps", "1", "--backend", "ort", "--out",
+           str(tmp_path / "v.npy")]
+    lay = tmp_path / "l.json"
+    assert main([*run, "--save-layout", str(lay)]) == 0
+    capsys.readouterr()
+    assert main([*run, "--save-layout", str(lay), "--layout", str(lay)]) == 2  # its own input
+    assert "would replace a --layout file" in _err_line(capsys)
+    assert main([*run, "--save-layout", str(lay)]) == 0  # an earlier saved layout: replaced
+    capsys.readouterr()
+    config = _write(tmp_path / "config.json", {"learning_rate": 0.1})
+    assert main([*run, "--save-layout", str(config)]) == 2
+    assert "is a file that is not an earlier sg2v output" in _err_line(capsys)
+    assert json.loads(config.read_text()) == {"learning_rate": 0.1}
+    assert main([*run, "--save-layout", str(g), "--force"]) == 2
+    assert "would replace a graph file" in _err_line(capsys)
+    same = str(tmp_path / "s.png")
+    assert main([*run, "--save-layout", same, "--contact-sheet", same]) == 2
+    err = _err_line(capsys)
+    assert "--save-layout" in err and "--contact-sheet writes there too" in err
+
+
+@pytest.mark.parametrize("flag, value, why", [
+    ("--guidance", "nan", "--guidance nan: must be a finite number"),
+    ("--guidance", "inf", "--guidance inf: must be a finite number"),
+    ("--guidance-rescale", "nan", "--guidance-rescale nan: must be in [0, 1]"),
+    ("--threads", "1000000", "--threads 1000000: must be an integer in [1,"),
+    ("--fps", "inf", "--fps inf: must be a number of frames per second"),
+    ("--fps", "1e-9", "--fps 1e-09: must be a number of frames per second"),
+    ("--seed", "9" * 30, "--seed " + "9" * 30 + ": must be an integer in [0, 9223372036854775807]"),
+    ("--steps", "10000000", "--steps 10000000: must be an integer in [1, 100000]"),
+    ("--batch", "0", "--batch 0: must be an integer in [1,"),
+    ("--layout-tries", "0", "--layout-tries 0: must be an integer in [1, 4096]"),
+])
+def test_cli_absurd_numbers_exit_2_before_the_bundle_is_opened(tmp_path, capsys, flag, value, why):
+    """NaN guidance gave black frames with exit 0; 10**6 threads never start; fps inf overflowed. The bundle
+    path does not exist: the flag is checked first."""
+    g = _write(tmp_path / "g.json", {"objects": ["red circle"], "relationships": []})
+    assert main([str(g), "--bundle", str(tmp_path / "nowhere"), flag, value]) == 2
+    assert why in _err_line(capsys)
 
 
 def test_cli_help_shows_defaults(capsys):
