@@ -67,6 +67,9 @@ VARIANTS = {v.name: v for v in (
     Variant("torch-cuda-fast", "the project's fastest torch path: fp16, static buffers, one CUDA graph "
             "per guided step and batch size (torch-cuda backend, mode graphs)", runtime="torch-cuda",
             device="cuda", mode="graphs", precision="fp16"),
+    Variant("torch-tensorrt-fp16", "torch_tensorrt.compile of the fp16 UNet (Torch-TensorRT's torch.compile "
+            "backend: what a TensorRT user tries first; needs torch-tensorrt; torch-cuda backend, mode "
+            "torch_tensorrt)", runtime="torch-cuda", device="cuda", mode="torch_tensorrt", precision="fp16"),
     Variant("trt", "TensorRT engines through sg2v.runtime (needs tensorrt + cupy)", runtime="trt",
             device="cuda"),
     Variant("ort-gpu", "ONNX Runtime's TensorRT/CUDA execution providers (needs onnxruntime-gpu)",
@@ -87,7 +90,8 @@ EPILOG = """figures (medians over --repeats timed runs after --warmup untimed on
                   end-to-end).
   startup         a fresh process: interpreter start, imports, bundle open (sha256 checks unless --no-verify),
                   backend build (sessions, engine load, weights to the device): ready to generate.
-  cold start      startup + the first video in memory (torch.compile and CUDA graph capture happen here).
+  cold start      startup + the first video in memory (torch.compile, Torch-TensorRT's engine builds and CUDA
+                  graph capture happen here).
   peak RSS        the host-memory high-water mark (VmHWM) of the backend's process after all its runs.
   CUDA peak       torch.cuda.max_memory_allocated in that process (CuPy backends: bytes held by CuPy's pool).
   x vs baseline   the baseline's time / this backend's time (>1 = faster), baseline = torch-cpu measured in
@@ -238,6 +242,8 @@ def unavailable_reason(v: Variant, bundle: Any, ckpt: str | None) -> str | None:
             return "PyTorch sees no CUDA device"
         if v.mode == "compile" and have("triton") is None:
             return "torch.compile on CUDA needs triton, which is not installed"
+        if v.mode == "torch_tensorrt" and have("torch_tensorrt") is None:
+            return "torch_tensorrt is not installed (pip install 'sg2v[torch-trt]')"
     if v.runtime == "trt":
         from sg2v.runtime.backends import trt_unavailable_reason
 

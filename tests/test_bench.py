@@ -198,3 +198,26 @@ def test_summarise_against_a_direct_computation(rng):
         assert b["results"]["peak_fraction"] == pytest.approx(achieved / 0.5e12)
     assert rows["ort-cpu"]["ratios"]["torch-cpu"]["total_speedup"] == pytest.approx(
         rows["torch-cpu"]["results"]["total_s"] / rows["ort-cpu"]["results"]["total_s"])
+
+
+def test_torch_tensorrt_peer_row_is_offered_and_says_what_it_needs(bundle, monkeypatch):
+    """The Torch-TensorRT row (torch_tensorrt.compile of the fp16 UNet): a GPU row of the torch-cuda
+    backend; without CUDA or without the package it is skipped with the reason (never measured here)."""
+    import importlib.util
+
+    import torch
+
+    from sg2v.runtime.bundle import Bundle
+
+    v = bench.VARIANTS["torch-tensorrt-fp16"]
+    assert (v.runtime, v.mode, v.precision, v.gpu) == ("torch-cuda", "torch_tensorrt", "fp16", True)
+    b = Bundle.open(bundle)
+    if not torch.cuda.is_available():
+        assert bench.unavailable_reason(v, b, None) == "PyTorch sees no CUDA device"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch_tensorrt" else real(name, *a))
+    assert bench.unavailable_reason(v, b, None) == ("torch_tensorrt is not installed (pip install "
+                                                    "'sg2v[torch-trt]')")
+    assert "torch-tensorrt-fp16" in " ".join(bench.build_parser().format_help().split())

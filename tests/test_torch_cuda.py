@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from sg2v.runtime.backends.torch_cuda import (  # noqa: E402
     half_unet,
     make_torch_cuda_backend,
     prepare_unet,
+    torch_tensorrt_unet,
 )
 from sg2v.sampling import cfg_denoiser  # noqa: E402
 
@@ -213,6 +215,70 @@ def test_gpu_fp16_modes_match_eager_fp32(model, mode, rng):
             assert _rel(got, want) < FP16_REL_TOL
         if mode == "graphs":
             assert step.graph is not None
+
+
+class _FakeTorchTensorRT:
+    """Stands in for `torch_tensorrt` (not installable here): records how compile is called, returns the
+    module unchanged, so the documented call and what the step does with its result can be checked."""
+
+    __version__ = "fake"
+
+    def __init__(self):
+        self.calls = []
+
+    def compile(self, module, ir="default", inputs=None, enabled_precisions=None, **kwargs):
+        self.calls.append({"module": module, "ir": ir, "inputs": inputs,
+                           "enabled_precisions": enabled_precisions, **kwargs})
+        return module
+
+
+def test_torch_tensorrt_mode_calls_the_documented_api(model, monkeypatch, rng):
+    """torch_tensorrt.compile(module, ir="torch_compile", enabled_precisions=...) on the fp16 UNet (Torch-
+    TensorRT's `_compile.py`: "torch_compile" routes to torch.compile with its backend, engines built per
+    shape on first call); a step around the result gives the eager fp16 step's v. The mode needs CUDA, and
+    without the package it names the extra."""
+    fake = _FakeTorchTensorRT()
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", fake)
+    half = half_unet(copy.deepcopy(model.unet))
+    compiled = torch_tensorrt_unet(half, "fp16")
+    (call,) = fake.calls
+    assert call["module"] is half and call["ir"] == "torch_compile" and call["inputs"] is None
+    assert torch.float16 in call["enabled_precisions"]
+    assert all(p.dtype == torch.float16 for p in call["module"].parameters())
+    cfg = model.cfg
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
+    x, t, feeds = _inputs(cfg, gen, 2)
+    d = cfg.data
+    frames, tokens = (d.frames, d.channels, d.height, d.width), (d.context_tokens, cfg.encoder.context_dim)
+    steps = [GuidedStep(net, 2, frames, tokens, "cpu", mode, "fp16") for net, mode in
+             ((compiled, "torch_tensorrt"), (half, "eager"))]
+    for step in steps:
+        step.prepare(feeds, 3.0, 0.7)
+    torch.testing.assert_close(steps[0](x, t), steps[1](x, t), rtol=0, atol=0)
+    with pytest.raises(Sg2vError, match="mode 'torch_tensorrt' needs a CUDA device"):
+        prepare_unet(copy.deepcopy(model.unet), torch.device("cpu"), "torch_tensorrt", "fp16")
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)
+    with pytest.raises(Sg2vError, match=r"torch_tensorrt is required .* pip install 'sg2v\[torch-trt\]'"):
+        torch_tensorrt_unet(half, "fp16")
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_gpu_torch_tensorrt_step_matches_eager_fp32(model, rng):
+    """The bench's torch-tensorrt-fp16 row: Torch-TensorRT's engines for the fp16 UNet against eager fp32
+    (never run: Torch-TensorRT cannot be installed on this project's machines)."""
+    _need_cuda()
+    pytest.importorskip("torch_tensorrt", reason="Torch-TensorRT is not installed ('sg2v[torch-trt]')")
+    cfg = model.cfg
+    ref_unet = copy.deepcopy(model.unet).cuda().eval()
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
+    for batch in (1, 3):
+        step = _step(copy.deepcopy(model.unet), cfg, "cuda", "torch_tensorrt", "fp16", batch)
+        for _ in range(2):
+            x, t, feeds = _inputs(cfg, gen, batch, "cuda")
+            step.prepare(feeds, 3.0, 0.7)
+            got = step(x, t).clone()
+            assert _rel(got, _reference(ref_unet, x, t, feeds, 3.0, 0.7)) < FP16_REL_TOL
 
 
 @pytest.mark.gpu

@@ -4,12 +4,15 @@ It offers the generation loop a fused guided step (`GuidedStep`, `sg2v.generatio
 the 2B rows (the B conditional ones, then the B unconditional ones; a layout-grounded UNet also reads the
 objects and boxes of those rows, zero in the unconditional ones) and the guidance combination of
 `sg2v.sampling.guide` (Ho & Salimans 2022, with guidance rescale, Lin et al. 2023), reading x, t, the
-conditioning and the guidance settings from buffers allocated once per batch size. Three modes: `eager` (the
+conditioning and the guidance settings from buffers allocated once per batch size. Four modes: `eager` (the
 reference: plain module calls), `compile` (the module through `torch.compile`, the peer a user would pick),
-and `graphs` (the whole step captured once per batch size as a CUDA graph and replayed: one launch per step
-instead of hundreds; Nguyen et al., "CUDA Graphs", NVIDIA 2019). The sampler then runs on torch tensors on
-the device, so the loop never copies to the host; on CUDA, CUDA events time each step without a host sync.
-Torch is imported only when the backend is built.
+`torch_tensorrt` (the module through `torch_tensorrt.compile`, the peer a TensorRT user would pick: Torch-
+TensorRT's torch.compile backend builds TensorRT engines for each input shape on its first call), and `graphs`
+(the whole step captured once per batch size as a CUDA graph and replayed: one launch per step instead of
+hundreds; Nguyen et al., "CUDA Graphs", NVIDIA 2019). The `torch_tensorrt` mode is written to Torch-TensorRT's
+documented API and UNVERIFIED: Torch-TensorRT cannot be installed on this project's machines. The sampler
+then runs on torch tensors on the device, so the loop never copies to the host; on CUDA, CUDA events time each
+step without a host sync. Torch is imported only when the backend is built.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from sg2v.errors import Sg2vError
 from sg2v.generation import GROUNDING, Backend
 from sg2v.sampling import guide
 
-MODES = ("eager", "compile", "graphs")
+MODES = ("eager", "compile", "graphs", "torch_tensorrt")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 CAPTURE_WARMUP = 3  # eager calls on a side stream before capture: cuDNN/cuBLAS pick algorithms, pools fill
 
@@ -61,11 +64,29 @@ def prepare_unet(unet: nn.Module, device: torch.device, mode: str, precision: st
         raise Sg2vError(f"mode {mode!r}: choose one of {list(MODES)}")
     if precision not in PRECISIONS:
         raise Sg2vError(f"precision {precision!r}: choose one of {sorted(PRECISIONS)}")
-    if mode == "graphs" and device.type != "cuda":
-        raise Sg2vError(f"mode 'graphs' needs a CUDA device, got {device}; use mode='eager' on the CPU")
+    if mode in ("graphs", "torch_tensorrt") and device.type != "cuda":
+        raise Sg2vError(f"mode {mode!r} needs a CUDA device, got {device}; use mode='eager' on the CPU")
     net = unet.to(device).eval()
     net = half_unet(net) if precision == "fp16" else net
+    if mode == "torch_tensorrt":
+        return torch_tensorrt_unet(net, precision)
     return torch.compile(net, mode=compile_mode) if mode == "compile" else net
+
+
+def torch_tensorrt_unet(net: nn.Module, precision: str) -> Any:
+    """`net` (already in `precision`) through `torch_tensorrt.compile(ir="torch_compile")`: torch.compile with
+    Torch-TensorRT's backend, which builds a TensorRT engine per input shape on the first call with it.
+    `enabled_precisions` lets TensorRT pick fp16 kernels where its builder honours the flag; releases that
+    build strongly typed networks take the precision from the module's own dtypes, which `half_unet` set."""
+    from sg2v.errors import require
+
+    torch_tensorrt = require("torch_tensorrt", "torch-trt")
+    wanted = {PRECISIONS[precision], torch.float32}  # fp32: the timestep embedding (`_fp32_types`)
+    return torch_tensorrt.compile(net, ir="torch_compile", enabled_precisions=wanted)
+
+
+_MODE_NOTES = {"graphs": ", one CUDA graph per guided step and batch size",
+               "torch_tensorrt": ", TensorRT engines built by Torch-TensorRT per batch size on first use"}
 
 
 class GuidedStep:
@@ -237,7 +258,6 @@ def model_cuda_backend(model: nn.Module, mode: str = "graphs", precision: str = 
         guided_step=guided_step,
         clock=CudaEventClock if cuda else None,
         synchronize=(lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None),
-        notes=[f"{mode} {precision}" + (", one CUDA graph per guided step and batch size" if mode == "graphs"
-                                        else "")],
+        notes=[f"{mode} {precision}" + _MODE_NOTES.get(mode, "")],
         close=close,
     )
