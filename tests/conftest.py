@@ -82,3 +82,11 @@ def real_bundle(tmp_path_factory) -> Path:
 def real_checkpoint(real_bundle) -> Path:
     """The checkpoint `real_bundle` was exported from."""
     return real_bundle.parent / "tiny.pt"
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory) -> dict[str, Path]:
+    """The data set fixtures converted once per session (`helpers.convert_fixtures`): name -> folder."""
+    from helpers import convert_fixtures
+
+    return convert_fixtures(tmp_path_factory.mktemp("converted"))

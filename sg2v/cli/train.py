@@ -93,10 +93,16 @@ def _run_eval(args: argparse.Namespace) -> int:
     from sg2v.io import atomic_write_text
     from sg2v.training.checkpoint import load_model
     from sg2v.training.evaluate import evaluate, format_table
+    from sg2v.training.train import TrainError
+    from sg2v.vocab import shapes_vocab
 
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = "cuda" if cuda else "cpu"
     model, cfg, vocab = load_model(args.ckpt, ema=not args.no_ema, device=device)
+    if vocab != shapes_vocab():
+        raise TrainError(f"--ckpt {args.ckpt}: a model of another vocabulary ({len(vocab.object_names)} "
+                         "object names: trained with --data); the shapes oracle scores shapes-world models "
+                         "only, the held-out loss on the val split is in its run's metrics.jsonl")
     guidance = cfg.diffusion.default_guidance if args.guidance is None else args.guidance
     sampler = cfg.diffusion.default_sampler if args.sampler is None else args.sampler
     rows = []
