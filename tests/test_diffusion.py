@@ -346,6 +346,7 @@ def test_layout_loss_weighs_known_frames_and_pins_only_whole_tracks():
     ones = track_mask[..., None].expand(-1, -1, D.frames)
     for seed in (9, 10):
         torch.testing.assert_close(
-            layout_loss(model, tracks, track_mask, graph, torch.Generator().manual_seed(seed), track_weight=ones),
+            layout_loss(model, tracks, track_mask, graph, torch.Generator().manual_seed(seed),
+                        track_weight=ones),
             layout_loss(model, tracks, track_mask, graph, torch.Generator().manual_seed(seed)),
             rtol=1e-6, atol=1e-7)
