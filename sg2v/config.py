@@ -79,6 +79,9 @@ class UNetConfig:
     # (object maps, with in-box coordinates), added at the UNet's input and read by a full-resolution head.
     layout_dim: int = 0
     layout_head: int = 32  # hidden width of the per-pixel output head over the object maps (with layout_dim)
+    # A guidance-distilled student: the guidance weight is an input, embedded like the timestep (Meng et al.
+    # 2023), and one UNet call of batch 1 per video replaces the (cond, uncond) pair.
+    guidance_embed: bool = False
 
 
 @dataclass(frozen=True)

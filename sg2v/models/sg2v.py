@@ -69,9 +69,12 @@ class SG2V(nn.Module):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
         objects: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """v-prediction: x (B, F, C, H, W), t (B,) float timestep index -> v (B, F, C, H, W)."""
         layout = () if objects is None and boxes is None else (objects, boxes)
+        if guidance is not None:
+            return self.unet(x, t, context, context_mask, *layout, guidance=guidance)
         return self.unet(x, t, context, context_mask, *layout)
 
     def null_context_arrays(self) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ from sg2v.errors import ConfigError
 from sg2v.models.layers import TokenNorm
 
 MASK_BIAS = -1.0e4  # added to the logits of padded context tokens: exp underflows to 0, fp16 stays finite
+GUIDANCE_SCALE = 100.0  # a student's guidance weight w enters the sinusoidal embedding as 100 w (like t)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
@@ -302,6 +303,13 @@ class TemporalUNet(nn.Module):
         self.graph_embed = nn.Sequential(
             nn.Linear(context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
+        self.guidance_embed = None
+        if ucfg.guidance_embed:  # zero-initialised: a student starts as its teacher's conditional model
+            self.guidance_embed = nn.Sequential(
+                SinusoidalEmbedding(base), nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+            )
+            nn.init.zeros_(self.guidance_embed[-1].weight)
+            nn.init.zeros_(self.guidance_embed[-1].bias)
         self.patch = ucfg.patch_size
         patch_ch = data.channels * self.patch * self.patch
         self.conv_in = nn.Conv2d(patch_ch, base, 3, padding=1)
@@ -363,11 +371,13 @@ class TemporalUNet(nn.Module):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
         objects: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, F, C, H, W), t (B,) float timestep, context (B, L, D), context_mask (B, L) -> v like x.
 
         A grounded UNet (`layout_dim > 0`) also takes the encoder's objects (B, O, D) and their boxes
-        (B, O, F, 4) in [0, 1]; an all-zero box paints nothing (padded slots, the unconditional half).
+        (B, O, F, 4) in [0, 1]; an all-zero box paints nothing (padded slots, the unconditional half). A
+        guidance-distilled student (`guidance_embed`) takes the guidance weight per clip, guidance (B,).
         F is the configured frame count, or 1: a batch of images trains the spatial layers as one-frame
         clips (joint image-video training; temporal attention then sees one frame and its first position).
         Traced for export, F is always the configured one.
@@ -381,6 +391,10 @@ class TemporalUNet(nn.Module):
         b = x.shape[0]
         h = x.reshape(b * f, c, hh, ww)  # (BF, C, H, W)
         emb = self.time_embed(t) + self.graph_embed(context[:, 0])  # (B, E)
+        if self.guidance_embed is not None:
+            if guidance is None:
+                raise ValueError("this UNet is a guidance-distilled student: pass the guidance weight (B,)")
+            emb = emb + self.guidance_embed(guidance.float() * GUIDANCE_SCALE)
         emb = emb[:, None, :].expand(b, f, self.emb_dim).reshape(b * f, self.emb_dim)  # (BF, E)
         bias = ((1.0 - context_mask.to(context.dtype)) * MASK_BIAS)[:, None, None, :]  # (B, 1, 1, L)
         maps = None
