@@ -3,6 +3,7 @@
   sg2v-train pretrain --size tiny --out runs/pre
   sg2v-train diffusion --size tiny --steps 2000 --out runs/tiny [--init-encoder runs/pre/pretrain.pt]
   sg2v-train layout --size tiny --steps 2000 --init runs/tiny/last.pt --freeze-encoder --out runs/tiny-layout
+  sg2v-train diffusion --data data/coco [data/more ...] --size small --out runs/coco   (converted data sets)
   torchrun --nproc-per-node 2 -m sg2v.cli.train diffusion ...   (DDP: gloo on CPU, nccl on CUDA)
   sg2v-train eval --ckpt runs/tiny/last.pt --steps 4 8 25 [--json table.json]
 """
@@ -58,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_args(sub.add_parser("pretrain", formatter_class=fmt, help=what, description=what))
     _add_diffusion_args(sub.add_parser("diffusion", formatter_class=fmt,
                                        help="train the diffusion model (resumes OUT/last.pt)",
-                                       description="Train the SG2V diffusion model on the shapes world"))
+                                       description="Train the SG2V diffusion model on the shapes world or "
+                                       "on converted data sets (--data)"))
     _add_diffusion_args(sub.add_parser("layout", formatter_class=fmt,
                                        help="train the layout network (resumes OUT/last.pt)",
                                        description="Train the layout network of a grounded SG2V on the "
-                                       "shapes world's scenes (--init: the model whose other parts to keep)"))
+                                       "shapes world's scenes or on converted data sets' boxes (--data) "
+                                       "(--init: the model whose other parts to keep)"))
     _add_eval_args(sub.add_parser("eval", formatter_class=fmt, help="oracle scores at several sampler steps",
                                   description="Sample held-out graphs and score the videos with the oracle"))
     return parser

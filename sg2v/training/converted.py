@@ -289,8 +289,8 @@ def fit_to_limits(item: dict[str, Any], max_objects: int, max_relationships: int
     g = rng()
     keep = np.arange(n)
     if n > max_objects:
-        related = sorted({int(s) for s, _, _ in rels} | {int(o) for _, _, o in rels})
-        others = [i for i in range(n) if i not in set(related)]
+        in_rels = {int(s) for s, _, _ in rels} | {int(o) for _, _, o in rels}
+        related, others = sorted(in_rels), [i for i in range(n) if i not in in_rels]
         if len(related) >= max_objects:
             keep = np.sort(g.choice(related, max_objects, replace=False))
         else:

@@ -1,7 +1,9 @@
-"""Diffusion training loop for SG2V on the shapes world: AdamW, EMA, bf16 autocast, DDP, exact resume.
+"""Training loop for SG2V (the diffusion and layout objectives) on the shapes world or on converted data sets
+(`sg2v.training.converted`): AdamW, EMA, bf16 autocast, DDP, exact resume.
 
 Reproducibility is by construction, not by saved generator state: micro-batch m of step s holds dataset
-indices that depend only on (s, m) (`sg2v.training.data.StepBatchSampler`), and the step's noise, timesteps
+indices that depend only on (s, m) (`sg2v.training.data.StepBatchSampler`; on converted data the index picks
+its sample through a seeded stream), and the step's noise, timesteps
 and condition dropout come from the global torch RNG reseeded with (seed, s, m) before its loss. So a run
 resumed from `last.pt` replays exactly the steps an uninterrupted run takes, and `world` processes with
 `accum` micro-batches each compute the same mean gradient as one process accumulating `world * accum`
