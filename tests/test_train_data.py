@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,14 @@ def test_worker_batches_equal_inline_ones(converted):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     want = [collate([ds[i] for i in range(s * 2, s * 2 + 2)]) for s in range(3, 6)]
     assert all(torch.equal(a["video"], w["video"]) for a, w in zip(inline, want))
+    # spawned workers get the data set pickled: its index, not its frames
+    blob = pickle.dumps(ds)
+    frames = sum((Path(d) / "train.frames.npy").stat().st_size for d in tc.data)
+    assert len(blob) < frames
+    copy = pickle.loads(blob)
+    for i in range(10):
+        a, b = ds[i], copy[i]
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 # ------------------------------------------------------------------------------------------ config and checks
