@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 
 from sg2v.config import ModelConfig
 from sg2v.dataset.format import VOCAB_FILE, ConvertedDataset, index_file
-from sg2v.errors import DatasetError
+from sg2v.errors import ConfigError, DatasetError
 from sg2v.graph import pad_graphs, parse_graph
 from sg2v.relations import FAMILIES
 from sg2v.vocab import Vocab
@@ -195,8 +195,6 @@ def open_run_data(paths: Sequence[str | os.PathLike], *, frames: int | None = No
 
 def data_model_config(base: ModelConfig, data: RunData) -> ModelConfig:
     """`base` (a size's config) with the data's vocabulary sizes, frame size, graph limits and rule family."""
-    from sg2v.errors import ConfigError
-
     d = dataclasses.replace(base.data, frames=data.frames, height=data.height, width=data.width,
                             max_objects=data.max_objects, max_relationships=data.max_relationships)
     encoder = dataclasses.replace(base.encoder, num_objs=data.vocab.num_objs, num_preds=data.vocab.num_preds)
