@@ -50,6 +50,9 @@ LAYOUT_INPUTS = ("x", "t", "objects", "track_mask", "context", "context_mask", "
                  "known_mask")
 LAYOUT_OUTPUTS = ("v",)
 LAYOUT_BATCH_DIM = "layout_batch"  # candidate layouts per call, 1 .. shapes.max_layout_batch
+# A guidance-distilled student's UNet runs once per video (batch B, no unconditional rows) and takes the
+# guidance weight per video; its manifest's "student" entry says how it may be sampled.
+STUDENT_INPUT = "guidance"
 
 ENCODER_BATCH = 1  # format 1's fixed batches
 UNET_BATCH = 2  # classifier-free guidance: (cond, uncond) as one batch
@@ -72,6 +75,21 @@ MANIFEST_KEYS = (
 GROUNDED_MANIFEST_KEYS = ("layout",)  # format 3 adds: {steps, tries, per_round, sampler, relation_rules}
 
 
+def is_student(s: dict[str, Any]) -> bool:
+    """Whether a `shapes` entry describes a guidance-distilled student (UNet batch B, a guidance input)."""
+    return bool(s.get("student", False))
+
+
+def student_entry(distill: Any, num_train: int) -> dict[str, Any]:
+    """The manifest's `student` entry from a `DistillConfig`: what the student was distilled for."""
+    grid = int(distill.grid_steps)
+    return {"guidance_distilled": True, "guidance_range": [float(distill.guidance_min),
+                                                           float(distill.guidance_max)],
+            "guidance_rescale": float(distill.guidance_rescale), "grid_steps": grid,
+            "steps": [n for n in range(1, grid + 1) if grid % n == 0 and num_train % n == 0],
+            "sampler": "ddim", "method": "consistency distillation"}
+
+
 def grounded(s: dict[str, Any]) -> bool:
     """Whether a `shapes` entry describes a layout-grounded model (a layout stage, objects and boxes)."""
     return "object_dim" in s
@@ -87,7 +105,8 @@ def encoder_outputs(s: dict[str, Any]) -> tuple[str, ...]:
 
 
 def unet_inputs(s: dict[str, Any]) -> tuple[str, ...]:
-    return GROUNDED_UNET_INPUTS if grounded(s) else UNET_INPUTS
+    names = GROUNDED_UNET_INPUTS if grounded(s) else UNET_INPUTS
+    return (*names, STUDENT_INPUT) if is_student(s) else names
 
 
 def layout_defaults(layout: Any, relation_rules: dict[str, str]) -> dict[str, Any]:
@@ -102,7 +121,7 @@ LAYOUT_SAMPLER = "dpmpp2m"
 
 
 def shapes(data: DataConfig, encoder: EncoderConfig, max_batch: int | None = MAX_BATCH,
-           grounded: bool = False) -> dict[str, int]:
+           grounded: bool = False, student: bool = False) -> dict[str, int]:
     """The manifest's `shapes` entry from a model's `DataConfig` and `EncoderConfig`: format 2 with a batch
     axis up to `max_batch` videos, or format 1's fixed batches with `max_batch=None`; a `grounded` model
     (format 3) adds the object width and the layout stage's largest batch."""
@@ -123,6 +142,8 @@ def shapes(data: DataConfig, encoder: EncoderConfig, max_batch: int | None = MAX
     out["max_batch"] = int(max_batch)
     if grounded:
         out.update(object_dim=int(encoder.embed_dim), max_layout_batch=int(max_batch) * LAYOUT_PER_ROUND)
+    if student:
+        out["student"] = True
     return out
 
 
@@ -137,6 +158,8 @@ def stage_io(s: dict[str, Any]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     dynamic = "max_batch" in s
     b = BATCH_DIM if dynamic else s["encoder_batch"]
     n = UNET_BATCH_DIM if dynamic else s["unet_batch"]
+    if is_student(s):
+        n = BATCH_DIM  # one UNet row per video
     o, t = s["padded_objects"], s["padded_triples"]
     f, c, h, w = s["frames"], s["channels"], s["height"], s["width"]
     length, d = s["context_tokens"], s["context_dim"]
@@ -156,11 +179,15 @@ def stage_io(s: dict[str, Any]) -> dict[str, dict[str, list[dict[str, Any]]]]:
             "outputs": [io("v", "float32", [n, f, c, h, w])],
         },
     }
+    if is_student(s):
+        out[UNET_STAGE]["inputs"].append(io(STUDENT_INPUT, "float32", [n]))
     if not grounded(s):
         return out
     od, k = s["object_dim"], LAYOUT_BATCH_DIM
     out[ENCODER_STAGE]["outputs"].append(io("objects", "float32", [b, o, od]))
-    out[UNET_STAGE]["inputs"] += [io("objects", "float32", [n, o, od]), io("boxes", "float32", [n, o, f, 4])]
+    at = 4  # after x, t, context, context_mask (and before a student's guidance)
+    out[UNET_STAGE]["inputs"][at:at] = [io("objects", "float32", [n, o, od]),
+                                        io("boxes", "float32", [n, o, f, 4])]
     out[LAYOUT_STAGE] = {
         "inputs": [io("x", "float32", [k, o, f, 4]), io("t", "float32", [k]),
                    io("objects", "float32", [k, o, od]), io("track_mask", "float32", [k, o]),

@@ -117,6 +117,16 @@ class LayoutConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """What a guidance-distilled student was distilled for (`unet.guidance_embed`); unused otherwise."""
+
+    guidance_min: float = 1.0
+    guidance_max: float = 8.0
+    guidance_rescale: float = 0.7  # the teacher's guidance rescale the student reproduces
+    grid_steps: int = 20  # trailing timesteps of the consistency grid; 1, 2, 4, 5, 10, 20 steps lie on it
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild the networks exactly as trained."""
 
@@ -126,6 +136,7 @@ class ModelConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -265,6 +276,7 @@ _SUBCONFIGS = {
     "UNetConfig": UNetConfig,
     "DiffusionConfig": DiffusionConfig,
     "LayoutConfig": LayoutConfig,
+    "DistillConfig": DistillConfig,
 }
 
 
@@ -326,6 +338,15 @@ def without_layout(cfg: ModelConfig) -> ModelConfig:
     """`cfg` without layout grounding: no layout network, no object maps in the UNet."""
     unet = dataclasses.replace(cfg.unet, layout_dim=0, layout_head=UNetConfig().layout_head)
     return cfg.replace(unet=unet, layout=LayoutConfig())
+
+
+def student_config(teacher: ModelConfig, distill: DistillConfig, steps: int = 4) -> ModelConfig:
+    """A guidance-distilled student of `teacher`: the same networks plus the guidance embedding, sampled
+    with DDIM on `steps` steps of its consistency grid."""
+    diffusion = dataclasses.replace(teacher.diffusion, default_sampler="ddim", default_steps=int(steps),
+                                    default_guidance_rescale=float(distill.guidance_rescale))
+    return teacher.replace(unet=dataclasses.replace(teacher.unet, guidance_embed=True), diffusion=diffusion,
+                           distill=distill, name=f"{teacher.name}-student")
 
 
 def model_config(size: str) -> ModelConfig:

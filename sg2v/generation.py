@@ -131,6 +131,25 @@ def resolve_settings(defaults: Mapping[str, Any], num_train: int, steps: int | N
     return SamplerSettings(str(name), int(steps), g, r)
 
 
+def check_student_settings(s: SamplerSettings, student: Mapping[str, Any]) -> None:
+    """A guidance-distilled consistency student samples with DDIM on its grid's step counts, at guidance in
+    its distilled range and its teacher's rescale (the manifest's "student" entry); else one ConfigError."""
+    lo, hi = student["guidance_range"]
+    steps = list(student["steps"])
+    if s.sampler != student["sampler"]:
+        raise ConfigError(f"sampler {s.sampler!r}: this student was distilled for {student['sampler']!r} "
+                          f"sampling on {steps} steps; use --sampler {student['sampler']}")
+    if s.steps not in steps:
+        raise ConfigError(f"{s.steps} steps: this student was distilled for {steps} steps (its consistency "
+                          f"grid of {student['grid_steps']}); use one of those, or the teacher bundle")
+    if not lo <= s.guidance <= hi:
+        raise ConfigError(f"guidance {s.guidance:g}: this student was distilled for guidance in "
+                          f"[{lo:g}, {hi:g}]; use one in that range, or the teacher bundle")
+    if abs(s.guidance_rescale - float(student["guidance_rescale"])) > 1e-9:
+        raise ConfigError(f"guidance rescale {s.guidance_rescale:g}: this student reproduces its teacher's "
+                          f"rescale {student['guidance_rescale']:g}, which it cannot change")
+
+
 def check_seeds(seeds: Sequence[int], count: int) -> list[int]:
     """`count` non-negative integer seeds, or an Sg2vError naming the bad one."""
     seeds = list(seeds)
@@ -183,8 +202,9 @@ class Generator:
 
     def __init__(self, backend: Backend, frame_shape: Sequence[int], alphas_cumprod: np.ndarray,
                  defaults: Mapping[str, Any], null_context: tuple[np.ndarray, np.ndarray],
-                 layout: Mapping[str, Any] | None = None):
+                 layout: Mapping[str, Any] | None = None, student: Mapping[str, Any] | None = None):
         self.backend = backend
+        self.student = dict(student) if student is not None else None  # a manifest's "student" entry
         if (backend.layout is None) != (layout is None):
             raise Sg2vError("a grounded model needs both its layout stage and its layout settings (the "
                             "manifest's \"layout\" entry); re-export the bundle")
@@ -202,8 +222,12 @@ class Generator:
         self.last_timings: dict[str, Any] = {}
 
     def settings(self, **options: Any) -> SamplerSettings:
-        """`resolve_settings` with this generator's defaults (steps, guidance, guidance_rescale, sampler)."""
-        return resolve_settings(self.defaults, self.num_train, **options)
+        """`resolve_settings` with this generator's defaults (steps, guidance, guidance_rescale, sampler);
+        a guidance-distilled student also refuses what it was not distilled for."""
+        settings = resolve_settings(self.defaults, self.num_train, **options)
+        if self.student is not None:
+            check_student_settings(settings, self.student)
+        return settings
 
     @property
     def grounded(self) -> bool:
@@ -351,21 +375,39 @@ class Generator:
         """The UNet feeds other than x: t, and each conditioning input as 2b rows: the b rows of `cond`, then
         `uncond`'s (one row broadcast, or b rows)."""
         xp = self.xp
+        rows = b if self.student is not None else 2 * b  # a student runs the conditional rows only
         if b > self._capacity or set(cond) - set(self._bufs):  # grown once; smaller batches use a prefix
-            self._bufs = {"t": xp.empty((2 * b,), dtype=np.float32)}  # (2b,)
+            self._bufs = {"t": xp.empty((rows,), dtype=np.float32)}  # (rows,)
+            if self.student is not None:
+                self._bufs["guidance"] = xp.empty((rows,), dtype=np.float32)
             for name, value in cond.items():
-                self._bufs[name] = xp.empty((2 * b, *value.shape[1:]), dtype=np.float32)
+                self._bufs[name] = xp.empty((rows, *value.shape[1:]), dtype=np.float32)
             self._capacity = b
-        feeds = {name: self._bufs[name][:2 * b] for name in ("t", *cond)}
+        names = ("t", *cond) if self.student is None else ("t", "guidance", *cond)
+        feeds = {name: self._bufs[name][:rows] for name in names}
         for name, value in cond.items():
             feeds[name][:b] = value  # (b, ...): the conditional rows
-            # the unconditional rows: the learned null context; no objects and no boxes (GROUNDING)
-            feeds[name][b:] = uncond[name] if name in uncond else 0.0
+            if self.student is None:
+                # the unconditional rows: the learned null context; no objects and no boxes (GROUNDING)
+                feeds[name][b:] = uncond[name] if name in uncond else 0.0
         return feeds
 
     def _denoiser(self, feeds: dict[str, Any], b: int, s: SamplerSettings, clock: Any) -> Callable:
-        """denoise(x, t) -> guided v: the backend's fused step when it has one, else CFG around the UNet."""
+        """denoise(x, t) -> guided v: a student's UNet at weight w, the backend's fused step when it has one,
+        else CFG around the UNet."""
         be = self.backend
+        if self.student is not None:
+            feeds["guidance"][...] = s.guidance
+
+            def distilled(x: Any, t: float) -> Any:  # one row per video: guidance is the network's input
+                clock.start()
+                feeds["t"][...] = t
+                feeds["x"] = x
+                v = be.unet.run(feeds)["v"]
+                clock.stop()
+                return v
+
+            return distilled
         if be.guided_step is not None:
             step = be.guided_step(b)
             step.prepare(feeds, s.guidance, s.guidance_rescale)

@@ -39,7 +39,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_every_option_has_a_default_in_help(capsys):
     parser = build_parser()
     subs = _subparsers(parser)
-    assert set(subs) == {"pretrain", "diffusion", "layout", "eval"}
+    assert set(subs) == {"pretrain", "diffusion", "layout", "distill", "eval"}
     for name, sub in subs.items():
         with pytest.raises(SystemExit) as e:
             main([name, "--help"])

@@ -3,6 +3,7 @@
   sg2v-train pretrain --size tiny --out runs/pre
   sg2v-train diffusion --size tiny --steps 2000 --out runs/tiny [--init-encoder runs/pre/pretrain.pt]
   sg2v-train layout --size tiny --steps 2000 --init runs/tiny/last.pt --freeze-encoder --out runs/tiny-layout
+  sg2v-train distill --size tiny --steps 1000 --init runs/tiny-layout/last.pt --out runs/tiny-student
   sg2v-train diffusion --data data/coco [data/more ...] --size small --out runs/coco   (converted data sets)
   torchrun --nproc-per-node 2 -m sg2v.cli.train diffusion ...   (DDP: gloo on CPU, nccl on CUDA)
   sg2v-train eval --ckpt runs/tiny/last.pt --steps 4 8 25 [--json table.json]
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="sg2v-train", description=__doc__.splitlines()[0],
                                      formatter_class=fmt)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{pretrain,diffusion,layout,eval}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{pretrain,diffusion,layout,distill,eval}")
     what = "masked contrastive pretraining of the graph encoder (SGDiff)"
     _add_pretrain_args(sub.add_parser("pretrain", formatter_class=fmt, help=what, description=what))
     _add_diffusion_args(sub.add_parser("diffusion", formatter_class=fmt,
@@ -66,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        description="Train the layout network of a grounded SG2V on the "
                                        "shapes world's scenes or on converted data sets' boxes (--data) "
                                        "(--init: the model whose other parts to keep)"))
+    _add_diffusion_args(sub.add_parser("distill", formatter_class=fmt,
+                                       help="distil a few-step, guidance-conditioned student (resumes)",
+                                       description="Consistency-distil the guided teacher given with "
+                                       "--init into a student that takes the guidance weight as an input and "
+                                       "samples in 1-4 DDIM steps"))
     _add_eval_args(sub.add_parser("eval", formatter_class=fmt, help="oracle scores at several sampler steps",
                                   description="Sample held-out graphs and score the videos with the oracle"))
     return parser
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             return _run_pretrain(args)
-        if args.command in ("diffusion", "layout"):
+        if args.command in ("diffusion", "layout", "distill"):
             return _run_diffusion(args)
         return _run_eval(args)
     except Sg2vError as e:

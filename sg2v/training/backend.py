@@ -121,6 +121,8 @@ def model_backend(model: torch.nn.Module, host: bool = False, name: str | None =
         encoder = TorchStage(model.encoder, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS, device, host)
         layout = None
     unet_inputs = spec.GROUNDED_UNET_INPUTS if model.grounded else spec.UNET_INPUTS
+    if model.unet.guidance_embed is not None:
+        unet_inputs = (*unet_inputs, spec.STUDENT_INPUT)
     return Backend(
         name or f"torch-{device.type}",
         encoder,
@@ -150,6 +152,8 @@ def model_generator(model: torch.nn.Module, cfg: ModelConfig | None = None, voca
         vocab = shapes_vocab()
     d, diffusion = cfg.data, cfg.diffusion
     backend = model_backend(model)
+    student = (spec.student_entry(cfg.distill, diffusion.num_train_timesteps) if cfg.unet.guidance_embed
+               else None)
     return Generator(backend, (d.frames, d.channels, d.height, d.width),
                      make_alphas_cumprod(diffusion.num_train_timesteps, diffusion.schedule),
-                     sampler_defaults(diffusion), backend.null_context, layout_settings(cfg, vocab))
+                     sampler_defaults(diffusion), backend.null_context, layout_settings(cfg, vocab), student)

@@ -118,18 +118,22 @@ def evaluate_data(model: torch.nn.Module, cfg: ModelConfig, vocab: Any, pool: An
                   n: int = 16, seed: int = 0, steps: int = 8, guidance: float = 3.0, sampler: str = "dpmpp2m",
                   contact_sheet: str | os.PathLike | None = None, sheet_samples: int = 4) -> dict[str, Any]:
     """Held-out evaluation on a converted data set's val samples (`sg2v.training.converted.Pool`), where the
-    shapes oracle does not apply: the objective's loss on the first `n` (`heldout_loss`); for the layout
-    objective also the layout stage's relation accuracy on their graphs where the model's rule family has
-    rules for the vocabulary's predicates (`sg2v.quality.layout_quality`); for diffusion optionally a
-    contact sheet of the first `sheet_samples`, each a row of its real frames (an image, then black) above a
-    row sampled on its true tracks (objects known in every frame; the layout stage draws the others)."""
+    shapes oracle does not apply: the objective's loss on the first `n` (`heldout_loss`; none for "distill",
+    whose loss needs the teacher); for the layout objective also the layout stage's relation accuracy on
+    their graphs where the model's rule family has rules for the vocabulary's predicates
+    (`sg2v.quality.layout_quality`); for diffusion and distill optionally a contact sheet of the first
+    `sheet_samples`, each a row of its real frames (an image, then black) above a row sampled on its true
+    tracks (objects known in every frame; the layout stage draws the others)."""
     from sg2v.quality import layout_quality
     from sg2v.relations import rules_for
     from sg2v.training.converted import fitted_item, held_tracks, heldout_key, heldout_loss, known_boxes
 
-    out = heldout_loss(model, pool, cfg, vocab, objective, n, seed)
     d = cfg.data
     count = min(n, len(pool))
+    if objective == "distill":
+        out: dict[str, Any] = {"heldout_loss": None, "heldout_n": min(count, sheet_samples)}
+    else:
+        out = heldout_loss(model, pool, cfg, vocab, objective, n, seed)
 
     def fitted(k: int, frames: bool) -> dict[str, Any]:
         return fitted_item(pool, k, d, heldout_key(seed, k), frames=frames)

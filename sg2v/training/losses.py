@@ -224,3 +224,84 @@ def pretrain_losses(encoder: nn.Module, video_encoder: nn.Module, heads: Pretrai
     masked_loss = (per_sample * valid).sum() / valid.sum().clamp(min=1.0)
     loss = contrastive_weight * contrastive + masked_weight * masked_loss
     return {"loss": loss, "contrastive": contrastive, "masked": masked_loss, "temperature": 1.0 / scale}
+
+
+def consistency_distill_loss(
+    student: Any,
+    teacher: Any,
+    x0: torch.Tensor,
+    graph: Mapping[str, torch.Tensor] | Any,
+    generator: torch.Generator | None = None,
+    *,
+    boxes: torch.Tensor | None = None,
+    guidance_range: tuple[float, float] = (1.0, 8.0),
+    rescale: float = 0.0,
+    grid_steps: int = 20,
+    alphas_cumprod: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Consistency distillation of a guided teacher into a guidance-conditioned student (consistency models,
+    Song et al. 2023, with latent consistency models' guided teacher step, Luo et al. 2023).
+
+    On a grid of `grid_steps` trailing timesteps, x_t = q_sample(x0, t_n): the teacher's guided v at weight w
+    (classifier-free guidance with `rescale`, `sg2v.sampling.guide`; w ~ U(guidance_range) per sample) takes
+    one DDIM step to t_{n+1}, and the student's clean-clip estimate at (x_t, t_n, w) regresses on its own
+    estimate there (stop-gradient, as improved consistency training does), or on the teacher's endpoint after
+    the last grid point. The student (its UNet takes `guidance`) shares the teacher's encoder and layout, so
+    its conditioning is computed once. Draws from `generator`, in order: grid index, noise, w.
+    """
+    from sg2v.sampling import guide
+    from sg2v.schedule import timesteps
+
+    core = getattr(student, "module", student)
+    teach = getattr(teacher, "module", teacher)
+    ac = alphas_cumprod if alphas_cumprod is not None else alphas_cumprod_tensor(core.cfg.diffusion,
+                                                                                  x0.device)
+    b, dev = x0.shape[0], x0.device
+    grid = torch.from_numpy(timesteps(ac.shape[0], grid_steps, "trailing")).to(dev)  # (N,) descending
+    n = torch.randint(0, grid_steps, (b,), generator=generator, device=dev)  # (B,)
+    noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
+    lo, hi = (float(v) for v in guidance_range)
+    w = lo + (hi - lo) * torch.rand(b, generator=generator, device=dev)  # (B,)
+    t = grid[n]
+    last = n + 1 >= grid_steps  # the step after the last grid point lands on clean data
+    t_next = torch.where(last, torch.zeros_like(t), grid[(n + 1).clamp_max(grid_steps - 1)])
+    x_t = q_sample(x0, t, noise, ac)
+    shape = (b,) + (1,) * (x0.dim() - 1)
+    with torch.no_grad():
+        context, context_mask, objects = core.encode_all(graph)
+        layout: tuple[torch.Tensor, ...] = ()
+        pair: tuple[torch.Tensor, ...] = ()
+        if core.grounded:
+            if boxes is None:
+                raise ConfigError("this model is grounded on a layout: pass the clips' boxes (B, O, F, 4)")
+            layout = (objects, boxes.to(objects.dtype))
+            pair = (torch.cat([objects, torch.zeros_like(objects)]),
+                    torch.cat([layout[1], torch.zeros_like(layout[1])]))
+        null_ctx, null_mask = teach.null_context_batch(b)
+        v2 = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]).float(), torch.cat([context, null_ctx]),
+                     torch.cat([context_mask, null_mask.to(context_mask.dtype)]), *pair).float()
+        v = guide(v2[:b], v2[b:], w.reshape(shape), rescale)
+        a, s = _scales(ac, t, x0)
+        x0_t = a * x_t - s * v  # the teacher's clean estimate and noise: one DDIM step to t_next
+        eps_t = s * x_t + a * v
+        a_n, s_n = _scales(ac, t_next, x0)
+        keep = (~last).to(x0.dtype).reshape(shape)
+        a_n = a_n * keep + (1.0 - keep)  # (1, 0) on the clean side
+        s_n = s_n * keep
+        x_next = a_n * x0_t + s_n * eps_t
+        target = x_next.clone()
+        if (~last).any():
+            idx = (~last).nonzero().squeeze(1)
+            target[idx] = _clean_estimate(student, x_next[idx], t_next[idx], context[idx], context_mask[idx],
+                                          tuple(x[idx] for x in layout), w[idx], ac)
+    pred = _clean_estimate(student, x_t, t, context, context_mask, layout, w, ac)
+    return ((pred.float() - target.float()) ** 2).reshape(b, -1).mean(dim=1).mean()
+
+
+def _clean_estimate(model: Any, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                    context_mask: torch.Tensor, layout: tuple[torch.Tensor, ...], w: torch.Tensor,
+                    ac: torch.Tensor) -> torch.Tensor:
+    """A guidance-conditioned model's x0 estimate a_t x - s_t v at (x, t, w)."""
+    v = model(x, t.float(), context, context_mask, *layout, guidance=w).float()
+    a, s = _scales(ac, t, x)
+    return a * x - s * v

@@ -30,10 +30,12 @@ import torch
 from sg2v.config import (
     DEVICES,
     MODEL_SIZES,
+    DistillConfig,
     ModelConfig,
     model_config,
     option,
     parse_device,
+    student_config,
     without_layout,
 )
 from sg2v.errors import CheckpointError, ConfigError, Sg2vError
@@ -66,7 +68,7 @@ from sg2v.training.data import (
     collate,
     seed_worker,
 )
-from sg2v.training.losses import diffusion_loss, layout_loss
+from sg2v.training.losses import consistency_distill_loss, diffusion_loss, layout_loss
 from sg2v.video import frames_to_unit
 from sg2v.vocab import shapes_vocab
 
@@ -74,8 +76,9 @@ LAST = "last.pt"
 METRICS = "metrics.jsonl"
 
 
-OBJECTIVES = ("diffusion", "layout")
+OBJECTIVES = ("diffusion", "layout", "distill")
 GROUNDING_PREFIXES = ("unet.object_maps.", "unet.layout_in.", "unet.pixel_head.", "layout_net.")
+STUDENT_PREFIXES = ("unet.guidance_embed.",)
 
 
 class TrainError(Sg2vError, ValueError):
@@ -125,6 +128,12 @@ class TrainConfig:
                                   "them (the layout network and the UNet then read the same encoder)")
     pin_prob: float = option(0.3, "layout objective: fraction of samples in which half the objects' tracks "
                              "are given (layout inpainting)")
+    guidance_min: float = option(1.0, "distill objective: smallest guidance weight the student learns")
+    guidance_max: float = option(8.0, "distill objective: largest guidance weight the student learns")
+    distill_grid: int = option(20, "distill objective: trailing timesteps of the consistency grid (1000 / "
+                               "grid timesteps per student step on the finest grid)")
+    student_steps: int = option(4, "distill objective: the student bundle's default sampler steps (a divisor "
+                                "of --distill-grid)")
     resume: str = option("auto", "'auto' (OUT/last.pt when present), 'never', or a checkpoint path")
     device: str = option("auto", f"where to train: {DEVICES} (under torchrun, each process takes its "
                          "LOCAL_RANK's GPU)")
@@ -210,6 +219,20 @@ class TrainConfig:
             raise TrainError(f"objective {self.objective!r}: choose one of {list(OBJECTIVES)}")
         if not (isinstance(self.pin_prob, (int, float)) and 0.0 <= self.pin_prob <= 1.0):
             raise TrainError(f"--pin-prob must be in [0, 1], got {self.pin_prob!r}")
+        if self.objective == "distill":
+            if not self.init:
+                raise TrainError("distill: --init must name the teacher (a checkpoint, or a bundle with "
+                                 "weights)")
+            if not (math.isfinite(self.guidance_min) and math.isfinite(self.guidance_max)
+                    and 0.0 <= self.guidance_min <= self.guidance_max):
+                raise TrainError(f"--guidance-min {self.guidance_min} / --guidance-max {self.guidance_max}: "
+                                 "need finite 0 <= min <= max")
+            if not (isinstance(self.distill_grid, int) and 1 <= self.distill_grid <= 1000):
+                raise TrainError(f"--distill-grid must be an integer in [1, 1000], got {self.distill_grid!r}")
+            if not (isinstance(self.student_steps, int) and self.student_steps >= 1
+                    and self.distill_grid % self.student_steps == 0):
+                raise TrainError(f"--student-steps {self.student_steps} must divide --distill-grid "
+                                 f"{self.distill_grid}")
         for name in ("frames", "height", "width", "max_objects"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -398,37 +421,46 @@ def load_init_encoder(model: torch.nn.Module, path: str, vocab: Any = None) -> N
     load_state_checked(model.encoder, ckpt["encoder"], path, "encoder")
 
 
-def load_init_weights(model: torch.nn.Module, path: str, vocab: Any = None) -> list[str]:
-    """Initialise the whole SG2V from `path` to fine-tune it (fresh optimizer, schedule and step count).
+def init_source(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor], str, Any]:
+    """(config, state dict, "ema" or "model", vocabulary) of the weights at `path`: a checkpoint (`last.pt`,
+    `model.pt`, an sg2v `.safetensors`: its EMA weights when stored, else its raw ones) or a bundle folder
+    exported with `--include-weights` (its `model.safetensors`, fp16 or fp32, cast up to fp32; its sha256 is
+    checked against the manifest first)."""
+    where = Path(path)
+    if where.is_dir():
+        source, cfg, vocab = load_bundle_model(where)
+        return cfg, source.state_dict(), "model", vocab
+    ckpt = load_checkpoint(where)
+    cfg = checkpoint_config(ckpt, where)
+    what = "ema" if ckpt.get("ema") is not None else "model"
+    return cfg, ckpt[what], what, checkpoint_vocab(ckpt, where)
 
-    `path` is a checkpoint (`last.pt`, `model.pt`, an sg2v `.safetensors`: its EMA weights when stored, else
-    its raw ones) or a bundle folder exported with `--include-weights` (its `model.safetensors`, fp16 or fp32,
-    cast up to the model's fp32 parameters; its sha256 is checked against the manifest first). The stored
-    config must equal this run's, video shape included, or be this run's without layout grounding; returns
-    the names of the tensors that keep their initialisation (the grounding layers in that case). Its
+
+def load_init_weights(model: torch.nn.Module, path: str, vocab: Any = None) -> list[str]:
+    """Initialise the whole SG2V from `path` (`init_source`) to fine-tune it (fresh optimizer, schedule and
+    step count). The stored config must equal this run's, video shape included, or be this run's without
+    layout grounding, or the teacher of this run's guidance-distilled student; returns the names of the
+    tensors that keep their initialisation (the grounding layers, or the student's guidance embedding). Its
     vocabulary must be `vocab`, when given.
     """
     where = Path(path)
-    if where.is_dir():
-        source, cfg, theirs = load_bundle_model(where)
-        state, what = source.state_dict(), "model"
-    else:
-        ckpt = load_checkpoint(where)
-        cfg = checkpoint_config(ckpt, where)
-        theirs = checkpoint_vocab(ckpt, where)
-        what = "ema" if ckpt.get("ema") is not None else "model"
-        state = ckpt[what]
+    cfg, state, what, theirs = init_source(path)
     _check_vocab(theirs, vocab, "--init", path)
     if cfg == model.cfg:
         load_state_checked(model, state, where, what)
         return []
-    if cfg.unet.layout_dim or without_layout(model.cfg) != cfg:
+    if not cfg.unet.layout_dim and without_layout(model.cfg) == cfg:
+        prefixes = GROUNDING_PREFIXES  # an ungrounded model of the same shapes
+    elif model.cfg.unet.guidance_embed and student_config(cfg, model.cfg.distill,
+                                                          model.cfg.diffusion.default_steps) == model.cfg:
+        prefixes = STUDENT_PREFIXES  # the student's teacher
+    else:
         raise CheckpointError(f"--init {path}: config mismatch: it holds a {cfg.name!r} model ({cfg.data}), "
                               f"this run asks for {model.cfg.name!r} ({model.cfg.data}); pass the same "
                               "--size and video shape")
-    # An ungrounded model of the same shapes: everything but the grounding layers comes from it; those keep
-    # their initialisation (zero outputs: the UNet computes what the source did until they learn).
-    fresh = [k for k in model.state_dict() if k.startswith(GROUNDING_PREFIXES)]
+    # Everything but the new layers comes from the source; those keep their (zero-output) initialisation, so
+    # the model computes what the source did until they learn.
+    fresh = [k for k in model.state_dict() if k.startswith(prefixes)]
     full = {**{k: v for k, v in model.state_dict().items() if k in fresh}, **state}
     load_state_checked(model, full, where, what)
     return fresh
@@ -457,11 +489,6 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool, model_cfg: ModelConfig |
         out.mkdir(parents=True, exist_ok=True)
     data = tc.open_data()
     cfg = model_cfg if model_cfg is not None else tc.model_config(data)
-    shape = (cfg.data.frames, cfg.data.height, cfg.data.width)
-    if data is not None and shape != (data.frames, data.height, data.width):
-        raise TrainError(f"model config {cfg.name!r}: {cfg.data} does not take the data's "
-                         f"{data.frames} x {data.height} x {data.width} clips; build it with "
-                         "TrainConfig.model_config(data)")
     vocab = data.vocab if data is not None else shapes_vocab()
     if (cfg.encoder.num_objs, cfg.encoder.num_preds) != (vocab.num_objs, vocab.num_preds):
         raise TrainError(f"--size {tc.size}: encoder vocabulary sizes ({cfg.encoder.num_objs}, "
@@ -474,13 +501,29 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool, model_cfg: ModelConfig |
     if tc.objective == "layout" and cfg.layout.dim <= 0:
         raise TrainError(f"--size {tc.size} has no layout network (layout.dim = 0); the layout objective "
                          "needs one")
+    teacher = None
+    if tc.objective == "distill":  # the student is the teacher (--init) plus a guidance input
+        t_cfg, t_state, t_what, _ = init_source(tc.init)
+        distill = DistillConfig(float(tc.guidance_min), float(tc.guidance_max),
+                                float(t_cfg.diffusion.default_guidance_rescale), int(tc.distill_grid))
+        cfg = student_config(t_cfg, distill, tc.student_steps)
+        teacher = build_model(t_cfg)
+        load_state_checked(teacher, t_state, tc.init, t_what)
+        teacher = teacher.to(dist.device).requires_grad_(False).eval()
+        del t_state
+    shape = (cfg.data.frames, cfg.data.height, cfg.data.width)
+    if data is not None and shape != (data.frames, data.height, data.width):
+        what = f"--init {tc.init}" if tc.objective == "distill" else f"model config {cfg.name!r}"
+        raise TrainError(f"{what}: {cfg.data} does not take the data's {data.frames} x {data.height} x "
+                         f"{data.width} clips; use a model trained on this --data (Python API: build the "
+                         "config with TrainConfig.model_config(data))")
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(dist.device)
     if tc.init:
         fresh = load_init_weights(model, tc.init, vocab)
         if fresh and dist.is_main:
-            print(f"--init {tc.init}: an ungrounded model; {len(fresh)} grounding tensors start from their "
-                  "initialisation", file=sys.stderr)
+            print(f"--init {tc.init}: {len(fresh)} tensors it does not have ({fresh[0]}, ...) start from "
+                  "their initialisation", file=sys.stderr)
     if tc.init_encoder:
         load_init_encoder(model, tc.init_encoder, vocab)
     learn = {id(p) for p in trainable(model, tc)}
@@ -530,7 +573,8 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool, model_cfg: ModelConfig |
         return TrainResult(model, ema, opt, start, losses, metrics, out)
 
     if data is not None:
-        ds = ConvertedSamples(data.train, cfg, vocab, tc.seed, tc.batch, tc.objective)
+        arrays = "layout" if tc.objective == "layout" else "diffusion"  # distill: clips like diffusion
+        ds = ConvertedSamples(data.train, cfg, vocab, tc.seed, tc.batch, arrays)
     else:
         shapes = ShapesLayoutDataset if tc.objective == "layout" else ShapesVideoDataset
         ds = shapes(cfg, vocab, seed=tc.seed, split="train")
@@ -560,7 +604,7 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool, model_cfg: ModelConfig |
                     sync = ddp.no_sync()
                 with sync:
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                        loss = compute_loss(ddp, batch, gen, tc)
+                        loss = compute_loss(ddp, batch, gen, tc, teacher)
                     (loss / tc.grad_accum).backward()
                 step_loss += loss.detach().float() / tc.grad_accum
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip
@@ -650,13 +694,16 @@ def _stop_reason(tc: TrainConfig, dist: Dist, done: int, t_start: float) -> str 
 
 
 def trainable(model: torch.nn.Module, tc: TrainConfig) -> list[torch.nn.Parameter]:
-    """The parameters `tc` trains: the layout network (layout objective) or everything else (diffusion
-    objective), the graph encoder in either case unless --freeze-encoder."""
+    """The parameters `tc` trains: the layout network (layout objective), the UNet (distill objective) or
+    everything but the layout network (diffusion objective); the graph encoder too unless --freeze-encoder
+    (never when distilling)."""
     core = getattr(model, "module", model)
     out = []
     for name, p in core.named_parameters():
         in_layout = name.startswith("layout_net.")
-        if name.startswith("encoder."):
+        if tc.objective == "distill":  # the student shares its teacher's encoder and layout network
+            keep = name.startswith("unet.")
+        elif name.startswith("encoder."):
             keep = not tc.freeze_encoder
         else:
             keep = in_layout if tc.objective == "layout" else not in_layout
@@ -666,9 +713,11 @@ def trainable(model: torch.nn.Module, tc: TrainConfig) -> list[torch.nn.Paramete
 
 
 def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
-                 generator: torch.Generator | None, tc: TrainConfig | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None, tc: TrainConfig | None = None,
+                 teacher: torch.nn.Module | None = None) -> torch.Tensor:
     """The loss of one micro-batch: the v-prediction diffusion loss (with CFG condition dropout, grounded on
-    the clips' true boxes when the model is), or the layout network's loss (`tc.objective` "layout").
+    the clips' true boxes when the model is), the layout network's loss (`tc.objective` "layout"), or the
+    student's consistency distillation loss against `teacher` ("distill").
 
     batch["video"] is (B, F, C, H, W), F = 1 for a batch of images: uint8 as the data loader ships it (mapped
     to [-1, 1] here, on the model's device), or float32 already in [-1, 1].
@@ -684,6 +733,11 @@ def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
         video = frames_to_unit(video)
     core = getattr(model, "module", model)
     boxes = batch["boxes"] if core.grounded else None
+    if tc.objective == "distill":
+        d = core.cfg.distill
+        return consistency_distill_loss(model, teacher, video, graph, generator, boxes=boxes,
+                                        guidance_range=(d.guidance_min, d.guidance_max),
+                                        rescale=d.guidance_rescale, grid_steps=d.grid_steps)
     return diffusion_loss(model, video, graph, generator, boxes=boxes)
 
 
@@ -697,20 +751,25 @@ def _periodic_eval(tc: TrainConfig, ema: torch.nn.Module, cfg: ModelConfig, voca
     rng_state = torch.get_rng_state()  # evaluation must not perturb the training stream
     if data is not None:
         sheet = None
-        if tc.objective == "diffusion":
+        sampler, steps = tc.eval_sampler, tc.eval_steps
+        if tc.objective == "distill":  # a student samples with DDIM on its grid
+            sampler, steps = "ddim", cfg.diffusion.default_steps
+        if tc.objective != "layout":
             (out / "samples").mkdir(exist_ok=True)
             sheet = out / "samples" / f"step{step:07d}.png"
         report = evaluate_data(ema, cfg, vocab, data.val, tc.objective, n=tc.eval_samples, seed=tc.seed,
-                               steps=tc.eval_steps, guidance=tc.eval_guidance, sampler=tc.eval_sampler,
-                               contact_sheet=sheet)
+                               steps=steps, guidance=tc.eval_guidance, sampler=sampler, contact_sheet=sheet)
     elif tc.objective == "layout":
         report = evaluate_layouts(ema, cfg, vocab, n=tc.eval_samples, seed=tc.seed)
     else:
         (out / "samples").mkdir(exist_ok=True)
         sheet = out / "samples" / f"step{step:07d}.png"
-        report = evaluate(ema, cfg, vocab, n=tc.eval_samples, steps=tc.eval_steps, guidance=tc.eval_guidance,
-                          sampler=tc.eval_sampler, seed=tc.seed, contact_sheet=sheet,
-                          true_layouts=ema.grounded)
+        sampler, steps = tc.eval_sampler, tc.eval_steps
+        if tc.objective == "distill":  # a student samples with DDIM on its grid
+            sampler, steps = "ddim", cfg.diffusion.default_steps
+        report = evaluate(ema, cfg, vocab, n=tc.eval_samples, steps=steps, guidance=tc.eval_guidance,
+                          sampler=sampler, seed=tc.seed, contact_sheet=sheet,
+                          true_layouts=ema.grounded and tc.objective == "diffusion")
     torch.set_rng_state(rng_state)
     m = {"step": step, "eval": True, **report}
     _log(out, m)
@@ -718,6 +777,8 @@ def _periodic_eval(tc: TrainConfig, ema: torch.nn.Module, cfg: ModelConfig, voca
 
 
 def _eval_line(m: dict[str, Any]) -> str:
+    if "heldout_loss" in m and m["heldout_loss"] is None:
+        return f"samples of {m['heldout_n']} val graphs in samples/ (a student's loss needs its teacher)"
     if "heldout_loss" in m:
         line = f"held-out loss {_fmt(m['heldout_loss'])} on {m['heldout_n']} val samples"
         if m.get("layout_relation_accuracy") is not None:
