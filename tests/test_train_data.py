@@ -361,6 +361,29 @@ def test_retrieval_on_a_converted_pool(converted):
     assert r["n"] == 7 and 0.0 <= r["R@1"] <= r["R@5"] <= 1.0
 
 
+def test_distill_a_student_on_converted_data(converted, tmp_path):
+    """A teacher trained on clips and stills is distilled on the same data (image and clip batches): finite
+    losses, a student checkpoint with the data's vocabulary, samples of val graphs at evaluation; a teacher
+    of another vocabulary is refused."""
+    from sg2v.errors import CheckpointError
+
+    data = [converted["ag"]]
+    train(_tc(tmp_path / "teacher", data, steps=1), progress=False)
+    tc = _tc(tmp_path / "student", data, objective="distill", init=str(tmp_path / "teacher" / "last.pt"),
+             student_steps=2, distill_grid=4, eval_every=2, eval_samples=2)
+    res = train(tc, progress=False)
+    assert res.step == 2 and all(np.isfinite(res.losses))
+    ck = load_checkpoint(tmp_path / "student" / "last.pt")
+    assert ck["config"]["unet"]["guidance_embed"] and ck["vocab"] == ConvertedDataset(data[0]).vocab.to_dict()
+    (ev,) = [r for r in read_metrics(tmp_path / "student") if r.get("eval")]
+    assert ev["heldout_loss"] is None and ev["sampler"] == "ddim" and ev["steps"] == 2
+    assert (tmp_path / "student" / "samples" / "step0000002.png").is_file()
+    train(_tc(tmp_path / "vg", [converted["vg"]], steps=1), progress=False)  # 4 x 16 x 16, as the folder set
+    with pytest.raises(CheckpointError, match="--init .*: its vocabulary .* differs from this run's"):
+        train(dataclasses.replace(tc, data=[str(converted["folder"])], init=str(tmp_path / "vg" / "last.pt"),
+                                  out=str(tmp_path / "s2")), progress=False)
+
+
 # ------------------------------------------------------------------------------------------ CLI, export, run
 def test_cli_trains_on_data_and_errors_are_one_line(converted, tmp_path, capsys):
     from sg2v.cli.train import main
