@@ -55,6 +55,8 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
 
 def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value) of one message: ints for varint/fixed, memoryviews for bytes."""
+    if not isinstance(buf, memoryview):  # a number where ONNX has a message: a crafted wire type
+        raise ValueError("a message field holds a number")
     pos = 0
     while pos < len(buf):
         key, pos = _varint(buf, pos)
@@ -91,7 +93,14 @@ def _ints(wire: int, value: Any) -> list[int]:
 
 
 def _string(value: Any) -> str:
-    return bytes(value).decode("utf-8", errors="replace")
+    return _bytes(value).tobytes().decode("utf-8", errors="replace")
+
+
+def _bytes(value: Any) -> memoryview:
+    """A length-delimited field's bytes; a number there (bytes(n) would allocate n bytes) is refused."""
+    if not isinstance(value, memoryview):
+        raise ValueError("a bytes field holds a number")
+    return value
 
 
 class _Tensor:
@@ -110,7 +119,7 @@ class _Tensor:
             elif field == 8:
                 self.name = _string(value)
             elif field == 9:
-                self.raw = value
+                self.raw = _bytes(value)
             elif field == 14:
                 self.external = value == 1
             elif field == 13:

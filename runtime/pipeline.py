@@ -33,7 +33,7 @@ class Pipeline:
         s = bundle.shapes
         null = backend.null_context or (bundle.null_context, bundle.null_context_mask)
         layout = None
-        if bundle.grounded:  # candidate layouts per layout-stage call: at most the graphs' batch axis allows
+        if bundle.grounded:  # candidate layouts per layout-stage call: at most its batch axis takes
             layout = {**bundle.layout, "max_batch": s["max_layout_batch"]}
         self.generator = Generator(backend, (s["frames"], s["channels"], s["height"], s["width"]),
                                    bundle.alphas_cumprod(), bundle.sampler_defaults, null, layout)

@@ -363,10 +363,11 @@ def model_config(size: str) -> ModelConfig:
 
 
 def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, aliases: Sequence[str] = (),
-           type: Any = None) -> Any:
-    """A dataclass field whose flag `--field-name` (and `aliases`) shows `help` with the default beside it."""
+           type: Any = None, nargs: str | None = None) -> Any:
+    """A dataclass field whose flag `--field-name` (and `aliases`) shows `help` with the default beside it;
+    `nargs` "+" makes it take one or more values (a list)."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
-            "aliases": tuple(aliases), "type": type}
+            "aliases": tuple(aliases), "type": type, "nargs": nargs}
     return field(default=default, metadata=meta)
 
 
@@ -385,6 +386,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] 
         if meta["choices"] is not None:
             kw["choices"] = list(meta["choices"])
         kw["type"] = meta["type"] or (type(f.default) if f.default is not None else str)
+        if meta.get("nargs"):
+            kw["nargs"] = meta["nargs"]
         parser.add_argument(f"--{f.name.replace('_', '-')}", *meta["aliases"], **kw)
     return parser
 

@@ -130,3 +130,11 @@ def grounded_bundle(tmp_path_factory) -> Path:
 def grounded_checkpoint(grounded_bundle) -> Path:
     """The checkpoint `grounded_bundle` was exported from."""
     return grounded_bundle.parent / "tiny.pt"
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory) -> dict[str, Path]:
+    """The data set fixtures converted once per session (`helpers.convert_fixtures`): name -> folder."""
+    from helpers import convert_fixtures
+
+    return convert_fixtures(tmp_path_factory.mktemp("converted"))

@@ -275,3 +275,44 @@ def export_random_bundle(root: Path, seed: int = 1234, grounded: bool = False) -
     ckpt = save_checkpoint(root / "tiny.pt", random_model(cfg, seed), cfg, shapes_vocab())
     export_bundle(ckpt, root / "bundle", include_weights=True)
     return root / "bundle", ckpt
+
+
+def convert_fixtures(root: Path) -> dict[str, Path]:
+    """The four source fixtures of tests/dataset_fixtures.py converted at the `tiny` size as their own tests
+    convert them, plus "stills": three still images of the folder format converted with the folder set's
+    vocabulary (an image set to mix with its clips). Returns name -> converted folder."""
+    import importlib.util
+
+    from dataset_fixtures import solid, write_ag, write_coco, write_folder, write_vg
+
+    from sg2v.dataset import AGOptions, CocoOptions, CommonOptions, FolderOptions, VGOptions, convert
+
+    root = Path(root)
+    quiet = {"log": lambda line: None}
+    tiny = CommonOptions(size="tiny")
+    write_vg(root / "src" / "vg")
+    write_coco(root / "src" / "coco")
+    write_ag(root / "src" / "ag")
+    write_folder(root / "src" / "folder", mp4=importlib.util.find_spec("imageio_ffmpeg") is not None)
+    out = {name: root / name for name in ("vg", "coco", "ag", "folder", "stills")}
+    convert("vg", root / "src" / "vg", out["vg"], tiny,
+            VGOptions(splits_json=str(root / "src" / "vg" / "vg_splits.json"), min_object_instances=2,
+                      min_relationship_instances=2), **quiet)
+    convert("coco-stuff", root / "src" / "coco", out["coco"], tiny, CocoOptions(val_images=1), **quiet)
+    convert("action-genome", root / "src" / "ag", out["ag"], CommonOptions(size="tiny", frames=2),
+            AGOptions(val_fraction=0.5), **quiet)
+    convert("folder", root / "src" / "folder", out["folder"], CommonOptions(size="tiny", frames=4),
+            FolderOptions(), **quiet)
+    stills = root / "src" / "stills"
+    graphs = [{"objects": ["cup", "table"], "relationships": [[0, "on", 1]],
+               "layout": {"0": [0.25, 0.25, 0.5, 0.5], "1": [0.0, 0.5, 1.0, 1.0]}},
+              {"objects": ["lamp", "table", "cup"], "relationships": [[0, "on", 1], [2, "on", 1]],
+               "layout": {"0": [0.0, 0.0, 0.25, 0.5], "2": [0.5, 0.25, 0.75, 0.5]}},
+              {"objects": ["robot arm", "cup"], "relationships": [[0, "holding", 1]]}]
+    for i, g in enumerate(graphs):
+        solid(stills / f"still{i}.png", 32, 32, 80 + i, "PNG")
+        (stills / f"still{i}.json").write_text(json.dumps(g), encoding="utf-8")
+    convert("folder", stills, out["stills"], CommonOptions(size="tiny", frames=4),
+            FolderOptions(vocab=str(out["folder"] / "vocab.json"), val_fraction=0.0, test_fraction=0.0),
+            **quiet)
+    return out

@@ -302,3 +302,51 @@ def test_layout_loss_counts_only_the_unpinned_objects():
     want = ((err * w).sum(1) / w.sum(1).clamp_min(1) * x0_loss_weight(ac, t)).mean()
     torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-7)
     assert 0 < pin.sum() < track_mask.sum()  # this draw pins some objects and not others
+
+
+def test_layout_loss_weighs_known_frames_and_pins_only_whole_tracks():
+    """With a per-(object, frame) weight (real data: 0 where the box is unknown) the loss is the weighted mean
+    over objects and frames, against a hand computation on the same draws; objects with an unknown frame are
+    never pinned; all-ones weights give the unweighted loss."""
+    torch.manual_seed(7)
+    model = build_model(GROUNDED)
+    b = 6
+    graph = random_graphs(b, 4)
+    tracks = random_boxes(b, graph, 5)
+    n = graph["obj_mask"].sum(1).long()
+    track_mask = (torch.arange(D.padded_objects)[None] < (n - 1)[:, None]).float()
+    weight = (torch.rand(b, D.padded_objects, D.frames, generator=torch.Generator().manual_seed(8)) < 0.7)
+    weight = weight.float() * track_mask[..., None]
+    weight[:, 0] = track_mask[:, :1]  # object 0 known in every frame: it may be pinned
+    got = layout_loss(model, tracks, track_mask, graph, torch.Generator().manual_seed(9), pin_prob=1.0,
+                      track_weight=weight)
+    g = torch.Generator().manual_seed(9)
+    ac = alphas_cumprod_tensor(GROUNDED.diffusion)
+    t = torch.randint(0, ac.shape[0], (b,), generator=g)
+    x0 = tracks.double() * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    torch.rand(b, 1, generator=g)
+    drawn = (torch.rand(b, D.padded_objects, generator=g) < 0.5).float() * track_mask
+    pin = drawn * (weight.amin(2) > 0).float()
+    with torch.no_grad():
+        ctx, cmask, objects = model.encode_all(graph)
+        v = model.layout_net(q_sample(x0.float(), t, noise, ac), t.float(), objects, track_mask, ctx, cmask,
+                             graph["triples"], x0.float() * pin[..., None, None], pin)
+    err = ((v.double() - v_target(x0, t, noise.double(), ac)) ** 2).mean(3)  # (B, O, F)
+    from sg2v.training.losses import x0_loss_weight
+
+    want = 0.0
+    for i in range(b):
+        w = [(k, f) for k in range(D.padded_objects) for f in range(D.frames)
+             if track_mask[i, k] and not pin[i, k] and weight[i, k, f]]
+        mean = sum(float(err[i, k, f]) for k, f in w) / max(len(w), 1)
+        want += mean * float(x0_loss_weight(ac, t)[i]) / b
+    assert abs(float(got.detach()) - want) <= 1e-5 * abs(want)
+    assert pin.sum() > 0 and (drawn - pin).sum() > 0  # some tracks given, some drawn ones kept out for gaps
+    ones = track_mask[..., None].expand(-1, -1, D.frames)
+    for seed in (9, 10):
+        torch.testing.assert_close(
+            layout_loss(model, tracks, track_mask, graph, torch.Generator().manual_seed(seed),
+                        track_weight=ones),
+            layout_loss(model, tracks, track_mask, graph, torch.Generator().manual_seed(seed)),
+            rtol=1e-6, atol=1e-7)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
 import zipfile
 from pathlib import Path
@@ -364,9 +363,38 @@ def test_computed_constant_of_shape_and_range_and_external_data(tmp_path):
     with pytest.raises(OnnxGuardError, match="declares shape"):
         check_onnx_file(_onnx(tmp_path, [helper.make_node("Identity", ["x"], ["y"])], inputs=[big_io],
                               name="io.onnx"))
-    (tmp_path / "junk.onnx").write_bytes(os.urandom(64) + b"\xff" * 16)
-    with pytest.raises(OnnxGuardError, match="not a readable ONNX file|graphs, an ONNX model has one"):
-        check_onnx_file(tmp_path / "junk.onnx")
+    for seed in range(300):  # junk of every kind: one line each, whatever its bytes happen to declare
+        junk = np.random.default_rng(seed).bytes(64)
+        (tmp_path / "junk.onnx").write_bytes(junk + b"\xff" * 16 if seed % 2 else junk)
+        with pytest.raises(OnnxGuardError, match="not a readable ONNX file|graphs, an ONNX model has one"):
+            check_onnx_file(tmp_path / "junk.onnx")
+
+
+def _key(field: int, wire: int) -> bytes:
+    return _uvarint(field << 3 | wire)
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+@pytest.mark.parametrize("field", [8, 9])  # an initializer's name, its raw data
+def test_a_number_where_onnx_has_bytes_is_refused_without_allocating(tmp_path, field):
+    """A varint of 2^40 in a bytes field: read as bytes(n), it would allocate a terabyte."""
+    tensor = _key(field, 0) + _uvarint(1 << 40)
+    graph = _key(5, 2) + _uvarint(len(tensor)) + tensor
+    (tmp_path / "m.onnx").write_bytes(_key(7, 2) + _uvarint(len(graph)) + graph)
+    with pytest.raises(OnnxGuardError, match="not a readable ONNX file .*bytes field holds a number") as e:
+        check_onnx_file(tmp_path / "m.onnx")
+    _one_line(e.value)
+    (tmp_path / "g.onnx").write_bytes(_key(7, 0) + _uvarint(5))  # the graph itself a number
+    with pytest.raises(OnnxGuardError, match="message field holds a number"):
+        check_onnx_file(tmp_path / "g.onnx")
 
 
 def test_bomb_inside_an_if_branch(tmp_path):

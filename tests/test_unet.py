@@ -78,11 +78,57 @@ def test_output_shape_and_bad_shapes():
     assert v.std() > 1e-3
     with pytest.raises(ValueError, match="this model takes"):
         net(x[:, :, :, :8], t, ctx, mask)
+    with pytest.raises(ValueError, match="or \\(B, 1, 3, 16, 16\\) for images"):
+        net(x[:, :2], t, ctx, mask)  # clips take F frames, images one
     for bad in [dict(norm_groups=1), dict(base_channels=18), dict(attention_levels=(3,))]:
         with pytest.raises(ConfigError):
             make_unet(**bad)
     with pytest.raises(ConfigError, match="divisible"):
         TemporalUNet(CFG.unet, dataclasses.replace(D, height=17), CTX)
+
+
+@pytest.mark.parametrize("grounded", [False, True])
+def test_a_one_frame_clip_is_what_a_one_frame_unet_computes(grounded):
+    """Images (joint training): an F-frame UNet on (B, 1, ...) computes exactly what the same weights do in a
+    UNet configured for one frame (temporal attention at the first position, temporal conv's centre tap),
+    and each image's v depends on that image alone."""
+    net = make_unet(seed=4, grounded=grounded)
+    randomize_zero_params(net, seed=5)  # temporal outputs non-zero, so they take part
+    one = TemporalUNet(net.ucfg, dataclasses.replace(D, frames=1), CTX, object_dim=OD if grounded else 0)
+    state = {k: v[:, :1] if k.endswith(".pos") else v for k, v in net.state_dict().items()}
+    one.load_state_dict(state)
+    one.eval()
+    x, t, ctx, mask = inputs(3, seed=6)
+    image = x[:, :1]  # (B, 1, C, H, W)
+    layout = ()
+    if grounded:
+        objects, boxes = layout_inputs(3, seed=7)
+        layout = (objects, boxes[:, :, :1])
+    with torch.no_grad():
+        got = net(image, t, ctx, mask, *layout)
+        torch.testing.assert_close(got, one(image, t, ctx, mask, *layout), rtol=0, atol=0)
+        alone = net(image[1:2], t[1:2], ctx[1:2], mask[1:2], *(a[1:2] for a in layout))
+        clip = net(x, t, ctx, mask, *((layout[0], layout_inputs(3, seed=7)[1]) if grounded else ()))
+    torch.testing.assert_close(alone, got[1:2], rtol=1e-5, atol=1e-6)
+    assert got.shape == image.shape and clip.shape == x.shape
+    assert not torch.allclose(got[:, 0], clip[:, 0], atol=1e-4)  # a clip's first frame sees its others
+
+
+def test_temporal_attention_over_one_frame_matches_float64():
+    """With one frame each pixel attends to itself only (softmax of one logit is 1): x + out(v(norm(x) +
+    pos[0])), against a float64 computation."""
+    layer = TemporalAttention(16, 2, D.frames).double()
+    randomize_zero_params(layer, seed=3)
+    x = torch.randn(3, 16, 4, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    got = layer(x, frames=1)
+    tokens = x.permute(0, 2, 3, 1).reshape(-1, 16)  # (B*H*W, C)
+    mu = tokens.mean(-1, keepdim=True)
+    normed = (tokens - mu) / ((tokens - mu).pow(2).mean(-1, keepdim=True) + layer.norm.eps).sqrt()
+    normed = normed * layer.norm.weight + layer.norm.bias
+    a = layer.attn
+    out = a.to_out(a.to_v(normed + layer.pos[0, 0]))
+    want = (tokens + out).reshape(3, 4, 5, 16).permute(0, 3, 1, 2)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)  # TokenNorm normalises in float32
 
 
 def test_temporal_layers_are_identity_at_init():

@@ -4,6 +4,7 @@
   sg2v-train diffusion --size tiny --steps 2000 --out runs/tiny [--init-encoder runs/pre/pretrain.pt]
   sg2v-train layout --size tiny --steps 2000 --init runs/tiny/last.pt --freeze-encoder --out runs/tiny-layout
   sg2v-train distill --size tiny --steps 1000 --init runs/tiny-layout/last.pt --out runs/tiny-student
+  sg2v-train diffusion --data data/coco [data/more ...] --size small --out runs/coco   (converted data sets)
   torchrun --nproc-per-node 2 -m sg2v.cli.train diffusion ...   (DDP: gloo on CPU, nccl on CUDA)
   sg2v-train eval --ckpt runs/tiny/last.pt --steps 4 8 25 [--json table.json]
 """
@@ -61,11 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_args(sub.add_parser("pretrain", formatter_class=fmt, help=what, description=what))
     _add_diffusion_args(sub.add_parser("diffusion", formatter_class=fmt,
                                        help="train the diffusion model (resumes OUT/last.pt)",
-                                       description="Train the SG2V diffusion model on the shapes world"))
+                                       description="Train the SG2V diffusion model on the shapes world or "
+                                       "on converted data sets (--data)"))
     _add_diffusion_args(sub.add_parser("layout", formatter_class=fmt,
                                        help="train the layout network (resumes OUT/last.pt)",
                                        description="Train the layout network of a grounded SG2V on the "
-                                       "shapes world's scenes (--init: the model whose other parts to keep)"))
+                                       "shapes world's scenes or on converted data sets' boxes (--data) "
+                                       "(--init: the model whose other parts to keep)"))
     _add_diffusion_args(sub.add_parser("distill", formatter_class=fmt,
                                        help="distil a few-step, guidance-conditioned student (resumes)",
                                        description="Consistency-distil the guided teacher given with "
@@ -118,10 +121,16 @@ def _run_eval(args: argparse.Namespace) -> int:
     from sg2v.io import atomic_write_text
     from sg2v.training.checkpoint import load_model
     from sg2v.training.evaluate import evaluate, format_table
+    from sg2v.training.train import TrainError
+    from sg2v.vocab import shapes_vocab
 
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = "cuda" if cuda else "cpu"
     model, cfg, vocab = load_model(args.ckpt, ema=not args.no_ema, device=device)
+    if vocab != shapes_vocab():
+        raise TrainError(f"--ckpt {args.ckpt}: a model of another vocabulary ({len(vocab.object_names)} "
+                         "object names: trained with --data); the shapes oracle scores shapes-world models "
+                         "only, the held-out loss on the val split is in its run's metrics.jsonl")
     guidance = cfg.diffusion.default_guidance if args.guidance is None else args.guidance
     sampler = cfg.diffusion.default_sampler if args.sampler is None else args.sampler
     rows = []

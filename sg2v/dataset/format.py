@@ -286,11 +286,23 @@ class ConvertedDataset:
         """Sample `index`'s scene graph (no frames read)."""
         return _copy_graph(self._item(index)[0])
 
+    def counts(self) -> dict[str, np.ndarray]:
+        """Per sample, from the index alone: "frames", "objects" and "relationships", each (N,) int64."""
+        items = self._items
+        return {"frames": np.array([it[7] for it in items], dtype=np.int64),
+                "objects": np.array([len(it[0]["objects"]) for it in items], dtype=np.int64),
+                "relationships": np.array([len(it[0]["relationships"]) for it in items], dtype=np.int64)}
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        offset, count = self._item(index)[6:8]
+        # (F, H, W, 3) uint8, a copy
+        return {**self.annotation(index), "frames": np.array(self._frames[offset:offset + count])}
+
+    def annotation(self, index: int) -> dict[str, Any]:
+        """Sample `index` without its frames (every key of `ds[index]` but "frames"; no frame is read)."""
         graph, boxes, visible, has_layout, rel_frames, source, offset, count = self._item(index)
         return {
             "graph": _copy_graph(graph),
-            "frames": np.array(self._frames[offset:offset + count]),  # (F, H, W, 3) uint8, a copy
             "boxes": boxes.copy(),  # (n, F, 4) float32
             "visible": visible.copy(),  # (n, F) bool
             "has_layout": has_layout.copy(),  # (n,) bool

@@ -122,12 +122,12 @@ class TemporalAttention(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, frames, ch) * 0.02)  # (1, F, C)
         self.attn = Attention(ch, heads, zero_out=True)
 
-    def forward(self, x, emb=None, context=None, bias=None):  # x (BF, C, H, W)
+    def forward(self, x, frames: int | None = None):  # x (BF, C, H, W)
         bf, c, h, w = x.shape
-        f = self.frames
+        f = frames or self.frames  # 1 for a batch of images (joint image-video training)
         b = bf // f
         t = x.reshape(b, f, c, h * w).permute(0, 3, 1, 2).reshape(b * h * w, f, c)  # (B*HW, F, C)
-        t = t + self.attn(self.norm(t) + self.pos)
+        t = t + self.attn(self.norm(t) + self.pos[:, :f])
         return t.reshape(b, h * w, f, c).permute(0, 2, 3, 1).reshape(bf, c, h, w)
 
 
@@ -147,9 +147,9 @@ class TemporalConv(nn.Module):
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
 
-    def forward(self, x, emb=None, context=None, bias=None):  # x (BF, C, H, W)
+    def forward(self, x, frames: int | None = None):  # x (BF, C, H, W)
         bf, c, h, w = x.shape
-        f = self.frames
+        f = frames or self.frames  # one frame: only the kernel's centre tap meets data (zero padding)
         b = bf // f
         y = F.silu(self.norm(x)).reshape(b, f, c, h * w).transpose(1, 2)  # (B, C, F, HW)
         y = self.conv2(F.silu(self.conv1(y)))  # (B, C, F, HW)
@@ -192,13 +192,13 @@ class UNetBlock(nn.Module):
         self.temporal = nn.ModuleList(temporal)
         self.post = post
 
-    def forward(self, h, emb, context, bias):
+    def forward(self, h, emb, context, bias, frames: int | None = None):
         if self.res is not None:
             h = self.res(h, emb)
         if self.attn is not None:
             h = self.attn(h, emb, context, bias)
         for layer in self.temporal:
-            h = layer(h)
+            h = layer(h, frames)
         if self.post is not None:
             h = self.post(h, emb, context, bias)
         return h
@@ -378,12 +378,16 @@ class TemporalUNet(nn.Module):
         A grounded UNet (`layout_dim > 0`) also takes the encoder's objects (B, O, D) and their boxes
         (B, O, F, 4) in [0, 1]; an all-zero box paints nothing (padded slots, the unconditional half). A
         guidance-distilled student (`guidance_embed`) takes the guidance weight per clip, guidance (B,).
+        F is the configured frame count, or 1: a batch of images trains the spatial layers as one-frame
+        clips (joint image-video training; temporal attention then sees one frame and its first position).
+        Traced for export, F is always the configured one.
         """
         f, c, hh, ww = self.frames, self.channels, self.height, self.width
-        if not torch.jit.is_tracing() and tuple(x.shape[1:]) != (f, c, hh, ww):  # static in a trace
-            raise ValueError(
-                f"UNet input has shape {tuple(x.shape)}; this model takes (B, {f}, {c}, {hh}, {ww})"
-            )
+        if not torch.jit.is_tracing():  # static in a trace
+            if tuple(x.shape[2:]) != (c, hh, ww) or x.shape[1] not in (1, f):
+                raise ValueError(f"UNet input has shape {tuple(x.shape)}; this model takes "
+                                 f"(B, {f}, {c}, {hh}, {ww}), or (B, 1, {c}, {hh}, {ww}) for images")
+            f = int(x.shape[1])
         b = x.shape[0]
         h = x.reshape(b * f, c, hh, ww)  # (BF, C, H, W)
         emb = self.time_embed(t) + self.graph_embed(context[:, 0])  # (B, E)
@@ -404,11 +408,11 @@ class TemporalUNet(nn.Module):
             h = h + self.layout_in(pixel_unshuffle(maps, self.patch))
         hs = [h]
         for blk in self.down:
-            h = blk(h, emb, context, bias)
+            h = blk(h, emb, context, bias, f)
             hs.append(h)
-        h = self.middle(h, emb, context, bias)
+        h = self.middle(h, emb, context, bias, f)
         for blk in self.up:
-            h = blk(torch.cat([h, hs.pop()], dim=1), emb, context, bias)
+            h = blk(torch.cat([h, hs.pop()], dim=1), emb, context, bias, f)
         h = pixel_shuffle(self.conv_out(F.silu(self.norm_out(h))), self.patch)  # (BF, C, H, W)
         if maps is not None:
             h = self.pixel_head(h, maps)

@@ -27,8 +27,8 @@ from sg2v.quality import (
 )
 from sg2v.training.backend import model_generator
 
-__all__ = ["METRIC_KEYS", "evaluate", "evaluate_layouts", "false_presence", "format_table", "heldout_graphs",
-           "sample_videos"]
+__all__ = ["METRIC_KEYS", "evaluate", "evaluate_data", "evaluate_layouts", "false_presence", "format_table",
+           "heldout_graphs", "sample_videos"]
 
 
 def _parsed(graphs: Sequence[Any], cfg: ModelConfig, vocab: Any) -> list[SceneGraph]:
@@ -111,4 +111,64 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, vocab: Any, n: int = 16, 
         k, f, h, w, c = shown.shape
         write_contact_sheet(Path(contact_sheet), shown.reshape(k * f, h, w, c), cols=f,
                             scale=max(1, 64 // max(h, w)))
+    return out
+
+
+def evaluate_data(model: torch.nn.Module, cfg: ModelConfig, vocab: Any, pool: Any, objective: str,
+                  n: int = 16, seed: int = 0, steps: int = 8, guidance: float = 3.0, sampler: str = "dpmpp2m",
+                  contact_sheet: str | os.PathLike | None = None, sheet_samples: int = 4) -> dict[str, Any]:
+    """Held-out evaluation on a converted data set's val samples (`sg2v.training.converted.Pool`), where the
+    shapes oracle does not apply: the objective's loss on the first `n` (`heldout_loss`; none for "distill",
+    whose loss needs the teacher); for the layout objective also the layout stage's relation accuracy on
+    their graphs where the model's rule family has rules for the vocabulary's predicates
+    (`sg2v.quality.layout_quality`); for diffusion and distill optionally a contact sheet of the first
+    `sheet_samples`, each a row of its real frames (an image, then black) above a row sampled on its true
+    tracks (objects known in every frame; the layout stage draws the others)."""
+    from sg2v.quality import layout_quality
+    from sg2v.relations import rules_for
+    from sg2v.training.converted import fitted_item, held_tracks, heldout_key, heldout_loss, known_boxes
+
+    d = cfg.data
+    count = min(n, len(pool))
+    if objective == "distill":
+        out: dict[str, Any] = {"heldout_loss": None, "heldout_n": min(count, sheet_samples)}
+    else:
+        out = heldout_loss(model, pool, cfg, vocab, objective, n, seed)
+
+    def fitted(k: int, frames: bool) -> dict[str, Any]:
+        return fitted_item(pool, k, d, heldout_key(seed, k), frames=frames)
+
+    if objective == "layout":
+        if count and rules_for(vocab.pred_names, cfg.layout.rules):
+            was_training = model.training
+            model.eval()
+            try:
+                gen = model_generator(model, cfg, vocab)
+                parsed = _parsed([fitted(k, False)["graph"] for k in range(count)], cfg, vocab)
+                feeds = pad_graphs(parsed, d.max_objects, d.max_relationships).as_feeds()
+                with torch.no_grad():
+                    out.update(layout_quality(gen, parsed, feeds, [seed + i for i in range(count)]))
+            finally:
+                model.train(was_training)
+        out.update(seed=int(seed), rules=cfg.layout.rules)
+        return out
+    if contact_sheet is not None and count:
+        from sg2v.video import write_contact_sheet
+
+        items = [fitted(k, True) for k in range(min(count, sheet_samples))]
+        layouts = []
+        for it in items:
+            tracks, weight = held_tracks(it["boxes"], known_boxes(it), d.frames)  # (n, F, 4), (n, F)
+            layouts.append({i: tracks[i] for i in range(len(tracks)) if weight[i].all()})
+        videos = sample_videos(model, [it["graph"] for it in items], steps, guidance, sampler, seed, cfg=cfg,
+                               vocab=vocab, layouts=layouts if model.grounded else None)  # (k, F, H, W, C)
+        rows = []
+        for it, video in zip(items, videos):
+            real = np.zeros_like(video)
+            real[:len(it["frames"])] = it["frames"]
+            rows += [real, video]
+        sheet = np.stack(rows)  # (2k, F, H, W, C)
+        write_contact_sheet(Path(contact_sheet), sheet.reshape(-1, *sheet.shape[2:]), cols=d.frames,
+                            scale=max(1, 64 // max(d.height, d.width)))
+    out.update(seed=int(seed), steps=int(steps), guidance=float(guidance), sampler=sampler)
     return out

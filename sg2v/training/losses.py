@@ -134,12 +134,15 @@ def layout_loss(
     pin_prob: float = 0.3,
     alphas_cumprod: torch.Tensor | None = None,
     train_encoder: bool = False,
+    track_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean x0-weighted v-MSE of the layout network over the objects it lays out (layout inpainting).
 
     tracks (B, O, F, 4) in [0, 1] are mapped to [-1, 1]; in a fraction `pin_prob` of the samples each object
     is pinned with probability 1/2: its clean track is an input and it leaves the loss, so the network learns
     to draw the others around given ones. Draws from `generator`, in order: t, noise, pinning.
+    `track_weight` (B, O, F) weighs each object's frames (real data: 0 where the box is unknown); only
+    objects known in every frame are pinned. None: every frame counts.
     """
     core = getattr(model, "module", model)
     if core.layout_net is None:
@@ -153,6 +156,9 @@ def layout_loss(
     noise = torch.randn(x0.shape, generator=generator, device=dev)
     some = torch.rand(b, 1, generator=generator, device=dev) < pin_prob
     pin = ((torch.rand(b, o, generator=generator, device=dev) < 0.5) & some).float() * track_mask  # (B, O)
+    if track_weight is not None:
+        track_weight = track_weight.float()
+        pin = pin * (track_weight.amin(dim=2) > 0).float()  # a track with unknown frames is never given
     with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
         context, context_mask, objects = core.encode_all(graph)
     g = graph if isinstance(graph, Mapping) else graph.as_feeds()
@@ -160,9 +166,11 @@ def layout_loss(
     x_t = q_sample(x0, t, noise, ac)
     v = core.layout_net(x_t, t.float(), objects, track_mask, context, context_mask, triples,
                         x0 * pin[..., None, None], pin)
-    err = ((v.float() - v_target(x0, t, noise, ac).float()) ** 2).mean(dim=(2, 3))  # (B, O)
-    weight = track_mask * (1.0 - pin)
-    per_sample = (err * weight).sum(1) / weight.sum(1).clamp_min(1.0)  # (B,)
+    err = ((v.float() - v_target(x0, t, noise, ac).float()) ** 2).mean(dim=3)  # (B, O, F)
+    weight = (track_mask * (1.0 - pin))[..., None].expand_as(err)  # (B, O, F)
+    if track_weight is not None:
+        weight = weight * track_weight
+    per_sample = (err * weight).sum((1, 2)) / weight.sum((1, 2)).clamp_min(1.0)  # (B,): mean over frames
     return (per_sample * x0_loss_weight(ac, t)).mean()
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,18 @@ from sg2v.training.checkpoint import (
     state_dict_cpu,
     write_checkpoint,
 )
+from sg2v.training.converted import (
+    ConvertedSamples,
+    Pool,
+    RunData,
+    box_region,
+    data_model_config,
+    fitted_item,
+    heldout_groups,
+    heldout_key,
+    item_arrays,
+    open_run_data,
+)
 from sg2v.training.data import ShapesVideoDataset
 from sg2v.training.data import collate as collate_arrays
 from sg2v.training.losses import pretrain_losses
@@ -80,6 +92,16 @@ class PretrainConfig:
 
     size: str = option("tiny", "model size: encoder and data shapes (a key of sg2v.config.MODEL_SIZES)",
                        choices=sorted(MODEL_SIZES))
+    data: list[str] | None = option(None, "converted data sets (folders written by `sg2v-data convert`) to "
+                                    "pretrain on, their vocabulary and frame size the model's; several with "
+                                    "one vocabulary are mixed, images and clips in batches of one kind; the "
+                                    "masked object's region is its box (default: the shapes world)", type=str,
+                                    nargs="+")
+    max_objects: int | None = option(None, "objects per graph the encoder takes (default: the size's; with "
+                                     "--data, the largest train / val graph's); diffusion training with "
+                                     "--init-encoder needs the same", type=int)
+    max_relationships: int | None = option(None, "relationships per graph the encoder takes (default: the "
+                                           "size's; with --data, the largest graph's)", type=int)
     steps: int = option(2000, "optimizer steps in total; a resumed run continues up to this")
     batch: int = option(32, "pairs per step (InfoNCE negatives come from the batch)",
                         aliases=("--batch-size",))
@@ -157,10 +179,33 @@ class PretrainConfig:
             raise PretrainError(f"--init-temperature must be in (0, 1), got {self.init_temperature}")
         if self.resume not in ("auto", "never"):
             raise PretrainError(f"--resume {self.resume!r}: choose auto or never")
+        if self.max_objects is not None and self.max_objects < 1:
+            raise PretrainError(f"--max-objects must be >= 1, got {self.max_objects}")
+        if self.max_relationships is not None and self.max_relationships < 0:
+            raise PretrainError(f"--max-relationships must be >= 0, got {self.max_relationships}")
+        if self.data is not None and (isinstance(self.data, str) or not self.data):
+            raise PretrainError("--data takes one or more folders written by `sg2v-data convert` (a list)")
         try:
             parse_device(self.device)
         except ConfigError as e:
             raise PretrainError(str(e)) from None
+
+    def model_config(self, data: RunData | None = None) -> ModelConfig:
+        """The size's `ModelConfig` with this run's graph limits, or with converted `data`'s vocabulary,
+        frame size and graph limits."""
+        cfg = model_config(self.size)
+        if data is not None:
+            return data_model_config(cfg, data)
+        limits = {k: v for k, v in (("max_objects", self.max_objects),
+                                    ("max_relationships", self.max_relationships)) if v is not None}
+        return cfg.replace(data=dataclasses.replace(cfg.data, **limits)) if limits else cfg
+
+    def open_data(self) -> RunData | None:
+        """The converted data sets of `--data` with this run's limits (None: the shapes world)."""
+        if not self.data:
+            return None
+        return open_run_data(self.data, max_objects=self.max_objects,
+                             max_relationships=self.max_relationships)
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -233,6 +278,61 @@ class ShapesBatches:
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(7, int(step))))
         return collate(self.samples(step * batch, batch), self.dataset, rng)
 
+    def retrieval_batches(self, n: int, batch_size: int) -> Iterator[tuple[PretrainBatch, list[tuple]]]:
+        """The first n samples in batches, with each sample's graph key (`_graph_key`)."""
+        rng = np.random.default_rng(0)  # the masked slot is unused in retrieval
+        for start in range(0, n, batch_size):
+            samples = self.samples(start, min(batch_size, n - start))
+            yield collate(samples, self.dataset, rng), [_graph_key(s.graph) for s in samples]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+class ConvertedBatches:
+    """Pretraining batches of a converted data set's pool (`sg2v.training.converted`): batch `step` holds
+    stream entries step * batch .. + batch (one kind: images or clips); the object to mask is drawn uniformly
+    among the sample's objects that have a box in some frame, and its region is that box per frame."""
+
+    def __init__(self, pool: Pool, cfg: ModelConfig, vocab: Vocab, seed: int = 0, batch: int = 32,
+                 stream: bool = True):
+        self.pool, self.cfg, self.vocab, self.seed, self.size = pool, cfg, vocab, int(seed), int(batch)
+        self.samples = ConvertedSamples(pool, cfg, vocab, seed, batch) if stream else None
+
+    def _collate(self, arrays: list[dict[str, np.ndarray]], rng: np.random.Generator) -> PretrainBatch:
+        d = self.cfg.data
+        slots, regions = [], []
+        for a in arrays:
+            boxes = a["boxes"]  # (O, F', 4), zero where unknown and for padded slots
+            has = np.flatnonzero((boxes[..., 2] > boxes[..., 0]).any(axis=1))
+            slot = int(has[rng.integers(0, len(has))]) if len(has) else 0
+            slots.append(slot)
+            regions.append(box_region(boxes[slot], boxes[slot, :, 2] > boxes[slot, :, 0], d.height, d.width))
+        b = collate_arrays(arrays)
+        return PretrainBatch(objs=b["objs"], obj_mask=b["obj_mask"], triples=b["triples"],
+                             triple_mask=b["triple_mask"], video=frames_to_unit(b["video"]).contiguous(),
+                             region=torch.from_numpy(np.stack(regions)),
+                             masked_slot=torch.from_numpy(np.array(slots, dtype=np.int64)))
+
+    def batch(self, step: int, batch: int) -> PretrainBatch:
+        if self.samples is None or batch != self.size:
+            raise ValueError(f"this source makes batches of {self.size} from its stream, asked for {batch}")
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(7, int(step))))
+        arrays = [self.samples[i] for i in range(step * batch, (step + 1) * batch)]
+        return self._collate(arrays, rng)
+
+    def retrieval_batches(self, n: int, batch_size: int) -> Iterator[tuple[PretrainBatch, list[tuple]]]:
+        """The pool's first n samples in batches of one kind, with each sample's graph key."""
+        rng = np.random.default_rng(0)  # the masked slot is unused in retrieval
+        d = self.cfg.data
+        for part in heldout_groups(self.pool, n, batch_size):
+            items = [fitted_item(self.pool, k, d, heldout_key(self.seed, k)) for k in part]
+            arrays = [item_arrays(it, d, self.vocab, "diffusion") for it in items]
+            yield self._collate(arrays, rng), [_graph_key(it["graph"]) for it in items]
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
 
 # ---------------------------------------------------------------------------------------------------- heads
 class PretrainHeads(nn.Module):
@@ -283,11 +383,12 @@ def build_pretrain_models(model: ModelConfig, cfg: PretrainConfig, external: Vid
 # ------------------------------------------------------------------------------------------------ retrieval
 @torch.no_grad()
 def evaluate_retrieval(encoder: SGEncoder, video_encoder: VideoEncoder, data: DataConfig, n: int = 100,
-                       seed: int = 0, split: str = "heldout", batch_size: int = 50, video_frames: int = 0
-                       ) -> dict[str, float]:
+                       seed: int = 0, split: str = "heldout", batch_size: int = 50, video_frames: int = 0,
+                       source: Any = None) -> dict[str, float]:
     """Graph -> video retrieval among n held-out pairs by cosine of global embeddings: R@1, R@5, and
     R@1 counting as right a top video whose graph equals the query's (held-out streams repeat a few graphs,
-    e.g. a lone "red circle", whose videos no graph embedding can tell apart)."""
+    e.g. a lone "red circle", whose videos no graph embedding can tell apart). The pairs are the shapes
+    world's `split`, or `source`'s (`ConvertedBatches` of a val split)."""
     if n < 5:
         raise PretrainError(f"retrieval needs at least 5 candidates for R@5, got n={n}")
     modules = [m for m in (encoder, video_encoder) if isinstance(m, nn.Module)]
@@ -295,13 +396,11 @@ def evaluate_retrieval(encoder: SGEncoder, video_encoder: VideoEncoder, data: Da
     for m in modules:
         m.eval()
     device = next(encoder.parameters()).device
-    source = ShapesBatches(data, seed=seed, split=split)
-    rng = np.random.default_rng(0)  # the masked slot is unused here
+    source = source if source is not None else ShapesBatches(data, seed=seed, split=split)
     g_all, v_all, keys = [], [], []
-    for start in range(0, n, batch_size):
-        samples = source.samples(start, min(batch_size, n - start))
-        keys += [_graph_key(s.graph) for s in samples]
-        batch = video_view(collate(samples, source.dataset, rng), video_frames).to(device)
+    for pairs, graph_keys in source.retrieval_batches(n, batch_size):
+        keys += graph_keys
+        batch = video_view(pairs, video_frames).to(device)
         context, _ = encoder(*batch.graph())
         g_all.append(F.normalize(context[:, 0].float(), dim=-1))
         v_all.append(F.normalize(video_encoder.encode(batch.video)[0].float(), dim=-1))
@@ -329,14 +428,17 @@ def recall_at_k(sim: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, fl
 # ------------------------------------------------------------------------------------------------- checkpoint
 def save_pretrain_checkpoint(path: str | Path, model: ModelConfig, cfg: PretrainConfig, encoder: nn.Module,
                              video_encoder: nn.Module, heads: nn.Module, step: int,
-                             optimizer: torch.optim.Optimizer | None) -> Path:
-    """Write the pretraining checkpoint atomically (tensors and plain containers only)."""
+                             optimizer: torch.optim.Optimizer | None, vocab: Vocab | None = None,
+                             data: dict[str, Any] | None = None) -> Path:
+    """Write the pretraining checkpoint atomically (tensors and plain containers only); `vocab` defaults to
+    the shapes world's, `data` is `RunData.record()` of a run on converted data."""
     return write_checkpoint(path, {
         "sg2v_format": SG2V_FORMAT,
         "kind": PRETRAIN_KIND,
         "config": model.to_dict(),
         "pretrain_config": cfg.to_dict(),
-        "vocab": shapes_vocab().to_dict(),
+        "vocab": (vocab or shapes_vocab()).to_dict(),
+        "data": data,
         "encoder": state_dict_cpu(encoder),
         "video_encoder": state_dict_cpu(video_encoder),
         "heads": state_dict_cpu(heads),
@@ -374,16 +476,20 @@ def _print_flush(line: str) -> None:
 
 def pretrain(cfg: PretrainConfig, *, model: ModelConfig | None = None, external: VideoEncoder | None = None,
              batches: Any = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Masked contrastive pretraining (SGDiff): AdamW on shapes-world batches, atomic checkpoints, resume.
+    """Masked contrastive pretraining (SGDiff): AdamW on shapes-world or converted (`cfg.data`) batches,
+    atomic checkpoints, resume.
 
     Writes `cfg.out/pretrain.pt` every `ckpt_every` steps and at the end; with `resume` "auto", continues from
-    it. Returns the last losses and the final held-out retrieval scores.
+    it. Returns the last losses and the final held-out retrieval scores (None where a converted data set's
+    val split has fewer than 5 samples).
     """
     cfg.validate()
     log = log or _print_flush
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = model or model_config(cfg.size)
+    data = cfg.open_data() if batches is None else None
+    vocab = data.vocab if data is not None else shapes_vocab()
+    model = model or cfg.model_config(data)
     try:
         device = torch_device(cfg.device)
     except ConfigError as e:
@@ -402,6 +508,11 @@ def pretrain(cfg: PretrainConfig, *, model: ModelConfig | None = None, external:
         if ckpt["config"] != model.to_dict():
             raise CheckpointError(f"{ckpt_path} was trained with another model config; pass a fresh "
                                   "--out, the same --size, or --resume never")
+        before = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
+        if ckpt.get("vocab") != vocab.to_dict() or before.get("fingerprint") != (data and data.fingerprint):
+            raise CheckpointError(f"{ckpt_path} was trained on other data (another vocabulary, other "
+                                  "samples, or the same folders converted again); pass the same --data, a "
+                                  "fresh --out, or --resume never")
         for m, key in zip(modules, ("encoder", "video_encoder", "heads")):
             load_state_checked(m, ckpt[key], ckpt_path, key)
         if ckpt.get("optimizer") is not None:
@@ -410,7 +521,28 @@ def pretrain(cfg: PretrainConfig, *, model: ModelConfig | None = None, external:
             set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
         log(f"resumed from {ckpt_path} at step {step}")
-    source = batches if batches is not None else ShapesBatches(model.data, seed=cfg.seed)
+    if batches is not None:
+        source, heldout = batches, None
+    elif data is not None:
+        source = ConvertedBatches(data.train, model, vocab, seed=cfg.seed, batch=cfg.batch)
+        heldout = ConvertedBatches(data.val, model, vocab, seed=cfg.seed, stream=False)
+    else:
+        source, heldout = ShapesBatches(model.data, seed=cfg.seed), None
+    n_heldout = cfg.eval_samples if heldout is None else min(cfg.eval_samples, len(heldout))
+    skip = heldout is not None and n_heldout < 5
+    if skip:
+        log(f"--data: the val split has {len(heldout)} samples; retrieval needs at least 5, so none runs")
+    record = data.record() if data is not None else None
+
+    def retrieval_line(prefix: str) -> dict[str, float] | None:
+        if skip:
+            return None
+        r = evaluate_retrieval(encoder, video, model.data, n=n_heldout, seed=cfg.seed,
+                               video_frames=cfg.video_frames, source=heldout)
+        log(f"{prefix} retrieval R@1 {r['R@1']:.3f} R@5 {r['R@5']:.3f} (same graph: "
+            f"{r['R@1_same_graph']:.3f}; n={r['n']}, held-out)")
+        return r
+
     for m in modules:
         m.train()
     last: dict[str, float] = {}
@@ -435,14 +567,9 @@ def pretrain(cfg: PretrainConfig, *, model: ModelConfig | None = None, external:
             log(f"step {step}/{cfg.steps} loss {last['loss']:.4f} contrastive {last['contrastive']:.4f} "
                 f"masked {last['masked']:.4f} temp {last['temperature']:.4f} {rate:.1f} samples/s")
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            save_pretrain_checkpoint(ckpt_path, model, cfg, encoder, video, heads, step, optimizer)
+            save_pretrain_checkpoint(ckpt_path, model, cfg, encoder, video, heads, step, optimizer, vocab,
+                                     record)
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-            r = evaluate_retrieval(encoder, video, model.data, n=cfg.eval_samples, seed=cfg.seed,
-                                   video_frames=cfg.video_frames)
-            log(f"step {step}: retrieval R@1 {r['R@1']:.3f} R@5 {r['R@5']:.3f} (same graph: "
-                f"{r['R@1_same_graph']:.3f}; n={r['n']}, held-out)")
-    retrieval = evaluate_retrieval(encoder, video, model.data, n=cfg.eval_samples, seed=cfg.seed,
-                                   video_frames=cfg.video_frames)
-    log(f"final retrieval R@1 {retrieval['R@1']:.3f} R@5 {retrieval['R@5']:.3f} (same graph: "
-        f"{retrieval['R@1_same_graph']:.3f}; n={retrieval['n']}, held-out)")
+            retrieval_line(f"step {step}:")
+    retrieval = retrieval_line("final")
     return {"step": step, "losses": last, "retrieval": retrieval, "checkpoint": str(ckpt_path)}

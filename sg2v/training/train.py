@@ -1,7 +1,9 @@
-"""Diffusion training loop for SG2V on the shapes world: AdamW, EMA, bf16 autocast, DDP, exact resume.
+"""Training loop for SG2V (the diffusion and layout objectives) on the shapes world or on converted data sets
+(`sg2v.training.converted`): AdamW, EMA, bf16 autocast, DDP, exact resume.
 
 Reproducibility is by construction, not by saved generator state: micro-batch m of step s holds dataset
-indices that depend only on (s, m) (`sg2v.training.data.StepBatchSampler`), and the step's noise, timesteps
+indices that depend only on (s, m) (`sg2v.training.data.StepBatchSampler`; on converted data the index picks
+its sample through a seeded stream), and the step's noise, timesteps
 and condition dropout come from the global torch RNG reseeded with (seed, s, m) before its loss. So a run
 resumed from `last.pt` replays exactly the steps an uninterrupted run takes, and `world` processes with
 `accum` micro-batches each compute the same mean gradient as one process accumulating `world * accum`
@@ -48,12 +50,20 @@ from sg2v.sampling import SAMPLERS
 from sg2v.training.backend import torch_device
 from sg2v.training.checkpoint import (
     checkpoint_config,
+    checkpoint_vocab,
     load_bundle_model,
     load_checkpoint,
     load_optimizer_state,
     load_state_checked,
     save_checkpoint,
     set_rng_state,
+)
+from sg2v.training.converted import (
+    RULE_FAMILIES,
+    ConvertedSamples,
+    RunData,
+    data_model_config,
+    open_run_data,
 )
 from sg2v.training.data import (
     ShapesLayoutDataset,
@@ -89,6 +99,10 @@ class TrainConfig:
                             "their true boxes) or 'layout' (the layout network, on unrendered scenes)",
                             choices=OBJECTIVES)
     size: str = option("tiny", "model size (a key of sg2v.config.MODEL_SIZES)", choices=sorted(MODEL_SIZES))
+    data: list[str] | None = option(None, "converted data sets (folders written by `sg2v-data convert`) to "
+                                    "train on, their vocabulary and frame size the model's; several with one "
+                                    "vocabulary are mixed, images and clips in batches of one kind (default: "
+                                    "the shapes world)", type=str, nargs="+")
     steps: int = option(2000, "optimizer steps in total; a resumed run continues up to this")
     batch: int = option(16, "global batch: samples per optimizer step over all processes")
     grad_accum: int = option(1, "micro-batches accumulated per process per step")
@@ -132,9 +146,18 @@ class TrainConfig:
                                "0; the same command resumes (0: no limit)")
     stop_at: int = option(0, "save OUT/last.pt and stop after this step while the learning-rate schedule "
                           "still spans --steps (0: run to --steps); the same command without it goes on")
-    frames: int | None = option(None, "frames per video (default: the size's)", type=int)
-    height: int | None = option(None, "frame height (default: the size's)", type=int)
-    width: int | None = option(None, "frame width (default: the size's)", type=int)
+    frames: int | None = option(None, "frames per video (default: the size's; with --data, the data's clip "
+                                "length)", type=int)
+    height: int | None = option(None, "frame height (default: the size's; with --data, the data's)", type=int)
+    width: int | None = option(None, "frame width (default: the size's; with --data, the data's)", type=int)
+    max_objects: int | None = option(None, "objects per graph the model takes (default: the size's; with "
+                                     "--data, the largest train / val graph's; larger graphs are cut to a "
+                                     "seeded subset, objects in relationships first)", type=int)
+    max_relationships: int | None = option(None, "relationships per graph the model takes (default: the "
+                                           "size's; with --data, the largest graph's)", type=int)
+    rules: str | None = option(None, "relation-rule family the layout stage checks: shapes, coco (sg2im's "
+                               "COCO-Stuff rules) or none (default: the size's; with --data, coco for "
+                               "COCO-Stuff, else none)", type=str, choices=("shapes", "coco", "none"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,14 +167,28 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
-    def model_config(self) -> ModelConfig:
-        """The size's `ModelConfig` with this run's frame/size overrides."""
+    def model_config(self, data: RunData | None = None) -> ModelConfig:
+        """The size's `ModelConfig` with this run's overrides, or with converted `data`'s vocabulary, frame
+        size, graph limits and rule family (`open_run_data` applied the overrides)."""
         cfg = model_config(self.size)
-        changes = {k: v for k, v in (("frames", self.frames), ("height", self.height), ("width", self.width))
-                   if v is not None}
+        if data is not None:
+            return data_model_config(cfg, data)
+        changes = {k: v for k, v in (("frames", self.frames), ("height", self.height), ("width", self.width),
+                                     ("max_objects", self.max_objects),
+                                     ("max_relationships", self.max_relationships)) if v is not None}
         if changes:
             cfg = cfg.replace(data=dataclasses.replace(cfg.data, **changes))
+        if self.rules is not None:
+            cfg = cfg.replace(layout=dataclasses.replace(cfg.layout, rules=self.rules))
         return cfg
+
+    def open_data(self) -> RunData | None:
+        """The converted data sets of `--data`, opened with this run's overrides (None: the shapes world)."""
+        if not self.data:
+            return None
+        return open_run_data(self.data, frames=self.frames, height=self.height, width=self.width,
+                             max_objects=self.max_objects, max_relationships=self.max_relationships,
+                             rules=self.rules)
 
     def check(self) -> None:
         """Reject settings that cannot work, naming the option, before anything is built or allocated."""
@@ -219,6 +256,17 @@ class TrainConfig:
                     and self.distill_grid % self.student_steps == 0):
                 raise TrainError(f"--student-steps {self.student_steps} must divide --distill-grid "
                                  f"{self.distill_grid}")
+        for name in ("frames", "height", "width", "max_objects"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise TrainError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.max_relationships is not None and (not isinstance(self.max_relationships, int)
+                                                   or self.max_relationships < 0):
+            raise TrainError(f"--max-relationships must be an integer >= 0, got {self.max_relationships!r}")
+        if self.rules is not None and self.rules not in RULE_FAMILIES:
+            raise TrainError(f"--rules {self.rules!r}: choose one of {list(RULE_FAMILIES)}")
+        if self.data is not None and (isinstance(self.data, str) or not self.data):
+            raise TrainError("--data takes one or more folders written by `sg2v-data convert` (a list)")
 
 
 def lr_at(tc: TrainConfig, step: int) -> float:
@@ -355,10 +403,35 @@ def _resolve_resume(tc: TrainConfig, out: Path) -> Path | None:
     return path
 
 
-def load_init_encoder(model: torch.nn.Module, path: str) -> None:
-    """Initialise `model.encoder` from a pretrain checkpoint's "encoder" state dict."""
+def _check_vocab(ckpt_vocab: Any, vocab: Any, flag: str, path: Any) -> None:
+    """CheckpointError unless a checkpoint's vocabulary is this run's (the embedding rows mean the same)."""
+    if vocab is not None and ckpt_vocab != vocab:
+        sizes = f"{ckpt_vocab.num_objs} / {ckpt_vocab.num_preds}"
+        raise CheckpointError(f"{flag} {path}: its vocabulary ({sizes} object / predicate ids) differs from "
+                              f"this run's ({vocab.num_objs} / {vocab.num_preds}); initialise from a model "
+                              "trained on the same vocabulary (the same --data, or the shapes world)")
+
+
+def _check_resume_data(ckpt: dict[str, Any], path: Path, vocab: Any, data: RunData | None) -> None:
+    """CheckpointError unless the checkpoint was trained on this run's data (resume replays its stream)."""
+    _check_vocab(checkpoint_vocab(ckpt, path), vocab, "--resume", path)
+    before = ckpt.get("data")
+    before_fp = before.get("fingerprint") if isinstance(before, dict) else None
+    now_fp = data.fingerprint if data is not None else None
+    if before_fp != now_fp:
+        was = "the shapes world" if before_fp is None else f"--data {' '.join(before.get('paths', []))}"
+        now = "the shapes world" if data is None else f"--data {' '.join(data.paths)}"
+        raise CheckpointError(f"{path}: trained on {was}, this run reads {now} (other samples, or the same "
+                              "folders converted again); pass the same --data, or --out to another folder, "
+                              "or --resume never")
+
+
+def load_init_encoder(model: torch.nn.Module, path: str, vocab: Any = None) -> None:
+    """Initialise `model.encoder` from a pretrain checkpoint's "encoder" state dict (its vocabulary must be
+    `vocab`, when given)."""
     ckpt = load_checkpoint(path, kind="pretrain")
     cfg = checkpoint_config(ckpt, path)
+    _check_vocab(checkpoint_vocab(ckpt, path), vocab, "--init-encoder", path)
     # The encoder's shapes depend only on the vocabulary, its own config and the graph slots, not on the video
     # shape: a run at another frames/height/width may reuse it.
     mine, theirs = model.cfg, cfg
@@ -372,29 +445,31 @@ def load_init_encoder(model: torch.nn.Module, path: str) -> None:
     load_state_checked(model.encoder, ckpt["encoder"], path, "encoder")
 
 
-def init_source(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
-    """(config, state dict, "ema" or "model") of the weights at `path`: a checkpoint (`last.pt`, `model.pt`,
-    an sg2v `.safetensors`: its EMA weights when stored, else its raw ones) or a bundle folder exported with
-    `--include-weights` (its `model.safetensors`, fp16 or fp32, cast up to fp32; its sha256 is checked
-    against the manifest first)."""
+def init_source(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor], str, Any]:
+    """(config, state dict, "ema" or "model", vocabulary) of the weights at `path`: a checkpoint (`last.pt`,
+    `model.pt`, an sg2v `.safetensors`: its EMA weights when stored, else its raw ones) or a bundle folder
+    exported with `--include-weights` (its `model.safetensors`, fp16 or fp32, cast up to fp32; its sha256 is
+    checked against the manifest first)."""
     where = Path(path)
     if where.is_dir():
-        source, cfg, _ = load_bundle_model(where)
-        return cfg, source.state_dict(), "model"
+        source, cfg, vocab = load_bundle_model(where)
+        return cfg, source.state_dict(), "model", vocab
     ckpt = load_checkpoint(where)
     cfg = checkpoint_config(ckpt, where)
     what = "ema" if ckpt.get("ema") is not None else "model"
-    return cfg, ckpt[what], what
+    return cfg, ckpt[what], what, checkpoint_vocab(ckpt, where)
 
 
-def load_init_weights(model: torch.nn.Module, path: str) -> list[str]:
+def load_init_weights(model: torch.nn.Module, path: str, vocab: Any = None) -> list[str]:
     """Initialise the whole SG2V from `path` (`init_source`) to fine-tune it (fresh optimizer, schedule and
     step count). The stored config must equal this run's, video shape included, or be this run's without
     layout grounding, or the teacher of this run's guidance-distilled student; returns the names of the
-    tensors that keep their initialisation (the grounding layers, or the student's guidance embedding).
+    tensors that keep their initialisation (the grounding layers, or the student's guidance embedding). Its
+    vocabulary must be `vocab`, when given.
     """
     where = Path(path)
-    cfg, state, what = init_source(path)
+    cfg, state, what, theirs = init_source(path)
+    _check_vocab(theirs, vocab, "--init", path)
     if cfg == model.cfg:
         load_state_checked(model, state, where, what)
         return []
@@ -415,14 +490,16 @@ def load_init_weights(model: torch.nn.Module, path: str) -> list[str]:
     return fresh
 
 
-def train(tc: TrainConfig, progress: bool = True) -> TrainResult:
-    """Train (or resume) SG2V diffusion on shapes-world data generated on the fly; rank 0 writes out/."""
+def train(tc: TrainConfig, progress: bool = True, model: ModelConfig | None = None) -> TrainResult:
+    """Train (or resume) SG2V on shapes-world data generated on the fly or on converted data (`tc.data`);
+    rank 0 writes out/. `model` replaces the config `tc` derives (Python API: e.g. `without_layout` of it);
+    with `tc.data` its vocabulary sizes and frame size must be the data's."""
     tc.check()
     if tc.threads:
         torch.set_num_threads(tc.threads)
     dist = init_distributed(tc.device)
     try:
-        return _train(tc, dist, progress)
+        return _train(tc, dist, progress, model)
     finally:
         if dist.initialized_here:
             import torch.distributed as td
@@ -430,12 +507,13 @@ def train(tc: TrainConfig, progress: bool = True) -> TrainResult:
             td.destroy_process_group()
 
 
-def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
+def _train(tc: TrainConfig, dist: Dist, progress: bool, model_cfg: ModelConfig | None) -> TrainResult:
     out = Path(tc.out)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    cfg = tc.model_config()
-    vocab = shapes_vocab()
+    data = tc.open_data()
+    cfg = model_cfg if model_cfg is not None else tc.model_config(data)
+    vocab = data.vocab if data is not None else shapes_vocab()
     if (cfg.encoder.num_objs, cfg.encoder.num_preds) != (vocab.num_objs, vocab.num_preds):
         raise TrainError(f"--size {tc.size}: encoder vocabulary sizes ({cfg.encoder.num_objs}, "
                          f"{cfg.encoder.num_preds}) differ from the shapes vocabulary ({vocab.num_objs}, "
@@ -449,7 +527,7 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
                          "needs one")
     teacher = None
     if tc.objective == "distill":  # the student is the teacher (--init) plus a guidance input
-        t_cfg, t_state, t_what = init_source(tc.init)
+        t_cfg, t_state, t_what, _ = init_source(tc.init)
         distill = DistillConfig(float(tc.guidance_min), float(tc.guidance_max),
                                 float(t_cfg.diffusion.default_guidance_rescale), int(tc.distill_grid))
         cfg = student_config(t_cfg, distill, tc.student_steps)
@@ -457,15 +535,21 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
         load_state_checked(teacher, t_state, tc.init, t_what)
         teacher = teacher.to(dist.device).requires_grad_(False).eval()
         del t_state
+    shape = (cfg.data.frames, cfg.data.height, cfg.data.width)
+    if data is not None and shape != (data.frames, data.height, data.width):
+        what = f"--init {tc.init}" if tc.objective == "distill" else f"model config {cfg.name!r}"
+        raise TrainError(f"{what}: {cfg.data} does not take the data's {data.frames} x {data.height} x "
+                         f"{data.width} clips; use a model trained on this --data (Python API: build the "
+                         "config with TrainConfig.model_config(data))")
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(dist.device)
     if tc.init:
-        fresh = load_init_weights(model, tc.init)
+        fresh = load_init_weights(model, tc.init, vocab)
         if fresh and dist.is_main:
             print(f"--init {tc.init}: {len(fresh)} tensors it does not have ({fresh[0]}, ...) start from "
                   "their initialisation", file=sys.stderr)
     if tc.init_encoder:
-        load_init_encoder(model, tc.init_encoder)
+        load_init_encoder(model, tc.init_encoder, vocab)
     learn = {id(p) for p in trainable(model, tc)}
     for p in model.parameters():
         p.requires_grad_(id(p) in learn)
@@ -486,6 +570,7 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
             raise CheckpointError(f"{resume}: config mismatch: it holds a {saved.name!r} model "
                                   f"({saved.data}), this run asks for {cfg.name!r} ({cfg.data}); pass the "
                                   "same --size, or --out to another folder, or --resume never")
+        _check_resume_data(ckpt, resume, vocab, data)
         load_state_checked(model, ckpt["model"], resume, "model")
         if ckpt.get("ema") is not None:
             load_state_checked(ema, ckpt["ema"], resume, "ema")
@@ -515,11 +600,17 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
                   "train on", file=sys.stderr)
         return TrainResult(model, ema, opt, start, losses, metrics, out, checkpoint=resume)
 
-    ds = (ShapesLayoutDataset if tc.objective == "layout" else ShapesVideoDataset)(cfg, vocab, seed=tc.seed,
-                                                                                 split="train")
+    if data is not None:
+        arrays = "layout" if tc.objective == "layout" else "diffusion"  # distill: clips like diffusion
+        ds = ConvertedSamples(data.train, cfg, vocab, tc.seed, tc.batch, arrays)
+    else:
+        shapes = ShapesLayoutDataset if tc.objective == "layout" else ShapesVideoDataset
+        ds = shapes(cfg, vocab, seed=tc.seed, split="train")
     batches = iter(make_loader(ds, tc, start, dist.world, dist.rank, pin=dist.device.type == "cuda"))
     use_bf16 = dist.device.type == "cuda"
     bar = _Progress(start, tc.steps, progress and dist.is_main, tc.log_every)
+    if data is not None and tc.eval_every and not len(data.val) and dist.is_main:
+        print("--data: the val split is empty; no held-out evaluation runs", file=sys.stderr)
     t_last, n_last = time.perf_counter(), 0
     t_start = t_last
     stopped = tc.steps
@@ -571,10 +662,13 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool) -> TrainResult:
                 bar.update(done, {})
             stop = _stop_reason(tc, dist, done, t_start)
             if dist.is_main and (done % tc.ckpt_every == 0 or done == tc.steps or stop):
-                save_checkpoint(out / LAST, model, cfg, vocab, ema=ema, step=done, optimizer=opt,
-                                extra={"train_config": tc.to_dict()})
-            if dist.is_main and tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
-                m = _periodic_eval(tc, ema, cfg, vocab, out, done)
+                extra = {"train_config": tc.to_dict()}
+                if data is not None:
+                    extra["data"] = data.record()
+                save_checkpoint(out / LAST, model, cfg, vocab, ema=ema, step=done, optimizer=opt, extra=extra)
+            if dist.is_main and tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps) \
+                    and (data is None or len(data.val)):
+                m = _periodic_eval(tc, ema, cfg, vocab, out, done, data)
                 metrics.append(m)
                 bar.write(f"eval step {done}: {_eval_line(m)}")
             if stop:
@@ -653,14 +747,15 @@ def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     the clips' true boxes when the model is), the layout network's loss (`tc.objective` "layout"), or the
     student's consistency distillation loss against `teacher` ("distill").
 
-    batch["video"] is (B, F, C, H, W): uint8 as the data loader ships it (mapped to [-1, 1] here, on the
-    model's device), or float32 already in [-1, 1].
+    batch["video"] is (B, F, C, H, W), F = 1 for a batch of images: uint8 as the data loader ships it (mapped
+    to [-1, 1] here, on the model's device), or float32 already in [-1, 1].
     """
     graph = {k: batch[k] for k in GRAPH_TENSORS}
     tc = tc or TrainConfig()
     if tc.objective == "layout":
         return layout_loss(model, batch["tracks"], batch["track_mask"], graph, generator,
-                           pin_prob=tc.pin_prob, train_encoder=not tc.freeze_encoder)
+                           pin_prob=tc.pin_prob, train_encoder=not tc.freeze_encoder,
+                           track_weight=batch.get("track_weight"))
     video = batch["video"]
     if video.dtype == torch.uint8:
         video = frames_to_unit(video)
@@ -675,13 +770,24 @@ def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
 
 
 def _periodic_eval(tc: TrainConfig, ema: torch.nn.Module, cfg: ModelConfig, vocab: Any, out: Path,
-                   step: int) -> dict[str, Any]:
+                   step: int, data: RunData | None = None) -> dict[str, Any]:
     """Held-out evaluation of the EMA weights: the layout stage's relation accuracy (layout objective), or
-    the oracle's scores of sampled videos, a grounded model's drawn on the true tracks (the UNet's part)."""
-    from sg2v.training.evaluate import evaluate, evaluate_layouts
+    the oracle's scores of sampled videos, a grounded model's drawn on the true tracks (the UNet's part);
+    on converted data (`evaluate_data`), the held-out loss on the val split and what else applies."""
+    from sg2v.training.evaluate import evaluate, evaluate_data, evaluate_layouts
 
     rng_state = torch.get_rng_state()  # evaluation must not perturb the training stream
-    if tc.objective == "layout":
+    if data is not None:
+        sheet = None
+        sampler, steps = tc.eval_sampler, tc.eval_steps
+        if tc.objective == "distill":  # a student samples with DDIM on its grid
+            sampler, steps = "ddim", cfg.diffusion.default_steps
+        if tc.objective != "layout":
+            (out / "samples").mkdir(exist_ok=True)
+            sheet = out / "samples" / f"step{step:07d}.png"
+        report = evaluate_data(ema, cfg, vocab, data.val, tc.objective, n=tc.eval_samples, seed=tc.seed,
+                               steps=steps, guidance=tc.eval_guidance, sampler=sampler, contact_sheet=sheet)
+    elif tc.objective == "layout":
         report = evaluate_layouts(ema, cfg, vocab, n=tc.eval_samples, seed=tc.seed)
     else:
         (out / "samples").mkdir(exist_ok=True)
@@ -699,6 +805,14 @@ def _periodic_eval(tc: TrainConfig, ema: torch.nn.Module, cfg: ModelConfig, voca
 
 
 def _eval_line(m: dict[str, Any]) -> str:
+    if "heldout_loss" in m and m["heldout_loss"] is None:
+        return f"samples of {m['heldout_n']} val graphs in samples/ (a student's loss needs its teacher)"
+    if "heldout_loss" in m:
+        line = f"held-out loss {_fmt(m['heldout_loss'])} on {m['heldout_n']} val samples"
+        if m.get("layout_relation_accuracy") is not None:
+            line += (f"; layout relations {_fmt(m['layout_relation_accuracy_first_draw'])} first draw, "
+                     f"{_fmt(m['layout_relation_accuracy'])} with the check")
+        return line
     if "layout_relation_accuracy" in m:
         return (f"layout relations {_fmt(m['layout_relation_accuracy_first_draw'])} first draw, "
                 f"{_fmt(m['layout_relation_accuracy'])} with the check; diversity "
