@@ -266,8 +266,7 @@ def _check_fields(obj: Any, where: str) -> None:
         if name in CHOICES and value not in CHOICES[name]:
             raise ConfigError(f"{name} = {shown(value, 80)}: choose one of {list(CHOICES[name])}")
         if lo is not None and not lo <= value <= hi:
-            raise ConfigError(f"{name} = {shown(value)}: outside [{lo}, {hi}], what this sg2v accepts from a "
-                              "file")
+            raise ConfigError(f"{name} = {shown(value)}: outside [{lo}, {hi}], the bounds this sg2v accepts")
 
 
 def _resolved_hints(cls: type) -> dict[str, str]:

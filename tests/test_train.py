@@ -164,6 +164,8 @@ def test_every_float_option_must_be_finite(cls, value):
     ({"frames": 100_000}, r"--frames 100000: must be an integer in \[1, 1024\]"),
     ({"width": 8192, "height": 8192, "frames": 64}, r"12884901888 values per video, more than the 268435456"),
     ({"threads": 10**6}, r"--threads 1000000: must be an integer in \[0, \d+\], at most 4 per usable CPU"),
+    ({"max_objects": 10**6}, r"--max-objects 1000000: must be an integer in \[1, 1024\]"),
+    ({"max_relationships": 10**7}, r"--max-relationships 10000000: must be an integer in \[0, 4096\]"),
     ({"threads": -1}, r"--threads must be an integer >= 0, got -1"),
     ({"lr_min_ratio": 5.0}, r"--lr-min-ratio must be in \[0, 1\]"),
     ({"weight_decay": -1.0}, r"--weight-decay must be >= 0"),

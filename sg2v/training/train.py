@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from sg2v.config import (
+    BOUNDS,
     DEVICES,
     MAX_SEED,
     MODEL_SIZES,
@@ -219,10 +220,16 @@ class TrainConfig:
         if problem:
             raise TrainError(problem + "; 0 takes torch's default")
         if self.size in MODEL_SIZES:
-            d = self.model_config().data
+            cfg = self.model_config()
+            d = cfg.data
             problem = video_size_problem(d.frames, d.height, d.width, d.channels)
             if problem:
                 raise TrainError(problem)
+            for name in ("max_objects", "max_relationships"):  # graph slots: bounded before allocating
+                lo, hi = BOUNDS[f"DataConfig.{name}"]
+                if not lo <= getattr(d, name) <= hi:
+                    raise TrainError(f"--{name.replace('_', '-')} {getattr(d, name)}: must be an integer in "
+                                     f"[{lo}, {hi}]")
         if not 0.0 <= self.ema_decay < 1.0:
             raise TrainError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.stop_at > self.steps:
