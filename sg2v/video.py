@@ -8,7 +8,9 @@ frame.
 mp4 (H.264 through imageio-ffmpeg, the `video` extra) is lossy by default (4:2:0 chroma plays everywhere but
 smears small colored shapes: score lossless files); `lossless=True` writes RGB H.264 at qp 0 (libx264rgb),
 exact but playable only by ffmpeg-based players. PNG, npy, WebP (lossless) and GIF (up to 256 colors per
-frame) are exact.
+frame) are exact. What sg2v writes is recognisable as its own (`is_sg2v_output`: the frame-count mark in gif,
+webp and mp4 files, "sg2v" as a PNG's Software text, uint8 frames in an npy, frame_NNNN.png files in a
+folder), so `sg2v-run` replaces earlier outputs and nothing else without --force.
 """
 
 from __future__ import annotations

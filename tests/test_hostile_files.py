@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -194,6 +195,17 @@ def test_oversized_manifest_and_file_table(bundle):
         f.truncate(65 << 20)  # sparse: 65 MiB that the reader must not load
     with pytest.raises(BundleError, match="more than the 67108864 a manifest may have"):
         Bundle.open(bundle)
+
+
+def test_manifest_numbers_python_will_not_read(bundle):
+    """An integer of 5000 digits: json.loads raises a plain ValueError (not a JSONDecodeError)."""
+    text = (bundle / spec.MANIFEST).read_text()
+    huge = re.sub(r'"format_version": \d+', '"format_version": ' + "9" * 5000, text)
+    assert huge != text
+    (bundle / spec.MANIFEST).write_text(huge)
+    with pytest.raises(BundleError, match="manifest.json is corrupt .*4300 digits") as e:
+        Bundle.open(bundle)
+    _one_line(e.value)
 
 
 def test_manifest_nested_100k_deep(bundle):
@@ -547,8 +559,11 @@ def test_safetensors_config_nested_100k_deep(tmp_path, good_ckpt):
 
 
 # ---------------------------------------------------------------------------------------------- manifest fuzz
+# Numbers the manifest's JSON text can hold but json.dumps cannot write: placeholders replaced in the text
+# by an integer of 5000 digits (Python's reader refuses over 4300) and by 1e999 (read as inf).
+RAW_NUMBERS = {"<huge int>": "9" * 5000, "<overflowing float>": "-1e999"}
 LEAVES = (st.none() | st.booleans() | st.integers(-3, 10**13) | st.floats(allow_nan=True)
-          | st.text(max_size=8)
+          | st.text(max_size=8) | st.sampled_from(sorted(RAW_NUMBERS))
           | st.sampled_from(["dpmpp2m", "cosine_zsnr", "../x", "/etc/passwd", "fp16", "plugin"]))
 VALUES = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6),
                                                                                           inner, max_size=3),
@@ -606,7 +621,10 @@ def _open_mutated(root: Path, text: str, data) -> None:
             parent[path[-1]] = data.draw(VALUES)
         elif isinstance(parent, dict):
             del parent[path[-1]]
-    (root / spec.MANIFEST).write_text(json.dumps(manifest))
+    raw = json.dumps(manifest)
+    for mark, number in RAW_NUMBERS.items():
+        raw = raw.replace(json.dumps(mark), number)
+    (root / spec.MANIFEST).write_text(raw)
     try:
         Bundle.open(root)
     except BundleError as e:

@@ -484,7 +484,7 @@ def load_bundle_model(path: str | os.PathLike) -> tuple[Any, ModelConfig, Any]:
     root = Path(path)
     try:
         manifest = json.loads((root / spec.MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON, or a number over 4300 digits
         raise BundleError(f"{root} holds no readable {spec.MANIFEST} ({first_line(e)}); pass a bundle folder "
                           "written by sg2v-export") from None
     if not isinstance(manifest, dict) or manifest.get("format") != spec.FORMAT:

@@ -854,7 +854,7 @@ def read_metrics(out: str | os.PathLike) -> list[dict[str, Any]]:
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # a cut last line, or a hand-edited one
                 continue
     return records
 
