@@ -41,8 +41,10 @@ class Bundle:
     vocab: Vocab
     shapes: dict[str, int]
     stages: dict[str, dict[str, Any]]
-    null_context: np.ndarray = field(repr=False)  # (1, L, D) float32
-    null_context_mask: np.ndarray = field(repr=False)  # (1, L) float32
+    # The learned null context of classifier-free guidance: (1, L, D) and (1, L) float32; None for a
+    # guidance-distilled student, which has no unconditional rows.
+    null_context: np.ndarray | None = field(repr=False)
+    null_context_mask: np.ndarray | None = field(repr=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike, verify: bool = True) -> Bundle:
@@ -61,6 +63,9 @@ class Bundle:
         stages = _stages(manifest, files, shapes, root)
         _check_sampling(manifest, config, root)
         _check_layout(manifest, shapes, vocab, root)
+        _check_student(manifest, shapes, config, root)
+        if spec.is_student(shapes):  # no unconditional rows: the null context is not read
+            return cls(root, manifest, config, vocab, shapes, stages, None, None)
         null_context = _load_array(root, files, spec.NULL_CONTEXT, (1, shapes["context_tokens"],
                                                                       shapes["context_dim"]))
         null_mask = _load_array(root, files, spec.NULL_CONTEXT_MASK, (1, shapes["context_tokens"]))
@@ -96,6 +101,15 @@ class Bundle:
     def grounded(self) -> bool:
         """Whether the model draws a layout first (format 3: a layout stage, objects and boxes)."""
         return spec.grounded(self.shapes)
+
+    @property
+    def student(self) -> dict[str, Any] | None:
+        """A guidance-distilled student's "student" entry (guidance_range, guidance_rescale, grid_steps,
+        steps, sampler, ...), checked when the bundle was opened; None for a model sampled with CFG."""
+        if not spec.is_student(self.shapes):
+            return None
+        entry = self.manifest["student"]
+        return {**entry, "guidance_range": list(entry["guidance_range"]), "steps": list(entry["steps"])}
 
     @property
     def layout(self) -> dict[str, Any] | None:
@@ -264,14 +278,22 @@ def _shapes(manifest: dict[str, Any], config: ModelConfig, root: Path) -> dict[s
         raise BundleError(f"bundle {root}: model_config has layout.dim {config.layout.dim} and "
                           f"unet.layout_dim {config.unet.layout_dim}; a model has both a layout network and "
                           f"a grounded UNet, or neither; {_REEXPORT}")
+    student = bool(config.unet.guidance_embed)
     version = manifest["format_version"]
-    if grounded and version < 3:
+    if student and version != spec.STUDENT_FORMAT_VERSION:
+        raise BundleError(f"bundle {root}: a guidance-distilled student (model_config unet.guidance_embed) "
+                          f"in a format-{version} bundle (a student needs format "
+                          f"{spec.STUDENT_FORMAT_VERSION}); {_REEXPORT}")
+    if not student and version >= spec.STUDENT_FORMAT_VERSION:
+        raise BundleError(f"bundle {root}: format {version} without a guidance-distilled student (its "
+                          f"model_config has no guidance embedding); {_REEXPORT}")
+    if grounded and version < spec.GROUNDED_FORMAT_VERSION:
         raise BundleError(f"bundle {root}: a layout-grounded model in a format-{version} bundle (a layout "
                           f"stage needs format 3); {_REEXPORT}")
-    if not grounded and version >= 3:
+    if not grounded and version == spec.GROUNDED_FORMAT_VERSION:
         raise BundleError(f"bundle {root}: format {version} without a layout-grounded model (its "
                           f"model_config has no layout network); {_REEXPORT}")
-    expected = spec.shapes(config.data, config.encoder, max_batch, grounded=grounded)
+    expected = spec.shapes(config.data, config.encoder, max_batch, grounded=grounded, student=student)
     wrong = [f"{k}={got.get(k)!r} (config says {v})" for k, v in expected.items() if got.get(k) != v]
     if wrong:
         raise BundleError(f"bundle {root}: manifest shapes disagree with model_config: {', '.join(wrong)}; "
@@ -377,6 +399,85 @@ def _check_layout(manifest: dict[str, Any], shapes: dict[str, int], vocab: Vocab
                 break
     if problems:
         raise BundleError(f"bundle {root}: manifest 'layout': {'; '.join(problems)}; {_REEXPORT}")
+
+
+def _check_student(manifest: dict[str, Any], shapes: dict[str, int], config: ModelConfig, root: Path) -> None:
+    """A student bundle's `student` entry: known keys, types and bounds, a finite ordered guidance range,
+    step counts on its consistency grid, a known sampler, agreement with the model config's `distill`, and
+    `sampler_defaults` the student accepts; a teacher's manifest has no such entry."""
+    entry = manifest.get("student")
+    if not spec.is_student(shapes):
+        if entry is not None:
+            raise BundleError(f"bundle {root}: manifest has a 'student' entry but its model is not "
+                              f"guidance-distilled (model_config unet.guidance_embed is false); {_REEXPORT}")
+        return
+    from sg2v.sampling import SAMPLERS
+
+    if not isinstance(entry, dict):
+        what = "missing" if entry is None else "not an object"
+        raise BundleError(f"bundle {root}: manifest 'student' is {what} (a guidance-distilled student "
+                          f"records how it may be sampled there); {_REEXPORT}")
+    if sorted(map(str, entry)) != sorted(spec.STUDENT_KEYS):
+        keys = sorted(str(k)[:40] for k in entry)[:9]
+        raise BundleError(f"bundle {root}: manifest 'student' has keys {keys}, expected "
+                          f"{list(spec.STUDENT_KEYS)}; {_REEXPORT}")
+    num_train = config.diffusion.num_train_timesteps
+    problems = []
+    if entry["guidance_distilled"] is not True:
+        problems.append(f"guidance_distilled {entry['guidance_distilled']!r:.40} is not true")
+    rng = entry["guidance_range"]
+    if not (isinstance(rng, list) and len(rng) == 2 and all(_finite(v, 0.0, 1e6) for v in rng)
+            and rng[0] <= rng[1]):
+        problems.append(f"guidance_range {rng!r:.60} is not [low, high] with 0 <= low <= high <= 1e6")
+    if not _finite(entry["guidance_rescale"], 0.0, 1.0):
+        problems.append(f"guidance_rescale {entry['guidance_rescale']!r:.40} is not a finite number in "
+                        "[0, 1]")
+    grid = entry["grid_steps"]
+    most = min(num_train, MAX_SAMPLER_STEPS)
+    grid_ok = _integer(grid, 1, most)
+    if not grid_ok:
+        problems.append(f"grid_steps {grid!r:.40} is not an integer in [1, {most}]")
+    steps = entry["steps"]
+    if not (isinstance(steps, list) and 1 <= len(steps) <= spec.MAX_STUDENT_STEP_COUNTS
+            and all(_integer(n, 1, grid if grid_ok else 1) for n in steps) and len(set(steps)) == len(steps)):
+        problems.append(f"steps {steps!r:.60} is not a list of 1 to {spec.MAX_STUDENT_STEP_COUNTS} distinct "
+                        f"integers in [1, grid_steps]")
+    elif grid_ok:
+        off = [n for n in steps if not spec.on_grid(num_train, grid, n)]
+        if off:
+            problems.append(f"steps {off[:4]} do not lie on the grid of {grid} timesteps the student was "
+                            "distilled on")
+    if not isinstance(entry["sampler"], str) or entry["sampler"] not in SAMPLERS:
+        problems.append(f"sampler {entry['sampler']!r:.40} is not one of {sorted(SAMPLERS)}")
+    if not isinstance(entry["method"], str) or len(entry["method"]) > 200:
+        problems.append(f"method {entry['method']!r:.40} is not a short string")
+    if problems:
+        raise BundleError(f"bundle {root}: manifest 'student': {'; '.join(problems)}; {_REEXPORT}")
+    d = config.distill
+    want = {"guidance_range": [d.guidance_min, d.guidance_max], "guidance_rescale": d.guidance_rescale,
+            "grid_steps": d.grid_steps}
+    wrong = [f"{k}={entry[k]!r} (config says {v!r})" for k, v in want.items() if entry[k] != v]
+    if wrong:
+        raise BundleError(f"bundle {root}: manifest 'student' disagrees with model_config.distill: "
+                          f"{', '.join(wrong)}; {_REEXPORT}")
+    from sg2v.generation import SamplerSettings, check_student_settings
+
+    defaults = manifest["sampler_defaults"]  # checked by _check_sampling: known, typed, in bounds
+    try:
+        settings = SamplerSettings(defaults["sampler"], defaults["steps"], float(defaults["guidance"]),
+                                   float(defaults["guidance_rescale"]))
+        check_student_settings(settings, entry)
+    except ConfigError as e:
+        raise BundleError(f"bundle {root}: sampler_defaults are not what the student was distilled for "
+                          f"({first_line(e)}); {_REEXPORT}") from None
+
+
+def _finite(v: Any, lo: float, hi: float) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+
+
+def _integer(v: Any, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
 def _io_key(ios: Any) -> Any:

@@ -12,15 +12,20 @@ from sg2v.config import DataConfig, EncoderConfig
 from sg2v.graph import GRAPH_TENSORS
 
 FORMAT = "sg2v-bundle"
-FORMAT_VERSION = 3  # bump on an incompatible change of the layout or the manifest keys
+FORMAT_VERSION = 4  # bump on an incompatible change of the layout or the manifest keys
 # Format 1: fixed batch, the encoder at 1 graph and the UNet at 2 rows (one video per call). Format 2: a
 # batch axis (dim 0 of every stage input and output, named BATCH_DIM / UNET_BATCH_DIM in the graphs and the
 # manifest) from 1 to `shapes.max_batch` videos; the UNet takes 2 rows per video: the B conditional rows,
 # then the B unconditional ones. Format 3: a layout-grounded model: a third stage (the layout network), the
-# encoder also outputs the object vectors and the UNet also takes objects and boxes (`grounded` below); the
-# exporter writes format 3 only for grounded models, so ungrounded bundles stay readable by format-2 readers.
-READABLE_VERSIONS = (1, 2, 3)
+# encoder also outputs the object vectors and the UNet also takes objects and boxes (`grounded` below).
+# Format 4: a guidance-distilled student (grounded or not): its UNet takes one row per video (batch axis
+# BATCH_DIM) and the guidance weight (`STUDENT_INPUT`), and the manifest's "student" entry says how it may
+# be sampled; a reader that does not know students refuses it (a newer format) rather than run it with CFG.
+# The exporter writes the lowest format that describes the model, so older readers keep reading the rest.
+READABLE_VERSIONS = (1, 2, 3, 4)
 UNGROUNDED_FORMAT_VERSION = 2  # what the exporter writes for a model without a layout stage
+GROUNDED_FORMAT_VERSION = 3  # a layout-grounded teacher
+STUDENT_FORMAT_VERSION = 4  # a guidance-distilled student
 
 MANIFEST = "manifest.json"
 ENCODER_ONNX = "encoder.onnx"
@@ -74,6 +79,10 @@ MANIFEST_KEYS = (
     "source_checkpoint",
 )
 GROUNDED_MANIFEST_KEYS = ("layout",)  # format 3 adds: {steps, tries, per_round, sampler, relation_rules}
+STUDENT_MANIFEST_KEYS = ("student",)  # format 4 adds: STUDENT_KEYS
+STUDENT_KEYS = ("guidance_distilled", "guidance_range", "guidance_rescale", "grid_steps", "steps", "sampler",
+                "method")
+MAX_STUDENT_STEP_COUNTS = 64  # entries of the "student" entry's `steps` a reader accepts
 
 
 def is_student(s: dict[str, Any]) -> bool:
@@ -89,6 +98,14 @@ def student_entry(distill: Any, num_train: int) -> dict[str, Any]:
             "guidance_rescale": float(distill.guidance_rescale), "grid_steps": grid,
             "steps": [n for n in range(1, grid + 1) if grid % n == 0 and num_train % n == 0],
             "sampler": "ddim", "method": "consistency distillation"}
+
+
+def on_grid(num_train: int, grid_steps: int, steps: int) -> bool:
+    """Whether every trailing timestep of `steps` sampler steps is one of the `grid_steps` trailing timesteps
+    a consistency student was distilled on (its DDIM jumps then land where it learned to be consistent)."""
+    from sg2v.schedule import timesteps
+
+    return set(timesteps(num_train, steps).tolist()) <= set(timesteps(num_train, grid_steps).tolist())
 
 
 def grounded(s: dict[str, Any]) -> bool:
@@ -111,8 +128,11 @@ def unet_inputs(s: dict[str, Any]) -> tuple[str, ...]:
 
 
 def format_version(s: dict[str, Any]) -> int:
-    """The format version the exporter writes for a bundle with `shapes` entry `s` (3 grounded, else 2)."""
-    return FORMAT_VERSION if grounded(s) else UNGROUNDED_FORMAT_VERSION
+    """The format version the exporter writes for a bundle with `shapes` entry `s`: 4 for a student, 3 for
+    a grounded teacher, else 2."""
+    if is_student(s):
+        return STUDENT_FORMAT_VERSION
+    return GROUNDED_FORMAT_VERSION if grounded(s) else UNGROUNDED_FORMAT_VERSION
 
 
 def stage_names(s: dict[str, Any]) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -122,14 +142,20 @@ def stage_names(s: dict[str, Any]) -> dict[str, tuple[tuple[str, ...], tuple[str
     return {name: out[name] for name in stage_files(s)}
 
 
-def batch_dim(stage: str) -> str:
-    """The name of a stage's batch axis (dim 0 of each of its inputs and outputs) in format 2 and 3."""
+def batch_dim(stage: str, s: dict[str, Any] | None = None) -> str:
+    """The name of a stage's batch axis (dim 0 of each of its inputs and outputs) in format 2 and later,
+    for a bundle with `shapes` entry `s` (a student's UNet has one row per video: BATCH_DIM)."""
+    if stage == UNET_STAGE and s is not None and is_student(s):
+        return BATCH_DIM
     return {ENCODER_STAGE: BATCH_DIM, UNET_STAGE: UNET_BATCH_DIM, LAYOUT_STAGE: LAYOUT_BATCH_DIM}[stage]
 
 
-def rows_per_video(stage: str) -> int:
-    """Rows of a stage's batch axis per video: 1 graph, 2 UNet rows (cond, uncond), LAYOUT_PER_ROUND
-    candidate layouts (the layout stage's most for one graph in one call when it draws a full round)."""
+def rows_per_video(stage: str, s: dict[str, Any] | None = None) -> int:
+    """Rows of a stage's batch axis per video: 1 graph, 2 UNet rows (cond, uncond; 1 for a student, whose
+    `shapes` entry `s` says so), LAYOUT_PER_ROUND candidate layouts (the layout stage's most for one graph in
+    one call when it draws a full round)."""
+    if stage == UNET_STAGE and s is not None and is_student(s):
+        return 1
     return {ENCODER_STAGE: 1, UNET_STAGE: UNET_BATCH, LAYOUT_STAGE: LAYOUT_PER_ROUND}[stage]
 
 
@@ -151,7 +177,8 @@ def shapes(data: DataConfig, encoder: EncoderConfig, max_batch: int | None = MAX
            grounded: bool = False, student: bool = False) -> dict[str, int]:
     """The manifest's `shapes` entry from a model's `DataConfig` and `EncoderConfig`: format 2 with a batch
     axis up to `max_batch` videos, or format 1's fixed batches with `max_batch=None`; a `grounded` model
-    (format 3) adds the object width and the layout stage's largest batch."""
+    (format 3) adds the object width and the layout stage's largest batch, a guidance-distilled `student`
+    (format 4) `"student": true`."""
     out = {
         "frames": int(data.frames),
         "height": int(data.height),

@@ -9,7 +9,10 @@
   function;
 - the conditioning of the UNet: the encoder's outputs are the conditional half, the learned null context the
   unconditional half, laid out as one batch of 2B rows (the B conditional rows, then the B unconditional
-  ones) in buffers allocated once and grown when a larger batch comes;
+  ones) in buffers allocated once and grown when a larger batch comes. A guidance-distilled student (the
+  bundle manifest's "student" entry) has no unconditional half: its UNet runs on the B conditional rows with
+  the guidance weight as one more input (one call of B rows per step, or the backend's fused step of it),
+  and `settings` refuses what it was not distilled for (`check_student_settings`);
 - batching: one encoder call and one UNet call per step for the whole batch, in chunks of at most the
   backend's `max_batch` videos (bundles of format 1 take one video per call);
 - decoding with `sg2v.video.unit_to_frames`, and `last_timings`.
@@ -47,10 +50,12 @@ class Stage(Protocol):
 
 
 class GuidedStep(Protocol):
-    """A backend's fused guided denoiser step for one batch size B (the UNet on 2B rows, then `guide`)."""
+    """A backend's fused guided denoiser step for one batch size B (the UNet on 2B rows, then `guide`; for a
+    guidance-distilled student the UNet on B rows with the guidance input)."""
 
     def prepare(self, feeds: dict[str, Any], guidance: float, rescale: float) -> None:
-        """Take the UNet's conditioning (2B rows: cond, then uncond) and the guidance settings."""
+        """Take the UNet's conditioning (2B rows: cond, then uncond; a student's B rows) and the guidance
+        settings."""
 
     def __call__(self, x: Any, t: float) -> Any:
         """Guided v (B, F, C, H, W) for x (B, F, C, H, W) at timestep t; valid until the next call."""
@@ -203,7 +208,7 @@ class Generator:
     """Graph tensors + seeds -> frames on one backend (see the module note); not thread-safe by itself."""
 
     def __init__(self, backend: Backend, frame_shape: Sequence[int], alphas_cumprod: np.ndarray,
-                 defaults: Mapping[str, Any], null_context: tuple[np.ndarray, np.ndarray],
+                 defaults: Mapping[str, Any], null_context: tuple[np.ndarray, np.ndarray] | None,
                  layout: Mapping[str, Any] | None = None, student: Mapping[str, Any] | None = None):
         self.backend = backend
         self.student = dict(student) if student is not None else None  # a manifest's "student" entry
@@ -216,9 +221,14 @@ class Generator:
         self.alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)  # (num_train,)
         self.num_train = len(self.alphas_cumprod)
         self.defaults = dict(defaults)
-        with backend.stream_context():
-            self._uncond = {name: self.xp.asarray(np.ascontiguousarray(value, np.float32))
-                            for name, value in zip(CONDITIONING, null_context)}  # (1, L, D), (1, L)
+        self._uncond: dict[str, Any] = {}  # a student has no unconditional rows, so no null context
+        if self.student is None:
+            if null_context is None:
+                raise Sg2vError("a model sampled with classifier-free guidance needs its learned null "
+                                "context; re-export the bundle")
+            with backend.stream_context():
+                self._uncond = {name: self.xp.asarray(np.ascontiguousarray(value, np.float32))
+                                for name, value in zip(CONDITIONING, null_context)}  # (1, L, D), (1, L)
         self._bufs: dict[str, Any] = {}  # UNet feeds other than x: (2 x capacity, ...) each
         self._capacity = 0
         self.last_timings: dict[str, Any] = {}
@@ -396,10 +406,10 @@ class Generator:
         return feeds
 
     def _denoiser(self, feeds: dict[str, Any], b: int, s: SamplerSettings, clock: Any) -> Callable:
-        """denoise(x, t) -> guided v: a student's UNet at weight w, the backend's fused step when it has one,
-        else CFG around the UNet."""
+        """denoise(x, t) -> guided v: the backend's fused step when it has one, else a student's UNet at
+        weight w, or CFG around the UNet."""
         be = self.backend
-        if self.student is not None:
+        if self.student is not None and be.guided_step is None:
             feeds["guidance"][...] = s.guidance
 
             def distilled(x: Any, t: float) -> Any:  # one row per video: guidance is the network's input

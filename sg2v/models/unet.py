@@ -491,6 +491,7 @@ def unet_flops(cfg: ModelConfig, batch: int = 2) -> int:
         mask = torch.empty(batch, d.context_tokens)
         layout = ((torch.empty(batch, d.padded_objects, cfg.encoder.embed_dim),
                    torch.empty(batch, d.padded_objects, d.frames, 4)) if grounded else ())
+        guidance = {"guidance": torch.empty(batch)} if cfg.unet.guidance_embed else {}  # a student's input
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(x, t, ctx, mask, *layout)
+        net(x, t, ctx, mask, *layout, **guidance)
     return int(counter.get_total_flops())

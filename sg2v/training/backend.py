@@ -121,17 +121,30 @@ def model_backend(model: torch.nn.Module, host: bool = False, name: str | None =
         encoder = TorchStage(model.encoder, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS, device, host)
         layout = None
     unet_inputs = spec.GROUNDED_UNET_INPUTS if model.grounded else spec.UNET_INPUTS
-    if model.unet.guidance_embed is not None:
+    student = model.unet.guidance_embed is not None
+    if student:
         unet_inputs = (*unet_inputs, spec.STUDENT_INPUT)
     return Backend(
         name or f"torch-{device.type}",
         encoder,
-        TorchStage(model.unet, unet_inputs, spec.UNET_OUTPUTS, device, host),
+        TorchStage(student_call(model.unet) if student else model.unet, unet_inputs, spec.UNET_OUTPUTS,
+                   device, host),
         layout=layout,
         xp=np if host else TorchArrays(device),
         null_context=model.null_context_arrays(),
         synchronize=(lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None),
     )
+
+
+def student_call(unet: Any) -> Any:
+    """A student's UNet called with its stage inputs in the manifest's order (x, t, context, context_mask,
+    [objects, boxes,] guidance): the guidance weight goes by keyword, so an ungrounded UNet gets no layout."""
+
+    def call(x, t, context, context_mask, *rest):
+        *layout, guidance = rest  # layout: () or (objects, boxes)
+        return unet(x, t, context, context_mask, *layout, guidance=guidance)
+
+    return call
 
 
 def layout_settings(cfg: ModelConfig, vocab: Any) -> dict[str, Any] | None:
