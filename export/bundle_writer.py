@@ -113,10 +113,13 @@ def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset:
     validation graphs); the runtime samples with `sampler_defaults` unless a caller passes its own. The stages
     take 1 to `max_batch` videos per call (`shapes.max_batch`, the batch axis of every stage's I/O). A
     layout-grounded model (`cfg.layout.dim > 0`) gets format 3: the layout stage and the `layout` entry (its
-    sampler settings and the vocabulary's relation rules); any other model format 2.
+    sampler settings and the vocabulary's relation rules); a guidance-distilled student (`cfg.unet.
+    guidance_embed`) format 4: its UNet on one row per video with the guidance input, and the `student` entry
+    (what it was distilled for); any other model format 2.
     """
     grounded = cfg.layout.dim > 0
-    shapes = spec.shapes(cfg.data, cfg.encoder, max_batch, grounded=grounded)
+    student = bool(cfg.unet.guidance_embed)
+    shapes = spec.shapes(cfg.data, cfg.encoder, max_batch, grounded=grounded, student=student)
     io = spec.stage_io(shapes)
     stages = {name: {"file": file, **io[name], **(stage_extra or {}).get(name, {})}
               for name, file in spec.stage_files(shapes).items()}
@@ -146,8 +149,10 @@ def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset:
         from sg2v.relations import rules_for
 
         manifest["layout"] = spec.layout_defaults(cfg.layout, rules_for(vocab.pred_names, cfg.layout.rules))
-    missing = [k for k in (*spec.MANIFEST_KEYS, *(spec.GROUNDED_MANIFEST_KEYS if grounded else ()))
-               if k not in manifest]
+    if student:
+        manifest["student"] = spec.student_entry(cfg.distill, cfg.diffusion.num_train_timesteps)
+    missing = [k for k in (*spec.MANIFEST_KEYS, *(spec.GROUNDED_MANIFEST_KEYS if grounded else ()),
+                           *(spec.STUDENT_MANIFEST_KEYS if student else ())) if k not in manifest]
     assert not missing, missing
     return manifest
 

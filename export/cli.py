@@ -73,6 +73,12 @@ def summary(result) -> str:
     d = m["sampler_defaults"]
     lines.append(f"sampler defaults: {d['sampler']}, {d['steps']} steps, guidance {d['guidance']:g} "
                  f"(rescale {d['guidance_rescale']:g})")
+    st = m.get("student")
+    if st is not None:
+        lo, hi = st["guidance_range"]
+        lines.append(f"student: guidance-distilled ({st['method']}), one UNet row per video, "
+                     f"{st['sampler']} on {st['steps']} steps, guidance in [{lo:g}, {hi:g}] (rescale "
+                     f"{st['guidance_rescale']:g})")
     lay = m.get("layout")
     if lay is not None:
         lines.append(f"layout stage: {lay['sampler']}, {lay['steps']} steps, up to {lay['tries']} draws per "

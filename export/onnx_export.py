@@ -152,19 +152,21 @@ class LayoutGraph(nn.Module):
 
 
 class UNetGraph(nn.Module):
-    """The UNet stage: float32 x/t/context (and a grounded UNet's objects and boxes) in, float32 v out; the
-    timestep stays float32 throughout."""
+    """The UNet stage: float32 x/t/context (and a grounded UNet's objects and boxes, a student's guidance)
+    in, float32 v out; the timestep and the guidance weight stay float32 throughout."""
 
-    def __init__(self, unet: nn.Module, precision: str):
+    def __init__(self, unet: nn.Module, precision: str, student: bool = False):
         super().__init__()
         self.unet = to_half(unet) if precision == "fp16" else unet
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.student = student
 
-    def forward(self, x, t, context, context_mask, objects=None, boxes=None):
+    def forward(self, x, t, context, context_mask, *rest):
         d = self.dtype
-        layout = () if objects is None else (objects.to(d), boxes.to(d))  # (2B, O, d), (2B, O, F, 4)
-        v = self.unet(x.to(d), t, context.to(d), context_mask.to(d), *layout)
-        return v.float()  # (2B, F, C, H, W)
+        extra = {"guidance": rest[-1]} if self.student else {}  # (N,): a student's guidance weight
+        layout = rest[:-1] if self.student else rest  # () or (objects, boxes): (N, O, d), (N, O, F, 4)
+        v = self.unet(x.to(d), t, context.to(d), context_mask.to(d), *(a.to(d) for a in layout), **extra)
+        return v.float()  # (N, F, C, H, W)
 
 
 # The plugin form: a custom op that computes the real pooling in eager mode (so tracing sees true values) and
@@ -298,23 +300,33 @@ def _unet_feeds(model: nn.Module, enc_feeds: list[dict[str, np.ndarray]], cfg: A
     """UNet feeds per encoder feed of B graphs: random x and t on 2B rows, context = (the encoder on the
     graphs, then B learned null contexts); a grounded model's objects are the encoder's with random tracks
     for the graphs' own objects in the conditional rows, zeros in the unconditional ones (as the loop feeds
-    them)."""
+    them). A guidance-distilled student gets the B conditional rows only and a random guidance weight per
+    row in its distilled range."""
     d = cfg.data
+    student = bool(cfg.unet.guidance_embed)
     null_ctx, null_mask = model.null_context_arrays()
     out = []
     for feeds in enc_feeds:
         enc = _encode(model, feeds)
         b = enc["context"].shape[0]
-        x = rng.standard_normal((2 * b, d.frames, d.channels, d.height, d.width)).astype(np.float32)
-        t = rng.integers(0, cfg.diffusion.num_train_timesteps, size=2 * b).astype(np.float32)
+        rows = b if student else 2 * b
+        x = rng.standard_normal((rows, d.frames, d.channels, d.height, d.width)).astype(np.float32)
+        t = rng.integers(0, cfg.diffusion.num_train_timesteps, size=rows).astype(np.float32)
+        uncond = ([], []) if student else ([null_ctx] * b, [null_mask] * b)
         row = {"x": x, "t": t,
-               "context": np.concatenate([enc["context"], *[null_ctx] * b]).astype(np.float32),
-               "context_mask": np.concatenate([enc["context_mask"], *[null_mask] * b]).astype(np.float32)}
+               "context": np.concatenate([enc["context"], *uncond[0]]).astype(np.float32),
+               "context_mask": np.concatenate([enc["context_mask"], *uncond[1]]).astype(np.float32)}
         if "objects" in enc:
             o = enc["objects"].shape[1]
             boxes = random_tracks(rng, (b, o), d.frames) * user_objects(feeds["obj_mask"])[..., None, None]
-            row["objects"] = np.concatenate([enc["objects"], np.zeros_like(enc["objects"])])  # (2B, O, d)
-            row["boxes"] = np.concatenate([boxes, np.zeros_like(boxes)])  # (2B, O, F, 4)
+            if student:
+                row["objects"], row["boxes"] = enc["objects"], boxes.astype(np.float32)
+            else:
+                row["objects"] = np.concatenate([enc["objects"], np.zeros_like(enc["objects"])])  # (2B, O, d)
+                row["boxes"] = np.concatenate([boxes, np.zeros_like(boxes)])  # (2B, O, F, 4)
+        if student:
+            lo, hi = cfg.distill.guidance_min, cfg.distill.guidance_max
+            row[spec.STUDENT_INPUT] = rng.uniform(lo, hi, size=b).astype(np.float32)  # (B,)
         out.append(row)
     return out
 
@@ -626,7 +638,8 @@ def export_bundle(
     if weights == "fp16":
         round_weights_fp16(model)
     grounded = model.layout_net is not None
-    stage_files = spec.stage_files(spec.shapes(cfg.data, cfg.encoder, max_batch, grounded=grounded))
+    _check_student_guidance(cfg, guidance)
+    stage_files = spec.stage_files(_model_shapes(cfg, max_batch))
     rng = np.random.default_rng(seed)
     enc_feeds = random_graph_feeds(vocab, cfg.data, rng, PARITY_TRIALS)
     if max_batch > 1:  # and the same graphs as one batch: the batch axis must give what single calls give
@@ -704,6 +717,18 @@ def export_bundle(
     return ExportResult(out, manifest, reused, time.perf_counter() - t0)
 
 
+def _check_student_guidance(cfg: Any, guidance: float | None) -> None:
+    """A student's default guidance (`--guidance`, else its config's) must lie in its distilled range."""
+    if not cfg.unet.guidance_embed:
+        return
+    d = cfg.distill
+    g = cfg.diffusion.default_guidance if guidance is None else guidance
+    if not d.guidance_min <= g <= d.guidance_max:
+        flag = f"--guidance {g:g}" if guidance is not None else f"the config's default guidance {g:g}"
+        raise ExportError(f"{flag}: this student was distilled for guidance in [{d.guidance_min:g}, "
+                          f"{d.guidance_max:g}]; pass --guidance within that range")
+
+
 def _export_encoder(model, cfg, precision, pooling, opset, feeds, tol, plugin_impl="aot"):
     grounded = model.layout_net is not None
     outputs = spec.GROUNDED_ENCODER_OUTPUTS if grounded else spec.ENCODER_OUTPUTS
@@ -735,14 +760,27 @@ def _export_encoder(model, cfg, precision, pooling, opset, feeds, tol, plugin_im
 
 
 def _export_unet(model, precision, opset, feeds, tol):
-    inputs = spec.GROUNDED_UNET_INPUTS if model.grounded else spec.UNET_INPUTS
-    reference = _torch_outputs(model.unet, feeds, inputs, spec.UNET_OUTPUTS)
+    shapes = _model_shapes(model.cfg)
+    inputs = spec.unet_inputs(shapes)
+    student = spec.is_student(shapes)
+    fn = model.unet
+    if student:
+        from sg2v.training.backend import StudentCall
+
+        fn = StudentCall(model.unet)
+    reference = _torch_outputs(fn, feeds, inputs, spec.UNET_OUTPUTS)
     args = tuple(torch.from_numpy(feeds[0][n]) for n in inputs)
-    graph = export_onnx(UNetGraph(copy.deepcopy(model.unet), precision), args, inputs,
-                        spec.UNET_OUTPUTS, opset, batch_dim=spec.UNET_BATCH_DIM)
+    graph = export_onnx(UNetGraph(copy.deepcopy(model.unet), precision, student), args, inputs,
+                        spec.UNET_OUTPUTS, opset, batch_dim=spec.batch_dim(spec.UNET_STAGE, shapes))
     _check_precision(graph, precision, "unet")
     got = run_ort(graph.SerializeToString(), feeds)
     return graph, parity(got, reference, tol, "unet.onnx on ONNX Runtime CPU vs PyTorch float32")
+
+
+def _model_shapes(cfg: Any, max_batch: int = spec.MAX_BATCH) -> dict[str, Any]:
+    """The manifest's `shapes` entry of a model config (grounded: a layout network; student: guidance)."""
+    return spec.shapes(cfg.data, cfg.encoder, max_batch, grounded=cfg.layout.dim > 0,
+                       student=bool(cfg.unet.guidance_embed))
 
 
 def _export_layout(model, precision, opset, feeds, tol):

@@ -133,6 +133,22 @@ def grounded_checkpoint(grounded_bundle) -> Path:
 
 
 @pytest.fixture(scope="session")
+def student_bundle(tmp_path_factory) -> Path:
+    """A tiny random layout-grounded guidance-distilled student (format 4: one UNet row per video and the
+    guidance input) exported by the real exporter with its weights, once per session."""
+    from helpers import export_student_bundle
+
+    bundle, _ = export_student_bundle(tmp_path_factory.mktemp("exported_student"))
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def student_checkpoint(student_bundle) -> Path:
+    """The checkpoint `student_bundle` was exported from."""
+    return student_bundle.parent / "student.pt"
+
+
+@pytest.fixture(scope="session")
 def converted(tmp_path_factory) -> dict[str, Path]:
     """The data set fixtures converted once per session (`helpers.convert_fixtures`): name -> folder."""
     from helpers import convert_fixtures

@@ -277,6 +277,32 @@ def export_random_bundle(root: Path, seed: int = 1234, grounded: bool = False) -
     return root / "bundle", ckpt
 
 
+STUDENT_DISTILL = dict(guidance_min=1.5, guidance_max=5.0, guidance_rescale=0.7, grid_steps=4)
+
+
+def student_tiny_config(name: str = "test-tiny-student", grounded: bool = True):
+    """`grounded_tiny_config` (or `tiny_config`) as a guidance-distilled student: DDIM on 2 of its grid's 4
+    steps, guidance in [1.5, 5] at rescale 0.7."""
+    from sg2v.config import DistillConfig, student_config
+
+    teacher = grounded_tiny_config(name) if grounded else tiny_config(name)
+    return student_config(teacher, DistillConfig(**STUDENT_DISTILL), steps=2)
+
+
+def export_student_bundle(root: Path, seed: int = 777, grounded: bool = True, **options) -> tuple[Path, Path]:
+    """`random_model(student_tiny_config())` (every weight random, the guidance embedding included) saved as
+    a checkpoint and exported with weights and `options`: (bundle, checkpoint)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    from sg2v.export import export_bundle
+    from sg2v.training.checkpoint import save_checkpoint
+
+    cfg = student_tiny_config(grounded=grounded)
+    ckpt = save_checkpoint(root / "student.pt", random_model(cfg, seed), cfg, shapes_vocab())
+    export_bundle(ckpt, root / "bundle", include_weights=True, **options)
+    return root / "bundle", ckpt
+
+
 def convert_fixtures(root: Path) -> dict[str, Path]:
     """The four source fixtures of tests/dataset_fixtures.py converted at the `tiny` size as their own tests
     convert them, plus "stills": three still images of the folder format converted with the folder set's

@@ -127,7 +127,7 @@ def model_backend(model: torch.nn.Module, host: bool = False, name: str | None =
     return Backend(
         name or f"torch-{device.type}",
         encoder,
-        TorchStage(student_call(model.unet) if student else model.unet, unet_inputs, spec.UNET_OUTPUTS,
+        TorchStage(StudentCall(model.unet) if student else model.unet, unet_inputs, spec.UNET_OUTPUTS,
                    device, host),
         layout=layout,
         xp=np if host else TorchArrays(device),
@@ -136,15 +136,17 @@ def model_backend(model: torch.nn.Module, host: bool = False, name: str | None =
     )
 
 
-def student_call(unet: Any) -> Any:
+class StudentCall(torch.nn.Module):
     """A student's UNet called with its stage inputs in the manifest's order (x, t, context, context_mask,
     [objects, boxes,] guidance): the guidance weight goes by keyword, so an ungrounded UNet gets no layout."""
 
-    def call(x, t, context, context_mask, *rest):
-        *layout, guidance = rest  # layout: () or (objects, boxes)
-        return unet(x, t, context, context_mask, *layout, guidance=guidance)
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
 
-    return call
+    def forward(self, x, t, context, context_mask, *rest):
+        *layout, guidance = rest  # layout: () or (objects, boxes)
+        return self.unet(x, t, context, context_mask, *layout, guidance=guidance)
 
 
 def layout_settings(cfg: ModelConfig, vocab: Any) -> dict[str, Any] | None:
