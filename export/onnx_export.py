@@ -3,7 +3,8 @@ checked against PyTorch.
 
 Two graphs per bundle, three for a layout-grounded model (docs/ARCHITECTURE.md "ONNX stages"), static but for
 a batch axis: the encoder on B graphs, the layout network on K candidate layouts, and the UNet on 2B rows
-(CFG's B conditional rows, then the B unconditional ones), B from 1 to the manifest's `max_batch` and K to
+(CFG's B conditional rows, then the B unconditional ones; a guidance-distilled student's UNet on the B rows
+with the guidance weight per row), B from 1 to the manifest's `max_batch` and K to
 its `max_layout_batch`. A grounded model's encoder also outputs its object vectors, which the layout network
 and the UNet (with the boxes) take. Pooling `portable` is the one-hot MatMul form of `scatter_mean_pool`;
 `plugin` puts one `sg2v::ScatterMeanPool` node per graph convolution of the encoder (a custom op with an ONNX
@@ -155,18 +156,30 @@ class UNetGraph(nn.Module):
     """The UNet stage: float32 x/t/context (and a grounded UNet's objects and boxes, a student's guidance)
     in, float32 v out; the timestep and the guidance weight stay float32 throughout."""
 
-    def __init__(self, unet: nn.Module, precision: str, student: bool = False):
+    def __init__(self, unet: nn.Module, precision: str):
         super().__init__()
         self.unet = to_half(unet) if precision == "fp16" else unet
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
-        self.student = student
 
-    def forward(self, x, t, context, context_mask, *rest):
+    def forward(self, x, t, context, context_mask, objects=None, boxes=None, guidance=None):
         d = self.dtype
-        extra = {"guidance": rest[-1]} if self.student else {}  # (N,): a student's guidance weight
-        layout = rest[:-1] if self.student else rest  # () or (objects, boxes): (N, O, d), (N, O, F, 4)
-        v = self.unet(x.to(d), t, context.to(d), context_mask.to(d), *(a.to(d) for a in layout), **extra)
+        layout = () if objects is None else (objects.to(d), boxes.to(d))  # (N, O, d), (N, O, F, 4)
+        extra = {} if guidance is None else {"guidance": guidance}  # (N,): a student's guidance weight
+        v = self.unet(x.to(d), t, context.to(d), context_mask.to(d), *layout, **extra)
         return v.float()  # (N, F, C, H, W)
+
+
+class StudentUNetGraph(UNetGraph):
+    """The UNet stage of a guidance-distilled student without a layout: (x, t, context, context_mask,
+    guidance), the stage's input order."""
+
+    def forward(self, x, t, context, context_mask, guidance):
+        return super().forward(x, t, context, context_mask, guidance=guidance)
+
+
+def unet_graph(unet: nn.Module, precision: str, grounded: bool, student: bool) -> UNetGraph:
+    """The UNet stage module whose positional inputs are `bundle_spec.unet_inputs` of such a model."""
+    return (StudentUNetGraph if student and not grounded else UNetGraph)(unet, precision)
 
 
 # The plugin form: a custom op that computes the real pooling in eager mode (so tracing sees true values) and
@@ -770,8 +783,9 @@ def _export_unet(model, precision, opset, feeds, tol):
         fn = StudentCall(model.unet)
     reference = _torch_outputs(fn, feeds, inputs, spec.UNET_OUTPUTS)
     args = tuple(torch.from_numpy(feeds[0][n]) for n in inputs)
-    graph = export_onnx(UNetGraph(copy.deepcopy(model.unet), precision, student), args, inputs,
-                        spec.UNET_OUTPUTS, opset, batch_dim=spec.batch_dim(spec.UNET_STAGE, shapes))
+    module = unet_graph(copy.deepcopy(model.unet), precision, spec.grounded(shapes), student)
+    graph = export_onnx(module, args, inputs, spec.UNET_OUTPUTS, opset,
+                        batch_dim=spec.batch_dim(spec.UNET_STAGE, shapes))
     _check_precision(graph, precision, "unet")
     got = run_ort(graph.SerializeToString(), feeds)
     return graph, parity(got, reference, tol, "unet.onnx on ONNX Runtime CPU vs PyTorch float32")

@@ -61,13 +61,14 @@ def engine_dir(bundle: Any, fingerprint: str) -> Path:
 def profile_shapes(bundle: Any, stage: str, opt_batch: int = 1
                    ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """Each input's optimisation profile (min, opt, max) from the manifest: over the batch axis 1, `opt_batch`
-    and the bundle's max_batch videos (`bundle_spec.rows_per_video`: the UNet's rows are 2 per video, the
+    and the bundle's max_batch videos (`bundle_spec.rows_per_video`: the UNet's rows are 2 per video (a
+    student's 1, whose `guidance` input gets the same profile), the
     layout stage's a round of candidate layouts per graph, from 1 row up to `max_layout_batch`); a format-1
     bundle's fixed shapes as min = opt = max."""
     max_batch = bundle.max_batch
     if not 1 <= opt_batch <= max_batch:
         raise Sg2vError(f"--opt-batch {opt_batch}: choose 1..{max_batch} (the bundle's max_batch)")
-    rows = spec.rows_per_video(stage)
+    rows = spec.rows_per_video(stage, bundle.shapes)  # a student's UNet: 1 row per video
     out = {}
     for d in bundle.stages[stage]["inputs"]:
         rest = tuple(int(n) for n in d["shape"][1:])

@@ -36,7 +36,7 @@ ROUTE = "torch_tensorrt"
 def stage_modules(model: Any, precision: str) -> dict[str, Any]:
     """The bundle's stages as PyTorch modules: the ONNX export's wrappers, encoder pooling portable (a
     layout-grounded model: the encoder with object vectors, the layout network, the grounded UNet)."""
-    from sg2v.export.onnx_export import EncoderGraph, LayoutGraph, UNetGraph
+    from sg2v.export.onnx_export import EncoderGraph, LayoutGraph, unet_graph
 
     grounded = model.layout_net is not None
     encoder = copy.deepcopy(model.encoder)
@@ -44,7 +44,8 @@ def stage_modules(model: Any, precision: str) -> dict[str, Any]:
     out = {spec.ENCODER_STAGE: EncoderGraph(encoder, precision, grounded).eval()}
     if grounded:
         out[spec.LAYOUT_STAGE] = LayoutGraph(copy.deepcopy(model.layout_net), precision).eval()
-    out[spec.UNET_STAGE] = UNetGraph(copy.deepcopy(model.unet), precision).eval()
+    student = model.unet.guidance_embed is not None  # its UNet also takes the guidance weight
+    out[spec.UNET_STAGE] = unet_graph(copy.deepcopy(model.unet), precision, grounded, student).eval()
     return out
 
 
@@ -75,9 +76,13 @@ def example_inputs(bundle: Any, device: str = "cpu", seed: int = 0) -> dict[str,
         return {d["name"]: rng.standard_normal((rows if isinstance(d["shape"][0], str) else d["shape"][0],
                                                 *d["shape"][1:])).astype(d["dtype"]) for d in io}
 
-    unet = random_feeds(spec.UNET_STAGE, spec.UNET_BATCH)  # one video: its cond and uncond rows
+    # one video: its cond and uncond rows (a student's one row, at a guidance weight in its range)
+    unet = random_feeds(spec.UNET_STAGE, spec.rows_per_video(spec.UNET_STAGE, bundle.shapes))
     unet["t"] = rng.integers(0, num_train, size=unet["t"].shape).astype(np.float32)
     unet["context_mask"] = np.ones_like(unet["context_mask"])
+    if spec.STUDENT_INPUT in unet:
+        lo, hi = bundle.student["guidance_range"]
+        unet[spec.STUDENT_INPUT] = rng.uniform(lo, hi, size=unet["t"].shape).astype(np.float32)
     if "boxes" in unet:
         unet["boxes"] = random_tracks(rng, unet["boxes"].shape[:2], data.frames)
     out = {spec.ENCODER_STAGE: feeds, spec.UNET_STAGE: unet}

@@ -90,9 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--layout-tries", type=int, default=None,
                     help="layouts drawn per graph at most until every relation with a geometric rule holds "
                          "(default: the bundle's)")
-    ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the bundle's)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="sampler steps (default: the bundle's; a guidance-distilled student takes only the "
+                         "step counts its manifest lists)")
     ap.add_argument("--guidance", type=float, default=None,
-                    help="classifier-free guidance weight (default: the bundle's)")
+                    help="classifier-free guidance weight (default: the bundle's; a guidance-distilled "
+                         "student takes it as an input, within the range it was distilled for)")
     ap.add_argument("--guidance-rescale", type=float, default=None,
                     help="guidance rescale in [0, 1] (default: the bundle's)")
     ap.add_argument("--seed", type=int, default=0, help="random seed of the initial noise")
@@ -171,6 +174,7 @@ def _run(args: Any) -> int:
     if args.draw_layout and not args.contact_sheet:
         raise Sg2vError("--draw-layout draws the boxes on the contact sheet; add --contact-sheet SHEET.png")
     bundle = Bundle.open(args.bundle, verify=not args.no_verify)
+    check_student_flags(bundle, args)
     flags = _layout_flags(args)
     if flags and not bundle.grounded:
         raise Sg2vError(f"{' and '.join(flags)}: bundle {bundle.path} has no layout stage (format "
@@ -217,6 +221,23 @@ def _run(args: Any) -> int:
           f"steps ({_ms(t['denoiser_per_step_s'])}/step), sampler {_ms(t['sampler_overhead_s'])}, "
           f"decode {_ms(t['decode_s'])}, total {_ms(t['total_s'])}")
     return 0
+
+
+def check_student_flags(bundle: Any, args: Any) -> None:
+    """A guidance-distilled student samples only as it was distilled (the manifest's "student" entry):
+    --sampler, --steps, --guidance and --guidance-rescale outside that are refused in one line."""
+    if bundle.student is None:
+        return
+    from sg2v.errors import ConfigError
+    from sg2v.generation import check_student_settings, resolve_settings
+
+    try:
+        settings = resolve_settings(bundle.sampler_defaults, bundle.config.diffusion.num_train_timesteps,
+                                    steps=args.steps, guidance=args.guidance,
+                                    guidance_rescale=args.guidance_rescale, sampler=args.sampler)
+        check_student_settings(settings, bundle.student)
+    except ConfigError as e:
+        raise FlagError(f"{e} (bundle {bundle.path} is a guidance-distilled student)") from None
 
 
 MAX_STEPS = 100_000  # the most training timesteps a model config may declare (sg2v.config.BOUNDS)

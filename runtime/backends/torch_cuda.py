@@ -4,15 +4,16 @@ It offers the generation loop a fused guided step (`GuidedStep`, `sg2v.generatio
 the 2B rows (the B conditional ones, then the B unconditional ones; a layout-grounded UNet also reads the
 objects and boxes of those rows, zero in the unconditional ones) and the guidance combination of
 `sg2v.sampling.guide` (Ho & Salimans 2022, with guidance rescale, Lin et al. 2023), reading x, t, the
-conditioning and the guidance settings from buffers allocated once per batch size. Four modes: `eager` (the
-reference: plain module calls), `compile` (the module through `torch.compile`, the peer a user would pick),
-`torch_tensorrt` (the module through `torch_tensorrt.compile`, the peer a TensorRT user would pick: Torch-
-TensorRT's torch.compile backend builds TensorRT engines for each input shape on its first call), and `graphs`
-(the whole step captured once per batch size as a CUDA graph and replayed: one launch per step instead of
-hundreds; Nguyen et al., "CUDA Graphs", NVIDIA 2019). The `torch_tensorrt` mode is written to Torch-TensorRT's
-documented API and UNVERIFIED: Torch-TensorRT cannot be installed on this project's machines. The sampler
-then runs on torch tensors on the device, so the loop never copies to the host; on CUDA, CUDA events time each
-step without a host sync. Torch is imported only when the backend is built.
+conditioning and the guidance settings from buffers allocated once per batch size (for a guidance-distilled
+student the step is its one UNet call on the B rows with the guidance weight as an input). Four modes: `eager`
+(the reference: plain module calls), `compile` (the module through `torch.compile`, the peer a user would
+pick), `torch_tensorrt` (the module through `torch_tensorrt.compile`, the peer a TensorRT user would pick:
+Torch-TensorRT's torch.compile backend builds TensorRT engines for each input shape on its first call), and
+`graphs` (the whole step captured once per batch size as a CUDA graph and replayed: one launch per step
+instead of hundreds; Nguyen et al., "CUDA Graphs", NVIDIA 2019). The `torch_tensorrt` mode is written to
+Torch-TensorRT's documented API and UNVERIFIED: Torch-TensorRT cannot be installed on this project's machines.
+The sampler then runs on torch tensors on the device, so the loop never copies to the host; on CUDA, CUDA
+events time each step without a host sync. Torch is imported only when the backend is built.
 """
 
 from __future__ import annotations
@@ -94,32 +95,37 @@ class GuidedStep:
 
     def __init__(self, unet: nn.Module, batch: int, frames_shape: tuple[int, int, int, int],
                  context_shape: tuple[int, int], device: str | torch.device = "cuda", mode: str = "graphs",
-                 precision: str = "fp16", object_shape: tuple[int, int] | None = None):
+                 precision: str = "fp16", object_shape: tuple[int, int] | None = None,
+                 student: bool = False):
         self.device = torch.device(device)
         self.mode, self.precision = mode, precision
         self.dtype = PRECISIONS[precision]
         self.unet = unet  # from prepare_unet: already on the device, in the precision, compiled if asked
         self.batch = b = int(batch)
+        self.student = bool(student)
+        rows = b if self.student else 2 * b  # a student has no unconditional rows
         f, c, h, w = frames_shape
         tokens, dim = context_shape
         kw = {"device": self.device}
         self.x = torch.empty((b, f, c, h, w), dtype=torch.float32, **kw)  # (B, F, C, H, W)
-        self.t = torch.empty((2 * b,), dtype=torch.float32, **kw)  # (2B,): one timestep for every row
-        self.context = torch.empty((2 * b, tokens, dim), dtype=self.dtype, **kw)  # (2B, L, D): cond, uncond
-        self.context_mask = torch.empty((2 * b, tokens), dtype=self.dtype, **kw)  # (2B, L)
+        self.t = torch.empty((rows,), dtype=torch.float32, **kw)  # (2B,): one timestep for every row
+        self.context = torch.empty((rows, tokens, dim), dtype=self.dtype, **kw)  # (2B, L, D): cond, uncond
+        self.context_mask = torch.empty((rows, tokens), dtype=self.dtype, **kw)  # (2B, L)
         self.layout: tuple[torch.Tensor, ...] = ()  # a grounded UNet's objects and boxes (uncond rows: 0)
         if object_shape is not None:
             slots, width = object_shape
-            self.layout = (torch.empty((2 * b, slots, width), dtype=self.dtype, **kw),  # (2B, O, d)
-                           torch.empty((2 * b, slots, f, 4), dtype=self.dtype, **kw))  # (2B, O, F, 4)
+            self.layout = (torch.empty((rows, slots, width), dtype=self.dtype, **kw),  # (2B, O, d)
+                           torch.empty((rows, slots, f, 4), dtype=self.dtype, **kw))  # (2B, O, F, 4)
         self.guidance = torch.empty((), dtype=torch.float32, **kw)
+        self.guidance_rows = torch.empty((b,), dtype=torch.float32, **kw)  # (B,): a student's UNet input
         self.rescale = torch.empty((), dtype=torch.float32, **kw)
         self.graph: Any = None
         self.out: torch.Tensor | None = None  # the graph's output buffer (B, F, C, H, W)
 
     @torch.no_grad()
     def prepare(self, feeds: dict[str, Any], guidance: float, rescale: float) -> None:
-        """Copy the conditioning (2B rows: cond, then uncond) and the guidance settings into the buffers."""
+        """Copy the conditioning (2B rows: cond, then uncond; a student's B rows) and the guidance settings
+        into the buffers."""
         self.context.copy_(feeds["context"])  # (2B, L, D), cast to the step's precision
         self.context_mask.copy_(feeds["context_mask"])  # (2B, L)
         for buf, name in zip(self.layout, GROUNDING):
@@ -134,9 +140,13 @@ class GuidedStep:
                             "0 disables it, 0.7 is typical")
         self.guidance.fill_(float(guidance))
         self.rescale.fill_(float(rescale))
+        self.guidance_rows.fill_(float(guidance))
 
     def _body(self) -> torch.Tensor:
         b = self.batch
+        if self.student:  # the guidance weight is the network's input: one call on the B rows
+            return self.unet(self.x.to(self.dtype), self.t, self.context, self.context_mask, *self.layout,
+                             guidance=self.guidance_rows).float()  # (B, F, C, H, W)
         x2 = self.x.repeat(2, 1, 1, 1, 1).to(self.dtype)  # (2B, F, C, H, W): the cond and uncond halves
         v2 = self.unet(x2, self.t, self.context, self.context_mask, *self.layout).float()  # (2B, F, C, H, W)
         # Rescale always runs (r = 0 multiplies by exactly 1), so one captured graph serves every setting.
@@ -192,14 +202,16 @@ class CudaEventClock:
 class _CastInputs(nn.Module):
     """The UNet stage for direct calls: float32 inputs cast to the UNet's precision, float32 v out."""
 
-    def __init__(self, unet: nn.Module, dtype: torch.dtype):
+    def __init__(self, unet: nn.Module, dtype: torch.dtype, student: bool = False):
         super().__init__()
-        self.unet, self.dtype = unet, dtype
+        self.unet, self.dtype, self.student = unet, dtype, student
 
-    def forward(self, x, t, context, context_mask, objects=None, boxes=None):  # objects, boxes: grounded
+    def forward(self, x, t, context, context_mask, *rest):  # rest: [objects, boxes,] [guidance]
         d = self.dtype
-        layout = () if objects is None else (objects.to(d), boxes.to(d))
-        return self.unet(x.to(d), t, context.to(d), context_mask.to(d), *layout).float()
+        extra = {"guidance": rest[-1]} if self.student else {}
+        layout = rest[:-1] if self.student else rest
+        return self.unet(x.to(d), t, context.to(d), context_mask.to(d), *(a.to(d) for a in layout),
+                         **extra).float()
 
 
 def make_torch_cuda_backend(bundle: Any, device: str = "cuda", mode: str = "graphs", precision: str = "fp16",
@@ -229,12 +241,13 @@ def model_cuda_backend(model: nn.Module, mode: str = "graphs", precision: str = 
     tokens = (d.context_tokens, cfg.encoder.context_dim)
     grounded = model.layout_net is not None
     objects = (d.padded_objects, cfg.encoder.embed_dim) if grounded else None
+    student = model.unet.guidance_embed is not None
     cuda = dev.type == "cuda"
     steps: dict[int, GuidedStep] = {}  # one per batch size, each with its buffers (and CUDA graph)
 
     def guided_step(batch: int) -> GuidedStep:
         if batch not in steps:
-            steps[batch] = GuidedStep(unet, batch, frames, tokens, dev, mode, precision, objects)
+            steps[batch] = GuidedStep(unet, batch, frames, tokens, dev, mode, precision, objects, student)
         return steps[batch]
 
     def close() -> None:
@@ -248,10 +261,12 @@ def model_cuda_backend(model: nn.Module, mode: str = "graphs", precision: str = 
         encoder = TorchStage(model.encoder, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS, dev)
         layout = None
     unet_inputs = spec.GROUNDED_UNET_INPUTS if grounded else spec.UNET_INPUTS
+    if student:
+        unet_inputs = (*unet_inputs, spec.STUDENT_INPUT)
     return Backend(
         f"torch-{dev.type}-{mode}-{precision}",
         encoder,
-        TorchStage(_CastInputs(unet, PRECISIONS[precision]), unet_inputs, spec.UNET_OUTPUTS, dev),
+        TorchStage(_CastInputs(unet, PRECISIONS[precision], student), unet_inputs, spec.UNET_OUTPUTS, dev),
         TorchArrays(dev),
         layout=layout,
         null_context=model.null_context_arrays(),

@@ -47,6 +47,11 @@ def load_torch_model(bundle: Any, device: str, ckpt: str | None, threads: int | 
         if cfg.data != bundle.config.data or cfg.encoder != bundle.config.encoder or vocab != bundle.vocab:
             raise Sg2vError(f"--ckpt {ckpt} was trained with other shapes or another vocabulary than bundle "
                             f"{bundle.path}; pass the checkpoint the bundle was exported from")
+        if bool(cfg.unet.guidance_embed) != bool(bundle.config.unet.guidance_embed):
+            what = ("a guidance-distilled student", "a model sampled with guidance")
+            raise Sg2vError(f"--ckpt {ckpt} is {what[not cfg.unet.guidance_embed]} and bundle {bundle.path} "
+                            f"{what[not bundle.config.unet.guidance_embed]}; pass the checkpoint the bundle "
+                            "was exported from")
         return dev, model
     return dev, load_bundle_model(bundle, dev)
 

@@ -184,14 +184,15 @@ def make_trt_backend(bundle: Any, device: str | None = None, engine_dir: str | N
         stream = cp.cuda.Stream(non_blocking=True)  # capture needs a stream other than the legacy default
         encoder = TrtStage(plans[spec.ENCODER_STAGE], bundle.stages[spec.ENCODER_STAGE], runtime, stream,
                            bindings.get(spec.ENCODER_STAGE), bundle.max_batch)
+        per_video = spec.rows_per_video(spec.UNET_STAGE, bundle.shapes)  # 2 (cond, uncond), a student's 1
         unet = TrtStage(plans[spec.UNET_STAGE], bundle.stages[spec.UNET_STAGE], runtime, stream,
-                        bindings.get(spec.UNET_STAGE), 2 * bundle.max_batch, graphs=True)
+                        bindings.get(spec.UNET_STAGE), per_video * bundle.max_batch, graphs=True)
         layout = None
         if bundle.grounded:  # rows vary from round to round of the relation check: no CUDA graphs
             layout = TrtStage(plans[spec.LAYOUT_STAGE], bundle.stages[spec.LAYOUT_STAGE], runtime, stream,
                               bindings.get(spec.LAYOUT_STAGE), bundle.shapes["max_layout_batch"])
-        videos = min(encoder.capacity, unet.capacity // 2)  # what both stages take per call
-        unet._set_rows(2)
+        videos = min(encoder.capacity, unet.capacity // per_video)  # what both stages take per call
+        unet._set_rows(per_video)
         unet.capture()  # one video's step now; other batch sizes are captured on first use
 
     @contextlib.contextmanager
