@@ -609,6 +609,22 @@ def test_mutated_grounded_manifests_give_bundle_errors_only(grounded_fuzz_bundle
     _open_mutated(*grounded_fuzz_bundle, data)
 
 
+@pytest.fixture(scope="module")
+def student_fuzz_bundle(tmp_path_factory, student_bundle):
+    import shutil
+
+    root = Path(shutil.copytree(student_bundle, tmp_path_factory.mktemp("fuzz_student") / "bundle"))
+    return root, (root / spec.MANIFEST).read_text()
+
+
+@settings(derandomize=True, max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_student_manifests_give_bundle_errors_only(student_fuzz_bundle, data):
+    """The same on a guidance-distilled student (format 4), its student entry among the targets."""
+    _open_mutated(*student_fuzz_bundle, data)
+
+
 def _open_mutated(root: Path, text: str, data) -> None:
     manifest = json.loads(text)
     for _ in range(data.draw(st.integers(1, 3))):

@@ -141,3 +141,21 @@ def test_sg2v_run_without_torch_on_a_layout_grounded_bundle(grounded_bundle, tmp
     r = _sg2v_run_lean([*args, "--out", "w.npy", "--layout", "l.json"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "w.npy"), want.frames[0])
+
+
+@pytest.mark.slow
+def test_sg2v_run_without_torch_on_a_student_bundle(student_bundle, tmp_path):
+    """A guidance-distilled student (format 4) with torch blocked: its frames at a guidance of its range equal
+    an in-process run's, and a step count it was not distilled for is refused in one line (exit 2)."""
+    graph = {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}
+    (tmp_path / "g.json").write_text(json.dumps(graph))
+    args = ["g.json", "--bundle", str(student_bundle), "--seed", "3", "--backend", "ort", "--guidance", "4"]
+    r = _sg2v_run_lean([*args, "--out", "v.npy", "--steps", "1"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY MODULES LOADED" not in r.stdout and "for 1 steps" in r.stdout
+    want = Pipeline.from_bundle(student_bundle, backend="ort")(graph, seed=3, steps=1, guidance=4.0)
+    np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), want)
+    r = _sg2v_run_lean([*args, "--out", "w.npy", "--steps", "25"], cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "25 steps: this student was distilled for [1, 2, 4] steps" in r.stderr
+    assert not (tmp_path / "w.npy").exists()
