@@ -3,10 +3,13 @@
 Each backend runs in its own fresh Python process (`python -m sg2v.runtime.bench --child NAME ...`), so cold
 start is process start to first frame, peak host memory is that process's `ru_maxrss`, and backends cannot
 disturb each other's threads, caches or device memory. The parent counts the UNet's FLOPs
-(`torch.utils.flop_counter` on meta tensors, batch 2), measures the machine's matmul peak in the same run (the
+(`torch.utils.flop_counter` on meta tensors, at the UNet's rows per video: 2 with CFG, 1 for a
+guidance-distilled student), measures the machine's matmul peak in the same run (the
 physical floor), takes medians over the timed repeats, forms ratios against the baseline measured in the same
-run, checks the project's targets, and writes JSON and a markdown table. Torch is imported only for FLOPs,
-the matmul peak and the torch-based backends; `--backends ort-cpu` runs without it (FLOPs then absent).
+run, checks the project's targets, and writes JSON and a markdown table. With `--compare`, further bundles
+(a few-step student beside its teacher) are measured on the same backends in the same run, and each gets its
+end-to-end time, UNet calls and UNet FLOPs per video against the first bundle. Torch is imported only for
+FLOPs, the matmul peak and the torch-based backends; `--backends ort-cpu` runs without it (FLOPs then absent).
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ EPILOG = """figures (medians over --repeats timed runs after --warmup untimed on
   encoder         the scene-graph encoder stage, once per video.
   layout          a layout-grounded bundle's layout stage: the layout network's sampling of candidate tracks
                   and the relation check with its redraws (draws: candidates judged, median), once per video.
-  denoiser step   one guided denoiser call: the UNet on the CFG batch of 2. Runtime backends time the UNet
+  denoiser step   one guided denoiser call: the UNet on the CFG batch of 2 (a guidance-distilled student's
+                  one row, the guidance weight its input). Runtime backends time the UNet
                   stage (host clock after a device sync); torch-cuda* rows time the whole captured step
                   (UNet + the guidance combination) with CUDA events. Median over all steps of all timed runs.
   sampler overh.  end-to-end minus encoder, layout, the denoiser calls and decode: the sampler's own array
@@ -96,12 +100,18 @@ EPILOG = """figures (medians over --repeats timed runs after --warmup untimed on
   CUDA peak       torch.cuda.max_memory_allocated in that process (CuPy backends: bytes held by CuPy's pool).
   x vs baseline   the baseline's time / this backend's time (>1 = faster), baseline = torch-cpu measured in
                   this run; GPU rows also against torch-cuda (eager fp32 on the GPU).
-  FLOPs, TFLOP/s  the UNet's FLOPs at batch 2 (2 x multiply-adds of convs and matmuls, counted by
+  FLOPs, TFLOP/s  the UNet's FLOPs per step at its rows per video (2 with CFG, a student's 1; 2 x
+                  multiply-adds of convs and matmuls, counted by
                   torch.utils.flop_counter) over the denoiser step time; peak = the machine's matmul rate
                   measured in this run (CPU: fp32 numpy/torch matmul; GPU: fp16 torch.matmul); the physical
                   floor of a step is FLOPs / peak.
+  --compare       per bundle and backend: end-to-end s, UNet calls per video (steps) x rows per call, UNet
+                  GFLOP per video (the step's FLOPs x calls), and each against the first bundle (--bundle):
+                  its time / this one's (x faster) and its FLOPs / this one's (x fewer).
 targets: CPU: ort-cpu >= 1.5x torch-cpu end-to-end, < 5 s end-to-end, cold start < 2 s;
-  GPU: torch-cuda-fast step >= 3x torch-cuda, faster than torch-cuda-compile-fp16, sampler overhead < 3%."""
+  GPU: torch-cuda-fast step >= 3x torch-cuda, faster than torch-cuda-compile-fp16, sampler overhead < 3%;
+  --compare: a guidance-distilled student >= 3.5x faster end-to-end than a CFG first bundle (per backend),
+  and at 16 x 64 x 64 under 0.3 s on ort-cpu."""
 
 
 # ----------------------------------------------------------------------------------------------- command line
@@ -122,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", default=None,
                    help="scene-graph JSON (None: two objects, one relationship from the bundle's vocabulary)")
     p.add_argument("--steps", type=int, default=8, help="sampler steps per video")
+    p.add_argument("--compare", nargs="+", default=[], metavar="BUNDLE",
+                   help="further bundles measured on the same backends in this run (e.g. a few-step student "
+                        "beside its teacher), each reported against --bundle: end-to-end time, UNet calls "
+                        "and UNet FLOPs per video")
+    p.add_argument("--compare-steps", nargs="+", type=int, default=None, metavar="N",
+                   help="sampler steps of the --compare bundles: one for all, or one per bundle (default: "
+                        "each bundle's own default steps)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per backend; medians are reported")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs after the first (cold) one")
     p.add_argument("--seed", type=int, default=0, help="seed of x_T (the same on every backend)")
@@ -176,6 +193,16 @@ def _check_args(args: argparse.Namespace) -> None:
             raise Sg2vError(f"{flag} {value}: must be >= {low}")
     if args.threads is not None and args.threads < 1:
         raise Sg2vError(f"--threads {args.threads}: must be >= 1, or leave it unset for one per core")
+    steps = getattr(args, "compare_steps", None)
+    if steps is not None:
+        compare = getattr(args, "compare", [])
+        if not compare:
+            raise Sg2vError("--compare-steps sets the steps of the --compare bundles; add --compare BUNDLE")
+        if len(steps) not in (1, len(compare)):
+            raise Sg2vError(f"--compare-steps: {len(steps)} values for {len(compare)} --compare bundles; "
+                            "give one for all or one per bundle")
+        if min(steps) < 1:
+            raise Sg2vError(f"--compare-steps {min(steps)}: must be >= 1")
 
 
 def batch_sizes(args: argparse.Namespace) -> list[int]:
@@ -341,14 +368,16 @@ def measure_gpu_peak(n: int, reps: int = 10) -> dict[str, Any]:
     return out
 
 
-def unet_step_flops(config: Any) -> dict[str, Any]:
-    """FLOPs of one UNet call on the CFG batch of 2, or why they are unknown."""
+def unet_step_flops(config: Any, rows: int = 2) -> dict[str, Any]:
+    """FLOPs of one UNet call on one video's `rows` (the CFG batch of 2; a student's 1), or why they are
+    unknown."""
     if importlib.util.find_spec("torch") is None:
-        return {"flops": None, "method": "unknown: torch is not installed (the FLOP counter needs it)"}
+        return {"flops": None, "batch": rows,
+                "method": "unknown: torch is not installed (the FLOP counter needs it)"}
     from sg2v.models.unet import unet_flops
 
-    return {"flops": unet_flops(config, batch=2),
-            "method": "torch.utils.flop_counter on meta tensors, UNet at batch 2 "
+    return {"flops": unet_flops(config, batch=rows), "batch": rows,
+            "method": f"torch.utils.flop_counter on meta tensors, UNet at batch {rows} "
                       "(sg2v.models.unet.unet_flops)"}
 
 
@@ -382,7 +411,9 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> dict[s
                 runnable.append(name)
             else:
                 backends[name]["reason"] = reason
-        flops = unet_step_flops(bundle.config)
+        from sg2v import bundle_spec as spec
+
+        flops = unet_step_flops(bundle.config, spec.rows_per_video(spec.UNET_STAGE, bundle.shapes))
         cpu_n = args.peak_size or 2048
         peak = {"cpu": measure_cpu_peak(cpu_n)}
         if any(VARIANTS[n].gpu for n in runnable) and importlib.util.find_spec("torch") is not None:
@@ -411,7 +442,7 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> dict[s
         "machine": machine,
         "bundle": {"path": str(bundle.path), "name": bundle.config.name, "precision": bundle.precision,
                    "shapes": {k: bundle.shapes[k] for k in ("frames", "channels", "height", "width")},
-                   "sampler": bundle.sampler_defaults},
+                   "sampler": bundle.sampler_defaults, "student": bundle.student},
         "settings": {"steps": args.steps, "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed,
                      "batch": batch_sizes(args),
                      "threads": args.threads, "write": args.write, "graph": graph,
@@ -423,6 +454,11 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> dict[s
     }
     report["targets"] = check_targets(report)
     report["table"] = format_table(report)
+    if getattr(args, "compare", None):
+        others = [run_bench(_compare_args(args, path, steps)) for path, steps in compare_plan(args)]
+        report["compare"] = compare_bundles([report, *others])
+        report["targets"] += compare_targets(report["compare"])
+        report["table"] = format_table(report) + "\n" + "\n".join(compare_table(report["compare"]))
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
     if args.table:
@@ -462,6 +498,107 @@ def _run_child(name: str, args: argparse.Namespace, graph_path: Path, tmp: Path)
             return out
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
     return {"error": f"exit status {proc.returncode}: " + " | ".join(tail)}
+
+
+# ------------------------------------------------------------------------------------------------- compare
+
+def compare_plan(args: argparse.Namespace) -> list[tuple[str, int | None]]:
+    """(bundle, steps) of each --compare bundle; steps None: that bundle's own default."""
+    steps = args.compare_steps or [None]
+    if len(steps) == 1:
+        steps = steps * len(args.compare)
+    return list(zip(args.compare, steps))
+
+
+def _compare_args(args: argparse.Namespace, path: str, steps: int | None) -> argparse.Namespace:
+    """The arguments of one --compare bundle's measurement: its own bundle and steps, B=1 only, no files."""
+    from sg2v.runtime.bundle import Bundle
+
+    if steps is None:
+        steps = int(Bundle.open(path, verify=False).sampler_defaults["steps"])
+    return argparse.Namespace(**{**vars(args), "bundle": path, "steps": steps, "batch": [1], "compare": [],
+                                 "compare_steps": None, "json": None, "table": None, "random_size": None})
+
+
+def compare_bundles(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per bundle: its kind, steps, UNet calls and FLOPs per video and each backend's end-to-end time, with
+    the first bundle's figure / this one's (> 1: this one is faster, or does fewer FLOPs)."""
+    rows = []
+    for rep in reports:
+        b = rep["bundle"]
+        measured = {n: x["results"] for n, x in rep["backends"].items() if x.get("results")}
+        calls = next((r["unet_calls"] for r in measured.values()), rep["settings"]["steps"])
+        flops = rep["flops"]["flops"]
+        rows.append({
+            "bundle": b["path"], "name": b["name"], "student": b.get("student") is not None,
+            "steps": rep["settings"]["steps"], "unet_calls_per_video": calls,
+            "unet_rows_per_call": rep["flops"]["batch"],
+            "unet_flops_per_video": None if flops is None else flops * calls,
+            "shapes": b["shapes"],
+            "backends": {n: {"total_s": r["total_s"], "denoiser_step_s": r["denoiser_step_s"]}
+                         for n, r in measured.items()},
+        })
+    first = rows[0]
+    for row in rows:
+        f0, f = first["unet_flops_per_video"], row["unet_flops_per_video"]
+        row["vs_first"] = {"flops_ratio": f0 / f if f0 and f else None,
+                           "calls_ratio": (first["unet_calls_per_video"] * first["unet_rows_per_call"])
+                           / (row["unet_calls_per_video"] * row["unet_rows_per_call"]),
+                           "total_speedup": {n: first["backends"][n]["total_s"] / r["total_s"]
+                                             for n, r in row["backends"].items() if n in first["backends"]}}
+    return {"first": first["bundle"], "bundles": rows}
+
+
+STUDENT_SPEEDUP = 3.5  # a guidance-distilled few-step student against its CFG teacher, end to end
+STUDENT_CPU_SECONDS = 0.3  # a 16 x 64 x 64 video from the student on ort-cpu
+
+
+def compare_targets(compare: dict[str, Any]) -> list[dict[str, Any]]:
+    """The student's targets: end-to-end speed-up over a CFG first bundle per backend, and seconds on ort-cpu
+    at 16 x 64 x 64."""
+    rows = compare["bundles"]
+    first, out = rows[0], []
+
+    def add(target: str, backend: str, value: float, threshold: float, higher: bool, unit: str) -> None:
+        ok = value >= threshold if higher else value < threshold
+        margin = (value / threshold - 1.0) * 100.0 if higher else (1.0 - value / threshold) * 100.0
+        out.append({"target": target, "backend": backend, "value": value, "threshold": threshold,
+                    "unit": unit, "pass": bool(ok), "margin_pct": margin})
+
+    for row in rows[1:]:
+        if not row["student"]:
+            continue
+        if not first["student"]:
+            for name, x in row["vs_first"]["total_speedup"].items():
+                add(f"student {row['name']} at {row['steps']} steps >= {STUDENT_SPEEDUP:g}x faster "
+                    f"end-to-end than {first['name']} at {first['steps']} steps", name, x, STUDENT_SPEEDUP,
+                    True, "x")
+        sh = row["shapes"]
+        if (sh["frames"], sh["height"], sh["width"]) == (16, 64, 64) and "ort-cpu" in row["backends"]:
+            add(f"CPU: student {row['name']} at {row['steps']} steps, a 16 x 64 x 64 video under "
+                f"{STUDENT_CPU_SECONDS:g} s", "ort-cpu", row["backends"]["ort-cpu"]["total_s"],
+                STUDENT_CPU_SECONDS, False, "s")
+    return out
+
+
+def compare_table(compare: dict[str, Any]) -> list[str]:
+    """Markdown rows of the bundle comparison: one per bundle and backend."""
+    lines = ["", "Bundles compared (x: the first bundle's figure / this one's; > 1 = faster, fewer FLOPs):",
+             "",
+             "| bundle | kind | steps | UNet calls x rows per video | UNet GFLOP per video | x fewer FLOPs | "
+             "backend | end-to-end s | x faster |", "|" + "---|" * 9]
+    for row in compare["bundles"]:
+        kind = "student (guidance distilled)" if row["student"] else "CFG"
+        flops = row["unet_flops_per_video"]
+        head = (f"| {row['name']} | {kind} | {row['steps']} | {row['unet_calls_per_video']} x "
+                f"{row['unet_rows_per_call']} | {_fmt(flops, 1e-9, 2)} | "
+                f"{_fmt(row['vs_first']['flops_ratio'], digits=2)} |")
+        if not row["backends"]:
+            lines.append(head + " - | - | - |")
+        for name, r in row["backends"].items():
+            x = row["vs_first"]["total_speedup"].get(name)
+            lines.append(f"{head} {name} | {_fmt(r['total_s'], digits=3)} | {_fmt(x, digits=2)} |")
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------ child side
@@ -707,7 +844,7 @@ def format_table(report: dict[str, Any]) -> str:
     peak = report["peak"]
     floor = []
     if flops:
-        floor.append(f"UNet step (batch 2): {flops / 1e9:.2f} GFLOP")
+        floor.append(f"UNet step (batch {report['flops'].get('batch', 2)}): {flops / 1e9:.2f} GFLOP")
     for side in ("cpu", "gpu"):
         if side in peak:
             t = peak[side]["tflops"]

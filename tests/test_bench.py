@@ -221,3 +221,50 @@ def test_torch_tensorrt_peer_row_is_offered_and_says_what_it_needs(bundle, monke
     assert bench.unavailable_reason(v, b, None) == ("torch_tensorrt is not installed (pip install "
                                                     "'sg2v[torch-trt]')")
     assert "torch-tensorrt-fp16" in " ".join(bench.build_parser().format_help().split())
+
+
+@pytest.mark.slow
+def test_a_student_beside_its_teacher(grounded_bundle, student_bundle, tmp_path):
+    """--compare: the student's UNet calls (one row per video per step) and FLOPs per video against the
+    teacher's (two rows), each backend's end-to-end time against the teacher's, the student's target rows,
+    and the comparison table; the student's own step counts come from --compare-steps."""
+    from sg2v.models.unet import unet_flops
+    from sg2v.runtime.bundle import Bundle
+
+    argv = ["--bundle", str(grounded_bundle), "--steps", "4", "--compare", str(student_bundle),
+            "--compare-steps", "2", "--repeats", "2", "--warmup", "0", "--threads", "1", "--peak-size", "64",
+            "--write", "none", "--backends", *CPU_BACKENDS, "--json", str(tmp_path / "b.json")]
+    assert bench.main(argv) == 0
+    rep = json.loads((tmp_path / "b.json").read_text())
+    teacher, student = rep["compare"]["bundles"]
+    assert rep["compare"]["first"] == teacher["bundle"] == str(grounded_bundle)
+    keys = ("student", "steps", "unet_calls_per_video", "unet_rows_per_call")
+    assert [teacher[k] for k in keys] == [False, 4, 4, 2]
+    assert [student[k] for k in keys] == [True, 2, 2, 1]
+    for row, path, rows in ((teacher, grounded_bundle, 2), (student, student_bundle, 1)):
+        cfg = Bundle.open(path).config
+        assert row["unet_flops_per_video"] == unet_flops(cfg, batch=rows) * row["unet_calls_per_video"]
+    assert student["vs_first"]["flops_ratio"] == pytest.approx(
+        teacher["unet_flops_per_video"] / student["unet_flops_per_video"])
+    assert student["vs_first"]["calls_ratio"] == 4.0 and teacher["vs_first"]["calls_ratio"] == 1.0
+    assert rep["backends"]["ort-cpu"]["results"]["total_s"] == teacher["backends"]["ort-cpu"]["total_s"]
+    targets = [t for t in rep["targets"] if t["target"].startswith("student")]
+    assert sorted(t["backend"] for t in targets) == sorted(CPU_BACKENDS)
+    for name in CPU_BACKENDS:
+        x = teacher["backends"][name]["total_s"] / student["backends"][name]["total_s"]
+        assert student["vs_first"]["total_speedup"][name] == pytest.approx(x)
+        t = next(t for t in targets if t["backend"] == name)
+        assert t["value"] == pytest.approx(x) and t["pass"] == (x >= 3.5)
+        assert f"| {student['name']} | student (guidance distilled) | 2 | 2 x 1 |" in rep["table"]
+        assert f"| {name} | {student['backends'][name]['total_s']:.3f} | {x:.2f} |" in rep["table"]
+    assert "| bundle | kind | steps | UNet calls x rows per video |" in rep["table"]
+
+
+def test_compare_steps_are_checked(tmp_path, capsys):
+    base = ["--bundle", str(tmp_path / "a")]
+    for extra, why in ((["--compare-steps", "2"], "add --compare BUNDLE"),
+                       (["--compare", "b", "c", "--compare-steps", "1", "2", "4"], "3 values for 2"),
+                       (["--compare", "b", "--compare-steps", "0"], "--compare-steps 0: must be >= 1")):
+        assert bench.main([*base, *extra]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("sg2v-bench: error:") and why in err and "\n" not in err, err
