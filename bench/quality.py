@@ -2,14 +2,18 @@
 
     python bench/quality.py --bundle models/demo --n 200 --steps 4 8 25 \
         --json bench/quality_demo.json --table bench/quality_demo.md --sheet out/quality_sheet.png
+    python bench/quality.py --bundle models/student --steps 1 2 4 --compare models/demo \
+        --compare-steps 4 8 25
 
 Samples every graph through the runtime (`sg2v.runtime.Pipeline`, ONNX Runtime CPU by default, in batches of
 the bundle's max_batch): the shipped artifact, not the training checkpoint. Graph i of the held-out stream
 (disjoint from training) uses noise seed `--seed + i`. Torch-free. For a layout-grounded bundle three stages
 are measured: the layout stage alone (relation accuracy of its tracks by the relation rules, on the first draw
 and with the relation check, how often the check redrew, diversity across seeds), the video given the true
-tracks at `--true-steps` (the UNet's ceiling), and end to end at each of `--steps`. Prints each row as it
-finishes, then the markdown tables.
+tracks at `--true-steps` (the UNet's ceiling), and end to end at each of `--steps`. A guidance-distilled
+student is sampled as its manifest allows (DDIM, its distilled step counts, guidance in its range);
+`--compare` measures a second bundle (its teacher) on the same graphs and seeds and tables the end-to-end rows
+side by side. Prints each row as it finishes, then the markdown tables.
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--bundle", default="models/demo", help="bundle folder from sg2v-export")
     p.add_argument("--n", type=int, default=200, help="held-out graphs per step count")
-    p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 25], help="sampler step counts")
+    p.add_argument("--steps", type=int, nargs="+", default=None,
+                   help="sampler step counts (None: 4 8 25, or a guidance-distilled student's first three "
+                        "distilled step counts)")
     p.add_argument("--seed", type=int, default=0, help="held-out stream seed; graph i uses noise seed + i")
-    p.add_argument("--guidance", type=float, default=None, help="guidance weight (None: the bundle's)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="guidance weight of every bundle measured (None: each bundle's own default)")
     p.add_argument("--backend", default="ort", choices=list(BACKENDS),
                    help="runtime backend")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (None: one per core)")
@@ -40,42 +47,95 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", default=None, help="write the markdown table here")
     p.add_argument("--sheet", default=None,
                    help="contact sheet PNG of the first 8 videos at the middle step count")
-    p.add_argument("--true-steps", type=int, nargs="*", default=[8],
-                   help="grounded bundles: sampler steps of the true-tracks rows (none: skip them)")
+    p.add_argument("--true-steps", type=int, nargs="*", default=None,
+                   help="grounded bundles: sampler steps of the true-tracks rows (none: skip them; None: 8, "
+                        "or a student's default steps)")
     p.add_argument("--no-layout-stage", action="store_true",
                    help="grounded bundles: skip the layout-stage row")
     p.add_argument("--layout-tries", type=int, default=None,
                    help="grounded bundles: most layouts drawn per graph (None: the bundle's)")
+    p.add_argument("--compare", default=None, metavar="BUNDLE",
+                   help="a second bundle (e.g. the teacher of a student) measured the same way on the same "
+                        "graphs and seeds; its end-to-end rows are tabled beside the first's")
+    p.add_argument("--compare-steps", type=int, nargs="+", default=None,
+                   help="step counts of the --compare bundle (None: as for --steps)")
     args = p.parse_args(argv)
-    if args.n < 1 or any(s < 1 for s in args.steps) or (args.batch is not None and args.batch < 1):
-        p.error("--n, --steps and --batch must be positive")
+    steps = [*(args.steps or []), *(args.compare_steps or []), *(args.true_steps or [])]
+    if args.n < 1 or any(s < 1 for s in steps) or (args.batch is not None and args.batch < 1):
+        p.error("--n, --steps, --compare-steps, --true-steps and --batch must be positive")
+    if args.compare_steps is not None and args.compare is None:
+        p.error("--compare-steps sets the steps of the --compare bundle; add --compare BUNDLE")
 
     from sg2v.errors import Sg2vError
     from sg2v.io import atomic_write_text
-    from sg2v.quality import evaluate_pipeline, format_markdown, format_table
-    from sg2v.runtime import Pipeline
 
     try:
-        pipe = Pipeline.from_bundle(args.bundle, backend=args.backend, threads=args.threads)
+        first = measure_bundle(args, args.bundle, args.steps)
+        second = measure_bundle(args, args.compare, args.compare_steps) if args.compare else None
     except Sg2vError as e:
         print(f"quality: error: {e}", file=sys.stderr)
         return 1
-    print(f"bundle {args.bundle} on {pipe.backend_name}: {args.n} held-out graphs, steps {args.steps}")
+    table = first["table"]
+    if second is not None:
+        table = "\n".join([f"{first['title']}:", "", table, "", f"{second['title']}:", "", second["table"],
+                           "", "End to end, side by side:", "", compare_markdown([first, second])])
+    print(table)
+    if args.json:
+        keys = ("bundle", "bundle_files", "rows", "true_layout_rows", "layout_stage")
+        meta = {key: first[key] for key in keys}
+        if second is not None:
+            meta["compare"] = {key: second[key] for key in keys}
+        atomic_write_text(Path(args.json), json.dumps(meta, indent=2) + "\n")
+    if args.table:
+        atomic_write_text(Path(args.table), table + "\n")
+    if args.sheet:
+        from sg2v.video import write_contact_sheet
+
+        videos = first["videos"]
+        mid = sorted(videos)[len(videos) // 2]
+        shown = videos[mid][:8]  # (k, F, H, W, 3): one row per video
+        k, f, h, w, c = shown.shape
+        write_contact_sheet(Path(args.sheet), shown.reshape(k * f, h, w, c), cols=f)
+    return 0
+
+
+def default_steps(student: dict | None) -> list[int]:
+    """4, 8 and 25 steps, or a guidance-distilled student's first three distilled step counts."""
+    return [4, 8, 25] if student is None else sorted(student["steps"])[:3]
+
+
+def measure_bundle(args: argparse.Namespace, path: str, steps: list[int] | None) -> dict:
+    """The three-stage quality of one bundle (layout stage, true tracks, end to end), rows printed as they
+    finish; a student's step counts and guidance are checked before anything is sampled."""
+    from sg2v.quality import evaluate_pipeline, format_markdown, format_table
+    from sg2v.runtime import Pipeline
+
+    pipe = Pipeline.from_bundle(path, backend=args.backend, threads=args.threads)
+    student = pipe.bundle.student
+    steps = list(steps or default_steps(student))
+    true_steps = args.true_steps
+    if true_steps is None:
+        true_steps = [8] if student is None else [int(pipe.bundle.sampler_defaults["steps"])]
+    for s in dict.fromkeys([*steps, *true_steps]):  # a student refuses what it was not distilled for
+        pipe.generator.settings(steps=s, guidance=args.guidance)
+    kind = "guidance-distilled student" if student is not None else "sampled with CFG"
+    title = f"{path} ({kind})"
+    print(f"bundle {title} on {pipe.backend_name}: {args.n} held-out graphs, steps {steps}")
     grounded = pipe.generator.grounded
     layout_row = None
     if grounded and not args.no_layout_stage:
         layout_row = layout_stage_row(pipe, args.n, args.seed, args.layout_tries, args.batch)
         print(format_layout_markdown([layout_row]))
     true_rows = []
-    if grounded and args.true_steps:
+    if grounded and true_steps:
         print("video given the true tracks:")
         print(format_table([]))
-        true_rows, _ = evaluate_pipeline(pipe, n=args.n, steps=args.true_steps, seed=args.seed,
+        true_rows, _ = evaluate_pipeline(pipe, n=args.n, steps=true_steps, seed=args.seed,
                                          guidance=args.guidance, log=print, max_batch=args.batch,
                                          true_layouts=True)
     print("end to end:" if grounded else "")
     print(format_table([]))
-    rows, videos = evaluate_pipeline(pipe, n=args.n, steps=args.steps, seed=args.seed, guidance=args.guidance,
+    rows, videos = evaluate_pipeline(pipe, n=args.n, steps=steps, seed=args.seed, guidance=args.guidance,
                                      log=print, max_batch=args.batch)
     table = format_markdown(rows)
     if grounded:
@@ -86,21 +146,26 @@ def main(argv: list[str] | None = None) -> int:
         if true_rows:
             parts += ["Video given the true tracks:", "", format_markdown(true_rows), ""]
         table = "\n".join(parts + ["End to end:", "", table])
-    print(table)
-    if args.json:
-        meta = {"bundle": os.fspath(args.bundle), "bundle_files": pipe.bundle.manifest["files"], "rows": rows,
-                "true_layout_rows": true_rows, "layout_stage": layout_row}
-        atomic_write_text(Path(args.json), json.dumps(meta, indent=2) + "\n")
-    if args.table:
-        atomic_write_text(Path(args.table), table + "\n")
-    if args.sheet:
-        from sg2v.video import write_contact_sheet
+    pipe.close()
+    return {"bundle": os.fspath(path), "bundle_files": pipe.bundle.manifest["files"], "rows": rows,
+            "true_layout_rows": true_rows, "layout_stage": layout_row, "table": table, "videos": videos,
+            "title": title, "student": student is not None, "name": pipe.bundle.config.name}
 
-        mid = sorted(videos)[len(videos) // 2]
-        shown = videos[mid][:8]  # (k, F, H, W, 3): one row per video
-        k, f, h, w, c = shown.shape
-        write_contact_sheet(Path(args.sheet), shown.reshape(k * f, h, w, c), cols=f)
-    return 0
+
+def compare_markdown(results: list[dict]) -> str:
+    """The end-to-end rows of several bundles in one table (model name, kind, guidance, steps, then the
+    metrics)."""
+    from sg2v.quality import format_markdown
+
+    lines = []
+    for i, r in enumerate(results):
+        kind = "student" if r["student"] else "CFG"
+        body = format_markdown(r["rows"]).splitlines()
+        if i == 0:
+            lines += ["| model | kind | guidance " + body[0], "| --- | --- | --- " + body[1]]
+        for row, line in zip(r["rows"], body[2:]):
+            lines.append(f"| {r['name']} | {kind} | {row['guidance']:g} {line}")
+    return "\n".join(lines)
 
 
 def layout_stage_row(pipe, n: int, seed: int, tries: int | None, max_batch: int | None) -> dict:

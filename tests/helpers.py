@@ -280,12 +280,12 @@ def export_random_bundle(root: Path, seed: int = 1234, grounded: bool = False) -
 STUDENT_DISTILL = dict(guidance_min=1.5, guidance_max=5.0, guidance_rescale=0.7, grid_steps=4)
 
 
-def student_tiny_config(name: str = "test-tiny-student", grounded: bool = True):
-    """`grounded_tiny_config` (or `tiny_config`) as a guidance-distilled student: DDIM on 2 of its grid's 4
-    steps, guidance in [1.5, 5] at rescale 0.7."""
+def student_tiny_config(grounded: bool = True):
+    """`grounded_tiny_config` (or `tiny_config`) as a guidance-distilled student (named like its teacher,
+    "-student"): DDIM on 2 of its grid's 4 steps, guidance in [1.5, 5] at rescale 0.7."""
     from sg2v.config import DistillConfig, student_config
 
-    teacher = grounded_tiny_config(name) if grounded else tiny_config(name)
+    teacher = grounded_tiny_config() if grounded else tiny_config()
     return student_config(teacher, DistillConfig(**STUDENT_DISTILL), steps=2)
 
 

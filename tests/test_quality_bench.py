@@ -1,0 +1,62 @@
+"""bench/quality.py on a guidance-distilled student and beside its teacher (--compare): the student's own
+step counts, the three-stage tables, the side-by-side end-to-end table, rows equal to scoring the pipeline's
+own videos, and a step count the student was not distilled for refused before anything is sampled."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from sg2v.quality import heldout_graphs, score_videos
+from sg2v.runtime import Pipeline
+
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _quality():
+    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_student_beside_its_teacher(student_bundle, grounded_bundle, tmp_path, capsys):
+    quality = _quality()
+    out = tmp_path / "q.json"
+    argv = ["--bundle", str(student_bundle), "--n", "3", "--threads", "1", "--guidance", "3",
+            "--compare", str(grounded_bundle), "--compare-steps", "2", "4", "--layout-tries", "2",
+            "--json", str(out), "--table", str(tmp_path / "q.md")]
+    assert quality.main(argv) == 0
+    rep = json.loads(out.read_text())
+    assert [r["steps"] for r in rep["rows"]] == [1, 2, 4]  # the student's first three distilled step counts
+    assert all(r["sampler"] == "ddim" and r["guidance"] == 3.0 for r in rep["rows"])
+    assert [r["steps"] for r in rep["true_layout_rows"]] == [2]  # the student's default steps
+    assert rep["layout_stage"] is not None
+    assert [r["steps"] for r in rep["compare"]["rows"]] == [2, 4]
+    assert rep["compare"]["bundle"] == str(grounded_bundle)
+    # a row is the oracle's score of the pipeline's own videos of the held-out graphs (graph i: seed i)
+    pipe = Pipeline.from_bundle(student_bundle, backend="ort", threads=1)
+    graphs = heldout_graphs(pipe.bundle.config, 3, 0)
+    want = score_videos(pipe.generate(graphs, [0, 1, 2], steps=2, guidance=3.0), graphs)
+    got = rep["rows"][1]
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, nan_ok=True), key
+    table = (tmp_path / "q.md").read_text()
+    assert "End to end, side by side:" in table and "guidance-distilled student" in table
+    assert "| test-tiny-grounded-student | student | 3 | 1 |" in table
+    assert "| test-tiny-grounded | CFG | 3 | 4 |" in table
+    assert "Layout stage alone" in table and "Video given the true tracks" in table
+
+
+def test_a_step_count_the_student_was_not_distilled_for_is_refused(student_bundle, tmp_path, capsys):
+    quality = _quality()
+    assert quality.main(["--bundle", str(student_bundle), "--n", "2", "--steps", "1", "3",
+                         "--json", str(tmp_path / "q.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("quality: error: 3 steps: this student was distilled for [1, 2, 4] steps"), err
+    assert "\n" not in err and not (tmp_path / "q.json").exists()
