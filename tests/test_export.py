@@ -84,7 +84,7 @@ def test_manifest_has_every_contract_key(bundle, ckpt):
     out = bundle["out"]
     assert json.loads((out / spec.MANIFEST).read_text()) == m
     assert set(spec.MANIFEST_KEYS) | set(spec.GROUNDED_MANIFEST_KEYS) <= set(m)
-    assert m["format"] == spec.FORMAT and m["format_version"] == spec.FORMAT_VERSION == 3
+    assert m["format"] == spec.FORMAT and m["format_version"] == spec.GROUNDED_FORMAT_VERSION == 3
     cfg = ckpt["cfg"]
     assert m["model_config"] == cfg.to_dict() and m["vocab"] == shapes_vocab().to_dict()
     assert m["shapes"] == spec.shapes(cfg.data, cfg.encoder, grounded=True)
