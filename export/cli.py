@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "optimisation profiles span 1 to this)")
     p.add_argument("--guidance", type=float, default=None,
                    help="default classifier-free guidance stored in the bundle's sampler_defaults "
-                        "(default: the model config's default_guidance)")
+                        "(default: the model config's default_guidance; a guidance-distilled student's must "
+                        "lie in the range it was distilled for)")
     return p
 
 

@@ -260,6 +260,13 @@ def test_a_student_beside_its_teacher(grounded_bundle, student_bundle, tmp_path)
     assert "| bundle | kind | steps | UNet calls x rows per video |" in rep["table"]
 
 
+def test_a_step_count_the_student_was_not_distilled_for_is_refused_first(student_bundle, capsys):
+    assert bench.main(["--bundle", str(student_bundle), "--steps", "8", "--backends", "ort-cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sg2v-bench: error: bundle ") and "\n" not in err, err
+    assert "8 steps: this student was distilled for [1, 2, 4] steps" in err
+
+
 def test_compare_steps_are_checked(tmp_path, capsys):
     base = ["--bundle", str(tmp_path / "a")]
     for extra, why in ((["--compare-steps", "2"], "add --compare BUNDLE"),
