@@ -67,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     rand_encoder, rand_video, _ = build_pretrain_models(model, cfg)  # same architecture, random init
 
     def score(enc, vid):
-        runs = [evaluate_retrieval(enc, vid, model.data, n=args.n, seed=s) for s in args.eval_seeds]
-        return {k: sum(r[k] for r in runs) / len(runs) for k in ("R@1", "R@5")}
+        runs = [evaluate_retrieval(enc, vid, model.data, n=args.n, seed=s, video_frames=cfg.video_frames)
+                for s in args.eval_seeds]
+        keys = ("R@1", "R@5", "R@1_same_graph")
+        return {**{k: sum(r[k] for r in runs) / len(runs) for k in keys},
+                "per_seed": [{k: r[k] for k in keys} for r in runs]}
 
     result = {
         "size": model.name, "steps": steps, "pretrain_config": dataclasses.asdict(cfg),

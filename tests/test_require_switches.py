@@ -82,3 +82,22 @@ def test_module_skipped_at_collection_fails_under_require_gpu(tmp_path):
     assert r.returncode not in (0, 5), r.stdout
     assert "skipped whole at collection, so its gpu tests cannot run" in r.stdout
     assert "sg2v_no_such_package" in r.stdout
+
+
+SEEDED = '''
+def test_draws(rng):
+    assert rng.integers(1 << 30) < 0  # fails whatever it draws
+'''
+
+
+def test_a_failing_test_names_its_seed_and_the_seed_replays_it(tmp_path):
+    """The `rng` fixture's failure report names the seed; SG2V_TEST_SEED=N gives the same draws again."""
+    first = _pytest(tmp_path / "a", {"test_seeded.py": SEEDED})
+    assert first.returncode == 1, first.stdout
+    line = next(s for s in first.stdout.splitlines() if "inputs drawn from seed" in s)
+    seed = line.split("inputs drawn from seed ")[1].split(";")[0]
+    assert f"SG2V_TEST_SEED={seed} pytest" in line
+    drawn = [s for s in first.stdout.splitlines() if s.startswith("E ") and "assert" in s]
+    again = _pytest(tmp_path / "b", {"test_seeded.py": SEEDED}, SG2V_TEST_SEED=seed)
+    assert again.returncode == 1 and f"inputs drawn from seed {seed};" in again.stdout
+    assert drawn and drawn[0] in again.stdout  # the same number was drawn

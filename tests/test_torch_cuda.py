@@ -27,6 +27,9 @@ from sg2v.runtime.backends.torch_cuda import (  # noqa: E402
 from sg2v.sampling import cfg_denoiser  # noqa: E402
 
 FP16_REL_TOL = 2e-2  # relative L2 error of an fp16 UNet against fp32 (seen: ~4e-3)
+# The grounded tiny UNet's guided v in fp16 against fp32: ~5e-3 for most draws, up to 3.9e-2 on 40 draws
+# (3 of 40 above 2.5e-2: draws whose guided v is small where the object maps cancel it), so a wider bound.
+GROUNDED_FP16_REL_TOL = 6e-2
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +114,7 @@ def test_eager_fp32_step_equals_cfg_denoiser(model, guidance, rescale, batch, rn
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("precision, tol", [("fp32", 1e-5), ("fp16", FP16_REL_TOL)])
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-5), ("fp16", GROUNDED_FP16_REL_TOL)])
 def test_grounded_step_reads_objects_and_boxes(grounded_model, precision, tol, rng):
     """A grounded UNet's fused step takes the objects and boxes of the 2B rows into its buffers and gives
     what cfg_denoiser around the eager UNet gives with them; other boxes give another v."""
@@ -128,7 +131,9 @@ def test_grounded_step_reads_objects_and_boxes(grounded_model, precision, tol, r
         feeds["boxes"] = feeds["boxes"].flip(1)  # the same boxes on other objects: the buffers follow
         step.prepare(feeds, 3.0, 0.7)
         moved = _reference(grounded_model.unet, x, t, feeds, 3.0, 0.7)
-        assert _rel(step(x, t), moved) <= tol and _rel(moved, want) > 1e-2
+        got = step(x, t)
+        assert _rel(got, moved) <= tol and _rel(moved, want) > 1e-2  # moved boxes: measured 0.12-0.21
+        assert _rel(got, moved) < 0.5 * _rel(got, want)  # it follows the new boxes, not the old ones
 
 
 def test_eager_fp16_step_within_fp16_tolerance(model, rng):

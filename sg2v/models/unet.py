@@ -280,7 +280,7 @@ class TemporalUNet(nn.Module):
     def __init__(self, ucfg: UNetConfig, data: DataConfig, context_dim: int,
                  x0_alphas_cumprod: torch.Tensor | None = None, object_dim: int = 0):
         super().__init__()
-        _check_config(ucfg, data)
+        check_config(ucfg, data)
         # x0-parameterised (DiffusionConfig.prediction == "x0"): the layers predict the clean clip and the
         # output is converted to v = (sqrt(a_t) x_t - x0) / sqrt(1 - a_t) with the schedule's a_t, gathered
         # by timestep. Non-persistent: rebuilt from the config, never stored in checkpoints.
@@ -444,7 +444,8 @@ def pixel_shuffle(x: torch.Tensor, p: int) -> torch.Tensor:
     return x.reshape(n, c, h * p, w * p)
 
 
-def _check_config(u: UNetConfig, d: DataConfig) -> None:
+def check_config(u: UNetConfig, d: DataConfig) -> None:
+    """ConfigError unless a UNet of `u` can be built for clips of `d` (levels, groups, heads, patching)."""
     levels = len(u.channel_mult)
     if levels < 1 or u.num_res_blocks < 1:
         raise ConfigError("unet.channel_mult needs >= 1 level and unet.num_res_blocks >= 1")

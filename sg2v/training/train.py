@@ -47,6 +47,7 @@ from sg2v.errors import CheckpointError, ConfigError, Sg2vError
 from sg2v.graph import GRAPH_TENSORS
 from sg2v.io import atomic_write_text
 from sg2v.models.sg2v import build_model
+from sg2v.models.unet import check_config
 from sg2v.sampling import SAMPLERS
 from sg2v.training.backend import torch_device
 from sg2v.training.checkpoint import (
@@ -225,6 +226,10 @@ class TrainConfig:
             problem = video_size_problem(d.frames, d.height, d.width, d.channels)
             if problem:
                 raise TrainError(problem)
+            try:  # a frame size the UNet's levels and patches cannot tile: the flags' fault, exit 2
+                check_config(cfg.unet, d)
+            except ConfigError as e:
+                raise TrainError(f"--height/--width: {e}") from None
             for name in ("max_objects", "max_relationships"):  # graph slots: bounded before allocating
                 lo, hi = BOUNDS[f"DataConfig.{name}"]
                 if not lo <= getattr(d, name) <= hi:
