@@ -317,3 +317,72 @@ def test_a_student_bundle_reads_no_null_context(student):
     assert b.null_context is None and b.null_context_mask is None
     pipe = Pipeline(b, _pipeline(student, "ort").backend)
     assert pipe.generate([{"objects": ["red circle"], "relationships": []}], [2]).shape == (1, 2, 8, 8, 3)
+
+
+# ----------------------------------------------------------------------------------------------- TensorRT
+
+def test_tensorrt_profiles_of_a_student_take_one_row_per_video(student_bundle):
+    """The UNet engine's profiles span 1 to max_batch rows (one per video), the guidance input included."""
+    from sg2v.export import tensorrt as trt_build
+
+    b = Bundle.open(student_bundle)
+    unet = trt_build.profile_shapes(b, "unet", opt_batch=3)
+    assert set(unet) == set(spec.unet_inputs(b.shapes))
+    assert unet["guidance"] == ((1,), (3,), (b.max_batch,))
+    s = b.shapes
+    assert unet["x"] == tuple((n, s["frames"], s["channels"], s["height"], s["width"])
+                              for n in (1, 3, b.max_batch))
+    assert unet["boxes"][2] == (b.max_batch, s["padded_objects"], s["frames"], 4)
+
+
+@pytest.mark.parametrize("grounded", [True, False])
+def test_the_torch_tensorrt_route_exports_the_student_stage(student_bundle, tmp_path, grounded):
+    """What Torch-TensorRT would convert: the student's UNet program takes the manifest's inputs in order
+    (guidance last) at one row, and computes what unet.onnx computes."""
+    import onnxruntime as ort
+
+    from sg2v.export import torch_trt
+
+    path = student_bundle if grounded else export_student_bundle(tmp_path, grounded=False, max_batch=2)[0]
+    b = Bundle.open(path)
+    model = torch_trt.load_bundle_model(path.parent / "student.pt", b)
+    inputs = torch_trt.example_inputs(b, seed=5)
+    args = inputs["unet"]
+    names = spec.stage_names(b.shapes)["unet"][0]
+    assert names[-1] == "guidance" and args[0].shape[0] == 1
+    lo, hi = b.student["guidance_range"]
+    assert lo <= float(args[-1][0]) <= hi
+    program = torch_trt.exported_programs(model, b)["unet"]
+    assert tuple(program.graph_signature.user_inputs) == names
+    with torch.no_grad():
+        got = program.module()(*args).numpy()
+    session = ort.InferenceSession(str(b.stage_file("unet")), providers=["CPUExecutionProvider"])
+    want = session.run(None, {n: a.numpy() for n, a in zip(names, args)})[0]
+    assert float(np.abs(got - want).max()) <= 1e-4 * max(float(np.abs(want).max()), 1e-6)
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_trt_runs_a_student_as_onnx_runtime_does(student_bundle, tmp_path):
+    """TensorRT engines of a student (UNet profiles of one row per video, the guidance input) against ONNX
+    Runtime: the same draws, tracks and frames within float32 rounding (not yet run on a GPU)."""
+    import importlib.util
+
+    from sg2v.runtime.backends import trt_unavailable_reason
+
+    if importlib.util.find_spec("tensorrt") is None:
+        pytest.skip("TensorRT cannot be installed here")
+    reason = trt_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"TensorRT backend unavailable: {reason}")
+    root = shutil.copytree(student_bundle, tmp_path / "bundle")
+    trt_pipe = Pipeline.from_bundle(root, backend="trt")
+    ort_pipe = Pipeline.from_bundle(root, backend="ort")
+    assert trt_pipe.max_batch == Bundle.open(root).max_batch
+    graphs, seeds, guidance = _graphs(41)
+    got = trt_pipe.run(graphs, seeds, steps=2, guidance=guidance)
+    want = ort_pipe.run(graphs, seeds, steps=2, guidance=guidance)
+    assert [r.draws for r in got.layouts] == [r.draws for r in want.layouts]
+    for a, b in zip(got.layouts, want.layouts):
+        assert np.abs(a.tracks - b.tracks).max() <= 1e-3
+    assert np.abs(got.frames.astype(int) - want.frames).max() <= 2
