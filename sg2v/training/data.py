@@ -35,12 +35,8 @@ def video_to_layout(video: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(video.transpose(0, 3, 1, 2))
 
 
-class ShapesVideoDataset(Dataset):
-    """Shapes-world (video, padded graph) pairs at a model config's frames, size and graph limits.
-
-    "video" is (F, C, H, W) uint8 (`video_to_layout`); `video_to_model` gives the float32 the model sees.
-    Diffusion training and pretraining both read their data here (`sample_arrays`).
-    """
+class _ShapesStream(Dataset):
+    """The shapes-world scenes of one split and seed at a model config's frames, size and graph limits."""
 
     def __init__(self, cfg: ModelConfig | DataConfig, vocab: Any, seed: int = 0, split: str = "train",
                  length: int = 2**62):
@@ -52,6 +48,14 @@ class ShapesVideoDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.shapes)
+
+
+class ShapesVideoDataset(_ShapesStream):
+    """Shapes-world (video, padded graph) pairs at a model config's frames, size and graph limits.
+
+    "video" is (F, C, H, W) uint8 (`video_to_layout`); `video_to_model` gives the float32 the model sees.
+    Diffusion training and pretraining both read their data here (`sample_arrays`).
+    """
 
     def sample(self, index: int) -> ShapesSample:
         """Sample `index` as the shapes world makes it: graph, video (F, H, W, 3) uint8, object masks."""
@@ -81,23 +85,12 @@ def padded_tracks(boxes: np.ndarray, data: DataConfig) -> np.ndarray:
     return out
 
 
-class ShapesLayoutDataset(Dataset):
+class ShapesLayoutDataset(_ShapesStream):
     """Shapes-world (graph, tracks) pairs without drawing the video, for training the layout network.
 
     Sample i has the graph and tracks of `ShapesVideoDataset`'s sample i (the same scene, unrendered):
     the padded graph tensors, "tracks" (O, F, 4) in [0, 1] and "track_mask" (O,) (1 for the graph's objects).
     """
-
-    def __init__(self, cfg: ModelConfig | DataConfig, vocab: Any, seed: int = 0, split: str = "train",
-                 length: int = 2**62):
-        d = getattr(cfg, "data", cfg)
-        self.data, self.vocab = d, vocab
-        self.shapes = ShapesDataset(seed=seed, length=length, split=split, frames=d.frames, height=d.height,
-                                    width=d.width, max_objects=d.max_objects,
-                                    max_relationships=d.max_relationships)
-
-    def __len__(self) -> int:
-        return len(self.shapes)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         d = self.data
