@@ -2,7 +2,7 @@
 # Everything a GPU session checks, in one device call (about 8-10 minutes on an H100), run from the repository
 # root with nothing installed:
 #   1. with TRAIN_SECONDS > 0: a fine-tune of the shipped demo model on the GPU, in the background, for that many
-#      seconds of training (sg2v-train diffusion --init models/demo --time-limit ...); its EMA weights come back
+#      seconds of training (sg2v-train diffusion --init models/demo-teacher --time-limit ...); its EMA weights come back
 #      as ema_part*.safetensors (join them here with bench/lease_weights.py join) with its train_metrics.jsonl
 #   2. meanwhile bench/gpu_check.sh: CMake build + ctest, every GPU test with skips as failures (correctness
 #      only, so sharing the GPU with the training does not matter)
@@ -15,7 +15,7 @@
 #   OUT=$OUT TRAIN_SECONDS=230 bash bench/gpu_session.sh     # then paste the two .md tables into RESULTS.md
 # Training settings: TRAIN_STEPS (cosine horizon, default 4000), TRAIN_BATCH (256), TRAIN_LR (1e-3),
 # TRAIN_WORKERS (13 data workers), TRAIN_SEED (5; give each fine-tune a seed of its own, or it sees the data
-# stream of an earlier one again: models/demo stage 4 used 3), TRAIN_DEVICE (cuda; cpu to smoke-test this).
+# stream of an earlier one again: models/demo-ungrounded stage 4 used 3, models/demo-teacher 1), TRAIN_DEVICE (cuda; cpu to smoke-test this).
 set -u
 cd "$(dirname "$0")/.."
 final=${OUT:-$PWD/gpu_session_out}
@@ -30,7 +30,7 @@ if [ "$train_secs" != 0 ]; then
     # shellcheck source=bench/gpu_common.sh
     . bench/gpu_common.sh
     start=$(date +%s)
-    timeout $(( ${train_secs%.*} + 120 )) "$py" -P -m sg2v.cli.train diffusion --size small --init models/demo \
+    timeout $(( ${train_secs%.*} + 120 )) "$py" -P -m sg2v.cli.train diffusion --size small --init models/demo-teacher \
       --device "${TRAIN_DEVICE:-cuda}" --steps "${TRAIN_STEPS:-4000}" --batch "${TRAIN_BATCH:-256}" --lr "${TRAIN_LR:-1e-3}" \
       --warmup 200 --ema-decay 0.999 --eval-every 0 --ckpt-every 1000 --log-every 50 \
       --workers "${TRAIN_WORKERS:-13}" --seed "${TRAIN_SEED:-5}" --time-limit "$train_secs" --no-progress \

@@ -1,6 +1,7 @@
-"""The shipped demo bundle's frames for a few graphs and seeds are what they were before the generation loop
-was shared: sha256 of the frames recorded on the project's CPU machine, per backend (ONNX Runtime CPU, the
-PyTorch reference, the torch-cuda backend eager fp32 on the CPU, and training-time evaluation).
+"""The earlier, ungrounded demo bundle (models/demo-ungrounded, format 1) gives for a few graphs and seeds
+the frames it gave before the generation loop was shared: sha256 of the frames recorded on the project's CPU
+machine, per backend (ONNX Runtime CPU, the PyTorch reference, the torch-cuda backend eager fp32 on the CPU,
+and training-time evaluation).
 
 Bit equality holds for one library build on one kind of CPU (its kernels pick instructions by CPU), so a
 case whose library version or CPU features differ from the recorded ones is skipped with that reason.
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "models" / "demo"
+DEMO = ROOT / "models" / "demo-ungrounded"  # the format-1 bundle the shared loop must reproduce
 LEFT_OF = json.loads((ROOT / "examples" / "graphs" / "02_left_of.json").read_text())
 THREE = {"objects": ["red circle", "blue square", "green triangle"],
          "relationships": [[0, "above", 1], [2, "right of", 0]]}

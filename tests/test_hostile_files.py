@@ -422,9 +422,11 @@ def test_bomb_inside_an_if_branch(tmp_path):
 
 
 def test_the_shipped_and_exported_graphs_pass(tmp_path, grounded_bundle):
-    root = Path(__file__).resolve().parents[1] / "models" / "demo"
-    for f in (spec.ENCODER_ONNX, spec.UNET_ONNX):
-        check_onnx_file(root / f)
+    models = Path(__file__).resolve().parents[1] / "models"
+    for root in (models / "demo", models / "demo-teacher", models / "demo-ungrounded"):
+        for f in (spec.ENCODER_ONNX, spec.UNET_ONNX, spec.LAYOUT_ONNX):
+            if f != spec.LAYOUT_ONNX or root.name != "demo-ungrounded":  # no layout stage there
+                check_onnx_file(root / f)
     for f in spec.GROUNDED_STAGE_FILES.values():  # the layout network's graph among them
         check_onnx_file(grounded_bundle / f)
 
