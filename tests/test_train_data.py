@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from sg2v.config import model_config, without_layout
+from sg2v.config import model_config
 from sg2v.dataset import ConvertedDataset
 from sg2v.graph import pad_graphs, parse_graph
 from sg2v.models.unet import ObjectMaps
@@ -404,19 +404,20 @@ def test_cli_trains_on_data_and_errors_are_one_line(converted, tmp_path, capsys)
 
 def test_export_and_run_with_the_data_vocabulary(converted, tmp_path, capsys):
     """A model trained on converted COCO-Stuff, exported: the bundle carries the data's vocabulary, sg2v-run
-    draws a graph in it, and a misspelled name gets the did-you-mean error with exit status 2. The model is
-    the ungrounded form of the data's config (the form the exporter writes)."""
+    draws a graph in it (through the layout stage, checked by the data's relation rules), and a misspelled
+    name gets the did-you-mean error with exit status 2."""
     pytest.importorskip("onnxscript")
     from sg2v.export import export_bundle
     from sg2v.runtime.cli import main as run_main
 
     tc = _tc(tmp_path / "run", [converted["coco"]])
     data = tc.open_data()
-    train(tc, progress=False, model=without_layout(tc.model_config(data)))
+    train(tc, progress=False)
     bundle = tmp_path / "bundle"
     export_bundle(tmp_path / "run" / "last.pt", bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["vocab"] == data.vocab.to_dict()
+    assert manifest["format_version"] == 3 and "left of" in manifest["layout"]["relation_rules"]
     names = ConvertedDataset(converted["coco"]).graph(0)["objects"][:2]
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"objects": names, "relationships": [[0, "left of", 1]]}))
