@@ -227,6 +227,26 @@ def random_graph(rng: np.random.Generator, max_objects: int = 3, max_relationshi
     return {"objects": objects, "relationships": rels}
 
 
+def checked_graphs(seed: int, n: int = 3) -> tuple[list[dict], list[int], np.random.Generator]:
+    """n random graphs whose first always has two relations the layout stage checks, n noise seeds, and the
+    generator they came from (for further draws)."""
+    rng = np.random.default_rng(seed)
+    graphs = [random_graph(rng) for _ in range(n)]
+    graphs[0] = {"objects": ["red circle", "blue square", "green triangle"],
+                 "relationships": [[0, "left of", 1], [2, "above", 0]]}
+    return graphs, [int(s) for s in rng.integers(1 << 20, size=n)], rng
+
+
+def checkpoint_generator(checkpoint) -> tuple:
+    """(the in-memory model's generation loop on torch tensors, its config) for a checkpoint: the contract
+    every backend is held to."""
+    from sg2v.training.backend import model_generator
+    from sg2v.training.checkpoint import load_model
+
+    model, cfg, vocab = load_model(checkpoint)
+    return model_generator(model, cfg, vocab), cfg
+
+
 def tiny_config(name: str = "test-tiny", frames: int = 2) -> ModelConfig:
     """A SG2V small enough for a CPU test in seconds: (frames, 8, 8) video, 3 objects, 2 relationships."""
     vocab = shapes_vocab()

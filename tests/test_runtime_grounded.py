@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import random_graph
+from helpers import checked_graphs, checkpoint_generator
 
 from sg2v import bundle_spec as spec
 from sg2v.errors import Sg2vError
@@ -34,19 +34,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def reference(grounded_checkpoint):
     """The in-memory model's generation loop (torch tensors), the contract every backend is held to."""
-    from sg2v.training.backend import model_generator
-    from sg2v.training.checkpoint import load_model
-
-    model, cfg, vocab = load_model(grounded_checkpoint)
-    return model_generator(model, cfg, vocab), cfg
+    return checkpoint_generator(grounded_checkpoint)
 
 
 def _graphs(seed: int, n: int = 3):
-    rng = np.random.default_rng(seed)
-    graphs = [random_graph(rng) for _ in range(n)]
-    graphs[0] = {"objects": ["red circle", "blue square", "green triangle"],
-                 "relationships": [[0, "left of", 1], [2, "above", 0]]}  # always two checked relations
-    return graphs, [int(s) for s in rng.integers(1 << 20, size=n)]
+    graphs, seeds, _ = checked_graphs(seed, n)
+    return graphs, seeds
 
 
 def _reference_run(reference, pipe, graphs, seeds, steps=3, **kw):

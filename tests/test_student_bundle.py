@@ -18,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import STUDENT_DISTILL, export_student_bundle, random_graph, random_model, student_tiny_config
+from helpers import (
+    STUDENT_DISTILL,
+    checked_graphs,
+    checkpoint_generator,
+    export_student_bundle,
+    random_model,
+    student_tiny_config,
+)
 
 from sg2v import bundle_spec as spec
 from sg2v.errors import BundleError, ConfigError, Sg2vError
@@ -38,19 +45,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def reference(student_checkpoint):
     """The in-memory student's generation loop (torch tensors), the contract every backend is held to."""
-    from sg2v.training.backend import model_generator
-    from sg2v.training.checkpoint import load_model
-
-    model, cfg, vocab = load_model(student_checkpoint)
-    return model_generator(model, cfg, vocab), cfg
+    return checkpoint_generator(student_checkpoint)
 
 
 def _graphs(seed: int, n: int = 3):
-    rng = np.random.default_rng(seed)
-    graphs = [random_graph(rng) for _ in range(n)]
-    graphs[0] = {"objects": ["red circle", "blue square", "green triangle"],
-                 "relationships": [[0, "left of", 1], [2, "above", 0]]}
-    return graphs, [int(s) for s in rng.integers(1 << 20, size=n)], float(rng.uniform(1.5, 5.0))
+    graphs, seeds, rng = checked_graphs(seed, n)
+    return graphs, seeds, float(rng.uniform(1.5, 5.0))
 
 
 def _pipeline(bundle_path: Path, backend: str) -> Pipeline:
