@@ -7,7 +7,7 @@
 #   2. meanwhile bench/gpu_check.sh: CMake build + ctest, every GPU test with skips as failures (correctness
 #      only, so sharing the GPU with the training does not matter)
 #   3. once the GPU is quiet: bench/scatter_pool.py (kernels vs PyTorch), bench/run_gpu_bench.sh (sg2v-bench
-#      over every backend on the shipped demo bundle models/demo) and, unless THROUGHPUT=0,
+#      over every backend on the shipped teacher models/demo-teacher, its student models/demo beside it) and, unless THROUGHPUT=0,
 #      bench/train_throughput.py (does the data loader or the model step limit GPU training?)
 # The device tool returns at most 8 files from $OUT; this leaves: summary.txt, scatter_pool.md, bench_demo.md,
 # bench_demo.json, logs.tar.gz (every log and JSON), and with training ema_part0/1.safetensors and

@@ -2,7 +2,8 @@
 # sg2v-bench on a CUDA GPU machine (issue 6), run from anywhere; needs python3 with torch (+ triton for the
 # torch.compile row), onnx, onnxscript, onnxruntime and safetensors; no network, nothing installed.
 #   1. the GPU tests of sg2v.runtime.backends.torch_cuda (graph replay and torch.compile against eager fp32) must pass first
-#   2. on $BUNDLE (default: the shipped demo bundle models/demo, reported as "demo"; with BUNDLE=random, a
+#   2. on $BUNDLE (default: the shipped teacher models/demo-teacher with the student models/demo compared at 4
+#      steps, reported as "demo"; with BUNDLE=random, a
 #      random-weight bundle of each size in $SIZES, default "small", exported first), sg2v-bench over every
 #      backend available there (torch-cpu baseline, ort-cpu, torch-cuda eager fp32,
 #      torch-cuda-compile-fp16, torch-cuda-fast; trt / ort-gpu when importable)
@@ -22,7 +23,12 @@ device_info
   env SG2V_REQUIRE_GPU=1 "$py" -P -m pytest -c "$repo/pyproject.toml" --rootdir "$repo" -m gpu -q -rs \
   -p no:cacheprovider "$repo/tests/test_torch_cuda.py"
 
-if [ -z "${BUNDLE:-}" ] && [ -f models/demo/manifest.json ]; then
+compare=()
+if [ -z "${BUNDLE:-}" ] && [ -f models/demo-teacher/manifest.json ] && [ -f models/demo/manifest.json ]; then
+  BUNDLE=$(pwd)/models/demo-teacher  # the teacher at its 8 steps, the shipped student beside it at 4
+  compare=(--compare "$(pwd)/models/demo" --compare-steps 4)
+  sizes=demo
+elif [ -z "${BUNDLE:-}" ] && [ -f models/demo/manifest.json ]; then
   BUNDLE=$(pwd)/models/demo
   sizes=demo
 elif [ "${BUNDLE:-}" = random ]; then
@@ -39,7 +45,7 @@ for size in $sizes; do
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
   step "sg2v-bench $size" "bench_$size.log" "${BENCH_TIMEOUT:-480}" \
     "$py" -P -m sg2v.runtime.bench --bundle "$bundle" --json "$out/bench_$size.json" --table "$out/bench_$size.md" \
-    ${BENCH_ARGS:-}
+    "${compare[@]}" ${BENCH_ARGS:-}
   [ -n "${BUNDLE:-}" ] && break
 done
 
