@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -59,25 +57,15 @@ def test_shapes_rules_on_square_boxes_agree_with_the_oracle():
 
 
 def test_coco_rules_match_sg2im_definition():
-    """sg2im (coco.py): surrounding / inside first, else the angle sector of the centre offset."""
+    """The runtime's COCO rules hold exactly for the predicate the COCO-Stuff converter labels a pair with
+    (sg2im's definition, `sg2v.dataset.coco.predicate`: surrounding / inside first, else the angle sector of
+    the centre offset)."""
+    from sg2v.dataset.coco import predicate
+
     rng = np.random.default_rng(7)
 
     def reference(s, o):
-        sx0, sy0, sx1, sy1 = s
-        ox0, oy0, ox1, oy1 = o
-        d = ((sx0 + sx1) / 2 - (ox0 + ox1) / 2, (sy0 + sy1) / 2 - (oy0 + oy1) / 2)
-        theta = math.atan2(d[1], d[0])
-        if sx0 < ox0 and sx1 > ox1 and sy0 < oy0 and sy1 > oy1:
-            return "surrounding"
-        if sx0 > ox0 and sx1 < ox1 and sy0 > oy0 and sy1 < oy1:
-            return "inside"
-        if theta >= 3 * math.pi / 4 or theta <= -3 * math.pi / 4:
-            return "left of"
-        if -3 * math.pi / 4 <= theta < -math.pi / 4:
-            return "above"
-        if -math.pi / 4 <= theta < math.pi / 4:
-            return "right of"
-        return "below"
+        return predicate(s, o, ((s[0] + s[2]) / 2, (s[1] + s[3]) / 2), ((o[0] + o[2]) / 2, (o[1] + o[3]) / 2))
 
     coco = rules_for(["left of", "right of", "above", "below", "inside", "surrounding"], "coco")
     for _ in range(400):
