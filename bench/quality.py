@@ -1,8 +1,8 @@
 """Quality of an exported bundle by the shapes oracle on held-out graphs, stage by stage.
 
-    python bench/quality.py --bundle models/demo --n 200 --steps 4 8 25 \
-        --json bench/quality_demo.json --table bench/quality_demo.md --sheet out/quality_sheet.png
-    python bench/quality.py --bundle models/student --steps 1 2 4 --compare models/demo \
+    python bench/quality.py --bundle models/demo-teacher --n 200 --steps 4 8 25 \
+        --json bench/quality_demo_teacher.json --table bench/quality_demo_teacher.md --sheet out/quality_sheet.png
+    python bench/quality.py --bundle models/demo --steps 1 2 4 --compare models/demo-teacher \
         --compare-steps 4 8 25
 
 Samples every graph through the runtime (`sg2v.runtime.Pipeline`, ONNX Runtime CPU by default, in batches of

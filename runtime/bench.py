@@ -390,12 +390,9 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> dict[s
     bundle = Bundle.open(args.bundle, verify=not args.no_verify)
     if bundle.student is not None:  # refuse a step count the student was not distilled for before any run
         from sg2v.errors import ConfigError
-        from sg2v.generation import check_student_settings, resolve_settings
 
         try:
-            check_student_settings(resolve_settings(bundle.sampler_defaults,
-                                                    bundle.config.diffusion.num_train_timesteps,
-                                                    steps=args.steps), bundle.student)
+            bundle.settings(steps=args.steps)
         except ConfigError as e:
             raise Sg2vError(f"bundle {bundle.path}: {e}") from None
     data = bundle.config.data

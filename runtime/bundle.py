@@ -111,6 +111,18 @@ class Bundle:
         entry = self.manifest["student"]
         return {**entry, "guidance_range": list(entry["guidance_range"]), "steps": list(entry["steps"])}
 
+    def settings(self, **options: Any) -> Any:
+        """The `SamplerSettings` a run with these options (steps, guidance, guidance_rescale, sampler) gets:
+        `resolve_settings` over the bundle's sampler defaults, and for a student `check_student_settings`
+        (one-line `ConfigError` for what it was not distilled for), before any backend is built."""
+        from sg2v.generation import check_student_settings, resolve_settings
+
+        num_train = self.config.diffusion.num_train_timesteps
+        settings = resolve_settings(self.sampler_defaults, num_train, **options)
+        if self.student is not None:
+            check_student_settings(settings, self.student)
+        return settings
+
     @property
     def layout(self) -> dict[str, Any] | None:
         """The layout stage's settings (steps, tries, per_round, sampler, relation_rules), checked when the

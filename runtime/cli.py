@@ -229,13 +229,10 @@ def check_student_flags(bundle: Any, args: Any) -> None:
     if bundle.student is None:
         return
     from sg2v.errors import ConfigError
-    from sg2v.generation import check_student_settings, resolve_settings
 
     try:
-        settings = resolve_settings(bundle.sampler_defaults, bundle.config.diffusion.num_train_timesteps,
-                                    steps=args.steps, guidance=args.guidance,
-                                    guidance_rescale=args.guidance_rescale, sampler=args.sampler)
-        check_student_settings(settings, bundle.student)
+        bundle.settings(steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
+                        sampler=args.sampler)
     except ConfigError as e:
         raise FlagError(f"{e} (bundle {bundle.path} is a guidance-distilled student)") from None
 
