@@ -1,7 +1,7 @@
 """Quality of an exported bundle by the shapes oracle on held-out graphs, stage by stage.
 
     python bench/quality.py --bundle models/demo-teacher --n 200 --steps 4 8 25 \
-        --json bench/quality_demo_teacher.json --table bench/quality_demo_teacher.md --sheet out/quality_sheet.png
+        --json bench/quality_demo_teacher.json --table bench/quality_demo_teacher.md --sheet out/q.png
     python bench/quality.py --bundle models/demo --steps 1 2 4 --compare models/demo-teacher \
         --compare-steps 4 8 25
 
