@@ -213,6 +213,17 @@ def make_fake_bundle(root: Path, seed: int = 0, version: int = spec.UNGROUNDED_F
     return root, w
 
 
+def json_paths(value, prefix=()):
+    """Every path (a tuple of keys and indices) into a JSON value, the root's () first, depth first."""
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from json_paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from json_paths(v, (*prefix, i))
+
+
 def random_graph(rng: np.random.Generator, max_objects: int = 3, max_relationships: int = 2) -> dict:
     """A valid shapes-vocabulary graph of random size: 1..max_objects objects, distinct relationships."""
     vocab = shapes_vocab()

@@ -4,6 +4,7 @@ import copy
 import json
 
 import numpy as np
+from helpers import json_paths
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -57,16 +58,6 @@ def valid_graphs(draw):
     return g
 
 
-def _paths(value, prefix=()):
-    yield prefix
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _paths(v, (*prefix, i))
-
-
 @st.composite
 def graphs_with_layouts(draw):
     """A valid graph with a "layout" for some of its objects: static boxes, motion or one box per frame."""
@@ -84,7 +75,7 @@ def mutated_graphs(draw, values=json_values, base=None):
     g = draw(base if base is not None else valid_graphs())
     json_values = values
     for _ in range(draw(st.integers(1, 3))):
-        paths = list(_paths(g))
+        paths = list(json_paths(g))
         path = draw(st.sampled_from(paths))
         op = draw(st.sampled_from(["replace", "delete", "add_key"]))
         if not path:
@@ -183,7 +174,7 @@ def huge_at_a_leaf(draw):
     one to three random spots."""
     g = draw(graphs_with_layouts())
     for _ in range(draw(st.integers(1, 3))):
-        leaves = [p for p in _paths(g) if p and not isinstance(_at(g, p), (dict, list))]
+        leaves = [p for p in json_paths(g) if p and not isinstance(_at(g, p), (dict, list))]
         path = draw(st.sampled_from(leaves))
         _at(g, path[:-1])[path[-1]] = draw(HUGE)
     return g

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_fake_bundle, write_manifest
+from helpers import json_paths, make_fake_bundle, write_manifest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -572,16 +572,6 @@ VALUES = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dic
                       max_leaves=8)
 
 
-def _paths(value, prefix=()):
-    yield prefix
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _paths(v, (*prefix, i))
-
-
 @pytest.fixture(scope="module")
 def fuzz_bundle(tmp_path_factory):
     root, _ = make_fake_bundle(tmp_path_factory.mktemp("fuzz") / "bundle", seed=5)
@@ -630,7 +620,7 @@ def test_mutated_student_manifests_give_bundle_errors_only(student_fuzz_bundle, 
 def _open_mutated(root: Path, text: str, data) -> None:
     manifest = json.loads(text)
     for _ in range(data.draw(st.integers(1, 3))):
-        paths = [p for p in _paths(manifest) if p]
+        paths = [p for p in json_paths(manifest) if p]
         path = data.draw(st.sampled_from(paths))
         parent = manifest
         for step in path[:-1]:
