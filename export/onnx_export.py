@@ -832,9 +832,10 @@ def _check_precision(graph: Any, precision: str, stage: str) -> None:
 
 
 def _write_arrays(root: Path, model: nn.Module, include_weights: bool, weights: str = "fp32") -> None:
-    ctx, mask = model.null_context_arrays()
-    np.save(root / spec.NULL_CONTEXT, ctx)
-    np.save(root / spec.NULL_CONTEXT_MASK, mask)
+    if model.unet.guidance_embed is None:  # a guidance-distilled student has no unconditional rows
+        ctx, mask = model.null_context_arrays()
+        np.save(root / spec.NULL_CONTEXT, ctx)
+        np.save(root / spec.NULL_CONTEXT_MASK, mask)
     arrays = {k: v.detach().float().cpu().numpy() for k, v in model.encoder.state_dict().items()}
     np.savez(root / spec.ENCODER_WEIGHTS, **arrays)
     if include_weights:
