@@ -218,8 +218,8 @@ class FakeTrt:
     __version__ = "10.9.0"
     float32, float16, int32, int64, bool_ = "f32", "f16", "i32", "i64", "bool"
 
-    class NetworkDefinitionCreationFlag:
-        STRONGLY_TYPED, PREFER_AOT_PYTHON_PLUGINS, PREFER_JIT_PYTHON_PLUGINS = 1, 3, 4  # 10.9's values
+    class NetworkDefinitionCreationFlag:  # 10.9's values (include/NvInfer.h and pyCore.cpp at v10.9.0)
+        EXPLICIT_BATCH, STRONGLY_TYPED, PREFER_JIT_PYTHON_PLUGINS, PREFER_AOT_PYTHON_PLUGINS = 0, 1, 2, 3
 
 
 def _defined(aot=True):
@@ -353,17 +353,20 @@ def test_implementation_choice_by_tensorrt_version():
 
 
 def test_network_flag_follows_the_enum_of_the_installed_tensorrt():
-    assert tp.network_flags(FakeTrt, "aot") == 1 << 3 and tp.network_flags(FakeTrt, "jit") == 1 << 4
+    """The stand-ins carry each version's NetworkDefinitionCreationFlag values as NVIDIA/TensorRT's
+    include/NvInfer.h and python/src/infer/pyCore.cpp define them at tags v10.6.0, v10.9.0, v11.0, v11.1."""
+    assert tp.network_flags(FakeTrt, "aot") == 1 << 3 and tp.network_flags(FakeTrt, "jit") == 1 << 2
 
-    class Trt11:
+    class Trt11:  # v11.0 and v11.1: EXPLICIT_BATCH gone, STRONGLY_TYPED deprecated (always on) and 0
         class NetworkDefinitionCreationFlag:
-            STRONGLY_TYPED, PREFER_JIT_PYTHON_PLUGINS, PREFER_AOT_PYTHON_PLUGINS = 1, 1, 2  # 11.x's values
+            STRONGLY_TYPED, PREFER_JIT_PYTHON_PLUGINS, PREFER_AOT_PYTHON_PLUGINS = 0, 1, 2
 
-    class Trt106:
+    class Trt106:  # v10.6.0 to v10.8.0: no PREFER_* flags yet
         class NetworkDefinitionCreationFlag:
-            STRONGLY_TYPED = 1
+            EXPLICIT_BATCH, STRONGLY_TYPED = 0, 1
 
-    assert tp.network_flags(Trt11, "aot") == 1 << 2 and tp.network_flags(Trt106, "aot") == 0
+    assert tp.network_flags(Trt11, "aot") == 1 << 2 and tp.network_flags(Trt11, "jit") == 1 << 1
+    assert tp.network_flags(Trt106, "aot") == 0 and tp.network_flags(Trt106, "jit") == 0
 
 
 def test_validator_errors_become_one_line_sg2v_errors(monkeypatch):
