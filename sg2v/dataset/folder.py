@@ -1,6 +1,6 @@
 """The user's own recordings -> converted data set: NAME.json (a scene graph, optional layout) + its frames.
 
-SOURCE holds, at any depth, `NAME.json` files in the project's graph format (docs/ARCHITECTURE.md, DESIGN.md:
+SOURCE holds, at any depth, `NAME.json` files in the project's graph format (docs/ARCHITECTURE.md, docs/DESIGN.md:
 {"objects": [...], "relationships": [[s, "predicate", o], ...], "description": "..."}) with an optional
 "layout": {"<object index>": boxes}, where boxes is a list with one [x0, y0, x1, y1] box in [0, 1] per frame
 of the recording (null: the object is out of view in that frame), one box (static), or {"start": box, "end":
