@@ -37,6 +37,12 @@ class MissingDependencyError(Sg2vError, ImportError):
     """An optional dependency is not installed; the message names the pip extra."""
 
 
+class Cancelled(Sg2vError):
+    """A generation stopped by its cancel event at a stage or sampler step (CLI exit status 130)."""
+
+    exit_code = 130
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message, or its type name when it has none (for one-line errors)."""
     text = str(e).strip().splitlines()

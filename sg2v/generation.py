@@ -15,7 +15,8 @@
   and `settings` refuses what it was not distilled for (`check_student_settings`);
 - batching: one encoder call and one UNet call per step for the whole batch, in chunks of at most the
   backend's `max_batch` videos (bundles of format 1 take one video per call);
-- decoding with `sg2v.video.unit_to_frames`, and `last_timings`.
+- decoding with `sg2v.video.unit_to_frames`, and `last_timings`;
+- progress events after each stage and step, and cancellation at those points (`sg2v.progress`).
 Backends hand the loop stages (`Stage.run(feeds) -> outputs`, docs/ARCHITECTURE.md "Runtime") and an array
 module (`xp`: numpy, CuPy, or an object with the same few calls for torch tensors).
 """
@@ -246,34 +247,51 @@ class Generator:
         """Whether the model draws a layout first and grounds the UNet on it."""
         return self.layout is not None
 
+    def check_call(self, b: int, seeds: Sequence[int], output: str = "numpy", max_batch: int | None = None,
+                   graphs: Sequence[Any] | None = None,
+                   layouts: Sequence[Mapping[int, np.ndarray]] | None = None,
+                   layout_tries: int | None = None) -> tuple[list[int], int, Any]:
+        """The checks `run` makes before any work (one-line Sg2vErrors) for a call of b videos; returns its
+        seeds, its videos per chunk and its layout plan (None when the model is not grounded)."""
+        if not isinstance(output, str) or output not in OUTPUTS:
+            raise Sg2vError(f"output={shown(output)}: choose one of {list(OUTPUTS)}")
+        if output == "cupy" and getattr(self.xp, "__name__", "") != "cupy":
+            raise Sg2vError(f"output='cupy' needs a GPU backend; this pipeline runs on {self.backend.name}: "
+                            "use output='numpy'")
+        seeds = check_seeds(seeds, b)
+        whole = isinstance(max_batch, (int, np.integer)) and not isinstance(max_batch, bool)
+        if max_batch is not None and not (whole and max_batch >= 1):
+            raise Sg2vError(f"batch {shown(max_batch)}: must be an integer >= 1 videos per call")
+        limit = min(n for n in (max_batch, self.backend.max_batch, b) if n is not None)
+        return seeds, limit, self._layout_plan(b, graphs, layouts, layout_tries)
+
     def run(self, feeds: Mapping[str, np.ndarray], seeds: Sequence[int], settings: SamplerSettings,
             callback: Callable[[int, float, Any, Any], None] | None = None, output: str = "numpy",
             max_batch: int | None = None, graphs: Sequence[Any] | None = None,
             layouts: Sequence[Mapping[int, np.ndarray]] | None = None,
-            layout_tries: int | None = None) -> Generation:
+            layout_tries: int | None = None, progress: Callable[[Any], Any] | None = None,
+            cancel: Any = None) -> Generation:
         """Videos for the B graphs in `feeds` (`GRAPH_TENSORS`, (B, ...)) with seed i for graph i.
 
         Chunks of at most `max_batch` videos (and the backend's limit) run one after another; `callback`
         (step, t, x, x0) sees each chunk's x (b, F, C, H, W). A grounded model also needs the parsed `graphs`
         (their relationships are checked on the layout); `layouts[i]` maps object indices to given (F, 4)
         tracks, kept exactly (on top of the graph's own "layout" key); `layout_tries` caps the layouts drawn
-        per graph until every relation with a rule holds (default: the bundle's).
+        per graph until every relation with a rule holds (default: the bundle's). `progress` gets a
+        `sg2v.progress.Progress` after each stage and step; a set `cancel` event (`is_set()`) stops the call
+        at the next one with `sg2v.errors.Cancelled`.
         """
+        from sg2v.layout_sampler import max_rounds
+        from sg2v.progress import Tracker
+
         xp, be = self.xp, self.backend
-        if not isinstance(output, str) or output not in OUTPUTS:
-            raise Sg2vError(f"output={shown(output)}: choose one of {list(OUTPUTS)}")
-        if output == "cupy" and getattr(xp, "__name__", "") != "cupy":
-            raise Sg2vError(f"output='cupy' needs a GPU backend; this pipeline runs on {be.name}: "
-                            "use output='numpy'")
         b = len(feeds[GRAPH_TENSORS[0]])
-        seeds = check_seeds(seeds, b)
-        whole = isinstance(max_batch, (int, np.integer)) and not isinstance(max_batch, bool)
-        if max_batch is not None and not (whole and max_batch >= 1):
-            raise Sg2vError(f"batch {shown(max_batch)}: must be an integer >= 1 videos per call")
-        limit = min(n for n in (max_batch, be.max_batch, b) if n is not None)
+        seeds, limit, plan = self.check_call(b, seeds, output, max_batch, graphs, layouts, layout_tries)
         sample = get_sampler(settings.sampler)
         ts = timesteps(self.num_train, settings.steps, "trailing")  # (steps,) int64, descending
-        plan = self._layout_plan(b, graphs, layouts, layout_tries)
+        rounds = 0 if plan is None else max_rounds(plan["settings"]["tries"], plan["settings"]["per_round"])
+        track = Tracker(progress, cancel, b, limit, len(ts), rounds)
+        track.check()
         clock = be.clock() if be.clock is not None else HostClock(be.synchronize)
         t_start = time.perf_counter()
         encoder_s = sample_s = layout_s = 0.0
@@ -283,10 +301,13 @@ class Generator:
                 hi = min(lo + limit, b)
                 t0 = time.perf_counter()
                 enc = be.encoder.run({k: feeds[k][lo:hi] for k in GRAPH_TENSORS})
+                if track.active:
+                    track.done("encoder", 1, lo, hi)
                 cond = {name: enc[name] for name in CONDITIONING}
                 if plan is not None:
                     t_layout = time.perf_counter()
-                    results, boxes = self._draw_layouts(enc, feeds["triples"][lo:hi], plan, seeds, lo, hi)
+                    results, boxes = self._draw_layouts(enc, feeds["triples"][lo:hi], plan, seeds, lo, hi,
+                                                        track.round_callback(lo, hi))
                     drawn += results
                     cond.update(objects=enc["objects"], boxes=xp.asarray(boxes))
                     layout_s += time.perf_counter() - t_layout
@@ -295,10 +316,12 @@ class Generator:
                 t1 = time.perf_counter()
                 x = xp.asarray(initial_noise(seeds[lo:hi], self.frame_shape))  # (b, F, C, H, W)
                 x = sample(self._denoiser(unet_feeds, hi - lo, settings, clock), x, ts, self.alphas_cumprod,
-                           callback=callback)
+                           callback=track.step_callback(callback, lo, hi))
                 be.synchronize()
                 t2 = time.perf_counter()
                 frames.append(self._decode(x, output))  # (b, F, H, W, 3) uint8
+                if track.active:
+                    track.done("decode", 1, lo, hi)
                 encoder_s += t1 - t0
                 sample_s += t2 - t1
             out = frames[0] if len(frames) == 1 else _concatenate(frames, output, xp)
@@ -365,7 +388,8 @@ class Generator:
                 "pinned": pinned, "settings": settings}
 
     def _draw_layouts(self, enc: Mapping[str, Any], triples: np.ndarray, plan: Mapping[str, Any],
-                      seeds: Sequence[int], lo: int, hi: int) -> tuple[list[Any], np.ndarray]:
+                      seeds: Sequence[int], lo: int, hi: int,
+                      on_round: Callable[[int], None] | None = None) -> tuple[list[Any], np.ndarray]:
         """Draw and check the layouts of graphs lo..hi; boxes (b, O, F, 4) for the UNet (padded slots 0)."""
         from sg2v.layout_sampler import LayoutSampler
 
@@ -378,7 +402,7 @@ class Generator:
                                 steps=s["steps"], tries=s["tries"], per_round=s["per_round"],
                                 sampler=s["sampler"], xp=xp, max_batch=s.get("max_batch"))
         results = sampler.draw(host, plan["relationships"][lo:hi], plan["counts"][lo:hi],
-                               plan["pinned"][lo:hi], seeds[lo:hi])
+                               plan["pinned"][lo:hi], seeds[lo:hi], on_round)
         boxes = np.zeros((hi - lo, host["objects"].shape[1], f, 4), np.float32)  # (b, O, F, 4)
         for i, r in enumerate(results):
             boxes[i, :len(r.tracks)] = r.tracks

@@ -53,6 +53,11 @@ def layout_noise(seed: int, round_: int, count: int, shape: Sequence[int]) -> np
     return rng.standard_normal((count, *shape), dtype=np.float32)
 
 
+def max_rounds(tries: int, per_round: int) -> int:
+    """The most draw rounds `LayoutSampler.draw` takes for `tries` candidates, `per_round` at a time."""
+    return -(-int(tries) // max(1, min(int(per_round), int(tries))))
+
+
 def tracks_from_unit(x: np.ndarray, width: int, height: int) -> np.ndarray:
     """Network output in [-1, 1] (..., F, 4) -> boxes in [0, 1] with x0 < x1, y0 < y1, at least 1 px wide."""
     b = np.clip((np.asarray(x, dtype=np.float64) + 1.0) / 2.0, 0.0, 1.0)
@@ -94,10 +99,11 @@ class LayoutSampler:
         self.max_batch = max_batch
 
     def draw(self, cond: Mapping[str, np.ndarray], relationships: Sequence[Sequence[Sequence]],
-             counts: Sequence[int], pinned: Sequence[Mapping[int, np.ndarray]], seeds: Sequence[int]
-             ) -> list[LayoutResult]:
+             counts: Sequence[int], pinned: Sequence[Mapping[int, np.ndarray]], seeds: Sequence[int],
+             on_round: Callable[[int], None] | None = None) -> list[LayoutResult]:
         """Layouts for B graphs: `cond` holds the stage's per-graph inputs (objects, context, context_mask,
-        triples: (B, ...) host arrays), `counts` each graph's objects, `pinned` its given (F, 4) tracks."""
+        triples: (B, ...) host arrays), `counts` each graph's objects, `pinned` its given (F, 4) tracks;
+        `on_round(k)` is called after round k (1-based) of at most `max_rounds(tries, per_round)`."""
         b = len(counts)
         o = cond["objects"].shape[1]
         shape = (o, self.frames, 4)
@@ -143,6 +149,8 @@ class LayoutSampler:
                     still.append(i)
             need = still
             round_ += 1
+            if on_round is not None:
+                on_round(round_)
         return [r for r in results if r is not None]
 
     def _checked(self, relationships: Sequence[Sequence]) -> bool:
