@@ -1,6 +1,7 @@
 """How far two runtime backends' frames lie apart for the same graphs and seeds, in levels of 255.
 
-    python bench/backend_parity.py --bundle models/demo --steps 8 --threads 1
+    python bench/backend_parity.py --bundle models/demo-teacher --steps 8 --threads 1
+    python bench/backend_parity.py --bundle models/demo --threads 1   # the student: its own step count
 
 Runs every graph of `--graphs` (graph i with noise seed i) on `--a` and `--b` (default: ONNX Runtime and the
 PyTorch reference, which needs the bundle's model.safetensors and torch) and prints per graph and over all:
