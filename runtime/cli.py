@@ -20,6 +20,7 @@ from typing import Any
 
 from sg2v.errors import GraphError, Sg2vError
 from sg2v.runtime.backends import BACKENDS
+from sg2v.sampling import SAMPLERS, sampler_help
 
 DEMO_BUNDLE = Path("models") / "demo"
 
@@ -105,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--backend", choices=BACKENDS, default="auto",
                     help="auto tries TensorRT, then ONNX Runtime GPU, then ONNX Runtime CPU; torch is the "
                          "PyTorch reference, torch-cuda the CUDA-graph fp16 path")
-    ap.add_argument("--sampler", choices=("dpmpp2m", "ddim"), default=None,
-                    help="sampler (default: the bundle's)")
+    ap.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
+                    help=f"sampler (default: the bundle's): {sampler_help()}")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for ONNX Runtime / torch (default: one per core)")
     ap.add_argument("--device", default=None,

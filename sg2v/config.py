@@ -18,6 +18,7 @@ from typing import Any
 
 from sg2v.errors import ConfigError, shown
 from sg2v.graph import padded_slots
+from sg2v.sampling import SAMPLERS
 
 FORMAT_VERSION = 1  # checkpoint / config format; bump on incompatible change
 
@@ -231,7 +232,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "DiffusionConfig.prediction": ("v", "x0"),
     "DiffusionConfig.schedule": ("cosine", "cosine_zsnr"),  # sg2v.schedule.SCHEDULES
-    "DiffusionConfig.default_sampler": ("ddim", "dpmpp2m"),  # sg2v.sampling.SAMPLERS
+    "DiffusionConfig.default_sampler": tuple(SAMPLERS),
     "LayoutConfig.rules": ("shapes", "coco", "none"),  # sg2v.relations.FAMILIES and "none"
 }
 MAX_LIST = 64  # entries of a tuple field (channel_mult, attention_levels)

@@ -2,7 +2,8 @@
 
 `Generator.run` takes B padded graphs and B seeds and returns B videos. It owns, each in one place:
 - x_T: `initial_noise`, `np.random.default_rng(seed).standard_normal((1, F, C, H, W))` per video on the host,
-  so every backend starts from the same noise for a seed;
+  so every backend starts from the same noise for a seed; a stochastic sampler's noise at step i likewise
+  (`step_noise`: `default_rng([seed, 1, i])` per video), handed to every sampler as its `noise` source;
 - the sampler settings: `resolve_settings` (defaults, then validation: one-line `ConfigError`s);
 - classifier-free guidance with rescale: `sg2v.sampling.guide`, through `cfg_denoiser` around the UNet stage,
   or a backend's fused guided step (`Backend.guided_step`, e.g. one CUDA graph per step), which uses the same
@@ -174,6 +175,19 @@ def initial_noise(seeds: Sequence[int], frame_shape: Sequence[int]) -> np.ndarra
                            for s in seeds])
 
 
+def step_noise(seeds: Sequence[int], frame_shape: Sequence[int], xp: Any = np) -> Callable[[int], Any]:
+    """The noise a stochastic sampler adds at step i, drawn on the host like x_T: per video
+    `default_rng([seed, 1, i]).standard_normal((1, F, C, H, W))`, stacked (B, ...) float32 in `xp`, so a
+    seed gives the same video on every backend and in any batch."""
+
+    def draw(i: int) -> Any:
+        return xp.asarray(np.concatenate([
+            np.random.default_rng([int(s), 1, int(i)]).standard_normal((1, *frame_shape), dtype=np.float32)
+            for s in seeds]))
+
+    return draw
+
+
 def stage_timings(backend: str, encoder_s: float, sample_s: float, total_s: float, steps: list[float],
                   videos: int = 1, chunks: int = 1, layout_s: float = 0.0) -> dict[str, Any]:
     """Per-stage seconds of one call (`last_timings`). Sampler overhead is the sampling phase minus the
@@ -316,7 +330,8 @@ class Generator:
                 t1 = time.perf_counter()
                 x = xp.asarray(initial_noise(seeds[lo:hi], self.frame_shape))  # (b, F, C, H, W)
                 x = sample(self._denoiser(unet_feeds, hi - lo, settings, clock), x, ts, self.alphas_cumprod,
-                           callback=track.step_callback(callback, lo, hi))
+                           callback=track.step_callback(callback, lo, hi),
+                           noise=step_noise(seeds[lo:hi], self.frame_shape, xp))
                 be.synchronize()
                 t2 = time.perf_counter()
                 frames.append(self._decode(x, output))  # (b, F, H, W, 3) uint8

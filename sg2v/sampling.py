@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from sg2v.errors import ConfigError, shown
 Array = Any  # numpy.ndarray | cupy.ndarray | torch.Tensor
 Denoiser = Callable[[Array, float], Array]
 Callback = Callable[[int, float, Array, Array], None]  # (step, t, x after the step, predicted x0)
+NoiseSource = Callable[[int], Array]  # step index -> standard normal noise shaped and typed like x
 
 
 def _alpha_sigma(alphas_cumprod: Sequence[float], t) -> tuple[float, float]:
@@ -41,7 +43,8 @@ def _schedule(timesteps, alphas_cumprod) -> list[tuple[float, float, float, floa
 
 
 def sample_ddim(
-    denoise: Denoiser, x: Array, timesteps, alphas_cumprod, callback: Callback | None = None
+    denoise: Denoiser, x: Array, timesteps, alphas_cumprod, callback: Callback | None = None,
+    noise: NoiseSource | None = None,
 ) -> Array:
     """DDIM with eta = 0 (Song et al. 2021) for v-prediction; finite at a zero-SNR first step (x0 = -v)."""
     for i, (t, a, s, a_next, s_next) in enumerate(_schedule(timesteps, alphas_cumprod)):
@@ -55,7 +58,8 @@ def sample_ddim(
 
 
 def sample_dpmpp_2m(
-    denoise: Denoiser, x: Array, timesteps, alphas_cumprod, callback: Callback | None = None
+    denoise: Denoiser, x: Array, timesteps, alphas_cumprod, callback: Callback | None = None,
+    noise: NoiseSource | None = None,
 ) -> Array:
     """DPM-Solver++(2M) in data prediction (Lu et al. 2022) from v, with a first-order final step.
 
@@ -79,6 +83,32 @@ def sample_dpmpp_2m(
             d = x0
         x = (s_next / s) * x + (a_next - a * s_next / s) * d
         x0_prev, lam_prev = x0, lam
+        if callback is not None:
+            callback(i, t, x, x0)
+    return x
+
+
+def sample_ddpm(
+    denoise: Denoiser, x: Array, timesteps, alphas_cumprod, callback: Callback | None = None,
+    noise: NoiseSource | None = None,
+) -> Array:
+    """Ancestral sampling (Ho et al. 2020) as DDIM with eta = 1 (Song et al. 2021 eq. 12, 16), from v.
+
+    From (a, s) to (a', s'): x' = a' x0 + sqrt(s'^2 - c^2) eps + c z, c = (s'/s) sqrt(1 - (a/a')^2) (the DDPM
+    posterior's standard deviation), z = noise(i). At zero SNR (a = 0, s = 1) c = s'; the last step adds none.
+    """
+    if noise is None:
+        raise ConfigError("the ddpm sampler draws fresh noise at every step; pass noise=step -> N(0, I) "
+                          "(sg2v.generation.step_noise gives the seeded per-video source)")
+    for i, (t, a, s, a_next, s_next) in enumerate(_schedule(timesteps, alphas_cumprod)):
+        v = denoise(x, t)
+        x0 = a * x + (-s) * v
+        eps = s * x + a * v
+        ratio = a / a_next if a_next > 0.0 else 1.0
+        c = (s_next / s) * math.sqrt(max(1.0 - ratio * ratio, 0.0))
+        x = a_next * x0 + math.sqrt(max(s_next * s_next - c * c, 0.0)) * eps
+        if c > 0.0:
+            x = x + c * noise(i)
         if callback is not None:
             callback(i, t, x, x0)
     return x
@@ -134,7 +164,30 @@ def cfg_denoiser(
     return denoise
 
 
-SAMPLERS: dict[str, Callable[..., Array]] = {"ddim": sample_ddim, "dpmpp2m": sample_dpmpp_2m}
+@dataclass(frozen=True)
+class SamplerInfo:
+    """A registered sampler: its function, a one-line summary for --help and docs, and whether it draws noise
+    at every step (a stochastic sampler gets the loop's seeded per-video `NoiseSource`)."""
+
+    fn: Callable[..., Array]
+    summary: str
+    stochastic: bool = False
+
+
+# The sampler registry: the CLIs' choices, the manifest checks and the docs read it. A sampler is
+# fn(denoise, x, timesteps, alphas_cumprod, callback=None, noise=None) -> x0; adding one is one entry here.
+SAMPLER_INFO: dict[str, SamplerInfo] = {
+    "ddim": SamplerInfo(sample_ddim, "DDIM, eta 0 (deterministic; first order)"),
+    "dpmpp2m": SamplerInfo(sample_dpmpp_2m, "DPM-Solver++(2M) (deterministic; second order)"),
+    "ddpm": SamplerInfo(sample_ddpm, "ancestral DDPM, DDIM with eta 1 (fresh seeded noise every step)",
+                        stochastic=True),
+}
+SAMPLERS: dict[str, Callable[..., Array]] = {name: info.fn for name, info in SAMPLER_INFO.items()}
+
+
+def sampler_help() -> str:
+    """One line per registered sampler, for --help."""
+    return "; ".join(f"{name}: {info.summary}" for name, info in SAMPLER_INFO.items())
 
 
 def get_sampler(name: str) -> Callable[..., Array]:
