@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Every graph is checked against PyTorch through ONNX Runtime and against the operators "
                     "TensorRT's ONNX parser supports.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="sg2v-export triton BUNDLE --out REPO writes a Triton Inference Server model repository for a "
+               "bundle (sg2v-export triton --help).",
     )
     p.add_argument("--ckpt", required=True,
                    help="checkpoint from sg2v-train (model.pt or .safetensors), or a bundle folder exported "
@@ -102,6 +104,11 @@ def summary(result) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["triton"]:  # sg2v-export triton BUNDLE --out REPO: a Triton model repository
+        from sg2v.export.triton import main as triton_main
+
+        return triton_main(argv[1:])
     args = build_parser().parse_args(argv)
     from sg2v.errors import Sg2vError
 

@@ -69,9 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("graphs", nargs="+", metavar="graph.json",
                     help="scene-graph JSON file(s); a file may hold one graph or a list of graphs")
-    ap.add_argument("--bundle", default=str(demo) if demo else None, required=demo is None,
+    ap.add_argument("--bundle", default=str(demo) if demo else None,
                     help="bundle folder written by sg2v-export"
                     + (f" (default: {demo})" if demo else " (required: no demo bundle at models/demo)"))
+    ap.add_argument("--server", default=None, metavar="URL",
+                    help="generate on a Triton Inference Server (host:port of its HTTP endpoint) serving a "
+                         "repository written by sg2v-export triton, instead of locally (default: local)")
     ap.add_argument("--out", default="video.mp4",
                     help=f"output path; format from the extension: {OUTPUT_KINDS}")
     ap.add_argument("--contact-sheet", default=None, metavar="SHEET.png",
@@ -169,6 +172,12 @@ def _run(args: Any) -> int:
     from sg2v.runtime.pipeline import Pipeline
 
     check_numbers(args)
+    if args.server is not None:
+        from sg2v.runtime.triton_client import run_cli
+
+        return run_cli(args)
+    if args.bundle is None:
+        raise FlagError("--bundle is required: there is no demo bundle at models/demo")
     if args.ckpt is not None and args.backend not in ("torch", "torch-cuda"):
         raise Sg2vError(f"--ckpt is for --backend torch or torch-cuda; the {args.backend} backend runs the "
                         "bundle's graphs")
