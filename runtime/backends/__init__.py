@@ -1,4 +1,4 @@
-"""Backends behind one stage protocol, and the `auto` ladder (TensorRT, ONNX Runtime GPU, ONNX Runtime CPU).
+"""Backends behind one stage protocol, and the `auto` ladder (TensorRT, ONNX Runtime GPU, OpenVINO, ORT CPU).
 
 A stage is `run(feeds: dict[str, array]) -> dict[str, array]` (docs/ARCHITECTURE.md "Runtime"). Its buffers
 are allocated once when the stage is built (or grown once to the largest batch asked for); `run` copies the
@@ -10,29 +10,56 @@ modules (onnxruntime, cupy, tensorrt, torch) are imported only when a backend is
 from __future__ import annotations
 
 import importlib.util
-import warnings
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from sg2v.config import threads_problem
-from sg2v.errors import Sg2vError, shown
+from sg2v.errors import Sg2vError, first_line, shown
 from sg2v.generation import Backend
 
 # torch: the PyTorch reference (host arrays); torch-cuda: fp16 weights and one CUDA graph per guided step.
-BACKENDS = ("auto", "trt", "ort", "torch", "torch-cuda")
+# openvino: OpenVINO's CPU plugin on the same ONNX files (the openvino extra).
+BACKENDS = ("auto", "trt", "ort", "openvino", "torch", "torch-cuda")
 
 
 def make_backend(bundle: Any, backend: str = "auto", device: str | None = None, threads: int | None = None,
                  ckpt: str | None = None) -> Backend:
-    """Build `backend` for `bundle`; `auto` tries TensorRT, then ONNX Runtime GPU providers, then ORT CPU."""
+    """Build `backend` for `bundle`; `auto` tries TensorRT, ONNX Runtime GPU, OpenVINO, ORT CPU.
+
+    A backend named here that fails in any way (a TensorRT, CuPy or CUDA exception as much as an Sg2vError)
+    raises one Sg2vError line naming the cause; `auto` moves on to the next backend instead."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise Sg2vError(f"unknown backend {shown(backend)}; choose one of {list(BACKENDS)}")
     problem = None if threads is None else threads_problem(threads, flag="threads")
     if problem:
         raise Sg2vError(problem)
+    if backend == "auto":
+        return _auto(bundle, device, threads)
+    try:
+        return _make_named(bundle, backend, device, threads, ckpt)
+    except Sg2vError:
+        raise
+    except Exception as e:  # KeyboardInterrupt and SystemExit are not Exceptions: they pass
+        raise Sg2vError(f"the {backend} backend failed: {failure(e)}; choose another --backend (auto falls "
+                        "back to the next one that works)") from e
+
+
+def failure(e: BaseException) -> str:
+    """`Type: first line` of an exception, for one-line reports of a backend that failed."""
+    return first_line(e) if isinstance(e, Sg2vError) else f"{type(e).__name__}: {first_line(e)}"
+
+
+def _make_named(bundle: Any, backend: str, device: str | None, threads: int | None,
+                ckpt: str | None) -> Backend:
     if backend == "ort":
         from sg2v.runtime.backends.ort import make_ort_backend
 
         return make_ort_backend(bundle, device=device, threads=threads)
+    if backend == "openvino":
+        from sg2v.runtime.backends.openvino import make_openvino_backend
+
+        return make_openvino_backend(bundle, device=device, threads=threads)
     if backend == "trt":
         from sg2v.runtime.backends.trt import make_trt_backend
 
@@ -45,30 +72,71 @@ def make_backend(bundle: Any, backend: str = "auto", device: str | None = None, 
         from sg2v.runtime.backends.torch_cuda import make_torch_cuda_backend
 
         return make_torch_cuda_backend(bundle, device=device or "cuda", ckpt=ckpt, threads=threads)
-    return _auto(bundle, device, threads)
+    raise AssertionError(backend)
 
 
 def _auto(bundle: Any, device: str | None, threads: int | None) -> Backend:
-    notes = []
-    if device in (None, "cuda") or (device or "").startswith("cuda"):
+    """TensorRT, then ONNX Runtime on its GPU providers, then on the CPU OpenVINO (where installed) or ONNX
+    Runtime; any exception of a rung's construction, whose first run it includes, moves on with one warning
+    line."""
+    from sg2v.runtime.backends import ort
+
+    notes: list[str] = []
+    gpu = device is None or device.startswith("cuda")
+    if gpu:
         reason = trt_unavailable_reason()
         if reason is None:
             from sg2v.runtime.backends.trt import make_trt_backend
 
-            try:
-                return make_trt_backend(bundle, device=device)
-            except Sg2vError as e:
-                # The ladder's promise is "best available": a TensorRT build failure must not stop generation.
-                notes.append(f"TensorRT skipped: {e}")
-                warnings.warn(f"sg2v: TensorRT backend failed, falling back to ONNX Runtime: {e}",
-                              stacklevel=3)
+            result = _rung(lambda: make_trt_backend(bundle, device=device), "TensorRT", "ONNX Runtime", notes)
+            if result is not None:
+                return result
         else:
             notes.append(f"TensorRT skipped: {reason}")
-    from sg2v.runtime.backends.ort import make_ort_backend
+    if device is None and _ort_has_gpu(ort):
+        result = _rung(lambda: ort.make_ort_backend(bundle, device=None, threads=threads),
+                       "ONNX Runtime GPU", "ONNX Runtime CPU", notes)
+        if result is None:
+            device = "cpu"
+    else:
+        result = None
+    if result is None and device in (None, "cpu"):
+        from sg2v.runtime.backends import openvino
 
-    result = make_ort_backend(bundle, device=device, threads=threads)
+        reason = openvino.openvino_unavailable_reason()
+        if reason is None:
+            result = _rung(lambda: openvino.make_openvino_backend(bundle, device=device, threads=threads),
+                           "OpenVINO", "ONNX Runtime CPU", notes)
+        else:
+            notes.append(f"OpenVINO skipped: {reason}")
+    if result is None:
+        try:
+            result = ort.make_ort_backend(bundle, device=device, threads=threads)
+        except Sg2vError:
+            raise
+        except Exception as e:  # the last rung: one line, as a named backend's failure
+            raise Sg2vError(f"no backend works here; ONNX Runtime failed last: {failure(e)}") from e
     result.notes[:0] = notes
     return result
+
+
+def _rung(make: Callable[[], Backend], name: str, then: str, notes: list[str]) -> Backend | None:
+    """`make()`, or None after one warning line on stderr when it raises any Exception."""
+    try:
+        return make()
+    except Exception as e:  # TensorRT, CuPy and CUDA raise their own types; the ladder moves on for all
+        notes.append(f"{name} skipped: {failure(e)}")
+        print(f"sg2v: warning: the {name} backend failed ({failure(e)}); falling back to {then}",
+              file=sys.stderr)
+        return None
+
+
+def _ort_has_gpu(ort: Any) -> bool:
+    """Whether the installed onnxruntime offers a GPU provider (False when it does not even import)."""
+    try:
+        return bool(ort.available_gpu_providers())
+    except Exception:  # no onnxruntime: the CPU rung says so in one line
+        return False
 
 
 def trt_unavailable_reason() -> str | None:
@@ -80,6 +148,16 @@ def trt_unavailable_reason() -> str | None:
             found = False
         if not found:
             return f"{mod} is not installed"
+    try:
+        import tensorrt
+
+        from sg2v.export.tensorrt import tensorrt_version_problem
+
+        problem = tensorrt_version_problem(getattr(tensorrt, "__version__", "?"))
+    except Exception as e:  # a broken install: missing libnvinfer, mismatched CUDA libraries
+        return f"tensorrt does not import ({type(e).__name__}: {first_line(e)})"
+    if problem:
+        return problem
     try:
         import cupy
 
