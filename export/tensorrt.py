@@ -34,8 +34,32 @@ ENGINE_INFO = "engine.json"
 _BUILD_HINT = "build engines for this machine with: python -m sg2v.export.tensorrt <bundle>"
 
 
+MIN_TENSORRT = (10, 3)  # JetPack 6.1 / 6.2; JetPack 6.0 ships 8.6, whose API lacks STRONGLY_TYPED
+
+
+def tensorrt_version_problem(version: str) -> str | None:
+    """None when TensorRT `version` is one sg2v builds and runs engines with (10.3 or newer), else why not."""
+    try:
+        have = tuple(int(p) for p in str(version).split(".")[:2])
+    except ValueError:
+        return f"cannot read the TensorRT version {version!r}"
+    if len(have) < 2 or have < MIN_TENSORRT:
+        return (f"TensorRT {version} is older than the 10.3 sg2v needs; use --backend ort with "
+                "onnxruntime-gpu, or upgrade TensorRT (on a Jetson: JetPack 6.1 or newer)")
+    return None
+
+
+def require_tensorrt() -> Any:
+    """The `tensorrt` module, if it is 10.3 or newer (MissingDependencyError / Sg2vError in one line)."""
+    trt = require("tensorrt", "trt")
+    problem = tensorrt_version_problem(getattr(trt, "__version__", "?"))
+    if problem:
+        raise Sg2vError(problem)
+    return trt
+
+
 def _trt() -> Any:
-    return require("tensorrt", "trt")
+    return require_tensorrt()
 
 
 def device_info(device_id: int = 0) -> tuple[str, tuple[int, int]]:
@@ -221,7 +245,9 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
     from sg2v.runtime.onnx_guard import check_onnx_file
 
     trt = _trt()
-    check_onnx_file(onnx_path)  # bounds on what the parser and builder would allocate for it
+    # static, bounded shapes at every batch size the profiles allow, before the parser and builder see it
+    check_onnx_file(onnx_path, max_rows=max((int(p[-1][0]) for p in profiles.values() if p and p[-1]),
+                                            default=1))
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     if plugin_impl is not None:
         from sg2v.runtime.trt_plugin import effective_impl, network_flags

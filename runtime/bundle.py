@@ -64,6 +64,7 @@ class Bundle:
         _check_sampling(manifest, config, root)
         _check_layout(manifest, shapes, vocab, root)
         _check_student(manifest, shapes, config, root)
+        _check_encoder_weights(manifest, files, config, shapes, root)
         if spec.is_student(shapes):  # no unconditional rows: the null context is not read
             return cls(root, manifest, config, vocab, shapes, stages, None, None)
         null_context = _load_array(root, files, spec.NULL_CONTEXT, (1, shapes["context_tokens"],
@@ -125,12 +126,18 @@ class Bundle:
 
     @property
     def layout(self) -> dict[str, Any] | None:
-        """The layout stage's settings (steps, tries, per_round, sampler, relation_rules), checked when the
-        bundle was opened; None for a model without a layout stage."""
+        """The layout stage's settings (steps, tries, per_round, sampler, relation_rules, geometry), checked
+        when the bundle was opened; None for a model without a layout stage. `geometry` is the manifest's
+        entry (`sg2v.geometry.to_entry`); a shapes-world bundle written without one (formats 3 and 4 before
+        the entry) gets the shapes world's constraints derived from its config; otherwise None."""
         if not self.grounded:
             return None
+        from sg2v.geometry import geometry_for, to_entry
+
         entry = self.manifest["layout"]
-        return {**{k: entry[k] for k in spec.LAYOUT_KEYS}, "relation_rules": dict(entry["relation_rules"])}
+        geometry = geometry_for(self.config, self.vocab.object_names, entry.get(spec.LAYOUT_GEOMETRY))
+        return {**{k: entry[k] for k in spec.LAYOUT_KEYS}, "relation_rules": dict(entry["relation_rules"]),
+                "geometry": None if geometry is None else to_entry(geometry)}
 
     @property
     def engines_dir(self) -> Path:
@@ -211,6 +218,9 @@ def _safe_path(root: Path, rel: Any, where: str) -> Path:
     """`root / rel` if `rel` is a plain relative path that resolves inside `root` (symlinks followed)."""
     if not isinstance(rel, str) or not rel:
         raise BundleError(f"bundle {root}: {where} path {rel!r} is not a non-empty string; {_REEXPORT}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in rel) or len(rel) > 255:
+        raise BundleError(f"bundle {root}: {where} path {rel[:80]!r} holds control characters (a NUL byte?) "
+                          f"or is over 255 characters; a bundle names its files plainly; {_REEXPORT}")
     pure = PurePosixPath(rel)
     if "\\" in rel or pure.is_absolute() or os.path.isabs(rel) or (len(rel) > 1 and rel[1] == ":"):
         raise BundleError(f"bundle {root}: {where} path {rel!r} is absolute; a bundle may only name files "
@@ -377,12 +387,20 @@ def _check_layout(manifest: dict[str, Any], shapes: dict[str, int], vocab: Vocab
         what = "missing" if entry is None else "not an object"
         raise BundleError(f"bundle {root}: manifest 'layout' is {what} (a layout-grounded bundle records its "
                           f"layout stage's settings there); {_REEXPORT}")
-    unknown = sorted(str(k)[:40] for k in entry if k not in spec.LAYOUT_KEYS)
+    unknown = sorted(str(k)[:40] for k in entry if k not in (*spec.LAYOUT_KEYS, spec.LAYOUT_GEOMETRY))
     missing = [k for k in spec.LAYOUT_KEYS if k not in entry]
     if unknown or missing:
         raise BundleError(f"bundle {root}: manifest 'layout' has keys {sorted(map(str, entry))[:8]}, "
-                          f"expected {list(spec.LAYOUT_KEYS)}; {_REEXPORT}")
+                          f"expected {list(spec.LAYOUT_KEYS)} (and optionally {spec.LAYOUT_GEOMETRY!r}); "
+                          f"{_REEXPORT}")
     problems = []
+    if spec.LAYOUT_GEOMETRY in entry:
+        from sg2v.geometry import from_entry
+
+        try:
+            from_entry(entry[spec.LAYOUT_GEOMETRY])
+        except ValueError as e:
+            problems.append(str(e))
 
     def integer(key: str, lo: int, hi: int) -> None:
         v = entry[key]
@@ -482,6 +500,20 @@ def _check_student(manifest: dict[str, Any], shapes: dict[str, int], config: Mod
     except ConfigError as e:
         raise BundleError(f"bundle {root}: sampler_defaults are not what the student was distilled for "
                           f"({first_line(e)}); {_REEXPORT}") from None
+
+
+def _check_encoder_weights(manifest: dict[str, Any], files: dict[str, Any], config: ModelConfig,
+                           shapes: dict[str, int], root: Path) -> None:
+    """A plugin bundle's `encoder_weights.npz` (run by sg2v's own encoder): names and every shape those of
+    the config's encoder, one embedding row per class."""
+    if manifest.get("pooling") != "plugin" or spec.ENCODER_WEIGHTS not in files:
+        return
+    from sg2v.runtime import gpu_encoder as ge
+
+    path = root / spec.ENCODER_WEIGHTS
+    weights = ge.load_encoder_weights(path)
+    ge.check_against_config(weights, config.encoder.num_layers, shapes["context_dim"], str(path),
+                            num_objs=config.encoder.num_objs, num_preds=config.encoder.num_preds)
 
 
 def _finite(v: Any, lo: float, hi: float) -> bool:

@@ -21,7 +21,8 @@ from sg2v.errors import BundleError, require
 from sg2v.io import load_npz_checked
 
 LAYERNORM_EPS = 1e-5  # sg2v.models.layers.TokenNorm default (= torch.nn.LayerNorm), which SGEncoder uses
-_LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
+_LAYER_KEY = re.compile(r"^layers\.([0-9]{1,9})\.")
+MAX_LAYERS = 256  # GraphTripleConv layers an encoder_weights.npz may name
 
 
 def _layer_keys(i: int) -> list[str]:
@@ -47,6 +48,9 @@ def check_weights(weights: dict[str, Any], source: str = "encoder weights") -> d
     """Validate an SGEncoder state dict (names, shapes); strips an `encoder.` prefix (SG2V's state dict)."""
     if weights and all(k.startswith("encoder.") for k in weights):
         weights = {k[len("encoder."):]: v for k, v in weights.items()}
+    if num_layers(weights) > MAX_LAYERS:
+        raise BundleError(f"{source}: names layer {num_layers(weights) - 1}, more than {MAX_LAYERS} layers; "
+                          "the file does not match one SGEncoder")
     expected = list(_HEAD_KEYS)
     for i in range(num_layers(weights)):
         expected += _layer_keys(i)
@@ -54,15 +58,34 @@ def check_weights(weights: dict[str, Any], source: str = "encoder weights") -> d
     if missing or num_layers(weights) == 0:
         raise BundleError(f"{source}: not an SGEncoder state dict, missing {missing[:4] or ['layers.0.*']}; "
                           "re-export the bundle with this sg2v version")
+    for key in expected:  # shapes are read below: each a numeric array
+        if not hasattr(weights[key], "shape") or not hasattr(weights[key], "dtype") \
+                or weights[key].dtype.kind not in "fiu":
+            raise BundleError(f"{source}: {key} is not a numeric array; the file does not match one "
+                              "SGEncoder")
+    for key in ("obj_embed.weight", "layers.0.net1.0.weight", "global_head.0.weight", "global_head.2.weight",
+                "local_head.0.weight"):
+        if weights[key].ndim != 2 or 0 in weights[key].shape:
+            raise BundleError(f"{source}: {key} has shape {tuple(weights[key].shape)}, expected a non-empty "
+                              "matrix; the file does not match one SGEncoder")
     d = weights["obj_embed.weight"].shape[1]
     h = weights["layers.0.net1.0.weight"].shape[0]
     c = weights["global_head.2.weight"].shape[0]
-    shapes = {"pred_embed.weight": (None, d), "global_head.0.weight": (None, 2 * d),
-              "local_head.0.weight": (None, 3 * d), "local_norm.weight": (c,)}
+    gh, lh = weights["global_head.0.weight"].shape[0], weights["local_head.0.weight"].shape[0]
+    shapes = {"obj_embed.weight": (None, d), "pred_embed.weight": (None, d),
+              "global_head.0.weight": (gh, 2 * d), "global_head.0.bias": (gh,),
+              "global_head.2.weight": (c, gh), "global_head.2.bias": (c,),
+              "local_head.0.weight": (lh, 3 * d), "local_head.0.bias": (lh,),
+              "local_head.2.weight": (c, lh), "local_head.2.bias": (c,),
+              "global_norm.weight": (c,), "global_norm.bias": (c,), "local_norm.weight": (c,),
+              "local_norm.bias": (c,)}
     for i in range(num_layers(weights)):
-        shapes.update({f"layers.{i}.net1.0.weight": (h, 3 * d), f"layers.{i}.net1.2.weight": (2 * h + d, h),
-                       f"layers.{i}.net2.0.weight": (h, h), f"layers.{i}.net2.2.weight": (d, h),
-                       f"layers.{i}.norm_obj.weight": (d,), f"layers.{i}.norm_pred.weight": (d,)})
+        p = f"layers.{i}."
+        shapes.update({p + "net1.0.weight": (h, 3 * d), p + "net1.0.bias": (h,),
+                       p + "net1.2.weight": (2 * h + d, h), p + "net1.2.bias": (2 * h + d,),
+                       p + "net2.0.weight": (h, h), p + "net2.0.bias": (h,), p + "net2.2.weight": (d, h),
+                       p + "net2.2.bias": (d,), p + "norm_obj.weight": (d,), p + "norm_obj.bias": (d,),
+                       p + "norm_pred.weight": (d,), p + "norm_pred.bias": (d,)})
     for key, want in shapes.items():
         got = tuple(weights[key].shape)
         if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
@@ -193,13 +216,20 @@ def encoder_forward(weights: dict[str, Any], objs, obj_mask, triples, triple_mas
     return context, context_mask, obj.astype(xp.float32)
 
 
-def check_against_config(weights: dict[str, Any], num_layers_: int, context_dim: int, source: str) -> None:
-    """BundleError unless the weights are of the bundle's encoder: its layer count and context width."""
+def check_against_config(weights: dict[str, Any], num_layers_: int, context_dim: int, source: str,
+                         num_objs: int | None = None, num_preds: int | None = None) -> None:
+    """BundleError unless the weights are of the bundle's encoder: its layer count, context width and (when
+    given) one embedding row per object and predicate class."""
     got = (num_layers(weights), int(weights["local_norm.weight"].shape[0]))
     if got != (num_layers_, context_dim):
         raise BundleError(f"{source}: {got[0]} layers of width {got[1]}, the bundle's config says "
                           f"{num_layers_} of {context_dim}; the bundle was assembled from different exports: "
                           "re-export it")
+    for key, rows in (("obj_embed.weight", num_objs), ("pred_embed.weight", num_preds)):
+        if rows is not None and weights[key].shape[0] != rows:
+            raise BundleError(f"{source}: {key} has {weights[key].shape[0]} rows, the bundle's config has "
+                              f"{rows} classes; the bundle was assembled from different exports: "
+                              "re-export it")
 
 
 class NumpyEncoder:

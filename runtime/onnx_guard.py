@@ -25,13 +25,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sg2v.errors import BundleError
+from sg2v.errors import BundleError, first_line
 
 MAX_ELEMENTS = 1 << 28  # values in one tensor: 1 GiB of float32
 MAX_FILE_BYTES = 2 << 30  # protobuf's own limit for one message
 
 _ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}  # TensorProto
 _INT_TYPES = {6: "<i4", 7: "<i8"}
+_NP_TYPES = {1: "<f4", 2: "u1", 3: "i1", 4: "<u2", 5: "<i2", 6: "<i4", 7: "<i8", 9: "u1", 10: "<f2",
+             11: "<f8", 12: "<u4", 13: "<u8"}
+_SMALL = 4096  # values decoded for the static pass (shape constants are a handful)
 
 
 class OnnxGuardError(BundleError):
@@ -110,6 +113,7 @@ class _Tensor:
         self.name, self.dims, self.data_type, self.external = "", [], 0, False
         self.raw: memoryview | None = None
         self.packed_ints: list[int] = []
+        self.floats: list[bytes] = []  # float_data / double_data as little-endian bytes
         self.count = 0  # values in the typed (non-raw) data fields
         for field, wire, value in _fields(buf):
             if field == 1:
@@ -130,6 +134,9 @@ class _Tensor:
                 self.count += len(vals)
             elif field in (4, 10):  # float_data, double_data: packed fixed-width
                 self.count += len(value) // (4 if field == 4 else 8) if wire == 2 else 1
+                if self.count <= _SMALL:
+                    self.floats.append(value.tobytes() if wire == 2
+                                       else value.to_bytes(4 if wire == 5 else 8, "little"))
             elif field == 6:  # string_data
                 self.count += 1
 
@@ -143,6 +150,29 @@ class _Tensor:
     def elements(self) -> int:
         return math.prod(self.dims) if self.dims else 1
 
+    def array(self) -> Any:
+        """The values as a numpy array (ints int64, floats float64, bool), `(dims,)` for a tensor of more
+        than a few thousand values or of a type the static pass does not fold, None when unreadable."""
+        import numpy as np
+
+        if self.elements() > _SMALL or self.data_type not in _NP_TYPES:
+            return (tuple(self.dims),)
+        n, dtype = self.elements(), _NP_TYPES[self.data_type]
+        if self.raw is not None:
+            flat = np.frombuffer(bytes(self.raw), dtype=dtype)
+        elif self.data_type in (1, 11):
+            flat = np.frombuffer(b"".join(self.floats), dtype="<f4" if self.data_type == 1 else "<f8")
+        elif self.data_type == 10:
+            flat = np.asarray(self.packed_ints, np.uint16).view("<f2")
+        else:
+            flat = np.asarray(self.packed_ints, np.int64)
+        if flat.size != n:
+            return None
+        flat = flat.reshape(self.dims)
+        kind = flat.dtype.kind
+        return flat.astype(bool) if self.data_type == 9 else \
+            flat.astype(np.float64) if kind == "f" else flat.astype(np.int64)
+
     def int_values(self) -> list[int] | None:
         if self.data_type not in _INT_TYPES:
             return None
@@ -154,8 +184,10 @@ class _Tensor:
 
 
 class _Checker:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, inputs: list[dict[str, Any]] | None = None, max_rows: int = 1):
         self.path = path
+        self.inputs = None if inputs is None else {d["name"]: list(d["shape"]) for d in inputs}
+        self.max_rows = max_rows
 
     def fail(self, what: str) -> None:
         raise OnnxGuardError(f"{self.path}: {what}; the file is not an sg2v export (crafted or corrupt): "
@@ -188,8 +220,10 @@ class _Checker:
         if any(d < 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
             self.fail(f"{where} declares dense shape {dims[:8]}, more than {MAX_ELEMENTS} values")
 
-    def value_info(self, buf: memoryview, where: str) -> None:
-        name, dims = "", []
+    def value_info(self, buf: memoryview, where: str) -> tuple[str, list[int | str | None] | None]:
+        """Bounds a declared shape; returns the name and dims (ints, dim_param names, None for an unnamed
+        unknown dim; None for no shape at all)."""
+        name, dims, full = "", [], None
         for field, _, value in _fields(buf):
             if field == 1:
                 name = _string(value)
@@ -200,20 +234,27 @@ class _Checker:
                     for f3, _, v3 in _fields(v2):
                         if f3 != 2:  # shape
                             continue
+                        full = []
                         for f4, _, v4 in _fields(v3):
                             if f4 != 1:  # dim
                                 continue
+                            dim: int | str | None = None
                             for f5, w5, v5 in _fields(v4):
                                 if f5 == 1 and w5 == 0:  # dim_value
                                     dims.append(_signed(v5))
+                                    dim = _signed(v5)
+                                elif f5 == 2:  # dim_param
+                                    dim = _string(v5)
+                            full.append(dim)
         if any(d < 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
             self.fail(f"{where} {name!r} declares shape {dims}, more than {MAX_ELEMENTS} values")
+        return name, full
 
     def graph(self, buf: memoryview, depth: int = 0) -> None:
         if depth > 16:
             self.fail("subgraphs nest more than 16 deep")
         consts: dict[str, _Tensor] = {}
-        nodes = []
+        nodes, inputs, sparse = [], [], False
         for field, _, value in _fields(buf):
             if field == 5:  # initializer
                 t = _Tensor(value)
@@ -221,8 +262,11 @@ class _Checker:
                 consts[t.name] = t
             elif field == 15:  # sparse_initializer
                 self.sparse(value, "sparse initializer")
+                sparse = True
             elif field in (11, 12, 13):  # input, output, value_info
-                self.value_info(value, {11: "input", 12: "output", 13: "value_info"}[field])
+                info = self.value_info(value, {11: "input", 12: "output", 13: "value_info"}[field])
+                if field == 11:
+                    inputs.append(info)
             elif field == 1:
                 nodes.append(value)
         parsed = [self.node(n, depth) for n in nodes]
@@ -231,8 +275,57 @@ class _Checker:
             if op == "Constant" and value is not None and outputs:
                 consts[outputs[0]] = value
         shapes = {outputs[0] for op, _, outputs, _ in parsed if op == "Shape" and outputs}
-        for op, inputs, _, _ in parsed:
-            self.allocation(op, inputs, consts, shapes)
+        for op, node_inputs, _, _ in parsed:
+            self.allocation(op, node_inputs, consts, shapes)
+        if depth == 0:
+            if sparse:
+                self.fail("the graph has sparse initializers, which sg2v exports do not write")
+            self.static(inputs, consts, parsed)
+
+    def static(self, inputs: list[tuple[str, Any]], consts: dict[str, _Tensor], parsed: list[Any]) -> None:
+        """Every tensor's shape at every batch size 1..max_rows (`sg2v.runtime.onnx_shapes`), bounded."""
+        import numpy as np
+
+        from sg2v.runtime import onnx_shapes as osh
+
+        shapes = osh.Shapes(self.max_rows, MAX_ELEMENTS, self.fail)
+        where = f"at batch sizes 1..{self.max_rows}" if self.max_rows > 1 else "at its input shapes"
+        try:
+            with np.errstate(all="ignore"):
+                for name, t in consts.items():
+                    value = t.array()
+                    if value is None:
+                        self.fail(f"initializer {name!r} cannot be read")
+                    shapes.env[name] = osh.T(osh._shape(list(value[0] if isinstance(value, tuple)
+                                                             else value.shape)),
+                                             None if isinstance(value, tuple) else value[None])
+                for name, declared in inputs:
+                    if name in consts and (self.inputs is None or name not in self.inputs):
+                        continue
+                    dims = declared if self.inputs is None else self.inputs.get(name)
+                    if self.inputs is not None and name not in self.inputs:
+                        self.fail(f"graph input {name!r} is not one of the stage's inputs "
+                                  f"{sorted(self.inputs)}")
+                    if dims is None or any(d is None or (isinstance(d, int) and d < 0) for d in dims):
+                        self.fail(f"graph input {name!r} has no static shape ({declared})")
+                    shapes.env[name] = osh.T(osh._shape([shapes.rows if isinstance(d, str) else d
+                                                         for d in dims]))
+                for op, _, _, attrs in parsed:
+                    for key in ("value", "sparse_value"):
+                        if isinstance(attrs.get(key), _Tensor):
+                            attrs["value_array"] = attrs[key].array()
+                    if op == "Constant" and "value_array" not in attrs:
+                        for key in ("value_int", "value_ints"):
+                            if isinstance(attrs.get(key), _Tensor):
+                                attrs["value_array"] = attrs[key].array()
+                        for key in ("value_float", "value_floats"):
+                            if key in attrs:
+                                attrs["value_array"] = np.asarray(attrs[key], np.float64)
+                shapes.run([(op, ins, outs, attrs) for op, ins, outs, attrs in parsed])
+        except osh.NotStatic as e:
+            self.fail(f"not static {where}: {e}")
+        except (ValueError, TypeError, IndexError, OverflowError, KeyError) as e:
+            self.fail(f"shapes cannot be inferred {where} ({type(e).__name__}: {first_line(e)})")
 
     def node(self, buf: memoryview, depth: int) -> tuple[str, list[str], list[str], dict[str, _Tensor]]:
         op, domain, inputs, outputs, attrs = "", "", [], [], {}
@@ -248,11 +341,22 @@ class _Checker:
             elif field == 5:  # AttributeProto
                 name = ""
                 ints: list[int] = []
+                floats: list[float] = []
+                plain: Any = None
                 for f2, w2, v2 in _fields(value):
                     if f2 == 1:
                         name = _string(v2)
                     elif f2 in (3, 8):  # i, ints (Constant's value_int / value_ints)
                         ints += _ints(w2, v2)
+                        plain = ints if f2 == 8 else ints[-1]
+                    elif f2 == 2 and w2 == 5:  # f
+                        plain = struct.unpack("<f", v2.to_bytes(4, "little"))[0]
+                    elif f2 == 7:  # floats
+                        floats += (list(struct.unpack(f"<{len(v2) // 4}f", v2[:len(v2) // 4 * 4]))
+                                   if w2 == 2 else [struct.unpack("<f", v2.to_bytes(4, "little"))[0]])
+                        plain = floats
+                    elif f2 == 4:  # s
+                        plain = _string(v2)
                     elif f2 in (5, 10):  # t, tensors
                         t = _Tensor(v2)
                         self.tensor(t, f"attribute {name!r} of {op or 'a node'}")
@@ -263,6 +367,8 @@ class _Checker:
                         self.sparse(v2, f"attribute {name!r} of {op or 'a node'}")
                 if name in ("value_int", "value_ints"):
                     attrs[name] = _Tensor.of_ints(ints, scalar=name == "value_int")
+                elif plain is not None and name not in attrs:
+                    attrs[name] = plain
         return (op if domain in ("", "ai.onnx") else f"{domain}::{op}"), inputs, outputs, attrs
 
     def allocation(self, op: str, inputs: list[str], consts: dict[str, _Tensor],
@@ -298,10 +404,16 @@ class _Checker:
             self.fail(f"a {op} node asks for shape {values[:8]}, more than {MAX_ELEMENTS} values")
 
 
-def check_onnx_file(path: str | os.PathLike) -> None:
-    """OnnxGuardError (one line) unless the ONNX file at `path` stays within the bounds in the module note."""
+def check_onnx_file(path: str | os.PathLike, inputs: list[dict[str, Any]] | None = None,
+                    max_rows: int = 1) -> None:
+    """OnnxGuardError (one line) unless the ONNX file at `path` stays within the bounds in the module note.
+
+    `inputs` are the stage's inputs as the manifest gives them ({"name", "shape"}; a named dim is the batch
+    axis, taking every value 1..`max_rows`); without them the graph's own declared input shapes are used,
+    named dims likewise.
+    """
     path = Path(path)
-    checker = _Checker(path)
+    checker = _Checker(path, inputs, max_rows)
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:

@@ -1,7 +1,10 @@
 """ONNX Runtime backend: one InferenceSession per stage, IO binding to buffers allocated once.
 
 The stages are the encoder, the UNet and, for a layout-grounded bundle (format 3), the layout network, whose
-batch axis holds candidate layouts (rows vary from round to round of the relation check).
+batch axis holds candidate layouts (rows vary from round to round of the relation check). The encoder's and
+the layout network's sessions sit idle while the UNet runs, so their threads sleep instead of spinning
+(`session.intra_op.allow_spinning` 0: spinning ones compete with the UNet's first step); the UNet's keep
+spinning, which its back-to-back steps want.
 
 On CPU the inputs and outputs are bound to numpy arrays made once, so `run` copies the feeds into the input
 buffers, runs, and hands back the same output arrays every call (no per-call allocation of I/O). A stage with
@@ -36,17 +39,22 @@ class OrtStage:
     batch on a stage with a batch axis)."""
 
     def __init__(self, path: Path, io: dict[str, Any], providers: list[Any], threads: int | None = None,
-                 xp: Any = np, device_type: str = "cpu", device_id: int = 0):
+                 xp: Any = np, device_type: str = "cpu", device_id: int = 0, max_rows: int = 1,
+                 spin: bool = True):
         from sg2v.runtime.onnx_guard import check_onnx_file
 
         ort = _ort()
-        check_onnx_file(path)  # bound what the file makes ONNX Runtime allocate, before it folds constants
+        # Every shape static and bounded at each batch size 1..max_rows, before ONNX Runtime folds constants.
+        check_onnx_file(path, io["inputs"], max_rows)
+        self.max_rows = max_rows
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.intra_op_num_threads = int(threads or 0)  # 0: ONNX Runtime picks (one per physical core)
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3  # errors only: the CPU build warns about every unused provider option
+        if not spin:  # a stage idle while another runs: its threads sleep rather than spin against that one
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
@@ -111,6 +119,9 @@ class OrtStage:
         rows = self.capacity
         if self.dynamic:
             rows = int(getattr(feeds[self.io["inputs"][0]["name"]], "shape", (0,))[0])
+            if not 1 <= rows <= self.max_rows:
+                raise Sg2vError(f"{self.path.name}: {rows} rows, the stage was checked for 1 to "
+                                f"{self.max_rows}; pass fewer graphs per call")
             if rows > self.capacity:
                 self._allocate(rows)
             if rows != self.rows:
@@ -120,8 +131,21 @@ class OrtStage:
         if self._device[0] != "cpu":
             # CuPy wrote the inputs on its stream; ONNX Runtime reads them on its own.
             self.xp.cuda.get_current_stream().synchronize()
-        self.session.run_with_iobinding(self.binding)
+        try:
+            self.session.run_with_iobinding(self.binding)
+        except Exception as e:  # onnxruntime raises its own Fail/RuntimeException/InvalidArgument types
+            raise BundleError(f"ONNX Runtime failed running {self.path.name} ({first_line(e)[:300]}); the "
+                              "bundle's graph and manifest disagree (a modified manifest?): re-export the "
+                              "bundle") from None
         return {name: buf[:rows] for name, buf in self.outputs.items()} if self.dynamic else self.outputs
+
+
+def stage_rows(bundle: Any, stage: str) -> int:
+    """The most rows a stage's batch axis takes in one call (its fixed batch in format 1)."""
+    first = bundle.stages[stage]["inputs"][0]["shape"][0]
+    if isinstance(first, int):
+        return first
+    return int(bundle.max_batch) * spec.rows_per_video(stage, bundle.shapes)
 
 
 def _empty(xp: Any, d: dict[str, Any], rows: int) -> Any:
@@ -163,7 +187,8 @@ def make_ort_backend(bundle: Any, device: str | None = None, threads: int | None
         return _gpu_backend(bundle, gpu, device_id, threads)
     providers = ["CPUExecutionProvider"]
     encoder, notes = _encoder_stage(bundle, providers, threads, np, "cpu", device_id)
-    unet = OrtStage(bundle.stage_file("unet"), bundle.stages["unet"], providers, threads)
+    unet = OrtStage(bundle.stage_file("unet"), bundle.stages["unet"], providers, threads,
+                    max_rows=stage_rows(bundle, "unet"))
     return Backend("ort-cpu", encoder, unet, np, max_batch=bundle.max_batch, notes=notes,
                    layout=_layout_stage(bundle, providers, threads, np, "cpu", device_id))
 
@@ -175,7 +200,7 @@ def _layout_stage(bundle: Any, providers: list[Any], threads: int | None, xp: An
         return None
     stage = spec.LAYOUT_STAGE
     return OrtStage(bundle.stage_file(stage), bundle.stages[stage], providers, threads, xp, device_type,
-                    device_id)
+                    device_id, max_rows=stage_rows(bundle, stage), spin=False)
 
 
 def _encoder_stage(bundle: Any, providers: list[Any], threads: int | None, xp: Any, device_type: str,
@@ -189,7 +214,7 @@ def _encoder_stage(bundle: Any, providers: list[Any], threads: int | None, xp: A
     """
     if bundle.pooling != "plugin":
         return OrtStage(bundle.stage_file("encoder"), bundle.stages["encoder"], providers, threads, xp,
-                        device_type, device_id), []
+                        device_type, device_id, max_rows=stage_rows(bundle, "encoder"), spin=False), []
     from sg2v.runtime import gpu_encoder as ge
 
     path = bundle.file(spec.ENCODER_WEIGHTS)
@@ -198,7 +223,8 @@ def _encoder_stage(bundle: Any, providers: list[Any], threads: int | None, xp: A
                           "ONNX Runtime needs for its encoder; re-export it, or run it with --backend trt")
     weights = ge.load_encoder_weights(path)
     ge.check_against_config(weights, bundle.config.encoder.num_layers, bundle.shapes["context_dim"],
-                            str(path))
+                            str(path), num_objs=bundle.config.encoder.num_objs,
+                            num_preds=bundle.config.encoder.num_preds)
     why = "ONNX Runtime cannot run the ScatterMeanPool plugin node"
     if xp is np:
         return ge.NumpyEncoder(weights, objects=bundle.grounded), [f"encoder: sg2v's numpy encoder ({why})"]
@@ -230,7 +256,7 @@ def _gpu_backend(bundle: Any, gpu: list[str], device_id: int, threads: int | Non
         encoder, notes = _encoder_stage(bundle, providers, threads, xp, device_type, device_id)
         layout = _layout_stage(bundle, providers, threads, xp, device_type, device_id)
         unet = OrtStage(bundle.stage_file("unet"), bundle.stages["unet"], providers, threads, xp,
-                        device_type, device_id)
+                        device_type, device_id, max_rows=stage_rows(bundle, "unet"))
     used = unet.providers[0]
     names = {"TensorrtExecutionProvider": "ort-tensorrt", "CUDAExecutionProvider": "ort-cuda"}
     name = names.get(used, "ort-cpu")
