@@ -8,8 +8,11 @@ have not run here (the TensorRT code is unverified).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -309,6 +312,7 @@ def test_trt_backend_checks_a_given_engine_dir_against_the_bundle(fake, tmp_path
     fp = spec.engine_fingerprint("Some GPU", (8, 9), "10.9.0", b.precision)
     stub_cp = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda i: contextlib.nullcontext()))
     monkeypatch.setattr(trt_backend, "require", lambda mod, extra: stub_cp if mod == "cupy" else object())
+    monkeypatch.setattr(trt_build, "require_tensorrt", lambda: object())
     monkeypatch.setattr(trt_build, "current_fingerprint", lambda precision, device_id=0: fp)
     folder = tmp_path / "plans"
     _write_info(folder, fingerprint=fp, onnx_sha256={"encoder": "old", "unet": "old"})
@@ -317,3 +321,297 @@ def test_trt_backend_checks_a_given_engine_dir_against_the_bundle(fake, tmp_path
     _write_info(root / spec.ENGINES_DIR / fp, fingerprint=fp, onnx_sha256={"encoder": "old", "unet": "old"})
     with pytest.raises(BundleError, match="built from other ONNX graphs"):
         trt_backend.make_trt_backend(b, build=False)
+
+
+# --------------------------------------------------- the backend's stages on stand-ins for TensorRT and CuPy
+class _Buf(np.ndarray):
+    """A CuPy array stand-in: `.data.ptr` is its address, `.set` copies from the host."""
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+    def set(self, value, stream=None):
+        self[...] = value
+
+
+class _Device:
+    """A stand-in GPU: allocations by address, streams with capture, and every misuse the tests look for."""
+
+    def __init__(self):
+        self.memory, self.streams = {}, {}
+        self.stale_replays = []  # (context, rows) of graphs replayed after their context's shapes changed
+        device = self
+
+        class Stream:
+            def __init__(self, non_blocking=True):
+                self.ptr, self.capturing = 1000 + len(device.streams), None
+                device.streams[self.ptr] = self
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def synchronize(self):
+                pass
+
+            def begin_capture(self):
+                self.capturing = []
+
+            def end_capture(self):
+                ops, self.capturing = self.capturing, None
+                return types.SimpleNamespace(launch=lambda stream: [op(replay=True) for op in ops])
+
+            def enqueue(self, op):
+                (self.capturing.append if self.capturing is not None else lambda f: f())(op)
+
+        self.cp = types.SimpleNamespace(
+            zeros=self._alloc, empty=self._alloc,
+            copyto=lambda dst, src, casting: np.copyto(dst, src, casting=casting),
+            cuda=types.SimpleNamespace(Stream=Stream, Device=lambda i: contextlib.nullcontext()))
+
+    def _alloc(self, shape, dtype):
+        buf = np.zeros(shape, dtype=dtype).view(_Buf)
+        self.memory[buf.data.ptr] = buf
+        return buf
+
+
+def _stand_in_tensorrt(device, max_rows):
+    """TensorRT 10.3 as far as TrtStage uses it (enum values from include/NvInferRuntime.h at v10.3.0), with
+    an engine y = 2 x + 1 over x (-1, 3) whose execution contexts record their shape changes."""
+
+    class Context:
+        def __init__(self, engine, strategy):
+            assert strategy == trt.ExecutionContextAllocationStrategy.USER_MANAGED
+            self.engine, self.shapes, self.addresses, self.reshapes, self.scratch = engine, {}, {}, 0, None
+
+        def set_device_memory(self, ptr, size):
+            assert size >= self.engine.device_memory_size_v2 and ptr in device.memory
+            self.scratch = ptr
+
+        def set_input_shape(self, name, shape):
+            if not 1 <= shape[0] <= max_rows:
+                return False
+            self.shapes[name], self.reshapes = tuple(shape), self.reshapes + 1
+            return True
+
+        def get_tensor_shape(self, name):
+            return (self.shapes.get("x", (-1, 3))[0], 3)
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = ptr
+
+        def execute_async_v3(self, stream_ptr):
+            assert self.scratch is not None and set(self.addresses) == {"x", "y"}
+            rows, reshapes = self.shapes["x"][0], self.reshapes
+            x, y = device.memory[self.addresses["x"]], device.memory[self.addresses["y"]]
+
+            def op(replay=False):
+                if replay and self.reshapes != reshapes:
+                    device.stale_replays.append((self, rows))
+                y[:rows] = 2 * x[:rows] + 1  # a graph runs at the shapes it was captured with
+
+            device.streams[stream_ptr].enqueue(op)
+            return True
+
+    class Engine:
+        num_io_tensors, device_memory_size_v2 = 2, 4096
+
+        def __init__(self):
+            self.contexts = []
+
+        def create_execution_context(self, strategy=0):
+            self.contexts.append(Context(self, strategy))
+            return self.contexts[-1]
+
+        def get_tensor_name(self, i):
+            return ("x", "y")[i]
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode.INPUT if name == "x" else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_shape(self, name):
+            return (-1, 3)
+
+        def get_tensor_dtype(self, name):
+            return "float32"
+
+    trt = types.SimpleNamespace(
+        __version__="10.3.0", nptype=lambda dtype: np.float32,
+        TensorIOMode=types.SimpleNamespace(NONE=0, INPUT=1, OUTPUT=2),
+        ExecutionContextAllocationStrategy=types.SimpleNamespace(STATIC=0, ON_PROFILE_CHANGE=1,
+                                                                 USER_MANAGED=2))
+    runtime = types.SimpleNamespace(deserialize_cuda_engine=lambda data: Engine())
+    return trt, runtime
+
+
+_IO = {"inputs": [{"name": "x", "shape": ["rows", 3], "dtype": "float32"}],
+       "outputs": [{"name": "y", "shape": ["rows", 3], "dtype": "float32"}]}
+
+
+def _stand_in_stage(monkeypatch, tmp_path, graphs, max_rows=6):
+    from sg2v.runtime.backends import trt as trt_backend
+
+    device = _Device()
+    trt, runtime = _stand_in_tensorrt(device, max_rows)
+    monkeypatch.setattr(trt_build, "require_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_backend, "require", lambda mod, extra: device.cp)
+    plan = tmp_path / "stage.plan"
+    plan.write_bytes(b"plan")
+    stage = trt_backend.TrtStage(plan, _IO, runtime, device.cp.cuda.Stream(), max_rows=max_rows,
+                                 graphs=graphs)
+    return stage, device
+
+
+def test_cuda_graphs_replay_only_on_contexts_whose_shapes_never_changed(monkeypatch, tmp_path, rng):
+    """A batch of 3 videos (6 UNet rows), single videos (2 rows), the batch again: each row count runs its
+    own graph on its own context, set up once; every result is the engine's, from this call's input."""
+    stage, device = _stand_in_stage(monkeypatch, tmp_path, graphs=True)
+    addresses = {n: b.data.ptr for n, b in {**stage.inputs, **stage.outputs}.items()}
+    for rows in (6, 2, 2, 6, 2):
+        x = rng.standard_normal((rows, 3)).astype(np.float32)
+        y = stage.run({"x": x})["y"]
+        np.testing.assert_array_equal(y, 2 * x + 1)
+    assert device.stale_replays == []
+    assert set(stage.graphs) == {2, 6} and set(stage.contexts) == {2, 6}
+    assert all(stage.contexts[r].shapes["x"] == (r, 3) and stage.contexts[r].reshapes == 1 for r in (2, 6))
+    assert {n: b.data.ptr for n, b in {**stage.inputs, **stage.outputs}.items()} == addresses
+    assert len({c.scratch for c in stage.contexts.values()}) == 1  # one scratch allocation, shared
+    stage.release()
+    assert stage.graphs == {} and stage.contexts == {} and stage.engine is None
+
+
+def test_the_stand_in_catches_a_graph_replayed_after_its_shapes_changed(monkeypatch, tmp_path, rng):
+    """What one shared context did: capture at 6 rows, reshape to 2 and back, replay the 6-row graph."""
+    stage, device = _stand_in_stage(monkeypatch, tmp_path, graphs=True)
+    stage.run({"x": rng.standard_normal((6, 3)).astype(np.float32)})
+    for rows in (2, 6):
+        stage._set_shapes(stage.context, rows)
+    stage.graphs[6].launch(stage.stream)
+    assert device.stale_replays == [(stage.contexts[6], 6)]
+
+
+def test_a_stage_without_graphs_reshapes_its_one_context(monkeypatch, tmp_path, rng):
+    """The layout engine's rows change every round: one context, its shapes set per call, nothing captured."""
+    stage, device = _stand_in_stage(monkeypatch, tmp_path, graphs=False, max_rows=9)
+    for rows in rng.integers(1, 10, size=6):
+        x = rng.standard_normal((int(rows), 3)).astype(np.float32)
+        np.testing.assert_array_equal(stage.run({"x": x})["y"], 2 * x + 1)
+    assert stage.graphs == {} and len(stage.contexts) == 1 and len(stage.engine.contexts) == 1
+    with pytest.raises(Sg2vError, match="a batch of 10 rows; the engine takes 1 to 9"):
+        stage.run({"x": np.ones((10, 3), np.float32)})
+
+
+# ------------------------------------------------------------------------ the auto ladder and named backends
+class OutOfMemoryError(MemoryError):
+    """As cupy.cuda.memory.OutOfMemoryError: a MemoryError, not an Sg2vError."""
+
+
+STRONGLY_TYPED = AttributeError("type object 'tensorrt.NetworkDefinitionCreationFlag' has no attribute "
+                                "'STRONGLY_TYPED'")
+
+
+def _failing(exc):
+    def make(*args, **kwargs):
+        raise exc
+    return make
+
+
+def test_auto_moves_past_any_exception_with_one_warning_line_each(fake, monkeypatch, capsys):
+    """TensorRT raising an AttributeError (8.6 bindings) and ONNX Runtime GPU running out of memory: auto
+    ends on the CPU, with one stderr line per failed rung naming its cause, and notes saying the same."""
+    from sg2v.runtime import backends
+    from sg2v.runtime.backends import ort
+    from sg2v.runtime.backends import trt as trt_backend
+
+    root, _ = fake
+    real_ort = ort.make_ort_backend
+    monkeypatch.setattr(backends, "trt_unavailable_reason", lambda: None)
+    monkeypatch.setattr(trt_backend, "make_trt_backend", _failing(STRONGLY_TYPED))
+    monkeypatch.setattr(ort, "available_gpu_providers", lambda: ["CUDAExecutionProvider"])
+    monkeypatch.setattr(ort, "make_ort_backend", lambda bundle, device=None, threads=None: (
+        _failing(OutOfMemoryError("Out of memory allocating 1,073,741,824 bytes"))() if device is None
+        else real_ort(bundle, device=device, threads=threads)))
+    backend = make_backend(Bundle.open(root), "auto")
+    assert backend.name not in ("trt", "ort-cuda")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == ("sg2v: warning: the TensorRT backend failed (AttributeError: type object 'tensorrt."
+                        "NetworkDefinitionCreationFlag' has no attribute 'STRONGLY_TYPED'); falling back to "
+                        "ONNX Runtime")
+    assert lines[1].startswith("sg2v: warning: the ONNX Runtime GPU backend failed (OutOfMemoryError: Out of "
+                               "memory allocating 1,073,741,824 bytes); falling back to ")
+    assert backend.notes[:2] == [f"TensorRT skipped: AttributeError: {STRONGLY_TYPED}",
+                                 "ONNX Runtime GPU skipped: OutOfMemoryError: Out of memory allocating "
+                                 "1,073,741,824 bytes"]
+
+
+@pytest.mark.parametrize("exc", [STRONGLY_TYPED, OutOfMemoryError("Out of memory allocating 512 bytes")])
+def test_a_backend_asked_for_by_name_fails_in_one_line(fake, monkeypatch, capsys, tmp_path, rng, exc):
+    """--backend trt failing with a non-sg2v exception: one stderr line naming it, exit 1, no traceback."""
+    from sg2v.runtime.backends import trt as trt_backend
+    from sg2v.runtime.cli import main
+
+    root, _ = fake
+    monkeypatch.setattr(trt_backend, "make_trt_backend", _failing(exc))
+    with pytest.raises(Sg2vError, match=rf"^the trt backend failed: {type(exc).__name__}: "):
+        make_backend(Bundle.open(root), "trt")
+    graph = tmp_path / "g.json"
+    graph.write_text(json.dumps(random_graph(rng)))
+    capsys.readouterr()
+    code = main([str(graph), "--bundle", str(root), "--backend", "trt", "--out", str(tmp_path / "v.npy")])
+    err = capsys.readouterr().err
+    assert code == 1 and not (tmp_path / "v.npy").exists()
+    assert err.strip() == (f"sg2v-run: error: the trt backend failed: {type(exc).__name__}: {exc}; choose "
+                           "another --backend (auto falls back to the next one that works)")
+
+
+def test_interrupts_are_not_swallowed_by_the_ladder(fake, monkeypatch):
+    from sg2v.runtime import backends
+    from sg2v.runtime.backends import trt as trt_backend
+
+    root, _ = fake
+    b = Bundle.open(root)
+    monkeypatch.setattr(backends, "trt_unavailable_reason", lambda: None)
+    for exc in (KeyboardInterrupt(), SystemExit(3)):
+        monkeypatch.setattr(trt_backend, "make_trt_backend", _failing(exc))
+        for name in ("auto", "trt"):
+            with pytest.raises(type(exc)):
+                make_backend(b, name)
+
+
+def test_tensorrt_below_10_3_is_refused_and_auto_goes_to_onnx_runtime(fake, monkeypatch):
+    """JetPack 6.0's TensorRT 8.6: one line naming the way out; auto skips to ONNX Runtime with that note."""
+    import importlib.machinery
+
+    from sg2v.runtime.backends import trt as trt_backend
+
+    assert trt_build.tensorrt_version_problem("10.3.0.30") is None
+    assert trt_build.tensorrt_version_problem("11.1.0") is None
+    for old in ("8.6.2", "10.2.0.19", "9.3.0"):
+        assert trt_build.tensorrt_version_problem(old) == (
+            f"TensorRT {old} is older than the 10.3 sg2v needs; use --backend ort with onnxruntime-gpu, or "
+            "upgrade TensorRT (on a Jetson: JetPack 6.1 or newer)")
+    assert "cannot read" in trt_build.tensorrt_version_problem("ten")
+    root, _ = fake
+    jetpack60 = types.ModuleType("tensorrt")
+    jetpack60.__version__ = "8.6.2"
+    jetpack60.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt", jetpack60)
+    reason = trt_unavailable_reason()
+    assert reason == trt_build.tensorrt_version_problem("8.6.2")
+    with pytest.raises(Sg2vError, match=r"^TensorRT 8.6.2 is older than the 10.3 sg2v needs; use --backend"):
+        trt_backend.make_trt_backend(Bundle.open(root))
+    with pytest.raises(Sg2vError, match=r"^TensorRT 8.6.2 is older"):
+        trt_build.build_engine(root / spec.ENCODER_ONNX, root / "x.plan", {})
+    from sg2v.generation import Backend
+    from sg2v.runtime.backends import ort
+
+    asked = []
+    monkeypatch.setattr(ort, "available_gpu_providers", lambda: ["CUDAExecutionProvider"])
+    monkeypatch.setattr(ort, "make_ort_backend", lambda bundle, device=None, threads=None: (
+        asked.append(device) or Backend("ort-cuda", None, None, notes=[])))
+    backend = make_backend(Bundle.open(root), "auto")
+    assert backend.name == "ort-cuda" and asked == [None]
+    assert backend.notes == [f"TensorRT skipped: {reason}"]

@@ -140,7 +140,7 @@ def _ort_has_gpu(ort: Any) -> bool:
 
 
 def trt_unavailable_reason() -> str | None:
-    """None when `tensorrt` and `cupy` import and a CUDA device is visible, else why not (one line)."""
+    """None when TensorRT 10.3+ and `cupy` import and a CUDA device is visible, else why not (one line)."""
     for mod in ("tensorrt", "cupy"):
         try:
             found = importlib.util.find_spec(mod) is not None
@@ -148,16 +148,10 @@ def trt_unavailable_reason() -> str | None:
             found = False
         if not found:
             return f"{mod} is not installed"
-    try:
-        import tensorrt
-
-        from sg2v.export.tensorrt import tensorrt_version_problem
-
-        problem = tensorrt_version_problem(getattr(tensorrt, "__version__", "?"))
-    except Exception as e:  # a broken install: missing libnvinfer, mismatched CUDA libraries
-        return f"tensorrt does not import ({type(e).__name__}: {first_line(e)})"
-    if problem:
-        return problem
+        if mod == "tensorrt":
+            problem = _tensorrt_problem()
+            if problem:
+                return problem
     try:
         import cupy
 
@@ -166,3 +160,15 @@ def trt_unavailable_reason() -> str | None:
     except Exception as e:  # cupy raises its own CUDARuntimeError types when there is no driver
         return f"no usable CUDA device ({type(e).__name__})"
     return None
+
+
+def _tensorrt_problem() -> str | None:
+    """Why the installed `tensorrt` cannot serve (too old, or it does not import), else None."""
+    try:
+        import tensorrt
+
+        from sg2v.export.tensorrt import tensorrt_version_problem
+
+        return tensorrt_version_problem(getattr(tensorrt, "__version__", "?"))
+    except Exception as e:  # a broken install: missing libnvinfer, mismatched CUDA libraries
+        return f"tensorrt does not import ({type(e).__name__}: {first_line(e)})"
