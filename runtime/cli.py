@@ -130,7 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def numbered(path: Path, i: int, n: int) -> Path:
     """`path` itself for a single output, else `stem_i.ext` (a PNG folder gets `name_i`)."""
-    return path if n == 1 else path.with_name(f"{path.stem}_{i}{path.suffix}")
+    if n == 1:
+        return path
+    if not path.name or path.name in (".", ".."):
+        from sg2v.safety import OutputError, shown_path
+
+        raise OutputError(f"{shown_path(path)}: {n} outputs are numbered after the path's name, and this "
+                          "path has none; give a name like out/video.mp4")
+    return path.with_name(f"{path.stem}_{i}{path.suffix}")
 
 
 def _ms(seconds: float) -> str:
@@ -138,18 +145,21 @@ def _ms(seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sg2v.safety import describe_os_error, one_line, safe_stdio
+
+    safe_stdio()
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
     except GraphError as e:
         what = "layout" if isinstance(e, LayoutFileError) else "graph"
-        print(f"sg2v-run: invalid {what}: {e}", file=sys.stderr)
+        print(one_line(f"sg2v-run: invalid {what}: {e}"), file=sys.stderr)
         return 2
     except Sg2vError as e:
-        print(f"sg2v-run: error: {e}", file=sys.stderr)
+        print(one_line(f"sg2v-run: error: {e}"), file=sys.stderr)
         return e.exit_code
     except OSError as e:  # an unwritable output, a full disk: one line, not a traceback
-        print(f"sg2v-run: error: {e}; check the output path's permissions and free space", file=sys.stderr)
+        print(f"sg2v-run: error: {describe_os_error(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("sg2v-run: interrupted", file=sys.stderr)
@@ -198,6 +208,9 @@ def _run(args: Any) -> int:
             raise GraphError(f"{path}: no such file; pass a scene-graph JSON file")
         graphs.extend(load_graphs(Path(path), bundle.vocab, data.max_objects, data.max_relationships,
                                   data.frames))
+        if len(graphs) > MAX_GRAPHS:
+            raise FlagError(f"more than {MAX_GRAPHS} graphs in one call; split them over several sg2v-run "
+                            "calls")
     layouts = None
     if args.layout is not None:
         if len(args.layout) != len(graphs):
@@ -216,14 +229,24 @@ def _run(args: Any) -> int:
         print(f"sg2v-run: this bundle takes one video per call (format {bundle.manifest['format_version']}): "
               f"the {len(graphs)} graphs run one after another; for batched calls re-export it: sg2v-export "
               f"--ckpt {bundle.path} --out NEW_BUNDLE")
-    result = pipe.run(graphs, [args.seed] * len(graphs), steps=args.steps, guidance=args.guidance,
-                      guidance_rescale=args.guidance_rescale, sampler=args.sampler, max_batch=args.batch,
-                      layouts=layouts, layout_tries=args.layout_tries)
-    t = result.timings
     n = len(graphs)
-    for i, frames in enumerate(result.frames):
-        drawn = result.layouts[i] if result.layouts is not None else None
-        _write_outputs(args, out, i, n, frames, graphs[i], drawn)
+    chunk = (args.batch or bundle.max_batch) * CHUNK_CALLS  # videos generated, then written, at a time
+    t: dict[str, Any] = {}
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        result = pipe.run(graphs[start:stop], [args.seed] * (stop - start), steps=args.steps,
+                          guidance=args.guidance, guidance_rescale=args.guidance_rescale,
+                          sampler=args.sampler, max_batch=args.batch,
+                          layouts=None if layouts is None else layouts[start:stop],
+                          layout_tries=args.layout_tries)
+        for key, value in result.timings.items():
+            t[key] = t.get(key, 0) + value if isinstance(value, (int, float)) else value
+        for j, frames in enumerate(result.frames):
+            drawn = result.layouts[j] if result.layouts is not None else None
+            _write_outputs(args, out, start + j, n, frames, graphs[start + j], drawn)
+        del result
+    if n > chunk:  # per-step figures of the whole run, not a sum over its chunks
+        t["denoiser_per_step_s"] = t["denoiser_s"] / max(t["unet_calls"], 1)
     calls = t["unet_calls"] // max(t["chunks"], 1)
     batch = f"{t['videos']} videos in {t['chunks']} call(s): " if t["videos"] > 1 else ""
     layout = f"layout {_ms(t['layout_s'])}, " if "layout_s" in t else ""
@@ -249,6 +272,8 @@ def check_student_flags(bundle: Any, args: Any) -> None:
 
 MAX_STEPS = 100_000  # the most training timesteps a model config may declare (sg2v.config.BOUNDS)
 MAX_LAYOUT_TRIES = 4096
+MAX_GRAPHS = 10_000  # graphs in one call
+CHUNK_CALLS = 4  # batched calls generated before their videos are written (memory stays bounded)
 
 
 def check_numbers(args: Any) -> None:
@@ -281,11 +306,13 @@ def check_numbers(args: Any) -> None:
         raise FlagError(f"--{e}") from None
 
 
-def _inputs(args: Any) -> list[tuple[Path, str]]:
-    """The paths sg2v-run reads, resolved, with what they are: no output may replace or hold them."""
-    named = [(args.bundle, "the bundle"), (args.ckpt, "the --ckpt checkpoint")]
-    named += [(g, "a graph file") for g in args.graphs] + [(f, "a --layout file") for f in args.layout or ()]
-    return [(Path(p).resolve(), what) for p, what in named if p]
+def _inputs(args: Any) -> list[Any]:
+    """The paths sg2v-run reads, with what they are: no output may replace or hold them."""
+    from sg2v.safety import inputs
+
+    return inputs((args.bundle, "the bundle", True), (args.ckpt, "the --ckpt checkpoint"),
+                  *[(g, "a graph file") for g in args.graphs],
+                  *[(f, "a --layout file") for f in args.layout or ()])
 
 
 def _targets(args: Any, n: int) -> list[tuple[str, Path, str]]:
@@ -299,17 +326,22 @@ def _targets(args: Any, n: int) -> list[tuple[str, Path, str]]:
 
 
 def check_outputs(args: Any, n: int) -> None:
-    """Before generating: each output's format is one sg2v writes, its folder exists (made if missing) and
-    takes files, no two outputs share a path, none is, holds or lies inside an input (the bundle, a graph,
-    layout or checkpoint file; --force does not change that), and an existing output is replaced only when
-    it is an earlier sg2v output of its kind (`sg2v.video.is_sg2v_output`; a saved layout) or with --force."""
+    """Before generating: each output's format is one sg2v writes (an image format Pillow can write), and
+    `sg2v.safety.check_outputs` passes: its folder exists (made if missing) and takes files, no two outputs
+    share a path, none is, holds or lies inside an input (the bundle, a graph, layout or checkpoint file;
+    --force does not change that), and an existing output is replaced only when it is an earlier sg2v
+    output of its kind (`sg2v.video.is_sg2v_output`; a saved layout) or with --force."""
     from sg2v.errors import MissingDependencyError, require
+    from sg2v.safety import Output, OutputError, is_marked_json
+    from sg2v.safety import check_outputs as check_paths
     from sg2v.video import VideoError, image_format, is_sg2v_output, output_kind
 
-    inputs = _inputs(args)
-    bundle = Path(args.bundle).resolve()
-    seen: dict[Path, str] = {}
-    for flag, path, kind in _targets(args, n):
+    outputs = []
+    try:
+        targets = _targets(args, n)
+    except OutputError as e:
+        raise FlagError(str(e)) from None
+    for flag, path, kind in targets:
         try:
             fmt = output_kind(path) if kind == "video" else kind
             if kind == "image":
@@ -321,54 +353,9 @@ def check_outputs(args: Any, n: int) -> None:
                 require("imageio_ffmpeg", "video")
             except MissingDependencyError as e:
                 raise FlagError(f"{flag} {path}: {e}") from None
-        where = path.resolve()
-        if where in seen:
-            raise FlagError(f"{flag} {path}: {seen[where]} writes there too; give each output its own path")
-        seen[where] = flag
-        for source, what in inputs:
-            if where == source or where in source.parents:
-                raise FlagError(f"{flag} {path} would replace {what} ({source}); choose another path")
-        if bundle in where.parents:
-            raise FlagError(f"{flag} {path} lies inside the bundle {args.bundle}; write outputs elsewhere")
-        _check_folder(flag, path)
-        exists = path.exists() or path.is_symlink()
-        ours = fmt == "layout" and _is_saved_layout(path) or fmt != "layout" and is_sg2v_output(path, fmt)
-        if exists and not ours and not args.force:
-            what = "a folder" if path.is_dir() else "a file"
-            raise FlagError(f"{flag} {path} exists and is {what} that is not an earlier sg2v output; pass "
-                            "--force to replace it, or choose another path")
-
-
-def _check_folder(flag: str, path: Path) -> None:
-    """Make the output's folder if missing (`--out out/video.mp4` on a fresh checkout) and prove it takes a
-    file, so a read-only or missing folder fails before generation rather than after."""
-    import os
-    import tempfile
-
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".sg2v-run-probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        verb = "create" if not parent.is_dir() else "write to"
-        raise Sg2vError(f"{flag} {path}: cannot {verb} output folder {parent} ({e.strerror or e}); choose "
-                        "another output path") from None
-
-
-def _is_saved_layout(path: Path) -> bool:
-    """Whether `path` is a layout file --save-layout wrote: a JSON object of object indices to boxes."""
-    from sg2v.graph import MAX_LAYOUT_FILE_BYTES
-
-    try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_LAYOUT_FILE_BYTES:
-            return False
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return False
-    return isinstance(data, dict) and all(isinstance(k, str) and k.isdigit() and isinstance(v, list)
-                                          for k, v in data.items())
+        ours = is_marked_json if fmt == "layout" else (lambda p, f=fmt: is_sg2v_output(p, f))
+        outputs.append(Output(flag, path, folder=fmt == "png", ours=ours))
+    check_paths(outputs, _inputs(args), force=args.force)
 
 
 def _write_outputs(args: Any, out: Path, i: int, n: int, frames: Any, graph: Any, drawn: Any) -> None:
@@ -377,6 +364,7 @@ def _write_outputs(args: Any, out: Path, i: int, n: int, frames: Any, graph: Any
     from sg2v.io import atomic_write_text
     from sg2v.layout import layout_json
     from sg2v.layout_sampler import relation_summary
+    from sg2v.safety import JSON_MARK
     from sg2v.video import box_sheet, contact_sheet, write_image, write_video
 
     target = write_video(numbered(out, i, n), frames, fps=args.fps)
@@ -390,7 +378,9 @@ def _write_outputs(args: Any, out: Path, i: int, n: int, frames: Any, graph: Any
         wrote.append(str(write_image(numbered(Path(args.contact_sheet), i, n), image)))
     if args.save_layout:
         path = numbered(Path(args.save_layout), i, n)
-        atomic_write_text(path, json.dumps(layout_json(drawn.tracks)) + "\n")
+        saved = {JSON_MARK: "sg2v-run --save-layout", "objects": list(graph.object_names),
+                 "layout": layout_json(drawn.tracks)}
+        atomic_write_text(path, json.dumps(saved) + "\n")
         wrote.append(str(path))
     f, h, w, _ = frames.shape
     print(f"wrote {wrote[0]} ({f} frames {h}x{w})" + "".join(f" and {p}" for p in wrote[1:]))
@@ -403,7 +393,14 @@ def _write_outputs(args: Any, out: Path, i: int, n: int, frames: Any, graph: Any
 def _backend(bundle: Any, args: Any) -> Any:
     from sg2v.runtime.backends import make_backend
 
-    return make_backend(bundle, args.backend, device=args.device, threads=args.threads, ckpt=args.ckpt)
+    try:
+        return make_backend(bundle, args.backend, device=args.device, threads=args.threads, ckpt=args.ckpt)
+    except ImportError as e:  # a backend whose library is missing (torch for torch and torch-cuda)
+        if isinstance(e, Sg2vError):
+            raise
+        extra = "train" if args.backend in ("torch", "torch-cuda") else "gpu"
+        raise Sg2vError(f"--backend {args.backend} needs {e.name or 'a library'}, which is not installed; "
+                        f"install it (pip install 'sg2v[{extra}]') or choose another --backend") from None
 
 
 if __name__ == "__main__":

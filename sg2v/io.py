@@ -49,6 +49,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"nothing was written to the temporary path for {target}")
+        fsync_tree(tmp)  # every format's bytes on disk before the rename makes them the output
         folder = tmp.is_dir() or (target.is_dir() and not target.is_symlink())
         if folder and (target.exists() or target.is_symlink()):  # a folder replaced, or replacing one
             if exchange_paths(tmp, target):
@@ -60,9 +61,45 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
                 _remove(aside)
         else:
             os.replace(tmp, target)
+        _fsync_dir(parent)
     except BaseException:
         _remove(tmp)
         raise
+
+
+def fsync_tree(path: str | os.PathLike) -> None:
+    """fsync a file, or every file and folder under a folder (symlinks are not followed)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        for root, _dirs, files in os.walk(path):
+            for name in files:
+                p = os.path.join(root, name)
+                if not os.path.islink(p):
+                    _fsync_file(p)
+            _fsync_dir(Path(root))
+    elif not path.is_symlink():
+        _fsync_file(path)
+
+
+def _fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a folder so a rename in it is on disk; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):  # some file systems refuse fsync on a folder
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _NAME_PREFIX = 100  # characters of the target's name kept in temporary names (NAME_MAX is 255)
@@ -187,7 +224,9 @@ def _npy_header(f: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, np.dty
 
 def npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) a .npy file declares, read without loading its data."""
-    with open(path, "rb") as f:
+    from sg2v.safety import open_input
+
+    with open_input(path) as f:
         shape, _, dtype = _npy_header(f, str(path))
     return shape, dtype
 
@@ -215,7 +254,9 @@ def _read_npy(f: IO[bytes], where: str, dtype: Any = None, shape: tuple[int, ...
 def load_npy_checked(path: str | os.PathLike, dtype: Any = None, shape: tuple[int, ...] | None = None,
                      max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
     """`np.load(path, allow_pickle=False)` for untrusted files: header checked before allocating."""
-    with open(path, "rb") as f:
+    from sg2v.safety import open_input
+
+    with open_input(path) as f:
         return _read_npy(f, str(path), dtype, shape, max_bytes)
 
 
@@ -224,7 +265,9 @@ def load_npz_checked(path: str | os.PathLike, max_bytes: int = MAX_ARRAY_BYTES,
     """Every array of an untrusted .npz: member count, each header and the total size bounded first."""
     out: dict[str, np.ndarray] = {}
     total = 0
-    with zipfile.ZipFile(path) as z:
+    from sg2v.safety import open_input
+
+    with open_input(path) as raw, zipfile.ZipFile(raw) as z:
         members = z.infolist()
         if len(members) > max_members:
             raise ValueError(f"{path}: {len(members)} members, more than {max_members}")

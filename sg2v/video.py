@@ -9,8 +9,9 @@ mp4 (H.264 through imageio-ffmpeg, the `video` extra) is lossy by default (4:2:0
 smears small colored shapes: score lossless files); `lossless=True` writes RGB H.264 at qp 0 (libx264rgb),
 exact but playable only by ffmpeg-based players. PNG, npy, WebP (lossless) and GIF (up to 256 colors per
 frame) are exact. What sg2v writes is recognisable as its own (`is_sg2v_output`: the frame-count mark in gif,
-webp and mp4 files, "sg2v" as a PNG's Software text, uint8 frames in an npy, frame_NNNN.png files in a
-folder), so `sg2v-run` replaces earlier outputs and nothing else without --force.
+webp and mp4 files, "sg2v" as a PNG's Software text, `sg2v.safety.NPY_TRAILER` after an npy's frames, the
+`sg2v.safety.MARKER` file in a folder of frame_NNNN.png files), so `sg2v-run` replaces earlier outputs and
+nothing else without --force.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from sg2v.errors import Sg2vError, first_line, require, shown
 from sg2v.io import atomic_path
+from sg2v.safety import MARKER, NPY_TRAILER, has_marker, write_marker
 
 VIDEO_FORMATS = (".mp4", ".gif", ".webp", ".npy", "<folder of PNG frames>")
 MP4_CRF = 12  # H.264 constant rate factor: visually lossless for flat-colored frames, still small
@@ -97,6 +99,7 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float = 8, lossless: 
             if kind == "npy":
                 with open(tmp, "wb") as f:
                     np.save(f, a)
+                    f.write(NPY_TRAILER)  # after the data: np.load ignores it, is_sg2v_output looks for it
             elif kind == "png":
                 _write_png_folder(tmp, a)
             elif kind == "mp4":
@@ -116,6 +119,7 @@ def _write_png_folder(folder: Path, a: np.ndarray) -> None:
     from PIL import Image
 
     folder.mkdir()
+    write_marker(folder, "frames")
     digits = max(4, len(str(len(a) - 1)))
     for i, frame in enumerate(a):
         Image.fromarray(frame).save(folder / f"frame_{i:0{digits}d}.png", format="PNG")
@@ -371,6 +375,9 @@ def image_format(path: str | os.PathLike) -> str:
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None or path.suffix.lower() in (".mp4", ".npy"):
         raise VideoError(f"{path}: unknown image extension {path.suffix!r}; use .png")
+    if fmt not in Image.SAVE:
+        raise VideoError(f"{path}: Pillow reads {path.suffix!r} ({fmt}) images but cannot write them; "
+                         "use .png")
     return fmt
 
 
@@ -384,15 +391,13 @@ def is_sg2v_output(path: str | os.PathLike, kind: str) -> bool:
         if path.is_symlink():
             return False
         if kind == "png":
-            return path.is_dir() and all(_FRAME_FILE.fullmatch(e.name) and e.is_file(follow_symlinks=False)
-                                         for e in os.scandir(path))
+            return has_marker(path) and all(
+                e.name == MARKER or _FRAME_FILE.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+                for e in os.scandir(path))
         if not path.is_file():
             return False
         if kind == "npy":
-            from sg2v.io import npy_header
-
-            shape, dtype = npy_header(path)
-            return dtype == np.uint8 and len(shape) == 4 and shape[-1] == 3
+            return _is_npy_video(path)
         if kind == "image":
             from PIL import Image
 
@@ -401,6 +406,22 @@ def is_sg2v_output(path: str | os.PathLike, kind: str) -> bool:
         return kind in ("gif", "webp", "mp4") and _has_mark(path)
     except (OSError, ValueError, SyntaxError):
         return False
+
+
+def _is_npy_video(path: Path) -> bool:
+    """Whether `path` is a .npy video sg2v wrote: uint8 (F, H, W, 3), its data then `NPY_TRAILER`, nothing
+    more."""
+    from sg2v.io import _npy_header
+    from sg2v.safety import open_input
+
+    with open_input(path) as f:
+        shape, _, dtype = _npy_header(f, str(path))
+        end = f.tell() + math.prod(shape) * dtype.itemsize
+        size = os.fstat(f.fileno()).st_size
+        if not (dtype == np.uint8 and len(shape) == 4 and shape[-1] == 3) or size != end + len(NPY_TRAILER):
+            return False
+        f.seek(end)
+        return f.read(len(NPY_TRAILER)) == NPY_TRAILER
 
 
 def _has_mark(path: Path, limit: int = 64 << 20) -> bool:

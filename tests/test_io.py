@@ -147,7 +147,7 @@ def test_temporary_files_of_killed_writers_are_removed_by_the_next_write(tmp_pat
     _killed_writer(target, test_seed, "write")
     left = _leftovers(tmp_path, target)
     assert not target.exists() and len(left) == 1 and left[0].endswith(".tmp")
-    assert len(list((tmp_path / left[0]).iterdir())) == 2  # two frames were written before the kill
+    assert len(list((tmp_path / left[0]).iterdir())) == 3  # the marker and two frames, before the kill
     write_video(target, _frames(test_seed))
     assert _leftovers(tmp_path, target) == []
     np.testing.assert_array_equal(read_video(target), _frames(test_seed))

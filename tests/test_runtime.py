@@ -411,7 +411,7 @@ def test_cli_never_replaces_a_folder_or_file_it_did_not_write_without_force(fake
     capsys.readouterr()
     assert main([*run, "--out", str(photos), "--force", "--seed", "2"]) == 0  # asked for: replaced
     np.testing.assert_array_equal(read_video(photos), want)
-    assert sorted(p.name for p in photos.iterdir()) == ["frame_0000.png", "frame_0001.png"]
+    assert sorted(p.name for p in photos.iterdir()) == [".sg2v-output", "frame_0000.png", "frame_0001.png"]
 
 
 def test_cli_never_writes_over_or_into_the_bundle_or_an_input(fake, tmp_path, capsys):
@@ -445,12 +445,13 @@ def test_cli_checks_formats_and_folders_before_generating(fake, tmp_path, capsys
     assert main([str(g), "--bundle", str(root), "--out", str(tmp_path / "v.mp4")]) == 2
     assert "pip install 'sg2v[video]'" in _err_line(capsys)
     monkeypatch.undo()
-    import tempfile
+    import os
 
-    def read_only(*args, **kwargs):
-        raise OSError(30, "Read-only file system")
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
 
-    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
+    monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly())
     assert main(run) == 1
     err = _err_line(capsys)
     assert "cannot write to output folder" in err and "Read-only file system" in err
@@ -535,11 +536,11 @@ def test_ort_and_torch_backends_agree(real_bundle, rng):
     f_torch = torch_pipe(graph, seed=seed, steps=3, callback=lambda i, t, x, x0: xt.append(x.copy()))
     assert np.abs(xo[-1] - xt[-1]).max() <= PARITY_ATOL
     assert np.abs(f_ort.astype(int) - f_torch).max() <= 1
-
     # an ancestral sampler: both backends draw the same seeded step noise on the host
     f_ort = ort_pipe(graph, seed=seed, steps=3, sampler="ddpm")
     f_torch = torch_pipe(graph, seed=seed, steps=3, sampler="ddpm")
     assert np.abs(f_ort.astype(int) - f_torch).max() <= 1
+
 
 # Measured here (1 thread, the tiny bundle and the demo bundle): a batch's videos differ from single calls in
 # at most 1 level of 255, on about 0.02% of values with torch CPU, and on ONNX Runtime CPU not at all up to

@@ -188,6 +188,8 @@ def test_cli_save_layout_loads_again_to_the_same_video(grounded_bundle, tmp_path
     want = pipe.run(graphs, [6, 6], steps=2)
     for i in range(2):
         saved = json.loads((tmp_path / "lay" / f"l_{i}.json").read_text())
+        assert saved["sg2v_output"] == "sg2v-run --save-layout" and saved["objects"] == graphs[i]["objects"]
+        saved = saved["layout"]
         assert sorted(saved, key=int) == [str(k) for k in range(len(graphs[i]["objects"]))]
         np.testing.assert_array_equal(np.asarray(list(saved.values()), np.float32), want.layouts[i].tracks)
         np.testing.assert_array_equal(np.load(tmp_path / f"v_{i}.npy"), want.frames[i])
@@ -197,7 +199,7 @@ def test_cli_save_layout_loads_again_to_the_same_video(grounded_bundle, tmp_path
         np.testing.assert_array_equal(np.load(tmp_path / f"w_{i}.npy"), np.load(tmp_path / f"v_{i}.npy"))
     # a whole graph with a "layout" key is a layout file too
     whole = _write(tmp_path / "whole.json", dict(graphs[0], layout=json.loads(
-        (tmp_path / "lay" / "l_0.json").read_text())))
+        (tmp_path / "lay" / "l_0.json").read_text())["layout"]))
     assert main([str(a), "--bundle", str(grounded_bundle), "--steps", "2", "--seed", "6", "--backend", "ort",
                  "--out", str(tmp_path / "x.npy"), "--layout", str(whole)]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), np.load(tmp_path / "v_0.npy"))
