@@ -233,7 +233,7 @@ def register_plugins() -> None:
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
                  profiles: dict[str, tuple[tuple[int, ...], ...]],
                  timing_cache: str | os.PathLike | None = None,
-                 workspace_bytes: int | None = None, plugin_impl: str | None = None) -> Path:
+                 workspace_bytes: int | None = None, plugin_impl: str | None = None, log: Any = None) -> Path:
     """Parse `onnx_path` into a strongly typed network, build a serialized plan, write it atomically.
 
     `profiles` gives each input's (min, opt, max) shape (`profile_shapes`): one optimisation profile for
@@ -284,18 +284,41 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
     if profile is not None:
         config.add_optimization_profile(profile)
     cache_path = Path(timing_cache) if timing_cache is not None else None
-    cache_bytes = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, False)  # ignore_mismatch=False: a cache from another device is not reused
+    cached = cache_path is not None and attach_timing_cache(config, cache_path, log)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise BundleError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path}; see the "
                           "TensorRT log above")
     plan_path = Path(plan_path)
     atomic_write_bytes(plan_path, memoryview(plan).tobytes())
-    if cache_path is not None:
-        atomic_write_bytes(cache_path, memoryview(config.get_timing_cache().serialize()).tobytes())
+    if cached:
+        cache = config.get_timing_cache()
+        if cache is not None:
+            atomic_write_bytes(cache_path, memoryview(cache.serialize()).tobytes())
     return plan_path
+
+
+def attach_timing_cache(config: Any, path: Path, log: Any = None) -> bool:
+    """Give the builder `config` the timing cache in `path` (a fresh one when there is none); True if it
+    holds one to save after the build.
+
+    TensorRT refuses a cache from another device or version: `create_timing_cache` then returns None or
+    `set_timing_cache(cache, False)` (no ignore_mismatch) returns False (documented in NVIDIA/TensorRT's
+    python/docstrings/infer/pyCoreDoc.h, v10.3.0 to v11.1; not run against TensorRT here), and the build
+    starts a fresh cache, saying so in one line, which then replaces the file."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    data = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if cache is not None and config.set_timing_cache(cache, False):
+        return True
+    if data:
+        log(f"sg2v: TensorRT rejected the timing cache {path} (another GPU or TensorRT version, or a corrupt "
+            "file); starting a fresh one")
+        cache = config.create_timing_cache(b"")
+        if cache is not None and config.set_timing_cache(cache, False):
+            return True
+    log("sg2v: TensorRT accepts no timing cache here; building without one")
+    return False
 
 
 def build_engines(bundle: Any, device_id: int = 0, force: bool = False, workspace_bytes: int | None = None,
@@ -346,7 +369,7 @@ def build_engines(bundle: Any, device_id: int = 0, force: bool = False, workspac
         for stage, plan in plans.items():
             log(f"sg2v: building TensorRT engine {plan} (this takes a while once per machine)")
             build_engine(bundle.stage_file(stage), plan, profiles[stage], out_dir / TIMING_CACHE,
-                         workspace_bytes, impl)
+                         workspace_bytes, impl, log)
     name, cc = device_info(device_id)
     info = {"fingerprint": fingerprint, "route": ROUTE_ONNX, "gpu": name,
             "compute_capability": f"{cc[0]}.{cc[1]}", "tensorrt": version, "precision": bundle.precision,

@@ -615,3 +615,56 @@ def test_tensorrt_below_10_3_is_refused_and_auto_goes_to_onnx_runtime(fake, monk
     backend = make_backend(Bundle.open(root), "auto")
     assert backend.name == "ort-cuda" and asked == [None]
     assert backend.notes == [f"TensorRT skipped: {reason}"]
+
+
+# ---------------------------------------------------------------------------------------- the timing cache
+class _TimingCacheConfig:
+    """IBuilderConfig's timing-cache calls as documented (pyCoreDoc.h, v10.3.0 to v11.1): create_timing_cache
+    parses bytes (None when it cannot), set_timing_cache returns False for a cache of another device."""
+
+    def __init__(self, device, parse=True):
+        self.device, self.parse, self.attached = device, parse, None
+
+    def create_timing_cache(self, data):
+        if data and not self.parse:
+            return None
+        return types.SimpleNamespace(device=data.decode() if data else self.device,
+                                     serialize=lambda: self.attached.device.encode())
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        assert ignore_mismatch is False
+        if cache.device != self.device:
+            return False
+        self.attached = cache
+        return True
+
+    def get_timing_cache(self):
+        return self.attached
+
+
+@pytest.mark.parametrize("kind", ["mine", "none", "other_gpu", "corrupt"])
+def test_a_rejected_timing_cache_is_replaced_by_a_fresh_one(tmp_path, kind):
+    path = tmp_path / trt_build.TIMING_CACHE
+    if kind != "none":
+        path.write_bytes(b"gpu-a" if kind == "mine" else b"gpu-b")
+    config = _TimingCacheConfig("gpu-a", parse=kind != "corrupt")
+    said = []
+    assert trt_build.attach_timing_cache(config, path, said.append)
+    assert config.get_timing_cache().device == "gpu-a"
+    if kind in ("other_gpu", "corrupt"):
+        assert said == [f"sg2v: TensorRT rejected the timing cache {path} (another GPU or TensorRT version, "
+                        "or a corrupt file); starting a fresh one"]
+    else:
+        assert said == []
+
+
+def test_a_builder_that_takes_no_cache_builds_without_one(tmp_path):
+    class Refusing(_TimingCacheConfig):
+        def set_timing_cache(self, cache, ignore_mismatch):
+            return False
+
+    path = tmp_path / trt_build.TIMING_CACHE
+    path.write_bytes(b"gpu-b")
+    said = []
+    assert not trt_build.attach_timing_cache(Refusing("gpu-a"), path, said.append)
+    assert said[-1] == "sg2v: TensorRT accepts no timing cache here; building without one" and len(said) == 2
