@@ -52,7 +52,7 @@ class OrtStage:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.intra_op_num_threads = int(threads or 0)  # 0: ONNX Runtime picks (one per physical core)
         opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3  # errors only: the CPU build warns about every unused provider option
+        opts.log_severity_level = 4  # fatal only: errors reach the user as exceptions, in one line
         if not spin:  # a stage idle while another runs: its threads sleep rather than spin against that one
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
@@ -134,9 +134,9 @@ class OrtStage:
         try:
             self.session.run_with_iobinding(self.binding)
         except Exception as e:  # onnxruntime raises its own Fail/RuntimeException/InvalidArgument types
-            raise BundleError(f"ONNX Runtime failed running {self.path.name} ({first_line(e)[:300]}); the "
-                              "bundle's graph and manifest disagree (a modified manifest?): re-export the "
-                              "bundle") from None
+            raise BundleError(f"ONNX Runtime failed running {self.path.name} ({first_line(e)[:300]}); "
+                              "the graph cannot run with the manifest's settings (a modified manifest or "
+                              "graph?): re-export the bundle") from None
         return {name: buf[:rows] for name, buf in self.outputs.items()} if self.dynamic else self.outputs
 
 
