@@ -253,6 +253,59 @@ def test_npz_member_declaring_a_huge_shape(tmp_path):
         load_npz_checked(tmp_path / "many.npz", max_members=10)
 
 
+# ---------------------------------------------------------------------------- plugin encoder weights, names
+@pytest.fixture
+def plugin_bundle(tmp_path) -> Path:
+    """A copy of the shipped ungrounded demo marked plugin pooling (its encoder runs on the .npz weights)."""
+    import shutil
+
+    root = tmp_path / "plugin"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "demo-ungrounded", root)
+    _rewrite(root, lambda m: m.update(pooling="plugin"))
+    write_manifest(root, _manifest(root))
+    return root
+
+
+def _weights(root: Path) -> dict[str, np.ndarray]:
+    with np.load(root / spec.ENCODER_WEIGHTS) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda w: w.update({"obj_embed.weight": w["obj_embed.weight"].ravel()}),
+     r"obj_embed.weight has shape \(\d+,\), expected a non-empty matrix"),
+    (lambda w: w.update({"layers.0.net1.0.bias": np.ones(w["layers.0.net1.0.bias"].size + 1, np.float32)}),
+     r"layers.0.net1.0.bias has shape \(\d+,\), expected"),
+    (lambda w: w.update({"global_head.2.bias": np.ones((2, 3), np.float32)}),
+     r"global_head.2.bias has shape"),
+    (lambda w: w.update({"obj_embed.weight": w["obj_embed.weight"][:-3]}), r"obj_embed.weight has \d+ rows"),
+    (lambda w: w.update({"pred_embed.weight": w["pred_embed.weight"][:1]}), r"pred_embed.weight has 1 rows"),
+    (lambda w: w.update({"layers.99999999.x": np.ones(1, np.float32)}), r"more than 256 layers"),
+    (lambda w: w.pop("local_norm.bias"), r"missing \['local_norm.bias'\]"),
+])
+def test_crafted_plugin_encoder_weights_are_refused_when_the_bundle_opens(plugin_bundle, change, why):
+    weights = _weights(plugin_bundle)
+    Bundle.open(plugin_bundle)  # the unmodified weights open
+    change(weights)
+    np.savez(plugin_bundle / spec.ENCODER_WEIGHTS, **weights)
+    write_manifest(plugin_bundle, _manifest(plugin_bundle))
+    with pytest.raises(BundleError, match=why) as e:
+        Bundle.open(plugin_bundle)
+    _one_line(e.value)
+
+
+@pytest.mark.parametrize("name", ["encoder.onnx\x00.txt", "unet\n.onnx", "a" * 300])
+def test_a_manifest_file_name_with_a_nul_byte_or_control_character(bundle, name):
+    _rewrite(bundle, lambda m: m["files"].update({name: {"sha256": "0" * 64, "bytes": 1}}))
+    with pytest.raises(BundleError, match="control characters .* or is over 255 characters") as e:
+        Bundle.open(bundle)
+    _one_line(e.value)
+    _rewrite(bundle, lambda m: (m["files"].pop(name), m["stages"]["unet"].update(file=name)))
+    with pytest.raises(BundleError, match="stages\\['unet'\\].file path .*control characters") as e:
+        Bundle.open(bundle)
+    _one_line(e.value)
+
+
 # ----------------------------------------------------------------------------------------- ONNX allocations
 def _onnx(tmp_path: Path, nodes, inits=(), inputs=(), name="m.onnx") -> Path:
     out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
