@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-from sg2v.errors import GraphError, Sg2vError
+from sg2v.errors import Cancelled, GraphError, Sg2vError
 from sg2v.runtime.backends import BACKENDS
 from sg2v.sampling import SAMPLERS, sampler_help
 
@@ -121,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fps", type=float, default=8.0, help="frames per second of the written video")
     ap.add_argument("--no-verify", action="store_true",
                     help="skip the bundle's sha256 checks (sizes still checked)")
+    ap.add_argument("--progress", action="store_true",
+                    help="show progress on stderr: a bar on a terminal, else one line per stage and step "
+                         "(encoder, layout round k of at most K, sampler step i of n, decode); Ctrl-C stops "
+                         "at the next one either way, writing nothing for the videos being generated")
     ap.add_argument("--force", action="store_true",
                     help="replace existing output paths even when they are not earlier sg2v outputs (a "
                          "folder of other files, a file sg2v did not write); never the bundle or an input "
@@ -155,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         what = "layout" if isinstance(e, LayoutFileError) else "graph"
         print(one_line(f"sg2v-run: invalid {what}: {e}"), file=sys.stderr)
         return 2
+    except Cancelled as e:
+        print(one_line(f"sg2v-run: interrupted: {e}"), file=sys.stderr)
+        return e.exit_code
     except Sg2vError as e:
         print(one_line(f"sg2v-run: error: {e}"), file=sys.stderr)
         return e.exit_code
@@ -180,6 +188,7 @@ def _run(args: Any) -> int:
     from sg2v.graph import load_graphs, load_layout
     from sg2v.runtime.bundle import Bundle
     from sg2v.runtime.pipeline import Pipeline
+    from sg2v.runtime.progress import ProgressBar, cancel_on_sigint
 
     check_numbers(args)
     if args.server is not None:
@@ -232,13 +241,16 @@ def _run(args: Any) -> int:
     n = len(graphs)
     chunk = (args.batch or bundle.max_batch) * CHUNK_CALLS  # videos generated, then written, at a time
     t: dict[str, Any] = {}
+    bar, cancel = ProgressBar(sys.stderr, "sg2v-run", enabled=args.progress), threading.Event()
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        result = pipe.run(graphs[start:stop], [args.seed] * (stop - start), steps=args.steps,
-                          guidance=args.guidance, guidance_rescale=args.guidance_rescale,
-                          sampler=args.sampler, max_batch=args.batch,
-                          layouts=None if layouts is None else layouts[start:stop],
-                          layout_tries=args.layout_tries)
+        with cancel_on_sigint(cancel), bar:  # Ctrl-C: Cancelled at the next stage or step
+            result = pipe.run(graphs[start:stop], [args.seed] * (stop - start), steps=args.steps,
+                              guidance=args.guidance, guidance_rescale=args.guidance_rescale,
+                              sampler=args.sampler, max_batch=args.batch,
+                              layouts=None if layouts is None else layouts[start:stop],
+                              layout_tries=args.layout_tries, progress=bar.part(start, stop, n),
+                              cancel=cancel)
         for key, value in result.timings.items():
             t[key] = t.get(key, 0) + value if isinstance(value, (int, float)) else value
         for j, frames in enumerate(result.frames):
