@@ -174,15 +174,23 @@ def layout_result(drawn: Mapping[str, Any] | None) -> tuple[Any, Any]:
     `LayoutResult`), what a local run writes its outputs from; (None, None) without a layout."""
     if drawn is None:
         return None, None
+    import dataclasses
+    import typing
     from types import SimpleNamespace
 
     from sg2v.layout_sampler import LayoutResult
-    from sg2v.relations import RelationCheck
 
-    r = drawn["report"]
-    result = LayoutResult(_tracks(drawn["tracks"]), [RelationCheck(**c) for c in r["relations"]],
-                          int(r["draws"]), bool(r["satisfied"]), list(r["pinned"]), list(r["contradictions"]))
-    return SimpleNamespace(object_names=list(drawn["objects"])), result
+    hints = typing.get_type_hints(LayoutResult)
+    report = drawn["report"]
+    values: dict[str, Any] = {"tracks": _tracks(drawn["tracks"])}
+    for f in dataclasses.fields(LayoutResult):
+        if f.name == "tracks" or f.name not in report:
+            continue
+        value, kind = report[f.name], typing.get_args(hints[f.name])
+        if kind and dataclasses.is_dataclass(kind[0]):  # a list of checks, each its to_dict()
+            value = [kind[0](**item) for item in value]
+        values[f.name] = value
+    return SimpleNamespace(object_names=list(drawn["objects"])), LayoutResult(**values)
 
 
 def _tracks(mapping: Mapping[str, Any]) -> np.ndarray:
