@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,13 @@ from sg2v.io import atomic_path, sha256_file
 
 def read_bundle_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
     """The manifest of the sg2v bundle at `path`, or None if `path` holds no readable bundle manifest."""
+    from sg2v.safety import read_input
+
     mpath = Path(path) / spec.MANIFEST
     if not mpath.is_file():
         return None
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        manifest = json.loads(read_input(mpath).decode("utf-8"))
     except (OSError, ValueError, RecursionError):  # ValueError: bad JSON, or a number over 4300 digits
         return None
     if not isinstance(manifest, dict) or manifest.get("format") != spec.FORMAT:
@@ -36,26 +38,23 @@ def read_bundle_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
     return manifest
 
 
-def check_output(out: str | os.PathLike, force: bool = False) -> dict[str, Any] | None:
-    """Refuse an `--out` that cannot take a bundle; return the manifest of a bundle already there, or None."""
+def check_output(out: str | os.PathLike, force: bool = False, reads: Sequence[Any] = ()
+                 ) -> dict[str, Any] | None:
+    """Refuse an `--out` that cannot take a bundle (`sg2v.safety.check_outputs`: never the checkpoint or
+    bundle being read, `reads`, nor the folder holding it; an existing folder only when it is a bundle or
+    with `force`); return the manifest of a bundle already there, or None."""
+    from sg2v.safety import Output, OutputError, WriteError, check_outputs, inputs
+
     out = Path(out)
-    parent = out.parent if str(out.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise BundleError(f"output folder {out}: {parent} is a file, not a folder; choose another --out")
+    named = [(r, "the checkpoint being exported", Path(r).is_dir()) for r in reads]
+    target = Output("--out", out, folder=True, ours=lambda p: read_bundle_manifest(p) is not None)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BundleError(f"cannot create output folder {parent} ({e.strerror or e}); choose another --out") \
-            from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BundleError(f"output folder {parent} is not writable; choose another --out or fix permissions")
-    if not out.exists() and not out.is_symlink():
+        check_outputs([target], inputs(*named), force=force)
+    except (OutputError, WriteError) as e:
+        raise BundleError(str(e)) from None
+    if not out.is_dir() or out.is_symlink():
         return None
-    manifest = read_bundle_manifest(out) if out.is_dir() and not out.is_symlink() else None
-    if manifest is None and not force:
-        what = "folder that is not an sg2v bundle" if out.is_dir() else "file"
-        raise BundleError(f"--out {out} is an existing {what}; pass --force to replace it or choose another")
-    return manifest
+    return read_bundle_manifest(out)
 
 
 @contextlib.contextmanager

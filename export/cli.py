@@ -103,17 +103,51 @@ def summary(result) -> str:
     return "\n".join(lines)
 
 
+class FlagError(Exception):
+    """A flag value sg2v-export cannot use (exit status 2)."""
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """FlagError naming the flag unless --seed, --guidance and --trt-target can be used, before any work."""
+    import math
+    import re
+
+    from sg2v.config import BOUNDS, MAX_SEED
+    from sg2v.errors import shown
+
+    if not 0 <= args.seed <= MAX_SEED:
+        raise FlagError(f"--seed {shown(args.seed)}: must be an integer in [0, {MAX_SEED}]")
+    lo, hi = BOUNDS["DiffusionConfig.default_guidance"]
+    if args.guidance is not None and not (math.isfinite(args.guidance) and lo <= args.guidance <= hi):
+        raise FlagError(f"--guidance {args.guidance}: must be a finite number in [{lo:g}, {hi:g}] "
+                        "(sg2v-run's range); 1 is no guidance")
+    if args.trt_target is not None:
+        from sg2v.export.opcheck import load_table
+
+        base = load_table()["target"]
+        if not re.fullmatch(r"\d{1,3}(\.\d{1,3}){1,2}", args.trt_target):
+            raise FlagError(f"--trt-target {shown(args.trt_target)}: a TensorRT version MAJOR.MINOR, e.g. "
+                            f"{base}")
+        if tuple(map(int, args.trt_target.split("."))) < tuple(map(int, base.split("."))):
+            raise FlagError(f"--trt-target {args.trt_target}: the operator table starts at TensorRT {base}; "
+                            f"choose {base} or later")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["triton"]:  # sg2v-export triton BUNDLE --out REPO: a Triton model repository
         from sg2v.export.triton import main as triton_main
 
         return triton_main(argv[1:])
+    from sg2v.safety import describe_os_error, one_line, safe_stdio
+
+    safe_stdio()
     args = build_parser().parse_args(argv)
     from sg2v.errors import Sg2vError
 
     out = Path(args.out)
     try:
+        check_flags(args)
         from sg2v.export.onnx_export import export_bundle
 
         result = export_bundle(
@@ -124,11 +158,17 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed, log=print, guidance=args.guidance, plugin_impl=args.plugin_impl,
             max_batch=args.max_batch,
         )
+    except FlagError as e:
+        print(one_line(f"sg2v-export: error: {e}"), file=sys.stderr)
+        return 2
     except Sg2vError as e:
-        print(f"sg2v-export: error: {e}", file=sys.stderr)
+        print(one_line(f"sg2v-export: error: {e}"), file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a full disk, a read-only folder, an I/O error while writing: one line
+        print(f"sg2v-export: error: {describe_os_error(e)}; nothing was written to --out", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"sg2v-export: interrupted; nothing was written to {out}", file=sys.stderr)
+        print(one_line(f"sg2v-export: interrupted; nothing was written to {out}"), file=sys.stderr)
         return 130
     print(summary(result))
     return 0

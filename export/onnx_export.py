@@ -646,7 +646,7 @@ def export_bundle(
         raise ExportError(f"--max-batch {max_batch}: choose 1..{spec.MAX_BATCH_LIMIT} videos per call")
     opset = int(opset)
     out = Path(out)
-    old = bundle_writer.check_output(out, force=force)
+    old = bundle_writer.check_output(out, force=force, reads=[ckpt])
     model, cfg, vocab, source = load_for_export(ckpt, ema)
     if weights == "fp16":
         round_weights_fp16(model)

@@ -451,7 +451,7 @@ def test_unwritable_output_folder(tmp_path, ckpt, capsys):
     blocker.write_text("x")
     rc = cli.main(["--ckpt", str(ckpt["path"]), "--out", str(blocker / "bundle")])
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and len(err.splitlines()) == 1 and "choose another --out" in err
+    assert rc == 1 and len(err.splitlines()) == 1 and "cannot create output folder" in err
 
 
 def test_existing_non_bundle_folder_needs_force(tmp_path, ckpt, capsys):
