@@ -16,8 +16,8 @@ Topics (names are parameters; relative names follow the node's namespace and rem
   full queue: {"id", "kind", "error", "dropped"}; the node logs the same one line and keeps serving.
 
 Requests wait in a bounded queue (`queue_depth`) for one worker thread; a request that arrives when it is full
-drops the oldest waiting one (counted in "dropped"). SIGINT or SIGTERM stops the worker, destroys the node and
-shuts rclpy down (exit status 0).
+drops the oldest waiting one (counted in "dropped"). SIGINT or SIGTERM stops the worker (a generation under
+way at its next sampler step), destroys the node and shuts rclpy down (exit status 0).
 """
 
 from __future__ import annotations
@@ -384,7 +384,7 @@ class Sg2vNode:
             try:
                 result = self.pipe.run([request.graph] * n, list(request.seeds), steps=v["steps"] or None,
                                        guidance=v["guidance"] if v["guidance"] >= 0 else None,
-                                       layout_tries=v["layout_tries"] or None)
+                                       layout_tries=v["layout_tries"] or None, cancel=self._stop)
             except Exception as e:  # a failed generation fails its request, not the node
                 if self._stop.is_set():
                     return
@@ -418,7 +418,8 @@ class Sg2vNode:
             report(request, result, request.stamp_ns, self.queue.dropped))))
 
     def close(self) -> None:
-        """Stop the worker (after the generation under way), destroy the node, release the pipeline."""
+        """Stop the worker (a generation under way stops at its next step), destroy the node, release the
+        pipeline."""
         self._stop.set()
         left = self.queue.close() if hasattr(self, "queue") else 0
         if self._worker is not None:
