@@ -15,10 +15,22 @@ missing() {
        "toolkit" >&2
   exit 1
 }
-nvcc_bin=${CUDACXX:-$(command -v nvcc || true)}
-if [ -z "$nvcc_bin" ] || [ ! -x "$nvcc_bin" ]; then
-  missing "nvcc not found (set CUDACXX or put nvcc on PATH)"
+# nvcc: CUDACXX, else PATH, then $CUDA_HOME/bin, then /usr/local/cuda/bin (JetPack leaves it off PATH).
+find_nvcc() {
+  if [ -n "${CUDACXX:-}" ]; then echo "$CUDACXX"; return; fi
+  if command -v nvcc; then return; fi
+  for dir in ${CUDA_HOME:+"$CUDA_HOME/bin"} /usr/local/cuda/bin; do
+    if [ -x "$dir/nvcc" ]; then echo "$dir/nvcc"; return; fi
+  done
+}
+if [ -n "${CUDACXX:-}" ] && [ ! -x "$CUDACXX" ]; then
+  missing "nvcc not found: CUDACXX=$CUDACXX is not an executable"
 fi
+nvcc_bin=$(find_nvcc || true)
+if [ -z "$nvcc_bin" ] || [ ! -x "$nvcc_bin" ]; then
+  missing "nvcc not found in PATH,${CUDA_HOME:+ $CUDA_HOME/bin,} /usr/local/cuda/bin (set CUDACXX or CUDA_HOME)"
+fi
+echo "build_cuda: nvcc $nvcc_bin"
 if ! command -v cmake >/dev/null 2>&1; then
   missing "cmake not found (apt-get install cmake, or pip install cmake)"
 fi

@@ -106,14 +106,65 @@ def _build_cuda_env(tmp_path: Path, **env: str) -> dict[str, str]:
     return {**base, "PATH": str(bin_dir), **env}
 
 
+JETPACK_NVCC = Path("/usr/local/cuda/bin/nvcc")  # where JetPack (and NVIDIA's installers) put nvcc, off PATH
+
+
+def _cuda_home(tmp_path: Path, release: str) -> Path:
+    """A CUDA_HOME whose bin/nvcc answers --version with `release`."""
+    (tmp_path / "cuda" / "bin").mkdir(parents=True)
+    return _fake_nvcc(tmp_path / "cuda" / "bin", release).rename(tmp_path / "cuda" / "bin" / "nvcc")
+
+
+@pytest.mark.parametrize("where", ["path", "cuda_home", "default"])
+def test_build_cuda_looks_for_nvcc_in_path_then_cuda_home_then_usr_local_cuda(tmp_path, where):
+    script = ROOT / ".ci" / "build_cuda.sh"
+    env = _build_cuda_env(tmp_path)
+    if where != "default":
+        env["CUDA_HOME"] = str(_cuda_home(tmp_path, "12.6").parent.parent)
+    if where == "path":
+        on_path = _fake_nvcc(tmp_path / "bin", "13.0").rename(tmp_path / "bin" / "nvcc")
+    want = {"path": str(tmp_path / "bin" / "nvcc"), "cuda_home": str(tmp_path / "cuda" / "bin" / "nvcc"),
+            "default": str(JETPACK_NVCC)}[where]
+    r = subprocess.run([shutil.which("bash"), str(script)], env=env, capture_output=True, text=True,
+                       timeout=60)
+    if where == "default" and not os.access(JETPACK_NVCC, os.X_OK):
+        assert r.returncode != 0 and "nvcc not found in PATH, /usr/local/cuda/bin" in r.stderr
+        return
+    assert f"build_cuda: nvcc {want}\n" in r.stdout  # found; the stand-in PATH has no cmake, which fails next
+    assert r.returncode != 0 and "cmake not found" in r.stderr
+    if where == "path":
+        assert on_path.is_file()
+
+
+@pytest.mark.cuda_build
+@needs_cmake
+@pytest.mark.parametrize("where", ["path", "cuda_home"])
+def test_cmake_looks_for_nvcc_in_path_then_cuda_home(tmp_path, where):
+    """Without CMAKE_CUDA_COMPILER or CUDACXX: PATH first, then $CUDA_HOME/bin (then /usr/local/cuda/bin); the
+    nvcc found sets the default architectures and becomes CMAKE_CUDA_COMPILER."""
+    env = _build_cuda_env(tmp_path, CUDA_HOME=str(_cuda_home(tmp_path, "12.6").parent.parent))
+    if where == "path":
+        _fake_nvcc(tmp_path / "bin", "13.0").rename(tmp_path / "bin" / "nvcc")
+    nvcc, release, archs = {"path": (tmp_path / "bin" / "nvcc", "13.0", "87;90;110"),
+                            "cuda_home": (tmp_path / "cuda" / "bin" / "nvcc", "12.6", "87;90")}[where]
+    r = subprocess.run([shutil.which("cmake"), "-S", str(ROOT), "-B", str(tmp_path / "b")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert f"sg2v: nvcc {nvcc}\n" in r.stdout, r.stdout + r.stderr
+    assert f"sg2v: nvcc {release}: default SG2V_CUDA_ARCHS {archs}" in r.stdout
+    assert f"CMAKE_CUDA_COMPILER:FILEPATH={nvcc}" in (tmp_path / "b" / "CMakeCache.txt").read_text()
+
+
 def test_build_cuda_fails_without_nvcc_unless_allowed(tmp_path):
+    """A CUDACXX naming no executable stands for a machine without nvcc (/usr/local/cuda may exist here)."""
     script = ROOT / ".ci" / "build_cuda.sh"
     bash = shutil.which("bash")
-    r = subprocess.run([bash, str(script)], env=_build_cuda_env(tmp_path), capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode != 0 and "nvcc not found" in r.stdout + r.stderr
+    gone = str(tmp_path / "no-cuda" / "nvcc")
+    r = subprocess.run([bash, str(script)], env=_build_cuda_env(tmp_path, CUDACXX=gone), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0 and f"nvcc not found: CUDACXX={gone} is not an executable" in r.stderr
     assert "SG2V_ALLOW_NO_CUDA_BUILD=1" in r.stdout + r.stderr
-    r = subprocess.run([bash, str(script)], env=_build_cuda_env(tmp_path, SG2V_ALLOW_NO_CUDA_BUILD="1"),
+    r = subprocess.run([bash, str(script)], env=_build_cuda_env(tmp_path, SG2V_ALLOW_NO_CUDA_BUILD="1",
+                                                                CUDACXX=gone),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "skipping the CUDA build" in r.stdout
 
