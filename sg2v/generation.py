@@ -384,9 +384,14 @@ class Generator:
                             "graph")
         frames = self.frame_shape[0]
         pinned = []
+        from sg2v.layout import is_index_key
+
         for i, g in enumerate(graphs):
             given = dict(g.tracks(frames)) if getattr(g, "layout", ()) else {}
             for k, track in (layouts[i] if layouts is not None else {}).items():
+                if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool)) and not is_index_key(k):
+                    raise Sg2vError(f"layout for graph {i}: key {str(k)[:40]!r} is not an object index (an "
+                                    f"int or a string of ASCII digits, 0..{g.num_objects - 1})")
                 track = np.asarray(track, dtype=np.float32)
                 if not 0 <= int(k) < g.num_objects or track.shape != (frames, 4):
                     raise Sg2vError(f"layout for graph {i}: object {k} with a track of shape {track.shape}; "

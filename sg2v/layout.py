@@ -106,6 +106,13 @@ def parse_track(value: Any, where: str, frames: int | None = None) -> Track:
     return Track("frames", tuple(parse_box(b, f"{where}[{i}]") for i, b in enumerate(value)))
 
 
+def is_index_key(key: Any) -> bool:
+    """Whether `key` is an object index written as a string: ASCII digits ("²".isdigit() is True, yet int()
+    refuses it), no leading zero, at most 9 digits."""
+    return isinstance(key, str) and 0 < len(key) <= 9 and key.isascii() and key.isdigit() and \
+        (len(key) == 1 or key[0] != "0")
+
+
 def parse_layout(data: Any, num_objects: int, frames: int | None = None, where: str = "layout"
                  ) -> dict[int, Track]:
     """A layout mapping (object index string -> track) for a graph of `num_objects` objects."""
@@ -115,8 +122,8 @@ def parse_layout(data: Any, num_objects: int, frames: int | None = None, where: 
     out: dict[int, Track] = {}
     for key, value in data.items():
         w = f"{where}[{_show(key)}]"
-        if not isinstance(key, str) or not key.isdigit() or (len(key) > 1 and key[0] == "0") or len(key) > 9:
-            raise GraphError(f"{w}: keys are object indices written as strings (\"0\" .. "
+        if not is_index_key(key):
+            raise GraphError(f"{w}: keys are object indices written as strings of ASCII digits (\"0\" .. "
                              f"\"{num_objects - 1}\"), got {_show(key)}")
         index = int(key)
         if index >= num_objects:

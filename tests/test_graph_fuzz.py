@@ -196,3 +196,58 @@ def test_huge_integers_anywhere_in_a_graph_or_its_layout(g, max_o, max_r):
     _check_outcome(lambda: parse_graph(g, VOCAB, max_objects=max_o, max_relationships=max_r, frames=4))
     _check_outcome(lambda: load_graphs([g], VOCAB, max_o, max_r))
     assert g == before
+
+
+UNICODE_DIGITS = ["²", "٣", "１", "𝟙", "߀", "1²", "0٣"]  # str.isdigit() is True for each; int() refuses some
+
+
+@FUZZ
+@given(valid_graphs(), st.text(alphabet=st.sampled_from("0123²٣１𝟙߀"), min_size=1, max_size=3))
+def test_unicode_digits_as_layout_keys_are_one_line(g, key):
+    """A layout key of digits that are not ASCII ("²".isdigit() is True, int("²") raises ValueError) is a
+    GraphError naming the key, in a graph's layout and in a layout file alike; ASCII keys still parse."""
+    g = dict(g, layout={key: [0.1, 0.1, 0.3, 0.3]})
+    if key.isascii() and (key == "0" or not key.startswith("0")) and int(key) < len(g["objects"]):
+        assert dict(parse_graph(g, VOCAB, frames=4).layout)[int(key)]
+        return
+    _check_outcome(lambda: parse_graph(g, VOCAB, frames=4))
+    try:
+        parse_graph(g, VOCAB, frames=4)
+    except GraphError as e:
+        assert "\n" not in str(e) and ("ASCII digits" in str(e) or "out of range" in str(e))
+    else:
+        raise AssertionError(f"layout key {key!r} accepted")
+
+
+def test_unicode_digit_keys_in_a_layout_file(tmp_path):
+    from sg2v.graph import load_layout
+
+    g = parse_graph({"objects": ["red circle", "blue square"], "relationships": []}, VOCAB)
+    for key in UNICODE_DIGITS:
+        path = tmp_path / "layout.json"
+        path.write_text(json.dumps({key: [0.1, 0.1, 0.3, 0.3]}), encoding="utf-8")
+        try:
+            load_layout(path, g, frames=4)
+        except GraphError as e:
+            assert "\n" not in str(e) and "ASCII digits" in str(e), key
+        else:
+            raise AssertionError(f"layout key {key!r} accepted")
+
+
+def test_unicode_digit_keys_in_pipeline_layouts():
+    """Pipeline.run(layouts=...) keys: ints or ASCII digit strings; "²" is one line before anything runs."""
+    import pytest
+
+    pytest.importorskip("onnxruntime")
+    from pathlib import Path
+
+    from sg2v.errors import Sg2vError
+    from sg2v.runtime import Pipeline
+
+    pipe = Pipeline.from_bundle(Path(__file__).resolve().parents[1] / "models" / "demo", backend="ort")
+    g = {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}
+    track = np.tile(np.array([0.1, 0.1, 0.3, 0.3], np.float32), (pipe.bundle.shapes["frames"], 1))
+    for key in [*UNICODE_DIGITS, True, "-1", 1.5]:
+        with pytest.raises(Sg2vError, match="is not an object index") as e:
+            pipe.run([g], [3], steps=1, layouts=[{key: track}])
+        assert "\n" not in str(e.value), key

@@ -86,7 +86,8 @@ def _classes(path: Path) -> dict[str, str]:
 
 def _frame_number(frame: str) -> tuple:
     stem = frame.rsplit(".", 1)[0]
-    return (int(stem), frame) if stem.isdigit() else (float("inf"), frame)
+    numeric = stem.isascii() and stem.isdigit() and len(stem) <= 18  # "²".isdigit(), yet int() refuses it
+    return (int(stem), frame) if numeric else (float("inf"), frame)
 
 
 def _xyxy_from_xywh(b: Any) -> np.ndarray | None:

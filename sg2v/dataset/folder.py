@@ -37,6 +37,7 @@ from sg2v.dataset.common import (
 from sg2v.dataset.options import FolderOptions, OptionError
 from sg2v.errors import DatasetError, GraphError, VocabError, require
 from sg2v.graph import parse_graph
+from sg2v.layout import is_index_key
 from sg2v.vocab import IMAGE_OBJECT, IN_IMAGE_PRED, Vocab, load_vocab
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -102,7 +103,7 @@ def check_layout(layout: Any, n_objects: int, where: str) -> dict[int, Any]:
     out: dict[int, Any] = {}
     for key, value in layout.items():
         w = f"{where}[{json.dumps(key)}]"
-        if not (isinstance(key, str) and key.isdigit() and str(int(key)) == key and int(key) < n_objects):
+        if not (is_index_key(key) and int(key) < n_objects):
             raise _Invalid(f"{w}: not an object index of the graph (0..{n_objects - 1})", "layout invalid")
         if isinstance(value, dict):
             if set(value) != {"start", "end"}:
