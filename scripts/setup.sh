@@ -31,6 +31,6 @@ step() {  # step "what it does" command...: the command's output goes to the log
 step "upgrading pip" python -m pip install --quiet --upgrade pip
 # The CPU build of torch 2.13.0 is on local disk on the project's machines; other versions download GBs.
 step "installing torch 2.13.0" python -m pip install --quiet "torch==2.13.0"
-step "installing sg2v (editable) with the cpu, train, export, video, dev, ros and serve extras" \
-  python -m pip install --quiet -e ".[cpu,train,export,video,dev,ros,serve]"
+step "installing sg2v (editable) with the cpu, openvino, train, export, video, dev, ros and serve extras" \
+  python -m pip install --quiet -e ".[cpu,openvino,train,export,video,dev,ros,serve]"
 echo "sg2v set up in .venv ($(python -c 'import sg2v; print(sg2v.__version__)')); pip's output: $log"

@@ -1,4 +1,4 @@
-"""Temporal UNet in pixel space, export-friendly by construction (DESIGN.md "Model defaults").
+"""Temporal UNet in pixel space, export-friendly by construction (docs/DESIGN.md "Model defaults").
 
 Frames are folded into the batch (B*F, C, H, W), so every spatial op is a plain Conv2d / GroupNorm / MatMul;
 frames meet only in the temporal layers, which reshape so that frames are the sequence axis (attention) or the
@@ -23,6 +23,12 @@ from sg2v.models.layers import TokenNorm
 
 MASK_BIAS = -1.0e4  # added to the logits of padded context tokens: exp underflows to 0, fp16 stays finite
 GUIDANCE_SCALE = 100.0  # a student's guidance weight w enters the sinusoidal embedding as 100 w (like t)
+
+
+def dims(x: torch.Tensor) -> tuple[int, ...]:
+    """x's shape as Python ints: constants in a traced graph, whose one dynamic axis (the batch, dim 0 of the
+    stage's inputs) every reshape here writes as -1, so the exported graph carries no shape arithmetic."""
+    return tuple(int(s) for s in x.shape)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
@@ -53,16 +59,16 @@ class Attention(nn.Module):
             nn.init.zeros_(self.to_out.bias)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
-        n, s, c = x.shape
-        return x.reshape(n, s, self.heads, c // self.heads).transpose(1, 2)  # (N, heads, S, d)
+        _, s, c = dims(x)
+        return x.reshape(-1, s, self.heads, c // self.heads).transpose(1, 2)  # (N, heads, S, d)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
-        n, s, c = x.shape
+        _, s, c = dims(x)
         kv = x if context is None else context
         q, k, v = self._split(self.to_q(x)), self._split(self.to_k(kv)), self._split(self.to_v(kv))
         out = attention(q, k, v, bias, self.scale)  # (N, heads, S, d)
-        return self.to_out(out.transpose(1, 2).reshape(n, s, c))  # (N, S, C)
+        return self.to_out(out.transpose(1, 2).reshape(-1, s, c))  # (N, S, C)
 
 
 class ResBlock(nn.Module):
@@ -100,15 +106,15 @@ class SpatialTransformer(nn.Module):
         self.proj_out = nn.Conv2d(ch, ch, 1)
 
     def forward(self, x, emb, context, bias):  # x (BF, C, H, W), context (B, L, D), bias (B, 1, 1, L)
-        bf, c, h, w = x.shape
-        b = context.shape[0]
-        t = self.proj_in(self.norm(x)).reshape(bf, c, h * w).transpose(1, 2)  # (BF, HW, C)
+        bf, c, h, w = dims(x)
+        f = bf // int(context.shape[0])  # frames per clip (a ratio of batch sizes: one value per model)
+        t = self.proj_in(self.norm(x)).reshape(-1, c, h * w).transpose(1, 2)  # (BF, HW, C)
         t = t + self.attn1(self.ln1(t))
         # Cross-attention is per query token, so all frames of a clip share one pass over the context.
-        t = t.reshape(b, (bf // b) * h * w, c)  # (B, F*HW, C)
+        t = t.reshape(-1, f * h * w, c)  # (B, F*HW, C)
         t = t + self.attn2(self.ln2(t), context, bias)
         t = t + self.ff(self.ln3(t))
-        t = t.reshape(bf, h * w, c).transpose(1, 2).reshape(bf, c, h, w)
+        t = t.reshape(-1, h * w, c).transpose(1, 2).reshape(-1, c, h, w)
         return x + self.proj_out(t)
 
 
@@ -123,12 +129,11 @@ class TemporalAttention(nn.Module):
         self.attn = Attention(ch, heads, zero_out=True)
 
     def forward(self, x, frames: int | None = None):  # x (BF, C, H, W)
-        bf, c, h, w = x.shape
+        _, c, h, w = dims(x)
         f = frames or self.frames  # 1 for a batch of images (joint image-video training)
-        b = bf // f
-        t = x.reshape(b, f, c, h * w).permute(0, 3, 1, 2).reshape(b * h * w, f, c)  # (B*HW, F, C)
+        t = x.reshape(-1, f, c, h * w).permute(0, 3, 1, 2).reshape(-1, f, c)  # (B*HW, F, C)
         t = t + self.attn(self.norm(t) + self.pos[:, :f])
-        return t.reshape(b, h * w, f, c).permute(0, 2, 3, 1).reshape(bf, c, h, w)
+        return t.reshape(-1, h * w, f, c).permute(0, 2, 3, 1).reshape(-1, c, h, w)
 
 
 class TemporalConv(nn.Module):
@@ -148,12 +153,11 @@ class TemporalConv(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x, frames: int | None = None):  # x (BF, C, H, W)
-        bf, c, h, w = x.shape
+        _, c, h, w = dims(x)
         f = frames or self.frames  # one frame: only the kernel's centre tap meets data (zero padding)
-        b = bf // f
-        y = F.silu(self.norm(x)).reshape(b, f, c, h * w).transpose(1, 2)  # (B, C, F, HW)
+        y = F.silu(self.norm(x)).reshape(-1, f, c, h * w).transpose(1, 2)  # (B, C, F, HW)
         y = self.conv2(F.silu(self.conv1(y)))  # (B, C, F, HW)
-        return x + y.transpose(1, 2).reshape(bf, c, h, w)
+        return x + y.transpose(1, 2).reshape(-1, c, h, w)
 
 
 class Downsample(nn.Module):
@@ -173,8 +177,8 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x, emb=None, context=None, bias=None):
-        n, c, h, w = x.shape
-        x = x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+        _, c, h, w = dims(x)
+        x = x[:, :, :, None, :, None].expand(-1, c, h, 2, w, 2).reshape(-1, c, 2 * h, 2 * w)
         return self.conv(x)
 
 
@@ -223,8 +227,8 @@ class ObjectMaps(nn.Module):
 
     def forward(self, objects: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """objects (B, O, D), boxes (B, O, F, 4) -> maps (B*F, E + 3, H, W)."""
-        b, o, f, _ = boxes.shape
-        h, w = self.v.shape[0], self.u.shape[0]
+        _, o, f, _ = dims(boxes)
+        h, w = int(self.v.shape[0]), int(self.u.shape[0])
         boxes = boxes.to(self.u.dtype)
         x0, y0, x1, y1 = (boxes[..., i:i + 1] for i in range(4))  # (B, O, F, 1) each
         in_x = ((self.u >= x0) & (self.u < x1)).to(boxes.dtype)  # (B, O, F, W)
@@ -233,13 +237,13 @@ class ObjectMaps(nn.Module):
         rel_x = (self.u - x0) / (x1 - x0).clamp_min(1e-3) * 2.0 - 1.0  # (B, O, F, W)
         rel_y = (self.v - y0) / (y1 - y0).clamp_min(1e-3) * 2.0 - 1.0  # (B, O, F, H)
         emb = self.proj(objects).to(boxes.dtype)  # (B, O, E)
-        paint = torch.matmul(inside.reshape(b, o, f * h * w).transpose(1, 2), emb)  # (B, F*H*W, E)
-        paint = paint.reshape(b, f, h, w, -1).permute(0, 1, 4, 2, 3)  # (B, F, E, H, W)
+        paint = torch.matmul(inside.reshape(-1, o, f * h * w).transpose(1, 2), emb)  # (B, F*H*W, E)
+        paint = paint.reshape(-1, f, h, w, int(emb.shape[-1])).permute(0, 1, 4, 2, 3)  # (B, F, E, H, W)
         coord_x = (inside * rel_x[..., None, :]).sum(1)  # (B, F, H, W)
         coord_y = (inside * rel_y[..., :, None]).sum(1)
         cover = inside.sum(1)
         extra = torch.stack([coord_x, coord_y, cover], dim=2)  # (B, F, 3, H, W)
-        return torch.cat([paint, extra], dim=2).reshape(b * f, self.channels, h, w)
+        return torch.cat([paint, extra], dim=2).reshape(-1, self.channels, h, w)
 
 
 class PixelHead(nn.Module):
@@ -388,14 +392,13 @@ class TemporalUNet(nn.Module):
                 raise ValueError(f"UNet input has shape {tuple(x.shape)}; this model takes "
                                  f"(B, {f}, {c}, {hh}, {ww}), or (B, 1, {c}, {hh}, {ww}) for images")
             f = int(x.shape[1])
-        b = x.shape[0]
-        h = x.reshape(b * f, c, hh, ww)  # (BF, C, H, W)
+        h = x.reshape(-1, c, hh, ww)  # (BF, C, H, W)
         emb = self.time_embed(t) + self.graph_embed(context[:, 0])  # (B, E)
         if self.guidance_embed is not None:
             if guidance is None:
                 raise ValueError("this UNet is a guidance-distilled student: pass the guidance weight (B,)")
             emb = emb + self.guidance_embed(guidance.float() * GUIDANCE_SCALE)
-        emb = emb[:, None, :].expand(b, f, self.emb_dim).reshape(b * f, self.emb_dim)  # (BF, E)
+        emb = emb[:, None, :].expand(-1, f, self.emb_dim).reshape(-1, self.emb_dim)  # (BF, E)
         bias = ((1.0 - context_mask.to(context.dtype)) * MASK_BIAS)[:, None, None, :]  # (B, 1, 1, L)
         maps = None
         if self.layout:
@@ -416,11 +419,11 @@ class TemporalUNet(nn.Module):
         h = pixel_shuffle(self.conv_out(F.silu(self.norm_out(h))), self.patch)  # (BF, C, H, W)
         if maps is not None:
             h = self.pixel_head(h, maps)
-        out = h.reshape(b, f, c, hh, ww)
+        out = h.reshape(-1, f, c, hh, ww)
         if self.x0_param:  # out is x0: v = (sqrt(a_t) x_t - x0) / sqrt(1 - a_t)
             ti = t.long()  # the integer timestep (truncation, as the ONNX Cast)
-            sa = self.sqrt_ac[ti].to(x.dtype).reshape(b, 1, 1, 1, 1)
-            inv = self.inv_sqrt_1m_ac[ti].to(x.dtype).reshape(b, 1, 1, 1, 1)
+            sa = self.sqrt_ac[ti].to(x.dtype).reshape(-1, 1, 1, 1, 1)
+            inv = self.inv_sqrt_1m_ac[ti].to(x.dtype).reshape(-1, 1, 1, 1, 1)
             out = (sa * x - out) * inv
         return out
 
@@ -429,19 +432,19 @@ def pixel_unshuffle(x: torch.Tensor, p: int) -> torch.Tensor:
     """(N, C, H, W) -> (N, C*p*p, H/p, W/p), channel index c*p*p + dy*p + dx, as Reshape + Transpose."""
     if p == 1:
         return x
-    n, c, h, w = x.shape
-    x = x.reshape(n, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4)  # (N, C, p, p, H/p, W/p)
-    return x.reshape(n, c * p * p, h // p, w // p)
+    _, c, h, w = dims(x)
+    x = x.reshape(-1, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4)  # (N, C, p, p, H/p, W/p)
+    return x.reshape(-1, c * p * p, h // p, w // p)
 
 
 def pixel_shuffle(x: torch.Tensor, p: int) -> torch.Tensor:
     """Inverse of `pixel_unshuffle`: (N, C*p*p, h, w) -> (N, C, h*p, w*p)."""
     if p == 1:
         return x
-    n, cpp, h, w = x.shape
+    _, cpp, h, w = dims(x)
     c = cpp // (p * p)
-    x = x.reshape(n, c, p, p, h, w).permute(0, 1, 4, 2, 5, 3)  # (N, C, h, p, w, p)
-    return x.reshape(n, c, h * p, w * p)
+    x = x.reshape(-1, c, p, p, h, w).permute(0, 1, 4, 2, 5, 3)  # (N, C, h, p, w, p)
+    return x.reshape(-1, c, h * p, w * p)
 
 
 def check_config(u: UNetConfig, d: DataConfig) -> None:
