@@ -87,8 +87,9 @@ class BlsStage:
         for name, ndim in self.inputs:
             a = np.ascontiguousarray(feeds[name])
             tensors.append(pb.Tensor(name, a.reshape(-1, 1) if ndim == 1 else a))  # (rows,): Triton's [1]
+        host = pb.PreferredMemory(pb.TRITONSERVER_MEMORY_CPU, 0)  # outputs in host memory (GPU stage models)
         response = pb.InferenceRequest(model_name=self.model, requested_output_names=self.outputs,
-                                       inputs=tensors).exec()
+                                       inputs=tensors, preferred_memory=host).exec()
         if response.has_error():
             raise Sg2vError(f"stage model {self.model}: {response.error().message()}")
         return {name: pb.get_output_tensor_by_name(response, name).as_numpy() for name in self.outputs}
