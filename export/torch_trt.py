@@ -154,14 +154,40 @@ def binding_options(converter: Any, outputs: tuple[str, ...]) -> tuple[dict[str,
     return {}, {f"output{i}": name for i, name in enumerate(outputs)}
 
 
-def precision_options(converter: Any, precision: str) -> dict[str, Any]:
-    """Keep the graph's own dtypes (the fp32 islands of fp16 bundles): explicit typing where offered."""
+def converter_options(converter: Any, precision: str, device_id: int, version: str
+                      ) -> tuple[dict[str, Any], str | None]:
+    """(keyword arguments for `converter`, one line on what Torch-TensorRT `version` leaves out, or None).
+
+    Built from the converter's own signature, whose **kwargs swallows unknown names silently, so only named
+    parameters are passed: `device` (without it a build lands on GPU 0 whatever --device says); the graph's
+    own dtypes kept (the fp32 islands of fp16 bundles) by `use_explicit_typing=True` where it exists (2.6 to
+    2.12; `enabled_precisions` then stays at its {float32} default, as the converter requires), else by
+    nothing at all from 2.13, which removed both options (strong typing always), while 2.5 has only
+    `enabled_precisions`. Read from pytorch/TensorRT's py/torch_tensorrt/dynamo/_compiler.py at v2.5.0 to
+    v2.13.0; not run against Torch-TensorRT here.
+    """
     import torch
 
     params = inspect.signature(converter).parameters
+    options: dict[str, Any] = {}
+    missing = []
+    if "device" in params:
+        options["device"] = torch.device("cuda", device_id)
+    else:
+        missing.append(f"no device option (building on the current device, cuda:{device_id})")
     if "use_explicit_typing" in params:
-        return {"use_explicit_typing": True}
-    return {"enabled_precisions": {torch.float32, torch.float16} if precision == "fp16" else {torch.float32}}
+        options["use_explicit_typing"] = True
+    elif "enabled_precisions" in params:
+        fp16 = {torch.float16} if precision == "fp16" else set()
+        options["enabled_precisions"] = {torch.float32} | fp16
+        if precision == "fp16":
+            missing.append("no use_explicit_typing, so enabled_precisions {float32, float16} lets TensorRT "
+                           "pick float16 kernels for the graph's float32 parts too")
+    else:
+        missing.append("neither use_explicit_typing nor enabled_precisions (strongly typed only): the "
+                       "graph's own dtypes decide, as sg2v wants")
+    note = f"sg2v: Torch-TensorRT {version} has {'; '.join(missing)}" if missing else None
+    return options, note
 
 
 def engine_info(bundle: Any, fingerprint: str, gpu: str, cc: tuple[int, int], versions: dict[str, str],
@@ -225,16 +251,20 @@ def build_torch_trt_engines(ckpt: str | Path, bundle: Any, device_id: int = 0, f
         raise BundleError(f"{out_dir} already holds engines (route {route}); pass --force to replace them")
     out_dir.mkdir(parents=True, exist_ok=True)
     converter = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine
-    programs = exported_programs(model.to(device), bundle, device)
-    inputs = example_inputs(bundle, device)
+    options, note = converter_options(converter, bundle.precision, device_id, torch_tensorrt.__version__)
+    if note:
+        log(note)
     plans, bindings = {}, {}
-    for stage, program in programs.items():
-        names, bindings[stage] = binding_options(converter, spec.stage_names(bundle.shapes)[stage][1])
-        log(f"sg2v: Torch-TensorRT {torch_tensorrt.__version__}: converting {stage} (this takes a while)")
-        engine = converter(program, arg_inputs=converter_inputs(bundle, stage, inputs[stage]), **names,
-                           **precision_options(converter, bundle.precision))
-        plans[stage] = out_dir / f"{stage}{PLAN_SUFFIX}"
-        atomic_write_bytes(plans[stage], bytes(engine))
+    with torch.cuda.device(device_id):  # TensorRT builds for the current device; the option names it too
+        programs = exported_programs(model.to(device), bundle, device)
+        inputs = example_inputs(bundle, device)
+        for stage, program in programs.items():
+            names, bindings[stage] = binding_options(converter, spec.stage_names(bundle.shapes)[stage][1])
+            log(f"sg2v: Torch-TensorRT {torch_tensorrt.__version__}: converting {stage} (this takes a while)")
+            engine = converter(program, arg_inputs=converter_inputs(bundle, stage, inputs[stage]), **names,
+                               **options)
+            plans[stage] = out_dir / f"{stage}{PLAN_SUFFIX}"
+            atomic_write_bytes(plans[stage], bytes(engine))
     versions = {"tensorrt": tensorrt.__version__, "torch_tensorrt": torch_tensorrt.__version__,
                 "torch": torch.__version__}
     info = engine_info(bundle, fingerprint, gpu, cc, versions, plans, bindings)

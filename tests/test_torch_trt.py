@@ -131,9 +131,52 @@ def test_options_follow_the_converter_signature():
     assert torch_trt.binding_options(old, ("v",)) == ({}, {"output0": "v"})
     assert torch_trt.binding_options(old, names)[1] == {"output0": "context", "output1": "context_mask",
                                                         "output2": "objects"}
-    assert torch_trt.precision_options(new, "fp16") == {"use_explicit_typing": True}
-    assert torch_trt.precision_options(old, "fp16") == {"enabled_precisions": {torch.float32, torch.float16}}
-    assert torch_trt.precision_options(old, "fp32") == {"enabled_precisions": {torch.float32}}
+
+
+# convert_exported_program_to_serialized_trt_engine's parameters that sg2v's options depend on, per release
+# of pytorch/TensorRT (py/torch_tensorrt/dynamo/_compiler.py at each tag); every one ends in **kwargs, which
+# takes an unknown name silently. _no_device is no release: a converter without the option.
+def _v2_5(exported_program, inputs=None, *, arg_inputs=None, enabled_precisions=None, device=None, **kwargs):
+    pass
+
+
+def _v2_6_to_2_12(exported_program, inputs=None, *, arg_inputs=None, device=None, enabled_precisions=None,
+                  use_explicit_typing=False, **kwargs):
+    pass
+
+
+def _v2_13(exported_program, inputs=None, *, arg_inputs=None, device=None, **kwargs):
+    pass
+
+
+def _no_device(exported_program, *, arg_inputs=None, enabled_precisions=None, **kwargs):
+    pass
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_converter_options_follow_the_installed_torch_tensorrt(precision):
+    """The device always (a build on --device 1 must not land on GPU 0); explicit typing where the version
+    has it; nothing for precision from 2.13 (which would drop enabled_precisions into **kwargs unused); each
+    gap said in one line."""
+    cuda1 = torch.device("cuda", 1)
+    got, note = torch_trt.converter_options(_v2_6_to_2_12, precision, 1, "2.10.0")
+    assert got == {"device": cuda1, "use_explicit_typing": True} and note is None
+    got, note = torch_trt.converter_options(_v2_13, precision, 1, "2.13.0")
+    assert got == {"device": cuda1}
+    assert note == ("sg2v: Torch-TensorRT 2.13.0 has neither use_explicit_typing nor enabled_precisions "
+                    "(strongly typed only): the graph's own dtypes decide, as sg2v wants")
+    got, note = torch_trt.converter_options(_v2_5, precision, 0, "2.5.0")
+    want = {torch.float32, torch.float16} if precision == "fp16" else {torch.float32}
+    assert got == {"device": torch.device("cuda", 0), "enabled_precisions": want}
+    if precision == "fp16":
+        assert note.startswith("sg2v: Torch-TensorRT 2.5.0 has no use_explicit_typing, so enabled_precisions "
+                               "{float32, float16} lets TensorRT pick float16 kernels")
+    else:
+        assert note is None
+    got, note = torch_trt.converter_options(_no_device, "fp32", 2, "x.y")
+    assert got == {"enabled_precisions": {torch.float32}} and "\n" not in note
+    assert note == ("sg2v: Torch-TensorRT x.y has no device option (building on the current device, "
+                    "cuda:2)")
 
 
 def test_layout_engine_inputs_span_the_layout_batch(exported, monkeypatch):
