@@ -13,7 +13,16 @@ and with the relation check, how often the check redrew, diversity across seeds)
 tracks at `--true-steps` (the UNet's ceiling), and end to end at each of `--steps`. A guidance-distilled
 student is sampled as its manifest allows (DDIM, its distilled step counts, guidance in its range);
 `--compare` measures a second bundle (its teacher) on the same graphs and seeds and tables the end-to-end rows
-side by side. Prints each row as it finishes, then the markdown tables.
+side by side. `--geometry-rows` replaces the end-to-end rows of a grounded bundle with rows that also count
+the layouts' overlap frames (one box covering at least a quarter of another), how often the later object (on
+top by the world's rule) is drawn whole in them, and a row per step count with object 0's true track pinned
+(its pixels inside its box, the drawn objects clear of it), for each `--layout-variant`: the bundle's own
+layout check, or `unchecked` (8 candidates a round and no geometric constraints: the check before the data's
+geometry). Prints each row as it finishes, then the markdown tables.
+
+    python bench/quality.py --bundle models/demo --steps 1 2 4 --compare models/demo-teacher \
+        --compare-steps 8 --n 100 --seed 4242 --geometry-rows --layout-variant unchecked bundle \
+        --no-layout-stage --true-steps
 """
 
 from __future__ import annotations
@@ -59,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                         "graphs and seeds; its end-to-end rows are tabled beside the first's")
     p.add_argument("--compare-steps", type=int, nargs="+", default=None,
                    help="step counts of the --compare bundle (None: as for --steps)")
+    p.add_argument("--geometry-rows", action="store_true",
+                   help="grounded bundles: end-to-end rows with overlap frames, occlusion and a pinned-track "
+                        "row instead of the plain end-to-end rows, for each --layout-variant")
+    p.add_argument("--layout-variant", nargs="+", default=["bundle"], choices=list(LAYOUT_VARIANTS),
+                   help="layout checks the --geometry-rows measure: the bundle's own, or unchecked (8 a "
+                        "round, no geometric constraints)")
     args = p.parse_args(argv)
     steps = [*(args.steps or []), *(args.compare_steps or []), *(args.true_steps or [])]
     if args.n < 1 or any(s < 1 for s in steps) or (args.batch is not None and args.batch < 1):
@@ -77,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     table = first["table"]
     if second is not None:
+        side = [] if args.geometry_rows else ["", "End to end, side by side:", "",
+                                              compare_markdown([first, second])]
         table = "\n".join([f"{first['title']}:", "", table, "", f"{second['title']}:", "", second["table"],
-                           "", "End to end, side by side:", "", compare_markdown([first, second])])
+                           *side])
     print(table)
     if args.json:
         keys = ("bundle", "bundle_files", "rows", "true_layout_rows", "layout_stage")
@@ -133,11 +150,19 @@ def measure_bundle(args: argparse.Namespace, path: str, steps: list[int] | None)
         true_rows, _ = evaluate_pipeline(pipe, n=args.n, steps=true_steps, seed=args.seed,
                                          guidance=args.guidance, log=print, max_batch=args.batch,
                                          true_layouts=True)
-    print("end to end:" if grounded else "")
-    print(format_table([]))
-    rows, videos = evaluate_pipeline(pipe, n=args.n, steps=steps, seed=args.seed, guidance=args.guidance,
-                                     log=print, max_batch=args.batch)
-    table = format_markdown(rows)
+    if grounded and getattr(args, "geometry_rows", False):
+        rows, videos = [], {}
+        for variant in args.layout_variant:
+            got, vids = geometry_rows(pipe, args.n, steps, args.seed, args.guidance, args.batch, variant)
+            rows += got
+            videos.update(vids)
+        table = format_geometry_markdown(rows)
+    else:
+        print("end to end:" if grounded else "")
+        print(format_table([]))
+        rows, videos = evaluate_pipeline(pipe, n=args.n, steps=steps, seed=args.seed, guidance=args.guidance,
+                                         log=print, max_batch=args.batch)
+        table = format_markdown(rows)
     if grounded:
         parts = []
         if layout_row is not None:
@@ -150,6 +175,122 @@ def measure_bundle(args: argparse.Namespace, path: str, steps: list[int] | None)
     return {"bundle": os.fspath(path), "bundle_files": pipe.bundle.manifest["files"], "rows": rows,
             "true_layout_rows": true_rows, "layout_stage": layout_row, "table": table, "videos": videos,
             "title": title, "student": student is not None, "name": pipe.bundle.config.name}
+
+
+LAYOUT_VARIANTS = {"bundle": {}, "unchecked": {"per_round": 8, "geometry": None}}
+COVER = 0.25  # an overlap frame: one box covers at least this fraction of another
+WHOLE = 0.9  # the later object is drawn whole where this fraction of its shape shows its color
+
+
+def geometry_rows(pipe, n: int, steps: list[int], seed: int, guidance: float | None, max_batch: int | None,
+                  variant: str) -> tuple[list[dict], dict[int, object]]:
+    """End-to-end rows of a grounded bundle with its layout check set to `variant`: the oracle's metrics,
+    overlap frames and occlusion, seconds per video; then the same graphs (those with two or more objects)
+    with object 0's true track pinned: its pixels inside its box, drawn objects clear of it."""
+    import time
+
+    import numpy as np
+
+    from sg2v.quality import heldout_graphs, heldout_tracks, score_videos
+
+    cfg = pipe.bundle.config
+    graphs = heldout_graphs(cfg, n, seed)
+    seeds = [seed + i for i in range(n)]
+    truth = heldout_tracks(cfg, n, seed)
+    base = dict(pipe.generator.layout)
+    pipe.generator.layout = {**base, **LAYOUT_VARIANTS[variant]}
+    rows, videos = [], {}
+    try:
+        for pinned in (False, True):
+            idx = [i for i in range(n) if not pinned or len(graphs[i]["objects"]) > 1]
+            gs, ss = [graphs[i] for i in idx], [seeds[i] for i in idx]
+            lay = [{0: truth[i][0]} for i in idx] if pinned else None
+            for s in steps:
+                t0 = time.perf_counter()
+                gen = pipe.run(gs, ss, steps=int(s), guidance=guidance, max_batch=max_batch, layouts=lay)
+                secs = (time.perf_counter() - t0) / len(gs)
+                row = score_videos(gen.frames, gs)
+                row.update(layout_geometry_metrics(gen.frames, gs, [r.tracks for r in gen.layouts],
+                                                   [0] if pinned else []))
+                row.update(n=len(gs), steps=int(s), seed=int(seed), variant=variant, pinned=pinned,
+                           seconds_per_video=secs, backend=pipe.backend_name)
+                rows.append(row)
+                if not pinned:
+                    videos[int(s)] = np.asarray(gen.frames)
+                print(format_geometry_markdown([row]).splitlines()[-1], flush=True)
+    finally:
+        pipe.generator.layout = base
+    return rows, videos
+
+
+def layout_geometry_metrics(videos, graphs, tracks, pinned: list[int]) -> dict:
+    """Overlap frames of the layouts (one box covering >= COVER of another), the share of those pairs in
+    which the later object shows its color over >= WHOLE of its shape (occlusion drawn by the world's rule),
+    and with `pinned` objects: the share of their frames with >= 90% of their pixels inside their box, and
+    the frames in which a drawn object overlaps a pinned one at all."""
+    import numpy as np
+
+    from sg2v.geometry import pair_overlaps
+    from sg2v.shapes.oracle import color_labels
+    from sg2v.shapes.world import COLOR_NAMES, shape_template, split_name
+
+    over_frames = whole = pairs = 0
+    inside = seen = clear_breaks = 0
+    for video, graph, t in zip(videos, graphs, tracks):
+        f, h, w, _ = video.shape
+        lab = color_labels(np.asarray(video))  # (F, H, W)
+        names = [split_name(nm) for nm in graph["objects"]]
+        ov = pair_overlaps(t)  # (n, n, F)
+        px = np.rint(np.asarray(t, np.float64) * [w, h, w, h]).astype(int)  # (n, F, 4)
+        over_frames += int((ov >= COVER).any(axis=(0, 1)).sum())
+        n = len(names)
+        for i in range(n):
+            for j in range(i + 1, n):  # j is drawn after i: on top
+                for fr in np.flatnonzero(ov[i, j] >= COVER):
+                    x0, y0, x1, y1 = px[j, fr]
+                    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+                    if x1 <= x0 or y1 <= y0:
+                        continue
+                    mask = shape_template(names[j][1], y1 - y0, x1 - x0)
+                    shown = lab[fr, y0:y1, x0:x1][mask] == COLOR_NAMES.index(names[j][0])
+                    pairs += 1
+                    whole += bool(shown.mean() >= WHOLE)
+        for k in pinned:
+            color = COLOR_NAMES.index(names[k][0])
+            for fr in range(f):
+                ys, xs = np.nonzero(lab[fr] == color)
+                if len(ys):
+                    x0, y0, x1, y1 = px[k, fr]
+                    ok = (xs >= x0 - 1) & (xs < x1 + 1) & (ys >= y0 - 1) & (ys < y1 + 1)
+                    inside += bool(ok.mean() >= 0.9)
+                seen += 1
+            others = [j for j in range(n) if j not in pinned]
+            if others:
+                clear_breaks += int((ov[k, others] > 0).any(axis=0).sum())
+    out = {"overlap_frames": over_frames, "occluded_pairs": pairs,
+           "later_whole": whole / pairs if pairs else None}
+    if pinned:
+        out.update(pinned_in_box=inside / seen if seen else None, pinned_overlap_frames=clear_breaks)
+    return out
+
+
+def format_geometry_markdown(rows: list[dict]) -> str:
+    """The --geometry-rows table: variant, pinned, steps, the oracle's metrics, overlap, occlusion, time."""
+    cols = ("layout check", "pinned", "steps", "presence", "relations", "shape", "overlap frames",
+            "later object whole", "pinned in box", "drawn over pinned (frames)", "s/video")
+    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    for r in rows:
+        whole = "n/a" if r["later_whole"] is None else f"{pct(r['later_whole'])} of {r['occluded_pairs']}"
+        lines.append("| " + " | ".join([
+            r["variant"], "object 0" if r["pinned"] else "none", str(r["steps"]), pct(r["presence"]),
+            pct(r["relation_accuracy"]), pct(r["shape_accuracy"]), str(r["overlap_frames"]), whole,
+            pct(r.get("pinned_in_box")), str(r.get("pinned_overlap_frames", "n/a")),
+            f"{r['seconds_per_video']:.3f}"]) + " |")
+    return "\n".join(lines)
 
 
 def compare_markdown(results: list[dict]) -> str:

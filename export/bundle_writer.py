@@ -145,9 +145,11 @@ def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset:
     if pooling == "plugin":
         manifest["plugin_impl"] = plugin_impl or "aot"  # the nodes' `aot` attribute, for the engine builder
     if grounded:
+        from sg2v.geometry import model_geometry
         from sg2v.relations import rules_for
 
-        manifest["layout"] = spec.layout_defaults(cfg.layout, rules_for(vocab.pred_names, cfg.layout.rules))
+        manifest["layout"] = spec.layout_defaults(cfg.layout, rules_for(vocab.pred_names, cfg.layout.rules),
+                                                  model_geometry(cfg, vocab.object_names))
     if student:
         manifest["student"] = spec.student_entry(cfg.distill, cfg.diffusion.num_train_timesteps)
     missing = [k for k in (*spec.MANIFEST_KEYS, *(spec.GROUNDED_MANIFEST_KEYS if grounded else ()),

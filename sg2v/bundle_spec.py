@@ -79,6 +79,7 @@ MANIFEST_KEYS = (
     "source_checkpoint",
 )
 GROUNDED_MANIFEST_KEYS = ("layout",)  # format 3 adds: {steps, tries, per_round, sampler, relation_rules}
+# (and optionally geometry)
 STUDENT_MANIFEST_KEYS = ("student",)  # format 4 adds: STUDENT_KEYS
 STUDENT_KEYS = ("guidance_distilled", "guidance_range", "guidance_rescale", "grid_steps", "steps", "sampler",
                 "method")
@@ -159,16 +160,24 @@ def rows_per_video(stage: str, s: dict[str, Any] | None = None) -> int:
     return {ENCODER_STAGE: 1, UNET_STAGE: UNET_BATCH, LAYOUT_STAGE: LAYOUT_PER_ROUND}[stage]
 
 
-def layout_defaults(layout: Any, relation_rules: dict[str, str]) -> dict[str, Any]:
-    """The manifest's `layout` entry from a `LayoutConfig` and the vocabulary's rule table."""
-    return {"steps": int(layout.default_steps), "tries": int(layout.default_tries),
-            "per_round": int(min(layout.default_tries, LAYOUT_PER_ROUND)), "sampler": LAYOUT_SAMPLER,
-            "relation_rules": dict(sorted(relation_rules.items()))}
+def layout_defaults(layout: Any, relation_rules: dict[str, str], geometry: Any = None) -> dict[str, Any]:
+    """The manifest's `layout` entry from a `LayoutConfig`, the vocabulary's rule table and the data's
+    geometric constraints (a `sg2v.geometry.Geometry`; None: the entry has no `geometry`)."""
+    out = {"steps": int(layout.default_steps), "tries": int(layout.default_tries),
+           "per_round": int(min(layout.default_tries, LAYOUT_DEFAULT_PER_ROUND)), "sampler": LAYOUT_SAMPLER,
+           "relation_rules": dict(sorted(relation_rules.items()))}
+    if geometry is not None:
+        from sg2v.geometry import to_entry
+
+        out[LAYOUT_GEOMETRY] = to_entry(geometry)
+    return out
 
 
-LAYOUT_PER_ROUND = 8  # candidate layouts drawn per graph per round of the relation check
+LAYOUT_PER_ROUND = 8  # candidate layouts per graph one layout-stage call takes at most (max_layout_batch)
+LAYOUT_DEFAULT_PER_ROUND = 2  # candidate layouts drawn per graph per round of the check (the manifest's)
 LAYOUT_SAMPLER = "dpmpp2m"
 LAYOUT_KEYS = ("steps", "tries", "per_round", "sampler", "relation_rules")  # the manifest's "layout" entry
+LAYOUT_GEOMETRY = "geometry"  # optional in "layout": the data's constraints (`sg2v.geometry.to_entry`)
 MAX_LAYOUT_STEPS = 1000
 MAX_LAYOUT_TRIES = 4096
 

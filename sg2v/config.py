@@ -115,6 +115,7 @@ class LayoutConfig:
     default_steps: int = 8  # sampler steps of the layout stage
     default_tries: int = 16  # layouts drawn per graph at most until every relation with a rule holds
     rules: str = "shapes"  # relation-rule family checked on layouts (sg2v.relations): shapes, coco or none
+    geometry: str = ""  # a converted data set's measured constraints, JSON (sg2v.geometry); "": none recorded
 
 
 @dataclass(frozen=True)

@@ -411,6 +411,7 @@ class Generator:
                       seeds: Sequence[int], lo: int, hi: int,
                       on_round: Callable[[int], None] | None = None) -> tuple[list[Any], np.ndarray]:
         """Draw and check the layouts of graphs lo..hi; boxes (b, O, F, 4) for the UNet (padded slots 0)."""
+        from sg2v.geometry import from_entry
         from sg2v.layout_sampler import LayoutSampler
 
         be, xp = self.backend, self.xp
@@ -418,9 +419,11 @@ class Generator:
         f, _, h, w = self.frame_shape
         host = {name: _host(enc[name], xp) for name in ("objects", "context", "context_mask")}
         host["triples"] = np.asarray(triples)
+        geometry = s.get("geometry")  # the manifest's entry (sg2v.geometry), None: no constraints
         sampler = LayoutSampler(be.layout.run, self.alphas_cumprod, f, h, w, s["relation_rules"],
                                 steps=s["steps"], tries=s["tries"], per_round=s["per_round"],
-                                sampler=s["sampler"], xp=xp, max_batch=s.get("max_batch"))
+                                sampler=s["sampler"], xp=xp, max_batch=s.get("max_batch"),
+                                geometry=None if geometry is None else from_entry(geometry))
         results = sampler.draw(host, plan["relationships"][lo:hi], plan["counts"][lo:hi],
                                plan["pinned"][lo:hi], seeds[lo:hi], on_round)
         boxes = np.zeros((hi - lo, host["objects"].shape[1], f, 4), np.float32)  # (b, O, F, 4)

@@ -2,12 +2,16 @@
 
 For each graph the layout network (a `Stage`: `run(feeds) -> {"v": ...}`) is sampled with the shared
 samplers of `sg2v.sampling` from noise that depends only on the graph's seed and the draw's round, so a graph
-gets the same layout alone or in a batch. Candidates are drawn in rounds of `per_round`; a graph is done when
-one candidate satisfies every relation that has a geometric rule (`sg2v.relations`), after `tries` draws at
-most. The first satisfying candidate is kept; when none satisfies, the one with the most relations holding
-(ties: the largest smallest slack) is kept and the result says which relations fail. A graph whose relations
+gets the same layout alone or in a batch, on every backend. Candidates are drawn in rounds of `per_round`; a
+graph leaves the loop as soon as one candidate satisfies every relation that has a geometric rule
+(`sg2v.relations`) and keeps the geometric constraints of the data (`sg2v.geometry`: no overlap, box sizes,
+inside the canvas), after `tries` draws at most. The first such candidate in draw order is kept; when none
+passes, the one with the most relations and constraints holding (ties: fewer frames breaking a constraint,
+then the largest smallest relation slack) is kept and the result says what fails. A graph whose relations
 contradict each other (a cycle of "left of") is drawn once and reported as contradictory. Pinned tracks
-(given by the user) enter the network as inputs and are put back exactly in every candidate.
+(given by the user) enter the network as inputs and are put back exactly in every candidate; the constraints
+are judged on the drawn objects (a drawn object must keep clear of a pinned one), and what the pinned tracks
+break among themselves is reported (`given_breaks`), not redrawn.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from sg2v.geometry import Geometry, GeometryCheck, batch_geometry_ok, check_geometry, geometry_failures
 from sg2v.relations import RelationCheck, batch_all_hold, check_layout, contradictions, margin_of
 from sg2v.sampling import get_sampler
 from sg2v.schedule import timesteps
@@ -29,14 +34,16 @@ LAYOUT_INPUTS = ("x", "t", "objects", "track_mask", "context", "context_mask", "
 
 @dataclass
 class LayoutResult:
-    """The tracks one graph is drawn with, and what the relation check found."""
+    """The tracks one graph is drawn with, and what the relation and geometry checks found."""
 
     tracks: np.ndarray  # (n, F, 4) float32, boxes in [0, 1]
     relations: list[RelationCheck]
     draws: int  # candidates judged in draw order up to the kept one (1: the first held; 0: all tracks given)
-    satisfied: bool  # every relation with a rule holds
+    satisfied: bool  # every relation with a rule holds and the drawn objects keep every constraint
     pinned: list[int] = field(default_factory=list)  # object indices whose tracks were given
     contradictions: list[str] = field(default_factory=list)
+    geometry: list[GeometryCheck] = field(default_factory=list)  # on the drawn objects (all, when none given)
+    given_breaks: list[GeometryCheck] = field(default_factory=list)  # broken by the given tracks alone
 
     @property
     def failed(self) -> list[RelationCheck]:
@@ -44,7 +51,9 @@ class LayoutResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"draws": self.draws, "satisfied": self.satisfied, "pinned": self.pinned,
-                "contradictions": self.contradictions, "relations": [c.to_dict() for c in self.relations]}
+                "contradictions": self.contradictions, "relations": [c.to_dict() for c in self.relations],
+                "geometry": [c.to_dict() for c in self.geometry],
+                "given_breaks": [c.to_dict() for c in self.given_breaks]}
 
 
 def layout_noise(seed: int, round_: int, count: int, shape: Sequence[int]) -> np.ndarray:
@@ -53,9 +62,21 @@ def layout_noise(seed: int, round_: int, count: int, shape: Sequence[int]) -> np
     return rng.standard_normal((count, *shape), dtype=np.float32)
 
 
+def round_sizes(tries: int, per_round: int) -> list[int]:
+    """Candidates per graph in each draw round for `tries` at most: `per_round` in the first two rounds,
+    then twice as many each round, at most 4 x `per_round` (few graphs get that far; fewer, larger rounds
+    save the network's per-call cost on them)."""
+    tries = int(tries)
+    base = max(1, min(int(per_round), tries))
+    out: list[int] = []
+    while sum(out) < tries:
+        out.append(min(base * 2 ** min(max(len(out) - 1, 0), 2), tries - sum(out)))
+    return out
+
+
 def max_rounds(tries: int, per_round: int) -> int:
-    """The most draw rounds `LayoutSampler.draw` takes for `tries` candidates, `per_round` at a time."""
-    return -(-int(tries) // max(1, min(int(per_round), int(tries))))
+    """The most draw rounds `LayoutSampler.draw` takes for `tries` candidates (`round_sizes`)."""
+    return len(round_sizes(tries, per_round))
 
 
 def tracks_from_unit(x: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -71,12 +92,36 @@ def tracks_from_unit(x: np.ndarray, width: int, height: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _score(checks: Sequence[RelationCheck]) -> tuple[int, float]:
-    """Rank of a candidate that fails: relations holding, then the smallest slack beyond its margin."""
-    held = sum(c.holds is True for c in checks)
+def _score(checks: Sequence[RelationCheck], geometry: Sequence[GeometryCheck] = ()) -> tuple[int, int, float]:
+    """Rank of a candidate that fails: relations and constraints holding, then fewer frames breaking a
+    constraint, then the smallest relation slack beyond its margin."""
+    held = sum(c.holds is True for c in checks) + sum(c.holds for c in geometry)
     gaps = [c.slack - margin_of(c.rule) for c in checks if c.rule is not None and c.slack is not None]
     worst = min(gaps) if gaps else 0.0
-    return held, worst if np.isfinite(worst) else -np.inf
+    return held, -sum(c.frames for c in geometry), worst if np.isfinite(worst) else -np.inf
+
+
+def _free(count: int, pinned: Mapping[int, Any]) -> np.ndarray | None:
+    """(count,) True for the objects drawn; None when none is pinned (every object is judged)."""
+    if not pinned:
+        return None
+    free = np.ones(count, dtype=bool)
+    free[[int(k) for k in pinned]] = False
+    return free
+
+
+def given_breaks(tracks: np.ndarray, pinned: Mapping[int, Any], geometry: Geometry | None
+                 ) -> list[GeometryCheck]:
+    """The constraints the given tracks break among themselves (object indices of the whole graph)."""
+    if geometry is None or not pinned:
+        return []
+    idx = sorted(int(k) for k in pinned)
+    out = []
+    for c in check_geometry(np.asarray(tracks)[idx], geometry):
+        if not c.holds:
+            objects = tuple(idx[k] for k in c.objects)
+            out.append(GeometryCheck(c.constraint, False, c.frames, objects, c.worst))
+    return out
 
 
 class LayoutSampler:
@@ -85,7 +130,7 @@ class LayoutSampler:
     def __init__(self, run: Callable[[dict[str, Any]], Any], alphas_cumprod: np.ndarray, frames: int,
                  height: int, width: int, rules: Mapping[str, str], steps: int = 8, tries: int = 16,
                  per_round: int = 8, sampler: str = "dpmpp2m", xp: Any = np,
-                 max_batch: int | None = None):
+                 max_batch: int | None = None, geometry: Geometry | None = None):
         if not isinstance(tries, (int, np.integer)) or isinstance(tries, bool) or tries < 1:
             raise ValueError(f"layout tries must be an integer >= 1, got {tries!r}")
         self.run = run
@@ -97,6 +142,7 @@ class LayoutSampler:
         self.sample = get_sampler(sampler)
         self.xp = xp
         self.max_batch = max_batch
+        self.geometry = geometry
 
     def draw(self, cond: Mapping[str, np.ndarray], relationships: Sequence[Sequence[Sequence]],
              counts: Sequence[int], pinned: Sequence[Mapping[int, np.ndarray]], seeds: Sequence[int],
@@ -108,7 +154,7 @@ class LayoutSampler:
         o = cond["objects"].shape[1]
         shape = (o, self.frames, 4)
         results: list[LayoutResult | None] = [None] * b
-        best: list[tuple[Any, np.ndarray, list[RelationCheck]] | None] = [None] * b
+        best: list[tuple[Any, np.ndarray, list[RelationCheck], list[GeometryCheck]] | None] = [None] * b
         drawn = [0] * b
         contra = [contradictions(relationships[i], self.rules) for i in range(b)]
         need = []
@@ -117,34 +163,42 @@ class LayoutSampler:
                 tracks = np.stack([np.asarray(pinned[i][k], np.float32) for k in range(counts[i])])
                 checks = check_layout(tracks, relationships[i], self.rules)
                 results[i] = LayoutResult(tracks, checks, 0, all(c.holds is not False for c in checks),
-                                          sorted(pinned[i]), contra[i])
+                                          sorted(pinned[i]), contra[i], [],
+                                          given_breaks(tracks, pinned[i], self.geometry))
             else:
                 need.append(i)
         round_ = 0
+        sizes = round_sizes(self.tries, self.per_round)
         while need:
             # one batched sampling of this round's candidates for every unfinished graph
-            ks = [1 if contra[i] or not self._checked(relationships[i]) else
-                  min(self.per_round, self.tries - drawn[i]) for i in need]
+            ks = [1 if contra[i] or not self._needs_check(relationships[i]) else
+                  min(sizes[round_], self.tries - drawn[i]) for i in need]
             cands = self._sample(cond, need, ks, pinned, seeds, round_, shape, counts)
             pos, still = 0, []
             for i, k in zip(need, ks):
                 c = cands[pos:pos + k, :counts[i]]  # (k, n, F, 4)
                 pos += k
+                free = _free(counts[i], pinned[i])
+                given = given_breaks(c[0], pinned[i], self.geometry)
                 ok = batch_all_hold(c, relationships[i], self.rules)  # (k,)
+                ok &= batch_geometry_ok(c, self.geometry, free)
                 if ok.any():
                     j = int(np.argmax(ok))
                     results[i] = LayoutResult(c[j], check_layout(c[j], relationships[i], self.rules),
-                                              drawn[i] + j + 1, True, sorted(pinned[i]), contra[i])
+                                              drawn[i] + j + 1, True, sorted(pinned[i]), contra[i],
+                                              check_geometry(c[j], self.geometry, free), given)
                     continue
                 drawn[i] += k
                 for j in range(k):
                     checks = check_layout(c[j], relationships[i], self.rules)
-                    score = _score(checks)
+                    geo = check_geometry(c[j], self.geometry, free)
+                    score = _score(checks, geo)
                     if best[i] is None or score > best[i][0]:
-                        best[i] = (score, c[j], checks)
-                if contra[i] or drawn[i] >= self.tries or not self._checked(relationships[i]):
-                    _, tracks, checks = best[i]
-                    results[i] = LayoutResult(tracks, checks, drawn[i], False, sorted(pinned[i]), contra[i])
+                        best[i] = (score, c[j], checks, geo)
+                if contra[i] or drawn[i] >= self.tries or not self._needs_check(relationships[i]):
+                    _, tracks, checks, geo = best[i]
+                    results[i] = LayoutResult(tracks, checks, drawn[i], False, sorted(pinned[i]), contra[i],
+                                              geo, given)
                 else:
                     still.append(i)
             need = still
@@ -153,8 +207,9 @@ class LayoutSampler:
                 on_round(round_)
         return [r for r in results if r is not None]
 
-    def _checked(self, relationships: Sequence[Sequence]) -> bool:
-        return any(p in self.rules for _, p, _ in relationships)
+    def _needs_check(self, relationships: Sequence[Sequence]) -> bool:
+        """Whether a graph's draws are judged (and redrawn): a relation with a rule, or any geometry."""
+        return self.geometry is not None or any(p in self.rules for _, p, _ in relationships)
 
     def _sample(self, cond: Mapping[str, np.ndarray], rows: list[int], ks: list[int],
                 pinned: Sequence[Mapping[int, np.ndarray]], seeds: Sequence[int], round_: int,
@@ -196,14 +251,28 @@ class LayoutSampler:
 
 
 def relation_summary(result: LayoutResult) -> str:
-    """One line on the relations a layout could not meet (empty when all hold)."""
+    """One line on what a layout could not meet (empty when everything holds): contradictory or failing
+    relations, constraints of the data the drawn objects break, and those the given tracks break (the model
+    never saw such scenes: a warning, not a refusal)."""
+    parts = []
     if result.contradictions:
-        return "contradictory relationships: " + "; ".join(result.contradictions)
+        parts.append("contradictory relationships: " + "; ".join(result.contradictions))
     failed = result.failed
-    if not failed:
-        return ""
-    shown = ", ".join(f"[{c.subject}, {c.predicate!r}, {c.object}]" for c in failed)
-    if result.draws == 0:  # every track was given: nothing was drawn
-        return f"{len(failed)} relationship(s) not met by the given tracks: {shown}; change those tracks"
-    return (f"{len(failed)} relationship(s) not met by the layout after {result.draws} draws: {shown}; "
-            "raise --layout-tries or give their tracks with --layout")
+    if failed and not result.contradictions:
+        shown = ", ".join(f"[{c.subject}, {c.predicate!r}, {c.object}]" for c in failed)
+        if result.draws == 0:  # every track was given: nothing was drawn
+            parts.append(f"{len(failed)} relationship(s) not met by the given tracks: {shown}; change those "
+                         "tracks")
+        else:
+            parts.append(f"{len(failed)} relationship(s) not met by the layout after {result.draws} draws: "
+                         f"{shown}; raise --layout-tries or give their tracks with --layout")
+    drawn = geometry_failures(result.geometry)
+    if drawn:
+        advice = "" if result.contradictions else "; raise --layout-tries"
+        parts.append(f"the layout after {result.draws} draws breaks the data's geometry: {', '.join(drawn)}"
+                     + advice)
+    given = geometry_failures(result.given_breaks)
+    if given:
+        parts.append(f"the given tracks break the data's geometry ({', '.join(given)}): the model never saw "
+                     "such scenes, expect a blend there")
+    return "; ".join(parts)
