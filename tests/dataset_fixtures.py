@@ -279,6 +279,7 @@ def write_coco(root: Path) -> dict[str, Any]:
             poly(2, 1, 0, 0, 50, 50), poly(2, 3, 50, 50, 50, 50), poly(2, 5, 10, 60, 30, 30),  # no stuff
             *[poly(3, 1, 10 * k, 10 * k, 20, 20) for k in range(9)],  # image 3: 9 objects
             poly(4, 1, 0, 0, 50, 50),
+            poly(3, 1, 60, 0, 40, 50, crowd=1, W=100, H=100),  # a crowd in an image dropped: not noted
             poly(999, 1, 0, 0, 50, 50)]  # an image id not in the images list
     stuff_train = [stuff(1, 157, 0, 0, 200, 50, 200, 100), stuff(1, 124, 0, 50, 200, 50, 200, 100),
                    stuff(1, 183, 0, 0, 200, 100, 200, 100),  # 'other': dropped by default

@@ -188,7 +188,8 @@ def test_relationships_are_seeded(coco, tmp_path):
 def test_flags_change_what_is_kept(coco, tmp_path):
     root, _, _ = coco
     info = _convert(root / "src", tmp_path / "a", skip_crowd=True, include_other=True)
-    assert _drops(info)[("object", "crowd annotation (--skip-crowd)")] == 1
+    # the flag drops each crowd annotation where it is read, also image 3's (then dropped for its size)
+    assert _drops(info)[("object", "crowd annotation (--skip-crowd)")] == 2
     objs = ConvertedDataset(tmp_path / "a", "train")[0]["graph"]["objects"]
     assert objs == ["person", "car", "sky-other", "grass", "other"]
     info = _convert(root / "src", tmp_path / "b", stuff=False, min_objects_per_image=1)
@@ -213,3 +214,104 @@ def test_missing_stuff_file_names_the_fix(coco, tmp_path):
         _convert(tmp_path / "src", tmp_path / "out")
     with pytest.raises(DatasetError, match="--instance-whitelist: 'unicorn' not among the categories"):
         _convert(root / "src", tmp_path / "out", instance_whitelist="person, unicorn")
+
+
+# ------------------------------------------------------------------------------------------ hostile fields
+def _peak_bytes(call) -> int:
+    """Peak bytes Python and numpy allocated during `call` (tracemalloc tracks numpy's buffers)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("seg, why", [
+    ({"size": [100000, 100000], "counts": [10000000000]}, r"an RLE needs \"size\""),
+    ({"size": [4000, 4000], "counts": [16000000]}, "RLE size 4000 x 4000 differs"),
+    ({"size": [4, 4], "counts": [10000000000]}, r"RLE counts must be integers in \[0, 16\]"),
+    ({"size": [4, 4], "counts": [2 ** 64, 0]}, r"RLE counts must be integers in \[0, 16\]"),
+    ({"size": [4, 4], "counts": [1] * 100}, "100 RLE counts, more than"),
+    ({"size": [-1, -1], "counts": [16]}, "an RLE needs"),
+    ({"size": [4, 4], "counts": "o" * 20 + "1"}, "count longer than 64 bits"),
+    ({"size": [4, 4], "counts": "1" * 10000}, "RLE string longer"),
+    ([[0, 0] * 1_000_000], "polygons of more than"),
+    ([[0, 0, 1, 0, 1, 1]] * 200_000, "200000 polygons in one segmentation"),
+    ([[0, 0, 10 ** 400, 0, 1, 1]], "number pairs within"),
+    ([[0, 0, float("nan"), 0, 1, 1]], "number pairs within"),
+])
+def test_hostile_segmentations_are_refused_before_allocating(seg, why):
+    def call():
+        with pytest.raises(MaskError, match=why):
+            segmentation_mask(seg, 4, 4)
+
+    assert _peak_bytes(call) < 4 << 20
+
+
+def test_a_large_polygon_is_rasterised_in_bounded_memory(rng):
+    """A polygon with the most points allowed (a circle of 16384 points) on a 480 x 640 image: the same mask
+    as the even-odd rule on pixel centers in a few chunks, and the working memory stays under 64 MiB."""
+    from sg2v.dataset.coco import MAX_POLYGON_POINTS
+
+    h, w = 480, 640
+    t = np.linspace(0, 2 * np.pi, MAX_POLYGON_POINTS, endpoint=False)
+    cx, cy, r = 320 + rng.uniform(-5, 5), 240 + rng.uniform(-5, 5), 200.0
+    poly = np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1).ravel().tolist()
+    out = {}
+    assert _peak_bytes(lambda: out.update(m=polygons_mask([poly], h, w))) < 64 << 20
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    inside = (xx - cx) ** 2 + (yy - cy) ** 2 < (r * np.cos(np.pi / MAX_POLYGON_POINTS)) ** 2
+    outside = (xx - cx) ** 2 + (yy - cy) ** 2 > r ** 2
+    assert out["m"][inside].all() and not out["m"][outside].any()
+
+
+def _mutated_source(tmp_path, change):
+    import json
+
+    src = tmp_path / "src"
+    write_coco(src)
+    path = src / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    data = change(data)
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return src
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda d: None, "top level: expected a COCO object"),
+    (lambda d: [], "top level: expected a COCO object"),
+    (lambda d: {**d, "categories": [*d["categories"], {"id": 10 ** 9, "name": "big"}]},
+     r"categories\[3\]: id 1000000000 is not a new id in 1..65535"),
+    (lambda d: {**d, "categories": [*d["categories"], {"id": 2 ** 70, "name": "big"}]},
+     r"categories\[3\]: expected"),
+    (lambda d: {**d, "annotations": [{**d["annotations"][0], "bbox": [0, 0, 10 ** 400, 5]}]},
+     r"annotations\[0\]: expected image_id, category_id .*finite"),
+    (lambda d: {**d, "annotations": [{**d["annotations"][0], "bbox": [0, 0, 1e30, 5]}]},
+     r"annotations\[0\]: expected"),
+    (lambda d: {**d, "annotations": [{**d["annotations"][0], "bbox": [0, 0, -5, -5]}]},
+     r"annotations\[0\]: expected"),
+    (lambda d: {**d, "annotations": [{**d["annotations"][0], "image_id": 2 ** 64}]}, r"annotations\[0\]"),
+    (lambda d: {**d, "images": [{**d["images"][0], "width": 10 ** 400}]}, r"images\[0\]: expected id"),
+    (lambda d: {**d, "images": [{**d["images"][0], "id": -3}]}, r"images\[0\]: expected id"),
+])
+def test_hostile_instance_files_are_one_line(tmp_path, change, why):
+    src = _mutated_source(tmp_path, change)
+    with pytest.raises(DatasetError, match=why) as e:
+        _convert(src, tmp_path / "out")
+    assert "\n" not in str(e.value)
+
+
+def test_a_hostile_rle_in_a_kept_image_is_noted_not_allocated(tmp_path):
+    """The 60-byte RLE that asked for 9.3 GiB: the object keeps its box center, the conversion goes on."""
+    def change(d):
+        d["annotations"][0]["segmentation"] = {"size": [100000, 100000], "counts": [10000000000]}
+        d["annotations"][1]["segmentation"] = {"size": [100, 200], "counts": [2 ** 64]}
+        return d
+
+    info = _convert(_mutated_source(tmp_path, change), tmp_path / "out")
+    notes = {(d["kind"], d["reason"]): d["count"] for d in info["notes"]}
+    assert notes[("object", "segmentation unreadable; box center used for its relationships")] == 2

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 
 from sg2v.dataset.common import (
+    MAX_COORD,
+    MAX_ID,
     DropTable,
     JobResult,
     Plan,
@@ -53,6 +55,8 @@ from sg2v.dataset.common import (
     clip_boxes,
     context,
     finish_record,
+    is_int,
+    is_number,
     load_frame,
     load_source_json,
     unreadable_error,
@@ -65,6 +69,11 @@ FIX = ("download annotations_trainval2017.zip and stuff_annotations_trainval2017
        "and unpack them into SOURCE (see google/sg2im scripts/download_coco.sh)")
 PREDICATES = [IN_IMAGE_PRED, "left of", "right of", "above", "below", "inside", "surrounding"]
 OTHER = "other"
+MAX_CATEGORY_ID = 65535  # COCO-Stuff's highest is 183; the vocabulary has one slot per id up to the highest
+MAX_IMAGE_SIDE = 1 << 16  # pixels, a JSON image's width or height
+MAX_POLYGONS = 1000  # polygons of one annotation (COCO's have a few, at most a few dozen)
+MAX_POLYGON_POINTS = 1 << 14  # points of one annotation's polygons together (COCO's have hundreds at most)
+_ROW_EDGE_CHUNK = 1 << 20  # (rows x edges) cells rasterised at once: bounded memory for any polygon
 
 
 # ---------------------------------------------------------------------------------------------------- masks
@@ -81,6 +90,8 @@ def rle_string_counts(s: str) -> list[int]:
         while more:
             if p >= len(s):
                 raise MaskError("RLE string ends inside a count")
+            if k >= 13:  # 13 characters hold 65 bits: no count of a real mask is that long
+                raise MaskError("RLE string holds a count longer than 64 bits")
             c = ord(s[p]) - 48
             if not 0 <= c < 64:
                 raise MaskError(f"RLE string has a character {s[p]!r} outside '0'..'o'")
@@ -97,33 +108,51 @@ def rle_string_counts(s: str) -> list[int]:
 
 
 def rle_decode(counts: list[int], h: int, w: int) -> np.ndarray:
-    """Uncompressed RLE counts -> bool mask (h, w); runs of 0 and 1 alternate over column-major pixels."""
+    """Uncompressed RLE counts -> bool mask (h, w); runs of 0 and 1 alternate over column-major pixels.
+    The counts are checked (each an integer in [0, h w], as many as h w + 1 at most, summing to h w) before
+    anything of their size is allocated."""
+    if len(counts) > h * w + 1:
+        raise MaskError(f"{len(counts)} RLE counts, more than the {h} x {w} mask has pixels")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= h * w for v in counts):
+        raise MaskError(f"RLE counts must be integers in [0, {h * w}] (the mask's pixels)")
+    if sum(counts) != h * w:
+        raise MaskError(f"RLE counts sum to {sum(counts)}, the mask has {h} x {w} = {h * w} pixels")
     c = np.asarray(counts, dtype=np.int64)
-    if (c < 0).any() or int(c.sum()) != h * w:
-        raise MaskError(f"RLE counts sum to {int(c.sum())}, the mask has {h} x {w} = {h * w} pixels")
     values = (np.arange(len(c)) % 2).astype(bool)
     return np.repeat(values, c).reshape(w, h).T
 
 
 def polygons_mask(polys: list, h: int, w: int) -> np.ndarray:
-    """Union of polygons [x0, y0, x1, y1, ...] on an (h, w) grid: the pixels whose centers lie inside."""
+    """Union of polygons [x0, y0, x1, y1, ...] on an (h, w) grid: the pixels whose centers lie inside.
+    At most MAX_POLYGONS polygons of MAX_POLYGON_POINTS points together; rasterised in chunks of edges."""
+    if len(polys) > MAX_POLYGONS:
+        raise MaskError(f"{len(polys)} polygons in one segmentation, more than {MAX_POLYGONS}")
+    points = 0
+    for poly in polys:
+        if not isinstance(poly, list) or len(poly) % 2:
+            raise MaskError("a polygon must be a list of (x, y) number pairs")
+        points += len(poly) // 2
+        if points > MAX_POLYGON_POINTS:
+            raise MaskError(f"polygons of more than {MAX_POLYGON_POINTS} points in one segmentation")
+        if not all(is_number(v) for v in poly):
+            raise MaskError(f"a polygon must be a list of (x, y) number pairs within +-{MAX_COORD:g}")
     mask = np.zeros((h, w), dtype=bool)
     yc = np.arange(h, dtype=np.float64)[:, None] + 0.5  # (H, 1) pixel-center rows
+    chunk = max(1, _ROW_EDGE_CHUNK // max(h, 1))
     for poly in polys:
-        if not isinstance(poly, list) or len(poly) % 2 or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in poly):
-            raise MaskError("a polygon must be a list of (x, y) number pairs")
         if len(poly) < 6:  # fewer than 3 points (COCO has a few): no area
             continue
         pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-        (x0, y0), (x1, y1) = pts.T, np.roll(pts, -1, axis=0).T  # edges (E,)
-        crosses = ((y0 <= yc) & (yc < y1)) | ((y1 <= yc) & (yc < y0))  # (H, E)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            xc = x0 + (yc - y0) / (y1 - y0) * (x1 - x0)  # (H, E) where an edge crosses a row's centers
-        first = np.clip(np.floor(xc - 0.5) + 1, 0, w)  # first pixel whose center is right of the crossing
-        rows, cols = np.nonzero(crosses)
+        ends = np.roll(pts, -1, axis=0)
         toggles = np.zeros((h, w + 1), dtype=np.int32)
-        np.add.at(toggles, (rows, first[rows, cols].astype(np.int64)), 1)
+        for lo in range(0, len(pts), chunk):
+            (x0, y0), (x1, y1) = pts[lo:lo + chunk].T, ends[lo:lo + chunk].T  # edges (E,)
+            crosses = ((y0 <= yc) & (yc < y1)) | ((y1 <= yc) & (yc < y0))  # (H, E)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                xc = x0 + (yc - y0) / (y1 - y0) * (x1 - x0)  # (H, E) where an edge crosses a row's centers
+            first = np.clip(np.floor(xc - 0.5) + 1, 0, w)  # first pixel whose center is right of the crossing
+            rows, cols = np.nonzero(crosses)
+            np.add.at(toggles, (rows, first[rows, cols].astype(np.int64)), 1)
         mask |= (np.cumsum(toggles, axis=1)[:, :w] % 2).astype(bool)
     return mask
 
@@ -134,18 +163,20 @@ def segmentation_mask(seg: Any, h: int, w: int) -> np.ndarray:
         return polygons_mask(seg, h, w)
     if isinstance(seg, dict) and "counts" in seg:
         size = seg.get("size")
-        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
-            raise MaskError("an RLE needs \"size\": [height, width]")
+        if not (isinstance(size, list) and len(size) == 2
+                and all(is_int(v, 1, MAX_IMAGE_SIDE) for v in size)):
+            raise MaskError(f"an RLE needs \"size\": [height, width], each in 1..{MAX_IMAGE_SIDE}")
         rh, rw = size
+        if (rh, rw) != (h, w):  # checked first: the counts are then bounded by the image's pixels
+            raise MaskError(f"RLE size {rh} x {rw} differs from the image's {h} x {w}")
         counts = seg["counts"]
         if isinstance(counts, str):
+            if len(counts) > 13 * (h * w + 1):
+                raise MaskError("RLE string longer than any count of the image's pixels needs")
             counts = rle_string_counts(counts)
-        elif not (isinstance(counts, list) and all(isinstance(v, int) for v in counts)):
+        elif not isinstance(counts, list):
             raise MaskError("RLE counts must be a string or a list of integers")
-        mask = rle_decode(counts, rh, rw)
-        if (rh, rw) != (h, w):
-            raise MaskError(f"RLE size {rh} x {rw} differs from the image's {h} x {w}")
-        return mask
+        return rle_decode(counts, rh, rw)
     raise MaskError("segmentation must be a list of polygons or an RLE object")
 
 
@@ -234,6 +265,9 @@ def coco_job(payload: dict[str, Any]) -> JobResult:
         "source": {"image_id": payload["image_id"], "file": payload["file"]},
     }, clipped, visible)
     res.samples.append((payload["split"], record, frame[None]))
+    # counted where the image is written: an image dropped by a filter or unreadable notes none
+    res.notes.add("object", "crowd annotation (iscrowd 1) kept as one object, as sg2im does",
+                  payload.get("crowd", 0))
     return res
 
 
@@ -244,10 +278,12 @@ def _categories(data: dict, path: Path) -> dict[int, str]:
         raise bad_source(path, "categories", "expected a list of {id, name}", FIX)
     out: dict[int, str] = {}
     for i, c in enumerate(cats):
-        if not (isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)):
+        if not (isinstance(c, dict) and is_int(c.get("id"), -MAX_ID, MAX_ID)
+                and isinstance(c.get("name"), str)):
             raise bad_source(path, f"categories[{i}]", "expected {\"id\": integer, \"name\": string}", FIX)
-        if c["id"] <= 0 or c["id"] in out:
-            raise bad_source(path, f"categories[{i}]", f"id {c['id']} is not a new positive id", FIX)
+        if not 0 < c["id"] <= MAX_CATEGORY_ID or c["id"] in out:
+            raise bad_source(path, f"categories[{i}]", f"id {str(c['id'])[:24]} is not a new id in 1.."
+                                                       f"{MAX_CATEGORY_ID}", FIX)
         out[c["id"]] = c["name"]
     return out
 
@@ -278,8 +314,8 @@ def _whitelist(text: str, known: set[str], flag: str) -> set[str]:
 
 
 def _num4(b: Any) -> bool:
-    return isinstance(b, list) and len(b) == 4 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b)
+    """A bbox [x, y, w, h]: four finite numbers within +-MAX_COORD, w and h not negative."""
+    return isinstance(b, list) and len(b) == 4 and all(is_number(v) for v in b) and b[2] >= 0 and b[3] >= 0
 
 
 def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
@@ -305,9 +341,8 @@ def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
             raise DatasetError(f"{stuff_path}: not found; {FIX}, or pass --no-stuff for things only")
         inst = load_source_json(inst_path, "instance annotations", FIX)
         stuff = load_source_json(stuff_path, "stuff annotations", FIX) if o.stuff else None
-        for data, path in ((inst, inst_path), (stuff, stuff_path)):
-            if data is not None and not (isinstance(data, dict)
-                                         and isinstance(data.get("annotations"), list)):
+        for data, path, read in ((inst, inst_path, True), (stuff, stuff_path, o.stuff)):
+            if read and not (isinstance(data, dict) and isinstance(data.get("annotations"), list)):
                 raise bad_source(path, "top level", "expected a COCO object with \"images\", \"annotations\" "
                                                     "and \"categories\"", FIX)
         things = _categories(inst, inst_path)
@@ -325,15 +360,17 @@ def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
         names = {**things, **stuffs}
         images = _images(inst, inst_path)
         objects: dict[int, list] = {iid: [] for iid in images}
+        crowd: dict[int, int] = {}  # crowd annotations among each image's objects (noted where kept)
         with_stuff: set[int] = set()
         for data, path, is_stuff in ((inst, inst_path, False), (stuff, stuff_path, True)):
             if data is None:
                 continue
             for j, ann in enumerate(data["annotations"]):
-                if not (isinstance(ann, dict) and isinstance(ann.get("image_id"), int)
-                        and isinstance(ann.get("category_id"), int) and _num4(ann.get("bbox"))):
+                if not (isinstance(ann, dict) and is_int(ann.get("image_id"), -MAX_ID, MAX_ID)
+                        and is_int(ann.get("category_id"), -MAX_ID, MAX_ID) and _num4(ann.get("bbox"))):
                     raise bad_source(path, f"annotations[{j}]", "expected image_id, category_id (integers) "
-                                                                "and bbox [x, y, w, h]", FIX)
+                                                                f"and bbox [x, y, w, h] (finite, within "
+                                                                f"+-{MAX_COORD:g}, w and h >= 0)", FIX)
                 iid, cid = ann["image_id"], ann["category_id"]
                 if iid not in images:
                     drops.add("object", "annotation of an image id not in the images list")
@@ -355,10 +392,9 @@ def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
                 elif ann.get("iscrowd") and o.skip_crowd:
                     drops.add("object", "crowd annotation (--skip-crowd)")
                 else:
-                    if ann.get("iscrowd"):
-                        notes.add("object", "crowd annotation (iscrowd 1) kept as one object, as sg2im does")
                     seg = ann.get("segmentation") if o.centers == "mask" else None
                     objects[iid].append((name, [float(v) for v in ann["bbox"]], seg))
+                    crowd[iid] = crowd.get(iid, 0) + bool(ann.get("iscrowd"))
         del inst, stuff
         n_val = 0
         for iid, (file_name, size) in images.items():
@@ -382,7 +418,7 @@ def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
             split = "train" if src == "train2017" else "val" if n_val < o.val_images else "test"
             n_val += split != "train"
             payloads.append({"split": split, "unit": "image", "image_id": iid, "file": f"{src}/{file_name}",
-                             "path": str(path), "size": size, "objects": objs})
+                             "path": str(path), "size": size, "objects": objs, "crowd": crowd.get(iid, 0)})
     if not payloads and drops.count("image", "image file not found"):
         raise DatasetError(f"no image file found under {' or '.join(map(str, roots))} (looked for "
                            "train2017/FILE and val2017/FILE); unpack train2017.zip and val2017.zip there or "
@@ -399,11 +435,11 @@ def _images(data: dict, path: Path) -> dict[int, tuple[str, tuple[int, int]]]:
         raise bad_source(path, "images", "expected a list of {id, file_name, width, height}", FIX)
     out: dict[int, tuple[str, tuple[int, int]]] = {}
     for i, im in enumerate(images):
-        if not (isinstance(im, dict) and isinstance(im.get("id"), int)
-                and isinstance(im.get("file_name"), str) and isinstance(im.get("width"), int)
-                and isinstance(im.get("height"), int)
-                and im["width"] > 0 and im["height"] > 0):
-            raise bad_source(path, f"images[{i}]", "expected id, file_name, width, height", FIX)
+        if not (isinstance(im, dict) and is_int(im.get("id")) and isinstance(im.get("file_name"), str)
+                and is_int(im.get("width"), 1, MAX_IMAGE_SIDE)
+                and is_int(im.get("height"), 1, MAX_IMAGE_SIDE)):
+            raise bad_source(path, f"images[{i}]", "expected id (an integer >= 0), file_name, width and "
+                                                   f"height (integers in 1..{MAX_IMAGE_SIDE})", FIX)
         if "/" in im["file_name"] or "\\" in im["file_name"] or im["file_name"] in ("", ".", ".."):
             raise bad_source(path, f"images[{i}]", f"file_name {im['file_name']!r} is not a plain file name",
                              FIX)

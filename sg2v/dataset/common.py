@@ -103,6 +103,24 @@ def bad_source(path: Path | str, where: str, what: str, fix: str) -> DatasetErro
     return DatasetError(f"{path}: {where}: {what}; {fix}")
 
 
+# ------------------------------------------------------------------------------------------------ field types
+MAX_COORD = 1e7  # pixels: a coordinate or size beyond this is not of a photo or video frame
+MAX_ID = (1 << 63) - 1
+
+
+def is_number(v: Any, limit: float = MAX_COORD) -> bool:
+    """A JSON number (not a bool) that is finite and within +-limit; ints of any size are compared exactly
+    (math.isfinite(10**400) raises OverflowError)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return -limit <= v <= limit if isinstance(v, int) else (v == v and -limit <= v <= limit)
+
+
+def is_int(v: Any, lo: int = 0, hi: int = MAX_ID) -> bool:
+    """A JSON integer (not a bool) in [lo, hi]."""
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
 # ---------------------------------------------------------------------------------------------------- frames
 class UnreadableImage(Exception):
     """A frame file that is missing or cannot be decoded; the message names the file and the cause."""
