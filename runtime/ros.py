@@ -142,18 +142,15 @@ def parse_request(text: str, bundle: Any, futures: int, seed: int, number: int) 
     and sizes; `futures` and `seed` are the node's defaults, `number` names a request without an id.
     A bad request raises a one-line `GraphError` (its id, when readable, is in `.request_id`)."""
     from sg2v.generation import MAX_SEED
-    from sg2v.graph import parse_graph
+    from sg2v.graph import _decode_json, parse_graph
 
     rid: str | int = f"{NODE_NAME}-{number}"
     try:
         if len(text) > MAX_REQUEST_BYTES:
             raise GraphError(f"request of {len(text)} characters, more than {MAX_REQUEST_BYTES}; send "
                              "one graph per request")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise GraphError(f"request is not JSON ({e.msg} at line {e.lineno} column {e.colno}); send "
-                             '{"graph": {"objects": [...], "relationships": [...]}, "futures": N}') from None
+        data = _decode_json(text, "request", "request", '{"graph": {"objects": [...], "relationships": '
+                            '[...]}, "futures": N}')  # strict: no NaN, duplicate keys or deep nesting
         if not isinstance(data, dict):
             raise GraphError(f"request must be a JSON object, got {type(data).__name__}; send "
                              '{"graph": {...}, "futures": N}')
@@ -352,6 +349,10 @@ class Sg2vNode:
                                     self._number)
         except GraphError as e:
             self._error(getattr(e, "request_id", None), "bad_request", first_line(e))
+            return
+        except Exception as e:  # whatever a message does to the parser, the node keeps serving
+            self._error(None, "bad_request", f"request could not be read ({type(e).__name__}: "
+                        f"{first_line(e)})")
             return
         if request.stamp_ns is None:
             now = self.node.get_clock().now().nanoseconds

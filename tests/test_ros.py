@@ -190,6 +190,7 @@ def test_bad_requests_get_error_entries_and_the_node_keeps_serving(context, pipe
         graph = graph_for(rng, pipe)
         bad = [
             "{not json",
+            "[" * 100_000 + "]" * 100_000,
             json.dumps([graph]),
             json.dumps({"id": "b1", "graph": {"objects": ["no such object"], "relationships": []}}),
             json.dumps({"id": "b2", "graph": graph, "futrues": 2}),
@@ -205,9 +206,10 @@ def test_bad_requests_get_error_entries_and_the_node_keeps_serving(context, pipe
         wait_for("the good request's result", lambda: len(client.results) == 1)
         wait_for("one error per bad request", lambda: len(client.errors) == len(bad))
         assert client.results[0]["id"] == "good"
-        assert [e["id"] for e in client.errors][2:] == ["b1", "b2", "b3", "b4", "b5", "b6"]
-        for entry, word in zip(client.errors, ("JSON", "object", "no such object", "futrues", "futures",
-                                               "seeds[1]", "stamp", "graph")):
+        assert [e["id"] for e in client.errors][3:] == ["b1", "b2", "b3", "b4", "b5", "b6"]
+        words = ("JSON", "nested too deeply", "object", "no such object", "futrues", "futures", "seeds[1]",
+                 "stamp", "graph")
+        for entry, word in zip(client.errors, words, strict=True):
             assert entry["kind"] == "bad_request" and entry["dropped"] == 0
             assert word in entry["error"] and "\n" not in entry["error"]
         f, h, w = (pipe.bundle.shapes[k] for k in ("frames", "height", "width"))
