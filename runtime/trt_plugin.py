@@ -6,8 +6,9 @@ sample; TensorRT is not installable on the machines this project is built and te
 never run against TensorRT. tests/test_trt_plugin.py checks every definition against the validator's rules.
 
 - TensorRT 10.6 - 10.8: `register()` registers the shape/type descriptor and a JIT implementation that
-  launches the CuPy kernel (`sg2v.runtime.cuda_kernels`) on the stream TensorRT hands it (Python runs per
-  enqueue, so the engine needs sg2v, CuPy and this registration at inference).
+  launches the CuPy kernel (`sg2v.runtime.cuda_kernels`) on the stream TensorRT hands it, on CuPy views of
+  TensorRT's buffers made without a stream sync (`tensor_view`); Python runs per enqueue, so the engine
+  needs sg2v, CuPy and this registration at inference.
 - TensorRT >= 10.9: it also registers the ahead-of-time implementation: the kernel compiled to PTX by NVRTC
   plus its launch parameters, which TensorRT bakes into the engine so inference needs no Python.
 - TensorRT < 10.6 has no `tensorrt.plugin`: plugin bundles cannot be built there (export with --pooling
@@ -28,6 +29,8 @@ registers) and `aot`. Call `register()` before parsing the ONNX file or deserial
 # (trtp.TensorDesc, int, tuple[...]), which must be evaluated when the functions are defined in _define().
 
 import threading
+
+import numpy as np
 
 from sg2v.errors import MissingDependencyError, Sg2vError, require
 
@@ -155,10 +158,9 @@ def _define(trt, trtp) -> None:
     ) -> None:
         import cupy
 
-        # trtp.Tensor exposes __cuda_array_interface__: these are views of TensorRT's buffers, no copies.
-        out = cupy.asarray(outputs[0])
-        cuda_kernels.scatter_mean_pool(cupy.asarray(values), cupy.asarray(index), cupy.asarray(mask),
-                                       int(num_segments), out=out, stream=int(stream))
+        device = cupy.cuda.runtime.getDevice()
+        v, i, m, out = (tensor_view(cupy, trt, t, device) for t in (values, index, mask, outputs[0]))
+        cuda_kernels.scatter_mean_pool(v, i, m, int(num_segments), out=out, stream=int(stream))
 
     if not hasattr(trtp, "aot_impl"):  # TensorRT 10.6 - 10.8: JIT only
         return
@@ -169,6 +171,24 @@ def _define(trt, trtp) -> None:
         outputs: tuple[trtp.TensorDesc], tactic: int,
     ) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
         return aot_kernel(trt, trtp, values, num_segments, index.dtype, mask.dtype)
+
+
+def tensor_view(cupy, trt, tensor, device_id: int):
+    """A CuPy array over a `trtp.Tensor`'s buffer: no copy, and no stream synchronisation.
+
+    `cupy.asarray(tensor)` would go through `__cuda_array_interface__`, whose `stream` entry makes CuPy
+    synchronise that stream for every tensor on every enqueue (CUPY_CUDA_ARRAY_INTERFACE_SYNC, on by
+    default); the kernel already runs on TensorRT's stream. So the pointer is wrapped as
+    `cupy.cuda.UnownedMemory(ptr, size, owner, device_id)` + `MemoryPointer` + `cupy.ndarray(shape, dtype,
+    memptr, strides)` (CuPy 13 and 14, cupy/cuda/memory.pyx) from the tensor's `data_ptr`, `shape`, `dtype`
+    and element `strides` (tensorrt/plugin/_tensor.py, TensorRT 10.6 to 11.1). Not run against TensorRT here.
+    """
+    dtype = np.dtype(_dtype_name(trt, tensor.dtype))
+    shape = tuple(int(d) for d in tensor.shape)
+    strides = tuple(int(s) * dtype.itemsize for s in tensor.strides)  # TensorRT's strides count elements
+    size = 0 if 0 in shape else dtype.itemsize + sum((d - 1) * s for d, s in zip(shape, strides))
+    memory = cupy.cuda.UnownedMemory(int(tensor.data_ptr), size, tensor, device_id)
+    return cupy.ndarray(shape, dtype=dtype, memptr=cupy.cuda.MemoryPointer(memory, 0), strides=strides)
 
 
 def aot_kernel(trt, trtp, values, num_segments: int, index_dtype, mask_dtype):

@@ -379,3 +379,81 @@ def test_validator_errors_become_one_line_sg2v_errors(monkeypatch):
     with pytest.raises(tp.PluginError, match=r"rejected the sg2v plugin definition \(ValueError: Signature"):
         tp.register()
     assert tp._registered is False
+
+
+# -------------------------------------------------------------- the JIT implementation's view of TensorRT
+class _PluginTensor:
+    """tensorrt.plugin.Tensor as _tensor.py (10.6 to 11.1) defines it: data_ptr, shape, dtype, element
+    strides; its __cuda_array_interface__ (carrying the stream CuPy would synchronise) records each use."""
+
+    touched = []
+
+    def __init__(self, array, dtype):
+        self.array, self.data_ptr, self.shape, self.dtype = array, array.ctypes.data, array.shape, dtype
+        self.strides = tuple(s // array.itemsize for s in array.strides)
+
+    @property
+    def __cuda_array_interface__(self):
+        self.touched.append(self)
+        raise AssertionError("__cuda_array_interface__ read: CuPy would synchronise the stream")
+
+
+class _StandInCupy:
+    """cupy.cuda.UnownedMemory / MemoryPointer / cupy.ndarray (CuPy 13 and 14 signatures) on host memory."""
+
+    def __init__(self):
+        self.memories = []
+
+        def unowned(ptr, size, owner, device_id=-1):
+            self.memories.append(types.SimpleNamespace(ptr=ptr, size=size, owner=owner, device_id=device_id))
+            return self.memories[-1]
+
+        self.cuda = types.SimpleNamespace(
+            UnownedMemory=unowned,
+            MemoryPointer=lambda mem, offset: types.SimpleNamespace(mem=mem, offset=offset),
+            runtime=types.SimpleNamespace(getDevice=lambda: 3))
+
+    @staticmethod
+    def ndarray(shape, dtype, memptr, strides):
+        import ctypes
+
+        mem = memptr.mem
+        buf = (ctypes.c_char * max(mem.size, 1)).from_address(mem.ptr + memptr.offset)
+        return np.ndarray(shape, dtype=dtype, buffer=buf, strides=strides)
+
+
+def test_the_jit_implementation_wraps_tensorrt_buffers_without_a_stream_sync(monkeypatch):
+    """The views CuPy's kernel gets are TensorRT's buffers (same address, shape, byte strides, dtype; a
+    padded row stride kept), written in place; __cuda_array_interface__ and cupy.asarray are never used."""
+    import sys
+
+    rng = np.random.default_rng(7)
+    b, n, d, o = (int(v) for v in rng.integers(2, 9, size=4))
+    padded = rng.standard_normal((b, n, d + 3)).astype(np.float32)
+    host = {"values": padded[:, :, :d], "index": rng.integers(0, o, size=(b, n)).astype(np.int64),
+            "mask": (rng.random((b, n)) < 0.7).astype(np.float32), "out": np.zeros((b, o, d), np.float32)}
+    kinds = {"values": FakeTrt.float32, "index": FakeTrt.int64, "mask": FakeTrt.float32,
+             "out": FakeTrt.float32}
+    tensors = {k: _PluginTensor(a, kinds[k]) for k, a in host.items()}
+    cupy = _StandInCupy()
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    seen = {}
+
+    def kernel(values, index, mask, num_segments, out=None, stream=None):
+        seen.update(values=values, index=index, mask=mask, out=out, num_segments=num_segments, stream=stream)
+        out[...] = 1.5
+
+    monkeypatch.setattr(ck, "scatter_mean_pool", kernel)
+    impl = _defined().funcs[(tp.PLUGIN_ID, "impl")]
+    impl(tensors["values"], tensors["index"], tensors["mask"], o, (tensors["out"],), 12345)
+    assert _PluginTensor.touched == [] and seen["stream"] == 12345 and seen["num_segments"] == o
+    for name, array in host.items():
+        view = seen[name]
+        assert view.ctypes.data == array.ctypes.data and view.shape == array.shape
+        assert view.strides == array.strides and view.dtype == array.dtype
+        if name != "out":
+            np.testing.assert_array_equal(view, array)
+    np.testing.assert_array_equal(host["out"], np.full((b, o, d), 1.5, np.float32))
+    assert [m.device_id for m in cupy.memories] == [3] * 4
+    assert [m.owner for m in cupy.memories] == [tensors[k] for k in ("values", "index", "mask", "out")]
+    assert cupy.memories[0].size == ((b - 1) * n * (d + 3) + (n - 1) * (d + 3) + d) * 4  # to the last element
