@@ -394,6 +394,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] 
 
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy's SeedSequence both take [0, 2**63)
+MAX_WORKERS = 64  # data-loader / converter worker processes a command starts
+MAX_BATCH = 4096  # samples per training step, videos per benchmark batch
 THREADS_PER_CPU = 4  # --threads above this many per usable CPU only oversubscribes (and 1000 threads hang)
 
 

@@ -227,7 +227,7 @@ def is_marked_table(path: Path) -> bool:
 
 
 def check_outputs(outputs: Sequence[Output], reads: Sequence[Input], force: bool = False,
-                  create_parents: bool = True) -> None:
+                  create_parents: bool = True, force_flag: str | None = "--force") -> None:
     """Before a command works: each output's path is usable and safe, else one line.
 
     OutputError (exit 2): an output that is, holds or lies inside a folder input of what the command reads
@@ -253,11 +253,11 @@ def check_outputs(outputs: Sequence[Output], reads: Sequence[Input], force: bool
             if inp.folder and src in where.parents:
                 raise OutputError(f"{name}: lies inside {inp.what} ({shown_path(inp.path)}); write outputs "
                                   "elsewhere")
-        _check_existing(out, name, force)
+        _check_existing(out, name, force, force_flag)
         _check_parent(out, name, create_parents)
 
 
-def _check_existing(out: Output, name: str, force: bool) -> None:
+def _check_existing(out: Output, name: str, force: bool, force_flag: str | None) -> None:
     try:
         st = os.lstat(out.path)
     except (FileNotFoundError, NotADirectoryError):  # a missing folder or a file on the way: _check_parent
@@ -278,12 +278,11 @@ def _check_existing(out: Output, name: str, force: bool) -> None:
     if force:
         return
     is_dir = stat.S_ISDIR(mode)
+    fix = f"pass {force_flag} to replace it, or choose another path" if force_flag else "choose another path"
     if out.folder and not is_dir:
-        raise OutputError(f"{name}: exists and is a file, and a folder is written here; choose another "
-                          "path, or pass --force to replace it")
+        raise OutputError(f"{name} exists and is a file, and a folder is written here; {fix}")
     what = "a folder" if is_dir else "a file"
-    raise OutputError(f"{name} exists and is {what} that is not an earlier sg2v output; pass --force to "
-                      "replace it, or choose another path")
+    raise OutputError(f"{name} exists and is {what} that is not an earlier sg2v output; {fix}")
 
 
 def _check_parent(out: Output, name: str, create: bool) -> None:
@@ -331,3 +330,35 @@ def output_lock(folder: Path, flag: str = "--out") -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+RUN_CHECKPOINTS = ("last.pt", "pretrain.pt")  # what a training run folder of an sg2v without markers holds
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether `path` can take a training run in place: marked by sg2v, empty, or a run folder written
+    before markers existed (it holds a run checkpoint, which resuming validates before writing)."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            return False
+        names = set(os.listdir(path))
+    except OSError:
+        return False
+    return MARKER in names and has_marker(path) or not names or any(
+        n in names and (path / n).is_file() for n in RUN_CHECKPOINTS)
+
+
+@contextlib.contextmanager
+def run_folder(out: Path, reads: Sequence[Input], what: str, flag: str = "--out") -> Iterator[Path]:
+    """A training run's output folder, written in place: checked (`check_outputs`: never an input, the root,
+    a file, or a folder of other things), created, locked against a second command, and marked."""
+    out = Path(out)
+    check_outputs([Output(flag, out, folder=True, ours=is_run_folder)], reads, force_flag=None)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"{flag} {shown_path(out)}: cannot create the folder ({describe_os_error(e)})"
+                         ) from None
+    with output_lock(out, flag):
+        ensure_marker(out, what)
+        yield out

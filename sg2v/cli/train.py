@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from sg2v.config import DEVICES, add_options, from_options
+from sg2v.config import BOUNDS, DEVICES, add_options, from_options
 
 MAX_EVAL_SAMPLES = 100_000  # held-out graphs per step count
 
@@ -112,6 +113,35 @@ def _check_eval_args(args: argparse.Namespace) -> None:
         raise TrainError(f"--seed {shown(args.seed)}: must be an integer in [0, {MAX_SEED}]")
     if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
         raise TrainError(f"--guidance {args.guidance}: must be a finite number >= 0 (1: no guidance)")
+    lo, hi = BOUNDS["DiffusionConfig.default_steps"]
+    for steps in args.steps:
+        if not lo <= steps <= hi:
+            raise TrainError(f"--steps {shown(steps)}: each must be an integer in [{lo}, {hi}]")
+    _check_eval_outputs(args)
+
+
+def _check_eval_outputs(args: argparse.Namespace) -> None:
+    """--json and --contact-sheet through `sg2v.safety.check_outputs`: never the checkpoint (nor the folder
+    of a bundle read), replaced only when an earlier eval table / sg2v sheet (no --force here)."""
+    from sg2v.safety import Output, OutputError, check_outputs, inputs, is_marked_json
+    from sg2v.training.train import TrainError
+    from sg2v.video import VideoError, image_format, is_sg2v_output
+
+    outputs = []
+    if args.json:
+        outputs.append(Output("--json", Path(args.json), ours=is_marked_json))
+    if args.contact_sheet:
+        try:
+            image_format(args.contact_sheet)
+        except VideoError as e:
+            raise TrainError(f"--contact-sheet {e}") from None
+        outputs.append(Output("--contact-sheet", Path(args.contact_sheet),
+                              ours=lambda p: is_sg2v_output(p, "image")))
+    try:
+        check_outputs(outputs, inputs((args.ckpt, "the --ckpt checkpoint", Path(args.ckpt).is_dir())),
+                      force_flag=None)
+    except OutputError as e:
+        raise TrainError(str(e)) from None
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -119,10 +149,14 @@ def _run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from sg2v.io import atomic_write_text
+    from sg2v.safety import JSON_MARK
     from sg2v.training.checkpoint import load_model
     from sg2v.training.evaluate import evaluate, format_table
-    from sg2v.training.train import TrainError
+    from sg2v.training.train import TrainError, json_record
     from sg2v.vocab import shapes_vocab
+
+    def json_record_text(table: dict) -> str:
+        return json.dumps(json.loads(json_record(table)), indent=1) + "\n"
 
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = "cuda" if cuda else "cpu"
@@ -140,14 +174,17 @@ def _run_eval(args: argparse.Namespace) -> int:
                              seed=args.seed, contact_sheet=sheet))
     print(format_table(rows))
     if args.json:
-        atomic_write_text(args.json, json.dumps({"ckpt": str(args.ckpt), "rows": rows}, indent=1) + "\n")
+        table = {JSON_MARK: "sg2v-train eval", "ckpt": str(args.ckpt), "rows": rows}
+        atomic_write_text(args.json, json_record_text(table))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `sg2v-train`; sg2v errors become one line on stderr and the error's exit code."""
     from sg2v.errors import Sg2vError
+    from sg2v.safety import describe_os_error, one_line, safe_stdio
 
+    safe_stdio()
     args = build_parser().parse_args(argv)
     try:
         if args.command == "pretrain":
@@ -156,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
             return _run_diffusion(args)
         return _run_eval(args)
     except Sg2vError as e:
-        print(f"sg2v-train {args.command}: error: {e}", file=sys.stderr)
+        print(one_line(f"sg2v-train {args.command}: error: {e}"), file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a full disk, a read-only folder, an I/O error: one line naming the path
+        print(f"sg2v-train {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"sg2v-train {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -29,6 +29,7 @@ from torch import nn
 
 from sg2v.config import (
     DEVICES,
+    MAX_BATCH,
     MAX_SEED,
     MODEL_SIZES,
     DataConfig,
@@ -155,6 +156,8 @@ class PretrainConfig:
                      "video_pool", "log_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise PretrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.batch > MAX_BATCH:
+            raise PretrainError(f"--batch {self.batch}: at most {MAX_BATCH}")
         for name in ("video_frames", "warmup", "eval_every"):
             if getattr(self, name) < 0:
                 raise PretrainError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -483,7 +486,15 @@ def pretrain(cfg: PretrainConfig, *, model: ModelConfig | None = None, external:
     it. Returns the last losses and the final held-out retrieval scores (None where a converted data set's
     val split has fewer than 5 samples).
     """
+    from sg2v.training.train import run_output
+
     cfg.validate()
+    with run_output(cfg.out, cfg.data, (), "sg2v-train pretrain"):
+        return _pretrain(cfg, model=model, external=external, batches=batches, log=log)
+
+
+def _pretrain(cfg: PretrainConfig, *, model: ModelConfig | None, external: VideoEncoder | None,
+              batches: Any, log: Callable[[str], None] | None) -> dict[str, Any]:
     log = log or _print_flush
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,9 @@ import torch
 from sg2v.config import (
     BOUNDS,
     DEVICES,
+    MAX_BATCH,
     MAX_SEED,
+    MAX_WORKERS,
     MODEL_SIZES,
     DistillConfig,
     ModelConfig,
@@ -43,7 +46,7 @@ from sg2v.config import (
     video_size_problem,
     without_layout,
 )
-from sg2v.errors import CheckpointError, ConfigError, Sg2vError
+from sg2v.errors import CheckpointError, ConfigError, Sg2vError, shown
 from sg2v.graph import GRAPH_TENSORS
 from sg2v.io import atomic_write_text
 from sg2v.models.sg2v import build_model
@@ -91,6 +94,12 @@ class TrainError(Sg2vError, ValueError):
     """Training settings that cannot work (names the option and the fix)."""
 
     exit_code = 2
+
+
+class DivergedError(TrainError):
+    """A loss that became NaN or infinite: training stops without saving those weights (exit status 1)."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -207,6 +216,10 @@ class TrainConfig:
                         "stop_at": self.stop_at}.items():
             if not isinstance(v, int) or v < 0:
                 raise TrainError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}")
+        for name, v, hi in (("workers", self.workers, MAX_WORKERS), ("batch", self.batch, MAX_BATCH),
+                            ("grad_accum", self.grad_accum, MAX_BATCH)):
+            if v > hi:
+                raise TrainError(f"--{name.replace('_', '-')} {shown(v)}: at most {hi}")
         if not self.lr > 0:
             raise TrainError(f"--lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
@@ -511,12 +524,28 @@ def train(tc: TrainConfig, progress: bool = True, model: ModelConfig | None = No
         torch.set_num_threads(tc.threads)
     dist = init_distributed(tc.device)
     try:
-        return _train(tc, dist, progress, model)
+        with run_output(tc.out, tc.data, (tc.init, tc.init_encoder), f"sg2v-train {tc.objective}",
+                        dist.is_main):
+            return _train(tc, dist, progress, model)
     finally:
         if dist.initialized_here:
             import torch.distributed as td
 
             td.destroy_process_group()
+
+
+def run_output(out: str, data: Sequence[str] | None, weights: Sequence[str | None], what: str,
+               main: bool = True) -> contextlib.AbstractContextManager:
+    """The run folder `out` checked, locked and marked for this process (`sg2v.safety.run_folder`); never
+    a --data folder or the folder holding a weights file read (the others are not written); nothing on
+    other ranks."""
+    from sg2v.safety import inputs, run_folder
+
+    if not main:
+        return contextlib.nullcontext()
+    reads = inputs(*[(d, "a --data folder", True) for d in data or ()],
+                   *[(w, "a weights file read", Path(w).is_dir()) for w in weights if w])
+    return run_folder(Path(out), reads, what)
 
 
 def _train(tc: TrainConfig, dist: Dist, progress: bool, model_cfg: ModelConfig | None) -> TrainResult:
@@ -661,6 +690,7 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool, model_cfg: ModelConfig |
                     td.all_reduce(loss_acc)
                     loss_acc /= dist.world
                 mean_loss = float(loss_acc) / n_last
+                check_finite_loss(mean_loss, done, out)
                 now = time.perf_counter()
                 rate = n_last * tc.batch / max(now - t_last, 1e-9)
                 losses.append(mean_loss)
@@ -674,6 +704,7 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool, model_cfg: ModelConfig |
                 bar.update(done, {})
             stop = _stop_reason(tc, dist, done, t_start)
             if dist.is_main and (done % tc.ckpt_every == 0 or done == tc.steps or stop):
+                check_finite_loss(float(step_loss), done, out)  # never a checkpoint of diverged weights
                 extra = {"train_config": tc.to_dict()}
                 if data is not None:
                     extra["data"] = data.record()
@@ -837,17 +868,39 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def check_finite_loss(loss: float, step: int, out: Path) -> None:
+    """DivergedError when the loss is NaN or infinite: training stops before it saves such weights."""
+    if not math.isfinite(loss):
+        raise DivergedError(f"step {step}: the loss is {loss} (training diverged, or the initial weights or "
+                            f"data hold NaN/inf); nothing was saved from this step, {out / LAST} keeps the "
+                            "last finite weights; lower --lr or check --init and --data")
+
+
+def json_record(record: dict[str, Any]) -> str:
+    """One metrics line: strict JSON, a NaN or infinite number written as null (never a bare NaN)."""
+    def finite(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(record), allow_nan=False)
+
+
 def _log(out: Path, record: dict[str, Any]) -> None:
     # Appending one short line per record; a crash can at worst cut the last line, which readers skip.
     with open(out / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json_record(record) + "\n")
 
 
 def _truncate_metrics(out: Path, step: int) -> None:
     # Steps after the checkpoint are replayed on resume; drop their first-run records so each step logs once.
     path = out / METRICS
     if path.is_file():
-        keep = [json.dumps(r) + "\n" for r in read_metrics(out) if int(r.get("step", 0)) <= step]
+        keep = [json_record(r) + "\n" for r in read_metrics(out) if int(r.get("step", 0)) <= step]
         atomic_write_text(path, "".join(keep))
 
 
