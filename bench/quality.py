@@ -179,7 +179,7 @@ def measure_bundle(args: argparse.Namespace, path: str, steps: list[int] | None)
 
 LAYOUT_VARIANTS = {"bundle": {}, "unchecked": {"per_round": 8, "geometry": None}}
 COVER = 0.25  # an overlap frame: one box covers at least this fraction of another
-WHOLE = 0.9  # the later object is drawn whole where this fraction of its shape shows its color
+WHOLE = 0.9  # the later object is drawn whole where it shows this fraction of its unoverlapped pixels
 
 
 def geometry_rows(pipe, n: int, steps: list[int], seed: int, guidance: float | None, max_batch: int | None,
@@ -225,9 +225,10 @@ def geometry_rows(pipe, n: int, steps: list[int], seed: int, guidance: float | N
 
 def layout_geometry_metrics(videos, graphs, tracks, pinned: list[int]) -> dict:
     """Overlap frames of the layouts (one box covering >= COVER of another), the share of those pairs in
-    which the later object shows its color over >= WHOLE of its shape (occlusion drawn by the world's rule),
-    and with `pinned` objects: the share of their frames with >= 90% of their pixels inside their box, and
-    the frames in which a drawn object overlaps a pinned one at all."""
+    which the later object shows >= WHOLE of its pixel count in the frames where its box overlaps none (the
+    median; without such frames, its shape's at its box size): occlusion drawn by the world's rule; and with
+    `pinned` objects, the share of their frames with >= 90% of their pixels inside their box, and the frames
+    in which a drawn object overlaps a pinned one at all."""
     import numpy as np
 
     from sg2v.geometry import pair_overlaps
@@ -244,17 +245,18 @@ def layout_geometry_metrics(videos, graphs, tracks, pinned: list[int]) -> dict:
         px = np.rint(np.asarray(t, np.float64) * [w, h, w, h]).astype(int)  # (n, F, 4)
         over_frames += int((ov >= COVER).any(axis=(0, 1)).sum())
         n = len(names)
+        counts = np.stack([(lab == COLOR_NAMES.index(c)).sum(axis=(1, 2)) for c, _ in names])  # (n, F)
         for i in range(n):
             for j in range(i + 1, n):  # j is drawn after i: on top
                 for fr in np.flatnonzero(ov[i, j] >= COVER):
-                    x0, y0, x1, y1 = px[j, fr]
-                    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-                    if x1 <= x0 or y1 <= y0:
-                        continue
-                    mask = shape_template(names[j][1], y1 - y0, x1 - x0)
-                    shown = lab[fr, y0:y1, x0:x1][mask] == COLOR_NAMES.index(names[j][0])
+                    alone = ov[j].max(axis=0) == 0  # (F,) frames where j's box overlaps none
+                    if alone.any():
+                        ref = float(np.median(counts[j, alone]))
+                    else:
+                        x0, y0, x1, y1 = px[j, fr]
+                        ref = float(shape_template(names[j][1], max(y1 - y0, 1), max(x1 - x0, 1)).sum())
                     pairs += 1
-                    whole += bool(shown.mean() >= WHOLE)
+                    whole += bool(counts[j, fr] >= WHOLE * ref)
         for k in pinned:
             color = COLOR_NAMES.index(names[k][0])
             for fr in range(f):

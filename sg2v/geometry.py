@@ -293,3 +293,17 @@ def compact_entry(geometry: Geometry) -> str:
     import json
 
     return json.dumps(to_entry(geometry), separators=(",", ":"))
+
+
+def dataset_geometry(annotations: Iterable[Mapping[str, Any]], quantile: float = MEASURE_QUANTILE
+                     ) -> Geometry | None:
+    """`measure_geometry` of a converted data set's training split: its annotations (`boxes` (n, F, 4) in
+    [0, 1], `visible` (n, F), `has_layout` (n,), as `ConvertedDataset.annotation` gives them), each object's
+    box counted only in the frames where it is visible and has one."""
+    def layouts() -> Iterable[np.ndarray]:
+        for a in annotations:
+            boxes = np.asarray(a["boxes"], dtype=np.float64)
+            known = np.asarray(a["visible"], bool) & np.asarray(a["has_layout"], bool)[:, None]
+            yield np.where(known[..., None], boxes, np.nan)
+
+    return measure_geometry(layouts(), quantile)

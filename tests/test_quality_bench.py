@@ -60,3 +60,39 @@ def test_a_step_count_the_student_was_not_distilled_for_is_refused(student_bundl
     err = capsys.readouterr().err.strip()
     assert err.startswith("quality: error: 3 steps: this student was distilled for [1, 2, 4] steps"), err
     assert "\n" not in err and not (tmp_path / "q.json").exists()
+
+
+def test_geometry_metrics_on_the_worlds_own_renders():
+    """Overlap frames, occlusion and pinned tracks judged on videos the shapes world draws (later objects on
+    top) from hand-made motions, against what those motions make true."""
+    import numpy as np
+
+    from sg2v.shapes.world import Motion, ShapesWorld
+
+    quality = _quality()
+    world = ShapesWorld()
+    graph = {"objects": ["red square", "blue circle", "green triangle"], "relationships": []}
+    f = world.frames
+    # blue sits on red for the whole clip (covering half of it); green stays apart
+    motion = Motion(np.array([12, 12, 10]), np.array([[10.0, 10.0], [16.0, 10.0], [40.0, 40.0]]),
+                    np.array([[10.0, 10.0], [16.0, 10.0], [40.0, 40.0]]))
+    sample = world.render(graph, motion)
+    tracks = sample.boxes / 64.0
+    m = quality.layout_geometry_metrics([sample.video], [graph], [tracks], [])
+    assert m["overlap_frames"] == f and m["occluded_pairs"] == f and m["later_whole"] == 1.0
+    # the same tracks drawn with the earlier object on top: the later one is cut in every such frame
+    swapped = world.render({"objects": graph["objects"][::-1], "relationships": []},
+                           Motion(motion.sizes[::-1], motion.start[::-1], motion.end[::-1]))
+    m = quality.layout_geometry_metrics([swapped.video], [graph], [tracks], [])
+    assert m["overlap_frames"] == f and m["later_whole"] == 0.0
+    # object 0 pinned: its pixels are in its box in every frame; blue lies over it in every frame
+    m = quality.layout_geometry_metrics([sample.video], [graph], [tracks], [0])
+    assert m["pinned_in_box"] == 1.0 and m["pinned_overlap_frames"] == f
+    starts = np.array([[2.0, 2.0], [30.0, 2.0], [2.0, 40.0]])
+    ends = np.array([[2.0, 2.0], [30.0, 2.0], [40.0, 40.0]])  # green moves, never onto another
+    apart = world.render(graph, Motion(np.array([12, 12, 10]), starts, ends))
+    m = quality.layout_geometry_metrics([apart.video], [graph], [apart.boxes / 64.0], [0])
+    assert m["overlap_frames"] == 0 and m["later_whole"] is None and m["pinned_overlap_frames"] == 0
+    moved = apart.boxes / 64.0 + np.float32(0.3)  # the pinned box elsewhere: its pixels are not in it
+    m = quality.layout_geometry_metrics([apart.video], [graph], [moved], [0])
+    assert m["pinned_in_box"] == 0.0

@@ -222,6 +222,23 @@ def test_model_config_comes_from_the_data(converted):
     assert (cfg.data.frames, cfg.data.height, cfg.data.width) == (4, 16, 16)  # images: the conversion's F
     assert (cfg.data.max_objects, cfg.data.max_relationships) == (3, 3)  # the largest train / val graph
     assert cfg.layout.rules == "none" and cfg.unet == base.unet
+    # the layout check's limits, measured on the train split: every known box, frame by frame (slow way)
+    from sg2v.geometry import from_entry, overlap_fraction
+
+    ds = ConvertedDataset(converted["vg"], "train")
+    widths, worst = [], []
+    for i in range(len(ds)):
+        a = ds.annotation(i)
+        for f in range(a["boxes"].shape[1]):
+            known = [b for b, v, h in zip(a["boxes"][:, f].astype(np.float64), a["visible"][:, f],
+                                          a["has_layout"]) if v and h and b[2] > b[0] and b[3] > b[1]]
+            widths += [b[2] - b[0] for b in known]
+            if len(known) > 1:
+                worst.append(max(overlap_fraction(p, q) for p in known for q in known if p is not q))
+    g = from_entry(json.loads(cfg.layout.geometry))
+    assert g.source == "measured" and g.inside
+    assert g.width == pytest.approx((np.quantile(widths, 0.001), np.quantile(widths, 0.999)))
+    assert g.max_overlap == (pytest.approx(np.quantile(worst, 0.99)) if worst else None)
     assert open_run_data([converted["coco"]]).rules == "coco"
     assert open_run_data([converted["coco"]], rules="none").rules == "none"
     assert open_run_data([converted["vg"]], frames=3).frames == 3  # images: any clip length

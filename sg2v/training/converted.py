@@ -194,11 +194,18 @@ def open_run_data(paths: Sequence[str | os.PathLike], *, frames: int | None = No
 
 
 def data_model_config(base: ModelConfig, data: RunData) -> ModelConfig:
-    """`base` (a size's config) with the data's vocabulary sizes, frame size, graph limits and rule family."""
+    """`base` (a size's config) with the data's vocabulary sizes, frame size, graph limits, rule family and
+    the geometric limits measured on its train split (`sg2v.geometry.dataset_geometry`, for the layout
+    check)."""
+    from sg2v.geometry import compact_entry, dataset_geometry
+
     d = dataclasses.replace(base.data, frames=data.frames, height=data.height, width=data.width,
                             max_objects=data.max_objects, max_relationships=data.max_relationships)
     encoder = dataclasses.replace(base.encoder, num_objs=data.vocab.num_objs, num_preds=data.vocab.num_preds)
-    cfg = base.replace(data=d, encoder=encoder, layout=dataclasses.replace(base.layout, rules=data.rules))
+    geometry = dataset_geometry(data.train.item(k, frames=False) for k in range(len(data.train)))
+    layout = dataclasses.replace(base.layout, rules=data.rules,
+                                 geometry="" if geometry is None else compact_entry(geometry))
+    cfg = base.replace(data=d, encoder=encoder, layout=layout)
     u = cfg.unet
     scale = 2 ** (len(u.channel_mult) - 1) * u.patch_size
     if data.height % scale or data.width % scale:
