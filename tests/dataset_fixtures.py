@@ -90,7 +90,8 @@ def write_vg(root: Path) -> dict[str, Any]:
         _vg_rel(1, man, "Wearing ", shirt), _vg_rel(2, man, "wears", shirt, "names"),
         _vg_rel(3, 999, "near", tree),
         _vg_rel(4, cup, "near", man), _vg_rel(5, tree, "behind", man), _vg_rel(6, man, "near", man),
-        _vg_rel(7, tree, "near", man)]})
+        _vg_rel(7, tree, "near", man),
+        _vg_rel(19, cup, "under", tree)]})  # only between a dropped cup and a tree: not a predicate drop
     # image 2 (train, "id" instead of "image_id" in image_data.json): three objects, three relationships
     image(2, 300, 250, key="id")
     m2, s2, t2 = _vg_obj(201, ["guy"], 0, 0, 100, 200), _vg_obj(202, ["shirt"], 20, 40, 50, 60), \
@@ -167,7 +168,8 @@ def write_vg(root: Path) -> dict[str, Any]:
             ("relationship", "subject and object are the same object"): 1,
             ("relationship", "repeats a (subject, predicate, object) of the image"): 1,
             ("relationship", "subject id is not among the image's objects in objects.json"): 2,
-            ("relationship", "subject is an object that was dropped"): 1,
+            ("relationship", "subject is an object that was dropped (narrower or shorter than "
+                             "--min-object-size)"): 2,
         },
         "colors": {1: color(1), 2: color(2), 7: color(7), 10: color(10)},
     }

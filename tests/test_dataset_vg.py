@@ -181,3 +181,62 @@ def test_options_are_recorded(vg):
     assert on_disk["options"]["vg"]["min_object_instances"] == 2
     assert set(on_disk["options"]["vg"]) == {f.name for f in dataclasses.fields(VGOptions)}
     assert on_disk["source_format"] == "vg" and on_disk["frames"] == 4 and on_disk["height"] == 16
+
+
+# ------------------------------------------------------------------------------------- version and hostile
+def _rewrite_json(path: Path, change) -> None:
+    path.write_text(json.dumps(change(json.loads(path.read_text()))), encoding="utf-8")
+
+
+def test_the_release_is_detected_and_labelled(vg, tmp_path):
+    """1.4 lists merged_object_ids on its objects; 1.2 has none and names relationship endpoints by "name"."""
+    _, _, info = vg
+    assert info["source"]["name"] == "Visual Genome 1.4" and info["source"]["version"] == "1.4"
+    src = tmp_path / "src"
+    shutil.copytree(vg[0] / "src", src)
+
+    def strip_merged(entries):
+        for e in entries:
+            for o in e["objects"]:
+                o.pop("merged_object_ids", None)
+        return entries
+
+    def name_only(entries):
+        for e in entries:
+            for r in e["relationships"]:
+                for end in (r["subject"], r["object"]):
+                    if "names" in end:
+                        end["name"] = end.pop("names")[0]
+        return entries
+
+    _rewrite_json(src / "objects.json", strip_merged)
+    _rewrite_json(src / "relationships.json", name_only)
+    info = _convert(src, tmp_path / "out12")
+    assert info["source"]["name"] == "Visual Genome 1.2" and info["source"]["version"] == "1.2"
+    assert json.loads((tmp_path / "out12" / "dataset.json").read_text())["source"]["version"] == "1.2"
+
+
+@pytest.mark.parametrize("where, change, why", [
+    ("objects.json", lambda e: e[0]["objects"][0].update(x=10 ** 30), r"\[0\].objects\[0\]: .*finite"),
+    ("objects.json", lambda e: e[0]["objects"][0].update(w=10 ** 400), r"\[0\].objects\[0\]: .*finite"),
+    ("objects.json", lambda e: e[0]["objects"][0].update(object_id=2 ** 64), r"\[0\].objects\[0\]"),
+    ("image_data.json", lambda e: e[0].update(url="https://x/VG_100K/../x.png"), r"ends in '\.\./x\.png'"),
+    ("image_data.json", lambda e: e[0].update(url="https://x/VG_100K/.."), r"ends in 'VG_100K/\.\.'"),
+    ("image_data.json", lambda e: e[0].update(url="https://x/images/../1.jpg"), r"ends in '\.\./1\.jpg'"),
+    ("image_data.json", lambda e: e[0].update(width=10 ** 400), r"\[0\]: width and height"),
+    ("relationships.json", lambda e: e[0]["relationships"][0]["subject"].update(object_id=1.5),
+     "no integer object_id"),
+])
+def test_hostile_fields_are_one_line(vg, tmp_path, where, change, why):
+    src = tmp_path / "src"
+    shutil.copytree(vg[0] / "src", src)
+
+    def apply(entries):
+        change(entries)
+        return entries
+
+    _rewrite_json(src / where, apply)
+    with pytest.raises(DatasetError, match=why) as e:
+        _convert(src, tmp_path / "out")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()

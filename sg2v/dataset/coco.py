@@ -47,6 +47,7 @@ import numpy as np
 from sg2v.dataset.common import (
     MAX_COORD,
     MAX_ID,
+    MAX_IMAGE_SIDE,
     DropTable,
     JobResult,
     Plan,
@@ -70,7 +71,6 @@ FIX = ("download annotations_trainval2017.zip and stuff_annotations_trainval2017
 PREDICATES = [IN_IMAGE_PRED, "left of", "right of", "above", "below", "inside", "surrounding"]
 OTHER = "other"
 MAX_CATEGORY_ID = 65535  # COCO-Stuff's highest is 183; the vocabulary has one slot per id up to the highest
-MAX_IMAGE_SIDE = 1 << 16  # pixels, a JSON image's width or height
 MAX_POLYGONS = 1000  # polygons of one annotation (COCO's have a few, at most a few dozen)
 MAX_POLYGON_POINTS = 1 << 14  # points of one annotation's polygons together (COCO's have hundreds at most)
 _ROW_EDGE_CHUNK = 1 << 20  # (rows x edges) cells rasterised at once: bounded memory for any polygon

@@ -106,6 +106,7 @@ def bad_source(path: Path | str, where: str, what: str, fix: str) -> DatasetErro
 # ------------------------------------------------------------------------------------------------ field types
 MAX_COORD = 1e7  # pixels: a coordinate or size beyond this is not of a photo or video frame
 MAX_ID = (1 << 63) - 1
+MAX_IMAGE_SIDE = 1 << 16  # pixels, an image's width or height as an annotation file gives it
 
 
 def is_number(v: Any, limit: float = MAX_COORD) -> bool:

@@ -1,4 +1,7 @@
-"""Visual Genome 1.4 as distributed -> converted data set (images as one-frame clips), sg2im's preprocessing.
+"""Visual Genome 1.4 (or 1.2) as distributed -> converted data set (images as one-frame clips), sg2im's
+preprocessing. The release is detected and recorded in dataset.json's "source": 1.4 lists merged_object_ids
+on its objects (its cleaner objects.json, per its readme), 1.2 has none and names relationship endpoints by
+"name".
 
 Sources of the facts used here:
 - Files and layout: google/sg2im `scripts/download_vg.sh` (objects.json, relationships.json, attributes.json,
@@ -43,10 +46,15 @@ from typing import Any
 import numpy as np
 
 from sg2v.dataset.common import (
+    MAX_COORD,
+    MAX_ID,
+    MAX_IMAGE_SIDE,
     DropTable,
     Plan,
     bad_source,
     frames_job,
+    is_int,
+    is_number,
     load_source_json,
     read_lines,
     seeded_split,
@@ -85,7 +93,8 @@ def _list_of(data: Any, path: Path, what: str) -> list:
 
 
 def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+    """A finite number within +-MAX_COORD pixels (10**30 or 10**400 is not a box coordinate)."""
+    return is_number(v, MAX_COORD)
 
 
 def _object(obj: Any, path: Path, where: str, notes: DropTable) -> tuple[int, list[str], tuple]:
@@ -94,8 +103,9 @@ def _object(obj: Any, path: Path, where: str, notes: DropTable) -> tuple[int, li
         raise bad_source(path, where, "an object must be a JSON object", FIX)
     oid = obj.get("object_id", obj.get("id"))
     box = tuple(obj.get(k) for k in ("x", "y", "w", "h"))
-    if not isinstance(oid, int) or not all(_num(v) for v in box):
-        raise bad_source(path, where, "an object needs an integer object_id and numbers x, y, w, h", FIX)
+    if not is_int(oid, -MAX_ID, MAX_ID) or not all(_num(v) for v in box):
+        raise bad_source(path, where, "an object needs an integer object_id and numbers x, y, w, h (finite, "
+                                      f"within +-{MAX_COORD:g} px)", FIX)
     if "names" in obj:
         names = obj["names"]
     elif "name" in obj:
@@ -108,12 +118,23 @@ def _object(obj: Any, path: Path, where: str, notes: DropTable) -> tuple[int, li
     return oid, names, box
 
 
-def _endpoint(rel: dict, role: str, path: Path, where: str) -> int:
+def _endpoint(rel: dict, role: str, path: Path, where: str, naming: Counter) -> int:
     end = rel.get(role)
     oid = end.get("object_id", end.get("id")) if isinstance(end, dict) else None
-    if not isinstance(oid, int) or isinstance(oid, bool):
+    if not is_int(oid, -MAX_ID, MAX_ID):
         raise bad_source(path, where, f"relationship {role} has no integer object_id", FIX)
+    naming.update(k for k in ("name", "names") if k in end)
     return oid
+
+
+def version(has_merged: bool, naming: Counter) -> str:
+    """The release the files are from: 1.4 lists merged_object_ids on its objects (its cleaner objects.json);
+    1.2 has none and names relationship endpoints by "name"; anything else is not recognised."""
+    if has_merged:
+        return "1.4"
+    if naming["name"] and not naming["names"]:
+        return "1.2"
+    return "unrecognised version"
 
 
 def plan(source: Path, o: VGOptions, seed: int) -> Plan:
@@ -134,8 +155,12 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
     for i, entry in enumerate(image_data):
         iid = _image_id(entry, path, i)
         w, h, url = entry.get("width"), entry.get("height"), entry.get("url")
-        if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
-            raise bad_source(path, f"[{i}]", "width and height must be positive integers", FIX)
+        if not (is_int(w, 1, MAX_IMAGE_SIDE) and is_int(h, 1, MAX_IMAGE_SIDE)):
+            raise bad_source(path, f"[{i}]", f"width and height must be integers in 1..{MAX_IMAGE_SIDE}", FIX)
+        rel = image_file(url if isinstance(url, str) else "", iid)
+        if any(p in (".", "..") for p in rel.split("/")):
+            raise bad_source(path, f"[{i}]", f"url {str(url)[:120]!r} ends in {rel!r}, which is not a file "
+                                             "under the images folder (VG_100K/ID.jpg)", FIX)
         if iid in images:
             drops.add("image", "image_id repeated in image_data.json")
             continue
@@ -161,6 +186,7 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
     objects_json = _list_of(load_source_json(path, "objects file", FIX), path, "images")
     objects_of: dict[int, list[tuple[int, list[str], tuple]]] = {}
     merged: dict[int, dict[int, int]] = {}
+    has_merged = False
     counter: Counter = Counter()
     for i, entry in enumerate(objects_json):
         iid = _image_id(entry, path, i)
@@ -171,6 +197,7 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
             raise bad_source(path, f"[{i}]", "\"objects\" must be a list", FIX)
         parsed = [_object(obj, path, f"[{i}].objects[{j}]", notes) for j, obj in enumerate(objs)]
         objects_of[iid] = parsed
+        has_merged = has_merged or any("merged_object_ids" in obj for obj in objs)
         if o.resolve_merged_ids:
             merged[iid] = _merged_ids(objs)
         if iid in train:
@@ -185,11 +212,12 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
                            "Visual Genome) or check that objects.json matches image_data.json")
     in_vocab = set(object_names[1:])
     kept_of: dict[int, list[tuple[int, str, tuple]]] = {}
+    dropped_of: dict[int, dict[int, str]] = {}  # per image: dropped object id -> why, for its relationships
     kept_ids: set[int] = set()
     for iid in split_of:
         if iid not in objects_of:
             continue
-        kept, seen = [], set()
+        kept, seen, dropped = [], set(), {}
         for oid, names, box in objects_of[iid]:
             if oid in seen:
                 drops.add("object", "object_id repeated within the image")
@@ -198,20 +226,24 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
             final = next((a for a in (obj_alias.get(n, n) for n in names) if a in in_vocab), None)
             if box[2] < o.min_object_size or box[3] < o.min_object_size:
                 drops.add("object", f"narrower or shorter than --min-object-size ({o.min_object_size} px)")
+                dropped[oid] = "narrower or shorter than --min-object-size"
             elif final is None:
                 drops.add("object", "has no name" if not names else "no name in the vocabulary (names with "
                                     f"fewer than --min-object-instances ({o.min_object_instances}) training "
                                     "objects)")
+                dropped[oid] = "no name in the vocabulary"
             else:
                 kept.append((oid, final, box))
                 kept_ids.add(oid)
         kept_of[iid] = kept
+        dropped_of[iid] = dropped
 
     # -- relationships: predicate vocabulary from training images, then per image
     path = source / "relationships.json"
     rels_json = _list_of(load_source_json(path, "relationships file", FIX), path, "images")
     rels_of: dict[int, list[tuple[int, str, int, str]]] = {}
     pred_counter: dict[str, int] = {}
+    naming: Counter = Counter()  # relationship endpoints named by "name" / "names"
     for i, entry in enumerate(rels_json):
         iid = _image_id(entry, path, i)
         if iid not in split_of or iid in rels_of:
@@ -226,7 +258,8 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
             where = f"[{i}].relationships[{j}]"
             if not isinstance(rel, dict) or not isinstance(rel.get("predicate"), str):
                 raise bad_source(path, where, "a relationship needs a string \"predicate\"", FIX)
-            sid, oid = _endpoint(rel, "subject", path, where), _endpoint(rel, "object", path, where)
+            sid, oid = _endpoint(rel, "subject", path, where, naming), _endpoint(rel, "object", path, where,
+                                                                                naming)
             if mmap:
                 ends = []
                 for x in (sid, oid):
@@ -263,16 +296,24 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
     for split in SPLITS:
         for iid in split_ids[split]:
             payload = _image_payload(iid, split, images[iid], kept_of, objects_of, rels_of, preds, roots, o,
-                                     drops)
+                                     drops, dropped_of.get(iid, {}))
             if payload is not None:
                 payloads.append(payload)
     if not payloads and drops.count("image", "image file not found"):
         raise DatasetError(f"no image file found under {' or '.join(map(str, roots))} (looked for the "
                            "url's VG_100K/ID.jpg or VG_100K_2/ID.jpg, and ID.jpg); unpack images.zip and "
                            "images2.zip there or pass --images-dir")
+    release = version(has_merged, naming)
     return Plan(vocab=vocab, job=frames_job, payloads=payloads, drops=drops, notes=notes,
-                source={"format": "vg", "name": "Visual Genome 1.4", "path": str(source)},
+                source={"format": "vg", "name": f"Visual Genome {release}", "version": release,
+                        "path": str(source)},
                 frames_estimate=len(payloads))
+
+
+def image_file(url: str, iid: int) -> str:
+    """The image's path under the images folder: the url's last two parts (VG_100K(_2)/ID.jpg)."""
+    parts = [p for p in url.replace("\\", "/").split("/") if p]
+    return "/".join(parts[-2:]) if len(parts) >= 2 else f"VG_100K/{iid}.jpg"
 
 
 def _check_fractions(val: float, test: float) -> None:
@@ -324,7 +365,7 @@ def _merged_ids(objs: list) -> dict[int, int]:
 
 def _image_payload(iid: int, split: str, meta: tuple[int, int, str], kept_of: dict, objects_of: dict,
                    rels_of: dict, preds: set[str], roots: list[Path], o: VGOptions,
-                   drops: DropTable) -> dict[str, Any] | None:
+                   drops: DropTable, dropped: dict[int, str]) -> dict[str, Any] | None:
     if iid not in objects_of:
         drops.add("image", "no entry in objects.json")
         return None
@@ -343,17 +384,21 @@ def _image_payload(iid: int, split: str, meta: tuple[int, int, str], kept_of: di
     rels: list[list] = []
     seen: set[tuple[int, str, int]] = set()
     for sid, pred, oid, _ in rels_of[iid]:
-        if pred not in preds:
-            drops.add("relationship", "predicate not in the vocabulary (fewer than --min-relationship-"
-                                      f"instances ({o.min_relationship_instances}) training relationships)")
-            continue
+        # endpoints first: a relationship of a dropped object is counted as such, whatever its predicate
+        # (a predicate seen only between dropped objects never reaches the vocabulary)
         missing = [role for role, x in (("subject", sid), ("object", oid)) if x not in index]
         if missing:
             role, x = missing[0], sid if missing[0] == "subject" else oid
-            if x in listed:
-                drops.add("relationship", f"{role} is an object that was dropped")
+            if x in dropped:
+                drops.add("relationship", f"{role} is an object that was dropped ({dropped[x]})")
+            elif x in listed:
+                drops.add("relationship", f"{role} is an object that was dropped (object_id repeated)")
             else:
                 drops.add("relationship", f"{role} id is not among the image's objects in objects.json")
+            continue
+        if pred not in preds:
+            drops.add("relationship", "predicate not in the vocabulary (fewer than --min-relationship-"
+                                      f"instances ({o.min_relationship_instances}) training relationships)")
             continue
         s, t = index[sid], index[oid]
         if s == t:
@@ -373,8 +418,7 @@ def _image_payload(iid: int, split: str, meta: tuple[int, int, str], kept_of: di
                            "relationships left")
         return None
     w, h, url = meta
-    parts = [p for p in url.replace("\\", "/").split("/") if p]
-    rel = "/".join(parts[-2:]) if len(parts) >= 2 else f"VG_100K/{iid}.jpg"
+    rel = image_file(url, iid)
     path = next((p for root in roots for p in (root / rel, root / Path(rel).name) if p.is_file()), None)
     if path is None:
         drops.add("image", "image file not found")
