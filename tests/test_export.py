@@ -92,11 +92,14 @@ def test_manifest_has_every_contract_key(bundle, ckpt):
     assert m["shapes"]["max_layout_batch"] == spec.MAX_BATCH * spec.LAYOUT_PER_ROUND
     assert list(m["stages"]) == ["encoder", "layout", "unet"]
     assert {e["file"] for e in m["stages"].values()} == {"encoder.onnx", "layout.onnx", "unet.onnx"}
+    from sg2v.geometry import shapes_geometry, to_entry
     from sg2v.relations import rules_for
 
+    # the shapes world's constraints for this canvas: no overlap, its box sizes, inside the canvas
     assert m["layout"] == {"steps": cfg.layout.default_steps, "tries": cfg.layout.default_tries,
-                           "per_round": min(cfg.layout.default_tries, spec.LAYOUT_PER_ROUND),
-                           "sampler": "dpmpp2m", "relation_rules": rules_for(shapes_vocab().pred_names)}
+                           "per_round": min(cfg.layout.default_tries, spec.LAYOUT_DEFAULT_PER_ROUND),
+                           "sampler": "dpmpp2m", "relation_rules": rules_for(shapes_vocab().pred_names),
+                           "geometry": to_entry(shapes_geometry(cfg.data.height, cfg.data.width))}
     rules = m["layout"]["relation_rules"]
     assert len(rules) == 6 and rules["above"] == "shapes/above"
     assert m["schedule"] == {"kind": cfg.diffusion.schedule,

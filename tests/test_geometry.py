@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from sg2v.geometry import (
 from sg2v.shapes import ShapesDataset
 from sg2v.shapes.world import OBJECT_NAMES, ShapesWorld, size_range
 
+ROOT = Path(__file__).resolve().parents[1]
 F = 5
 SHAPES = shapes_geometry(64, 64)
 
@@ -143,7 +145,8 @@ def test_the_worlds_scenes_keep_and_its_rejections_break_the_constraints():
         over = Geometry(0.0, None, None, False, "shapes world")
         np.testing.assert_array_equal(batch_geometry_ok(boxes, over), apart)
         agree += int(apart.sum()) * int((~apart).sum())
-        sized = [c.holds for k in range(5) for c in check_geometry(boxes[k], SHAPES) if c.constraint == "size"]
+        sized = [c.holds for k in range(5) for c in check_geometry(boxes[k], SHAPES)
+                 if c.constraint == "size"]
         assert all(sized) and sized
     assert agree > 0  # both kinds occurred
 
@@ -191,8 +194,8 @@ def test_entries_round_trip_and_bad_entries_name_the_field():
 
 
 def test_a_bundle_without_the_entry_gets_the_shapes_worlds_from_its_config():
-    cfg = ModelConfig.from_dict(json.loads((__import__("pathlib").Path("models/demo/manifest.json")
-                                            ).read_text())["model_config"])
+    manifest = json.loads((ROOT / "models" / "demo" / "manifest.json").read_text())
+    cfg = ModelConfig.from_dict(manifest["model_config"])
     assert geometry_for(cfg, OBJECT_NAMES) == shapes_geometry(cfg.data.height, cfg.data.width)
     assert model_geometry(cfg, OBJECT_NAMES) == SHAPES
     assert geometry_for(cfg, ("person", "dog")) is None  # another vocabulary: nothing to derive
@@ -203,3 +206,27 @@ def test_a_bundle_without_the_entry_gets_the_shapes_worlds_from_its_config():
                                                             "geometry": compact_entry(measured)}))
     assert model_geometry(recorded, ("person",)) == measured
     assert ModelConfig.from_dict(recorded.to_dict()).layout.geometry == compact_entry(measured)
+
+
+def test_bundle_reader_derives_reads_and_refuses_the_entry(grounded_bundle, tmp_path):
+    import shutil
+
+    from sg2v.errors import BundleError
+    from sg2v.runtime.bundle import Bundle
+
+    shipped = Bundle.open(ROOT / "models" / "demo", verify=False)  # format 4, written before the entry
+    assert "geometry" not in shipped.manifest["layout"]
+    assert shipped.layout["geometry"] == to_entry(SHAPES)
+    copy = tmp_path / "b"
+    shutil.copytree(grounded_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    cfg = ModelConfig.from_dict(manifest["model_config"])
+    assert manifest["layout"]["geometry"] == to_entry(shapes_geometry(cfg.data.height, cfg.data.width))
+    measured = Geometry(0.2, (0.05, 0.5), None, True, "measured")
+    manifest["layout"]["geometry"] = to_entry(measured)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert Bundle.open(copy, verify=False).layout["geometry"] == to_entry(measured)
+    manifest["layout"]["geometry"]["max_overlap"] = -1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"manifest 'layout': geometry max_overlap -1 is not a number"):
+        Bundle.open(copy, verify=False)
