@@ -159,7 +159,8 @@ def converter_options(converter: Any, precision: str, device_id: int, version: s
     """(keyword arguments for `converter`, one line on what Torch-TensorRT `version` leaves out, or None).
 
     Built from the converter's own signature, whose **kwargs swallows unknown names silently, so only named
-    parameters are passed: `device` (without it a build lands on GPU 0 whatever --device says); the graph's
+    parameters are passed: `device` as a torch.device (which `torch_tensorrt.Device._from` takes from 2.5 on;
+    the default, evaluated at import, is GPU 0 whatever --device says); the graph's
     own dtypes kept (the fp32 islands of fp16 bundles) by `use_explicit_typing=True` where it exists (2.6 to
     2.12; `enabled_precisions` then stays at its {float32} default, as the converter requires), else by
     nothing at all from 2.13, which removed both options (strong typing always), while 2.5 has only
