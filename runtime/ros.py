@@ -157,10 +157,11 @@ def parse_request(text: str, bundle: Any, futures: int, seed: int, number: int) 
         if "objects" in data:  # a bare graph
             data = {"graph": data}
         if "id" in data:
-            rid = data["id"]
-            if isinstance(rid, bool) or not isinstance(rid, (str, int)) or len(str(rid)) > 200:
+            given = data["id"]
+            if isinstance(given, bool) or not isinstance(given, (str, int)) or len(str(given)) > 200:
                 raise GraphError(f"request id must be a string or an integer (at most 200 characters), got "
-                                 f"{_shown(rid)}")
+                                 f"{_shown(given)}")
+            rid = given
         unknown = sorted(set(data) - set(REQUEST_KEYS))
         if unknown:
             raise GraphError(f"request: unknown key(s) {', '.join(map(_shown, unknown))}; a request takes "

@@ -21,20 +21,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_fake_bundle, random_graph
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed: pip install 'sg2v[ros]' (x86-64 Linux) "
-                                            "or source a ROS 2 installation")
+from sg2v.errors import GraphError
+from sg2v.generation import MAX_SEED
+from sg2v.graph import parse_graph
+from sg2v.layout import layout_json
+from sg2v.runtime import Bundle, Pipeline
+from sg2v.runtime import ros as sg2v_ros
 
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile  # noqa: E402
-from rclpy.signals import SignalHandlerOptions  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
-
-from sg2v.layout import layout_json  # noqa: E402
-from sg2v.runtime import Pipeline  # noqa: E402
-from sg2v.runtime import ros as sg2v_ros  # noqa: E402
+try:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile
+    from rclpy.signals import SignalHandlerOptions
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+except ImportError:
+    rclpy = None
+needs_rclpy = pytest.mark.skipif(rclpy is None, reason="rclpy is not installed: pip install 'sg2v[ros]' "
+                                 "(x86-64 Linux) or source a ROS 2 installation")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "ros"
@@ -134,6 +141,7 @@ def stamp_ns(msg: Image) -> int:
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
+@needs_rclpy
 def test_images_stamps_frames_and_layouts(context, pipe, grounded_bundle, rng):
     fps = float(rng.choice([5.0, 12.5, 30.0]))
     node = sg2v_ros.Sg2vNode(context, overrides(grounded_bundle, fps=fps, frame_id="cam_test", futures=3,
@@ -147,7 +155,9 @@ def test_images_stamps_frames_and_layouts(context, pipe, grounded_bundle, rng):
         seeds2 = [int(s) for s in rng.integers(0, 10**6, size=2)]
         client.send({"id": "first", "graph": g1, "seed": seed1, "stamp": given})
         before = time.time_ns()
-        client.send({"id": 2, "graph": g2, "seeds": seeds2})
+        lo = rng.uniform(0.0, 0.5, size=2)
+        box = [float(v) for v in (*lo, *(lo + rng.uniform(0.2, 0.5, size=2)))]  # object 0 pinned here
+        client.send({"id": 2, "graph": g2, "seeds": seeds2, "layout": {"0": box}})
         wait_for("two results", lambda: len(client.results) == 2)
         after = time.time_ns()
         f, h, w = (pipe.bundle.shapes[k] for k in ("frames", "height", "width"))
@@ -166,7 +176,8 @@ def test_images_stamps_frames_and_layouts(context, pipe, grounded_bundle, rng):
             assert msg.header.frame_id == "cam_test" and msg.is_bigendian == 0
         got = np.stack([np.frombuffer(bytes(m.data), np.uint8).reshape(h, w, 3) for m in client.images])
         start = 0
-        for graph, t0, result in ((g1, t1, first), (g2, t2, second)):
+        pinned = {**g2, "layout": {"0": box}}
+        for graph, t0, result in ((g1, t1, first), (pinned, t2, second)):
             for video in result["videos"]:
                 msgs = client.images[start:start + f]
                 assert [stamp_ns(m) - t0 for m in msgs] == spacing
@@ -176,12 +187,14 @@ def test_images_stamps_frames_and_layouts(context, pipe, grounded_bundle, rng):
                 assert video["layout"] == layout_json(drawn.tracks)  # the tracks exactly
                 assert video["relations"] == [c.to_dict() for c in drawn.relations]
                 assert video["satisfied"] == drawn.satisfied
+                assert video["pinned"] == ([0] if graph is pinned else [])
                 start += f
     finally:
         client.close()
         node.close()
 
 
+@needs_rclpy
 def test_bad_requests_get_error_entries_and_the_node_keeps_serving(context, pipe, grounded_bundle, rng):
     node = sg2v_ros.Sg2vNode(context, overrides(grounded_bundle))
     client = Client(context, node.node)
@@ -237,6 +250,7 @@ class Gated:
         return self.pipe.run(*args, **kwargs)
 
 
+@needs_rclpy
 def test_flood_drops_the_oldest_and_counts(context, pipe, grounded_bundle, rng):
     depth = int(rng.integers(2, 5))
     flood = depth + int(rng.integers(3, 8))
@@ -282,8 +296,53 @@ def test_drop_oldest_queue(rng):
     assert not waiter.is_alive() and dropped[-1] is None
 
 
+def test_parse_request_defaults_seeds_stamps_and_errors(tmp_path, rng):
+    root, _ = make_fake_bundle(tmp_path / "bundle")
+    bundle = Bundle.open(root)
+    graph = random_graph(rng)
+    parsed = parse_graph(graph, bundle.vocab, 3, 2, 2)
+    futures, seed = int(rng.integers(1, 5)), int(rng.integers(0, 1000))
+    r = sg2v_ros.parse_request(json.dumps(graph), bundle, futures, seed, 7)  # a bare graph: every default
+    assert (r.id, r.graph, r.stamp_ns) == ("sg2v-7", parsed, None)
+    assert r.seeds == tuple(range(seed, seed + futures))
+    sec, nanosec = int(rng.integers(0, 2**31)), int(rng.integers(0, 10**9))
+    request = {"id": 3, "graph": graph, "futures": 2, "seed": 9, "stamp": {"sec": sec, "nanosec": nanosec}}
+    r = sg2v_ros.parse_request(json.dumps(request), bundle, futures, seed, 8)
+    assert (r.id, r.graph, r.seeds, r.stamp_ns) == (3, parsed, (9, 10), sec * 10**9 + nanosec)
+    seeds = [int(x) for x in rng.integers(0, MAX_SEED, size=3)]
+    r = sg2v_ros.parse_request(json.dumps({"graph": graph, "seeds": seeds}), bundle, 1, 0, 9)
+    assert r.seeds == tuple(seeds)
+    box = [0.1, 0.1, 0.3, 0.3]
+    bad = [
+        ("x" * (sg2v_ros.MAX_REQUEST_BYTES + 1), "sg2v-1", "characters"),
+        ('{"graph": {}, "graph": {}}', "sg2v-1", "duplicate"),
+        ({"id": True, "graph": graph}, "sg2v-1", "request id"),
+        ({"id": "a", "graph": graph, "layout": {"0": box}}, "a", "no layout stage"),
+        ({"id": "b", "graph": {**graph, "layout": {"0": box}}}, "b", "no layout stage"),
+        ({"id": "c", "graph": graph, "futures": 2, "seed": MAX_SEED}, "c", "seed must be"),
+        ({"id": "d", "graph": graph, "futures": sg2v_ros.MAX_FUTURES + 1}, "d", "futures must be"),
+        ({"id": "e", "graph": graph, "futures": 2, "seeds": [1]}, "e", "one seed per future"),
+        ({"id": "f", "graph": graph, "seed": 1, "seeds": [1]}, "f", "both"),
+        ({"id": "g", "graph": graph, "stamp": {"sec": -1, "nanosec": 0}}, "g", "stamp.sec"),
+    ]
+    for request, rid, words in bad:
+        text = request if isinstance(request, str) else json.dumps(request)
+        with pytest.raises(GraphError, match=words) as e:
+            sg2v_ros.parse_request(text, bundle, 1, 0, 1)
+        assert e.value.request_id == rid and "\n" not in str(e.value)
+
+
+def test_frame_stamps_step_by_one_over_fps(rng):
+    t0 = int(rng.integers(0, 2**62))
+    fps = float(rng.uniform(0.5, 120.0))
+    frames = int(rng.integers(2, 40))
+    stamps = np.array(sg2v_ros.frame_stamps(t0, frames, fps), dtype=np.int64)
+    exact = t0 + np.arange(frames, dtype=np.float64) * (1e9 / fps)  # float64 reference
+    assert stamps[0] == t0 and np.abs(stamps - exact).max() <= 1 + t0 * 2**-52
+
+
 def test_example_params_are_node_parameters():
-    yaml = pytest.importorskip("yaml")
+    yaml = pytest.importorskip("yaml", reason="pyyaml is not installed (the ros extra brings it)")
     params = yaml.safe_load((EXAMPLES / "sg2v.params.yaml").read_text())["/**"]["ros__parameters"]
     declared = {p.name: p.default for p in sg2v_ros.PARAMETERS}
     assert set(params) <= set(declared)
@@ -292,6 +351,7 @@ def test_example_params_are_node_parameters():
     compile((EXAMPLES / "sg2v.launch.py").read_text(), "sg2v.launch.py", "exec")
 
 
+@needs_rclpy
 def test_sigint_shuts_sg2v_ros_down_cleanly(grounded_bundle, pipe, rng, tmp_path):
     """`sg2v-ros` with the example parameter file serves a request, then exits 0 on SIGINT mid-generation."""
     script = Path(sys.executable).with_name("sg2v-ros")
