@@ -423,9 +423,11 @@ def write_ag(root: Path) -> dict[str, Any]:
                       [[54 / W, 20 / H, 64 / W, 32 / H], [56 / W, 20 / H, 66 / W, 32 / H]],
                       [[0, 0, 0, 0], [0, 30 / H, 1.0, 54 / H]]],
             "visible": [[1, 1], [1, 1], [0, 1]],
-            "relationships": {("looking at", 1): [1, 0], ("in front of", 1): [1, 1], ("holding", 1): [1, 1],
-                              ("not looking at", 1): [0, 1], ("beneath", 2): [0, 1],
-                              ("sitting on", 2): [0, 1]},
+            # (subject, predicate, object): spatial relationships say where the object is relative to the
+            # person (object -> person), attention and contacting ones what the person does (person -> object)
+            "relationships": {(0, "looking at", 1): [1, 0], (1, "in front of", 0): [1, 1],
+                              (0, "holding", 1): [1, 1], (0, "not looking at", 1): [0, 1],
+                              (2, "beneath", 0): [0, 1], (0, "sitting on", 2): [0, 1]},
         },
         "drops": {
             ("frame", "in the pickles but not in frame_list.txt"): 1,

@@ -114,10 +114,9 @@ def test_clip_boxes_visibility_and_per_frame_relationships(ag):
     assert s["graph"]["objects"] == fact["objects"]
     np.testing.assert_allclose(s["boxes"], np.array(fact["boxes"]), atol=1e-6)
     np.testing.assert_array_equal(s["visible"], np.array(fact["visible"], dtype=bool))
-    got = {(p, o): s["rel_frames"][j].astype(int).tolist() for j, (sub, p, o) in
-           enumerate(s["graph"]["relationships"]) if sub == 0}
+    got = {(sub, p, o): s["rel_frames"][j].astype(int).tolist() for j, (sub, p, o) in
+           enumerate(s["graph"]["relationships"])}
     assert got == fact["relationships"]
-    assert all(sub == 0 for sub, _, _ in s["graph"]["relationships"])  # person -> object
     # frames 3 and 4 of AAAA1 are solid colors; PNG stays exact through the resize
     np.testing.assert_array_equal(s["frames"][0], np.broadcast_to(color(facts["colors_a"][2]), (16, 16, 3)))
     np.testing.assert_array_equal(s["frames"][1], np.broadcast_to(color(facts["colors_a"][3]), (16, 16, 3)))
@@ -138,7 +137,8 @@ def test_drop_table(ag):
     for key, n in facts["drops"].items():
         assert drops.get(key) == n, (key, drops.get(key))
     notes = {(d["kind"], d["reason"]): d["count"] for d in info["notes"]}
-    assert notes[("object in a frame", "not visible (visible False); marked not visible in that frame")] == 2
+    # the sofa of AAAA1's third frame; the laptop of CCCC3's 000007 is not counted: that frame is dropped
+    assert notes[("object in a frame", "not visible (visible False); marked not visible in that frame")] == 1
 
 
 def test_keep_flags_keep_the_frames_sttran_drops(ag, tmp_path):
@@ -171,3 +171,89 @@ def test_malicious_annotation_file_stops_conversion(ag, tmp_path):
     with pytest.raises(DatasetError, match="person_bbox.pkl: refused to load"):
         _convert(tmp_path / "src", tmp_path / "out")
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_spatial_direction_flag_writes_every_relationship_person_to_object(ag, tmp_path):
+    root, facts, _ = ag
+    _convert(root / "src", tmp_path / "out", spatial_direction="person-to-object")
+    (s,) = [s for s in _all(tmp_path / "out") if s["source"]["frames"] == ["000030.png", "000040.png"]]
+    got = {(sub, p, o): s["rel_frames"][j].astype(int).tolist() for j, (sub, p, o) in
+           enumerate(s["graph"]["relationships"])}
+    rels = facts["clip_a2"]["relationships"]
+    want = {(0, p, o if sub == 0 else sub): frames for (sub, p, o), frames in rels.items()}
+    assert got == want and all(sub == 0 for sub, _, _ in got)
+
+
+def test_notes_count_only_frames_in_written_clips(ag, tmp_path):
+    """With --frames 3 and no overlap, AAAA1 writes frames 1-3 only: the notes of frames 4 and 5 (dropped
+    after the last full clip) are not counted, the invisible sofa of frame 3 is."""
+    root, _, _ = ag
+    info = _convert(root / "src", tmp_path / "out", frames=3)
+    notes = {(d["kind"], d["reason"]): d["count"] for d in info["notes"]}
+    assert notes[("object in a frame", "not visible (visible False); marked not visible in that frame")] == 1
+    assert ("person", "more than one detected box in a frame; the highest-scoring one kept") not in notes
+
+
+def _hostile(tmp_path, root, which, change):
+    shutil.copytree(root / "src", tmp_path / "src")
+    path = tmp_path / "src" / "annotations" / which
+    data = pickle.loads(path.read_bytes())
+    change(data)
+    path.write_bytes(pickle.dumps(data, protocol=3))
+    return tmp_path / "src"
+
+
+FIRST = "AAAA1.mp4/000010.png"
+
+
+@pytest.mark.parametrize("which, change, why", [
+    ("person_bbox.pkl", lambda d: d[FIRST].update(bbox=[[1e400, 0, 1, 1]]), "'bbox' must be a"),
+    ("person_bbox.pkl", lambda d: d[FIRST].update(bbox=[[10 ** 400, 0, 1, 1]]), "'bbox' must be a"),
+    ("person_bbox.pkl", lambda d: d[FIRST].update(bbox="abcd"), "'bbox' must be a"),
+    ("object_bbox_and_relationship.pkl", lambda d: d[FIRST][0].update(bbox=(10 ** 400, 0, 1, 1)),
+     "'bbox' must be None or"),
+    ("object_bbox_and_relationship.pkl", lambda d: d[FIRST][0].update(bbox=("a", "b", "c", "d")),
+     "'bbox' must be None or"),
+    ("object_bbox_and_relationship.pkl", lambda d: d[FIRST][0].update(spatial_relationship="beneath"),
+     "'spatial_relationship' must be a list"),
+    ("object_bbox_and_relationship.pkl",
+     lambda d: d[FIRST][0].update(attention_relationship=np.zeros((2, 2))), "'attention_relationship' must"),
+])
+def test_hostile_annotation_fields_are_one_line(ag, tmp_path, which, change, why):
+    src = _hostile(tmp_path, ag[0], which, change)
+    with pytest.raises(DatasetError, match=why) as e:
+        _convert(src, tmp_path / "out")
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d[FIRST].update(bbox_size=("a", "b")), lambda d: d[FIRST].update(bbox_size=(float("nan"), 3)),
+    lambda d: d[FIRST].update(bbox_size=None), lambda d: d[FIRST].update(bbox_size=(10 ** 400, 2)),
+    lambda d: d["DDDD4.mp4/000100.png"].update(bbox_score=["x", "y"]),
+    lambda d: d["DDDD4.mp4/000100.png"].update(bbox_score=np.array(["x", "y"])),
+])
+def test_unusable_person_side_fields_are_noted_not_fatal(ag, tmp_path, change):
+    """bbox_size is only compared with the decoded frame and bbox_score only ranks detections: strings, NaN
+    or None there are noted and the conversion goes on."""
+    src = _hostile(tmp_path, ag[0], "person_bbox.pkl", change)
+    info = _convert(src, tmp_path / "out")
+    assert info["splits"]["train"]["samples"] + info["splits"]["val"]["samples"] >= 1
+
+
+def test_an_array_of_relationship_names_is_read_as_its_list(ag, tmp_path):
+    def change(d):
+        for obj in d[FIRST]:
+            if obj["class"] == "sofa/couch":
+                obj["attention_relationship"] = np.array(["looking_at"])
+
+    src = _hostile(tmp_path, ag[0], "object_bbox_and_relationship.pkl", change)
+    _convert(src, tmp_path / "out")
+    (s,) = [s for s in _all(tmp_path / "out") if s["source"]["frames"] == ["000010.png", "000020.png"]]
+    assert [0, "looking at", 2] in s["graph"]["relationships"]
+
+
+def test_unicode_digit_frame_names_sort_after_numbers(tmp_path):
+    from sg2v.dataset.action_genome import _frame_number
+
+    names = ["000010.png", "²³.png", "000002.png", "٣.png"]
+    assert sorted(names, key=_frame_number)[:2] == ["000002.png", "000010.png"]

@@ -25,9 +25,19 @@ the project's other vocabularies). A clip is --frames consecutive usable annotat
 dropped frame ends a run); its graph is the person (object 0, one box per frame from person_bbox.pkl) and
 every class visible in at least one of its frames, and one relationship [person, predicate, object] per
 predicate the clip annotates between them, with `rel_frames` marking the frames where it is annotated. The
-data set does not say which way a spatial relationship points (JingweiJ/ActionGenome issue #8); every
-relationship is written person -> object, as STTran's evaluation forms its triplets. Splits: the metadata's
-train / test, with val carved from the training videos by --seed.
+paper (Ji et al., "Action Genome: Actions as Composition of Spatio-temporal Scene Graphs", CVPR 2020, section
+3) defines attention relationships as whether the person looks at the object, spatial relationships as where
+the object is relative to the person, and contacting relationships as how the person contacts the object
+(JingweiJ/ActionGenome issue #8 asks the same question of the pickles, which store all three on the object).
+So attention and contacting relationships are written person -> object ([person, sitting on, chair]) and
+spatial ones object -> person ([chair, beneath, person]); --spatial-direction person-to-object writes them
+person -> object as STTran's evaluation forms its triplets. Splits: the metadata's train / test, with val
+carved from the training videos by --seed.
+
+Notes about a frame (an object not visible in it, a person box missing or of no area, several person
+detections) are counted once per frame that a written clip holds: a frame dropped later (no visible object,
+in a run too short for a clip, after the last full clip) adds none. Field types are checked before use
+(bbox_size, bbox_score, relationship lists as arrays, coordinates within +-1e7 px).
 """
 
 from __future__ import annotations
@@ -39,11 +49,14 @@ from typing import Any
 import numpy as np
 
 from sg2v.dataset.common import (
+    MAX_COORD,
+    MAX_IMAGE_SIDE,
     DropTable,
     Plan,
     bad_source,
     clip_starts,
     frames_job,
+    is_number,
     read_lines,
     seeded_split,
 )
@@ -64,6 +77,7 @@ READABLE = {
     "standingon": "standing on", "writingon": "writing on",
 }
 REL_FIELDS = ("attention_relationship", "spatial_relationship", "contacting_relationship")
+SPATIAL_FIELD = "spatial_relationship"  # where the object is relative to the person (the paper, section 3)
 PERSON = "person"
 
 
@@ -90,11 +104,30 @@ def _frame_number(frame: str) -> tuple:
     return (int(stem), frame) if numeric else (float("inf"), frame)
 
 
+def _numbers(b: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """float64 values of a list/tuple/array of numbers, each finite within +-MAX_COORD; ValueError if not."""
+    if isinstance(b, np.ndarray):
+        if b.dtype.kind not in "iuf" or b.size > 4096:
+            raise ValueError("not an array of numbers")
+        a = b.astype(np.float64)
+    elif isinstance(b, (list, tuple)) and len(b) <= 4096 and all(is_number(v, float("inf")) or
+                                                                 isinstance(v, np.number) for v in b):
+        try:
+            a = np.asarray([float(v) for v in b], dtype=np.float64)
+        except OverflowError:
+            raise ValueError("a number too large for a float") from None
+    else:
+        raise ValueError("not a list of numbers")
+    if not np.isfinite(a).all() or (np.abs(a) > MAX_COORD).any():
+        raise ValueError(f"numbers must be finite and within +-{MAX_COORD:g}")
+    return a if shape is None else a.reshape(shape)
+
+
 def _xyxy_from_xywh(b: Any) -> np.ndarray | None:
     if b is None:
         return None
-    a = np.asarray(b, dtype=np.float64).reshape(-1)
-    if a.shape != (4,) or not np.isfinite(a).all():
+    a = _numbers(b).reshape(-1)
+    if a.shape != (4,):
         raise ValueError("bbox must be 4 finite numbers (x, y, w, h)")
     return np.array([a[0], a[1], a[0] + a[2], a[1] + a[3]])
 
@@ -103,27 +136,46 @@ class _Frame:
     """One usable annotated frame: where it is and what is visible in it."""
 
     def __init__(self, name: str, path: Path, person: np.ndarray | None, size: tuple[int, int] | None,
-                 objects: dict[str, tuple[np.ndarray, list[str]]], invisible: set[str]):
+                 objects: dict[str, tuple[np.ndarray, list[tuple[str, bool]]]], invisible: set[str],
+                 notes: DropTable):
         self.name, self.path, self.person, self.size = name, path, person, size
-        self.objects, self.invisible = objects, invisible
+        self.objects, self.invisible = objects, invisible  # objects: name -> (box, [(predicate, spatial)])
+        self.notes = notes  # about this frame: counted once it is in a written clip
 
 
 def _person(entry: Any, pkl: Path, key: str, notes: DropTable) -> tuple[np.ndarray | None, tuple | None]:
     if not isinstance(entry, dict) or "bbox" not in entry:
         raise bad_source(pkl, repr(key), "a person entry must be a dict with 'bbox'", FIX)
+    raw = entry["bbox"]
+    if isinstance(raw, (list, tuple)) and raw and all(isinstance(r, (list, tuple, np.ndarray)) for r in raw):
+        raw = [v for r in raw for v in (list(r) if len(r) == 4 else [None])]  # rows of 4 (a list of boxes)
     try:
-        boxes = np.asarray(entry["bbox"], dtype=np.float64).reshape(-1, 4)  # (k, 4) xyxy
+        boxes = _numbers(raw).reshape(-1, 4)  # (k, 4) xyxy
     except (ValueError, TypeError):
-        raise bad_source(pkl, repr(key), "'bbox' must be a (k, 4) array of numbers", FIX) from None
+        raise bad_source(pkl, repr(key), "'bbox' must be a (k, 4) array of finite numbers within "
+                                         f"+-{MAX_COORD:g}", FIX) from None
     size = entry.get("bbox_size")
-    size = tuple(int(v) for v in size) if isinstance(size, (tuple, list)) and len(size) == 2 else None
+    try:
+        size = tuple(int(v) for v in _numbers(size, (2,)))
+        if not all(1 <= v <= MAX_IMAGE_SIDE for v in size):
+            size = None
+    except (ValueError, TypeError):
+        size = None  # the decoded frame's size is what boxes are scaled by; bbox_size is only compared
+    if size is None and entry.get("bbox_size") is not None:
+        notes.add("person", "bbox_size is not (w, h) in pixels; ignored (the decoded frame's size is used)")
     if len(boxes) == 0:
         return None, size
     k = 0
     if len(boxes) > 1:
-        scores = np.asarray(entry.get("bbox_score", np.zeros(len(boxes))), dtype=np.float64).reshape(-1)
-        k = int(np.argmax(scores)) if len(scores) == len(boxes) else 0
-        notes.add("person", "more than one detected box in a frame; the highest-scoring one kept")
+        try:
+            scores = _numbers(entry.get("bbox_score", np.zeros(len(boxes))))
+        except (ValueError, TypeError):
+            scores = np.zeros(0)
+        if len(scores) == len(boxes):
+            k = int(np.argmax(scores))
+            notes.add("person", "more than one detected box in a frame; the highest-scoring one kept")
+        else:
+            notes.add("person", "more than one detected box and no usable bbox_score; the first one kept")
     if not np.isfinite(boxes[k]).all():
         raise bad_source(pkl, repr(key), "person box is not finite", FIX)
     return boxes[k], size
@@ -199,7 +251,7 @@ def plan(source: Path, o: AGOptions, seed: int, frames: int) -> Plan:
                     sets.append(meta["set"])
                     break
             frames_out.append(_frame(video, frame, key, frames_root, person_anno[key], objs, obj_names,
-                                     rel_names, o, person_pkl, object_pkl, drops, notes))
+                                     rel_names, o, person_pkl, object_pkl, drops))
         if not sets:
             drops.add("video", "no frame's metadata gives its set (train / test)")
             continue
@@ -233,8 +285,10 @@ def plan(source: Path, o: AGOptions, seed: int, frames: int) -> Plan:
             covered = set()
             for s in starts:
                 covered.update(range(s, s + frames))
-                payloads[split].append(_clip_payload(split, video, run[s:s + frames], drops))
+                payloads[split].append(_clip_payload(split, video, run[s:s + frames], drops, o))
             drops.add("frame", "after the last full clip of its run", len(run) - len(covered))
+            for t in sorted(covered):
+                notes.merge(run[t].notes.rows())
     ordered = payloads["train"] + payloads["val"] + payloads["test"]
     return Plan(vocab=vocab, job=frames_job, payloads=ordered, drops=drops, notes=notes,
                 source={"format": "action-genome", "name": "Action Genome v1.0", "path": str(source)},
@@ -243,8 +297,10 @@ def plan(source: Path, o: AGOptions, seed: int, frames: int) -> Plan:
 
 def _frame(video: str, frame: str, key: str, frames_root: Path, person_entry: Any, objs: list,
            obj_names: dict[str, str], rel_names: dict[str, str], o: AGOptions, person_pkl: Path,
-           object_pkl: Path, drops: DropTable, notes: DropTable) -> _Frame | None:
-    """Check one annotated frame; None (counted in `drops`) if it is not usable."""
+           object_pkl: Path, drops: DropTable) -> _Frame | None:
+    """Check one annotated frame; None (counted in `drops`) if it is not usable. Notes about it are kept
+    on the frame, counted once it is in a written clip."""
+    notes = DropTable()
     path = frames_root / video / frame
     if not path.is_file():
         drops.add("frame", "frame file missing on disk")
@@ -284,25 +340,31 @@ def _frame(video: str, frame: str, key: str, frames_root: Path, person_entry: An
             notes.add("object in a frame", "visible but without a box of positive area; marked not visible")
             invisible.add(name)
             continue
-        preds: list[str] = []
+        preds: list[tuple[str, bool]] = []
         for field in REL_FIELDS:
-            rels = obj.get(field) or []
-            if not isinstance(rels, (list, tuple)):
+            rels = obj.get(field)
+            if isinstance(rels, np.ndarray) and rels.ndim == 1 and rels.size <= 4096:
+                rels = rels.tolist()  # an array of names: read as the list it holds
+            if rels is None:
+                rels = []
+            if not isinstance(rels, (list, tuple)) or len(rels) > 4096:
                 raise bad_source(object_pkl, where, f"'{field}' must be a list of names or None", FIX)
             for r in rels:
                 k = name_key(r) if isinstance(r, str) else ""
+                spatial = field == SPATIAL_FIELD
                 if k not in rel_names:
                     drops.add("relationship", "predicate not in relationship_classes.txt")
-                elif rel_names[k] not in preds:
-                    preds.append(rel_names[k])
+                elif (rel_names[k], spatial) not in preds:
+                    preds.append((rel_names[k], spatial))
         visible[name] = (box, preds)
     if not visible and not o.keep_frames_without_objects:
         drops.add("frame", "no visible object (STTran drops these; --keep-frames-without-objects keeps them)")
         return None
-    return _Frame(frame, path, person, size, visible, invisible)
+    return _Frame(frame, path, person, size, visible, invisible, notes)
 
 
-def _clip_payload(split: str, video: str, clip: list[_Frame], drops: DropTable) -> dict[str, Any]:
+def _clip_payload(split: str, video: str, clip: list[_Frame], drops: DropTable, o: AGOptions
+                  ) -> dict[str, Any]:
     f = len(clip)
     names = [PERSON]
     for fr in clip:
@@ -312,16 +374,18 @@ def _clip_payload(split: str, video: str, clip: list[_Frame], drops: DropTable) 
     n = len(names)
     boxes = np.zeros((n, f, 4))  # (n, F, 4) pixels xyxy
     visible = np.zeros((n, f), dtype=bool)
-    rel_frames: dict[tuple[str, int], np.ndarray] = {}
+    rel_frames: dict[tuple[int, str, int], np.ndarray] = {}  # (subject, predicate, object) -> frames
+    to_person = o.spatial_direction == "object-to-person"
     for t, fr in enumerate(clip):
         if fr.person is not None:
             boxes[0, t], visible[0, t] = fr.person, True
         for name, (box, preds) in fr.objects.items():
             k = names.index(name)
             boxes[k, t], visible[k, t] = box, True
-            for p in preds:
-                rel_frames.setdefault((p, k), np.zeros(f, dtype=bool))[t] = True
-    rels = [[0, p, k] for p, k in rel_frames]
+            for p, spatial in preds:
+                triple = (k, p, 0) if spatial and to_person else (0, p, k)
+                rel_frames.setdefault(triple, np.zeros(f, dtype=bool))[t] = True
+    rels = [list(triple) for triple in rel_frames]
     return {
         "split": split,
         "unit": "clip",
@@ -330,7 +394,7 @@ def _clip_payload(split: str, video: str, clip: list[_Frame], drops: DropTable) 
         "boxes_unit": "px",
         "visible": visible,
         "has_layout": np.ones(n, dtype=bool),
-        "rel_frames": np.array([rel_frames[(p, k)] for _, p, k in rels], dtype=bool).reshape(len(rels), f),
+        "rel_frames": np.array([rel_frames[tuple(r)] for r in rels], dtype=bool).reshape(len(rels), f),
         "source": {"video": video, "frames": [fr.name for fr in clip]},
         "files": [str(fr.path) for fr in clip],
         "sizes": [fr.size for fr in clip],

@@ -104,6 +104,11 @@ class AGOptions:
     keep_frames_without_person: bool = option(False, "keep frames with no person box (person not visible in "
                                                      "them); STTran drops them")
     keep_frames_without_objects: bool = option(False, "keep frames with no visible object; STTran drops them")
+    spatial_direction: str = option("object-to-person", "which way a spatial relationship (above, beneath, "
+                                    "in front of, behind, on the side of, in) is written: the data set's "
+                                    "definition, where the object is relative to the person ([chair, "
+                                    "beneath, person]), or person -> object as STTran forms its triplets",
+                                    choices=("object-to-person", "person-to-object"))
 
 
 @dataclass
