@@ -34,6 +34,7 @@ import numpy as np
 
 from sg2v.errors import Sg2vError, first_line
 from sg2v.io import atomic_write_text
+from sg2v.safety import JSON_MARK, TABLE_MARK
 
 BENCH_FORMAT = 1
 CHILD_MARK = "SG2V_BENCH_CHILD "
@@ -168,31 +169,63 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sg2v.safety import describe_os_error, one_line, safe_stdio
+
+    safe_stdio()
     args = build_parser().parse_args(argv)
     if args.child:
         return _child_main(args)
     try:
         if args.random_size:
+            _check_args(args)
             make_random_bundle(args.random_size, args.bundle, seed=args.seed)
         report = run_bench(args, argv=sys.argv[1:] if argv is None else argv)
     except Sg2vError as e:
-        print(f"sg2v-bench: error: {e}", file=sys.stderr)
+        print(one_line(f"sg2v-bench: error: {e}"), file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a full disk, a read-only folder, an I/O error: one line naming the path
+        print(f"sg2v-bench: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
     print(report["table"])
     return 0 if any(b.get("results") for b in report["backends"].values()) else 1
 
 
 # ----------------------------------------------------------------------------------------------------- parent
 
+class FlagError(Sg2vError):
+    """A flag value sg2v-bench cannot use, or an output path it must not write (exit status 2)."""
+
+    exit_code = 2
+
+
+MAX_BENCH_BATCH = 1024  # videos per timed batch
+MAX_PEAK_SIZE = 16384  # n of the peak matmul: three n x n float32 matrices, 3 GiB
+MAX_REPEATS = 10_000
+MAX_TIMEOUT = 7 * 24 * 3600.0
+
+
 def _check_args(args: argparse.Namespace) -> None:
-    for flag, value, low in (("--steps", args.steps, 1), ("--repeats", args.repeats, 1),
-                             ("--batch", min(args.batch), 1),
-                             ("--warmup", args.warmup, 0), ("--seed", args.seed, 0),
-                             ("--peak-size", args.peak_size, 0)):
-        if value < low:
-            raise Sg2vError(f"{flag} {value}: must be >= {low}")
-    if args.threads is not None and args.threads < 1:
-        raise Sg2vError(f"--threads {args.threads}: must be >= 1, or leave it unset for one per core")
+    """FlagError (one line, exit 2) unless every number flag lies in its range and the --json / --table
+    outputs are safe to write (`sg2v.safety.check_outputs`), before anything is measured."""
+    import math
+
+    from sg2v.config import BOUNDS, MAX_SEED, threads_problem
+    from sg2v.errors import shown
+
+    max_steps = int(BOUNDS["DiffusionConfig.default_steps"][1])
+    for flag, value, low, high in (("--steps", args.steps, 1, max_steps),
+                                   ("--repeats", args.repeats, 1, MAX_REPEATS),
+                                   ("--batch", min(args.batch), 1, MAX_BENCH_BATCH),
+                                   ("--batch", max(args.batch), 1, MAX_BENCH_BATCH),
+                                   ("--warmup", args.warmup, 0, MAX_REPEATS),
+                                   ("--seed", args.seed, 0, MAX_SEED),
+                                   ("--peak-size", args.peak_size, 0, MAX_PEAK_SIZE)):
+        if not low <= value <= high:
+            raise FlagError(f"{flag} {shown(value)}: must be an integer in [{low}, {high}]")
+    if args.threads is not None and threads_problem(args.threads):
+        raise FlagError(f"{threads_problem(args.threads)}, or leave it unset for one per core")
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_TIMEOUT):
+        raise FlagError(f"--timeout {args.timeout}: must be a number of seconds in (0, {MAX_TIMEOUT:g}]")
     steps = getattr(args, "compare_steps", None)
     if steps is not None:
         compare = getattr(args, "compare", [])
@@ -203,6 +236,28 @@ def _check_args(args: argparse.Namespace) -> None:
                             "give one for all or one per bundle")
         if min(steps) < 1:
             raise Sg2vError(f"--compare-steps {min(steps)}: must be >= 1")
+    _check_outputs(args)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--json and --table: never the bundle (nor inside it), --graph, --ckpt or a --compare bundle; an
+    existing file replaced only when sg2v-bench wrote it (its mark key / first line)."""
+    from sg2v.safety import Output, OutputError, check_outputs, inputs, is_marked_json, is_marked_table
+
+    outputs = []
+    if getattr(args, "json", None):
+        outputs.append(Output("--json", Path(args.json), ours=is_marked_json))
+    if getattr(args, "table", None):
+        outputs.append(Output("--table", Path(args.table), ours=is_marked_table))
+    if not outputs:
+        return
+    reads = inputs((args.bundle, "the bundle", True), (args.graph, "the --graph file"),
+                   (args.ckpt, "the --ckpt checkpoint", bool(args.ckpt) and Path(args.ckpt).is_dir()),
+                   *[(c, "a --compare bundle", True) for c in getattr(args, "compare", [])])
+    try:
+        check_outputs(outputs, reads, force_flag=None)
+    except OutputError as e:
+        raise FlagError(str(e)) from None
 
 
 def batch_sizes(args: argparse.Namespace) -> list[int]:
@@ -467,9 +522,9 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> dict[s
         report["targets"] += compare_targets(report["compare"])
         report["table"] = format_table(report) + "\n" + "\n".join(compare_table(report["compare"]))
     if args.json:
-        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps({JSON_MARK: "sg2v-bench", **report}, indent=1) + "\n")
     if args.table:
-        atomic_write_text(args.table, report["table"] + "\n")
+        atomic_write_text(args.table, f"{TABLE_MARK}\n{report['table']}\n")
     return report
 
 
