@@ -341,6 +341,20 @@ def test_frame_stamps_step_by_one_over_fps(rng):
     assert stamps[0] == t0 and np.abs(stamps - exact).max() <= 1 + t0 * 2**-52
 
 
+def test_without_rclpy_sg2v_ros_names_the_extra_in_one_line():
+    block = ("import sys\n"
+             "class Block:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name.split('.')[0] == 'rclpy':\n"
+             "            raise ImportError(f'No module named {name!r}')\n"
+             "sys.meta_path.insert(0, Block())\n"
+             "from sg2v.runtime.ros import main\n"
+             "sys.exit(main(['--ros-args', '-p', 'futures:=2']))\n")
+    r = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "sg2v[ros]" in r.stderr and "ROS 2 installation" in r.stderr
+
+
 def test_example_params_are_node_parameters():
     yaml = pytest.importorskip("yaml", reason="pyyaml is not installed (the ros extra brings it)")
     params = yaml.safe_load((EXAMPLES / "sg2v.params.yaml").read_text())["/**"]["ros__parameters"]
