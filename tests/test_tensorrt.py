@@ -668,3 +668,128 @@ def test_a_builder_that_takes_no_cache_builds_without_one(tmp_path):
     said = []
     assert not trt_build.attach_timing_cache(Refusing("gpu-a"), path, said.append)
     assert said[-1] == "sg2v: TensorRT accepts no timing cache here; building without one" and len(said) == 2
+
+
+# ----------------------------------------------------------- the whole backend on TensorRT and CuPy stand-ins
+def _stand_in_runtime(device, bundle, failing=None):
+    """TensorRT 10.3 engines with the manifest's I/O for each plan (a plan's bytes name its stage), whose
+    contexts log every enqueue as (stage, rows, captured?); `failing` names a stage whose enqueue fails."""
+    log = []
+
+    class Context:
+        def __init__(self, stage, io):
+            self.stage, self.io, self.rows, self.scratch = stage, io, None, None
+
+        def set_device_memory(self, ptr, size):
+            self.scratch = ptr
+
+        def set_input_shape(self, name, shape):
+            self.rows = shape[0]
+            return True
+
+        def get_tensor_shape(self, name):
+            return (self.rows, *self.io[name][0])
+
+        def set_tensor_address(self, name, ptr):
+            pass
+
+        def execute_async_v3(self, stream_ptr):
+            stream = device.streams[stream_ptr]
+            log.append((self.stage, self.rows, stream.capturing is not None))
+            return self.stage != failing
+
+    class Engine:
+        device_memory_size_v2 = 1024
+
+        def __init__(self, stage):
+            self.stage = stage
+            d = bundle.stages[stage]
+            self.inputs = [x["name"] for x in d["inputs"]]
+            self.io = {x["name"]: (tuple(x["shape"][1:]), x["dtype"]) for x in d["inputs"] + d["outputs"]}
+            self.names = list(self.io)
+            self.num_io_tensors = len(self.names)
+
+        def create_execution_context(self, strategy=0):
+            return Context(self.stage, self.io)
+
+        def get_tensor_name(self, i):
+            return self.names[i]
+
+        def get_tensor_mode(self, name):
+            return 1 if name in self.inputs else 2
+
+        def get_tensor_shape(self, name):
+            return (-1, *self.io[name][0])
+
+        def get_tensor_dtype(self, name):
+            return self.io[name][1]
+
+    class Logger:
+        WARNING = 2  # ILogger::Severity::kWARNING
+
+        def __init__(self, severity):
+            self.severity = severity
+
+    trt = types.SimpleNamespace(
+        __version__="10.3.0", nptype=np.dtype, TensorIOMode=types.SimpleNamespace(INPUT=1, OUTPUT=2),
+        ExecutionContextAllocationStrategy=types.SimpleNamespace(USER_MANAGED=2), Logger=Logger,
+        Runtime=lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda b: Engine(b.decode())))
+    return trt, log
+
+
+def _stand_in_backend(fake, tmp_path, monkeypatch, failing=None):
+    from sg2v.runtime.backends import trt as trt_backend
+
+    root, _ = fake
+    bundle = Bundle.open(root)
+    device = _Device()
+    trt, log = _stand_in_runtime(device, bundle, failing)
+    fp = spec.engine_fingerprint("Stand-in GPU", (8, 7), "10.3.0", bundle.precision)
+    monkeypatch.setattr(trt_build, "require_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_backend, "require", lambda mod, extra: device.cp)
+    monkeypatch.setattr(trt_build, "current_fingerprint", lambda precision, device_id=0: fp)
+    folder = tmp_path / "plans"
+    _write_info(folder, fingerprint=fp, **trt_build.engine_sources(bundle))
+    for stage in bundle.stages:
+        (folder / f"{stage}{trt_build.PLAN_SUFFIX}").write_bytes(stage.encode())
+    return bundle, folder, log
+
+
+def test_building_the_backend_runs_every_engine_once(fake, tmp_path, monkeypatch):
+    """The encoder runs once at 1 row, the UNet once at one video's rows and once more inside the capture, so
+    a failing first enqueue stops the build; later batches get their own contexts and graphs."""
+    from sg2v.runtime.backends import trt as trt_backend
+
+    bundle, folder, log = _stand_in_backend(fake, tmp_path, monkeypatch)
+    backend = trt_backend.make_trt_backend(bundle, engine_dir=str(folder))
+    per_video = spec.rows_per_video(spec.UNET_STAGE, bundle.shapes)
+    assert log == [("encoder", 1, False), ("unet", per_video, False), ("unet", per_video, True)]
+    assert backend.notes[-1] == "CUDA graph captured" and set(backend.unet.graphs) == {per_video}
+    unet = backend.unet
+    feeds = {d["name"]: np.zeros((3 * per_video, *d["shape"][1:]), d["dtype"])
+             for d in bundle.stages[spec.UNET_STAGE]["inputs"]}
+    unet.run(feeds)
+    unet.run({k: v[:per_video] for k, v in feeds.items()})
+    assert set(unet.graphs) == {per_video, 3 * per_video}
+    assert {r: c.rows for r, c in unet.contexts.items()} == {r: r for r in unet.contexts}
+    backend.close()
+    assert unet.contexts == {} and unet.engine is None
+
+
+def test_a_failing_first_enqueue_sends_auto_to_the_next_backend(fake, tmp_path, monkeypatch, capsys):
+    from sg2v.runtime import backends
+    from sg2v.runtime.backends import trt as trt_backend
+
+    bundle, folder, log = _stand_in_backend(fake, tmp_path, monkeypatch, failing="encoder")
+    with pytest.raises(Sg2vError, match="TensorRT execution of encoder.plan failed"):
+        trt_backend.make_trt_backend(bundle, engine_dir=str(folder))
+    real = trt_backend.make_trt_backend
+    monkeypatch.setattr(backends, "trt_unavailable_reason", lambda: None)
+    monkeypatch.setattr(trt_backend, "make_trt_backend",
+                        lambda b, device=None: real(b, device=device, engine_dir=str(folder)))
+    capsys.readouterr()
+    backend = make_backend(bundle, "auto")
+    assert backend.name != "trt"
+    why = "TensorRT execution of encoder.plan failed; see the TensorRT log"
+    assert backend.notes[0] == f"TensorRT skipped: {why}"
+    assert capsys.readouterr().err.splitlines()[0].startswith("sg2v: warning: the TensorRT backend failed (")
