@@ -371,11 +371,14 @@ class Sg2vNode:
             {"id": rid, "kind": kind, "error": text, "dropped": self.queue.dropped})))
 
     def _publish(self, publisher: Any, msg: Any) -> None:
+        """Publish `msg`; a failure is logged, never raised into the executor or the worker (and not even
+        logged while shutting down: a SIGINT shuts the context down before the worker stops)."""
         try:
             publisher.publish(msg)
-        except Exception:  # the context is shutting down under a SIGINT: the answer has nowhere to go
+        except Exception as e:
             if not self._stop.is_set():
-                raise
+                self.node.get_logger().error(f"publishing on {publisher.topic_name} failed: "
+                                             f"{type(e).__name__}: {first_line(e)}")
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -387,19 +390,14 @@ class Sg2vNode:
                 result = self.pipe.run([request.graph] * n, list(request.seeds), steps=v["steps"] or None,
                                        guidance=v["guidance"] if v["guidance"] >= 0 else None,
                                        layout_tries=v["layout_tries"] or None, cancel=self._stop)
+                if self._stop.is_set():
+                    return
+                self._answer(request, result)
             except Exception as e:  # a failed generation fails its request, not the node
                 if self._stop.is_set():
                     return
                 what = "" if isinstance(e, Sg2vError) else f"{type(e).__name__}: "
                 self._error(request.id, "generation_failed", what + first_line(e))
-                continue
-            if self._stop.is_set():
-                return
-            try:
-                self._answer(request, result)
-            except Exception as e:  # a publisher failure loses this answer, not the node
-                self.node.get_logger().error(f"request {_shown(request.id)}: publishing failed: "
-                                             f"{type(e).__name__}: {first_line(e)}")
 
     def _answer(self, request: Request, result: Any) -> None:
         """Publish a finished request's images, video by video, then its report."""

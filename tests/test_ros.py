@@ -250,6 +250,38 @@ class Gated:
         return self.pipe.run(*args, **kwargs)
 
 
+class FailsOnce:
+    """`pipe` whose first `run` raises as a backend failing mid-generation would."""
+
+    def __init__(self, pipe):
+        self.pipe, self.bundle, self.backend_name = pipe, pipe.bundle, pipe.backend_name
+        self.calls = 0
+
+    def run(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("device lost\nsecond line")
+        return self.pipe.run(*args, **kwargs)
+
+
+@needs_rclpy
+def test_a_failed_generation_is_an_error_entry_and_the_node_serves_on(context, pipe, grounded_bundle, rng):
+    node = sg2v_ros.Sg2vNode(context, overrides(grounded_bundle), pipeline=FailsOnce(pipe))
+    client = Client(context, node.node)
+    try:
+        client.ready()
+        graph = graph_for(rng, pipe)
+        client.send({"id": "lost", "graph": graph})
+        client.send({"id": "next", "graph": graph, "seed": 3})
+        wait_for("the second request's result", lambda: len(client.results) == 1)
+        lost = {"id": "lost", "kind": "generation_failed", "error": "RuntimeError: device lost", "dropped": 0}
+        assert client.errors == [lost]
+        assert client.results[0]["id"] == "next"
+    finally:
+        client.close()
+        node.close()
+
+
 @needs_rclpy
 def test_flood_drops_the_oldest_and_counts(context, pipe, grounded_bundle, rng):
     depth = int(rng.integers(2, 5))
