@@ -53,13 +53,14 @@ class Tracker:
         self.limit, self.steps, self.rounds = limit, steps, rounds
         self.chunks = -(-videos // limit)
         self.units = rounds + steps + 2  # per chunk
-        self.last = "nothing"
+        self.last: Progress | None = None
         self.t0 = time.perf_counter()
 
     def check(self) -> None:
         """Raise `Cancelled` when the cancel event is set."""
         if self.cancel is not None and self.cancel.is_set():
-            raise Cancelled(f"generation cancelled after {self.last}")
+            raise Cancelled("generation cancelled after "
+                            + ("nothing" if self.last is None else self.last.describe()))
 
     def done(self, stage: str, index: int, lo: int, hi: int) -> None:
         """Report unit `index` of `stage` for videos lo..hi finished, then check for cancellation."""
@@ -68,7 +69,7 @@ class Tracker:
         offset = {"encoder": 1, "layout": 1 + index, "step": 1 + self.rounds + index}.get(stage, self.units)
         event = Progress(stage, index, total, (lo, hi), chunk, self.chunks, time.perf_counter() - self.t0,
                          (chunk * self.units + offset) / (self.chunks * self.units))
-        self.last = event.describe()
+        self.last = event
         if self.progress is not None:
             self.progress(event)
         self.check()
