@@ -21,7 +21,7 @@ def generate_launch_description() -> LaunchDescription:
              "-p", ["backend:=", LaunchConfiguration("backend")],
              "-p", ["futures:=", LaunchConfiguration("futures")]],
         output="screen",
-        sigterm_timeout="30",  # a generation under way finishes before the node exits
+        sigterm_timeout="10",  # after Ctrl-C the node stops its generation at the next step and exits 0
     )
     declared = [DeclareLaunchArgument(name, default_value=value) for name, value in args.items()]
     return LaunchDescription([*declared, node])
