@@ -222,3 +222,56 @@ print("ok")
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+# ------------------------------------------------------------------------------- corrupted converted sets
+def _corrupt(src: Path, dst: Path, target: str, change) -> Path:
+    _copy(src, dst)
+    path = dst / target
+    if target.endswith(".json"):
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data))
+    else:
+        path.write_text(change(path.read_text()))
+    return dst
+
+
+CORRUPT = {
+    "source": ("dataset.json", lambda d: d.update(source="x"), "source 'x' is not an object"),
+    "vocab": ("dataset.json", lambda d: d.update(vocab=[]), r"vocab \[\] is not an object of counts"),
+    "samples": ("dataset.json", lambda d: d["splits"]["train"].update(samples=[1, 2]), "splits.train"),
+    "objects": ("dataset.json", lambda d: d["splits"]["val"].update(objects={"a": 1}), "splits.val"),
+    "negative": ("dataset.json", lambda d: d["splits"]["test"].update(frames=-3), "splits.test"),
+    "drops": ("dataset.json", lambda d: d.update(drops=[{"kind": [1], "reason": 2, "count": [3]}]),
+              "drops is not a list"),
+    "notes": ("dataset.json", lambda d: d.update(notes="many"), "notes is not a list"),
+    "source_format": ("dataset.json", lambda d: d.update(source_format=7), "source_format 7"),
+    "frames": ("dataset.json", lambda d: d.update(frames=5), "2 frames, dataset.json says clips of 5"),
+    "box400": ("train.jsonl", lambda t: t.replace('"boxes":[[[', '"boxes":[[[' + "9" * 400 + ",", 1),
+               "not regular arrays of numbers"),
+    "box400b": ("train.jsonl", lambda t: t.replace('"boxes":[[[0', '"boxes":[[[1' + "0" * 400, 1),
+                r"boxes must be \[x0, y0, x1, y1\] in \[0, 1\]"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPT))
+def test_stats_and_show_on_a_corrupted_set_are_one_line(converted, tmp_path, capsys, name):
+    """`sg2v-data stats` / `show` (and `ConvertedDataset`, which `sg2v-train --data` opens) on a converted
+    Action Genome set with one field corrupted: exit 1 and one error line naming the file, no traceback."""
+    import re
+
+    from sg2v.dataset.cli import main
+
+    target, change, why = CORRUPT[name]
+    root = _corrupt(converted["ag"], tmp_path / "ds", target, change)
+    codes = []
+    for argv in (["stats", str(root)], ["show", str(root), "--split", "train", "--index", "0"]):
+        capsys.readouterr()
+        codes.append(main(argv))
+        err = capsys.readouterr().err.strip().splitlines()
+        if codes[-1] != 0:
+            assert len(err) == 1 and re.search(why, err[0]) and "Traceback" not in err[0], err
+    assert codes[1] == 1 and (codes[0] == 1 or target != "dataset.json" or name == "frames")
+    with pytest.raises(DatasetError, match=why):
+        ConvertedDataset(root, "train")

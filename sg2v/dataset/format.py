@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from sg2v.errors import DatasetError, VocabError, first_line
+from sg2v.safety import open_input, read_input
 from sg2v.vocab import Vocab
 
 FORMAT = "sg2v-dataset"
@@ -150,7 +151,12 @@ def read_json(path: Path, what: str, limit: int = MAX_JSON_BYTES) -> Any:
         raise DatasetError(f"{path}: {size} bytes, more than the {limit} a {what} may have; the file is not "
                            "one sg2v wrote, convert the data set again")
     try:
-        return json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
+        raw = read_input(path, limit)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read {what} ({e.strerror or e}); is this a folder written by "
+                           "`sg2v-data convert`?") from None
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise DatasetError(f"{path}: {what} is not valid JSON ({first_line(e)}); the file is damaged, "
                            "convert the data set again") from None
@@ -184,7 +190,47 @@ def read_info(root: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(splits, dict) or set(splits) != set(SPLITS):
         raise DatasetError(f"{path}: splits must list {', '.join(SPLITS)}; the file is damaged, convert the "
                            "data set again")
+    _check_info_fields(info, path)
     return info
+
+
+COUNT_KEYS = ("samples", "frames", "objects", "relationships")
+MAX_COUNT = 1 << 53  # a count in dataset.json (a float64 holds every integer up to this)
+
+
+def _check_info_fields(info: dict[str, Any], path: Path) -> None:
+    """The fields `stats` and the readers print or use: each of its JSON type, counts integers >= 0."""
+    def bad(what: str) -> DatasetError:
+        return DatasetError(f"{path}: {what}; the file is damaged, convert the data set again")
+
+    def count(v: Any) -> bool:
+        return _is_int(v) and 0 <= v <= MAX_COUNT
+
+    if not isinstance(info.get("source_format"), str):
+        raise bad(f"source_format {_short(info.get('source_format'))} is not a string")
+    source = info.get("source")
+    if not isinstance(source, dict) or not all(isinstance(source.get(k, ""), str) for k in ("name", "path")):
+        raise bad(f"source {_short(source)} is not an object with a string name and path")
+    vocab = info.get("vocab")
+    keys = ("objects", "predicates", "object_ids", "predicate_ids")
+    if not isinstance(vocab, dict) or not all(count(vocab.get(k)) for k in keys):
+        raise bad(f"vocab {_short(vocab)} is not an object of counts {', '.join(keys)}")
+    for split in SPLITS:
+        c = info["splits"][split]
+        if not isinstance(c, dict) or not all(count(c.get(k)) for k in COUNT_KEYS):
+            raise bad(f"splits.{split} {_short(c)} is not an object of counts {', '.join(COUNT_KEYS)}")
+    for table in ("drops", "notes"):
+        rows = info.get(table, [])
+        if not isinstance(rows, list) or not all(
+                isinstance(d, dict) and isinstance(d.get("kind"), str) and isinstance(d.get("reason"), str)
+                and count(d.get("count")) for d in rows):
+            raise bad(f"{table} is not a list of {{kind, reason, count}}")
+
+
+def _short(v: Any) -> str:
+    """A JSON value for a message: its repr cut to 60 characters (a 400-digit number prints whole)."""
+    text = repr(v) if not isinstance(v, int) or abs(v) < 10 ** 30 else f"<{len(str(abs(v)))}-digit number>"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _get(d: Any, key: str) -> Any:
@@ -207,7 +253,7 @@ def read_vocab(root: Path) -> Vocab:
 def open_frames(path: Path, height: int, width: int) -> np.ndarray:
     """Memory-map a `<split>.frames.npy` after checking its header against the expected shape and its size."""
     try:
-        with open(path, "rb") as f:
+        with open_input(path) as f:
             major, minor = np.lib.format.read_magic(f)
             if (major, minor) != (1, 0):
                 raise ValueError(f"npy version {major}.{minor}, expected 1.0")
@@ -252,7 +298,8 @@ class ConvertedDataset:
         self.frames_per_clip = int(self.info["frames"])
         self.height, self.width = int(self.info["height"]), int(self.info["width"])
         self._frames = open_frames(self.root / frames_file(split), self.height, self.width)
-        self._items = _read_index(self.root / index_file(split), self.vocab, len(self._frames))
+        self._items = _read_index(self.root / index_file(split), self.vocab, len(self._frames),
+                                  self.frames_per_clip)
         expected = self.info["splits"][split]
         if not isinstance(expected, dict) or expected.get("samples") != len(self._items) \
                 or expected.get("frames") != len(self._frames):
@@ -325,10 +372,12 @@ def _copy_graph(g: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_index(path: Path, vocab: Vocab, n_frames: int) -> list[tuple]:
+def _read_index(path: Path, vocab: Vocab, n_frames: int, clip: int) -> list[tuple]:
+    """The split's samples, each checked; a sample holds one frame (an image) or `clip` (dataset.json's
+    frames per clip)."""
     items: list[tuple] = []
     try:
-        f = open(path, "rb")  # noqa: SIM115
+        f = open_input(path)
     except OSError as e:
         raise DatasetError(f"{path}: cannot read the sample index ({e.strerror or e}); convert the data set "
                            "again") from None
@@ -345,6 +394,10 @@ def _read_index(path: Path, vocab: Vocab, n_frames: int) -> list[tuple]:
                 raise DatasetError(f"{where}: not a JSON sample ({first_line(e)}); the index is damaged, "
                                    "convert the data set again") from None
             item = _check_record(rec, where, vocab, n_frames)
+            if item[7] not in (1, clip):
+                raise DatasetError(f"{where}: {item[7]} frames, dataset.json says clips of {clip} (or "
+                                   "one-frame images); the files do not belong together, convert the data "
+                                   "set again")
             if item[6] != covered:
                 raise DatasetError(f"{where}: frame_offset {item[6]}, expected {covered} (samples lie back "
                                    "to back); the index is damaged, convert the data set again")
@@ -399,8 +452,9 @@ def _check_record(rec: Any, where: str, vocab: Vocab, n_frames: int) -> tuple:
         visible = np.asarray(rec["visible"])
         has_layout = np.asarray(rec["has_layout"])
         rel_frames = np.asarray(rec["rel_frames"]).reshape(r, -1) if r else np.zeros((0, count), bool)
-    except (ValueError, TypeError):
-        raise _bad(where, "boxes / visible / has_layout / rel_frames are not regular arrays") from None
+    except (ValueError, TypeError, OverflowError):
+        raise _bad(where, "boxes / visible / has_layout / rel_frames are not regular arrays of numbers"
+                   ) from None
     if boxes.shape != (n, count, 4) or visible.shape != (n, count) or has_layout.shape != (n,) \
             or rel_frames.shape != (r, count):
         raise _bad(where, f"boxes {boxes.shape}, visible {visible.shape}, has_layout {has_layout.shape}, "
