@@ -12,7 +12,11 @@ terabytes is allocated before any inference; TensorRT's builder folds it too. `c
   exists (a `Shape` node's output: no more values than that tensor; sg2v's exports with a batch axis make
   these), or whose constant shape exceeds `MAX_ELEMENTS`; `Expand`, `Tile` and `Range` with constant
   arguments beyond it;
-- subgraphs (If/Loop/Scan bodies) and model-local functions are checked the same way.
+- subgraphs (If/Loop/Scan bodies) and model-local functions are checked the same way;
+- a main graph that is not static at the bundle's bounds (`sg2v.runtime.onnx_shapes`): every tensor's shape
+  is inferred from the stage's input shapes with the batch axis at each size 1..max_rows, shape-computing
+  constants folded; an operator outside the set sg2v's exports use (If, Loop, Scan, custom domains among
+  them), a shape computed from run-time data, or a tensor over `MAX_ELEMENTS` at any batch size is refused.
 The field numbers are those of onnx.proto (ModelProto.graph = 7, GraphProto.node = 1, ...).
 """
 
