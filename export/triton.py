@@ -212,6 +212,7 @@ def write_repository(bundle_path: str | os.PathLike, out: str | os.PathLike,
     stages = list(bundle.stages)
     record = {"format": REPOSITORY_FORMAT, "stage_backend": stage_backend, "bundle": str(bundle.path),
               "models": [ORCHESTRATOR, *(stage_model(s) for s in stages)], "stage_files": {}}
+    out.parent.mkdir(parents=True, exist_ok=True)  # --out out/repo on a fresh checkout
     with atomic_path(out) as tmp:
         tmp.mkdir()
         copy = tmp / ORCHESTRATOR / "1" / BUNDLE_DIR

@@ -151,7 +151,7 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)  # its python stubs too (the server's own session)
                 p.wait()
-        if self._tmp is not None and (self.log_path is None or Path(self._tmp) not in self.log_path.parents):
+        if self._tmp is not None:  # the backend folder (and the log, unless log_path was given)
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
@@ -171,9 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--log", default=None, help="server log file (default: a temporary file)")
+    p.add_argument("--log", default=None,
+                   help="server log file (default: a temporary file, removed when the server stops)")
     args = p.parse_args(argv)
     server = TritonServer(args.repo, args.http_port, args.grpc_port, args.host, args.log)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on the way out, as on Ctrl-C
     try:
         server.start()
         print(f"sg2v: tritonserver ready at http://{server.url} (log {server.log_path}); Ctrl-C stops it",
