@@ -7,7 +7,8 @@ start, an unwritable output). Every output path is checked before generation sta
 replaced only when sg2v wrote it (or with --force), and never the bundle or an input file. A layout-grounded
 bundle draws each video's object tracks first; `--layout` gives some or all of them, `--save-layout` writes
 the ones used, `--draw-layout` draws them on the contact sheet, and a warning line names the relations a
-layout could not meet.
+layout could not meet. Ctrl-C stops the generation at its next stage or sampler step (a second one at once)
+and exits 130, writing nothing for the videos under way; `--progress` shows each stage and step on stderr.
 """
 
 from __future__ import annotations
