@@ -100,11 +100,14 @@ class Client:
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
 
-    def ready(self, subscribers: int = 1) -> None:
-        """Wait until the sg2v node subscribes to our requests and publishes to our three subscriptions."""
+    def ready(self, node=None) -> None:
+        """Wait until the sg2v node subscribes to our requests and publishes to our three subscriptions (and,
+        given the in-process `node`, until its publishers have matched them)."""
         def matched() -> bool:
-            counts = (self.node.count_publishers(t) for t in ("images", "results", "errors"))
-            return self.publisher.get_subscription_count() >= subscribers and all(c >= 1 for c in counts)
+            counts = [self.node.count_publishers(t) for t in ("images", "results", "errors")]
+            if node is not None:
+                counts += [p.get_subscription_count() for p in (node.images, node.results, node.errors)]
+            return self.publisher.get_subscription_count() >= 1 and all(c >= 1 for c in counts)
         wait_for("the sg2v node's topics to match", matched)
 
     def send(self, request) -> None:
@@ -148,7 +151,7 @@ def test_images_stamps_frames_and_layouts(context, pipe, grounded_bundle, rng):
                                                 seed=int(rng.integers(0, 1000))))
     client = Client(context, node.node)
     try:
-        client.ready()
+        client.ready(node)
         g1, g2 = graph_for(rng, pipe), graph_for(rng, pipe)
         given = {"sec": int(rng.integers(1, 2**31 - 1)), "nanosec": int(rng.integers(0, 10**9))}
         seed1 = int(rng.integers(0, 10**6))
@@ -199,7 +202,7 @@ def test_bad_requests_get_error_entries_and_the_node_keeps_serving(context, pipe
     node = sg2v_ros.Sg2vNode(context, overrides(grounded_bundle))
     client = Client(context, node.node)
     try:
-        client.ready()
+        client.ready(node)
         graph = graph_for(rng, pipe)
         bad = [
             "{not json",
@@ -269,7 +272,7 @@ def test_a_failed_generation_is_an_error_entry_and_the_node_serves_on(context, p
     node = sg2v_ros.Sg2vNode(context, overrides(grounded_bundle), pipeline=FailsOnce(pipe))
     client = Client(context, node.node)
     try:
-        client.ready()
+        client.ready(node)
         graph = graph_for(rng, pipe)
         client.send({"id": "lost", "graph": graph})
         client.send({"id": "next", "graph": graph, "seed": 3})
@@ -290,7 +293,7 @@ def test_flood_drops_the_oldest_and_counts(context, pipe, grounded_bundle, rng):
     node = sg2v_ros.Sg2vNode(context, overrides(grounded_bundle, queue_depth=depth), pipeline=gated)
     client = Client(context, node.node)
     try:
-        client.ready()
+        client.ready(node)
         graph = graph_for(rng, pipe)
         client.send({"id": "r0", "graph": graph})
         wait_for("the worker to take r0", gated.entered.is_set)
