@@ -339,6 +339,35 @@ def test_cli_ctrl_c_mid_run_leaves_no_output(fake, tmp_path, rng, monkeypatch, t
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_cli_real_sigint_stops_a_subprocess_without_output(tmp_path):
+    """A real Ctrl-C to sg2v-run (the demo at 20 steps, signalled as soon as step 1 is reported): it stops at
+    its next step, exits 130 with one line, and writes nothing."""
+    import subprocess
+
+    if not (DEMO / "manifest.json").is_file():
+        pytest.skip("models/demo is not in this checkout")
+    graph = ROOT / "examples" / "graphs" / "02_left_of.json"
+    cmd = [sys.executable, "-c", "import sys; from sg2v.runtime.cli import main; sys.exit(main())",
+           str(graph), "--bundle", str(DEMO), "--backend", "ort", "--threads", "1", "--steps", "20",
+           "--progress", "--out", str(tmp_path / "v.npy")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if "step 1/20" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        lines += proc.stderr.read().splitlines()
+        assert proc.wait(WAIT_S) == 130, lines
+    finally:
+        proc.kill()
+        proc.stderr.close()
+    assert lines[-1].startswith("sg2v-run: interrupted: generation cancelled after step "), lines
+    assert not any("decode" in line for line in lines)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_interrupted_while_writing_leaves_no_file(fake, tmp_path, rng, monkeypatch, capsys):
     import sg2v.video
 
