@@ -304,6 +304,26 @@ def test_cli_progress_draws_a_bar_on_a_terminal(fake, tmp_path, rng, monkeypatch
     assert frames[-1].startswith("sg2v-run: [" + "#" * 24 + "] 100% decode, video 0")
 
 
+def test_progress_bar_parts_number_videos_and_fractions_over_the_whole_run(pipe, rng):
+    """sg2v-run generates many graphs as several calls: each call's events carry the run's video numbers and
+    its share of the run, so the bar rises once to 100%."""
+    from sg2v.runtime.progress import ProgressBar
+
+    graphs, seeds = [random_graph(rng) for _ in range(5)], [int(s) for s in rng.integers(1 << 30, size=5)]
+    stream = io.StringIO()
+    bar = ProgressBar(stream, "x")
+    for start, stop in ((0, 2), (2, 5)):
+        with bar:
+            pipe.run(graphs[start:stop], seeds[start:stop], steps=2, max_batch=2,
+                     progress=bar.part(start, stop, 5))
+    lines = stream.getvalue().splitlines()
+    pcts = [int(re.match(r"x: +(\d+)% ", line).group(1)) for line in lines]
+    assert len(lines) == 3 * 4 and pcts == sorted(pcts) and pcts[-1] == 100
+    assert [line.split(", ")[1] for line in lines if " decode," in line] == [
+        "videos 0-1", "videos 2-3 (chunk 1/2)", "video 4 (chunk 2/2)"]
+    assert ProgressBar(stream, "x", enabled=False).part(0, 1, 1) is None
+
+
 class _CtrlC(io.StringIO):
     """stderr that presses Ctrl-C `times` times when the first line with `at` is written."""
 
@@ -412,3 +432,18 @@ def test_planner_picks_a_kept_future_and_writes_its_frames(demo, tmp_path, capsy
     assert f"kept {len(kept)} of 3; picked future {pick.index} (seed {pick.index})" in text
     np.testing.assert_array_equal(np.load(out), pick.frames)
     assert len(re.findall(r"^  future \d \(seed \d\): ", text, flags=re.M)) == 3
+
+
+def test_planner_enough_cancels_the_calls_left(demo, tmp_path, capsys, monkeypatch):
+    planner = _planner(monkeypatch)
+    out = tmp_path / "plan.npy"
+    assert planner.main(["--futures", "4", "--per-call", "1", "--enough", "1", "--steps", "1", "--backend",
+                         "ort", "--threads", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    cancelled = int(re.search(r"planner: 1 kept; cancelled (\d) call", text).group(1))
+    assert cancelled in (2, 3)  # the queued calls, and the running one unless it finished meanwhile
+    seed = int(re.search(r"picked future \d \(seed (\d)\)", text).group(1))
+    graph = demo.parse(planner.DEMO_GRAPH)
+    want = demo.run([graph], [seed], steps=1)
+    assert want.layouts[0].satisfied
+    np.testing.assert_array_equal(np.load(out), want.frames[0])
