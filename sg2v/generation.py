@@ -89,7 +89,7 @@ class Backend:
     name: str  # e.g. "ort-cpu", "ort-cuda", "trt", "torch-cpu", "torch-cuda-graphs-fp16"
     encoder: Stage
     unet: Stage
-    xp: Any = np  # numpy, cupy, or sg2v.training.backend.TorchArrays
+    xp: Any = np  # numpy, cupy, or sg2v.models.backend.TorchArrays
     null_context: tuple[np.ndarray, np.ndarray] | None = None  # overrides the bundle's (torch with --ckpt)
     max_batch: int | None = None  # videos per stage call (None: any; the UNet then takes 2 x max_batch rows)
     guided_step: Callable[[int], GuidedStep] | None = None  # the fused guided step for batch size B, if any

@@ -231,7 +231,7 @@ def make_torch_cuda_backend(bundle: Any, device: str = "cuda", mode: str = "grap
 def model_cuda_backend(model: nn.Module, mode: str = "graphs", precision: str = "fp16",
                        compile_mode: str = "default") -> Backend:
     """An SG2V (on its device) as a backend with the fused guided step, its learned null context included."""
-    from sg2v.training.backend import TorchArrays, TorchStage
+    from sg2v.models.backend import TorchArrays, TorchStage
 
     dev = next(model.parameters()).device
     unet = prepare_unet(model.unet, dev, mode, precision, compile_mode)

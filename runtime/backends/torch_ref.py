@@ -2,8 +2,8 @@
 
 Torch is imported only when the backend is built. Weights come from the bundle's optional
 `model.safetensors` (exported with `--include-weights`) or from a checkpoint given explicitly (`ckpt`), loaded
-by `sg2v.training.checkpoint` (`torch.load(weights_only=True)`, safetensors). The stages are
-`sg2v.training.backend.TorchStage`s with host outputs, so the loop's sampler runs on the same numpy arrays as
+by `sg2v.models.weights` (`torch.load(weights_only=True)`, safetensors). The stages are
+`sg2v.models.backend.TorchStage`s with host outputs, so the loop's sampler runs on the same numpy arrays as
 the ONNX Runtime backend; on CUDA the tensors cross once per stage call, which is fine for a reference.
 """
 
@@ -20,7 +20,7 @@ def make_torch_backend(bundle: Any, device: str | None = None, ckpt: str | None 
                        threads: int | None = None) -> Backend:
     """SG2V from `ckpt` or the bundle's `model.safetensors` on `device` ("cpu" default, "cuda", "cuda:N")."""
     dev, model = load_torch_model(bundle, device or "cpu", ckpt, threads)
-    from sg2v.training.backend import model_backend
+    from sg2v.models.backend import model_backend
 
     backend = model_backend(model, host=True)
     if ckpt is None:
@@ -35,13 +35,13 @@ def load_torch_model(bundle: Any, device: str, ckpt: str | None, threads: int | 
     except ImportError as e:
         raise MissingDependencyError(f"the torch backends need PyTorch ({e}); install it with: "
                                      "pip install 'sg2v[train]', or use --backend ort") from None
-    from sg2v.training.backend import torch_device
+    from sg2v.models.backend import torch_device
 
     if threads:
         torch.set_num_threads(int(threads))
     dev = torch_device(device)
     if ckpt is not None:
-        from sg2v.training.checkpoint import load_model
+        from sg2v.models.weights import load_model
 
         model, cfg, vocab = load_model(ckpt, ema=True, device=dev)
         if cfg.data != bundle.config.data or cfg.encoder != bundle.config.encoder or vocab != bundle.vocab:
@@ -58,7 +58,7 @@ def load_torch_model(bundle: Any, device: str, ckpt: str | None, threads: int | 
 
 def load_bundle_model(bundle: Any, dev: Any) -> Any:
     """SG2V (eval mode, on `dev`) from the bundle's `model.safetensors`; BundleError when it has none."""
-    from sg2v.training.checkpoint import load_weights_file
+    from sg2v.models.weights import load_weights_file
 
     if not bundle.has_file(spec.MODEL_WEIGHTS):
         raise BundleError(f"bundle {bundle.path} has no {spec.MODEL_WEIGHTS} (the PyTorch weights); "
