@@ -229,11 +229,14 @@ class Pipeline:
             job = self._queue.get()
             if job is None:
                 return
+            with self._state:  # either close() sees this job running, or this sees close()
+                if self._closed:
+                    job.cancel()
+                elif not job.cancelled():
+                    self._running = job
             if job.cancelled():
                 job.set_running_or_notify_cancel()  # tells `wait` / `as_completed` it is done
                 continue
-            with self._state:
-                self._running = job
             job.started.set()
             try:
                 result = self._execute(job.call, job.progress, job.interrupt)
