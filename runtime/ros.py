@@ -2,7 +2,7 @@
 
 Topics (names are parameters; relative names follow the node's namespace and remappings):
 - graphs (std_msgs/String, in): one request as JSON, `{"graph": {...}, "id": "r1", "futures": 4, "seed": 7}`
-  (or a bare graph). Optional keys: "id" (a string or integer echoed in every answer; default "<node>-<n>"),
+  (or a bare graph). Optional keys: "id" (a string or integer echoed in every answer; default "sg2v-<n>"),
   "futures" (videos of this graph, default the `futures` parameter), "seeds" (one per future) or "seed"
   (futures j = seed + j; default the `seed` parameter), "layout" (given tracks for a layout-grounded bundle,
   as `sg2v-run --layout` takes them) and "stamp" ({"sec", "nanosec"}: the request time; default the time the
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sg2v.errors import ConfigError, GraphError, Sg2vError, first_line, require
+from sg2v.runtime.backends import BACKENDS
 
 NODE_NAME = "sg2v"
 MAX_FUTURES = 64  # videos per request: one request is one batched generation call
@@ -52,7 +53,7 @@ class Parameter:
 
 PARAMETERS = (
     Parameter("bundle", "", "bundle folder written by sg2v-export (empty: models/demo when it exists)"),
-    Parameter("backend", "auto", "auto, trt, ort, torch or torch-cuda (as sg2v-run --backend)"),
+    Parameter("backend", "auto", f"{', '.join(BACKENDS)} (as sg2v-run --backend)"),
     Parameter("device", "", "cpu, cuda or cuda:N (empty: the backend's choice)"),
     Parameter("threads", 0, "CPU threads for ONNX Runtime / torch (0: one per core)"),
     Parameter("verify", True, "check the bundle's sha256 hashes when it is opened"),
@@ -253,7 +254,6 @@ def _check_settings(values: Mapping[str, Any]) -> None:
     """One-line `ConfigError` naming a parameter outside its range."""
     from sg2v.bundle_spec import MAX_LAYOUT_TRIES
     from sg2v.generation import MAX_SEED
-    from sg2v.runtime.backends import BACKENDS
     from sg2v.video import VideoError, check_fps
 
     if values["backend"] not in BACKENDS:
