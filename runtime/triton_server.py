@@ -85,8 +85,10 @@ class TritonServer:
                  extra_args: list[str] | None = None):
         self.repo = Path(repo)
         self.host = host
+        self._own_ports = http_port is None and grpc_port is None
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
+        self._own_log = False  # the log lies in the run's temporary folder
         self.log_path = Path(log_path) if log_path else None
         self.extra_args = list(extra_args or [])
         self.process: subprocess.Popen | None = None
@@ -106,12 +108,23 @@ class TritonServer:
 
     def start(self, timeout: float = 120.0) -> TritonServer:
         """Start the server and wait until it is ready (every model loaded); Sg2vError with the log's last
-        lines if it exits or is not ready in `timeout` seconds."""
+        lines if it exits or is not ready in `timeout` seconds. Ports it chose itself are chosen again (up
+        to twice) when another process took one between the choice and the server's bind."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except Sg2vError as e:
+                if not self._own_ports or "already in use" not in str(e) or attempt == 2:
+                    raise
+                self.http_port, self.grpc_port = free_port(), free_port()
+        return self
+
+    def _start(self, timeout: float) -> TritonServer:
         root = wheel_server()
         self._tmp = tempfile.mkdtemp(prefix="sg2v-triton-")
         backends = make_backend_dir(root, Path(self._tmp) / "backends")
-        if self.log_path is None:
-            self.log_path = Path(self._tmp) / "tritonserver.log"
+        if self.log_path is None or self._own_log:
+            self.log_path, self._own_log = Path(self._tmp) / "tritonserver.log", True
         cmd = [str(root / "bin" / "tritonserver"), f"--model-repository={self.repo.resolve()}",
                f"--backend-directory={backends}", f"--http-address={self.host}",
                f"--http-port={self.http_port}", f"--grpc-address={self.host}",

@@ -6,6 +6,7 @@ leave the server serving, and `sg2v-run --server`."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from pathlib import Path
 
@@ -231,9 +232,9 @@ def test_sg2v_run_server_writes_what_a_local_run_writes(served, tmp_path, test_s
     assert not (tmp_path / "y_0.npy").exists()
 
 
-def test_grounded_bundle_served_gives_local_frames_and_layouts(grounded_bundle, tmp_path, test_seed, request):
+def test_grounded_bundle_served_gives_local_frames_and_layouts(grounded_bundle, tmp_path, test_seed):
     """The layout stage through BLS too: concurrent requests of a layout-grounded bundle get the frames, the
-    tracks and the relation reports of local runs."""
+    tracks and the relation reports of local runs; a port taken after it was chosen is chosen again."""
     from helpers import checked_graphs
 
     from sg2v.runtime.pipeline import Pipeline
@@ -244,8 +245,13 @@ def test_grounded_bundle_served_gives_local_frames_and_layouts(grounded_bundle, 
     repo = write_repository(grounded_bundle, tmp_path / "repo", stage_backend="python", instances=4)
     results: dict[int, tuple] = {}
     server = TritonServer(repo, log_path=tmp_path / "tritonserver.log")
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = server.http_port = blocker.getsockname()[1]  # taken since it was chosen: chosen again
     try:
         server.start(timeout=90)
+        assert server.http_port != taken
 
         def client(i: int) -> None:
             with TritonClient(server.url) as c:
@@ -263,6 +269,7 @@ def test_grounded_bundle_served_gives_local_frames_and_layouts(grounded_bundle, 
         raise
     finally:
         server.stop()
+        blocker.close()
     assert sorted(results) == [0, 1, 2, 3]
     assert layout_stats["execution_count"] >= 1
     with Pipeline.from_bundle(grounded_bundle, backend="ort") as pipe:
