@@ -25,7 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --include-weights (re-exported in this sg2v's bundle format)")
     p.add_argument("--out", default="bundle", help="bundle folder to write (replaced atomically)")
     p.add_argument("--precision", choices=spec.PRECISIONS, default="fp32",
-                   help="compute precision set in the graphs (I/O stays float32; norms, softmax stay fp32)")
+                   help="compute precision set in the graphs (I/O stays float32; norms, softmax stay fp32); "
+                        "int8: the fp32 bundle with its UNet quantised to int8 Q/DQ (Conv and MatMul "
+                        "inputs), calibrated on the bundle's own generations (python -m sg2v.export.quantize "
+                        "does it for an existing fp32 bundle)")
     p.add_argument("--weights", choices=["fp32", "fp16"], default="fp32",
                    help="storage of the weights in the bundle: fp16 halves its size (the model is rounded to "
                         "float16 weights before export, so parity and quality describe what ships); compute "

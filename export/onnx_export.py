@@ -23,6 +23,7 @@ import copy
 import functools
 import io
 import math
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -626,6 +627,18 @@ def export_bundle(
     """
     say = log or (lambda s: None)
     t0 = time.perf_counter()
+    if precision == "int8":  # the fp32 bundle, then its UNet quantised (export/quantize.py)
+        from sg2v.export.quantize import quantize_bundle
+
+        bundle_writer.check_output(out, force=force, reads=[ckpt])
+        with tempfile.TemporaryDirectory(prefix="sg2v-fp32-") as tmp:
+            fp32 = export_bundle(ckpt, Path(tmp) / "fp32", "fp32", pooling, opset, include_weights, ema,
+                                 strict_trt, allow_parity_failure, False, trt_target, seed, log, weights,
+                                 guidance, plugin_impl, max_batch)
+            result = quantize_bundle(fp32.path, out, seed=seed, force=force, strict_trt=strict_trt,
+                                     trt_target=trt_target, log=log)
+        result.seconds = time.perf_counter() - t0
+        return result
     if precision not in spec.PRECISIONS:
         raise ExportError(f"--precision {precision!r}: choose one of {list(spec.PRECISIONS)}")
     if pooling not in spec.POOLINGS:

@@ -64,6 +64,8 @@ VARIANTS = {v.name: v for v in (
             runtime="torch", device="cpu"),
     Variant("ort-cpu", "ONNX Runtime, CPU execution provider, IO-bound buffers (sg2v.runtime)",
             runtime="ort", device="cpu"),
+    Variant("openvino-cpu", "OpenVINO CPU plugin on the same ONNX files, fixed shapes per batch size "
+            "(sg2v.runtime; needs the openvino extra)", runtime="openvino", device="cpu"),
     Variant("torch-cuda", "PyTorch eager fp32 on CUDA, sampler on the device (torch-cuda backend, eager)",
             runtime="torch-cuda", device="cuda", mode="eager", precision="fp32"),
     Variant("torch-cuda-compile-fp16", "torch.compile of the fp16 UNet (torch-cuda backend, mode compile)",
@@ -309,6 +311,8 @@ def unavailable_reason(v: Variant, bundle: Any, ckpt: str | None) -> str | None:
     have = importlib.util.find_spec
     if v.runtime in ("ort",) and have("onnxruntime") is None:
         return "onnxruntime is not installed"
+    if v.runtime == "openvino" and have("openvino") is None:
+        return "openvino is not installed (pip install 'sg2v[openvino]')"
     if v.runtime in ("torch", "torch-cuda"):
         if have("torch") is None:
             return "torch is not installed"
@@ -592,7 +596,8 @@ def compare_bundles(reports: list[dict[str, Any]]) -> dict[str, Any]:
         calls = next((r["unet_calls"] for r in measured.values()), rep["settings"]["steps"])
         flops = rep["flops"]["flops"]
         rows.append({
-            "bundle": b["path"], "name": b["name"], "student": b.get("student") is not None,
+            "bundle": b["path"], "name": b["name"], "precision": b.get("precision", "fp32"),
+            "student": b.get("student") is not None,
             "steps": rep["settings"]["steps"], "unet_calls_per_video": calls,
             "unet_rows_per_call": rep["flops"]["batch"],
             "unet_flops_per_video": None if flops is None else flops * calls,
@@ -652,7 +657,8 @@ def compare_table(compare: dict[str, Any]) -> list[str]:
     for row in compare["bundles"]:
         kind = "student (guidance distilled)" if row["student"] else "CFG"
         flops = row["unet_flops_per_video"]
-        head = (f"| {row['name']} | {kind} | {row['steps']} | {row['unet_calls_per_video']} x "
+        name = row["name"] + ("" if row.get("precision", "fp32") == "fp32" else f" ({row['precision']})")
+        head = (f"| {name} | {kind} | {row['steps']} | {row['unet_calls_per_video']} x "
                 f"{row['unet_rows_per_call']} | {_fmt(flops, 1e-9, 2)} | "
                 f"{_fmt(row['vs_first']['flops_ratio'], digits=2)} |")
         if not row["backends"]:

@@ -23,7 +23,7 @@ _UNARY = {"Relu", "Sigmoid", "Tanh", "Erf", "Sqrt", "Cos", "Sin", "Exp", "Log", 
           "Ceil", "Round", "Reciprocal", "Sign", "Softplus", "Softsign", "Identity", "Cast", "IsNaN", "IsInf",
           "LeakyRelu", "Elu", "Selu", "HardSigmoid", "HardSwish", "Mish", "Softmax", "LogSoftmax", "CumSum",
           "InstanceNormalization", "Dropout", "Trilu", "Celu", "ThresholdedRelu", "Clip",
-          "BatchNormalization", "CastLike"}
+          "BatchNormalization", "CastLike", "QuantizeLinear", "DequantizeLinear"}
 _BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
            "And", "Or", "Xor", "Max", "Min", "Mod", "PRelu", "Sum", "Mean", "Where"}
 _REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",

@@ -67,7 +67,9 @@ UNET_BATCH_DIM = "unet_batch"  # format 2: 2 x batch rows (cond rows, then uncon
 MAX_BATCH = 32  # the exporter's default max_batch
 MAX_BATCH_LIMIT = 4096  # a manifest asking for more is refused before anything is allocated
 
-PRECISIONS = ("fp32", "fp16")
+# int8: the UNet is an explicit Q/DQ graph (Conv/MatMul inputs int8, the rest float32; the manifest's
+# `quantization` entry says how); readers that predate it refuse the bundle by this value.
+PRECISIONS = ("fp32", "fp16", "int8")
 POOLINGS = ("portable", "plugin")
 PLUGIN_DOMAIN = "sg2v"
 PLUGIN_OP = "ScatterMeanPool"  # attribute num_segments; contract in docs/ARCHITECTURE.md ("ScatterMeanPool")
