@@ -126,6 +126,43 @@ def test_writer_refuses_tampered_bundles_and_foreign_folders(tmp_path):
     assert build_parser().parse_args(["--ckpt", "model.pt"]).ckpt == "model.pt"  # sg2v-export as before
 
 
+def test_tensorrt_plans_are_served_only_when_built_from_this_bundle(tmp_path, rng):
+    """--stage-backend tensorrt: the engines folder's plans (checked against its engine.json and the bundle's
+    ONNX hashes) become model.plan with platform tensorrt_plan; stale or altered plans are refused."""
+    from sg2v.export.tensorrt import ENGINE_INFO, engine_sources
+    from sg2v.io import sha256_file
+    from sg2v.runtime.bundle import Bundle
+
+    bundle, _ = make_fake_bundle(tmp_path / "b")
+    opened = Bundle.open(bundle)
+    engines = bundle / spec.ENGINES_DIR / "nvidia-h100_sm90_trt10.5.0_fp32"
+    engines.mkdir(parents=True)
+    plans = {}
+    for stage in opened.stages:  # stand-in plan bytes: Triton's TensorRT backend is not on this machine
+        (engines / f"{stage}.plan").write_bytes(rng.bytes(256))
+        plans[stage] = sha256_file(engines / f"{stage}.plan")
+    info = {"fingerprint": engines.name, "route": "onnx", "plan_sha256": plans,
+            "onnx_sha256": engine_sources(opened)["onnx_sha256"]}
+    (engines / ENGINE_INFO).write_text(json.dumps(info))
+    repo = write_repository(bundle, tmp_path / "repo", stage_backend="tensorrt", engines=engines)
+    for stage in opened.stages:
+        cfg = parse_config(repo / stage_model(stage) / "config.pbtxt")
+        assert cfg.platform == "tensorrt_plan" and cfg.HasField("dynamic_batching")
+        plan = repo / stage_model(stage) / "1" / "model.plan"
+        assert plan.read_bytes() == (engines / f"{stage}.plan").read_bytes()
+        assert read_record(repo)["stage_files"][stage_model(stage)]["sha256"] == plans[stage]
+    check_stage_files(repo, read_record(repo))
+
+    (engines / "unet.plan").write_bytes(rng.bytes(256))  # not the plan engine.json records
+    with pytest.raises(BundleError, match="unet.plan"):
+        write_repository(bundle, tmp_path / "repo", stage_backend="tensorrt", engines=engines)
+    info["onnx_sha256"]["unet"] = "0" * 64  # plans of another export of the model
+    (engines / ENGINE_INFO).write_text(json.dumps(info))
+    with pytest.raises(BundleError, match="other ONNX graphs"):
+        write_repository(bundle, tmp_path / "repo", stage_backend="tensorrt", engines=engines)
+    assert parse_config(repo / stage_model("unet") / "config.pbtxt").platform == "tensorrt_plan"  # kept
+
+
 STEPS = 6
 CLIENTS = 8
 
