@@ -52,9 +52,17 @@ class Candidate:
         return min(gaps, default=float("inf"))
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default once: options whose help names their default keep their own words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "default:" in text else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="planner.py", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=_Help)
     ap.add_argument("graph", nargs="?", default=str(DEMO_GRAPH), help="the scene-graph JSON file")
     ap.add_argument("--bundle", default=str(DEMO_BUNDLE), help="a layout-grounded bundle folder")
     ap.add_argument("--futures", type=int, default=16, help="futures to generate (seeds seed .. seed+N-1)")
@@ -70,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="planned.mp4",
                     help="the picked future's video (.mp4, .gif, .webp, .npy, or a folder of PNG frames)")
     ap.add_argument("--fps", type=float, default=8.0, help="frames per second of the video")
-    ap.add_argument("--force", action="store_true", help="replace --out even if sg2v did not write it")
+    ap.add_argument("--force", action="store_true",
+                    help="replace --out even if sg2v did not write it (default: only an earlier sg2v output)")
     return ap
 
 

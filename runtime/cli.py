@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip the bundle's sha256 checks (sizes still checked)")
     ap.add_argument("--progress", action="store_true",
                     help="show progress on stderr: a bar on a terminal, else one line per stage and step "
-                         "(encoder, layout round k of at most K, sampler step i of n, decode); Ctrl-C stops "
-                         "at the next one either way, writing nothing for the videos being generated")
+                         "(encoder, layout round k of at most K, sampler step i of n, decode); with or "
+                         "without it, Ctrl-C stops at the next stage or step and writes nothing for the "
+                         "videos under way")
     ap.add_argument("--force", action="store_true",
                     help="replace existing output paths even when they are not earlier sg2v outputs (a "
                          "folder of other files, a file sg2v did not write); never the bundle or an input "
