@@ -177,7 +177,9 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise BundleError(f"bundle {root}: {spec.MANIFEST} has {mpath.stat().st_size} bytes, more than the "
                           f"{MAX_MANIFEST_BYTES} a manifest may have (not an sg2v manifest); {_REEXPORT}")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        from sg2v.safety import read_input
+
+        manifest = json.loads(read_input(mpath, MAX_MANIFEST_BYTES).decode("utf-8"))
     except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON, or a number over 4300 digits
         raise BundleError(f"bundle {root}: {spec.MANIFEST} is corrupt ({first_line(e)}); "
                           f"{_REEXPORT}") from None

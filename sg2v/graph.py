@@ -140,10 +140,11 @@ def _decode_json(raw: bytes | str, origin: str, what: str = "graph", example: st
 
 
 def _read_path(path: str | os.PathLike) -> Any:
+    from sg2v.safety import read_input
+
     origin = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = read_input(path, MAX_GRAPH_FILE_BYTES)
     except OSError as e:
         raise GraphError(f"{origin}: cannot read graph file ({e.strerror or e}); check the path") from None
     return _decode_json(raw, origin)
@@ -334,19 +335,17 @@ def load_graphs(source: Any, vocab: Vocab, max_objects: int | None = None,
 
 _LAYOUT_EXAMPLE = '{"0": [0.1, 0.1, 0.3, 0.3], "1": {"start": [0.6, 0.6, 0.9, 0.9], "end": [0, 0, 0.3, 0.3]}}'
 MAX_LAYOUT_FILE_BYTES = 64 << 20  # a layout of 1024 objects x 1024 frames is about 50 MiB of JSON
+MAX_GRAPH_FILE_BYTES = 64 << 20  # a graph file (or a list of graphs), read at most this far
 
 
 def load_layout(path: str | os.PathLike, graph: SceneGraph, frames: int) -> dict[int, np.ndarray]:
     """Given tracks for `graph` from a layout file (`sg2v-run --layout`): a layout mapping, or a whole graph
     with a "layout" key (`sg2v.layout.layout_from_file_data`), as (F, 4) float32 boxes by object index."""
+    from sg2v.safety import read_input
+
     origin = os.fspath(path)
     try:
-        size = os.path.getsize(path)
-        if size > MAX_LAYOUT_FILE_BYTES:
-            raise GraphError(f"{origin}: {size} bytes, more than the {MAX_LAYOUT_FILE_BYTES} a layout file "
-                             "may have; pass the layout saved by sg2v-run --save-layout")
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = read_input(path, MAX_LAYOUT_FILE_BYTES)
     except OSError as e:
         raise GraphError(f"{origin}: cannot read layout file ({e.strerror or e}); check the path") from None
     data = _decode_json(raw, origin, "layout", _LAYOUT_EXAMPLE)

@@ -136,7 +136,15 @@ def read_input(path: str | os.PathLike, limit: int = MAX_INPUT_BYTES) -> bytes:
     """The bytes of a user-named regular file, at most `limit` of them (counted as read: the size a file
     reports is not trusted); OSError (EFBIG) naming the path when it holds more."""
     with open_input(path) as f:
-        data = f.read(limit + 1)
+        hint = os.fstat(f.fileno()).st_size  # only sizes the first read: reading stops at the real end
+        data = f.read(min(hint, limit) + 1)
+        if len(data) <= limit and len(data) == min(hint, limit) + 1:  # more than it said: read on, bounded
+            parts = [data]
+            total = len(data)
+            while total <= limit and (block := f.read(min(1 << 24, limit + 1 - total))):
+                parts.append(block)
+                total += len(block)
+            data = b"".join(parts)
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"more than the {limit} bytes such a file may have", os.fspath(path))
     return data

@@ -124,9 +124,10 @@ def _kind(v: Any) -> str:
 
 def load_vocab(path: str | os.PathLike) -> Vocab:
     """Read an sg2im vocabulary JSON file (e.g. sg2im's `vocab.json` for Visual Genome)."""
+    from sg2v.safety import read_input
+
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = read_input(path)
     except OSError as e:
         raise VocabError(f"{path}: cannot read vocabulary file ({e.strerror or e}); check the path") from None
     try:

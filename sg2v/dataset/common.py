@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sg2v.errors import DatasetError
+from sg2v.safety import read_input
 
 
 class DropTable:
@@ -66,12 +67,14 @@ def need_file(path: Path, what: str, fix: str) -> Path:
     return path
 
 
+MAX_SOURCE_JSON_BYTES = 32 << 30  # a source data set's annotation JSON (Visual Genome's are a few GiB)
+
+
 def load_source_json(path: Path, what: str, fix: str) -> Any:
     """A source data set's JSON file (any size), or one line naming the file and the fix."""
     need_file(path, what, fix)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = read_input(path, MAX_SOURCE_JSON_BYTES)
     except OSError as e:
         raise DatasetError(f"{path}: cannot read {what} ({e.strerror or e}); check its permissions") from None
     try:
@@ -91,7 +94,7 @@ def read_lines(path: Path, what: str, fix: str) -> list[str]:
     """Non-empty, stripped lines of a small text file."""
     need_file(path, what, fix)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = read_input(path).decode("utf-8-sig")
     except OSError as e:
         raise DatasetError(f"{path}: cannot read {what} ({e.strerror or e}); check its permissions") from None
     except UnicodeDecodeError as e:

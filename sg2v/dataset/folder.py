@@ -38,6 +38,7 @@ from sg2v.dataset.options import FolderOptions, OptionError
 from sg2v.errors import DatasetError, GraphError, VocabError, require
 from sg2v.graph import parse_graph
 from sg2v.layout import is_index_key
+from sg2v.safety import read_input
 from sg2v.vocab import IMAGE_OBJECT, IN_IMAGE_PRED, Vocab, load_vocab
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -66,7 +67,7 @@ def _strict_json(path: Path) -> Any:
         raise ValueError(f"{name} is not valid JSON")
 
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = read_input(path).decode("utf-8-sig")
         return json.loads(text, object_pairs_hook=no_dupes, parse_constant=no_constant)
     except OSError as e:
         raise _Invalid(f"{path}: cannot read ({e.strerror or e}); check its permissions", "graph unreadable",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sg2v.errors import DatasetError
+from sg2v.safety import open_input
 
 ALLOWED_GLOBALS = frozenset({
     ("numpy.core.multiarray", "_reconstruct"),
@@ -87,7 +88,7 @@ def load_data_pickle(path: str | os.PathLike, what: str = "annotation pickle") -
         raise DatasetError(f"{path}: {size} bytes, more than the {MAX_PICKLE_BYTES} an {what} may have; is "
                            "it the right file?")
     try:
-        with open(path, "rb") as f:
+        with open_input(path) as f:
             return DataUnpickler(f, encoding="latin1").load()
     except RefusedGlobal as e:
         raise DatasetError(f"{path}: refused to load: the pickle calls {e}, which is code, not data (only "

@@ -47,6 +47,7 @@ from sg2v.dataset.format import VOCAB_FILE, ConvertedDataset, index_file
 from sg2v.errors import ConfigError, DatasetError
 from sg2v.graph import pad_graphs, parse_graph
 from sg2v.relations import FAMILIES
+from sg2v.safety import open_input
 from sg2v.vocab import Vocab
 
 RULE_FAMILIES = (*FAMILIES, "none")
@@ -117,7 +118,7 @@ def _fingerprint(roots: Sequence[Path]) -> str:
     for root in roots:
         for name in (VOCAB_FILE, index_file("train"), index_file("val")):
             h.update(name.encode())
-            with open(root / name, "rb") as f:
+            with open_input(root / name) as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()
