@@ -31,7 +31,8 @@ sys.meta_path.insert(0, _Block())
 
 LEAN_MODULES = ("sg2v.runtime", "sg2v.runtime.bundle", "sg2v.runtime.pipeline", "sg2v.runtime.backends",
                 "sg2v.runtime.backends.ort", "sg2v.runtime.backends.trt", "sg2v.runtime.backends.torch_ref",
-                "sg2v.runtime.cli", "sg2v.runtime.bench", "sg2v.runtime.onnx_guard", "sg2v.export.tensorrt",
+                "sg2v.runtime.cli", "sg2v.runtime.bench", "sg2v.runtime.onnx_guard", "sg2v.runtime.engines",
+                "sg2v.export.tensorrt",
                 "sg2v.generation", "sg2v.quality", "sg2v.layout_sampler", "sg2v.relations", "sg2v.layout")
 
 

@@ -20,8 +20,8 @@ from helpers import make_fake_bundle, random_graph
 
 from sg2v import bundle_spec as spec
 from sg2v.errors import BundleError, MissingDependencyError, Sg2vError
-from sg2v.export import tensorrt as trt_build
 from sg2v.runtime import Pipeline
+from sg2v.runtime import engines as trt_build
 from sg2v.runtime.backends import make_backend, trt_unavailable_reason
 from sg2v.runtime.bundle import Bundle
 
@@ -104,6 +104,19 @@ def test_layout_grounded_bundles_get_a_third_engine_with_its_own_profile(grounde
     src = trt_build.engine_sources(b)
     assert src["onnx_sha256"] == {stage: b.manifest["files"][file]["sha256"]
                                   for stage, file in spec.GROUNDED_STAGE_FILES.items()}
+
+
+def test_the_export_module_is_the_runtime_engine_lifecycle():
+    """`sg2v.export.tensorrt` hands out the runtime's objects; `python -m sg2v.export.tensorrt` still runs."""
+    import subprocess
+
+    from sg2v.export import tensorrt as export_trt
+
+    names = export_trt.__all__
+    assert names and all(getattr(export_trt, n) is getattr(trt_build, n) for n in names)
+    r = subprocess.run([sys.executable, "-m", "sg2v.export.tensorrt", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m sg2v.export.tensorrt [-h]")
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed: the missing-TensorRT errors cannot be shown")

@@ -167,7 +167,7 @@ def _tensorrt_problem() -> str | None:
     try:
         import tensorrt
 
-        from sg2v.export.tensorrt import tensorrt_version_problem
+        from sg2v.runtime.engines import tensorrt_version_problem
 
         return tensorrt_version_problem(getattr(tensorrt, "__version__", "?"))
     except Exception as e:  # a broken install: missing libnvinfer, mismatched CUDA libraries

@@ -39,7 +39,7 @@ class TrtStage:
 
     def __init__(self, plan_path: Path, io: dict[str, Any], runtime: Any, stream: Any,
                  bindings: dict[str, str] | None = None, max_rows: int = 0, graphs: bool = False):
-        from sg2v.export.tensorrt import engine_io_mismatches, require_tensorrt
+        from sg2v.runtime.engines import engine_io_mismatches, require_tensorrt
 
         self.trt = require_tensorrt()
         self.cp = require("cupy", "gpu")
@@ -214,7 +214,7 @@ class TrtStage:
 def make_trt_backend(bundle: Any, device: str | None = None, engine_dir: str | None = None,
                      build: bool = True) -> Backend:
     """Engines for this machine (built once into the bundle's engines/ cache), bound and graph-captured."""
-    from sg2v.export import tensorrt as trt_build
+    from sg2v.runtime import engines as trt_build
 
     trt = trt_build.require_tensorrt()  # TensorRT 10.3 or newer, else one line naming what to use instead
     cp = require("cupy", "gpu")
