@@ -76,7 +76,7 @@ def test_exit_statuses_and_one_line_errors(converted, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "sg2v-data: error: --index 9: the train split has 2 samples (0..1)"
     assert main(["convert", "vg", str(converted / "vg"), "--out", str(converted / "vg_out"), *VG_FLAGS]) == 2
-    assert "already exists; pass --force" in capsys.readouterr().err
+    assert "is a folder that is not an earlier sg2v output; pass --force" in capsys.readouterr().err
     assert main(["convert", "vg", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
     assert capsys.readouterr().err.count("\n") == 1
     assert main(["stats", str(tmp_path)]) == 1

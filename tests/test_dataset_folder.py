@@ -137,5 +137,5 @@ def test_frame_step_and_too_short_recordings(rec, tmp_path):
 
 def test_output_inside_the_recordings_is_refused(rec):
     root, _, _ = rec
-    with pytest.raises(DatasetError, match="lies inside the recordings folder"):
+    with pytest.raises(DatasetError, match="lies inside the source data set"):
         _convert(root / "src", root / "src" / "converted")

@@ -129,7 +129,7 @@ def test_existing_output_is_kept_unless_forced(vg, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    with pytest.raises(DatasetError, match="already exists; pass --force"):
+    with pytest.raises(DatasetError, match="is a folder that is not an earlier sg2v output; pass --force"):
         _convert(vg / "src", out)
     assert (out / "mine.txt").read_text() == "keep me"
     _convert(vg / "src", out, force=True)
@@ -170,9 +170,9 @@ def test_interrupt_mid_conversion_writes_nothing(vg, tmp_path, monkeypatch):
 
 
 def test_output_that_holds_the_source_is_refused(vg, tmp_path):
-    with pytest.raises(DatasetError, match="is the source folder or holds it"):
+    with pytest.raises(DatasetError, match="would replace the source data set"):
         _convert(vg / "src", vg / "src", force=True)
-    with pytest.raises(DatasetError, match="is the source folder or holds it"):
+    with pytest.raises(DatasetError, match="would replace the source data set"):
         _convert(vg / "src", vg, force=True)
 
 

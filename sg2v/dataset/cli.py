@@ -112,6 +112,8 @@ def _run(args: argparse.Namespace) -> int:
     from sg2v.dataset.format import ConvertedDataset
     from sg2v.dataset.show import sample_json, sample_lines, write_sheet
 
+    if args.sheet:
+        _check_sheet(args)
     ds = ConvertedDataset(args.dir, args.split)
     if not -len(ds) <= args.index < len(ds):
         raise UsageError(f"--index {args.index}: the {args.split} split has {len(ds)} samples"
@@ -122,29 +124,45 @@ def _run(args: argparse.Namespace) -> int:
         print("\n".join(sample_lines(ds, args.index)))
     if args.sheet:
         out = Path(args.sheet)
-        if out.suffix.lower() != ".png":
-            raise UsageError(f"--sheet {out}: give a .png path")
-        out.parent.mkdir(parents=True, exist_ok=True)
         write_sheet(ds, args.index, out)
         print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
+def _check_sheet(args: argparse.Namespace) -> None:
+    """--sheet: a .png path, never inside the converted set read, an existing file replaced only when it is
+    a sheet sg2v wrote (its Software text; `sg2v.safety.check_outputs`)."""
+    from sg2v.safety import Output, OutputError, check_outputs, inputs
+    from sg2v.video import is_sg2v_output
+
+    out = Path(args.sheet)
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--sheet {out}: give a .png path")
+    try:
+        check_outputs([Output("--sheet", out, ours=lambda p: is_sg2v_output(p, "image"))],
+                      inputs((args.dir, "the converted data set", True)), force_flag=None)
+    except OutputError as e:
+        raise UsageError(str(e)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from sg2v.safety import describe_os_error, one_line, safe_stdio
+
+    safe_stdio()
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
     except GraphError as e:
-        print(f"sg2v-data: invalid graph: {e}", file=sys.stderr)
+        print(one_line(f"sg2v-data: invalid graph: {e}"), file=sys.stderr)
         return 2
     except Sg2vError as e:
-        print(f"sg2v-data: error: {e}", file=sys.stderr)
+        print(one_line(f"sg2v-data: error: {e}"), file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # `sg2v-data stats DIR | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as e:
-        print(f"sg2v-data: error: {e}; check the paths, their permissions and free space", file=sys.stderr)
+        print(f"sg2v-data: error: {describe_os_error(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("sg2v-data: interrupted; nothing was written", file=sys.stderr)

@@ -81,24 +81,31 @@ def make_plan(fmt: str, source: Path, opts: Any, seed: int, frames: int) -> Plan
     raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
-def _check_out(out: Path, source: Path, force: bool, fmt: str) -> None:
-    out_r, src_r = out.resolve(), source.resolve()
-    if src_r.is_relative_to(out_r):
-        raise OptionError(f"--out {out}: is the source folder or holds it; choose a folder outside it")
-    if fmt == "folder" and out_r.is_relative_to(src_r):
-        raise OptionError(f"--out {out}: lies inside the recordings folder (its JSON files would be read as "
-                          "graphs next time); choose a folder outside it")
-    if out.exists() and not force:
-        raise OptionError(f"--out {out}: already exists; pass --force to replace it (the old one stays until "
-                          "the new one is complete) or choose another folder")
+def _check_out(out: Path, source: Path, force: bool, fmt: str, options: Any = None) -> None:
+    """--out through `sg2v.safety.check_outputs`: never SOURCE, a folder it names (--images-dir,
+    --annotations-dir, --frames-dir) or a file it reads (--vocab, --splits-json), nor a folder holding or
+    inside one of them, even with --force; an existing path only with --force (a converted set: the old one
+    stays until the new one is complete)."""
+    from sg2v.safety import Output, OutputError, WriteError, check_outputs, inputs
+
+    named: list[tuple[Any, str, bool]] = [(source, "the source data set", source.is_dir())]
+    for name in ("images_dir", "annotations_dir", "frames_dir"):
+        value = getattr(options, name, "")
+        if value:
+            named.append((value, f"the --{name.replace('_', '-')} folder", True))
+    for name in ("vocab", "splits_json"):
+        value = getattr(options, name, "")
+        if value:
+            named.append((value, f"the --{name.replace('_', '-')} file", Path(value).is_dir()))
+    try:
+        check_outputs([Output("--out", out, folder=True)], inputs(*named), force=force)
+    except OutputError as e:
+        raise OptionError(str(e)) from None
+    except WriteError as e:
+        raise DatasetError(str(e)) from None
     if out.exists() and not out.is_dir():
         raise OptionError(f"--out {out}: is a file, not a data set folder; remove it or choose another "
                           "folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DatasetError(f"--out {out}: cannot create its parent folder ({e.strerror or e}); choose "
-                           "another folder") from None
 
 
 def _results(plan: Plan, ctx: JobContext, workers: int) -> Iterator[Any]:
@@ -129,7 +136,7 @@ def convert(fmt: str, source: str | os.PathLike, out: str | os.PathLike, common:
     source, out = Path(source), Path(out)
     if not source.exists():
         raise DatasetError(f"{source}: no such file or folder; pass the {fmt} data set's folder")
-    _check_out(out, source, common.force, fmt)
+    _check_out(out, source, common.force, fmt, options)
 
     t0 = time.perf_counter()
     log(f"reading {fmt} from {source} ...")
