@@ -76,6 +76,7 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float):
         super().__init__()
+        self.out_ch = out_ch
         self.norm1 = nn.GroupNorm(groups, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * out_ch)
@@ -86,7 +87,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x, emb, context=None, bias=None):  # x (BF, Cin, H, W), emb (BF, E)
         h = self.conv1(F.silu(self.norm1(x)))  # (BF, Cout, H, W)
-        scale, shift = self.emb(F.silu(emb)).chunk(2, dim=1)  # (BF, Cout) each
+        ss = self.emb(F.silu(emb))  # (BF, 2 Cout): scale, shift (constant slices: no shape arithmetic)
+        scale, shift = ss[:, :self.out_ch], ss[:, self.out_ch:]  # (BF, Cout) each
         h = self.norm2(h) * (1.0 + scale[:, :, None, None]) + shift[:, :, None, None]
         h = self.conv2(self.drop(F.silu(h)))
         return self.skip(x) + h
