@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from sg2v.errors import Cancelled, Sg2vError
+from sg2v.errors import Cancelled, Sg2vError, shown
 from sg2v.generation import Backend, Generation, Generator, check_seeds
 from sg2v.runtime.backends import make_backend
 from sg2v.runtime.bundle import Bundle
@@ -206,12 +206,18 @@ class Pipeline:
         if not graphs:
             raise Sg2vError("no graphs to generate; pass at least one")
         seeds = check_seeds(seeds, len(graphs))
+        for name in ("guidance", "guidance_rescale"):
+            value = options.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      and not _is_np_number(value)):
+                raise Sg2vError(f"{name} {shown(value)}: must be a real number, not a {type(value).__name__}")
         settings = self.generator.settings(**{k: options.pop(k) for k in
                                               ("steps", "guidance", "guidance_rescale", "sampler")})
         data = self.bundle.config.data
         parsed = [self.parse(g) for g in graphs]
         feeds = pad_graphs(parsed, data.max_objects, data.max_relationships).as_feeds()
-        given = None if layouts is None else [dict(m or {}) for m in layouts]
+        given = None if layouts is None else [_checked_tracks(m, i, data.frames)
+                                              for i, m in enumerate(layouts)]
         self.generator.check_call(len(parsed), seeds, options["output"], options["max_batch"], parsed, given,
                                   options["layout_tries"])
         return {"feeds": feeds, "seeds": seeds, "settings": settings, "graphs": parsed, "layouts": given,
@@ -287,3 +293,28 @@ def _settle(job: Job, set_outcome: Callable[[Any], None], value: Any) -> None:
         set_outcome(value)
     except InvalidStateError:
         job.set_running_or_notify_cancel()
+
+
+def _is_np_number(value: Any) -> bool:
+    import numpy as np
+
+    return isinstance(value, (np.integer, np.floating)) and not isinstance(value, np.bool_)
+
+
+def _checked_tracks(given: Any, i: int, frames: int) -> dict[Any, Any]:
+    """`Pipeline.run(layouts=...)[i]` with every track checked as a layout file's are (`sg2v.layout`: finite
+    boxes in [0, 1], x0 < x1, y0 < y1, one box, F boxes or a start/end pair) and expanded to (F, 4) boxes;
+    the keys are checked by the generator."""
+    import numpy as np
+
+    from sg2v.layout import parse_track
+
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise Sg2vError(f"layouts[{i}]: expected a mapping of object indices to tracks, got {shown(given)}")
+    out = {}
+    for key, value in given.items():
+        plain = value.tolist() if isinstance(value, np.ndarray) else value
+        out[key] = parse_track(plain, f"layouts[{i}][{shown(key)}]", frames).expand(frames, f"layouts[{i}]")
+    return out

@@ -6,3 +6,9 @@ are imported only where used. `sg2v.export` and `sg2v.runtime` build on this pac
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# ONNX Runtime (1.29 on, Linux too) writes a telemetry database under ~/.cache and uploads process events
+# unless told not to; sg2v writes only the outputs it is asked for. A user's own setting wins.
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
