@@ -13,6 +13,7 @@ NVIDIA's tritonserver containers need none of this: install sg2v into the contai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -129,7 +130,7 @@ class TritonServer:
                f"--backend-directory={backends}", f"--http-address={self.host}",
                f"--http-port={self.http_port}", f"--grpc-address={self.host}",
                f"--grpc-port={self.grpc_port}",
-               "--allow-metrics=false", "--exit-timeout-secs=5", *self.extra_args]
+               "--allow-metrics=false", "--exit-timeout-secs=2", *self.extra_args]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                             env=python_environment(), start_new_session=True)
@@ -162,8 +163,11 @@ class TritonServer:
             try:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)  # its python stubs too (the server's own session)
+                os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        if p is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)  # python stubs left in the server's own session
         if self._tmp is not None:  # the backend folder (and the log, unless log_path was given)
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
