@@ -1,6 +1,6 @@
-"""INT8 Q/DQ export: the quantised UNet's graph (Q/DQ only on Conv/MatMul inputs, symmetric, the first and last
-convs and the output float), its parity against fp32 on fresh inputs, the manifest entry, TensorRT's operator
-check, and the runtime generating from the int8 bundle."""
+"""INT8 Q/DQ export: the quantised UNet's graph (Q/DQ only on Conv/MatMul inputs, symmetric, the first and
+last convs and the output float), its parity against fp32 on fresh inputs, the manifest entry, TensorRT's
+operator check, and the runtime generating from the int8 bundle."""
 
 from __future__ import annotations
 
@@ -187,3 +187,26 @@ def test_export_cli_writes_an_int8_bundle(student_checkpoint, tmp_path, capsys):
     m = Bundle.open(tmp_path / "b8").manifest
     assert m["precision"] == "int8" and m["quantization"]["quantized_nodes"] > 0
     assert "int8" in capsys.readouterr().out
+
+
+def test_bench_rows_int8_beside_fp32_and_openvino_beside_onnx_runtime(int8, tmp_path):
+    """sg2v-bench --compare INT8_BUNDLE: the int8 bundle's row beside the fp32 one's on each backend, named
+    with its precision; the openvino-cpu row beside ort-cpu where OpenVINO is installed."""
+    import importlib.util
+
+    from sg2v.runtime import bench
+
+    backends = ["ort-cpu"] + (["openvino-cpu"] if importlib.util.find_spec("openvino") else [])
+    argv = ["--bundle", str(int8["src"]), "--steps", "2", "--compare", str(int8["out"]), "--repeats", "1",
+            "--warmup", "0", "--threads", "1", "--peak-size", "64", "--write", "none", "--backends",
+            *backends, "--json", str(tmp_path / "b.json")]
+    assert bench.main(argv) == 0
+    rep = json.loads((tmp_path / "b.json").read_text())
+    fp32, q8 = rep["compare"]["bundles"]
+    assert (fp32["precision"], q8["precision"]) == ("fp32", "int8")
+    assert sorted(q8["backends"]) == sorted(backends) == sorted(fp32["backends"])
+    for name in backends:
+        assert rep["backends"][name]["results"]["denoiser_step_s"] > 0
+        x = fp32["backends"][name]["total_s"] / q8["backends"][name]["total_s"]
+        assert q8["vs_first"]["total_speedup"][name] == pytest.approx(x)
+    assert f"| {q8['name']} (int8) |" in rep["table"]
