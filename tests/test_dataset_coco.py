@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -315,3 +316,76 @@ def test_a_hostile_rle_in_a_kept_image_is_noted_not_allocated(tmp_path):
     info = _convert(_mutated_source(tmp_path, change), tmp_path / "out")
     notes = {(d["kind"], d["reason"]): d["count"] for d in info["notes"]}
     assert notes[("object", "segmentation unreadable; box center used for its relationships")] == 2
+
+
+# -------------------------------------------------------------------------------------- real COCO excerpt
+REAL = Path(__file__).resolve().parent / "data" / "coco2017_train_excerpt.json"
+
+
+def _real() -> dict:
+    import json
+
+    return json.loads(REAL.read_text())
+
+
+def test_real_crowd_rles_decode_to_their_boxes():
+    """Every crowd annotation of the real excerpt (11 uncompressed RLEs): the decoded mask's extent is the
+    annotation's bbox, as COCO writes it for crowds ([x0, y0, x_last - x0, y_last - y0])."""
+    data = _real()
+    sizes = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
+    crowds = [a for a in data["annotations"] if a["iscrowd"]]
+    assert len(crowds) == 11
+    for a in crowds:
+        mask = segmentation_mask(a["segmentation"], *sizes[a["image_id"]])
+        ys, xs = np.nonzero(mask)
+        got = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())]
+        assert got == a["bbox"], a["id"]
+
+
+def test_real_polygons_rasterise_to_their_area():
+    """The real excerpt's polygon annotations: the pixel-center mask's area is COCO's "area" within a strip
+    of 0.15 px along the outline (the rasterisers differ only at edge pixels)."""
+    data = _real()
+    sizes = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
+    polys = [a for a in data["annotations"] if not a["iscrowd"]]
+    assert len(polys) >= 30
+    for a in polys:
+        mask = segmentation_mask(a["segmentation"], *sizes[a["image_id"]])
+        outline = sum(np.hypot(*(np.roll(p, -1, 0) - p).T).sum() for p in
+                      (np.asarray(q, dtype=np.float64).reshape(-1, 2) for q in a["segmentation"]))
+        assert abs(int(mask.sum()) - a["area"]) <= 0.15 * outline + 2, a["id"]
+
+
+def test_real_excerpt_converts_as_sg2im_filters_it(tmp_path):
+    """The real excerpt as a things-only COCO source (solid images of the recorded sizes): each image keeps
+    the objects whose box covers more than 0.02 of it and is kept with 3 to 8 of them, computed here from
+    the JSON; the crowd note counts the crowds of the images written."""
+    import json
+
+    from dataset_fixtures import solid
+
+    data = _real()
+    src = tmp_path / "src"
+    (src / "annotations").mkdir(parents=True)
+    train = {k: data[k] for k in ("info", "licenses", "images", "annotations", "categories")}
+    (src / "annotations" / "instances_train2017.json").write_text(json.dumps(train))
+    empty = {**train, "images": [], "annotations": []}
+    (src / "annotations" / "instances_val2017.json").write_text(json.dumps(empty))
+    for i, im in enumerate(data["images"]):
+        solid(src / "images" / "train2017" / im["file_name"], im["width"], im["height"], i, "JPEG")
+    info = _convert(src, tmp_path / "out", stuff=False)
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    want, crowds = {}, 0
+    for im in data["images"]:
+        anns = [a for a in data["annotations"] if a["image_id"] == im["id"]
+                and a["bbox"][2] * a["bbox"][3] / (im["width"] * im["height"]) > 0.02]
+        if 3 <= len(anns) <= 8:
+            want[im["id"]] = [names[a["category_id"]] for a in anns]
+            crowds += sum(a["iscrowd"] for a in anns)
+    ds = ConvertedDataset(tmp_path / "out", "train")
+    got = {ds[i]["source"]["image_id"]: ds[i]["graph"]["objects"] for i in range(len(ds))}
+    assert got == want and len(want) >= 2
+    notes = {(d["kind"], d["reason"]): d["count"] for d in info["notes"]}
+    crowd_note = ("object", "crowd annotation (iscrowd 1) kept as one object, as sg2im does")
+    assert notes.get(crowd_note, 0) == crowds
+    assert sum(a["iscrowd"] for a in data["annotations"]) > crowds  # crowds of dropped images not counted
