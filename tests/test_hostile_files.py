@@ -139,7 +139,7 @@ def _rule(pred, rule):
     (_layout(tries=12.0), r"tries 12.0 is not an integer"),
     (_layout(per_round=13), r"per_round 13 is not an integer in \[1, 12\]"),  # more than its tries
     (_layout(per_round=-1), r"per_round -1 is not an integer"),
-    (_layout(sampler="euler"), r"sampler 'euler' is not one of \['ddim', 'dpmpp2m'\]"),
+    (_layout(sampler="euler"), r"sampler 'euler' is not one of \['ddim', 'ddpm', 'dpmpp2m'\]"),
     (_layout(sampler=None), r"sampler None is not one of"),
     (_layout(relation_rules=["left of"]), r"relation_rules \['left of'\] is not an object"),
     (_rule("left of", "shapes/inside"), r"relation_rules\['left of'\] = 'shapes/inside' is not a known rule"),

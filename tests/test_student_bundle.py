@@ -269,7 +269,7 @@ def _entry(**changes):
     (_entry(steps=[]), r"steps \[\] is not a list of 1 to 64"),
     (_entry(steps=list(range(1, 100))), r"is not a list of 1 to 64"),
     (_entry(steps="2"), r"steps '2' is not a list"),
-    (_entry(sampler="euler"), r"sampler 'euler' is not one of \['ddim', 'dpmpp2m'\]"),
+    (_entry(sampler="euler"), r"sampler 'euler' is not one of \['ddim', 'ddpm', 'dpmpp2m'\]"),
     (_entry(method=["x"] * 3), r"method \['x', 'x', 'x'\] is not a short string"),
     (_entry(guidance_range=[1.0, 5.0]), r"disagrees with model_config.distill: guidance_range=\[1.0, 5.0\]"),
     (_entry(grid_steps=2, steps=[1, 2]), r"disagrees with model_config.distill: grid_steps=2 \(config says"),
