@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sg2v.errors import Cancelled, GraphError, Sg2vError
-from sg2v.runtime.backends import BACKENDS
+from sg2v.runtime.backends import BACKENDS, SPECS, backend_help, checkpoint_backends
 from sg2v.sampling import SAMPLERS, sampler_help
 
 DEMO_BUNDLE = Path("models") / "demo"
@@ -108,9 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=None,
                     help="most videos per batched call (default: the bundle's max_batch; format-1 bundles "
                          "take 1)")
-    ap.add_argument("--backend", choices=BACKENDS, default="auto",
-                    help="auto tries TensorRT, then ONNX Runtime GPU, then ONNX Runtime CPU; torch is the "
-                         "PyTorch reference, torch-cuda the CUDA-graph fp16 path")
+    ap.add_argument("--backend", choices=BACKENDS, default="auto", help=backend_help())
     ap.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
                     help=f"sampler (default: the bundle's): {sampler_help()}")
     ap.add_argument("--threads", type=int, default=None,
@@ -199,9 +197,9 @@ def _run(args: Any) -> int:
         return run_cli(args)
     if args.bundle is None:
         raise FlagError("--bundle is required: there is no demo bundle at models/demo")
-    if args.ckpt is not None and args.backend not in ("torch", "torch-cuda"):
-        raise Sg2vError(f"--ckpt is for --backend torch or torch-cuda; the {args.backend} backend runs the "
-                        "bundle's graphs")
+    if args.ckpt is not None and args.backend not in checkpoint_backends():
+        raise Sg2vError(f"--ckpt is for --backend {' or '.join(checkpoint_backends())}; the {args.backend} "
+                        "backend runs the bundle's graphs")
     if args.draw_layout and not args.contact_sheet:
         raise Sg2vError("--draw-layout draws the boxes on the contact sheet; add --contact-sheet SHEET.png")
     bundle = Bundle.open(args.bundle, verify=not args.no_verify)
@@ -412,7 +410,7 @@ def _backend(bundle: Any, args: Any) -> Any:
     except ImportError as e:  # a backend whose library is missing (torch for torch and torch-cuda)
         if isinstance(e, Sg2vError):
             raise
-        extra = "train" if args.backend in ("torch", "torch-cuda") else "gpu"
+        extra = SPECS[args.backend].extra if args.backend in SPECS else "gpu"
         raise Sg2vError(f"--backend {args.backend} needs {e.name or 'a library'}, which is not installed; "
                         f"install it (pip install 'sg2v[{extra}]') or choose another --backend") from None
 
