@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.errors import Sg2vError, first_line, require, shown
 from sg2v.io import atomic_path
@@ -44,7 +45,7 @@ class VideoError(Sg2vError, ValueError):
     """Frames of the wrong shape or dtype, or a video file that cannot be read or written."""
 
 
-def check_frames(frames: Any) -> np.ndarray:
+def check_frames(frames: Any) -> NDArray[Any]:
     """Frames as a C-contiguous uint8 (F, H, W, 3) array, or a VideoError saying what is wrong."""
     a = np.asarray(frames)
     if a.ndim != 4 or a.shape[-1] != 3 or 0 in a.shape:
@@ -65,7 +66,7 @@ def check_fps(fps: Any) -> float:
     return float(fps)
 
 
-def output_kind(path: str | os.PathLike) -> str:
+def output_kind(path: str | os.PathLike[str]) -> str:
     """The format `write_video` writes to `path` ("mp4", "gif", "webp", "npy" or "png" for a folder of PNG
     frames), or a VideoError naming the extensions it knows."""
     return _kind(Path(path))
@@ -82,7 +83,7 @@ def _kind(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- write
-def write_video(path: str | os.PathLike, frames: Any, fps: float = 8, lossless: bool = False) -> Path:
+def write_video(path: str | os.PathLike[str], frames: Any, fps: float = 8, lossless: bool = False) -> Path:
     """Write frames (F, H, W, 3) uint8 to `path`, the format picked by its extension; returns the path.
 
     `lossless` only changes mp4 (see the module note); the other formats are exact already.
@@ -115,7 +116,7 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float = 8, lossless: 
     return path
 
 
-def _write_png_folder(folder: Path, a: np.ndarray) -> None:
+def _write_png_folder(folder: Path, a: NDArray[Any]) -> None:
     from PIL import Image
 
     folder.mkdir()
@@ -125,7 +126,7 @@ def _write_png_folder(folder: Path, a: np.ndarray) -> None:
         Image.fromarray(frame).save(folder / f"frame_{i:0{digits}d}.png", format="PNG")
 
 
-def _write_animation(tmp: Path, a: np.ndarray, fps: float, kind: str) -> None:
+def _write_animation(tmp: Path, a: NDArray[Any], fps: float, kind: str) -> None:
     from PIL import Image
 
     ims = [Image.fromarray(f) for f in a]
@@ -139,7 +140,7 @@ def _write_animation(tmp: Path, a: np.ndarray, fps: float, kind: str) -> None:
                     loop=0, lossless=True, quality=100, method=4, xmp=meta)
 
 
-def _write_mp4(ffmpeg: Any, tmp: Path, a: np.ndarray, fps: float, lossless: bool) -> None:
+def _write_mp4(ffmpeg: Any, tmp: Path, a: NDArray[Any], fps: float, lossless: bool) -> None:
     """H.264 by imageio-ffmpeg's ffmpeg, raw RGB frames on stdin; VideoError unless ffmpeg exits 0 with a
     non-empty file (on a full disk ffmpeg fails mid-file, and its output must not replace anything)."""
     _, h, w, _ = a.shape
@@ -170,7 +171,7 @@ def _write_mp4(ffmpeg: Any, tmp: Path, a: np.ndarray, fps: float, lossless: bool
 
 
 # ---------------------------------------------------------------------------------------------------- read
-def read_video(path: str | os.PathLike) -> np.ndarray:
+def read_video(path: str | os.PathLike[str]) -> NDArray[Any]:
     """Read frames (F, H, W, 3) uint8 back from any format `write_video` writes."""
     path = Path(path)
     kind = _kind(path)
@@ -195,7 +196,7 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
         raise VideoError(f"{path}: {e}") from None
 
 
-def _read_png_folder(folder: Path) -> np.ndarray:
+def _read_png_folder(folder: Path) -> NDArray[Any]:
     from PIL import Image
 
     if not folder.is_dir():
@@ -213,7 +214,7 @@ def _read_png_folder(folder: Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def _read_animation(path: Path) -> np.ndarray:
+def _read_animation(path: Path) -> NDArray[Any]:
     """All frames of a GIF / animated WebP, merged frames expanded using the sg2v frame count if present."""
     from PIL import Image
 
@@ -231,7 +232,7 @@ def _read_animation(path: Path) -> np.ndarray:
     return np.repeat(np.stack(frames), _expand_counts(durations, int(m.group(1))), axis=0)
 
 
-def _expand_counts(durations: list[float], total: int) -> np.ndarray:
+def _expand_counts(durations: list[float], total: int) -> NDArray[Any]:
     """How many original frames each stored frame stands for, given their durations and the original count.
 
     The writer gave every frame the same duration, so stored durations are near multiples of their mean;
@@ -253,7 +254,7 @@ def _expand_counts(durations: list[float], total: int) -> np.ndarray:
     return counts
 
 
-def _read_mp4(path: Path) -> np.ndarray:
+def _read_mp4(path: Path) -> NDArray[Any]:
     ffmpeg = require("imageio_ffmpeg", "video")
     gen = ffmpeg.read_frames(str(path), pix_fmt="rgb24")
     try:
@@ -272,7 +273,7 @@ def _read_mp4(path: Path) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------- sheets
 def contact_sheet(frames: Any, cols: int | None = None, pad: int = 2, scale: int = 1,
-                  pad_value: int = 48) -> np.ndarray:
+                  pad_value: int = 48) -> NDArray[Any]:
     """Frames row-major in a grid: (rows*(H*s+pad)+pad, cols*(W*s+pad)+pad, 3) uint8.
 
     `cols` defaults to ceil(sqrt(F)); `pad` px of `pad_value` lie between and around the cells; each frame is
@@ -309,7 +310,7 @@ BOX_SHEET_CELL = 256  # box sheets upscale frames (pixel repetition) until the l
 
 
 def box_sheet(frames: Any, boxes: Any, labels: list[str], visible: Any = None, min_cell: int = BOX_SHEET_CELL,
-              cols: int | None = None, pad: int = 4) -> np.ndarray:
+              cols: int | None = None, pad: int = 4) -> NDArray[Any]:
     """A contact sheet with each object's box drawn and labelled on every frame where it is visible.
 
     frames (F, H, W, 3) uint8; boxes (n, F, 4) [x0, y0, x1, y1] in [0, 1] of the frame (x right, y down);
@@ -347,7 +348,7 @@ def box_sheet(frames: Any, boxes: Any, labels: list[str], visible: Any = None, m
     return contact_sheet(np.stack(drawn), cols=cols, pad=pad)
 
 
-def write_image(path: str | os.PathLike, image: Any) -> Path:
+def write_image(path: str | os.PathLike[str], image: Any) -> Path:
     """Write one uint8 (H, W, 3) image, format from the extension (PNG recommended), atomically."""
     from PIL import Image
 
@@ -367,7 +368,7 @@ def write_image(path: str | os.PathLike, image: Any) -> Path:
     return path
 
 
-def image_format(path: str | os.PathLike) -> str:
+def image_format(path: str | os.PathLike[str]) -> str:
     """PIL's format name for an image path's extension, or a VideoError naming the extension to use."""
     from PIL import Image
 
@@ -375,13 +376,22 @@ def image_format(path: str | os.PathLike) -> str:
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None or path.suffix.lower() in (".mp4", ".npy"):
         raise VideoError(f"{path}: unknown image extension {path.suffix!r}; use .png")
-    if fmt not in Image.SAVE:
-        raise VideoError(f"{path}: Pillow reads {path.suffix!r} ({fmt}) images but cannot write them; "
-                         "use .png")
+    if fmt not in _WRITABLE:
+        import io
+
+        try:  # Pillow may list a writer that takes no RGB image (BLP, ...): try one pixel first
+            Image.new("RGB", (1, 1)).save(io.BytesIO(), format=fmt)
+            _WRITABLE.add(fmt)
+        except (KeyError, OSError, ValueError) as e:
+            raise VideoError(f"{path}: Pillow cannot write RGB {path.suffix!r} ({fmt}) images "
+                             f"({first_line(e)}); use .png") from None
     return fmt
 
 
-def is_sg2v_output(path: str | os.PathLike, kind: str) -> bool:
+_WRITABLE: set[str] = set()  # image formats Pillow wrote an RGB pixel in, this process
+
+
+def is_sg2v_output(path: str | os.PathLike[str], kind: str) -> bool:
     """Whether `path` holds what sg2v writes for `kind` ("mp4", "gif", "webp", "npy", "png": a folder of PNG
     frames, or "image": a contact sheet), so replacing it loses nothing the user made: a frame folder holds
     only frame_NNNN.png files; an npy is a uint8 (F, H, W, 3) array; gif, webp and mp4 files carry the
@@ -435,7 +445,7 @@ def _has_mark(path: Path, limit: int = 64 << 20) -> bool:
         return _META.search(head) is not None or _META.search(f.read()) is not None
 
 
-def write_contact_sheet(path: str | os.PathLike, frames: Any, cols: int | None = None, pad: int = 2,
+def write_contact_sheet(path: str | os.PathLike[str], frames: Any, cols: int | None = None, pad: int = 2,
                         scale: int = 1) -> Path:
     """`contact_sheet` written as an image (PNG by extension), atomically."""
     return write_image(path, contact_sheet(frames, cols, pad, scale))
