@@ -347,6 +347,7 @@ def test_init_fine_tunes_from_a_checkpoint_or_a_bundle(tmp_path, rng):
 
 
 def test_time_limit_saves_and_the_same_command_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import sg2v.training.harness as harness
     import sg2v.training.train as T
 
     kw = dict(steps=4, batch=2, lr=3e-3, warmup=1, ckpt_every=100, eval_every=0, log_every=1, workers=0,
@@ -354,7 +355,7 @@ def test_time_limit_saves_and_the_same_command_resumes_to_the_same_weights(tmp_p
     straight = T.train(TrainConfig(out=str(tmp_path / "straight"), **kw), progress=False)
     # A clock that jumps 10 s per reading: the 15 s limit passes after the second step.
     clock = iter(range(0, 10_000, 10))
-    monkeypatch.setattr(T.time, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(harness.time, "perf_counter", lambda: float(next(clock)))
     limited = TrainConfig(out=str(tmp_path / "limited"), time_limit=15.0, **kw)
     first = T.train(limited, progress=False)
     assert 1 <= first.step < 4

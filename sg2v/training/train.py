@@ -15,17 +15,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from sg2v.config import (
@@ -52,7 +51,6 @@ from sg2v.io import atomic_write_text
 from sg2v.models.sg2v import build_model
 from sg2v.models.unet import check_config
 from sg2v.sampling import SAMPLERS
-from sg2v.training.backend import torch_device
 from sg2v.training.checkpoint import (
     checkpoint_config,
     checkpoint_vocab,
@@ -76,6 +74,19 @@ from sg2v.training.data import (
     StepBatchSampler,
     collate,
     seed_worker,
+)
+from sg2v.training.harness import (
+    Dist,
+    Ema,
+    Harness,
+    LoopPlan,
+    Progress,
+    cosine_lr,
+    init_distributed,
+    update_ema,
+)
+from sg2v.training.harness import (
+    step_seed as step_seed,
 )
 from sg2v.training.losses import consistency_distill_loss, diffusion_loss, layout_loss
 from sg2v.video import frames_to_unit
@@ -296,72 +307,12 @@ class TrainConfig:
 
 def lr_at(tc: TrainConfig, step: int) -> float:
     """Linear warmup then cosine decay (Loshchilov & Hutter 2017) to lr_min_ratio * lr at the last step."""
-    if tc.warmup and step < tc.warmup:
-        return tc.lr * (step + 1) / tc.warmup
-    span = max(1, tc.steps - tc.warmup)
-    progress = min(1.0, (step - tc.warmup) / span)
-    return tc.lr * (tc.lr_min_ratio + (1.0 - tc.lr_min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return cosine_lr(tc.lr, tc.warmup, tc.steps, tc.lr_min_ratio, step)
 
 
 def ema_decay_at(tc: TrainConfig, step: int) -> float:
     """EMA decay with the usual early ramp min(decay, (1 + n) / (10 + n)): the average forgets init fast."""
     return min(tc.ema_decay, (1.0 + step) / (10.0 + step))
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers copied.
-
-    One multi-tensor lerp (a few fused kernels on CUDA instead of one launch per parameter tensor, 597 for
-    `small`); on the CPU it is the same per-tensor `lerp_` as before, bit for bit.
-    """
-    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
-
-
-def step_seed(seed: int, step: int, micro: int) -> int:
-    """The torch seed for micro-batch `micro` of step `step` (independent streams via SeedSequence)."""
-    return int(np.random.SeedSequence([seed, step, micro]).generate_state(1, np.uint64)[0] % (2**63 - 1))
-
-
-@dataclass
-class Dist:
-    """This process's place in a (possibly single-process) distributed run."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-    initialized_here: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str = "auto") -> Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU); else one process."""
-    try:
-        dev = torch_device(device)
-    except ConfigError as e:
-        raise TrainError(str(e)) from None
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    want_cuda = dev.type == "cuda"
-    if want_cuda:
-        if world > 1:
-            dev = torch.device("cuda", local_rank)  # one GPU per process under torchrun
-        torch.cuda.set_device(dev)
-    if world == 1:
-        return Dist(0, 1, 0, dev)
-    import torch.distributed as td
-
-    here = False
-    if not td.is_initialized():
-        td.init_process_group(backend="nccl" if want_cuda else "gloo")
-        here = True
-    return Dist(td.get_rank(), td.get_world_size(), local_rank, dev, here)
 
 
 @dataclass
@@ -377,43 +328,6 @@ class TrainResult:
     out: Path
     checkpoint: Path | None = None  # the file holding this state: OUT/last.pt, or the one resumed from
 
-
-class _Progress:
-    """tqdm bar when installed and enabled, else a plain line every `log_every` steps."""
-
-    def __init__(self, start: int, total: int, enabled: bool, log_every: int):
-        self.enabled, self.log_every = enabled, log_every
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
-                                file=sys.stderr)
-            except ImportError:
-                self.bar = None
-
-    def update(self, step: int, fields: dict[str, str]) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.set_postfix(fields, refresh=False)
-            self.bar.update(1)
-        elif step % self.log_every == 0:
-            text = " ".join(f"{k}={v}" for k, v in fields.items())
-            print(f"step {step} {text}", file=sys.stderr, flush=True)
-
-    def write(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _resolve_resume(tc: TrainConfig, out: Path) -> Path | None:
@@ -522,16 +436,14 @@ def train(tc: TrainConfig, progress: bool = True, model: ModelConfig | None = No
     tc.check()
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    dist = init_distributed(tc.device)
+    dist = init_distributed(tc.device, TrainError)
     try:
         with run_output(tc.out, tc.data, (tc.init, tc.init_encoder), f"sg2v-train {tc.objective}",
                         dist.is_main):
             return _train(tc, dist, progress, model)
     finally:
-        if dist.initialized_here:
-            import torch.distributed as td
+        dist.close()
 
-            td.destroy_process_group()
 
 
 def run_output(out: str, data: Sequence[str] | None, weights: Sequence[str | None], what: str,
@@ -553,8 +465,42 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool, model_cfg: ModelConfig |
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
     data = tc.open_data()
-    cfg = model_cfg if model_cfg is not None else tc.model_config(data)
     vocab = data.vocab if data is not None else shapes_vocab()
+    cfg, teacher = _run_model_config(tc, dist, model_cfg, data, vocab)
+    model, ema, opt = _build(tc, dist, cfg, vocab)
+    resume = _resolve_resume(tc, out)
+    start = _resume(tc, resume, model, ema, opt, cfg, vocab, data) if resume is not None else 0
+    if dist.is_main:  # a fresh start too: records of a run killed before its first checkpoint go
+        _truncate_metrics(out, start)
+    net = dist.wrap(model)
+    if start >= tc.steps or (tc.stop_at and start >= tc.stop_at):
+        flag, end = ("--steps", tc.steps) if start >= tc.steps else ("--stop-at", tc.stop_at)
+        if dist.is_main:
+            print(f"nothing to train: {resume} is at step {start}, {flag} is {end}; pass a larger {flag} to "
+                  "train on", file=sys.stderr)
+        return TrainResult(model, ema, opt, start, [], [], out, checkpoint=resume)
+    objective = ModelObjective(tc, dist, model, ema, cfg, vocab, data, teacher, out)
+    heldout = data is None or bool(len(data.val))
+    plan = LoopPlan(steps=tc.steps, batch=tc.batch, seed=tc.seed, log_every=tc.log_every,
+                    ckpt_every=tc.ckpt_every, eval_every=tc.eval_every if heldout else 0,
+                    grad_accum=tc.grad_accum, grad_clip=tc.grad_clip, bf16=dist.device.type == "cuda",
+                    time_limit=tc.time_limit, stop_at=tc.stop_at)
+    # The EMA update is looked up in this module at each call, so a wrapper set on it takes effect.
+    averaged = Ema(ema, model, functools.partial(ema_decay_at, tc), lambda e, m, d: update_ema(e, m, d))
+    harness = Harness(plan, dist, net, [p for p in model.parameters() if p.requires_grad], opt,
+                      functools.partial(lr_at, tc), averaged,
+                      Progress(start, tc.steps, progress and dist.is_main, tc.log_every))
+    if data is not None and tc.eval_every and not len(data.val) and dist.is_main:
+        print("--data: the val split is empty; no held-out evaluation runs", file=sys.stderr)
+    stopped = harness.run(objective, start)
+    return TrainResult(model, ema, opt, stopped, harness.losses, harness.metrics, out, checkpoint=out / LAST)
+
+
+def _run_model_config(tc: TrainConfig, dist: Dist, model_cfg: ModelConfig | None, data: RunData | None,
+                      vocab: Any) -> tuple[ModelConfig, torch.nn.Module | None]:
+    """The run's model config, checked against the vocabulary, the data and the settings, and for the distill
+    objective the frozen teacher on the device (else None)."""
+    cfg = model_cfg if model_cfg is not None else tc.model_config(data)
     if (cfg.encoder.num_objs, cfg.encoder.num_preds) != (vocab.num_objs, vocab.num_preds):
         raise TrainError(f"--size {tc.size}: encoder vocabulary sizes ({cfg.encoder.num_objs}, "
                          f"{cfg.encoder.num_preds}) differ from the shapes vocabulary ({vocab.num_objs}, "
@@ -562,26 +508,36 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool, model_cfg: ModelConfig |
     if tc.batch % (dist.world * tc.grad_accum):
         raise TrainError(f"--batch {tc.batch} must be a multiple of world size x --grad-accum "
                          f"({dist.world} x {tc.grad_accum})")
-
     if tc.objective == "layout" and cfg.layout.dim <= 0:
         raise TrainError(f"--size {tc.size} has no layout network (layout.dim = 0); the layout objective "
                          "needs one")
     teacher = None
     if tc.objective == "distill":  # the student is the teacher (--init) plus a guidance input
-        t_cfg, t_state, t_what, _ = init_source(tc.init)
-        distill = DistillConfig(float(tc.guidance_min), float(tc.guidance_max),
-                                float(t_cfg.diffusion.default_guidance_rescale), int(tc.distill_grid))
-        cfg = student_config(t_cfg, distill, tc.student_steps)
-        teacher = build_model(t_cfg)
-        load_state_checked(teacher, t_state, tc.init, t_what)
-        teacher = teacher.to(dist.device).requires_grad_(False).eval()
-        del t_state
+        cfg, teacher = _teacher(tc, dist)
     shape = (cfg.data.frames, cfg.data.height, cfg.data.width)
     if data is not None and shape != (data.frames, data.height, data.width):
         what = f"--init {tc.init}" if tc.objective == "distill" else f"model config {cfg.name!r}"
         raise TrainError(f"{what}: {cfg.data} does not take the data's {data.frames} x {data.height} x "
                          f"{data.width} clips; use a model trained on this --data (Python API: build the "
                          "config with TrainConfig.model_config(data))")
+    return cfg, teacher
+
+
+def _teacher(tc: TrainConfig, dist: Dist) -> tuple[ModelConfig, torch.nn.Module]:
+    """The student's config and its frozen teacher (--init) on the device."""
+    t_cfg, t_state, t_what, _ = init_source(tc.init)
+    distill = DistillConfig(float(tc.guidance_min), float(tc.guidance_max),
+                            float(t_cfg.diffusion.default_guidance_rescale), int(tc.distill_grid))
+    teacher = build_model(t_cfg)
+    load_state_checked(teacher, t_state, tc.init, t_what)
+    teacher = teacher.to(dist.device).requires_grad_(False).eval()
+    return student_config(t_cfg, distill, tc.student_steps), teacher
+
+
+def _build(tc: TrainConfig, dist: Dist, cfg: ModelConfig, vocab: Any
+           ) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
+    """The model (seeded, with --init / --init-encoder weights, only its trained parameters learning), its
+    EMA copy and the AdamW optimizer."""
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(dist.device)
     if tc.init:
@@ -597,141 +553,76 @@ def _train(tc: TrainConfig, dist: Dist, progress: bool, model_cfg: ModelConfig |
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr, betas=(0.9, 0.99),
                             weight_decay=tc.weight_decay)
+    return model, ema, opt
 
-    start = 0
-    resume = _resolve_resume(tc, out)
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
-        saved = checkpoint_config(ckpt, resume)
-        before = (ckpt.get("train_config") or {}).get("objective", "diffusion")
-        if before != tc.objective:
-            raise CheckpointError(f"{resume}: a {before} run's checkpoint, this run trains {tc.objective}; "
-                                  "pass --init with it and another --out (or --resume never)")
-        if saved != cfg:
-            raise CheckpointError(f"{resume}: config mismatch: it holds a {saved.name!r} model "
-                                  f"({saved.data}), this run asks for {cfg.name!r} ({cfg.data}); pass the "
-                                  "same --size, or --out to another folder, or --resume never")
-        _check_resume_data(ckpt, resume, vocab, data)
-        load_state_checked(model, ckpt["model"], resume, "model")
-        if ckpt.get("ema") is not None:
-            load_state_checked(ema, ckpt["ema"], resume, "ema")
-        if ckpt.get("optimizer") is None:
-            raise CheckpointError(f"{resume}: no optimizer state (a weights-only file); resume from last.pt")
-        load_optimizer_state(opt, ckpt["optimizer"], resume)
-        if isinstance(ckpt.get("rng"), dict):
-            set_rng_state(ckpt["rng"])
-        start = int(ckpt["step"])
-        del ckpt
-    if dist.is_main:  # a fresh start too: records of a run killed before its first checkpoint go
-        _truncate_metrics(out, start)
 
-    ddp = model
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
+def _resume(tc: TrainConfig, resume: Path, model: torch.nn.Module, ema: torch.nn.Module,
+            opt: torch.optim.Optimizer, cfg: ModelConfig, vocab: Any, data: RunData | None) -> int:
+    """Load model, EMA, optimizer and RNG state from the checkpoint `resume` of this very run; its step."""
+    ckpt = load_checkpoint(resume)
+    saved = checkpoint_config(ckpt, resume)
+    before = (ckpt.get("train_config") or {}).get("objective", "diffusion")
+    if before != tc.objective:
+        raise CheckpointError(f"{resume}: a {before} run's checkpoint, this run trains {tc.objective}; "
+                              "pass --init with it and another --out (or --resume never)")
+    if saved != cfg:
+        raise CheckpointError(f"{resume}: config mismatch: it holds a {saved.name!r} model "
+                              f"({saved.data}), this run asks for {cfg.name!r} ({cfg.data}); pass the "
+                              "same --size, or --out to another folder, or --resume never")
+    _check_resume_data(ckpt, resume, vocab, data)
+    load_state_checked(model, ckpt["model"], resume, "model")
+    if ckpt.get("ema") is not None:
+        load_state_checked(ema, ckpt["ema"], resume, "ema")
+    if ckpt.get("optimizer") is None:
+        raise CheckpointError(f"{resume}: no optimizer state (a weights-only file); resume from last.pt")
+    load_optimizer_state(opt, ckpt["optimizer"], resume)
+    if isinstance(ckpt.get("rng"), dict):
+        set_rng_state(ckpt["rng"])
+    return int(ckpt["step"])
 
-        ids = [dist.device.index] if dist.device.type == "cuda" else None
-        ddp = DistributedDataParallel(model, device_ids=ids)
 
-    losses: list[float] = []
-    metrics: list[dict[str, Any]] = []
-    if start >= tc.steps or (tc.stop_at and start >= tc.stop_at):
-        flag, end = ("--steps", tc.steps) if start >= tc.steps else ("--stop-at", tc.stop_at)
-        if dist.is_main:
-            print(f"nothing to train: {resume} is at step {start}, {flag} is {end}; pass a larger {flag} to "
-                  "train on", file=sys.stderr)
-        return TrainResult(model, ema, opt, start, losses, metrics, out, checkpoint=resume)
+class ModelObjective:
+    """The diffusion, layout or distill objective of `tc` on the SG2V model: the harness's `Objective`."""
 
-    if data is not None:
-        arrays = "layout" if tc.objective == "layout" else "diffusion"  # distill: clips like diffusion
-        ds = ConvertedSamples(data.train, cfg, vocab, tc.seed, tc.batch, arrays)
-    else:
-        shapes = ShapesLayoutDataset if tc.objective == "layout" else ShapesVideoDataset
-        ds = shapes(cfg, vocab, seed=tc.seed, split="train")
-    batches = iter(make_loader(ds, tc, start, dist.world, dist.rank, pin=dist.device.type == "cuda"))
-    use_bf16 = dist.device.type == "cuda"
-    bar = _Progress(start, tc.steps, progress and dist.is_main, tc.log_every)
-    if data is not None and tc.eval_every and not len(data.val) and dist.is_main:
-        print("--data: the val split is empty; no held-out evaluation runs", file=sys.stderr)
-    t_last, n_last = time.perf_counter(), 0
-    t_start = t_last
-    stopped = tc.steps
-    loss_acc = torch.zeros((), device=dist.device)
-    try:
-        for step in range(start, tc.steps):
-            lr = lr_at(tc, step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            step_loss = torch.zeros((), device=dist.device)
-            for a in range(tc.grad_accum):
-                batch = {k: v.to(dist.device, non_blocking=True) for k, v in next(batches).items()}
-                seed = step_seed(tc.seed, step, dist.rank * tc.grad_accum + a)
-                torch.manual_seed(seed)  # dropout layers, if a config enables them
-                gen = torch.Generator(device=dist.device).manual_seed(seed)  # t, noise, condition dropout
-                sync = contextlib.nullcontext()
-                if ddp is not model and a < tc.grad_accum - 1:
-                    sync = ddp.no_sync()
-                with sync:
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                        loss = compute_loss(ddp, batch, gen, tc, teacher)
-                    (loss / tc.grad_accum).backward()
-                step_loss += loss.detach().float() / tc.grad_accum
-            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip
-                         else None)
-            opt.step()
-            update_ema(ema, model, ema_decay_at(tc, step))
-            done = step + 1
-            loss_acc += step_loss
-            n_last += 1
-            if done % tc.log_every == 0 or done == tc.steps:
-                if dist.world > 1:
-                    import torch.distributed as td
+    def __init__(self, tc: TrainConfig, dist: Dist, model: torch.nn.Module, ema: torch.nn.Module,
+                 cfg: ModelConfig, vocab: Any, data: RunData | None, teacher: torch.nn.Module | None,
+                 out: Path):
+        self.tc, self.dist, self.model, self.ema, self.cfg = tc, dist, model, ema, cfg
+        self.vocab, self.data, self.teacher, self.out = vocab, data, teacher, out
+        self.checkpoint = out / LAST
 
-                    td.all_reduce(loss_acc)
-                    loss_acc /= dist.world
-                mean_loss = float(loss_acc) / n_last
-                check_finite_loss(mean_loss, done, out)
-                now = time.perf_counter()
-                rate = n_last * tc.batch / max(now - t_last, 1e-9)
-                losses.append(mean_loss)
-                if dist.is_main:
-                    _log(out, {"step": done, "loss": mean_loss, "lr": lr, "samples_per_s": rate,
-                               "grad_norm": float(grad_norm) if grad_norm is not None else None})
-                bar.update(done, {"loss": f"{mean_loss:.4f}", "samples/s": f"{rate:.1f}"})
-                t_last, n_last = now, 0
-                loss_acc.zero_()
-            else:
-                bar.update(done, {})
-            stop = _stop_reason(tc, dist, done, t_start)
-            if dist.is_main and (done % tc.ckpt_every == 0 or done == tc.steps or stop):
-                check_finite_loss(float(step_loss), done, out)  # never a checkpoint of diverged weights
-                extra = {"train_config": tc.to_dict()}
-                if data is not None:
-                    extra["data"] = data.record()
-                save_checkpoint(out / LAST, model, cfg, vocab, ema=ema, step=done, optimizer=opt, extra=extra)
-            if dist.is_main and tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps) \
-                    and (data is None or len(data.val)):
-                m = _periodic_eval(tc, ema, cfg, vocab, out, done, data)
-                metrics.append(m)
-                bar.write(f"eval step {done}: {_eval_line(m)}")
-            if stop:
-                stopped = done
-                if dist.is_main:
-                    record: dict[str, Any] = {"step": done, "stopped": stop}
-                    if stop == "time_limit":
-                        record.update(time_limit_s=tc.time_limit,
-                                      elapsed_s=round(time.perf_counter() - t_start, 1))
-                        bar.write(f"--time-limit {tc.time_limit:g} s reached at step {done}; saved "
-                                  f"{out / LAST}; run the same command again to resume")
-                    else:
-                        bar.write(f"--stop-at {done} reached; saved {out / LAST}; run again without "
-                                  "--stop-at (or with a later one) to go on")
-                    _log(out, record)
-                break
-    finally:
-        bar.close()
-        del batches
-    return TrainResult(model, ema, opt, stopped, losses, metrics, out, checkpoint=out / LAST)
+    def batches(self, start: int) -> Iterator[dict[str, torch.Tensor]]:
+        tc, dist = self.tc, self.dist
+        if self.data is not None:
+            arrays = "layout" if tc.objective == "layout" else "diffusion"  # distill: clips like diffusion
+            ds = ConvertedSamples(self.data.train, self.cfg, self.vocab, tc.seed, tc.batch, arrays)
+        else:
+            shapes = ShapesLayoutDataset if tc.objective == "layout" else ShapesVideoDataset
+            ds = shapes(self.cfg, self.vocab, seed=tc.seed, split="train")
+        it = iter(make_loader(ds, tc, start, dist.world, dist.rank, pin=dist.device.type == "cuda"))
+        return ({k: v.to(dist.device, non_blocking=True) for k, v in b.items()} for b in it)
+
+    def loss(self, net: torch.nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return compute_loss(net, batch, generator, self.tc, self.teacher), {}
+
+    def save(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        extra: dict[str, Any] = {"train_config": self.tc.to_dict()}
+        if self.data is not None:
+            extra["data"] = self.data.record()
+        save_checkpoint(self.checkpoint, self.model, self.cfg, self.vocab, ema=self.ema, step=step,
+                        optimizer=optimizer, extra=extra)
+
+    def evaluate(self, step: int) -> tuple[dict[str, Any], str]:
+        m = _periodic_eval(self.tc, self.ema, self.cfg, self.vocab, self.out, step, self.data)
+        return m, f"eval step {step}: {_eval_line(m)}"
+
+    def log(self, record: dict[str, Any]) -> None:
+        _log(self.out, record)
+
+    def diverged(self, step: int, loss: float) -> Exception:
+        return diverged_error(loss, step, self.out)
+
 
 
 def make_loader(ds: Any, tc: TrainConfig, start: int, world: int = 1, rank: int = 0,
@@ -743,25 +634,6 @@ def make_loader(ds: Any, tc: TrainConfig, start: int, world: int = 1, rank: int 
         generator=torch.Generator().manual_seed(tc.seed), pin_memory=pin, persistent_workers=False,
         prefetch_factor=4 if tc.workers else None,
     )
-
-
-def _stop_reason(tc: TrainConfig, dist: Dist, done: int, t_start: float) -> str | None:
-    """"stop_at" or "time_limit" when the run should checkpoint and stop after step `done` short of
-    tc.steps, else None. Under DDP rank 0's clock decides the time limit, so all ranks stop together."""
-    if done >= tc.steps:
-        return None
-    if done == tc.stop_at:
-        return "stop_at"
-    if not tc.time_limit:
-        return None
-    over = time.perf_counter() - t_start >= tc.time_limit
-    if dist.world > 1:
-        import torch.distributed as td
-
-        flag = torch.tensor([1.0 if over else 0.0], device=dist.device)
-        td.broadcast(flag, src=0)
-        over = bool(flag.item())
-    return "time_limit" if over else None
 
 
 def trainable(model: torch.nn.Module, tc: TrainConfig) -> list[torch.nn.Parameter]:
@@ -868,12 +740,11 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def check_finite_loss(loss: float, step: int, out: Path) -> None:
-    """DivergedError when the loss is NaN or infinite: training stops before it saves such weights."""
-    if not math.isfinite(loss):
-        raise DivergedError(f"step {step}: the loss is {loss} (training diverged, or the initial weights or "
-                            f"data hold NaN/inf); nothing was saved from this step, {out / LAST} keeps the "
-                            "last finite weights; lower --lr or check --init and --data")
+def diverged_error(loss: float, step: int, out: Path) -> DivergedError:
+    """The error a NaN or infinite loss stops training with, before it saves such weights."""
+    return DivergedError(f"step {step}: the loss is {loss} (training diverged, or the initial weights or "
+                         f"data hold NaN/inf); nothing was saved from this step, {out / LAST} keeps the "
+                         "last finite weights; lower --lr or check --init and --data")
 
 
 def json_record(record: dict[str, Any]) -> str:
