@@ -11,7 +11,8 @@ The repository holds one model per stage and the orchestrator:
   which has no onnxruntime backend).
 - `sg2v`: a python-backend model that runs sg2v's one generation loop (`sg2v.runtime.pipeline.Pipeline`) on
   stages that call the stage models through BLS (`sg2v.runtime.triton_model`). Request: `graphs` (one graph
-  JSON per video), `seeds`, optional `steps`, `guidance`, `guidance_rescale`, `sampler`, `layouts`.
+  JSON per video), `seeds`, optional `steps`, `guidance`, `guidance_rescale`, `sampler`, `layout_tries`,
+  `layouts`.
   Response: `frames` uint8 (B, F, H, W, 3) and `layout_results` (one JSON per video).
 
 The bundle is copied to `sg2v/1/bundle/`; the stage files are hard links to its ONNX files (copies across
@@ -48,6 +49,7 @@ REQUEST_INPUTS = (
     ("guidance", "TYPE_FP64", [1], True),  # float64: the local run's Python float, bit for bit
     ("guidance_rescale", "TYPE_FP64", [1], True),
     ("sampler", "TYPE_STRING", [1], True),
+    ("layout_tries", "TYPE_INT32", [1], True),  # layout draws per graph at most (grounded bundles)
     ("layouts", "TYPE_STRING", [-1], True),  # one layout JSON per video ("{}": none given)
 )
 STAGE_SHIM = '''"""Triton python-backend model: sg2v's {what} (sg2v.runtime.triton_model)."""

@@ -8,9 +8,9 @@
 - `OrtStageModel` (`--stage-backend python`): one stage on ONNX Runtime (CPU) for a server without the
   onnxruntime backend; it runs each batch the dynamic batcher forms as one call.
 
-Requests carry one graph JSON and one seed per video and optionally steps, guidance, guidance_rescale, sampler
-and per-video layout JSON; a response carries frames (B, F, H, W, 3) uint8 and one JSON per video with the
-layout drawn (grounded bundles: tracks, object names, relation report) or null.
+Requests carry one graph JSON and one seed per video and optionally steps, guidance, guidance_rescale,
+sampler, layout_tries and per-video layout JSON; a response carries frames (B, F, H, W, 3) uint8 and one JSON
+per video with the layout drawn (grounded bundles: tracks, object names, relation report) or null.
 
 `triton_python_backend_utils` exists only inside Triton's python stub: it is imported when a model runs.
 """
@@ -171,7 +171,7 @@ class OrchestratorModel:
         seeds = [int(s) for s in _optional(request, "seeds").reshape(-1)]
         options: dict[str, Any] = {}
         for name, cast in (("steps", int), ("guidance", float), ("guidance_rescale", float),
-                           ("sampler", _text)):
+                           ("sampler", _text), ("layout_tries", int)):
             value = _optional(request, name)
             if value is not None:
                 options[name] = cast(value.reshape(-1)[0])

@@ -262,8 +262,9 @@ def test_sg2v_run_server_writes_what_a_local_run_writes(served, tmp_path, test_s
     for i in range(2):
         got, want = np.load(tmp_path / f"served_{i}.npy"), np.load(tmp_path / f"local_{i}.npy")
         np.testing.assert_array_equal(got, want)
-    assert main([*common, "--server", server.url, "--threads", "2", "--out", str(tmp_path / "x.npy")]) == 2
-    assert "--threads" in capsys.readouterr().err
+    for flag in (["--threads", "2"], ["--progress"], ["--backend", "ort"]):
+        assert main([*common, "--server", server.url, *flag, "--out", str(tmp_path / "x.npy")]) == 2
+        assert flag[0] in capsys.readouterr().err
     assert main([*common, "--server", "127.0.0.1:1", "--out", str(tmp_path / "y.npy")]) == 1
     assert "cannot reach Triton" in capsys.readouterr().err
     assert not (tmp_path / "y_0.npy").exists()
@@ -278,7 +279,11 @@ def test_grounded_bundle_served_gives_local_frames_and_layouts(grounded_bundle, 
     from sg2v.runtime.triton_client import TritonClient, layout_result
     from sg2v.runtime.triton_server import TritonServer
 
-    graphs, seeds, _ = checked_graphs(test_seed, 4)
+    graphs, seeds, rng = checked_graphs(test_seed, 4)
+    box = [round(float(v), 3) for v in np.sort(rng.uniform(0.05, 0.95, (2, 2)), axis=0).T.reshape(-1)]
+    box = [box[0], box[2], box[1], box[3]]  # x0, y0, x1, y1 with x0 < x1, y0 < y1
+    given = [None, {"0": box}, None, {}]  # video 1: object 0's track given, as sg2v-run --layout gives it
+    tries = [None, None, 2, 1]
     repo = write_repository(grounded_bundle, tmp_path / "repo", stage_backend="python", instances=4)
     results: dict[int, tuple] = {}
     server = TritonServer(repo, log_path=tmp_path / "tritonserver.log")
@@ -292,7 +297,8 @@ def test_grounded_bundle_served_gives_local_frames_and_layouts(grounded_bundle, 
 
         def client(i: int) -> None:
             with TritonClient(server.url) as c:
-                results[i] = c.generate([graphs[i]], [seeds[i]], steps=3)
+                results[i] = c.generate([graphs[i]], [seeds[i]], steps=3, layouts=[given[i]],
+                                        layout_tries=tries[i])
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
         for t in threads:
@@ -312,13 +318,16 @@ def test_grounded_bundle_served_gives_local_frames_and_layouts(grounded_bundle, 
     with Pipeline.from_bundle(grounded_bundle, backend="ort") as pipe:
         for i in range(4):
             frames, drawn = results[i]
-            local = pipe.run([graphs[i]], [seeds[i]], steps=3)
+            frames_n = pipe.bundle.config.data.frames
+            pinned = {int(k): np.tile(np.float32(v), (frames_n, 1)) for k, v in (given[i] or {}).items()}
+            local = pipe.run([graphs[i]], [seeds[i]], steps=3, layouts=[pinned], layout_tries=tries[i])
             np.testing.assert_array_equal(frames, local.frames)
             graph, result = layout_result(drawn[0])
             want = local.layouts[0]
             np.testing.assert_array_equal(result.tracks, want.tracks)
             assert result.to_dict() == want.to_dict()
             assert graph.object_names == list(graphs[i]["objects"])
+            assert result.pinned == ([0] if given[i] else [])
 
 
 def test_record_marks_the_repository(tmp_path):
