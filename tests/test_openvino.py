@@ -122,3 +122,34 @@ def test_without_openvino_auto_says_so_and_the_named_backend_is_one_line(student
 def test_openvino_refuses_a_gpu_device(student_bundle):
     with pytest.raises(Sg2vError, match="runs on the CPU"):
         make_backend(Bundle.open(student_bundle), "openvino", device="cuda")
+
+
+def test_layout_stage_compiles_once_for_every_row_count(grounded_bundle, rng, tmp_path):
+    """The layout network's rows change per round: one dynamic-batch model answers each count as ORT does."""
+    bundle = Bundle.open(_copy_bundle(grounded_bundle, tmp_path / "b"))
+    ov = make_backend(bundle, "openvino", threads=1)
+    ort = make_backend(bundle, "ort", threads=1)
+    assert ov.layout.any_rows is not None and not ov.layout.requests
+    io = bundle.stages[spec.LAYOUT_STAGE]
+    vocab = bundle.vocab
+    objects = next(d["shape"][1] for d in io["inputs"] if d["name"] == "objects")
+    for rows in (2, 5, 1):
+        feeds = {}
+        for d in io["inputs"]:
+            shape = (rows, *d["shape"][1:])
+            if d["dtype"] == "int64":  # triples: (subject, predicate, object) indices, -1 padding
+                value = np.stack([rng.integers(0, objects, shape[:-1]),
+                                  rng.integers(1, len(vocab.pred_names), shape[:-1]),
+                                  rng.integers(0, objects, shape[:-1])], axis=-1)
+            elif d["name"] in ("track_mask", "known_mask", "context_mask"):
+                value = (rng.random(shape) < 0.6).astype(np.float32)
+            elif d["name"] == "t":
+                value = rng.uniform(0, 999, shape)
+            else:
+                value = rng.standard_normal(shape)
+            feeds[d["name"]] = value.astype(np.dtype(d["dtype"]))
+        got = {k: np.array(v) for k, v in ov.layout.run(feeds).items()}
+        for name, ref in ort.layout.run(feeds).items():
+            assert got[name].shape == ref.shape
+            assert np.abs(got[name] - ref).max() <= STAGE_RTOL * np.abs(ref).max(), (rows, name)
+    assert not ov.layout.requests  # nothing compiled per row count

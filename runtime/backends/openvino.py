@@ -1,7 +1,9 @@
 """OpenVINO backend (CPU): the bundle's ONNX stages compiled with fixed shapes, one model per batch size.
 
-OpenVINO reads the same ONNX files as ONNX Runtime. Each stage compiles a static-shape model the first time a
-batch size is asked for and keeps it (with its infer request) for the life of the backend; with a writable
+OpenVINO reads the same ONNX files as ONNX Runtime. The encoder and the UNet compile a static-shape model the
+first time a batch size is asked for and keep it (with its infer request) for the life of the backend; the
+layout network, whose rows (candidate layouts) change from round to round, compiles once with its batch axis
+dynamic. With a writable
 `engines/` folder in the bundle, OpenVINO's own model cache there makes later processes skip the compile.
 Inference runs in float32 (the precision hint is pinned: OpenVINO would otherwise pick bf16 on CPUs that have
 it). `run` copies the feeds into the request's input tensors and returns its output tensors as numpy views,
@@ -27,9 +29,12 @@ CACHE_SUBDIR = "openvino-cache"
 
 
 class OvStage:
-    """A stage on OpenVINO's CPU plugin: one compiled static-shape model and infer request per batch size."""
+    """A stage on OpenVINO's CPU plugin: one compiled static-shape model and infer request per batch size,
+    or (`per_batch` False: a stage whose rows change from call to call) one model compiled with the batch axis
+    dynamic."""
 
-    def __init__(self, core: Any, path: Path, io: dict[str, Any], threads: int | None = None):
+    def __init__(self, core: Any, path: Path, io: dict[str, Any], threads: int | None = None,
+                 per_batch: bool = True):
         from sg2v.runtime.onnx_guard import check_onnx_file
 
         check_onnx_file(path)  # bound what the file makes the reader allocate
@@ -53,8 +58,11 @@ class OvStage:
         self._check_io()
         self.dynamic = isinstance(io["inputs"][0]["shape"][0], str)  # a named batch axis (format 2)
         self.requests: dict[int, Any] = {}  # batch rows -> infer request of the model compiled for them
+        self.any_rows = None  # the request of the dynamic-batch model (per_batch False)
         if not self.dynamic:
             self._request(int(io["inputs"][0]["shape"][0]))
+        elif not per_batch:
+            self.any_rows = self._compile(self.model, "any batch")
 
     def _check_io(self) -> None:
         got_in = {p.get_any_name() for p in self.model.inputs}
@@ -69,14 +77,15 @@ class OvStage:
         if request is None:
             model = self.model.clone()
             model.reshape({d["name"]: [rows, *d["shape"][1:]] for d in self.io["inputs"]})
-            try:
-                compiled = self.core.compile_model(model, "CPU", self.config)
-            except Exception as e:
-                raise BundleError(f"OpenVINO cannot compile {self.path.name} for batch {rows} "
-                                  f"({first_line(e)}); use --backend ort") from None
-            request = compiled.create_infer_request()
-            self.requests[rows] = request
+            request = self.requests[rows] = self._compile(model, f"batch {rows}")
         return request
+
+    def _compile(self, model: Any, what: str) -> Any:
+        try:
+            return self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        except Exception as e:  # OpenVINO raises its own RuntimeError subclasses
+            raise BundleError(f"OpenVINO cannot compile {self.path.name} for {what} ({first_line(e)}); use "
+                              "--backend ort") from None
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Copy `feeds` into the request's input tensors, run, return its output tensors (valid until the
@@ -87,6 +96,8 @@ class OvStage:
                             f"{sorted(self.names)}")
         first = feeds[self.names[0]]
         rows = int(getattr(first, "shape", (0,))[0]) if self.dynamic else next(iter(self.requests))
+        if self.any_rows is not None:
+            return self._run_any(feeds, rows)
         request = self._request(rows)
         for name in self.names:
             buf = request.get_tensor(name).data
@@ -97,6 +108,19 @@ class OvStage:
             np.copyto(buf, value, casting="same_kind")
         request.infer()
         return {name: request.get_tensor(name).data for name in self.out_names}
+
+    def _run_any(self, feeds: dict[str, Any], rows: int) -> dict[str, Any]:
+        """`run` on the dynamic-batch model: the feeds copied in as tensors of `rows` rows."""
+        inputs = {}
+        for d in self.io["inputs"]:
+            value = feeds[d["name"]]
+            want = (rows, *d["shape"][1:])
+            if tuple(getattr(value, "shape", ())) != want:
+                raise Sg2vError(f"feed {d['name']!r} has shape {tuple(getattr(value, 'shape', ()))}, the "
+                                f"stage expects {want}")
+            inputs[d["name"]] = np.ascontiguousarray(value, dtype=np.dtype(d["dtype"]))
+        self.any_rows.infer(inputs)
+        return {name: self.any_rows.get_tensor(name).data for name in self.out_names}
 
 
 def openvino_unavailable_reason() -> str | None:
@@ -144,6 +168,7 @@ def make_openvino_backend(bundle: Any, device: str | None = None, threads: int |
     unet = OvStage(core, bundle.stage_file(spec.UNET_STAGE), bundle.stages[spec.UNET_STAGE], threads)
     layout = None
     if bundle.grounded:
+        # Its rows (candidate layouts) change from round to round: one dynamic-batch model, not one per count.
         layout = OvStage(core, bundle.stage_file(spec.LAYOUT_STAGE), bundle.stages[spec.LAYOUT_STAGE],
-                         threads)
+                         threads, per_batch=False)
     return Backend("openvino-cpu", encoder, unet, np, max_batch=bundle.max_batch, notes=notes, layout=layout)
