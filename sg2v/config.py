@@ -143,7 +143,8 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of str/int/float/bool/list, safe for `torch.load(weights_only=True)` and JSON."""
-        return _to_plain(self)
+        plain: dict[str, Any] = _to_plain(self)
+        return plain
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -156,7 +157,7 @@ class ModelConfig:
                 f"model config has format_version {version!r}, this sg2v reads <= {FORMAT_VERSION}; "
                 "upgrade sg2v to load it"
             )
-        cfg = _from_plain(cls, d, "config")
+        cfg: ModelConfig = _from_plain(cls, d, "config")
         cfg.check_bounds()
         return cfg
 

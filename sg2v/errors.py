@@ -1,5 +1,7 @@
 """The project's error types: one line that names the problem and the fix (torch-free)."""
 
+from types import ModuleType
+
 
 class Sg2vError(Exception):
     """Base of every error sg2v raises for bad input; CLIs print it as one line and exit non-zero."""
@@ -49,7 +51,7 @@ def first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def require(module: str, extra: str):
+def require(module: str, extra: str) -> ModuleType:
     """Import an optional dependency or raise `MissingDependencyError` naming the extra to install."""
     import importlib
 

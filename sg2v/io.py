@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 MAX_ARRAY_BYTES = 1 << 30  # an array read from an untrusted .npy / .npz member: 1 GiB at most
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success rename it onto `target`, on error remove it.
 
     Works for files and folders: the caller creates whatever it likes at the yielded path. A file target is
@@ -67,7 +68,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def fsync_tree(path: str | os.PathLike) -> None:
+def fsync_tree(path: str | os.PathLike[str]) -> None:
     """fsync a file, or every file and folder under a folder (symlinks are not followed)."""
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
@@ -81,7 +82,7 @@ def fsync_tree(path: str | os.PathLike) -> None:
         _fsync_file(path)
 
 
-def _fsync_file(path: str | os.PathLike) -> None:
+def _fsync_file(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         os.fsync(fd)
@@ -125,7 +126,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(target: str | os.PathLike) -> list[Path]:
+def clean_stale(target: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporary files and folders that killed writers (dead processes of this host) left
     beside `target`; a folder they had set aside while the target was missing is renamed back onto it.
     Returns the paths removed or restored."""
@@ -133,7 +134,7 @@ def clean_stale(target: str | os.PathLike) -> list[Path]:
     parent = target.parent if str(target.parent) else Path(".")
     head = _tag(target, 0)[:-1]  # up to the pid
     pattern = re.compile(re.escape(head) + r"(\d{1,10})(?:-[A-Za-z0-9_]+\.tmp|\.old)")
-    done = []
+    done: list[Path] = []
     try:
         names = [e.name for e in os.scandir(parent) if e.name.startswith(head)]
     except OSError:
@@ -157,7 +158,7 @@ _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
 
 
-def exchange_paths(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+def exchange_paths(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Swap the names `a` and `b` in one atomic step (Linux renameat2 with RENAME_EXCHANGE); False where
     the C library, kernel or file system cannot, so the caller falls back to two renames."""
     if not sys.platform.startswith("linux"):
@@ -177,7 +178,7 @@ def exchange_paths(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
     """Write `data` to `target` through a temporary file and an fsync'd rename."""
     with atomic_path(target) as tmp:
         with open(tmp, "wb") as f:
@@ -186,11 +187,11 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
 
 
-def atomic_write_text(target: str | os.PathLike, text: str) -> None:
+def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -206,9 +207,9 @@ def _remove(p: Path) -> None:
             p.unlink()
 
 
-def _npy_header(f: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _npy_header(f: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
     """(shape, fortran order, dtype) from a .npy header; ValueError unless it is a plain numeric array."""
-    fmt = np.lib.format
+    fmt: Any = np.lib.format  # numpy's stubs leave its functions untyped
     version = fmt.read_magic(f)
     if version not in ((1, 0), (2, 0), (3, 0)):
         raise ValueError(f"{where}: .npy format version {version} is not 1.0 - 3.0")
@@ -222,7 +223,7 @@ def _npy_header(f: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, np.dty
     return tuple(got_shape), bool(fortran), got_dtype
 
 
-def npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
+def npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dtype[Any]]:
     """(shape, dtype) a .npy file declares, read without loading its data."""
     from sg2v.safety import open_input
 
@@ -232,7 +233,7 @@ def npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def _read_npy(f: IO[bytes], where: str, dtype: Any = None, shape: tuple[int, ...] | None = None,
-              max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+              max_bytes: int = MAX_ARRAY_BYTES) -> NDArray[Any]:
     """One .npy array from `f`, its header checked (no pickles, the dtype, the shape or a size bound) before
     anything of its size is allocated; ValueError naming the problem."""
     got_shape, fortran, got_dtype = _npy_header(f, where)
@@ -251,8 +252,8 @@ def _read_npy(f: IO[bytes], where: str, dtype: Any = None, shape: tuple[int, ...
     return np.ascontiguousarray(arr)
 
 
-def load_npy_checked(path: str | os.PathLike, dtype: Any = None, shape: tuple[int, ...] | None = None,
-                     max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+def load_npy_checked(path: str | os.PathLike[str], dtype: Any = None, shape: tuple[int, ...] | None = None,
+                     max_bytes: int = MAX_ARRAY_BYTES) -> NDArray[Any]:
     """`np.load(path, allow_pickle=False)` for untrusted files: header checked before allocating."""
     from sg2v.safety import open_input
 
@@ -260,10 +261,10 @@ def load_npy_checked(path: str | os.PathLike, dtype: Any = None, shape: tuple[in
         return _read_npy(f, str(path), dtype, shape, max_bytes)
 
 
-def load_npz_checked(path: str | os.PathLike, max_bytes: int = MAX_ARRAY_BYTES,
-                     max_members: int = 10_000) -> dict[str, np.ndarray]:
+def load_npz_checked(path: str | os.PathLike[str], max_bytes: int = MAX_ARRAY_BYTES,
+                     max_members: int = 10_000) -> dict[str, NDArray[Any]]:
     """Every array of an untrusted .npz: member count, each header and the total size bounded first."""
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, NDArray[Any]] = {}
     total = 0
     from sg2v.safety import open_input
 

@@ -17,6 +17,7 @@ from typing import Any
 from sg2v.errors import Cancelled
 
 STAGES = ("encoder", "layout", "step", "decode")
+StepCallback = Callable[[int, float, Any, Any], None]  # a sampler's per-step callback (step, t, x, x0)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Tracker:
             self.progress(event)
         self.check()
 
-    def step_callback(self, callback: Callable | None, lo: int, hi: int) -> Callable | None:
+    def step_callback(self, callback: StepCallback | None, lo: int, hi: int) -> StepCallback | None:
         """The sampler's per-step callback for videos lo..hi: `callback` (step, t, x, x0), then this
         tracker's step event; `callback` itself when the tracker is idle."""
         if not self.active:

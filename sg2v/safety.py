@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import stat
@@ -24,7 +25,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from sg2v.errors import Sg2vError
 
@@ -93,7 +94,8 @@ def safe_stdio() -> None:
     """Make stdout and stderr print any path, whatever their encoding (PYTHONIOENCODING=ascii)."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError, OSError):
-            stream.reconfigure(errors="backslashreplace")
+            # a stream other than a TextIOWrapper raises AttributeError here, suppressed
+            cast(io.TextIOWrapper, stream).reconfigure(errors="backslashreplace")
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -111,7 +113,7 @@ def _not_regular(path: Any, mode: int) -> OSError:
     return OSError(code, f"{_kind_of(mode)}, not a regular file; give a file", os.fspath(path))
 
 
-def open_input(path: str | os.PathLike) -> IO[bytes]:
+def open_input(path: str | os.PathLike[str]) -> IO[bytes]:
     """Open a user-named file for reading, binary: a regular file only (FIFOs, devices, sockets and
     folders are refused before anything could block); OSError naming the path otherwise."""
     mode = os.stat(path).st_mode
@@ -132,7 +134,7 @@ def open_input(path: str | os.PathLike) -> IO[bytes]:
         raise
 
 
-def read_input(path: str | os.PathLike, limit: int = MAX_INPUT_BYTES) -> bytes:
+def read_input(path: str | os.PathLike[str], limit: int = MAX_INPUT_BYTES) -> bytes:
     """The bytes of a user-named regular file, at most `limit` of them (counted as read: the size a file
     reports is not trusted); OSError (EFBIG) naming the path when it holds more."""
     with open_input(path) as f:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from sg2v.errors import ConfigError, shown
 
@@ -22,14 +23,18 @@ Array = Any  # numpy.ndarray | cupy.ndarray | torch.Tensor
 Denoiser = Callable[[Array, float], Array]
 Callback = Callable[[int, float, Array, Array], None]  # (step, t, x after the step, predicted x0)
 NoiseSource = Callable[[int], Array]  # step index -> standard normal noise shaped and typed like x
+Timesteps = npt.ArrayLike  # the sampled training timesteps, first to last
+AlphasCumprod = Sequence[float] | npt.NDArray[np.float64]  # abar_t for every training step t
 
 
-def _alpha_sigma(alphas_cumprod: Sequence[float], t) -> tuple[float, float]:
+def _alpha_sigma(alphas_cumprod: AlphasCumprod, t: float) -> tuple[float, float]:
     ac = float(alphas_cumprod[int(t)])
     return math.sqrt(ac), math.sqrt(max(1.0 - ac, 0.0))
 
 
-def _schedule(timesteps, alphas_cumprod) -> list[tuple[float, float, float, float, float]]:
+def _schedule(
+    timesteps: Timesteps, alphas_cumprod: AlphasCumprod
+) -> list[tuple[float, float, float, float, float]]:
     """Per step (t, a, s, a_next, s_next); the step after the last one lands on clean data (a=1, s=0)."""
     ts = [int(t) for t in np.asarray(timesteps).reshape(-1)]
     if not ts:
@@ -43,7 +48,8 @@ def _schedule(timesteps, alphas_cumprod) -> list[tuple[float, float, float, floa
 
 
 def sample_ddim(
-    denoise: Denoiser, x: Array, timesteps, alphas_cumprod, callback: Callback | None = None,
+    denoise: Denoiser, x: Array, timesteps: Timesteps, alphas_cumprod: AlphasCumprod,
+    callback: Callback | None = None,
     noise: NoiseSource | None = None,
 ) -> Array:
     """DDIM with eta = 0 (Song et al. 2021) for v-prediction; finite at a zero-SNR first step (x0 = -v)."""
@@ -58,7 +64,8 @@ def sample_ddim(
 
 
 def sample_dpmpp_2m(
-    denoise: Denoiser, x: Array, timesteps, alphas_cumprod, callback: Callback | None = None,
+    denoise: Denoiser, x: Array, timesteps: Timesteps, alphas_cumprod: AlphasCumprod,
+    callback: Callback | None = None,
     noise: NoiseSource | None = None,
 ) -> Array:
     """DPM-Solver++(2M) in data prediction (Lu et al. 2022) from v, with a first-order final step.
@@ -76,7 +83,7 @@ def sample_dpmpp_2m(
         x0 = a * x + (-s) * v
         lam = _lambda(a, s)
         lam_next = _lambda(a_next, s_next)  # None on the final step (s_next = 0): that step stays first order
-        if x0_prev is not None and None not in (lam_prev, lam, lam_next):
+        if x0_prev is not None and lam_prev is not None and lam is not None and lam_next is not None:
             r = (lam - lam_prev) / (lam_next - lam)  # h_prev / h
             d = (1.0 + 0.5 / r) * x0 + (-0.5 / r) * x0_prev
         else:
@@ -89,7 +96,8 @@ def sample_dpmpp_2m(
 
 
 def sample_ddpm(
-    denoise: Denoiser, x: Array, timesteps, alphas_cumprod, callback: Callback | None = None,
+    denoise: Denoiser, x: Array, timesteps: Timesteps, alphas_cumprod: AlphasCumprod,
+    callback: Callback | None = None,
     noise: NoiseSource | None = None,
 ) -> Array:
     """Ancestral sampling (Ho et al. 2020) as DDIM with eta = 1 (Song et al. 2021 eq. 12, 16), from v.

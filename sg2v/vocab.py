@@ -33,7 +33,7 @@ class Vocab:
     object_name_to_idx: dict[str, int]
     pred_name_to_idx: dict[str, int]
 
-    __hash__ = None  # holds dicts
+    __hash__ = None  # type: ignore[assignment]  # unhashable on purpose: holds dicts
 
     @property
     def num_objs(self) -> int:
@@ -94,7 +94,7 @@ def _user_names(n2i: dict[str, int], special: str) -> tuple[str, ...]:
     return tuple(name for name, _ in sorted(n2i.items(), key=lambda kv: kv[1]) if name != special)
 
 
-def _check_table(d: dict, kind: str, where: str) -> tuple[tuple[str, ...], dict[str, int]]:
+def _check_table(d: dict[Any, Any], kind: str, where: str) -> tuple[tuple[str, ...], dict[str, int]]:
     """Check one name<->index pair of tables for types and mutual consistency."""
     i2n_key, n2i_key = f"{kind}_idx_to_name", f"{kind}_name_to_idx"
     i2n, n2i = d[i2n_key], d[n2i_key]
@@ -122,7 +122,7 @@ def _kind(v: Any) -> str:
     return f"{type(v).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
-def load_vocab(path: str | os.PathLike) -> Vocab:
+def load_vocab(path: str | os.PathLike[str]) -> Vocab:
     """Read an sg2im vocabulary JSON file (e.g. sg2im's `vocab.json` for Visual Genome)."""
     from sg2v.safety import read_input
 
@@ -144,7 +144,7 @@ def load_vocab(path: str | os.PathLike) -> Vocab:
     return Vocab.from_dict(d, where=str(path))
 
 
-def save_vocab(vocab: Vocab, path: str | os.PathLike) -> None:
+def save_vocab(vocab: Vocab, path: str | os.PathLike[str]) -> None:
     """Write `vocab` as sg2im JSON, atomically."""
     atomic_write_text(path, vocab.to_json())
 
