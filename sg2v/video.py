@@ -232,7 +232,7 @@ def _read_animation(path: Path) -> NDArray[Any]:
     return np.repeat(np.stack(frames), _expand_counts(durations, int(m.group(1))), axis=0)
 
 
-def _expand_counts(durations: list[float], total: int) -> NDArray[Any]:
+def _expand_counts(durations: list[float], total: int) -> NDArray[np.int64]:
     """How many original frames each stored frame stands for, given their durations and the original count.
 
     The writer gave every frame the same duration, so stored durations are near multiples of their mean;
@@ -245,7 +245,7 @@ def _expand_counts(durations: list[float], total: int) -> NDArray[Any]:
         raise VideoError(f"cannot recover {total} frames from {len(d)} stored frames with durations "
                          f"{d.tolist()}; the file was not written by sg2v.video or was edited")
     exact = d / d.sum() * total  # (n,)
-    counts = np.maximum(np.floor(exact).astype(np.int64), 1)
+    counts: NDArray[np.int64] = np.maximum(np.floor(exact).astype(np.int64), 1)
     for i in np.argsort(-(exact - counts))[: max(total - counts.sum(), 0)]:
         counts[i] += 1
     if counts.sum() != total:
@@ -412,7 +412,7 @@ def is_sg2v_output(path: str | os.PathLike[str], kind: str) -> bool:
             from PIL import Image
 
             with Image.open(path) as im:
-                return im.info.get("Software") == SOFTWARE
+                return bool(im.info.get("Software") == SOFTWARE)
         return kind in ("gif", "webp", "mp4") and _has_mark(path)
     except (OSError, ValueError, SyntaxError):
         return False
