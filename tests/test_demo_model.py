@@ -28,8 +28,8 @@ N_GRAPHS = 12
 # video's graph instead (shuffled) presence falls to 50% (colours the two graphs share) and relations to 13%.
 # Re-measure when a bundle changes:
 #   python -c "from sg2v.runtime import Pipeline; from sg2v.quality import evaluate_pipeline as e; \
-#     print(e(Pipeline.from_bundle('models/demo'), n=12, steps=[4])[0])"
-BUNDLES = {"demo": 4, "demo-teacher": 8}  # name: sampler steps (each bundle's default)
+#     print(e(Pipeline.from_bundle('models/demo'), n=12, steps=[2])[0])"
+BUNDLES = {"demo": 2, "demo-teacher": 8}  # name: sampler steps (each bundle's default)
 FLOORS = {"presence": 0.85, "relation_accuracy": 0.75, "shape_accuracy": 0.85}
 MAX_FALSE_PRESENCE = 0.05
 MIN_OWN_OVER_SHUFFLED = 0.35  # presence on the video's own graph minus presence on the next video's graph
