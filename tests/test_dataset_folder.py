@@ -100,6 +100,9 @@ def test_vocab_option_checks_names_with_did_you_mean(rec, tmp_path):
     (lambda g: g["layout"].update({"0": [[0.1, 0.1, 0.3, 0.5]] * 7}),
      "7 boxes, but the recording has 10 frames"),
     (lambda g: g["relationships"].append([0, "on", 7]), "relationships[2]: object index 7 out of range"),
+    # unicode digits: "²".isdigit() is True, int("²") raises ValueError
+    (lambda g: g["layout"].update({"²": [0.1, 0.1, 0.3, 0.5]}), "layout["),
+    (lambda g: g["layout"].update({"٣": [0.1, 0.1, 0.3, 0.5]}), "layout["),
 ])
 def test_invalid_graphs_and_layouts_name_the_file_and_place(rec, tmp_path, edit, message):
     root, facts, _ = rec

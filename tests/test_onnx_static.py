@@ -13,7 +13,7 @@ import pytest
 
 from sg2v import bundle_spec as spec
 from sg2v.errors import BundleError, Sg2vError
-from sg2v.runtime import onnx_shapes
+from sg2v.runtime import onnx_guard, onnx_shapes
 from sg2v.runtime.onnx_guard import MAX_ELEMENTS, OnnxGuardError, check_onnx_file
 
 onnx = pytest.importorskip("onnx")
@@ -45,6 +45,7 @@ def _inferred(path: Path, inputs, rows: int, monkeypatch) -> dict[str, onnx_shap
         seen.update(self.env)
 
     monkeypatch.setattr(onnx_shapes.Shapes, "run", keep)
+    monkeypatch.setattr(onnx_guard, "_PASSED", {})  # no earlier pass of the same file: infer again
     check_onnx_file(path, inputs, rows)
     monkeypatch.setattr(onnx_shapes.Shapes, "run", run)
     return seen
@@ -217,3 +218,24 @@ def test_an_onnx_runtime_run_error_is_one_line(tmp_path, capfd):
         pipe.run([graph], [1], steps=2)
     assert "\n" not in str(e.value)
     assert "Gather" not in capfd.readouterr().err  # ONNX Runtime's own log stays quiet
+
+
+def test_a_file_that_passed_is_not_checked_again_but_a_changed_one_is(tmp_path, monkeypatch):
+    """The pass is remembered by the file's sha256 and the bounds: the same bytes at the same bounds skip
+    the inference; other bounds or other bytes run it again."""
+    runs = []
+    run = onnx_shapes.Shapes.run
+    def counted(self, nodes):
+        runs.append(self.n)
+        run(self, nodes)
+
+    monkeypatch.setattr(onnx_shapes.Shapes, "run", counted)
+    monkeypatch.setattr(onnx_guard, "_PASSED", {})
+    path = _batch_bomb(tmp_path, 50)
+    check_onnx_file(path, max_rows=5)
+    check_onnx_file(path, max_rows=5)
+    check_onnx_file(path, max_rows=6)
+    assert runs == [5, 6]
+    bomb = _batch_bomb(tmp_path, 4)
+    path.write_bytes(bomb.read_bytes())  # the same name, other bytes: a bomb at batch 4
+    _refused(path, "not static at batch sizes 1..5", max_rows=5)
