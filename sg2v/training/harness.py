@@ -258,15 +258,17 @@ class Harness:
         """Train steps start .. plan.steps (or to a stop rule); returns the step reached."""
         batches = objective.batches(start)
         self._t_start = self._t_last = time.perf_counter()
+        done = start
         try:
             for step in range(start, self.plan.steps):
                 stop = self._step(objective, batches, step)
+                done = step + 1
                 if stop:
-                    return step + 1
+                    break
         finally:
             self.progress.close()
             del batches
-        return self.plan.steps
+        return done
 
     def _step(self, objective: Objective, batches: Iterator[Any], step: int) -> str | None:
         lr = self.lr_at(step)

@@ -21,7 +21,7 @@ from sg2v.errors import ConfigError
 from sg2v.schedule import make_alphas_cumprod
 
 if TYPE_CHECKING:
-    from sg2v.training.pretrain import PretrainBatch, PretrainHeads
+    from sg2v.training.pretrain_model import PretrainBatch, PretrainHeads
 
 
 def alphas_cumprod_tensor(dcfg: DiffusionConfig, device: torch.device | str | None = None) -> torch.Tensor:

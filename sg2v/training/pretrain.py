@@ -15,8 +15,8 @@ diffusion training loads as is.
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
+import functools
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ from sg2v.config import (
     parse_device,
     threads_problem,
 )
-from sg2v.errors import CheckpointError, ConfigError, Sg2vError
+from sg2v.errors import CheckpointError, ConfigError
 from sg2v.models.encoder import SGEncoder
 from sg2v.models.video_encoder import ConvVideoEncoder, FrozenVideoEncoder, VideoEncoder
 from sg2v.shapes import ShapesSample
@@ -69,19 +69,15 @@ from sg2v.training.converted import (
 )
 from sg2v.training.data import ShapesVideoDataset
 from sg2v.training.data import collate as collate_arrays
+from sg2v.training.harness import Dist, Harness, Lines, LoopPlan, cosine_lr
 from sg2v.training.losses import pretrain_losses
+from sg2v.training.pretrain_model import PretrainBatch, PretrainError, PretrainHeads
 from sg2v.video import frames_to_unit
 from sg2v.vocab import Vocab, shapes_vocab
 
 PRETRAIN_KIND = "pretrain"
 CHECKPOINT_NAME = "pretrain.pt"
 RENAMED = {"batch_size": "batch"}  # pretrain_config keys of older checkpoints -> today's names
-
-
-class PretrainError(Sg2vError, ValueError):
-    """A pretraining setting that cannot work (names the option and the fix)."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -212,25 +208,6 @@ class PretrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------------ data
-@dataclass
-class PretrainBatch:
-    """Graph tensors (docs/ARCHITECTURE.md), video in [-1, 1], and the region of the object to mask."""
-
-    objs: torch.Tensor  # (B, O) int64
-    obj_mask: torch.Tensor  # (B, O) float32
-    triples: torch.Tensor  # (B, T, 3) int64
-    triple_mask: torch.Tensor  # (B, T) float32
-    video: torch.Tensor  # (B, F, C, H, W) float32 in [-1, 1]
-    region: torch.Tensor  # (B, F, H, W) float32, 1 on the pixels of the object to mask
-    masked_slot: torch.Tensor  # (B,) int64, that object's index in the padded object axis
-
-    def to(self, device: torch.device | str) -> PretrainBatch:
-        return PretrainBatch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
-
-    def graph(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.objs, self.obj_mask, self.triples, self.triple_mask
-
-
 def collate(samples: list[ShapesSample], dataset: ShapesVideoDataset, rng: np.random.Generator
             ) -> PretrainBatch:
     """Shapes-world samples -> a PretrainBatch: the dataset's arrays, and one object to mask per sample.
@@ -259,10 +236,7 @@ def video_view(batch: PretrainBatch, frames: int) -> PretrainBatch:
 
 def lr_at(cfg: PretrainConfig, step: int) -> float:
     """Linear warmup, then cosine decay (Loshchilov & Hutter 2017) to lr_min_ratio x lr at the last step."""
-    if cfg.warmup and step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.lr * (cfg.lr_min_ratio + (1.0 - cfg.lr_min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return cosine_lr(cfg.lr, cfg.warmup, cfg.steps, cfg.lr_min_ratio, step)
 
 
 class ShapesBatches:
@@ -335,37 +309,6 @@ class ConvertedBatches:
 
     def __len__(self) -> int:
         return len(self.pool)
-
-
-# ---------------------------------------------------------------------------------------------------- heads
-class PretrainHeads(nn.Module):
-    """The learnable InfoNCE temperature and the masked-object cross-attention head."""
-
-    def __init__(self, context_dim: int, video_global_dim: int, feature_dim: int, heads: int,
-                 init_temperature: float, max_logit_scale: float):
-        super().__init__()
-        if context_dim % heads:
-            raise PretrainError(f"--attn-heads {heads} must divide the context width {context_dim}")
-        self.max_logit_scale = max_logit_scale
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        # The query sees the hole (features where the object was) and the masked video's summary (which
-        # objects are still there), so it can ask the graph for the one that is missing.
-        self.query = nn.Sequential(nn.Linear(feature_dim + video_global_dim, context_dim), nn.SiLU(),
-                                   nn.Linear(context_dim, context_dim))
-        self.attn = nn.MultiheadAttention(context_dim, heads, batch_first=True)
-        self.predict = nn.Sequential(nn.LayerNorm(context_dim), nn.Linear(context_dim, context_dim),
-                                     nn.SiLU(), nn.Linear(context_dim, feature_dim))
-
-    def scale(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(max=self.max_logit_scale)
-
-    def recover(self, local: torch.Tensor, triple_mask: torch.Tensor, hole: torch.Tensor,
-                masked_global: torch.Tensor) -> torch.Tensor:
-        """The masked object's features from local (B, T, C), hole (B, Cf), masked_global (B, G): (B, Cf)."""
-        q = self.query(torch.cat([hole, masked_global], dim=-1)).unsqueeze(1)  # (B, 1, C)
-        out, _ = self.attn(q, local, local, key_padding_mask=triple_mask == 0,
-                           need_weights=False)  # (B, 1, C)
-        return self.predict(out.squeeze(1))  # (B, Cf)
 
 
 # --------------------------------------------------------------------------------------------------- models
@@ -483,8 +426,8 @@ def pretrain(cfg: PretrainConfig, *, model: ModelConfig | None = None, external:
     atomic checkpoints, resume.
 
     Writes `cfg.out/pretrain.pt` every `ckpt_every` steps and at the end; with `resume` "auto", continues from
-    it. Returns the last losses and the final held-out retrieval scores (None where a converted data set's
-    val split has fewer than 5 samples).
+    it. Returns the last step's losses and the final held-out retrieval scores (None where a converted data
+    set's val split has fewer than 5 samples).
     """
     from sg2v.training.train import run_output
 
@@ -507,80 +450,115 @@ def _pretrain(cfg: PretrainConfig, *, model: ModelConfig | None, external: Video
         raise PretrainError(str(e)) from None
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / CHECKPOINT_NAME
     torch.manual_seed(cfg.seed)
     encoder, video, heads = build_pretrain_models(model, cfg, external)
     modules = [encoder.to(device), video.to(device), heads.to(device)]
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ckpt_path = out / CHECKPOINT_NAME
     step = 0
     if cfg.resume == "auto" and ckpt_path.exists():
-        ckpt = load_pretrain_checkpoint(ckpt_path)
-        if ckpt["config"] != model.to_dict():
-            raise CheckpointError(f"{ckpt_path} was trained with another model config; pass a fresh "
-                                  "--out, the same --size, or --resume never")
-        before = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
-        if ckpt.get("vocab") != vocab.to_dict() or before.get("fingerprint") != (data and data.fingerprint):
-            raise CheckpointError(f"{ckpt_path} was trained on other data (another vocabulary, other "
-                                  "samples, or the same folders converted again); pass the same --data, a "
-                                  "fresh --out, or --resume never")
-        for m, key in zip(modules, ("encoder", "video_encoder", "heads")):
-            load_state_checked(m, ckpt[key], ckpt_path, key)
-        if ckpt.get("optimizer") is not None:
-            load_optimizer_state(optimizer, ckpt["optimizer"], ckpt_path)
-        if isinstance(ckpt.get("rng"), dict):
-            set_rng_state(ckpt["rng"])
-        step = int(ckpt["step"])
+        step = _resume(ckpt_path, model, vocab, data, modules, optimizer)
         log(f"resumed from {ckpt_path} at step {step}")
-    if batches is not None:
-        source, heldout = batches, None
-    elif data is not None:
-        source = ConvertedBatches(data.train, model, vocab, seed=cfg.seed, batch=cfg.batch)
-        heldout = ConvertedBatches(data.val, model, vocab, seed=cfg.seed, stream=False)
-    else:
-        source, heldout = ShapesBatches(model.data, seed=cfg.seed), None
-    n_heldout = cfg.eval_samples if heldout is None else min(cfg.eval_samples, len(heldout))
-    skip = heldout is not None and n_heldout < 5
-    if skip:
-        log(f"--data: the val split has {len(heldout)} samples; retrieval needs at least 5, so none runs")
-    record = data.record() if data is not None else None
-
-    def retrieval_line(prefix: str) -> dict[str, float] | None:
-        if skip:
-            return None
-        r = evaluate_retrieval(encoder, video, model.data, n=n_heldout, seed=cfg.seed,
-                               video_frames=cfg.video_frames, source=heldout)
-        log(f"{prefix} retrieval R@1 {r['R@1']:.3f} R@5 {r['R@5']:.3f} (same graph: "
-            f"{r['R@1_same_graph']:.3f}; n={r['n']}, held-out)")
-        return r
-
+    objective = PretrainObjective(cfg, model, vocab, data, modules, ckpt_path, device, log, batches)
     for m in modules:
         m.train()
-    last: dict[str, float] = {}
-    t0, seen = time.perf_counter(), 0
-    while step < cfg.steps:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        batch = video_view(source.batch(step, cfg.batch), cfg.video_frames).to(device)
-        losses = pretrain_losses(encoder, video, heads, batch, cfg.contrastive_weight, cfg.masked_weight)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        step += 1
-        seen += cfg.batch
-        last = {k: float(v.detach()) for k, v in losses.items()}
-        if not math.isfinite(last["loss"]):
-            raise PretrainError(f"step {step}: loss is {last['loss']}; lower --lr or check the data")
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            rate = seen / max(time.perf_counter() - t0, 1e-9)
-            log(f"step {step}/{cfg.steps} loss {last['loss']:.4f} contrastive {last['contrastive']:.4f} "
-                f"masked {last['masked']:.4f} temp {last['temperature']:.4f} {rate:.1f} samples/s")
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            save_pretrain_checkpoint(ckpt_path, model, cfg, encoder, video, heads, step, optimizer, vocab,
-                                     record)
-        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-            retrieval_line(f"step {step}:")
-    retrieval = retrieval_line("final")
-    return {"step": step, "losses": last, "retrieval": retrieval, "checkpoint": str(ckpt_path)}
+    plan = LoopPlan(steps=cfg.steps, batch=cfg.batch, seed=cfg.seed, log_every=cfg.log_every,
+                    ckpt_every=cfg.ckpt_every, eval_every=cfg.eval_every, eval_final=False,
+                    grad_clip=cfg.grad_clip, reseed=False, check_every_step=True)
+    harness = Harness(plan, Dist(device=device), encoder, params, optimizer, functools.partial(lr_at, cfg),
+                      progress=Lines(log))
+    step = harness.run(objective, step)
+    final = objective.retrieval("final")
+    retrieval = final[0] if final is not None else None
+    return {"step": step, "losses": harness.last_values(), "retrieval": retrieval,
+            "checkpoint": str(ckpt_path)}
+
+
+def _resume(path: Path, model: ModelConfig, vocab: Vocab, data: RunData | None, modules: list[nn.Module],
+            optimizer: torch.optim.Optimizer) -> int:
+    """Load the modules, optimizer and RNG state of this very run's checkpoint `path`; its step."""
+    ckpt = load_pretrain_checkpoint(path)
+    if ckpt["config"] != model.to_dict():
+        raise CheckpointError(f"{path} was trained with another model config; pass a fresh --out, the same "
+                              "--size, or --resume never")
+    before = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
+    if ckpt.get("vocab") != vocab.to_dict() or before.get("fingerprint") != (data and data.fingerprint):
+        raise CheckpointError(f"{path} was trained on other data (another vocabulary, other samples, or the "
+                              "same folders converted again); pass the same --data, a fresh --out, or "
+                              "--resume never")
+    for m, key in zip(modules, ("encoder", "video_encoder", "heads")):
+        load_state_checked(m, ckpt[key], path, key)
+    if ckpt.get("optimizer") is not None:
+        load_optimizer_state(optimizer, ckpt["optimizer"], path)
+    if isinstance(ckpt.get("rng"), dict):
+        set_rng_state(ckpt["rng"])
+    return int(ckpt["step"])
+
+
+class PretrainObjective:
+    """Masked contrastive pretraining of the graph encoder, the video encoder and the heads: the harness's
+    `Objective`. Batches come from `batches` (a source with `batch(step, size)`), else from the converted
+    data's train split or the shapes world; retrieval runs on the val split or the shapes world's held-out
+    stream."""
+
+    def __init__(self, cfg: PretrainConfig, model: ModelConfig, vocab: Vocab, data: RunData | None,
+                 modules: list[nn.Module], checkpoint: Path, device: torch.device, log: Callable[[str], None],
+                 batches: Any = None):
+        self.cfg, self.model, self.vocab, self.modules = cfg, model, vocab, modules
+        self.checkpoint, self.device, self.write = checkpoint, device, log
+        self.record = data.record() if data is not None else None
+        if batches is not None:
+            self.source, self.heldout = batches, None
+        elif data is not None:
+            self.source = ConvertedBatches(data.train, model, vocab, seed=cfg.seed, batch=cfg.batch)
+            self.heldout = ConvertedBatches(data.val, model, vocab, seed=cfg.seed, stream=False)
+        else:
+            self.source, self.heldout = ShapesBatches(model.data, seed=cfg.seed), None
+        n = cfg.eval_samples
+        self.n_heldout = n if self.heldout is None else min(n, len(self.heldout))
+        self.skip = self.heldout is not None and self.n_heldout < 5
+        if self.skip:
+            log(f"--data: the val split has {len(self.heldout)} samples; retrieval needs at least 5, so none "
+                "runs")
+
+    def batches(self, start: int) -> Iterator[PretrainBatch]:
+        return (video_view(self.source.batch(s, self.cfg.batch), self.cfg.video_frames).to(self.device)
+                for s in itertools.count(start))
+
+    def loss(self, net: nn.Module, batch: PretrainBatch, generator: torch.Generator | None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        encoder, video, heads = self.modules
+        losses = pretrain_losses(encoder, video, heads, batch, self.cfg.contrastive_weight,
+                                 self.cfg.masked_weight)
+        return losses["loss"], {k: v for k, v in losses.items() if k != "loss"}
+
+    def save(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        encoder, video, heads = self.modules
+        save_pretrain_checkpoint(self.checkpoint, self.model, self.cfg, encoder, video, heads, step,
+                                 optimizer, self.vocab, self.record)
+
+    def retrieval(self, prefix: str) -> tuple[dict[str, float], str] | None:
+        """Held-out retrieval scores and their line (None where the val split is too small)."""
+        if self.skip:
+            return None
+        encoder, video, _ = self.modules
+        r = evaluate_retrieval(encoder, video, self.model.data, n=self.n_heldout, seed=self.cfg.seed,
+                               video_frames=self.cfg.video_frames, source=self.heldout)
+        line = (f"{prefix} retrieval R@1 {r['R@1']:.3f} R@5 {r['R@5']:.3f} (same graph: "
+                f"{r['R@1_same_graph']:.3f}; n={r['n']}, held-out)")
+        if prefix == "final":
+            self.write(line)
+        return r, line
+
+    def evaluate(self, step: int) -> tuple[dict[str, float], str] | None:
+        return self.retrieval(f"step {step}:")
+
+    def log(self, record: dict[str, Any]) -> None:
+        if "loss" in record:
+            self.write(f"step {record['step']}/{self.cfg.steps} loss {record['loss']:.4f} contrastive "
+                       f"{record['contrastive']:.4f} masked {record['masked']:.4f} temp "
+                       f"{record['temperature']:.4f} {record['samples_per_s']:.1f} samples/s")
+
+    def diverged(self, step: int, loss: float) -> Exception:
+        return PretrainError(f"step {step}: loss is {loss}; lower --lr or check the data")
