@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 CONSTRAINTS = ("overlap", "size", "inside")
 SOURCES = ("shapes world", "measured")
@@ -73,7 +74,7 @@ def shapes_geometry(height: int, width: int) -> Geometry:
                     True, "shapes world")
 
 
-def overlap_fraction(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def overlap_fraction(a: NDArray[Any], b: NDArray[Any]) -> NDArray[Any]:
     """Fraction of the smaller box that boxes a and b (..., 4) share: intersection area / min area (...)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -86,7 +87,7 @@ def overlap_fraction(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(inter > 0, inter / np.maximum(area, 1e-12), 0.0)
 
 
-def pair_overlaps(tracks: np.ndarray) -> np.ndarray:
+def pair_overlaps(tracks: NDArray[Any]) -> NDArray[Any]:
     """Covered fraction of every pair of objects in every frame: tracks (..., n, F, 4) -> (..., n, n, F),
     symmetric, 0 on the diagonal."""
     t = np.asarray(tracks, dtype=np.float64)
@@ -95,7 +96,7 @@ def pair_overlaps(tracks: np.ndarray) -> np.ndarray:
     return np.where(np.eye(n, dtype=bool)[:, :, None], 0.0, out)
 
 
-def _size_excess(tracks: np.ndarray, geometry: Geometry) -> np.ndarray:
+def _size_excess(tracks: NDArray[Any], geometry: Geometry) -> NDArray[Any]:
     """How far each box's width or height is outside its range (..., n, F), 0 inside it."""
     t = np.asarray(tracks, dtype=np.float64)
     out = np.zeros(t.shape[:-1])
@@ -105,24 +106,25 @@ def _size_excess(tracks: np.ndarray, geometry: Geometry) -> np.ndarray:
     return np.clip(out, 0.0, None)
 
 
-def _outside(tracks: np.ndarray) -> np.ndarray:
+def _outside(tracks: NDArray[Any]) -> NDArray[Any]:
     """How far each box reaches outside the canvas (..., n, F), 0 inside it."""
     t = np.asarray(tracks, dtype=np.float64)
     out = np.maximum.reduce([-t[..., 0], -t[..., 1], t[..., 2] - 1.0, t[..., 3] - 1.0])
     return np.where(out > INSIDE_TOLERANCE, out, 0.0)
 
 
-def _pair_mask(n: int, free: np.ndarray | None) -> np.ndarray:
+def _pair_mask(n: int, free: NDArray[Any] | None) -> NDArray[Any]:
     """(n, n) pairs i < j to judge: those with at least one free object (all pairs when free is None)."""
     upper = np.triu(np.ones((n, n), dtype=bool), 1)
     if free is None:
         return upper
     f = np.asarray(free, dtype=bool)
-    return upper & (f[:, None] | f[None, :])
+    out: NDArray[Any] = upper & (f[:, None] | f[None, :])
+    return out
 
 
-def breaches(tracks: np.ndarray, geometry: Geometry, free: np.ndarray | None = None
-             ) -> dict[str, np.ndarray]:
+def breaches(tracks: NDArray[Any], geometry: Geometry, free: NDArray[Any] | None = None
+             ) -> dict[str, NDArray[Any]]:
     """Per constraint, where it is broken: overlap (..., n, n, F) pairs over the limit (i < j), size and
     inside (..., n, F). `free` (n,) bool limits the judgement to objects drawn (a pair with one free object
     counts); None judges every object."""
@@ -140,8 +142,8 @@ def breaches(tracks: np.ndarray, geometry: Geometry, free: np.ndarray | None = N
     return out
 
 
-def batch_geometry_ok(tracks: np.ndarray, geometry: Geometry | None, free: np.ndarray | None = None
-                      ) -> np.ndarray:
+def batch_geometry_ok(tracks: NDArray[Any], geometry: Geometry | None, free: NDArray[Any] | None = None
+                      ) -> NDArray[Any]:
     """(K,) True for each candidate layout (K, n, F, 4) that keeps every constraint (vectorised)."""
     t = np.asarray(tracks)
     ok = np.ones(t.shape[0], dtype=bool)
@@ -152,7 +154,7 @@ def batch_geometry_ok(tracks: np.ndarray, geometry: Geometry | None, free: np.nd
     return ok
 
 
-def check_geometry(tracks: np.ndarray, geometry: Geometry | None, free: np.ndarray | None = None
+def check_geometry(tracks: NDArray[Any], geometry: Geometry | None, free: NDArray[Any] | None = None
                    ) -> list[GeometryCheck]:
     """Judge each constraint of `geometry` on one layout (n, F, 4) (only objects in `free`, and pairs with
     one, when given); [] when there is no geometry."""
@@ -187,12 +189,11 @@ def geometry_failures(checks: Sequence[GeometryCheck]) -> list[str]:
         what = {"overlap": f"objects {who} overlap (up to {c.worst:.0%} of a box)",
                 "size": f"object(s) {who} outside the data's box sizes (by up to {c.worst:.3f} of the frame)",
                 "inside": f"object(s) {who} leave the canvas (by up to {c.worst:.3f} of the frame)"}
-        what = what[c.constraint]
-        out.append(f"{what} in {c.frames} frame(s)")
+        out.append(f"{what[c.constraint]} in {c.frames} frame(s)")
     return out
 
 
-def measure_geometry(layouts: Iterable[np.ndarray], quantile: float = MEASURE_QUANTILE,
+def measure_geometry(layouts: Iterable[NDArray[Any]], quantile: float = MEASURE_QUANTILE,
                      size_quantiles: tuple[float, float] = SIZE_QUANTILES) -> Geometry | None:
     """The limits a data set's layouts keep, measured on its training split: each layout (n, F, 4) boxes in
     [0, 1] (NaN or all-zero rows: object not seen in that frame). Overlap: the `quantile` of every frame's
@@ -247,7 +248,7 @@ def from_entry(entry: Mapping[str, Any]) -> Geometry:
         return float(v)
 
     mo = entry["max_overlap"]
-    ranges = []
+    ranges: list[tuple[float, float] | None] = []
     for key in ("width", "height"):
         r = entry[key]
         if r is None:
@@ -300,7 +301,7 @@ def dataset_geometry(annotations: Iterable[Mapping[str, Any]], quantile: float =
     """`measure_geometry` of a converted data set's training split: its annotations (`boxes` (n, F, 4) in
     [0, 1], `visible` (n, F), `has_layout` (n,), as `ConvertedDataset.annotation` gives them), each object's
     box counted only in the frames where it is visible and has one."""
-    def layouts() -> Iterable[np.ndarray]:
+    def layouts() -> Iterable[NDArray[Any]]:
         for a in annotations:
             boxes = np.asarray(a["boxes"], dtype=np.float64)
             known = np.asarray(a["visible"], bool) & np.asarray(a["has_layout"], bool)[:, None]

@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.errors import GraphError, shown
 from sg2v.layout import Track, expand_layout, layout_from_file_data, parse_layout
@@ -36,12 +37,12 @@ class SceneGraph:
 
     object_names: tuple[str, ...]
     relationships: tuple[tuple[int, str, int], ...]  # user-level (subject, predicate, object)
-    objs: np.ndarray = field(compare=False, repr=False)  # (n + 1,) int64, `__image__` last
-    triples: np.ndarray = field(compare=False, repr=False)  # (r + n, 3) int64, `__in_image__` triples last
+    objs: NDArray[Any] = field(compare=False, repr=False)  # (n + 1,) int64, `__image__` last
+    triples: NDArray[Any] = field(compare=False, repr=False)  # (r + n, 3) int64, `__in_image__` triples last
     description: str | None = None
     layout: tuple[tuple[int, Track], ...] = ()  # the given tracks, by object index (`sg2v.layout`)
 
-    def tracks(self, frames: int) -> dict[int, np.ndarray]:
+    def tracks(self, frames: int) -> dict[int, NDArray[Any]]:
         """The given tracks as (F, 4) float32 boxes by object index (objects left out are sampled)."""
         return expand_layout(dict(self.layout), frames)
 
@@ -73,16 +74,16 @@ class SceneGraph:
 class GraphBatch:
     """Padded encoder inputs (ARCHITECTURE.md "Graph tensors"): O = max_obj + 1, T = max_rel + max_obj."""
 
-    objs: np.ndarray  # (B, O) int64, padding 0
-    obj_mask: np.ndarray  # (B, O) float32, 1 real / 0 padding
-    triples: np.ndarray  # (B, T, 3) int64 (s, p, o) into the padded object axis, padding (0, 0, 0)
-    triple_mask: np.ndarray  # (B, T) float32
+    objs: NDArray[Any]  # (B, O) int64, padding 0
+    obj_mask: NDArray[Any]  # (B, O) float32, 1 real / 0 padding
+    triples: NDArray[Any]  # (B, T, 3) int64 (s, p, o) into the padded object axis, padding (0, 0, 0)
+    triple_mask: NDArray[Any]  # (B, T) float32
 
     @property
     def batch_size(self) -> int:
         return int(self.objs.shape[0])
 
-    def as_feeds(self) -> dict[str, np.ndarray]:
+    def as_feeds(self) -> dict[str, NDArray[Any]]:
         """The encoder's inputs by name (`GRAPH_TENSORS`)."""
         return {name: getattr(self, name) for name in GRAPH_TENSORS}
 
@@ -139,7 +140,7 @@ def _decode_json(raw: bytes | str, origin: str, what: str = "graph", example: st
                          "integers") from None
 
 
-def _read_path(path: str | os.PathLike) -> Any:
+def _read_path(path: str | os.PathLike[str]) -> Any:
     from sg2v.safety import read_input
 
     origin = os.fspath(path)
@@ -174,7 +175,8 @@ def _read_source(source: Any) -> tuple[Any, str]:
     raise GraphError(f"graph source must be a dict, JSON text, bytes or a path, got {type(source).__name__}")
 
 
-def _lookup(where: str, kind: str, name: str, reserved: str, table: dict[str, int], names, fix: str) -> int:
+def _lookup(where: str, kind: str, name: str, reserved: str, table: dict[str, int], names: Sequence[str],
+            fix: str) -> int:
     """Vocabulary id of `name`, or a GraphError naming the place and the fix (closest names)."""
     if name == reserved:
         raise GraphError(f"{where}: {reserved!r} is added by sg2v itself; {fix}")
@@ -288,7 +290,7 @@ def _validate(data: Any, vocab: Vocab, where: str, max_objects: int | None,
     triples[r:, 0] = np.arange(n)
     triples[r:, 1] = in_image
     triples[r:, 2] = n
-    layout = ()
+    layout: tuple[tuple[int, Track], ...] = ()
     if "layout" in data:
         layout = tuple(sorted(parse_layout(data["layout"], n, frames, _join(where, "layout")).items()))
     objs.setflags(write=False)
@@ -338,7 +340,7 @@ MAX_LAYOUT_FILE_BYTES = 64 << 20  # a layout of 1024 objects x 1024 frames is ab
 MAX_GRAPH_FILE_BYTES = 64 << 20  # a graph file (or a list of graphs), read at most this far
 
 
-def load_layout(path: str | os.PathLike, graph: SceneGraph, frames: int) -> dict[int, np.ndarray]:
+def load_layout(path: str | os.PathLike[str], graph: SceneGraph, frames: int) -> dict[int, NDArray[Any]]:
     """Given tracks for `graph` from a layout file (`sg2v-run --layout`): a layout mapping, or a whole graph
     with a "layout" key (`sg2v.layout.layout_from_file_data`), as (F, 4) float32 boxes by object index."""
     from sg2v.safety import read_input
@@ -386,4 +388,5 @@ def pad_for_config(graphs: Sequence[SceneGraph], config: Any) -> GraphBatch:
 def graph_schema() -> dict[str, Any]:
     """The published JSON Schema (draft 2020-12) of the graph format, `sg2v/data/graph.schema.json`."""
     text = (resources.files("sg2v") / "data" / "graph.schema.json").read_text(encoding="utf-8")
-    return json.loads(text)
+    out: dict[str, Any] = json.loads(text)
+    return out

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.errors import GraphError, shown
 
@@ -32,14 +33,15 @@ class Track:
     kind: str
     boxes: tuple[tuple[float, float, float, float], ...]  # k boxes (tuples, so tracks compare by value)
 
-    def expand(self, frames: int, where: str = "layout") -> np.ndarray:
+    def expand(self, frames: int, where: str = "layout") -> NDArray[Any]:
         """The track as (F, 4) float32 boxes."""
         b = np.asarray(self.boxes, dtype=np.float64)  # (k, 4)
         if self.kind == "static":
             return np.repeat(b.astype(np.float32), frames, axis=0)
         if self.kind == "motion":
             t = (np.arange(frames) / max(frames - 1, 1))[:, None]  # (F, 1)
-            return (b[0] + (b[1] - b[0]) * t).astype(np.float32)
+            out: NDArray[Any] = (b[0] + (b[1] - b[0]) * t).astype(np.float32)
+            return out
         if b.shape[0] != frames:
             raise GraphError(f"{where}: {b.shape[0]} boxes, but this model makes {frames} frames; give "
                              f"{frames} boxes (one per frame), one box or {{\"start\": box, \"end\": box}}")
@@ -133,12 +135,12 @@ def parse_layout(data: Any, num_objects: int, frames: int | None = None, where: 
     return out
 
 
-def expand_layout(tracks: Mapping[int, Track], frames: int, where: str = "layout") -> dict[int, np.ndarray]:
+def expand_layout(tracks: Mapping[int, Track], frames: int, where: str = "layout") -> dict[int, NDArray[Any]]:
     """Each given track as (F, 4) float32 boxes."""
     return {i: t.expand(frames, f"{where}[\"{i}\"]") for i, t in sorted(tracks.items())}
 
 
-def layout_json(tracks: np.ndarray) -> dict[str, list[list[float]]]:
+def layout_json(tracks: NDArray[Any]) -> dict[str, list[list[float]]]:
     """Tracks (n, F, 4) as a layout mapping with F boxes per object (what `--save-layout` writes).
 
     Each value is written as the shortest decimal that reads back to the same float32, so a saved layout

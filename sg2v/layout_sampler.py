@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.geometry import Geometry, GeometryCheck, batch_geometry_ok, check_geometry, geometry_failures
 from sg2v.relations import RelationCheck, batch_all_hold, check_layout, contradictions, margin_of
@@ -36,7 +37,7 @@ LAYOUT_INPUTS = ("x", "t", "objects", "track_mask", "context", "context_mask", "
 class LayoutResult:
     """The tracks one graph is drawn with, and what the relation and geometry checks found."""
 
-    tracks: np.ndarray  # (n, F, 4) float32, boxes in [0, 1]
+    tracks: NDArray[Any]  # (n, F, 4) float32, boxes in [0, 1]
     relations: list[RelationCheck]
     draws: int  # candidates judged in draw order up to the kept one (1: the first held; 0: all tracks given)
     satisfied: bool  # every relation with a rule holds and the drawn objects keep every constraint
@@ -56,7 +57,7 @@ class LayoutResult:
                 "given_breaks": [c.to_dict() for c in self.given_breaks]}
 
 
-def layout_noise(seed: int, round_: int, count: int, shape: Sequence[int]) -> np.ndarray:
+def layout_noise(seed: int, round_: int, count: int, shape: Sequence[int]) -> NDArray[Any]:
     """x_T of `count` layout candidates of round `round_` for a graph with seed `seed`: (count, *shape)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), LAYOUT_NOISE_STREAM, int(round_)]))
     return rng.standard_normal((count, *shape), dtype=np.float32)
@@ -79,7 +80,7 @@ def max_rounds(tries: int, per_round: int) -> int:
     return len(round_sizes(tries, per_round))
 
 
-def tracks_from_unit(x: np.ndarray, width: int, height: int) -> np.ndarray:
+def tracks_from_unit(x: NDArray[Any], width: int, height: int) -> NDArray[Any]:
     """Network output in [-1, 1] (..., F, 4) -> boxes in [0, 1] with x0 < x1, y0 < y1, at least 1 px wide."""
     b = np.clip((np.asarray(x, dtype=np.float64) + 1.0) / 2.0, 0.0, 1.0)
     out = np.empty_like(b)
@@ -101,7 +102,7 @@ def _score(checks: Sequence[RelationCheck], geometry: Sequence[GeometryCheck] = 
     return held, -sum(c.frames for c in geometry), worst if np.isfinite(worst) else -np.inf
 
 
-def _free(count: int, pinned: Mapping[int, Any]) -> np.ndarray | None:
+def _free(count: int, pinned: Mapping[int, Any]) -> NDArray[Any] | None:
     """(count,) True for the objects drawn; None when none is pinned (every object is judged)."""
     if not pinned:
         return None
@@ -110,7 +111,7 @@ def _free(count: int, pinned: Mapping[int, Any]) -> np.ndarray | None:
     return free
 
 
-def given_breaks(tracks: np.ndarray, pinned: Mapping[int, Any], geometry: Geometry | None
+def given_breaks(tracks: NDArray[Any], pinned: Mapping[int, Any], geometry: Geometry | None
                  ) -> list[GeometryCheck]:
     """The constraints the given tracks break among themselves (object indices of the whole graph)."""
     if geometry is None or not pinned:
@@ -127,7 +128,7 @@ def given_breaks(tracks: np.ndarray, pinned: Mapping[int, Any], geometry: Geomet
 class LayoutSampler:
     """Draws tracks for a batch of graphs with a layout stage (module note)."""
 
-    def __init__(self, run: Callable[[dict[str, Any]], Any], alphas_cumprod: np.ndarray, frames: int,
+    def __init__(self, run: Callable[[dict[str, Any]], Any], alphas_cumprod: NDArray[Any], frames: int,
                  height: int, width: int, rules: Mapping[str, str], steps: int = 8, tries: int = 16,
                  per_round: int = 8, sampler: str = "dpmpp2m", xp: Any = np,
                  max_batch: int | None = None, geometry: Geometry | None = None):
@@ -144,8 +145,8 @@ class LayoutSampler:
         self.max_batch = max_batch
         self.geometry = geometry
 
-    def draw(self, cond: Mapping[str, np.ndarray], relationships: Sequence[Sequence[Sequence]],
-             counts: Sequence[int], pinned: Sequence[Mapping[int, np.ndarray]], seeds: Sequence[int],
+    def draw(self, cond: Mapping[str, NDArray[Any]], relationships: Sequence[Sequence[Sequence[Any]]],
+             counts: Sequence[int], pinned: Sequence[Mapping[int, NDArray[Any]]], seeds: Sequence[int],
              on_round: Callable[[int], None] | None = None) -> list[LayoutResult]:
         """Layouts for B graphs: `cond` holds the stage's per-graph inputs (objects, context, context_mask,
         triples: (B, ...) host arrays), `counts` each graph's objects, `pinned` its given (F, 4) tracks;
@@ -154,7 +155,7 @@ class LayoutSampler:
         o = cond["objects"].shape[1]
         shape = (o, self.frames, 4)
         results: list[LayoutResult | None] = [None] * b
-        best: list[tuple[Any, np.ndarray, list[RelationCheck], list[GeometryCheck]] | None] = [None] * b
+        best: list[tuple[Any, NDArray[Any], list[RelationCheck], list[GeometryCheck]] | None] = [None] * b
         drawn = [0] * b
         contra = [contradictions(relationships[i], self.rules) for i in range(b)]
         need = []
@@ -193,10 +194,13 @@ class LayoutSampler:
                     checks = check_layout(c[j], relationships[i], self.rules)
                     geo = check_geometry(c[j], self.geometry, free)
                     score = _score(checks, geo)
-                    if best[i] is None or score > best[i][0]:
+                    prev = best[i]
+                    if prev is None or score > prev[0]:
                         best[i] = (score, c[j], checks, geo)
                 if contra[i] or drawn[i] >= self.tries or not self._needs_check(relationships[i]):
-                    _, tracks, checks, geo = best[i]
+                    picked = best[i]
+                    assert picked is not None  # this round scored k >= 1 draws
+                    _, tracks, checks, geo = picked
                     results[i] = LayoutResult(tracks, checks, drawn[i], False, sorted(pinned[i]), contra[i],
                                               geo, given)
                 else:
@@ -207,13 +211,13 @@ class LayoutSampler:
                 on_round(round_)
         return [r for r in results if r is not None]
 
-    def _needs_check(self, relationships: Sequence[Sequence]) -> bool:
+    def _needs_check(self, relationships: Sequence[Sequence[Any]]) -> bool:
         """Whether a graph's draws are judged (and redrawn): a relation with a rule, or any geometry."""
         return self.geometry is not None or any(p in self.rules for _, p, _ in relationships)
 
-    def _sample(self, cond: Mapping[str, np.ndarray], rows: list[int], ks: list[int],
-                pinned: Sequence[Mapping[int, np.ndarray]], seeds: Sequence[int], round_: int,
-                shape: tuple[int, int, int], counts: Sequence[int]) -> np.ndarray:
+    def _sample(self, cond: Mapping[str, NDArray[Any]], rows: list[int], ks: list[int],
+                pinned: Sequence[Mapping[int, NDArray[Any]]], seeds: Sequence[int], round_: int,
+                shape: tuple[int, int, int], counts: Sequence[int]) -> NDArray[Any]:
         """Candidates (sum(ks), O, F, 4) in [0, 1] for graphs `rows`, ks[j] each, pinned tracks restored."""
         xp = self.xp
         rep = np.repeat(np.asarray(rows), ks)  # graph of each candidate row
@@ -236,7 +240,7 @@ class LayoutSampler:
             part = {k: xp.asarray(v[lo:lo + limit]) for k, v in feeds.items()}
             t_buf = xp.empty((min(limit, n - lo),), dtype=np.float32)
 
-            def denoise(xt: Any, t: float, part: dict = part, t_buf: Any = t_buf) -> Any:
+            def denoise(xt: Any, t: float, part: dict[str, Any] = part, t_buf: Any = t_buf) -> Any:
                 t_buf[...] = t
                 return self.run({**part, "x": xt, "t": t_buf})["v"]
 

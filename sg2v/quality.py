@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.config import ModelConfig
 from sg2v.shapes import COLOR_NAMES, SHAPES, ShapesDataset, score_batch, score_video
@@ -29,7 +30,7 @@ def heldout_graphs(cfg: ModelConfig, n: int, seed: int = 0) -> list[dict[str, An
     return [ds.scene(i)[0] for i in range(n)]
 
 
-def heldout_tracks(cfg: ModelConfig, n: int, seed: int = 0) -> list[dict[int, np.ndarray]]:
+def heldout_tracks(cfg: ModelConfig, n: int, seed: int = 0) -> list[dict[int, NDArray[Any]]]:
     """The true tracks of the first `n` held-out graphs: object index -> (F, 4) boxes in [0, 1]."""
     d = cfg.data
     ds = ShapesDataset(seed=seed, length=n, split="heldout", frames=d.frames, height=d.height, width=d.width,
@@ -42,9 +43,9 @@ LAYOUT_KEYS = ("layout_relation_accuracy", "layout_relation_accuracy_first_draw"
                "layout_satisfied_first_draw", "layout_redrawn", "layout_mean_draws", "layout_diversity")
 
 
-def layout_quality(generator: Any, graphs: Sequence[Any], feeds: dict[str, np.ndarray], seeds: Sequence[int],
-                   tries: int | None = None, diversity_graphs: int = 16, diversity_seeds: int = 8,
-                   max_batch: int | None = None) -> dict[str, Any]:
+def layout_quality(generator: Any, graphs: Sequence[Any], feeds: dict[str, NDArray[Any]],
+                   seeds: Sequence[int], tries: int | None = None, diversity_graphs: int = 16,
+                   diversity_seeds: int = 8, max_batch: int | None = None) -> dict[str, Any]:
     """The layout stage alone on parsed `graphs`: relation accuracy of its tracks by the relation rules with
     the check (up to `tries` draws) and without it (the first draw), how often the check redrew (the first
     draw failed a rule), mean draws to the kept layout, and diversity: the mean standard deviation, in frame
@@ -86,7 +87,7 @@ def layout_quality(generator: Any, graphs: Sequence[Any], feeds: dict[str, np.nd
     }
 
 
-def false_presence(videos: Sequence[np.ndarray], graphs: Sequence[Any]) -> float:
+def false_presence(videos: Sequence[NDArray[Any]], graphs: Sequence[Any]) -> float:
     """Fraction of palette colors absent from a video's graph that the oracle nevertheless finds present.
 
     Presence counts a color only where it forms one object-sized blob, so noise mostly scores none; asking the
@@ -105,7 +106,7 @@ def false_presence(videos: Sequence[np.ndarray], graphs: Sequence[Any]) -> float
     return hits / total if total else 0.0
 
 
-def score_videos(videos: Sequence[np.ndarray], graphs: Sequence[Any]) -> dict[str, Any]:
+def score_videos(videos: Sequence[NDArray[Any]], graphs: Sequence[Any]) -> dict[str, Any]:
     """The oracle's batch metrics (`METRIC_KEYS`) of videos (F, H, W, 3) uint8 against their graphs."""
     report = score_batch(list(videos), graphs)
     out: dict[str, Any] = {k: getattr(report, k) for k in METRIC_KEYS if k != "false_presence"}
@@ -116,7 +117,7 @@ def score_videos(videos: Sequence[np.ndarray], graphs: Sequence[Any]) -> dict[st
 def evaluate_pipeline(pipe: Any, n: int = 200, steps: Sequence[int] = (4, 8, 25), seed: int = 0,
                       guidance: float | None = None, log: Callable[[str], None] | None = None,
                       max_batch: int | None = None, true_layouts: bool = False
-                      ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
+                      ) -> tuple[list[dict[str, Any]], dict[int, NDArray[Any]]]:
     """Rows of oracle metrics, one per step count, for `n` held-out graphs sampled through `pipe`.
 
     Graph i uses noise seed `seed + i` (as `sg2v.training.evaluate` does); the graphs go through

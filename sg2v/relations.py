@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 SPATIAL = ("left of", "right of", "above", "below")
 MOTION = ("approaching", "moving away from")
@@ -40,7 +42,7 @@ class RelationCheck:
     slack: float | None
     holds: bool | None  # None when not checked
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"subject": self.subject, "predicate": self.predicate, "object": self.object,
                 "rule": self.rule, "slack": self.slack, "holds": self.holds}
 
@@ -60,13 +62,13 @@ def margin_of(rule: str) -> float:
     return MARGINS[rule.split("/", 1)[0]]
 
 
-def centres(tracks: np.ndarray) -> np.ndarray:
+def centres(tracks: NDArray[Any]) -> NDArray[Any]:
     """Box centres (..., F, 2) (x, y) of tracks (..., F, 4)."""
     t = np.asarray(tracks, dtype=np.float64)
     return np.stack([(t[..., 0] + t[..., 2]) / 2.0, (t[..., 1] + t[..., 3]) / 2.0], axis=-1)
 
 
-def rule_slack(rule: str, subject: np.ndarray, obj: np.ndarray) -> np.ndarray:
+def rule_slack(rule: str, subject: NDArray[Any], obj: NDArray[Any]) -> NDArray[Any]:
     """Slack of `rule` between tracks (..., F, 4) of subject and object (> 0: holds), in the rule's unit."""
     from sg2v.shapes.world import relation_score
 
@@ -76,9 +78,9 @@ def rule_slack(rule: str, subject: np.ndarray, obj: np.ndarray) -> np.ndarray:
     if rule in COCO_RULES:
         s = np.asarray(subject, dtype=np.float64).mean(-2)  # (..., 4): the clip's mean box
         o = np.asarray(obj, dtype=np.float64).mean(-2)
-        inside = np.minimum.reduce([s[..., 0] - o[..., 0], s[..., 1] - o[..., 1],
+        inside: NDArray[Any] = np.minimum.reduce([s[..., 0] - o[..., 0], s[..., 1] - o[..., 1],
                                     o[..., 2] - s[..., 2], o[..., 3] - s[..., 3]])  # > 0: s strictly in o
-        surround = np.minimum.reduce([o[..., 0] - s[..., 0], o[..., 1] - s[..., 1],
+        surround: NDArray[Any] = np.minimum.reduce([o[..., 0] - s[..., 0], o[..., 1] - s[..., 1],
                                       s[..., 2] - o[..., 2], s[..., 3] - o[..., 3]])
         if pred == "inside":
             return inside
@@ -96,7 +98,7 @@ def rule_slack(rule: str, subject: np.ndarray, obj: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown relation rule {rule!r}; known rules: {', '.join(RULES)}")
 
 
-def check_layout(tracks: np.ndarray, relationships: Sequence[Sequence], rules: Mapping[str, str]
+def check_layout(tracks: NDArray[Any], relationships: Sequence[Sequence[Any]], rules: Mapping[str, str]
                  ) -> list[RelationCheck]:
     """Judge each (s, predicate, o) on tracks (n, F, 4); predicates without a rule are reported unchecked."""
     out = []
@@ -116,8 +118,8 @@ def all_hold(checks: Sequence[RelationCheck]) -> bool:
     return all(c.holds is not False for c in checks)
 
 
-def batch_all_hold(tracks: np.ndarray, relationships: Sequence[Sequence], rules: Mapping[str, str]
-                   ) -> np.ndarray:
+def batch_all_hold(tracks: NDArray[Any], relationships: Sequence[Sequence[Any]], rules: Mapping[str, str]
+                   ) -> NDArray[Any]:
     """(K,) True for each candidate layout (K, n, F, 4) whose checked relations all hold (vectorised)."""
     ok = np.ones(tracks.shape[0], dtype=bool)
     for s, p, o in relationships:
@@ -132,7 +134,7 @@ _ORDERS = {"left of": ("x", False), "right of": ("x", True), "above": ("y", Fals
            "inside": ("in", False), "surrounding": ("in", True)}  # predicate -> (strict order, reversed)
 
 
-def contradictions(relationships: Sequence[Sequence], rules: Mapping[str, str]) -> list[str]:
+def contradictions(relationships: Sequence[Sequence[Any]], rules: Mapping[str, str]) -> list[str]:
     """Reasons no layout can satisfy the relationships: a cycle in a strict order ("a left of b", "b left
     of a"; above/below; inside/surrounding), or an object related to itself through the cycle."""
     edges: dict[str, set[tuple[int, int]]] = {"x": set(), "y": set(), "in": set()}

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.shapes.world import (
     COLOR_NAMES,
@@ -54,8 +55,8 @@ class ObjectReport:
     seen_fraction: float  # frames in which it covers enough pixels
     shape: str | None  # majority shape over seen frames; None when never seen
     shape_ok: bool | None  # None when absent
-    centroids: np.ndarray = field(repr=False)  # (F, 2) float64 (x, y), NaN where not seen
-    areas: np.ndarray = field(repr=False)  # (F,) int64 pixel counts
+    centroids: NDArray[Any] = field(repr=False)  # (F, 2) float64 (x, y), NaN where not seen
+    areas: NDArray[Any] = field(repr=False)  # (F,) int64 pixel counts
 
 
 @dataclass
@@ -102,9 +103,9 @@ class OracleReport:
             lines.append(f"  [{i}] {o.name}: {state}")
         for r in self.relations:
             s = self.objects[r.subject].name
-            o = self.objects[r.object].name
+            o_name = self.objects[r.object].name
             slack = "" if r.slack is None or math.isnan(r.slack) else f" (slack {r.slack:+.2f})"
-            lines.append(f"  {s} {r.predicate} {o}: {'holds' if r.holds else 'FAILS'}{slack}")
+            lines.append(f"  {s} {r.predicate} {o_name}: {'holds' if r.holds else 'FAILS'}{slack}")
         return "\n".join(lines)
 
 
@@ -137,7 +138,7 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def color_labels(video: np.ndarray, color_tol: float = COLOR_TOL) -> np.ndarray:
+def color_labels(video: NDArray[Any], color_tol: float = COLOR_TOL) -> NDArray[Any]:
     """Per-pixel palette index (nearest color within `color_tol`) or -1, (F, H, W) int8."""
     rgb = [video[..., ch].astype(np.int32) for ch in range(3)]  # 3 x (F, H, W)
     best = np.full(video.shape[:-1], int(color_tol ** 2), dtype=np.int32)  # (F, H, W): farther is no color
@@ -150,7 +151,7 @@ def color_labels(video: np.ndarray, color_tol: float = COLOR_TOL) -> np.ndarray:
     return lab
 
 
-def classify_shape(mask: np.ndarray) -> str | None:
+def classify_shape(mask: NDArray[Any]) -> str | None:
     """Circle / square / triangle by best IoU with templates at the mask's bounding-box size (None: empty)."""
     rows = np.flatnonzero(mask.any(1))
     cols = np.flatnonzero(mask.any(0))
@@ -167,14 +168,15 @@ def classify_shape(mask: np.ndarray) -> str | None:
     return best
 
 
-def _median_index(counts: np.ndarray) -> np.ndarray:
+def _median_index(counts: NDArray[Any]) -> NDArray[Any]:
     """Per row, the index where the cumulative count first reaches half the row's total: (F, N) -> (F,)."""
     c = np.cumsum(counts, axis=1)  # (F, N)
     half = c[:, -1:] / 2.0
-    return np.argmax(c >= half, axis=1)  # (F,)
+    out: NDArray[Any] = np.argmax(c >= half, axis=1)  # (F,)
+    return out
 
 
-def _object_window(m: np.ndarray, frac: float) -> np.ndarray:
+def _object_window(m: NDArray[Any], frac: float) -> NDArray[Any]:
     """The pixels of mask m (F, H, W) inside a square window of side frac x canvas around their median."""
     f, h, w = m.shape
     half = max(1, int(math.ceil(frac * max(h, w) / 2)))
@@ -183,7 +185,8 @@ def _object_window(m: np.ndarray, frac: float) -> np.ndarray:
     ys = np.arange(h)[None, :, None]
     xs = np.arange(w)[None, None, :]
     inside = (np.abs(ys - my[:, None, None]) <= half) & (np.abs(xs - mx[:, None, None]) <= half)
-    return m & inside
+    out: NDArray[Any] = m & inside
+    return out
 
 
 def score_video(video: Any, graph: Any, color_tol: float = COLOR_TOL) -> OracleReport:
@@ -210,10 +213,10 @@ def score_video(video: Any, graph: Any, color_tol: float = COLOR_TOL) -> OracleR
             cy = (m.sum(2) * ys).sum(-1) / area
         cent = np.where(seen[:, None], np.stack([cx, cy], -1), np.nan)  # (F, 2)
         frac = float(seen.mean())
-        present = frac >= PRESENT_FRAMES
+        is_present = frac >= PRESENT_FRAMES
         votes = Counter(classify_shape(m[t]) for t in np.flatnonzero(seen))
         guess = votes.most_common(1)[0][0] if votes else None
-        objects.append(ObjectReport(name, present, frac, guess, (guess == shape) if present else None,
+        objects.append(ObjectReport(name, is_present, frac, guess, (guess == shape) if is_present else None,
                                     cent, area.astype(np.int64)))
     relations: list[RelationReport] = []
     for s, p, o in rels:
@@ -238,7 +241,7 @@ def score_video(video: Any, graph: Any, color_tol: float = COLOR_TOL) -> OracleR
     )
 
 
-def _stability(objects: list[ObjectReport], seen: np.ndarray, h: int, w: int) -> tuple[tuple[int, int],
+def _stability(objects: list[ObjectReport], seen: NDArray[Any], h: int, w: int) -> tuple[tuple[int, int],
                                                                                          tuple[int, int]]:
     """(stable, total) frame pairs and (smooth, total) frame triples.
 
@@ -268,7 +271,7 @@ def _stability(objects: list[ObjectReport], seen: np.ndarray, h: int, w: int) ->
     return stable, (int(sm.all(0).sum()), f - 2)
 
 
-def score_batch(videos: Sequence[Any] | np.ndarray, graphs: Sequence[Any],
+def score_batch(videos: Sequence[Any] | NDArray[Any], graphs: Sequence[Any],
                 color_tol: float = COLOR_TOL) -> BatchReport:
     """Score many videos (a sequence or a (B, F, H, W, 3) array) against their graphs and pool the counts."""
     if len(videos) != len(graphs):

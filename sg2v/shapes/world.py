@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.errors import GraphError, Sg2vError
+
+if TYPE_CHECKING:
+    from sg2v.vocab import Vocab
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
@@ -61,7 +66,7 @@ def quarter(frames: int) -> int:
     return max(1, frames // 4)
 
 
-def relation_score(pred: str, cs: np.ndarray, co: np.ndarray, width: int) -> np.ndarray:
+def relation_score(pred: str, cs: NDArray[Any], co: NDArray[Any], width: float) -> NDArray[Any]:
     """Signed slack of `pred` between centroid tracks (..., F, 2) (x, y): > 0 exactly when the rule holds.
 
     Frames holding NaN (object not seen) are left out of the means; an undefined score is NaN (never holds).
@@ -73,24 +78,27 @@ def relation_score(pred: str, cs: np.ndarray, co: np.ndarray, width: int) -> np.
             ms = _nanmean(cs[..., axis])  # (...)
             mo = _nanmean(co[..., axis])
             off = SPATIAL_OFFSET * width
-            return (mo - off - ms) if pred in ("left of", "above") else (ms - mo - off)
+            out: NDArray[Any] = (mo - off - ms) if pred in ("left of", "above") else (ms - mo - off)
+            return out
         if pred in ("approaching", "moving away from"):
             f = cs.shape[-2]
             q = quarter(f)
             d = np.sqrt(((cs - co) ** 2).sum(-1))  # (..., F)
             first = _nanmean(d[..., :q])
             last = _nanmean(d[..., f - q:])
-            return APPROACH_RATIO * first - last if pred == "approaching" else last - RECEDE_RATIO * first
+            out = APPROACH_RATIO * first - last if pred == "approaching" else last - RECEDE_RATIO * first
+            return out
     raise GraphError(f"unknown predicate {pred!r}; the shapes world knows {', '.join(PREDICATES)}")
 
 
-def _nanmean(x: np.ndarray) -> np.ndarray:
+def _nanmean(x: NDArray[Any]) -> NDArray[Any]:
     """Mean over the last axis ignoring NaN (plain mean when there is none: the generator's case)."""
-    return np.nanmean(x, axis=-1) if np.isnan(x).any() else x.mean(-1)
+    out: NDArray[Any] = np.nanmean(x, axis=-1) if np.isnan(x).any() else x.mean(-1)
+    return out
 
 
 @functools.lru_cache(maxsize=512)
-def shape_template(shape: str, h: int, w: int) -> np.ndarray:
+def shape_template(shape: str, h: int, w: int) -> NDArray[Any]:
     """Pixel-centre rasterisation of a shape filling an h x w box (bool (h, w), read-only).
 
     Integer arithmetic, so templates are exact: the circle is the inscribed ellipse shrunk slightly (a 3 px
@@ -156,7 +164,7 @@ def graph_parts(graph: Any, max_objects: int | None = None,
 
 
 @functools.lru_cache(maxsize=1)
-def _shapes_vocab():
+def _shapes_vocab() -> Vocab:
     from sg2v.vocab import shapes_vocab
 
     return shapes_vocab()
@@ -167,20 +175,22 @@ def _shapes_vocab():
 class Motion:
     """Per-object box side and straight-line path of the box's top-left corner, (x, y) in pixels."""
 
-    sizes: np.ndarray  # (n,) int64
-    start: np.ndarray  # (n, 2) float64: top-left at frame 0
-    end: np.ndarray  # (n, 2) float64: top-left at the last frame
+    sizes: NDArray[Any]  # (n,) int64
+    start: NDArray[Any]  # (n, 2) float64: top-left at frame 0
+    end: NDArray[Any]  # (n, 2) float64: top-left at the last frame
 
-    def top_left(self, frames: int) -> np.ndarray:
+    def top_left(self, frames: int) -> NDArray[Any]:
         """Integer top-left corners per frame, (n, F, 2): constant velocity, rounded to the pixel grid."""
         t = np.arange(frames) / max(frames - 1, 1)  # (F,)
         p = self.start[:, None, :] + (self.end - self.start)[:, None, :] * t[None, :, None]  # (n, F, 2)
-        return np.rint(p).astype(np.int64)
+        out: NDArray[Any] = np.rint(p).astype(np.int64)
+        return out
 
-    def boxes(self, frames: int) -> np.ndarray:
+    def boxes(self, frames: int) -> NDArray[Any]:
         """Per-frame boxes (n, F, 4) float32, (x0, y0, x1, y1) in pixels, x1/y1 exclusive (as rendered)."""
         tl = self.top_left(frames)
-        return np.concatenate([tl, tl + np.asarray(self.sizes)[:, None, None]], -1).astype(np.float32)
+        out: NDArray[Any] = np.concatenate([tl, tl + np.asarray(self.sizes)[:, None, None]], -1)
+        return out.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -188,10 +198,10 @@ class ShapesSample:
     """One (graph, video) pair with the ground truth the pretraining and the tests use."""
 
     graph: dict[str, Any]  # sg2im JSON form: {"objects": [...], "relationships": [[s, pred, o], ...]}
-    video: np.ndarray  # (F, H, W, 3) uint8, black background
-    centroids: np.ndarray  # (n, F, 2) float32, (x, y) in pixels, pixel-centre convention
-    boxes: np.ndarray  # (n, F, 4) float32, (x0, y0, x1, y1) in pixels, x1/y1 exclusive
-    masks: np.ndarray  # (n, F, H, W) bool, the pixels of each object that are visible
+    video: NDArray[Any]  # (F, H, W, 3) uint8, black background
+    centroids: NDArray[Any]  # (n, F, 2) float32, (x, y) in pixels, pixel-centre convention
+    boxes: NDArray[Any]  # (n, F, 4) float32, (x0, y0, x1, y1) in pixels, x1/y1 exclusive
+    masks: NDArray[Any]  # (n, F, H, W) bool, the pixels of each object that are visible
     motion: Motion
 
 
@@ -221,8 +231,8 @@ class ShapesWorld:
                 f"max_objects={self.max_objects}, max_relationships={self.max_relationships})")
 
     # -- motion
-    def _candidates(self, rng: np.random.Generator, n: int, k: int) -> tuple[np.ndarray, np.ndarray,
-                                                                            np.ndarray, np.ndarray]:
+    def _candidates(self, rng: np.random.Generator, n: int, k: int) -> tuple[NDArray[Any], NDArray[Any],
+                                                                            NDArray[Any], NDArray[Any]]:
         """k candidate motions for n objects sharing one draw of sizes: sizes (n,), start/end (k, n, 2),
         top-left (k, n, F, 2)."""
         sizes = rng.integers(self.size_lo, self.size_hi + 1, size=n)  # (n,)
@@ -236,7 +246,7 @@ class ShapesWorld:
         return sizes, start, end, tl
 
     @staticmethod
-    def _apart(tl: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    def _apart(tl: NDArray[Any], sizes: NDArray[Any]) -> NDArray[Any]:
         """(k,) True where no two objects' boxes overlap in any frame."""
         x, y = tl[..., 0], tl[..., 1]  # (k, n, F)
         s = sizes[None, :, None]
@@ -245,13 +255,15 @@ class ShapesWorld:
         hit = ox & oy  # (k, n, n, F)
         n = sizes.shape[0]
         hit &= ~np.eye(n, dtype=bool)[None, :, :, None]
-        return ~hit.any(axis=(1, 2, 3))
+        out: NDArray[Any] = ~hit.any(axis=(1, 2, 3))
+        return out
 
     @staticmethod
-    def _centroids(tl: np.ndarray, shapes: list[str], sizes: np.ndarray) -> np.ndarray:
+    def _centroids(tl: NDArray[Any], shapes: list[str], sizes: NDArray[Any]) -> NDArray[Any]:
         """Centroids (..., n, F, 2) of unoccluded shapes from their top-left corners."""
         c = np.array([_template_centroid(sh, int(s)) for sh, s in zip(shapes, sizes)])  # (n, 2)
-        return tl + c[:, None, :]
+        out: NDArray[Any] = tl + c[:, None, :]
+        return out
 
     def sample_motion(self, graph: Any, rng: Any = None, tries: int = 20000, batch: int = 256) -> Motion:
         """Random motion under which `graph`'s video satisfies all its relationships (rejection sampling)."""
@@ -338,7 +350,7 @@ class ShapesWorld:
         rels = self._pick_relations(rng, self._centroids(tl[i], shapes, sizes))
         return {"objects": names, "relationships": rels}, motion
 
-    def _pick_relations(self, rng: np.random.Generator, c: np.ndarray) -> list[list]:
+    def _pick_relations(self, rng: np.random.Generator, c: NDArray[Any]) -> list[list[Any]]:
         """Up to max_relationships distinct facts that hold for centroid tracks c (n, F, 2), random order.
 
         "a left of b" and "b right of a" are one fact (so are both orders of approaching / moving away); each
@@ -349,7 +361,7 @@ class ShapesWorld:
         cs, co = c[:, None], c[None, :]  # (n, 1, F, 2), (1, n, F, 2): subject, object
         holds = {p: relation_score(p, cs, co, self.width) > GEN_MARGIN  # (n, n)
                  for p in ("left of", "above", "approaching", "moving away from")}
-        facts: list[list[list]] = []
+        facts: list[list[list[Any]]] = []
         weights: list[float] = []
         for a in range(n):
             for b in range(n):
@@ -417,7 +429,7 @@ class ShapesDataset:
             raise IndexError(f"index {index} out of range for ShapesDataset of length {self.length}")
         return int(index)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ShapesSample]:
         for i in range(self.length):
             yield self[i]
 
