@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +26,20 @@ import torch
 
 from sg2v.errors import ConfigError
 from sg2v.training.backend import torch_device
+
+
+def run_output(out: str, data: Sequence[str] | None, weights: Sequence[str | None], what: str,
+               main: bool = True) -> contextlib.AbstractContextManager:
+    """The run folder `out` checked, locked and marked for this process (`sg2v.safety.run_folder`); never
+    a --data folder or the folder holding a weights file read (the others are not written); nothing on
+    other ranks."""
+    from sg2v.safety import inputs, run_folder
+
+    if not main:
+        return contextlib.nullcontext()
+    reads = inputs(*[(d, "a --data folder", True) for d in data or ()],
+                   *[(w, "a weights file read", Path(w).is_dir()) for w in weights if w])
+    return run_folder(Path(out), reads, what)
 
 
 def cosine_lr(lr: float, warmup: int, steps: int, lr_min_ratio: float, step: int) -> float:

@@ -69,7 +69,7 @@ from sg2v.training.converted import (
 )
 from sg2v.training.data import ShapesVideoDataset
 from sg2v.training.data import collate as collate_arrays
-from sg2v.training.harness import Dist, Harness, Lines, LoopPlan, cosine_lr
+from sg2v.training.harness import Dist, Harness, Lines, LoopPlan, cosine_lr, run_output
 from sg2v.training.losses import pretrain_losses
 from sg2v.training.pretrain_model import PretrainBatch, PretrainError, PretrainHeads
 from sg2v.video import frames_to_unit
@@ -429,8 +429,6 @@ def pretrain(cfg: PretrainConfig, *, model: ModelConfig | None = None, external:
     it. Returns the last step's losses and the final held-out retrieval scores (None where a converted data
     set's val split has fewer than 5 samples).
     """
-    from sg2v.training.train import run_output
-
     cfg.validate()
     with run_output(cfg.out, cfg.data, (), "sg2v-train pretrain"):
         return _pretrain(cfg, model=model, external=external, batches=batches, log=log)

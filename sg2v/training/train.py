@@ -12,7 +12,6 @@ micro-batches.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import functools
@@ -20,7 +19,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +82,7 @@ from sg2v.training.harness import (
     Progress,
     cosine_lr,
     init_distributed,
+    run_output,
     update_ema,
 )
 from sg2v.training.harness import (
@@ -244,6 +244,13 @@ class TrainConfig:
         problem = threads_problem(self.threads, zero_ok=True)
         if problem:
             raise TrainError(problem + "; 0 takes torch's default")
+        self._check_model()
+        self._check_run()
+        self._check_distill()
+        self._check_data()
+
+    def _check_model(self) -> None:
+        """The model config the size and video flags give: a frame size and graph slots it can take."""
         if self.size in MODEL_SIZES:
             cfg = self.model_config()
             d = cfg.data
@@ -259,6 +266,9 @@ class TrainConfig:
                 if not lo <= getattr(d, name) <= hi:
                     raise TrainError(f"--{name.replace('_', '-')} {getattr(d, name)}: must be an integer in "
                                      f"[{lo}, {hi}]")
+
+    def _check_run(self) -> None:
+        """The schedule, stop rules, device and objective settings."""
         if not 0.0 <= self.ema_decay < 1.0:
             raise TrainError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.stop_at > self.steps:
@@ -278,6 +288,9 @@ class TrainConfig:
             raise TrainError(f"objective {self.objective!r}: choose one of {list(OBJECTIVES)}")
         if not (isinstance(self.pin_prob, (int, float)) and 0.0 <= self.pin_prob <= 1.0):
             raise TrainError(f"--pin-prob must be in [0, 1], got {self.pin_prob!r}")
+
+    def _check_distill(self) -> None:
+        """The distill objective's teacher and guidance grid."""
         if self.objective == "distill":
             if not self.init:
                 raise TrainError("distill: --init must name the teacher (a checkpoint, or a bundle with "
@@ -292,6 +305,9 @@ class TrainConfig:
                     and self.distill_grid % self.student_steps == 0):
                 raise TrainError(f"--student-steps {self.student_steps} must divide --distill-grid "
                                  f"{self.distill_grid}")
+
+    def _check_data(self) -> None:
+        """The video shape, graph limits, rule family and --data flags."""
         for name in ("frames", "height", "width", "max_objects"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -444,20 +460,6 @@ def train(tc: TrainConfig, progress: bool = True, model: ModelConfig | None = No
     finally:
         dist.close()
 
-
-
-def run_output(out: str, data: Sequence[str] | None, weights: Sequence[str | None], what: str,
-               main: bool = True) -> contextlib.AbstractContextManager:
-    """The run folder `out` checked, locked and marked for this process (`sg2v.safety.run_folder`); never
-    a --data folder or the folder holding a weights file read (the others are not written); nothing on
-    other ranks."""
-    from sg2v.safety import inputs, run_folder
-
-    if not main:
-        return contextlib.nullcontext()
-    reads = inputs(*[(d, "a --data folder", True) for d in data or ()],
-                   *[(w, "a weights file read", Path(w).is_dir()) for w in weights if w])
-    return run_folder(Path(out), reads, what)
 
 
 def _train(tc: TrainConfig, dist: Dist, progress: bool, model_cfg: ModelConfig | None) -> TrainResult:
