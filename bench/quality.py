@@ -74,7 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layout-variant", nargs="+", default=["bundle"], choices=list(LAYOUT_VARIANTS),
                    help="layout checks the --geometry-rows measure: the bundle's own, or unchecked (8 a "
                         "round, no geometric constraints)")
+    p.add_argument("--layout-timing", type=int, default=None, metavar="REPEATS",
+                   help="grounded bundles: only time the layout stage alone for each --layout-variant, "
+                        "interleaved REPEATS times (ms per graph in batches and one graph at a time, with "
+                        "relations, constraints and overlap frames), and print that table")
     args = p.parse_args(argv)
+    if args.layout_timing is not None:
+        from sg2v.runtime import Pipeline
+
+        pipe = Pipeline.from_bundle(args.bundle, backend=args.backend, threads=args.threads)
+        print(layout_timing_table(pipe, args.n, args.seed, args.layout_timing, args.layout_variant))
+        pipe.close()
+        return 0
     steps = [*(args.steps or []), *(args.compare_steps or []), *(args.true_steps or [])]
     if args.n < 1 or any(s < 1 for s in steps) or (args.batch is not None and args.batch < 1):
         p.error("--n, --steps, --compare-steps, --true-steps and --batch must be positive")
@@ -177,7 +188,8 @@ def measure_bundle(args: argparse.Namespace, path: str, steps: list[int] | None)
             "title": title, "student": student is not None, "name": pipe.bundle.config.name}
 
 
-LAYOUT_VARIANTS = {"bundle": {}, "unchecked": {"per_round": 8, "geometry": None}}
+LAYOUT_VARIANTS = {"bundle": {}, "unchecked": {"per_round": 8, "geometry": None},
+                   "bundle-6-steps": {"steps": 6}, "bundle-1-per-round": {"per_round": 1}}
 COVER = 0.25  # an overlap frame: one box covers at least this fraction of another
 WHOLE = 0.9  # the later object is drawn whole where it shows this fraction of its unoverlapped pixels
 
@@ -221,6 +233,56 @@ def geometry_rows(pipe, n: int, steps: list[int], seed: int, guidance: float | N
     finally:
         pipe.generator.layout = base
     return rows, videos
+
+
+def layout_timing_table(pipe, n: int, seed: int, repeats: int, variants: list[str]) -> str:
+    """The layout stage alone on `n` held-out graphs for each variant, interleaved `repeats` times: the
+    fastest ms per graph in batches (the bundle's max_batch) and one graph at a time, and what the kept
+    layouts hold (relations, every constraint of the bundle's geometry, overlap frames), mean draws."""
+    import time
+
+    import numpy as np
+
+    from sg2v.geometry import check_geometry, from_entry, pair_overlaps
+    from sg2v.graph import pad_graphs
+    from sg2v.quality import heldout_graphs
+
+    cfg = pipe.bundle.config
+    parsed = [pipe.parse(g) for g in heldout_graphs(cfg, n, seed)]
+    feeds = pad_graphs(parsed, cfg.data.max_objects, cfg.data.max_relationships).as_feeds()
+    seeds = [seed + i for i in range(n)]
+    base = dict(pipe.generator.layout)
+    geometry = from_entry(base["geometry"]) if base.get("geometry") else None
+    batched = {v: [] for v in variants}
+    alone = {v: [] for v in variants}
+    kept = {}
+    try:
+        for _ in range(repeats):
+            for v in variants:
+                pipe.generator.layout = {**base, **LAYOUT_VARIANTS[v]}
+                t0 = time.perf_counter()
+                kept[v] = pipe.generator.draw_layouts(feeds, seeds, parsed)
+                batched[v].append((time.perf_counter() - t0) / n)
+                t0 = time.perf_counter()
+                for i in range(n):
+                    pipe.generator.draw_layouts({k: a[i:i + 1] for k, a in feeds.items()}, seeds[i:i + 1],
+                                                parsed[i:i + 1])
+                alone[v].append((time.perf_counter() - t0) / n)
+    finally:
+        pipe.generator.layout = base
+    cols = ("layout check", "ms/graph, batched", "ms/graph, one at a time", "relations held",
+            "all constraints held", "overlap frames", "mean draws")
+    lines = [f"{pipe.bundle.path}: {n} held-out graphs (seed {seed}), {pipe.backend_name}, fastest of "
+             f"{repeats}", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for v in variants:
+        r = kept[v]
+        rel = [c.holds for x in r for c in x.relations if c.holds is not None]
+        held = np.mean([all(c.holds for c in check_geometry(x.tracks, geometry)) for x in r])
+        over = sum(int((pair_overlaps(x.tracks).max(axis=(0, 1)) >= COVER).sum()) for x in r)
+        share = f"{100 * np.mean(rel):.1f}% of {len(rel)}" if rel else "n/a"
+        lines.append(f"| {v} | {1000 * min(batched[v]):.1f} | {1000 * min(alone[v]):.1f} | {share} | "
+                     f"{100 * held:.1f}% | {over} | {np.mean([x.draws for x in r]):.2f} |")
+    return "\n".join(lines)
 
 
 def layout_geometry_metrics(videos, graphs, tracks, pinned: list[int]) -> dict:

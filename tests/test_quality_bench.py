@@ -96,3 +96,27 @@ def test_geometry_metrics_on_the_worlds_own_renders():
     moved = apart.boxes / 64.0 + np.float32(0.3)  # the pinned box elsewhere: its pixels are not in it
     m = quality.layout_geometry_metrics([apart.video], [graph], [moved], [0])
     assert m["pinned_in_box"] == 0.0
+
+
+def test_layout_timing_table_measures_each_variant_and_restores_the_settings(grounded_bundle):
+    quality = _quality()
+    pipe = Pipeline.from_bundle(grounded_bundle, backend="ort")
+    before = dict(pipe.generator.layout)
+    table = quality.layout_timing_table(pipe, 3, 0, 1, ["unchecked", "bundle"])
+    assert pipe.generator.layout == before  # the variants were set for the measurement only
+    rows = [line for line in table.splitlines() if line.startswith(("| unchecked", "| bundle"))]
+    assert len(rows) == 2
+    # the bundle row's figures are those of the bundle's own layouts for the same graphs and seeds
+    from sg2v.geometry import check_geometry, from_entry
+    from sg2v.graph import pad_graphs
+
+    cfg = pipe.bundle.config
+    parsed = [pipe.parse(g) for g in heldout_graphs(cfg, 3, 0)]
+    feeds = pad_graphs(parsed, cfg.data.max_objects, cfg.data.max_relationships).as_feeds()
+    kept = pipe.generator.draw_layouts(feeds, [0, 1, 2], parsed)
+    geometry = from_entry(before["geometry"])
+    held = sum(all(c.holds for c in check_geometry(r.tracks, geometry)) for r in kept) / 3
+    draws = sum(r.draws for r in kept) / 3
+    cells = [c.strip() for c in rows[1].strip("|").split("|")]
+    assert cells[4] == f"{100 * held:.1f}%" and cells[6] == f"{draws:.2f}"
+    pipe.close()
