@@ -14,6 +14,7 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sg2v.config import threads_problem
@@ -46,7 +47,8 @@ class BackendSpec:
         if self.needs_checkpoint:
             kwargs["ckpt"] = ckpt
         module = importlib.import_module(f"{__name__}.{self.module}")
-        return getattr(module, self.factory)(bundle, **kwargs)
+        factory: Callable[..., Backend] = getattr(module, self.factory)
+        return factory(bundle, **kwargs)
 
     def label(self, kind: str) -> str:
         """The title, with the device kind where the backend runs on both."""
@@ -160,7 +162,7 @@ def _auto(bundle: Any, device: str | None, threads: int | None) -> Backend:
                 notes.append(f"{spec.label(kind)} skipped: {reason}")
             continue
         then = _next_label(LADDER[i + 1:], floor, device, failed_gpu or spec is floor)
-        result = _rung(lambda s=spec, k=kind: s.make(bundle, _rung_device(k, device), threads, None),
+        result = _rung(partial(spec.make, bundle, _rung_device(kind, device), threads, None),
                        spec.label(kind), then, notes)
         if result is not None:
             result.notes[:0] = notes
