@@ -49,7 +49,9 @@ def _reached(*_a, **_k):
 
 def _tree(root: Path) -> dict[str, str]:
     out = {}
-    for p in sorted(root.rglob("*")):
+    if root.is_file() and not root.is_symlink():
+        return {str(root): hashlib.sha256(root.read_bytes()).hexdigest()}
+    for p in sorted(root.rglob("*") if root.is_dir() else ()):
         if p.is_symlink() or not p.is_file():
             continue
         try:
@@ -116,15 +118,21 @@ class Fuzz:
     def __init__(self, w: dict, capsys, rng: np.random.Generator, prog: str):
         self.w, self.capsys, self.rng, self.prog = w, capsys, rng, prog
         self.outcomes: Counter = Counter()
-        inputs = [w["bundle"], w["graph"], w["graph2"], w["ckpt"], w["src"], w["vocab"], w["data"]]
-        self.inputs = {k: v for p in inputs for k, v in (_tree(p) if p.is_dir() else _tree(p.parent)).items()}
-        self.user = _tree(w["user"])
         self.top = (sorted(os.listdir("/")), sorted(os.listdir("/dev")))
 
     def pick(self, seq):
         return seq[int(self.rng.integers(len(seq)))]
 
-    def case(self, main, argv: list[str], force: bool) -> None:
+    def case(self, main, argv: list[str], force: bool, reads: list[Path]) -> None:
+        """One call; `reads` are the paths this call reads (never changed, --force or not); without --force
+        nothing the user has (under in/ and user/) may change either."""
+        def files(paths):
+            return {k: v for p in paths for k, v in _tree(p).items()
+                    if p.is_dir() or k == str(p)} if paths else {}
+
+        kept = files(reads)
+        mine = files([self.w["root"] / "in", self.w["user"]])
+
         def stuck(*_):
             raise TimeoutError(f"case blocked: {argv}")
 
@@ -145,12 +153,10 @@ class Fuzz:
         else:  # progress lines may come first (convert's "reading ..."); one error line, the last
             errors = [line for line in err.splitlines() if line.startswith(f"{self.prog}")]
             assert len(errors) <= 1 and (rc == 0 or err.splitlines()[-1] in errors), (argv, err)
-        now = {k: v for k, v in _tree(self.w["root"] / "in").items() if k in self.inputs}
-        assert now == self.inputs, ("an input changed", argv)
-        user_now = _tree(self.w["user"])
+        assert files(reads) == kept, ("an input changed", argv)
         if not force:
-            assert all(user_now.get(k) == v for k, v in self.user.items()), ("a user's file changed", argv)
-        self.user = user_now
+            now = files([self.w["root"] / "in", self.w["user"]])
+            assert all(now.get(k) == v for k, v in mine.items()), ("a user's file changed", argv)
         assert (sorted(os.listdir("/")), sorted(os.listdir("/dev"))) == self.top, argv
         kind = ("reached the work" if "reached the work" in err else "wrote its outputs" if rc == 0 else
                 "usage error (argparse)" if "usage:" in captured.err else f"refused, exit {rc}")
@@ -180,7 +186,7 @@ def test_fuzz_run(world, capsys, rng, monkeypatch):
             argv += [fuzz.pick(["--guidance", "--guidance-rescale", "--fps"]), fuzz.pick(NUMBERS)]
         if rng.random() < 0.3:
             argv += [fuzz.pick(["--seed", "--batch", "--threads"]), fuzz.pick(INTS)]
-        fuzz.case(main, argv, bool(rng.random() < 0.3))
+        fuzz.case(main, argv, bool(rng.random() < 0.3), [world["bundle"], world["graph"], world["graph2"]])
     _report("sg2v-run", fuzz)
 
 
@@ -197,7 +203,7 @@ def test_fuzz_export(world, capsys, rng, monkeypatch):
         if rng.random() < 0.4:
             argv += [fuzz.pick(["--guidance", "--seed", "--trt-target", "--max-batch", "--opset"]),
                      fuzz.pick([*NUMBERS, "garbage", "10.3", "8.6", "10.x"])]
-        fuzz.case(main, argv, bool(rng.random() < 0.5))
+        fuzz.case(main, argv, bool(rng.random() < 0.5), [ckpt])
     _report("sg2v-export", fuzz)
 
 
@@ -218,7 +224,7 @@ def test_fuzz_train(world, capsys, rng, monkeypatch):
                 argv += ["--contact-sheet", fuzz.pick(_paths(world, ".png"))]
             if rng.random() < 0.3:
                 argv += [fuzz.pick(["--n", "--seed"]), fuzz.pick(INTS)]
-            fuzz.case(main, argv, False)
+            fuzz.case(main, argv, False, [world["ckpt"]])
             continue
         argv = ["diffusion", "--size", "tiny", "--out", fuzz.pick(_paths(world, ""))]
         if rng.random() < 0.3:
@@ -228,7 +234,7 @@ def test_fuzz_train(world, capsys, rng, monkeypatch):
         if rng.random() < 0.5:
             flag = fuzz.pick(["--workers", "--batch", "--seed", "--steps", "--grad-accum"])
             argv += [flag, fuzz.pick(INTS)]
-        fuzz.case(main, argv, False)
+        fuzz.case(main, argv, False, [world["data"], world["ckpt"]])
     _report("sg2v-train", fuzz)
 
 
@@ -250,7 +256,7 @@ def test_fuzz_bench(world, capsys, rng, monkeypatch):
                      fuzz.pick(INTS)]
         if rng.random() < 0.3:
             argv += ["--timeout", fuzz.pick(NUMBERS)]
-        fuzz.case(bench.main, argv, False)
+        fuzz.case(bench.main, argv, False, [world["bundle"], world["graph"]])
     _report("sg2v-bench", fuzz)
 
 
@@ -267,7 +273,7 @@ def test_fuzz_data(world, capsys, rng, monkeypatch):
     for _ in range(CASES):
         if rng.random() < 0.3:
             argv = ["show", str(world["data"]), "--index", "0", "--sheet", fuzz.pick(_paths(world, ".png"))]
-            fuzz.case(main, argv, False)
+            fuzz.case(main, argv, False, [world["data"]])
             continue
         fmt = fuzz.pick(["vg", "coco-stuff", "action-genome", "folder"])
         argv = ["convert", fmt, str(world["src"]), "--out", fuzz.pick(_paths(world, ""))]
@@ -279,5 +285,5 @@ def test_fuzz_data(world, capsys, rng, monkeypatch):
             argv += [flag, str(named)]
         if rng.random() < 0.3:
             argv += ["--workers", fuzz.pick(INTS)]
-        fuzz.case(main, argv, bool(rng.random() < 0.5))
+        fuzz.case(main, argv, bool(rng.random() < 0.5), [world["src"], world["vocab"]])
     _report("sg2v-data", fuzz)
