@@ -79,6 +79,9 @@ def test_availability_checks_give_one_line_reasons(monkeypatch):
     assert SPECS["ort"].check("gpu") is None
     monkeypatch.setattr(backends, "trt_unavailable_reason", lambda: "cupy is not installed")
     assert SPECS["trt"].check("gpu") == "cupy is not installed"
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    missing = "onnxruntime is not installed (pip install 'sg2v[cpu]' or 'sg2v[gpu]')"
+    assert SPECS["ort"].check("gpu") == SPECS["ort"].check("cpu") == missing
 
 
 def _record(asked, name, exc=None):

@@ -60,6 +60,12 @@ def _trt_check(kind: str) -> str | None:
 
 
 def _ort_check(kind: str) -> str | None:
+    try:
+        found = importlib.util.find_spec("onnxruntime") is not None
+    except (ImportError, ValueError):  # a broken install or an import hook that refuses it
+        found = False
+    if not found:
+        return "onnxruntime is not installed (pip install 'sg2v[cpu]' or 'sg2v[gpu]')"
     if kind == "gpu" and not _ort_has_gpu(importlib.import_module(f"{__name__}.ort")):
         return "this onnxruntime build has no GPU execution providers (install onnxruntime-gpu)"
     return None
