@@ -33,6 +33,7 @@ MARKER = ".sg2v-output"  # the file in every folder an sg2v command writes
 JSON_MARK = "sg2v_output"  # the top-level key of every JSON report an sg2v command writes
 TABLE_MARK = "<!-- sg2v output -->"  # the first line of every Markdown table an sg2v command writes
 NPY_TRAILER = b"\n#sg2v-output\n"  # the bytes after the array data of every .npy video sg2v writes
+SYSTEM_FOLDERS = (Path("/dev"), Path("/proc"), Path("/sys"))  # never a place for outputs (Linux)
 MAX_INPUT_BYTES = 64 << 20  # a user-named JSON file (graph, layout, vocabulary, manifest): 64 MiB at most
 
 
@@ -253,6 +254,11 @@ def check_outputs(outputs: Sequence[Output], reads: Sequence[Input], force: bool
         where = resolved(out.path, out.flag)
         if where == Path(where.anchor) or str(out.path).strip() == "":
             raise OutputError(f"{name}: is the root folder; choose a path for the output")
+        shm = Path("/dev/shm") in where.parents  # a tmpfs meant for files
+        system = next((d for d in SYSTEM_FOLDERS if (where == d or d in where.parents) and not shm), None)
+        if system is not None:
+            raise OutputError(f"{name}: lies in {system}, the system's device / kernel folder; choose a path "
+                              "for the output")
         if where in seen:
             raise OutputError(f"{name}: {seen[where]} writes there too; give each output its own path")
         seen[where] = out.flag
@@ -301,7 +307,9 @@ def _check_parent(out: Output, name: str, create: bool) -> None:
         if create:
             parent.mkdir(parents=True, exist_ok=True)
         elif not parent.is_dir():
-            raise FileNotFoundError(errno.ENOENT, "no such folder", str(parent))
+            raise WriteError(f"{name}: its folder {shown_path(parent)} does not exist; create it first")
+    except WriteError:
+        raise
     except (FileExistsError, NotADirectoryError):
         raise WriteError(f"{name}: cannot create output folder {shown_path(parent)} (a file is in the way, "
                          "not a folder); choose another path") from None
