@@ -501,3 +501,19 @@ def test_diverging_training_stops_without_a_nan_in_its_metrics(tmp_path, monkeyp
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(tr.json_record({"loss": float("nan"), "x": [float("inf"), 1.0]})) == {"loss": None,
                                                                                           "x": [None, 1.0]}
+
+
+def test_a_path_with_a_newline_is_shown_escaped_in_one_line(fake, tmp_path, capsys):
+    from sg2v.dataset.cli import main as data_main
+    from sg2v.runtime.cli import main as run_main
+
+    odd = tmp_path / "two\nlines"
+    odd.mkdir()
+    g = _write(odd / "g.json", GRAPH)
+    (odd / "taken.npy").write_bytes(b"mine")
+    assert run_main([str(g), "--bundle", str(fake), "--out", str(odd / "taken.npy")]) == 2
+    assert "two\\nlines" in _one_line(capsys, "sg2v-run")
+    assert run_main([str(odd / "missing.json"), "--bundle", str(fake)]) == 2
+    assert "two\\nlines" in _one_line(capsys, "sg2v-run")
+    assert data_main(["stats", str(odd)]) == 1
+    assert "two\\nlines" in _one_line(capsys, "sg2v-data")
