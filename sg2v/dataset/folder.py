@@ -1,16 +1,16 @@
 """The user's own recordings -> converted data set: NAME.json (a scene graph, optional layout) + its frames.
 
-SOURCE holds, at any depth, `NAME.json` files in the project's graph format (docs/ARCHITECTURE.md, docs/DESIGN.md:
-{"objects": [...], "relationships": [[s, "predicate", o], ...], "description": "..."}) with an optional
-"layout": {"<object index>": boxes}, where boxes is a list with one [x0, y0, x1, y1] box in [0, 1] per frame
-of the recording (null: the object is out of view in that frame), one box (static), or {"start": box, "end":
-box} (linear motion over the recording). Beside each graph: `NAME.mp4` (read through imageio-ffmpeg, the
-`video` extra), a folder `NAME/` of frame images (.png, .jpg, .jpeg, in name order) or one image `NAME.png` /
-`NAME.jpg` / `NAME.jpeg` (a one-frame sample). Objects without a layout have `has_layout` False (zero boxes,
-visible in every frame: the graph says they are there). A recording gives clips of --frames consecutive taken
-frames (every --frame-step-th frame), --clip-stride apart; frames after the last full clip are counted. The
-vocabulary is the names the graphs use (sorted), or the one --vocab names, in which case every name must be in
-it. Splits are seeded by recording.
+SOURCE holds, at any depth, `NAME.json` files in the project's graph format (docs/ARCHITECTURE.md,
+docs/DESIGN.md: {"objects": [...], "relationships": [[s, "predicate", o], ...], "description": "..."}) with an
+optional "layout": {"<object index>": boxes}, where boxes is a list with one [x0, y0, x1, y1] box in [0, 1]
+per frame of the recording (null: the object is out of view in that frame), one box (static), or {"start":
+box, "end": box} (linear motion over the recording). Beside each graph: `NAME.mp4` (read through
+imageio-ffmpeg, the `video` extra), a folder `NAME/` of frame images (.png, .jpg, .jpeg, in name order) or one
+image `NAME.png` / `NAME.jpg` / `NAME.jpeg` (a one-frame sample). Objects without a layout have `has_layout`
+False (zero boxes, visible in every frame: the graph says they are there). A recording gives clips of --frames
+consecutive taken frames (every --frame-step-th frame), --clip-stride apart; frames after the last full clip
+are counted. The vocabulary is the names the graphs use (sorted), or the one --vocab names, in which case
+every name must be in it. Splits are seeded by recording.
 """
 
 from __future__ import annotations
@@ -88,9 +88,10 @@ def _box(v: Any, where: str) -> np.ndarray:
             and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
         raise _Invalid(f"{where}: expected a box [x0, y0, x1, y1], got {json.dumps(v)[:60]}; {LAYOUT_HELP}",
                        "layout invalid")
-    b = np.asarray(v, dtype=np.float64)
-    if not np.isfinite(b).all() or (b < 0).any() or (b > 1).any() or not (b[0] < b[2] and b[1] < b[3]):
-        raise _Invalid(f"{where}: box {json.dumps(v)} is not inside [0, 1] with x0 < x1 and y0 < y1; "
+    inside = all(0 <= x <= 1 for x in v)  # exact for ints of any size (float(10**400) overflows); NaN fails
+    b = np.asarray(v, dtype=np.float64) if inside else np.zeros(4)
+    if not inside or not (b[0] < b[2] and b[1] < b[3]):
+        raise _Invalid(f"{where}: box {json.dumps(v)[:120]} is not inside [0, 1] with x0 < x1 and y0 < y1; "
                        "boxes are fractions of the frame (x right, y down)", "layout invalid")
     return b
 
