@@ -567,11 +567,11 @@ def _resume(tc: TrainConfig, resume: Path, model: torch.nn.Module, ema: torch.nn
     if before != tc.objective:
         raise CheckpointError(f"{resume}: a {before} run's checkpoint, this run trains {tc.objective}; "
                               "pass --init with it and another --out (or --resume never)")
+    _check_resume_data(ckpt, resume, vocab, data)  # other data also makes another config: named first
     if saved != cfg:
         raise CheckpointError(f"{resume}: config mismatch: it holds a {saved.name!r} model "
                               f"({saved.data}), this run asks for {cfg.name!r} ({cfg.data}); pass the "
                               "same --size, or --out to another folder, or --resume never")
-    _check_resume_data(ckpt, resume, vocab, data)
     load_state_checked(model, ckpt["model"], resume, "model")
     if ckpt.get("ema") is not None:
         load_state_checked(ema, ckpt["ema"], resume, "ema")
