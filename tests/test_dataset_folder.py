@@ -103,6 +103,7 @@ def test_vocab_option_checks_names_with_did_you_mean(rec, tmp_path):
     # unicode digits: "²".isdigit() is True, int("²") raises ValueError
     (lambda g: g["layout"].update({"²": [0.1, 0.1, 0.3, 0.5]}), "layout["),
     (lambda g: g["layout"].update({"٣": [0.1, 0.1, 0.3, 0.5]}), "layout["),
+    (lambda g: g["layout"].update({"1": [0, 0, 10 ** 400, 1]}), 'layout["1"]'),
 ])
 def test_invalid_graphs_and_layouts_name_the_file_and_place(rec, tmp_path, edit, message):
     root, facts, _ = rec
