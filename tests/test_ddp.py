@@ -81,7 +81,7 @@ def test_two_gloo_ranks_stay_in_sync_and_match_accumulation(tmp_path):
 
     # Only rank 0 wrote: one checkpoint, one log with one record per step.
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == ["last.pt", "metrics.jsonl"]
     assert [r["step"] for r in read_metrics(run)] == list(range(1, STEPS + 1))
     ck = load_checkpoint(run / "last.pt")
     assert ck["step"] == STEPS
