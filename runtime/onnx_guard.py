@@ -26,16 +26,17 @@ import hashlib
 import math
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sg2v.errors import BundleError, first_line
 from sg2v.safety import read_input
 
 MAX_ELEMENTS = 1 << 28  # values in one tensor: 1 GiB of float32
 MAX_FILE_BYTES = 2 << 30  # protobuf's own limit for one message
-_PASSED: dict[tuple, bool] = {}  # (sha256 of the file, inputs, max_rows) of files that passed, oldest first
+# (sha256 of the file, inputs, max_rows) of files that passed, oldest first
+_PASSED: dict[tuple[Any, ...], bool] = {}
 
 _ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}  # TensorProto
 _INT_TYPES = {6: "<i4", 7: "<i8"}
@@ -71,6 +72,7 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
     while pos < len(buf):
         key, pos = _varint(buf, pos)
         field, wire = key >> 3, key & 7
+        value: int | memoryview
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
@@ -196,7 +198,7 @@ class _Checker:
         self.inputs = None if inputs is None else {d["name"]: list(d["shape"]) for d in inputs}
         self.max_rows = max_rows
 
-    def fail(self, what: str) -> None:
+    def fail(self, what: str) -> NoReturn:
         raise OnnxGuardError(f"{self.path}: {what}; the file is not an sg2v export (crafted or corrupt): "
                              "re-export the bundle")
 
@@ -379,7 +381,7 @@ class _Checker:
         return (op if domain in ("", "ai.onnx") else f"{domain}::{op}"), inputs, outputs, attrs
 
     def allocation(self, op: str, inputs: list[str], consts: dict[str, _Tensor],
-                   shapes: set[str] = frozenset()) -> None:
+                   shapes: Set[str] = frozenset()) -> None:
         """Fail for a node that would allocate beyond the bounds; `shapes` are `Shape` nodes' outputs."""
         def const_ints(i: int) -> list[int] | None:
             t = consts.get(inputs[i]) if i < len(inputs) and inputs[i] else None
@@ -399,9 +401,10 @@ class _Checker:
         elif op == "Range":
             args = [consts.get(inputs[i]) if i < len(inputs) else None for i in range(3)]
             if all(a is not None for a in args):
-                vals = [a.int_values() for a in args]
-                if all(v is not None and len(v) == 1 for v in vals):
-                    start, limit, delta = (v[0] for v in vals)
+                vals = [a.int_values() for a in args if a is not None]
+                ints = [v[0] for v in vals if v is not None and len(v) == 1]
+                if len(ints) == 3:
+                    start, limit, delta = ints
                     if delta == 0 or max(math.ceil((limit - start) / delta), 0) > MAX_ELEMENTS:
                         self.fail(f"a Range node spans {start}..{limit} by {delta}, more than {MAX_ELEMENTS} "
                                   "values")
@@ -411,7 +414,7 @@ class _Checker:
             self.fail(f"a {op} node asks for shape {values[:8]}, more than {MAX_ELEMENTS} values")
 
 
-def check_onnx_file(path: str | os.PathLike, inputs: list[dict[str, Any]] | None = None,
+def check_onnx_file(path: str | os.PathLike[str], inputs: list[dict[str, Any]] | None = None,
                     max_rows: int = 1) -> None:
     """OnnxGuardError (one line) unless the ONNX file at `path` stays within the bounds in the module note.
 

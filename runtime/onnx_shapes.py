@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 MAX_FOLD = 4096  # values kept per folded tensor (per batch size); larger tensors keep their shape only
 
@@ -49,7 +50,7 @@ class T:
 
     __slots__ = ("shape", "value")
 
-    def __init__(self, shape: np.ndarray, value: np.ndarray | None = None):
+    def __init__(self, shape: NDArray[Any], value: NDArray[Any] | None = None):
         self.shape, self.value = shape, value
 
     @property
@@ -63,7 +64,7 @@ class T:
         return [int(d) for d in self.shape[:, 0]] if self.shape.size else []
 
 
-def _shape(dims: list[Any]) -> np.ndarray:
+def _shape(dims: list[Any]) -> NDArray[Any]:
     """A (rank, n) shape array from dims that are ints or (n,) vectors."""
     if not dims:
         return np.zeros((0, 1), np.int64)
@@ -71,7 +72,7 @@ def _shape(dims: list[Any]) -> np.ndarray:
     return np.stack([np.broadcast_to(np.asarray(d, np.int64).reshape(-1), (n,)) for d in dims])
 
 
-def _const(value: np.ndarray) -> T:
+def _const(value: NDArray[Any]) -> T:
     value = np.asarray(value)
     return T(_shape(list(value.shape)), value[None])
 
@@ -80,14 +81,16 @@ def _kind(dtype: int) -> str:
     return _FOLD_KIND.get(dtype, "")
 
 
-def _cast(value: np.ndarray, kind: str) -> np.ndarray:
+def _cast(value: NDArray[Any], kind: str) -> NDArray[Any]:
     if kind == "b":
-        return value != 0
+        out: NDArray[Any] = value != 0
+        return out
     if kind == "i":
         if value.dtype.kind == "f":
             if not np.isfinite(value).all() or (np.abs(value) >= 2.0 ** 63).any():
                 raise NotStatic("a Cast to an integer type of a value out of int64 range")
-            return np.trunc(value).astype(np.int64)
+            out = np.trunc(value).astype(np.int64)
+            return out
         return value.astype(np.int64)
     return value.astype(np.float64)
 
@@ -103,7 +106,7 @@ class Shapes:
         self.env: dict[str, T] = {}
 
     # ------------------------------------------------------------------------------------------- helpers
-    def named_dim(self) -> np.ndarray:
+    def named_dim(self) -> NDArray[Any]:
         return self.rows
 
     def add(self, name: str, t: T, where: str) -> None:
@@ -136,7 +139,7 @@ class Shapes:
             raise NotStatic(f"a {op} node lacks its input {i}")
         return t
 
-    def val(self, inputs: list[str], i: int, op: str, what: str) -> np.ndarray:
+    def val(self, inputs: list[str], i: int, op: str, what: str) -> NDArray[Any]:
         """The folded value of input i, (n or 1, *dims); NotStatic when it is computed from data."""
         t = self.need(inputs, i, op)
         if t.value is None:
@@ -145,12 +148,12 @@ class Shapes:
         return t.value
 
     @staticmethod
-    def align(value: np.ndarray, rank: int) -> np.ndarray:
+    def align(value: NDArray[Any], rank: int) -> NDArray[Any]:
         """`value` (lead, *dims) with 1-dims inserted after the lead to `rank` trailing dims."""
         extra = rank - (value.ndim - 1)
         return value.reshape((value.shape[0],) + (1,) * extra + value.shape[1:]) if extra > 0 else value
 
-    def broadcast(self, shapes: list[np.ndarray], op: str) -> np.ndarray:
+    def broadcast(self, shapes: list[NDArray[Any]], op: str) -> NDArray[Any]:
         rank = max(s.shape[0] for s in shapes)
         n = max(s.shape[1] for s in shapes)
         out = np.ones((rank, n), np.int64)
@@ -170,7 +173,7 @@ class Shapes:
         return a + rank if a < 0 else a
 
     @staticmethod
-    def scalar_ints(value: np.ndarray, op: str, what: str) -> np.ndarray:
+    def scalar_ints(value: NDArray[Any], op: str, what: str) -> NDArray[Any]:
         """A folded 1-D or scalar value as (lead, k) int64."""
         if value.dtype.kind not in "iub":
             raise NotStatic(f"a {op} node's {what} is not integer")
@@ -201,7 +204,8 @@ class Shapes:
             return [self.binary(op, inputs, a)]
         if op in _REDUCE:
             return [self.reduce(op, inputs, a)]
-        return getattr(self, "op_" + op.replace("sg2v::", "plugin_"))(inputs, outputs, a)
+        out: list[T] = getattr(self, "op_" + op.replace("sg2v::", "plugin_"))(inputs, outputs, a)
+        return out
 
     def unary(self, op: str, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, op)
@@ -230,12 +234,13 @@ class Shapes:
                 value = np.sign(v)
             elif op == "Clip" and v.dtype.kind != "b":
                 lo, hi = self.get(inputs, 1), self.get(inputs, 2)
-                if (lo is None or lo.value is not None) and (hi is None or hi.value is not None):
+                lo_v, hi_v = (None if lo is None else lo.value), (None if hi is None else hi.value)
+                if (lo is None or lo_v is not None) and (hi is None or hi_v is not None):
                     value = v
-                    if lo is not None:
-                        value = np.maximum(value, lo.value.reshape(lo.value.shape[0], *([1] * (v.ndim - 1))))
-                    if hi is not None:
-                        value = np.minimum(value, hi.value.reshape(hi.value.shape[0], *([1] * (v.ndim - 1))))
+                    if lo_v is not None:
+                        value = np.maximum(value, lo_v.reshape(lo_v.shape[0], *([1] * (v.ndim - 1))))
+                    if hi_v is not None:
+                        value = np.minimum(value, hi_v.reshape(hi_v.shape[0], *([1] * (v.ndim - 1))))
         out = [T(x.shape, value)]
         if op == "Dropout" and len(outputs) > 1:
             out.append(T(x.shape))
@@ -250,26 +255,33 @@ class Shapes:
             raise NotStatic(f"a {op} node with {len(ts)} inputs")
         shape = self.broadcast([t.shape for t in ts], op)
         value = None
-        if all(t.value is not None for t in ts):
+        values = [t.value for t in ts if t.value is not None]
+        if len(values) == len(ts):
             rank = shape.shape[0]
-            vs = [self.align(t.value, rank) for t in ts]
+            vs = [self.align(v, rank) for v in values]
             value = self.fold_binary(op, vs)
         return T(shape, value)
 
     @staticmethod
-    def fold_binary(op: str, vs: list[np.ndarray]) -> np.ndarray | None:
+    def fold_binary(op: str, vs: list[NDArray[Any]]) -> NDArray[Any] | None:
         x, y = vs[0], vs[-1]
         kinds = {v.dtype.kind for v in vs}
         with np.errstate(all="ignore"):
             if op == "Where":
                 return np.where(vs[0], vs[1], vs[2]) if vs[0].dtype.kind == "b" else None
             if op in ("And", "Or", "Xor"):
-                return {"And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor}[op](x, y)
+                logical: dict[str, np.ufunc] = {"And": np.logical_and, "Or": np.logical_or,
+                                                "Xor": np.logical_xor}
+                out: NDArray[Any] = logical[op](x, y)
+                return out
             if "b" in kinds:
                 return None
             if op in ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"):
-                return {"Equal": np.equal, "Less": np.less, "Greater": np.greater,
-                        "LessOrEqual": np.less_equal, "GreaterOrEqual": np.greater_equal}[op](x, y)
+                compare: dict[str, np.ufunc] = {"Equal": np.equal, "Less": np.less, "Greater": np.greater,
+                                                "LessOrEqual": np.less_equal,
+                                                "GreaterOrEqual": np.greater_equal}
+                out = compare[op](x, y)
+                return out
             if op in ("Max", "Min"):
                 out = vs[0]
                 for v in vs[1:]:
@@ -288,8 +300,10 @@ class Shapes:
                     if (y == 0).any():
                         return None
                     q = np.abs(x) // np.abs(y)
-                    return q * np.sign(x) * np.sign(y)  # ONNX integer Div truncates
-                return x / y
+                    out = q * np.sign(x) * np.sign(y)  # ONNX integer Div truncates
+                    return out
+                out = x / y
+                return out
             if op == "Mod" and ints:
                 return None if (y == 0).any() else np.mod(x, y)
         return None
@@ -315,12 +329,14 @@ class Shapes:
         value = None
         if x.value is not None and op in ("ReduceSum", "ReduceProd", "ReduceMax", "ReduceMin") and \
                 x.value.dtype.kind in "if" and x.value[0].size:
-            fn = {"ReduceSum": np.sum, "ReduceProd": np.prod, "ReduceMax": np.max, "ReduceMin": np.min}[op]
+            reducers: dict[str, Callable[..., Any]] = {"ReduceSum": np.sum, "ReduceProd": np.prod,
+                                                       "ReduceMax": np.max, "ReduceMin": np.min}
+            fn = reducers[op]
             value = fn(x.value, axis=tuple(i + 1 for i in axes), keepdims=bool(keep))
         return T(np.stack(rows) if rows else np.zeros((0, x.shape.shape[1]), np.int64), value)
 
     # ---------------------------------------------------------------------------------- shape operators
-    def op_Shape(self, inputs, outputs, a) -> list[T]:
+    def op_Shape(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, "Shape")
         start, end = int(a.get("start", 0)), int(a.get("end", x.rank))
         start = min(max(start + x.rank if start < 0 else start, 0), x.rank)
@@ -328,11 +344,11 @@ class Shapes:
         rows = x.shape[start:end]
         return [T(_shape([max(end - start, 0)]), np.ascontiguousarray(rows.T))]
 
-    def op_Size(self, inputs, outputs, a) -> list[T]:
+    def op_Size(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, "Size")
         return [T(_shape([]), np.prod(x.shape, axis=0) if x.rank else np.ones(1, np.int64))]
 
-    def op_Gather(self, inputs, outputs, a) -> list[T]:
+    def op_Gather(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         data, idx = self.need(inputs, 0, "Gather"), self.need(inputs, 1, "Gather")
         ax = self.axis(int(a.get("axis", 0)), data.rank, "Gather")
         shape = _shape([*data.shape[:ax], *idx.shape, *data.shape[ax + 1:]])
@@ -345,13 +361,13 @@ class Shapes:
             value = np.take(data.value, np.where(i < 0, i + d, i), axis=ax + 1)
         return [T(shape, value)]
 
-    def op_GatherElements(self, inputs, outputs, a) -> list[T]:
+    def op_GatherElements(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         data, idx = self.need(inputs, 0, "GatherElements"), self.need(inputs, 1, "GatherElements")
         if data.rank != idx.rank:
             raise NotStatic("a GatherElements node's indices differ in rank from its data")
         return [T(idx.shape)]
 
-    def op_Unsqueeze(self, inputs, outputs, a) -> list[T]:
+    def op_Unsqueeze(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, "Unsqueeze")
         if len(inputs) > 1 and inputs[1]:
             axes_v = self.scalar_ints(self.val(inputs, 1, "Unsqueeze", "axes"), "Unsqueeze", "axes")
@@ -370,7 +386,7 @@ class Shapes:
         value = None if x.value is None else np.expand_dims(x.value, tuple(i + 1 for i in axes))
         return [T(_shape(rows), value)]
 
-    def op_Squeeze(self, inputs, outputs, a) -> list[T]:
+    def op_Squeeze(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, "Squeeze")
         if len(inputs) > 1 and inputs[1]:
             axes_v = self.scalar_ints(self.val(inputs, 1, "Squeeze", "axes"), "Squeeze", "axes")
@@ -389,7 +405,7 @@ class Shapes:
         value = None if x.value is None else np.squeeze(x.value, tuple(i + 1 for i in axes))
         return [T(_shape(rows) if rows else np.zeros((0, 1), np.int64), value)]
 
-    def op_Concat(self, inputs, outputs, a) -> list[T]:
+    def op_Concat(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         ts = [self.need(inputs, i, "Concat") for i in range(len(inputs)) if inputs[i]]
         if not ts or len({t.rank for t in ts}) != 1 or ts[0].rank == 0:
             raise NotStatic("a Concat node's inputs differ in rank (or are scalars)")
@@ -406,15 +422,16 @@ class Shapes:
                     raise NotStatic("a Concat node's inputs differ outside the concatenation axis")
                 rows.append(b[0])
         value = None
-        if all(t.value is not None for t in ts):
-            lead = max(t.value.shape[0] for t in ts)
-            vs = [np.broadcast_to(t.value, (lead, *t.value.shape[1:])) for t in ts]
+        values = [t.value for t in ts if t.value is not None]
+        if len(values) == len(ts):
+            lead = max(v.shape[0] for v in values)
+            vs = [np.broadcast_to(v, (lead, *v.shape[1:])) for v in values]
             kinds = {v.dtype.kind for v in vs}
             if len(kinds) == 1:
                 value = np.concatenate(vs, axis=ax + 1)
         return [T(_shape(rows), value)]
 
-    def op_Reshape(self, inputs, outputs, a) -> list[T]:
+    def op_Reshape(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, "Reshape")
         want = self.scalar_ints(self.val(inputs, 1, "Reshape", "shape"), "Reshape", "shape")  # (lead, k)
         n = max(want.shape[0], x.shape.shape[1])
@@ -447,7 +464,7 @@ class Shapes:
             value = x.value.reshape((x.value.shape[0], *want[:, 0].tolist()))
         return [T(want, value)]
 
-    def op_Expand(self, inputs, outputs, a) -> list[T]:
+    def op_Expand(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, "Expand")
         want = self.scalar_ints(self.val(inputs, 1, "Expand", "shape"), "Expand", "shape").T  # (k, lead)
         if (want < 0).any():
@@ -460,7 +477,7 @@ class Shapes:
                 if shape[:, 0].prod() <= MAX_FOLD else None
         return [T(shape, value)]
 
-    def op_ConstantOfShape(self, inputs, outputs, a) -> list[T]:
+    def op_ConstantOfShape(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         want = self.scalar_ints(self.val(inputs, 0, "ConstantOfShape", "shape"), "ConstantOfShape",
                                 "shape").T
         if (want < 0).any():
@@ -476,7 +493,7 @@ class Shapes:
             value = np.full((1, *want[:, 0].tolist()), fill[0])
         return [T(want.copy(), value)]
 
-    def op_Slice(self, inputs, outputs, a) -> list[T]:
+    def op_Slice(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, "Slice")
         starts = self.scalar_ints(self.val(inputs, 1, "Slice", "starts"), "Slice", "starts")
         ends = self.scalar_ints(self.val(inputs, 2, "Slice", "ends"), "Slice", "ends")
@@ -511,7 +528,7 @@ class Shapes:
             value = x.value[tuple(index)]
         return [T(_shape(rows), value)]
 
-    def op_Range(self, inputs, outputs, a) -> list[T]:
+    def op_Range(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         vals = [self.val(inputs, i, "Range", what).reshape(-1 if i else -1)
                 for i, what in enumerate(("start", "limit", "delta"))]
         start, limit, delta = (v.astype(np.float64) for v in vals)
@@ -529,7 +546,7 @@ class Shapes:
             value = value.astype(np.int64) if kind in "iu" else value.astype(np.float64)
         return [T(_shape([length]), value)]
 
-    def op_Transpose(self, inputs, outputs, a) -> list[T]:
+    def op_Transpose(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, "Transpose")
         perm = list(a.get("perm", range(x.rank - 1, -1, -1)))
         if sorted(perm) != list(range(x.rank)):
@@ -537,7 +554,7 @@ class Shapes:
         value = None if x.value is None else np.transpose(x.value, [0] + [p + 1 for p in perm])
         return [T(x.shape[perm], value)]
 
-    def op_MatMul(self, inputs, outputs, a) -> list[T]:
+    def op_MatMul(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x, y = self.need(inputs, 0, "MatMul"), self.need(inputs, 1, "MatMul")
         if x.rank == 0 or y.rank == 0:
             raise NotStatic("a MatMul node on a scalar")
@@ -554,7 +571,7 @@ class Shapes:
             rows.append(ys[-1])
         return [T(_shape(rows) if rows else np.zeros((0, 1), np.int64))]
 
-    def op_Gemm(self, inputs, outputs, a) -> list[T]:
+    def op_Gemm(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x, y = self.need(inputs, 0, "Gemm"), self.need(inputs, 1, "Gemm")
         if x.rank != 2 or y.rank != 2:
             raise NotStatic("a Gemm node's inputs are not matrices")
@@ -568,7 +585,7 @@ class Shapes:
             self.broadcast([shape, c.shape], "Gemm")
         return [T(shape)]
 
-    def op_Conv(self, inputs, outputs, a) -> list[T]:
+    def op_Conv(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x, w = self.need(inputs, 0, "Conv"), self.need(inputs, 1, "Conv")
         wd = w.dims()
         if x.rank < 3 or wd is None or len(wd) != x.rank:
@@ -598,13 +615,13 @@ class Shapes:
                 rows.append(span // strides[i] + 1)
         return [T(_shape(rows))]
 
-    def op_LayerNormalization(self, inputs, outputs, a) -> list[T]:
+    def op_LayerNormalization(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, "LayerNormalization")
         ax = self.axis(int(a.get("axis", -1)), x.rank, "LayerNormalization")
         stat = _shape([*x.shape[:ax], *([1] * (x.rank - ax))])
         return [T(x.shape), T(stat), T(stat)][:max(len(outputs), 1)]
 
-    def op_Split(self, inputs, outputs, a) -> list[T]:
+    def op_Split(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, "Split")
         ax = self.axis(int(a.get("axis", 0)), x.rank, "Split")
         k = len(outputs)
@@ -625,7 +642,7 @@ class Shapes:
             outs.append(T(_shape(rows)))
         return outs
 
-    def op_Flatten(self, inputs, outputs, a) -> list[T]:
+    def op_Flatten(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, "Flatten")
         ax = int(a.get("axis", 1))
         ax = ax + x.rank if ax < 0 else ax
@@ -636,7 +653,7 @@ class Shapes:
         tail = np.prod(x.shape[ax:], axis=0) if ax < x.rank else one
         return [T(_shape([lead, tail]))]
 
-    def op_Pad(self, inputs, outputs, a) -> list[T]:
+    def op_Pad(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, "Pad")
         pads = self.scalar_ints(self.val(inputs, 1, "Pad", "pads"), "Pad", "pads").T  # (2r, lead)
         axes = list(range(x.rank))
@@ -651,7 +668,7 @@ class Shapes:
             rows[ax] = rows[ax] + pads[j] + pads[j + r]
         return [T(_shape(rows))]
 
-    def op_Tile(self, inputs, outputs, a) -> list[T]:
+    def op_Tile(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, "Tile")
         reps = self.scalar_ints(self.val(inputs, 1, "Tile", "repeats"), "Tile", "repeats").T
         if reps.shape[0] != x.rank or (reps < 0).any():
@@ -660,13 +677,13 @@ class Shapes:
             raise NotStatic(f"a Tile node repeats {int(reps.max())} times, more than {self.max_elements}")
         return [T(x.shape * reps)]
 
-    def op_ScatterElements(self, inputs, outputs, a) -> list[T]:
+    def op_ScatterElements(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         return [T(self.need(inputs, 0, "ScatterElements").shape)]
 
-    def op_ScatterND(self, inputs, outputs, a) -> list[T]:
+    def op_ScatterND(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         return [T(self.need(inputs, 0, "ScatterND").shape)]
 
-    def op_OneHot(self, inputs, outputs, a) -> list[T]:
+    def op_OneHot(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         idx = self.need(inputs, 0, "OneHot")
         depth = self.val(inputs, 1, "OneHot", "depth").reshape(-1).astype(np.int64)
         if (depth < 0).any() or depth.max(initial=0) > self.max_elements:
@@ -678,7 +695,7 @@ class Shapes:
         rows.insert(ax, depth)
         return [T(_shape(rows))]
 
-    def op_plugin_ScatterMeanPool(self, inputs, outputs, a) -> list[T]:
+    def op_plugin_ScatterMeanPool(self, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         values = self.need(inputs, 0, "ScatterMeanPool")
         segments = int(a.get("num_segments", -1))
         if values.rank != 3 or not 0 < segments <= self.max_elements:
