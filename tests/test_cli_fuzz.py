@@ -118,6 +118,7 @@ class Fuzz:
     def __init__(self, w: dict, capsys, rng: np.random.Generator, prog: str):
         self.w, self.capsys, self.rng, self.prog = w, capsys, rng, prog
         self.outcomes: Counter = Counter()
+        self.original = {**_tree(w["root"] / "in"), **_tree(w["user"])}  # what the user made, not sg2v
         self.top = (sorted(os.listdir("/")), sorted(os.listdir("/dev")))
 
     def pick(self, seq):
@@ -131,7 +132,8 @@ class Fuzz:
                     if p.is_dir() or k == str(p)} if paths else {}
 
         kept = files(reads)
-        mine = files([self.w["root"] / "in", self.w["user"]])
+        mine = {k: v for k, v in files([self.w["root"] / "in", self.w["user"]]).items()
+                if self.original.get(k) == v}
 
         def stuck(*_):
             raise TimeoutError(f"case blocked: {argv}")
@@ -153,10 +155,11 @@ class Fuzz:
         else:  # progress lines may come first (convert's "reading ..."); one error line, the last
             errors = [line for line in err.splitlines() if line.startswith(f"{self.prog}")]
             assert len(errors) <= 1 and (rc == 0 or err.splitlines()[-1] in errors), (argv, err)
-        assert files(reads) == kept, ("an input changed", argv)
+        assert files(reads) == kept, ("an input changed", " ".join(argv), err)
         if not force:
             now = files([self.w["root"] / "in", self.w["user"]])
-            assert all(now.get(k) == v for k, v in mine.items()), ("a user's file changed", argv)
+            changed = [k for k, v in mine.items() if now.get(k) != v]
+            assert not changed, ("a user's file changed", changed, " ".join(argv), err)
         assert (sorted(os.listdir("/")), sorted(os.listdir("/dev"))) == self.top, argv
         kind = ("reached the work" if "reached the work" in err else "wrote its outputs" if rc == 0 else
                 "usage error (argparse)" if "usage:" in captured.err else f"refused, exit {rc}")
@@ -234,7 +237,8 @@ def test_fuzz_train(world, capsys, rng, monkeypatch):
         if rng.random() < 0.5:
             flag = fuzz.pick(["--workers", "--batch", "--seed", "--steps", "--grad-accum"])
             argv += [flag, fuzz.pick(INTS)]
-        fuzz.case(main, argv, False, [world["data"], world["ckpt"]])
+        reads = [world["data"]] * ("--data" in argv) + [world["ckpt"]] * ("--init" in argv)
+        fuzz.case(main, argv, False, reads)
     _report("sg2v-train", fuzz)
 
 
