@@ -41,10 +41,10 @@ def calibration_graphs(bundle: Any, n: int, seed: int, split: str = "train") -> 
     """`n` graphs of the bundle's training distribution: the shapes world's `split` for a shapes-world
     vocabulary, else random graphs of the vocabulary (objects and predicates drawn uniformly)."""
     from sg2v.shapes import ShapesDataset
-    from sg2v.shapes.world import _shapes_vocab
+    from sg2v.vocab import shapes_vocab
 
     d, vocab = bundle.config.data, bundle.vocab
-    shapes = _shapes_vocab()
+    shapes = shapes_vocab()
     if list(vocab.object_names) == list(shapes.object_names) and list(vocab.pred_names) == list(
             shapes.pred_names):
         ds = ShapesDataset(seed=seed, length=n, split=split, frames=d.frames, height=d.height, width=d.width,
@@ -270,7 +270,7 @@ def quantize_bundle(src: str | Path, out: str | Path, graphs: int = CALIBRATION_
     from sg2v.export.onnx_export import ExportResult
     from sg2v.export.opcheck import check_model
     from sg2v.runtime.bundle import Bundle
-    from sg2v.shapes.world import _shapes_vocab
+    from sg2v.vocab import shapes_vocab
 
     say = log or (lambda s: None)
     t0 = time.perf_counter()
@@ -283,7 +283,7 @@ def quantize_bundle(src: str | Path, out: str | Path, graphs: int = CALIBRATION_
         raise ExportError(f"calibration graphs {graphs} / parity graphs {parity_graphs}: need >= 1 each")
     bundle_writer.check_output(out, force=force, reads=[src])
     steps = sampler_steps(bundle)
-    shapes = _shapes_vocab()
+    shapes = shapes_vocab()
     shapes_world = list(bundle.vocab.object_names) == list(shapes.object_names)
     ts = time.perf_counter()
     calls, _ = record_unet_calls(bundle, calibration_graphs(bundle, graphs, seed), seed, steps, threads)
