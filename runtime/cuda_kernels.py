@@ -133,7 +133,7 @@ def fatbin_path() -> Path:
     return path
 
 
-def _cupy():
+def _cupy() -> Any:
     return require("cupy", "gpu")
 
 
@@ -141,7 +141,7 @@ _modules: dict[tuple[int, bool], Any] = {}
 _lock = threading.Lock()
 
 
-def _module(cp, device_id: int):
+def _module(cp: Any, device_id: int) -> Any:
     """The RawModule for `device_id`, built once (per device and JIT setting) and cached."""
     prebuilt = no_jit()
     key = (device_id, prebuilt)
@@ -168,12 +168,12 @@ def _module(cp, device_id: int):
         return mod
 
 
-def _function(cp, device_id: int, op: str, dtypes: tuple[str, ...]):
+def _function(cp: Any, device_id: int, op: str, dtypes: tuple[str, ...]) -> Any:
     mod = _module(cp, device_id)
     return mod.get_function(symbol(op, dtypes) if no_jit() else name_expression(op, dtypes))
 
 
-def _stream(cp, stream):
+def _stream(cp: Any, stream: Any) -> Any:
     """A CuPy stream object for `stream`: None (the current stream), a cupy Stream, or a raw cudaStream_t."""
     if stream is None:
         return cp.cuda.get_current_stream()
@@ -186,7 +186,8 @@ def _stream(cp, stream):
     )
 
 
-def _check_array(cp, name: str, a, ndim: int, dtypes: tuple[str, ...], device_id: int | None):
+def _check_array(cp: Any, name: str, a: Any, ndim: int, dtypes: tuple[str, ...], device_id: int | None
+                 ) -> None:
     if not isinstance(a, cp.ndarray):
         raise KernelError(f"{name} must be a cupy.ndarray on the GPU, got {type(a).__name__}; "
                           "move it with cupy.asarray(...)")
@@ -201,7 +202,7 @@ def _check_array(cp, name: str, a, ndim: int, dtypes: tuple[str, ...], device_id
                           f"{device_id}; put every argument on one GPU")
 
 
-def _check_int32(dims: tuple[int, ...]):
+def _check_int32(dims: tuple[int, ...]) -> None:
     if max(dims) >= 2**31:
         raise KernelError(f"dimensions {dims}: each must be below 2**31 (the kernels take int32 sizes); "
                           "split the batch")
@@ -216,7 +217,8 @@ def _grid(blocks: int) -> int:
     return min(blocks, 1 << 30)  # the kernels stride over blocks beyond the grid
 
 
-def scatter_mean_pool(values, index, mask, num_segments: int, out=None, stream=None):
+def scatter_mean_pool(values: Any, index: Any, mask: Any, num_segments: int, out: Any = None,
+                      stream: Any = None) -> Any:
     """ScatterMeanPool on the GPU: masked mean of `values` rows grouped by `index` (docs/ARCHITECTURE.md).
 
     values (B, N, D) float32/float16, index (B, N) int32/int64, mask (B, N) float32 (or float16 with
@@ -248,7 +250,7 @@ def scatter_mean_pool(values, index, mask, num_segments: int, out=None, stream=N
     return out
 
 
-def _output(cp, out, shape: tuple[int, ...], dtype, dev: int):
+def _output(cp: Any, out: Any, shape: tuple[int, ...], dtype: Any, dev: int) -> Any:
     """`out` checked against (shape, dtype, device), or a new array of that kind when `out` is None."""
     if out is None:
         with cp.cuda.Device(dev):
@@ -259,7 +261,7 @@ def _output(cp, out, shape: tuple[int, ...], dtype, dev: int):
     return out
 
 
-def gather_concat(obj_vecs, pred_vecs, triples, out=None, stream=None):
+def gather_concat(obj_vecs: Any, pred_vecs: Any, triples: Any, out: Any = None, stream: Any = None) -> Any:
     """cat(obj[b, s], pred[b, t], obj[b, o]) per triple (s, p, o) = triples[b, t] (sg2im GraphTripleConv).
 
     obj_vecs (B, O, Do), pred_vecs (B, T, Dp) float32/float16 of one dtype, triples (B, T, 3) int32/int64,
@@ -291,7 +293,7 @@ def gather_concat(obj_vecs, pred_vecs, triples, out=None, stream=None):
 # --- NVRTC to PTX, without CuPy (TensorRT's AOT plugin bakes PTX into the engine) ---------------------------
 
 
-def _nvrtc_library():
+def _nvrtc_library() -> Any:
     """ctypes handle to libnvrtc: CUDA_PATH/CUDA_HOME, the system CUDA, or NVIDIA's pip wheels."""
     names = []
     found = ctypes.util.find_library("nvrtc")
@@ -361,7 +363,7 @@ def compile_ptx(arch: str, name_exprs: list[str] | None = None) -> tuple[bytes, 
     c_char_pp = ctypes.POINTER(ctypes.c_char_p)
     lib.nvrtcGetErrorString.restype = ctypes.c_char_p
 
-    def check(result: int, what: str, prog=None):
+    def check(result: int, what: str, prog: Any = None) -> None:
         if result != 0:
             log = _nvrtc_log(lib, prog) if prog is not None else ""
             msg = lib.nvrtcGetErrorString(result).decode()
@@ -385,13 +387,15 @@ def compile_ptx(arch: str, name_exprs: list[str] | None = None) -> tuple[bytes, 
         for e in exprs:
             name = ctypes.c_char_p()
             check(lib.nvrtcGetLoweredName(prog, e.encode(), ctypes.byref(name)), f"lowered name of {e}")
+            if name.value is None:
+                raise KernelError(f"NVRTC gave no lowered name for {e}")
             lowered[e] = name.value.decode()
         return buf.raw.rstrip(b"\0"), lowered
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
-def _nvrtc_log(lib, prog) -> str:
+def _nvrtc_log(lib: Any, prog: Any) -> str:
     size = ctypes.c_size_t()
     if lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size)) != 0 or size.value <= 1:
         return ""

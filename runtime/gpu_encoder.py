@@ -15,6 +15,7 @@ import zipfile
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v import bundle_spec as spec
 from sg2v.errors import BundleError, require
@@ -94,7 +95,7 @@ def check_weights(weights: dict[str, Any], source: str = "encoder weights") -> d
     return weights
 
 
-def load_encoder_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_encoder_weights(path: str | os.PathLike[str]) -> dict[str, NDArray[Any]]:
     """Read `encoder_weights.npz` (SGEncoder state dict as float32 arrays) without unpickling anything."""
     try:
         weights = {k: np.asarray(v, dtype=np.float32) for k, v in load_npz_checked(path).items()}
@@ -111,7 +112,7 @@ class NumpyOps:
     xp = np
 
     @staticmethod
-    def gather_concat(obj_vecs, pred_vecs, triples):
+    def gather_concat(obj_vecs: Any, pred_vecs: Any, triples: Any) -> Any:
         """cat(obj[b, s], pred[b, t], obj[b, o]) per triple; indices outside [0, O) give zeros."""
         b, o = obj_vecs.shape[:2]
         rows = np.arange(b)[:, None]  # (B, 1)
@@ -124,7 +125,7 @@ class NumpyOps:
         return out.astype(obj_vecs.dtype)
 
     @staticmethod
-    def scatter_mean_pool(values, index, mask, num_segments):
+    def scatter_mean_pool(values: Any, index: Any, mask: Any, num_segments: int) -> Any:
         """ScatterMeanPool (docs/ARCHITECTURE.md) with np.add.at; indices outside [0, O) are dropped."""
         b, n, d = values.shape
         hit = (mask != 0) & (index >= 0) & (index < num_segments)  # (B, N)
@@ -139,46 +140,47 @@ class NumpyOps:
 class CupyOps:
     """Graph operations on the GPU: the CUDA kernels of `cuda/scatter_pool.cuh`, launched on `stream`."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: Any = None) -> None:
         from sg2v.runtime import cuda_kernels
 
         self.xp = require("cupy", "gpu")
         self._kernels = cuda_kernels
         self.stream = stream
 
-    def gather_concat(self, obj_vecs, pred_vecs, triples):
+    def gather_concat(self, obj_vecs: Any, pred_vecs: Any, triples: Any) -> Any:
         xp = self.xp
         return self._kernels.gather_concat(xp.ascontiguousarray(obj_vecs), xp.ascontiguousarray(pred_vecs),
                                            xp.ascontiguousarray(triples), stream=self.stream)
 
-    def scatter_mean_pool(self, values, index, mask, num_segments):
+    def scatter_mean_pool(self, values: Any, index: Any, mask: Any, num_segments: int) -> Any:
         xp = self.xp
         return self._kernels.scatter_mean_pool(xp.ascontiguousarray(values), xp.ascontiguousarray(index),
                                                xp.ascontiguousarray(mask), num_segments, stream=self.stream)
 
 
-def _linear(xp, x, w, b):
+def _linear(xp: Any, x: Any, w: Any, b: Any) -> Any:
     return xp.matmul(x, w.T) + b  # torch.nn.Linear: x W^T + b
 
 
-def _mlp2(xp, w, prefix, x):
+def _mlp2(xp: Any, w: dict[str, Any], prefix: str, x: Any) -> Any:
     """SGEncoder's two-layer MLPs: Linear, ReLU, Linear."""
     hidden = xp.maximum(_linear(xp, x, w[prefix + ".0.weight"], w[prefix + ".0.bias"]), 0)
     return _linear(xp, hidden, w[prefix + ".2.weight"], w[prefix + ".2.bias"])
 
 
-def _layer_norm(xp, x, weight, bias):
+def _layer_norm(xp: Any, x: Any, weight: Any, bias: Any) -> Any:
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)  # biased, as torch.nn.LayerNorm
     return (x - mean) / xp.sqrt(var + LAYERNORM_EPS) * weight + bias
 
 
-def _masked_mean(xp, x, mask):
+def _masked_mean(xp: Any, x: Any, mask: Any) -> Any:
     keep = (mask != 0).astype(x.dtype)[..., None]  # (B, N, 1)
     return (x * keep).sum(axis=1) / xp.maximum(keep.sum(axis=1), 1)  # (B, D)
 
 
-def encoder_forward(weights: dict[str, Any], objs, obj_mask, triples, triple_mask, ops
+def encoder_forward(weights: dict[str, Any], objs: Any, obj_mask: Any, triples: Any, triple_mask: Any,
+                    ops: type[NumpyOps] | CupyOps
                     ) -> tuple[Any, Any, Any]:
     """SGEncoder.encode_all (sg2im GraphTripleConv stack, SGDiff tokens) on `ops.xp` arrays.
 
@@ -238,7 +240,7 @@ class NumpyEncoder:
 
     inputs = spec.ENCODER_INPUTS
 
-    def __init__(self, weights: dict[str, np.ndarray], objects: bool = False):
+    def __init__(self, weights: dict[str, NDArray[Any]], objects: bool = False) -> None:
         weights = check_weights(weights)
         self.weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
         self.outputs = spec.GROUNDED_ENCODER_OUTPUTS if objects else spec.ENCODER_OUTPUTS
@@ -263,7 +265,8 @@ class GpuEncoder:
 
     inputs = spec.ENCODER_INPUTS
 
-    def __init__(self, weights: dict[str, np.ndarray], device: int = 0, stream=None, objects: bool = False):
+    def __init__(self, weights: dict[str, NDArray[Any]], device: int = 0, stream: Any = None,
+                 objects: bool = False) -> None:
         cp = require("cupy", "gpu")
         weights = check_weights(weights)
         self.device = device
@@ -274,7 +277,7 @@ class GpuEncoder:
                             for k, v in weights.items()}
 
     @classmethod
-    def from_npz(cls, path: str | os.PathLike, device: int = 0, stream=None, objects: bool = False
+    def from_npz(cls, path: str | os.PathLike[str], device: int = 0, stream: Any = None, objects: bool = False
                  ) -> GpuEncoder:
         """From a bundle's `encoder_weights.npz`."""
         return cls(load_encoder_weights(path), device=device, stream=stream, objects=objects)
