@@ -413,7 +413,7 @@ def _plugin_bundle_stub(tmp_path, enc, cfg, grounded=False):
 @pytest.mark.parametrize("grounded", [False, True])
 def test_plugin_bundle_encoder_on_the_cpu_is_the_numpy_mirror(tmp_path, grounded):
     from sg2v import bundle_spec as spec
-    from sg2v.runtime.backends.ort import _encoder_stage
+    from sg2v.runtime.backends.ort import _encoder_stage, plugin_encoder
 
     enc, cfg = _random_encoder(12)
     stage, notes = _encoder_stage(_plugin_bundle_stub(tmp_path, enc, cfg, grounded), [], None, np, "cpu", 0)
@@ -429,6 +429,11 @@ def test_plugin_bundle_encoder_on_the_cpu_is_the_numpy_mirror(tmp_path, grounded
         assert out[name].dtype == np.float32
         assert np.linalg.norm(out[name] - refs[name]) / np.linalg.norm(refs[name]) < 1e-5, name
     np.testing.assert_array_equal(out["context_mask"], ref_mask.numpy())
+    # the same fallback for another backend without the plugin's kernel, its note naming that backend
+    other, notes = plugin_encoder(_plugin_bundle_stub(tmp_path, enc, cfg, grounded), np, 0, "OpenVINO")
+    assert notes == ["encoder: sg2v's numpy encoder (OpenVINO cannot run the ScatterMeanPool plugin node)"]
+    again = other.run(dict(zip(ge.NumpyEncoder.inputs, feeds)))
+    assert all(np.array_equal(again[k], out[k]) for k in out)
 
 
 @pytest.mark.gpu

@@ -205,27 +205,30 @@ def _layout_stage(bundle: Any, providers: list[Any], threads: int | None, xp: An
 
 def _encoder_stage(bundle: Any, providers: list[Any], threads: int | None, xp: Any, device_type: str,
                    device_id: int) -> tuple[Any, list[str]]:
-    """The encoder stage: its ONNX graph, or for plugin bundles sg2v's own encoder on the bundle's weights.
-
-    ONNX Runtime has no kernel for `sg2v::ScatterMeanPool`, so a plugin bundle's encoder runs as
-    `sg2v.runtime.gpu_encoder` (the SGEncoder forward on `encoder_weights.npz`): with CuPy on the GPU through
-    the CUDA kernels in `cuda/`, else the numpy mirror on the CPU. It computes in float32 whatever the
-    bundle's precision.
-    """
+    """The encoder stage: its ONNX graph, or for plugin bundles sg2v's own encoder (`plugin_encoder`)."""
     if bundle.pooling != "plugin":
         return OrtStage(bundle.stage_file("encoder"), bundle.stages["encoder"], providers, threads, xp,
                         device_type, device_id, max_rows=stage_rows(bundle, "encoder"), spin=False), []
+    return plugin_encoder(bundle, xp, device_id, "ONNX Runtime")
+
+
+def plugin_encoder(bundle: Any, xp: Any, device_id: int, runner: str) -> tuple[Any, list[str]]:
+    """A plugin bundle's encoder for a backend (`runner`) with no kernel for `sg2v::ScatterMeanPool`, and its
+    note: `sg2v.runtime.gpu_encoder` (the SGEncoder forward on `encoder_weights.npz`), with CuPy on the GPU
+    through the CUDA kernels in `cuda/` when `xp` is CuPy, else the numpy mirror on the CPU. It computes in
+    float32 whatever the bundle's precision.
+    """
     from sg2v.runtime import gpu_encoder as ge
 
     path = bundle.file(spec.ENCODER_WEIGHTS)
     if not bundle.has_file(spec.ENCODER_WEIGHTS):
         raise BundleError(f"bundle {bundle.path} has plugin pooling but no {spec.ENCODER_WEIGHTS}, which "
-                          "ONNX Runtime needs for its encoder; re-export it, or run it with --backend trt")
+                          f"{runner} needs for its encoder; re-export it, or run it with --backend trt")
     weights = ge.load_encoder_weights(path)
     ge.check_against_config(weights, bundle.config.encoder.num_layers, bundle.shapes["context_dim"],
                             str(path), num_objs=bundle.config.encoder.num_objs,
                             num_preds=bundle.config.encoder.num_preds)
-    why = "ONNX Runtime cannot run the ScatterMeanPool plugin node"
+    why = f"{runner} cannot run the ScatterMeanPool plugin node"
     if xp is np:
         return ge.NumpyEncoder(weights, objects=bundle.grounded), [f"encoder: sg2v's numpy encoder ({why})"]
     return (ge.GpuEncoder(weights, device=device_id, objects=bundle.grounded),
