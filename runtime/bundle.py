@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from sg2v import bundle_spec as spec
+from sg2v import kinds
 from sg2v.config import ModelConfig
 from sg2v.errors import BundleError, ConfigError, Sg2vError, first_line
 from sg2v.io import load_npy_checked, npy_header, sha256_file
@@ -65,11 +66,9 @@ class Bundle:
         _check_layout(manifest, shapes, vocab, root)
         _check_student(manifest, shapes, config, root)
         _check_encoder_weights(manifest, files, config, shapes, root)
-        if spec.is_student(shapes):  # no unconditional rows: the null context is not read
-            return cls(root, manifest, config, vocab, shapes, stages, None, None)
-        null_context = _load_array(root, files, spec.NULL_CONTEXT, (1, shapes["context_tokens"],
-                                                                      shapes["context_dim"]))
-        null_mask = _load_array(root, files, spec.NULL_CONTEXT_MASK, (1, shapes["context_tokens"]))
+        null_context, null_mask = kinds.guidance_of(shapes, manifest).read_null_context(lambda: (
+            _load_array(root, files, spec.NULL_CONTEXT, (1, shapes["context_tokens"], shapes["context_dim"])),
+            _load_array(root, files, spec.NULL_CONTEXT_MASK, (1, shapes["context_tokens"]))))
         return cls(root, manifest, config, vocab, shapes, stages, null_context, null_mask)
 
     @property
@@ -99,30 +98,32 @@ class Bundle:
         return dict(self.manifest["schedule"])
 
     @property
+    def guidance(self) -> kinds.Guidance:
+        """How the model is guided (`sg2v.kinds`: classifier-free, or a guidance-distilled student)."""
+        return kinds.guidance_of(self.shapes, self.manifest)
+
+    @property
+    def grounding(self) -> kinds.Grounding:
+        """Whether the model draws a layout first (`sg2v.kinds`: ungrounded, or layout-grounded)."""
+        return kinds.grounding_of(self.shapes)
+
+    @property
     def grounded(self) -> bool:
         """Whether the model draws a layout first (format 3: a layout stage, objects and boxes)."""
-        return spec.grounded(self.shapes)
+        return self.grounding.layout_stage
 
     @property
     def student(self) -> dict[str, Any] | None:
         """A guidance-distilled student's "student" entry (guidance_range, guidance_rescale, grid_steps,
         steps, sampler, ...), checked when the bundle was opened; None for a model sampled with CFG."""
-        if not spec.is_student(self.shapes):
-            return None
-        entry = self.manifest["student"]
-        return {**entry, "guidance_range": list(entry["guidance_range"]), "steps": list(entry["steps"])}
+        return self.guidance.entry
 
     def settings(self, **options: Any) -> Any:
         """The `SamplerSettings` a run with these options (steps, guidance, guidance_rescale, sampler) gets:
         `resolve_settings` over the bundle's sampler defaults, and for a student `check_student_settings`
         (one-line `ConfigError` for what it was not distilled for), before any backend is built."""
-        from sg2v.generation import check_student_settings, resolve_settings
-
-        num_train = self.config.diffusion.num_train_timesteps
-        settings = resolve_settings(self.sampler_defaults, num_train, **options)
-        if self.student is not None:
-            check_student_settings(settings, self.student)
-        return settings
+        return self.guidance.settings(self.sampler_defaults, self.config.diffusion.num_train_timesteps,
+                                      **options)
 
     @property
     def layout(self) -> dict[str, Any] | None:
@@ -130,14 +131,7 @@ class Bundle:
         when the bundle was opened; None for a model without a layout stage. `geometry` is the manifest's
         entry (`sg2v.geometry.to_entry`); a shapes-world bundle written without one (formats 3 and 4 before
         the entry) gets the shapes world's constraints derived from its config; otherwise None."""
-        if not self.grounded:
-            return None
-        from sg2v.geometry import geometry_for, to_entry
-
-        entry = self.manifest["layout"]
-        geometry = geometry_for(self.config, self.vocab.object_names, entry.get(spec.LAYOUT_GEOMETRY))
-        return {**{k: entry[k] for k in spec.LAYOUT_KEYS}, "relation_rules": dict(entry["relation_rules"]),
-                "geometry": None if geometry is None else to_entry(geometry)}
+        return self.grounding.layout_settings(self.manifest, self.config, self.vocab.object_names)
 
     @property
     def engines_dir(self) -> Path:
@@ -297,27 +291,16 @@ def _shapes(manifest: dict[str, Any], config: ModelConfig, root: Path) -> dict[s
                 or not 1 <= max_batch <= spec.MAX_BATCH_LIMIT:
             raise BundleError(f"bundle {root}: shapes.max_batch {max_batch!r} is not an integer in "
                               f"[1, {spec.MAX_BATCH_LIMIT}]; {_REEXPORT}")
-    grounded = config.layout.dim > 0
-    if grounded != (config.unet.layout_dim > 0):
-        raise BundleError(f"bundle {root}: model_config has layout.dim {config.layout.dim} and "
-                          f"unet.layout_dim {config.unet.layout_dim}; a model has both a layout network and "
-                          f"a grounded UNet, or neither; {_REEXPORT}")
-    student = bool(config.unet.guidance_embed)
-    version = manifest["format_version"]
-    if student and version != spec.STUDENT_FORMAT_VERSION:
-        raise BundleError(f"bundle {root}: a guidance-distilled student (model_config unet.guidance_embed) "
-                          f"in a format-{version} bundle (a student needs format "
-                          f"{spec.STUDENT_FORMAT_VERSION}); {_REEXPORT}")
-    if not student and version >= spec.STUDENT_FORMAT_VERSION:
-        raise BundleError(f"bundle {root}: format {version} without a guidance-distilled student (its "
-                          f"model_config has no guidance embedding); {_REEXPORT}")
-    if grounded and version < spec.GROUNDED_FORMAT_VERSION:
-        raise BundleError(f"bundle {root}: a layout-grounded model in a format-{version} bundle (a layout "
-                          f"stage needs format 3); {_REEXPORT}")
-    if not grounded and version == spec.GROUNDED_FORMAT_VERSION:
-        raise BundleError(f"bundle {root}: format {version} without a layout-grounded model (its "
-                          f"model_config has no layout network); {_REEXPORT}")
-    expected = spec.shapes(config.data, config.encoder, max_batch, grounded=grounded, student=student)
+    try:
+        guidance, grounding = kinds.kinds_of_config(config)
+    except ConfigError as e:
+        raise BundleError(f"bundle {root}: {e}; {_REEXPORT}") from None
+    for problem in (guidance.version_problem(manifest["format_version"]),
+                    grounding.version_problem(manifest["format_version"])):
+        if problem is not None:
+            raise BundleError(f"bundle {root}: {problem}; {_REEXPORT}")
+    expected = spec.shapes(config.data, config.encoder, max_batch, grounded=grounding.layout_stage,
+                           student=guidance.entry is not None)
     wrong = [f"{k}={got.get(k)!r} (config says {v})" for k, v in expected.items() if got.get(k) != v]
     if wrong:
         raise BundleError(f"bundle {root}: manifest shapes disagree with model_config: {', '.join(wrong)}; "
@@ -379,7 +362,7 @@ def _check_sampling(manifest: dict[str, Any], config: ModelConfig, root: Path) -
 def _check_layout(manifest: dict[str, Any], shapes: dict[str, int], vocab: Vocab, root: Path) -> None:
     """A grounded bundle's `layout` entry: known keys, types and bounds, a known sampler, and rules that are
     known rule ids for predicates of the vocabulary (`sg2v.relations`)."""
-    if not spec.grounded(shapes):
+    if not kinds.grounding_of(shapes).layout_stage:
         return
     from sg2v.relations import RULES
     from sg2v.sampling import SAMPLERS
@@ -492,13 +475,13 @@ def _check_student(manifest: dict[str, Any], shapes: dict[str, int], config: Mod
     if wrong:
         raise BundleError(f"bundle {root}: manifest 'student' disagrees with model_config.distill: "
                           f"{', '.join(wrong)}; {_REEXPORT}")
-    from sg2v.generation import SamplerSettings, check_student_settings
+    from sg2v.generation import SamplerSettings
 
     defaults = manifest["sampler_defaults"]  # checked by _check_sampling: known, typed, in bounds
     try:
         settings = SamplerSettings(defaults["sampler"], defaults["steps"], float(defaults["guidance"]),
                                    float(defaults["guidance_rescale"]))
-        check_student_settings(settings, entry)
+        kinds.guidance_for(entry).check(settings)
     except ConfigError as e:
         raise BundleError(f"bundle {root}: sampler_defaults are not what the student was distilled for "
                           f"({first_line(e)}); {_REEXPORT}") from None

@@ -72,15 +72,14 @@ class Pipeline:
         self.backend = backend
         self.xp = backend.xp
         s = bundle.shapes
-        student = bundle.student  # a guidance-distilled student: no unconditional rows, no null context
-        null = None if student is not None else (backend.null_context
-                                                 or (bundle.null_context, bundle.null_context_mask))
-        layout = None
-        if bundle.grounded:  # candidate layouts per layout-stage call: at most its batch axis takes
-            layout = {**bundle.layout, "max_batch": s["max_layout_batch"]}
+        # the learned null context (unread by a guidance-distilled student, which has no unconditional rows)
+        null = backend.null_context or (bundle.null_context, bundle.null_context_mask)
+        layout = bundle.layout  # None without a layout stage
+        if layout is not None:  # candidate layouts per layout-stage call: at most its batch axis takes
+            layout = {**layout, "max_batch": s["max_layout_batch"]}
         self.generator = Generator(backend, (s["frames"], s["channels"], s["height"], s["width"]),
                                    bundle.alphas_cumprod(), bundle.sampler_defaults, null, layout,
-                                   student)
+                                   bundle.student)
         self.last_generation: Generation | None = None
         self.max_pending = max_pending
         self._lock = threading.Lock()  # one generation at a time on the stages' buffers

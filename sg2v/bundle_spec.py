@@ -116,26 +116,32 @@ def grounded(s: dict[str, Any]) -> bool:
     return "object_dim" in s
 
 
+def _kinds(s: dict[str, Any] | None) -> tuple[Any, Any]:
+    """The `sg2v.kinds` guidance and grounding of a `shapes` entry `s` (None: a format-2 teacher)."""
+    from sg2v.kinds import UNGROUNDED, grounding_of, guidance_of
+
+    return guidance_of(s), UNGROUNDED if s is None else grounding_of(s)
+
+
 def stage_files(s: dict[str, Any]) -> dict[str, str]:
     """Stage name -> ONNX file of a bundle with `shapes` entry `s`, in the order the loop runs them."""
-    return dict(GROUNDED_STAGE_FILES) if grounded(s) else dict(STAGE_FILES)
+    return dict(_kinds(s)[1].stage_files)
 
 
 def encoder_outputs(s: dict[str, Any]) -> tuple[str, ...]:
-    return GROUNDED_ENCODER_OUTPUTS if grounded(s) else ENCODER_OUTPUTS
+    return _kinds(s)[1].encoder_outputs
 
 
 def unet_inputs(s: dict[str, Any]) -> tuple[str, ...]:
-    names = GROUNDED_UNET_INPUTS if grounded(s) else UNET_INPUTS
-    return (*names, STUDENT_INPUT) if is_student(s) else names
+    guidance, grounding = _kinds(s)
+    return (*grounding.unet_inputs, *guidance.unet_extra_inputs)
 
 
 def format_version(s: dict[str, Any]) -> int:
     """The format version the exporter writes for a bundle with `shapes` entry `s`: 4 for a student, 3 for
     a grounded teacher, else 2."""
-    if is_student(s):
-        return STUDENT_FORMAT_VERSION
-    return GROUNDED_FORMAT_VERSION if grounded(s) else UNGROUNDED_FORMAT_VERSION
+    guidance, grounding = _kinds(s)
+    return guidance.format_version or grounding.format_version
 
 
 def stage_names(s: dict[str, Any]) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -148,18 +154,15 @@ def stage_names(s: dict[str, Any]) -> dict[str, tuple[tuple[str, ...], tuple[str
 def batch_dim(stage: str, s: dict[str, Any] | None = None) -> str:
     """The name of a stage's batch axis (dim 0 of each of its inputs and outputs) in format 2 and later,
     for a bundle with `shapes` entry `s` (a student's UNet has one row per video: BATCH_DIM)."""
-    if stage == UNET_STAGE and s is not None and is_student(s):
-        return BATCH_DIM
-    return {ENCODER_STAGE: BATCH_DIM, UNET_STAGE: UNET_BATCH_DIM, LAYOUT_STAGE: LAYOUT_BATCH_DIM}[stage]
+    return {ENCODER_STAGE: BATCH_DIM, UNET_STAGE: _kinds(s)[0].unet_batch_dim(),
+            LAYOUT_STAGE: LAYOUT_BATCH_DIM}[stage]
 
 
 def rows_per_video(stage: str, s: dict[str, Any] | None = None) -> int:
     """Rows of a stage's batch axis per video: 1 graph, 2 UNet rows (cond, uncond; 1 for a student, whose
     `shapes` entry `s` says so), LAYOUT_PER_ROUND candidate layouts (the layout stage's most for one graph in
     one call when it draws a full round)."""
-    if stage == UNET_STAGE and s is not None and is_student(s):
-        return 1
-    return {ENCODER_STAGE: 1, UNET_STAGE: UNET_BATCH, LAYOUT_STAGE: LAYOUT_PER_ROUND}[stage]
+    return {ENCODER_STAGE: 1, UNET_STAGE: _kinds(s)[0].rows_per_video, LAYOUT_STAGE: LAYOUT_PER_ROUND}[stage]
 
 
 def layout_defaults(layout: Any, relation_rules: dict[str, str], geometry: Any = None) -> dict[str, Any]:
@@ -204,12 +207,11 @@ def shapes(data: DataConfig, encoder: EncoderConfig, max_batch: int | None = MAX
     }
     if max_batch is None:
         return {**out, "unet_batch": UNET_BATCH, "encoder_batch": ENCODER_BATCH}
+    from sg2v.kinds import grounding_for, guidance_for
+
     out["max_batch"] = int(max_batch)
-    if grounded:
-        out.update(object_dim=int(encoder.embed_dim), max_layout_batch=int(max_batch) * LAYOUT_PER_ROUND)
-    if student:
-        out["student"] = True
-    return out
+    out.update(grounding_for(grounded).shapes_entry(encoder, max_batch))
+    return {**out, **guidance_for(student).shapes_entry()}
 
 
 def max_batch(s: dict[str, Any]) -> int:
@@ -220,18 +222,13 @@ def max_batch(s: dict[str, Any]) -> int:
 def stage_io(s: dict[str, Any]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Each stage's inputs and outputs (`name`, `dtype`, `shape`) for the `shapes` entry `s`; dim 0 is the
     batch: a name (format 2) or a fixed size (format 1)."""
-    dynamic = "max_batch" in s
-    b = BATCH_DIM if dynamic else s["encoder_batch"]
-    n = UNET_BATCH_DIM if dynamic else s["unet_batch"]
-    if is_student(s):
-        n = BATCH_DIM  # one UNet row per video
+    guidance, grounding = _kinds(s)
+    b = BATCH_DIM if "max_batch" in s else s["encoder_batch"]
+    n = guidance.unet_batch_dim(s)
     o, t = s["padded_objects"], s["padded_triples"]
     f, c, h, w = s["frames"], s["channels"], s["height"], s["width"]
     length, d = s["context_tokens"], s["context_dim"]
-
-    def io(name: str, dtype: str, shape: list[Any]) -> dict[str, Any]:
-        return {"name": name, "dtype": dtype, "shape": shape}
-
+    io = io_entry
     out = {
         ENCODER_STAGE: {
             "inputs": [io("objs", "int64", [b, o]), io("obj_mask", "float32", [b, o]),
@@ -240,28 +237,17 @@ def stage_io(s: dict[str, Any]) -> dict[str, dict[str, list[dict[str, Any]]]]:
         },
         UNET_STAGE: {
             "inputs": [io("x", "float32", [n, f, c, h, w]), io("t", "float32", [n]),
-                       io("context", "float32", [n, length, d]), io("context_mask", "float32", [n, length])],
+                       io("context", "float32", [n, length, d]), io("context_mask", "float32", [n, length]),
+                       *guidance.unet_extra_io(n)],
             "outputs": [io("v", "float32", [n, f, c, h, w])],
         },
     }
-    if is_student(s):
-        out[UNET_STAGE]["inputs"].append(io(STUDENT_INPUT, "float32", [n]))
-    if not grounded(s):
-        return out
-    od, k = s["object_dim"], LAYOUT_BATCH_DIM
-    out[ENCODER_STAGE]["outputs"].append(io("objects", "float32", [b, o, od]))
-    at = 4  # after x, t, context, context_mask (and before a student's guidance)
-    out[UNET_STAGE]["inputs"][at:at] = [io("objects", "float32", [n, o, od]),
-                                        io("boxes", "float32", [n, o, f, 4])]
-    out[LAYOUT_STAGE] = {
-        "inputs": [io("x", "float32", [k, o, f, 4]), io("t", "float32", [k]),
-                   io("objects", "float32", [k, o, od]), io("track_mask", "float32", [k, o]),
-                   io("context", "float32", [k, length, d]), io("context_mask", "float32", [k, length]),
-                   io("triples", "int64", [k, t, 3]), io("known", "float32", [k, o, f, 4]),
-                   io("known_mask", "float32", [k, o])],
-        "outputs": [io("v", "float32", [k, o, f, 4])],
-    }
-    return {name: out[name] for name in stage_files(s)}
+    return grounding.stage_io(out, s, b, n)
+
+
+def io_entry(name: str, dtype: str, shape: list[Any]) -> dict[str, Any]:
+    """One stage input or output of `stage_io`."""
+    return {"name": name, "dtype": dtype, "shape": shape}
 
 
 def engine_fingerprint(gpu_name: str, compute_capability: tuple[int, int] | str, trt_version: str,

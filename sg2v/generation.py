@@ -32,17 +32,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.config import MAX_SEED
 from sg2v.errors import ConfigError, Sg2vError, first_line, shown
 from sg2v.graph import GRAPH_TENSORS
-from sg2v.sampling import cfg_denoiser, get_sampler
+from sg2v.kinds import CONDITIONING, GROUNDING, grounding_for, guidance_for
+from sg2v.sampling import Denoiser, get_sampler
 from sg2v.schedule import timesteps
 from sg2v.video import unit_to_frames
 
 OUTPUTS = ("numpy", "cupy")
-CONDITIONING = ("context", "context_mask")  # encoder outputs the UNet takes, in cond and uncond halves
-GROUNDING = ("objects", "boxes")  # a grounded UNet's further inputs (unconditional rows: zeros)
+__all__ = ["CONDITIONING", "GROUNDING"]  # re-exported from sg2v.kinds
 
 
 class Stage(Protocol):
@@ -90,7 +91,8 @@ class Backend:
     encoder: Stage
     unet: Stage
     xp: Any = np  # numpy, cupy, or sg2v.models.backend.TorchArrays
-    null_context: tuple[np.ndarray, np.ndarray] | None = None  # overrides the bundle's (torch with --ckpt)
+    # overrides the bundle's (torch with --ckpt)
+    null_context: tuple[NDArray[Any], NDArray[Any]] | None = None
     max_batch: int | None = None  # videos per stage call (None: any; the UNet then takes 2 x max_batch rows)
     guided_step: Callable[[int], GuidedStep] | None = None  # the fused guided step for batch size B, if any
     clock: Callable[[], Any] | None = None  # step timer (start/stop/seconds); None: HostClock(synchronize)
@@ -142,20 +144,7 @@ def resolve_settings(defaults: Mapping[str, Any], num_train: int, steps: int | N
 def check_student_settings(s: SamplerSettings, student: Mapping[str, Any]) -> None:
     """A guidance-distilled consistency student samples with DDIM on its grid's step counts, at guidance in
     its distilled range and its teacher's rescale (the manifest's "student" entry); else one ConfigError."""
-    lo, hi = student["guidance_range"]
-    steps = list(student["steps"])
-    if s.sampler != student["sampler"]:
-        raise ConfigError(f"sampler {s.sampler!r}: this student was distilled for {student['sampler']!r} "
-                          f"sampling on {steps} steps; use --sampler {student['sampler']}")
-    if s.steps not in steps:
-        raise ConfigError(f"{s.steps} steps: this student was distilled for {steps} steps (its consistency "
-                          f"grid of {student['grid_steps']}); use one of those, or the teacher bundle")
-    if not lo <= s.guidance <= hi:
-        raise ConfigError(f"guidance {s.guidance:g}: this student was distilled for guidance in "
-                          f"[{lo:g}, {hi:g}]; use one in that range, or the teacher bundle")
-    if abs(s.guidance_rescale - float(student["guidance_rescale"])) > 1e-9:
-        raise ConfigError(f"guidance rescale {s.guidance_rescale:g}: this student reproduces its teacher's "
-                          f"rescale {student['guidance_rescale']:g}, which it cannot change")
+    guidance_for(student).check(s)
 
 
 def check_seeds(seeds: Sequence[int], count: int) -> list[int]:
@@ -169,7 +158,7 @@ def check_seeds(seeds: Sequence[int], count: int) -> list[int]:
     return [int(s) for s in seeds]
 
 
-def initial_noise(seeds: Sequence[int], frame_shape: Sequence[int]) -> np.ndarray:
+def initial_noise(seeds: Sequence[int], frame_shape: Sequence[int]) -> NDArray[Any]:
     """x_T of each seed, stacked: (B, F, C, H, W) float32, `default_rng(seed).standard_normal` per video."""
     return np.concatenate([np.random.default_rng(int(s)).standard_normal((1, *frame_shape), dtype=np.float32)
                            for s in seeds])
@@ -222,11 +211,12 @@ class Generation:
 class Generator:
     """Graph tensors + seeds -> frames on one backend (see the module note); not thread-safe by itself."""
 
-    def __init__(self, backend: Backend, frame_shape: Sequence[int], alphas_cumprod: np.ndarray,
-                 defaults: Mapping[str, Any], null_context: tuple[np.ndarray, np.ndarray] | None,
+    def __init__(self, backend: Backend, frame_shape: Sequence[int], alphas_cumprod: NDArray[Any],
+                 defaults: Mapping[str, Any], null_context: tuple[NDArray[Any], NDArray[Any]] | None,
                  layout: Mapping[str, Any] | None = None, student: Mapping[str, Any] | None = None):
         self.backend = backend
-        self.student = dict(student) if student is not None else None  # a manifest's "student" entry
+        self.guidance = guidance_for(student)  # classifier-free, or a guidance-distilled student
+        self.grounding = grounding_for(layout)  # ungrounded, or a layout stage first
         if (backend.layout is None) != (layout is None):
             raise Sg2vError("a grounded model needs both its layout stage and its layout settings (the "
                             "manifest's \"layout\" entry); re-export the bundle")
@@ -236,14 +226,8 @@ class Generator:
         self.alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)  # (num_train,)
         self.num_train = len(self.alphas_cumprod)
         self.defaults = dict(defaults)
-        self._uncond: dict[str, Any] = {}  # a student has no unconditional rows, so no null context
-        if self.student is None:
-            if null_context is None:
-                raise Sg2vError("a model sampled with classifier-free guidance needs its learned null "
-                                "context; re-export the bundle")
-            with backend.stream_context():
-                self._uncond = {name: self.xp.asarray(np.ascontiguousarray(value, np.float32))
-                                for name, value in zip(CONDITIONING, null_context)}  # (1, L, D), (1, L)
+        with backend.stream_context():  # the unconditional rows' conditioning (a student has none)
+            self._uncond = self.guidance.unconditional(null_context, self.xp)
         self._bufs: dict[str, Any] = {}  # UNet feeds other than x: (2 x capacity, ...) each
         self._capacity = 0
         self.last_timings: dict[str, Any] = {}
@@ -251,19 +235,21 @@ class Generator:
     def settings(self, **options: Any) -> SamplerSettings:
         """`resolve_settings` with this generator's defaults (steps, guidance, guidance_rescale, sampler);
         a guidance-distilled student also refuses what it was not distilled for."""
-        settings = resolve_settings(self.defaults, self.num_train, **options)
-        if self.student is not None:
-            check_student_settings(settings, self.student)
-        return settings
+        return self.guidance.settings(self.defaults, self.num_train, **options)
+
+    @property
+    def student(self) -> dict[str, Any] | None:
+        """A guidance-distilled student's manifest "student" entry; None for a model sampled with CFG."""
+        return self.guidance.entry
 
     @property
     def grounded(self) -> bool:
         """Whether the model draws a layout first and grounds the UNet on it."""
-        return self.layout is not None
+        return self.grounding.layout_stage
 
     def check_call(self, b: int, seeds: Sequence[int], output: str = "numpy", max_batch: int | None = None,
                    graphs: Sequence[Any] | None = None,
-                   layouts: Sequence[Mapping[int, np.ndarray]] | None = None,
+                   layouts: Sequence[Mapping[int, NDArray[Any]]] | None = None,
                    layout_tries: int | None = None) -> tuple[list[int], int, Any]:
         """The checks `run` makes before any work (one-line Sg2vErrors) for a call of b videos; returns its
         seeds, its videos per chunk and its layout plan (None when the model is not grounded)."""
@@ -279,10 +265,10 @@ class Generator:
         limit = min(n for n in (max_batch, self.backend.max_batch, b) if n is not None)
         return seeds, limit, self._layout_plan(b, graphs, layouts, layout_tries)
 
-    def run(self, feeds: Mapping[str, np.ndarray], seeds: Sequence[int], settings: SamplerSettings,
+    def run(self, feeds: Mapping[str, NDArray[Any]], seeds: Sequence[int], settings: SamplerSettings,
             callback: Callable[[int, float, Any, Any], None] | None = None, output: str = "numpy",
             max_batch: int | None = None, graphs: Sequence[Any] | None = None,
-            layouts: Sequence[Mapping[int, np.ndarray]] | None = None,
+            layouts: Sequence[Mapping[int, NDArray[Any]]] | None = None,
             layout_tries: int | None = None, progress: Callable[[Any], Any] | None = None,
             cancel: Any = None) -> Generation:
         """Videos for the B graphs in `feeds` (`GRAPH_TENSORS`, (B, ...)) with seed i for graph i.
@@ -349,12 +335,11 @@ class Generator:
                                  layout_satisfied=[r.satisfied for r in drawn])
         return Generation(out, self.last_timings, drawn)
 
-    def draw_layouts(self, feeds: Mapping[str, np.ndarray], seeds: Sequence[int], graphs: Sequence[Any],
-                     layouts: Sequence[Mapping[int, np.ndarray]] | None = None,
+    def draw_layouts(self, feeds: Mapping[str, NDArray[Any]], seeds: Sequence[int], graphs: Sequence[Any],
+                     layouts: Sequence[Mapping[int, NDArray[Any]]] | None = None,
                      layout_tries: int | None = None, max_batch: int | None = None) -> list[Any]:
         """The layout stage alone: the `LayoutResult` each graph would be drawn with (no video)."""
-        if not self.grounded:
-            raise Sg2vError("this model has no layout stage")
+        self.grounding.require_layout_stage()
         be = self.backend
         b = len(feeds[GRAPH_TENSORS[0]])
         seeds = check_seeds(seeds, b)
@@ -369,52 +354,20 @@ class Generator:
         return out
 
     def _layout_plan(self, b: int, graphs: Sequence[Any] | None,
-                     layouts: Sequence[Mapping[int, np.ndarray]] | None, tries: int | None) -> Any:
+                     layouts: Sequence[Mapping[int, NDArray[Any]]] | None, tries: int | None) -> Any:
         """What the layout stage needs per graph (counts, relationships, pinned tracks), or None when the
         model is not grounded."""
-        if not self.grounded:
-            if layouts is not None and any(layouts):
-                raise Sg2vError("this model has no layout stage, so it cannot take given tracks; use a "
-                                "layout-grounded bundle")
-            return None
-        if graphs is None or len(graphs) != b:
-            raise Sg2vError("a layout-grounded model needs the parsed graphs (for their relationships)")
-        if layouts is not None and len(layouts) != b:
-            raise Sg2vError(f"{len(layouts)} layouts for {b} graphs; pass one mapping (maybe empty) per "
-                            "graph")
-        frames = self.frame_shape[0]
-        pinned = []
-        from sg2v.layout import is_index_key
+        return self.grounding.plan(b, graphs, layouts, tries, self.frame_shape[0], self.layout)
 
-        for i, g in enumerate(graphs):
-            given = dict(g.tracks(frames)) if getattr(g, "layout", ()) else {}
-            for k, track in (layouts[i] if layouts is not None else {}).items():
-                if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool)) and not is_index_key(k):
-                    raise Sg2vError(f"layout for graph {i}: key {str(k)[:40]!r} is not an object index (an "
-                                    f"int or a string of ASCII digits, 0..{g.num_objects - 1})")
-                track = np.asarray(track, dtype=np.float32)
-                if not 0 <= int(k) < g.num_objects or track.shape != (frames, 4):
-                    raise Sg2vError(f"layout for graph {i}: object {k} with a track of shape {track.shape}; "
-                                    f"give (F={frames}, 4) boxes for objects 0..{g.num_objects - 1}")
-                given[int(k)] = track
-            pinned.append(given)
-        settings = dict(self.layout)
-        if tries is not None:
-            if not isinstance(tries, (int, np.integer)) or isinstance(tries, bool) or not 1 <= tries <= 4096:
-                raise Sg2vError(f"layout tries must be an integer in [1, 4096], got {tries!r}")
-            settings["tries"] = int(tries)
-        return {"counts": [g.num_objects for g in graphs],
-                "relationships": [[list(r) for r in g.relationships] for g in graphs],
-                "pinned": pinned, "settings": settings}
-
-    def _draw_layouts(self, enc: Mapping[str, Any], triples: np.ndarray, plan: Mapping[str, Any],
+    def _draw_layouts(self, enc: Mapping[str, Any], triples: NDArray[Any], plan: Mapping[str, Any],
                       seeds: Sequence[int], lo: int, hi: int,
-                      on_round: Callable[[int], None] | None = None) -> tuple[list[Any], np.ndarray]:
+                      on_round: Callable[[int], None] | None = None) -> tuple[list[Any], NDArray[Any]]:
         """Draw and check the layouts of graphs lo..hi; boxes (b, O, F, 4) for the UNet (padded slots 0)."""
         from sg2v.geometry import from_entry
         from sg2v.layout_sampler import LayoutSampler
 
         be, xp = self.backend, self.xp
+        assert be.layout is not None  # only a grounded model has a plan
         s = plan["settings"]
         f, _, h, w = self.frame_shape
         host = {name: _host(enc[name], xp) for name in ("objects", "context", "context_mask")}
@@ -432,63 +385,24 @@ class Generator:
         return results, boxes
 
     def _conditioning(self, cond: Mapping[str, Any], uncond: Mapping[str, Any], b: int) -> dict[str, Any]:
-        """The UNet feeds other than x: t, and each conditioning input as 2b rows: the b rows of `cond`, then
-        `uncond`'s (one row broadcast, or b rows)."""
-        xp = self.xp
-        rows = b if self.student is not None else 2 * b  # a student runs the conditional rows only
+        """The UNet feeds other than x: t, the guidance's extra inputs, and each conditioning input in the
+        guidance's rows (`Guidance.fill`: the b rows of `cond`, then for CFG `uncond`'s)."""
+        xp, guidance = self.xp, self.guidance
+        rows = guidance.rows_per_video * b
+        vectors = ("t", *guidance.unet_extra_inputs)  # (rows,) each
         if b > self._capacity or set(cond) - set(self._bufs):  # grown once; smaller batches use a prefix
-            self._bufs = {"t": xp.empty((rows,), dtype=np.float32)}  # (rows,)
-            if self.student is not None:
-                self._bufs["guidance"] = xp.empty((rows,), dtype=np.float32)
+            self._bufs = {name: xp.empty((rows,), dtype=np.float32) for name in vectors}
             for name, value in cond.items():
                 self._bufs[name] = xp.empty((rows, *value.shape[1:]), dtype=np.float32)
             self._capacity = b
-        names = ("t", *cond) if self.student is None else ("t", "guidance", *cond)
-        feeds = {name: self._bufs[name][:rows] for name in names}
-        for name, value in cond.items():
-            feeds[name][:b] = value  # (b, ...): the conditional rows
-            if self.student is None:
-                # the unconditional rows: the learned null context; no objects and no boxes (GROUNDING)
-                feeds[name][b:] = uncond[name] if name in uncond else 0.0
+        feeds = {name: self._bufs[name][:rows] for name in (*vectors, *cond)}
+        guidance.fill(feeds, cond, uncond, b)
         return feeds
 
-    def _denoiser(self, feeds: dict[str, Any], b: int, s: SamplerSettings, clock: Any) -> Callable:
-        """denoise(x, t) -> guided v: the backend's fused step when it has one, else a student's UNet at
-        weight w, or CFG around the UNet."""
-        be = self.backend
-        if self.student is not None and be.guided_step is None:
-            feeds["guidance"][...] = s.guidance
-
-            def distilled(x: Any, t: float) -> Any:  # one row per video: guidance is the network's input
-                clock.start()
-                feeds["t"][...] = t
-                feeds["x"] = x
-                v = be.unet.run(feeds)["v"]
-                clock.stop()
-                return v
-
-            return distilled
-        if be.guided_step is not None:
-            step = be.guided_step(b)
-            step.prepare(feeds, s.guidance, s.guidance_rescale)
-
-            def fused(x: Any, t: float) -> Any:
-                clock.start()
-                v = step(x, t)
-                clock.stop()
-                return v
-
-            return fused
-
-        def pair(x2: Any, t: float) -> Any:  # the UNet on (cond, uncond): x2 (2b, F, C, H, W) -> v2
-            clock.start()
-            feeds["t"][...] = t
-            feeds["x"] = x2
-            v2 = be.unet.run(feeds)["v"]  # the stage's buffer, used before the next step
-            clock.stop()
-            return v2
-
-        return cfg_denoiser(pair, s.guidance, s.guidance_rescale)
+    def _denoiser(self, feeds: dict[str, Any], b: int, s: SamplerSettings, clock: Any) -> Denoiser:
+        """denoise(x, t) -> guided v (`Guidance.denoiser`: the backend's fused step, a student's UNet at
+        weight w, or CFG around the UNet)."""
+        return self.guidance.denoiser(self.backend, feeds, b, s, clock)
 
     def _decode(self, x: Any, output: str) -> Any:
         """(b, F, C, H, W) in [-1, 1] -> (b, F, H, W, 3) uint8 on x's device; to the host for "numpy"."""
@@ -497,7 +411,7 @@ class Generator:
         return frames if output != "numpy" or xp is np else xp.asnumpy(frames)
 
 
-def _host(a: Any, xp: Any) -> np.ndarray:
+def _host(a: Any, xp: Any) -> NDArray[Any]:
     """A stage output as a host numpy array (a copy where it lives on a device)."""
     return np.asarray(a) if isinstance(a, np.ndarray) or xp is np else xp.asnumpy(a)
 
