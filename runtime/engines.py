@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,14 +96,14 @@ def profile_shapes(bundle: Any, stage: str, opt_batch: int = 1
     if not 1 <= opt_batch <= max_batch:
         raise Sg2vError(f"--opt-batch {opt_batch}: choose 1..{max_batch} (the bundle's max_batch)")
     rows = spec.rows_per_video(stage, bundle.shapes)  # a student's UNet: 1 row per video
-    out = {}
+    out: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {}
     for d in bundle.stages[stage]["inputs"]:
         rest = tuple(int(n) for n in d["shape"][1:])
         if stage == spec.LAYOUT_STAGE:  # a graph's last round, or a graph without rules, draws fewer
             top = bundle.shapes["max_layout_batch"]
             out[d["name"]] = ((1, *rest), (rows * opt_batch, *rest), (top, *rest))
         elif isinstance(d["shape"][0], str):
-            out[d["name"]] = tuple((rows * b, *rest) for b in (1, opt_batch, max_batch))
+            out[d["name"]] = ((rows, *rest), (rows * opt_batch, *rest), (rows * max_batch, *rest))
         else:
             fixed = (int(d["shape"][0]), *rest)
             out[d["name"]] = (fixed, fixed, fixed)
@@ -120,8 +121,8 @@ def engine_sources(bundle: Any) -> dict[str, Any]:
     }
 
 
-def check_engine_dir(path: str | os.PathLike, expected: str, onnx_sha256: dict[str, str] | None = None, *,
-                     sources: dict[str, Any] | None = None, kernel_sha256: str | None = None,
+def check_engine_dir(path: str | os.PathLike[str], expected: str, onnx_sha256: dict[str, str] | None = None,
+                     *, sources: dict[str, Any] | None = None, kernel_sha256: str | None = None,
                      driver_cuda: tuple[int, int] | None = None) -> dict[str, Any]:
     """Read `engine.json` in `path`; BundleError unless its plans fit this machine and this bundle.
 
@@ -232,9 +233,9 @@ def register_plugins() -> None:
     register()
 
 
-def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
-                 profiles: dict[str, tuple[tuple[int, ...], ...]],
-                 timing_cache: str | os.PathLike | None = None,
+def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike[str],
+                 profiles: Mapping[str, tuple[tuple[int, ...], ...]],
+                 timing_cache: str | os.PathLike[str] | None = None,
                  workspace_bytes: int | None = None, plugin_impl: str | None = None, log: Any = None) -> Path:
     """Parse `onnx_path` into a strongly typed network, build a serialized plan, write it atomically.
 
@@ -293,7 +294,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
                           "TensorRT log above")
     plan_path = Path(plan_path)
     atomic_write_bytes(plan_path, memoryview(plan).tobytes())
-    if cached:
+    if cached and cache_path is not None:
         cache = config.get_timing_cache()
         if cache is not None:
             atomic_write_bytes(cache_path, memoryview(cache.serialize()).tobytes())
@@ -365,9 +366,9 @@ def build_engines(bundle: Any, device_id: int = 0, force: bool = False, workspac
             from sg2v.runtime.cuda_kernels import check_nvrtc_against_driver
             from sg2v.runtime.trt_plugin import effective_impl, plugin_record
 
-            if effective_impl(impl, version) == "aot":
+            if effective_impl(bundle.plugin_impl, version) == "aot":
                 check_nvrtc_against_driver()  # here: inside TensorRT's build callback it would be a log line
-            record = plugin_record(impl, version)
+            record = plugin_record(bundle.plugin_impl, version)
         for stage, plan in plans.items():
             log(f"sg2v: building TensorRT engine {plan} (this takes a while once per machine)")
             build_engine(bundle.stage_file(stage), plan, profiles[stage], out_dir / TIMING_CACHE,
