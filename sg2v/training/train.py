@@ -45,7 +45,6 @@ from sg2v.config import (
     without_layout,
 )
 from sg2v.errors import CheckpointError, ConfigError, Sg2vError, shown
-from sg2v.graph import GRAPH_TENSORS
 from sg2v.io import atomic_write_text
 from sg2v.models.sg2v import build_model
 from sg2v.models.unet import check_config
@@ -68,8 +67,6 @@ from sg2v.training.converted import (
     open_run_data,
 )
 from sg2v.training.data import (
-    ShapesLayoutDataset,
-    ShapesVideoDataset,
     StepBatchSampler,
     collate,
     seed_worker,
@@ -88,15 +85,14 @@ from sg2v.training.harness import (
 from sg2v.training.harness import (
     step_seed as step_seed,
 )
-from sg2v.training.losses import consistency_distill_loss, diffusion_loss, layout_loss
-from sg2v.video import frames_to_unit
+from sg2v.training.objectives import KINDS
 from sg2v.vocab import shapes_vocab
 
 LAST = "last.pt"
 METRICS = "metrics.jsonl"
 
 
-OBJECTIVES = ("diffusion", "layout", "distill")
+OBJECTIVES = tuple(KINDS)
 GROUNDING_PREFIXES = ("unet.object_maps.", "unet.layout_in.", "unet.pixel_head.", "layout_net.")
 STUDENT_PREFIXES = ("unet.guidance_embed.",)
 
@@ -595,12 +591,11 @@ class ModelObjective:
 
     def batches(self, start: int) -> Iterator[dict[str, torch.Tensor]]:
         tc, dist = self.tc, self.dist
+        kind = KINDS[tc.objective]
         if self.data is not None:
-            arrays = "layout" if tc.objective == "layout" else "diffusion"  # distill: clips like diffusion
-            ds = ConvertedSamples(self.data.train, self.cfg, self.vocab, tc.seed, tc.batch, arrays)
+            ds = ConvertedSamples(self.data.train, self.cfg, self.vocab, tc.seed, tc.batch, kind.arrays)
         else:
-            shapes = ShapesLayoutDataset if tc.objective == "layout" else ShapesVideoDataset
-            ds = shapes(self.cfg, self.vocab, seed=tc.seed, split="train")
+            ds = kind.shapes_dataset(self.cfg, self.vocab, seed=tc.seed, split="train")
         it = iter(make_loader(ds, tc, start, dist.world, dist.rank, pin=dist.device.type == "cuda"))
         return ({k: v.to(dist.device, non_blocking=True) for k, v in b.items()} for b in it)
 
@@ -642,19 +637,9 @@ def trainable(model: torch.nn.Module, tc: TrainConfig) -> list[torch.nn.Paramete
     """The parameters `tc` trains: the layout network (layout objective), the UNet (distill objective) or
     everything but the layout network (diffusion objective); the graph encoder too unless --freeze-encoder
     (never when distilling)."""
+    kind = KINDS[tc.objective]
     core = getattr(model, "module", model)
-    out = []
-    for name, p in core.named_parameters():
-        in_layout = name.startswith("layout_net.")
-        if tc.objective == "distill":  # the student shares its teacher's encoder and layout network
-            keep = name.startswith("unet.")
-        elif name.startswith("encoder."):
-            keep = not tc.freeze_encoder
-        else:
-            keep = in_layout if tc.objective == "layout" else not in_layout
-        if keep:
-            out.append(p)
-    return out
+    return [p for name, p in core.named_parameters() if kind.trains(name, tc.freeze_encoder)]
 
 
 def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
@@ -667,23 +652,8 @@ def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     batch["video"] is (B, F, C, H, W), F = 1 for a batch of images: uint8 as the data loader ships it (mapped
     to [-1, 1] here, on the model's device), or float32 already in [-1, 1].
     """
-    graph = {k: batch[k] for k in GRAPH_TENSORS}
     tc = tc or TrainConfig()
-    if tc.objective == "layout":
-        return layout_loss(model, batch["tracks"], batch["track_mask"], graph, generator,
-                           pin_prob=tc.pin_prob, train_encoder=not tc.freeze_encoder,
-                           track_weight=batch.get("track_weight"))
-    video = batch["video"]
-    if video.dtype == torch.uint8:
-        video = frames_to_unit(video)
-    core = getattr(model, "module", model)
-    boxes = batch["boxes"] if core.grounded else None
-    if tc.objective == "distill":
-        d = core.cfg.distill
-        return consistency_distill_loss(model, teacher, video, graph, generator, boxes=boxes,
-                                        guidance_range=(d.guidance_min, d.guidance_max),
-                                        rescale=d.guidance_rescale, grid_steps=d.grid_steps)
-    return diffusion_loss(model, video, graph, generator, boxes=boxes)
+    return KINDS[tc.objective].loss(model, batch, generator, tc, teacher)
 
 
 def _periodic_eval(tc: TrainConfig, ema: torch.nn.Module, cfg: ModelConfig, vocab: Any, out: Path,
@@ -694,27 +664,21 @@ def _periodic_eval(tc: TrainConfig, ema: torch.nn.Module, cfg: ModelConfig, voca
     from sg2v.training.evaluate import evaluate, evaluate_data, evaluate_layouts
 
     rng_state = torch.get_rng_state()  # evaluation must not perturb the training stream
-    if data is not None:
-        sheet = None
-        sampler, steps = tc.eval_sampler, tc.eval_steps
-        if tc.objective == "distill":  # a student samples with DDIM on its grid
-            sampler, steps = "ddim", cfg.diffusion.default_steps
-        if tc.objective != "layout":
-            (out / "samples").mkdir(exist_ok=True)
-            sheet = out / "samples" / f"step{step:07d}.png"
-        report = evaluate_data(ema, cfg, vocab, data.val, tc.objective, n=tc.eval_samples, seed=tc.seed,
-                               steps=steps, guidance=tc.eval_guidance, sampler=sampler, contact_sheet=sheet)
-    elif tc.objective == "layout":
-        report = evaluate_layouts(ema, cfg, vocab, n=tc.eval_samples, seed=tc.seed)
-    else:
+    kind = KINDS[tc.objective]
+    sampler, steps = kind.sampling(tc, cfg)
+    sheet = None
+    if kind.samples_video:
         (out / "samples").mkdir(exist_ok=True)
         sheet = out / "samples" / f"step{step:07d}.png"
-        sampler, steps = tc.eval_sampler, tc.eval_steps
-        if tc.objective == "distill":  # a student samples with DDIM on its grid
-            sampler, steps = "ddim", cfg.diffusion.default_steps
+    if data is not None:
+        report = evaluate_data(ema, cfg, vocab, data.val, tc.objective, n=tc.eval_samples, seed=tc.seed,
+                               steps=steps, guidance=tc.eval_guidance, sampler=sampler, contact_sheet=sheet)
+    elif not kind.samples_video:
+        report = evaluate_layouts(ema, cfg, vocab, n=tc.eval_samples, seed=tc.seed)
+    else:
         report = evaluate(ema, cfg, vocab, n=tc.eval_samples, steps=steps, guidance=tc.eval_guidance,
                           sampler=sampler, seed=tc.seed, contact_sheet=sheet,
-                          true_layouts=ema.grounded and tc.objective == "diffusion")
+                          true_layouts=kind.true_layouts(ema))
     torch.set_rng_state(rng_state)
     m = {"step": step, "eval": True, **report}
     _log(out, m)
