@@ -346,7 +346,7 @@ def _check_sampling(manifest: dict[str, Any], config: ModelConfig, root: Path) -
     if not isinstance(d, dict):
         raise BundleError(f"bundle {root}: sampler_defaults {d!r:.80} is not an object; {_REEXPORT}")
     problems = []
-    if d.get("sampler") not in SAMPLERS:
+    if not isinstance(d.get("sampler"), str) or d["sampler"] not in SAMPLERS:
         problems.append(f"sampler {d.get('sampler')!r:.40} is not one of {sorted(SAMPLERS)}")
     steps = d.get("steps")
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_SAMPLER_STEPS:
