@@ -7,7 +7,8 @@ Two losses, weighted (`PretrainConfig.contrastive_weight`, `masked_weight`):
   local tokens, through a cross-attention head queried by the masked video's features, the model recovers that
   object's features in the unmasked video (feature map pooled over the object's mask, stop-gradient).
 The losses are in `sg2v.training.losses`, the data is `sg2v.training.data`'s, the checkpoint is written and
-read by `sg2v.training.checkpoint`. The shapes-world video encoder is trained jointly; an external one plugs
+read by `sg2v.training.checkpoint`, the loop is `sg2v.training.harness`'s (`PretrainObjective`).
+The shapes-world video encoder is trained jointly; an external one plugs
 in frozen (`FrozenVideoEncoder`). The checkpoint's `encoder` entry is an `SGEncoder` state dict that
 diffusion training loads as is.
 """

@@ -1,5 +1,7 @@
-"""Training loop for SG2V (the diffusion and layout objectives) on the shapes world or on converted data sets
-(`sg2v.training.converted`): AdamW, EMA, bf16 autocast, DDP, exact resume.
+"""Training SG2V (the diffusion, layout and distill objectives, `sg2v.training.objectives`) on the shapes
+world or on converted data sets (`sg2v.training.converted`): the run's settings, model, `--init` weights and
+resume checks; `ModelObjective` runs in the harness (`sg2v.training.harness`: AdamW, EMA, bf16 autocast, DDP,
+exact resume).
 
 Reproducibility is by construction, not by saved generator state: micro-batch m of step s holds dataset
 indices that depend only on (s, m) (`sg2v.training.data.StepBatchSampler`; on converted data the index picks
