@@ -87,9 +87,12 @@ def summary(result) -> str:
                      f"{st['guidance_rescale']:g})")
     lay = m.get("layout")
     if lay is not None:
+        geo = lay.get("geometry")
+        keeps = "" if geo is None else (f" and the boxes keep the data's geometry ({geo['source']}: "
+                                        f"overlap <= {geo['max_overlap']}, sizes, inside the canvas)")
         lines.append(f"layout stage: {lay['sampler']}, {lay['steps']} steps, up to {lay['tries']} draws per "
-                     f"graph ({lay['per_round']} per round) until the relations of the "
-                     f"{len(lay['relation_rules'])} predicates with a geometric rule hold")
+                     f"graph ({lay['per_round']} per round at first) until the relations of the "
+                     f"{len(lay['relation_rules'])} predicates with a geometric rule hold{keeps}")
     if result.reused:
         lines.append(f"reused stages: {', '.join(result.reused)}")
     for rel, info in m["files"].items():

@@ -540,7 +540,9 @@ def test_cli_reexport_reuses_both_stages_and_prints_a_summary(bundle, ckpt, tmp_
     text = capsys.readouterr().out
     assert rc == 0
     assert "reused stages: encoder, layout, unet" in text and "parity layout: max rel err" in text
-    assert "layout stage: dpmpp2m, 8 steps, up to 16 draws per graph (8 per round)" in text
+    assert ("layout stage: dpmpp2m, 8 steps, up to 16 draws per graph (2 per round at first) until the "
+            "relations of the 6 predicates with a geometric rule hold and the boxes keep the data's geometry "
+            "(shapes world: overlap <= 0.0, sizes, inside the canvas)") in text
     assert "TensorRT 10.3 op check: all nodes supported" in text and "model.safetensors" in text
     manifest = json.loads((out / spec.MANIFEST).read_text())
     assert manifest["files"] == bundle["result"].manifest["files"]
