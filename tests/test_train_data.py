@@ -435,6 +435,10 @@ def test_export_and_run_with_the_data_vocabulary(converted, tmp_path, capsys):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["vocab"] == data.vocab.to_dict()
     assert manifest["format_version"] == 3 and "left of" in manifest["layout"]["relation_rules"]
+    from sg2v.geometry import dataset_geometry, to_entry
+
+    measured = dataset_geometry(data.train.item(k, frames=False) for k in range(len(data.train)))
+    assert manifest["layout"]["geometry"] == to_entry(measured)  # the layout check keeps the data's limits
     names = ConvertedDataset(converted["coco"]).graph(0)["objects"][:2]
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"objects": names, "relationships": [[0, "left of", 1]]}))
