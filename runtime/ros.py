@@ -142,7 +142,7 @@ def parse_request(text: str, bundle: Any, futures: int, seed: int, number: int) 
     """A `Request` from a graphs-topic message (see the module note), checked against `bundle`'s vocabulary
     and sizes; `futures` and `seed` are the node's defaults, `number` names a request without an id.
     A bad request raises a one-line `GraphError` (its id, when readable, is in `.request_id`)."""
-    from sg2v.generation import MAX_SEED
+    from sg2v.config import MAX_SEED
     from sg2v.graph import _decode_json, parse_graph
 
     rid: str | int = f"{NODE_NAME}-{number}"
@@ -200,7 +200,7 @@ def parse_request(text: str, bundle: Any, futures: int, seed: int, number: int) 
             seeds = list(range(first, first + n))
         return Request(rid, parsed, tuple(seeds), _stamp(data["stamp"]) if "stamp" in data else None)
     except GraphError as e:
-        e.request_id = rid
+        e.request_id = rid  # type: ignore[attr-defined]  # read back with getattr by the node
         raise
 
 
@@ -253,7 +253,7 @@ def _typed(p: Parameter, value: Any) -> Any:
 def _check_settings(values: Mapping[str, Any]) -> None:
     """One-line `ConfigError` naming a parameter outside its range."""
     from sg2v.bundle_spec import MAX_LAYOUT_TRIES
-    from sg2v.generation import MAX_SEED
+    from sg2v.config import MAX_SEED
     from sg2v.video import VideoError, check_fps
 
     if values["backend"] not in BACKENDS:
@@ -345,8 +345,11 @@ class Sg2vNode:
 
     def _on_graph(self, msg: Any) -> None:
         self._number += 1
+        pipe = self.pipe
+        if pipe is None:  # closed
+            return
         try:
-            request = parse_request(msg.data, self.pipe.bundle, self.values["futures"], self.values["seed"],
+            request = parse_request(msg.data, pipe.bundle, self.values["futures"], self.values["seed"],
                                     self._number)
         except GraphError as e:
             self._error(getattr(e, "request_id", None), "bad_request", first_line(e))
@@ -385,9 +388,11 @@ class Sg2vNode:
             request = self.queue.get()
             if request is None:
                 return
-            n, v = len(request.seeds), self.values
+            n, v, pipe = len(request.seeds), self.values, self.pipe
+            if pipe is None:  # closed
+                return
             try:
-                result = self.pipe.run([request.graph] * n, list(request.seeds), steps=v["steps"] or None,
+                result = pipe.run([request.graph] * n, list(request.seeds), steps=v["steps"] or None,
                                        guidance=v["guidance"] if v["guidance"] >= 0 else None,
                                        layout_tries=v["layout_tries"] or None, cancel=self._stop)
                 if self._stop.is_set():
@@ -406,7 +411,9 @@ class Sg2vNode:
 
         frames = np.ascontiguousarray(result.frames)  # (B, F, H, W, 3) uint8
         _, f, h, w, _ = frames.shape
-        stamps = frame_stamps(request.stamp_ns, f, self.values["fps"])
+        stamp_ns = request.stamp_ns
+        assert stamp_ns is not None  # _on_graph stamps every request it queues
+        stamps = frame_stamps(stamp_ns, f, self.values["fps"])
         for video in frames:
             for k in range(f):
                 msg = self._Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=3 * w)
@@ -415,7 +422,7 @@ class Sg2vNode:
                 msg.data = video[k].tobytes()
                 self._publish(self.images, msg)
         self._publish(self.results, self._String(data=json.dumps(
-            report(request, result, request.stamp_ns, self.queue.dropped))))
+            report(request, result, stamp_ns, self.queue.dropped))))
 
     def close(self) -> None:
         """Stop the worker (a generation under way stops at its next step), destroy the node, release the

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.errors import GraphError, Sg2vError, require
 
@@ -68,12 +69,14 @@ class TritonClient:
 
     def statistics(self, model: str = "") -> dict[str, Any]:
         """Triton's statistics endpoint (every model's, or `model`'s)."""
-        return self._call("statistics", self.client.get_inference_statistics, model_name=model)
+        stats: dict[str, Any] = self._call("statistics", self.client.get_inference_statistics,
+                                           model_name=model)
+        return stats
 
     def generate(self, graphs: Sequence[Any], seeds: Sequence[int], steps: int | None = None,
                  guidance: float | None = None, guidance_rescale: float | None = None,
                  sampler: str | None = None, layouts: Sequence[Any] | None = None,
-                 layout_tries: int | None = None) -> tuple[np.ndarray, list[dict[str, Any] | None]]:
+                 layout_tries: int | None = None) -> tuple[NDArray[Any], list[dict[str, Any] | None]]:
         """Frames (B, F, H, W, 3) uint8 and B layouts for B graphs (dicts or JSON text), graph i from seed
         i; `layouts[i]` is a layout mapping (or a graph with a "layout" key) for graph i, or None;
         `layout_tries` caps a grounded bundle's layout draws per graph (default: the bundle's)."""
@@ -196,12 +199,13 @@ def layout_result(drawn: Mapping[str, Any] | None) -> tuple[Any, Any]:
         if f.name == "tracks" or f.name not in report:
             continue
         value, kind = report[f.name], typing.get_args(hints[f.name])
-        if kind and dataclasses.is_dataclass(kind[0]):  # a list of checks, each its to_dict()
+        # a list of checks, each its to_dict()
+        if kind and isinstance(kind[0], type) and dataclasses.is_dataclass(kind[0]):
             value = [kind[0](**item) for item in value]
         values[f.name] = value
     return SimpleNamespace(object_names=list(drawn["objects"])), LayoutResult(**values)
 
 
-def _tracks(mapping: Mapping[str, Any]) -> np.ndarray:
+def _tracks(mapping: Mapping[str, Any]) -> NDArray[Any]:
     """A layout mapping of F boxes per object ("0": [[x0, y0, x1, y1], ...]) as (n, F, 4) float32."""
     return np.asarray([mapping[str(k)] for k in range(len(mapping))], dtype=np.float32)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.errors import BundleError, Sg2vError
 
@@ -95,9 +96,16 @@ class BlsStage:
         return {name: pb.get_output_tensor_by_name(response, name).as_numpy() for name in self.outputs}
 
 
-def _optional(request: Any, name: str) -> np.ndarray | None:
+def _optional(request: Any, name: str) -> NDArray[Any] | None:
     tensor = _pb().get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
+
+
+def _required(request: Any, name: str) -> NDArray[Any]:
+    value = _optional(request, name)
+    if value is None:  # the model config marks it required: Triton does not pass such a request on
+        raise Sg2vError(f"the request has no {name!r} input")
+    return value
 
 
 def _text(value: Any) -> str:
@@ -143,7 +151,7 @@ class OrchestratorModel:
             stages = {s: BlsStage(names[s], bundle.stages[s]) for s in bundle.stages}
             backend = Backend("triton-bls", stages["encoder"], stages["unet"], np, max_batch=bundle.max_batch,
                               layout=stages.get("layout"))
-            self.pipe = Pipeline(bundle, backend)
+            self.pipe: Pipeline | None = Pipeline(bundle, backend)
         except Sg2vError as e:
             raise RuntimeError(f"sg2v: {e}") from None
 
@@ -160,15 +168,17 @@ class OrchestratorModel:
                 responses.append(pb.InferenceResponse(error=pb.TritonError(str(e))))
         return responses
 
-    def generate(self, request: Any) -> tuple[np.ndarray, list[str]]:
+    def generate(self, request: Any) -> tuple[NDArray[Any], list[str]]:
         """Frames (B, F, H, W, 3) uint8 and B layout JSONs for one request."""
         from sg2v.errors import GraphError
         from sg2v.layout import expand_layout, layout_from_file_data
 
         pipe = self.pipe
+        if pipe is None:
+            raise Sg2vError("the sg2v model has been finalized")
         graphs = [pipe.parse(_json(g, f"graphs[{i}]"))
-                  for i, g in enumerate(_optional(request, "graphs").reshape(-1))]
-        seeds = [int(s) for s in _optional(request, "seeds").reshape(-1)]
+                  for i, g in enumerate(_required(request, "graphs").reshape(-1))]
+        seeds = [int(s) for s in _required(request, "seeds").reshape(-1)]
         options: dict[str, Any] = {}
         for name, cast in (("steps", int), ("guidance", float), ("guidance_rescale", float),
                            ("sampler", _text), ("layout_tries", int)):
@@ -178,14 +188,14 @@ class OrchestratorModel:
         given = _optional(request, "layouts")
         layouts = None
         if given is not None:
-            given = [_json(v, f"layouts[{i}]") for i, v in enumerate(given.reshape(-1))]
-            if len(given) != len(graphs):
-                raise GraphError(f"{len(given)} layouts for {len(graphs)} graphs; send one (maybe {{}}) per "
-                                 "graph")
+            given_json = [_json(v, f"layouts[{i}]") for i, v in enumerate(given.reshape(-1))]
+            if len(given_json) != len(graphs):
+                raise GraphError(f"{len(given_json)} layouts for {len(graphs)} graphs; send one (maybe {{}}) "
+                                 "per graph")
             frames_n = pipe.bundle.config.data.frames
             layouts = [expand_layout(layout_from_file_data(d, g.num_objects, frames_n, f"layouts[{i}]"),
                                      frames_n, f"layouts[{i}]") if d else {}
-                       for i, (d, g) in enumerate(zip(given, graphs))]
+                       for i, (d, g) in enumerate(zip(given_json, graphs))]
         result = pipe.run(graphs, seeds, layouts=layouts, **options)
         drawn = result.layouts or [None] * len(graphs)
         return (np.ascontiguousarray(result.frames),
@@ -218,7 +228,7 @@ class OrtStageModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = _pb()
-        parts: dict[str, list[np.ndarray]] = {d["name"]: [] for d in self.io["inputs"]}
+        parts: dict[str, list[NDArray[Any]]] = {d["name"]: [] for d in self.io["inputs"]}
         rows = []
         for request in requests:
             for d in self.io["inputs"]:

@@ -81,9 +81,9 @@ def python_environment() -> dict[str, str]:
 class TritonServer:
     """The wheel's tritonserver on `repo`, on free loopback ports unless given; a context manager."""
 
-    def __init__(self, repo: str | os.PathLike, http_port: int | None = None, grpc_port: int | None = None,
-                 host: str = "127.0.0.1", log_path: str | os.PathLike | None = None,
-                 extra_args: list[str] | None = None):
+    def __init__(self, repo: str | os.PathLike[str], http_port: int | None = None,
+                 grpc_port: int | None = None, host: str = "127.0.0.1",
+                 log_path: str | os.PathLike[str] | None = None, extra_args: list[str] | None = None):
         self.repo = Path(repo)
         self.host = host
         self._own_ports = http_port is None and grpc_port is None
@@ -92,7 +92,7 @@ class TritonServer:
         self._own_log = False  # the log lies in the run's temporary folder
         self.log_path = Path(log_path) if log_path else None
         self.extra_args = list(extra_args or [])
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self._tmp: str | None = None
 
     @property
@@ -151,7 +151,7 @@ class TritonServer:
     def ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=2) as r:
-                return r.status == 200
+                return bool(r.status == 200)
         except OSError:
             return False
 
@@ -197,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         print(f"sg2v: tritonserver ready at http://{server.url} (log {server.log_path}); Ctrl-C stops it",
               flush=True)
-        while server.process.poll() is None:
+        process = server.process
+        assert process is not None  # start() returned: the server is up
+        while process.poll() is None:
             time.sleep(1)
-        print(f"sg2v: tritonserver exited with status {server.process.returncode}", file=sys.stderr)
+        print(f"sg2v: tritonserver exited with status {process.returncode}", file=sys.stderr)
         return 1
     except Sg2vError as e:
         print(f"sg2v: error: {e}", file=sys.stderr)

@@ -119,8 +119,10 @@ class OvStage:
                 raise Sg2vError(f"feed {d['name']!r} has shape {tuple(getattr(value, 'shape', ()))}, the "
                                 f"stage expects {want}")
             inputs[d["name"]] = np.ascontiguousarray(value, dtype=np.dtype(d["dtype"]))
-        self.any_rows.infer(inputs)
-        return {name: self.any_rows.get_tensor(name).data for name in self.out_names}
+        request = self.any_rows
+        assert request is not None  # run() calls this only with the dynamic-batch model compiled
+        request.infer(inputs)
+        return {name: request.get_tensor(name).data for name in self.out_names}
 
 
 def openvino_unavailable_reason() -> str | None:
