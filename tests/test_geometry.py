@@ -230,3 +230,28 @@ def test_bundle_reader_derives_reads_and_refuses_the_entry(grounded_bundle, tmp_
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"manifest 'layout': geometry max_overlap -1 is not a number"):
         Bundle.open(copy, verify=False)
+
+
+def test_the_shipped_student_draws_a_free_object_clear_of_a_pinned_one():
+    pytest.importorskip("onnxruntime")
+    from sg2v.runtime import Pipeline
+
+    pipe = Pipeline.from_bundle(ROOT / "models" / "demo", backend="ort", threads=1)
+    f = pipe.bundle.config.data.frames
+    pinned = np.tile(np.array([0.4, 0.4, 0.58, 0.58], np.float32), (f, 1))  # a world-sized box mid-frame
+    graphs = [{"objects": ["red square", "blue circle"], "relationships": []},
+              {"objects": ["green triangle", "white square", "cyan circle"],
+               "relationships": [[1, "left of", 2]]}]
+    seeds, given = [10, 8], [{0: pinned}, {0: pinned}]
+    gen = pipe.run(graphs, seeds, steps=1, layouts=given)
+    base = dict(pipe.generator.layout)
+    pipe.generator.layout = {**base, "geometry": None}  # these seeds' first draws run into the pinned box
+    loose = pipe.run(graphs, seeds, steps=1, layouts=given)
+    pipe.generator.layout = base
+    assert all(pair_overlaps(r.tracks)[0, 1:].max() > 0.5 for r in loose.layouts)
+    for r in gen.layouts:
+        np.testing.assert_array_equal(r.tracks[0], pinned)
+        assert r.satisfied and not r.given_breaks
+        assert pair_overlaps(r.tracks)[0, 1:].max() == 0.0  # every drawn object clear of the pinned one
+        assert all(c.holds for c in check_geometry(r.tracks, SHAPES))
+    pipe.close()
