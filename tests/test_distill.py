@@ -133,3 +133,14 @@ def test_student_samples_one_row_per_video_and_refuses_what_it_cannot_do():
                         ({"guidance_rescale": 0.0}, "cannot change")):
         with pytest.raises(ConfigError, match=message):
             gen.settings(**kw)
+
+
+def test_distilling_a_student_is_refused_in_one_line(tmp_path):
+    from sg2v.training.checkpoint import save_checkpoint
+    from sg2v.training.train import TrainConfig, TrainError, train
+
+    _, student = _models(3)
+    save_checkpoint(tmp_path / "student.pt", student, STUDENT, VOCAB)
+    with pytest.raises(TrainError, match="is a guidance-distilled student; distil from a classifier-free"):
+        train(TrainConfig(objective="distill", init=str(tmp_path / "student.pt"), steps=1, batch=2,
+                          workers=0, eval_every=0, out=str(tmp_path / "run")), progress=False)

@@ -526,6 +526,9 @@ def _run_model_config(tc: TrainConfig, dist: Dist, model_cfg: ModelConfig | None
 def _teacher(tc: TrainConfig, dist: Dist) -> tuple[ModelConfig, torch.nn.Module]:
     """The student's config and its frozen teacher (--init) on the device."""
     t_cfg, t_state, t_what, _ = init_source(tc.init)
+    if t_cfg.unet.guidance_embed:
+        raise TrainError(f"distill: --init {tc.init} is a guidance-distilled student; distil from a "
+                         "classifier-free teacher (its --init, e.g. models/demo-teacher)")
     distill = DistillConfig(float(tc.guidance_min), float(tc.guidance_max),
                             float(t_cfg.diffusion.default_guidance_rescale), int(tc.distill_grid))
     teacher = build_model(t_cfg)
