@@ -36,6 +36,7 @@ from sg2v.safety import read_input
 MAX_ELEMENTS = 1 << 28  # values in one tensor: 1 GiB of float32
 MAX_FILE_BYTES = 2 << 30  # protobuf's own limit for one message
 # (sha256 of the file, inputs, max_rows) of files that passed, oldest first
+STATIC_CHUNK = 256  # batch sizes the static pass takes at once (its arrays have one column per size)
 _PASSED: dict[tuple[Any, ...], bool] = {}
 
 _ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}  # TensorProto
@@ -292,22 +293,23 @@ class _Checker:
             self.static(inputs, consts, parsed)
 
     def static(self, inputs: list[tuple[str, Any]], consts: dict[str, _Tensor], parsed: list[Any]) -> None:
-        """Every tensor's shape at every batch size 1..max_rows (`sg2v.runtime.onnx_shapes`), bounded."""
+        """Every tensor's shape at every batch size 1..max_rows (`sg2v.runtime.onnx_shapes`), bounded; the
+        batch sizes are taken STATIC_CHUNK at a time, so memory stays bounded whatever max_rows is."""
         import numpy as np
 
         from sg2v.runtime import onnx_shapes as osh
 
-        shapes = osh.Shapes(self.max_rows, MAX_ELEMENTS, self.fail)
-        where = f"at batch sizes 1..{self.max_rows}" if self.max_rows > 1 else "at its input shapes"
+        last = max(self.max_rows, 1)
+        where = f"at batch sizes 1..{last}" if last > 1 else "at its input shapes"
         try:
             with np.errstate(all="ignore"):
+                values = {}
                 for name, t in consts.items():
                     value = t.array()
                     if value is None:
                         self.fail(f"initializer {name!r} cannot be read")
-                    shapes.env[name] = osh.T(osh._shape(list(value[0] if isinstance(value, tuple)
-                                                             else value.shape)),
-                                             None if isinstance(value, tuple) else value[None])
+                    values[name] = value
+                fed = {}
                 for name, declared in inputs:
                     if name in consts and (self.inputs is None or name not in self.inputs):
                         continue
@@ -317,8 +319,7 @@ class _Checker:
                                   f"{sorted(self.inputs)}")
                     if dims is None or any(d is None or (isinstance(d, int) and d < 0) for d in dims):
                         self.fail(f"graph input {name!r} has no static shape ({declared})")
-                    shapes.env[name] = osh.T(osh._shape([shapes.rows if isinstance(d, str) else d
-                                                         for d in dims]))
+                    fed[name] = dims
                 for op, _, _, attrs in parsed:
                     for key in ("value", "sparse_value"):
                         if isinstance(attrs.get(key), _Tensor):
@@ -330,7 +331,18 @@ class _Checker:
                         for key in ("value_float", "value_floats"):
                             if key in attrs:
                                 attrs["value_array"] = np.asarray(attrs[key], np.float64)
-                shapes.run([(op, ins, outs, attrs) for op, ins, outs, attrs in parsed])
+                for lo in range(1, last + 1, STATIC_CHUNK):
+                    rows = np.arange(lo, min(lo + STATIC_CHUNK - 1, last) + 1, dtype=np.int64)
+                    shapes = osh.Shapes(rows, MAX_ELEMENTS, self.fail)
+                    for name, value in values.items():
+                        shapes.env[name] = osh.T(osh._shape(list(value[0] if isinstance(value, tuple)
+                                                                 else value.shape)),
+                                                 None if isinstance(value, tuple) else value[None])
+                    for name, dims in fed.items():
+                        shape = [rows if isinstance(d, str) else d for d in dims]  # named: the batch
+                        shapes.env[name] = osh.T(osh._shape(shape))
+                    shapes.run(parsed)
+                    del shapes
         except osh.NotStatic as e:
             self.fail(f"not static {where}: {e}")
         except (ValueError, TypeError, IndexError, OverflowError, KeyError) as e:

@@ -1,12 +1,12 @@
 """Static shapes of an ONNX graph at every batch size a bundle allows, for `sg2v.runtime.onnx_guard` (numpy).
 
-Every tensor's shape is inferred from the graph inputs' shapes, with each named (batch) dimension taking
-every value 1..max_rows at once: a dimension is a numpy vector over those batch sizes, so one pass over the
-nodes checks them all. Small integer/bool/float tensors that shapes are computed from (`Shape`, `Gather`,
-`Concat`, arithmetic, ...) are constant-folded the same way. A node whose output shape depends on a value the
-pass cannot fold, an op outside `OPS` (the operators sg2v's exports use, plus close relatives), a subgraph
-(If/Loop/Scan) or a tensor over the element bound at any batch size is refused: the graph is not static at
-the bundle's bounds.
+Every tensor's shape is inferred from the graph inputs' shapes, with each named (batch) dimension taking every
+value of `rows` (a run of batch sizes) at once: a dimension is a numpy vector over those batch sizes, so one
+pass over the nodes checks them all. Small integer/bool/float tensors that shapes are computed from (`Shape`,
+`Gather`, `Concat`, arithmetic, ...) are constant-folded the same way. A node whose output shape depends on a
+value the pass cannot fold, an op outside `OPS` (the operators sg2v's exports use, plus close relatives), a
+subgraph (If/Loop/Scan) or a tensor over the element bound at any batch size is refused: the graph is not
+static at the bundle's bounds.
 """
 
 from __future__ import annotations
@@ -98,9 +98,10 @@ def _cast(value: NDArray[Any], kind: str) -> NDArray[Any]:
 class Shapes:
     """The static pass: `run(nodes)` over (op, inputs, outputs, attrs) in graph order."""
 
-    def __init__(self, max_rows: int, max_elements: int, fail: Callable[[str], None]):
-        self.n = max(int(max_rows), 1)
-        self.rows = np.arange(1, self.n + 1, dtype=np.int64)
+    def __init__(self, rows: Any, max_elements: int, fail: Callable[[str], None]):
+        self.rows = np.arange(1, int(rows) + 1, dtype=np.int64) if np.ndim(rows) == 0 else \
+            np.asarray(rows, dtype=np.int64)  # the batch sizes a named dimension takes
+        self.n = len(self.rows)
         self.max_elements = max_elements
         self.fail = fail
         self.env: dict[str, T] = {}
@@ -118,9 +119,9 @@ class Shapes:
                     np.prod(shape.astype(np.float64), axis=0).max() > self.max_elements:
                 worst = int(np.argmax(np.prod(shape.astype(np.float64), axis=0)))
                 dims = [int(d[min(worst, d.size - 1)]) for d in shape]
-                raise NotStatic(f"{where} {name!r} would hold {dims} = {math.prod(dims)} values at "
-                                f"{'batch ' + str(worst + 1) if shape.shape[1] > 1 else 'its shape'}, more "
-                                f"than {self.max_elements}")
+                at = f"batch {self.rows[worst]}" if shape.shape[1] > 1 else "its shape"
+                raise NotStatic(f"{where} {name!r} would hold {dims} = {math.prod(dims)} values at {at}, "
+                                f"more than {self.max_elements}")
         if t.value is not None and (t.value[0].size > MAX_FOLD or t.dims() is None):
             t.value = None
         self.env[name] = t

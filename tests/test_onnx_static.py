@@ -239,3 +239,22 @@ def test_a_file_that_passed_is_not_checked_again_but_a_changed_one_is(tmp_path, 
     bomb = _batch_bomb(tmp_path, 4)
     path.write_bytes(bomb.read_bytes())  # the same name, other bytes: a bomb at batch 4
     _refused(path, "not static at batch sizes 1..5", max_rows=5)
+
+
+def test_a_large_batch_bound_is_checked_in_chunks_of_batch_sizes(tmp_path, monkeypatch):
+    """max_rows over STATIC_CHUNK: the batch sizes are checked a chunk at a time (bounded memory), every one
+    of them: a bomb at the last batch size of the last chunk is found."""
+    chunks = []
+    run = onnx_shapes.Shapes.run
+
+    def counted(self, nodes):
+        chunks.append((int(self.rows[0]), int(self.rows[-1])))
+        run(self, nodes)
+
+    monkeypatch.setattr(onnx_shapes.Shapes, "run", counted)
+    monkeypatch.setattr(onnx_guard, "_PASSED", {})
+    rows = 2 * onnx_guard.STATIC_CHUNK + 7
+    _refused(_batch_bomb(tmp_path, rows), f"not static at batch sizes 1..{rows}: a Tile node repeats",
+             max_rows=rows)
+    assert chunks[0][0] == 1 and chunks[-1][1] == rows and len(chunks) == 3
+    assert all(b + 1 == c for (_, b), (c, _) in zip(chunks, chunks[1:]))
