@@ -36,10 +36,13 @@ import torch
 from torch import nn
 
 from sg2v import bundle_spec as spec
+from sg2v import kinds
 from sg2v.errors import Sg2vError
 from sg2v.export import bundle_writer
 from sg2v.export.opcheck import check_model, format_report
 from sg2v.io import sha256_file
+from sg2v.kinds import CONDITIONING, grounding_for, guidance_for, kinds_of_config
+from sg2v.models.backend import UNetCall
 
 OPSET_RANGE = (17, 20)  # 17: native LayerNormalization; 20: the newest opset TensorRT 10.3 parses
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # max error relative to the reference's largest magnitude
@@ -127,15 +130,12 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.encoder = to_half(encoder) if precision == "fp16" else encoder
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
-        self.grounded = grounded
+        self.call = grounding_for(grounded).encoder_call  # the encoder method giving the stage's outputs
 
     def forward(self, objs, obj_mask, triples, triple_mask):
         obj_mask, triple_mask = obj_mask.to(self.dtype), triple_mask.to(self.dtype)
-        if self.grounded:
-            context, context_mask, objects = self.encoder.encode_all(objs, obj_mask, triples, triple_mask)
-            return context.float(), context_mask.float(), objects.float()  # (B, L, D), (B, L), (B, O, d)
-        context, context_mask = self.encoder(objs, obj_mask, triples, triple_mask)
-        return context.float(), context_mask.float()  # (B, L, D), (B, L)
+        out = getattr(self.encoder, self.call)(objs, obj_mask, triples, triple_mask)
+        return tuple(o.float() for o in out)  # (B, L, D), (B, L)[, (B, O, d)]
 
 
 class LayoutGraph(nn.Module):
@@ -165,8 +165,7 @@ class UNetGraph(nn.Module):
     def forward(self, x, t, context, context_mask, objects=None, boxes=None, guidance=None):
         d = self.dtype
         layout = () if objects is None else (objects.to(d), boxes.to(d))  # (N, O, d), (N, O, F, 4)
-        extra = {} if guidance is None else {"guidance": guidance}  # (N,): a student's guidance weight
-        v = self.unet(x.to(d), t, context.to(d), context_mask.to(d), *layout, **extra)
+        v = self.unet(x.to(d), t, context.to(d), context_mask.to(d), *layout, guidance=guidance)  # (N,)
         return v.float()  # (N, F, C, H, W)
 
 
@@ -178,9 +177,13 @@ class StudentUNetGraph(UNetGraph):
         return super().forward(x, t, context, context_mask, guidance=guidance)
 
 
+UNET_GRAPHS = {(*spec.UNET_INPUTS, spec.STUDENT_INPUT): StudentUNetGraph}  # by input names; else UNetGraph
+
+
 def unet_graph(unet: nn.Module, precision: str, grounded: bool, student: bool) -> UNetGraph:
     """The UNet stage module whose positional inputs are `bundle_spec.unet_inputs` of such a model."""
-    return (StudentUNetGraph if student and not grounded else UNetGraph)(unet, precision)
+    names = (*grounding_for(grounded).unet_inputs, *guidance_for(student).unet_extra_inputs)
+    return UNET_GRAPHS.get(names, UNetGraph)(unet, precision)
 
 
 # The plugin form: a custom op that computes the real pooling in eager mode (so tracing sees true values) and
@@ -311,36 +314,29 @@ def random_tracks(rng: np.random.Generator, shape: tuple[int, ...], frames: int)
 
 def _unet_feeds(model: nn.Module, enc_feeds: list[dict[str, np.ndarray]], cfg: Any,
                 rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
-    """UNet feeds per encoder feed of B graphs: random x and t on 2B rows, context = (the encoder on the
-    graphs, then B learned null contexts); a grounded model's objects are the encoder's with random tracks
-    for the graphs' own objects in the conditional rows, zeros in the unconditional ones (as the loop feeds
-    them). A guidance-distilled student gets the B conditional rows only and a random guidance weight per
-    row in its distilled range."""
+    """UNet feeds per encoder feed of B graphs, in the rows the model's guidance lays out (`Guidance.fill`,
+    as the loop feeds them): random x and t per row, context = the encoder on the graphs (then, with CFG, B
+    learned null contexts); a grounded model's objects are the encoder's with random tracks for the graphs'
+    own objects in the conditional rows (zeros in unconditional ones); the guidance's extra inputs random
+    (`Guidance.random_extra_inputs`: a student's weight per row in its distilled range)."""
     d = cfg.data
-    student = bool(cfg.unet.guidance_embed)
-    null_ctx, null_mask = model.null_context_arrays()
+    guidance = kinds_of_config(cfg)[0]
+    null = guidance.unconditional(model.null_context_arrays(), np)
     out = []
     for feeds in enc_feeds:
         enc = _encode(model, feeds)
         b = enc["context"].shape[0]
-        rows = b if student else 2 * b
-        x = rng.standard_normal((rows, d.frames, d.channels, d.height, d.width)).astype(np.float32)
-        t = rng.integers(0, cfg.diffusion.num_train_timesteps, size=rows).astype(np.float32)
-        uncond = ([], []) if student else ([null_ctx] * b, [null_mask] * b)
-        row = {"x": x, "t": t,
-               "context": np.concatenate([enc["context"], *uncond[0]]).astype(np.float32),
-               "context_mask": np.concatenate([enc["context_mask"], *uncond[1]]).astype(np.float32)}
+        rows = guidance.rows_per_video * b
+        row = {"x": rng.standard_normal((rows, d.frames, d.channels, d.height, d.width)).astype(np.float32),
+               "t": rng.integers(0, cfg.diffusion.num_train_timesteps, size=rows).astype(np.float32)}
+        cond = {name: enc[name] for name in CONDITIONING}
         if "objects" in enc:
             o = enc["objects"].shape[1]
             boxes = random_tracks(rng, (b, o), d.frames) * user_objects(feeds["obj_mask"])[..., None, None]
-            if student:
-                row["objects"], row["boxes"] = enc["objects"], boxes.astype(np.float32)
-            else:
-                row["objects"] = np.concatenate([enc["objects"], np.zeros_like(enc["objects"])])  # (2B, O, d)
-                row["boxes"] = np.concatenate([boxes, np.zeros_like(boxes)])  # (2B, O, F, 4)
-        if student:
-            lo, hi = cfg.distill.guidance_min, cfg.distill.guidance_max
-            row[spec.STUDENT_INPUT] = rng.uniform(lo, hi, size=b).astype(np.float32)  # (B,)
+            cond.update(objects=enc["objects"], boxes=boxes)
+        row.update({name: np.empty((rows, *v.shape[1:]), np.float32) for name, v in cond.items()})
+        guidance.fill(row, cond, null, b)
+        row.update(guidance.random_extra_inputs(rng, b))
         out.append(row)
     return out
 
@@ -663,7 +659,6 @@ def export_bundle(
     model, cfg, vocab, source = load_for_export(ckpt, ema)
     if weights == "fp16":
         round_weights_fp16(model)
-    grounded = model.layout_net is not None
     _check_student_guidance(cfg, guidance)
     stage_files = spec.stage_files(_model_shapes(cfg, max_batch))
     rng = np.random.default_rng(seed)
@@ -671,7 +666,7 @@ def export_bundle(
     if max_batch > 1:  # and the same graphs as one batch: the batch axis must give what single calls give
         enc_feeds.append(batched_feeds(enc_feeds[:max_batch]))
     feeds = {spec.ENCODER_STAGE: enc_feeds, spec.UNET_STAGE: _unet_feeds(model, enc_feeds, cfg, rng)}
-    if grounded:
+    if model.layout_net is not None:
         feeds[spec.LAYOUT_STAGE] = _layout_feeds(model, enc_feeds, cfg, rng)
     tol = TOLERANCE[precision]
     parity_report: dict[str, Any] = {}
@@ -756,9 +751,9 @@ def _check_student_guidance(cfg: Any, guidance: float | None) -> None:
 
 
 def _export_encoder(model, cfg, precision, pooling, opset, feeds, tol, plugin_impl="aot"):
-    grounded = model.layout_net is not None
-    outputs = spec.GROUNDED_ENCODER_OUTPUTS if grounded else spec.ENCODER_OUTPUTS
-    fn = model.encoder.encode_all if grounded else model.encoder
+    grounding = kinds_of_config(cfg)[1]
+    grounded, outputs = grounding.layout_stage, grounding.encoder_outputs
+    fn = getattr(model.encoder, grounding.encoder_call)
     reference = _torch_outputs(fn, feeds, spec.ENCODER_INPUTS, outputs)
     args = tuple(torch.from_numpy(feeds[0][n]) for n in spec.ENCODER_INPUTS)
     encoder = copy.deepcopy(model.encoder)
@@ -788,15 +783,10 @@ def _export_encoder(model, cfg, precision, pooling, opset, feeds, tol, plugin_im
 def _export_unet(model, precision, opset, feeds, tol):
     shapes = _model_shapes(model.cfg)
     inputs = spec.unet_inputs(shapes)
-    student = spec.is_student(shapes)
-    fn = model.unet
-    if student:
-        from sg2v.training.backend import StudentCall
-
-        fn = StudentCall(model.unet)
-    reference = _torch_outputs(fn, feeds, inputs, spec.UNET_OUTPUTS)
+    extra = kinds.guidance_of(shapes).unet_extra_inputs
+    reference = _torch_outputs(UNetCall(model.unet, extra), feeds, inputs, spec.UNET_OUTPUTS)
     args = tuple(torch.from_numpy(feeds[0][n]) for n in inputs)
-    module = unet_graph(copy.deepcopy(model.unet), precision, spec.grounded(shapes), student)
+    module = unet_graph(copy.deepcopy(model.unet), precision, spec.grounded(shapes), spec.is_student(shapes))
     graph = export_onnx(module, args, inputs, spec.UNET_OUTPUTS, opset,
                         batch_dim=spec.batch_dim(spec.UNET_STAGE, shapes))
     _check_precision(graph, precision, "unet")
@@ -845,10 +835,8 @@ def _check_precision(graph: Any, precision: str, stage: str) -> None:
 
 
 def _write_arrays(root: Path, model: nn.Module, include_weights: bool, weights: str = "fp32") -> None:
-    if model.unet.guidance_embed is None:  # a guidance-distilled student has no unconditional rows
-        ctx, mask = model.null_context_arrays()
-        np.save(root / spec.NULL_CONTEXT, ctx)
-        np.save(root / spec.NULL_CONTEXT_MASK, mask)
+    for rel, array in zip(kinds_of_config(model.cfg)[0].null_context_files, model.null_context_arrays()):
+        np.save(root / rel, array)  # the learned null context of CFG (a student has no unconditional rows)
     arrays = {k: v.detach().float().cpu().numpy() for k, v in model.encoder.state_dict().items()}
     np.savez(root / spec.ENCODER_WEIGHTS, **arrays)
     if include_weights:

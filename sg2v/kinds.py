@@ -33,6 +33,7 @@ class Guidance:
     unet_extra_inputs: tuple[str, ...] = ()  # UNet inputs after the conditioning
     manifest_keys: tuple[str, ...] = ()  # the manifest entries the kind adds
     format_version: int | None = None  # the format the kind needs (None: what the grounding needs)
+    null_context_files = (spec.NULL_CONTEXT, spec.NULL_CONTEXT_MASK)  # what the bundle stores for uncond rows
 
     def shapes_entry(self) -> dict[str, Any]:
         """What the kind adds to the manifest's `shapes` entry."""
@@ -64,6 +65,10 @@ class Guidance:
     def read_null_context(self, load: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
         """The bundle's null context and mask via `load()` ((None, None) where the kind has no use for it)."""
         return load()
+
+    def random_extra_inputs(self, rng: np.random.Generator, b: int) -> dict[str, np.ndarray]:
+        """Random values of `unet_extra_inputs` for b rows in the range the model takes (export parity)."""
+        return {}
 
     def fill(self, feeds: dict[str, Any], cond: Mapping[str, Any], uncond: Mapping[str, Any], b: int) -> None:
         """Write the conditioning into the UNet feeds: the b rows of `cond`, then the unconditional rows (the
@@ -137,6 +142,7 @@ class Distilled(Guidance):
     unet_extra_inputs = (spec.STUDENT_INPUT,)
     manifest_keys = spec.STUDENT_MANIFEST_KEYS
     format_version = spec.STUDENT_FORMAT_VERSION
+    null_context_files = ()
 
     def __init__(self, entry: Mapping[str, Any] | None):
         self.entry = None if not entry else {**entry, "guidance_range": list(entry["guidance_range"]),
@@ -159,6 +165,10 @@ class Distilled(Guidance):
 
     def read_null_context(self, load: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
         return None, None
+
+    def random_extra_inputs(self, rng: np.random.Generator, b: int) -> dict[str, np.ndarray]:
+        lo, hi = self.entry["guidance_range"]
+        return {spec.STUDENT_INPUT: rng.uniform(lo, hi, size=b).astype(np.float32)}  # (B,)
 
     def fill(self, feeds: dict[str, Any], cond: Mapping[str, Any], uncond: Mapping[str, Any], b: int) -> None:
         for name, value in cond.items():
@@ -224,6 +234,7 @@ class Grounding:
     layout_stage = False  # whether the bundle has a layout network
     stage_files = spec.STAGE_FILES
     encoder_outputs = spec.ENCODER_OUTPUTS
+    encoder_call = "forward"  # the SGEncoder method that returns `encoder_outputs`
     unet_inputs = spec.UNET_INPUTS  # before the guidance's extra inputs
     manifest_keys: tuple[str, ...] = ()
     format_version = spec.UNGROUNDED_FORMAT_VERSION
@@ -267,6 +278,7 @@ class LayoutGrounded(Grounding):
     layout_stage = True
     stage_files = spec.GROUNDED_STAGE_FILES
     encoder_outputs = spec.GROUNDED_ENCODER_OUTPUTS
+    encoder_call = "encode_all"
     unet_inputs = spec.GROUNDED_UNET_INPUTS
     manifest_keys = spec.GROUNDED_MANIFEST_KEYS
     format_version = spec.GROUNDED_FORMAT_VERSION

@@ -18,6 +18,7 @@ from sg2v import bundle_spec as spec
 from sg2v.config import DEVICES, ModelConfig, parse_device
 from sg2v.errors import ConfigError, Sg2vError
 from sg2v.generation import Backend, Generator, sampler_defaults
+from sg2v.kinds import kinds_of_config
 from sg2v.schedule import make_alphas_cumprod
 
 _DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
@@ -113,22 +114,17 @@ def model_backend(model: torch.nn.Module, host: bool = False, name: str | None =
     with its learned null context."""
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
-    grounded = model.layout_net is not None
-    if grounded:
-        encoder = TorchStage(model.encoder.encode_all, spec.ENCODER_INPUTS, spec.GROUNDED_ENCODER_OUTPUTS,
-                             device, host)
+    guidance, grounding = kinds_of_config(model.cfg)
+    encoder = TorchStage(getattr(model.encoder, grounding.encoder_call), spec.ENCODER_INPUTS,
+                         grounding.encoder_outputs, device, host)
+    layout = None  # a layout-grounded model's layout network
+    if model.layout_net is not None:
         layout = TorchStage(model.layout_net, spec.LAYOUT_INPUTS, spec.LAYOUT_OUTPUTS, device, host)
-    else:
-        encoder = TorchStage(model.encoder, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS, device, host)
-        layout = None
-    unet_inputs = spec.GROUNDED_UNET_INPUTS if model.grounded else spec.UNET_INPUTS
-    student = model.unet.guidance_embed is not None
-    if student:
-        unet_inputs = (*unet_inputs, spec.STUDENT_INPUT)
+    extra = guidance.unet_extra_inputs
     return Backend(
         name or f"torch-{device.type}",
         encoder,
-        TorchStage(StudentCall(model.unet) if student else model.unet, unet_inputs, spec.UNET_OUTPUTS,
+        TorchStage(UNetCall(model.unet, extra), (*grounding.unet_inputs, *extra), spec.UNET_OUTPUTS,
                    device, host),
         layout=layout,
         xp=np if host else TorchArrays(device),
@@ -137,17 +133,24 @@ def model_backend(model: torch.nn.Module, host: bool = False, name: str | None =
     )
 
 
-class StudentCall(torch.nn.Module):
-    """A student's UNet called with its stage inputs in the manifest's order (x, t, context, context_mask,
-    [objects, boxes,] guidance): the guidance weight goes by keyword, so an ungrounded UNet gets no layout."""
+class UNetCall(torch.nn.Module):
+    """A UNet called with its stage inputs in the manifest's order (x, t, context, context_mask, [objects,
+    boxes,] then the guidance's `extra` inputs, which go by keyword, so an ungrounded UNet gets no layout)."""
 
-    def __init__(self, unet: torch.nn.Module):
+    def __init__(self, unet: torch.nn.Module, extra: Sequence[str] = ()):
         super().__init__()
-        self.unet = unet
+        self.unet, self.extra = unet, tuple(extra)
 
     def forward(self, x, t, context, context_mask, *rest):
-        *layout, guidance = rest  # layout: () or (objects, boxes)
-        return self.unet(x, t, context, context_mask, *layout, guidance=guidance)
+        cut = len(rest) - len(self.extra)
+        return self.unet(x, t, context, context_mask, *rest[:cut], **dict(zip(self.extra, rest[cut:])))
+
+
+class StudentCall(UNetCall):
+    """A guidance-distilled student's UNet: the guidance weight is its last stage input."""
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__(unet, (spec.STUDENT_INPUT,))
 
 
 def layout_settings(cfg: ModelConfig, vocab: Any) -> dict[str, Any] | None:
@@ -170,8 +173,7 @@ def model_generator(model: torch.nn.Module, cfg: ModelConfig | None = None, voca
         vocab = shapes_vocab()
     d, diffusion = cfg.data, cfg.diffusion
     backend = model_backend(model)
-    student = (spec.student_entry(cfg.distill, diffusion.num_train_timesteps) if cfg.unet.guidance_embed
-               else None)
     return Generator(backend, (d.frames, d.channels, d.height, d.width),
                      make_alphas_cumprod(diffusion.num_train_timesteps, diffusion.schedule),
-                     sampler_defaults(diffusion), backend.null_context, layout_settings(cfg, vocab), student)
+                     sampler_defaults(diffusion), backend.null_context, layout_settings(cfg, vocab),
+                     kinds_of_config(cfg)[0].entry)
