@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v import bundle_spec as spec
 from sg2v import kinds
@@ -44,11 +45,11 @@ class Bundle:
     stages: dict[str, dict[str, Any]]
     # The learned null context of classifier-free guidance: (1, L, D) and (1, L) float32; None for a
     # guidance-distilled student, which has no unconditional rows.
-    null_context: np.ndarray | None = field(repr=False)
-    null_context_mask: np.ndarray | None = field(repr=False)
+    null_context: NDArray[Any] | None = field(repr=False)
+    null_context_mask: NDArray[Any] | None = field(repr=False)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, verify: bool = True) -> Bundle:
+    def open(cls, path: str | os.PathLike[str], verify: bool = True) -> Bundle:
         """Open the bundle folder `path`; `verify` checks every file's sha256 (sizes and paths always)."""
         root = Path(path)
         if not root.exists():
@@ -131,7 +132,9 @@ class Bundle:
         when the bundle was opened; None for a model without a layout stage. `geometry` is the manifest's
         entry (`sg2v.geometry.to_entry`); a shapes-world bundle written without one (formats 3 and 4 before
         the entry) gets the shapes world's constraints derived from its config; otherwise None."""
-        return self.grounding.layout_settings(self.manifest, self.config, self.vocab.object_names)
+        settings: dict[str, Any] | None = self.grounding.layout_settings(self.manifest, self.config,
+                                                                         self.vocab.object_names)
+        return settings
 
     @property
     def engines_dir(self) -> Path:
@@ -150,7 +153,7 @@ class Bundle:
         """The ONNX file of `stage` ("encoder", "layout" or "unet")."""
         return self.file(self.stages[stage]["file"])
 
-    def alphas_cumprod(self) -> np.ndarray:
+    def alphas_cumprod(self) -> NDArray[Any]:
         """The training schedule's cumulative alphas (float64), recomputed as `sg2v.schedule` defines them."""
         from sg2v.schedule import make_alphas_cumprod
 
@@ -516,7 +519,7 @@ def _io_key(ios: Any) -> Any:
         return None
 
 
-def _load_array(root: Path, files: dict[str, Any], rel: str, shape: tuple[int, ...]) -> np.ndarray:
+def _load_array(root: Path, files: dict[str, Any], rel: str, shape: tuple[int, ...]) -> NDArray[Any]:
     if rel not in files:
         raise BundleError(f"bundle {root}: {rel} is not listed in the manifest's 'files'; {_REEXPORT}")
     path = _safe_path(root, rel, rel)

@@ -51,7 +51,7 @@ def default_bundle() -> Path | None:
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every default; options whose default is "the bundle's" say so in their own words."""
 
-    def _get_help_string(self, action: argparse.Action) -> str:
+    def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         if "default:" in text or action.required:
             return text

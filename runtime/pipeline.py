@@ -39,7 +39,7 @@ ProgressFn = Callable[[Any], Any]  # called with a sg2v.progress.Progress
 StepFn = Callable[[int, float, Any, Any], None]  # (step, t, x, x0) after each sampler step
 
 
-class Job(Future):
+class Job(Future[Generation]):
     """A submitted generation, a `Future` of its `Generation`. Unlike a plain Future, `cancel()` also works
     while it runs: the generation stops at its next stage or sampler step and the job ends cancelled."""
 
@@ -73,7 +73,9 @@ class Pipeline:
         self.xp = backend.xp
         s = bundle.shapes
         # the learned null context (unread by a guidance-distilled student, which has no unconditional rows)
-        null = backend.null_context or (bundle.null_context, bundle.null_context_mask)
+        null = backend.null_context
+        if null is None and bundle.null_context is not None and bundle.null_context_mask is not None:
+            null = (bundle.null_context, bundle.null_context_mask)
         layout = bundle.layout  # None without a layout stage
         if layout is not None:  # candidate layouts per layout-stage call: at most its batch axis takes
             layout = {**layout, "max_batch": s["max_layout_batch"]}
@@ -90,8 +92,9 @@ class Pipeline:
         self._state = threading.Lock()  # guards _worker, _running and _closed
 
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", device: str | None = None,
-                    threads: int | None = None, verify: bool = True, ckpt: str | os.PathLike | None = None,
+    def from_bundle(cls, path: str | os.PathLike[str], backend: str = "auto", device: str | None = None,
+                    threads: int | None = None, verify: bool = True,
+                    ckpt: str | os.PathLike[str] | None = None,
                     max_pending: int = DEFAULT_MAX_PENDING) -> Pipeline:
         """Open and verify the bundle at `path` and build `backend` (one of `sg2v.runtime.BACKENDS`);
         `max_pending` bounds the submitted calls waiting for the worker."""
