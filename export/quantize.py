@@ -163,6 +163,9 @@ def float_side_inputs(model: Any, keep: list[str]) -> int:
         for n in dead:
             g.node.remove(n)
         used = {name for n in g.node for name in n.input} | {o.name for o in g.output}
+    live = [i for i in g.initializer if i.name in used]  # and the scales and zero points they read
+    del g.initializer[:]
+    g.initializer.extend(live)
     return rewired
 
 
