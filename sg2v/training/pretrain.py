@@ -147,6 +147,12 @@ class PretrainConfig:
         problem = option_problem(self)
         if problem:
             raise PretrainError(problem)
+        self._check_counts()
+        self._check_rates()
+        self._check_run()
+
+    def _check_counts(self) -> None:
+        """Size, steps, batch, widths and cadences: in their ranges."""
         if self.size not in MODEL_SIZES:
             raise PretrainError(f"--size {self.size!r}: choose one of {sorted(MODEL_SIZES)}")
         for name in ("steps", "batch", "video_channels", "feature_dim", "attn_heads", "eval_samples",
@@ -158,6 +164,11 @@ class PretrainConfig:
         for name in ("video_frames", "warmup", "eval_every"):
             if getattr(self, name) < 0:
                 raise PretrainError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.batch < 2:
+            raise PretrainError("--batch must be >= 2: InfoNCE needs negatives in the batch")
+
+    def _check_rates(self) -> None:
+        """Learning rate and its schedule, threads, seed, the losses' weights and temperature."""
         if not 0.0 <= self.lr_min_ratio <= 1.0:
             raise PretrainError(f"--lr-min-ratio must be in [0, 1], got {self.lr_min_ratio}")
         problem = threads_problem(self.threads, zero_ok=True)
@@ -171,12 +182,13 @@ class PretrainConfig:
         for name in ("weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise PretrainError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.batch < 2:
-            raise PretrainError("--batch must be >= 2: InfoNCE needs negatives in the batch")
         if self.contrastive_weight < 0 or self.masked_weight < 0:
             raise PretrainError("--contrastive-weight and --masked-weight must be >= 0")
         if not 0 < self.init_temperature < 1:
             raise PretrainError(f"--init-temperature must be in (0, 1), got {self.init_temperature}")
+
+    def _check_run(self) -> None:
+        """Resume, graph limits, --data and the device."""
         if self.resume not in ("auto", "never"):
             raise PretrainError(f"--resume {self.resume!r}: choose auto or never")
         if self.max_objects is not None and self.max_objects < 1:

@@ -215,6 +215,15 @@ class TrainConfig:
         problem = option_problem(self)
         if problem:
             raise TrainError(problem)
+        self._check_counts()
+        self._check_rates()
+        self._check_model()
+        self._check_run()
+        self._check_distill()
+        self._check_data()
+
+    def _check_counts(self) -> None:
+        """Steps, batch sizes, cadences, workers and threads: integers in their ranges."""
         positive = {"steps": self.steps, "batch": self.batch, "grad_accum": self.grad_accum,
                     "ckpt_every": self.ckpt_every, "log_every": self.log_every, "eval_steps": self.eval_steps}
         for name, v in positive.items():
@@ -229,6 +238,9 @@ class TrainConfig:
                             ("grad_accum", self.grad_accum, MAX_BATCH)):
             if v > hi:
                 raise TrainError(f"--{name.replace('_', '-')} {shown(v)}: at most {hi}")
+
+    def _check_rates(self) -> None:
+        """Learning rate, weight decay, eval guidance, seed and threads."""
         if not self.lr > 0:
             raise TrainError(f"--lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
@@ -242,10 +254,6 @@ class TrainConfig:
         problem = threads_problem(self.threads, zero_ok=True)
         if problem:
             raise TrainError(problem + "; 0 takes torch's default")
-        self._check_model()
-        self._check_run()
-        self._check_distill()
-        self._check_data()
 
     def _check_model(self) -> None:
         """The model config the size and video flags give: a frame size and graph slots it can take."""
