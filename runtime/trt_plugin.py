@@ -29,6 +29,7 @@ registers) and `aot`. Call `register()` before parsing the ONNX file or deserial
 # (trtp.TensorDesc, int, tuple[...]), which must be evaluated when the functions are defined in _define().
 
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -73,14 +74,14 @@ def effective_impl(requested: str, version: str) -> str:
     return requested
 
 
-def network_flags(trt, impl: str) -> int:
+def network_flags(trt: Any, impl: str) -> int:
     """The PREFER_AOT/JIT_PYTHON_PLUGINS creation flag bit for `impl` (0 where TensorRT has no such flag)."""
     name = {"aot": "PREFER_AOT_PYTHON_PLUGINS", "jit": "PREFER_JIT_PYTHON_PLUGINS"}[impl]
     flag = getattr(trt.NetworkDefinitionCreationFlag, name, None)
     return 0 if flag is None else 1 << int(flag)
 
 
-def _tensorrt():
+def _tensorrt() -> tuple[Any, Any]:
     trt = require("tensorrt", "trt")
     try:
         import tensorrt.plugin as trtp
@@ -93,7 +94,7 @@ def _tensorrt():
     return trt, trtp
 
 
-def _dtype_name(trt, dtype) -> str:
+def _dtype_name(trt: Any, dtype: Any) -> str:
     names = {trt.float32: "float32", trt.float16: "float16", trt.int32: "int32", trt.int64: "int64"}
     if dtype not in names:
         raise PluginError(f"ScatterMeanPool: tensor type {dtype} is not supported; use float32/float16 "
@@ -129,7 +130,7 @@ def register() -> None:
         _registered = True
 
 
-def _define(trt, trtp) -> None:
+def _define(trt: Any, trtp: Any) -> None:
     from sg2v.runtime import cuda_kernels
 
     @trtp.register(PLUGIN_ID)
@@ -173,7 +174,7 @@ def _define(trt, trtp) -> None:
         return aot_kernel(trt, trtp, values, num_segments, index.dtype, mask.dtype)
 
 
-def tensor_view(cupy, trt, tensor, device_id: int):
+def tensor_view(cupy: Any, trt: Any, tensor: Any, device_id: int) -> Any:
     """A CuPy array over a `trtp.Tensor`'s buffer: no copy, and no stream synchronisation.
 
     `cupy.asarray(tensor)` would go through `__cuda_array_interface__`, whose `stream` entry makes CuPy
@@ -191,7 +192,8 @@ def tensor_view(cupy, trt, tensor, device_id: int):
     return cupy.ndarray(shape, dtype=dtype, memptr=cupy.cuda.MemoryPointer(memory, 0), strides=strides)
 
 
-def aot_kernel(trt, trtp, values, num_segments: int, index_dtype, mask_dtype):
+def aot_kernel(trt: Any, trtp: Any, values: Any, num_segments: int, index_dtype: Any, mask_dtype: Any
+               ) -> tuple[bytes, bytes, Any, Any]:
     """(kernel name, PTX, launch parameters, extra int32 arguments) for one plugin node, as aot_impl returns.
 
     The plain `extern "C"` kernel of `scatter_pool.cu` for the dtypes, compiled by NVRTC for `ptx_arch()`
@@ -218,7 +220,7 @@ def aot_kernel(trt, trtp, values, num_segments: int, index_dtype, mask_dtype):
     return name.encode(), ptx, launch, extra
 
 
-def plugin_record(impl: str, version: str) -> dict:
+def plugin_record(impl: str, version: str) -> dict[str, Any]:
     """What an engine with this plugin depends on beyond its ONNX file, for its engine.json."""
     from sg2v.runtime import cuda_kernels
 

@@ -34,7 +34,7 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 CAPTURE_WARMUP = 3  # eager calls on a side stream before capture: cuDNN/cuBLAS pick algorithms, pools fill
 
 
-def _fp32_types() -> tuple[type, ...]:
+def _fp32_types() -> tuple[Any, ...]:
     from sg2v.models.unet import SinusoidalEmbedding
 
     # sin/cos of a timestep up to ~1000 need float32: fp16 resolves only 0.5 there. GroupNorm and the UNet's
@@ -182,7 +182,7 @@ class GuidedStep:
 class CudaEventClock:
     """Denoiser step times from CUDA events recorded on the stream: no host sync inside the loop."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.marks: list[tuple[Any, Any]] = []
 
     def start(self) -> None:
@@ -206,7 +206,8 @@ class _CastInputs(nn.Module):
         super().__init__()
         self.unet, self.dtype, self.student = unet, dtype, student
 
-    def forward(self, x, t, context, context_mask, *rest):  # rest: [objects, boxes,] [guidance]
+    # rest: [objects, boxes,] [guidance]
+    def forward(self, x: Any, t: Any, context: Any, context_mask: Any, *rest: Any) -> Any:
         d = self.dtype
         extra = {"guidance": rest[-1]} if self.student else {}
         layout = rest[:-1] if self.student else rest

@@ -17,6 +17,7 @@ relation check. Building the backend runs every engine once, so a failing first 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +236,8 @@ def make_trt_backend(bundle: Any, device: str | None = None, engine_dir: str | N
                                           driver_cuda=driver_cuda)
         if plugin and info.get("route", trt_build.ROUTE_ONNX) == trt_build.ROUTE_ONNX:
             trt_build.register_plugins()  # the plan names the plugin; it must be registered before loading
-        bindings = info.get("bindings") if isinstance(info.get("bindings"), dict) else {}
+        given = info.get("bindings")
+        bindings = given if isinstance(given, dict) else {}
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept alive by the stages' engines
         stream = cp.cuda.Stream(non_blocking=True)  # capture needs a stream other than the legacy default
         encoder = TrtStage(plans[spec.ENCODER_STAGE], bundle.stages[spec.ENCODER_STAGE], runtime, stream,
@@ -258,7 +260,7 @@ def make_trt_backend(bundle: Any, device: str | None = None, engine_dir: str | N
         stream.synchronize()
 
     @contextlib.contextmanager
-    def on_stream():
+    def on_stream() -> Iterator[None]:
         with cp.cuda.Device(device_id), stream:
             yield
 
