@@ -136,17 +136,7 @@ def open_run_data(paths: Sequence[str | os.PathLike], *, frames: int | None = No
         raise RunDataError(f"--data {' '.join(map(str, paths))}: a folder is given twice; give each once")
     train = [ConvertedDataset(r, "train") for r in roots]
     val = [ConvertedDataset(r, "val") for r in roots]
-    first = roots[0]
-    vocab = train[0].vocab
-    for r, ds in zip(roots[1:], train[1:]):
-        if ds.vocab != vocab:
-            raise RunDataError(f"--data: {r}/{VOCAB_FILE} differs from {first}/{VOCAB_FILE}; folders trained "
-                               "together need one vocabulary (convert them with the same vocabulary, e.g. "
-                               "folder data with --vocab), or train on one")
-        if (ds.height, ds.width) != (train[0].height, train[0].width):
-            raise RunDataError(f"--data: {r} holds {ds.height} x {ds.width} frames, {first} "
-                               f"{train[0].height} x {train[0].width}; convert them at one --height / "
-                               "--width")
+    _check_together(roots, train)
     h, w = train[0].height, train[0].width
     for flag, want, have in (("--height", height, h), ("--width", width, w)):
         if want is not None and want != have:
@@ -156,9 +146,38 @@ def open_run_data(paths: Sequence[str | os.PathLike], *, frames: int | None = No
     if not len(train_pool):
         raise RunDataError(f"--data {' '.join(map(str, paths))}: the train split is empty; convert a data "
                            "set with training samples")
+    frames = _clip_frames(roots, (train_pool, val_pool), frames, int(train[0].frames_per_clip))
+    max_objects, max_relationships = _graph_limits((train_pool, val_pool), max_objects, max_relationships)
+    formats = tuple(str(ds.info.get("source_format", "")) for ds in train)
+    if rules is None:
+        families = {SOURCE_RULES.get(f, "none") for f in formats}
+        rules = families.pop() if len(families) == 1 else "none"
+    if rules not in RULE_FAMILIES:
+        raise RunDataError(f"--rules {rules!r}: choose one of {list(RULE_FAMILIES)}")
+    return RunData(tuple(str(p) for p in paths), train[0].vocab, train_pool, val_pool, int(frames), h, w,
+                   int(max_objects), int(max_relationships), rules, formats, _fingerprint(roots))
+
+
+def _check_together(roots: list[Path], train: list[ConvertedDataset]) -> None:
+    """RunDataError unless the folders share the first one's vocabulary and frame size."""
+    first, vocab = roots[0], train[0].vocab
+    for r, ds in zip(roots[1:], train[1:]):
+        if ds.vocab != vocab:
+            raise RunDataError(f"--data: {r}/{VOCAB_FILE} differs from {first}/{VOCAB_FILE}; folders trained "
+                               "together need one vocabulary (convert them with the same vocabulary, e.g. "
+                               "folder data with --vocab), or train on one")
+        if (ds.height, ds.width) != (train[0].height, train[0].width):
+            raise RunDataError(f"--data: {r} holds {ds.height} x {ds.width} frames, {first} "
+                               f"{train[0].height} x {train[0].width}; convert them at one --height / "
+                               "--width")
+
+
+def _clip_frames(roots: list[Path], pools: tuple[Pool, Pool], frames: int | None, converted: int) -> int:
+    """The run's clip length: the one clip length of the folders' clips (`frames`, when given, must be
+    it), else `frames` or the conversion's for images only."""
     clips: dict[int, Path] = {}  # clip length -> the first folder holding such clips
     for i, r in enumerate(roots):
-        for pool in (train_pool, val_pool):
+        for pool in pools:
             for f in np.unique(pool.frames[pool.source == i]):
                 if f > 1:
                     clips.setdefault(int(f), r)
@@ -173,25 +192,23 @@ def open_run_data(paths: Sequence[str | os.PathLike], *, frames: int | None = No
                                f"out, or convert the data again with --frames {frames}")
         frames = clip_frames
     elif frames is None:
-        frames = int(train[0].frames_per_clip)  # images only: the conversion's clip length
+        frames = converted  # images only: the conversion's clip length
     if frames < 1:
         raise RunDataError(f"--frames {frames}: give a positive frame count")
-    both = (train_pool, val_pool)
-    largest_o = max(int(p.objects.max()) for p in both if len(p))
-    largest_r = max(int(p.relationships.max()) for p in both if len(p))
+    return frames
+
+
+def _graph_limits(pools: tuple[Pool, Pool], max_objects: int | None, max_relationships: int | None
+                  ) -> tuple[int, int]:
+    """Objects and relationships per graph: the flags', else the largest train / val graph's."""
+    largest_o = max(int(p.objects.max()) for p in pools if len(p))
+    largest_r = max(int(p.relationships.max()) for p in pools if len(p))
     max_objects = largest_o if max_objects is None else max_objects
     max_relationships = largest_r if max_relationships is None else max_relationships
     if max_objects < 1 or max_relationships < 0:
         raise RunDataError(f"--max-objects {max_objects} / --max-relationships {max_relationships}: give at "
                            "least 1 object and 0 relationships")
-    formats = tuple(str(ds.info.get("source_format", "")) for ds in train)
-    if rules is None:
-        families = {SOURCE_RULES.get(f, "none") for f in formats}
-        rules = families.pop() if len(families) == 1 else "none"
-    if rules not in RULE_FAMILIES:
-        raise RunDataError(f"--rules {rules!r}: choose one of {list(RULE_FAMILIES)}")
-    return RunData(tuple(str(p) for p in paths), vocab, train_pool, val_pool, int(frames), h, w,
-                   int(max_objects), int(max_relationships), rules, formats, _fingerprint(roots))
+    return max_objects, max_relationships
 
 
 def data_model_config(base: ModelConfig, data: RunData) -> ModelConfig:
