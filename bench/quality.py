@@ -129,39 +129,62 @@ def main(argv: list[str] | None = None) -> int:
 
 def default_steps(student: dict | None) -> list[int]:
     """4, 8 and 25 steps, or a guidance-distilled student's first three distilled step counts."""
-    return [4, 8, 25] if student is None else sorted(student["steps"])[:3]
+    from sg2v.kinds import guidance_for
+
+    return guidance_for(student).step_counts([4, 8, 25])
 
 
 def measure_bundle(args: argparse.Namespace, path: str, steps: list[int] | None) -> dict:
     """The three-stage quality of one bundle (layout stage, true tracks, end to end), rows printed as they
     finish; a student's step counts and guidance are checked before anything is sampled."""
-    from sg2v.quality import evaluate_pipeline, format_markdown, format_table
     from sg2v.runtime import Pipeline
 
     pipe = Pipeline.from_bundle(path, backend=args.backend, threads=args.threads)
-    student = pipe.bundle.student
-    steps = list(steps or default_steps(student))
+    guidance = pipe.bundle.guidance
+    steps = list(steps or guidance.step_counts([4, 8, 25]))
     true_steps = args.true_steps
     if true_steps is None:
-        true_steps = [8] if student is None else [int(pipe.bundle.sampler_defaults["steps"])]
+        true_steps = [guidance.reference_steps(8, int(pipe.bundle.sampler_defaults["steps"]))]
     for s in dict.fromkeys([*steps, *true_steps]):  # a student refuses what it was not distilled for
         pipe.generator.settings(steps=s, guidance=args.guidance)
-    kind = "guidance-distilled student" if student is not None else "sampled with CFG"
-    title = f"{path} ({kind})"
+    title = f"{path} ({guidance.description})"
     print(f"bundle {title} on {pipe.backend_name}: {args.n} held-out graphs, steps {steps}")
-    grounded = pipe.generator.grounded
+    measure = MEASURES[pipe.bundle.grounding.name]
+    layout_row, true_rows, rows, videos, table = measure(pipe, args, steps, true_steps)
+    pipe.close()
+    return {"bundle": os.fspath(path), "bundle_files": pipe.bundle.manifest["files"], "rows": rows,
+            "true_layout_rows": true_rows, "layout_stage": layout_row, "table": table, "videos": videos,
+            "title": title, "student": guidance.entry is not None, "kind": guidance.short,
+            "name": pipe.bundle.config.name}
+
+
+def _measure_ungrounded(pipe, args: argparse.Namespace, steps: list[int], true_steps: list[int]) -> tuple:
+    """End-to-end rows only (no layout stage, no true tracks)."""
+    from sg2v.quality import evaluate_pipeline, format_markdown, format_table
+
+    print("")
+    print(format_table([]))
+    rows, videos = evaluate_pipeline(pipe, n=args.n, steps=steps, seed=args.seed, guidance=args.guidance,
+                                     log=print, max_batch=args.batch)
+    return None, [], rows, videos, format_markdown(rows)
+
+
+def _measure_grounded(pipe, args: argparse.Namespace, steps: list[int], true_steps: list[int]) -> tuple:
+    """The layout stage alone, the video given the true tracks, then end to end (or the geometry rows)."""
+    from sg2v.quality import evaluate_pipeline, format_markdown, format_table
+
     layout_row = None
-    if grounded and not args.no_layout_stage:
+    if not args.no_layout_stage:
         layout_row = layout_stage_row(pipe, args.n, args.seed, args.layout_tries, args.batch)
         print(format_layout_markdown([layout_row]))
     true_rows = []
-    if grounded and true_steps:
+    if true_steps:
         print("video given the true tracks:")
         print(format_table([]))
         true_rows, _ = evaluate_pipeline(pipe, n=args.n, steps=true_steps, seed=args.seed,
                                          guidance=args.guidance, log=print, max_batch=args.batch,
                                          true_layouts=True)
-    if grounded and getattr(args, "geometry_rows", False):
+    if getattr(args, "geometry_rows", False):
         rows, videos = [], {}
         for variant in args.layout_variant:
             got, vids = geometry_rows(pipe, args.n, steps, args.seed, args.guidance, args.batch, variant)
@@ -169,23 +192,21 @@ def measure_bundle(args: argparse.Namespace, path: str, steps: list[int] | None)
             videos.update(vids)
         table = format_geometry_markdown(rows)
     else:
-        print("end to end:" if grounded else "")
+        print("end to end:")
         print(format_table([]))
         rows, videos = evaluate_pipeline(pipe, n=args.n, steps=steps, seed=args.seed, guidance=args.guidance,
                                          log=print, max_batch=args.batch)
         table = format_markdown(rows)
-    if grounded:
-        parts = []
-        if layout_row is not None:
-            parts += ["Layout stage alone (relation rules on the sampled tracks):", "",
-                      format_layout_markdown([layout_row]), ""]
-        if true_rows:
-            parts += ["Video given the true tracks:", "", format_markdown(true_rows), ""]
-        table = "\n".join(parts + ["End to end:", "", table])
-    pipe.close()
-    return {"bundle": os.fspath(path), "bundle_files": pipe.bundle.manifest["files"], "rows": rows,
-            "true_layout_rows": true_rows, "layout_stage": layout_row, "table": table, "videos": videos,
-            "title": title, "student": student is not None, "name": pipe.bundle.config.name}
+    parts = []
+    if layout_row is not None:
+        parts += ["Layout stage alone (relation rules on the sampled tracks):", "",
+                  format_layout_markdown([layout_row]), ""]
+    if true_rows:
+        parts += ["Video given the true tracks:", "", format_markdown(true_rows), ""]
+    return layout_row, true_rows, rows, videos, "\n".join(parts + ["End to end:", "", table])
+
+
+MEASURES = {"ungrounded": _measure_ungrounded, "layout-grounded": _measure_grounded}  # by Grounding.name
 
 
 LAYOUT_VARIANTS = {"bundle": {}, "unchecked": {"per_round": 8, "geometry": None},
@@ -364,7 +385,7 @@ def compare_markdown(results: list[dict]) -> str:
 
     lines = []
     for i, r in enumerate(results):
-        kind = "student" if r["student"] else "CFG"
+        kind = r["kind"]  # Guidance.short
         body = format_markdown(r["rows"]).splitlines()
         if i == 0:
             lines += ["| model | kind | guidance " + body[0], "| --- | --- | --- " + body[1]]

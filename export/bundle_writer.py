@@ -20,6 +20,7 @@ from sg2v import bundle_spec as spec
 from sg2v.errors import BundleError
 from sg2v.generation import sampler_defaults
 from sg2v.io import atomic_path, sha256_file
+from sg2v.kinds import kinds_of_config
 
 
 def read_bundle_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -116,9 +117,9 @@ def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset:
     guidance_embed`) format 4: its UNet on one row per video with the guidance input, and the `student` entry
     (what it was distilled for); any other model format 2.
     """
-    grounded = cfg.layout.dim > 0
-    student = bool(cfg.unet.guidance_embed)
-    shapes = spec.shapes(cfg.data, cfg.encoder, max_batch, grounded=grounded, student=student)
+    guided, grounding = kinds_of_config(cfg)  # `guidance` is the default guidance weight
+    shapes = spec.shapes(cfg.data, cfg.encoder, max_batch, grounded=grounding.layout_stage,
+                         student=guided.entry is not None)
     io = spec.stage_io(shapes)
     stages = {name: {"file": file, **io[name], **(stage_extra or {}).get(name, {})}
               for name, file in spec.stage_files(shapes).items()}
@@ -144,16 +145,10 @@ def build_manifest(*, cfg: Any, vocab: Any, precision: str, pooling: str, opset:
     }
     if pooling == "plugin":
         manifest["plugin_impl"] = plugin_impl or "aot"  # the nodes' `aot` attribute, for the engine builder
-    if grounded:
-        from sg2v.geometry import model_geometry
-        from sg2v.relations import rules_for
-
-        manifest["layout"] = spec.layout_defaults(cfg.layout, rules_for(vocab.pred_names, cfg.layout.rules),
-                                                  model_geometry(cfg, vocab.object_names))
-    if student:
-        manifest["student"] = spec.student_entry(cfg.distill, cfg.diffusion.num_train_timesteps)
-    missing = [k for k in (*spec.MANIFEST_KEYS, *(spec.GROUNDED_MANIFEST_KEYS if grounded else ()),
-                           *(spec.STUDENT_MANIFEST_KEYS if student else ())) if k not in manifest]
+    manifest.update(grounding.manifest_entries(cfg, vocab))  # layout: its sampler settings and rules
+    manifest.update(guided.manifest_entries())  # student: what it was distilled for
+    missing = [k for k in (*spec.MANIFEST_KEYS, *grounding.manifest_keys, *guided.manifest_keys)
+               if k not in manifest]
     assert not missing, missing
     return manifest
 

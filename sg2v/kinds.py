@@ -28,6 +28,8 @@ class Guidance:
 
     name = ""
     label = ""  # what benchmarks call the kind
+    short = ""  # the kind in a table's column
+    description = ""  # the kind after a bundle's name
     entry: dict[str, Any] | None = None  # the manifest's "student" entry (None: not a student)
     rows_per_video = 2  # UNet rows per video per step
     unet_extra_inputs: tuple[str, ...] = ()  # UNet inputs after the conditioning
@@ -70,6 +72,10 @@ class Guidance:
         """Random values of `unet_extra_inputs` for b rows in the range the model takes (export parity)."""
         return {}
 
+    def manifest_entries(self) -> dict[str, Any]:
+        """The manifest entries of `manifest_keys` the exporter writes."""
+        return {}
+
     def fill(self, feeds: dict[str, Any], cond: Mapping[str, Any], uncond: Mapping[str, Any], b: int) -> None:
         """Write the conditioning into the UNet feeds: the b rows of `cond`, then the unconditional rows (the
         learned null context; no objects and no boxes)."""
@@ -89,8 +95,12 @@ class Guidance:
         return settings
 
     def step_counts(self, candidates: Sequence[int]) -> list[int]:
-        """The step counts of `candidates` a benchmark may sample with, at most three."""
+        """The step counts a benchmark samples with: `candidates`, or a student's first three distilled."""
         return list(candidates)
+
+    def reference_steps(self, candidate: int, default: int) -> int:
+        """The one step count of a benchmark's reference rows: `candidate`, or a student's `default`."""
+        return candidate
 
     def unet_flops(self, per_row: float, b: int) -> float:
         """FLOPs of one denoiser step for b videos, from one UNet row's."""
@@ -130,6 +140,8 @@ class ClassifierFree(Guidance):
 
     name = "cfg"
     label = "CFG"
+    short = "CFG"
+    description = "sampled with CFG"
 
 
 class Distilled(Guidance):
@@ -138,6 +150,8 @@ class Distilled(Guidance):
 
     name = "student"
     label = "student (guidance distilled)"
+    short = "student"
+    description = "guidance-distilled student"
     rows_per_video = 1
     unet_extra_inputs = (spec.STUDENT_INPUT,)
     manifest_keys = spec.STUDENT_MANIFEST_KEYS
@@ -165,6 +179,9 @@ class Distilled(Guidance):
 
     def read_null_context(self, load: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
         return None, None
+
+    def manifest_entries(self) -> dict[str, Any]:
+        return {"student": dict(self.entry)}
 
     def random_extra_inputs(self, rng: np.random.Generator, b: int) -> dict[str, np.ndarray]:
         lo, hi = self.entry["guidance_range"]
@@ -195,6 +212,9 @@ class Distilled(Guidance):
 
     def step_counts(self, candidates: Sequence[int]) -> list[int]:
         return sorted(self.entry["steps"])[:3]
+
+    def reference_steps(self, candidate: int, default: int) -> int:
+        return default
 
     def _unet_denoiser(self, backend: Any, feeds: dict[str, Any], s: Any, clock: Any) -> Callable:
         """The UNet on the b conditional rows with the guidance weight as its input."""
@@ -269,6 +289,10 @@ class Grounding:
     def layout_settings(self, manifest: Mapping[str, Any], config: Any, object_names: Sequence[str]) -> Any:
         """The layout stage's settings from a checked manifest (None without a layout stage)."""
         return None
+
+    def manifest_entries(self, config: Any, vocab: Any) -> dict[str, Any]:
+        """The manifest entries of `manifest_keys` the exporter writes for a `ModelConfig` and `Vocab`."""
+        return {}
 
 
 class LayoutGrounded(Grounding):
@@ -345,6 +369,16 @@ class LayoutGrounded(Grounding):
         return {"counts": [g.num_objects for g in graphs],
                 "relationships": [[list(r) for r in g.relationships] for g in graphs],
                 "pinned": pinned, "settings": settings}
+
+    def manifest_entries(self, config: Any, vocab: Any) -> dict[str, Any]:
+        """`layout`: the config's layout sampler settings, the vocabulary's relation rules and the data's
+        geometric constraints."""
+        from sg2v.geometry import model_geometry
+        from sg2v.relations import rules_for
+
+        rules = rules_for(vocab.pred_names, config.layout.rules)
+        geometry = model_geometry(config, vocab.object_names)
+        return {"layout": spec.layout_defaults(config.layout, rules, geometry)}
 
     def layout_settings(self, manifest: Mapping[str, Any], config: Any, object_names: Sequence[str]) -> Any:
         """`steps, tries, per_round, sampler, relation_rules, geometry`; a shapes-world bundle written

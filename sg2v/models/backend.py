@@ -155,13 +155,7 @@ class StudentCall(UNetCall):
 
 def layout_settings(cfg: ModelConfig, vocab: Any) -> dict[str, Any] | None:
     """The layout stage's settings of a model (the manifest's `layout` entry), None without a layout net."""
-    if cfg.layout.dim <= 0:
-        return None
-    from sg2v.geometry import model_geometry
-    from sg2v.relations import rules_for
-
-    return spec.layout_defaults(cfg.layout, rules_for(vocab.pred_names, cfg.layout.rules),
-                                model_geometry(cfg, vocab.object_names))
+    return kinds_of_config(cfg)[1].manifest_entries(cfg, vocab).get("layout")
 
 
 def model_generator(model: torch.nn.Module, cfg: ModelConfig | None = None, vocab: Any = None) -> Generator:
