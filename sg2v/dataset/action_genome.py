@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.dataset.common import (
     MAX_COORD,
@@ -98,13 +99,13 @@ def _classes(path: Path) -> dict[str, str]:
     return out
 
 
-def _frame_number(frame: str) -> tuple:
+def _frame_number(frame: str) -> tuple[Any, ...]:
     stem = frame.rsplit(".", 1)[0]
     numeric = stem.isascii() and stem.isdigit() and len(stem) <= 18  # "²".isdigit(), yet int() refuses it
     return (int(stem), frame) if numeric else (float("inf"), frame)
 
 
-def _numbers(b: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
+def _numbers(b: Any, shape: tuple[int, ...] | None = None) -> NDArray[Any]:
     """float64 values of a list/tuple/array of numbers, each finite within +-MAX_COORD; ValueError if not."""
     if isinstance(b, np.ndarray):
         if b.dtype.kind not in "iuf" or b.size > 4096:
@@ -123,7 +124,7 @@ def _numbers(b: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
     return a if shape is None else a.reshape(shape)
 
 
-def _xyxy_from_xywh(b: Any) -> np.ndarray | None:
+def _xyxy_from_xywh(b: Any) -> NDArray[Any] | None:
     if b is None:
         return None
     a = _numbers(b).reshape(-1)
@@ -135,15 +136,16 @@ def _xyxy_from_xywh(b: Any) -> np.ndarray | None:
 class _Frame:
     """One usable annotated frame: where it is and what is visible in it."""
 
-    def __init__(self, name: str, path: Path, person: np.ndarray | None, size: tuple[int, int] | None,
-                 objects: dict[str, tuple[np.ndarray, list[tuple[str, bool]]]], invisible: set[str],
+    def __init__(self, name: str, path: Path, person: NDArray[Any] | None, size: tuple[int, int] | None,
+                 objects: dict[str, tuple[NDArray[Any], list[tuple[str, bool]]]], invisible: set[str],
                  notes: DropTable):
         self.name, self.path, self.person, self.size = name, path, person, size
         self.objects, self.invisible = objects, invisible  # objects: name -> (box, [(predicate, spatial)])
         self.notes = notes  # about this frame: counted once it is in a written clip
 
 
-def _person(entry: Any, pkl: Path, key: str, notes: DropTable) -> tuple[np.ndarray | None, tuple | None]:
+def _person(entry: Any, pkl: Path, key: str, notes: DropTable
+            ) -> tuple[NDArray[Any] | None, tuple[Any, ...] | None]:
     if not isinstance(entry, dict) or "bbox" not in entry:
         raise bad_source(pkl, repr(key), "a person entry must be a dict with 'bbox'", FIX)
     raw = entry["bbox"]
@@ -282,7 +284,7 @@ def plan(source: Path, o: AGOptions, seed: int, frames: int) -> Plan:
                 drops.add("frame", f"in a run of consecutive usable annotated frames shorter than --frames "
                                    f"({frames})", len(run))
                 continue
-            covered = set()
+            covered: set[int] = set()
             for s in starts:
                 covered.update(range(s, s + frames))
                 payloads[split].append(_clip_payload(split, video, run[s:s + frames], drops, o))
@@ -295,7 +297,7 @@ def plan(source: Path, o: AGOptions, seed: int, frames: int) -> Plan:
                 frames_estimate=len(ordered) * frames)
 
 
-def _frame(video: str, frame: str, key: str, frames_root: Path, person_entry: Any, objs: list,
+def _frame(video: str, frame: str, key: str, frames_root: Path, person_entry: Any, objs: list[Any],
            obj_names: dict[str, str], rel_names: dict[str, str], o: AGOptions, person_pkl: Path,
            object_pkl: Path, drops: DropTable) -> _Frame | None:
     """Check one annotated frame; None (counted in `drops`) if it is not usable. Notes about it are kept
@@ -314,7 +316,7 @@ def _frame(video: str, frame: str, key: str, frames_root: Path, person_entry: An
             drops.add("frame", "no person box (STTran drops these; --keep-frames-without-person keeps them)")
             return None
         notes.add("person", "no box in a kept frame; the person is not visible in it")
-    visible: dict[str, tuple[np.ndarray, list[str]]] = {}
+    visible: dict[str, tuple[NDArray[Any], list[tuple[str, bool]]]] = {}
     invisible: set[str] = set()
     for j, obj in enumerate(objs):
         where = f"{key!r}[{j}]"
@@ -374,7 +376,7 @@ def _clip_payload(split: str, video: str, clip: list[_Frame], drops: DropTable, 
     n = len(names)
     boxes = np.zeros((n, f, 4))  # (n, F, 4) pixels xyxy
     visible = np.zeros((n, f), dtype=bool)
-    rel_frames: dict[tuple[int, str, int], np.ndarray] = {}  # (subject, predicate, object) -> frames
+    rel_frames: dict[tuple[int, str, int], NDArray[Any]] = {}  # (subject, predicate, object) -> frames
     to_person = o.spatial_direction == "object-to-person"
     for t, fr in enumerate(clip):
         if fr.person is not None:
@@ -385,7 +387,8 @@ def _clip_payload(split: str, video: str, clip: list[_Frame], drops: DropTable, 
             for p, spatial in preds:
                 triple = (k, p, 0) if spatial and to_person else (0, p, k)
                 rel_frames.setdefault(triple, np.zeros(f, dtype=bool))[t] = True
-    rels = [list(triple) for triple in rel_frames]
+    triples = list(rel_frames)
+    rels = [list(triple) for triple in triples]
     return {
         "split": split,
         "unit": "clip",
@@ -394,7 +397,7 @@ def _clip_payload(split: str, video: str, clip: list[_Frame], drops: DropTable, 
         "boxes_unit": "px",
         "visible": visible,
         "has_layout": np.ones(n, dtype=bool),
-        "rel_frames": np.array([rel_frames[tuple(r)] for r in rels], dtype=bool).reshape(len(rels), f),
+        "rel_frames": np.array([rel_frames[t] for t in triples], dtype=np.bool_).reshape(len(rels), f),
         "source": {"video": video, "frames": [fr.name for fr in clip]},
         "files": [str(fr.path) for fr in clip],
         "sizes": [fr.size for fr in clip],

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.dataset.common import (
     MAX_COORD,
@@ -107,7 +108,7 @@ def rle_string_counts(s: str) -> list[int]:
     return counts
 
 
-def rle_decode(counts: list[int], h: int, w: int) -> np.ndarray:
+def rle_decode(counts: list[int], h: int, w: int) -> NDArray[Any]:
     """Uncompressed RLE counts -> bool mask (h, w); runs of 0 and 1 alternate over column-major pixels.
     The counts are checked (each an integer in [0, h w], as many as h w + 1 at most, summing to h w) before
     anything of their size is allocated."""
@@ -122,7 +123,7 @@ def rle_decode(counts: list[int], h: int, w: int) -> np.ndarray:
     return np.repeat(values, c).reshape(w, h).T
 
 
-def polygons_mask(polys: list, h: int, w: int) -> np.ndarray:
+def polygons_mask(polys: list[Any], h: int, w: int) -> NDArray[Any]:
     """Union of polygons [x0, y0, x1, y1, ...] on an (h, w) grid: the pixels whose centers lie inside.
     At most MAX_POLYGONS polygons of MAX_POLYGON_POINTS points together; rasterised in chunks of edges."""
     if len(polys) > MAX_POLYGONS:
@@ -157,7 +158,7 @@ def polygons_mask(polys: list, h: int, w: int) -> np.ndarray:
     return mask
 
 
-def segmentation_mask(seg: Any, h: int, w: int) -> np.ndarray:
+def segmentation_mask(seg: Any, h: int, w: int) -> NDArray[Any]:
     """Any COCO segmentation (polygons, uncompressed or compressed RLE) -> bool mask (h, w)."""
     if isinstance(seg, list):
         return polygons_mask(seg, h, w)
@@ -180,7 +181,7 @@ def segmentation_mask(seg: Any, h: int, w: int) -> np.ndarray:
     raise MaskError("segmentation must be a list of polygons or an RLE object")
 
 
-def mask_center(mask: np.ndarray, bbox: list[float], w: int, h: int) -> tuple[float, float] | None:
+def mask_center(mask: NDArray[Any], bbox: list[float], w: int, h: int) -> tuple[float, float] | None:
     """Mean pixel-center position of the mask inside the box's pixel crop, as fractions of (w, h)."""
     x, y, bw, bh = bbox
     x0, x1 = int(round(x)), int(round(x + bw))
@@ -193,7 +194,8 @@ def mask_center(mask: np.ndarray, bbox: list[float], w: int, h: int) -> tuple[fl
     return (float(xs.mean()) + max(x0, 0) + 0.5) / w, (float(ys.mean()) + max(y0, 0) + 0.5) / h
 
 
-def predicate(sbox: np.ndarray, obox: np.ndarray, sc: tuple[float, float], oc: tuple[float, float]) -> str:
+def predicate(sbox: NDArray[Any], obox: NDArray[Any], sc: tuple[float, float], oc: tuple[float, float]
+              ) -> str:
     """sg2im's geometric predicate of subject box/center vs object box/center (see the module note)."""
     sx0, sy0, sx1, sy1 = sbox
     ox0, oy0, ox1, oy1 = obox
@@ -242,7 +244,7 @@ def coco_job(payload: dict[str, Any]) -> JobResult:
                 res.notes.add("object", "segmentation unreadable; box center used for its relationships")
         centers.append(c if c is not None else ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
     rng = np.random.default_rng([ctx.seed, int(payload["image_id"])])
-    rels: list[list] = []
+    rels: list[list[Any]] = []
     seen: set[tuple[int, str, int]] = set()
     for cur in range(n):
         choices = [k for k in range(n) if k != cur]
@@ -272,7 +274,7 @@ def coco_job(payload: dict[str, Any]) -> JobResult:
 
 
 # ---------------------------------------------------------------------------------------------------- plan
-def _categories(data: dict, path: Path) -> dict[int, str]:
+def _categories(data: dict[Any, Any], path: Path) -> dict[int, str]:
     cats = data.get("categories")
     if not isinstance(cats, list):
         raise bad_source(path, "categories", "expected a list of {id, name}", FIX)
@@ -331,7 +333,7 @@ def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
     drops, notes = DropTable(), DropTable()
     payloads: list[dict[str, Any]] = []
     vocab = None
-    cats_seen: tuple | None = None
+    cats_seen: tuple[Any, ...] | None = None
     for src in ("train2017", "val2017"):
         inst_path = ann_dir / f"instances_{src}.json"
         stuff_path = ann_dir / f"stuff_{src}.json"
@@ -359,7 +361,7 @@ def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
             or set(stuffs.values())
         names = {**things, **stuffs}
         images = _images(inst, inst_path)
-        objects: dict[int, list] = {iid: [] for iid in images}
+        objects: dict[int, list[Any]] = {iid: [] for iid in images}
         crowd: dict[int, int] = {}  # crowd annotations among each image's objects (noted where kept)
         with_stuff: set[int] = set()
         for data, path, is_stuff in ((inst, inst_path, False), (stuff, stuff_path, True)):
@@ -410,15 +412,16 @@ def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
                 drops.add("image", f"more than --max-objects-per-image ({o.max_objects_per_image}) objects "
                                    "left")
                 continue
-            path = next((p for root in roots for p in (root / src / file_name, root / file_name)
-                         if p.is_file()), None)
-            if path is None:
+            image_path = next((p for root in roots for p in (root / src / file_name, root / file_name)
+                               if p.is_file()), None)
+            if image_path is None:
                 drops.add("image", "image file not found")
                 continue
             split = "train" if src == "train2017" else "val" if n_val < o.val_images else "test"
             n_val += split != "train"
             payloads.append({"split": split, "unit": "image", "image_id": iid, "file": f"{src}/{file_name}",
-                             "path": str(path), "size": size, "objects": objs, "crowd": crowd.get(iid, 0)})
+                             "path": str(image_path), "size": size, "objects": objs,
+                             "crowd": crowd.get(iid, 0)})
     if not payloads and drops.count("image", "image file not found"):
         raise DatasetError(f"no image file found under {' or '.join(map(str, roots))} (looked for "
                            "train2017/FILE and val2017/FILE); unpack train2017.zip and val2017.zip there or "
@@ -429,7 +432,7 @@ def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
                 frames_estimate=len(payloads))
 
 
-def _images(data: dict, path: Path) -> dict[int, tuple[str, tuple[int, int]]]:
+def _images(data: dict[Any, Any], path: Path) -> dict[int, tuple[str, tuple[int, int]]]:
     images = data.get("images")
     if not isinstance(images, list):
         raise bad_source(path, "images", "expected a list of {id, file_name, width, height}", FIX)

@@ -13,9 +13,10 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.errors import DatasetError
 from sg2v.safety import read_input
@@ -120,7 +121,7 @@ def is_number(v: Any, limit: float = MAX_COORD) -> bool:
     return -limit <= v <= limit if isinstance(v, int) else (v == v and -limit <= v <= limit)
 
 
-def is_int(v: Any, lo: int = 0, hi: int = MAX_ID) -> bool:
+def is_int(v: Any, lo: int = 0, hi: int = MAX_ID) -> TypeGuard[int]:
     """A JSON integer (not a bool) in [lo, hi]."""
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
@@ -130,7 +131,7 @@ class UnreadableImage(Exception):
     """A frame file that is missing or cannot be decoded; the message names the file and the cause."""
 
 
-def load_frame(path: str | os.PathLike, height: int, width: int) -> tuple[np.ndarray, tuple[int, int]]:
+def load_frame(path: str | os.PathLike[str], height: int, width: int) -> tuple[NDArray[Any], tuple[int, int]]:
     """Decode an image to RGB, stretch it (bilinear) to (height, width): (frame, (orig_w, orig_h))."""
     from PIL import Image
 
@@ -151,7 +152,7 @@ def load_frame(path: str | os.PathLike, height: int, width: int) -> tuple[np.nda
     return frame, size
 
 
-def resize_frame(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_frame(rgb: NDArray[Any], height: int, width: int) -> NDArray[Any]:
     from PIL import Image
 
     im = Image.fromarray(rgb)
@@ -166,7 +167,7 @@ def unreadable_error(message: str) -> DatasetError:
 
 
 # ------------------------------------------------------------------------------------------------- geometry
-def normalize_boxes(boxes_px: np.ndarray, sizes: Sequence[tuple[int, int]]) -> np.ndarray:
+def normalize_boxes(boxes_px: NDArray[Any], sizes: Sequence[tuple[int, int]]) -> NDArray[Any]:
     """Pixel [x0, y0, x1, y1] (n, F, 4) -> fractions of each frame's (w, h), unclipped (float64)."""
     out = np.asarray(boxes_px, dtype=np.float64).copy()
     for t, (w, h) in enumerate(sizes):
@@ -175,7 +176,8 @@ def normalize_boxes(boxes_px: np.ndarray, sizes: Sequence[tuple[int, int]]) -> n
     return out
 
 
-def clip_boxes(boxes: np.ndarray, visible: np.ndarray, notes: DropTable) -> tuple[np.ndarray, np.ndarray]:
+def clip_boxes(boxes: NDArray[Any], visible: NDArray[Any], notes: DropTable
+               ) -> tuple[NDArray[Any], NDArray[Any]]:
     """Clip visible boxes to [0, 1]; a box with no area left becomes invisible in that frame (noted)."""
     boxes = np.where(visible[..., None], boxes, 0.0)
     clipped = np.clip(boxes, 0.0, 1.0)
@@ -188,13 +190,15 @@ def clip_boxes(boxes: np.ndarray, visible: np.ndarray, notes: DropTable) -> tupl
     return clipped, visible
 
 
-def round_boxes(boxes: np.ndarray) -> list:
+def round_boxes(boxes: NDArray[Any]) -> list[Any]:
     """Boxes as nested lists of floats rounded to 6 decimals (sub-pixel at any side <= 4096)."""
-    return np.round(boxes.astype(np.float64), 6).tolist()
+    out: list[Any] = np.round(boxes.astype(np.float64), 6).tolist()
+    return out
 
 
-def as01(a: np.ndarray) -> list:
-    return np.asarray(a, dtype=np.int8).tolist()
+def as01(a: NDArray[Any]) -> list[Any]:
+    out: list[Any] = np.asarray(a, dtype=np.int8).tolist()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- splits
@@ -232,7 +236,7 @@ class JobContext:
 class JobResult:
     """Samples a job built, in order, and what it dropped / noted."""
 
-    samples: list[tuple[str, dict[str, Any], np.ndarray]] = field(default_factory=list)
+    samples: list[tuple[str, dict[str, Any], NDArray[Any]]] = field(default_factory=list)
     drops: DropTable = field(default_factory=DropTable)
     notes: DropTable = field(default_factory=DropTable)
 
@@ -284,7 +288,7 @@ def frames_job(payload: dict[str, Any]) -> JobResult:
     return res
 
 
-def finish_record(payload: dict[str, Any], boxes: np.ndarray, visible: np.ndarray) -> dict[str, Any]:
+def finish_record(payload: dict[str, Any], boxes: NDArray[Any], visible: NDArray[Any]) -> dict[str, Any]:
     r = len(payload["graph"]["relationships"])
     rel_frames = np.asarray(payload["rel_frames"], dtype=bool).reshape(r, boxes.shape[1])
     return {

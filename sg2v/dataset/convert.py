@@ -121,8 +121,9 @@ def _results(plan: Plan, ctx: JobContext, workers: int) -> Iterator[Any]:
         yield from pool.imap(plan.job, plan.payloads, chunksize=chunk)
 
 
-def convert(fmt: str, source: str | os.PathLike, out: str | os.PathLike, common: CommonOptions | None = None,
-            options: Any = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def convert(fmt: str, source: str | os.PathLike[str], out: str | os.PathLike[str],
+            common: CommonOptions | None = None, options: Any = None,
+            log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Convert `source` (a data set in format `fmt`) into the folder `out`; returns its dataset.json."""
     log = log or (lambda line: print(line, file=sys.stderr))
     common = common or CommonOptions()

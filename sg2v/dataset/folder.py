@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.dataset.common import (
     DropTable,
@@ -55,8 +56,8 @@ class _Invalid(Exception):
 
 
 def _strict_json(path: Path) -> Any:
-    def no_dupes(pairs: list) -> dict:
-        out: dict = {}
+    def no_dupes(pairs: list[Any]) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
         for k, v in pairs:
             if k in out:
                 raise ValueError(f"duplicate key {k!r}")
@@ -83,7 +84,7 @@ def _strict_json(path: Path) -> Any:
         raise _Invalid(f"{path}: invalid JSON ({e})", "graph file invalid") from None
 
 
-def _box(v: Any, where: str) -> np.ndarray:
+def _box(v: Any, where: str) -> NDArray[Any]:
     if not (isinstance(v, (list, tuple)) and len(v) == 4
             and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
         raise _Invalid(f"{where}: expected a box [x0, y0, x1, y1], got {json.dumps(v)[:60]}; {LAYOUT_HELP}",
@@ -120,7 +121,7 @@ def check_layout(layout: Any, n_objects: int, where: str) -> dict[int, Any]:
 
 
 def resolve_layout(layout: dict[int, Any], n_objects: int, n_frames: int,
-                   where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   where: str) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Checked layout -> boxes (n, N, 4), visible (n, N), has_layout (n,) over the recording's N frames."""
     boxes = np.zeros((n_objects, n_frames, 4))
     visible = np.ones((n_objects, n_frames), dtype=bool)
@@ -139,11 +140,11 @@ def resolve_layout(layout: dict[int, Any], n_objects: int, n_frames: int,
                 raise _Invalid(f"{where}[\"{k}\"]: {len(per)} boxes, but the recording has {n_frames} "
                                "frames; give one box per frame (null where the object is out of view), one "
                                "static box or {\"start\": box, \"end\": box}", "layout invalid")
-            for t, b in enumerate(per):
+            for f, b in enumerate(per):
                 if b is None:
-                    visible[k, t] = False
+                    visible[k, f] = False
                 else:
-                    boxes[k, t] = b
+                    boxes[k, f] = b
     return boxes, visible, has
 
 
@@ -191,13 +192,13 @@ def plan(source: Path, o: FolderOptions, seed: int, frames: int) -> Plan:
     entries = []
     for js in graphs:
         try:
-            media = _media(js)
-            if not media:
+            found = _media(js)
+            if not found:
                 raise _Invalid(f"{js}: no NAME.mp4, NAME/ folder of frames or NAME.png / .jpg beside it; add "
                                "the recording or move the graph away", "no recording beside the graph",
                                exit2=False)
-            if len(media) > 1:
-                raise _Invalid(f"{js}: {' and '.join(p.name for p in media)} both belong to it; keep one",
+            if len(found) > 1:
+                raise _Invalid(f"{js}: {' and '.join(p.name for p in found)} both belong to it; keep one",
                                "more than one recording beside the graph", exit2=False)
             data = _strict_json(js)
             if not isinstance(data, dict):
@@ -210,7 +211,7 @@ def plan(source: Path, o: FolderOptions, seed: int, frames: int) -> Plan:
         except _Invalid as e:
             invalid(e)
             continue
-        entries.append((js, media[0], data, layout))
+        entries.append((js, found[0], data, layout))
 
     if o.vocab:
         try:
@@ -282,8 +283,8 @@ def plan(source: Path, o: FolderOptions, seed: int, frames: int) -> Plan:
                 warnings=warnings)
 
 
-def _payload(split: str, name: str, graph: dict, boxes: np.ndarray, visible: np.ndarray, has: np.ndarray,
-             files: list[Path], source: dict) -> dict[str, Any]:
+def _payload(split: str, name: str, graph: dict[Any, Any], boxes: NDArray[Any], visible: NDArray[Any],
+             has: NDArray[Any], files: list[Path], source: dict[Any, Any]) -> dict[str, Any]:
     n, f = boxes.shape[:2]
     return {
         "split": split, "unit": "clip" if f > 1 else "image", "graph": graph, "boxes": boxes,
@@ -333,11 +334,11 @@ def folder_job(payload: dict[str, Any]) -> JobResult:
     return res
 
 
-def _read_mp4(path: Path, step: int, height: int, width: int) -> tuple[list[np.ndarray], int]:
+def _read_mp4(path: Path, step: int, height: int, width: int) -> tuple[list[NDArray[Any]], int]:
     """Every step-th frame of an mp4, resized, and the frame count (streamed: one full frame in memory)."""
     ffmpeg = require("imageio_ffmpeg", "video")
     gen = ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-    taken: list[np.ndarray] = []
+    taken: list[NDArray[Any]] = []
     total = 0
     try:
         meta = next(gen)

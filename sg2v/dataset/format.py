@@ -18,10 +18,12 @@ import json
 import math
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.errors import DatasetError, VocabError, first_line
 from sg2v.safety import open_input, read_input
@@ -93,7 +95,7 @@ class DatasetWriter:
         self._frames[split] = f
         self._index[split] = open(self.root / index_file(split), "w", encoding="utf-8")  # noqa: SIM115
 
-    def add(self, split: str, record: dict[str, Any], frames: np.ndarray) -> None:
+    def add(self, split: str, record: dict[str, Any], frames: NDArray[Any]) -> None:
         """Append one sample: `frames` (F, H, W, 3) uint8; `record` without frame_offset / frame_count."""
         if split not in self._frames:
             self._open(split)
@@ -167,7 +169,7 @@ def _no_constant(name: str) -> Any:
 
 
 
-def read_info(root: str | os.PathLike) -> dict[str, Any]:
+def read_info(root: str | os.PathLike[str]) -> dict[str, Any]:
     """dataset.json of a converted data set, checked for its format, version and shape fields."""
     root = Path(root)
     if not root.is_dir():
@@ -237,7 +239,7 @@ def _get(d: Any, key: str) -> Any:
     return d.get(key) if isinstance(d, dict) else None
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -250,14 +252,15 @@ def read_vocab(root: Path) -> Vocab:
         raise DatasetError(f"{e}; convert the data set again") from None
 
 
-def open_frames(path: Path, height: int, width: int) -> np.ndarray:
+def open_frames(path: Path, height: int, width: int) -> NDArray[Any]:
     """Memory-map a `<split>.frames.npy` after checking its header against the expected shape and its size."""
     try:
+        npy_format: Any = np.lib.format  # numpy's stubs leave its functions untyped
         with open_input(path) as f:
-            major, minor = np.lib.format.read_magic(f)
+            major, minor = npy_format.read_magic(f)
             if (major, minor) != (1, 0):
                 raise ValueError(f"npy version {major}.{minor}, expected 1.0")
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=NPY_HEADER_BYTES)
+            shape, fortran, dtype = npy_format.read_array_header_1_0(f, max_header_size=NPY_HEADER_BYTES)
             offset = f.tell()
         size = path.stat().st_size
     except OSError as e:
@@ -289,7 +292,7 @@ class ConvertedDataset:
     `split`, `index`. `vocab` is the data set's vocabulary, `info` its dataset.json.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train"):
+    def __init__(self, root: str | os.PathLike[str], split: str = "train"):
         if split not in SPLITS:
             raise DatasetError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
         self.root, self.split = Path(root), split
@@ -321,7 +324,7 @@ class ConvertedDataset:
     def __len__(self) -> int:
         return len(self._items)
 
-    def _item(self, index: int) -> tuple:
+    def _item(self, index: int | np.integer[Any]) -> tuple[Any, ...]:
         if not _is_int(index) and not isinstance(index, np.integer):
             raise TypeError(f"index must be an integer, got {type(index).__name__}")
         n = len(self._items)
@@ -333,19 +336,19 @@ class ConvertedDataset:
         """Sample `index`'s scene graph (no frames read)."""
         return _copy_graph(self._item(index)[0])
 
-    def counts(self) -> dict[str, np.ndarray]:
+    def counts(self) -> dict[str, NDArray[Any]]:
         """Per sample, from the index alone: "frames", "objects" and "relationships", each (N,) int64."""
         items = self._items
         return {"frames": np.array([it[7] for it in items], dtype=np.int64),
                 "objects": np.array([len(it[0]["objects"]) for it in items], dtype=np.int64),
                 "relationships": np.array([len(it[0]["relationships"]) for it in items], dtype=np.int64)}
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | np.integer[Any]) -> dict[str, Any]:
         offset, count = self._item(index)[6:8]
         # (F, H, W, 3) uint8, a copy
         return {**self.annotation(index), "frames": np.array(self._frames[offset:offset + count])}
 
-    def annotation(self, index: int) -> dict[str, Any]:
+    def annotation(self, index: int | np.integer[Any]) -> dict[str, Any]:
         """Sample `index` without its frames (every key of `ds[index]` but "frames"; no frame is read)."""
         graph, boxes, visible, has_layout, rel_frames, source, offset, count = self._item(index)
         return {
@@ -359,7 +362,7 @@ class ConvertedDataset:
             "index": int(index) % len(self._items),
         }
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         for i in range(len(self)):
             yield self[i]
 
@@ -372,10 +375,10 @@ def _copy_graph(g: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_index(path: Path, vocab: Vocab, n_frames: int, clip: int) -> list[tuple]:
+def _read_index(path: Path, vocab: Vocab, n_frames: int, clip: int) -> list[tuple[Any, ...]]:
     """The split's samples, each checked; a sample holds one frame (an image) or `clip` (dataset.json's
     frames per clip)."""
-    items: list[tuple] = []
+    items: list[tuple[Any, ...]] = []
     try:
         f = open_input(path)
     except OSError as e:
@@ -413,7 +416,7 @@ def _bad(where: str, what: str) -> DatasetError:
     return DatasetError(f"{where}: {what}; the index is damaged, convert the data set again")
 
 
-def _check_record(rec: Any, where: str, vocab: Vocab, n_frames: int) -> tuple:
+def _check_record(rec: Any, where: str, vocab: Vocab, n_frames: int) -> tuple[Any, ...]:
     """Check one index line: (graph, boxes, visible, has_layout, rel_frames, source, offset, count)."""
     if not isinstance(rec, dict):
         raise _bad(where, "a sample must be a JSON object")

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v.dataset.format import ConvertedDataset, read_info
 from sg2v.video import BOX_SHEET_CELL
 
 
-def stats_lines(root: str | os.PathLike) -> list[str]:
+def stats_lines(root: str | os.PathLike[str]) -> list[str]:
     from sg2v.dataset.convert import summary_lines
 
     info = read_info(root)
@@ -68,7 +69,7 @@ def sample_lines(ds: ConvertedDataset, index: int) -> list[str]:
     return lines
 
 
-def _frame_set(mask: np.ndarray) -> str:
+def _frame_set(mask: NDArray[Any]) -> str:
     idx = np.flatnonzero(mask).tolist()
     if not idx:
         return "none"
@@ -89,7 +90,7 @@ def sample_json(ds: ConvertedDataset, index: int) -> dict[str, Any]:
             "rel_frames": s["rel_frames"].astype(int).tolist()}
 
 
-def sheet(sample: dict[str, Any], min_cell: int = BOX_SHEET_CELL) -> np.ndarray:
+def sheet(sample: dict[str, Any], min_cell: int = BOX_SHEET_CELL) -> NDArray[Any]:
     """The sample's frames in a grid, upscaled for reading, each visible box drawn and labelled 'k name'."""
     from sg2v.video import box_sheet
 
@@ -98,7 +99,7 @@ def sheet(sample: dict[str, Any], min_cell: int = BOX_SHEET_CELL) -> np.ndarray:
     return box_sheet(sample["frames"], sample["boxes"], labels, shown, min_cell)
 
 
-def write_sheet(ds: ConvertedDataset, index: int, path: str | os.PathLike) -> Path:
+def write_sheet(ds: ConvertedDataset, index: int, path: str | os.PathLike[str]) -> Path:
     from sg2v.video import write_image
 
     return write_image(path, sheet(ds[index]))

@@ -77,7 +77,7 @@ def loads_data(data: bytes) -> Any:
     return DataUnpickler(io.BytesIO(data), encoding="latin1").load()
 
 
-def load_data_pickle(path: str | os.PathLike, what: str = "annotation pickle") -> Any:
+def load_data_pickle(path: str | os.PathLike[str], what: str = "annotation pickle") -> Any:
     """Load a pickle file that should hold only data, or raise a one-line DatasetError naming the file."""
     path = Path(path)
     try:

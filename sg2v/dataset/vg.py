@@ -86,7 +86,7 @@ def _image_id(entry: Any, path: Path, i: int) -> int:
     return iid
 
 
-def _list_of(data: Any, path: Path, what: str) -> list:
+def _list_of(data: Any, path: Path, what: str) -> list[Any]:
     if not isinstance(data, list):
         raise bad_source(path, "top level", f"expected a JSON list of {what}, got {type(data).__name__}", FIX)
     return data
@@ -97,7 +97,7 @@ def _num(v: Any) -> bool:
     return is_number(v, MAX_COORD)
 
 
-def _object(obj: Any, path: Path, where: str, notes: DropTable) -> tuple[int, list[str], tuple]:
+def _object(obj: Any, path: Path, where: str, notes: DropTable) -> tuple[int, list[str], tuple[Any, ...]]:
     """(object_id, names, (x, y, w, h)) of one objects.json object."""
     if not isinstance(obj, dict):
         raise bad_source(path, where, "an object must be a JSON object", FIX)
@@ -118,16 +118,16 @@ def _object(obj: Any, path: Path, where: str, notes: DropTable) -> tuple[int, li
     return oid, names, box
 
 
-def _endpoint(rel: dict, role: str, path: Path, where: str, naming: Counter) -> int:
+def _endpoint(rel: dict[Any, Any], role: str, path: Path, where: str, naming: Counter[str]) -> int:
     end = rel.get(role)
     oid = end.get("object_id", end.get("id")) if isinstance(end, dict) else None
     if not is_int(oid, -MAX_ID, MAX_ID):
         raise bad_source(path, where, f"relationship {role} has no integer object_id", FIX)
-    naming.update(k for k in ("name", "names") if k in end)
+    naming.update(k for k in ("name", "names") if isinstance(end, dict) and k in end)
     return oid
 
 
-def version(has_merged: bool, naming: Counter) -> str:
+def version(has_merged: bool, naming: Counter[str]) -> str:
     """The release the files are from: 1.4 lists merged_object_ids on its objects (its cleaner objects.json);
     1.2 has none and names relationship endpoints by "name"; anything else is not recognised."""
     if has_merged:
@@ -184,10 +184,10 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
     # -- objects: vocabulary from training images, then the per-object filters
     path = source / "objects.json"
     objects_json = _list_of(load_source_json(path, "objects file", FIX), path, "images")
-    objects_of: dict[int, list[tuple[int, list[str], tuple]]] = {}
+    objects_of: dict[int, list[tuple[int, list[str], tuple[Any, ...]]]] = {}
     merged: dict[int, dict[int, int]] = {}
     has_merged = False
-    counter: Counter = Counter()
+    counter: Counter[str] = Counter()
     for i, entry in enumerate(objects_json):
         iid = _image_id(entry, path, i)
         if iid not in split_of or iid in objects_of:
@@ -211,13 +211,15 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
                            f"instances in the {len(train)} training images; lower it (e.g. for a sample of "
                            "Visual Genome) or check that objects.json matches image_data.json")
     in_vocab = set(object_names[1:])
-    kept_of: dict[int, list[tuple[int, str, tuple]]] = {}
+    kept_of: dict[int, list[tuple[int, str, tuple[Any, ...]]]] = {}
     dropped_of: dict[int, dict[int, str]] = {}  # per image: dropped object id -> why, for its relationships
     kept_ids: set[int] = set()
     for iid in split_of:
         if iid not in objects_of:
             continue
-        kept, seen, dropped = [], set(), {}
+        kept_objs: list[tuple[int, str, tuple[Any, ...]]] = []
+        seen: set[int] = set()
+        dropped: dict[int, str] = {}
         for oid, names, box in objects_of[iid]:
             if oid in seen:
                 drops.add("object", "object_id repeated within the image")
@@ -233,9 +235,9 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
                                     "objects)")
                 dropped[oid] = "no name in the vocabulary"
             else:
-                kept.append((oid, final, box))
+                kept_objs.append((oid, final, box))
                 kept_ids.add(oid)
-        kept_of[iid] = kept
+        kept_of[iid] = kept_objs
         dropped_of[iid] = dropped
 
     # -- relationships: predicate vocabulary from training images, then per image
@@ -243,7 +245,7 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
     rels_json = _list_of(load_source_json(path, "relationships file", FIX), path, "images")
     rels_of: dict[int, list[tuple[int, str, int, str]]] = {}
     pred_counter: dict[str, int] = {}
-    naming: Counter = Counter()  # relationship endpoints named by "name" / "names"
+    naming: Counter[str] = Counter()  # relationship endpoints named by "name" / "names"
     for i, entry in enumerate(rels_json):
         iid = _image_id(entry, path, i)
         if iid not in split_of or iid in rels_of:
@@ -251,7 +253,7 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
         rels = entry.get("relationships")
         if not isinstance(rels, list):
             raise bad_source(path, f"[{i}]", "\"relationships\" must be a list", FIX)
-        parsed = []
+        parsed_rels: list[tuple[int, str, int, str]] = []
         mmap = merged.get(iid, {})
         listed = {x for x, _, _ in objects_of.get(iid, ())}
         for j, rel in enumerate(rels):
@@ -271,10 +273,10 @@ def plan(source: Path, o: VGOptions, seed: int) -> Plan:
                 sid, oid = ends
             pred = rel["predicate"].lower().strip()
             pred = rel_alias.get(pred, pred)
-            parsed.append((sid, pred, oid, rel["predicate"]))
+            parsed_rels.append((sid, pred, oid, rel["predicate"]))
             if iid in train and sid in kept_ids and oid in kept_ids:
                 pred_counter[pred] = pred_counter.get(pred, 0) + 1
-        rels_of[iid] = parsed
+        rels_of[iid] = parsed_rels
     del rels_json
     pred_names = [IN_IMAGE_PRED] + [p for p, c in pred_counter.items() if c >= o.min_relationship_instances
                                     and p != IN_IMAGE_PRED]
@@ -322,7 +324,8 @@ def _check_fractions(val: float, test: float) -> None:
                           "below 1, so training keeps some data")
 
 
-def _splits(images: dict[int, tuple], o: VGOptions, seed: int, drops: DropTable) -> dict[str, list[int]]:
+def _splits(images: dict[int, tuple[Any, ...]], o: VGOptions, seed: int, drops: DropTable
+            ) -> dict[str, list[int]]:
     split_ids: dict[str, list[int]] = {s: [] for s in SPLITS}
     if not o.splits_json:
         split_of = seeded_split(list(images), seed, o.val_fraction, o.test_fraction)
@@ -352,7 +355,7 @@ def _splits(images: dict[int, tuple], o: VGOptions, seed: int, drops: DropTable)
     return split_ids
 
 
-def _merged_ids(objs: list) -> dict[int, int]:
+def _merged_ids(objs: list[Any]) -> dict[int, int]:
     """One image's merged object ids -> the object that lists them in its merged_object_ids."""
     out: dict[int, int] = {}
     for obj in objs:
@@ -363,9 +366,9 @@ def _merged_ids(objs: list) -> dict[int, int]:
     return out
 
 
-def _image_payload(iid: int, split: str, meta: tuple[int, int, str], kept_of: dict, objects_of: dict,
-                   rels_of: dict, preds: set[str], roots: list[Path], o: VGOptions,
-                   drops: DropTable, dropped: dict[int, str]) -> dict[str, Any] | None:
+def _image_payload(iid: int, split: str, meta: tuple[int, int, str], kept_of: dict[Any, Any],
+                   objects_of: dict[Any, Any], rels_of: dict[Any, Any], preds: set[str], roots: list[Path],
+                   o: VGOptions, drops: DropTable, dropped: dict[int, str]) -> dict[str, Any] | None:
     if iid not in objects_of:
         drops.add("image", "no entry in objects.json")
         return None
@@ -381,7 +384,7 @@ def _image_payload(iid: int, split: str, meta: tuple[int, int, str], kept_of: di
         return None
     index = {oid: k for k, (oid, _, _) in enumerate(objs)}
     listed = {oid for oid, _, _ in objects_of[iid]}
-    rels: list[list] = []
+    rels: list[list[Any]] = []
     seen: set[tuple[int, str, int]] = set()
     for sid, pred, oid, _ in rels_of[iid]:
         # endpoints first: a relationship of a dropped object is counted as such, whatever its predicate
