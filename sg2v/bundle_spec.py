@@ -6,10 +6,14 @@ and `sg2v.runtime` reads the same names. Shapes depend only on the model's `Data
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from sg2v.config import DataConfig, EncoderConfig
 from sg2v.graph import GRAPH_TENSORS
+
+if TYPE_CHECKING:
+    from sg2v.kinds import Grounding, Guidance
 
 FORMAT = "sg2v-bundle"
 FORMAT_VERSION = 4  # bump on an incompatible change of the layout or the manifest keys
@@ -88,7 +92,7 @@ STUDENT_KEYS = ("guidance_distilled", "guidance_range", "guidance_rescale", "gri
 MAX_STUDENT_STEP_COUNTS = 64  # entries of the "student" entry's `steps` a reader accepts
 
 
-def is_student(s: dict[str, Any]) -> bool:
+def is_student(s: Mapping[str, Any]) -> bool:
     """Whether a `shapes` entry describes a guidance-distilled student (UNet batch B, a guidance input)."""
     return bool(s.get("student", False))
 
@@ -111,12 +115,12 @@ def on_grid(num_train: int, grid_steps: int, steps: int) -> bool:
     return set(timesteps(num_train, steps).tolist()) <= set(timesteps(num_train, grid_steps).tolist())
 
 
-def grounded(s: dict[str, Any]) -> bool:
+def grounded(s: Mapping[str, Any]) -> bool:
     """Whether a `shapes` entry describes a layout-grounded model (a layout stage, objects and boxes)."""
     return "object_dim" in s
 
 
-def _kinds(s: dict[str, Any] | None) -> tuple[Any, Any]:
+def _kinds(s: dict[str, Any] | None) -> tuple[Guidance, Grounding]:
     """The `sg2v.kinds` guidance and grounding of a `shapes` entry `s` (None: a format-2 teacher)."""
     from sg2v.kinds import UNGROUNDED, grounding_of, guidance_of
 
@@ -154,8 +158,9 @@ def stage_names(s: dict[str, Any]) -> dict[str, tuple[tuple[str, ...], tuple[str
 def batch_dim(stage: str, s: dict[str, Any] | None = None) -> str:
     """The name of a stage's batch axis (dim 0 of each of its inputs and outputs) in format 2 and later,
     for a bundle with `shapes` entry `s` (a student's UNet has one row per video: BATCH_DIM)."""
-    return {ENCODER_STAGE: BATCH_DIM, UNET_STAGE: _kinds(s)[0].unet_batch_dim(),
-            LAYOUT_STAGE: LAYOUT_BATCH_DIM}[stage]
+    dims: dict[str, str] = {ENCODER_STAGE: BATCH_DIM, UNET_STAGE: _kinds(s)[0].unet_batch_dim(),
+                            LAYOUT_STAGE: LAYOUT_BATCH_DIM}
+    return dims[stage]
 
 
 def rows_per_video(stage: str, s: dict[str, Any] | None = None) -> int:

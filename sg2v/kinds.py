@@ -11,13 +11,17 @@ benchmarks report.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sg2v import bundle_spec as spec
 from sg2v.errors import ConfigError, Sg2vError
-from sg2v.sampling import cfg_denoiser
+from sg2v.sampling import Denoiser, cfg_denoiser
+
+if TYPE_CHECKING:
+    from sg2v.generation import SamplerSettings
 
 CONDITIONING = ("context", "context_mask")  # encoder outputs the UNet takes, in cond and uncond halves
 GROUNDING = ("objects", "boxes")  # a grounded UNet's further inputs (unconditional rows: zeros)
@@ -35,7 +39,8 @@ class Guidance:
     unet_extra_inputs: tuple[str, ...] = ()  # UNet inputs after the conditioning
     manifest_keys: tuple[str, ...] = ()  # the manifest entries the kind adds
     format_version: int | None = None  # the format the kind needs (None: what the grounding needs)
-    null_context_files = (spec.NULL_CONTEXT, spec.NULL_CONTEXT_MASK)  # what the bundle stores for uncond rows
+    # what the bundle stores for the unconditional rows
+    null_context_files: tuple[str, ...] = (spec.NULL_CONTEXT, spec.NULL_CONTEXT_MASK)
 
     def shapes_entry(self) -> dict[str, Any]:
         """What the kind adds to the manifest's `shapes` entry."""
@@ -68,7 +73,7 @@ class Guidance:
         """The bundle's null context and mask via `load()` ((None, None) where the kind has no use for it)."""
         return load()
 
-    def random_extra_inputs(self, rng: np.random.Generator, b: int) -> dict[str, np.ndarray]:
+    def random_extra_inputs(self, rng: np.random.Generator, b: int) -> dict[str, NDArray[np.float32]]:
         """Random values of `unet_extra_inputs` for b rows in the range the model takes (export parity)."""
         return {}
 
@@ -86,7 +91,7 @@ class Guidance:
     def check(self, settings: Any) -> None:
         """Refuse sampler settings the model cannot take (one ConfigError)."""
 
-    def settings(self, defaults: Mapping[str, Any], num_train: int, **options: Any) -> Any:
+    def settings(self, defaults: Mapping[str, Any], num_train: int, **options: Any) -> SamplerSettings:
         """The `SamplerSettings` of one call: `resolve_settings` over `defaults`, then `check`."""
         from sg2v.generation import resolve_settings
 
@@ -106,7 +111,7 @@ class Guidance:
         """FLOPs of one denoiser step for b videos, from one UNet row's."""
         return per_row * self.rows_per_video * b
 
-    def denoiser(self, backend: Any, feeds: dict[str, Any], b: int, s: Any, clock: Any) -> Callable:
+    def denoiser(self, backend: Any, feeds: dict[str, Any], b: int, s: Any, clock: Any) -> Denoiser:
         """denoise(x, t) -> guided v: the backend's fused guided step when it has one, else the UNet stage."""
         if backend.guided_step is None:
             return self._unet_denoiser(backend, feeds, s, clock)
@@ -121,7 +126,7 @@ class Guidance:
 
         return fused
 
-    def _unet_denoiser(self, backend: Any, feeds: dict[str, Any], s: Any, clock: Any) -> Callable:
+    def _unet_denoiser(self, backend: Any, feeds: dict[str, Any], s: Any, clock: Any) -> Denoiser:
         """CFG around the UNet on (cond, uncond) rows: x2 (2b, F, C, H, W) -> v2, then `guide`."""
 
         def pair(x2: Any, t: float) -> Any:
@@ -165,6 +170,12 @@ class Distilled(Guidance):
     def shapes_entry(self) -> dict[str, Any]:
         return {"student": True}
 
+    def _entry(self) -> dict[str, Any]:
+        if self.entry is None:
+            raise ConfigError("a guidance-distilled student without its manifest's \"student\" entry; "
+                              "re-export the bundle")
+        return self.entry
+
     def unet_batch_dim(self, s: Mapping[str, Any] | None = None) -> Any:
         return spec.BATCH_DIM  # one UNet row per video
 
@@ -181,10 +192,10 @@ class Distilled(Guidance):
         return None, None
 
     def manifest_entries(self) -> dict[str, Any]:
-        return {"student": dict(self.entry)}
+        return {"student": dict(self._entry())}
 
-    def random_extra_inputs(self, rng: np.random.Generator, b: int) -> dict[str, np.ndarray]:
-        lo, hi = self.entry["guidance_range"]
+    def random_extra_inputs(self, rng: np.random.Generator, b: int) -> dict[str, NDArray[np.float32]]:
+        lo, hi = self._entry()["guidance_range"]
         return {spec.STUDENT_INPUT: rng.uniform(lo, hi, size=b).astype(np.float32)}  # (B,)
 
     def fill(self, feeds: dict[str, Any], cond: Mapping[str, Any], uncond: Mapping[str, Any], b: int) -> None:
@@ -193,7 +204,7 @@ class Distilled(Guidance):
 
     def check(self, settings: Any) -> None:
         """DDIM on the grid's step counts, guidance in the distilled range, the teacher's rescale."""
-        s, entry = settings, self.entry
+        s, entry = settings, self._entry()
         lo, hi = entry["guidance_range"]
         steps = list(entry["steps"])
         if s.sampler != entry["sampler"]:
@@ -211,12 +222,12 @@ class Distilled(Guidance):
                               f"teacher's rescale {entry['guidance_rescale']:g}, which it cannot change")
 
     def step_counts(self, candidates: Sequence[int]) -> list[int]:
-        return sorted(self.entry["steps"])[:3]
+        return sorted(self._entry()["steps"])[:3]
 
     def reference_steps(self, candidate: int, default: int) -> int:
         return default
 
-    def _unet_denoiser(self, backend: Any, feeds: dict[str, Any], s: Any, clock: Any) -> Callable:
+    def _unet_denoiser(self, backend: Any, feeds: dict[str, Any], s: Any, clock: Any) -> Denoiser:
         """The UNet on the b conditional rows with the guidance weight as its input."""
         feeds[spec.STUDENT_INPUT][...] = s.guidance
 
@@ -253,9 +264,9 @@ class Grounding:
     name = "ungrounded"
     layout_stage = False  # whether the bundle has a layout network
     stage_files = spec.STAGE_FILES
-    encoder_outputs = spec.ENCODER_OUTPUTS
+    encoder_outputs: tuple[str, ...] = spec.ENCODER_OUTPUTS
     encoder_call = "forward"  # the SGEncoder method that returns `encoder_outputs`
-    unet_inputs = spec.UNET_INPUTS  # before the guidance's extra inputs
+    unet_inputs: tuple[str, ...] = spec.UNET_INPUTS  # before the guidance's extra inputs
     manifest_keys: tuple[str, ...] = ()
     format_version = spec.UNGROUNDED_FORMAT_VERSION
 
