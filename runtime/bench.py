@@ -34,6 +34,7 @@ import numpy as np
 
 from sg2v.errors import Sg2vError, first_line
 from sg2v.io import atomic_write_text
+from sg2v.kinds import guidance_for
 from sg2v.safety import JSON_MARK, TABLE_MARK
 
 BENCH_FORMAT = 1
@@ -447,13 +448,12 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> dict[s
 
     _check_args(args)
     bundle = Bundle.open(args.bundle, verify=not args.no_verify)
-    if bundle.student is not None:  # refuse a step count the student was not distilled for before any run
-        from sg2v.errors import ConfigError
+    from sg2v.errors import ConfigError
 
-        try:
-            bundle.settings(steps=args.steps)
-        except ConfigError as e:
-            raise Sg2vError(f"bundle {bundle.path}: {e}") from None
+    try:  # refuse a step count the model cannot take (a student: one it was not distilled for) before a run
+        bundle.settings(steps=args.steps)
+    except ConfigError as e:
+        raise Sg2vError(f"bundle {bundle.path}: {e}") from None
     data = bundle.config.data
     names = list(VARIANTS) if "all" in args.backends else list(dict.fromkeys(args.backends))
     machine = machine_info()
@@ -477,9 +477,7 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> dict[s
                 runnable.append(name)
             else:
                 backends[name]["reason"] = reason
-        from sg2v import bundle_spec as spec
-
-        flops = unet_step_flops(bundle.config, spec.rows_per_video(spec.UNET_STAGE, bundle.shapes))
+        flops = unet_step_flops(bundle.config, bundle.guidance.rows_per_video)
         cpu_n = args.peak_size or 2048
         peak = {"cpu": measure_cpu_peak(cpu_n)}
         if any(VARIANTS[n].gpu for n in runnable) and importlib.util.find_spec("torch") is not None:
@@ -597,7 +595,7 @@ def compare_bundles(reports: list[dict[str, Any]]) -> dict[str, Any]:
         flops = rep["flops"]["flops"]
         rows.append({
             "bundle": b["path"], "name": b["name"], "precision": b.get("precision", "fp32"),
-            "student": b.get("student") is not None,
+            "student": b.get("student") is not None, "kind": guidance_for(b.get("student")).label,
             "steps": rep["settings"]["steps"], "unet_calls_per_video": calls,
             "unet_rows_per_call": rep["flops"]["batch"],
             "unet_flops_per_video": None if flops is None else flops * calls,
@@ -655,7 +653,7 @@ def compare_table(compare: dict[str, Any]) -> list[str]:
              "| bundle | kind | steps | UNet calls x rows per video | UNet GFLOP per video | x fewer FLOPs | "
              "backend | end-to-end s | x faster |", "|" + "---|" * 9]
     for row in compare["bundles"]:
-        kind = "student (guidance distilled)" if row["student"] else "CFG"
+        kind = row["kind"]  # Guidance.label
         flops = row["unet_flops_per_video"]
         name = row["name"] + ("" if row.get("precision", "fp32") == "fp32" else f" ({row['precision']})")
         head = (f"| {name} | {kind} | {row['steps']} | {row['unet_calls_per_video']} x "

@@ -486,18 +486,17 @@ def unet_flops(cfg: ModelConfig, batch: int = 2) -> int:
     """FLOPs (2 x multiply-adds of convs and matmuls) of one UNet call on `batch` clips, on meta tensors."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    d = cfg.data
-    grounded = cfg.unet.layout_dim > 0
+    from sg2v import bundle_spec as spec
+    from sg2v.kinds import kinds_of_config
+    from sg2v.models.backend import UNetCall
+
+    guidance, grounding = kinds_of_config(cfg)  # the UNet stage's inputs: `bundle_spec.stage_io`
+    shapes = spec.shapes(cfg.data, cfg.encoder, 1, grounded=grounding.layout_stage,
+                         student=guidance.entry is not None)
+    inputs = spec.stage_io(shapes)[spec.UNET_STAGE]["inputs"]
     with torch.device("meta"):
-        net = TemporalUNet(cfg.unet, d, cfg.encoder.context_dim,
-                           object_dim=cfg.encoder.embed_dim if grounded else 0)
-        x = torch.empty(batch, d.frames, d.channels, d.height, d.width)
-        t = torch.empty(batch)
-        ctx = torch.empty(batch, d.context_tokens, cfg.encoder.context_dim)
-        mask = torch.empty(batch, d.context_tokens)
-        layout = ((torch.empty(batch, d.padded_objects, cfg.encoder.embed_dim),
-                   torch.empty(batch, d.padded_objects, d.frames, 4)) if grounded else ())
-        guidance = {"guidance": torch.empty(batch)} if cfg.unet.guidance_embed else {}  # a student's input
+        net = TemporalUNet(cfg.unet, cfg.data, cfg.encoder.context_dim, object_dim=cfg.encoder.embed_dim)
+        args = [torch.empty(batch, *io["shape"][1:]) for io in inputs]  # float32, `batch` rows
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(x, t, ctx, mask, *layout, **guidance)
+        UNetCall(net, guidance.unet_extra_inputs)(*args)
     return int(counter.get_total_flops())
