@@ -34,7 +34,7 @@ class OvStage:
     dynamic."""
 
     def __init__(self, core: Any, path: Path, io: dict[str, Any], threads: int | None = None,
-                 per_batch: bool = True):
+                 per_batch: bool = True, first_rows: int | None = None):
         from sg2v.runtime.onnx_guard import check_onnx_file
 
         check_onnx_file(path)  # bound what the file makes the reader allocate
@@ -63,6 +63,8 @@ class OvStage:
             self._request(int(io["inputs"][0]["shape"][0]))
         elif not per_batch:
             self.any_rows = self._compile(self.model, "any batch")
+        elif first_rows:  # one video's rows, compiled now rather than inside the first generation
+            self._request(int(first_rows))
 
     def _check_io(self) -> None:
         got_in = {p.get_any_name() for p in self.model.inputs}
@@ -166,8 +168,9 @@ def make_openvino_backend(bundle: Any, device: str | None = None, threads: int |
         notes += enc_notes
     else:
         encoder = OvStage(core, bundle.stage_file(spec.ENCODER_STAGE), bundle.stages[spec.ENCODER_STAGE],
-                          threads)
-    unet = OvStage(core, bundle.stage_file(spec.UNET_STAGE), bundle.stages[spec.UNET_STAGE], threads)
+                          threads, first_rows=1)
+    unet = OvStage(core, bundle.stage_file(spec.UNET_STAGE), bundle.stages[spec.UNET_STAGE], threads,
+                   first_rows=spec.rows_per_video(spec.UNET_STAGE, bundle.shapes))
     layout = None
     if bundle.grounded:
         # Its rows (candidate layouts) change from round to round: one dynamic-batch model, not one per count.
