@@ -1,7 +1,8 @@
 """OpenVINO backend (CPU): the bundle's ONNX stages compiled with fixed shapes, one model per batch size.
 
-OpenVINO reads the same ONNX files as ONNX Runtime. The encoder and the UNet compile a static-shape model the
-first time a batch size is asked for and keep it (with its infer request) for the life of the backend; the
+OpenVINO reads the same ONNX files as ONNX Runtime. The encoder and the UNet compile a static-shape model for
+one video's rows when the backend is built and for any other batch size the first time it is asked for, and
+keep each (with its infer request) for the life of the backend; the
 layout network, whose rows (candidate layouts) change from round to round, compiles once with its batch axis
 dynamic. With a writable
 `engines/` folder in the bundle, OpenVINO's own model cache there makes later processes skip the compile.
