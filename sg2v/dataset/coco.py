@@ -120,7 +120,8 @@ def rle_decode(counts: list[int], h: int, w: int) -> NDArray[Any]:
         raise MaskError(f"RLE counts sum to {sum(counts)}, the mask has {h} x {w} = {h * w} pixels")
     c = np.asarray(counts, dtype=np.int64)
     values = (np.arange(len(c)) % 2).astype(bool)
-    return np.repeat(values, c).reshape(w, h).T
+    mask: NDArray[Any] = np.repeat(values, c).reshape(w, h).T
+    return mask
 
 
 def polygons_mask(polys: list[Any], h: int, w: int) -> NDArray[Any]:

@@ -169,7 +169,7 @@ def unreadable_error(message: str) -> DatasetError:
 # ------------------------------------------------------------------------------------------------- geometry
 def normalize_boxes(boxes_px: NDArray[Any], sizes: Sequence[tuple[int, int]]) -> NDArray[Any]:
     """Pixel [x0, y0, x1, y1] (n, F, 4) -> fractions of each frame's (w, h), unclipped (float64)."""
-    out = np.asarray(boxes_px, dtype=np.float64).copy()
+    out: NDArray[Any] = np.asarray(boxes_px, dtype=np.float64).copy()
     for t, (w, h) in enumerate(sizes):
         out[:, t, 0::2] /= float(w)
         out[:, t, 1::2] /= float(h)

@@ -162,7 +162,7 @@ def classify_shape(mask: NDArray[Any]) -> str | None:
     best, best_iou = None, -1.0
     for sh in SHAPES:
         t = shape_template(sh, h, w)
-        iou = np.count_nonzero(crop & t) / max(np.count_nonzero(crop | t), 1)
+        iou = np.count_nonzero(crop & t) / max(int(np.count_nonzero(crop | t)), 1)
         if iou > best_iou:
             best, best_iou = sh, iou
     return best

@@ -114,9 +114,9 @@ def shape_template(shape: str, h: int, w: int) -> NDArray[Any]:
         t = np.abs(2 * j + 1 - w) * h <= (i + 1) * w
     else:
         raise GraphError(f"unknown shape {shape!r}; the shapes world draws {', '.join(SHAPES)}")
-    t = np.broadcast_to(t, (h, w)).copy()
-    t.setflags(write=False)
-    return t
+    template: NDArray[Any] = np.broadcast_to(t, (h, w)).copy()
+    template.setflags(write=False)
+    return template
 
 
 @functools.lru_cache(maxsize=512)
