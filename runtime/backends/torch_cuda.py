@@ -27,6 +27,7 @@ from torch import nn
 from sg2v import bundle_spec as spec
 from sg2v.errors import Sg2vError
 from sg2v.generation import GROUNDING, Backend
+from sg2v.kinds import guidance_for, kinds_of_config
 from sg2v.sampling import guide
 
 MODES = ("eager", "compile", "graphs", "torch_tensorrt")
@@ -102,8 +103,9 @@ class GuidedStep:
         self.dtype = PRECISIONS[precision]
         self.unet = unet  # from prepare_unet: already on the device, in the precision, compiled if asked
         self.batch = b = int(batch)
-        self.student = bool(student)
-        rows = b if self.student else 2 * b  # a student has no unconditional rows
+        self.kind = guidance_for(student)  # CFG on (cond, uncond) rows, or a student's B rows
+        self._body = getattr(self, STEP_BODIES[self.kind.name])
+        rows = self.kind.rows_per_video * b
         f, c, h, w = frames_shape
         tokens, dim = context_shape
         kw = {"device": self.device}
@@ -142,11 +144,14 @@ class GuidedStep:
         self.rescale.fill_(float(rescale))
         self.guidance_rows.fill_(float(guidance))
 
-    def _body(self) -> torch.Tensor:
+    def _distilled_body(self) -> torch.Tensor:
+        """A student: the guidance weight is the network's input, one call on the B rows."""
+        return self.unet(self.x.to(self.dtype), self.t, self.context, self.context_mask, *self.layout,
+                         guidance=self.guidance_rows).float()  # (B, F, C, H, W)
+
+    def _cfg_body(self) -> torch.Tensor:
+        """CFG: the UNet on the cond and uncond halves, then `guide`."""
         b = self.batch
-        if self.student:  # the guidance weight is the network's input: one call on the B rows
-            return self.unet(self.x.to(self.dtype), self.t, self.context, self.context_mask, *self.layout,
-                             guidance=self.guidance_rows).float()  # (B, F, C, H, W)
         x2 = self.x.repeat(2, 1, 1, 1, 1).to(self.dtype)  # (2B, F, C, H, W): the cond and uncond halves
         v2 = self.unet(x2, self.t, self.context, self.context_mask, *self.layout).float()  # (2B, F, C, H, W)
         # Rescale always runs (r = 0 multiplies by exactly 1), so one captured graph serves every setting.
@@ -179,6 +184,9 @@ class GuidedStep:
         return self.out
 
 
+STEP_BODIES = {"cfg": "_cfg_body", "student": "_distilled_body"}  # GuidedStep's body by `Guidance.name`
+
+
 class CudaEventClock:
     """Denoiser step times from CUDA events recorded on the stream: no host sync inside the loop."""
 
@@ -202,17 +210,16 @@ class CudaEventClock:
 class _CastInputs(nn.Module):
     """The UNet stage for direct calls: float32 inputs cast to the UNet's precision, float32 v out."""
 
-    def __init__(self, unet: nn.Module, dtype: torch.dtype, student: bool = False):
+    def __init__(self, unet: nn.Module, dtype: torch.dtype, extra: tuple[str, ...] = ()):
         super().__init__()
-        self.unet, self.dtype, self.student = unet, dtype, student
+        self.unet, self.dtype, self.extra = unet, dtype, tuple(extra)  # extra: the guidance's by keyword
 
-    # rest: [objects, boxes,] [guidance]
+    # rest: [objects, boxes,] then the guidance's extra inputs ([guidance])
     def forward(self, x: Any, t: Any, context: Any, context_mask: Any, *rest: Any) -> Any:
         d = self.dtype
-        extra = {"guidance": rest[-1]} if self.student else {}
-        layout = rest[:-1] if self.student else rest
-        return self.unet(x.to(d), t, context.to(d), context_mask.to(d), *(a.to(d) for a in layout),
-                         **extra).float()
+        cut = len(rest) - len(self.extra)
+        return self.unet(x.to(d), t, context.to(d), context_mask.to(d), *(a.to(d) for a in rest[:cut]),
+                         **dict(zip(self.extra, rest[cut:]))).float()
 
 
 def make_torch_cuda_backend(bundle: Any, device: str = "cuda", mode: str = "graphs", precision: str = "fp16",
@@ -240,34 +247,33 @@ def model_cuda_backend(model: nn.Module, mode: str = "graphs", precision: str = 
     d = cfg.data
     frames = (d.frames, d.channels, d.height, d.width)
     tokens = (d.context_tokens, cfg.encoder.context_dim)
-    grounded = model.layout_net is not None
-    objects = (d.padded_objects, cfg.encoder.embed_dim) if grounded else None
-    student = model.unet.guidance_embed is not None
+    guidance, grounding = kinds_of_config(cfg)
+    objects = None  # a grounded UNet's object slots and width
+    if model.layout_net is not None:
+        objects = (d.padded_objects, cfg.encoder.embed_dim)
     cuda = dev.type == "cuda"
     steps: dict[int, GuidedStep] = {}  # one per batch size, each with its buffers (and CUDA graph)
 
     def guided_step(batch: int) -> GuidedStep:
         if batch not in steps:
-            steps[batch] = GuidedStep(unet, batch, frames, tokens, dev, mode, precision, objects, student)
+            steps[batch] = GuidedStep(unet, batch, frames, tokens, dev, mode, precision, objects,
+                                      guidance.entry or False)
         return steps[batch]
 
     def close() -> None:
         steps.clear()  # the graphs and buffers go; the CUDA caching allocator keeps the memory for reuse
 
-    if grounded:  # the layout network runs eagerly in float32 on the device: small next to the UNet
-        encoder = TorchStage(model.encoder.encode_all, spec.ENCODER_INPUTS, spec.GROUNDED_ENCODER_OUTPUTS,
-                             dev)
+    encoder = TorchStage(getattr(model.encoder, grounding.encoder_call), spec.ENCODER_INPUTS,
+                         grounding.encoder_outputs, dev)
+    layout = None  # the layout network runs eagerly in float32 on the device: small next to the UNet
+    if model.layout_net is not None:
         layout = TorchStage(model.layout_net.eval(), spec.LAYOUT_INPUTS, spec.LAYOUT_OUTPUTS, dev)
-    else:
-        encoder = TorchStage(model.encoder, spec.ENCODER_INPUTS, spec.ENCODER_OUTPUTS, dev)
-        layout = None
-    unet_inputs = spec.GROUNDED_UNET_INPUTS if grounded else spec.UNET_INPUTS
-    if student:
-        unet_inputs = (*unet_inputs, spec.STUDENT_INPUT)
+    extra = guidance.unet_extra_inputs
     return Backend(
         f"torch-{dev.type}-{mode}-{precision}",
         encoder,
-        TorchStage(_CastInputs(unet, PRECISIONS[precision], student), unet_inputs, spec.UNET_OUTPUTS, dev),
+        TorchStage(_CastInputs(unet, PRECISIONS[precision], extra), (*grounding.unet_inputs, *extra),
+                   spec.UNET_OUTPUTS, dev),
         TorchArrays(dev),
         layout=layout,
         null_context=model.null_context_arrays(),
