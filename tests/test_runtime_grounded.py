@@ -166,7 +166,8 @@ def test_layout_tries_caps_the_draws_and_is_checked(grounded_bundle):
         with pytest.raises(Sg2vError, match=r"layout tries must be an integer in \[1, 4096\]"):
             pipe.run(graphs, seeds, steps=1, layout_tries=bad)
     with pytest.raises(Sg2vError, match=r"layout for graph 0: object 7"):
-        pipe.run(graphs[:1], seeds[:1], steps=1, layouts=[{7: np.zeros((2, 4), np.float32)}])
+        box = np.float32([0.1, 0.1, 0.3, 0.3])  # a valid track, for an object the graph does not have
+        pipe.run(graphs[:1], seeds[:1], steps=1, layouts=[{7: np.tile(box, (2, 1))}])
 
 
 # ------------------------------------------------------------------------------------------------ sg2v-run
