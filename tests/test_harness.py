@@ -157,3 +157,30 @@ def test_stop_at_saves_logs_and_a_resume_reaches_the_same_weights():
     assert rest.run(Regression(model, BATCH), 2) == 6
     for p, q in zip(model.parameters(), straight.parameters()):
         assert torch.equal(p, q)
+
+
+def test_the_training_modules_import_one_way():
+    """No cycle among sg2v.training's modules, counting imports inside functions and under TYPE_CHECKING."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "sg2v" / "training"
+    names = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+    graph: dict[str, set[str]] = {}
+    for name in names:
+        deps = set()
+        for n in ast.walk(ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))):
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("sg2v.training."):
+                deps.add(n.module.rsplit(".", 1)[1])
+            elif isinstance(n, ast.Import):
+                deps |= {a.name.rsplit(".", 1)[1] for a in n.names if a.name.startswith("sg2v.training.")}
+        graph[name] = deps & names
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for d in graph[start]:
+            if d == goal or (d not in seen and (seen.add(d) or reaches(d, goal, seen))):
+                return True
+        return False
+
+    assert graph["losses"] and graph["train"]  # the parser sees the imports
+    assert [m for m in sorted(names) if reaches(m, m, set())] == []
