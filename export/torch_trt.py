@@ -37,15 +37,16 @@ def stage_modules(model: Any, precision: str) -> dict[str, Any]:
     """The bundle's stages as PyTorch modules: the ONNX export's wrappers, encoder pooling portable (a
     layout-grounded model: the encoder with object vectors, the layout network, the grounded UNet)."""
     from sg2v.export.onnx_export import EncoderGraph, LayoutGraph, unet_graph
+    from sg2v.kinds import kinds_of_config
 
-    grounded = model.layout_net is not None
+    guidance, grounding = kinds_of_config(model.cfg)
     encoder = copy.deepcopy(model.encoder)
     encoder.set_pooling_form("onehot")  # the one-hot MatMul form: standard ops for every compiler
-    out = {spec.ENCODER_STAGE: EncoderGraph(encoder, precision, grounded).eval()}
-    if grounded:
+    out = {spec.ENCODER_STAGE: EncoderGraph(encoder, precision, grounding.layout_stage).eval()}
+    if model.layout_net is not None:
         out[spec.LAYOUT_STAGE] = LayoutGraph(copy.deepcopy(model.layout_net), precision).eval()
-    student = model.unet.guidance_embed is not None  # its UNet also takes the guidance weight
-    out[spec.UNET_STAGE] = unet_graph(copy.deepcopy(model.unet), precision, grounded, student).eval()
+    out[spec.UNET_STAGE] = unet_graph(copy.deepcopy(model.unet), precision, grounding.layout_stage,
+                                      guidance.entry is not None).eval()  # a student: + guidance input
     return out
 
 
@@ -80,9 +81,7 @@ def example_inputs(bundle: Any, device: str = "cpu", seed: int = 0) -> dict[str,
     unet = random_feeds(spec.UNET_STAGE, spec.rows_per_video(spec.UNET_STAGE, bundle.shapes))
     unet["t"] = rng.integers(0, num_train, size=unet["t"].shape).astype(np.float32)
     unet["context_mask"] = np.ones_like(unet["context_mask"])
-    if spec.STUDENT_INPUT in unet:
-        lo, hi = bundle.student["guidance_range"]
-        unet[spec.STUDENT_INPUT] = rng.uniform(lo, hi, size=unet["t"].shape).astype(np.float32)
+    unet.update(bundle.guidance.random_extra_inputs(rng, len(unet["t"])))  # a student's guidance weight
     if "boxes" in unet:
         unet["boxes"] = random_tracks(rng, unet["boxes"].shape[:2], data.frames)
     out = {spec.ENCODER_STAGE: feeds, spec.UNET_STAGE: unet}
