@@ -485,7 +485,7 @@ def test_bad_options(tmp_path, ckpt):
     with pytest.raises(ox.ExportError, match="--opset 21"):
         ox.export_bundle(ckpt["path"], tmp_path / "b", opset=21)
     with pytest.raises(ox.ExportError, match="--precision"):
-        ox.export_bundle(ckpt["path"], tmp_path / "b", precision="int8")
+        ox.export_bundle(ckpt["path"], tmp_path / "b", precision="int4")
     for g in (-1.0, float("nan")):
         with pytest.raises(ox.ExportError, match="--guidance"):
             ox.export_bundle(ckpt["path"], tmp_path / "b", guidance=g)
