@@ -257,7 +257,7 @@ def model_cuda_backend(model: nn.Module, mode: str = "graphs", precision: str = 
     def guided_step(batch: int) -> GuidedStep:
         if batch not in steps:
             steps[batch] = GuidedStep(unet, batch, frames, tokens, dev, mode, precision, objects,
-                                      guidance.entry or False)
+                                      guidance.entry is not None)
         return steps[batch]
 
     def close() -> None:
