@@ -648,9 +648,9 @@ def export_bundle(
                           "LayerNormalization; TensorRT 10.3 parses up to 20)")
     if weights not in WEIGHT_STORAGES:
         raise ExportError(f"--weights {weights!r}: choose one of {list(WEIGHT_STORAGES)}")
-    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+    if guidance is not None and not (math.isfinite(guidance) and 0 <= guidance <= 1e6):
         raise ExportError(f"--guidance {guidance}: the bundle's default guidance must be a finite number "
-                          ">= 0 (1 = no guidance, 0 = unconditional)")
+                          "in [0, 1e6], sg2v-run's range (1 = no guidance, 0 = unconditional)")
     if not isinstance(max_batch, int) or not 1 <= max_batch <= spec.MAX_BATCH_LIMIT:
         raise ExportError(f"--max-batch {max_batch}: choose 1..{spec.MAX_BATCH_LIMIT} videos per call")
     opset = int(opset)
