@@ -61,7 +61,7 @@ def sample_videos(model: torch.nn.Module, graphs: Sequence[Any], steps: int = 8,
         parsed = _parsed(graphs, cfg, vocab)
         feeds = pad_graphs(parsed, cfg.data.max_objects, cfg.data.max_relationships).as_feeds()
         return gen.run(feeds, [seed + i for i in range(len(graphs))], settings,
-                       graphs=parsed if gen.grounded else None, layouts=layouts).frames
+                       graphs=parsed, layouts=layouts).frames  # graphs: for a layout stage's plan
     finally:
         model.train(was_training)
 
