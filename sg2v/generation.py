@@ -37,13 +37,14 @@ from numpy.typing import NDArray
 from sg2v.config import MAX_SEED
 from sg2v.errors import ConfigError, Sg2vError, first_line, shown
 from sg2v.graph import GRAPH_TENSORS
-from sg2v.kinds import CONDITIONING, GROUNDING, grounding_for, guidance_for
+from sg2v.kinds import CONDITIONING as CONDITIONING  # re-exported: the UNet's conditioning inputs
+from sg2v.kinds import GROUNDING as GROUNDING  # re-exported: a grounded UNet's further inputs
+from sg2v.kinds import grounding_for, guidance_for
 from sg2v.sampling import Denoiser, get_sampler
 from sg2v.schedule import timesteps
 from sg2v.video import unit_to_frames
 
 OUTPUTS = ("numpy", "cupy")
-__all__ = ["CONDITIONING", "GROUNDING"]  # re-exported from sg2v.kinds
 
 
 class Stage(Protocol):
