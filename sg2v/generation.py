@@ -4,16 +4,18 @@
 - x_T: `initial_noise`, `np.random.default_rng(seed).standard_normal((1, F, C, H, W))` per video on the host,
   so every backend starts from the same noise for a seed; a stochastic sampler's noise at step i likewise
   (`step_noise`: `default_rng([seed, 1, i])` per video), handed to every sampler as its `noise` source;
-- the sampler settings: `resolve_settings` (defaults, then validation: one-line `ConfigError`s);
-- classifier-free guidance with rescale: `sg2v.sampling.guide`, through `cfg_denoiser` around the UNet stage,
-  or a backend's fused guided step (`Backend.guided_step`, e.g. one CUDA graph per step), which uses the same
-  function;
-- the conditioning of the UNet: the encoder's outputs are the conditional half, the learned null context the
-  unconditional half, laid out as one batch of 2B rows (the B conditional rows, then the B unconditional
-  ones) in buffers allocated once and grown when a larger batch comes. A guidance-distilled student (the
-  bundle manifest's "student" entry) has no unconditional half: its UNet runs on the B conditional rows with
-  the guidance weight as one more input (one call of B rows per step, or the backend's fused step of it),
-  and `settings` refuses what it was not distilled for (`check_student_settings`);
+- the sampler settings: `resolve_settings` (defaults, then validation: one-line `ConfigError`s), then the
+  model's guidance's check (`sg2v.kinds`);
+- guidance, through the model's `sg2v.kinds.Guidance`, chosen once from the manifest: classifier-free
+  guidance with rescale (`sg2v.sampling.guide` through `cfg_denoiser` around the UNet stage) or a backend's
+  fused guided step (`Backend.guided_step`, e.g. one CUDA graph per step), which uses the same function;
+- the conditioning of the UNet (`Guidance.fill`): the encoder's outputs are the conditional half, the learned
+  null context the unconditional half, laid out as one batch of 2B rows (the B conditional rows, then the B
+  unconditional ones) in buffers allocated once and grown when a larger batch comes. A guidance-distilled
+  student (the bundle manifest's "student" entry) has no unconditional half: its UNet runs on the B
+  conditional rows with the guidance weight as one more input (one call of B rows per step, or the backend's
+  fused step of it), and `settings` refuses what it was not distilled for;
+- the layout stage of a layout-grounded model (`sg2v.kinds.Grounding`: its plan, then `LayoutSampler`);
 - batching: one encoder call and one UNet call per step for the whole batch, in chunks of at most the
   backend's `max_batch` videos (bundles of format 1 take one video per call);
 - decoding with `sg2v.video.unit_to_frames`, and `last_timings`;
