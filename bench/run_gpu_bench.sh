@@ -39,12 +39,12 @@ for size in $sizes; do
   bundle=${BUNDLE:-$work/bundle_$size}
   if [ -z "${BUNDLE:-}" ]; then
     step "export a random-weight $size bundle" "export_$size.log" 300 \
-      "$py" -P -c "import sys; from sg2v.runtime.bench import make_random_bundle; make_random_bundle(*sys.argv[1:])" \
+      "$py" -P -c "import sys; from sg2v.export.bench import make_random_bundle; make_random_bundle(*sys.argv[1:])" \
       "$size" "$bundle" || continue
   fi
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
   step "sg2v-bench $size" "bench_$size.log" "${BENCH_TIMEOUT:-480}" \
-    "$py" -P -m sg2v.runtime.bench --bundle "$bundle" --json "$out/bench_$size.json" --table "$out/bench_$size.md" \
+    "$py" -P -m sg2v.export.bench --bundle "$bundle" --json "$out/bench_$size.json" --table "$out/bench_$size.md" \
     "${compare[@]}" ${BENCH_ARGS:-}
   [ -n "${BUNDLE:-}" ] && break
 done

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sg2v.runtime import bench
+from sg2v.export import bench
 
 CPU_BACKENDS = ("torch-cpu", "ort-cpu")
 FIGURES = ("total_s", "encoder_s", "denoiser_s", "denoiser_step_s", "sampler_overhead_s",

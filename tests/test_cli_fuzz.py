@@ -243,7 +243,7 @@ def test_fuzz_train(world, capsys, rng, monkeypatch):
 
 
 def test_fuzz_bench(world, capsys, rng, monkeypatch):
-    from sg2v.runtime import bench
+    from sg2v.export import bench
     from sg2v.runtime.bundle import Bundle
 
     monkeypatch.chdir(world["root"])

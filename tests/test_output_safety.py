@@ -383,8 +383,8 @@ def _cli_cases(tmp_path: Path):
          ["--ckpt", str(g), "--out", str(tmp_path / "b")], "sg2v.export.cli"),
         ("sg2v-train", "sg2v.training.train.train", ["diffusion", "--out", str(tmp_path / "r")],
          "sg2v.cli.train"),
-        ("sg2v-bench", "sg2v.runtime.bench.run_bench", ["--bundle", str(tmp_path / "x")],
-         "sg2v.runtime.bench"),
+        ("sg2v-bench", "sg2v.export.bench.run_bench", ["--bundle", str(tmp_path / "x")],
+         "sg2v.export.bench"),
         ("sg2v-data", "sg2v.dataset.convert.convert",
          ["convert", "vg", str(src), "--out", str(tmp_path / "o")], "sg2v.dataset.cli"),
     ]

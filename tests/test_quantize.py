@@ -194,7 +194,7 @@ def test_bench_rows_int8_beside_fp32_and_openvino_beside_onnx_runtime(int8, tmp_
     with its precision; the openvino-cpu row beside ort-cpu where OpenVINO is installed."""
     import importlib.util
 
-    from sg2v.runtime import bench
+    from sg2v.export import bench
 
     backends = ["ort-cpu"] + (["openvino-cpu"] if importlib.util.find_spec("openvino") else [])
     argv = ["--bundle", str(int8["src"]), "--steps", "2", "--compare", str(int8["out"]), "--repeats", "1",

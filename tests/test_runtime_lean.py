@@ -31,7 +31,7 @@ sys.meta_path.insert(0, _Block())
 
 LEAN_MODULES = ("sg2v.runtime", "sg2v.runtime.bundle", "sg2v.runtime.pipeline", "sg2v.runtime.backends",
                 "sg2v.runtime.backends.ort", "sg2v.runtime.backends.trt", "sg2v.runtime.backends.torch_ref",
-                "sg2v.runtime.cli", "sg2v.runtime.bench", "sg2v.runtime.onnx_guard", "sg2v.runtime.engines",
+                "sg2v.runtime.cli", "sg2v.export.bench", "sg2v.runtime.onnx_guard", "sg2v.runtime.engines",
                 "sg2v.export.tensorrt",
                 "sg2v.generation", "sg2v.quality", "sg2v.layout_sampler", "sg2v.relations", "sg2v.layout")
 
@@ -110,7 +110,8 @@ def test_sg2v_run_without_torch_invalid_graph_exit_2(tmp_path):
 def test_without_onnx_runtime_sg2v_run_names_the_extras(tmp_path):
     root, _ = make_fake_bundle(tmp_path / "bundle", seed=3)
     (tmp_path / "g.json").write_text(json.dumps(random_graph(np.random.default_rng(3))))
-    block_ort = BLOCKER.replace(repr(BLOCKED), repr((*BLOCKED, "onnxruntime")))
+    # OpenVINO runs bundles on the CPU too (auto's CPU rung before ONNX Runtime): block it as well
+    block_ort = BLOCKER.replace(repr(BLOCKED), repr((*BLOCKED, "onnxruntime", "openvino")))
     launch = f"from sg2v.runtime.cli import main; sys.exit(main({['g.json', '--bundle', str(root)]!r}))"
     r = subprocess.run([sys.executable, "-c", block_ort + launch], capture_output=True, text=True,
                        timeout=300, cwd=tmp_path)
@@ -137,7 +138,7 @@ def test_sg2v_run_without_torch_on_a_layout_grounded_bundle(grounded_bundle, tmp
     want = Pipeline.from_bundle(grounded_bundle, backend="ort").run([graph], [3], steps=2)
     np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), want.frames[0])
     saved = json.loads((tmp_path / "l.json").read_text())
-    np.testing.assert_array_equal(np.asarray([saved[k] for k in ("0", "1", "2")], np.float32),
+    np.testing.assert_array_equal(np.asarray([saved["layout"][k] for k in ("0", "1", "2")], np.float32),
                                   want.layouts[0].tracks)
     r = _sg2v_run_lean([*args, "--out", "w.npy", "--layout", "l.json"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -1,6 +1,6 @@
 """`sg2v-bench`: every backend this machine offers, measured side by side in one run on one bundle.
 
-Each backend runs in its own fresh Python process (`python -m sg2v.runtime.bench --child NAME ...`), so cold
+Each backend runs in its own fresh Python process (`python -m sg2v.export.bench --child NAME ...`), so cold
 start is process start to first frame, peak host memory is that process's `ru_maxrss`, and backends cannot
 disturb each other's threads, caches or device memory. The parent counts the UNet's FLOPs
 (`torch.utils.flop_counter` on meta tensors, at the UNet's rows per video: 2 with CFG, 1 for a
@@ -535,7 +535,7 @@ def _run_child(name: str, args: argparse.Namespace, graph_path: Path, tmp: Path)
     cmd = [sys.executable]
     if getattr(sys.flags, "safe_path", False):
         cmd.append("-P")  # keep the parent's import layout (e.g. a linked tree on PYTHONPATH)
-    cmd += ["-m", "sg2v.runtime.bench", "--child", name, "--bundle", str(args.bundle), "--graph",
+    cmd += ["-m", "sg2v.export.bench", "--child", name, "--bundle", str(args.bundle), "--graph",
             str(graph_path),
             "--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
             "--seed", str(args.seed), "--write", args.write, "--compile-mode", args.compile_mode,
