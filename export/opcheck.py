@@ -90,14 +90,18 @@ class _Graph:
             self.shapes[init.name] = list(init.dims)
             self.consts[init.name] = numpy_helper.to_array(init)
         for node in g.node:
-            if node.op_type == "Constant" and node.domain in _STANDARD_DOMAINS:
-                for a in node.attribute:
-                    if a.name == "value":
-                        self.consts[node.output[0]] = numpy_helper.to_array(a.t)
-                        self.types[node.output[0]] = a.t.data_type
+            self._collect_node(node, numpy_helper)
+
+    def _collect_node(self, node, numpy_helper) -> None:
+        """A Constant node's value and type; the subgraphs of an If/Loop/Scan node."""
+        if node.op_type == "Constant" and node.domain in _STANDARD_DOMAINS:
             for a in node.attribute:
-                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    self._collect(sub, numpy_helper)
+                if a.name == "value":
+                    self.consts[node.output[0]] = numpy_helper.to_array(a.t)
+                    self.types[node.output[0]] = a.t.data_type
+        for a in node.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                self._collect(sub, numpy_helper)
 
     def nodes(self, g=None):
         """Every node, subgraph nodes included (If/Loop/Scan bodies are parsed too)."""
@@ -123,7 +127,7 @@ def _input(node, i: int) -> str | None:
     return node.input[i] if i < len(node.input) and node.input[i] else None
 
 
-def _rule_issue(rule: dict[str, Any], node, g: _Graph) -> str | None:
+def _rule_issue(rule: dict[str, Any], node, g: _Graph) -> str | None:  # noqa: C901  one flat branch per trt_ops.json rule kind
     """The restriction `rule` violated by `node`, as a message; None if it holds or cannot be decided."""
     kind = rule["rule"]
     if kind == "input_constant":
@@ -229,37 +233,9 @@ def check_model(model, target: str = "10.3", plugins: dict[str, Any] | None = No
                 issue(node, op, "custom-domain op with no registered plugin creator of that name")
                 continue
             plugin_counts[op] = plugin_counts.get(op, 0) + 1
-            since = plugin.get("since")
-            if since and _version(target) < _version(since):
-                issue(node, op, f"TensorRT {target} has no Python plugin API (tensorrt.plugin arrives in "
-                      f"{since}); export with --pooling portable for this TensorRT", since)
-                continue
-            _check_types(node, op, plugin.get("types", []), plugin, g, table, issue, warnings)
-            for reason in _plugin_attr_issues(node, plugin, target):
-                issue(node, op, reason)
-            if plugin.get("aot_since") and _attr(node, "aot") == 1 \
-                    and _version(target) < _version(plugin["aot_since"]):
-                warnings.append(f"{op}: aot=1 is ignored before TensorRT {plugin['aot_since']} (no "
-                                "ahead-of-time plugins): the JIT implementation runs, with Python and CuPy "
-                                "at inference")
-            continue
-        row = table["ops"].get(op)
-        if row is None or not row["supported"]:
-            later = _first_supported(op, full)
-            where = "not listed" if row is None else "listed as not supported"
-            issue(node, op, f"{where} by the TensorRT {target} ONNX parser", later)
-            continue
-        types = row.get("code_types") or row["types"]
-        _check_types(node, op, types, row, g, table, issue, warnings)
-        for rule in row.get("checks", []):
-            if "until" in rule and _version(target) >= _version(rule["until"]):
-                continue
-            if rule["rule"] == "warn":
-                warnings.append(f"{op}: {rule['message']}")
-                continue
-            reason = _rule_issue(rule, node, g)
-            if reason:
-                issue(node, op, reason, rule.get("until"))
+            _check_plugin_node(node, op, plugin, target, g, table, issue, warnings)
+        else:
+            _check_standard_node(node, op, target, full, g, table, issue, warnings)
 
     return {
         "target": target,
@@ -272,6 +248,46 @@ def check_model(model, target: str = "10.3", plugins: dict[str, Any] | None = No
                     for k, v in sorted(plugin_counts.items())],
         "warnings": sorted(set(warnings)),
     }
+
+
+def _check_plugin_node(node, op: str, plugin: dict[str, Any], target: str, g: _Graph, table: dict[str, Any],
+                       issue, warnings: list[str]) -> None:
+    """Report what keeps TensorRT `target` from running a registered plugin's node."""
+    since = plugin.get("since")
+    if since and _version(target) < _version(since):
+        issue(node, op, f"TensorRT {target} has no Python plugin API (tensorrt.plugin arrives in "
+              f"{since}); export with --pooling portable for this TensorRT", since)
+        return
+    _check_types(node, op, plugin.get("types", []), plugin, g, table, issue, warnings)
+    for reason in _plugin_attr_issues(node, plugin, target):
+        issue(node, op, reason)
+    if plugin.get("aot_since") and _attr(node, "aot") == 1 \
+            and _version(target) < _version(plugin["aot_since"]):
+        warnings.append(f"{op}: aot=1 is ignored before TensorRT {plugin['aot_since']} (no "
+                        "ahead-of-time plugins): the JIT implementation runs, with Python and CuPy "
+                        "at inference")
+
+
+def _check_standard_node(node, op: str, target: str, full: dict[str, Any], g: _Graph, table: dict[str, Any],
+                         issue, warnings: list[str]) -> None:
+    """Report a standard-domain node the table lists as unsupported, or whose types or restrictions fail."""
+    row = table["ops"].get(op)
+    if row is None or not row["supported"]:
+        later = _first_supported(op, full)
+        where = "not listed" if row is None else "listed as not supported"
+        issue(node, op, f"{where} by the TensorRT {target} ONNX parser", later)
+        return
+    types = row.get("code_types") or row["types"]
+    _check_types(node, op, types, row, g, table, issue, warnings)
+    for rule in row.get("checks", []):
+        if "until" in rule and _version(target) >= _version(rule["until"]):
+            continue
+        if rule["rule"] == "warn":
+            warnings.append(f"{op}: {rule['message']}")
+            continue
+        reason = _rule_issue(rule, node, g)
+        if reason:
+            issue(node, op, reason, rule.get("until"))
 
 
 def _plugin_attr_issues(node, plugin: dict[str, Any], target: str) -> list[str]:
