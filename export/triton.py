@@ -190,25 +190,10 @@ def write_repository(bundle_path: str | os.PathLike, out: str | os.PathLike,
     from sg2v.runtime.bundle import Bundle
 
     log = log or (lambda msg: None)
-    if stage_backend not in STAGE_BACKENDS:
-        raise Sg2vError(f"--stage-backend {stage_backend!r}: choose one of {list(STAGE_BACKENDS)}")
-    if (engines is None) != (stage_backend != "tensorrt"):
-        raise Sg2vError("--engines ENGINE_DIR goes with --stage-backend tensorrt (and only with it): the "
-                        "plans built on the serving GPU by python -m sg2v.export.tensorrt BUNDLE")
-    if not 1 <= int(instances) <= 256 or not 0 <= int(queue_delay_us) <= 10_000_000:
-        raise Sg2vError(f"--instances {instances} / --queue-delay-us {queue_delay_us}: instances must be in "
-                        "[1, 256], the queue delay in [0, 10000000] microseconds")
     out = Path(out)
-    if out.exists() and not is_repository(out) and not force:
-        raise Sg2vError(f"--out {out} exists and is not an sg2v model repository; pass --force to replace "
-                        "it, or choose another path")
+    _check_request(out, stage_backend, engines, instances, queue_delay_us, force)
     bundle = Bundle.open(bundle_path, verify=True)  # every file against its manifest sha256
-    if "max_batch" not in bundle.shapes:
-        raise Sg2vError(f"bundle {bundle.path} has format 1's fixed batches, which Triton cannot batch; "
-                        f"re-export it: sg2v-export --ckpt {bundle.path} --out NEW_BUNDLE")
-    if bundle.pooling == "plugin" and stage_backend != "tensorrt":
-        raise Sg2vError(f"bundle {bundle.path} has the sg2v::ScatterMeanPool plugin in its encoder, which "
-                        "ONNX Runtime cannot run; export with --pooling portable, or serve TensorRT plans")
+    _check_bundle(bundle, stage_backend)
     plans = _engine_plans(bundle, Path(engines)) if engines is not None else {}
     files = bundle.manifest["files"]
     stages = list(bundle.stages)
@@ -229,32 +214,65 @@ def write_repository(bundle_path: str | os.PathLike, out: str | os.PathLike,
         (tmp / ORCHESTRATOR / "config.pbtxt").write_text(
             orchestrator_config(bundle.shapes, stages, instances), encoding="utf-8")
         for stage in stages:
-            folder = tmp / stage_model(stage) / "1"
-            folder.mkdir(parents=True)
-            if stage_backend == "tensorrt":
-                target, src = folder / "model.plan", plans[stage]
-                shutil.copy2(src, target)
-            else:
-                target = folder / "model.onnx"
-                _link_or_copy(copy / bundle.stages[stage]["file"], target)
-            digest = sha256_file(target)
-            want = files[bundle.stages[stage]["file"]]["sha256"].lower()
-            if stage_backend != "tensorrt" and digest != want:
-                raise BundleError(f"bundle {bundle.path}: {bundle.stages[stage]['file']} changed while the "
-                                  "repository was written (its sha256 no longer matches the manifest)")
-            record["stage_files"][stage_model(stage)] = {"file": f"{stage_model(stage)}/1/{target.name}",
-                                                          "sha256": digest}
-            if stage_backend == "python":
-                (folder / "model.py").write_text(STAGE_SHIM.format(what=f"{stage} stage on ONNX Runtime",
-                                                                   cls="OrtStageModel"), encoding="utf-8")
-            (tmp / stage_model(stage) / "config.pbtxt").write_text(
-                stage_config(stage, bundle.stages[stage], bundle.shapes, stage_backend, bundle.precision,
-                             digest, queue_delay_us), encoding="utf-8")
+            record["stage_files"][stage_model(stage)] = _write_stage(
+                tmp, copy, bundle, stage, stage_backend, plans.get(stage), queue_delay_us)
         (tmp / REPOSITORY_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     log(f"wrote Triton model repository {out}: models {', '.join(record['models'])} (stages on "
         f"{stage_backend}; {instances} generation instances, UNet dynamic batching up to "
         f"{stage_rows(spec.UNET_STAGE, bundle.shapes)} rows)")
     return out
+
+
+def _check_request(out: Path, stage_backend: str, engines, instances: int, queue_delay_us: int,
+                   force: bool) -> None:
+    """Refuse a stage backend, engine folder, batching setting or --out the repository cannot use."""
+    if stage_backend not in STAGE_BACKENDS:
+        raise Sg2vError(f"--stage-backend {stage_backend!r}: choose one of {list(STAGE_BACKENDS)}")
+    if (engines is None) != (stage_backend != "tensorrt"):
+        raise Sg2vError("--engines ENGINE_DIR goes with --stage-backend tensorrt (and only with it): the "
+                        "plans built on the serving GPU by python -m sg2v.export.tensorrt BUNDLE")
+    if not 1 <= int(instances) <= 256 or not 0 <= int(queue_delay_us) <= 10_000_000:
+        raise Sg2vError(f"--instances {instances} / --queue-delay-us {queue_delay_us}: instances must be in "
+                        "[1, 256], the queue delay in [0, 10000000] microseconds")
+    if out.exists() and not is_repository(out) and not force:
+        raise Sg2vError(f"--out {out} exists and is not an sg2v model repository; pass --force to replace "
+                        "it, or choose another path")
+
+
+def _check_bundle(bundle, stage_backend: str) -> None:
+    """Refuse a bundle Triton cannot batch, or whose encoder the stage backend cannot run."""
+    if "max_batch" not in bundle.shapes:
+        raise Sg2vError(f"bundle {bundle.path} has format 1's fixed batches, which Triton cannot batch; "
+                        f"re-export it: sg2v-export --ckpt {bundle.path} --out NEW_BUNDLE")
+    if bundle.pooling == "plugin" and stage_backend != "tensorrt":
+        raise Sg2vError(f"bundle {bundle.path} has the sg2v::ScatterMeanPool plugin in its encoder, which "
+                        "ONNX Runtime cannot run; export with --pooling portable, or serve TensorRT plans")
+
+
+def _write_stage(tmp: Path, copy: Path, bundle, stage: str, stage_backend: str, plan: Path | None,
+                 queue_delay_us: int) -> dict[str, str]:
+    """Write one stage's model folder (plan or ONNX file, shim, config); returns its record entry."""
+    files = bundle.manifest["files"]
+    folder = tmp / stage_model(stage) / "1"
+    folder.mkdir(parents=True)
+    if stage_backend == "tensorrt":
+        target = folder / "model.plan"
+        shutil.copy2(plan, target)
+    else:
+        target = folder / "model.onnx"
+        _link_or_copy(copy / bundle.stages[stage]["file"], target)
+    digest = sha256_file(target)
+    want = files[bundle.stages[stage]["file"]]["sha256"].lower()
+    if stage_backend != "tensorrt" and digest != want:
+        raise BundleError(f"bundle {bundle.path}: {bundle.stages[stage]['file']} changed while the "
+                          "repository was written (its sha256 no longer matches the manifest)")
+    if stage_backend == "python":
+        (folder / "model.py").write_text(STAGE_SHIM.format(what=f"{stage} stage on ONNX Runtime",
+                                                           cls="OrtStageModel"), encoding="utf-8")
+    (tmp / stage_model(stage) / "config.pbtxt").write_text(
+        stage_config(stage, bundle.stages[stage], bundle.shapes, stage_backend, bundle.precision,
+                     digest, queue_delay_us), encoding="utf-8")
+    return {"file": f"{stage_model(stage)}/1/{target.name}", "sha256": digest}
 
 
 def build_parser() -> Any:
