@@ -315,22 +315,7 @@ def unavailable_reason(v: Variant, bundle: Any, ckpt: str | None) -> str | None:
     if v.runtime == "openvino" and have("openvino") is None:
         return "openvino is not installed (pip install 'sg2v[openvino]')"
     if v.runtime in ("torch", "torch-cuda"):
-        if have("torch") is None:
-            return "torch is not installed"
-        from sg2v import bundle_spec as spec
-
-        if ckpt is None and not bundle.has_file(spec.MODEL_WEIGHTS):
-            return (f"bundle has no {spec.MODEL_WEIGHTS} (export with --include-weights) "
-                    "and no --ckpt was given")
-    if v.runtime == "torch-cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            return "PyTorch sees no CUDA device"
-        if v.mode == "compile" and have("triton") is None:
-            return "torch.compile on CUDA needs triton, which is not installed"
-        if v.mode == "torch_tensorrt" and have("torch_tensorrt") is None:
-            return "torch_tensorrt is not installed (pip install 'sg2v[torch-trt]')"
+        return _torch_unavailable_reason(v, bundle, ckpt)
     if v.runtime == "trt":
         from sg2v.runtime.backends import trt_unavailable_reason
 
@@ -340,6 +325,29 @@ def unavailable_reason(v: Variant, bundle: Any, ckpt: str | None) -> str | None:
 
         if not available_gpu_providers():
             return "this onnxruntime build has no GPU execution providers (install onnxruntime-gpu)"
+    return None
+
+
+def _torch_unavailable_reason(v: Variant, bundle: Any, ckpt: str | None) -> str | None:
+    """None when a PyTorch variant can run here (torch, weights, and for CUDA a device and its compiler)."""
+    have = importlib.util.find_spec
+    if have("torch") is None:
+        return "torch is not installed"
+    from sg2v import bundle_spec as spec
+
+    if ckpt is None and not bundle.has_file(spec.MODEL_WEIGHTS):
+        return (f"bundle has no {spec.MODEL_WEIGHTS} (export with --include-weights) "
+                "and no --ckpt was given")
+    if v.runtime != "torch-cuda":
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return "PyTorch sees no CUDA device"
+    if v.mode == "compile" and have("triton") is None:
+        return "torch.compile on CUDA needs triton, which is not installed"
+    if v.mode == "torch_tensorrt" and have("torch_tensorrt") is None:
+        return "torch_tensorrt is not installed (pip install 'sg2v[torch-trt]')"
     return None
 
 
@@ -468,35 +476,13 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> dict[s
         graph_path.write_text(json.dumps(graph))
         parse_graph(graph, bundle.vocab, data.max_objects, data.max_relationships)  # fail here, not per child
 
-        backends: dict[str, dict[str, Any]] = {}
-        runnable = []
-        for name in names:
-            reason = unavailable_reason(VARIANTS[name], bundle, args.ckpt)
-            backends[name] = {"description": VARIANTS[name].help, "available": reason is None}
-            if reason is None:
-                runnable.append(name)
-            else:
-                backends[name]["reason"] = reason
+        backends, runnable = _availability(names, bundle, args.ckpt)
         flops = unet_step_flops(bundle.config, bundle.guidance.rows_per_video)
-        cpu_n = args.peak_size or 2048
-        peak = {"cpu": measure_cpu_peak(cpu_n)}
-        if any(VARIANTS[n].gpu for n in runnable) and importlib.util.find_spec("torch") is not None:
-            import torch
-
-            if torch.cuda.is_available():
-                peak["gpu"] = measure_gpu_peak(args.peak_size or 8192)
-                machine["gpu"] = peak["gpu"]["device"]
+        peak = _peaks(args, runnable, machine)
         for name in runnable:
             print(f"sg2v-bench: {name} ...", file=sys.stderr, flush=True)
             backends[name].update(_run_child(name, args, graph_path, tmp))
-        frames = {n: tmp / f"{n}.npy" for n in runnable if (tmp / f"{n}.npy").is_file()}
-        ref = frames.get(BASELINE)
-        for name, path in frames.items():
-            if ref is not None and name != BASELINE:
-                a = np.load(path, allow_pickle=False).astype(np.int16)
-                b = np.load(ref, allow_pickle=False).astype(np.int16)
-                backends[name]["frames_vs_baseline"] = {"max_abs": int(np.abs(a - b).max()),
-                                                         "mean_abs": float(np.abs(a - b).mean())}
+        _compare_frames(backends, runnable, tmp)
     machine["loadavg_end"] = _loadavg()
     summarise(backends, flops["flops"], peak)
     report = {
@@ -528,6 +514,45 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> dict[s
     if args.table:
         atomic_write_text(args.table, f"{TABLE_MARK}\n{report['table']}\n")
     return report
+
+
+def _availability(names: list[str], bundle: Any,
+                  ckpt: str | None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Each requested backend's entry (available, or why not) and the names that can run here."""
+    backends: dict[str, dict[str, Any]] = {}
+    runnable = []
+    for name in names:
+        reason = unavailable_reason(VARIANTS[name], bundle, ckpt)
+        backends[name] = {"description": VARIANTS[name].help, "available": reason is None}
+        if reason is None:
+            runnable.append(name)
+        else:
+            backends[name]["reason"] = reason
+    return backends, runnable
+
+
+def _peaks(args: argparse.Namespace, runnable: list[str], machine: dict[str, Any]) -> dict[str, Any]:
+    """Matmul peaks: the CPU's always, the GPU's when a GPU backend runs and PyTorch sees a device."""
+    peak = {"cpu": measure_cpu_peak(args.peak_size or 2048)}
+    if any(VARIANTS[n].gpu for n in runnable) and importlib.util.find_spec("torch") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            peak["gpu"] = measure_gpu_peak(args.peak_size or 8192)
+            machine["gpu"] = peak["gpu"]["device"]
+    return peak
+
+
+def _compare_frames(backends: dict[str, dict[str, Any]], runnable: list[str], tmp: Path) -> None:
+    """Each backend's frames against the baseline's (max and mean absolute difference), where both exist."""
+    frames = {n: tmp / f"{n}.npy" for n in runnable if (tmp / f"{n}.npy").is_file()}
+    ref = frames.get(BASELINE)
+    for name, path in frames.items():
+        if ref is not None and name != BASELINE:
+            a = np.load(path, allow_pickle=False).astype(np.int16)
+            b = np.load(ref, allow_pickle=False).astype(np.int16)
+            backends[name]["frames_vs_baseline"] = {"max_abs": int(np.abs(a - b).max()),
+                                                     "mean_abs": float(np.abs(a - b).mean())}
 
 
 def _run_child(name: str, args: argparse.Namespace, graph_path: Path, tmp: Path) -> dict[str, Any]:
@@ -713,27 +738,8 @@ def _child_run(args: argparse.Namespace) -> dict[str, Any]:
         np.save(args.frames_out, np.ascontiguousarray(frames), allow_pickle=False)
     for _ in range(args.warmup):
         pipe(graph, seed=args.seed, steps=args.steps)
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="sg2v-bench-write-") as wdir:
-        for i in range(args.repeats):
-            frames = pipe(graph, seed=args.seed, steps=args.steps)
-            timings = {k: v for k, v in pipe.last_timings.items() if k != "backend"}
-            if args.write != "none":
-                from sg2v.video import write_video
-
-                t0 = time.perf_counter()
-                write_video(Path(wdir) / f"bench_{i}.{args.write}", frames)
-                timings["write_s"] = time.perf_counter() - t0
-            runs.append(timings)
-    batches = {}
-    for b in batch_sizes(args)[1:]:
-        graphs, seeds = [graph] * b, [args.seed + i for i in range(b)]
-        for _ in range(args.warmup):
-            pipe.generate(graphs, seeds, steps=args.steps)
-        batches[str(b)] = []
-        for _ in range(args.repeats):
-            pipe.generate(graphs, seeds, steps=args.steps)
-            batches[str(b)].append({k: v for k, v in pipe.last_timings.items() if k != "backend"})
+    runs = _timed_runs(pipe, graph, args)
+    batches = _timed_batches(pipe, graph, args)
     out: dict[str, Any] = {
         "backend_name": getattr(pipe, "backend_name", v.name),
         "cold_start_s": t_first - spawn,
@@ -755,6 +761,37 @@ def _child_run(args: argparse.Namespace) -> dict[str, Any]:
     if notes:
         out["notes"] = list(notes)
     return out
+
+
+def _timed_runs(pipe: Any, graph: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The stage timings of `args.repeats` single-video runs, each with its video write when asked."""
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="sg2v-bench-write-") as wdir:
+        for i in range(args.repeats):
+            frames = pipe(graph, seed=args.seed, steps=args.steps)
+            timings = {k: v for k, v in pipe.last_timings.items() if k != "backend"}
+            if args.write != "none":
+                from sg2v.video import write_video
+
+                t0 = time.perf_counter()
+                write_video(Path(wdir) / f"bench_{i}.{args.write}", frames)
+                timings["write_s"] = time.perf_counter() - t0
+            runs.append(timings)
+    return runs
+
+
+def _timed_batches(pipe: Any, graph: Any, args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """The stage timings of batched generate calls, per batch size above 1 (after warm-up calls)."""
+    batches: dict[str, list[dict[str, Any]]] = {}
+    for b in batch_sizes(args)[1:]:
+        graphs, seeds = [graph] * b, [args.seed + i for i in range(b)]
+        for _ in range(args.warmup):
+            pipe.generate(graphs, seeds, steps=args.steps)
+        batches[str(b)] = []
+        for _ in range(args.repeats):
+            pipe.generate(graphs, seeds, steps=args.steps)
+            batches[str(b)].append({k: v for k, v in pipe.last_timings.items() if k != "backend"})
+    return batches
 
 
 def _open(v: Variant, args: argparse.Namespace) -> Any:
@@ -897,7 +934,6 @@ def _fmt(x: Any, scale: float = 1.0, digits: int = 1) -> str:
 def format_table(report: dict[str, Any]) -> str:
     """The markdown table of the report: one row per measured backend, then targets and skipped backends."""
     m, s, sh = report["machine"], report["settings"], report["bundle"]["shapes"]
-    flops = report["flops"]["flops"]
     lines = [
         f"Machine: {m['cpu']}, {m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs"
         + (f", GPU {m['gpu']}" if m.get("gpu") else "")
@@ -907,47 +943,11 @@ def format_table(report: dict[str, Any]) -> str:
         f"{s['repeats']} timed runs after {s['warmup']} "
         f"warm-up (+1 cold); medians.",
     ]
-    peak = report["peak"]
-    floor = []
-    if flops:
-        floor.append(f"UNet step (batch {report['flops'].get('batch', 2)}): {flops / 1e9:.2f} GFLOP")
-    for side in ("cpu", "gpu"):
-        if side in peak:
-            t = peak[side]["tflops"]
-            dtype = "fp32" if side == "cpu" else "fp16"
-            line = f"{side.upper()} matmul peak {t:.3g} TFLOP/s ({dtype}, n={peak[side]['n']})"
-            if flops:
-                line += f", step floor {flops / (t * 1e12) * 1e3:.2f} ms"
-            floor.append(line)
-    lines.append("; ".join(floor) + ".")
+    lines.append(_floor_line(report))
     lines += ["", "| backend | end-to-end s | x base | encoder ms | layout ms (draws) | denoiser step ms | "
               "step x base | sampler overhead ms (%) | decode / write ms | startup / cold start s | "
               "peak RSS MiB | CUDA peak MiB | TFLOP/s (% peak) |", "|" + "---|" * 13]
-    for name, b in report["backends"].items():
-        r = b.get("results")
-        if not r:
-            continue
-        ra = b.get("ratios", {})
-        base = ra.get(BASELINE, {})
-        gref = ra.get(GPU_REFERENCE, {})
-        step_x = _fmt(base.get("step_speedup"), digits=2)
-        if gref:
-            step_x += f" ({_fmt(gref.get('step_speedup'), digits=2)} vs {GPU_REFERENCE})"
-        tf = "-"
-        if r.get("achieved_tflops") is not None:
-            tf = f"{r['achieved_tflops']:.3g}"
-            if r.get("peak_fraction") is not None:
-                tf += f" ({100 * r['peak_fraction']:.1f}%)"
-        layout = _fmt(r.get("layout_s"), 1e3)
-        if r.get("layout_draws") is not None:
-            layout += f" ({r['layout_draws']:g})"
-        lines.append(
-            f"| {name} | {_fmt(r['total_s'], digits=3)} | {_fmt(base.get('total_speedup'), digits=2)} | "
-            f"{_fmt(r['encoder_s'], 1e3)} | {layout} | {_fmt(r['denoiser_step_s'], 1e3, 2)} | {step_x} | "
-            f"{_fmt(r['sampler_overhead_s'], 1e3)} ({_fmt(r['sampler_overhead_pct'])}%) | "
-            f"{_fmt(r['decode_s'], 1e3, 2)} / {_fmt(r.get('write_s'), 1e3)} | "
-            f"{_fmt(r.get('startup_s'), digits=2)} / {_fmt(r['cold_start_s'], digits=2)} | "
-            f"{_fmt(r['peak_rss_mib'], digits=0)} | {_fmt(r.get('cuda_peak_mib'), digits=0)} | {tf} |")
+    lines += [_backend_row(name, b) for name, b in report["backends"].items() if b.get("results")]
     lines += _batch_table(report)
     if report["targets"]:
         lines += ["", "| target | backend | measured | needed | verdict |", "|---|---|---|---|---|"]
@@ -960,6 +960,49 @@ def format_table(report: dict[str, Any]) -> str:
     if other:
         lines += ["", "Not measured:", *other]
     return "\n".join(lines)
+
+
+def _floor_line(report: dict[str, Any]) -> str:
+    """The UNet step's FLOPs and, per measured matmul peak, the step time it allows."""
+    peak, flops = report["peak"], report["flops"]["flops"]
+    floor = []
+    if flops:
+        floor.append(f"UNet step (batch {report['flops'].get('batch', 2)}): {flops / 1e9:.2f} GFLOP")
+    for side in ("cpu", "gpu"):
+        if side in peak:
+            t = peak[side]["tflops"]
+            dtype = "fp32" if side == "cpu" else "fp16"
+            line = f"{side.upper()} matmul peak {t:.3g} TFLOP/s ({dtype}, n={peak[side]['n']})"
+            if flops:
+                line += f", step floor {flops / (t * 1e12) * 1e3:.2f} ms"
+            floor.append(line)
+    return "; ".join(floor) + "."
+
+
+def _backend_row(name: str, b: dict[str, Any]) -> str:
+    """One measured backend's row of the markdown table."""
+    r = b["results"]
+    ra = b.get("ratios", {})
+    base = ra.get(BASELINE, {})
+    gref = ra.get(GPU_REFERENCE, {})
+    step_x = _fmt(base.get("step_speedup"), digits=2)
+    if gref:
+        step_x += f" ({_fmt(gref.get('step_speedup'), digits=2)} vs {GPU_REFERENCE})"
+    tf = "-"
+    if r.get("achieved_tflops") is not None:
+        tf = f"{r['achieved_tflops']:.3g}"
+        if r.get("peak_fraction") is not None:
+            tf += f" ({100 * r['peak_fraction']:.1f}%)"
+    layout = _fmt(r.get("layout_s"), 1e3)
+    if r.get("layout_draws") is not None:
+        layout += f" ({r['layout_draws']:g})"
+    return (
+        f"| {name} | {_fmt(r['total_s'], digits=3)} | {_fmt(base.get('total_speedup'), digits=2)} | "
+        f"{_fmt(r['encoder_s'], 1e3)} | {layout} | {_fmt(r['denoiser_step_s'], 1e3, 2)} | {step_x} | "
+        f"{_fmt(r['sampler_overhead_s'], 1e3)} ({_fmt(r['sampler_overhead_pct'])}%) | "
+        f"{_fmt(r['decode_s'], 1e3, 2)} / {_fmt(r.get('write_s'), 1e3)} | "
+        f"{_fmt(r.get('startup_s'), digits=2)} / {_fmt(r['cold_start_s'], digits=2)} | "
+        f"{_fmt(r['peak_rss_mib'], digits=0)} | {_fmt(r.get('cuda_peak_mib'), digits=0)} | {tf} |")
 
 
 def _batch_table(report: dict[str, Any]) -> list[str]:
