@@ -65,7 +65,7 @@ def test_saved_layout_loads_again_to_the_same_tracks():
     ({"0": [0.1, 0.1, 0.2]}, "a box is [x0, y0, x1, y1]"),
     ({"0": [[0.1, 0.1, 0.2, 0.2]] * 3}, "3 boxes, but this model makes 4 frames"),
     ({"2": [0.1, 0.1, 0.2, 0.2]}, "object index 2 out of range; the graph has 2 object(s)"),
-    ({"a": [0.1, 0.1, 0.2, 0.2]}, 'keys are object indices written as strings ("0" .. "1")'),
+    ({"a": [0.1, 0.1, 0.2, 0.2]}, 'keys are object indices written as strings of ASCII digits ("0" .. "1")'),
     ({"01": [0.1, 0.1, 0.2, 0.2]}, "keys are object indices"),
     ({"0": {"start": [0.1, 0.1, 0.2, 0.2]}}, 'a moving box is {"start": box, "end": box}'),
     ({"0": "box"}, "expected a track"),
