@@ -69,7 +69,7 @@ def test_eval_json_never_replaces_the_checkpoint(ckpt, capsys):
 
 
 def test_bench_json_and_table_never_replace_the_bundle_the_graph_or_a_users_file(fake, tmp_path, capsys):
-    from sg2v.runtime import bench
+    from sg2v.export import bench
 
     graph = _write(tmp_path / "g.json", GRAPH)
     notes = tmp_path / "notes.md"
@@ -351,7 +351,7 @@ def test_train_bounds(tmp_path, capsys, argv, why):
     (["--seed", "-1"], "--seed -1: must be an integer in [0,"),
     (["--repeats", "100000000"], "--repeats 100000000: must be an integer in [1, 10000]")])
 def test_bench_bounds(fake, capsys, argv, why):
-    from sg2v.runtime import bench
+    from sg2v.export import bench
 
     assert bench.main(["--bundle", str(fake), *argv]) == 2
     assert why in _one_line(capsys, "sg2v-bench")
