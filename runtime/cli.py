@@ -20,15 +20,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sg2v.errors import Cancelled, GraphError, Sg2vError
+from sg2v.errors import GraphError, Sg2vError
+from sg2v.options import SHARED, HelpFormatter, Shared, add_shared, check_shared, run_cli
 from sg2v.runtime.backends import BACKENDS, SPECS, backend_help, checkpoint_backends
-from sg2v.sampling import SAMPLERS, sampler_help
 
 DEMO_BUNDLE = Path("models") / "demo"
 
 
 class LayoutFileError(GraphError):
     """A `--layout` file that does not hold tracks for its graph (exit status 2, as for graphs)."""
+
+    what = "layout"
 
 
 class FlagError(Sg2vError):
@@ -48,14 +50,7 @@ def default_bundle() -> Path | None:
     return None
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every default; options whose default is "the bundle's" say so in their own words."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if "default:" in text or action.required:
-            return text
-        return super()._get_help_string(action)
+BACKEND = Shared("--backend", backend_help, default="auto", choices=BACKENDS)  # the runtime's backend table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="sg2v-run",
         description="Generate a short video from a scene graph with an exported sg2v bundle.",
-        formatter_class=_Help,
+        formatter_class=HelpFormatter,
         epilog=('Graph JSON: {"objects": ["red circle", "blue square"], '
                 '"relationships": [[0, "left of", 1]]}. Several graphs (several files, or one file holding'
                 " a JSON list) are generated as one batch (--batch videos per call, each from --seed) and "
@@ -71,9 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("graphs", nargs="+", metavar="graph.json",
                     help="scene-graph JSON file(s); a file may hold one graph or a list of graphs")
-    ap.add_argument("--bundle", default=str(demo) if demo else None,
-                    help="bundle folder written by sg2v-export"
-                    + (f" (default: {demo})" if demo else " (required: no demo bundle at models/demo)"))
+    add_shared(ap, "bundle", default=str(demo) if demo else None,
+               help=SHARED["bundle"].help_text()
+               + (f" (default: {demo})" if demo else " (required: no demo bundle at models/demo)"))
     ap.add_argument("--server", default=None, metavar="URL",
                     help="generate on a Triton Inference Server (host:port of its HTTP endpoint) serving a "
                          "repository written by sg2v-export triton, instead of locally (default: local)")
@@ -96,31 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--layout-tries", type=int, default=None,
                     help="layouts drawn per graph at most until every relation with a geometric rule holds "
                          "(default: the bundle's)")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="sampler steps (default: the bundle's; a guidance-distilled student takes only the "
-                         "step counts its manifest lists)")
-    ap.add_argument("--guidance", type=float, default=None,
-                    help="classifier-free guidance weight (default: the bundle's; a guidance-distilled "
-                         "student takes it as an input, within the range it was distilled for)")
-    ap.add_argument("--guidance-rescale", type=float, default=None,
-                    help="guidance rescale in [0, 1] (default: the bundle's)")
-    ap.add_argument("--seed", type=int, default=0, help="random seed of the initial noise")
+    for name in ("steps", "guidance", "guidance_rescale", "seed"):
+        add_shared(ap, name)
     ap.add_argument("--batch", type=int, default=None,
                     help="most videos per batched call (default: the bundle's max_batch; format-1 bundles "
                          "take 1)")
-    ap.add_argument("--backend", choices=BACKENDS, default="auto", help=backend_help())
-    ap.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
-                    help=f"sampler (default: the bundle's): {sampler_help()}")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="CPU threads for ONNX Runtime / torch (default: one per core)")
+    for name in (BACKEND, "sampler", "threads"):
+        add_shared(ap, name)
     ap.add_argument("--device", default=None,
                     help="cpu, cuda or cuda:N (default: the backend's choice, GPU 0 when it uses one)")
     ap.add_argument("--ckpt", default=None,
                     help="checkpoint for --backend torch or torch-cuda (default: the bundle's "
                          "model.safetensors)")
     ap.add_argument("--fps", type=float, default=8.0, help="frames per second of the written video")
-    ap.add_argument("--no-verify", action="store_true",
-                    help="skip the bundle's sha256 checks (sizes still checked)")
+    add_shared(ap, "no_verify")
     ap.add_argument("--progress", action="store_true",
                     help="show progress on stderr: a bar on a terminal, else one line per stage and step "
                          "(encoder, layout round k of at most K, sampler step i of n, decode); with or "
@@ -150,28 +134,8 @@ def _ms(seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sg2v.safety import describe_os_error, one_line, safe_stdio
-
-    safe_stdio()
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except GraphError as e:
-        what = "layout" if isinstance(e, LayoutFileError) else "graph"
-        print(one_line(f"sg2v-run: invalid {what}: {e}"), file=sys.stderr)
-        return 2
-    except Cancelled as e:
-        print(one_line(f"sg2v-run: interrupted: {e}"), file=sys.stderr)
-        return e.exit_code
-    except Sg2vError as e:
-        print(one_line(f"sg2v-run: error: {e}"), file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # an unwritable output, a full disk: one line, not a traceback
-        print(f"sg2v-run: error: {describe_os_error(e)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("sg2v-run: interrupted", file=sys.stderr)
-        return 130
+    """Entry point of `sg2v-run`; errors become one line on stderr and an exit status (`run_cli`)."""
+    return run_cli("sg2v-run", lambda: _run(build_parser().parse_args(argv)))
 
 
 LAYOUT_FLAGS = ("--layout", "--save-layout", "--draw-layout", "--layout-tries")
@@ -185,16 +149,34 @@ def _layout_flags(args: Any) -> list[str]:
 
 
 def _run(args: Any) -> int:
-    from sg2v.graph import load_graphs, load_layout
-    from sg2v.runtime.bundle import Bundle
+    """Check the flags, open the bundle, read the graphs and layouts, check the outputs, generate, report."""
     from sg2v.runtime.pipeline import Pipeline
-    from sg2v.runtime.progress import ProgressBar, cancel_on_sigint
 
     check_numbers(args)
     if args.server is not None:
-        from sg2v.runtime.triton_client import run_cli
+        from sg2v.runtime.triton_client import run_cli as run_on_server
 
-        return run_cli(args)
+        return run_on_server(args)
+    bundle = _open_bundle(args)
+    graphs = _read_graphs(args, bundle)
+    layouts = _read_layouts(args, graphs, bundle.config.data.frames)
+    check_outputs(args, len(graphs))
+    pipe = Pipeline(bundle, _backend(bundle, args))
+    print(f"sg2v-run: bundle {bundle.path}, backend {pipe.backend_name}"
+          + "".join(f" ({note})" for note in pipe.backend.notes))
+    if len(graphs) > 1 and bundle.max_batch == 1:
+        print(f"sg2v-run: this bundle takes one video per call (format {bundle.manifest['format_version']}): "
+              f"the {len(graphs)} graphs run one after another; for batched calls re-export it: sg2v-export "
+              f"--ckpt {bundle.path} --out NEW_BUNDLE")
+    print(_timing_line(_generate(args, bundle, pipe, graphs, layouts)))
+    return 0
+
+
+def _open_bundle(args: Any) -> Any:
+    """The bundle, once the flags that need no bundle agree with each other and those that need one (a
+    student's settings, the layout flags) agree with it."""
+    from sg2v.runtime.bundle import Bundle
+
     if args.bundle is None:
         raise FlagError("--bundle is required: there is no demo bundle at models/demo")
     if args.ckpt is not None and args.backend not in checkpoint_backends():
@@ -210,8 +192,15 @@ def _run(args: Any) -> int:
                         f"{bundle.manifest['format_version']}, a model that is not layout-grounded); drop "
                         f"{'the flag' if len(flags) == 1 else 'those flags'} or use a layout-grounded bundle "
                         "(format 3)")
+    return bundle
+
+
+def _read_graphs(args: Any, bundle: Any) -> list[Any]:
+    """Every graph of every graph file, parsed against the bundle's vocabulary and shapes."""
+    from sg2v.graph import load_graphs
+
     data = bundle.config.data
-    graphs = []
+    graphs: list[Any] = []
     for path in args.graphs:
         if not Path(path).is_file():
             raise GraphError(f"{path}: no such file; pass a scene-graph JSON file")
@@ -220,25 +209,30 @@ def _run(args: Any) -> int:
         if len(graphs) > MAX_GRAPHS:
             raise FlagError(f"more than {MAX_GRAPHS} graphs in one call; split them over several sg2v-run "
                             "calls")
-    layouts = None
-    if args.layout is not None:
-        if len(args.layout) != len(graphs):
-            raise LayoutFileError(f"{len(args.layout)} --layout file(s) for {len(graphs)} graph(s); give one "
-                                  "layout file per graph, in the order the graphs are given")
-        try:
-            layouts = [load_layout(path, g, data.frames) for path, g in zip(args.layout, graphs)]
-        except GraphError as e:
-            raise LayoutFileError(str(e)) from None
-    out = Path(args.out)
-    check_outputs(args, len(graphs))
-    pipe = Pipeline(bundle, _backend(bundle, args))
-    print(f"sg2v-run: bundle {bundle.path}, backend {pipe.backend_name}"
-          + "".join(f" ({note})" for note in pipe.backend.notes))
-    if len(graphs) > 1 and bundle.max_batch == 1:
-        print(f"sg2v-run: this bundle takes one video per call (format {bundle.manifest['format_version']}): "
-              f"the {len(graphs)} graphs run one after another; for batched calls re-export it: sg2v-export "
-              f"--ckpt {bundle.path} --out NEW_BUNDLE")
-    n = len(graphs)
+    return graphs
+
+
+def _read_layouts(args: Any, graphs: list[Any], frames: int) -> list[Any] | None:
+    """The --layout files' tracks, one file per graph in order (None without --layout)."""
+    from sg2v.graph import load_layout
+
+    if args.layout is None:
+        return None
+    if len(args.layout) != len(graphs):
+        raise LayoutFileError(f"{len(args.layout)} --layout file(s) for {len(graphs)} graph(s); give one "
+                              "layout file per graph, in the order the graphs are given")
+    try:
+        return [load_layout(path, g, frames) for path, g in zip(args.layout, graphs)]
+    except GraphError as e:
+        raise LayoutFileError(str(e)) from None
+
+
+def _generate(args: Any, bundle: Any, pipe: Any, graphs: list[Any], layouts: list[Any] | None
+              ) -> dict[str, Any]:
+    """Generate and write every video, CHUNK_CALLS batched calls at a time; the run's summed timings."""
+    from sg2v.runtime.progress import ProgressBar, cancel_on_sigint
+
+    out, n = Path(args.out), len(graphs)
     chunk = (args.batch or bundle.max_batch) * CHUNK_CALLS  # videos generated, then written, at a time
     t: dict[str, Any] = {}
     bar, cancel = ProgressBar(sys.stderr, "sg2v-run", enabled=args.progress), threading.Event()
@@ -259,13 +253,17 @@ def _run(args: Any) -> int:
         del result
     if n > chunk:  # per-step figures of the whole run, not a sum over its chunks
         t["denoiser_per_step_s"] = t["denoiser_s"] / max(t["unet_calls"], 1)
+    return t
+
+
+def _timing_line(t: dict[str, Any]) -> str:
+    """The run's stage times in one line."""
     calls = t["unet_calls"] // max(t["chunks"], 1)
     batch = f"{t['videos']} videos in {t['chunks']} call(s): " if t["videos"] > 1 else ""
     layout = f"layout {_ms(t['layout_s'])}, " if "layout_s" in t else ""
-    print(f"  {batch}encoder {_ms(t['encoder_s'])}, {layout}denoiser {_ms(t['denoiser_s'])} for {calls} "
-          f"steps ({_ms(t['denoiser_per_step_s'])}/step), sampler {_ms(t['sampler_overhead_s'])}, "
-          f"decode {_ms(t['decode_s'])}, total {_ms(t['total_s'])}")
-    return 0
+    return (f"  {batch}encoder {_ms(t['encoder_s'])}, {layout}denoiser {_ms(t['denoiser_s'])} for {calls} "
+            f"steps ({_ms(t['denoiser_per_step_s'])}/step), sampler {_ms(t['sampler_overhead_s'])}, "
+            f"decode {_ms(t['decode_s'])}, total {_ms(t['total_s'])}")
 
 
 def check_student_flags(bundle: Any, args: Any) -> None:
@@ -282,7 +280,6 @@ def check_student_flags(bundle: Any, args: Any) -> None:
         raise FlagError(f"{e} (bundle {bundle.path} is a guidance-distilled student)") from None
 
 
-MAX_STEPS = 100_000  # the most training timesteps a model config may declare (sg2v.config.BOUNDS)
 MAX_LAYOUT_TRIES = 4096
 MAX_GRAPHS = 10_000  # graphs in one call
 CHUNK_CALLS = 4  # batched calls generated before their videos are written (memory stays bounded)
@@ -291,27 +288,14 @@ CHUNK_CALLS = 4  # batched calls generated before their videos are written (memo
 def check_numbers(args: Any) -> None:
     """FlagError (one line) unless every number flag is finite and within what a run can use, checked
     before the bundle is opened (argparse's float() takes nan and inf)."""
-    import math
-
-    from sg2v.config import MAX_SEED, threads_problem
     from sg2v.errors import shown
     from sg2v.video import VideoError, check_fps
 
-    ranges = (("--steps", args.steps, MAX_STEPS), ("--batch", args.batch, 1 << 20),
-              ("--layout-tries", args.layout_tries, MAX_LAYOUT_TRIES))
-    for name, value, hi in ranges:
+    check_shared(args, FlagError, ("steps", "seed", "guidance", "guidance_rescale", "threads"))
+    for name, value, hi in (("--batch", args.batch, 1 << 20), ("--layout-tries", args.layout_tries,
+                                                                MAX_LAYOUT_TRIES)):
         if value is not None and not 1 <= value <= hi:
             raise FlagError(f"{name} {shown(value)}: must be an integer in [1, {hi}]")
-    if args.threads is not None:
-        problem = threads_problem(args.threads)
-        if problem:
-            raise FlagError(problem)
-    if not 0 <= args.seed <= MAX_SEED:
-        raise FlagError(f"--seed {shown(args.seed)}: must be an integer in [0, {MAX_SEED}]")
-    if args.guidance is not None and not (math.isfinite(args.guidance) and 0 <= args.guidance <= 1e6):
-        raise FlagError(f"--guidance {args.guidance}: must be a finite number in [0, 1e6]; 1 is no guidance")
-    if args.guidance_rescale is not None and not 0.0 <= args.guidance_rescale <= 1.0:  # False for nan
-        raise FlagError(f"--guidance-rescale {args.guidance_rescale}: must be in [0, 1]; 0 disables it")
     try:
         check_fps(args.fps)
     except VideoError as e:

@@ -3,21 +3,20 @@
 The config is the one source of truth for shapes: training builds the networks from it, the exporter fixes the
 ONNX shapes from it, and the runtime reads it back from the manifest. Sizes are a table of named constructors
 (`MODEL_SIZES`), offered as choices by the CLIs. Run options (the training configs) are dataclass fields made
-with `option`, which carries the help text; `add_options` builds the command line from those fields, so an
-option is documented once, beside its default.
+with `sg2v.options.option`, which carries the help text; `sg2v.options.add_fields` builds the command line
+from those fields, so an option is documented once, beside its default.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sg2v.errors import ConfigError, shown
 from sg2v.graph import padded_slots
+from sg2v.options import option as option
 from sg2v.sampling import SAMPLERS
 
 FORMAT_VERSION = 1  # checkpoint / config format; bump on incompatible change
@@ -243,33 +242,42 @@ MAX_STR = 256
 
 
 def _check_fields(obj: Any, where: str) -> None:
+    """ConfigError for the first field of config dataclass `obj` of the wrong type, choice or bounds."""
     for f in dataclasses.fields(obj):
         name, hint, value = f"{where}.{f.name}", str(f.type), getattr(obj, f.name)
         lo, hi = BOUNDS.get(name, (None, None))
-        if hint == "bool":
-            ok = isinstance(value, bool)
-        elif hint == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif hint == "float":
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        elif hint == "str":
-            ok = isinstance(value, str) and len(value) <= MAX_STR
-        elif hint.startswith("tuple"):
-            ok = len(value) <= MAX_LIST and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            if ok and lo is not None:
-                ok = all(lo <= v <= hi for v in value)
-            if not ok:
-                raise ConfigError(f"{name} = {list(value)[:8]!r}: expected at most {MAX_LIST} integers"
-                                  + (f" in [{lo}, {hi}]" if lo is not None else ""))
+        if hint.startswith("tuple"):
+            _check_int_tuple(name, value, lo, hi)
             continue
-        else:
-            ok = True
-        if not ok:
+        if not _has_type(hint, value):
             raise ConfigError(f"{name} = {shown(value, 80)}: expected {hint}")
         if name in CHOICES and value not in CHOICES[name]:
             raise ConfigError(f"{name} = {shown(value, 80)}: choose one of {list(CHOICES[name])}")
         if lo is not None and not lo <= value <= hi:
             raise ConfigError(f"{name} = {shown(value)}: outside [{lo}, {hi}], the bounds this sg2v accepts")
+
+
+def _has_type(hint: str, value: Any) -> bool:
+    """Whether `value` is of the scalar type named `hint` (a finite float, a string of at most MAX_STR)."""
+    if hint == "bool":
+        return isinstance(value, bool)
+    if hint == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint == "str":
+        return isinstance(value, str) and len(value) <= MAX_STR
+    return True
+
+
+def _check_int_tuple(name: str, value: Any, lo: Any, hi: Any) -> None:
+    """ConfigError unless `value` is at most MAX_LIST integers, each in [lo, hi] where bounded."""
+    ok = len(value) <= MAX_LIST and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if ok and lo is not None:
+        ok = all(lo <= v <= hi for v in value)
+    if not ok:
+        raise ConfigError(f"{name} = {list(value)[:8]!r}: expected at most {MAX_LIST} integers"
+                          + (f" in [{lo}, {hi}]" if lo is not None else ""))
 
 
 def _resolved_hints(cls: type) -> dict[str, str]:
@@ -364,36 +372,6 @@ def model_config(size: str) -> ModelConfig:
         raise ConfigError(f"unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}") from None
 
 
-def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, aliases: Sequence[str] = (),
-           type: Any = None, nargs: str | None = None) -> Any:
-    """A dataclass field whose flag `--field-name` (and `aliases`) shows `help` with the default beside it;
-    `nargs` "+" makes it take one or more values (a list)."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
-            "aliases": tuple(aliases), "type": type, "nargs": nargs}
-    return field(default=default, metadata=meta)
-
-
-def add_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
-                ) -> argparse.ArgumentParser:
-    """One flag per `option` field of the dataclass `cls` (dest = the field's name), in field order."""
-    for f in dataclasses.fields(cls):
-        if f.name in skip or "help" not in f.metadata:
-            continue
-        meta = f.metadata
-        kw: dict[str, Any] = {"dest": f.name, "default": f.default, "help": meta["help"]}
-        if isinstance(f.default, bool):  # --flag / --no-flag
-            kw["action"] = argparse.BooleanOptionalAction
-            parser.add_argument(f"--{f.name.replace('_', '-')}", *meta["aliases"], **kw)
-            continue
-        if meta["choices"] is not None:
-            kw["choices"] = list(meta["choices"])
-        kw["type"] = meta["type"] or (type(f.default) if f.default is not None else str)
-        if meta.get("nargs"):
-            kw["nargs"] = meta["nargs"]
-        parser.add_argument(f"--{f.name.replace('_', '-')}", *meta["aliases"], **kw)
-    return parser
-
-
 MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy's SeedSequence both take [0, 2**63)
 MAX_WORKERS = 64  # data-loader / converter worker processes a command starts
 MAX_BATCH = 4096  # samples per training step, videos per benchmark batch
@@ -456,9 +434,3 @@ def video_size_problem(frames: int, height: int, width: int, channels: int = 3,
         return (f"{flags[0]} {frames} x {flags[1]} {height} x {flags[2]} {width}: {n} values per video, more "
                 f"than the {MAX_VIDEO_ELEMENTS} sg2v allocates; ask for a smaller video")
     return None
-
-
-def from_options(cls: type, args: argparse.Namespace, **changes: Any) -> Any:
-    """The dataclass `cls` from parsed arguments (its `option` fields), with `changes` on top."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    return cls(**{**values, **changes})

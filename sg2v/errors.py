@@ -13,6 +13,7 @@ class GraphError(Sg2vError, ValueError):
     """A scene graph that is malformed or does not fit the vocabulary / model (CLI exit status 2)."""
 
     exit_code = 2
+    what = "graph"  # the commands' one line says "invalid graph: ..."
 
 
 class VocabError(Sg2vError, ValueError):

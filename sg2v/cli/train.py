@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from sg2v.config import BOUNDS, DEVICES, add_options, from_options
+from sg2v.config import DEVICES
+from sg2v.options import add_fields, add_shared, check_shared, from_fields, run_cli
 
 MAX_EVAL_SAMPLES = 100_000  # held-out graphs per step count
 
@@ -24,7 +25,7 @@ MAX_EVAL_SAMPLES = 100_000  # held-out graphs per step count
 def _add_pretrain_args(p: argparse.ArgumentParser) -> None:
     from sg2v.training.pretrain import PretrainConfig
 
-    add_options(p, PretrainConfig)
+    add_fields(p, PretrainConfig)
     p.add_argument("--no-resume", dest="resume", action="store_const", const="never",
                    help="start afresh even if OUT/pretrain.pt exists (the same as --resume never)")
 
@@ -32,21 +33,17 @@ def _add_pretrain_args(p: argparse.ArgumentParser) -> None:
 def _add_diffusion_args(p: argparse.ArgumentParser) -> None:
     from sg2v.training.train import TrainConfig
 
-    add_options(p, TrainConfig, skip=("objective",))
+    add_fields(p, TrainConfig, skip=("objective",))
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
-    from sg2v.sampling import SAMPLERS
-
     p.add_argument("--ckpt", required=True, help="checkpoint (model.pt / last.pt / .safetensors)")
-    p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 25], help="sampler step counts to compare")
+    add_shared(p, "steps", nargs="+", default=[4, 8, 25], source="")  # one table row per step count
     p.add_argument("--n", type=int, default=32, help="held-out graphs sampled per step count")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default: the checkpoint's config)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
-                   help="sampler (default: the checkpoint's config)")
-    p.add_argument("--seed", type=int, default=0, help="held-out graph stream and noise seed")
+    add_shared(p, "guidance", source="the checkpoint's config")
+    add_shared(p, "sampler", source="the checkpoint's config")
+    add_shared(p, "seed", what="the held-out graph stream and the noise")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="auto", help=f"where to run the model: {DEVICES}")
     p.add_argument("--json", default=None, help="also write the table as JSON to this path")
@@ -83,14 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_pretrain(args: argparse.Namespace) -> int:
     from sg2v.training.pretrain import PretrainConfig, pretrain
 
-    pretrain(from_options(PretrainConfig, args))
+    pretrain(from_fields(PretrainConfig, args))
     return 0
 
 
 def _run_diffusion(args: argparse.Namespace) -> int:
     from sg2v.training.train import TrainConfig, train
 
-    tc = from_options(TrainConfig, args, objective=args.command)
+    tc = from_fields(TrainConfig, args, objective=args.command)
     res = train(tc, progress=not args.no_progress)
     import torch.distributed as td
 
@@ -101,22 +98,12 @@ def _run_diffusion(args: argparse.Namespace) -> int:
 
 def _check_eval_args(args: argparse.Namespace) -> None:
     """TrainError (exit 2) naming the flag unless the eval options can work, before the model is loaded."""
-    import math
-
-    from sg2v.config import MAX_SEED
     from sg2v.errors import shown
     from sg2v.training.train import TrainError
 
     if not 1 <= args.n <= MAX_EVAL_SAMPLES:
         raise TrainError(f"--n {shown(args.n)}: must be an integer in [1, {MAX_EVAL_SAMPLES}]")
-    if not 0 <= args.seed <= MAX_SEED:
-        raise TrainError(f"--seed {shown(args.seed)}: must be an integer in [0, {MAX_SEED}]")
-    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
-        raise TrainError(f"--guidance {args.guidance}: must be a finite number >= 0 (1: no guidance)")
-    lo, hi = BOUNDS["DiffusionConfig.default_steps"]
-    for steps in args.steps:
-        if not lo <= steps <= hi:
-            raise TrainError(f"--steps {shown(steps)}: each must be an integer in [{lo}, {hi}]")
+    check_shared(args, TrainError, ("seed", "guidance", "steps"))
     _check_eval_outputs(args)
 
 
@@ -180,27 +167,14 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `sg2v-train`; sg2v errors become one line on stderr and the error's exit code."""
-    from sg2v.errors import Sg2vError
-    from sg2v.safety import describe_os_error, one_line, safe_stdio
+    """Entry point of `sg2v-train`; errors become one line on stderr and an exit status (`run_cli`)."""
+    from sg2v.safety import safe_stdio
 
-    safe_stdio()
+    safe_stdio()  # before argparse prints a path in its usage error
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "pretrain":
-            return _run_pretrain(args)
-        if args.command in ("diffusion", "layout", "distill"):
-            return _run_diffusion(args)
-        return _run_eval(args)
-    except Sg2vError as e:
-        print(one_line(f"sg2v-train {args.command}: error: {e}"), file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # a full disk, a read-only folder, an I/O error: one line naming the path
-        print(f"sg2v-train {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"sg2v-train {args.command}: interrupted", file=sys.stderr)
-        return 130
+    run = {"pretrain": _run_pretrain, "diffusion": _run_diffusion, "layout": _run_diffusion,
+           "distill": _run_diffusion, "eval": _run_eval}[args.command]
+    return run_cli(f"sg2v-train {args.command}", lambda: run(args))
 
 
 if __name__ == "__main__":
