@@ -18,19 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sg2v.dataset.options import FORMAT_OPTIONS, CommonOptions
+from sg2v.dataset.formats import DATA_FORMATS
+from sg2v.dataset.options import CommonOptions
 from sg2v.errors import GraphError, Sg2vError
-
-_FORMAT_HELP = {
-    "vg": ("Visual Genome 1.4: SOURCE holds objects.json, relationships.json, image_data.json, the alias "
-           "files and images/VG_100K*/ (sg2im's preprocessing as defaults)"),
-    "coco-stuff": ("COCO 2017 + COCO-Stuff: SOURCE holds annotations/{instances,stuff}_{train,val}2017.json "
-                   "and images/{train,val}2017/ (sg2im's scene graphs)"),
-    "action-genome": ("Action Genome v1.0: SOURCE holds annotations/ (pickles, class lists, frame_list.txt) "
-                      "and frames/VIDEO.mp4/FRAME.png"),
-    "folder": ("your recordings: NAME.json (scene graph, optional layout) beside NAME.mp4, NAME/ (frames) or "
-               "an image"),
-}
 
 
 class UsageError(Sg2vError):
@@ -70,12 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="convert a data set (see `sg2v-data convert FORMAT --help`)")
     fmts = conv.add_subparsers(dest="format", required=True, metavar="FORMAT")
-    for name, cls in FORMAT_OPTIONS.items():
-        fp = fmts.add_parser(name, help=_FORMAT_HELP[name], description=_FORMAT_HELP[name])
+    for name, f in DATA_FORMATS.items():
+        fp = fmts.add_parser(name, help=f.help, description=f.help)
         fp.add_argument("source", metavar="SOURCE", help="the data set's folder, as downloaded")
         fp.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
         _add_options(fp, CommonOptions, "shared options")
-        _add_options(fp, cls, f"{name} options")
+        _add_options(fp, f.options, f"{name} options")
     st = sub.add_parser("stats", help="counts per split, vocabulary sizes and drop table of a converted set")
     st.add_argument("dir", help="a folder written by `sg2v-data convert`")
     st.add_argument("--json", action="store_true", help="print dataset.json instead")
@@ -98,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         from sg2v.dataset.convert import convert
 
         convert(args.format, args.source, args.out, _options(CommonOptions, args),
-                _options(FORMAT_OPTIONS[args.format], args))
+                _options(DATA_FORMATS[args.format].options, args))
         return 0
     if args.command == "stats":
         from sg2v.dataset.format import read_info

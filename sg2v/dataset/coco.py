@@ -321,7 +321,7 @@ def _num4(b: Any) -> bool:
     return isinstance(b, list) and len(b) == 4 and all(is_number(v) for v in b) and b[2] >= 0 and b[3] >= 0
 
 
-def plan(source: Path, o: CocoOptions, seed: int) -> Plan:
+def plan(source: Path, o: CocoOptions, seed: int, frames: int) -> Plan:
     source = Path(source)
     if not source.is_dir():
         raise DatasetError(f"{source}: no such folder; pass the COCO folder holding annotations/ and images/")

@@ -33,11 +33,12 @@ from sg2v.dataset.format import (
     frames_bytes,
     versions,
 )
-from sg2v.dataset.options import FORMAT_OPTIONS, CommonOptions, OptionError, to_dict
+from sg2v.dataset.formats import DATA_FORMATS, data_format
+from sg2v.dataset.options import CommonOptions, OptionError, to_dict
 from sg2v.errors import DatasetError
 from sg2v.io import atomic_path
 
-FORMATS = tuple(FORMAT_OPTIONS)
+FORMATS = tuple(DATA_FORMATS)
 MAX_WORKERS = 64
 
 
@@ -61,24 +62,9 @@ def resolve_shape(common: CommonOptions) -> tuple[int, int, int]:
 
 
 def make_plan(fmt: str, source: Path, opts: Any, seed: int, frames: int) -> Plan:
-    """Read and filter a source data set (no frame decoded yet)."""
-    if fmt == "vg":
-        from sg2v.dataset import vg
-
-        return vg.plan(source, opts, seed)
-    if fmt == "coco-stuff":
-        from sg2v.dataset import coco
-
-        return coco.plan(source, opts, seed)
-    if fmt == "action-genome":
-        from sg2v.dataset import action_genome
-
-        return action_genome.plan(source, opts, seed, frames)
-    if fmt == "folder":
-        from sg2v.dataset import folder
-
-        return folder.plan(source, opts, seed, frames)
-    raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    """Read and filter a source data set (no frame decoded yet): the format's `plan`."""
+    plan: Plan = data_format(fmt).plan(source, opts, seed, frames)
+    return plan
 
 
 def _check_out(out: Path, source: Path, force: bool, fmt: str, options: Any = None) -> None:
@@ -127,12 +113,7 @@ def convert(fmt: str, source: str | os.PathLike[str], out: str | os.PathLike[str
     """Convert `source` (a data set in format `fmt`) into the folder `out`; returns its dataset.json."""
     log = log or (lambda line: print(line, file=sys.stderr))
     common = common or CommonOptions()
-    if fmt not in FORMAT_OPTIONS:
-        raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    options = options if options is not None else FORMAT_OPTIONS[fmt]()
-    if not isinstance(options, FORMAT_OPTIONS[fmt]):
-        raise TypeError(f"options for {fmt!r} must be {FORMAT_OPTIONS[fmt].__name__}, "
-                        f"got {type(options).__name__}")
+    options = _format_options(fmt, options)
     frames, height, width = resolve_shape(common)
     source, out = Path(source), Path(out)
     if not source.exists():
@@ -142,6 +123,48 @@ def convert(fmt: str, source: str | os.PathLike[str], out: str | os.PathLike[str
     t0 = time.perf_counter()
     log(f"reading {fmt} from {source} ...")
     plan = make_plan(fmt, source, options, common.seed, frames)
+    _check_plan(plan, source, out, height, width, log)
+    log(f"planned {len(plan.payloads)} jobs in {time.perf_counter() - t0:.1f} s; decoding frames at "
+        f"{height} x {width} with {common.workers} worker(s) ...")
+    ctx = JobContext(height=height, width=width, frames=frames, seed=common.seed,
+                     skip_unreadable=common.skip_unreadable,
+                     extra={"centers": getattr(options, "centers", "mask")})
+    t1 = time.perf_counter()
+    try:
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            writer = _write_samples(tmp, plan, ctx, common.workers, log)
+            if not _samples(writer):
+                raise DatasetError(f"{source}: no sample survived decoding (see --skip-unreadable); nothing "
+                                   "written")
+            info = _info(fmt, plan, common, options, frames, height, width, writer, plan.drops, plan.notes)
+            writer.write_json(VOCAB_FILE, plan.vocab.to_dict())
+            writer.write_json(INFO_FILE, info)
+            for split in SPLITS:  # the result must open cleanly before it replaces anything
+                ConvertedDataset(tmp, split)
+    except OSError as e:
+        raise DatasetError(f"--out {out}: cannot write the data set ({e.strerror or e}); check free space "
+                           "and permissions") from None
+    seconds = time.perf_counter() - t1
+    n = _samples(writer)
+    log(f"wrote {out}: {n} samples in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} samples/s)")
+    for line in summary_lines(info):
+        log(line)
+    return info
+
+
+def _format_options(fmt: str, options: Any) -> Any:
+    """`options` checked against the format's dataclass (its defaults when None)."""
+    cls = data_format(fmt).options
+    options = options if options is not None else cls()
+    if not isinstance(options, cls):
+        raise TypeError(f"options for {fmt!r} must be {cls.__name__}, got {type(options).__name__}")
+    return options
+
+
+def _check_plan(plan: Plan, source: Path, out: Path, height: int, width: int,
+                log: Callable[[str], None]) -> None:
+    """Log the plan's skipped items; DatasetError when nothing is left or the frames cannot fit on disk."""
     for line in plan.warnings[:20]:
         log(f"skipped: {line}")
     if len(plan.warnings) > 20:
@@ -157,50 +180,28 @@ def convert(fmt: str, source: str | os.PathLike[str], out: str | os.PathLike[str
         if need > free:
             raise DatasetError(f"--out {out}: the frames need about {describe_bytes(need)}, {out.parent} has "
                                f"{describe_bytes(free)} free; free some space or choose another folder")
-    log(f"planned {len(plan.payloads)} jobs in {time.perf_counter() - t0:.1f} s; decoding frames at "
-        f"{height} x {width} with {common.workers} worker(s) ...")
 
-    drops, notes = plan.drops, plan.notes
-    ctx = JobContext(height=height, width=width, frames=frames, seed=common.seed,
-                     skip_unreadable=common.skip_unreadable,
-                     extra={"centers": getattr(options, "centers", "mask")})
-    t1 = time.perf_counter()
+
+def _write_samples(tmp: Path, plan: Plan, ctx: JobContext, workers: int,
+                   log: Callable[[str], None]) -> DatasetWriter:
+    """Run the plan's jobs and stream their samples into `tmp`; the drops and notes merged into the plan's."""
+    writer = DatasetWriter(tmp, ctx.height, ctx.width)
     try:
-        with atomic_path(out) as tmp:
-            tmp.mkdir()
-            writer = DatasetWriter(tmp, height, width)
-            try:
+        t1 = last = time.perf_counter()
+        for done, res in enumerate(_results(plan, ctx, workers), start=1):
+            plan.drops.merge(res.drops.rows())
+            plan.notes.merge(res.notes.rows())
+            for split, record, fr in res.samples:
+                writer.add(split, record, fr)
+            if time.perf_counter() - last > 10:
                 last = time.perf_counter()
-                for done, res in enumerate(_results(plan, ctx, common.workers), start=1):
-                    drops.merge(res.drops.rows())
-                    notes.merge(res.notes.rows())
-                    for split, record, fr in res.samples:
-                        writer.add(split, record, fr)
-                    if time.perf_counter() - last > 10:
-                        last = time.perf_counter()
-                        log(f"  {done}/{len(plan.payloads)} jobs, {_samples(writer)} samples "
-                            f"({_samples(writer) / (last - t1):.1f}/s)")
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-            if not _samples(writer):
-                raise DatasetError(f"{source}: no sample survived decoding (see --skip-unreadable); nothing "
-                                   "written")
-            info = _info(fmt, plan, common, options, frames, height, width, writer, drops, notes)
-            writer.write_json(VOCAB_FILE, plan.vocab.to_dict())
-            writer.write_json(INFO_FILE, info)
-            for split in SPLITS:  # the result must open cleanly before it replaces anything
-                ConvertedDataset(tmp, split)
-    except OSError as e:
-        raise DatasetError(f"--out {out}: cannot write the data set ({e.strerror or e}); check free space "
-                           "and permissions") from None
-    seconds = time.perf_counter() - t1
-    n = _samples(writer)
-    log(f"wrote {out}: {n} samples in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} samples/s)")
-    for line in summary_lines(info):
-        log(line)
-    return info
+                log(f"  {done}/{len(plan.payloads)} jobs, {_samples(writer)} samples "
+                    f"({_samples(writer) / (last - t1):.1f}/s)")
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer
 
 
 def _samples(writer: DatasetWriter) -> int:

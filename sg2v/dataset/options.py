@@ -125,9 +125,5 @@ class FolderOptions:
                                        "(default: stop with an error naming the file and the fix)")
 
 
-FORMAT_OPTIONS = {"vg": VGOptions, "coco-stuff": CocoOptions, "action-genome": AGOptions,
-                  "folder": FolderOptions}
-
-
 def to_dict(opts: Any) -> dict[str, Any]:
     return dataclasses.asdict(opts)

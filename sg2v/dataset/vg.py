@@ -137,7 +137,7 @@ def version(has_merged: bool, naming: Counter[str]) -> str:
     return "unrecognised version"
 
 
-def plan(source: Path, o: VGOptions, seed: int) -> Plan:
+def plan(source: Path, o: VGOptions, seed: int, frames: int) -> Plan:
     drops, notes = DropTable(), DropTable()
     source = Path(source)
     if not source.is_dir():

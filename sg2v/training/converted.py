@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 
 from sg2v.config import ModelConfig
 from sg2v.dataset.format import VOCAB_FILE, ConvertedDataset, index_file
+from sg2v.dataset.formats import source_rules
 from sg2v.errors import ConfigError, DatasetError
 from sg2v.graph import pad_graphs, parse_graph
 from sg2v.relations import FAMILIES
@@ -51,7 +52,6 @@ from sg2v.safety import open_input
 from sg2v.vocab import Vocab
 
 RULE_FAMILIES = (*FAMILIES, "none")
-SOURCE_RULES = {"coco-stuff": "coco"}  # source format -> relation-rule family; other sources: "none"
 STREAM_LENGTH = 2**62  # a stream has no end: index i is step i // batch
 
 
@@ -150,7 +150,7 @@ def open_run_data(paths: Sequence[str | os.PathLike], *, frames: int | None = No
     max_objects, max_relationships = _graph_limits((train_pool, val_pool), max_objects, max_relationships)
     formats = tuple(str(ds.info.get("source_format", "")) for ds in train)
     if rules is None:
-        families = {SOURCE_RULES.get(f, "none") for f in formats}
+        families = {source_rules(f) for f in formats}
         rules = families.pop() if len(families) == 1 else "none"
     if rules not in RULE_FAMILIES:
         raise RunDataError(f"--rules {rules!r}: choose one of {list(RULE_FAMILIES)}")
