@@ -132,6 +132,22 @@ def check_engine_dir(path: str | os.PathLike[str], expected: str, onnx_sha256: d
     source an ahead-of-time plan must have baked in and `driver_cuda` the driver's CUDA version, which must
     load the plan's PTX.
     """
+    info = _read_engine_info(path)
+    got = info.get("fingerprint")
+    if got != expected:
+        raise BundleError(f"engines {path} were built for {got!r}, this machine needs {expected!r} (TensorRT "
+                          "plans only run on the GPU, compute capability and TensorRT version they were "
+                          f"built with); {_BUILD_HINT}")
+    if sources is None and onnx_sha256 is not None:
+        sources = {"onnx_sha256": onnx_sha256}
+    if sources is not None:
+        _check_sources(path, info, sources)
+    _check_plugin(path, info, kernel_sha256, driver_cuda)
+    return info
+
+
+def _read_engine_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object in `path`'s engine.json; BundleError if it is missing or not one."""
     info_path = Path(path) / ENGINE_INFO
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
@@ -142,15 +158,12 @@ def check_engine_dir(path: str | os.PathLike[str], expected: str, onnx_sha256: d
         raise BundleError(f"engines {path}: {ENGINE_INFO} is corrupt ({e}); {_BUILD_HINT}") from None
     if not isinstance(info, dict):
         raise BundleError(f"engines {path}: {ENGINE_INFO} is not a JSON object; {_BUILD_HINT}")
-    got = info.get("fingerprint")
-    if got != expected:
-        raise BundleError(f"engines {path} were built for {got!r}, this machine needs {expected!r} (TensorRT "
-                          "plans only run on the GPU, compute capability and TensorRT version they were "
-                          f"built with); {_BUILD_HINT}")
-    if sources is None and onnx_sha256 is not None:
-        sources = {"onnx_sha256": onnx_sha256}
-    if sources is not None:
-        _check_sources(path, info, sources)
+    return info
+
+
+def _check_plugin(path: str | os.PathLike[str], info: dict[str, Any], kernel_sha256: str | None,
+                  driver_cuda: tuple[int, int] | None) -> None:
+    """BundleError unless the plans' recorded plugin is this bundle's kernel, in PTX the driver loads."""
     plugin = info.get("plugin")
     onnx_route = info.get("route", ROUTE_ONNX) == ROUTE_ONNX
     if kernel_sha256 is not None and onnx_route and not isinstance(plugin, dict):
@@ -171,7 +184,6 @@ def check_engine_dir(path: str | os.PathLike[str], expected: str, onnx_sha256: d
                                   f"the driver (CUDA {driver_cuda[0]}.{driver_cuda[1]}) cannot load; update "
                                   "the driver or rebuild here with: python -m sg2v.export.tensorrt <bundle> "
                                   "--force")
-    return info
 
 
 def _check_sources(path: Any, info: dict[str, Any], sources: dict[str, Any]) -> None:
@@ -270,6 +282,26 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
     config = builder.create_builder_config()
     if workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    _add_profile(builder, network, config, profiles, onnx_path)
+    cache_path = Path(timing_cache) if timing_cache is not None else None
+    cached = cache_path is not None and attach_timing_cache(config, cache_path, log)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BundleError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path}; see the "
+                          "TensorRT log above")
+    plan_path = Path(plan_path)
+    atomic_write_bytes(plan_path, memoryview(plan).tobytes())
+    if cached and cache_path is not None:
+        cache = config.get_timing_cache()
+        if cache is not None:
+            atomic_write_bytes(cache_path, memoryview(cache.serialize()).tobytes())
+    return plan_path
+
+
+def _add_profile(builder: Any, network: Any, config: Any,
+                 profiles: Mapping[str, tuple[tuple[int, ...], ...]], onnx_path: Any) -> None:
+    """Give `config` one optimisation profile for the dynamic inputs; BundleError on an input the manifest
+    lacks or a fixed one whose shape differs from it."""
     profile = None
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -286,19 +318,6 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
                               "re-export the bundle")
     if profile is not None:
         config.add_optimization_profile(profile)
-    cache_path = Path(timing_cache) if timing_cache is not None else None
-    cached = cache_path is not None and attach_timing_cache(config, cache_path, log)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise BundleError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path}; see the "
-                          "TensorRT log above")
-    plan_path = Path(plan_path)
-    atomic_write_bytes(plan_path, memoryview(plan).tobytes())
-    if cached and cache_path is not None:
-        cache = config.get_timing_cache()
-        if cache is not None:
-            atomic_write_bytes(cache_path, memoryview(cache.serialize()).tobytes())
-    return plan_path
 
 
 def attach_timing_cache(config: Any, path: Path, log: Any = None) -> bool:

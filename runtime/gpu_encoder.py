@@ -49,6 +49,17 @@ def check_weights(weights: dict[str, Any], source: str = "encoder weights") -> d
     """Validate an SGEncoder state dict (names, shapes); strips an `encoder.` prefix (SG2V's state dict)."""
     if weights and all(k.startswith("encoder.") for k in weights):
         weights = {k[len("encoder."):]: v for k, v in weights.items()}
+    _check_names(weights, source)
+    for key, want in _expected_shapes(weights, source).items():
+        got = tuple(weights[key].shape)
+        if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
+            raise BundleError(f"{source}: {key} has shape {got}, expected {want} (None: any); "
+                              "the file does not match one SGEncoder")
+    return weights
+
+
+def _check_names(weights: dict[str, Any], source: str) -> None:
+    """BundleError unless `weights` holds every SGEncoder key (at most MAX_LAYERS layers), each numeric."""
     if num_layers(weights) > MAX_LAYERS:
         raise BundleError(f"{source}: names layer {num_layers(weights) - 1}, more than {MAX_LAYERS} layers; "
                           "the file does not match one SGEncoder")
@@ -64,6 +75,10 @@ def check_weights(weights: dict[str, Any], source: str = "encoder weights") -> d
                 or weights[key].dtype.kind not in "fiu":
             raise BundleError(f"{source}: {key} is not a numeric array; the file does not match one "
                               "SGEncoder")
+
+
+def _expected_shapes(weights: dict[str, Any], source: str) -> dict[str, tuple[Any, ...]]:
+    """Every key's shape (None: any size) implied by the embedding, hidden and output widths in `weights`."""
     for key in ("obj_embed.weight", "layers.0.net1.0.weight", "global_head.0.weight", "global_head.2.weight",
                 "local_head.0.weight"):
         if weights[key].ndim != 2 or 0 in weights[key].shape:
@@ -87,12 +102,7 @@ def check_weights(weights: dict[str, Any], source: str = "encoder weights") -> d
                        p + "net2.0.weight": (h, h), p + "net2.0.bias": (h,), p + "net2.2.weight": (d, h),
                        p + "net2.2.bias": (d,), p + "norm_obj.weight": (d,), p + "norm_obj.bias": (d,),
                        p + "norm_pred.weight": (d,), p + "norm_pred.bias": (d,)})
-    for key, want in shapes.items():
-        got = tuple(weights[key].shape)
-        if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
-            raise BundleError(f"{source}: {key} has shape {got}, expected {want} (None: any); "
-                              "the file does not match one SGEncoder")
-    return weights
+    return shapes
 
 
 def load_encoder_weights(path: str | os.PathLike[str]) -> dict[str, NDArray[Any]]:

@@ -138,17 +138,22 @@ class _Tensor:
                 self.external = value == 1
             elif field == 13:
                 self.external = True
-            elif field in (5, 7, 11):  # int32_data, int64_data, uint64_data
-                vals = _ints(wire, value)
-                self.packed_ints += vals
-                self.count += len(vals)
-            elif field in (4, 10):  # float_data, double_data: packed fixed-width
-                self.count += len(value) // (4 if field == 4 else 8) if wire == 2 else 1
-                if self.count <= _SMALL:
-                    self.floats.append(value.tobytes() if wire == 2
-                                       else value.to_bytes(4 if wire == 5 else 8, "little"))
-            elif field == 6:  # string_data
-                self.count += 1
+            else:
+                self._typed_data(field, wire, value)
+
+    def _typed_data(self, field: int, wire: int, value: Any) -> None:
+        """Count (and keep, where small) the values of one typed data field; other fields are skipped."""
+        if field in (5, 7, 11):  # int32_data, int64_data, uint64_data
+            vals = _ints(wire, value)
+            self.packed_ints += vals
+            self.count += len(vals)
+        elif field in (4, 10):  # float_data, double_data: packed fixed-width
+            self.count += len(value) // (4 if field == 4 else 8) if wire == 2 else 1
+            if self.count <= _SMALL:
+                self.floats.append(value.tobytes() if wire == 2
+                                   else value.to_bytes(4 if wire == 5 else 8, "little"))
+        elif field == 6:  # string_data
+            self.count += 1
 
     @classmethod
     def of_ints(cls, values: list[int], scalar: bool) -> _Tensor:
@@ -191,6 +196,69 @@ class _Tensor:
             n = len(self.raw) // size
             return list(struct.unpack(f"<{n}{'iq'[size == 8]}", bytes(self.raw[:n * size])))
         return list(self.packed_ints)
+
+
+def _type_shape(buf: memoryview, dims: list[int],
+                full: list[int | str | None] | None) -> list[int | str | None] | None:
+    """A TypeProto's tensor shape, each dim an int, a dim_param name or None (`full` when it declares none);
+    the dim values are also appended to `dims`."""
+    for f2, _, v2 in _fields(buf):
+        if f2 != 1:  # tensor_type
+            continue
+        for f3, _, v3 in _fields(v2):
+            if f3 != 2:  # shape
+                continue
+            full = []
+            for f4, _, v4 in _fields(v3):
+                if f4 == 1:  # dim
+                    full.append(_dim(v4, dims))
+    return full
+
+
+def _dim(buf: memoryview, dims: list[int]) -> int | str | None:
+    """A TensorShapeProto.Dimension: its value (also appended to `dims`), its dim_param name, or None."""
+    dim: int | str | None = None
+    for f5, w5, v5 in _fields(buf):
+        if f5 == 1 and w5 == 0:  # dim_value
+            dims.append(_signed(v5))
+            dim = _signed(v5)
+        elif f5 == 2:  # dim_param
+            dim = _string(v5)
+    return dim
+
+
+def _plain_value(field: int, wire: int, value: Any, ints: list[int], floats: list[float], plain: Any) -> Any:
+    """An attribute's value after one of its scalar or list fields (i, ints, f, floats, s); `ints` and
+    `floats` gather the repeated ones in place; any other field leaves `plain` as it was."""
+    if field in (3, 8):  # i, ints (Constant's value_int / value_ints)
+        ints += _ints(wire, value)
+        return ints if field == 8 else ints[-1]
+    if field == 2 and wire == 5:  # f
+        return struct.unpack("<f", value.to_bytes(4, "little"))[0]
+    if field == 7:  # floats
+        floats += (list(struct.unpack(f"<{len(value) // 4}f", value[:len(value) // 4 * 4]))
+                   if wire == 2 else [struct.unpack("<f", value.to_bytes(4, "little"))[0]])
+        return floats
+    if field == 4:  # s
+        return _string(value)
+    return plain
+
+
+def _constant_arrays(parsed: list[Any]) -> None:
+    """Give each node with a tensor value (and each Constant with a scalar or list one) its `value_array`."""
+    import numpy as np
+
+    for op, _, _, attrs in parsed:
+        for key in ("value", "sparse_value"):
+            if isinstance(attrs.get(key), _Tensor):
+                attrs["value_array"] = attrs[key].array()
+        if op == "Constant" and "value_array" not in attrs:
+            for key in ("value_int", "value_ints"):
+                if isinstance(attrs.get(key), _Tensor):
+                    attrs["value_array"] = attrs[key].array()
+            for key in ("value_float", "value_floats"):
+                if key in attrs:
+                    attrs["value_array"] = np.asarray(attrs[key], np.float64)
 
 
 class _Checker:
@@ -238,24 +306,7 @@ class _Checker:
             if field == 1:
                 name = _string(value)
             elif field == 2:  # TypeProto
-                for f2, _, v2 in _fields(value):
-                    if f2 != 1:  # tensor_type
-                        continue
-                    for f3, _, v3 in _fields(v2):
-                        if f3 != 2:  # shape
-                            continue
-                        full = []
-                        for f4, _, v4 in _fields(v3):
-                            if f4 != 1:  # dim
-                                continue
-                            dim: int | str | None = None
-                            for f5, w5, v5 in _fields(v4):
-                                if f5 == 1 and w5 == 0:  # dim_value
-                                    dims.append(_signed(v5))
-                                    dim = _signed(v5)
-                                elif f5 == 2:  # dim_param
-                                    dim = _string(v5)
-                            full.append(dim)
+                full = _type_shape(value, dims, full)
         if any(d < 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
             self.fail(f"{where} {name!r} declares shape {dims}, more than {MAX_ELEMENTS} values")
         return name, full
@@ -263,6 +314,23 @@ class _Checker:
     def graph(self, buf: memoryview, depth: int = 0) -> None:
         if depth > 16:
             self.fail("subgraphs nest more than 16 deep")
+        consts, nodes, inputs, sparse = self._graph_fields(buf)
+        parsed = [self.node(n, depth) for n in nodes]
+        for op, _, outputs, attrs in parsed:  # Constant outputs are constants of the whole graph
+            value = attrs.get("value", attrs.get("value_ints", attrs.get("value_int")))
+            if op == "Constant" and value is not None and outputs:
+                consts[outputs[0]] = value
+        shapes = {outputs[0] for op, _, outputs, _ in parsed if op == "Shape" and outputs}
+        for op, node_inputs, _, _ in parsed:
+            self.allocation(op, node_inputs, consts, shapes)
+        if depth == 0:
+            if sparse:
+                self.fail("the graph has sparse initializers, which sg2v exports do not write")
+            self.static(inputs, consts, parsed)
+
+    def _graph_fields(self, buf: memoryview) -> tuple[dict[str, _Tensor], list[memoryview],
+                                                      list[tuple[str, Any]], bool]:
+        """A GraphProto's initializers (checked), raw nodes, declared inputs, and whether any are sparse."""
         consts: dict[str, _Tensor] = {}
         nodes, inputs, sparse = [], [], False
         for field, _, value in _fields(buf):
@@ -279,18 +347,7 @@ class _Checker:
                     inputs.append(info)
             elif field == 1:
                 nodes.append(value)
-        parsed = [self.node(n, depth) for n in nodes]
-        for op, _, outputs, attrs in parsed:  # Constant outputs are constants of the whole graph
-            value = attrs.get("value", attrs.get("value_ints", attrs.get("value_int")))
-            if op == "Constant" and value is not None and outputs:
-                consts[outputs[0]] = value
-        shapes = {outputs[0] for op, _, outputs, _ in parsed if op == "Shape" and outputs}
-        for op, node_inputs, _, _ in parsed:
-            self.allocation(op, node_inputs, consts, shapes)
-        if depth == 0:
-            if sparse:
-                self.fail("the graph has sparse initializers, which sg2v exports do not write")
-            self.static(inputs, consts, parsed)
+        return consts, nodes, inputs, sparse
 
     def static(self, inputs: list[tuple[str, Any]], consts: dict[str, _Tensor], parsed: list[Any]) -> None:
         """Every tensor's shape at every batch size 1..max_rows (`sg2v.runtime.onnx_shapes`), bounded; the
@@ -303,50 +360,57 @@ class _Checker:
         where = f"at batch sizes 1..{last}" if last > 1 else "at its input shapes"
         try:
             with np.errstate(all="ignore"):
-                values = {}
-                for name, t in consts.items():
-                    value = t.array()
-                    if value is None:
-                        self.fail(f"initializer {name!r} cannot be read")
-                    values[name] = value
-                fed = {}
-                for name, declared in inputs:
-                    if name in consts and (self.inputs is None or name not in self.inputs):
-                        continue
-                    dims = declared if self.inputs is None else self.inputs.get(name)
-                    if self.inputs is not None and name not in self.inputs:
-                        self.fail(f"graph input {name!r} is not one of the stage's inputs "
-                                  f"{sorted(self.inputs)}")
-                    if dims is None or any(d is None or (isinstance(d, int) and d < 0) for d in dims):
-                        self.fail(f"graph input {name!r} has no static shape ({declared})")
-                    fed[name] = dims
-                for op, _, _, attrs in parsed:
-                    for key in ("value", "sparse_value"):
-                        if isinstance(attrs.get(key), _Tensor):
-                            attrs["value_array"] = attrs[key].array()
-                    if op == "Constant" and "value_array" not in attrs:
-                        for key in ("value_int", "value_ints"):
-                            if isinstance(attrs.get(key), _Tensor):
-                                attrs["value_array"] = attrs[key].array()
-                        for key in ("value_float", "value_floats"):
-                            if key in attrs:
-                                attrs["value_array"] = np.asarray(attrs[key], np.float64)
+                values = self._const_values(consts)
+                fed = self._fed_inputs(inputs, consts)
+                _constant_arrays(parsed)
                 for lo in range(1, last + 1, STATIC_CHUNK):
                     rows = np.arange(lo, min(lo + STATIC_CHUNK - 1, last) + 1, dtype=np.int64)
-                    shapes = osh.Shapes(rows, MAX_ELEMENTS, self.fail)
-                    for name, value in values.items():
-                        shapes.env[name] = osh.T(osh._shape(list(value[0] if isinstance(value, tuple)
-                                                                 else value.shape)),
-                                                 None if isinstance(value, tuple) else value[None])
-                    for name, dims in fed.items():
-                        shape = [rows if isinstance(d, str) else d for d in dims]  # named: the batch
-                        shapes.env[name] = osh.T(osh._shape(shape))
-                    shapes.run(parsed)
-                    del shapes
+                    self._run_shapes(rows, values, fed, parsed)
         except osh.NotStatic as e:
             self.fail(f"not static {where}: {e}")
         except (ValueError, TypeError, IndexError, OverflowError, KeyError) as e:
             self.fail(f"shapes cannot be inferred {where} ({type(e).__name__}: {first_line(e)})")
+
+    def _const_values(self, consts: dict[str, _Tensor]) -> dict[str, Any]:
+        """Each initializer's values (or `(dims,)` for a large one); fails for one that cannot be read."""
+        values = {}
+        for name, t in consts.items():
+            value = t.array()
+            if value is None:
+                self.fail(f"initializer {name!r} cannot be read")
+            values[name] = value
+        return values
+
+    def _fed_inputs(self, inputs: list[tuple[str, Any]],
+                    consts: dict[str, _Tensor]) -> dict[str, list[int | str]]:
+        """The dims of each graph input fed at run time (the stage's, else as declared), each static."""
+        fed = {}
+        for name, declared in inputs:
+            if name in consts and (self.inputs is None or name not in self.inputs):
+                continue
+            dims = declared if self.inputs is None else self.inputs.get(name)
+            if self.inputs is not None and name not in self.inputs:
+                self.fail(f"graph input {name!r} is not one of the stage's inputs "
+                          f"{sorted(self.inputs)}")
+            if dims is None or any(d is None or (isinstance(d, int) and d < 0) for d in dims):
+                self.fail(f"graph input {name!r} has no static shape ({declared})")
+            fed[name] = dims
+        return fed
+
+    def _run_shapes(self, rows: Any, values: dict[str, Any], fed: dict[str, list[int | str]],
+                    parsed: list[Any]) -> None:
+        """Run the static shape pass over `parsed` at the batch sizes `rows`."""
+        from sg2v.runtime import onnx_shapes as osh
+
+        shapes = osh.Shapes(rows, MAX_ELEMENTS, self.fail)
+        for name, value in values.items():
+            shapes.env[name] = osh.T(osh._shape(list(value[0] if isinstance(value, tuple)
+                                                     else value.shape)),
+                                     None if isinstance(value, tuple) else value[None])
+        for name, dims in fed.items():
+            shape = [rows if isinstance(d, str) else d for d in dims]  # named: the batch
+            shapes.env[name] = osh.T(osh._shape(shape))
+        shapes.run(parsed)
 
     def node(self, buf: memoryview, depth: int) -> tuple[str, list[str], list[str], dict[str, _Tensor]]:
         op, domain, inputs, outputs, attrs = "", "", [], [], {}
@@ -360,37 +424,32 @@ class _Checker:
             elif field == 7:
                 domain = _string(value)
             elif field == 5:  # AttributeProto
-                name = ""
-                ints: list[int] = []
-                floats: list[float] = []
-                plain: Any = None
-                for f2, w2, v2 in _fields(value):
-                    if f2 == 1:
-                        name = _string(v2)
-                    elif f2 in (3, 8):  # i, ints (Constant's value_int / value_ints)
-                        ints += _ints(w2, v2)
-                        plain = ints if f2 == 8 else ints[-1]
-                    elif f2 == 2 and w2 == 5:  # f
-                        plain = struct.unpack("<f", v2.to_bytes(4, "little"))[0]
-                    elif f2 == 7:  # floats
-                        floats += (list(struct.unpack(f"<{len(v2) // 4}f", v2[:len(v2) // 4 * 4]))
-                                   if w2 == 2 else [struct.unpack("<f", v2.to_bytes(4, "little"))[0]])
-                        plain = floats
-                    elif f2 == 4:  # s
-                        plain = _string(v2)
-                    elif f2 in (5, 10):  # t, tensors
-                        t = _Tensor(v2)
-                        self.tensor(t, f"attribute {name!r} of {op or 'a node'}")
-                        attrs[name] = t
-                    elif f2 in (6, 11):  # g, graphs
-                        self.graph(v2, depth + 1)
-                    elif f2 in (22, 23):  # sparse_tensor, sparse_tensors
-                        self.sparse(v2, f"attribute {name!r} of {op or 'a node'}")
-                if name in ("value_int", "value_ints"):
-                    attrs[name] = _Tensor.of_ints(ints, scalar=name == "value_int")
-                elif plain is not None and name not in attrs:
-                    attrs[name] = plain
+                self.attribute(value, op, depth, attrs)
         return (op if domain in ("", "ai.onnx") else f"{domain}::{op}"), inputs, outputs, attrs
+
+    def attribute(self, buf: memoryview, op: str, depth: int, attrs: dict[str, Any]) -> None:
+        """An AttributeProto into `attrs` (ints, floats, string, tensor); checks its tensors and subgraphs."""
+        name = ""
+        ints: list[int] = []
+        floats: list[float] = []
+        plain: Any = None
+        for f2, w2, v2 in _fields(buf):
+            if f2 == 1:
+                name = _string(v2)
+            elif f2 in (5, 10):  # t, tensors
+                t = _Tensor(v2)
+                self.tensor(t, f"attribute {name!r} of {op or 'a node'}")
+                attrs[name] = t
+            elif f2 in (6, 11):  # g, graphs
+                self.graph(v2, depth + 1)
+            elif f2 in (22, 23):  # sparse_tensor, sparse_tensors
+                self.sparse(v2, f"attribute {name!r} of {op or 'a node'}")
+            else:
+                plain = _plain_value(f2, w2, v2, ints, floats, plain)
+        if name in ("value_int", "value_ints"):
+            attrs[name] = _Tensor.of_ints(ints, scalar=name == "value_int")
+        elif plain is not None and name not in attrs:
+            attrs[name] = plain
 
     def allocation(self, op: str, inputs: list[str], consts: dict[str, _Tensor],
                    shapes: Set[str] = frozenset()) -> None:
@@ -411,19 +470,38 @@ class _Checker:
             if values is not None:
                 self._bounded(op, values)
         elif op == "Range":
-            args = [consts.get(inputs[i]) if i < len(inputs) else None for i in range(3)]
-            if all(a is not None for a in args):
-                vals = [a.int_values() for a in args if a is not None]
-                ints = [v[0] for v in vals if v is not None and len(v) == 1]
-                if len(ints) == 3:
-                    start, limit, delta = ints
-                    if delta == 0 or max(math.ceil((limit - start) / delta), 0) > MAX_ELEMENTS:
-                        self.fail(f"a Range node spans {start}..{limit} by {delta}, more than {MAX_ELEMENTS} "
-                                  "values")
+            self._range(inputs, consts)
+
+    def _range(self, inputs: list[str], consts: dict[str, _Tensor]) -> None:
+        """Fail for a Range node whose constant start, limit and delta span more than the bound."""
+        args = [consts.get(inputs[i]) if i < len(inputs) else None for i in range(3)]
+        if all(a is not None for a in args):
+            vals = [a.int_values() for a in args if a is not None]
+            ints = [v[0] for v in vals if v is not None and len(v) == 1]
+            if len(ints) == 3:
+                start, limit, delta = ints
+                if delta == 0 or max(math.ceil((limit - start) / delta), 0) > MAX_ELEMENTS:
+                    self.fail(f"a Range node spans {start}..{limit} by {delta}, more than {MAX_ELEMENTS} "
+                              "values")
 
     def _bounded(self, op: str, values: list[int]) -> None:
         if any(v < 0 for v in values) or math.prod(values) > MAX_ELEMENTS:
             self.fail(f"a {op} node asks for shape {values[:8]}, more than {MAX_ELEMENTS} values")
+
+
+def _check_model(checker: _Checker, buf: memoryview) -> int:
+    """Check a ModelProto's graphs and functions' nodes; returns how many graphs it has."""
+    graphs = 0
+    for field, _, value in _fields(buf):
+        if field == 7:  # graph
+            checker.graph(value)
+            graphs += 1
+        elif field == 25:  # functions: FunctionProto.node = 7
+            for f2, _, v2 in _fields(value):
+                if f2 == 7:
+                    op, node_inputs, _, _ = checker.node(v2, 1)
+                    checker.allocation(op, node_inputs, {})
+    return graphs
 
 
 def check_onnx_file(path: str | os.PathLike[str], inputs: list[dict[str, Any]] | None = None,
@@ -444,17 +522,7 @@ def check_onnx_file(path: str | os.PathLike[str], inputs: list[dict[str, Any]] |
         key = (hashlib.sha256(raw).digest(), repr(inputs), int(max_rows))
         if key in _PASSED:  # the same bytes checked at the same bounds: a bundle opened again
             return
-        buf = memoryview(raw)
-        graphs = 0
-        for field, _, value in _fields(buf):
-            if field == 7:  # graph
-                checker.graph(value)
-                graphs += 1
-            elif field == 25:  # functions: FunctionProto.node = 7
-                for f2, _, v2 in _fields(value):
-                    if f2 == 7:
-                        op, node_inputs, _, _ = checker.node(v2, 1)
-                        checker.allocation(op, node_inputs, {})
+        graphs = _check_model(checker, memoryview(raw))
         if graphs != 1:
             checker.fail(f"{graphs} graphs, an ONNX model has one")
         if len(_PASSED) >= 64:

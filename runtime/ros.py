@@ -142,66 +142,90 @@ def parse_request(text: str, bundle: Any, futures: int, seed: int, number: int) 
     """A `Request` from a graphs-topic message (see the module note), checked against `bundle`'s vocabulary
     and sizes; `futures` and `seed` are the node's defaults, `number` names a request without an id.
     A bad request raises a one-line `GraphError` (its id, when readable, is in `.request_id`)."""
-    from sg2v.config import MAX_SEED
-    from sg2v.graph import _decode_json, parse_graph
-
     rid: str | int = f"{NODE_NAME}-{number}"
     try:
-        if len(text) > MAX_REQUEST_BYTES:
-            raise GraphError(f"request of {len(text)} characters, more than {MAX_REQUEST_BYTES}; send "
-                             "one graph per request")
-        data = _decode_json(text, "request", "request", '{"graph": {"objects": [...], "relationships": '
-                            '[...]}, "futures": N}')  # strict: no NaN, duplicate keys or deep nesting
-        if not isinstance(data, dict):
-            raise GraphError(f"request must be a JSON object, got {type(data).__name__}; send "
-                             '{"graph": {...}, "futures": N}')
-        if "objects" in data:  # a bare graph
-            data = {"graph": data}
+        data = _request_object(text)
         if "id" in data:
-            given = data["id"]
-            if isinstance(given, bool) or not isinstance(given, (str, int)) or len(str(given)) > 200:
-                raise GraphError(f"request id must be a string or an integer (at most 200 characters), got "
-                                 f"{_shown(given)}")
-            rid = given
+            rid = _request_id(data["id"])
         unknown = sorted(set(data) - set(REQUEST_KEYS))
         if unknown:
             raise GraphError(f"request: unknown key(s) {', '.join(map(_shown, unknown))}; a request takes "
                              f"{', '.join(REQUEST_KEYS)}")
-        if "graph" not in data:
-            raise GraphError('request has no "graph"; send {"graph": {"objects": [...], "relationships": '
-                             '[...]}}')
-        graph = data["graph"]
-        if "layout" in data:
-            if not bundle.grounded:
-                raise GraphError(f"request gives a layout, but bundle {bundle.path} has no layout stage (not "
-                                 "layout-grounded); drop the layout or serve a layout-grounded bundle")
-            if not isinstance(graph, Mapping) or "layout" in graph:
-                raise GraphError('request gives a layout both in "layout" and in its graph; give it once')
-            graph = {**graph, "layout": data["layout"]}
-        cfg = bundle.config.data
-        parsed = parse_graph(graph, bundle.vocab, cfg.max_objects, cfg.max_relationships, cfg.frames)
-        if parsed.layout and not bundle.grounded:
-            raise GraphError(f"graph has a layout, but bundle {bundle.path} has no layout stage (not "
-                             "layout-grounded); drop the layout or serve a layout-grounded bundle")
-        if "seeds" in data:
-            seeds = data["seeds"]
-            if not isinstance(seeds, list) or not seeds:
-                raise GraphError(f"seeds must be a non-empty list of integers, got {_shown(seeds)}")
-            if "futures" in data and data["futures"] != len(seeds):
-                raise GraphError(f"futures {_shown(data['futures'])} but {len(seeds)} seeds; give one seed "
-                                 "per future (or only one of the two)")
-            if "seed" in data:
-                raise GraphError('request gives both "seed" and "seeds"; give one of them')
-            _int(len(seeds), "the number of seeds", 1, MAX_FUTURES)
-            seeds = [_int(s, f"seeds[{i}]", 0, MAX_SEED) for i, s in enumerate(seeds)]
-        else:
-            n = _int(data.get("futures", futures), "futures", 1, MAX_FUTURES)
-            first = _int(data.get("seed", seed), "seed", 0, MAX_SEED - n + 1)
-            seeds = list(range(first, first + n))
+        parsed = _request_graph(data, bundle)
+        seeds = _request_seeds(data, futures, seed)
         return Request(rid, parsed, tuple(seeds), _stamp(data["stamp"]) if "stamp" in data else None)
     except GraphError as e:
         e.request_id = rid  # type: ignore[attr-defined]  # read back with getattr by the node
         raise
+
+
+def _request_object(text: str) -> dict[str, Any]:
+    """The request's JSON object (a bare graph becomes {"graph": ...}); bounded in size, strictly decoded."""
+    from sg2v.graph import _decode_json
+
+    if len(text) > MAX_REQUEST_BYTES:
+        raise GraphError(f"request of {len(text)} characters, more than {MAX_REQUEST_BYTES}; send "
+                         "one graph per request")
+    data = _decode_json(text, "request", "request", '{"graph": {"objects": [...], "relationships": '
+                        '[...]}, "futures": N}')  # strict: no NaN, duplicate keys or deep nesting
+    if not isinstance(data, dict):
+        raise GraphError(f"request must be a JSON object, got {type(data).__name__}; send "
+                         '{"graph": {...}, "futures": N}')
+    if "objects" in data:  # a bare graph
+        data = {"graph": data}
+    return data
+
+
+def _request_id(given: Any) -> str | int:
+    """The request's own id: a string or an integer of at most 200 characters."""
+    if isinstance(given, bool) or not isinstance(given, (str, int)) or len(str(given)) > 200:
+        raise GraphError(f"request id must be a string or an integer (at most 200 characters), got "
+                         f"{_shown(given)}")
+    return given
+
+
+def _request_graph(data: dict[str, Any], bundle: Any) -> Any:
+    """The request's graph (with its layout, given apart or inside), parsed against `bundle`."""
+    from sg2v.graph import parse_graph
+
+    if "graph" not in data:
+        raise GraphError('request has no "graph"; send {"graph": {"objects": [...], "relationships": '
+                         '[...]}}')
+    graph = data["graph"]
+    if "layout" in data:
+        if not bundle.grounded:
+            raise GraphError(f"request gives a layout, but bundle {bundle.path} has no layout stage (not "
+                             "layout-grounded); drop the layout or serve a layout-grounded bundle")
+        if not isinstance(graph, Mapping) or "layout" in graph:
+            raise GraphError('request gives a layout both in "layout" and in its graph; give it once')
+        graph = {**graph, "layout": data["layout"]}
+    cfg = bundle.config.data
+    parsed = parse_graph(graph, bundle.vocab, cfg.max_objects, cfg.max_relationships, cfg.frames)
+    if parsed.layout and not bundle.grounded:
+        raise GraphError(f"graph has a layout, but bundle {bundle.path} has no layout stage (not "
+                         "layout-grounded); drop the layout or serve a layout-grounded bundle")
+    return parsed
+
+
+def _request_seeds(data: dict[str, Any], futures: int, seed: int) -> list[int]:
+    """One seed per future: the request's "seeds", or "futures" consecutive ones from its "seed" (defaults:
+    the node's `futures` and `seed`)."""
+    from sg2v.config import MAX_SEED
+
+    if "seeds" not in data:
+        n = _int(data.get("futures", futures), "futures", 1, MAX_FUTURES)
+        first = _int(data.get("seed", seed), "seed", 0, MAX_SEED - n + 1)
+        return list(range(first, first + n))
+    seeds = data["seeds"]
+    if not isinstance(seeds, list) or not seeds:
+        raise GraphError(f"seeds must be a non-empty list of integers, got {_shown(seeds)}")
+    if "futures" in data and data["futures"] != len(seeds):
+        raise GraphError(f"futures {_shown(data['futures'])} but {len(seeds)} seeds; give one seed "
+                         "per future (or only one of the two)")
+    if "seed" in data:
+        raise GraphError('request gives both "seed" and "seeds"; give one of them')
+    _int(len(seeds), "the number of seeds", 1, MAX_FUTURES)
+    return [_int(s, f"seeds[{i}]", 0, MAX_SEED) for i, s in enumerate(seeds)]
 
 
 def _stamp(value: Any) -> int:

@@ -218,9 +218,8 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}{key}" if key.startswith("[") else f"{prefix}.{key}"
 
 
-def _validate(data: Any, vocab: Vocab, where: str, max_objects: int | None,
-              max_relationships: int | None, frames: int | None = None) -> SceneGraph:
-    """Check one graph's JSON data against the format and `vocab`; build its internal arrays."""
+def _check_top(data: Any, where: str) -> str | None:
+    """A graph's top level: a JSON object with known keys only; returns its description."""
     top = where or "graph"
     if not isinstance(data, Mapping):
         raise GraphError(f"{top}: a graph must be a JSON object like {_EXAMPLE}, got {_show(data)}")
@@ -231,10 +230,15 @@ def _validate(data: Any, vocab: Vocab, where: str, max_objects: int | None,
     description = data.get("description")
     if "description" in data and not isinstance(description, str):
         raise GraphError(f"{_join(where, 'description')}: expected a string, got {_show(description)}")
+    return description
 
+
+def _objects(data: Mapping[str, Any], vocab: Vocab, where: str,
+             max_objects: int | None) -> tuple[Sequence[str], NDArray[np.int64]]:
+    """The graph's object names and their vocabulary indices, the image object's last: (n + 1,)."""
     w_objs = _join(where, "objects")
     if "objects" not in data:
-        raise GraphError(f"{top}: missing \"objects\"; a graph looks like {_EXAMPLE}")
+        raise GraphError(f"{where or 'graph'}: missing \"objects\"; a graph looks like {_EXAMPLE}")
     objects = data["objects"]
     if not isinstance(objects, (list, tuple)):
         raise GraphError(f"{w_objs}: expected a list of object names, got {_show(objects)}")
@@ -250,6 +254,38 @@ def _validate(data: Any, vocab: Vocab, where: str, max_objects: int | None,
         objs[i] = _lookup(w, "object", name, IMAGE_OBJECT, vocab.object_name_to_idx, vocab.object_names,
                           "remove it from the graph")
     objs[n] = vocab.object_name_to_idx[IMAGE_OBJECT]
+    return objects, objs
+
+
+def _relationship(rel: Any, w: str, n: int, vocab: Vocab) -> tuple[int, str, int, int]:
+    """One [subject, "predicate", object] checked against `n` objects and `vocab`: (s, pred, o, pred id)."""
+    if not isinstance(rel, (list, tuple)) or len(rel) != 3:
+        raise GraphError(f"{w}: expected [subject index, \"predicate\", object index], got {_show(rel)}")
+    s, pred, o = rel
+    for role, v in (("subject", s), ("object", o)):
+        if not _is_int(v):
+            raise GraphError(f"{w}: {role} index must be an integer position in \"objects\", "
+                             f"got {_show(v)}")
+        if not 0 <= v < n:
+            raise GraphError(f"{w}: {role} index {shown(int(v))} out of range; the graph has {n} "
+                             f"object(s), indices 0..{n - 1}")
+    s, o = int(s), int(o)
+    if not isinstance(pred, str):
+        raise GraphError(f"{w}: predicate must be a string, got {_show(pred)}")
+    p = _lookup(w, "predicate", pred, IN_IMAGE_PRED, vocab.pred_name_to_idx, vocab.pred_names,
+                "remove this relationship")
+    if s == o:
+        raise GraphError(f"{w}: object {s} is related to itself; a relationship joins two different "
+                         "objects")
+    return s, pred, o, p
+
+
+def _validate(data: Any, vocab: Vocab, where: str, max_objects: int | None,
+              max_relationships: int | None, frames: int | None = None) -> SceneGraph:
+    """Check one graph's JSON data against the format and `vocab`; build its internal arrays."""
+    description = _check_top(data, where)
+    objects, objs = _objects(data, vocab, where, max_objects)
+    n = len(objects)
 
     w_rels = _join(where, "relationships")
     rels = data.get("relationships", [])
@@ -261,24 +297,7 @@ def _validate(data: Any, vocab: Vocab, where: str, max_objects: int | None,
     seen: dict[tuple[int, str, int], int] = {}
     for j, rel in enumerate(rels):
         w = f"{w_rels}[{j}]"
-        if not isinstance(rel, (list, tuple)) or len(rel) != 3:
-            raise GraphError(f"{w}: expected [subject index, \"predicate\", object index], got {_show(rel)}")
-        s, pred, o = rel
-        for role, v in (("subject", s), ("object", o)):
-            if not _is_int(v):
-                raise GraphError(f"{w}: {role} index must be an integer position in \"objects\", "
-                                 f"got {_show(v)}")
-            if not 0 <= v < n:
-                raise GraphError(f"{w}: {role} index {shown(int(v))} out of range; the graph has {n} "
-                                 f"object(s), indices 0..{n - 1}")
-        s, o = int(s), int(o)
-        if not isinstance(pred, str):
-            raise GraphError(f"{w}: predicate must be a string, got {_show(pred)}")
-        p = _lookup(w, "predicate", pred, IN_IMAGE_PRED, vocab.pred_name_to_idx, vocab.pred_names,
-                    "remove this relationship")
-        if s == o:
-            raise GraphError(f"{w}: object {s} is related to itself; a relationship joins two different "
-                             "objects")
+        s, pred, o, p = _relationship(rel, w, n, vocab)
         key = (s, pred, o)
         if key in seen:
             raise GraphError(f"{w}: duplicates {w_rels}[{seen[key]}] {json.dumps(list(key))}; remove one")
