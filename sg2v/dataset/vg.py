@@ -40,6 +40,7 @@ per-image relationship limits apply. attributes.json is not read: the graph form
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +138,62 @@ def version(has_merged: bool, naming: Counter[str]) -> str:
     return "unrecognised version"
 
 
+@dataclass
+class _Images:
+    """image_data.json read and split: id -> (width, height, url), the split lists after --min-image-size."""
+
+    meta: dict[int, tuple[int, int, str]]
+    split_ids: dict[str, list[int]]
+    split_of: dict[int, str] = field(default_factory=dict)
+    train: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _Objects:
+    """objects.json read for the split images, then filtered against the object vocabulary."""
+
+    parsed: dict[int, list[tuple[int, list[str], tuple[Any, ...]]]] = field(default_factory=dict)
+    merged: dict[int, dict[int, int]] = field(default_factory=dict)  # per image: merged id -> object id
+    has_merged: bool = False
+    counter: Counter[str] = field(default_factory=Counter)  # aliased names over training objects
+    kept: dict[int, list[tuple[int, str, tuple[Any, ...]]]] = field(default_factory=dict)
+    dropped: dict[int, dict[int, str]] = field(default_factory=dict)  # per image: dropped id -> why
+    kept_ids: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _Relationships:
+    """relationships.json read for the split images: (subject id, predicate, object id, as written)."""
+
+    parsed: dict[int, list[tuple[int, str, int, str]]] = field(default_factory=dict)
+    pred_counter: dict[str, int] = field(default_factory=dict)  # first appearance order
+    naming: Counter[str] = field(default_factory=Counter)  # endpoints named by "name" / "names"
+
+
 def plan(source: Path, o: VGOptions, seed: int, frames: int) -> Plan:
+    """Visual Genome -> Plan (images are one-frame samples; `frames` is not used): the image list and its
+    splits, the objects and their vocabulary, the relationships and theirs, then one payload per image."""
     drops, notes = DropTable(), DropTable()
     source = Path(source)
+    _check_source(source, o)
+    images = _read_images(source, o, seed, drops)
+    obj_alias, rel_alias = _aliases(source, o)
+    objects = _read_objects(source, o, images, obj_alias, notes)
+    in_vocab = _object_names(source / "objects.json", o, objects.counter, len(images.train))
+    _filter_objects(o, images, objects, obj_alias, set(in_vocab[1:]), drops)
+    rels = _read_relationships(source, o, images, objects, rel_alias, notes)
+    vocab = _vocab(source / "relationships.json", o, in_vocab, rels.pred_counter)
+    roots = [Path(o.images_dir)] if o.images_dir else [source / "images", source]
+    payloads = _payloads(o, images, objects, rels, set(vocab.pred_names), roots, drops)
+    release = version(objects.has_merged, rels.naming)
+    return Plan(vocab=vocab, job=frames_job, payloads=payloads, drops=drops, notes=notes,
+                source={"format": "vg", "name": f"Visual Genome {release}", "version": release,
+                        "path": str(source)},
+                frames_estimate=len(payloads))
+
+
+def _check_source(source: Path, o: VGOptions) -> None:
+    """The three annotation files exist; the split fractions fit."""
     if not source.is_dir():
         raise DatasetError(f"{source}: no such folder; pass the folder holding objects.json, "
                            f"relationships.json and image_data.json ({FIX})")
@@ -148,24 +202,30 @@ def plan(source: Path, o: VGOptions, seed: int, frames: int) -> Plan:
             raise DatasetError(f"{source / name}: not found; {FIX}")
     _check_fractions(o.val_fraction, o.test_fraction)
 
-    # -- images and splits
+
+def _image_entry(entry: Any, path: Path, i: int) -> tuple[int, tuple[int, int, str]]:
+    """(image id, (width, height, url)) of one image_data.json record, checked."""
+    iid = _image_id(entry, path, i)
+    w, h, url = entry.get("width"), entry.get("height"), entry.get("url")
+    if not (is_int(w, 1, MAX_IMAGE_SIDE) and is_int(h, 1, MAX_IMAGE_SIDE)):
+        raise bad_source(path, f"[{i}]", f"width and height must be integers in 1..{MAX_IMAGE_SIDE}", FIX)
+    rel = image_file(url if isinstance(url, str) else "", iid)
+    if any(p in (".", "..") for p in rel.split("/")):
+        raise bad_source(path, f"[{i}]", f"url {str(url)[:120]!r} ends in {rel!r}, which is not a file "
+                                         "under the images folder (VG_100K/ID.jpg)", FIX)
+    return iid, (w, h, url if isinstance(url, str) else "")
+
+
+def _read_images(source: Path, o: VGOptions, seed: int, drops: DropTable) -> _Images:
+    """image_data.json, its splits (--splits-json or seeded) and the --min-image-size filter."""
     path = source / "image_data.json"
-    image_data = _list_of(load_source_json(path, "image list", FIX), path, "images")
     images: dict[int, tuple[int, int, str]] = {}
-    for i, entry in enumerate(image_data):
-        iid = _image_id(entry, path, i)
-        w, h, url = entry.get("width"), entry.get("height"), entry.get("url")
-        if not (is_int(w, 1, MAX_IMAGE_SIDE) and is_int(h, 1, MAX_IMAGE_SIDE)):
-            raise bad_source(path, f"[{i}]", f"width and height must be integers in 1..{MAX_IMAGE_SIDE}", FIX)
-        rel = image_file(url if isinstance(url, str) else "", iid)
-        if any(p in (".", "..") for p in rel.split("/")):
-            raise bad_source(path, f"[{i}]", f"url {str(url)[:120]!r} ends in {rel!r}, which is not a file "
-                                             "under the images folder (VG_100K/ID.jpg)", FIX)
+    for i, entry in enumerate(_list_of(load_source_json(path, "image list", FIX), path, "images")):
+        iid, meta = _image_entry(entry, path, i)
         if iid in images:
             drops.add("image", "image_id repeated in image_data.json")
             continue
-        images[iid] = (w, h, url if isinstance(url, str) else "")
-    del image_data
+        images[iid] = meta
     split_ids = _splits(images, o, seed, drops)
     for split in SPLITS:
         kept = [i for i in split_ids[split] if min(images[i][:2]) >= o.min_image_size]
@@ -173,143 +233,167 @@ def plan(source: Path, o: VGOptions, seed: int, frames: int) -> Plan:
                   len(split_ids[split]) - len(kept))
         split_ids[split] = kept
     split_of = {iid: s for s in SPLITS for iid in split_ids[s]}
-    train = set(split_ids["train"])
+    return _Images(images, split_ids, split_of, set(split_ids["train"]))
 
-    obj_alias: dict[str, str] = {}
-    rel_alias: dict[str, str] = {}
-    if o.aliases:
-        obj_alias = load_aliases(source / "object_alias.txt")
-        rel_alias = load_aliases(source / "relationship_alias.txt")
 
-    # -- objects: vocabulary from training images, then the per-object filters
+def _aliases(source: Path, o: VGOptions) -> tuple[dict[str, str], dict[str, str]]:
+    """The object and relationship alias maps (empty with --no-aliases)."""
+    if not o.aliases:
+        return {}, {}
+    return load_aliases(source / "object_alias.txt"), load_aliases(source / "relationship_alias.txt")
+
+
+def _read_objects(source: Path, o: VGOptions, images: _Images, obj_alias: dict[str, str],
+                  notes: DropTable) -> _Objects:
+    """objects.json for the split images (first entry per image), counting training objects' aliased names."""
     path = source / "objects.json"
-    objects_json = _list_of(load_source_json(path, "objects file", FIX), path, "images")
-    objects_of: dict[int, list[tuple[int, list[str], tuple[Any, ...]]]] = {}
-    merged: dict[int, dict[int, int]] = {}
-    has_merged = False
-    counter: Counter[str] = Counter()
-    for i, entry in enumerate(objects_json):
+    out = _Objects()
+    for i, entry in enumerate(_list_of(load_source_json(path, "objects file", FIX), path, "images")):
         iid = _image_id(entry, path, i)
-        if iid not in split_of or iid in objects_of:
+        if iid not in images.split_of or iid in out.parsed:
             continue
         objs = entry.get("objects")
         if not isinstance(objs, list):
             raise bad_source(path, f"[{i}]", "\"objects\" must be a list", FIX)
         parsed = [_object(obj, path, f"[{i}].objects[{j}]", notes) for j, obj in enumerate(objs)]
-        objects_of[iid] = parsed
-        has_merged = has_merged or any("merged_object_ids" in obj for obj in objs)
+        out.parsed[iid] = parsed
+        out.has_merged = out.has_merged or any("merged_object_ids" in obj for obj in objs)
         if o.resolve_merged_ids:
-            merged[iid] = _merged_ids(objs)
-        if iid in train:
+            out.merged[iid] = _merged_ids(objs)
+        if iid in images.train:
             for _, names, _ in parsed:
-                counter.update(sorted({obj_alias.get(n, n) for n in names}))
-    del objects_json
+                out.counter.update(sorted({obj_alias.get(n, n) for n in names}))
+    return out
+
+
+def _object_names(path: Path, o: VGOptions, counter: Counter[str], n_train: int) -> list[str]:
+    """The object vocabulary: `__image__`, then names of >= --min-object-instances training objects."""
     object_names = [IMAGE_OBJECT] + [n for n, c in counter.most_common() if c >= o.min_object_instances
                                      and n != IMAGE_OBJECT]
     if len(object_names) == 1:
         raise DatasetError(f"{path}: no object name has --min-object-instances ({o.min_object_instances}) "
-                           f"instances in the {len(train)} training images; lower it (e.g. for a sample of "
+                           f"instances in the {n_train} training images; lower it (e.g. for a sample of "
                            "Visual Genome) or check that objects.json matches image_data.json")
-    in_vocab = set(object_names[1:])
-    kept_of: dict[int, list[tuple[int, str, tuple[Any, ...]]]] = {}
-    dropped_of: dict[int, dict[int, str]] = {}  # per image: dropped object id -> why, for its relationships
-    kept_ids: set[int] = set()
-    for iid in split_of:
-        if iid not in objects_of:
+    return object_names
+
+
+def _filter_objects(o: VGOptions, images: _Images, objects: _Objects, obj_alias: dict[str, str],
+                    in_vocab: set[str], drops: DropTable) -> None:
+    """Per image: keep each object id once, of --min-object-size, with a name in the vocabulary."""
+    for iid in images.split_of:
+        if iid not in objects.parsed:
             continue
-        kept_objs: list[tuple[int, str, tuple[Any, ...]]] = []
+        kept: list[tuple[int, str, tuple[Any, ...]]] = []
         seen: set[int] = set()
         dropped: dict[int, str] = {}
-        for oid, names, box in objects_of[iid]:
+        for oid, names, box in objects.parsed[iid]:
             if oid in seen:
                 drops.add("object", "object_id repeated within the image")
                 continue
             seen.add(oid)
             final = next((a for a in (obj_alias.get(n, n) for n in names) if a in in_vocab), None)
-            if box[2] < o.min_object_size or box[3] < o.min_object_size:
-                drops.add("object", f"narrower or shorter than --min-object-size ({o.min_object_size} px)")
-                dropped[oid] = "narrower or shorter than --min-object-size"
-            elif final is None:
-                drops.add("object", "has no name" if not names else "no name in the vocabulary (names with "
-                                    f"fewer than --min-object-instances ({o.min_object_instances}) training "
-                                    "objects)")
-                dropped[oid] = "no name in the vocabulary"
+            why = _object_drop(o, names, box, final, drops)
+            if why:
+                dropped[oid] = why
             else:
-                kept_objs.append((oid, final, box))
-                kept_ids.add(oid)
-        kept_of[iid] = kept_objs
-        dropped_of[iid] = dropped
+                kept.append((oid, str(final), box))
+                objects.kept_ids.add(oid)
+        objects.kept[iid] = kept
+        objects.dropped[iid] = dropped
 
-    # -- relationships: predicate vocabulary from training images, then per image
+
+def _object_drop(o: VGOptions, names: list[str], box: tuple[Any, ...], final: str | None,
+                 drops: DropTable) -> str:
+    """Why an object is dropped (counted in `drops`), or "" when it is kept."""
+    if box[2] < o.min_object_size or box[3] < o.min_object_size:
+        drops.add("object", f"narrower or shorter than --min-object-size ({o.min_object_size} px)")
+        return "narrower or shorter than --min-object-size"
+    if final is None:
+        drops.add("object", "has no name" if not names else "no name in the vocabulary (names with "
+                            f"fewer than --min-object-instances ({o.min_object_instances}) training "
+                            "objects)")
+        return "no name in the vocabulary"
+    return ""
+
+
+def _read_relationships(source: Path, o: VGOptions, images: _Images, objects: _Objects,
+                        rel_alias: dict[str, str], notes: DropTable) -> _Relationships:
+    """relationships.json for the split images (first entry per image), counting training predicates
+    between kept objects."""
     path = source / "relationships.json"
-    rels_json = _list_of(load_source_json(path, "relationships file", FIX), path, "images")
-    rels_of: dict[int, list[tuple[int, str, int, str]]] = {}
-    pred_counter: dict[str, int] = {}
-    naming: Counter[str] = Counter()  # relationship endpoints named by "name" / "names"
-    for i, entry in enumerate(rels_json):
+    out = _Relationships()
+    for i, entry in enumerate(_list_of(load_source_json(path, "relationships file", FIX), path, "images")):
         iid = _image_id(entry, path, i)
-        if iid not in split_of or iid in rels_of:
+        if iid not in images.split_of or iid in out.parsed:
             continue
         rels = entry.get("relationships")
         if not isinstance(rels, list):
             raise bad_source(path, f"[{i}]", "\"relationships\" must be a list", FIX)
-        parsed_rels: list[tuple[int, str, int, str]] = []
-        mmap = merged.get(iid, {})
-        listed = {x for x, _, _ in objects_of.get(iid, ())}
-        for j, rel in enumerate(rels):
-            where = f"[{i}].relationships[{j}]"
-            if not isinstance(rel, dict) or not isinstance(rel.get("predicate"), str):
-                raise bad_source(path, where, "a relationship needs a string \"predicate\"", FIX)
-            sid, oid = _endpoint(rel, "subject", path, where, naming), _endpoint(rel, "object", path, where,
-                                                                                naming)
-            if mmap:
-                ends = []
-                for x in (sid, oid):
-                    if x in mmap and x not in listed:
-                        notes.add("relationship endpoint", "a merged object id; mapped to the object that "
-                                                           "lists it (--resolve-merged-ids)")
-                        x = mmap[x]
-                    ends.append(x)
-                sid, oid = ends
-            pred = rel["predicate"].lower().strip()
-            pred = rel_alias.get(pred, pred)
-            parsed_rels.append((sid, pred, oid, rel["predicate"]))
-            if iid in train and sid in kept_ids and oid in kept_ids:
-                pred_counter[pred] = pred_counter.get(pred, 0) + 1
-        rels_of[iid] = parsed_rels
-    del rels_json
+        mmap = objects.merged.get(iid, {})
+        listed = {x for x, _, _ in objects.parsed.get(iid, ())}
+        out.parsed[iid] = [_relationship(rel, path, f"[{i}].relationships[{j}]", mmap, listed, rel_alias,
+                                         out.naming, notes) for j, rel in enumerate(rels)]
+        if iid in images.train:
+            for sid, pred, oid, _ in out.parsed[iid]:
+                if sid in objects.kept_ids and oid in objects.kept_ids:
+                    out.pred_counter[pred] = out.pred_counter.get(pred, 0) + 1
+    return out
+
+
+def _relationship(rel: Any, path: Path, where: str, mmap: dict[int, int], listed: set[int],
+                  rel_alias: dict[str, str], naming: Counter[str], notes: DropTable
+                  ) -> tuple[int, str, int, str]:
+    """(subject id, aliased predicate, object id, predicate as written) of one relationship."""
+    if not isinstance(rel, dict) or not isinstance(rel.get("predicate"), str):
+        raise bad_source(path, where, "a relationship needs a string \"predicate\"", FIX)
+    sid, oid = _endpoint(rel, "subject", path, where, naming), _endpoint(rel, "object", path, where, naming)
+    if mmap:
+        sid, oid = (_resolve_merged(x, mmap, listed, notes) for x in (sid, oid))
+    pred = rel["predicate"].lower().strip()
+    return sid, rel_alias.get(pred, pred), oid, rel["predicate"]
+
+
+def _resolve_merged(x: int, mmap: dict[int, int], listed: set[int], notes: DropTable) -> int:
+    """--resolve-merged-ids: an endpoint naming a merged (unlisted) object id -> the object that lists it."""
+    if x in mmap and x not in listed:
+        notes.add("relationship endpoint", "a merged object id; mapped to the object that lists it "
+                                           "(--resolve-merged-ids)")
+        return mmap[x]
+    return x
+
+
+def _vocab(path: Path, o: VGOptions, object_names: list[str], pred_counter: dict[str, int]) -> Vocab:
+    """The vocabulary: the object names and the predicates of >= --min-relationship-instances training
+    relationships between kept objects (in order of first appearance)."""
     pred_names = [IN_IMAGE_PRED] + [p for p, c in pred_counter.items() if c >= o.min_relationship_instances
                                     and p != IN_IMAGE_PRED]
     if len(pred_names) == 1:
         raise DatasetError(f"{path}: no predicate has --min-relationship-instances "
                            f"({o.min_relationship_instances}) training relationships between kept objects; "
                            "lower it (e.g. for a sample of Visual Genome)")
-    preds = set(pred_names[1:])
-    vocab = Vocab.from_dict({
+    return Vocab.from_dict({
         "object_name_to_idx": {n: i for i, n in enumerate(object_names)},
         "object_idx_to_name": object_names,
         "pred_name_to_idx": {n: i for i, n in enumerate(pred_names)},
         "pred_idx_to_name": pred_names,
     }, where="Visual Genome vocabulary")
 
-    # -- per image, in split order
-    roots = [Path(o.images_dir)] if o.images_dir else [source / "images", source]
+
+def _payloads(o: VGOptions, images: _Images, objects: _Objects, rels: _Relationships, preds: set[str],
+              roots: list[Path], drops: DropTable) -> list[dict[str, Any]]:
+    """One payload per image that passes the per-image filters, in split order."""
     payloads = []
     for split in SPLITS:
-        for iid in split_ids[split]:
-            payload = _image_payload(iid, split, images[iid], kept_of, objects_of, rels_of, preds, roots, o,
-                                     drops, dropped_of.get(iid, {}))
+        for iid in images.split_ids[split]:
+            payload = _image_payload(iid, split, images.meta[iid], objects, rels.parsed, preds, roots, o,
+                                     drops)
             if payload is not None:
                 payloads.append(payload)
     if not payloads and drops.count("image", "image file not found"):
         raise DatasetError(f"no image file found under {' or '.join(map(str, roots))} (looked for the "
                            "url's VG_100K/ID.jpg or VG_100K_2/ID.jpg, and ID.jpg); unpack images.zip and "
                            "images2.zip there or pass --images-dir")
-    release = version(has_merged, naming)
-    return Plan(vocab=vocab, job=frames_job, payloads=payloads, drops=drops, notes=notes,
-                source={"format": "vg", "name": f"Visual Genome {release}", "version": release,
-                        "path": str(source)},
-                frames_estimate=len(payloads))
+    return payloads
 
 
 def image_file(url: str, iid: int) -> str:
@@ -366,59 +450,16 @@ def _merged_ids(objs: list[Any]) -> dict[int, int]:
     return out
 
 
-def _image_payload(iid: int, split: str, meta: tuple[int, int, str], kept_of: dict[Any, Any],
-                   objects_of: dict[Any, Any], rels_of: dict[Any, Any], preds: set[str], roots: list[Path],
-                   o: VGOptions, drops: DropTable, dropped: dict[int, str]) -> dict[str, Any] | None:
-    if iid not in objects_of:
-        drops.add("image", "no entry in objects.json")
+def _image_payload(iid: int, split: str, meta: tuple[int, int, str], objects: _Objects,
+                   rels_of: dict[int, list[tuple[int, str, int, str]]], preds: set[str], roots: list[Path],
+                   o: VGOptions, drops: DropTable) -> dict[str, Any] | None:
+    """One image's payload, or None (counted in `drops`) when a per-image filter or its file drops it."""
+    if not _image_listed(iid, objects, rels_of, o, drops):
         return None
-    if iid not in rels_of:
-        drops.add("image", "no entry in relationships.json")
-        return None
-    objs = kept_of[iid]
-    if len(objs) < o.min_objects_per_image:
-        drops.add("image", f"fewer than --min-objects-per-image ({o.min_objects_per_image}) objects left")
-        return None
-    if len(objs) > o.max_objects_per_image:
-        drops.add("image", f"more than --max-objects-per-image ({o.max_objects_per_image}) objects left")
-        return None
-    index = {oid: k for k, (oid, _, _) in enumerate(objs)}
-    listed = {oid for oid, _, _ in objects_of[iid]}
-    rels: list[list[Any]] = []
-    seen: set[tuple[int, str, int]] = set()
-    for sid, pred, oid, _ in rels_of[iid]:
-        # endpoints first: a relationship of a dropped object is counted as such, whatever its predicate
-        # (a predicate seen only between dropped objects never reaches the vocabulary)
-        missing = [role for role, x in (("subject", sid), ("object", oid)) if x not in index]
-        if missing:
-            role, x = missing[0], sid if missing[0] == "subject" else oid
-            if x in dropped:
-                drops.add("relationship", f"{role} is an object that was dropped ({dropped[x]})")
-            elif x in listed:
-                drops.add("relationship", f"{role} is an object that was dropped (object_id repeated)")
-            else:
-                drops.add("relationship", f"{role} id is not among the image's objects in objects.json")
-            continue
-        if pred not in preds:
-            drops.add("relationship", "predicate not in the vocabulary (fewer than --min-relationship-"
-                                      f"instances ({o.min_relationship_instances}) training relationships)")
-            continue
-        s, t = index[sid], index[oid]
-        if s == t:
-            drops.add("relationship", "subject and object are the same object")
-            continue
-        if (s, pred, t) in seen:
-            drops.add("relationship", "repeats a (subject, predicate, object) of the image")
-            continue
-        seen.add((s, pred, t))
-        rels.append([s, pred, t])
-    if len(rels) < o.min_relationships_per_image:
-        drops.add("image", f"fewer than --min-relationships-per-image ({o.min_relationships_per_image}) "
-                           "relationships left")
-        return None
-    if len(rels) > o.max_relationships_per_image:
-        drops.add("image", f"more than --max-relationships-per-image ({o.max_relationships_per_image}) "
-                           "relationships left")
+    objs = objects.kept[iid]
+    rels = _image_relationships(objs, {oid for oid, _, _ in objects.parsed[iid]}, rels_of[iid], preds, o,
+                                drops, objects.dropped.get(iid, {}))
+    if not _relationship_count_ok(len(rels), o, drops):
         return None
     w, h, url = meta
     rel = image_file(url, iid)
@@ -441,3 +482,72 @@ def _image_payload(iid: int, split: str, meta: tuple[int, int, str], kept_of: di
         "files": [str(path)],
         "sizes": [(w, h)],
     }
+
+
+def _image_listed(iid: int, objects: _Objects, rels_of: dict[int, Any], o: VGOptions,
+                  drops: DropTable) -> bool:
+    """The image has objects and relationships entries and --min/--max-objects-per-image kept objects."""
+    if iid not in objects.parsed:
+        drops.add("image", "no entry in objects.json")
+        return False
+    if iid not in rels_of:
+        drops.add("image", "no entry in relationships.json")
+        return False
+    if len(objects.kept[iid]) < o.min_objects_per_image:
+        drops.add("image", f"fewer than --min-objects-per-image ({o.min_objects_per_image}) objects left")
+        return False
+    if len(objects.kept[iid]) > o.max_objects_per_image:
+        drops.add("image", f"more than --max-objects-per-image ({o.max_objects_per_image}) objects left")
+        return False
+    return True
+
+
+def _image_relationships(objs: list[tuple[int, str, tuple[Any, ...]]], listed: set[int],
+                         parsed: list[tuple[int, str, int, str]], preds: set[str], o: VGOptions,
+                         drops: DropTable, dropped: dict[int, str]) -> list[list[Any]]:
+    """The image's relationships as [subject index, predicate, object index], each drop counted."""
+    index = {oid: k for k, (oid, _, _) in enumerate(objs)}
+    rels: list[list[Any]] = []
+    seen: set[tuple[int, str, int]] = set()
+    for sid, pred, oid, _ in parsed:
+        # endpoints first: a relationship of a dropped object is counted as such, whatever its predicate
+        # (a predicate seen only between dropped objects never reaches the vocabulary)
+        missing = [(role, x) for role, x in (("subject", sid), ("object", oid)) if x not in index]
+        if missing:
+            drops.add("relationship", _missing_endpoint(*missing[0], dropped, listed))
+            continue
+        if pred not in preds:
+            drops.add("relationship", "predicate not in the vocabulary (fewer than --min-relationship-"
+                                      f"instances ({o.min_relationship_instances}) training relationships)")
+            continue
+        s, t = index[sid], index[oid]
+        if s == t:
+            drops.add("relationship", "subject and object are the same object")
+        elif (s, pred, t) in seen:
+            drops.add("relationship", "repeats a (subject, predicate, object) of the image")
+        else:
+            seen.add((s, pred, t))
+            rels.append([s, pred, t])
+    return rels
+
+
+def _missing_endpoint(role: str, x: int, dropped: dict[int, str], listed: set[int]) -> str:
+    """Why a relationship's endpoint is not a kept object of the image."""
+    if x in dropped:
+        return f"{role} is an object that was dropped ({dropped[x]})"
+    if x in listed:
+        return f"{role} is an object that was dropped (object_id repeated)"
+    return f"{role} id is not among the image's objects in objects.json"
+
+
+def _relationship_count_ok(r: int, o: VGOptions, drops: DropTable) -> bool:
+    """--min/--max-relationships-per-image; a drop counted when outside."""
+    if r < o.min_relationships_per_image:
+        drops.add("image", f"fewer than --min-relationships-per-image ({o.min_relationships_per_image}) "
+                           "relationships left")
+        return False
+    if r > o.max_relationships_per_image:
+        drops.add("image", f"more than --max-relationships-per-image ({o.max_relationships_per_image}) "
+                           "relationships left")
+        return False
+    return True
