@@ -95,6 +95,16 @@ def _cast(value: NDArray[Any], kind: str) -> NDArray[Any]:
     return value.astype(np.float64)
 
 
+def _copy_zero_dims(want: NDArray[Any], x: T, n: int) -> None:
+    """Reshape's 0 entries (allowzero off) take the input's dim at that index, in place in `want` (k, n)."""
+    for i in range(want.shape[0]):
+        zero = want[i] == 0
+        if zero.any():
+            if i >= x.rank:
+                raise NotStatic("a Reshape node copies a dim its input does not have")
+            want[i] = np.where(zero, np.broadcast_to(x.shape[i], (n,)), want[i])
+
+
 class Shapes:
     """The static pass: `run(nodes)` over (op, inputs, outputs, attrs) in graph order."""
 
@@ -210,44 +220,59 @@ class Shapes:
 
     def unary(self, op: str, inputs: list[str], outputs: list[str], a: dict[str, Any]) -> list[T]:
         x = self.need(inputs, 0, op)
-        value = None
-        if x.value is not None:
-            v = x.value
-            if op in ("Identity", "Dropout"):
-                value = v
-            elif op == "Cast":
-                kind = _kind(int(a.get("to", 0)))
-                value = _cast(v, kind) if kind else None
-            elif op == "CastLike":
-                like = self.need(inputs, 1, op).value
-                value = None if like is None else _cast(v, like.dtype.kind if like.dtype.kind != "u" else "i")
-            elif op == "Neg" and v.dtype.kind != "b":
-                value = -v
-            elif op == "Abs" and v.dtype.kind != "b":
-                value = np.abs(v)
-            elif op == "Not" and v.dtype.kind == "b":
-                value = ~v
-            elif op in ("Floor", "Ceil") and v.dtype.kind == "f":
-                value = np.floor(v) if op == "Floor" else np.ceil(v)
-            elif op == "Relu" and v.dtype.kind != "b":
-                value = np.maximum(v, 0)
-            elif op == "Sign" and v.dtype.kind != "b":
-                value = np.sign(v)
-            elif op == "Clip" and v.dtype.kind != "b":
-                lo, hi = self.get(inputs, 1), self.get(inputs, 2)
-                lo_v, hi_v = (None if lo is None else lo.value), (None if hi is None else hi.value)
-                if (lo is None or lo_v is not None) and (hi is None or hi_v is not None):
-                    value = v
-                    if lo_v is not None:
-                        value = np.maximum(value, lo_v.reshape(lo_v.shape[0], *([1] * (v.ndim - 1))))
-                    if hi_v is not None:
-                        value = np.minimum(value, hi_v.reshape(hi_v.shape[0], *([1] * (v.ndim - 1))))
+        value = None if x.value is None else self.fold_unary(op, inputs, a, x.value)
         out = [T(x.shape, value)]
         if op == "Dropout" and len(outputs) > 1:
             out.append(T(x.shape))
         if op == "BatchNormalization" and len(outputs) > 1:
             raise NotStatic("a BatchNormalization node in training mode")
         return out
+
+    def fold_unary(self, op: str, inputs: list[str], a: dict[str, Any],
+                   v: NDArray[Any]) -> NDArray[Any] | None:
+        """The value of unary `op` on the known value `v`; None where this pass does not fold it."""
+        value = None
+        if op in ("Identity", "Dropout"):
+            value = v
+        elif op in ("Cast", "CastLike"):
+            value = self.fold_cast(op, inputs, a, v)
+        elif op == "Neg" and v.dtype.kind != "b":
+            value = -v
+        elif op == "Abs" and v.dtype.kind != "b":
+            value = np.abs(v)
+        elif op == "Not" and v.dtype.kind == "b":
+            value = ~v
+        elif op in ("Floor", "Ceil") and v.dtype.kind == "f":
+            value = np.floor(v) if op == "Floor" else np.ceil(v)
+        elif op == "Relu" and v.dtype.kind != "b":
+            value = np.maximum(v, 0)
+        elif op == "Sign" and v.dtype.kind != "b":
+            value = np.sign(v)
+        elif op == "Clip" and v.dtype.kind != "b":
+            value = self.fold_clip(inputs, v)
+        return value
+
+    def fold_cast(self, op: str, inputs: list[str], a: dict[str, Any],
+                  v: NDArray[Any]) -> NDArray[Any] | None:
+        """Cast (to the `to` type) or CastLike (to the second input's kind) of `v`; None if unknown."""
+        if op == "Cast":
+            kind = _kind(int(a.get("to", 0)))
+            return _cast(v, kind) if kind else None
+        like = self.need(inputs, 1, op).value
+        return None if like is None else _cast(v, like.dtype.kind if like.dtype.kind != "u" else "i")
+
+    def fold_clip(self, inputs: list[str], v: NDArray[Any]) -> NDArray[Any] | None:
+        """Clip of the known value `v` when its bounds are absent or known; None otherwise."""
+        lo, hi = self.get(inputs, 1), self.get(inputs, 2)
+        lo_v, hi_v = (None if lo is None else lo.value), (None if hi is None else hi.value)
+        if not ((lo is None or lo_v is not None) and (hi is None or hi_v is not None)):
+            return None
+        value = v
+        if lo_v is not None:
+            value = np.maximum(value, lo_v.reshape(lo_v.shape[0], *([1] * (v.ndim - 1))))
+        if hi_v is not None:
+            value = np.minimum(value, hi_v.reshape(hi_v.shape[0], *([1] * (v.ndim - 1))))
+        return value
 
     def binary(self, op: str, inputs: list[str], a: dict[str, Any]) -> T:
         ts = [self.need(inputs, i, op) for i in range(len(inputs)) if inputs[i]]
@@ -288,7 +313,14 @@ class Shapes:
                 for v in vs[1:]:
                     out = np.maximum(out, v) if op == "Max" else np.minimum(out, v)
                 return out
-            ints = kinds == {"i"}
+            return Shapes.fold_arithmetic(op, vs, kinds == {"i"})
+
+    @staticmethod
+    def fold_arithmetic(op: str, vs: list[NDArray[Any]], ints: bool) -> NDArray[Any] | None:
+        """Add/Sub/Mul/Sum, Div (integer Div truncates) and integer Mod of numeric values; None where
+        the result could overflow, divides by zero, or `op` is none of these."""
+        x, y = vs[0], vs[-1]
+        with np.errstate(all="ignore"):
             if op in ("Add", "Sub", "Mul", "Sum"):
                 if ints and max(np.abs(v).max(initial=0) for v in vs) > 1 << 31:
                     return None  # could overflow int64: not a shape computation
@@ -438,12 +470,7 @@ class Shapes:
         n = max(want.shape[0], x.shape.shape[1])
         want = np.broadcast_to(want, (n, want.shape[1])).T.copy()  # (k, n)
         if not int(a.get("allowzero", 0)):
-            for i in range(want.shape[0]):
-                zero = want[i] == 0
-                if zero.any():
-                    if i >= x.rank:
-                        raise NotStatic("a Reshape node copies a dim its input does not have")
-                    want[i] = np.where(zero, np.broadcast_to(x.shape[i], (n,)), want[i])
+            _copy_zero_dims(want, x, n)
         minus = want == -1
         if (minus.sum(axis=0) > 1).any() or ((want < 0) & ~minus).any():
             raise NotStatic("a Reshape node's shape has more than one -1 or a negative dim")
