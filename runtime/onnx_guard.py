@@ -301,7 +301,9 @@ class _Checker:
     def value_info(self, buf: memoryview, where: str) -> tuple[str, list[int | str | None] | None]:
         """Bounds a declared shape; returns the name and dims (ints, dim_param names, None for an unnamed
         unknown dim; None for no shape at all)."""
-        name, dims, full = "", [], None
+        name = ""
+        dims: list[int] = []
+        full: list[int | str | None] | None = None
         for field, _, value in _fields(buf):
             if field == 1:
                 name = _string(value)
@@ -413,7 +415,8 @@ class _Checker:
         shapes.run(parsed)
 
     def node(self, buf: memoryview, depth: int) -> tuple[str, list[str], list[str], dict[str, _Tensor]]:
-        op, domain, inputs, outputs, attrs = "", "", [], [], {}
+        op, domain, inputs, outputs = "", "", [], []
+        attrs: dict[str, _Tensor] = {}
         for field, _, value in _fields(buf):
             if field == 1:
                 inputs.append(_string(value))
@@ -427,7 +430,7 @@ class _Checker:
                 self.attribute(value, op, depth, attrs)
         return (op if domain in ("", "ai.onnx") else f"{domain}::{op}"), inputs, outputs, attrs
 
-    def attribute(self, buf: memoryview, op: str, depth: int, attrs: dict[str, Any]) -> None:
+    def attribute(self, buf: memoryview, op: str, depth: int, attrs: dict[str, _Tensor]) -> None:
         """An AttributeProto into `attrs` (ints, floats, string, tensor); checks its tensors and subgraphs."""
         name = ""
         ints: list[int] = []

@@ -320,6 +320,7 @@ class Shapes:
         """Add/Sub/Mul/Sum, Div (integer Div truncates) and integer Mod of numeric values; None where
         the result could overflow, divides by zero, or `op` is none of these."""
         x, y = vs[0], vs[-1]
+        out: NDArray[Any]
         with np.errstate(all="ignore"):
             if op in ("Add", "Sub", "Mul", "Sum"):
                 if ints and max(np.abs(v).max(initial=0) for v in vs) > 1 << 31:
