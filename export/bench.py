@@ -35,6 +35,7 @@ import numpy as np
 from sg2v.errors import Sg2vError, first_line
 from sg2v.io import atomic_write_text
 from sg2v.kinds import guidance_for
+from sg2v.options import HelpFormatter, add_shared, check_shared, run_cli
 from sg2v.safety import JSON_MARK, TABLE_MARK
 
 BENCH_FORMAT = 1
@@ -126,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure every backend available here on one bundle, side by side: end-to-end latency, "
                     "per-stage time, peak memory, cold start, FLOPs and achieved TFLOP/s against the "
                     "machine's matmul peak; ratios against the PyTorch eager baseline of the same run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=EPILOG)
-    p.add_argument("--bundle", required=True, help="bundle folder written by sg2v-export")
+        formatter_class=HelpFormatter, epilog=EPILOG)
+    add_shared(p, "bundle", required=True)
     p.add_argument("--random-size", default=None, choices=("tiny", "small", "base"),
                    help="first export a bundle of this model size with random weights to --bundle (timing "
                         "only: the videos are noise); an existing bundle of that size is reused")
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint for the torch backends (None: the bundle's model.safetensors)")
     p.add_argument("--graph", default=None,
                    help="scene-graph JSON (None: two objects, one relationship from the bundle's vocabulary)")
-    p.add_argument("--steps", type=int, default=8, help="sampler steps per video")
+    add_shared(p, "steps")
     p.add_argument("--compare", nargs="+", default=[], metavar="BUNDLE",
                    help="further bundles measured on the same backends in this run (e.g. a few-step student "
                         "beside its teacher), each reported against --bundle: end-to-end time, UNet calls "
@@ -145,14 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "each bundle's own default steps)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per backend; medians are reported")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs after the first (cold) one")
-    p.add_argument("--seed", type=int, default=0, help="seed of x_T (the same on every backend)")
+    add_shared(p, "seed", what="x_T (the same on every backend)")
     p.add_argument("--batch", type=int, nargs="+", default=[1],
                    help="batch sizes to time: one generate call of B videos (seeds seed .. seed + B - 1); "
                         "videos/s per size beside the same run's B=1 figure (B=1 is always timed)")
     p.add_argument("--backends", nargs="+", default=["all"], choices=["all", *VARIANTS],
                    help="backends to measure; 'all' = every one available here")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for ONNX Runtime and torch (None: their defaults, one per core)")
+    add_shared(p, "threads")
     p.add_argument("--write", choices=WRITE_FORMATS, default="gif",
                    help="video format timed as the write stage (none: skip)")
     p.add_argument("--compile-mode", default="default",
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-size", type=int, default=0,
                    help="n of the n x n x n matmul that measures the peak (0: 2048 on CPU, 8192 on GPU)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per backend process")
-    p.add_argument("--no-verify", action="store_true", help="skip the bundle's sha256 checks in each process")
+    add_shared(p, "no_verify")
     p.add_argument("--json", default=None, help="write every figure and raw timing here")
     p.add_argument("--table", default=None, help="write the markdown table here (also printed)")
     # Internal: how the parent starts one backend's process.
@@ -172,23 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sg2v.safety import describe_os_error, one_line, safe_stdio
-
-    safe_stdio()
+    """Entry point of `sg2v-bench`; errors become one line on stderr and an exit status (`run_cli`)."""
     args = build_parser().parse_args(argv)
     if args.child:
         return _child_main(args)
-    try:
-        if args.random_size:
-            _check_args(args)
-            make_random_bundle(args.random_size, args.bundle, seed=args.seed)
-        report = run_bench(args, argv=sys.argv[1:] if argv is None else argv)
-    except Sg2vError as e:
-        print(one_line(f"sg2v-bench: error: {e}"), file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # a full disk, a read-only folder, an I/O error: one line naming the path
-        print(f"sg2v-bench: error: {describe_os_error(e)}", file=sys.stderr)
-        return 1
+    return run_cli("sg2v-bench", lambda: _bench(args, sys.argv[1:] if argv is None else argv))
+
+
+def _bench(args: argparse.Namespace, argv: list[str]) -> int:
+    """Measure (after exporting a random bundle with --random-size), print the table; 1 if nothing ran."""
+    if args.random_size:
+        _check_args(args)
+        make_random_bundle(args.random_size, args.bundle, seed=args.seed)
+    report = run_bench(args, argv=argv)
     print(report["table"])
     return 0 if any(b.get("results") for b in report["backends"].values()) else 1
 
@@ -212,21 +208,16 @@ def _check_args(args: argparse.Namespace) -> None:
     outputs are safe to write (`sg2v.safety.check_outputs`), before anything is measured."""
     import math
 
-    from sg2v.config import BOUNDS, MAX_SEED, threads_problem
     from sg2v.errors import shown
 
-    max_steps = int(BOUNDS["DiffusionConfig.default_steps"][1])
-    for flag, value, low, high in (("--steps", args.steps, 1, max_steps),
-                                   ("--repeats", args.repeats, 1, MAX_REPEATS),
+    check_shared(args, FlagError, ("steps", "seed", "threads"))
+    for flag, value, low, high in (("--repeats", args.repeats, 1, MAX_REPEATS),
                                    ("--batch", min(args.batch), 1, MAX_BENCH_BATCH),
                                    ("--batch", max(args.batch), 1, MAX_BENCH_BATCH),
                                    ("--warmup", args.warmup, 0, MAX_REPEATS),
-                                   ("--seed", args.seed, 0, MAX_SEED),
                                    ("--peak-size", args.peak_size, 0, MAX_PEAK_SIZE)):
         if not low <= value <= high:
             raise FlagError(f"{flag} {shown(value)}: must be an integer in [{low}, {high}]")
-    if args.threads is not None and threads_problem(args.threads):
-        raise FlagError(f"{threads_problem(args.threads)}, or leave it unset for one per core")
     if not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_TIMEOUT):
         raise FlagError(f"--timeout {args.timeout}: must be a number of seconds in (0, {MAX_TIMEOUT:g}]")
     steps = getattr(args, "compare_steps", None)
@@ -459,7 +450,7 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> dict[s
     from sg2v.errors import ConfigError
 
     try:  # refuse a step count the model cannot take (a student: one it was not distilled for) before a run
-        bundle.settings(steps=args.steps)
+        args.steps = bundle.settings(steps=args.steps).steps  # unset: the bundle's
     except ConfigError as e:
         raise Sg2vError(f"bundle {bundle.path}: {e}") from None
     data = bundle.config.data

@@ -332,7 +332,7 @@ def test_a_second_command_on_a_locked_run_folder_gets_one_line(tmp_path, capsys)
     (["diffusion", "--batch", "100000"], "--batch 100000: at most 4096"),
     (["diffusion", "--seed", "-1"], "--seed must be an integer in [0,"),
     (["pretrain", "--batch", "100000"], "--batch 100000: at most 4096"),
-    (["eval", "--ckpt", "x.pt", "--steps", "0"], "--steps 0: each must be an integer in [1, 10000]"),
+    (["eval", "--ckpt", "x.pt", "--steps", "0"], "--steps 0: must be an integer in [1, 100000]"),
     (["eval", "--ckpt", "x.pt", "--seed", "-1"], "--seed -1: must be an integer in [0,")])
 def test_train_bounds(tmp_path, capsys, argv, why):
     from sg2v.cli.train import main
