@@ -39,6 +39,7 @@ a polygon covers the pixels whose centers lie inside it (even-odd rule), not pyc
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -233,10 +234,31 @@ def coco_job(payload: dict[str, Any]) -> JobResult:
     n = len(objs)
     boxes = np.array([[x / W, y / H, (x + bw) / W, (y + bh) / H] for _, (x, y, bw, bh), _ in objs],
                      dtype=np.float64)  # (n, 4)
+    centers = _centers(objs, boxes, W, H, ctx.extra.get("centers", "mask") == "mask", res)
+    rels = _draw_relationships(boxes, centers, np.random.default_rng([ctx.seed, int(payload["image_id"])]),
+                               res)
+    visible = np.ones((n, 1), dtype=bool)
+    clipped, visible = clip_boxes(boxes[:, None, :], visible, res.notes)
+    record = finish_record({
+        "graph": {"objects": [name for name, _, _ in objs], "relationships": rels},
+        "has_layout": np.ones(n, dtype=bool),
+        "rel_frames": np.ones((len(rels), 1), dtype=bool),
+        "source": {"image_id": payload["image_id"], "file": payload["file"]},
+    }, clipped, visible)
+    res.samples.append((payload["split"], record, frame[None]))
+    # counted where the image is written: an image dropped by a filter or unreadable notes none
+    res.notes.add("object", "crowd annotation (iscrowd 1) kept as one object, as sg2im does",
+                  payload.get("crowd", 0))
+    return res
+
+
+def _centers(objs: list[Any], boxes: NDArray[Any], W: int, H: int, mask: bool, res: JobResult
+             ) -> list[Any]:
+    """Each object's center for the relationship rule: its mask's centroid (`mask`), else its box's."""
     centers = []
     for (_, bbox, seg), box in zip(objs, boxes):
         c = None
-        if ctx.extra.get("centers", "mask") == "mask":
+        if mask:
             try:
                 c = mask_center(segmentation_mask(seg, H, W), bbox, W, H)
                 if c is None:
@@ -244,7 +266,14 @@ def coco_job(payload: dict[str, Any]) -> JobResult:
             except MaskError:
                 res.notes.add("object", "segmentation unreadable; box center used for its relationships")
         centers.append(c if c is not None else ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
-    rng = np.random.default_rng([ctx.seed, int(payload["image_id"])])
+    return centers
+
+
+def _draw_relationships(boxes: NDArray[Any], centers: list[Any], rng: np.random.Generator, res: JobResult
+                        ) -> list[list[Any]]:
+    """sg2im's relationships: per object, one other object drawn, the direction drawn, the geometric
+    predicate; a repeated (subject, predicate, object) is counted and dropped."""
+    n = len(boxes)
     rels: list[list[Any]] = []
     seen: set[tuple[int, str, int]] = set()
     for cur in range(n):
@@ -259,19 +288,7 @@ def coco_job(payload: dict[str, Any]) -> JobResult:
             continue
         seen.add((s, p, o))
         rels.append([s, p, o])
-    visible = np.ones((n, 1), dtype=bool)
-    clipped, visible = clip_boxes(boxes[:, None, :], visible, res.notes)
-    record = finish_record({
-        "graph": {"objects": [name for name, _, _ in objs], "relationships": rels},
-        "has_layout": np.ones(n, dtype=bool),
-        "rel_frames": np.ones((len(rels), 1), dtype=bool),
-        "source": {"image_id": payload["image_id"], "file": payload["file"]},
-    }, clipped, visible)
-    res.samples.append((payload["split"], record, frame[None]))
-    # counted where the image is written: an image dropped by a filter or unreadable notes none
-    res.notes.add("object", "crowd annotation (iscrowd 1) kept as one object, as sg2im does",
-                  payload.get("crowd", 0))
-    return res
+    return rels
 
 
 # ---------------------------------------------------------------------------------------------------- plan
@@ -321,108 +338,40 @@ def _num4(b: Any) -> bool:
     return isinstance(b, list) and len(b) == 4 and all(is_number(v) for v in b) and b[2] >= 0 and b[3] >= 0
 
 
+@dataclass
+class _Part:
+    """One part of COCO (train2017 or val2017): its instance and stuff files read, their categories."""
+
+    src: str
+    inst_path: Path
+    stuff_path: Path
+    inst: Any
+    stuff: Any  # None with --no-stuff
+    things: dict[int, str]
+    stuffs: dict[int, str]
+
+
 def plan(source: Path, o: CocoOptions, seed: int, frames: int) -> Plan:
+    """COCO-Stuff -> Plan (images are one-frame samples; `frames` is not used; relationships are drawn in
+    the job, seeded by `seed` and the image id): per part (train2017, val2017), the annotation files and
+    their categories (the vocabulary, the same for both), the objects filtered per image, then the images."""
     source = Path(source)
-    if not source.is_dir():
-        raise DatasetError(f"{source}: no such folder; pass the COCO folder holding annotations/ and images/")
-    ann_dir = Path(o.annotations_dir) if o.annotations_dir else source / "annotations"
-    roots = [Path(o.images_dir)] if o.images_dir else [source / "images", source]
-    if not 0 <= o.min_object_size < 1:
-        raise OptionError(f"--min-object-size {o.min_object_size}: a fraction of the image in [0, 1)")
-    if o.val_images < 0:
-        raise OptionError(f"--val-images {o.val_images}: must be >= 0")
+    ann_dir, roots = _check_source(source, o)
     drops, notes = DropTable(), DropTable()
     payloads: list[dict[str, Any]] = []
     vocab = None
     cats_seen: tuple[Any, ...] | None = None
     for src in ("train2017", "val2017"):
-        inst_path = ann_dir / f"instances_{src}.json"
-        stuff_path = ann_dir / f"stuff_{src}.json"
-        if not inst_path.is_file():
-            raise DatasetError(f"{inst_path}: not found; {FIX}")
-        if o.stuff and not stuff_path.is_file():
-            raise DatasetError(f"{stuff_path}: not found; {FIX}, or pass --no-stuff for things only")
-        inst = load_source_json(inst_path, "instance annotations", FIX)
-        stuff = load_source_json(stuff_path, "stuff annotations", FIX) if o.stuff else None
-        for data, path, read in ((inst, inst_path, True), (stuff, stuff_path, o.stuff)):
-            if read and not (isinstance(data, dict) and isinstance(data.get("annotations"), list)):
-                raise bad_source(path, "top level", "expected a COCO object with \"images\", \"annotations\" "
-                                                    "and \"categories\"", FIX)
-        things = _categories(inst, inst_path)
-        stuffs = _categories(stuff, stuff_path) if stuff is not None else {}
+        part = _read_part(ann_dir, src, o)
         if vocab is None:
-            vocab = _vocab(things, stuffs, inst_path)
-            cats_seen = (things, stuffs)
-        elif (things, stuffs) != cats_seen:
-            raise DatasetError(f"{inst_path}: its categories differ from train2017's; the annotation files "
-                               f"do not belong together, {FIX}")
-        thing_ok = _whitelist(o.instance_whitelist, set(things.values()), "--instance-whitelist") \
-            or set(things.values())
-        stuff_ok = _whitelist(o.stuff_whitelist, set(stuffs.values()), "--stuff-whitelist") \
-            or set(stuffs.values())
-        names = {**things, **stuffs}
-        images = _images(inst, inst_path)
-        objects: dict[int, list[Any]] = {iid: [] for iid in images}
-        crowd: dict[int, int] = {}  # crowd annotations among each image's objects (noted where kept)
-        with_stuff: set[int] = set()
-        for data, path, is_stuff in ((inst, inst_path, False), (stuff, stuff_path, True)):
-            if data is None:
-                continue
-            for j, ann in enumerate(data["annotations"]):
-                if not (isinstance(ann, dict) and is_int(ann.get("image_id"), -MAX_ID, MAX_ID)
-                        and is_int(ann.get("category_id"), -MAX_ID, MAX_ID) and _num4(ann.get("bbox"))):
-                    raise bad_source(path, f"annotations[{j}]", "expected image_id, category_id (integers) "
-                                                                f"and bbox [x, y, w, h] (finite, within "
-                                                                f"+-{MAX_COORD:g}, w and h >= 0)", FIX)
-                iid, cid = ann["image_id"], ann["category_id"]
-                if iid not in images:
-                    drops.add("object", "annotation of an image id not in the images list")
-                    continue
-                if is_stuff:
-                    with_stuff.add(iid)
-                name = names.get(cid)
-                _, _, bw, bh = ann["bbox"]
-                W, H = images[iid][1]
-                if name is None:
-                    drops.add("object", "category id not in the categories")
-                elif not bw * bh / (W * H) > o.min_object_size:
-                    drops.add("object", f"box covers no more than --min-object-size ({o.min_object_size}) of "
-                                        "the image")
-                elif name not in (stuff_ok if is_stuff else thing_ok):
-                    drops.add("object", "category not in --instance-whitelist / --stuff-whitelist")
-                elif name == OTHER and is_stuff and not o.include_other:
-                    drops.add("object", "stuff class 'other' (--include-other keeps it)")
-                elif ann.get("iscrowd") and o.skip_crowd:
-                    drops.add("object", "crowd annotation (--skip-crowd)")
-                else:
-                    seg = ann.get("segmentation") if o.centers == "mask" else None
-                    objects[iid].append((name, [float(v) for v in ann["bbox"]], seg))
-                    crowd[iid] = crowd.get(iid, 0) + bool(ann.get("iscrowd"))
-        del inst, stuff
-        n_val = 0
-        for iid, (file_name, size) in images.items():
-            if o.stuff and o.stuff_only and iid not in with_stuff:
-                drops.add("image", "no stuff annotation (--all-images keeps such images)")
-                continue
-            objs = objects[iid]
-            if len(objs) < o.min_objects_per_image:
-                drops.add("image", f"fewer than --min-objects-per-image ({o.min_objects_per_image}) objects "
-                                   "left")
-                continue
-            if len(objs) > o.max_objects_per_image:
-                drops.add("image", f"more than --max-objects-per-image ({o.max_objects_per_image}) objects "
-                                   "left")
-                continue
-            image_path = next((p for root in roots for p in (root / src / file_name, root / file_name)
-                               if p.is_file()), None)
-            if image_path is None:
-                drops.add("image", "image file not found")
-                continue
-            split = "train" if src == "train2017" else "val" if n_val < o.val_images else "test"
-            n_val += split != "train"
-            payloads.append({"split": split, "unit": "image", "image_id": iid, "file": f"{src}/{file_name}",
-                             "path": str(image_path), "size": size, "objects": objs,
-                             "crowd": crowd.get(iid, 0)})
+            vocab = _vocab(part.things, part.stuffs, part.inst_path)
+            cats_seen = (part.things, part.stuffs)
+        elif (part.things, part.stuffs) != cats_seen:
+            raise DatasetError(f"{part.inst_path}: its categories differ from train2017's; the annotation "
+                               f"files do not belong together, {FIX}")
+        images, objects = _index_objects(part, o, drops)
+        del part
+        payloads += _image_payloads(src, images, objects, roots, o, drops)
     if not payloads and drops.count("image", "image file not found"):
         raise DatasetError(f"no image file found under {' or '.join(map(str, roots))} (looked for "
                            "train2017/FILE and val2017/FILE); unpack train2017.zip and val2017.zip there or "
@@ -431,6 +380,143 @@ def plan(source: Path, o: CocoOptions, seed: int, frames: int) -> Plan:
                 source={"format": "coco-stuff", "name": "COCO 2017 + COCO-Stuff" if o.stuff else "COCO 2017",
                         "path": str(source)},
                 frames_estimate=len(payloads))
+
+
+def _check_source(source: Path, o: CocoOptions) -> tuple[Path, list[Path]]:
+    """(annotations folder, image roots); the options checked."""
+    if not source.is_dir():
+        raise DatasetError(f"{source}: no such folder; pass the COCO folder holding annotations/ and images/")
+    ann_dir = Path(o.annotations_dir) if o.annotations_dir else source / "annotations"
+    roots = [Path(o.images_dir)] if o.images_dir else [source / "images", source]
+    if not 0 <= o.min_object_size < 1:
+        raise OptionError(f"--min-object-size {o.min_object_size}: a fraction of the image in [0, 1)")
+    if o.val_images < 0:
+        raise OptionError(f"--val-images {o.val_images}: must be >= 0")
+    return ann_dir, roots
+
+
+def _read_part(ann_dir: Path, src: str, o: CocoOptions) -> _Part:
+    """instances_SRC.json and (unless --no-stuff) stuff_SRC.json, checked, with their categories."""
+    inst_path = ann_dir / f"instances_{src}.json"
+    stuff_path = ann_dir / f"stuff_{src}.json"
+    if not inst_path.is_file():
+        raise DatasetError(f"{inst_path}: not found; {FIX}")
+    if o.stuff and not stuff_path.is_file():
+        raise DatasetError(f"{stuff_path}: not found; {FIX}, or pass --no-stuff for things only")
+    inst = load_source_json(inst_path, "instance annotations", FIX)
+    stuff = load_source_json(stuff_path, "stuff annotations", FIX) if o.stuff else None
+    for data, path, read in ((inst, inst_path, True), (stuff, stuff_path, o.stuff)):
+        if read and not (isinstance(data, dict) and isinstance(data.get("annotations"), list)):
+            raise bad_source(path, "top level", "expected a COCO object with \"images\", \"annotations\" "
+                                                "and \"categories\"", FIX)
+    things = _categories(inst, inst_path)
+    stuffs = _categories(stuff, stuff_path) if stuff is not None else {}
+    return _Part(src, inst_path, stuff_path, inst, stuff, things, stuffs)
+
+
+@dataclass
+class _ImageObjects:
+    """A part's kept objects per image (name, bbox, segmentation or None), crowd counts, stuff images."""
+
+    objects: dict[int, list[Any]]
+    crowd: dict[int, int] = field(default_factory=dict)  # crowd annotations kept (noted where written)
+    with_stuff: set[int] = field(default_factory=set)
+
+
+def _index_objects(part: _Part, o: CocoOptions, drops: DropTable
+                   ) -> tuple[dict[int, tuple[str, tuple[int, int]]], _ImageObjects]:
+    """The part's images and, per image, the annotations that pass the object filters."""
+    thing_ok = _whitelist(o.instance_whitelist, set(part.things.values()), "--instance-whitelist") \
+        or set(part.things.values())
+    stuff_ok = _whitelist(o.stuff_whitelist, set(part.stuffs.values()), "--stuff-whitelist") \
+        or set(part.stuffs.values())
+    names = {**part.things, **part.stuffs}
+    images = _images(part.inst, part.inst_path)
+    out = _ImageObjects({iid: [] for iid in images})
+    for data, path, is_stuff in ((part.inst, part.inst_path, False), (part.stuff, part.stuff_path, True)):
+        if data is None:
+            continue
+        for j, ann in enumerate(data["annotations"]):
+            _check_annotation(ann, path, j)
+            iid = ann["image_id"]
+            if iid not in images:
+                drops.add("object", "annotation of an image id not in the images list")
+                continue
+            if is_stuff:
+                out.with_stuff.add(iid)
+            name = names.get(ann["category_id"])
+            why = _object_drop(ann, name, is_stuff, images[iid][1], stuff_ok if is_stuff else thing_ok, o)
+            if why:
+                drops.add("object", why)
+                continue
+            seg = ann.get("segmentation") if o.centers == "mask" else None
+            out.objects[iid].append((name, [float(v) for v in ann["bbox"]], seg))
+            out.crowd[iid] = out.crowd.get(iid, 0) + bool(ann.get("iscrowd"))
+    return images, out
+
+
+def _check_annotation(ann: Any, path: Path, j: int) -> None:
+    """An annotation has integer image_id and category_id and a bbox [x, y, w, h] of finite numbers."""
+    if not (isinstance(ann, dict) and is_int(ann.get("image_id"), -MAX_ID, MAX_ID)
+            and is_int(ann.get("category_id"), -MAX_ID, MAX_ID) and _num4(ann.get("bbox"))):
+        raise bad_source(path, f"annotations[{j}]", "expected image_id, category_id (integers) and bbox "
+                                                    f"[x, y, w, h] (finite, within +-{MAX_COORD:g}, w and h "
+                                                    ">= 0)", FIX)
+
+
+def _object_drop(ann: dict[Any, Any], name: str | None, is_stuff: bool, size: tuple[int, int], ok: set[str],
+                 o: CocoOptions) -> str:
+    """Why an annotation is not kept as an object, or "" when it is."""
+    _, _, bw, bh = ann["bbox"]
+    W, H = size
+    if name is None:
+        return "category id not in the categories"
+    if not bw * bh / (W * H) > o.min_object_size:
+        return f"box covers no more than --min-object-size ({o.min_object_size}) of the image"
+    if name not in ok:
+        return "category not in --instance-whitelist / --stuff-whitelist"
+    if name == OTHER and is_stuff and not o.include_other:
+        return "stuff class 'other' (--include-other keeps it)"
+    if ann.get("iscrowd") and o.skip_crowd:
+        return "crowd annotation (--skip-crowd)"
+    return ""
+
+
+def _image_payloads(src: str, images: dict[int, tuple[str, tuple[int, int]]], objects: _ImageObjects,
+                    roots: list[Path], o: CocoOptions, drops: DropTable) -> list[dict[str, Any]]:
+    """One payload per image of the part that passes the image filters (images list order); val2017's
+    first --val-images form val, the rest test."""
+    payloads = []
+    n_val = 0
+    for iid, (file_name, size) in images.items():
+        if not _image_kept(iid, objects, o, drops):
+            continue
+        image_path = next((p for root in roots for p in (root / src / file_name, root / file_name)
+                           if p.is_file()), None)
+        if image_path is None:
+            drops.add("image", "image file not found")
+            continue
+        split = "train" if src == "train2017" else "val" if n_val < o.val_images else "test"
+        n_val += split != "train"
+        payloads.append({"split": split, "unit": "image", "image_id": iid, "file": f"{src}/{file_name}",
+                         "path": str(image_path), "size": size, "objects": objects.objects[iid],
+                         "crowd": objects.crowd.get(iid, 0)})
+    return payloads
+
+
+def _image_kept(iid: int, objects: _ImageObjects, o: CocoOptions, drops: DropTable) -> bool:
+    """--all-images and the objects-per-image limits; a drop counted when the image is not kept."""
+    if o.stuff and o.stuff_only and iid not in objects.with_stuff:
+        drops.add("image", "no stuff annotation (--all-images keeps such images)")
+        return False
+    n = len(objects.objects[iid])
+    if n < o.min_objects_per_image:
+        drops.add("image", f"fewer than --min-objects-per-image ({o.min_objects_per_image}) objects left")
+        return False
+    if n > o.max_objects_per_image:
+        drops.add("image", f"more than --max-objects-per-image ({o.max_objects_per_image}) objects left")
+        return False
+    return True
 
 
 def _images(data: dict[Any, Any], path: Path) -> dict[int, tuple[str, tuple[int, int]]]:
