@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from sg2v import bundle_spec as spec
+from sg2v.errors import Sg2vError
+from sg2v.options import add_shared, check_shared, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,14 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-parity-failure", action="store_true",
                    help="write the bundle even if ONNX Runtime disagrees with PyTorch (noted in manifest)")
     p.add_argument("--force", action="store_true", help="replace an existing --out that is not a bundle")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random parity inputs")
+    add_shared(p, "seed", what="the random parity inputs")
     p.add_argument("--max-batch", type=int, default=spec.MAX_BATCH,
                    help="most videos one call of the exported graphs takes (their batch axis; TensorRT "
                         "optimisation profiles span 1 to this)")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="default classifier-free guidance stored in the bundle's sampler_defaults "
-                        "(default: the model config's default_guidance; a guidance-distilled student's must "
-                        "lie in the range it was distilled for)")
+    add_shared(p, "guidance", source="the model config's default_guidance; stored as the bundle's default")
     return p
 
 
@@ -109,24 +108,19 @@ def summary(result) -> str:
     return "\n".join(lines)
 
 
-class FlagError(Exception):
+class FlagError(Sg2vError):
     """A flag value sg2v-export cannot use (exit status 2)."""
+
+    exit_code = 2
 
 
 def check_flags(args: argparse.Namespace) -> None:
     """FlagError naming the flag unless --seed, --guidance and --trt-target can be used, before any work."""
-    import math
     import re
 
-    from sg2v.config import BOUNDS, MAX_SEED
     from sg2v.errors import shown
 
-    if not 0 <= args.seed <= MAX_SEED:
-        raise FlagError(f"--seed {shown(args.seed)}: must be an integer in [0, {MAX_SEED}]")
-    lo, hi = BOUNDS["DiffusionConfig.default_guidance"]
-    if args.guidance is not None and not (math.isfinite(args.guidance) and lo <= args.guidance <= hi):
-        raise FlagError(f"--guidance {args.guidance}: must be a finite number in [{lo:g}, {hi:g}] "
-                        "(sg2v-run's range); 1 is no guidance")
+    check_shared(args, FlagError, ("seed", "guidance"))
     if args.trt_target is not None:
         from sg2v.export.opcheck import load_table
 
@@ -145,37 +139,27 @@ def main(argv: list[str] | None = None) -> int:
         from sg2v.export.triton import main as triton_main
 
         return triton_main(argv[1:])
-    from sg2v.safety import describe_os_error, one_line, safe_stdio
+    from sg2v.safety import safe_stdio
 
-    safe_stdio()
+    safe_stdio()  # before argparse prints a path in its usage error
     args = build_parser().parse_args(argv)
-    from sg2v.errors import Sg2vError
+    return run_cli("sg2v-export", lambda: _export(args), interrupted=f"nothing was written to {args.out}",
+                   os_error="nothing was written to --out")
 
-    out = Path(args.out)
-    try:
-        check_flags(args)
-        from sg2v.export.onnx_export import export_bundle
 
-        result = export_bundle(
-            args.ckpt, out, precision=args.precision, pooling=args.pooling, opset=args.opset,
-            include_weights=args.include_weights, weights=args.weights, ema=not args.no_ema,
-            strict_trt=args.strict_trt,
-            allow_parity_failure=args.allow_parity_failure, force=args.force, trt_target=args.trt_target,
-            seed=args.seed, log=print, guidance=args.guidance, plugin_impl=args.plugin_impl,
-            max_batch=args.max_batch,
-        )
-    except FlagError as e:
-        print(one_line(f"sg2v-export: error: {e}"), file=sys.stderr)
-        return 2
-    except Sg2vError as e:
-        print(one_line(f"sg2v-export: error: {e}"), file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # a full disk, a read-only folder, an I/O error while writing: one line
-        print(f"sg2v-export: error: {describe_os_error(e)}; nothing was written to --out", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(one_line(f"sg2v-export: interrupted; nothing was written to {out}"), file=sys.stderr)
-        return 130
+def _export(args: argparse.Namespace) -> int:
+    """Check the flags, export the bundle, print its summary."""
+    from sg2v.export.onnx_export import export_bundle
+
+    check_flags(args)
+    result = export_bundle(
+        args.ckpt, Path(args.out), precision=args.precision, pooling=args.pooling, opset=args.opset,
+        include_weights=args.include_weights, weights=args.weights, ema=not args.no_ema,
+        strict_trt=args.strict_trt,
+        allow_parity_failure=args.allow_parity_failure, force=args.force, trt_target=args.trt_target,
+        seed=args.seed, log=print, guidance=args.guidance, plugin_impl=args.plugin_impl,
+        max_batch=args.max_batch,
+    )
     print(summary(result))
     return 0
 

@@ -301,17 +301,13 @@ def build_parser() -> Any:
 
 
 def main(argv: list[str]) -> int:
-    """`sg2v-export triton ...`."""
-    import sys
+    """`sg2v-export triton ...`; errors become one line on stderr and an exit status (`run_cli`)."""
+    from sg2v.options import run_cli
 
-    args = build_parser().parse_args(argv)
-    try:
+    def write() -> int:
+        args = build_parser().parse_args(argv)
         write_repository(args.bundle, args.out, args.stage_backend, args.engines, args.instances,
                          args.queue_delay_us, args.force, log=print)
-    except Sg2vError as e:
-        print(f"sg2v-export triton: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:
-        print(f"sg2v-export triton: error: {e}; check --out's folder and free space", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_cli("sg2v-export triton", write, os_error="check --out's folder and free space")
