@@ -299,9 +299,20 @@ class TemporalUNet(nn.Module):
         self.ucfg, self.data = ucfg, data
         self.frames, self.channels = data.frames, data.channels
         self.height, self.width = data.height, data.width
-        base, groups, heads = ucfg.base_channels, ucfg.norm_groups, ucfg.num_heads
-        emb_dim = 4 * base
-        self.emb_dim = emb_dim
+        base, groups = ucfg.base_channels, ucfg.norm_groups
+        self.emb_dim = 4 * base
+        self._build_embeddings(ucfg, context_dim)
+        self.patch = ucfg.patch_size
+        patch_ch = data.channels * self.patch * self.patch
+        self.conv_in = nn.Conv2d(patch_ch, base, 3, padding=1)
+        self._build_layout(ucfg, data, object_dim)
+        ch = self._build_levels(ucfg, data, context_dim)
+        self.norm_out = nn.GroupNorm(groups, ch)
+        self.conv_out = nn.Conv2d(ch, patch_ch, 3, padding=1)
+
+    def _build_embeddings(self, ucfg: UNetConfig, context_dim: int) -> None:
+        """The timestep, graph-token and (for a student) guidance embeddings, each to emb_dim."""
+        base, emb_dim = ucfg.base_channels, self.emb_dim
         self.time_embed = nn.Sequential(
             SinusoidalEmbedding(base), nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
@@ -316,9 +327,9 @@ class TemporalUNet(nn.Module):
             )
             nn.init.zeros_(self.guidance_embed[-1].weight)
             nn.init.zeros_(self.guidance_embed[-1].bias)
-        self.patch = ucfg.patch_size
-        patch_ch = data.channels * self.patch * self.patch
-        self.conv_in = nn.Conv2d(patch_ch, base, 3, padding=1)
+
+    def _build_layout(self, ucfg: UNetConfig, data: DataConfig, object_dim: int) -> None:
+        """A grounded UNet's object maps, their input convolution and the full-resolution pixel head."""
         # Layout grounding: object maps enter beside conv_in and feed the full-resolution head; both paths
         # start at zero, so a grounded model initialised from an ungrounded one computes the same at step 0.
         self.layout = ucfg.layout_dim > 0
@@ -327,10 +338,14 @@ class TemporalUNet(nn.Module):
                 raise ConfigError("unet.layout_dim > 0 needs the encoder's object width (object_dim)")
             self.object_maps = ObjectMaps(object_dim, ucfg.layout_dim, data.height, data.width)
             map_ch = self.object_maps.channels
-            self.layout_in = nn.Conv2d(map_ch * self.patch * self.patch, base, 1)
+            self.layout_in = nn.Conv2d(map_ch * self.patch * self.patch, ucfg.base_channels, 1)
             nn.init.zeros_(self.layout_in.weight)
             nn.init.zeros_(self.layout_in.bias)
             self.pixel_head = PixelHead(data.channels, map_ch, ucfg.layout_head)
+
+    def _build_levels(self, ucfg: UNetConfig, data: DataConfig, context_dim: int) -> int:
+        """The down, middle and up blocks (skips paired by position); returns the last block's channels."""
+        base, groups, heads, emb_dim = ucfg.base_channels, ucfg.norm_groups, ucfg.num_heads, self.emb_dim
 
         def temporal(ch: int) -> list[nn.Module]:
             layers: list[nn.Module] = []
@@ -371,8 +386,7 @@ class TemporalUNet(nn.Module):
                 post = Upsample(base * mult) if last and level != 0 else None
                 self.up.append(block(ch + skips.pop(), base * mult, level, post))
                 ch = base * mult
-        self.norm_out = nn.GroupNorm(groups, ch)
-        self.conv_out = nn.Conv2d(ch, patch_ch, 3, padding=1)
+        return ch
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
@@ -395,19 +409,9 @@ class TemporalUNet(nn.Module):
                                  f"(B, {f}, {c}, {hh}, {ww}), or (B, 1, {c}, {hh}, {ww}) for images")
             f = int(x.shape[1])
         h = x.reshape(-1, c, hh, ww)  # (BF, C, H, W)
-        emb = self.time_embed(t) + self.graph_embed(context[:, 0])  # (B, E)
-        if self.guidance_embed is not None:
-            if guidance is None:
-                raise ValueError("this UNet is a guidance-distilled student: pass the guidance weight (B,)")
-            emb = emb + self.guidance_embed(guidance.float() * GUIDANCE_SCALE)
-        emb = emb[:, None, :].expand(-1, f, self.emb_dim).reshape(-1, self.emb_dim)  # (BF, E)
+        emb = self._embedding(t, context, guidance, f)  # (BF, E)
         bias = ((1.0 - context_mask.to(context.dtype)) * MASK_BIAS)[:, None, None, :]  # (B, 1, 1, L)
-        maps = None
-        if self.layout:
-            if objects is None or boxes is None:
-                raise ValueError("this UNet is grounded on a layout: pass objects (B, O, D) and boxes "
-                                 "(B, O, F, 4)")
-            maps = self.object_maps(objects, boxes).to(h.dtype)  # (BF, E + 3, H, W)
+        maps = self._layout_maps(objects, boxes, h.dtype)
         h = self.conv_in(pixel_unshuffle(h, self.patch))  # (BF, base, H/p, W/p)
         if maps is not None:
             h = h + self.layout_in(pixel_unshuffle(maps, self.patch))
@@ -428,6 +432,26 @@ class TemporalUNet(nn.Module):
             inv = self.inv_sqrt_1m_ac[ti].to(x.dtype).reshape(-1, 1, 1, 1, 1)
             out = (sa * x - out) * inv
         return out
+
+    def _embedding(self, t: torch.Tensor, context: torch.Tensor, guidance: torch.Tensor | None,
+                   f: int) -> torch.Tensor:
+        """Timestep + global graph token (+ guidance weight for a student), one row per frame: (BF, E)."""
+        emb = self.time_embed(t) + self.graph_embed(context[:, 0])  # (B, E)
+        if self.guidance_embed is not None:
+            if guidance is None:
+                raise ValueError("this UNet is a guidance-distilled student: pass the guidance weight (B,)")
+            emb = emb + self.guidance_embed(guidance.float() * GUIDANCE_SCALE)
+        return emb[:, None, :].expand(-1, f, self.emb_dim).reshape(-1, self.emb_dim)  # (BF, E)
+
+    def _layout_maps(self, objects: torch.Tensor | None, boxes: torch.Tensor | None,
+                     dtype: torch.dtype) -> torch.Tensor | None:
+        """A grounded UNet's object maps (BF, E + 3, H, W) painted from the boxes; None when ungrounded."""
+        if not self.layout:
+            return None
+        if objects is None or boxes is None:
+            raise ValueError("this UNet is grounded on a layout: pass objects (B, O, D) and boxes "
+                             "(B, O, F, 4)")
+        return self.object_maps(objects, boxes).to(dtype)  # (BF, E + 3, H, W)
 
 
 def pixel_unshuffle(x: torch.Tensor, p: int) -> torch.Tensor:

@@ -131,27 +131,9 @@ def _pickle_globals(f: io.BufferedReader) -> list[str]:
                 ops += 1
                 if ops > _MAX_OPS:
                     return names
-                name = op.name
-                if name in ("GLOBAL", "INST"):
-                    names.append(str(arg).replace(" ", ".", 1))
-                    recent.append(None)
-                elif name == "STACK_GLOBAL":
-                    mod, attr = (recent[-2:] if len(recent) >= 2 else [None, None])
-                    ok = isinstance(mod, str) and isinstance(attr, str)
-                    names.append(f"{mod}.{attr}" if ok else "<a global named at run time>")
-                    recent.append(None)
-                elif name in _STRING_OPS:
-                    recent.append(arg if isinstance(arg, str) else None)
-                elif name == "MEMOIZE":
-                    memo[len(memo)] = recent[-1] if recent else None
-                elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[arg] = recent[-1] if recent else None
-                elif name in ("GET", "BINGET", "LONG_BINGET"):
-                    recent.append(memo.get(arg))
-                elif name == "STOP":
+                if op.name == "STOP":
                     break
-                elif name not in ("PROTO", "FRAME"):
-                    recent.append(None)
+                _scan_op(op.name, arg, recent, memo, names)
                 del recent[:-4]
             else:
                 return names  # the stream ended without STOP
@@ -160,6 +142,29 @@ def _pickle_globals(f: io.BufferedReader) -> list[str]:
         if not f.peek(1):
             return names
     return names
+
+
+def _scan_op(name: str, arg: Any, recent: list[Any], memo: dict[Any, Any], names: list[str]) -> None:
+    """Follow one pickle opcode: list a global's name; track the strings pushed and memoised, which a
+    STACK_GLOBAL takes as its module and name."""
+    if name in ("GLOBAL", "INST"):
+        names.append(str(arg).replace(" ", ".", 1))
+        recent.append(None)
+    elif name == "STACK_GLOBAL":
+        mod, attr = (recent[-2:] if len(recent) >= 2 else [None, None])
+        ok = isinstance(mod, str) and isinstance(attr, str)
+        names.append(f"{mod}.{attr}" if ok else "<a global named at run time>")
+        recent.append(None)
+    elif name in _STRING_OPS:
+        recent.append(arg if isinstance(arg, str) else None)
+    elif name == "MEMOIZE":
+        memo[len(memo)] = recent[-1] if recent else None
+    elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+        memo[arg] = recent[-1] if recent else None
+    elif name in ("GET", "BINGET", "LONG_BINGET"):
+        recent.append(memo.get(arg))
+    elif name not in ("PROTO", "FRAME"):
+        recent.append(None)
 
 
 def _load_safetensors(path: Path) -> dict[str, Any]:
@@ -248,26 +253,38 @@ def _training_state_problem(ckpt: dict[str, Any], weights: tuple[str, ...]) -> s
             return f"'{key}' is not a state dict (names -> tensors)"
     opt = ckpt.get("optimizer")
     if opt is not None:
-        groups = opt.get("param_groups") if isinstance(opt, dict) else None
-        state = opt.get("state") if isinstance(opt, dict) else None
-        ids_ok = isinstance(groups, list) and all(
-            isinstance(g, dict) and isinstance(g.get("params"), list) and all(_is_int(i) for i in g["params"])
-            for g in groups)
-        if not ids_ok or not isinstance(state, dict):
-            return "'optimizer' is not an optimizer state dict (state, param_groups of parameter ids)"
-        if not all(_is_int(k) and isinstance(v, dict) for k, v in state.items()):
-            return "'optimizer' state is not keyed by parameter id"
+        problem = _optimizer_problem(opt)
+        if problem:
+            return problem
     rng = ckpt.get("rng")
-    if rng is not None:
-        if not isinstance(rng, dict):
-            return "'rng' is not a dict of generator states"
-        want = torch.get_rng_state().numel()
-        cpu = rng.get("torch")
-        if cpu is not None and not _byte_state(cpu, want):
-            return f"'rng' torch state is not a uint8 tensor of {want} bytes"
-        cuda = rng.get("cuda")
-        if cuda is not None and not (isinstance(cuda, (list, tuple)) and all(_byte_state(c) for c in cuda)):
-            return "'rng' cuda states are not uint8 tensors"
+    return None if rng is None else _rng_problem(rng)
+
+
+def _optimizer_problem(opt: Any) -> str | None:
+    """What keeps `opt` from being an optimizer state dict (state and param_groups by parameter id)."""
+    groups = opt.get("param_groups") if isinstance(opt, dict) else None
+    state = opt.get("state") if isinstance(opt, dict) else None
+    ids_ok = isinstance(groups, list) and all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) and all(_is_int(i) for i in g["params"])
+        for g in groups)
+    if not ids_ok or not isinstance(state, dict):
+        return "'optimizer' is not an optimizer state dict (state, param_groups of parameter ids)"
+    if not all(_is_int(k) and isinstance(v, dict) for k, v in state.items()):
+        return "'optimizer' state is not keyed by parameter id"
+    return None
+
+
+def _rng_problem(rng: Any) -> str | None:
+    """What keeps `rng` from being the saved generator states (torch's CPU state and the CUDA ones)."""
+    if not isinstance(rng, dict):
+        return "'rng' is not a dict of generator states"
+    want = torch.get_rng_state().numel()
+    cpu = rng.get("torch")
+    if cpu is not None and not _byte_state(cpu, want):
+        return f"'rng' torch state is not a uint8 tensor of {want} bytes"
+    cuda = rng.get("cuda")
+    if cuda is not None and not (isinstance(cuda, (list, tuple)) and all(_byte_state(c) for c in cuda)):
+        return "'rng' cuda states are not uint8 tensors"
     return None
 
 
