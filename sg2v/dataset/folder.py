@@ -163,8 +163,50 @@ def _frame_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
+class _Invalids:
+    """Where an invalid recording goes: an error (the default), or with --skip-invalid a drop and a
+    warning line."""
+
+    def __init__(self, skip: bool, drops: DropTable):
+        self.skip, self.drops = skip, drops
+        self.warnings: list[str] = []
+
+    def __call__(self, e: _Invalid) -> None:
+        if not self.skip:
+            raise (GraphError if e.exit2 else DatasetError)(str(e))
+        self.drops.add("recording", f"{e.reason} (--skip-invalid)")
+        self.warnings.append(str(e))
+
+
 def plan(source: Path, o: FolderOptions, seed: int, frames: int) -> Plan:
+    """Recordings -> Plan: the NAME.json graphs and the recording beside each, the vocabulary (--vocab or
+    the graphs'), each graph checked against it, seeded splits by recording, then the clips (or the one
+    image) of each recording, in split order."""
     source = Path(source)
+    _check_source(source, o)
+    drops, notes = DropTable(), DropTable()
+    invalid = _Invalids(o.skip_invalid, drops)
+    entries = _read_graphs(source, invalid)
+    vocab = _vocab(o, entries)
+    checked = _check_graphs(source, entries, vocab, invalid)
+    split_of = seeded_split([c[0] for c in checked], seed, o.val_fraction, o.test_fraction)
+    stride = o.clip_stride or frames
+    payloads: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
+    estimate = 0
+    for name, js, media, graph, layout in checked:
+        split = split_of[name]
+        new = _recording_payloads(split, name, js, media, graph, layout, frames, stride, o, drops, invalid)
+        payloads[split] += new
+        estimate += sum(len(p["files"]) for p in new if p.get("kind") != "video")
+    ordered = payloads["train"] + payloads["val"] + payloads["test"]
+    return Plan(vocab=vocab, job=folder_job, payloads=ordered, drops=drops, notes=notes,
+                source={"format": "folder", "name": "recordings with scene graphs", "path": str(source)},
+                frames_estimate=None if any(p.get("kind") == "video" for p in ordered) else estimate,
+                warnings=invalid.warnings)
+
+
+def _check_source(source: Path, o: FolderOptions) -> None:
+    """SOURCE is a folder; the options fit."""
     if not source.is_dir():
         raise DatasetError(f"{source}: no such folder; pass the folder of NAME.json graphs and their "
                            "recordings")
@@ -175,15 +217,10 @@ def plan(source: Path, o: FolderOptions, seed: int, frames: int) -> Plan:
     if not (0 <= o.val_fraction < 1 and 0 <= o.test_fraction < 1 and o.val_fraction + o.test_fraction < 1):
         raise OptionError(f"--val-fraction {o.val_fraction} and --test-fraction {o.test_fraction}: each in "
                           "[0, 1) and together below 1")
-    drops, notes = DropTable(), DropTable()
-    warnings: list[str] = []
 
-    def invalid(e: _Invalid) -> None:
-        if not o.skip_invalid:
-            raise (GraphError if e.exit2 else DatasetError)(str(e))
-        drops.add("recording", f"{e.reason} (--skip-invalid)")
-        warnings.append(str(e))
 
+def _read_graphs(source: Path, invalid: _Invalids) -> list[tuple[Path, Path, dict[Any, Any], Any]]:
+    """Every NAME.json under SOURCE (hidden folders skipped, sorted): (json, recording, graph, layout)."""
     graphs = sorted(p for p in source.rglob("*.json")
                     if not any(part.startswith(".") for part in p.relative_to(source).parts))
     if not graphs:
@@ -192,43 +229,52 @@ def plan(source: Path, o: FolderOptions, seed: int, frames: int) -> Plan:
     entries = []
     for js in graphs:
         try:
-            found = _media(js)
-            if not found:
-                raise _Invalid(f"{js}: no NAME.mp4, NAME/ folder of frames or NAME.png / .jpg beside it; add "
-                               "the recording or move the graph away", "no recording beside the graph",
-                               exit2=False)
-            if len(found) > 1:
-                raise _Invalid(f"{js}: {' and '.join(p.name for p in found)} both belong to it; keep one",
-                               "more than one recording beside the graph", exit2=False)
-            data = _strict_json(js)
-            if not isinstance(data, dict):
-                raise _Invalid(f"{js}: a graph must be a JSON object", "graph file invalid")
-            data = dict(data)
-            raw_layout = data.pop("layout", None)
-            objs = data.get("objects")
-            n = len(objs) if isinstance(objs, list) else 0
-            layout = check_layout(raw_layout, n, f"{js}: layout")
+            entries.append(_read_graph(js))
         except _Invalid as e:
             invalid(e)
-            continue
-        entries.append((js, found[0], data, layout))
+    return entries
 
+
+def _read_graph(js: Path) -> tuple[Path, Path, dict[Any, Any], Any]:
+    """(json, recording, graph without its layout, layout checked); _Invalid naming the problem."""
+    found = _media(js)
+    if not found:
+        raise _Invalid(f"{js}: no NAME.mp4, NAME/ folder of frames or NAME.png / .jpg beside it; add "
+                       "the recording or move the graph away", "no recording beside the graph", exit2=False)
+    if len(found) > 1:
+        raise _Invalid(f"{js}: {' and '.join(p.name for p in found)} both belong to it; keep one",
+                       "more than one recording beside the graph", exit2=False)
+    data = _strict_json(js)
+    if not isinstance(data, dict):
+        raise _Invalid(f"{js}: a graph must be a JSON object", "graph file invalid")
+    data = dict(data)
+    raw_layout = data.pop("layout", None)
+    objs = data.get("objects")
+    n = len(objs) if isinstance(objs, list) else 0
+    return js, found[0], data, check_layout(raw_layout, n, f"{js}: layout")
+
+
+def _vocab(o: FolderOptions, entries: list[tuple[Path, Path, dict[Any, Any], Any]]) -> Vocab:
+    """--vocab, or the sorted names the graphs use."""
     if o.vocab:
         try:
-            vocab = load_vocab(o.vocab)
+            return load_vocab(o.vocab)
         except VocabError as e:
             raise OptionError(f"--vocab: {e}") from None
-    else:
-        obj_names = sorted({n for _, _, d, _ in entries for n in d.get("objects") or [] if isinstance(n, str)}
-                           - {IMAGE_OBJECT})
-        preds = sorted({r[1] for _, _, d, _ in entries for r in d.get("relationships") or []
-                        if isinstance(r, list) and len(r) == 3 and isinstance(r[1], str)} - {IN_IMAGE_PRED})
-        objects_list, preds_list = [IMAGE_OBJECT, *obj_names], [IN_IMAGE_PRED, *preds]
-        vocab = Vocab.from_dict({"object_name_to_idx": {n: i for i, n in enumerate(objects_list)},
-                                 "object_idx_to_name": objects_list,
-                                 "pred_name_to_idx": {n: i for i, n in enumerate(preds_list)},
-                                 "pred_idx_to_name": preds_list}, where="folder vocabulary")
+    obj_names = sorted({n for _, _, d, _ in entries for n in d.get("objects") or [] if isinstance(n, str)}
+                       - {IMAGE_OBJECT})
+    preds = sorted({r[1] for _, _, d, _ in entries for r in d.get("relationships") or []
+                    if isinstance(r, list) and len(r) == 3 and isinstance(r[1], str)} - {IN_IMAGE_PRED})
+    objects_list, preds_list = [IMAGE_OBJECT, *obj_names], [IN_IMAGE_PRED, *preds]
+    return Vocab.from_dict({"object_name_to_idx": {n: i for i, n in enumerate(objects_list)},
+                            "object_idx_to_name": objects_list,
+                            "pred_name_to_idx": {n: i for i, n in enumerate(preds_list)},
+                            "pred_idx_to_name": preds_list}, where="folder vocabulary")
 
+
+def _check_graphs(source: Path, entries: list[tuple[Path, Path, dict[Any, Any], Any]], vocab: Vocab,
+                  invalid: _Invalids) -> list[tuple[str, Path, Path, dict[str, Any], Any]]:
+    """The graphs parsed against the vocabulary: (name, json, recording, graph, layout)."""
     checked = []
     for js, media, data, layout in entries:
         try:
@@ -239,48 +285,43 @@ def plan(source: Path, o: FolderOptions, seed: int, frames: int) -> Plan:
         checked.append((js.relative_to(source).with_suffix("").as_posix(), js, media, graph, layout))
     if not checked:
         raise DatasetError(f"{source}: no valid recording left; see the drop table")
-    split_of = seeded_split([c[0] for c in checked], seed, o.val_fraction, o.test_fraction)
-    stride = o.clip_stride or frames
-    payloads: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
-    estimate = 0
-    for name, js, media, graph, layout in checked:
-        split = split_of[name]
-        base = {"split": split, "name": name, "graph": graph, "layout": layout, "json": str(js),
-                "media": str(media), "frames": frames, "step": o.frame_step, "stride": stride,
-                "skip_invalid": o.skip_invalid}
-        if media.suffix.lower() == ".mp4":
-            payloads[split].append({**base, "kind": "video"})
-            continue
-        files = _frame_files(media) if media.is_dir() else [media]
-        if not files:
-            invalid(_Invalid(f"{media}: no .png / .jpg frames in this folder", "recording has no frames",
-                             exit2=False))
-            continue
-        try:
-            boxes, visible, has = resolve_layout(layout, len(graph["objects"]), len(files), f"{js}: layout")
-        except _Invalid as e:
-            invalid(e)
-            continue
-        taken = list(range(0, len(files), o.frame_step))
-        if not media.is_dir():  # one image: one one-frame sample
-            windows, length = [0], 1
-        else:
-            windows, length = clip_starts(len(taken), frames, stride), frames
-            left = len(taken) - len({i for s in windows for i in range(s, s + frames)})
-            if not windows:
-                drops.add("recording", f"fewer taken frames than --frames ({frames})")
-            drops.add("frame", "after the last full clip of its recording", left if windows else 0)
-        for s in windows:
-            idx = taken[s:s + length]
-            payloads[split].append(_payload(split, name, graph, boxes[:, idx], visible[:, idx], has,
-                                            [files[i] for i in idx], {"recording": name, "file": media.name,
-                                                                     "frames": idx}))
-            estimate += length
-    ordered = payloads["train"] + payloads["val"] + payloads["test"]
-    return Plan(vocab=vocab, job=folder_job, payloads=ordered, drops=drops, notes=notes,
-                source={"format": "folder", "name": "recordings with scene graphs", "path": str(source)},
-                frames_estimate=None if any(p.get("kind") == "video" for p in ordered) else estimate,
-                warnings=warnings)
+    return checked
+
+
+def _recording_payloads(split: str, name: str, js: Path, media: Path, graph: dict[str, Any], layout: Any,
+                        frames: int, stride: int, o: FolderOptions, drops: DropTable, invalid: _Invalids
+                        ) -> list[dict[str, Any]]:
+    """One recording's payloads: an mp4 as one job (decoded into its clips), else one per clip of its
+    frame folder (every --frame-step-th frame) or one for its image."""
+    if media.suffix.lower() == ".mp4":
+        return [{"split": split, "name": name, "graph": graph, "layout": layout, "json": str(js),
+                 "media": str(media), "frames": frames, "step": o.frame_step, "stride": stride,
+                 "skip_invalid": o.skip_invalid, "kind": "video"}]
+    files = _frame_files(media) if media.is_dir() else [media]
+    if not files:
+        invalid(_Invalid(f"{media}: no .png / .jpg frames in this folder", "recording has no frames",
+                         exit2=False))
+        return []
+    try:
+        boxes, visible, has = resolve_layout(layout, len(graph["objects"]), len(files), f"{js}: layout")
+    except _Invalid as e:
+        invalid(e)
+        return []
+    taken = list(range(0, len(files), o.frame_step))
+    if not media.is_dir():  # one image: one one-frame sample
+        windows, length = [0], 1
+    else:
+        windows, length = clip_starts(len(taken), frames, stride), frames
+        left = len(taken) - len({i for s in windows for i in range(s, s + frames)})
+        if not windows:
+            drops.add("recording", f"fewer taken frames than --frames ({frames})")
+        drops.add("frame", "after the last full clip of its recording", left if windows else 0)
+    out = []
+    for s in windows:
+        idx = taken[s:s + length]
+        out.append(_payload(split, name, graph, boxes[:, idx], visible[:, idx], has, [files[i] for i in idx],
+                            {"recording": name, "file": media.name, "frames": idx}))
+    return out
 
 
 def _payload(split: str, name: str, graph: dict[Any, Any], boxes: NDArray[Any], visible: NDArray[Any],
