@@ -205,7 +205,9 @@ def add_fields(parser: Any, cls: type, skip: Sequence[str] = ()) -> Any:
             kw["type"] = meta.get("type") or (type(f.default) if f.default is not None else str)
             if meta.get("nargs"):
                 kw["nargs"] = meta["nargs"]
-        parser.add_argument(_flag(f.name), *meta.get("aliases", ()), **kw)
+        action = parser.add_argument(_flag(f.name), *meta.get("aliases", ()), **kw)
+        if "default:" in meta["help"]:  # a bool's help states its default in words: not a second one
+            action.help = meta["help"]
     return parser
 
 

@@ -11,46 +11,20 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from sg2v.dataset.formats import DATA_FORMATS
 from sg2v.dataset.options import CommonOptions
-from sg2v.errors import GraphError, Sg2vError
+from sg2v.errors import Sg2vError
+from sg2v.options import HelpFormatter, add_fields, from_fields, run_cli
 
 
 class UsageError(Sg2vError):
     """A command-line value that does not fit (exit status 2)."""
 
     exit_code = 2
-
-
-def _add_options(p: argparse.ArgumentParser, cls: type, title: str) -> None:
-    group = p.add_argument_group(title)
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            if f.default:
-                neg = "--" + meta["negative"].replace("_", "-")
-                group.add_argument(neg, dest=f.name, action="store_false", help=meta["negative_help"])
-            else:
-                group.add_argument(flag, dest=f.name, action="store_true", help=meta["help"])
-        else:
-            shown = "" if "default:" in meta["help"] else " (default: %(default)s)"
-            kw: dict[str, Any] = {"dest": f.name, "type": type(f.default), "default": f.default,
-                                  "help": meta["help"] + shown}
-            if "choices" in meta:
-                kw["choices"] = meta["choices"]
-            if f.name == "size":
-                from sg2v.config import MODEL_SIZES
-
-                kw["choices"] = sorted(MODEL_SIZES)
-            group.add_argument(flag, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,11 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("convert", help="convert a data set (see `sg2v-data convert FORMAT --help`)")
     fmts = conv.add_subparsers(dest="format", required=True, metavar="FORMAT")
     for name, f in DATA_FORMATS.items():
-        fp = fmts.add_parser(name, help=f.help, description=f.help)
+        fp = fmts.add_parser(name, help=f.help, description=f.help, formatter_class=HelpFormatter)
         fp.add_argument("source", metavar="SOURCE", help="the data set's folder, as downloaded")
         fp.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
-        _add_options(fp, CommonOptions, "shared options")
-        _add_options(fp, f.options, f"{name} options")
+        add_fields(fp.add_argument_group("shared options"), CommonOptions)
+        add_fields(fp.add_argument_group(f"{name} options"), f.options)
     st = sub.add_parser("stats", help="counts per split, vocabulary sizes and drop table of a converted set")
     st.add_argument("dir", help="a folder written by `sg2v-data convert`")
     st.add_argument("--json", action="store_true", help="print dataset.json instead")
@@ -79,16 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _options(cls: type, args: argparse.Namespace) -> Any:
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
-
-
 def _run(args: argparse.Namespace) -> int:
     if args.command == "convert":
         from sg2v.dataset.convert import convert
 
-        convert(args.format, args.source, args.out, _options(CommonOptions, args),
-                _options(DATA_FORMATS[args.format].options, args))
+        convert(args.format, args.source, args.out, from_fields(CommonOptions, args),
+                from_fields(DATA_FORMATS[args.format].options, args))
         return 0
     if args.command == "stats":
         from sg2v.dataset.format import read_info
@@ -136,27 +106,9 @@ def _check_sheet(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sg2v.safety import describe_os_error, one_line, safe_stdio
-
-    safe_stdio()
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except GraphError as e:
-        print(one_line(f"sg2v-data: invalid graph: {e}"), file=sys.stderr)
-        return 2
-    except Sg2vError as e:
-        print(one_line(f"sg2v-data: error: {e}"), file=sys.stderr)
-        return e.exit_code
-    except BrokenPipeError:  # `sg2v-data stats DIR | head`: the reader left; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except OSError as e:
-        print(f"sg2v-data: error: {describe_os_error(e)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("sg2v-data: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    """Entry point of `sg2v-data`; errors become one line on stderr and an exit status (`run_cli`)."""
+    return run_cli("sg2v-data", lambda: _run(build_parser().parse_args(argv)),
+                   interrupted="nothing was written")
 
 
 if __name__ == "__main__":

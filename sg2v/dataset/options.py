@@ -7,10 +7,11 @@ option is documented once, beside its default.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sg2v.errors import DatasetError
+from sg2v.options import option as option
 
 
 class OptionError(DatasetError):
@@ -19,16 +20,17 @@ class OptionError(DatasetError):
     exit_code = 2
 
 
-def option(default: Any, help: str, **extra: Any) -> Any:
-    """A dataclass field carrying its --help text (and, for choices, `choices=`)."""
-    return field(default=default, metadata={"help": help, **extra})
+def _sizes() -> list[str]:
+    from sg2v.config import MODEL_SIZES
+
+    return sorted(MODEL_SIZES)
 
 
 @dataclass
 class CommonOptions:
     """Options every format takes."""
 
-    size: str = option("small", "model size whose frames / height / width to convert to")
+    size: str = option("small", "model size whose frames / height / width to convert to", choices=_sizes)
     frames: int = option(0, "frames per clip (0: the size's); images are always one-frame clips")
     height: int = option(0, "frame height in pixels (0: the size's)")
     width: int = option(0, "frame width in pixels (0: the size's)")
