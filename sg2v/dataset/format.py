@@ -429,6 +429,20 @@ def _check_record(rec: Any, where: str, vocab: Vocab, n_frames: int) -> tuple[An
             or offset + count > n_frames:
         raise _bad(where, f"frames [{offset!r}, +{count!r}) outside the {n_frames} frames of the split")
     graph = rec["graph"]
+    objects, rels = _check_record_graph(graph, where, vocab)
+    boxes, visible, has_layout, rel_frames = _check_record_arrays(rec, where, len(objects), len(rels), count)
+    source = rec["source"]
+    if not isinstance(source, dict):
+        raise _bad(where, "source must be a JSON object")
+    out_graph: dict[str, Any] = {"objects": objects, "relationships": rels}
+    if isinstance(graph.get("description"), str):
+        out_graph["description"] = graph["description"]
+    return (out_graph, boxes.astype(np.float32), visible.astype(bool), has_layout.astype(bool),
+            rel_frames.astype(bool), source, offset, count)
+
+
+def _check_record_graph(graph: Any, where: str, vocab: Vocab) -> tuple[list[Any], list[Any]]:
+    """A record's graph: (objects, relationships), names in the vocabulary, within the limits, no repeat."""
     if not isinstance(graph, dict) or not isinstance(graph.get("objects"), list) \
             or not isinstance(graph.get("relationships"), list):
         raise _bad(where, "graph must have lists 'objects' and 'relationships'")
@@ -450,6 +464,13 @@ def _check_record(rec: Any, where: str, vocab: Vocab, n_frames: int) -> tuple[An
         if tuple(rel) in seen:
             raise _bad(where, f"relationships[{j}] {rel!r} is a duplicate")
         seen.add(tuple(rel))
+    return objects, rels
+
+
+def _check_record_arrays(rec: dict[Any, Any], where: str, n: int, r: int, count: int
+                         ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
+    """A record's boxes (n, count, 4) in [0, 1], visible (n, count), has_layout (n,), rel_frames
+    (r, count), the last three of 0 / 1."""
     try:
         boxes = np.asarray(rec["boxes"], dtype=np.float64)
         visible = np.asarray(rec["visible"])
@@ -469,14 +490,7 @@ def _check_record(rec: Any, where: str, vocab: Vocab, n_frames: int) -> tuple[An
     if not np.isfinite(boxes).all() or (boxes < 0).any() or (boxes > 1).any() \
             or (boxes[..., 2] < boxes[..., 0]).any() or (boxes[..., 3] < boxes[..., 1]).any():
         raise _bad(where, "boxes must be [x0, y0, x1, y1] in [0, 1] with x0 <= x1, y0 <= y1")
-    source = rec["source"]
-    if not isinstance(source, dict):
-        raise _bad(where, "source must be a JSON object")
-    out_graph: dict[str, Any] = {"objects": objects, "relationships": rels}
-    if isinstance(graph.get("description"), str):
-        out_graph["description"] = graph["description"]
-    return (out_graph, boxes.astype(np.float32), visible.astype(bool), has_layout.astype(bool),
-            rel_frames.astype(bool), source, offset, count)
+    return boxes, visible, has_layout, rel_frames
 
 
 def frames_bytes(n_frames: int, height: int, width: int) -> int:
