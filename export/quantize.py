@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from sg2v import bundle_spec as spec
-from sg2v.errors import Sg2vError
 from sg2v.export.onnx_export import ExportError
 
 QUANT_OPS = ("Conv", "MatMul")
@@ -357,19 +356,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (None: one per core)")
     p.add_argument("--strict-trt", action="store_true", help="fail unless TensorRT parses every node")
     p.add_argument("--force", action="store_true", help="replace an existing --out that is not a bundle")
-    args = p.parse_args(argv)
     from sg2v.export.cli import summary
+    from sg2v.options import run_cli
 
-    try:
+    def run() -> int:
+        args = p.parse_args(argv)
         result = quantize_bundle(args.bundle, args.out, graphs=args.graphs, seed=args.seed,
                                  parity_graphs=args.parity_graphs, force=args.force,
                                  strict_trt=args.strict_trt,
                                  threads=args.threads, log=lambda s: print(s, file=sys.stderr))
-    except Sg2vError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(summary(result))
-    return 0
+        print(summary(result))
+        return 0
+
+    return run_cli(p.prog, run, os_error="nothing was written to --out")
 
 
 if __name__ == "__main__":

@@ -280,15 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", required=True, help="bundle folder written by sg2v-export")
     ap.add_argument("--device", type=int, default=0, help="CUDA device index")
     ap.add_argument("--force", action="store_true", help="replace engines already built for this machine")
-    args = ap.parse_args(argv)
-    try:
+    from sg2v.options import run_cli
+
+    def build() -> int:
+        args = ap.parse_args(argv)
         plans = build_torch_trt_engines(args.ckpt, args.bundle, args.device, args.force)
-    except Sg2vError as e:
-        print(f"sg2v: error: {e}", file=sys.stderr)
-        return e.exit_code
-    for stage, plan in plans.items():
-        print(f"{stage}: {plan}")
-    return 0
+        for stage, plan in plans.items():
+            print(f"{stage}: {plan}")
+        return 0
+
+    return run_cli(ap.prog, build)
 
 
 if __name__ == "__main__":

@@ -422,16 +422,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--opt-batch", type=int, default=1,
                     help="videos per call the engines are tuned for (profiles span 1 to the bundle's "
                          "max_batch)")
-    args = ap.parse_args(argv)
-    try:
+    from sg2v.options import run_cli
+
+    def build() -> int:
+        args = ap.parse_args(argv)
         plans = build_engines(args.bundle, args.device, args.force, args.workspace_mb * (1 << 20) or None,
                               opt_batch=args.opt_batch)
-    except Sg2vError as e:
-        print(f"sg2v: error: {e}", file=sys.stderr)
-        return e.exit_code
-    for stage, plan in plans.items():
-        print(f"{stage}: {plan}")
-    return 0
+        for stage, plan in plans.items():
+            print(f"{stage}: {plan}")
+        return 0
+
+    return run_cli(ap.prog, build)
 
 
 if __name__ == "__main__":

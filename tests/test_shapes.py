@@ -259,7 +259,8 @@ def test_cli_render_sample_score(tmp_path, capsys):
     capsys.readouterr()
     assert main(["render", "--graph", str(bad), "--out", str(tmp_path / "b.npy"), "--tries", "300"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "b.npy").exists()
+    assert err.startswith("python -m sg2v.shapes: invalid graph: ") and err.count("\n") == 1
+    assert not (tmp_path / "b.npy").exists()
 
 
 def test_cli_help_shows_defaults(capsys):

@@ -123,15 +123,14 @@ def _selftest(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
-    try:
+    """Entry point; errors become one line on stderr and an exit status (`sg2v.options.run_cli`)."""
+    from sg2v.options import run_cli
+
+    def run() -> int:
+        a = _parser().parse_args(argv)
         return {"render": _render, "sample": _sample, "score": _score, "selftest": _selftest}[a.cmd](a)
-    except Sg2vError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # unwritable or missing output folder, full disk
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+
+    return run_cli("python -m sg2v.shapes", run)
 
 
 if __name__ == "__main__":
