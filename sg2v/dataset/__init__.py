@@ -8,7 +8,8 @@ into one documented on-disk format (docs/ARCHITECTURE.md "Converted data set"), 
 
 from sg2v.dataset.convert import FORMATS, convert
 from sg2v.dataset.format import SPLITS, ConvertedDataset, read_info
+from sg2v.dataset.formats import DATA_FORMATS, DataFormat
 from sg2v.dataset.options import AGOptions, CocoOptions, CommonOptions, FolderOptions, VGOptions
 
-__all__ = ["FORMATS", "SPLITS", "AGOptions", "CocoOptions", "CommonOptions", "ConvertedDataset",
-           "FolderOptions", "VGOptions", "convert", "read_info"]
+__all__ = ["DATA_FORMATS", "FORMATS", "SPLITS", "AGOptions", "CocoOptions", "CommonOptions", "ConvertedDataset",
+           "DataFormat", "FolderOptions", "VGOptions", "convert", "read_info"]

@@ -4,7 +4,7 @@ implies), the docs table in docs/ARCHITECTURE.md (tests/test_dataset_formats.py 
 
 A format is a module with `plan(source, options, seed, frames) -> sg2v.dataset.common.Plan` (reads and
 filters the source, decodes nothing) plus one `DataFormat` row here; docs/EXTENDING.md "A data format" walks
-it. The module is imported only when its format is converted.
+it. `plan` is looked up when its format is converted.
 """
 
 from __future__ import annotations
