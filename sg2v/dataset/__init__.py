@@ -11,5 +11,5 @@ from sg2v.dataset.format import SPLITS, ConvertedDataset, read_info
 from sg2v.dataset.formats import DATA_FORMATS, DataFormat
 from sg2v.dataset.options import AGOptions, CocoOptions, CommonOptions, FolderOptions, VGOptions
 
-__all__ = ["DATA_FORMATS", "FORMATS", "SPLITS", "AGOptions", "CocoOptions", "CommonOptions", "ConvertedDataset",
-           "DataFormat", "FolderOptions", "VGOptions", "convert", "read_info"]
+__all__ = ["DATA_FORMATS", "FORMATS", "SPLITS", "AGOptions", "CocoOptions", "CommonOptions",
+           "ConvertedDataset", "DataFormat", "FolderOptions", "VGOptions", "convert", "read_info"]
