@@ -306,6 +306,29 @@ def layout_timing_table(pipe, n: int, seed: int, repeats: int, variants: list[st
     return "\n".join(lines)
 
 
+def _occlusion_counts(ov, counts, px, names) -> tuple[int, int]:
+    """Over one video's overlap frames (pair i < j, j drawn on top): how many, and in how many j shows
+    >= WHOLE of its reference pixel count (its median where its box overlaps none, else its shape's)."""
+    import numpy as np
+
+    from sg2v.shapes.world import shape_template
+
+    pairs = whole = 0
+    n = len(names)
+    for i in range(n):
+        for j in range(i + 1, n):  # j is drawn after i: on top
+            for fr in np.flatnonzero(ov[i, j] >= COVER):
+                alone = ov[j].max(axis=0) == 0  # (F,) frames where j's box overlaps none
+                if alone.any():
+                    ref = float(np.median(counts[j, alone]))
+                else:
+                    x0, y0, x1, y1 = px[j, fr]
+                    ref = float(shape_template(names[j][1], max(y1 - y0, 1), max(x1 - x0, 1)).sum())
+                pairs += 1
+                whole += bool(counts[j, fr] >= WHOLE * ref)
+    return pairs, whole
+
+
 def layout_geometry_metrics(videos, graphs, tracks, pinned: list[int]) -> dict:
     """Overlap frames of the layouts (one box covering >= COVER of another), the share of those pairs in
     which the later object shows >= WHOLE of its pixel count in the frames where its box overlaps none (the
@@ -316,7 +339,7 @@ def layout_geometry_metrics(videos, graphs, tracks, pinned: list[int]) -> dict:
 
     from sg2v.geometry import pair_overlaps
     from sg2v.shapes.oracle import color_labels
-    from sg2v.shapes.world import COLOR_NAMES, shape_template, split_name
+    from sg2v.shapes.world import COLOR_NAMES, split_name
 
     over_frames = whole = pairs = 0
     inside = seen = clear_breaks = 0
@@ -329,17 +352,9 @@ def layout_geometry_metrics(videos, graphs, tracks, pinned: list[int]) -> dict:
         over_frames += int((ov >= COVER).any(axis=(0, 1)).sum())
         n = len(names)
         counts = np.stack([(lab == COLOR_NAMES.index(c)).sum(axis=(1, 2)) for c, _ in names])  # (n, F)
-        for i in range(n):
-            for j in range(i + 1, n):  # j is drawn after i: on top
-                for fr in np.flatnonzero(ov[i, j] >= COVER):
-                    alone = ov[j].max(axis=0) == 0  # (F,) frames where j's box overlaps none
-                    if alone.any():
-                        ref = float(np.median(counts[j, alone]))
-                    else:
-                        x0, y0, x1, y1 = px[j, fr]
-                        ref = float(shape_template(names[j][1], max(y1 - y0, 1), max(x1 - x0, 1)).sum())
-                    pairs += 1
-                    whole += bool(counts[j, fr] >= WHOLE * ref)
+        n_pairs, n_whole = _occlusion_counts(ov, counts, px, names)
+        pairs += n_pairs
+        whole += n_whole
         for k in pinned:
             color = COLOR_NAMES.index(names[k][0])
             for fr in range(f):

@@ -90,6 +90,60 @@ def _train_step(model, ema, opt, batch, gen, device: torch.device, tc: TrainConf
     update_ema(ema, model, tc.ema_decay)
 
 
+def _time_loader(tc, cfg, vocab, device, args, float_video: bool) -> tuple[float, dict]:
+    """Median seconds per batch of the loader alone (moved to the device), and its last batch."""
+    total = args.warmup + args.steps
+    times, it = [], iter(_loader(tc, cfg, vocab, device, float_video))
+    for i in range(total):
+        t = time.perf_counter()
+        batch = next(it)
+        if device.type == "cuda":
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t)
+    del it
+    return statistics.median(times), batch
+
+
+def _time_step(tc, cfg, device, args, batch) -> tuple:
+    """Median seconds of one training step on one resident batch; the model, EMA and optimizer it trained."""
+    from sg2v.models.sg2v import build_model
+
+    total = args.warmup + args.steps
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    ema = build_model(cfg).to(device).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.01)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    clock, times = _Clock(device), []
+    for i in range(total):
+        gen = torch.Generator(device=device).manual_seed(i)
+        clock.start()
+        _train_step(model, ema, opt, batch, gen, device, tc)
+        dt = clock.stop()
+        if i >= args.warmup:
+            times.append(dt)
+    return statistics.median(times), model, ema, opt
+
+
+def _time_loop(tc, cfg, vocab, device, args, model, ema, opt) -> float:
+    """Median seconds per step of loader and step together, as sg2v-train runs them."""
+    total = args.warmup + args.steps
+    times, it = [], iter(_loader(tc, cfg, vocab, device))
+    for i in range(total):
+        t = time.perf_counter()
+        b = {k: v.to(device, non_blocking=True) for k, v in next(it).items()}
+        gen = torch.Generator(device=device).manual_seed(i)
+        _train_step(model, ema, opt, b, gen, device, tc)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t)
+    del it
+    return statistics.median(times)
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -105,52 +159,16 @@ def main(argv=None) -> int:
                  "torch": torch.__version__, "steps": args.steps, "warmup": args.warmup}
 
     # 1. the loader alone (host clock: it is host work), as shipped (uint8) and with float32 video
-    for key, float_video in (("loader_f32_s_per_batch", True), ("loader_s_per_batch", False)):
-        times, it = [], iter(_loader(tc, cfg, vocab, device, float_video))
-        for i in range(total):
-            t = time.perf_counter()
-            batch = next(it)
-            if device.type == "cuda":
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                torch.cuda.synchronize()
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t)
-        del it
-        res[key] = statistics.median(times)
+    res["loader_f32_s_per_batch"], _ = _time_loader(tc, cfg, vocab, device, args, float_video=True)
+    res["loader_s_per_batch"], batch = _time_loader(tc, cfg, vocab, device, args, float_video=False)
 
     # 2. the step alone, on one resident batch
-    from sg2v.models.sg2v import build_model
-
-    torch.manual_seed(0)
-    model = build_model(cfg).to(device)
-    ema = build_model(cfg).to(device).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.01)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    clock, times = _Clock(device), []
-    for i in range(total):
-        gen = torch.Generator(device=device).manual_seed(i)
-        clock.start()
-        _train_step(model, ema, opt, batch, gen, device, tc)
-        dt = clock.stop()
-        if i >= args.warmup:
-            times.append(dt)
-    res["step_s"] = statistics.median(times)
+    res["step_s"], model, ema, opt = _time_step(tc, cfg, device, args, batch)
     if device.type == "cuda":
         res["step_cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
 
     # 3. both, as sg2v-train runs them (host clock over whole steps, after a device sync)
-    times, it = [], iter(_loader(tc, cfg, vocab, device))
-    for i in range(total):
-        t = time.perf_counter()
-        b = {k: v.to(device, non_blocking=True) for k, v in next(it).items()}
-        gen = torch.Generator(device=device).manual_seed(i)
-        _train_step(model, ema, opt, b, gen, device, tc)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t)
-    del it
-    res["loop_s_per_step"] = statistics.median(times)
+    res["loop_s_per_step"] = _time_loop(tc, cfg, vocab, device, args, model, ema, opt)
     for k in ("loader_s_per_batch", "loader_f32_s_per_batch", "step_s", "loop_s_per_step"):
         res[k.split("_s_")[0].removesuffix("_s") + "_samples_per_s"] = args.batch / res[k]
     limit = "data" if res["loader_samples_per_s"] < res["step_samples_per_s"] else "model step"

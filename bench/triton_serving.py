@@ -65,6 +65,35 @@ def _measure(call: Callable[[int], None], clients: int, requests: int) -> dict[s
             "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
 
 
+def _machine() -> dict:
+    """The CPU model, cores, Python version and load of this machine."""
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                machine["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return machine
+
+
+def _print_table(args: argparse.Namespace, rows: list[dict], machine: dict) -> None:
+    """The markdown table: per client count, Triton's and the in-process Pipeline's figures, their ratio."""
+    print(f"\nbundle {args.bundle}, steps {args.steps or 'default'}, {args.requests} requests per level; "
+          f"{machine['cpu']}, {machine['cores']} cores, load {machine['load_avg_1m']:.1f}")
+    print("| clients | Triton req/s | Triton p50 ms | Triton p95 ms | in-process req/s | in-process p50 ms | "
+          "in-process p95 ms | Triton / in-process req/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for clients in args.clients:
+        t, s = (next(r for r in rows if r["side"] == side and r["clients"] == clients)
+                for side in ("triton", "in-process"))
+        print(f"| {clients} | {t['requests_per_s']:.2f} | {t['p50_ms']:.0f} | {t['p95_ms']:.0f} | "
+              f"{s['requests_per_s']:.2f} | {s['p50_ms']:.0f} | {s['p95_ms']:.0f} | "
+              f"{t['requests_per_s'] / s['requests_per_s']:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -108,26 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
                     print(f"{side:10s} {clients:3d} clients: {row['requests_per_s']:7.2f} req/s, p50 "
                           f"{row['p50_ms']:8.1f} ms, p95 {row['p95_ms']:8.1f} ms", flush=True)
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                machine["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    print(f"\nbundle {args.bundle}, steps {args.steps or 'default'}, {args.requests} requests per level; "
-          f"{machine['cpu']}, {machine['cores']} cores, load {machine['load_avg_1m']:.1f}")
-    print("| clients | Triton req/s | Triton p50 ms | Triton p95 ms | in-process req/s | in-process p50 ms | "
-          "in-process p95 ms | Triton / in-process req/s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for clients in args.clients:
-        t, s = (next(r for r in rows if r["side"] == side and r["clients"] == clients)
-                for side in ("triton", "in-process"))
-        print(f"| {clients} | {t['requests_per_s']:.2f} | {t['p50_ms']:.0f} | {t['p95_ms']:.0f} | "
-              f"{s['requests_per_s']:.2f} | {s['p50_ms']:.0f} | {s['p95_ms']:.0f} | "
-              f"{t['requests_per_s'] / s['requests_per_s']:.2f} |")
+    machine = _machine()
+    _print_table(args, rows, machine)
     if args.json:
         Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "machine": machine,
                                                "rows": rows}, indent=1) + "\n")
