@@ -231,27 +231,7 @@ def fuzz_onnx(rng: np.random.Generator, n: int, work: Path) -> Counter:
                  numpy_helper.from_array(np.array([a], np.int64), "a"),
                  numpy_helper.from_array(np.array([b], np.int64), "b")]
         nodes.append(helper.make_node("Mul", ["a", "bsz" if by_batch else "b"], ["n"]))
-        true_n = a * (rows if by_batch else b)  # the largest n at any batch size 1..rows
-        if op == "Tile":
-            nodes.append(helper.make_node("Tile", ["one", "n"], ["y"]))
-        elif op == "Expand":
-            nodes.append(helper.make_node("Expand", ["one", "n"], ["y"]))
-        elif op == "ConstantOfShape":
-            nodes.append(helper.make_node("ConstantOfShape", ["n"], ["y"]))
-        elif op == "Range":
-            inits += [numpy_helper.from_array(np.array(0, np.int64), "r0"),
-                      numpy_helper.from_array(np.array(1, np.int64), "r1")]
-            nodes += [helper.make_node("Squeeze", ["n"], ["lim"]),
-                      helper.make_node("Range", ["r0", "lim", "r1"], ["y"])]
-        elif op == "Pad":
-            nodes += [helper.make_node("Concat", ["i0", "n"], ["p"], axis=0),
-                      helper.make_node("Pad", ["one", "p"], ["y"])]
-            true_n += 1
-        else:  # Reshape of x (batch, 3) to (n, -1): refused unless it divides at every batch size
-            nodes.append(helper.make_node("Concat", ["n", "m1"], ["shape"], axis=0))
-            inits.append(numpy_helper.from_array(np.array([-1], np.int64), "m1"))
-            nodes.append(helper.make_node("Reshape", ["x", "shape"], ["y"]))
-            true_n = 3 * rows
+        true_n = _bomb(op, nodes, inits, a * (rows if by_batch else b), rows)
         graph = helper.make_graph(nodes, "g", [x], y, initializer=inits)
         path = work / f"m{i}.onnx"
         path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -263,6 +243,43 @@ def fuzz_onnx(rng: np.random.Generator, n: int, work: Path) -> Counter:
             continue
         assert true_n <= MAX_ELEMENTS, (op, a, b, by_batch, rows)
         out["ok"] += 1
+    out.update(_mutated_encoders(rng, n, work))
+    return out
+
+
+def _bomb(op: str, nodes: list, inits: list, n: int, rows: int) -> int:
+    """Append the `op` node fed by the computed size "n" (at most `n`) to `nodes` and `inits`; returns the
+    true largest output size at any batch size 1..rows."""
+    from onnx import helper, numpy_helper
+
+    if op == "Tile":
+        nodes.append(helper.make_node("Tile", ["one", "n"], ["y"]))
+    elif op == "Expand":
+        nodes.append(helper.make_node("Expand", ["one", "n"], ["y"]))
+    elif op == "ConstantOfShape":
+        nodes.append(helper.make_node("ConstantOfShape", ["n"], ["y"]))
+    elif op == "Range":
+        inits += [numpy_helper.from_array(np.array(0, np.int64), "r0"),
+                  numpy_helper.from_array(np.array(1, np.int64), "r1")]
+        nodes += [helper.make_node("Squeeze", ["n"], ["lim"]),
+                  helper.make_node("Range", ["r0", "lim", "r1"], ["y"])]
+    elif op == "Pad":
+        nodes += [helper.make_node("Concat", ["i0", "n"], ["p"], axis=0),
+                  helper.make_node("Pad", ["one", "p"], ["y"])]
+        return n + 1
+    else:  # Reshape of x (batch, 3) to (n, -1): refused unless it divides at every batch size
+        nodes.append(helper.make_node("Concat", ["n", "m1"], ["shape"], axis=0))
+        inits.append(numpy_helper.from_array(np.array([-1], np.int64), "m1"))
+        nodes.append(helper.make_node("Reshape", ["x", "shape"], ["y"]))
+        return 3 * rows
+    return n
+
+
+def _mutated_encoders(rng: np.random.Generator, n: int, work: Path) -> Counter:
+    """Byte-level mutations (and truncations) of a real exported encoder: refused or accepted whole."""
+    from sg2v.runtime.onnx_guard import OnnxGuardError, check_onnx_file
+
+    out: Counter = Counter()
     real = (ROOT / "models" / "demo-ungrounded" / "encoder.onnx").read_bytes()
     for i in range(max(n // 10, 4)):
         raw = bytearray(real)
@@ -331,25 +348,7 @@ def fuzz_bundle_npz(rng: np.random.Generator, n: int, work: Path) -> Counter:
         good = {k: z[k] for k in z.files}
     out: Counter = Counter()
     for _ in range(n):
-        w = dict(good)
-        for _ in range(int(rng.integers(1, 3))):
-            key = sorted(w)[int(rng.integers(len(w)))]
-            a = w[key]
-            change = int(rng.integers(7))
-            if change == 0:
-                w[key] = a.ravel()
-            elif change == 1:
-                w[key] = a[: max(a.shape[0] - int(rng.integers(1, 3)), 0)]
-            elif change == 2:
-                w[key] = a.T.copy() if a.ndim == 2 else np.stack([a, a])
-            elif change == 3:
-                w[key] = a.astype(np.float16)
-            elif change == 4:
-                w[f"layers.{int(rng.choice([5, 99999999, 10 ** 12]))}.extra"] = np.ones(2, np.float32)
-            elif change == 5:
-                del w[key]
-            else:
-                w[key] = np.full_like(a, np.nan)
+        w = _mutated_weights(rng, good)
         np.savez(root / "encoder_weights.npz", **w)
         m = json.loads((root / "manifest.json").read_text())
         write_manifest(root, m)
@@ -369,6 +368,31 @@ def fuzz_bundle_npz(rng: np.random.Generator, n: int, work: Path) -> Counter:
         out["ok"] += 1
     np.savez(root / "encoder_weights.npz", **good)
     return out
+
+
+def _mutated_weights(rng: np.random.Generator, good: dict) -> dict:
+    """`good` with one or two random changes: a key flattened, cut short, transposed, halved in precision,
+    an extra layer, a key dropped, or NaN values."""
+    w = dict(good)
+    for _ in range(int(rng.integers(1, 3))):
+        key = sorted(w)[int(rng.integers(len(w)))]
+        a = w[key]
+        change = int(rng.integers(7))
+        if change == 0:
+            w[key] = a.ravel()
+        elif change == 1:
+            w[key] = a[: max(a.shape[0] - int(rng.integers(1, 3)), 0)]
+        elif change == 2:
+            w[key] = a.T.copy() if a.ndim == 2 else np.stack([a, a])
+        elif change == 3:
+            w[key] = a.astype(np.float16)
+        elif change == 4:
+            w[f"layers.{int(rng.choice([5, 99999999, 10 ** 12]))}.extra"] = np.ones(2, np.float32)
+        elif change == 5:
+            del w[key]
+        else:
+            w[key] = np.full_like(a, np.nan)
+    return w
 
 
 SURFACES = {"coco-segmentation": (fuzz_segmentation, 300), "coco-convert": (fuzz_coco, 30),

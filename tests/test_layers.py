@@ -156,6 +156,17 @@ def _torch_at_import(graph: dict[str, list[Import]], modules: dict[str, Path], t
     return out
 
 
+def _pop_component(stack: list[str], on_stack: set[str], v: str) -> list[str]:
+    """Tarjan's step for a root `v`: pop its strongly connected component off `stack`."""
+    group = []
+    while True:
+        w = stack.pop()
+        on_stack.discard(w)
+        group.append(w)
+        if w == v:
+            return group
+
+
 def _cycles(graph: dict[str, list[Import]], modules: dict[str, Path], root: Path) -> list[str]:
     """Rule 5: every strongly connected set of modules on module-level imports (Tarjan's algorithm)."""
     edges = {m: sorted({i.target for i in found if i.runs_at_import and i.target in graph and i.target != m})
@@ -177,13 +188,7 @@ def _cycles(graph: dict[str, list[Import]], modules: dict[str, Path], root: Path
             elif w in on_stack:
                 low[v] = min(low[v], index[w])
         if low[v] == index[v]:
-            group = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                group.append(w)
-                if w == v:
-                    break
+            group = _pop_component(stack, on_stack, v)
             if len(group) > 1:
                 out.append(f"import cycle at module level: {' <-> '.join(sorted(group))}")
 

@@ -287,9 +287,9 @@ def test_x0_parameterised_unet_outputs_v_of_its_x0():
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
-def test_unet_flops_match_hand_count():
-    """unet_flops against a per-layer count taken with forward hooks on a real model."""
-    net = make_unet()
+def _hooked_flops(net, *args) -> int:
+    """FLOPs of one forward pass of `net`, counted by forward hooks on its convolutions, linears and
+    attention (QK^T and AV)."""
     count = [0]
 
     def conv_hook(m, inp, out):
@@ -312,23 +312,19 @@ def test_unet_flops_match_hand_count():
         elif isinstance(m, Attention):
             m.register_forward_hook(attn_hook)
     with torch.no_grad():
-        net(*inputs(2))
-    assert unet_flops(UNGROUNDED, batch=2) == count[0]
-    assert unet_flops(UNGROUNDED, batch=4) == 2 * count[0]
+        net(*args)
+    return count[0]
+
+
+def test_unet_flops_match_hand_count():
+    """unet_flops against a per-layer count taken with forward hooks on a real model."""
+    count = _hooked_flops(make_unet(), *inputs(2))
+    assert unet_flops(UNGROUNDED, batch=2) == count
+    assert unet_flops(UNGROUNDED, batch=4) == 2 * count
     # grounded: the same plus the grounding layers' convs / linears and the object maps' paint MatMul
-    count[0] = 0
-    net = make_unet(grounded=True)
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            m.register_forward_hook(conv_hook)
-        elif isinstance(m, nn.Linear):
-            m.register_forward_hook(linear_hook)
-        elif isinstance(m, Attention):
-            m.register_forward_hook(attn_hook)
-    with torch.no_grad():
-        net(*inputs(2), *layout_inputs(2))
+    count = _hooked_flops(make_unet(grounded=True), *inputs(2), *layout_inputs(2))
     paint = 2 * 2 * D.frames * D.height * D.width * D.padded_objects * CFG.unet.layout_dim
-    assert unet_flops(CFG, batch=2) == count[0] + paint
+    assert unet_flops(CFG, batch=2) == count + paint
 
 
 def _export_and_compare(path, dynamo: bool):
