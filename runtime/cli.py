@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=None,
                     help="most videos per batched call (default: the bundle's max_batch; format-1 bundles "
                          "take 1)")
-    for name in (BACKEND, "sampler", "threads"):
-        add_shared(ap, name)
+    for opt in (BACKEND, "sampler", "threads"):
+        add_shared(ap, opt)
     ap.add_argument("--device", default=None,
                     help="cpu, cuda or cuda:N (default: the backend's choice, GPU 0 when it uses one)")
     ap.add_argument("--ckpt", default=None,

@@ -137,7 +137,8 @@ def add_shared(parser: Any, name: str | Shared, **overrides: Any) -> argparse.Ac
         if opt.metavar:
             kw["metavar"] = opt.metavar
     kw.update(overrides)
-    return parser.add_argument(opt.flag, **kw)
+    action: argparse.Action = parser.add_argument(opt.flag, **kw)
+    return action
 
 
 def check_shared(args: argparse.Namespace, error: type[Exception],
