@@ -19,8 +19,9 @@ from sg2v.dataset import FORMATS, ConvertedDataset, convert
 from sg2v.dataset.cli import build_parser, main
 from sg2v.dataset.common import DropTable, Plan, frames_job
 from sg2v.dataset.formats import DATA_FORMATS, DataFormat, data_format, docs_rows, source_rules
-from sg2v.dataset.options import CommonOptions, option
+from sg2v.dataset.options import CommonOptions
 from sg2v.errors import DatasetError
+from sg2v.options import option
 from sg2v.relations import FAMILIES
 from sg2v.vocab import IMAGE_OBJECT, IN_IMAGE_PRED, Vocab
 
@@ -56,6 +57,7 @@ def test_every_plan_has_one_signature_and_rules_are_known():
         assert list(inspect.signature(plan).parameters) == ["source", "o", "seed", "frames"], f.name
         assert dataclasses.is_dataclass(f.options)
         assert f.rules in (*FAMILIES, "none")
+        assert {name for name, _ in f.inputs} <= {fl.name for fl in dataclasses.fields(f.options)}, f.name
     assert source_rules("coco-stuff") == "coco"
     assert source_rules("vg") == source_rules("folder") == source_rules("nope") == "none"
     with pytest.raises(DatasetError, match="unknown format 'nope'; choose one of vg, coco-stuff"):
@@ -70,6 +72,7 @@ class ToyOptions:
     """A folder of PNG images, one object each."""
 
     name: str = option("thing", "the one object name every image holds")
+    extra_dir: str = option("", "a folder it reads besides SOURCE (its content is not used)")
 
 
 def plan(source: Path, o: ToyOptions, seed: int, frames: int) -> Plan:
@@ -99,16 +102,22 @@ def test_a_format_added_by_one_registry_row(tmp_path, monkeypatch):
     for k, (w, h) in enumerate(sizes):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(src / f"{k}.png")
     row = DataFormat(name="toy", help="PNG images, one object each", module=__name__, options=ToyOptions,
-                     samples="images", splits="first image val", defaults="none", rules="coco")
+                     samples="images", splits="first image val", defaults="none", rules="coco",
+                     inputs=(("extra_dir", True),))
     monkeypatch.setitem(DATA_FORMATS, "toy", row)
     assert main(["convert", "toy", str(src), "--out", str(tmp_path / "out"), "--name", "box",
                  "--height", "16", "--width", "24", "--frames", "1"]) == 0
     info = json.loads((tmp_path / "out" / "dataset.json").read_text())
-    assert info["source_format"] == "toy" and info["options"]["toy"] == {"name": "box"}
+    assert info["source_format"] == "toy" and info["options"]["toy"] == {"name": "box", "extra_dir": ""}
     assert info["splits"]["train"]["samples"] == 2 and info["splits"]["val"]["samples"] == 1
     ds = ConvertedDataset(tmp_path / "out", "train")
     w, h = sizes[1]
     np.testing.assert_allclose(ds[0]["boxes"][0, 0], [1 / w, 2 / h, (w - 1) / w, (h - 3) / h], atol=1e-4)
     assert list(ds.vocab.object_names) == ["box"] and source_rules("toy") == "coco"
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    with pytest.raises(DatasetError, match="--extra-dir"):  # --out inside a folder its options name
+        convert("toy", src, extra / "out", CommonOptions(), ToyOptions(extra_dir=str(extra)))
+    assert not (extra / "out").exists()
     with pytest.raises(TypeError, match="options for 'toy' must be ToyOptions"):
         convert("toy", src, tmp_path / "o2", CommonOptions(), DATA_FORMATS["vg"].options())

@@ -68,21 +68,19 @@ def make_plan(fmt: str, source: Path, opts: Any, seed: int, frames: int) -> Plan
 
 
 def _check_out(out: Path, source: Path, force: bool, fmt: str, options: Any = None) -> None:
-    """--out through `sg2v.safety.check_outputs`: never SOURCE, a folder it names (--images-dir,
-    --annotations-dir, --frames-dir) or a file it reads (--vocab, --splits-json), nor a folder holding or
-    inside one of them, even with --force; an existing path only with --force (a converted set: the old one
-    stays until the new one is complete)."""
+    """--out through `sg2v.safety.check_outputs`: never SOURCE, a folder or file the format's options name
+    (its registry row's `inputs`: --images-dir, --annotations-dir, --frames-dir, --vocab, --splits-json), nor
+    a folder holding or inside one of them, even with --force; an existing path only with --force (a
+    converted set: the old one stays until the new one is complete)."""
     from sg2v.safety import Output, OutputError, WriteError, check_outputs, inputs
 
     named: list[tuple[Any, str, bool]] = [(source, "the source data set", source.is_dir())]
-    for name in ("images_dir", "annotations_dir", "frames_dir"):
+    for name, folder in data_format(fmt).inputs:
         value = getattr(options, name, "")
         if value:
-            named.append((value, f"the --{name.replace('_', '-')} folder", True))
-    for name in ("vocab", "splits_json"):
-        value = getattr(options, name, "")
-        if value:
-            named.append((value, f"the --{name.replace('_', '-')} file", Path(value).is_dir()))
+            flag = f"--{name.replace('_', '-')}"
+            named.append((value, f"the {flag} folder", True) if folder
+                         else (value, f"the {flag} file", Path(value).is_dir()))
     try:
         check_outputs([Output("--out", out, folder=True)], inputs(*named), force=force)
     except OutputError as e:

@@ -29,6 +29,7 @@ class DataFormat:
     splits: str  # how train / val / test are formed (docs table)
     defaults: str  # whose preprocessing the defaults follow (docs table)
     rules: str = "none"  # relation-rule family `sg2v-train --data` implies (sg2v.relations.FAMILIES or none)
+    inputs: tuple[tuple[str, bool], ...] = ()  # (option, is a folder) naming what it reads besides SOURCE
 
     def plan(self, source: Path, options: Any, seed: int, frames: int) -> Any:
         """The source read and filtered (`Plan`): the converter module's `plan`."""
@@ -43,7 +44,8 @@ DATA_FORMATS: dict[str, DataFormat] = {f.name: f for f in (
         module="sg2v.dataset.vg", options=VGOptions, samples="images",
         splits="sg2im's `vg_splits.json` with `--splits-json`, else seeded 80/10/10",
         defaults="sg2im `preprocess_vg.py`: aliases, vocabulary >= 2000 objects / 500 relationships, objects "
-                 ">= 32 px, 3..30 objects and 1..30 relationships per image, images >= 200 px"),
+                 ">= 32 px, 3..30 objects and 1..30 relationships per image, images >= 200 px",
+        inputs=(("images_dir", True), ("splits_json", False))),
     DataFormat(
         name="coco-stuff",
         help="COCO 2017 + COCO-Stuff: SOURCE holds annotations/{instances,stuff}_{train,val}2017.json and "
@@ -52,7 +54,7 @@ DATA_FORMATS: dict[str, DataFormat] = {f.name: f for f in (
         splits="train2017; first 1024 val2017 images -> val, the rest -> test",
         defaults="sg2im `coco.py`: category ids as object ids, stuff images only, boxes > 2% of the image, "
                  "3..8 objects, no \"other\"; geometric relationships drawn once per image (seeded)",
-        rules="coco"),
+        rules="coco", inputs=(("images_dir", True), ("annotations_dir", True))),
     DataFormat(
         name="action-genome",
         help="Action Genome v1.0: SOURCE holds annotations/ (pickles, class lists, frame_list.txt) and "
@@ -63,7 +65,8 @@ DATA_FORMATS: dict[str, DataFormat] = {f.name: f for f in (
         defaults="STTran's frame filters (no person box / no visible object: dropped); relationships with "
                  "per-frame `rel_frames`: attention and contacting person -> object, spatial object -> "
                  "person (the paper's definition: where the object is relative to the person; "
-                 "`--spatial-direction person-to-object` writes them as STTran does)"),
+                 "`--spatial-direction person-to-object` writes them as STTran does)",
+        inputs=(("annotations_dir", True), ("frames_dir", True))),
     DataFormat(
         name="folder",
         help="your recordings: NAME.json (scene graph, optional layout) beside NAME.mp4, NAME/ (frames) or "
@@ -71,7 +74,7 @@ DATA_FORMATS: dict[str, DataFormat] = {f.name: f for f in (
         module="sg2v.dataset.folder", options=FolderOptions,
         samples="clips of F consecutive frames (every `--frame-step`-th), images",
         splits="seeded by recording",
-        defaults="vocabulary from the graphs or `--vocab`"),
+        defaults="vocabulary from the graphs or `--vocab`", inputs=(("vocab", False),)),
 )}
 
 
