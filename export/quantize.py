@@ -344,6 +344,9 @@ def quantize_bundle(src: str | Path, out: str | Path, graphs: int = CALIBRATION_
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sg2v.export.cli import FlagError, summary
+    from sg2v.options import add_shared, check_shared, run_cli
+
     p = argparse.ArgumentParser(prog="python -m sg2v.export.quantize",
                                 description="Quantise an fp32 bundle's UNet to int8 Q/DQ, calibrated on the "
                                             "bundle's own generations; writes a new bundle (precision int8).")
@@ -352,15 +355,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--graphs", type=int, default=CALIBRATION_GRAPHS, help="calibration graphs")
     p.add_argument("--parity-graphs", type=int, default=PARITY_GRAPHS,
                    help="held-out graphs whose frames are compared with fp32 (the manifest's parity entry)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the graphs and their noise")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (None: one per core)")
+    add_shared(p, "seed", what="the calibration graphs and their noise")
+    add_shared(p, "threads")
     p.add_argument("--strict-trt", action="store_true", help="fail unless TensorRT parses every node")
     p.add_argument("--force", action="store_true", help="replace an existing --out that is not a bundle")
-    from sg2v.export.cli import summary
-    from sg2v.options import run_cli
 
     def run() -> int:
         args = p.parse_args(argv)
+        check_shared(args, FlagError, ("seed", "threads"))
         result = quantize_bundle(args.bundle, args.out, graphs=args.graphs, seed=args.seed,
                                  parity_graphs=args.parity_graphs, force=args.force,
                                  strict_trt=args.strict_trt,
