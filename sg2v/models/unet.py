@@ -27,8 +27,10 @@ GUIDANCE_SCALE = 100.0  # a student's guidance weight w enters the sinusoidal em
 
 def dims(x: torch.Tensor) -> tuple[int, ...]:
     """x's shape as Python ints: constants in a traced graph, whose one dynamic axis (the batch, dim 0 of the
-    stage's inputs) every reshape here writes as -1, so the exported graph carries no shape arithmetic."""
-    return tuple(int(s) for s in x.shape)
+    stage's inputs) every reshape here writes as -1, so the exported graph carries no shape arithmetic. A
+    symbolic size (torch.export's dynamic batch, e.g. the layout stage's candidate rows) stays symbolic:
+    int() would specialise it to the example's value."""
+    return tuple(s if isinstance(s, torch.SymInt) else int(s) for s in x.shape)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
