@@ -190,26 +190,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--log", default=None,
                    help="server log file (default: a temporary file, removed when the server stops)")
-    args = p.parse_args(argv)
-    server = TritonServer(args.repo, args.http_port, args.grpc_port, args.host, args.log)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on the way out, as on Ctrl-C
-    try:
-        server.start()
-        print(f"sg2v: tritonserver ready at http://{server.url} (log {server.log_path}); Ctrl-C stops it",
-              flush=True)
-        process = server.process
-        assert process is not None  # start() returned: the server is up
-        while process.poll() is None:
-            time.sleep(1)
-        print(f"sg2v: tritonserver exited with status {process.returncode}", file=sys.stderr)
-        return 1
-    except Sg2vError as e:
-        print(f"sg2v: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        server.stop()
+    from sg2v.options import run_cli
+
+    def serve() -> int:
+        args = p.parse_args(argv)
+        server = TritonServer(args.repo, args.http_port, args.grpc_port, args.host, args.log)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on the way out (as Ctrl-C)
+        try:
+            server.start()
+            print(f"sg2v: tritonserver ready at http://{server.url} (log {server.log_path}); Ctrl-C stops it",
+                  flush=True)
+            process = server.process
+            assert process is not None  # start() returned: the server is up
+            while process.poll() is None:
+                time.sleep(1)
+            print(f"sg2v: tritonserver exited with status {process.returncode}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:  # Ctrl-C is how a served session ends
+            return 0
+        finally:
+            server.stop()
+
+    return run_cli(p.prog, serve)
 
 
 if __name__ == "__main__":
