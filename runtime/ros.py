@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sg2v.errors import ConfigError, GraphError, Sg2vError, first_line, require
+from sg2v.errors import ConfigError, GraphError, MissingDependencyError, Sg2vError, first_line, require
 from sg2v.runtime.backends import BACKENDS
 
 NODE_NAME = "sg2v"
@@ -481,17 +481,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the node until SIGINT or SIGTERM; 0 after a clean shutdown, 1 or 2 for a bad setting."""
+    """Run the node until SIGINT or SIGTERM; 0 after a clean shutdown, 1 or 2 for a bad setting (one line,
+    `sg2v.options.run_cli`)."""
+    from sg2v.options import run_cli
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli("sg2v-ros", lambda: _serve(argv))
+
+
+def _serve(argv: list[str]) -> int:
+    """Check our flags, start rclpy and spin the node until a shutdown; 0 then."""
     ours = argv[:argv.index("--ros-args")] if "--ros-args" in argv else argv
     build_parser().parse_args(ours)
     try:
         rclpy = require("rclpy", "ros")
         from rclpy.executors import ExternalShutdownException
     except Sg2vError as e:
-        print(f"sg2v-ros: {first_line(e)} (on Jetson and other non-x86 machines: source your ROS 2 "
-              "installation, e.g. /opt/ros/jazzy/setup.bash)", file=sys.stderr)
-        return e.exit_code
+        raise MissingDependencyError(f"{first_line(e)} (on Jetson and other non-x86 machines: source your "
+                                     "ROS 2 installation, e.g. /opt/ros/jazzy/setup.bash)") from None
     rclpy.init(args=["sg2v-ros", *argv])
     node = None
     try:
@@ -499,9 +506,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         rclpy.spin(node.node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except Sg2vError as e:
-        print(f"sg2v-ros: {first_line(e)}", file=sys.stderr)
-        return e.exit_code
     finally:
         if node is not None:
             start = time.monotonic()

@@ -181,7 +181,7 @@ def test_run_cli_says_nothing_when_the_reader_left(tmp_path, monkeypatch, capsys
 @pytest.mark.parametrize("module", ["sg2v.runtime.cli", "sg2v.export.bench", "sg2v.export.cli",
                                     "sg2v.cli.train", "sg2v.dataset.cli", "sg2v.shapes.__main__",
                                     "sg2v.runtime.engines", "sg2v.export.torch_trt", "sg2v.export.quantize",
-                                    "sg2v.export.triton"])
+                                    "sg2v.export.triton", "sg2v.runtime.triton_server", "sg2v.runtime.ros"])
 def test_entry_points_catch_errors_only_through_run_cli(module):
     """No entry point keeps its own copy of the error wrapper."""
     import importlib
