@@ -267,6 +267,20 @@ def test_a_step_count_the_student_was_not_distilled_for_is_refused_first(student
     assert "8 steps: this student was distilled for [1, 2, 4] steps" in err
 
 
+def test_without_steps_a_student_is_timed_at_its_own_step_count(student_bundle, tmp_path):
+    """--steps defaults to the bundle's, as in sg2v-run: a student runs at the step count it was distilled
+    for instead of being refused."""
+    from sg2v.runtime.bundle import Bundle
+
+    argv = ["--bundle", str(student_bundle), "--repeats", "1", "--warmup", "0", "--threads", "1",
+            "--write", "none", "--backends", "ort-cpu", "--json", str(tmp_path / "b.json")]
+    assert bench.main(argv) == 0
+    rep = json.loads((tmp_path / "b.json").read_text())
+    steps = Bundle.open(student_bundle, verify=False).sampler_defaults["steps"]
+    assert rep["settings"]["steps"] == steps
+    assert rep["backends"]["ort-cpu"]["results"]["unet_calls"] == steps
+
+
 def test_compare_steps_are_checked(tmp_path, capsys):
     base = ["--bundle", str(tmp_path / "a")]
     for extra, why in ((["--compare-steps", "2"], "add --compare BUNDLE"),
