@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sg2v import bundle_spec as spec
 from sg2v.errors import Sg2vError
-from sg2v.options import add_shared, check_shared, run_cli
+from sg2v.options import HelpFormatter, add_shared, check_shared, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(layout-grounded models), unet.onnx, manifest.json, null context, encoder weights. "
                     "Every graph is checked against PyTorch through ONNX Runtime and against the operators "
                     "TensorRT's ONNX parser supports.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="sg2v-export triton BUNDLE --out REPO writes a Triton Inference Server model repository for a "
                "bundle (sg2v-export triton --help).",
     )
