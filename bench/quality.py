@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="grounded bundles: only time the layout stage alone for each --layout-variant, "
                         "interleaved REPEATS times (ms per graph in batches and one graph at a time, with "
                         "relations, constraints and overlap frames), and print that table")
+    p.add_argument("--occlusion-scenes", type=int, default=0, metavar="N",
+                   help="grounded bundles: also sample N two-object scenes with both tracks pinned, the "
+                        "later object moving onto the earlier one, and table how often the later object (on "
+                        "top by the world's rule) is drawn whole where the boxes overlap, at each step count")
     args = p.parse_args(argv)
     if args.layout_timing is not None:
         from sg2v.runtime import Pipeline
@@ -87,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         pipe.close()
         return 0
     steps = [*(args.steps or []), *(args.compare_steps or []), *(args.true_steps or [])]
-    if args.n < 1 or any(s < 1 for s in steps) or (args.batch is not None and args.batch < 1):
-        p.error("--n, --steps, --compare-steps, --true-steps and --batch must be positive")
+    if (args.n < 1 or any(s < 1 for s in steps) or (args.batch is not None and args.batch < 1)
+            or args.occlusion_scenes < 0):
+        p.error("--n, --steps, --compare-steps, --true-steps and --batch must be positive, "
+                "--occlusion-scenes >= 0")
     if args.compare_steps is not None and args.compare is None:
         p.error("--compare-steps sets the steps of the --compare bundle; add --compare BUNDLE")
 
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                            *side])
     print(table)
     if args.json:
-        keys = ("bundle", "bundle_files", "rows", "true_layout_rows", "layout_stage")
+        keys = ("bundle", "bundle_files", "rows", "true_layout_rows", "layout_stage", "occlusion_rows")
         meta = {key: first[key] for key in keys}
         if second is not None:
             meta["compare"] = {key: second[key] for key in keys}
@@ -151,9 +157,16 @@ def measure_bundle(args: argparse.Namespace, path: str, steps: list[int] | None)
     print(f"bundle {title} on {pipe.backend_name}: {args.n} held-out graphs, steps {steps}")
     measure = MEASURES[pipe.bundle.grounding.name]
     layout_row, true_rows, rows, videos, table = measure(pipe, args, steps, true_steps)
+    occlusion = []
+    if getattr(args, "occlusion_scenes", 0) and pipe.bundle.grounding.name == "layout-grounded":
+        print(f"occlusion scenes: {args.occlusion_scenes} two-object scenes, both tracks pinned")
+        occlusion = occlusion_rows(pipe, args.occlusion_scenes, steps, args.seed, args.guidance, args.batch)
+        table += "\n\nOcclusion scenes (both tracks pinned, the later object moving onto the earlier):\n\n"
+        table += format_occlusion_markdown(occlusion)
     pipe.close()
     return {"bundle": os.fspath(path), "bundle_files": pipe.bundle.manifest["files"], "rows": rows,
-            "true_layout_rows": true_rows, "layout_stage": layout_row, "table": table, "videos": videos,
+            "true_layout_rows": true_rows, "layout_stage": layout_row, "occlusion_rows": occlusion,
+            "table": table, "videos": videos,
             "title": title, "student": guidance.entry is not None, "kind": guidance.short,
             "name": pipe.bundle.config.name}
 
@@ -224,7 +237,7 @@ def geometry_rows(pipe, n: int, steps: list[int], seed: int, guidance: float | N
 
     import numpy as np
 
-    from sg2v.quality import heldout_graphs, heldout_tracks, score_videos
+    from sg2v.quality import heldout_graphs, heldout_tracks, pixel_shape_accuracy, score_videos
 
     cfg = pipe.bundle.config
     graphs = heldout_graphs(cfg, n, seed)
@@ -243,8 +256,10 @@ def geometry_rows(pipe, n: int, steps: list[int], seed: int, guidance: float | N
                 gen = pipe.run(gs, ss, steps=int(s), guidance=guidance, max_batch=max_batch, layouts=lay)
                 secs = (time.perf_counter() - t0) / len(gs)
                 row = score_videos(gen.frames, gs)
-                row.update(layout_geometry_metrics(gen.frames, gs, [r.tracks for r in gen.layouts],
-                                                   [0] if pinned else []))
+                tracks = [r.tracks for r in gen.layouts]
+                row.update(layout_geometry_metrics(gen.frames, gs, tracks, [0] if pinned else []))
+                row.update(pixel_shape=pixel_shape_accuracy(gen.frames, gs),
+                           pixel_shape_layout_box=pixel_shape_accuracy(gen.frames, gs, tracks))
                 row.update(n=len(gs), steps=int(s), seed=int(seed), variant=variant, pinned=pinned,
                            seconds_per_video=secs, backend=pipe.backend_name)
                 rows.append(row)
@@ -254,6 +269,78 @@ def geometry_rows(pipe, n: int, steps: list[int], seed: int, guidance: float | N
     finally:
         pipe.generator.layout = base
     return rows, videos
+
+
+def occlusion_scenes(frames: int, height: int, width: int, n: int, seed: int) -> tuple[list[dict], list]:
+    """`n` two-object graphs (distinct colors, shapes at random, no relation) and their `Motion`s: object 0
+    still, object 1 moving in a straight line from a box apart from it onto it (each side off by at most a
+    third of object 0's side), both inside the canvas; drawn by the world, object 1 lies on top."""
+    import numpy as np
+
+    from sg2v.shapes.world import COLOR_NAMES, SHAPES, Motion, size_range
+
+    rng = np.random.default_rng(seed)
+    lo, hi = size_range(height, width)
+    graphs, motions = [], []
+    for _ in range(n):
+        colors = rng.choice(len(COLOR_NAMES), 2, replace=False)
+        names = [f"{COLOR_NAMES[c]} {SHAPES[rng.integers(len(SHAPES))]}" for c in colors]
+        sizes = rng.integers(lo, hi + 1, size=2)
+        room = np.array([[width, height]] * 2, np.float64) - sizes[:, None]  # (2, 2) top-left limits
+        still = np.rint(rng.random(2) * room[0])
+        end = np.clip(still + rng.uniform(-1 / 3, 1 / 3, 2) * sizes[0], 0, room[1])
+        while True:  # a start whose box is apart from object 0's
+            start = np.rint(rng.random(2) * room[1])
+            if (np.abs(start - still + (sizes[1] - sizes[0]) / 2) >= (sizes[0] + sizes[1]) / 2).any():
+                break
+        graphs.append({"objects": names, "relationships": []})
+        motions.append(Motion(sizes, np.stack([still, start]), np.stack([still, end])))
+    return graphs, motions
+
+
+def occlusion_rows(pipe, n: int, steps: list[int], seed: int, guidance: float | None,
+                   max_batch: int | None) -> list[dict]:
+    """Per step count, `occlusion_scenes` sampled with both tracks pinned (scene i: seed + i): the overlap
+    frames' occlusion by `layout_geometry_metrics` (the later object whole where it is on top), the oracle's
+    presence, and the same figure on the world's own renders of the scenes."""
+    import numpy as np
+
+    from sg2v.quality import score_videos
+    from sg2v.shapes.world import ShapesWorld
+
+    d = pipe.bundle.config.data
+    graphs, motions = occlusion_scenes(d.frames, d.height, d.width, n, seed)
+    scale = np.array([d.width, d.height, d.width, d.height], np.float32)
+    tracks = [m.boxes(d.frames) / scale for m in motions]  # (2, F, 4) each
+    world = ShapesWorld(d.frames, d.height, d.width, max_objects=max(2, d.max_objects))
+    drawn = [world.render(g, m).video for g, m in zip(graphs, motions)]
+    ref = layout_geometry_metrics(drawn, graphs, tracks, [])
+    seeds = [seed + i for i in range(n)]
+    rows = []
+    for s in steps:
+        gen = pipe.run(graphs, seeds, steps=int(s), guidance=guidance, max_batch=max_batch,
+                       layouts=[dict(enumerate(t)) for t in tracks])
+        row = layout_geometry_metrics(gen.frames, graphs, tracks, [])
+        row.update(presence=score_videos(gen.frames, graphs)["presence"], world_whole=ref["later_whole"],
+                   n=n, steps=int(s), seed=int(seed), backend=pipe.backend_name)
+        rows.append(row)
+        print(format_occlusion_markdown([row]).splitlines()[-1], flush=True)
+    return rows
+
+
+def format_occlusion_markdown(rows: list[dict]) -> str:
+    """The --occlusion-scenes table: steps, scenes, overlap frames, the later object whole (and the world)."""
+    lines = ["| steps | scenes | presence | overlap frames | later object whole | the world's renders |",
+             "|" + " --- |" * 6]
+
+    def share(v, pairs):
+        return "n/a" if v is None else f"{100 * v:.1f}% of {pairs}"
+
+    for r in rows:
+        lines.append(f"| {r['steps']} | {r['n']} | {100 * r['presence']:.1f}% | {r['overlap_frames']} | "
+                     f"{share(r['later_whole'], r['occluded_pairs'])} | "
+                     f"{share(r['world_whole'], r['occluded_pairs'])} |")
+    return "\n".join(lines)
 
 
 def layout_timing_table(pipe, n: int, seed: int, repeats: int, variants: list[str]) -> str:
@@ -376,8 +463,9 @@ def layout_geometry_metrics(videos, graphs, tracks, pinned: list[int]) -> dict:
 
 def format_geometry_markdown(rows: list[dict]) -> str:
     """The --geometry-rows table: variant, pinned, steps, the oracle's metrics, overlap, occlusion, time."""
-    cols = ("layout check", "pinned", "steps", "presence", "relations", "shape", "overlap frames",
-            "later object whole", "pinned in box", "drawn over pinned (frames)", "s/video")
+    cols = ("layout check", "pinned", "steps", "presence", "relations", "shape", "shape by fill",
+            "shape by fill, layout box", "overlap frames", "later object whole", "pinned in box",
+            "drawn over pinned (frames)", "s/video")
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
 
     def pct(v):
@@ -387,7 +475,8 @@ def format_geometry_markdown(rows: list[dict]) -> str:
         whole = "n/a" if r["later_whole"] is None else f"{pct(r['later_whole'])} of {r['occluded_pairs']}"
         lines.append("| " + " | ".join([
             r["variant"], "object 0" if r["pinned"] else "none", str(r["steps"]), pct(r["presence"]),
-            pct(r["relation_accuracy"]), pct(r["shape_accuracy"]), str(r["overlap_frames"]), whole,
+            pct(r["relation_accuracy"]), pct(r["shape_accuracy"]), pct(r.get("pixel_shape")),
+            pct(r.get("pixel_shape_layout_box")), str(r["overlap_frames"]), whole,
             pct(r.get("pinned_in_box")), str(r.get("pinned_overlap_frames", "n/a")),
             f"{r['seconds_per_video']:.3f}"]) + " |")
     return "\n".join(lines)

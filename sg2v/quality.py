@@ -9,6 +9,7 @@ seeds.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -167,3 +168,83 @@ def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
         cells = [str(r["steps"])] + ["n/a" if r.get(c) is None else f"{100 * r[c]:.1f}%" for c in cols[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# Shape judged from the pixels alone (fill of the box, vertical centroid), against the features of the shapes
+# world's own drawing of each shape at the same box size: a check independent of the oracle's template IoU.
+SHAPE_FILL_TOL = 0.08  # |fill - the drawn shape's fill|; drawn circles fill 0.75-0.81, triangles 0.58-0.63
+SHAPE_CENTROID_TOL = 0.06  # |centroid y / h - the drawn shape's|; half the circle-to-triangle gap (~0.13)
+
+
+def fill_features(mask: NDArray[Any], box: Sequence[int] | None = None) -> tuple[float, float] | None:
+    """(fill, vertical centroid) of a bool mask (H, W) in a pixel box (x0, y0, x1, y1), x1/y1 exclusive
+    (None: the mask's bounding box): the share of the box it covers and its pixels' mean y as a fraction of
+    the box height from the top. None where the box holds no pixel."""
+    if box is None:
+        rows = np.flatnonzero(mask.any(1))
+        cols = np.flatnonzero(mask.any(0))
+        if rows.size == 0:
+            return None
+        box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    crop = mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
+    ii = np.nonzero(crop)[0]
+    if ii.size == 0 or x1 <= x0 or y1 <= y0:
+        return None
+    return ii.size / ((x1 - x0) * (y1 - y0)), float((ii + 0.5 + max(y0, 0) - y0).mean() / (y1 - y0))
+
+
+def shape_by_fill(mask: NDArray[Any], box: Sequence[int] | None = None) -> str | None:
+    """The shape whose drawing by the shapes world at the box's size has the nearest fill and vertical
+    centroid, if within SHAPE_FILL_TOL and SHAPE_CENTROID_TOL of it; None for an empty box or none such."""
+    from sg2v.shapes.world import shape_template
+
+    feats = fill_features(mask, box)
+    if feats is None:
+        return None
+    if box is None:
+        rows = np.flatnonzero(mask.any(1))
+        cols = np.flatnonzero(mask.any(0))
+        h, w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+    else:
+        h, w = int(box[3]) - int(box[1]), int(box[2]) - int(box[0])
+    best, best_d = None, 1.0
+    for sh in SHAPES:
+        t = shape_template(sh, h, w)
+        want = fill_features(t)
+        assert want is not None  # a template is never empty
+        d = max(abs(feats[0] - want[0]) / SHAPE_FILL_TOL, abs(feats[1] - want[1]) / SHAPE_CENTROID_TOL)
+        if d <= best_d:
+            best, best_d = sh, d
+    return best
+
+
+def pixel_shape_accuracy(videos: Sequence[NDArray[Any]], graphs: Sequence[Any],
+                         boxes: Sequence[Any] | None = None) -> float | None:
+    """Share of the oracle's present objects whose shape by `shape_by_fill`, majority over the frames the
+    oracle sees them, is the asked-for one. The mask is the oracle's (the object's color near its median);
+    the box is the mask's own bounding box, or with `boxes` (per video (n, F, 4) in [0, 1]) the object's
+    box in that frame. None when no object is present."""
+    from sg2v.shapes.oracle import WINDOW_FRAC, _object_window, color_labels
+
+    right = judged = 0
+    for k, (video, graph) in enumerate(zip(videos, graphs)):
+        v = np.asarray(video)
+        f, h, w, _ = v.shape
+        report = score_video(v, graph)
+        lab = color_labels(v)
+        for i, obj in enumerate(report.objects):
+            if not obj.present:
+                continue
+            color, shape = split_name(obj.name)
+            m = _object_window(lab == COLOR_NAMES.index(color), WINDOW_FRAC)  # (F, H, W)
+            seen = np.flatnonzero(~np.isnan(obj.centroids[:, 0]))
+            votes: Counter[str | None] = Counter()
+            for t in seen:
+                box = None
+                if boxes is not None:
+                    box = np.rint(np.asarray(boxes[k][i][t], np.float64) * [w, h, w, h]).astype(int)
+                votes[shape_by_fill(m[t], box)] += 1
+            judged += 1
+            right += bool(votes) and votes.most_common(1)[0][0] == shape
+    return right / judged if judged else None

@@ -120,3 +120,48 @@ def test_layout_timing_table_measures_each_variant_and_restores_the_settings(gro
     cells = [c.strip() for c in rows[1].strip("|").split("|")]
     assert cells[4] == f"{100 * held:.1f}%" and cells[6] == f"{draws:.2f}"
     pipe.close()
+
+
+def test_occlusion_scenes_drawn_by_the_world_show_the_later_object_whole():
+    """The hand-made overlap scenes: object 1 moves onto still object 0; the world draws it on top, so it is
+    whole in every overlap frame, and drawn underneath instead it is cut in them."""
+    import numpy as np
+
+    from sg2v.shapes.world import Motion, ShapesWorld
+
+    quality = _quality()
+    seed = int(np.random.default_rng().integers(1 << 30))
+    graphs, motions = quality.occlusion_scenes(16, 64, 64, 12, seed)
+    world = ShapesWorld()
+    tracks = [m.boxes(16) / 64.0 for m in motions]
+    for g, m in zip(graphs, motions):
+        assert len(set(n.split()[0] for n in g["objects"])) == 2 and (m.start[0] == m.end[0]).all()
+    drawn = [world.render(g, m).video for g, m in zip(graphs, motions)]  # raises if a box leaves the canvas
+    got = quality.layout_geometry_metrics(drawn, graphs, tracks, [])
+    assert got["occluded_pairs"] >= 12 and got["later_whole"] == 1.0, seed  # every scene overlaps
+    under = [world.render({"objects": g["objects"][::-1], "relationships": []},
+                          Motion(m.sizes[::-1], m.start[::-1], m.end[::-1])).video
+             for g, m in zip(graphs, motions)]
+    assert quality.layout_geometry_metrics(under, graphs, tracks, [])["later_whole"] < 0.5, seed
+
+
+def test_occlusion_scenes_option_measures_the_pinned_scenes(grounded_bundle, tmp_path, capsys):
+    quality = _quality()
+    out = tmp_path / "q.json"
+    assert quality.main(["--bundle", str(grounded_bundle), "--n", "2", "--steps", "2", "--threads", "1",
+                         "--no-layout-stage", "--true-steps", "--geometry-rows", "--occlusion-scenes", "3",
+                         "--seed", "7", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    [row] = rep["occlusion_rows"]
+    assert row["steps"] == 2 and row["n"] == 3 and row["world_whole"] == 1.0
+    # the row is layout_geometry_metrics of the pipeline's videos of the scenes with both tracks pinned
+    pipe = Pipeline.from_bundle(grounded_bundle, backend="ort", threads=1)
+    d = pipe.bundle.config.data
+    graphs, motions = quality.occlusion_scenes(d.frames, d.height, d.width, 3, 7)
+    tracks = [m.boxes(d.frames) / [d.width, d.height, d.width, d.height] for m in motions]
+    frames = pipe.generate(graphs, [7, 8, 9], steps=2, layouts=[dict(enumerate(t)) for t in tracks])
+    want = quality.layout_geometry_metrics(frames, graphs, tracks, [])
+    assert (row["occluded_pairs"], row["later_whole"]) == (want["occluded_pairs"], want["later_whole"])
+    assert all(r["pixel_shape"] is None or 0 <= r["pixel_shape"] <= 1 for r in rep["rows"])
+    assert "Occlusion scenes" in capsys.readouterr().out
+    pipe.close()
