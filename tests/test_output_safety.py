@@ -361,7 +361,7 @@ def test_bench_bounds(fake, capsys, argv, why):
     (["--trt-target", "garbage"], "--trt-target 'garbage': a TensorRT version MAJOR.MINOR"),
     (["--trt-target", "8.6"], "the operator table starts at TensorRT 10.3"),
     (["--seed", "-1"], "--seed -1: must be an integer in [0,"),
-    (["--guidance", "1e7"], "--guidance 10000000.0: must be a finite number in [0, 1e+06]"),
+    (["--guidance", "1e7"], "--guidance 10000000.0: must be a finite number in [0, 1e6]; 1 is no guidance"),
     (["--guidance", "nan"], "--guidance nan: must be a finite number")])
 def test_export_flags(ckpt, tmp_path, capsys, argv, why):
     from sg2v.export.cli import main
