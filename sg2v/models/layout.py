@@ -1,14 +1,13 @@
 """Layout network: a small transformer that denoises object tracks (one box per object per frame).
 
 The layout stage between the graph and the pixels (docs/DESIGN.md): conditioned on the scene-graph encoder's
-object vectors and its per-triple tokens, it predicts every object's track, F boxes [x0, y0, x1, y1] in
-[0, 1], as a diffusion model over the tracks mapped to [-1, 1] (2 b - 1). Tracks the caller pins (`known`,
-`known_mask`)
-enter as inputs, so the sampled ones are drawn consistent with them (layout inpainting), and the runtime puts
-the pinned values back exactly. One token per object slot; each block attends over the objects and passes one
-message per triple between its subject and object (below). Attention is matmul-softmax-matmul with an
-additive mask (the UNet's `Attention`) and pooling the one-hot MatMul form, so the graph exports to plain ops.
-Like the UNet it is x0-parameterised and outputs v, so the runtime's samplers drive it unchanged.
+object vectors and its per-triple tokens, it predicts every object's track, F boxes [x0, y0, x1, y1] in [0,
+1], as a diffusion model over the tracks mapped to [-1, 1] (2 b - 1). Tracks the caller pins (`known`,
+`known_mask`) enter as inputs, so the sampled ones are drawn consistent with them (layout inpainting), and the
+runtime puts the pinned values back exactly. One token per object slot; each block attends over the objects
+and passes one message per triple between its subject and object (below). Attention is matmul-softmax-matmul
+with an additive mask (the UNet's `Attention`) and pooling the one-hot MatMul form, so the graph exports to
+plain ops. Like the UNet it is x0-parameterised and outputs v, so the runtime's samplers drive it unchanged.
 """
 
 from __future__ import annotations
