@@ -259,6 +259,7 @@ def geometry_rows(pipe, n: int, steps: list[int], seed: int, guidance: float | N
                 tracks = [r.tracks for r in gen.layouts]
                 row.update(layout_geometry_metrics(gen.frames, gs, tracks, [0] if pinned else []))
                 row.update(pixel_shape=pixel_shape_accuracy(gen.frames, gs),
+                           pixel_shape_nearest=pixel_shape_accuracy(gen.frames, gs, within=False),
                            pixel_shape_layout_box=pixel_shape_accuracy(gen.frames, gs, tracks))
                 row.update(n=len(gs), steps=int(s), seed=int(seed), variant=variant, pinned=pinned,
                            seconds_per_video=secs, backend=pipe.backend_name)
@@ -302,7 +303,7 @@ def occlusion_rows(pipe, n: int, steps: list[int], seed: int, guidance: float | 
                    max_batch: int | None) -> list[dict]:
     """Per step count, `occlusion_scenes` sampled with both tracks pinned (scene i: seed + i): the overlap
     frames' occlusion by `layout_geometry_metrics` (the later object whole where it is on top), the oracle's
-    presence, and the same figure on the world's own renders of the scenes."""
+    presence, and both figures on the world's own renders of the scenes."""
     import numpy as np
 
     from sg2v.quality import score_videos
@@ -315,13 +316,15 @@ def occlusion_rows(pipe, n: int, steps: list[int], seed: int, guidance: float | 
     world = ShapesWorld(d.frames, d.height, d.width, max_objects=max(2, d.max_objects))
     drawn = [world.render(g, m).video for g, m in zip(graphs, motions)]
     ref = layout_geometry_metrics(drawn, graphs, tracks, [])
+    ref_presence = score_videos(drawn, graphs)["presence"]
     seeds = [seed + i for i in range(n)]
     rows = []
     for s in steps:
         gen = pipe.run(graphs, seeds, steps=int(s), guidance=guidance, max_batch=max_batch,
                        layouts=[dict(enumerate(t)) for t in tracks])
         row = layout_geometry_metrics(gen.frames, graphs, tracks, [])
-        row.update(presence=score_videos(gen.frames, graphs)["presence"], world_whole=ref["later_whole"],
+        row.update(presence=score_videos(gen.frames, graphs)["presence"], world_presence=ref_presence,
+                   world_whole=ref["later_whole"],
                    n=n, steps=int(s), seed=int(seed), backend=pipe.backend_name)
         rows.append(row)
         print(format_occlusion_markdown([row]).splitlines()[-1], flush=True)
@@ -330,14 +333,15 @@ def occlusion_rows(pipe, n: int, steps: list[int], seed: int, guidance: float | 
 
 def format_occlusion_markdown(rows: list[dict]) -> str:
     """The --occlusion-scenes table: steps, scenes, overlap frames, the later object whole (and the world)."""
-    lines = ["| steps | scenes | presence | overlap frames | later object whole | the world's renders |",
-             "|" + " --- |" * 6]
+    lines = ["| steps | scenes | presence (the world's renders) | overlap frames | later object whole | "
+             "the world's renders |", "|" + " --- |" * 6]
 
     def share(v, pairs):
         return "n/a" if v is None else f"{100 * v:.1f}% of {pairs}"
 
     for r in rows:
-        lines.append(f"| {r['steps']} | {r['n']} | {100 * r['presence']:.1f}% | {r['overlap_frames']} | "
+        lines.append(f"| {r['steps']} | {r['n']} | {100 * r['presence']:.1f}% "
+                     f"({100 * r['world_presence']:.1f}%) | {r['overlap_frames']} | "
                      f"{share(r['later_whole'], r['occluded_pairs'])} | "
                      f"{share(r['world_whole'], r['occluded_pairs'])} |")
     return "\n".join(lines)
@@ -464,8 +468,8 @@ def layout_geometry_metrics(videos, graphs, tracks, pinned: list[int]) -> dict:
 def format_geometry_markdown(rows: list[dict]) -> str:
     """The --geometry-rows table: variant, pinned, steps, the oracle's metrics, overlap, occlusion, time."""
     cols = ("layout check", "pinned", "steps", "presence", "relations", "shape", "shape by fill",
-            "shape by fill, layout box", "overlap frames", "later object whole", "pinned in box",
-            "drawn over pinned (frames)", "s/video")
+            "nearest by fill", "shape by fill, layout box", "overlap frames", "later object whole",
+            "pinned in box", "drawn over pinned (frames)", "s/video")
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
 
     def pct(v):
@@ -476,7 +480,8 @@ def format_geometry_markdown(rows: list[dict]) -> str:
         lines.append("| " + " | ".join([
             r["variant"], "object 0" if r["pinned"] else "none", str(r["steps"]), pct(r["presence"]),
             pct(r["relation_accuracy"]), pct(r["shape_accuracy"]), pct(r.get("pixel_shape")),
-            pct(r.get("pixel_shape_layout_box")), str(r["overlap_frames"]), whole,
+            pct(r.get("pixel_shape_nearest")), pct(r.get("pixel_shape_layout_box")), str(r["overlap_frames"]),
+            whole,
             pct(r.get("pinned_in_box")), str(r.get("pinned_overlap_frames", "n/a")),
             f"{r['seconds_per_video']:.3f}"]) + " |")
     return "\n".join(lines)

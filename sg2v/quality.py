@@ -194,9 +194,10 @@ def fill_features(mask: NDArray[Any], box: Sequence[int] | None = None) -> tuple
     return ii.size / ((x1 - x0) * (y1 - y0)), float((ii + 0.5 + max(y0, 0) - y0).mean() / (y1 - y0))
 
 
-def shape_by_fill(mask: NDArray[Any], box: Sequence[int] | None = None) -> str | None:
+def shape_by_fill(mask: NDArray[Any], box: Sequence[int] | None = None, within: bool = True) -> str | None:
     """The shape whose drawing by the shapes world at the box's size has the nearest fill and vertical
-    centroid, if within SHAPE_FILL_TOL and SHAPE_CENTROID_TOL of it; None for an empty box or none such."""
+    centroid (distances in units of SHAPE_FILL_TOL and SHAPE_CENTROID_TOL), if `within` those tolerances of
+    it (else None); None for an empty box."""
     from sg2v.shapes.world import shape_template
 
     feats = fill_features(mask, box)
@@ -208,7 +209,7 @@ def shape_by_fill(mask: NDArray[Any], box: Sequence[int] | None = None) -> str |
         h, w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
     else:
         h, w = int(box[3]) - int(box[1]), int(box[2]) - int(box[0])
-    best, best_d = None, 1.0
+    best, best_d = None, 1.0 if within else float("inf")
     for sh in SHAPES:
         t = shape_template(sh, h, w)
         want = fill_features(t)
@@ -220,11 +221,11 @@ def shape_by_fill(mask: NDArray[Any], box: Sequence[int] | None = None) -> str |
 
 
 def pixel_shape_accuracy(videos: Sequence[NDArray[Any]], graphs: Sequence[Any],
-                         boxes: Sequence[Any] | None = None) -> float | None:
+                         boxes: Sequence[Any] | None = None, within: bool = True) -> float | None:
     """Share of the oracle's present objects whose shape by `shape_by_fill`, majority over the frames the
     oracle sees them, is the asked-for one. The mask is the oracle's (the object's color near its median);
     the box is the mask's own bounding box, or with `boxes` (per video (n, F, 4) in [0, 1]) the object's
-    box in that frame. None when no object is present."""
+    box in that frame; `within` as for `shape_by_fill`. None when no object is present."""
     from sg2v.shapes.oracle import WINDOW_FRAC, _object_window, color_labels
 
     right = judged = 0
@@ -244,7 +245,7 @@ def pixel_shape_accuracy(videos: Sequence[NDArray[Any]], graphs: Sequence[Any],
                 box = None
                 if boxes is not None:
                     box = np.rint(np.asarray(boxes[k][i][t], np.float64) * [w, h, w, h]).astype(int)
-                votes[shape_by_fill(m[t], box)] += 1
+                votes[shape_by_fill(m[t], box, within)] += 1
             judged += 1
             right += bool(votes) and votes.most_common(1)[0][0] == shape
     return right / judged if judged else None
