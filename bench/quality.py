@@ -18,7 +18,12 @@ the layouts' overlap frames (one box covering at least a quarter of another), ho
 top by the world's rule) is drawn whole in them, and a row per step count with object 0's true track pinned
 (its pixels inside its box, the drawn objects clear of it), for each `--layout-variant`: the bundle's own
 layout check, or `unchecked` (8 candidates a round and no geometric constraints: the check before the data's
-geometry). Prints each row as it finishes, then the markdown tables.
+geometry). The geometry rows also judge each object's shape from its pixels alone
+(`sg2v.quality.shape_by_fill`: fill of its box and vertical centroid against the world's drawing), strictly,
+as the nearest shape, and in its layout box. `--occlusion-scenes N` samples N two-object scenes with both
+tracks pinned, the later object moving onto the earlier, at each step count, and tables how often the later
+object is drawn whole where the boxes overlap (the world's renders: always). Prints each row as it finishes,
+then the markdown tables.
 
     python bench/quality.py --bundle models/demo --steps 1 2 4 --compare models/demo-teacher \
         --compare-steps 8 --n 100 --seed 4242 --geometry-rows --layout-variant unchecked bundle \
