@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 import threading
 import time
@@ -40,6 +41,7 @@ NODE_NAME = "sg2v"
 MAX_FUTURES = 64  # videos per request: one request is one batched generation call
 MAX_REQUEST_BYTES = 1 << 20
 REQUEST_KEYS = ("graph", "id", "futures", "seeds", "seed", "layout", "stamp")
+SPIN_POLL_S = 0.1  # the executor waits at most this long, so a SIGINT is seen within it
 
 
 @dataclass(frozen=True)
@@ -499,14 +501,27 @@ def _serve(argv: list[str]) -> int:
     except Sg2vError as e:
         raise MissingDependencyError(f"{first_line(e)} (on Jetson and other non-x86 machines: source your "
                                      "ROS 2 installation, e.g. /opt/ros/jazzy/setup.bash)") from None
-    rclpy.init(args=["sg2v-ros", *argv])
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    # Our own SIGINT/SIGTERM handlers and a polling spin: rclpy's handler shuts the context down from C while
+    # the worker may still be generating, and a spin blocked without a timeout can miss the shutdown; polling
+    # every SPIN_POLL_S lets Python's handler run, and close() then cancels the generation at its next step.
+    rclpy.init(args=["sg2v-ros", *argv], signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     node = None
     try:
         node = Sg2vNode()
-        rclpy.spin(node.node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node.node)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_POLL_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         if node is not None:
             start = time.monotonic()
             node.close()
