@@ -635,14 +635,58 @@ def export_bundle(
                                      trt_target=trt_target, log=log)
         result.seconds = time.perf_counter() - t0
         return result
+    _check_options(precision, pooling, plugin_impl, opset, weights, guidance, max_batch)
+    if trt_target is None:
+        trt_target = PLUGIN_TRT_TARGET[plugin_impl] if pooling == "plugin" else "10.3"
+    opset, out = int(opset), Path(out)
+    old = bundle_writer.check_output(out, force=force, reads=[ckpt])
+    model, cfg, vocab, source = load_for_export(ckpt, ema)
+    if weights == "fp16":
+        round_weights_fp16(model)
+    _check_student_guidance(cfg, guidance)
+    stage_files = spec.stage_files(_model_shapes(cfg, max_batch))
+    feeds = _parity_feeds(model, cfg, vocab, seed, max_batch)
+    tol = TOLERANCE[precision]
+    parity_report: dict[str, Any] = {}
+    op_reports: dict[str, Any] = {}
+    stage_extra: dict[str, dict[str, Any]] = {}
+    reused: list[str] = []
+    with bundle_writer.staging(out) as tmp:
+        for stage, file in stage_files.items():
+            key = _stage_key(stage, source, precision, pooling, opset, weights, max_batch, plugin_impl)
+            stage_extra[stage] = {"cache_key": key}
+            kept = _reused_reports(old, out, stage, key, tmp, file, trt_target, say)
+            if kept is not None:
+                parity_report[stage], op_reports[stage] = kept
+                reused.append(stage)
+                continue
+            ts = time.perf_counter()
+            graph, parity_report[stage] = _export_stage(stage, model, cfg, precision, pooling, opset, feeds,
+                                                        tol, plugin_impl, weights, allow_parity_failure)
+            op_reports[stage] = _checked_ops(graph, stage, trt_target, strict_trt)
+            path = tmp / file
+            path.write_bytes(graph.SerializeToString())
+            say(f"{stage}: exported {path.name} in {time.perf_counter() - ts:.1f}s")
+        trt = _trt_summary(op_reports, trt_target, strict_trt, say)
+        _write_arrays(tmp, model, include_weights, weights)
+        manifest = bundle_writer.build_manifest(
+            cfg=cfg, vocab=vocab, precision=precision, pooling=pooling, opset=opset, root=tmp,
+            parity=parity_report, trt_op_check=trt, source_checkpoint=source, stage_extra=stage_extra,
+            weight_storage=weights, guidance=guidance, plugin_impl=plugin_impl, max_batch=max_batch,
+        )
+        bundle_writer.write_manifest(tmp, manifest)
+    return ExportResult(out, manifest, reused, time.perf_counter() - t0)
+
+
+def _check_options(precision: str, pooling: str, plugin_impl: str, opset: int, weights: str,
+                   guidance: float | None, max_batch: int) -> None:
+    """ExportError naming the first export option outside what the exporter supports."""
     if precision not in spec.PRECISIONS:
         raise ExportError(f"--precision {precision!r}: choose one of {list(spec.PRECISIONS)}")
     if pooling not in spec.POOLINGS:
         raise ExportError(f"--pooling {pooling!r}: choose one of {list(spec.POOLINGS)}")
     if plugin_impl not in PLUGIN_IMPLS:
         raise ExportError(f"--plugin-impl {plugin_impl!r}: choose one of {list(PLUGIN_IMPLS)}")
-    if trt_target is None:
-        trt_target = PLUGIN_TRT_TARGET[plugin_impl] if pooling == "plugin" else "10.3"
     if not OPSET_RANGE[0] <= int(opset) <= OPSET_RANGE[1]:
         raise ExportError(f"--opset {opset}: choose {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (17 has "
                           "LayerNormalization; TensorRT 10.3 parses up to 20)")
@@ -653,14 +697,11 @@ def export_bundle(
                           "in [0, 1e6], sg2v-run's range (1 = no guidance, 0 = unconditional)")
     if not isinstance(max_batch, int) or not 1 <= max_batch <= spec.MAX_BATCH_LIMIT:
         raise ExportError(f"--max-batch {max_batch}: choose 1..{spec.MAX_BATCH_LIMIT} videos per call")
-    opset = int(opset)
-    out = Path(out)
-    old = bundle_writer.check_output(out, force=force, reads=[ckpt])
-    model, cfg, vocab, source = load_for_export(ckpt, ema)
-    if weights == "fp16":
-        round_weights_fp16(model)
-    _check_student_guidance(cfg, guidance)
-    stage_files = spec.stage_files(_model_shapes(cfg, max_batch))
+
+
+def _parity_feeds(model: Any, cfg: Any, vocab: Any, seed: int, max_batch: int) -> dict[str, list[Any]]:
+    """Each stage's parity inputs: random graphs (and, above one video per call, the same as one batch)
+    through the encoder, then the UNet's and the layout network's feeds from them."""
     rng = np.random.default_rng(seed)
     enc_feeds = random_graph_feeds(vocab, cfg.data, rng, PARITY_TRIALS)
     if max_batch > 1:  # and the same graphs as one batch: the batch axis must give what single calls give
@@ -668,74 +709,81 @@ def export_bundle(
     feeds = {spec.ENCODER_STAGE: enc_feeds, spec.UNET_STAGE: _unet_feeds(model, enc_feeds, cfg, rng)}
     if model.layout_net is not None:
         feeds[spec.LAYOUT_STAGE] = _layout_feeds(model, enc_feeds, cfg, rng)
-    tol = TOLERANCE[precision]
-    parity_report: dict[str, Any] = {}
-    op_reports: dict[str, Any] = {}
-    stage_extra: dict[str, dict[str, Any]] = {}
-    reused: list[str] = []
+    return feeds
 
-    with bundle_writer.staging(out) as tmp:
-        for stage, file in stage_files.items():
-            key = _cache_key(stage, source, precision, pooling, opset)
-            key.update(weights=weights, max_batch=max_batch)
-            if stage == spec.ENCODER_STAGE and pooling == "plugin":
-                key["plugin_impl"] = plugin_impl
-            stage_extra[stage] = {"cache_key": key}
-            if _reusable(old, out, stage, key, tmp):
-                parity_report[stage] = old["parity"][stage]
-                op_reports[stage] = old["trt_op_check"]["stages"][stage]
-                if op_reports[stage].get("target") != trt_target:  # same graph, read for another TensorRT
-                    op_reports[stage] = check_model(tmp / file, target=trt_target)
-                reused.append(stage)
-                say(f"{stage}: reused {file} from {out} (same checkpoint and options)")
-                continue
-            ts = time.perf_counter()
-            if stage == spec.ENCODER_STAGE:
-                graph, par = _export_encoder(model, cfg, precision, pooling, opset, enc_feeds, tol,
-                                             plugin_impl)
-            elif stage == spec.LAYOUT_STAGE:
-                graph, par = _export_layout(model, precision, opset, feeds[stage], tol)
-            else:
-                graph, par = _export_unet(model, precision, opset, feeds[stage], tol)
-            parity_report[stage] = par
-            if not par["ok"] and not allow_parity_failure:
-                raise ExportError(
-                    f"{stage} parity failed: max relative error {par['max_rel_err']:.3g} (tolerance "
-                    f"{tol:g}), finite={par['finite']}; nothing was written. Pass --allow-parity-failure to "
-                    "keep it anyway"
-                )
-            if weights == "fp16":
-                _store_fp16_checked(graph, stage, feeds[stage],
-                                    runnable=stage != spec.ENCODER_STAGE or pooling == "portable")
-            report = check_model(graph, target=trt_target)
-            op_reports[stage] = report
-            if strict_trt and not report["ok"]:
-                first = report["unsupported"][0]
-                raise ExportError(
-                    f"--strict-trt: {stage} has {len(report['unsupported'])} node(s) TensorRT {trt_target} "
-                    f"cannot parse, e.g. {first['op']} ({first['reason']}); nothing was written"
-                )
-            path = tmp / file
-            path.write_bytes(graph.SerializeToString())
-            say(f"{stage}: exported {path.name} in {time.perf_counter() - ts:.1f}s")
-        for stage, report in op_reports.items():
-            say(f"[{stage}] " + format_report(report))
-        unsupported = [dict(u, stage=s) for s, r in op_reports.items() for u in r["unsupported"]]
-        trt = {"target": trt_target, "ok": not unsupported, "unsupported": unsupported,
-               "plugins": [dict(p, stage=s) for s, r in op_reports.items() for p in r["plugins"]],
-               "stages": op_reports}
-        if strict_trt and unsupported:  # a stage reused from a bundle exported without --strict-trt
-            first = unsupported[0]
-            raise ExportError(f"--strict-trt: {len(unsupported)} node(s) TensorRT {trt_target} cannot parse, "
-                              f"e.g. {first['stage']}: {first['op']} ({first['reason']}); nothing written")
-        _write_arrays(tmp, model, include_weights, weights)
-        manifest = bundle_writer.build_manifest(
-            cfg=cfg, vocab=vocab, precision=precision, pooling=pooling, opset=opset, root=tmp,
-            parity=parity_report, trt_op_check=trt, source_checkpoint=source, stage_extra=stage_extra,
-            weight_storage=weights, guidance=guidance, plugin_impl=plugin_impl, max_batch=max_batch,
+
+def _stage_key(stage: str, source: dict[str, Any], precision: str, pooling: str, opset: int, weights: str,
+               max_batch: int, plugin_impl: str) -> dict[str, Any]:
+    """What a stage's graph depends on: a bundle at `out` with the same key can keep that graph."""
+    key = _cache_key(stage, source, precision, pooling, opset)
+    key.update(weights=weights, max_batch=max_batch)
+    if stage == spec.ENCODER_STAGE and pooling == "plugin":
+        key["plugin_impl"] = plugin_impl
+    return key
+
+
+def _reused_reports(old: dict[str, Any] | None, out: Path, stage: str, key: dict[str, Any], tmp: Path,
+                    file: str, trt_target: str, say: Callable[[str], None]) -> tuple[Any, Any] | None:
+    """The parity and operator reports of a stage kept from the bundle at `out` (its graph copied into
+    `tmp`); None when the stage must be exported again."""
+    if old is None or not _reusable(old, out, stage, key, tmp):
+        return None
+    report = old["trt_op_check"]["stages"][stage]
+    if report.get("target") != trt_target:  # same graph, read for another TensorRT
+        report = check_model(tmp / file, target=trt_target)
+    say(f"{stage}: reused {file} from {out} (same checkpoint and options)")
+    return old["parity"][stage], report
+
+
+def _export_stage(stage: str, model: Any, cfg: Any, precision: str, pooling: str, opset: int,
+                  feeds: dict[str, list[Any]], tol: float, plugin_impl: str, weights: str,
+                  allow_parity_failure: bool) -> tuple[Any, dict[str, Any]]:
+    """One stage's ONNX graph and its parity report; ExportError when parity fails (unless allowed)."""
+    if stage == spec.ENCODER_STAGE:
+        graph, par = _export_encoder(model, cfg, precision, pooling, opset, feeds[stage], tol, plugin_impl)
+    elif stage == spec.LAYOUT_STAGE:
+        graph, par = _export_layout(model, precision, opset, feeds[stage], tol)
+    else:
+        graph, par = _export_unet(model, precision, opset, feeds[stage], tol)
+    if not par["ok"] and not allow_parity_failure:
+        raise ExportError(
+            f"{stage} parity failed: max relative error {par['max_rel_err']:.3g} (tolerance "
+            f"{tol:g}), finite={par['finite']}; nothing was written. Pass --allow-parity-failure to "
+            "keep it anyway"
         )
-        bundle_writer.write_manifest(tmp, manifest)
-    return ExportResult(out, manifest, reused, time.perf_counter() - t0)
+    if weights == "fp16":
+        _store_fp16_checked(graph, stage, feeds[stage],
+                            runnable=stage != spec.ENCODER_STAGE or pooling == "portable")
+    return graph, par
+
+
+def _checked_ops(graph: Any, stage: str, trt_target: str, strict_trt: bool) -> dict[str, Any]:
+    """The operator check of a stage's graph at `trt_target`; with `strict_trt`, ExportError if it fails."""
+    report = check_model(graph, target=trt_target)
+    if strict_trt and not report["ok"]:
+        first = report["unsupported"][0]
+        raise ExportError(
+            f"--strict-trt: {stage} has {len(report['unsupported'])} node(s) TensorRT {trt_target} "
+            f"cannot parse, e.g. {first['op']} ({first['reason']}); nothing was written"
+        )
+    return report
+
+
+def _trt_summary(op_reports: dict[str, Any], trt_target: str, strict_trt: bool,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    """The manifest's trt_op_check over all stages (each stage's report said); with `strict_trt`,
+    ExportError for any unsupported node, a reused stage's included."""
+    for stage, report in op_reports.items():
+        say(f"[{stage}] " + format_report(report))
+    unsupported = [dict(u, stage=s) for s, r in op_reports.items() for u in r["unsupported"]]
+    trt = {"target": trt_target, "ok": not unsupported, "unsupported": unsupported,
+           "plugins": [dict(p, stage=s) for s, r in op_reports.items() for p in r["plugins"]],
+           "stages": op_reports}
+    if strict_trt and unsupported:  # a stage reused from a bundle exported without --strict-trt
+        first = unsupported[0]
+        raise ExportError(f"--strict-trt: {len(unsupported)} node(s) TensorRT {trt_target} cannot parse, "
+                          f"e.g. {first['stage']}: {first['op']} ({first['reason']}); nothing written")
+    return trt
 
 
 def _check_student_guidance(cfg: Any, guidance: float | None) -> None:

@@ -367,9 +367,6 @@ def _check_layout(manifest: dict[str, Any], shapes: dict[str, int], vocab: Vocab
     known rule ids for predicates of the vocabulary (`sg2v.relations`)."""
     if not kinds.grounding_of(shapes).layout_stage:
         return
-    from sg2v.relations import RULES
-    from sg2v.sampling import SAMPLERS
-
     entry = manifest.get("layout")
     if not isinstance(entry, dict):
         what = "missing" if entry is None else "not an object"
@@ -381,7 +378,17 @@ def _check_layout(manifest: dict[str, Any], shapes: dict[str, int], vocab: Vocab
         raise BundleError(f"bundle {root}: manifest 'layout' has keys {sorted(map(str, entry))[:8]}, "
                           f"expected {list(spec.LAYOUT_KEYS)} (and optionally {spec.LAYOUT_GEOMETRY!r}); "
                           f"{_REEXPORT}")
-    problems = []
+    problems = _layout_setting_problems(entry)
+    _relation_rule_problems(entry["relation_rules"], vocab, problems)
+    if problems:
+        raise BundleError(f"bundle {root}: manifest 'layout': {'; '.join(problems)}; {_REEXPORT}")
+
+
+def _layout_setting_problems(entry: dict[str, Any]) -> list[str]:
+    """What is wrong with a layout entry's geometry, step and try counts and sampler."""
+    from sg2v.sampling import SAMPLERS
+
+    problems: list[str] = []
     if spec.LAYOUT_GEOMETRY in entry:
         from sg2v.geometry import from_entry
 
@@ -402,21 +409,26 @@ def _check_layout(manifest: dict[str, Any], shapes: dict[str, int], vocab: Vocab
     integer("per_round", 1, tries if tries_ok else spec.MAX_LAYOUT_TRIES)
     if not isinstance(entry["sampler"], str) or entry["sampler"] not in SAMPLERS:
         problems.append(f"sampler {entry['sampler']!r:.40} is not one of {sorted(SAMPLERS)}")
-    rules = entry["relation_rules"]
+    return problems
+
+
+def _relation_rule_problems(rules: Any, vocab: Vocab, problems: list[str]) -> None:
+    """Add what is wrong with a layout entry's predicate -> rule table to `problems`; the scan stops at the
+    first problem (after the first rule when `problems` has some already)."""
+    from sg2v.relations import RULES
+
     if not isinstance(rules, dict):
         problems.append(f"relation_rules {rules!r:.40} is not an object of predicate -> rule")
-    else:
-        preds = set(vocab.pred_names)
-        for pred, rule in rules.items():
-            if pred not in preds:
-                problems.append(f"relation_rules names {pred!r:.40}, not a predicate of the vocabulary")
-            elif not isinstance(rule, str) or rule not in RULES:
-                problems.append(f"relation_rules[{pred!r}] = {rule!r:.40} is not a known rule "
-                                f"({RULES[0]!r}, ...)")
-            if problems:
-                break
-    if problems:
-        raise BundleError(f"bundle {root}: manifest 'layout': {'; '.join(problems)}; {_REEXPORT}")
+        return
+    preds = set(vocab.pred_names)
+    for pred, rule in rules.items():
+        if pred not in preds:
+            problems.append(f"relation_rules names {pred!r:.40}, not a predicate of the vocabulary")
+        elif not isinstance(rule, str) or rule not in RULES:
+            problems.append(f"relation_rules[{pred!r}] = {rule!r:.40} is not a known rule "
+                            f"({RULES[0]!r}, ...)")
+        if problems:
+            break
 
 
 def _check_student(manifest: dict[str, Any], shapes: dict[str, int], config: ModelConfig, root: Path) -> None:
@@ -429,8 +441,6 @@ def _check_student(manifest: dict[str, Any], shapes: dict[str, int], config: Mod
             raise BundleError(f"bundle {root}: manifest has a 'student' entry but its model is not "
                               f"guidance-distilled (model_config unet.guidance_embed is false); {_REEXPORT}")
         return
-    from sg2v.sampling import SAMPLERS
-
     if not isinstance(entry, dict):
         what = "missing" if entry is None else "not an object"
         raise BundleError(f"bundle {root}: manifest 'student' is {what} (a guidance-distilled student "
@@ -439,36 +449,7 @@ def _check_student(manifest: dict[str, Any], shapes: dict[str, int], config: Mod
         keys = sorted(str(k)[:40] for k in entry)[:9]
         raise BundleError(f"bundle {root}: manifest 'student' has keys {keys}, expected "
                           f"{list(spec.STUDENT_KEYS)}; {_REEXPORT}")
-    num_train = config.diffusion.num_train_timesteps
-    problems = []
-    if entry["guidance_distilled"] is not True:
-        problems.append(f"guidance_distilled {entry['guidance_distilled']!r:.40} is not true")
-    rng = entry["guidance_range"]
-    if not (isinstance(rng, list) and len(rng) == 2 and all(_finite(v, 0.0, 1e6) for v in rng)
-            and rng[0] <= rng[1]):
-        problems.append(f"guidance_range {rng!r:.60} is not [low, high] with 0 <= low <= high <= 1e6")
-    if not _finite(entry["guidance_rescale"], 0.0, 1.0):
-        problems.append(f"guidance_rescale {entry['guidance_rescale']!r:.40} is not a finite number in "
-                        "[0, 1]")
-    grid = entry["grid_steps"]
-    most = min(num_train, MAX_SAMPLER_STEPS)
-    grid_ok = _integer(grid, 1, most)
-    if not grid_ok:
-        problems.append(f"grid_steps {grid!r:.40} is not an integer in [1, {most}]")
-    steps = entry["steps"]
-    if not (isinstance(steps, list) and 1 <= len(steps) <= spec.MAX_STUDENT_STEP_COUNTS
-            and all(_integer(n, 1, grid if grid_ok else 1) for n in steps) and len(set(steps)) == len(steps)):
-        problems.append(f"steps {steps!r:.60} is not a list of 1 to {spec.MAX_STUDENT_STEP_COUNTS} distinct "
-                        f"integers in [1, grid_steps]")
-    elif grid_ok:
-        off = [n for n in steps if not spec.on_grid(num_train, grid, n)]
-        if off:
-            problems.append(f"steps {off[:4]} do not lie on the grid of {grid} timesteps the student was "
-                            "distilled on")
-    if not isinstance(entry["sampler"], str) or entry["sampler"] not in SAMPLERS:
-        problems.append(f"sampler {entry['sampler']!r:.40} is not one of {sorted(SAMPLERS)}")
-    if not isinstance(entry["method"], str) or len(entry["method"]) > 200:
-        problems.append(f"method {entry['method']!r:.40} is not a short string")
+    problems = _student_problems(entry, config.diffusion.num_train_timesteps)
     if problems:
         raise BundleError(f"bundle {root}: manifest 'student': {'; '.join(problems)}; {_REEXPORT}")
     d = config.distill
@@ -488,6 +469,49 @@ def _check_student(manifest: dict[str, Any], shapes: dict[str, int], config: Mod
     except ConfigError as e:
         raise BundleError(f"bundle {root}: sampler_defaults are not what the student was distilled for "
                           f"({first_line(e)}); {_REEXPORT}") from None
+
+
+def _student_problems(entry: dict[str, Any], num_train: int) -> list[str]:
+    """What is wrong with a student entry's guidance settings, grid and step counts, sampler and method."""
+    from sg2v.sampling import SAMPLERS
+
+    problems = []
+    if entry["guidance_distilled"] is not True:
+        problems.append(f"guidance_distilled {entry['guidance_distilled']!r:.40} is not true")
+    rng = entry["guidance_range"]
+    if not (isinstance(rng, list) and len(rng) == 2 and all(_finite(v, 0.0, 1e6) for v in rng)
+            and rng[0] <= rng[1]):
+        problems.append(f"guidance_range {rng!r:.60} is not [low, high] with 0 <= low <= high <= 1e6")
+    if not _finite(entry["guidance_rescale"], 0.0, 1.0):
+        problems.append(f"guidance_rescale {entry['guidance_rescale']!r:.40} is not a finite number in "
+                        "[0, 1]")
+    problems += _student_step_problems(entry, num_train)
+    if not isinstance(entry["sampler"], str) or entry["sampler"] not in SAMPLERS:
+        problems.append(f"sampler {entry['sampler']!r:.40} is not one of {sorted(SAMPLERS)}")
+    if not isinstance(entry["method"], str) or len(entry["method"]) > 200:
+        problems.append(f"method {entry['method']!r:.40} is not a short string")
+    return problems
+
+
+def _student_step_problems(entry: dict[str, Any], num_train: int) -> list[str]:
+    """What is wrong with a student entry's grid and its step counts (distinct, each on that grid)."""
+    problems = []
+    grid = entry["grid_steps"]
+    most = min(num_train, MAX_SAMPLER_STEPS)
+    grid_ok = _integer(grid, 1, most)
+    if not grid_ok:
+        problems.append(f"grid_steps {grid!r:.40} is not an integer in [1, {most}]")
+    steps = entry["steps"]
+    if not (isinstance(steps, list) and 1 <= len(steps) <= spec.MAX_STUDENT_STEP_COUNTS
+            and all(_integer(n, 1, grid if grid_ok else 1) for n in steps) and len(set(steps)) == len(steps)):
+        problems.append(f"steps {steps!r:.60} is not a list of 1 to {spec.MAX_STUDENT_STEP_COUNTS} distinct "
+                        f"integers in [1, grid_steps]")
+    elif grid_ok:
+        off = [n for n in steps if not spec.on_grid(num_train, grid, n)]
+        if off:
+            problems.append(f"steps {off[:4]} do not lie on the grid of {grid} timesteps the student was "
+                            "distilled on")
+    return problems
 
 
 def _check_encoder_weights(manifest: dict[str, Any], files: dict[str, Any], config: ModelConfig,
