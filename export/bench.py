@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `sg2v-bench`; errors become one line on stderr and an exit status (`run_cli`)."""
+    from sg2v.safety import safe_stdio
+
+    safe_stdio()  # before argparse prints a path in its usage error
     args = build_parser().parse_args(argv)
     if args.child:
         return _child_main(args)
