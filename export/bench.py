@@ -302,24 +302,14 @@ def default_graph(vocab: Any, max_objects: int, max_relationships: int) -> dict[
 
 
 def unavailable_reason(v: Variant, bundle: Any, ckpt: str | None) -> str | None:
-    """None when `v` can run here, else why not (one line)."""
-    have = importlib.util.find_spec
-    if v.runtime in ("ort",) and have("onnxruntime") is None:
-        return "onnxruntime is not installed"
-    if v.runtime == "openvino" and have("openvino") is None:
-        return "openvino is not installed (pip install 'sg2v[openvino]')"
-    if v.runtime in ("torch", "torch-cuda"):
+    """None when `v` can run here, else why not (one line): the backend table's own check of its runtime on
+    its device kind, then a PyTorch row's weights and CUDA tools."""
+    from sg2v.runtime.backends import SPECS
+
+    reason = SPECS[v.runtime].check("gpu" if v.gpu else "cpu")
+    if reason is None and v.runtime in ("torch", "torch-cuda"):
         return _torch_unavailable_reason(v, bundle, ckpt)
-    if v.runtime == "trt":
-        from sg2v.runtime.backends import trt_unavailable_reason
-
-        return trt_unavailable_reason()
-    if v.runtime == "ort" and v.gpu:
-        from sg2v.runtime.backends.ort import available_gpu_providers
-
-        if not available_gpu_providers():
-            return "this onnxruntime build has no GPU execution providers (install onnxruntime-gpu)"
-    return None
+    return reason
 
 
 def _torch_unavailable_reason(v: Variant, bundle: Any, ckpt: str | None) -> str | None:
