@@ -191,7 +191,8 @@ def write_repository(bundle_path: str | os.PathLike, out: str | os.PathLike,
 
     log = log or (lambda msg: None)
     out = Path(out)
-    _check_request(out, stage_backend, engines, instances, queue_delay_us, force)
+    _check_request(stage_backend, engines, instances, queue_delay_us)
+    _check_out(out, bundle_path, engines, force)
     bundle = Bundle.open(bundle_path, verify=True)  # every file against its manifest sha256
     _check_bundle(bundle, stage_backend)
     plans = _engine_plans(bundle, Path(engines)) if engines is not None else {}
@@ -223,9 +224,8 @@ def write_repository(bundle_path: str | os.PathLike, out: str | os.PathLike,
     return out
 
 
-def _check_request(out: Path, stage_backend: str, engines, instances: int, queue_delay_us: int,
-                   force: bool) -> None:
-    """Refuse a stage backend, engine folder, batching setting or --out the repository cannot use."""
+def _check_request(stage_backend: str, engines, instances: int, queue_delay_us: int) -> None:
+    """Refuse a stage backend, engine folder or batching setting the repository cannot use."""
     if stage_backend not in STAGE_BACKENDS:
         raise Sg2vError(f"--stage-backend {stage_backend!r}: choose one of {list(STAGE_BACKENDS)}")
     if (engines is None) != (stage_backend != "tensorrt"):
@@ -234,9 +234,19 @@ def _check_request(out: Path, stage_backend: str, engines, instances: int, queue
     if not 1 <= int(instances) <= 256 or not 0 <= int(queue_delay_us) <= 10_000_000:
         raise Sg2vError(f"--instances {instances} / --queue-delay-us {queue_delay_us}: instances must be in "
                         "[1, 256], the queue delay in [0, 10000000] microseconds")
-    if out.exists() and not is_repository(out) and not force:
-        raise Sg2vError(f"--out {out} exists and is not an sg2v model repository; pass --force to replace "
-                        "it, or choose another path")
+
+
+def _check_out(out: Path, bundle_path, engines, force: bool) -> None:
+    """`sg2v.safety.check_outputs`: --out is never the bundle or engine folder read, nor a folder holding
+    them (even with --force); an existing path is replaced only when it is an sg2v model repository, or with
+    --force."""
+    from sg2v.safety import Output, OutputError, WriteError, check_outputs, inputs
+
+    reads = inputs((bundle_path, "the bundle being served", True), (engines, "the engine folder", True))
+    try:
+        check_outputs([Output("--out", out, folder=True, ours=is_repository)], reads, force=force)
+    except (OutputError, WriteError) as e:
+        raise Sg2vError(str(e)) from None
 
 
 def _check_bundle(bundle, stage_backend: str) -> None:

@@ -93,9 +93,18 @@ def test_writer_refuses_tampered_bundles_and_foreign_folders(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("not a repository")
-    with pytest.raises(Sg2vError, match="not an sg2v model repository"):
+    with pytest.raises(Sg2vError, match="not an earlier sg2v output; pass --force"):
         write_repository(bundle, foreign)
     assert (foreign / "keep.txt").read_text() == "not a repository"
+    # the bundle, a folder holding it, or a folder inside it: never, even with --force
+    for out, why in ((bundle, "would replace the bundle being served"),
+                     (tmp_path, "would replace the bundle being served"),
+                     (bundle / "repo", "lies inside the bundle being served")):
+        with pytest.raises(Sg2vError, match=why):
+            write_repository(bundle, out, force=True)
+    from sg2v.runtime.bundle import Bundle
+
+    Bundle.open(bundle)  # untouched
     write_repository(bundle, foreign, force=True)
     assert read_record(foreign)["stage_backend"] == "onnxruntime"
     write_repository(bundle, foreign, stage_backend="python")  # an sg2v repository is replaced
