@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'sg2v[openvino]')")
 pytest.importorskip("onnxruntime")
 
-from helpers import random_graph  # noqa: E402
+from helpers import random_graph, random_unet_feeds  # noqa: E402
 
 from sg2v import bundle_spec as spec  # noqa: E402
 from sg2v.errors import MissingDependencyError, Sg2vError  # noqa: E402
@@ -37,27 +37,6 @@ def _copy_bundle(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _unet_feeds(bundle: Bundle, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Fresh random UNet inputs of `rows` rows: noise, timesteps, context, masks, boxes in [0, 1]."""
-    feeds = {}
-    for d in bundle.stages[spec.UNET_STAGE]["inputs"]:
-        shape = (rows, *d["shape"][1:])
-        if d["name"] == "t":
-            value = rng.uniform(0, bundle.schedule["num_train_timesteps"] - 1, shape)
-        elif d["name"] == "context_mask":
-            value = (rng.random(shape) < 0.7).astype(np.float32)
-            value[:, 0] = 1.0
-        elif d["name"] == "boxes":
-            lo = rng.uniform(0, 0.6, (*shape[:-1], 2))
-            value = np.concatenate([lo, lo + rng.uniform(0.1, 0.4, lo.shape)], axis=-1)
-        elif d["name"] == "guidance":
-            value = rng.uniform(1.0, 4.0, shape)
-        else:
-            value = rng.standard_normal(shape)
-        feeds[d["name"]] = value.astype(np.float32)
-    return feeds
-
-
 @pytest.mark.parametrize("which", ["grounded", "student"])
 def test_unet_stage_matches_onnx_runtime(which, grounded_bundle, student_bundle, rng, tmp_path):
     src = grounded_bundle if which == "grounded" else student_bundle
@@ -67,7 +46,7 @@ def test_unet_stage_matches_onnx_runtime(which, grounded_bundle, student_bundle,
     assert ov.name == "openvino-cpu"
     assert list(ov.unet.requests) == [spec.rows_per_video(spec.UNET_STAGE, bundle.shapes)]
     for rows in (1, 3, 1):
-        feeds = _unet_feeds(bundle, rows, rng)
+        feeds = random_unet_feeds(bundle, rows, rng)
         got = {k: np.array(v) for k, v in ov.unet.run(feeds).items()}
         want = ort.unet.run(feeds)
         for name, ref in want.items():
@@ -99,7 +78,7 @@ def test_same_seed_gives_the_same_frames_as_onnx_runtime(which, grounded_bundle,
 def test_compiled_models_are_cached_in_the_bundle(student_bundle, tmp_path):
     root = _copy_bundle(student_bundle, tmp_path / "b")
     make_backend(Bundle.open(root), "openvino", threads=1).unet.run(
-        _unet_feeds(Bundle.open(root), 2, np.random.default_rng(0)))
+        random_unet_feeds(Bundle.open(root), 2, np.random.default_rng(0)))
     cache = root / spec.ENGINES_DIR / "openvino-cache"
     assert cache.is_dir() and any(cache.iterdir())
 

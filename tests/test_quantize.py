@@ -13,6 +13,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
+from helpers import random_unet_feeds  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 from sg2v import bundle_spec as spec  # noqa: E402
@@ -29,26 +30,6 @@ def int8(student_bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "bundle"
     result = q.quantize_bundle(student_bundle, out, graphs=4, parity_graphs=2, seed=5, threads=1)
     return {"out": out, "manifest": result.manifest, "src": student_bundle}
-
-
-def _unet_feeds(bundle: Bundle, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    feeds = {}
-    for d in bundle.stages[spec.UNET_STAGE]["inputs"]:
-        shape = (rows, *d["shape"][1:])
-        if d["name"] == "t":
-            value = rng.uniform(0, 999, shape)
-        elif d["name"] == "context_mask":
-            value = (rng.random(shape) < 0.7).astype(np.float32)
-            value[:, 0] = 1.0
-        elif d["name"] == "boxes":
-            lo = rng.uniform(0, 0.6, (*shape[:-1], 2))
-            value = np.concatenate([lo, lo + rng.uniform(0.1, 0.4, lo.shape)], axis=-1)
-        elif d["name"] == "guidance":
-            value = rng.uniform(1.5, 5.0, shape)
-        else:
-            value = rng.standard_normal(shape)
-        feeds[d["name"]] = value.astype(np.float32)
-    return feeds
 
 
 def test_qdq_sits_only_on_conv_and_matmul_inputs_and_is_symmetric(int8):
@@ -89,7 +70,7 @@ def test_qdq_sits_only_on_conv_and_matmul_inputs_and_is_symmetric(int8):
 
 def test_int8_unet_matches_fp32_on_fresh_inputs(int8, rng):
     bundle = Bundle.open(int8["out"])
-    feeds = [_unet_feeds(bundle, rows, rng) for rows in (1, 3)]
+    feeds = [random_unet_feeds(bundle, rows, rng) for rows in (1, 3)]
     want = run_ort((int8["src"] / spec.UNET_ONNX).read_bytes(), feeds)
     got = run_ort((int8["out"] / spec.UNET_ONNX).read_bytes(), feeds)
     for g, w in zip(got, want):
@@ -171,7 +152,7 @@ def test_float16_stored_weights_are_unfolded_exactly(student_bundle):
     assert n > 0 and q.float32_weights(stored) == n
     assert not any(n.op_type == "Cast" and n.input[0].endswith("__fp16") for n in stored.graph.node)
     assert all(i.data_type != onnx.TensorProto.FLOAT16 for i in stored.graph.initializer)
-    feeds = [_unet_feeds(Bundle.open(student_bundle), 2, np.random.default_rng(3))]
+    feeds = [random_unet_feeds(Bundle.open(student_bundle), 2, np.random.default_rng(3))]
     got = run_ort(stored.SerializeToString(), feeds)[0]["v"]
     want = run_ort(rounded.SerializeToString(), feeds)[0]["v"]
     np.testing.assert_array_equal(got, want)
