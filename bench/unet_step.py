@@ -22,28 +22,10 @@ import numpy as np
 
 
 def feeds_for(bundle, rows: int, seed: int) -> dict[str, np.ndarray]:
-    """Fresh UNet inputs of `rows` rows for `bundle`'s UNet signature."""
-    from sg2v import bundle_spec as spec
+    """Fresh UNet inputs of `rows` rows for `bundle`'s UNet signature (the runtime's random_unet_feeds)."""
+    from sg2v.runtime.bundle import random_unet_feeds
 
-    rng = np.random.default_rng(seed)
-    student = bundle.student or {"guidance_range": [1.0, 4.0]}
-    out = {}
-    for d in bundle.stages[spec.UNET_STAGE]["inputs"]:
-        shape = (rows, *d["shape"][1:])
-        if d["name"] == "t":
-            value = rng.uniform(0, bundle.schedule["num_train_timesteps"] - 1, shape)
-        elif d["name"] == "context_mask":
-            value = (rng.random(shape) < 0.7).astype(np.float32)
-            value[:, 0] = 1.0
-        elif d["name"] == "boxes":
-            lo = rng.uniform(0, 0.6, (*shape[:-1], 2))
-            value = np.concatenate([lo, lo + rng.uniform(0.1, 0.4, lo.shape)], axis=-1)
-        elif d["name"] == "guidance":
-            value = rng.uniform(*student["guidance_range"], shape)
-        else:
-            value = rng.standard_normal(shape)
-        out[d["name"]] = value.astype(np.float32)
-    return out
+    return random_unet_feeds(bundle, rows, np.random.default_rng(seed))
 
 
 def main(argv: list[str] | None = None) -> int:

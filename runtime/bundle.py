@@ -560,3 +560,29 @@ def _load_array(root: Path, files: dict[str, Any], rel: str, shape: tuple[int, .
         raise BundleError(f"bundle {root}: {rel} holds NaN or inf; {_REEXPORT}")
     arr.setflags(write=False)
     return arr
+
+
+def random_unet_feeds(bundle: Bundle, rows: int, rng: np.random.Generator) -> dict[str, NDArray[np.float32]]:
+    """Fresh random inputs of `rows` rows for `bundle`'s UNet stage (benchmarks and parity checks): noise,
+    timesteps over the schedule, context, masks (the first token kept), boxes in [0, 1], and a student's
+    guidance in its distilled range."""
+    student = bundle.student or {"guidance_range": [1.0, 4.0]}
+    feeds: dict[str, NDArray[np.float32]] = {}
+    for d in bundle.stages[spec.UNET_STAGE]["inputs"]:
+        shape = (rows, *d["shape"][1:])
+        value: NDArray[Any]
+        if d["name"] == "t":
+            value = rng.uniform(0, bundle.schedule["num_train_timesteps"] - 1, shape)
+        elif d["name"] == "context_mask":
+            value = (rng.random(shape) < 0.7).astype(np.float32)
+            value[:, 0] = 1.0
+        elif d["name"] == "boxes":
+            lo = rng.uniform(0, 0.6, (*shape[:-1], 2))
+            value = np.concatenate([lo, lo + rng.uniform(0.1, 0.4, lo.shape)], axis=-1)
+        elif d["name"] == "guidance":
+            lo_w, hi_w = (float(w) for w in student["guidance_range"])
+            value = rng.uniform(lo_w, hi_w, shape)
+        else:
+            value = rng.standard_normal(shape)
+        feeds[d["name"]] = value.astype(np.float32)
+    return feeds

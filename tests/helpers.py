@@ -373,26 +373,3 @@ def convert_fixtures(root: Path) -> dict[str, Path]:
             FolderOptions(vocab=str(out["folder"] / "vocab.json"), val_fraction=0.0, test_fraction=0.0),
             **quiet)
     return out
-
-
-def random_unet_feeds(bundle, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Fresh random inputs of `rows` rows for `bundle`'s UNet stage: noise, timesteps over the schedule,
-    context, masks (the first token kept), boxes in [0, 1], a student's guidance in its distilled range."""
-    student = getattr(bundle, "student", None) or {"guidance_range": [1.0, 4.0]}
-    feeds = {}
-    for d in bundle.stages[spec.UNET_STAGE]["inputs"]:
-        shape = (rows, *d["shape"][1:])
-        if d["name"] == "t":
-            value = rng.uniform(0, bundle.schedule["num_train_timesteps"] - 1, shape)
-        elif d["name"] == "context_mask":
-            value = (rng.random(shape) < 0.7).astype(np.float32)
-            value[:, 0] = 1.0
-        elif d["name"] == "boxes":
-            lo = rng.uniform(0, 0.6, (*shape[:-1], 2))
-            value = np.concatenate([lo, lo + rng.uniform(0.1, 0.4, lo.shape)], axis=-1)
-        elif d["name"] == "guidance":
-            value = rng.uniform(*student["guidance_range"], shape)
-        else:
-            value = rng.standard_normal(shape)
-        feeds[d["name"]] = value.astype(np.float32)
-    return feeds

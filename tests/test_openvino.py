@@ -12,12 +12,12 @@ import pytest
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'sg2v[openvino]')")
 pytest.importorskip("onnxruntime")
 
-from helpers import random_graph, random_unet_feeds  # noqa: E402
+from helpers import random_graph  # noqa: E402
 
 from sg2v import bundle_spec as spec  # noqa: E402
 from sg2v.errors import MissingDependencyError, Sg2vError  # noqa: E402
 from sg2v.runtime.backends import make_backend  # noqa: E402
-from sg2v.runtime.bundle import Bundle  # noqa: E402
+from sg2v.runtime.bundle import Bundle, random_unet_feeds  # noqa: E402
 from sg2v.runtime.pipeline import Pipeline  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"

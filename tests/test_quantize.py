@@ -13,7 +13,6 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from helpers import random_unet_feeds  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 from sg2v import bundle_spec as spec  # noqa: E402
@@ -21,7 +20,7 @@ from sg2v.errors import BundleError  # noqa: E402
 from sg2v.export import quantize as q  # noqa: E402
 from sg2v.export.onnx_export import ExportError, run_ort, store_weights_fp16  # noqa: E402
 from sg2v.export.opcheck import check_model  # noqa: E402
-from sg2v.runtime.bundle import Bundle  # noqa: E402
+from sg2v.runtime.bundle import Bundle, random_unet_feeds  # noqa: E402
 from sg2v.runtime.pipeline import Pipeline  # noqa: E402
 
 
