@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (node and baseline)")
     p.add_argument("--json", default=None, help="also write the figures as JSON here")
     args = p.parse_args(argv)
+    from sg2v.safety import check_json_report, inputs, write_json_report
+
+    if args.json:  # before measuring: never the bundle or a file sg2v did not write
+        check_json_report(args.json, inputs((args.bundle, "the bundle", True)))
 
     from sg2v.runtime import Pipeline
 
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>15}: p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms over {r['n']} requests")
     print(f"{'ratio p50':>15}: {result['ratio_p50']:.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        write_json_report(args.json, "ros_latency", result, inputs((args.bundle, "the bundle", True)))
     return 0
 
 

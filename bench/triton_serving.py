@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue-delay-us", type=int, default=2000, help="the stage models' batching delay")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
+    from sg2v.safety import check_json_report, inputs, write_json_report
+
+    if args.json:  # before measuring: never the bundle or a file sg2v did not write
+        check_json_report(args.json, inputs((args.bundle, "the bundle", True)))
 
     from sg2v.export.triton import write_repository
     from sg2v.runtime.pipeline import Pipeline
@@ -140,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = _machine()
     _print_table(args, rows, machine)
     if args.json:
-        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "machine": machine,
-                                               "rows": rows}, indent=1) + "\n")
+        report = {"command": " ".join(sys.argv), "machine": machine, "rows": rows}
+        write_json_report(args.json, "triton_serving", report, inputs((args.bundle, "the bundle", True)))
     pipe.close()
     return 0
 

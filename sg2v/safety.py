@@ -380,3 +380,20 @@ def run_folder(out: Path, reads: Sequence[Input], what: str, flag: str = "--out"
     with output_lock(out, flag):
         ensure_marker(out, what)
         yield out
+
+
+def write_json_report(path: str | os.PathLike[str], writer: str, report: dict[str, Any],
+                      reads: Sequence[Input] = (), flag: str = "--json") -> None:
+    """Write a benchmark's JSON report through the output rules: never an input or inside a folder input,
+    an existing file replaced only when it is an sg2v report (its `JSON_MARK` key); atomic. `writer` names
+    the tool in the mark."""
+    from sg2v.io import atomic_write_text
+
+    check_json_report(path, reads, flag)
+    atomic_write_text(Path(path), json.dumps({JSON_MARK: writer, **report}, indent=1) + "\n")
+
+
+def check_json_report(path: str | os.PathLike[str], reads: Sequence[Input] = (),
+                      flag: str = "--json") -> None:
+    """`write_json_report`'s rules, checked before the work (OutputError: one line, exit 2)."""
+    check_outputs([Output(flag, Path(path), ours=is_marked_json)], reads, force_flag=None)

@@ -517,3 +517,27 @@ def test_a_path_with_a_newline_is_shown_escaped_in_one_line(fake, tmp_path, caps
     assert "two\\nlines" in _one_line(capsys, "sg2v-run")
     assert data_main(["stats", str(odd)]) == 1
     assert "two\\nlines" in _one_line(capsys, "sg2v-data")
+
+
+def test_json_reports_of_the_bench_scripts_follow_the_output_rules(tmp_path):
+    """bench/ros_latency.py and bench/triton_serving.py write --json through write_json_report: never the
+    bundle or inside it, an unmarked file never, their own (marked) report replaced."""
+    from sg2v.safety import JSON_MARK, OutputError, inputs, write_json_report
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text('{"format": "sg2v-bundle"}')
+    reads = inputs((bundle, "the bundle", True))
+    for target in (bundle / "manifest.json", bundle / "report.json", bundle):
+        with pytest.raises(OutputError):
+            write_json_report(target, "ros_latency", {"p50_ms": 1.0}, reads)
+    assert (bundle / "manifest.json").read_text() == '{"format": "sg2v-bundle"}'
+    user = tmp_path / "notes.json"
+    user.write_text('{"mine": 1}')
+    with pytest.raises(OutputError, match="not"):
+        write_json_report(user, "ros_latency", {"p50_ms": 1.0}, reads)
+    assert json.loads(user.read_text()) == {"mine": 1}
+    report = tmp_path / "out" / "ros.json"
+    write_json_report(report, "ros_latency", {"p50_ms": 1.5}, reads)
+    write_json_report(report, "ros_latency", {"p50_ms": 2.5}, reads)  # its own report: replaced
+    assert json.loads(report.read_text()) == {JSON_MARK: "ros_latency", "p50_ms": 2.5}
