@@ -134,4 +134,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sg2v.options import run_cli
+
+    sys.exit(run_cli("ros_latency", main))  # an sg2v error: one line and its exit status

@@ -151,4 +151,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sg2v.options import run_cli
+
+    sys.exit(run_cli("triton_serving", main))  # an sg2v error: one line and its exit status
