@@ -61,10 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'all':<26} {total['max']:>4} {total['mean']:>6.3f} {total['over_1']:>7.2%} "
           f"{total['over_8']:>7.2%} {total['p99_9']:>7.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"a": args.a, "b": args.b, "bundle": args.bundle,
-                                               "sampler": settings.sampler, "steps": settings.steps,
-                                               "guidance": settings.guidance, "rows": rows, "all": total},
-                                              indent=1) + "\n")
+        from sg2v.safety import inputs, write_json_report
+
+        report = {"a": args.a, "b": args.b, "bundle": args.bundle, "sampler": settings.sampler,
+                  "steps": settings.steps, "guidance": settings.guidance, "rows": rows, "all": total}
+        write_json_report(args.json, "backend_parity", report, inputs((args.bundle, "the bundle", True)))
     return 0
 
 

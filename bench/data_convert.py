@@ -11,7 +11,6 @@ samples/s over the whole conversion. Generating the fixture is not timed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -70,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
               "fixture": {"images": args.images, "source_size": [w, h]}, "target": [height, width],
               "rows": rows}
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        from sg2v.safety import write_json_report
+
+        write_json_report(args.json, "data_convert", result)
     return 0
 
 

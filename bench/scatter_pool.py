@@ -10,7 +10,6 @@ rotate among enough sets to overflow L2, so large sizes measure DRAM, not cache.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 
@@ -196,8 +195,9 @@ def main() -> int:
     meta = {"device": props.name, "sm": f"{props.major}{props.minor}", "torch": torch.__version__,
             "cupy": cp.__version__, "copy_GBps": copy_gbs, "args": vars(args), "rows": rows}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(meta, f, indent=1)
+        from sg2v.safety import write_json_report
+
+        write_json_report(args.json, "scatter_pool", meta)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table + "\n")

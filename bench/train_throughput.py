@@ -18,7 +18,6 @@ never trains anything kept.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -183,8 +182,9 @@ def main(argv=None) -> int:
         print(f"| {name} | {res[key]:.4f} | {args.batch / res[key]:.0f} |")
     print(f"slower of the two alone: {limit}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(res, f, indent=1)
+        from sg2v.safety import write_json_report
+
+        write_json_report(args.json, "train_throughput", res)
     return 0
 
 
