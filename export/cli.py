@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most videos one call of the exported graphs takes (their batch axis; TensorRT "
                         "optimisation profiles span 1 to this)")
     add_shared(p, "guidance", source="the model config's default_guidance; stored as the bundle's default")
+    add_shared(p, "steps", source="the model config's default_steps; stored as the bundle's default "
+                                  "(sampler_defaults.steps)")
     return p
 
 
@@ -120,7 +122,7 @@ def check_flags(args: argparse.Namespace) -> None:
 
     from sg2v.errors import shown
 
-    check_shared(args, FlagError, ("seed", "guidance"))
+    check_shared(args, FlagError, ("seed", "guidance", "steps"))
     if args.trt_target is not None:
         from sg2v.export.opcheck import load_table
 
@@ -158,7 +160,7 @@ def _export(args: argparse.Namespace) -> int:
         strict_trt=args.strict_trt,
         allow_parity_failure=args.allow_parity_failure, force=args.force, trt_target=args.trt_target,
         seed=args.seed, log=print, guidance=args.guidance, plugin_impl=args.plugin_impl,
-        max_batch=args.max_batch,
+        max_batch=args.max_batch, steps=args.steps,
     )
     print(summary(result))
     return 0

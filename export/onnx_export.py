@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import io
 import math
@@ -565,7 +566,11 @@ def load_for_export(ckpt: str | Path, ema: bool) -> tuple[nn.Module, Any, Any, d
         weights = path / spec.MODEL_WEIGHTS
         source = {"sha256": sha256_file(weights), "step": int(before.get("step", 0)),
                   "ema": bool(before.get("ema", False)), "file": f"{path.name}/{spec.MODEL_WEIGHTS}"}
-        return model.float().eval(), cfg, vocab, source
+        if isinstance(before.get("sha256"), str):  # the training checkpoint behind the bundle's weights
+            source["trained_checkpoint"] = {k: before[k] for k in ("file", "sha256", "step", "ema") if k in before}
+            if isinstance(before.get("trained_checkpoint"), dict):
+                source["trained_checkpoint"] = before["trained_checkpoint"]
+        return model.float().eval(), _bundle_defaults(cfg, old.get("sampler_defaults")), vocab, source
     loaded = load_checkpoint(path)  # CheckpointError: missing, corrupt, not sg2v, newer format
     model, cfg, vocab, which = model_from_checkpoint(loaded, path, ema)
     source = {"sha256": sha256_file(path), "step": int(loaded.get("step", 0)), "ema": which == "ema",
@@ -573,12 +578,42 @@ def load_for_export(ckpt: str | Path, ema: bool) -> tuple[nn.Module, Any, Any, d
     return model.float().eval(), cfg, vocab, source
 
 
+def _bundle_defaults(cfg: Any, defaults: Any) -> Any:
+    """`cfg` with a re-exported bundle's own default steps and guidance (chosen when it was exported, e.g.
+    the student's validated step count), where its manifest states them as numbers."""
+    if not isinstance(defaults, dict):
+        return cfg
+    d, change = cfg.diffusion, {}
+    steps, guidance = defaults.get("steps"), defaults.get("guidance")
+    if isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= d.num_train_timesteps:
+        change["default_steps"] = steps
+    if isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and math.isfinite(guidance):
+        change["default_guidance"] = float(guidance)
+    return dataclasses.replace(cfg, diffusion=dataclasses.replace(d, **change)) if change else cfg
+
+
 # ----------------------------------------------------------------------------------------------- the bundle
+
+@functools.cache
+def _graph_code_digest() -> str:
+    """sha256 (16 hex digits) of the source that shapes the exported graphs (the model modules and this
+    exporter), so a graph from an edited model is never kept for the same checkpoint and sg2v version."""
+    import hashlib
+
+    import sg2v.models
+
+    h = hashlib.sha256()
+    files = sorted(Path(sg2v.models.__file__).parent.glob("*.py")) + [Path(__file__)]
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
 
 def _cache_key(stage: str, source: dict[str, Any], precision: str, pooling: str,
                opset: int) -> dict[str, Any]:
     versions = bundle_writer.exporting_versions()
     key = {"checkpoint_sha256": source["sha256"], "ema": source["ema"], "precision": precision,
+           "graph_code": _graph_code_digest(),
            "opset": opset, "sg2v": versions["sg2v"], "torch": versions["torch"], "onnx": versions["onnx"]}
     if stage == spec.ENCODER_STAGE:
         key["pooling"] = pooling
@@ -614,12 +649,15 @@ def export_bundle(
     guidance: float | None = None,
     plugin_impl: str = "aot",
     max_batch: int = spec.MAX_BATCH,
+    steps: int | None = None,
 ) -> ExportResult:
     """Export checkpoint `ckpt` to the bundle folder `out` (ARCHITECTURE.md "Bundle"), checking each graph.
 
     `trt_target` is the TensorRT version the operator check reads the graphs against: 10.3 (JetPack 6) for
     portable pooling, and for plugin pooling the first version with that plugin form (`PLUGIN_TRT_TARGET`).
     The graphs take 1 to `max_batch` videos per call; parity is checked at one video and at several.
+    `steps` overrides the config's default sampler step count in `sampler_defaults` (a student's must be one
+    it was distilled for), as `guidance` overrides its default guidance.
     """
     say = log or (lambda s: None)
     t0 = time.perf_counter()
@@ -630,7 +668,7 @@ def export_bundle(
         with tempfile.TemporaryDirectory(prefix="sg2v-fp32-") as tmp:
             fp32 = export_bundle(ckpt, Path(tmp) / "fp32", "fp32", pooling, opset, include_weights, ema,
                                  strict_trt, allow_parity_failure, False, trt_target, seed, log, weights,
-                                 guidance, plugin_impl, max_batch)
+                                 guidance, plugin_impl, max_batch, steps)
             result = quantize_bundle(fp32.path, out, seed=seed, force=force, strict_trt=strict_trt,
                                      trt_target=trt_target, log=log)
         result.seconds = time.perf_counter() - t0
@@ -644,6 +682,7 @@ def export_bundle(
     if weights == "fp16":
         round_weights_fp16(model)
     _check_student_guidance(cfg, guidance)
+    cfg = _with_default_steps(cfg, steps)
     stage_files = spec.stage_files(_model_shapes(cfg, max_batch))
     feeds = _parity_feeds(model, cfg, vocab, seed, max_batch)
     tol = TOLERANCE[precision]
@@ -784,6 +823,22 @@ def _trt_summary(op_reports: dict[str, Any], trt_target: str, strict_trt: bool,
         raise ExportError(f"--strict-trt: {len(unsupported)} node(s) TensorRT {trt_target} cannot parse, "
                           f"e.g. {first['stage']}: {first['op']} ({first['reason']}); nothing written")
     return trt
+
+
+def _with_default_steps(cfg: Any, steps: int | None) -> Any:
+    """`cfg` with `steps` as its default sampler step count (ExportError unless the model samples there)."""
+    if steps is None:
+        return cfg
+    num_train = cfg.diffusion.num_train_timesteps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_train:
+        raise ExportError(f"--steps {steps}: the default sampler step count must be an integer in "
+                          f"[1, {num_train}] (the model's training timesteps)")
+    if cfg.unet.guidance_embed:
+        allowed = spec.student_entry(cfg.distill, num_train)["steps"]
+        if steps not in allowed:
+            raise ExportError(f"--steps {steps}: this student was distilled for {allowed} steps; pass one "
+                              "of those")
+    return dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, default_steps=steps))
 
 
 def _check_student_guidance(cfg: Any, guidance: float | None) -> None:

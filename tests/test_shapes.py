@@ -215,6 +215,78 @@ def test_dataset_is_index_addressable_and_splits_differ():
         ShapesDataset(split="test")
 
 
+def _ref_cover(boxes: np.ndarray) -> float:
+    """The most one box covers of a smaller (or equal) one's area, over pairs and frames: Python loops."""
+    best = 0.0
+    n, f = boxes.shape[:2]
+    for a in range(n):
+        for b in range(n):
+            if a == b:
+                continue
+            for k in range(f):
+                ax0, ay0, ax1, ay1 = boxes[a, k].tolist()
+                bx0, by0, bx1, by1 = boxes[b, k].tolist()
+                inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+                small = min((ax1 - ax0) * (ay1 - ay0), (bx1 - bx0) * (by1 - by0))
+                best = max(best, inter / small)
+    return best
+
+
+def test_overlapping_scenes_overlap_draw_in_graph_order_and_keep_their_relations(rng):
+    """`sample_overlapping_scene`: 2+ objects, a box covering a quarter of another in some frame (a loop
+    reference), drawn later-on-top, relations true for the unoccluded centroids; the generator itself never
+    overlaps (cover 0 on its scenes)."""
+    world = ShapesWorld(16, 64, 64)
+    hidden = 0
+    for seed in rng.integers(0, 2**31, size=12):
+        graph, motion = world.sample_overlapping_scene(int(seed))
+        boxes = motion.boxes(16).astype(np.float64)
+        assert len(graph["objects"]) >= 2 and _ref_cover(boxes) >= 0.25
+        s = world.render(graph, motion)
+        n = len(graph["objects"])
+        tl = boxes[..., :2].astype(int)
+        for i, nm in enumerate(graph["objects"]):
+            t = shape_template(nm.split()[1], int(motion.sizes[i]), int(motion.sizes[i]))
+            for k in range(16):
+                x, y = tl[i, k]
+                whole = np.zeros_like(s.masks[i, k])
+                whole[y:y + t.shape[0], x:x + t.shape[1]] = t
+                later = s.masks[i + 1:, k].any(0) if i + 1 < n else np.zeros_like(whole)
+                # each object shows exactly its shape less what later objects cover
+                assert np.array_equal(s.masks[i, k], whole & ~later)
+                hidden += int((whole & later).any())
+        c = ShapesWorld._centroids(tl[None].astype(np.float64), [nm.split()[1] for nm in graph["objects"]],
+                                   motion.sizes)[0]
+        for a, p, b in graph["relationships"]:
+            assert _ref_holds(p, [tuple(x) for x in c[a]], [tuple(x) for x in c[b]], 64)
+        g2, m2 = world.sample_scene(int(seed))
+        assert _ref_cover(m2.boxes(16).astype(np.float64)) == 0.0
+    assert hidden > 0
+    with pytest.raises(ShapesError, match="2 or more objects"):
+        ShapesWorld(4, 32, 32, max_objects=1).sample_overlapping_scene(0)
+
+
+def test_dataset_overlap_prob_mixes_overlapping_scenes_and_keeps_the_others():
+    """overlap_prob p: about p of the samples overlap (their own coin stream); every other sample is the
+    one p = 0 gives, and the same seed gives the same data."""
+    kw = dict(seed=3, length=400, frames=8, height=32, width=32)
+    plain, mixed = ShapesDataset(**kw), ShapesDataset(overlap_prob=0.3, **kw)
+    again = ShapesDataset(overlap_prob=0.3, **kw)
+    n_over = 0
+    for i in range(0, 400, 4):
+        m, p = mixed[i], plain[i]
+        cover = _ref_cover(m.boxes.astype(np.float64))
+        if cover > 0:
+            n_over += 1
+            assert cover >= 0.25
+        else:
+            assert m.graph == p.graph and np.array_equal(m.video, p.video)
+        assert np.array_equal(m.video, again[i].video)
+    assert 15 <= n_over <= 45  # 100 draws of p = 0.3
+    with pytest.raises(ShapesError, match="overlap_prob"):
+        ShapesDataset(overlap_prob=1.5)
+
+
 def test_names_agree_with_the_vocabulary_file():
     vocab_file = ROOT / "sg2v" / "data" / "shapes_vocab.json"
     if not vocab_file.exists():

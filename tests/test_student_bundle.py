@@ -143,6 +143,36 @@ def test_export_refuses_a_default_guidance_outside_the_distilled_range(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
+def test_export_steps_sets_the_default_and_a_reexport_keeps_the_bundles_defaults(tmp_path, student_checkpoint):
+    """--steps: the bundle's default sampler steps (only one the student was distilled for); a bundle
+    re-exported with --ckpt BUNDLE keeps the default steps and guidance it was exported with and names the
+    training checkpoint behind its weights."""
+    from sg2v.export import export_bundle
+    from sg2v.export.onnx_export import ExportError
+    from sg2v.export.cli import main as export_main
+
+    for bad, why in ((3, r"--steps 3: this student was distilled for \[1, 2, 4\] steps"),
+                     (0, r"--steps 0: the default sampler step count must be an integer in \[1, ")):
+        with pytest.raises(ExportError, match=why) as e:
+            export_bundle(student_checkpoint, tmp_path / "bad", steps=bad, max_batch=2)
+        _one_line(e.value)
+    assert not (tmp_path / "bad").exists()
+    first = export_bundle(student_checkpoint, tmp_path / "two", steps=2, guidance=2.5, include_weights=True,
+                          max_batch=2)
+    assert first.manifest["sampler_defaults"]["steps"] == 2
+    assert first.manifest["model_config"]["diffusion"]["default_steps"] == 2
+    again = export_bundle(tmp_path / "two", tmp_path / "again", max_batch=2)
+    d = again.manifest["sampler_defaults"]
+    assert (d["steps"], d["guidance"]) == (2, 2.5)
+    src = again.manifest["source_checkpoint"]
+    assert src["trained_checkpoint"]["sha256"] == first.manifest["source_checkpoint"]["sha256"]
+    assert src["trained_checkpoint"]["file"] == student_checkpoint.name
+    assert Bundle.open(tmp_path / "again").sampler_defaults["steps"] == 2
+    assert export_main(["--ckpt", str(tmp_path / "two"), "--out", str(tmp_path / "four"), "--steps", "4",
+                        "--max-batch", "2"]) == 0
+    assert Bundle.open(tmp_path / "four").sampler_defaults["steps"] == 4
+
+
 # ----------------------------------------------------------------------------------------------- backends
 
 @pytest.mark.parametrize("backend", ["ort", "torch", "torch-cuda-eager"])

@@ -321,10 +321,12 @@ def test_unet_flops_match_hand_count():
     count = _hooked_flops(make_unet(), *inputs(2))
     assert unet_flops(UNGROUNDED, batch=2) == count
     assert unet_flops(UNGROUNDED, batch=4) == 2 * count
-    # grounded: the same plus the grounding layers' convs / linears and the object maps' paint MatMul
+    # grounded: the same plus the grounding layers' convs / linears, the object maps' paint MatMul and the
+    # draw-order MatMul (which later boxes cover each pixel of each box: O x O against O x F*H*W per row)
     count = _hooked_flops(make_unet(grounded=True), *inputs(2), *layout_inputs(2))
     paint = 2 * 2 * D.frames * D.height * D.width * D.padded_objects * CFG.unet.layout_dim
-    assert unet_flops(CFG, batch=2) == count + paint
+    order = 2 * 2 * D.frames * D.height * D.width * D.padded_objects ** 2
+    assert unet_flops(CFG, batch=2) == count + paint + order
 
 
 def _export_and_compare(path, dynamo: bool):
@@ -375,31 +377,43 @@ def test_onnx_export_matches_torch(tmp_path):
 
 
 def test_object_maps_match_a_pixel_loop():
-    """Object maps against a float64 loop over pixels: each box paints its object's projected embedding and
-    its in-box coordinates on the pixels whose centres it holds; empty boxes paint nothing."""
+    """Object maps against a float64 painter's loop over pixels: each box, in graph order, paints its object's
+    projected embedding and its in-box coordinates over the pixels whose centres it holds, so where boxes
+    overlap the later object's values are the ones the map holds (the world's draw order); empty boxes paint
+    nothing and hide nothing."""
     torch.manual_seed(3)
     maps = ObjectMaps(OD, CFG.unet.layout_dim, D.height, D.width).double()
     objects, boxes = layout_inputs(2, seed=5)
     boxes[0, 1, 0] = torch.tensor([0.25, 0.125, 0.625, 0.5])  # on the pixel grid of an 8 x 8 frame
+    boxes[0, 0, 0] = torch.tensor([0.375, 0.25, 0.875, 0.75])  # under object 1's box at frame 0
+    boxes[1, 2, 1] = torch.tensor([0.5, 0.5, 0.5, 0.9])  # empty: hides nothing
     got = maps(objects.double(), boxes.double()).reshape(2, D.frames, -1, D.height, D.width)
     emb = maps.proj(objects.double())  # (B, O, E)
     want = torch.zeros_like(got)
+    overlapped = 0
     for b in range(2):
         for f in range(D.frames):
             for i in range(D.height):
                 for j in range(D.width):
                     u, v = (j + 0.5) / D.width, (i + 0.5) / D.height
+                    holders = 0
                     for k in range(D.padded_objects):
                         x0, y0, x1, y1 = boxes[b, k, f].tolist()
                         if x0 <= u < x1 and y0 <= v < y1:
                             rel = torch.tensor([(u - x0) / (x1 - x0) * 2 - 1, (v - y0) / (y1 - y0) * 2 - 1,
                                                 1.0], dtype=torch.float64)
-                            want[b, f, :, i, j] += torch.cat([emb[b, k], rel])
+                            want[b, f, :, i, j] = torch.cat([emb[b, k], rel])  # later on top
+                            holders += 1
+                    overlapped += holders > 1
+    assert overlapped > 0  # the inputs exercise the draw order
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     cover = got[:, :, -1]
-    rows = slice(D.height // 8, D.height // 2)  # the grid-aligned box [0.25, 0.125, 0.625, 0.5]
+    assert set(cover.unique().tolist()) <= {0.0, 1.0}
+    rows = slice(D.height // 8, D.height // 2)  # the grid-aligned box [0.25, 0.125, 0.625, 0.5], on top
     cols = slice(D.width // 4, 5 * D.width // 8)
-    assert (cover[0, 0, rows, cols] >= 1).all() and cover[0, 0, rows, cols].numel() == (3 * D.height // 8)**2
+    assert (cover[0, 0, rows, cols] == 1).all() and cover[0, 0, rows, cols].numel() == (3 * D.height // 8)**2
+    torch.testing.assert_close(got[0, 0, :-3, rows, cols],
+                               emb[0, 1][:, None, None].expand(-1, 3 * D.height // 8, 3 * D.width // 8))
 
 
 def test_grounding_starts_as_the_ungrounded_unet_and_then_reads_the_boxes():

@@ -217,9 +217,13 @@ class ObjectMaps(nn.Module):
 
     Boxes are (x0, y0, x1, y1) in [0, 1] of the frame (x right, y down); a pixel belongs to a box when its
     centre lies in [x0, x1) x [y0, y1), so boxes on the pixel grid rasterise exactly. Per pixel the map holds
-    the sum over the objects covering it of [embedding (E), in-box x and y in [-1, 1], 1]: E + 3 channels. An
-    empty box (x1 <= x0: a padded slot, an unconditional sample) paints nothing. Comparisons, products and one
-    MatMul: plain ONNX ops, no scatter.
+    [embedding (E), in-box x and y in [-1, 1], 1] of the object visible there: E + 3 channels. Visibility is the
+    data's draw order (the shapes world draws in graph order, later on top): where boxes overlap, the later
+    object's box is painted whole and the earlier one's only where no later box covers it, so the maps of an
+    occluded scene say which object the frame shows. Scenes without overlap (all the shapes world's training
+    scenes) get exactly the maps of a plain sum, so weights trained before the draw order came in are unchanged
+    on them. An empty box (x1 <= x0: a padded slot, an unconditional sample) paints nothing and hides nothing.
+    Comparisons, products and two MatMuls: plain ONNX ops, no scatter.
     """
 
     def __init__(self, object_dim: int, layout_dim: int, height: int, width: int):
@@ -238,6 +242,7 @@ class ObjectMaps(nn.Module):
         in_x = ((self.u >= x0) & (self.u < x1)).to(boxes.dtype)  # (B, O, F, W)
         in_y = ((self.v >= y0) & (self.v < y1)).to(boxes.dtype)  # (B, O, F, H)
         inside = in_y[..., :, None] * in_x[..., None, :]  # (B, O, F, H, W)
+        inside = self._visible(inside, o)
         rel_x = (self.u - x0) / (x1 - x0).clamp_min(1e-3) * 2.0 - 1.0  # (B, O, F, W)
         rel_y = (self.v - y0) / (y1 - y0).clamp_min(1e-3) * 2.0 - 1.0  # (B, O, F, H)
         emb = self.proj(objects).to(boxes.dtype)  # (B, O, E)
@@ -248,6 +253,15 @@ class ObjectMaps(nn.Module):
         cover = inside.sum(1)
         extra = torch.stack([coord_x, coord_y, cover], dim=2)  # (B, F, 3, H, W)
         return torch.cat([paint, extra], dim=2).reshape(-1, self.channels, h, w)
+
+    @staticmethod
+    def _visible(inside: torch.Tensor, o: int) -> torch.Tensor:
+        """inside (B, O, F, H, W) -> the part of each box that no later object's box covers (graph order)."""
+        _, _, f, h, w = dims(inside)
+        idx = torch.arange(o, device=inside.device)
+        later = (idx[None, :] > idx[:, None]).to(inside.dtype)  # (O, O): [k, j] = 1 where j is drawn after k
+        covered = torch.matmul(later, inside.reshape(-1, o, f * h * w)).reshape(-1, o, f, h, w)
+        return inside * (covered < 0.5).to(inside.dtype)
 
 
 class PixelHead(nn.Module):

@@ -5,7 +5,9 @@ wholly inside the canvas. Predicates are judged on centroids by `relation_score`
 the spec's rules that the generator and the oracle share. The generator draws motion first (objects never
 overlap, so each object's mask is its whole shape and the oracle sees exactly what was drawn), then picks
 0..max_relationships of the relations that hold in that motion: a graph it emits is satisfied by its video
-and never contradictory.
+and never contradictory. `sample_overlapping_scene` is the one exception, asked for by name: scenes whose
+boxes overlap, drawn in graph order (later on top), to teach a model the draw order for tracks a user pins
+on top of each other.
 """
 
 from __future__ import annotations
@@ -337,9 +339,7 @@ class ShapesWorld:
         """The graph and motion `sample` renders for the same seed, without the video (for layouts)."""
         rng = _as_rng(seed_or_rng)
         n = int(rng.integers(1, self.max_objects + 1))
-        colors = rng.choice(len(COLOR_NAMES), size=n, replace=False)
-        shapes = [SHAPES[k] for k in rng.integers(0, len(SHAPES), size=n)]
-        names = [f"{COLOR_NAMES[c]} {sh}" for c, sh in zip(colors, shapes)]
+        names, shapes = self._objects(rng, n)
         while True:
             sizes, start, end, tl = self._candidates(rng, n, 16)
             hit = np.flatnonzero(self._apart(tl, sizes))
@@ -349,6 +349,53 @@ class ShapesWorld:
         motion = Motion(sizes.astype(np.int64), start[i], end[i])
         rels = self._pick_relations(rng, self._centroids(tl[i], shapes, sizes))
         return {"objects": names, "relationships": rels}, motion
+
+    def sample_overlapping_scene(self, seed_or_rng: Any = None,
+                                 min_cover: float = 0.25) -> tuple[dict[str, Any], Motion]:
+        """A scene whose tracks overlap, which the generator (`sample_scene`) never makes: 2..max_objects
+        objects, and in some frame one box covers at least `min_cover` of a smaller one's area. `render` draws
+        it in graph order (later on top), so its video shows the world's occlusion: training data for drawing
+        tracks a user pins on top of each other, not for layouts (the world's own layouts never overlap).
+        Its graph's relationships hold for the objects' unoccluded centroids, as `sample_scene`'s do."""
+        if self.max_objects < 2:
+            raise ShapesError(f"overlapping scenes need 2 or more objects; this world has max_objects="
+                              f"{self.max_objects}")
+        rng = _as_rng(seed_or_rng)
+        n = int(rng.integers(2, self.max_objects + 1))
+        names, shapes = self._objects(rng, n)
+        while True:
+            sizes, start, end, tl = self._candidates(rng, n, 64)
+            hit = np.flatnonzero(self.cover(tl, sizes) >= min_cover)
+            if hit.size:
+                i = hit[0]
+                break
+        motion = Motion(sizes.astype(np.int64), start[i], end[i])
+        rels = self._pick_relations(rng, self._centroids(tl[i], shapes, sizes))
+        return {"objects": names, "relationships": rels}, motion
+
+    @staticmethod
+    def cover(tl: NDArray[Any], sizes: NDArray[Any]) -> NDArray[Any]:
+        """(k,) the most any box covers of another (smaller or equal) box's area over all pairs and frames,
+        for top-left corners tl (k, n, F, 2) of square boxes of sides sizes (n,): 0 where all stay apart."""
+        x, y = tl[..., 0], tl[..., 1]  # (k, n, F)
+        s = sizes[None, :, None].astype(np.float64)
+        ix = np.minimum(x[:, :, None] + s[:, :, None], x[:, None] + s[:, None]) - np.maximum(x[:, :, None],
+                                                                                              x[:, None])
+        iy = np.minimum(y[:, :, None] + s[:, :, None], y[:, None] + s[:, None]) - np.maximum(y[:, :, None],
+                                                                                              y[:, None])
+        inter = np.clip(ix, 0, None) * np.clip(iy, 0, None)  # (k, n, n, F)
+        small = np.minimum(s[:, :, None], s[:, None]) ** 2  # (1, n, n, 1)
+        n = sizes.shape[0]
+        frac = np.where(np.eye(n, dtype=bool)[None, :, :, None], 0.0, inter / small)
+        out: NDArray[Any] = frac.max(axis=(1, 2, 3)) if n > 1 else np.zeros(tl.shape[0])
+        return out
+
+    @staticmethod
+    def _objects(rng: np.random.Generator, n: int) -> tuple[list[str], list[str]]:
+        """n object names of distinct colors and random shapes, and their shapes."""
+        colors = rng.choice(len(COLOR_NAMES), size=n, replace=False)
+        shapes = [SHAPES[k] for k in rng.integers(0, len(SHAPES), size=n)]
+        return [f"{COLOR_NAMES[c]} {sh}" for c, sh in zip(colors, shapes)], shapes
 
     def _pick_relations(self, rng: np.random.Generator, c: NDArray[Any]) -> list[list[Any]]:
         """Up to max_relationships distinct facts that hold for centroid tracks c (n, F, 2), random order.
@@ -397,14 +444,21 @@ class ShapesDataset:
 
     Splits are disjoint seed streams: sample i of split `s` uses
     `SeedSequence(seed, spawn_key=(SPLITS[s], i))`, so "train" and "heldout" never share a random stream.
+    With `overlap_prob` p > 0, sample i is instead an overlapping scene (`ShapesWorld.sample_overlapping_scene`)
+    where a coin from its own stream `SeedSequence(seed, spawn_key=(SPLITS[s], i, 1))` falls under p; the
+    other samples are the ones p = 0 gives. `scene` (the layouts) never overlaps.
     """
 
-    def __init__(self, seed: int = 0, length: int = 10000, split: str = "train", **world_kwargs: Any):
+    def __init__(self, seed: int = 0, length: int = 10000, split: str = "train", overlap_prob: float = 0.0,
+                 **world_kwargs: Any):
         if split not in SPLITS:
             raise ShapesError(f"split={split!r}: must be one of {', '.join(SPLITS)}")
         if length < 0:
             raise ShapesError(f"length={length}: must be >= 0")
+        if not (isinstance(overlap_prob, (int, float)) and 0.0 <= overlap_prob <= 1.0):
+            raise ShapesError(f"overlap_prob={overlap_prob!r}: must be in [0, 1]")
         self.seed, self.length, self.split = int(seed), int(length), split
+        self.overlap_prob = float(overlap_prob)
         self.world = ShapesWorld(**world_kwargs)
 
     def __len__(self) -> int:
@@ -414,7 +468,12 @@ class ShapesDataset:
         return np.random.SeedSequence(self.seed, spawn_key=(SPLITS[self.split], int(index)))
 
     def __getitem__(self, index: int) -> ShapesSample:
-        return self.world.sample(np.random.default_rng(self.seed_sequence(self._index(index))))
+        i = self._index(index)
+        if self.overlap_prob > 0.0:
+            rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(SPLITS[self.split], i, 1)))
+            if rng.random() < self.overlap_prob:
+                return self.world.render(*self.world.sample_overlapping_scene(rng))
+        return self.world.sample(np.random.default_rng(self.seed_sequence(i)))
 
     def scene(self, index: int) -> tuple[dict[str, Any], Motion]:
         """Sample `index`'s graph and motion without its video (`ShapesWorld.sample_scene`)."""

@@ -39,11 +39,11 @@ class _ShapesStream(Dataset):
     """The shapes-world scenes of one split and seed at a model config's frames, size and graph limits."""
 
     def __init__(self, cfg: ModelConfig | DataConfig, vocab: Any, seed: int = 0, split: str = "train",
-                 length: int = 2**62):
+                 length: int = 2**62, overlap_prob: float = 0.0):
         d = getattr(cfg, "data", cfg)
         self.data, self.vocab = d, vocab
-        self.shapes = ShapesDataset(seed=seed, length=length, split=split, frames=d.frames, height=d.height,
-                                    width=d.width, max_objects=d.max_objects,
+        self.shapes = ShapesDataset(seed=seed, length=length, split=split, overlap_prob=overlap_prob,
+                                    frames=d.frames, height=d.height, width=d.width, max_objects=d.max_objects,
                                     max_relationships=d.max_relationships)
 
     def __len__(self) -> int:
@@ -88,7 +88,8 @@ def padded_tracks(boxes: np.ndarray, data: DataConfig) -> np.ndarray:
 class ShapesLayoutDataset(_ShapesStream):
     """Shapes-world (graph, tracks) pairs without drawing the video, for training the layout network.
 
-    Sample i has the graph and tracks of `ShapesVideoDataset`'s sample i (the same scene, unrendered):
+    Sample i has the graph and tracks of `ShapesVideoDataset`'s sample i (the same scene, unrendered; a video
+    data set's overlapping scenes, `overlap_prob`, have no layout counterpart):
     the padded graph tensors, "tracks" (O, F, 4) in [0, 1] and "track_mask" (O,) (1 for the graph's objects).
     """
 

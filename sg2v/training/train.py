@@ -152,6 +152,10 @@ class TrainConfig:
                                   "them (the layout network and the UNet then read the same encoder)")
     pin_prob: float = option(0.3, "layout objective: fraction of samples in which half the objects' tracks "
                              "are given (layout inpainting)")
+    overlap_prob: float = option(0.0, "diffusion and distill objectives on the shapes world: fraction of clips "
+                                 "whose boxes overlap, drawn in the world's order (later on top), so the UNet "
+                                 "learns occlusion for tracks a user pins over each other (the world's own "
+                                 "scenes never overlap)")
     guidance_min: float = option(1.0, "distill objective: smallest guidance weight the student learns")
     guidance_max: float = option(8.0, "distill objective: largest guidance weight the student learns")
     distill_grid: int = option(20, "distill objective: trailing timesteps of the consistency grid (1000 / "
@@ -294,6 +298,12 @@ class TrainConfig:
             raise TrainError(f"objective {self.objective!r}: choose one of {list(OBJECTIVES)}")
         if not (isinstance(self.pin_prob, (int, float)) and 0.0 <= self.pin_prob <= 1.0):
             raise TrainError(f"--pin-prob must be in [0, 1], got {self.pin_prob!r}")
+        if not (isinstance(self.overlap_prob, (int, float)) and 0.0 <= self.overlap_prob <= 1.0):
+            raise TrainError(f"--overlap-prob must be in [0, 1], got {self.overlap_prob!r}")
+        if self.overlap_prob and (self.objective not in ("diffusion", "distill") or self.data):
+            raise TrainError("--overlap-prob draws overlapping shapes-world clips for the diffusion and distill "
+                             "objectives; drop it for the layout objective (layouts keep the world's geometry) "
+                             "and with --data")
 
     def _check_distill(self) -> None:
         """The distill objective's teacher and guidance grid."""
@@ -608,7 +618,8 @@ class ModelObjective:
         if self.data is not None:
             ds = ConvertedSamples(self.data.train, self.cfg, self.vocab, tc.seed, tc.batch, kind.arrays)
         else:
-            ds = kind.shapes_dataset(self.cfg, self.vocab, seed=tc.seed, split="train")
+            extra = {"overlap_prob": tc.overlap_prob} if tc.overlap_prob else {}
+            ds = kind.shapes_dataset(self.cfg, self.vocab, seed=tc.seed, split="train", **extra)
         it = iter(make_loader(ds, tc, start, dist.world, dist.rank, pin=dist.device.type == "cuda"))
         return ({k: v.to(dist.device, non_blocking=True) for k, v in b.items()} for b in it)
 
