@@ -228,7 +228,9 @@ MEASURES = {"ungrounded": _measure_ungrounded, "layout-grounded": _measure_groun
 
 
 LAYOUT_VARIANTS = {"bundle": {}, "unchecked": {"per_round": 8, "geometry": None},
-                   "bundle-6-steps": {"steps": 6}, "bundle-1-per-round": {"per_round": 1}}
+                   "bundle-6-steps": {"steps": 6}, "bundle-1-per-round": {"per_round": 1},
+                   "bundle-16-tries": {"tries": 16}, "bundle-32-tries": {"tries": 32},
+                   "bundle-64-tries": {"tries": 64}}
 COVER = 0.25  # an overlap frame: one box covers at least this fraction of another
 WHOLE = 0.9  # the later object is drawn whole where it shows this fraction of its unoverlapped pixels
 

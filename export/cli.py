@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_shared(p, "guidance", source="the model config's default_guidance; stored as the bundle's default")
     add_shared(p, "steps", source="the model config's default_steps; stored as the bundle's default "
                                   "(sampler_defaults.steps)")
+    p.add_argument("--layout-tries", type=int, default=None,
+                   help="layout-grounded models: the layout check's most draws per graph, stored as the "
+                        "bundle's layout.tries (default: the model config's default_tries; sg2v-run "
+                        "--layout-tries overrides it per run)")
     return p
 
 
@@ -160,7 +164,7 @@ def _export(args: argparse.Namespace) -> int:
         strict_trt=args.strict_trt,
         allow_parity_failure=args.allow_parity_failure, force=args.force, trt_target=args.trt_target,
         seed=args.seed, log=print, guidance=args.guidance, plugin_impl=args.plugin_impl,
-        max_batch=args.max_batch, steps=args.steps,
+        max_batch=args.max_batch, steps=args.steps, layout_tries=args.layout_tries,
     )
     print(summary(result))
     return 0

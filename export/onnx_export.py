@@ -567,10 +567,15 @@ def load_for_export(ckpt: str | Path, ema: bool) -> tuple[nn.Module, Any, Any, d
         source = {"sha256": sha256_file(weights), "step": int(before.get("step", 0)),
                   "ema": bool(before.get("ema", False)), "file": f"{path.name}/{spec.MODEL_WEIGHTS}"}
         if isinstance(before.get("sha256"), str):  # the training checkpoint behind the bundle's weights
-            source["trained_checkpoint"] = {k: before[k] for k in ("file", "sha256", "step", "ema") if k in before}
+            keys = ("file", "sha256", "step", "ema")
+            source["trained_checkpoint"] = {k: before[k] for k in keys if k in before}
             if isinstance(before.get("trained_checkpoint"), dict):
                 source["trained_checkpoint"] = before["trained_checkpoint"]
-        return model.float().eval(), _bundle_defaults(cfg, old.get("sampler_defaults")), vocab, source
+        cfg = _bundle_defaults(cfg, old.get("sampler_defaults"))
+        tries = (old.get("layout") or {}).get("tries") if isinstance(old.get("layout"), dict) else None
+        if cfg.layout.dim and isinstance(tries, int) and not isinstance(tries, bool) and 1 <= tries <= 4096:
+            cfg = dataclasses.replace(cfg, layout=dataclasses.replace(cfg.layout, default_tries=tries))
+        return model.float().eval(), cfg, vocab, source
     loaded = load_checkpoint(path)  # CheckpointError: missing, corrupt, not sg2v, newer format
     model, cfg, vocab, which = model_from_checkpoint(loaded, path, ema)
     source = {"sha256": sha256_file(path), "step": int(loaded.get("step", 0)), "ema": which == "ema",
@@ -580,7 +585,8 @@ def load_for_export(ckpt: str | Path, ema: bool) -> tuple[nn.Module, Any, Any, d
 
 def _bundle_defaults(cfg: Any, defaults: Any) -> Any:
     """`cfg` with a re-exported bundle's own default steps and guidance (chosen when it was exported, e.g.
-    the student's validated step count), where its manifest states them as numbers."""
+    the student's validated step count), where its manifest states them as numbers (its layout check's
+    tries are carried the same way, in `load_for_export`)."""
     if not isinstance(defaults, dict):
         return cfg
     d, change = cfg.diffusion, {}
@@ -650,6 +656,7 @@ def export_bundle(
     plugin_impl: str = "aot",
     max_batch: int = spec.MAX_BATCH,
     steps: int | None = None,
+    layout_tries: int | None = None,
 ) -> ExportResult:
     """Export checkpoint `ckpt` to the bundle folder `out` (ARCHITECTURE.md "Bundle"), checking each graph.
 
@@ -657,7 +664,8 @@ def export_bundle(
     portable pooling, and for plugin pooling the first version with that plugin form (`PLUGIN_TRT_TARGET`).
     The graphs take 1 to `max_batch` videos per call; parity is checked at one video and at several.
     `steps` overrides the config's default sampler step count in `sampler_defaults` (a student's must be one
-    it was distilled for), as `guidance` overrides its default guidance.
+    it was distilled for), as `guidance` overrides its default guidance; `layout_tries` the layout check's
+    most draws per graph (the manifest's `layout.tries`).
     """
     say = log or (lambda s: None)
     t0 = time.perf_counter()
@@ -668,7 +676,7 @@ def export_bundle(
         with tempfile.TemporaryDirectory(prefix="sg2v-fp32-") as tmp:
             fp32 = export_bundle(ckpt, Path(tmp) / "fp32", "fp32", pooling, opset, include_weights, ema,
                                  strict_trt, allow_parity_failure, False, trt_target, seed, log, weights,
-                                 guidance, plugin_impl, max_batch, steps)
+                                 guidance, plugin_impl, max_batch, steps, layout_tries)
             result = quantize_bundle(fp32.path, out, seed=seed, force=force, strict_trt=strict_trt,
                                      trt_target=trt_target, log=log)
         result.seconds = time.perf_counter() - t0
@@ -682,7 +690,7 @@ def export_bundle(
     if weights == "fp16":
         round_weights_fp16(model)
     _check_student_guidance(cfg, guidance)
-    cfg = _with_default_steps(cfg, steps)
+    cfg = _with_layout_tries(_with_default_steps(cfg, steps), layout_tries)
     stage_files = spec.stage_files(_model_shapes(cfg, max_batch))
     feeds = _parity_feeds(model, cfg, vocab, seed, max_batch)
     tol = TOLERANCE[precision]
@@ -839,6 +847,19 @@ def _with_default_steps(cfg: Any, steps: int | None) -> Any:
             raise ExportError(f"--steps {steps}: this student was distilled for {allowed} steps; pass one "
                               "of those")
     return dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, default_steps=steps))
+
+
+def _with_layout_tries(cfg: Any, tries: int | None) -> Any:
+    """`cfg` with `tries` as its layout check's most draws per graph (ExportError without a layout stage or
+    outside [1, 4096])."""
+    if tries is None:
+        return cfg
+    if not cfg.layout.dim:
+        raise ExportError(f"--layout-tries {tries}: this model has no layout stage; drop the flag")
+    if isinstance(tries, bool) or not isinstance(tries, int) or not 1 <= tries <= 4096:
+        raise ExportError(f"--layout-tries {tries}: the layout check's draws per graph must be an integer in "
+                          "[1, 4096]")
+    return dataclasses.replace(cfg, layout=dataclasses.replace(cfg.layout, default_tries=tries))
 
 
 def _check_student_guidance(cfg: Any, guidance: float | None) -> None:

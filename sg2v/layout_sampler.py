@@ -6,9 +6,10 @@ gets the same layout alone or in a batch, on every backend. Candidates are drawn
 graph leaves the loop as soon as one candidate satisfies every relation that has a geometric rule
 (`sg2v.relations`) and keeps the geometric constraints of the data (`sg2v.geometry`: no overlap, box sizes,
 inside the canvas), after `tries` draws at most. The first such candidate in draw order is kept; when none
-passes, the one with the most relations and constraints holding (ties: fewer frames breaking a constraint,
-then the largest smallest relation slack) is kept and the result says what fails. A graph whose relations
-contradict each other (a cycle of "left of") is drawn once and reported as contradictory. Pinned tracks
+passes, the one keeping the most constraints is kept (ties: fewer frames breaking one, then more relations
+holding, then the largest smallest relation slack) and the result says what fails. A graph whose relations
+contradict each other (a cycle of "left of") is reported as contradictory and redrawn only until the
+data's geometry holds (drawn once when the bundle declares none). Pinned tracks
 (given by the user) enter the network as inputs and are put back exactly in every candidate; the constraints
 are judged on the drawn objects (a drawn object must keep clear of a pinned one), and what the pinned tracks
 break among themselves is reported (`given_breaks`), not redrawn.
@@ -93,13 +94,17 @@ def tracks_from_unit(x: NDArray[Any], width: int, height: int) -> NDArray[Any]:
     return out.astype(np.float32)
 
 
-def _score(checks: Sequence[RelationCheck], geometry: Sequence[GeometryCheck] = ()) -> tuple[int, int, float]:
-    """Rank of a candidate that fails: relations and constraints holding, then fewer frames breaking a
-    constraint, then the smallest relation slack beyond its margin."""
-    held = sum(c.holds is True for c in checks) + sum(c.holds for c in geometry)
+def _score(checks: Sequence[RelationCheck],
+           geometry: Sequence[GeometryCheck] = ()) -> tuple[int, int, int, float]:
+    """Rank of a candidate that fails: the data's geometric constraints holding first, then fewer frames
+    breaking one, then relations holding, then the smallest relation slack beyond its margin. Geometry comes
+    first because a layout the data never has (overlapping boxes) loses objects in the video, where a missed
+    relation loses only that relation."""
+    held = sum(c.holds is True for c in checks)
     gaps = [c.slack - margin_of(c.rule) for c in checks if c.rule is not None and c.slack is not None]
     worst = min(gaps) if gaps else 0.0
-    return held, -sum(c.frames for c in geometry), worst if np.isfinite(worst) else -np.inf
+    return (sum(c.holds for c in geometry), -sum(c.frames for c in geometry), held,
+            worst if np.isfinite(worst) else -np.inf)
 
 
 def _free(count: int, pinned: Mapping[int, Any]) -> NDArray[Any] | None:
@@ -172,44 +177,53 @@ class LayoutSampler:
         sizes = round_sizes(self.tries, self.per_round)
         while need:
             # one batched sampling of this round's candidates for every unfinished graph
-            ks = [1 if contra[i] or not self._needs_check(relationships[i]) else
+            ks = [1 if self._drawn_once(contra[i], relationships[i]) else
                   min(sizes[round_], self.tries - drawn[i]) for i in need]
             cands = self._sample(cond, need, ks, pinned, seeds, round_, shape, counts)
             pos, still = 0, []
             for i, k in zip(need, ks):
                 c = cands[pos:pos + k, :counts[i]]  # (k, n, F, 4)
                 pos += k
-                free = _free(counts[i], pinned[i])
-                given = given_breaks(c[0], pinned[i], self.geometry)
-                ok = batch_all_hold(c, relationships[i], self.rules)  # (k,)
-                ok &= batch_geometry_ok(c, self.geometry, free)
-                if ok.any():
-                    j = int(np.argmax(ok))
-                    results[i] = LayoutResult(c[j], check_layout(c[j], relationships[i], self.rules),
-                                              drawn[i] + j + 1, True, sorted(pinned[i]), contra[i],
-                                              check_geometry(c[j], self.geometry, free), given)
-                    continue
-                drawn[i] += k
-                for j in range(k):
-                    checks = check_layout(c[j], relationships[i], self.rules)
-                    geo = check_geometry(c[j], self.geometry, free)
-                    score = _score(checks, geo)
-                    prev = best[i]
-                    if prev is None or score > prev[0]:
-                        best[i] = (score, c[j], checks, geo)
-                if contra[i] or drawn[i] >= self.tries or not self._needs_check(relationships[i]):
-                    picked = best[i]
-                    assert picked is not None  # this round scored k >= 1 draws
-                    _, tracks, checks, geo = picked
-                    results[i] = LayoutResult(tracks, checks, drawn[i], False, sorted(pinned[i]), contra[i],
-                                              geo, given)
-                else:
+                results[i], drawn[i], best[i] = self._judge(c, relationships[i], pinned[i], contra[i],
+                                                            drawn[i], best[i])
+                if results[i] is None:
                     still.append(i)
             need = still
             round_ += 1
             if on_round is not None:
                 on_round(round_)
         return [r for r in results if r is not None]
+
+    def _judge(self, c: NDArray[Any], rels: Sequence[Sequence[Any]], pinned: Mapping[int, NDArray[Any]],
+               contra: list[str], drawn: int, best: Any) -> tuple[LayoutResult | None, int, Any]:
+        """One graph's k candidates c (k, n, F, 4) of a round, in draw order: (its result, once a candidate
+        passes or its draws are spent, else None; its draws so far; its best failing draw so far)."""
+        free = _free(c.shape[1], pinned)
+        given = given_breaks(c[0], pinned, self.geometry)
+        ok = batch_geometry_ok(c, self.geometry, free)  # (k,)
+        if not contra:  # relations that cannot all hold are not asked of a draw
+            ok &= batch_all_hold(c, rels, self.rules)
+        if ok.any():
+            j = int(np.argmax(ok))
+            return (LayoutResult(c[j], check_layout(c[j], rels, self.rules), drawn + j + 1, not contra,
+                                 sorted(pinned), contra, check_geometry(c[j], self.geometry, free), given),
+                    drawn + j + 1, best)
+        drawn += c.shape[0]
+        for cand in c:
+            checks = check_layout(cand, rels, self.rules)
+            geo = check_geometry(cand, self.geometry, free)
+            score = _score(checks, geo)
+            if best is None or score > best[0]:
+                best = (score, cand, checks, geo)
+        if drawn >= self.tries or self._drawn_once(contra, rels):
+            _, tracks, checks, geo = best
+            return LayoutResult(tracks, checks, drawn, False, sorted(pinned), contra, geo, given), drawn, best
+        return None, drawn, best
+
+    def _drawn_once(self, contradictory: Sequence[str], relationships: Sequence[Sequence[Any]]) -> bool:
+        """Whether a graph gets one draw: nothing in it is judged, or its relations cannot all hold and there
+        is no geometry to keep (a contradictory graph is still redrawn until the data's geometry holds)."""
+        return not self._needs_check(relationships) or (bool(contradictory) and self.geometry is None)
 
     def _needs_check(self, relationships: Sequence[Sequence[Any]]) -> bool:
         """Whether a graph's draws are judged (and redrawn): a relation with a rule, or any geometry."""

@@ -160,6 +160,45 @@ def test_a_drawn_object_keeps_clear_of_a_pinned_one():
     assert loose.draws == 1 and pair_overlaps(loose.tracks)[0, 1].max() > 0
 
 
+def test_a_contradictory_graph_is_redrawn_for_the_geometry_and_a_fallback_keeps_the_geometry_first():
+    """Relations that cannot all hold are not asked of a draw, but the data's geometry still is: the first
+    draw (reference: each candidate alone, in draw order) keeping the free object clear of the pinned one is
+    kept, reported contradictory and unsatisfied. When no draw holds everything, the kept one keeps the
+    geometry if any draw did, before holding more relations."""
+    pinned = {0: np.tile(np.array([0.2, 0.2, 0.8, 0.8], np.float32), (F, 1))}
+    free = np.array([False, True])
+    contra_rels = [[0, "left of", 1], [1, "left of", 0]]
+    found = None
+    for seed in range(40):
+        cands = _alone(2, 2, pinned, seed, 16, 2)
+        clear = [bool(batch_geometry_ok(c[None], CLEAR, free)[0]) for c in cands]
+        if not clear[0] and any(clear):
+            found = seed, cands, clear
+            break
+    assert found is not None
+    seed, cands, clear = found
+    r = _sampler(XNet(2), tries=16, per_round=2, geometry=CLEAR).draw(_cond(1), [contra_rels], [2], [pinned],
+                                                                      [seed])[0]
+    first = clear.index(True)
+    assert r.draws == first + 1 > 1 and not r.satisfied and r.contradictions
+    np.testing.assert_allclose(r.tracks, cands[first], atol=1e-6)
+    assert pair_overlaps(r.tracks)[0, 1].max() == 0.0
+    # a relation the clear draws break: the fallback keeps a clear draw over one holding the relation
+    for seed in range(60):
+        cands = _alone(2, 2, pinned, seed, 8, 2)
+        clear = [bool(batch_geometry_ok(c[None], CLEAR, free)[0]) for c in cands]
+        held = [all(x.holds for x in check_layout(c, [[1, "above", 0]], RULES)) for c in cands]
+        if any(clear) and any(held) and not any(a and b for a, b in zip(clear, held)):
+            break
+    else:
+        pytest.fail("no seed gives clear draws and draws holding the relation, but never both")
+    miss = _sampler(XNet(2), tries=8, per_round=2, geometry=CLEAR).draw(_cond(1), [[[1, "above", 0]]], [2],
+                                                                        [pinned], [seed])[0]
+    assert miss.draws == 8 and not miss.satisfied
+    assert all(c.holds for c in miss.geometry) and pair_overlaps(miss.tracks)[0, 1].max() == 0.0
+    assert any(np.allclose(miss.tracks, c, atol=1e-6) for c, ok in zip(cands, clear) if ok)
+
+
 def test_geometry_failures_are_reported_and_given_tracks_that_break_it_warn():
     box = np.tile(np.array([0.2, 0.2, 0.5, 0.5], np.float32), (F, 1))
     near = box + np.float32(0.1)  # overlaps `box`

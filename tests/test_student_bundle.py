@@ -143,13 +143,14 @@ def test_export_refuses_a_default_guidance_outside_the_distilled_range(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-def test_export_steps_sets_the_default_and_a_reexport_keeps_the_bundles_defaults(tmp_path, student_checkpoint):
-    """--steps: the bundle's default sampler steps (only one the student was distilled for); a bundle
-    re-exported with --ckpt BUNDLE keeps the default steps and guidance it was exported with and names the
-    training checkpoint behind its weights."""
+def test_export_steps_set_the_default_and_a_reexport_keeps_the_bundles_defaults(tmp_path,
+                                                                                student_checkpoint):
+    """--steps: the bundle's default sampler steps (only one the student was distilled for); --layout-tries:
+    its layout check's draws; a bundle re-exported with --ckpt BUNDLE keeps the default steps, guidance and
+    layout tries it was exported with and names the training checkpoint behind its weights."""
     from sg2v.export import export_bundle
-    from sg2v.export.onnx_export import ExportError
     from sg2v.export.cli import main as export_main
+    from sg2v.export.onnx_export import ExportError
 
     for bad, why in ((3, r"--steps 3: this student was distilled for \[1, 2, 4\] steps"),
                      (0, r"--steps 0: the default sampler step count must be an integer in \[1, ")):
@@ -157,13 +158,17 @@ def test_export_steps_sets_the_default_and_a_reexport_keeps_the_bundles_defaults
             export_bundle(student_checkpoint, tmp_path / "bad", steps=bad, max_batch=2)
         _one_line(e.value)
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(ExportError, match=r"--layout-tries 0: the layout check's draws per graph") as e:
+        export_bundle(student_checkpoint, tmp_path / "bad", layout_tries=0, max_batch=2)
+    _one_line(e.value)
+    assert not (tmp_path / "bad").exists()
     first = export_bundle(student_checkpoint, tmp_path / "two", steps=2, guidance=2.5, include_weights=True,
-                          max_batch=2)
-    assert first.manifest["sampler_defaults"]["steps"] == 2
+                          max_batch=2, layout_tries=40)
+    assert first.manifest["sampler_defaults"]["steps"] == 2 and first.manifest["layout"]["tries"] == 40
     assert first.manifest["model_config"]["diffusion"]["default_steps"] == 2
     again = export_bundle(tmp_path / "two", tmp_path / "again", max_batch=2)
     d = again.manifest["sampler_defaults"]
-    assert (d["steps"], d["guidance"]) == (2, 2.5)
+    assert (d["steps"], d["guidance"], again.manifest["layout"]["tries"]) == (2, 2.5, 40)
     src = again.manifest["source_checkpoint"]
     assert src["trained_checkpoint"]["sha256"] == first.manifest["source_checkpoint"]["sha256"]
     assert src["trained_checkpoint"]["file"] == student_checkpoint.name

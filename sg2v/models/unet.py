@@ -217,12 +217,13 @@ class ObjectMaps(nn.Module):
 
     Boxes are (x0, y0, x1, y1) in [0, 1] of the frame (x right, y down); a pixel belongs to a box when its
     centre lies in [x0, x1) x [y0, y1), so boxes on the pixel grid rasterise exactly. Per pixel the map holds
-    [embedding (E), in-box x and y in [-1, 1], 1] of the object visible there: E + 3 channels. Visibility is the
-    data's draw order (the shapes world draws in graph order, later on top): where boxes overlap, the later
-    object's box is painted whole and the earlier one's only where no later box covers it, so the maps of an
-    occluded scene say which object the frame shows. Scenes without overlap (all the shapes world's training
-    scenes) get exactly the maps of a plain sum, so weights trained before the draw order came in are unchanged
-    on them. An empty box (x1 <= x0: a padded slot, an unconditional sample) paints nothing and hides nothing.
+    [embedding (E), in-box x and y in [-1, 1], 1] of the object visible there: E + 3 channels. Visibility is
+    the data's draw order (the shapes world draws in graph order, later on top): where boxes overlap, the
+    later object's box is painted whole and the earlier one's only where no later box covers it, so the maps
+    of an occluded scene say which object the frame shows. Scenes without overlap (the shapes world's own
+    scenes) get exactly the maps of a plain sum, so weights trained before the draw order came in are
+    unchanged on them. An empty box (x1 <= x0: a padded slot, an unconditional sample) paints nothing and
+    hides nothing.
     Comparisons, products and two MatMuls: plain ONNX ops, no scatter.
     """
 

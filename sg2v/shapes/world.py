@@ -444,8 +444,9 @@ class ShapesDataset:
 
     Splits are disjoint seed streams: sample i of split `s` uses
     `SeedSequence(seed, spawn_key=(SPLITS[s], i))`, so "train" and "heldout" never share a random stream.
-    With `overlap_prob` p > 0, sample i is instead an overlapping scene (`ShapesWorld.sample_overlapping_scene`)
-    where a coin from its own stream `SeedSequence(seed, spawn_key=(SPLITS[s], i, 1))` falls under p; the
+    With `overlap_prob` p > 0, sample i is instead an overlapping scene
+    (`ShapesWorld.sample_overlapping_scene`) where a coin from its own stream
+    `SeedSequence(seed, spawn_key=(SPLITS[s], i, 1))` falls under p; the
     other samples are the ones p = 0 gives. `scene` (the layouts) never overlaps.
     """
 
@@ -470,7 +471,8 @@ class ShapesDataset:
     def __getitem__(self, index: int) -> ShapesSample:
         i = self._index(index)
         if self.overlap_prob > 0.0:
-            rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(SPLITS[self.split], i, 1)))
+            own = np.random.SeedSequence(self.seed, spawn_key=(SPLITS[self.split], i, 1))
+            rng = np.random.default_rng(own)
             if rng.random() < self.overlap_prob:
                 return self.world.render(*self.world.sample_overlapping_scene(rng))
         return self.world.sample(np.random.default_rng(self.seed_sequence(i)))

@@ -43,8 +43,8 @@ class _ShapesStream(Dataset):
         d = getattr(cfg, "data", cfg)
         self.data, self.vocab = d, vocab
         self.shapes = ShapesDataset(seed=seed, length=length, split=split, overlap_prob=overlap_prob,
-                                    frames=d.frames, height=d.height, width=d.width, max_objects=d.max_objects,
-                                    max_relationships=d.max_relationships)
+                                    frames=d.frames, height=d.height, width=d.width,
+                                    max_objects=d.max_objects, max_relationships=d.max_relationships)
 
     def __len__(self) -> int:
         return len(self.shapes)

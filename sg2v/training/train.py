@@ -152,10 +152,10 @@ class TrainConfig:
                                   "them (the layout network and the UNet then read the same encoder)")
     pin_prob: float = option(0.3, "layout objective: fraction of samples in which half the objects' tracks "
                              "are given (layout inpainting)")
-    overlap_prob: float = option(0.0, "diffusion and distill objectives on the shapes world: fraction of clips "
-                                 "whose boxes overlap, drawn in the world's order (later on top), so the UNet "
-                                 "learns occlusion for tracks a user pins over each other (the world's own "
-                                 "scenes never overlap)")
+    overlap_prob: float = option(0.0, "diffusion and distill objectives on the shapes world: fraction of "
+                                 "clips whose boxes overlap, drawn in the world's order (later on top), so "
+                                 "the UNet learns occlusion for tracks a user pins over each other (the "
+                                 "world's own scenes never overlap)")
     guidance_min: float = option(1.0, "distill objective: smallest guidance weight the student learns")
     guidance_max: float = option(8.0, "distill objective: largest guidance weight the student learns")
     distill_grid: int = option(20, "distill objective: trailing timesteps of the consistency grid (1000 / "
@@ -296,14 +296,17 @@ class TrainConfig:
             raise TrainError("--eval-samples must be >= 1 when --eval-every is set; or pass --eval-every 0")
         if self.objective not in OBJECTIVES:
             raise TrainError(f"objective {self.objective!r}: choose one of {list(OBJECTIVES)}")
-        if not (isinstance(self.pin_prob, (int, float)) and 0.0 <= self.pin_prob <= 1.0):
-            raise TrainError(f"--pin-prob must be in [0, 1], got {self.pin_prob!r}")
-        if not (isinstance(self.overlap_prob, (int, float)) and 0.0 <= self.overlap_prob <= 1.0):
-            raise TrainError(f"--overlap-prob must be in [0, 1], got {self.overlap_prob!r}")
+        self._check_fractions()
+
+    def _check_fractions(self) -> None:
+        """--pin-prob and --overlap-prob: fractions, the latter only where overlapping clips are drawn."""
+        for flag, value in (("--pin-prob", self.pin_prob), ("--overlap-prob", self.overlap_prob)):
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise TrainError(f"{flag} must be in [0, 1], got {value!r}")
         if self.overlap_prob and (self.objective not in ("diffusion", "distill") or self.data):
-            raise TrainError("--overlap-prob draws overlapping shapes-world clips for the diffusion and distill "
-                             "objectives; drop it for the layout objective (layouts keep the world's geometry) "
-                             "and with --data")
+            raise TrainError("--overlap-prob draws overlapping shapes-world clips for the diffusion and "
+                             "distill objectives; drop it for the layout objective (layouts keep the world's "
+                             "geometry) and with --data")
 
     def _check_distill(self) -> None:
         """The distill objective's teacher and guidance grid."""
