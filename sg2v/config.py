@@ -162,8 +162,11 @@ class ModelConfig:
 
     def check_bounds(self) -> None:
         """ConfigError unless every field has its type and lies within `BOUNDS` (what a file may declare)."""
-        for part in (self, self.data, self.encoder, self.unet, self.diffusion, self.layout):
+        for part in (self, self.data, self.encoder, self.unet, self.diffusion, self.layout, self.distill):
             _check_fields(part, type(part).__name__)
+        lo, hi = self.distill.guidance_min, self.distill.guidance_max
+        if lo > hi:
+            raise ConfigError(f"config.distill: guidance_min {lo} is above guidance_max {hi}")
         d = self.data
         elements = d.frames * d.height * d.width * d.channels
         if elements > MAX_VIDEO_ELEMENTS:
@@ -229,6 +232,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "DiffusionConfig.default_guidance_rescale": (0.0, 1.0),
     "LayoutConfig.dim": (0, 65536), "LayoutConfig.layers": (1, 256), "LayoutConfig.heads": (1, 1024),
     "LayoutConfig.default_steps": (1, 1000), "LayoutConfig.default_tries": (1, 4096),
+    "DistillConfig.guidance_min": (0.0, 1e6), "DistillConfig.guidance_max": (0.0, 1e6),
+    "DistillConfig.guidance_rescale": (0.0, 1.0), "DistillConfig.grid_steps": (1, 100_000),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "DiffusionConfig.prediction": ("v", "x0"),

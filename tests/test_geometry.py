@@ -214,14 +214,17 @@ def test_bundle_reader_derives_reads_and_refuses_the_entry(grounded_bundle, tmp_
     from sg2v.errors import BundleError
     from sg2v.runtime.bundle import Bundle
 
-    shipped = Bundle.open(ROOT / "models" / "demo", verify=False)  # format 4, written before the entry
-    assert "geometry" not in shipped.manifest["layout"]
-    assert shipped.layout["geometry"] == to_entry(SHAPES)
+    shipped = Bundle.open(ROOT / "models" / "demo", verify=False)
+    assert shipped.manifest["layout"]["geometry"] == to_entry(SHAPES)
     copy = tmp_path / "b"
     shutil.copytree(grounded_bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     cfg = ModelConfig.from_dict(manifest["model_config"])
-    assert manifest["layout"]["geometry"] == to_entry(shapes_geometry(cfg.data.height, cfg.data.width))
+    derived = to_entry(shapes_geometry(cfg.data.height, cfg.data.width))
+    assert manifest["layout"]["geometry"] == derived
+    older = dict(manifest, layout={k: v for k, v in manifest["layout"].items() if k != "geometry"})
+    (copy / "manifest.json").write_text(json.dumps(older))  # a bundle written before the entry
+    assert Bundle.open(copy, verify=False).layout["geometry"] == derived
     measured = Geometry(0.2, (0.05, 0.5), None, True, "measured")
     manifest["layout"]["geometry"] = to_entry(measured)
     (copy / "manifest.json").write_text(json.dumps(manifest))

@@ -99,6 +99,9 @@ def test_wrong_typed_sampler_defaults_and_schedule(bundle, key, value, why):
     (("encoder", "context_dim"), True, r"EncoderConfig.context_dim = True: expected int"),
     (("unet", "channel_mult"), [1] * 1000, r"channel_mult = .* at most 64 integers"),
     (("diffusion", "default_guidance"), float("inf"), "default_guidance = inf: expected float"),
+    (("distill", "guidance_max"), "", "DistillConfig.guidance_max = '': expected float"),
+    (("distill", "grid_steps"), None, "DistillConfig.grid_steps = None: expected int"),
+    (("distill", "guidance_min"), 9.0, "guidance_min 9.0 is above guidance_max 8.0"),
 ])
 def test_model_config_bounds_what_a_bundle_may_declare(bundle, path, value, why):
     def change(m):

@@ -53,7 +53,7 @@ def test_every_shared_flag_of_every_command_comes_from_the_table(monkeypatch):
             if opt.choices is not None:
                 assert list(action.choices) == [f"{marks[name]}-a", f"{marks[name]}-b"], (prog, opt.flag)
             seen[name].append(prog)
-    assert set(seen["steps"]) == {"sg2v-run", "sg2v-bench", "sg2v-train eval"}
+    assert set(seen["steps"]) == {"sg2v-run", "sg2v-bench", "sg2v-export", "sg2v-train eval"}
     assert set(seen["sampler"]) == {"sg2v-run", "sg2v-train eval"}
     assert set(seen["guidance"]) == {"sg2v-run", "sg2v-export", "sg2v-train eval"}
     assert set(seen["seed"]) == {"sg2v-run", "sg2v-bench", "sg2v-export", "sg2v-train eval"}
