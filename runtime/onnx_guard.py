@@ -98,6 +98,8 @@ def _ints(wire: int, value: Any) -> list[int]:
     """A repeated int64 field's entries, packed (wire 2) or not."""
     if wire == 0:
         return [_signed(value)]
+    if not isinstance(value, memoryview):  # wire 1 or 5: a fixed-width number where int64s belong
+        raise ValueError(f"an int64 field with wire type {wire}")
     out, pos = [], 0
     while pos < len(value):
         v, pos = _varint(value, pos)

@@ -466,6 +466,19 @@ def test_a_number_where_onnx_has_bytes_is_refused_without_allocating(tmp_path, f
         check_onnx_file(tmp_path / "g.onnx")
 
 
+@pytest.mark.parametrize("wire, payload", [(5, b"\x01\x00\x00\x00"), (1, b"\x01" + b"\x00" * 7)])
+def test_a_fixed_width_number_where_onnx_has_int64s_is_one_line(tmp_path, wire, payload):
+    """An initializer's dims (repeated int64) sent as a fixed32 / fixed64 number: refused in one line (the
+    fuzzer's find: before, a TypeError escaped)."""
+    tensor = _key(1, wire) + payload
+    graph = _key(5, 2) + _uvarint(len(tensor)) + tensor
+    (tmp_path / "m.onnx").write_bytes(_key(7, 2) + _uvarint(len(graph)) + graph)
+    why = f"not a readable ONNX file .*int64 field with wire type {wire}"
+    with pytest.raises(OnnxGuardError, match=why) as e:
+        check_onnx_file(tmp_path / "m.onnx")
+    _one_line(e.value)
+
+
 def test_bomb_inside_an_if_branch(tmp_path):
     bomb = helper.make_node("ConstantOfShape", ["s"], ["a"])
     out_a = helper.make_tensor_value_info("a", TensorProto.FLOAT, None)
