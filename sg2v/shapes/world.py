@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -338,17 +338,7 @@ class ShapesWorld:
     def sample_scene(self, seed_or_rng: Any = None) -> tuple[dict[str, Any], Motion]:
         """The graph and motion `sample` renders for the same seed, without the video (for layouts)."""
         rng = _as_rng(seed_or_rng)
-        n = int(rng.integers(1, self.max_objects + 1))
-        names, shapes = self._objects(rng, n)
-        while True:
-            sizes, start, end, tl = self._candidates(rng, n, 16)
-            hit = np.flatnonzero(self._apart(tl, sizes))
-            if hit.size:
-                i = hit[0]
-                break
-        motion = Motion(sizes.astype(np.int64), start[i], end[i])
-        rels = self._pick_relations(rng, self._centroids(tl[i], shapes, sizes))
-        return {"objects": names, "relationships": rels}, motion
+        return self._scene(rng, int(rng.integers(1, self.max_objects + 1)), 16, self._apart)
 
     def sample_overlapping_scene(self, seed_or_rng: Any = None,
                                  min_cover: float = 0.25) -> tuple[dict[str, Any], Motion]:
@@ -361,14 +351,20 @@ class ShapesWorld:
             raise ShapesError(f"overlapping scenes need 2 or more objects; this world has max_objects="
                               f"{self.max_objects}")
         rng = _as_rng(seed_or_rng)
-        n = int(rng.integers(2, self.max_objects + 1))
+        return self._scene(rng, int(rng.integers(2, self.max_objects + 1)), 64,
+                           lambda tl, sizes: self.cover(tl, sizes) >= min_cover)
+
+    def _scene(self, rng: np.random.Generator, n: int, k: int,
+               accept: Callable[[NDArray[Any], NDArray[Any]], NDArray[Any]]) -> tuple[dict[str, Any], Motion]:
+        """n objects, the first motion of batches of k candidates that `accept(tl, sizes)` -> (k,) bool
+        passes, and 0..max_relationships of the relations that hold in it."""
         names, shapes = self._objects(rng, n)
         while True:
-            sizes, start, end, tl = self._candidates(rng, n, 64)
-            hit = np.flatnonzero(self.cover(tl, sizes) >= min_cover)
+            sizes, start, end, tl = self._candidates(rng, n, k)
+            hit = np.flatnonzero(accept(tl, sizes))
             if hit.size:
-                i = hit[0]
                 break
+        i = hit[0]
         motion = Motion(sizes.astype(np.int64), start[i], end[i])
         rels = self._pick_relations(rng, self._centroids(tl[i], shapes, sizes))
         return {"objects": names, "relationships": rels}, motion
