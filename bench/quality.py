@@ -341,7 +341,7 @@ def occlusion_rows(pipe, n: int, steps: list[int], seed: int, guidance: float | 
 def format_occlusion_markdown(rows: list[dict]) -> str:
     """The --occlusion-scenes table: steps, scenes, overlap frames, the later object whole (and the world)."""
     lines = ["| steps | scenes | presence (the world's renders) | overlap frames | later object whole | "
-             "the world's renders |", "|" + " --- |" * 6]
+             "the world's renders | the same test where it overlaps nothing (noise) |", "|" + " --- |" * 7]
 
     def share(v, pairs):
         return "n/a" if v is None else f"{100 * v:.1f}% of {pairs}"
@@ -350,7 +350,8 @@ def format_occlusion_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['steps']} | {r['n']} | {100 * r['presence']:.1f}% "
                      f"({100 * r['world_presence']:.1f}%) | {r['overlap_frames']} | "
                      f"{share(r['later_whole'], r['occluded_pairs'])} | "
-                     f"{share(r['world_whole'], r['occluded_pairs'])} |")
+                     f"{share(r['world_whole'], r['occluded_pairs'])} | "
+                     f"{share(r.get('later_whole_alone'), r.get('alone_frames', 'n/a'))} |")
     return "\n".join(lines)
 
 
@@ -404,14 +405,17 @@ def layout_timing_table(pipe, n: int, seed: int, repeats: int, variants: list[st
     return "\n".join(lines)
 
 
-def _occlusion_counts(ov, counts, px, names) -> tuple[int, int]:
+def _occlusion_counts(ov, counts, px, names) -> tuple[int, int, int, int]:
     """Over one video's overlap frames (pair i < j, j drawn on top): how many, and in how many j shows
-    >= WHOLE of its reference pixel count (its median where its box overlaps none, else its shape's)."""
+    >= WHOLE of its reference pixel count (its median where its box overlaps none, else its shape's); and
+    the same test as a noise control on those objects j in their own frames where their box overlaps none:
+    how many such frames, and in how many it passes."""
     import numpy as np
 
     from sg2v.shapes.world import shape_template
 
     pairs = whole = 0
+    tops = set()
     n = len(names)
     for i in range(n):
         for j in range(i + 1, n):  # j is drawn after i: on top
@@ -419,18 +423,27 @@ def _occlusion_counts(ov, counts, px, names) -> tuple[int, int]:
                 alone = ov[j].max(axis=0) == 0  # (F,) frames where j's box overlaps none
                 if alone.any():
                     ref = float(np.median(counts[j, alone]))
+                    tops.add(j)
                 else:
                     x0, y0, x1, y1 = px[j, fr]
                     ref = float(shape_template(names[j][1], max(y1 - y0, 1), max(x1 - x0, 1)).sum())
                 pairs += 1
                 whole += bool(counts[j, fr] >= WHOLE * ref)
-    return pairs, whole
+    alone_frames = alone_whole = 0
+    for j in sorted(tops):
+        alone = ov[j].max(axis=0) == 0
+        ref = float(np.median(counts[j, alone]))
+        alone_frames += int(alone.sum())
+        alone_whole += int((counts[j, alone] >= WHOLE * ref).sum())
+    return pairs, whole, alone_frames, alone_whole
 
 
 def layout_geometry_metrics(videos, graphs, tracks, pinned: list[int]) -> dict:
     """Overlap frames of the layouts (one box covering >= COVER of another), the share of those pairs in
     which the later object shows >= WHOLE of its pixel count in the frames where its box overlaps none (the
-    median; without such frames, its shape's at its box size): occlusion drawn by the world's rule; and with
+    median; without such frames, its shape's at its box size): occlusion drawn by the world's rule; the same
+    test on those objects in their own frames that overlap nothing (`later_whole_alone`: the noise that bounds
+    the occlusion figure from above); and with
     `pinned` objects, the share of their frames with >= 90% of their pixels inside their box, and the frames
     in which a drawn object overlaps a pinned one at all."""
     import numpy as np
@@ -439,7 +452,7 @@ def layout_geometry_metrics(videos, graphs, tracks, pinned: list[int]) -> dict:
     from sg2v.shapes.oracle import color_labels
     from sg2v.shapes.world import COLOR_NAMES, split_name
 
-    over_frames = whole = pairs = 0
+    over_frames = whole = pairs = alone_frames = alone_whole = 0
     inside = seen = clear_breaks = 0
     for video, graph, t in zip(videos, graphs, tracks):
         f, h, w, _ = video.shape
@@ -450,9 +463,11 @@ def layout_geometry_metrics(videos, graphs, tracks, pinned: list[int]) -> dict:
         over_frames += int((ov >= COVER).any(axis=(0, 1)).sum())
         n = len(names)
         counts = np.stack([(lab == COLOR_NAMES.index(c)).sum(axis=(1, 2)) for c, _ in names])  # (n, F)
-        n_pairs, n_whole = _occlusion_counts(ov, counts, px, names)
+        n_pairs, n_whole, n_alone, n_alone_whole = _occlusion_counts(ov, counts, px, names)
         pairs += n_pairs
         whole += n_whole
+        alone_frames += n_alone
+        alone_whole += n_alone_whole
         for k in pinned:
             color = COLOR_NAMES.index(names[k][0])
             for fr in range(f):
@@ -466,7 +481,9 @@ def layout_geometry_metrics(videos, graphs, tracks, pinned: list[int]) -> dict:
             if others:
                 clear_breaks += int((ov[k, others] > 0).any(axis=0).sum())
     out = {"overlap_frames": over_frames, "occluded_pairs": pairs,
-           "later_whole": whole / pairs if pairs else None}
+           "later_whole": whole / pairs if pairs else None,
+           "later_whole_alone": alone_whole / alone_frames if alone_frames else None,
+           "alone_frames": alone_frames}
     if pinned:
         out.update(pinned_in_box=inside / seen if seen else None, pinned_overlap_frames=clear_breaks)
     return out

@@ -127,7 +127,8 @@ def test_occlusion_scenes_drawn_by_the_world_show_the_later_object_whole():
     whole in every overlap frame, and drawn underneath instead it is cut in them."""
     import numpy as np
 
-    from sg2v.shapes.world import Motion, ShapesWorld
+    from sg2v.geometry import pair_overlaps
+    from sg2v.shapes.world import COLORS, Motion, ShapesWorld
 
     quality = _quality()
     seed = int(np.random.default_rng().integers(1 << 30))
@@ -139,6 +140,22 @@ def test_occlusion_scenes_drawn_by_the_world_show_the_later_object_whole():
     drawn = [world.render(g, m).video for g, m in zip(graphs, motions)]  # raises if a box leaves the canvas
     got = quality.layout_geometry_metrics(drawn, graphs, tracks, [])
     assert got["occluded_pairs"] >= 12 and got["later_whole"] == 1.0, seed  # every scene overlaps
+    assert got["later_whole_alone"] == 1.0 and got["alone_frames"] > 0, seed  # the world's drawing is exact
+    # the noise control: object 1 loses half its pixels in every third frame where its box overlaps nothing
+    # (fewer than half of them, so its median count stays whole and exactly those frames fail)
+    noisy = [v.copy() for v in drawn]
+    removed = seen = 0
+    for v, g, t in zip(noisy, graphs, tracks):
+        color = np.array(COLORS[g["objects"][1].split()[0]], np.uint8)
+        alone = np.flatnonzero(pair_overlaps(t)[1].max(axis=0) == 0)
+        for k in (alone[::3] if len(alone) >= 3 else []):
+            ys, xs = np.nonzero((v[k] == color).all(-1))
+            v[k, ys[::2], xs[::2]] = 0
+            removed += 1
+        seen += len(alone)
+    got = quality.layout_geometry_metrics(noisy, graphs, tracks, [])
+    assert removed > 0 and got["alone_frames"] == seen, seed
+    assert got["later_whole_alone"] == pytest.approx(1 - removed / seen), seed
     under = [world.render({"objects": g["objects"][::-1], "relationships": []},
                           Motion(m.sizes[::-1], m.start[::-1], m.end[::-1])).video
              for g, m in zip(graphs, motions)]
