@@ -414,27 +414,25 @@ def _occlusion_counts(ov, counts, px, names) -> tuple[int, int, int, int]:
 
     from sg2v.shapes.world import shape_template
 
-    pairs = whole = 0
-    tops = set()
-    n = len(names)
-    for i in range(n):
-        for j in range(i + 1, n):  # j is drawn after i: on top
-            for fr in np.flatnonzero(ov[i, j] >= COVER):
-                alone = ov[j].max(axis=0) == 0  # (F,) frames where j's box overlaps none
-                if alone.any():
-                    ref = float(np.median(counts[j, alone]))
-                    tops.add(j)
-                else:
-                    x0, y0, x1, y1 = px[j, fr]
-                    ref = float(shape_template(names[j][1], max(y1 - y0, 1), max(x1 - x0, 1)).sum())
-                pairs += 1
-                whole += bool(counts[j, fr] >= WHOLE * ref)
-    alone_frames = alone_whole = 0
-    for j in sorted(tops):
-        alone = ov[j].max(axis=0) == 0
-        ref = float(np.median(counts[j, alone]))
-        alone_frames += int(alone.sum())
-        alone_whole += int((counts[j, alone] >= WHOLE * ref).sum())
+    pairs = whole = alone_frames = alone_whole = 0
+    for j in range(1, len(names)):  # j is drawn after every i < j: on top of them
+        covers = (ov[:j, j] >= COVER).sum(axis=0)  # (F,) how many earlier objects j lies on, per frame
+        if not covers.any():
+            continue
+        alone = ov[j].max(axis=0) == 0  # (F,) frames where j's box overlaps none
+        ref = float(np.median(counts[j, alone])) if alone.any() else None
+        for fr in np.flatnonzero(covers):
+            k = int(covers[fr])  # one per such pair
+            if ref is None:
+                x0, y0, x1, y1 = px[j, fr]
+                r = float(shape_template(names[j][1], max(y1 - y0, 1), max(x1 - x0, 1)).sum())
+            else:
+                r = ref
+            pairs += k
+            whole += k * bool(counts[j, fr] >= WHOLE * r)
+        if ref is not None:
+            alone_frames += int(alone.sum())
+            alone_whole += int((counts[j, alone] >= WHOLE * ref).sum())
     return pairs, whole, alone_frames, alone_whole
 
 

@@ -27,7 +27,7 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from torch import nn
 
 from sg2v import bundle_spec as spec
 from sg2v import kinds
+from sg2v.config import BOUNDS
 from sg2v.errors import Sg2vError
 from sg2v.export import bundle_writer
 from sg2v.export.opcheck import check_model, format_report
@@ -45,6 +46,7 @@ from sg2v.io import sha256_file
 from sg2v.kinds import CONDITIONING, grounding_for, guidance_for, kinds_of_config
 from sg2v.models.backend import UNetCall
 
+MAX_LAYOUT_TRIES = BOUNDS["LayoutConfig.default_tries"][1]  # what a model config may declare
 OPSET_RANGE = (17, 20)  # 17: native LayerNormalization; 20: the newest opset TensorRT 10.3 parses
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # max error relative to the reference's largest magnitude
 PARITY_TRIALS = 3
@@ -567,15 +569,9 @@ def load_for_export(ckpt: str | Path, ema: bool) -> tuple[nn.Module, Any, Any, d
         source = {"sha256": sha256_file(weights), "step": int(before.get("step", 0)),
                   "ema": bool(before.get("ema", False)), "file": f"{path.name}/{spec.MODEL_WEIGHTS}"}
         if isinstance(before.get("sha256"), str):  # the training checkpoint behind the bundle's weights
-            keys = ("file", "sha256", "step", "ema")
-            source["trained_checkpoint"] = {k: before[k] for k in keys if k in before}
-            if isinstance(before.get("trained_checkpoint"), dict):
-                source["trained_checkpoint"] = before["trained_checkpoint"]
-        cfg = _bundle_defaults(cfg, old.get("sampler_defaults"))
-        tries = (old.get("layout") or {}).get("tries") if isinstance(old.get("layout"), dict) else None
-        if cfg.layout.dim and isinstance(tries, int) and not isinstance(tries, bool) and 1 <= tries <= 4096:
-            cfg = dataclasses.replace(cfg, layout=dataclasses.replace(cfg.layout, default_tries=tries))
-        return model.float().eval(), cfg, vocab, source
+            source["trained_checkpoint"] = before.get("trained_checkpoint") or {
+                k: before[k] for k in ("file", "sha256", "step", "ema") if k in before}
+        return model.float().eval(), _bundle_defaults(cfg, old), vocab, source
     loaded = load_checkpoint(path)  # CheckpointError: missing, corrupt, not sg2v, newer format
     model, cfg, vocab, which = model_from_checkpoint(loaded, path, ema)
     source = {"sha256": sha256_file(path), "step": int(loaded.get("step", 0)), "ema": which == "ema",
@@ -583,19 +579,25 @@ def load_for_export(ckpt: str | Path, ema: bool) -> tuple[nn.Module, Any, Any, d
     return model.float().eval(), cfg, vocab, source
 
 
-def _bundle_defaults(cfg: Any, defaults: Any) -> Any:
-    """`cfg` with a re-exported bundle's own default steps and guidance (chosen when it was exported, e.g.
-    the student's validated step count), where its manifest states them as numbers (its layout check's
-    tries are carried the same way, in `load_for_export`)."""
-    if not isinstance(defaults, dict):
-        return cfg
-    d, change = cfg.diffusion, {}
-    steps, guidance = defaults.get("steps"), defaults.get("guidance")
-    if isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= d.num_train_timesteps:
-        change["default_steps"] = steps
-    if isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and math.isfinite(guidance):
-        change["default_guidance"] = float(guidance)
-    return dataclasses.replace(cfg, diffusion=dataclasses.replace(d, **change)) if change else cfg
+def _bundle_defaults(cfg: Any, manifest: Mapping[str, Any]) -> Any:
+    """`cfg` with a re-exported bundle's own defaults, chosen when it was exported (e.g. the student's
+    validated step count): its sampler's steps and guidance and its layout check's tries, each where the
+    manifest states it as a number the config accepts."""
+    def number(entry: Any, key: str) -> Any:
+        v = entry.get(key) if isinstance(entry, dict) else None
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    sampler = manifest.get("sampler_defaults")
+    steps, guidance = number(sampler, "steps"), number(sampler, "guidance")
+    tries = number(manifest.get("layout"), "tries")
+    d, lay = cfg.diffusion, cfg.layout
+    if isinstance(steps, int) and 1 <= steps <= d.num_train_timesteps:
+        d = dataclasses.replace(d, default_steps=steps)
+    if guidance is not None:
+        d = dataclasses.replace(d, default_guidance=float(guidance))
+    if lay.dim and isinstance(tries, int) and 1 <= tries <= MAX_LAYOUT_TRIES:
+        lay = dataclasses.replace(lay, default_tries=tries)
+    return dataclasses.replace(cfg, diffusion=d, layout=lay)
 
 
 # ----------------------------------------------------------------------------------------------- the bundle
@@ -856,9 +858,9 @@ def _with_layout_tries(cfg: Any, tries: int | None) -> Any:
         return cfg
     if not cfg.layout.dim:
         raise ExportError(f"--layout-tries {tries}: this model has no layout stage; drop the flag")
-    if isinstance(tries, bool) or not isinstance(tries, int) or not 1 <= tries <= 4096:
+    if isinstance(tries, bool) or not isinstance(tries, int) or not 1 <= tries <= MAX_LAYOUT_TRIES:
         raise ExportError(f"--layout-tries {tries}: the layout check's draws per graph must be an integer in "
-                          "[1, 4096]")
+                          f"[1, {MAX_LAYOUT_TRIES}]")
     return dataclasses.replace(cfg, layout=dataclasses.replace(cfg.layout, default_tries=tries))
 
 

@@ -199,15 +199,14 @@ class LayoutSampler:
         """One graph's k candidates c (k, n, F, 4) of a round, in draw order: (its result, once a candidate
         passes or its draws are spent, else None; its draws so far; its best failing draw so far)."""
         free = _free(c.shape[1], pinned)
-        given = given_breaks(c[0], pinned, self.geometry)
         ok = batch_geometry_ok(c, self.geometry, free)  # (k,)
         if not contra:  # relations that cannot all hold are not asked of a draw
             ok &= batch_all_hold(c, rels, self.rules)
         if ok.any():
             j = int(np.argmax(ok))
             return (LayoutResult(c[j], check_layout(c[j], rels, self.rules), drawn + j + 1, not contra,
-                                 sorted(pinned), contra, check_geometry(c[j], self.geometry, free), given),
-                    drawn + j + 1, best)
+                                 sorted(pinned), contra, check_geometry(c[j], self.geometry, free),
+                                 given_breaks(c[j], pinned, self.geometry)), drawn + j + 1, best)
         drawn += c.shape[0]
         for cand in c:
             checks = check_layout(cand, rels, self.rules)
@@ -217,7 +216,8 @@ class LayoutSampler:
                 best = (score, cand, checks, geo)
         if drawn >= self.tries or self._drawn_once(contra, rels):
             _, tracks, checks, geo = best
-            return LayoutResult(tracks, checks, drawn, False, sorted(pinned), contra, geo, given), drawn, best
+            return (LayoutResult(tracks, checks, drawn, False, sorted(pinned), contra, geo,
+                                 given_breaks(tracks, pinned, self.geometry)), drawn, best)
         return None, drawn, best
 
     def _drawn_once(self, contradictory: Sequence[str], relationships: Sequence[Sequence[Any]]) -> bool:

@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sg2v.errors import GraphError, Sg2vError
+from sg2v.geometry import pair_overlaps
 
 if TYPE_CHECKING:
     from sg2v.vocab import Vocab
@@ -352,7 +353,7 @@ class ShapesWorld:
                               f"{self.max_objects}")
         rng = _as_rng(seed_or_rng)
         return self._scene(rng, int(rng.integers(2, self.max_objects + 1)), 64,
-                           lambda tl, sizes: self.cover(tl, sizes) >= min_cover)
+                           lambda tl, sizes: self._cover(tl, sizes) >= min_cover)
 
     def _scene(self, rng: np.random.Generator, n: int, k: int,
                accept: Callable[[NDArray[Any], NDArray[Any]], NDArray[Any]]) -> tuple[dict[str, Any], Motion]:
@@ -370,20 +371,12 @@ class ShapesWorld:
         return {"objects": names, "relationships": rels}, motion
 
     @staticmethod
-    def cover(tl: NDArray[Any], sizes: NDArray[Any]) -> NDArray[Any]:
-        """(k,) the most any box covers of another (smaller or equal) box's area over all pairs and frames,
-        for top-left corners tl (k, n, F, 2) of square boxes of sides sizes (n,): 0 where all stay apart."""
-        x, y = tl[..., 0], tl[..., 1]  # (k, n, F)
-        s = sizes[None, :, None].astype(np.float64)
-        ix = np.minimum(x[:, :, None] + s[:, :, None], x[:, None] + s[:, None]) - np.maximum(x[:, :, None],
-                                                                                              x[:, None])
-        iy = np.minimum(y[:, :, None] + s[:, :, None], y[:, None] + s[:, None]) - np.maximum(y[:, :, None],
-                                                                                              y[:, None])
-        inter = np.clip(ix, 0, None) * np.clip(iy, 0, None)  # (k, n, n, F)
-        small = np.minimum(s[:, :, None], s[:, None]) ** 2  # (1, n, n, 1)
-        n = sizes.shape[0]
-        frac = np.where(np.eye(n, dtype=bool)[None, :, :, None], 0.0, inter / small)
-        out: NDArray[Any] = frac.max(axis=(1, 2, 3)) if n > 1 else np.zeros(tl.shape[0])
+    def _cover(tl: NDArray[Any], sizes: NDArray[Any]) -> NDArray[Any]:
+        """(k,) the most any box covers of a smaller one over all pairs and frames (`sg2v.geometry`'s
+        measure), for top-left corners tl (k, n, F, 2) of square boxes of sides sizes (n,)."""
+        side = np.asarray(sizes, np.float64)[None, :, None, None]
+        boxes = np.concatenate([tl, tl + side], axis=-1)  # (k, n, F, 4) in pixels: the fraction is scale-free
+        out: NDArray[Any] = pair_overlaps(boxes).max(axis=(-3, -2, -1))
         return out
 
     @staticmethod

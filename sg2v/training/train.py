@@ -621,8 +621,8 @@ class ModelObjective:
         if self.data is not None:
             ds = ConvertedSamples(self.data.train, self.cfg, self.vocab, tc.seed, tc.batch, kind.arrays)
         else:
-            extra = {"overlap_prob": tc.overlap_prob} if tc.overlap_prob else {}
-            ds = kind.shapes_dataset(self.cfg, self.vocab, seed=tc.seed, split="train", **extra)
+            ds = kind.shapes_dataset(self.cfg, self.vocab, seed=tc.seed, split="train",
+                                     overlap_prob=tc.overlap_prob)  # 0 for layouts (_check_fractions)
         it = iter(make_loader(ds, tc, start, dist.world, dist.rank, pin=dist.device.type == "cuda"))
         return ({k: v.to(dist.device, non_blocking=True) for k, v in b.items()} for b in it)
 
